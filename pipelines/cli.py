@@ -1,0 +1,117 @@
+"""Command line: ``python -m pipelines <step> --usecase NAME --date YYYY-MM-DD [...]`` and ``mlops ...``.
+
+A step prints progress on stderr and its result as one JSON object on the last line of stdout; it exits 0 on
+success, 1 when the step failed on its input (the JSON line still carries counts and report locations), and
+2 on a configuration or usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from datetime import date
+from typing import Any
+
+from pipelines.config import ConfigError, load_profile, load_usecase
+from pipelines.context import StepContext, StepFailed
+from pipelines.lake import Lake
+from pipelines.steps import STEPS
+
+
+def _iso_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from None
+
+
+def cap_threads(threads: int) -> None:
+    """Cap BLAS/OpenMP/TensorFlow threads so tasks side by side on a small machine do not thrash."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        os.environ.setdefault(var, str(threads))
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlops", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module_name in STEPS.items():
+        module = importlib.import_module(module_name)
+        step = sub.add_parser(name, help=(module.__doc__ or "").strip().split("\n")[0])
+        step.add_argument("--usecase", required=True, help="use case name (config/usecases/<name>.yaml)")
+        step.add_argument("--date", required=True, type=_iso_date, help="logical date, YYYY-MM-DD")
+        module.add_arguments(step)
+
+    demo = sub.add_parser("demo", help="replay 2013 through the whole lifecycle, orchestrated by Airflow")
+    demo.add_argument("--usecase", default="flight_delay")
+    demo.add_argument("--months", type=int, default=12, help="number of months to replay (1-12)")
+    demo.add_argument("--fresh", action="store_true", help="delete the demo state under MLOPS_HOME first")
+
+    models = sub.add_parser("models", help="model versions in the MLflow registry")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    listing = models_sub.add_parser("list", help="versions with their gate results; the champion is marked")
+    listing.add_argument("usecase")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def run_step(argv: list[str]) -> dict[str, Any]:
+    """Run one step in this process from its command-line arguments and return its result.
+
+    Raises :class:`StepFailed` when the step failed on its input, :class:`ConfigError` on bad configuration.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command not in STEPS:
+        raise SystemExit(f"run_step runs steps only, not {args.command!r}")
+    module = importlib.import_module(STEPS[args.command])
+    profile = load_profile()
+    cap_threads(profile.threads_per_task)
+    ctx = StepContext(usecase=load_usecase(args.usecase), day=args.date, profile=profile, lake=Lake(profile.lake_uri))
+    result = module.run(ctx, args)
+    return {"step": args.command, "usecase": args.usecase, "date": args.date.isoformat(), **result}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=os.environ.get("MLOPS_LOG_LEVEL", "INFO"), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if argv and argv[0] in STEPS:
+        try:
+            result = run_step(argv)
+        except StepFailed as exc:
+            print(f"ERROR: {exc}", file=sys.stderr)
+            print(json.dumps({"step": argv[0], "failed": True, "error": str(exc), **exc.result}, default=str))
+            return 1
+        except ConfigError as exc:
+            print(f"CONFIG ERROR: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(result, default=str))
+        return 0
+
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from pipelines.demo import run_demo
+
+            run_demo(args.usecase, months=args.months, fresh=args.fresh)
+            return 0
+        if args.command == "models":
+            from pipelines.registry import print_models
+
+            print_models(args.usecase, as_json=args.json)
+            return 0
+    except ConfigError as exc:
+        print(f"CONFIG ERROR: {exc}", file=sys.stderr)
+        return 2
+    return 2

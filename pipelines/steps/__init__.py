@@ -1,0 +1,22 @@
+"""Lifecycle steps. Each module exposes ``add_arguments(parser)`` and ``run(ctx, args) -> dict``.
+
+Steps import nothing from Airflow; they are called by ``python -m pipelines <step>`` (see pipelines.cli), which
+prints the returned dict as one JSON object on the last line of stdout.
+"""
+
+from __future__ import annotations
+
+# step name -> module that implements it (imported lazily: a step's heavy imports stay in its own process)
+STEPS: dict[str, str] = {
+    "ingest": "pipelines.steps.ingest",
+    "features": "pipelines.steps.features",
+    "train": "pipelines.steps.train",
+    "evaluate": "pipelines.steps.evaluate",
+    "gate": "pipelines.steps.gate",
+    "register": "pipelines.steps.register",
+    "promote": "pipelines.steps.promote",
+    "score": "pipelines.steps.score",
+}
+
+# steps whose work benefits from a GPU host (the task factory adds a GPU request for them when configured)
+GPU_STEPS = {"train"}

@@ -1,0 +1,90 @@
+"""MLflow conventions shared by the train, evaluate, register, promote and score steps.
+
+- One experiment and one registered model per use case, both named after it.
+- Artifacts go to ``<profile.mlflow_artifact_root>/<usecase>`` (never ``./mlruns``).
+- Every logged candidate is a pyfunc whose ``predict(frame)`` returns the probability of the positive class;
+  :func:`predict_proba` normalises the output shape.
+- The alias ``champion`` moves only through the gate (pipelines.steps.promote).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipelines.config import Profile, UseCase
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+CHAMPION_ALIAS = "champion"
+
+
+def configure_mlflow(profile: Profile, usecase: UseCase) -> str:
+    """Point MLflow at the profile's tracking/registry store; return the use case's experiment id."""
+    os.environ.setdefault("MLFLOW_UV_AUTO_DETECT", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+
+    uri = profile.mlflow_tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    experiment = mlflow.get_experiment_by_name(usecase.name)
+    if experiment is None:
+        root = profile.mlflow_artifact_root
+        location = root if "://" in root else Path(root).resolve().as_uri()
+        try:
+            return mlflow.create_experiment(usecase.name, artifact_location=f"{location.rstrip('/')}/{usecase.name}")
+        except Exception:  # created concurrently by another task
+            experiment = mlflow.get_experiment_by_name(usecase.name)
+            if experiment is None:
+                raise
+    mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    return experiment.experiment_id
+
+
+def model_name(usecase: UseCase) -> str:
+    return usecase.name
+
+
+def feature_columns(usecase: UseCase) -> list[str]:
+    """Model inputs, in order: numeric then categorical features."""
+    return [*usecase.features.numeric, *usecase.features.categorical]
+
+
+def champion_version(usecase: UseCase) -> Any | None:
+    """The registry's current champion ModelVersion, or None before the first promotion."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        return client.get_model_version_by_alias(model_name(usecase), CHAMPION_ALIAS)
+    except MlflowException:
+        return None
+
+
+def load_model(uri: str) -> Any:
+    import mlflow
+
+    return mlflow.pyfunc.load_model(uri)
+
+
+def predict_proba(model: Any, frame: pd.DataFrame) -> np.ndarray:
+    """Probability of the positive class as a 1-D float array, whatever the flavor returns."""
+    import numpy as np
+    import pandas as pd
+
+    out = model.predict(frame)
+    if isinstance(out, pd.DataFrame):
+        out = out.iloc[:, -1].to_numpy()
+    elif isinstance(out, pd.Series):
+        out = out.to_numpy()
+    arr = np.asarray(out, dtype="float64")
+    if arr.ndim == 2:
+        arr = arr[:, -1]
+    return arr.reshape(-1)
