@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from datetime import date
+from collections.abc import Callable
 from typing import Any
 
 from pipelines.config import ConfigError, load_profile, load_usecase
@@ -42,7 +43,8 @@ def cap_threads(threads: int) -> None:
         pass
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.ArgumentParser:
+    """The command-line parser; ``extend(subparsers)`` adds commands that live outside pipelines/ (the demo)."""
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module_name in STEPS.items():
@@ -52,11 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         step.add_argument("--date", required=True, type=_iso_date, help="logical date, YYYY-MM-DD")
         module.add_arguments(step)
 
-    demo = sub.add_parser("demo", help="replay 2013 through the whole lifecycle, orchestrated by Airflow")
-    demo.add_argument("--usecase", default="flight_delay")
-    demo.add_argument("--months", type=int, default=12, help="number of months to replay (1-12)")
-    demo.add_argument("--fresh", action="store_true", help="delete the demo state under MLOPS_HOME first")
-
+    if extend is not None:
+        extend(sub)
     models = sub.add_parser("models", help="model versions in the MLflow registry")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     listing = models_sub.add_parser("list", help="versions with their gate results; the champion is marked")
@@ -82,7 +81,8 @@ def run_step(argv: list[str]) -> dict[str, Any]:
     return {"step": args.command, "usecase": args.usecase, "date": args.date.isoformat(), **result}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, extend: Callable[[Any], None] | None = None) -> int:
+    """Run a step (``python -m pipelines <step> ...``) or ``models list``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=os.environ.get("MLOPS_LOG_LEVEL", "INFO"), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -99,13 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, default=str))
         return 0
 
-    args = build_parser().parse_args(argv)
+    args = build_parser(extend).parse_args(argv)
     try:
-        if args.command == "demo":
-            from pipelines.demo import run_demo
-
-            run_demo(args.usecase, months=args.months, fresh=args.fresh)
-            return 0
         if args.command == "models":
             from pipelines.registry import print_models
 

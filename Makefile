@@ -1,0 +1,52 @@
+# Two commands do all the set-up on a fresh machine (Linux, Python 3.11, Java 17):
+#   make run    set up, then replay 2013 through the whole lifecycle on embedded defaults (mlops demo)
+#   make test   set up, then run every test tier
+SHELL := /bin/bash
+PYTHON ?= python3.11
+UV ?= $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
+VENV := $(CURDIR)/.venv
+export MLOPS_HOME ?= $(CURDIR)/var
+export UV_PYTHON ?= $(PYTHON)
+export MLFLOW_UV_AUTO_DETECT := false
+
+.PHONY: setup run demo test test-fast lint format bench airflow clean
+
+# uv from PyPI into .tools when none is installed (no curl|sh installer: only package registries are reachable)
+$(CURDIR)/.tools/bin/uv:
+	$(PYTHON) -m venv $(CURDIR)/.tools
+	$(CURDIR)/.tools/bin/pip install --quiet "uv>=0.5"
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen
+	@touch $@
+
+setup: $(VENV)/.synced
+
+run: setup
+	$(VENV)/bin/mlops demo $(DEMO_ARGS)
+
+demo: run
+
+test: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(VENV)/bin/pytest -m "not e2e" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: setup
+	$(VENV)/bin/python bench/lifecycle.py $(BENCH_ARGS)
+
+# Airflow UI on :8080 over the demo state (admin password in var/airflow/simple_auth_manager_passwords.json.generated)
+airflow: setup
+	. <($(VENV)/bin/python -m mlops_airflow.env) && AIRFLOW__CORE__PARALLELISM=2 $(VENV)/bin/airflow standalone
+
+clean:
+	rm -rf $(MLOPS_HOME) .pytest_cache .ruff_cache

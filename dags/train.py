@@ -1,0 +1,53 @@
+"""<usecase>_train (monthly full retraining, manual with Params) and <usecase>_train_nightly (refresh of the
+champion's model family): train -> evaluate -> gate -> register -> promote or keep the champion."""
+
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import DAG, Param
+from mlops_airflow.operators import GateBranchOperator, step_task
+from mlops_airflow.wiring import dag_kwargs, usecases
+
+
+def lifecycle(usecase_name: str, train_args: list[str]) -> None:
+    train = step_task("train", usecase_name, step_args=train_args)
+    evaluate = step_task("evaluate", usecase_name)
+    gate = step_task("gate", usecase_name)
+    register = step_task("register", usecase_name)
+    branch = GateBranchOperator(
+        task_id="gate_passed", gate_task_id="gate", passed_task_id="promote", rejected_task_id="keep_champion"
+    )
+    promote = step_task("promote", usecase_name)
+    keep = EmptyOperator(task_id="keep_champion", doc_md="The candidate did not pass the gate: nothing moves.")
+    train >> evaluate >> gate >> register >> branch >> [promote, keep]
+
+
+for usecase in usecases():
+    candidates = [c.name for c in usecase.candidates]
+    with DAG(
+        **dag_kwargs(
+            usecase,
+            "train",
+            schedule=usecase.schedules.train_monthly,
+            doc="Monthly full retraining of every candidate on the configured window (manual runs take Params). "
+            "The best candidate must beat the champion re-scored on the same holdout and pass the absolute, change "
+            "and fairness thresholds; every candidate is registered, only a passed gate moves `champion`.",
+            params={
+                "mode": Param("full", enum=["full", "refresh"], description="full: all candidates"),
+                "candidates": Param(candidates, type="array", description="candidates to train"),
+            },
+            render_template_as_native_obj=False,
+        )
+    ) as dag:
+        lifecycle(usecase.name, ["--mode", "{{ params.mode }}", "--candidates", "{{ params.candidates | join(',') }}"])
+    globals()[dag.dag_id] = dag
+
+    if usecase.schedules.train_nightly:
+        with DAG(
+            **dag_kwargs(
+                usecase,
+                "train_nightly",
+                schedule=usecase.schedules.train_nightly,
+                doc="Nightly refresh: refits the champion's model family on the latest window, through the same gate.",
+            )
+        ) as nightly:
+            lifecycle(usecase.name, ["--mode", "refresh"])
+        globals()[nightly.dag_id] = nightly

