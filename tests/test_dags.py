@@ -76,9 +76,9 @@ def test_train_dag_params_and_schedules(dagbag) -> None:
     train = dagbag.dags.get("flight_delay_train")
     assert train.params["mode"] == "full"
     assert train.params["candidates"] == [c.name for c in usecase.candidates]
-    assert train.timetable.serialize()["expression"] == usecase.schedules.train_monthly
+    assert train.timetable.expression == usecase.schedules.train_monthly
     nightly = dagbag.dags.get("flight_delay_train_nightly")
-    assert nightly.timetable.serialize()["expression"] == usecase.schedules.train_nightly
+    assert nightly.timetable.expression == usecase.schedules.train_nightly
     assert "--mode" in nightly.task_dict["train"].step_args
     assert nightly.task_dict["train"].step_args[nightly.task_dict["train"].step_args.index("--mode") + 1] == "refresh"
 
