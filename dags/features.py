@@ -1,6 +1,7 @@
 """<usecase>_features: Spark builds feature partitions incrementally whenever the raw zone changes."""
 
 from airflow.sdk import DAG, Asset
+
 from mlops_airflow.operators import step_task
 from mlops_airflow.wiring import dag_kwargs, raw_asset_name, usecases
 

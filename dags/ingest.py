@@ -1,6 +1,7 @@
 """<usecase>_ingest: an arrival sensor on the landing zone starts ingestion of every file not yet ingested."""
 
 from airflow.sdk import DAG, Asset
+
 from mlops_airflow.operators import StepResultCheckOperator, step_task
 from mlops_airflow.sensors import LandingArrivalSensor
 from mlops_airflow.wiring import dag_kwargs, raw_asset_name, usecases

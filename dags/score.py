@@ -1,6 +1,7 @@
 """<usecase>_score: nightly batch scoring of new feature partitions with the champion."""
 
 from airflow.sdk import DAG
+
 from mlops_airflow.operators import step_task
 from mlops_airflow.wiring import dag_kwargs, usecases
 

@@ -3,6 +3,7 @@ champion's model family): train -> evaluate -> gate -> register -> promote or ke
 
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Param
+
 from mlops_airflow.operators import GateBranchOperator, step_task
 from mlops_airflow.wiring import dag_kwargs, usecases
 
@@ -16,7 +17,9 @@ def lifecycle(usecase_name: str, train_args: list[str]) -> None:
         task_id="gate_passed", gate_task_id="gate", passed_task_id="promote", rejected_task_id="keep_champion"
     )
     promote = step_task("promote", usecase_name)
-    keep = EmptyOperator(task_id="keep_champion", doc_md="The candidate did not pass the gate: nothing moves.")
+    keep = EmptyOperator(
+        task_id="keep_champion", doc_md="The candidate did not pass the gate: nothing moves."
+    )
     train >> evaluate >> gate >> register >> branch >> [promote, keep]
 
 
@@ -37,7 +40,10 @@ for usecase in usecases():
             render_template_as_native_obj=False,
         )
     ) as dag:
-        lifecycle(usecase.name, ["--mode", "{{ params.mode }}", "--candidates", "{{ params.candidates | join(',') }}"])
+        lifecycle(
+            usecase.name,
+            ["--mode", "{{ params.mode }}", "--candidates", "{{ params.candidates | join(',') }}"],
+        )
     globals()[dag.dag_id] = dag
 
     if usecase.schedules.train_nightly:

@@ -13,8 +13,8 @@ import json
 import logging
 import os
 import sys
-from datetime import date
 from collections.abc import Callable
+from datetime import date
 from typing import Any
 
 from pipelines.config import ConfigError, load_profile, load_usecase
@@ -76,7 +76,9 @@ def run_step(argv: list[str]) -> dict[str, Any]:
     module = importlib.import_module(STEPS[args.command])
     profile = load_profile()
     cap_threads(profile.threads_per_task)
-    ctx = StepContext(usecase=load_usecase(args.usecase), day=args.date, profile=profile, lake=Lake(profile.lake_uri))
+    ctx = StepContext(
+        usecase=load_usecase(args.usecase), day=args.date, profile=profile, lake=Lake(profile.lake_uri)
+    )
     result = module.run(ctx, args)
     return {"step": args.command, "usecase": args.usecase, "date": args.date.isoformat(), **result}
 
@@ -84,8 +86,11 @@ def run_step(argv: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None, extend: Callable[[Any], None] | None = None) -> int:
     """Run a step (``python -m pipelines <step> ...``) or ``models list``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=os.environ.get("MLOPS_LOG_LEVEL", "INFO"), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("MLOPS_LOG_LEVEL", "INFO"),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if argv and argv[0] in STEPS:
         try:
             result = run_step(argv)

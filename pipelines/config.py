@@ -148,7 +148,8 @@ class Bound(_Strict):
 
 class ChangeBound(_Strict):
     min_delta: float = Field(
-        default=0.0, description="Candidate must beat the champion by at least this much (in the better direction)"
+        default=0.0,
+        description="Candidate must beat the champion by at least this much (in the better direction)",
     )
 
 
@@ -214,7 +215,9 @@ class UseCase(_Strict):
         for spec in self.candidates:
             if spec.name == name:
                 return spec
-        raise ConfigError(f"use case {self.name!r} has no candidate {name!r}; known: {[c.name for c in self.candidates]}")
+        raise ConfigError(
+            f"use case {self.name!r} has no candidate {name!r}; known: {[c.name for c in self.candidates]}"
+        )
 
     @property
     def config_hash(self) -> str:

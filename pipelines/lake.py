@@ -150,7 +150,9 @@ class S3Storage(Storage):
         self.root_uri = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
         self.client = boto3.client(
             "s3",
-            endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLOPS_S3_ENDPOINT_URL") or None,
+            endpoint_url=os.environ.get("AWS_ENDPOINT_URL")
+            or os.environ.get("MLOPS_S3_ENDPOINT_URL")
+            or None,
             region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
         )
 
@@ -282,7 +284,9 @@ class Lake:
         self.storage.delete(stale)
         return Partition(prefix, body)
 
-    def write_frame(self, prefix: str, frame: pd.DataFrame, manifest: dict[str, Any] | None = None) -> Partition:
+    def write_frame(
+        self, prefix: str, frame: pd.DataFrame, manifest: dict[str, Any] | None = None
+    ) -> Partition:
         """Write a pandas frame as one Parquet file and commit it as the partition at ``prefix``."""
         body = {"rows": len(frame), "data_hash": frame_hash(frame), "columns": list(map(str, frame.columns))}
         body.update(manifest or {})
@@ -316,7 +320,9 @@ class Lake:
         import pandas as pd
         import pyarrow.parquet as pq
 
-        tables = [pq.read_table(io.BytesIO(self.storage.read_bytes(k)), columns=columns) for k in partition.files]
+        tables = [
+            pq.read_table(io.BytesIO(self.storage.read_bytes(k)), columns=columns) for k in partition.files
+        ]
         if not tables:
             return pd.DataFrame(columns=columns or partition.manifest.get("columns", []))
         import pyarrow as pa

@@ -38,7 +38,9 @@ def configure_mlflow(profile: Profile, usecase: UseCase) -> str:
         root = profile.mlflow_artifact_root
         location = root if "://" in root else Path(root).resolve().as_uri()
         try:
-            return mlflow.create_experiment(usecase.name, artifact_location=f"{location.rstrip('/')}/{usecase.name}")
+            return mlflow.create_experiment(
+                usecase.name, artifact_location=f"{location.rstrip('/')}/{usecase.name}"
+            )
         except Exception:  # created concurrently by another task
             experiment = mlflow.get_experiment_by_name(usecase.name)
             if experiment is None:

@@ -14,7 +14,16 @@ from pipelines.config import list_usecases
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-HEAVY_MODULES = ["pandas", "pyspark", "tensorflow", "keras", "mlflow", "great_expectations", "sklearn", "boto3"]
+HEAVY_MODULES = [
+    "pandas",
+    "pyspark",
+    "tensorflow",
+    "keras",
+    "mlflow",
+    "great_expectations",
+    "sklearn",
+    "boto3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +40,11 @@ def test_no_import_errors(dagbag) -> None:
 @pytest.mark.parametrize("usecase", list_usecases())
 def test_expected_dags_tasks_and_edges(dagbag, usecase: str) -> None:
     expected = {
-        f"{usecase}_ingest": {"wait_for_files": ["ingest"], "ingest": ["quarantine_check"], "quarantine_check": []},
+        f"{usecase}_ingest": {
+            "wait_for_files": ["ingest"],
+            "ingest": ["quarantine_check"],
+            "quarantine_check": [],
+        },
         f"{usecase}_features": {"features": []},
         f"{usecase}_score": {"score": []},
         f"{usecase}_train": {
@@ -56,7 +69,16 @@ def test_expected_dags_tasks_and_edges(dagbag, usecase: str) -> None:
         assert dag.max_active_runs == 1
         for task in dag.tasks:
             assert task.owner == "ml-platform", (dag_id, task.task_id)
-            if task.task_id in {"ingest", "features", "train", "evaluate", "gate", "register", "promote", "score"}:
+            if task.task_id in {
+                "ingest",
+                "features",
+                "train",
+                "evaluate",
+                "gate",
+                "register",
+                "promote",
+                "score",
+            }:
                 assert task.retries >= 1, (dag_id, task.task_id)
 
 
@@ -80,7 +102,10 @@ def test_train_dag_params_and_schedules(dagbag) -> None:
     nightly = dagbag.dags.get("flight_delay_train_nightly")
     assert nightly.timetable.expression == usecase.schedules.train_nightly
     assert "--mode" in nightly.task_dict["train"].step_args
-    assert nightly.task_dict["train"].step_args[nightly.task_dict["train"].step_args.index("--mode") + 1] == "refresh"
+    assert (
+        nightly.task_dict["train"].step_args[nightly.task_dict["train"].step_args.index("--mode") + 1]
+        == "refresh"
+    )
 
 
 def test_dag_files_parse_without_heavy_imports() -> None:

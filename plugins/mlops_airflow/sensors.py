@@ -18,7 +18,6 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 def _pending(usecase: str, up_to: str | None, conn_id: str | None) -> list[str]:
     from mlops_airflow.operators import patched_environ, s3_environment
-
     from pipelines.config import load_profile
     from pipelines.lake import open_lake
     from pipelines.steps.ingest import pending_files
@@ -26,13 +25,17 @@ def _pending(usecase: str, up_to: str | None, conn_id: str | None) -> list[str]:
     profile = load_profile()
     env = s3_environment(conn_id or profile.s3_connection_id) if profile.lake_uri.startswith("s3://") else {}
     with patched_environ(env):
-        return pending_files(open_lake(profile.lake_uri), usecase, date.fromisoformat(up_to) if up_to else None)
+        return pending_files(
+            open_lake(profile.lake_uri), usecase, date.fromisoformat(up_to) if up_to else None
+        )
 
 
 class LandingFilesTrigger(BaseTrigger):
     """Fires once files for ``usecase`` with a landing date on or before ``up_to`` wait in the inbox."""
 
-    def __init__(self, usecase: str, up_to: str | None, poll_seconds: float = 60.0, conn_id: str | None = None):
+    def __init__(
+        self, usecase: str, up_to: str | None, poll_seconds: float = 60.0, conn_id: str | None = None
+    ):
         super().__init__()
         self.usecase = usecase
         self.up_to = up_to
@@ -42,7 +45,12 @@ class LandingFilesTrigger(BaseTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
-            {"usecase": self.usecase, "up_to": self.up_to, "poll_seconds": self.poll_seconds, "conn_id": self.conn_id},
+            {
+                "usecase": self.usecase,
+                "up_to": self.up_to,
+                "poll_seconds": self.poll_seconds,
+                "conn_id": self.conn_id,
+            },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -51,7 +59,12 @@ class LandingFilesTrigger(BaseTrigger):
             if files:
                 yield TriggerEvent({"files": files})
                 return
-            self.log.info("No landed files for %s up to %s; next check in %ss", self.usecase, self.up_to, self.poll_seconds)
+            self.log.info(
+                "No landed files for %s up to %s; next check in %ss",
+                self.usecase,
+                self.up_to,
+                self.poll_seconds,
+            )
             await asyncio.sleep(self.poll_seconds)
 
 

@@ -1,0 +1,32 @@
+"""MLflow pyfunc wrapper serving a Keras candidate: JSON encoder + ``.keras`` model -> P(label == 1).
+
+Kept apart from pipelines.modeling because it subclasses ``mlflow.pyfunc.PythonModel`` at import time (MLflow is
+heavy); it is imported only when a Keras model is logged or loaded. The wrapper holds no state of its own (MLflow
+pickles it by reference to this module); everything it serves comes from its artifacts in ``load_context``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+
+
+class KerasProbabilityModel(mlflow.pyfunc.PythonModel):
+    """``predict(frame of feature columns)`` -> 1-D array of P(label == 1)."""
+
+    def load_context(self, context: Any) -> None:
+        from pipelines.modeling import TabularEncoder, load_keras_model
+
+        self._encoder = TabularEncoder.from_dict(json.loads(Path(context.artifacts["encoder"]).read_text()))
+        self._model = load_keras_model(context.artifacts["keras_model"])
+
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+        import pandas as pd
+
+        from pipelines.modeling import keras_predict
+
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        return keras_predict(self._model, self._encoder.transform(frame))

@@ -1,0 +1,394 @@
+"""Candidate models by family, fitted deterministically and logged to MLflow as pyfunc models.
+
+Families (``CandidateSpec.family``):
+
+- ``logistic_regression``: scikit-learn pipeline: median imputation with missing indicators and scaling for
+  numeric columns, one-hot encoding for categorical columns (unknown and null values -> all zeros), then
+  ``LogisticRegression(**params)``.
+- ``hist_gradient_boosting``: scikit-learn pipeline: numeric columns as they are (the model handles nulls),
+  categorical columns ordinal-encoded (unknown/null -> missing) and declared categorical, then
+  ``HistGradientBoostingClassifier(**params)``.
+- ``keras_mlp``: a Keras 3 (TensorFlow) multilayer perceptron; its preprocessing (median imputation, scaling,
+  one-hot) is a :class:`TabularEncoder` stored as JSON next to the ``.keras`` weights, and both are served by the
+  pyfunc wrapper :class:`pipelines.keras_pyfunc.KerasProbabilityModel`. Params: ``hidden_units`` (list),
+  ``epochs``, ``batch_size``, ``learning_rate``, ``dropout``.
+
+Every logged model is an MLflow pyfunc whose ``predict(frame)`` gives the probability of the positive class
+(scikit-learn models through ``pyfunc_predict_fn="predict_proba"``, an (n, 2) array; the Keras wrapper a 1-D
+array); read it with :func:`pipelines.tracking.predict_proba`. Feed models with :func:`prepare_features`.
+
+Serialization: scikit-learn models use MLflow's default skops format (no code runs on load) with the
+HistGradientBoosting tree predictor as the one extra trusted type; the Keras model is a ``.keras`` file (weights
+and architecture, no pickled code) plus a JSON encoder. Only the stateless wrapper class is pickled, by reference
+to ``pipelines.keras_pyfunc``, so loading a Keras candidate needs the ``pipelines`` package importable (it is in
+every runtime of this project).
+
+Determinism: scikit-learn estimators get ``random_state=seed``; Keras runs with
+``keras.utils.set_random_seed(seed)`` and TensorFlow op determinism, so the same data and seed give the same
+predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipelines.config import CandidateSpec, ConfigError, UseCase
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+FAMILIES = ("logistic_regression", "hist_gradient_boosting", "keras_mlp")
+MODEL_ARTIFACT_NAME = "model"
+SKOPS_TRUSTED_TYPES = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
+KERAS_MLP_DEFAULTS: dict[str, Any] = {
+    "hidden_units": [64, 32],
+    "epochs": 4,
+    "batch_size": 512,
+    "learning_rate": 0.001,
+    "dropout": 0.0,
+}
+MAX_CATEGORIES = 50  # per categorical column; rarer values share the "unknown" encoding
+
+
+# --------------------------------------------------------------------------------------------------- inputs
+
+
+def feature_columns(usecase: UseCase) -> list[str]:
+    """Model inputs in order: numeric then categorical (same as pipelines.tracking.feature_columns)."""
+    return [*usecase.features.numeric, *usecase.features.categorical]
+
+
+def prepare_features(frame: pd.DataFrame, usecase: UseCase) -> pd.DataFrame:
+    """The model input frame: feature columns only, numeric as float64 (NaN for null), categorical as str/None.
+
+    Every caller that trains or scores (train, evaluate, score) goes through this, so models always see the
+    same types. Raises ValueError naming the missing columns.
+    """
+    import numpy as np
+    import pandas as pd
+
+    missing = [c for c in feature_columns(usecase) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"feature columns {missing} are missing (have {sorted(map(str, frame.columns))})")
+    out = pd.DataFrame(index=pd.RangeIndex(len(frame)))
+    for column in usecase.features.numeric:
+        out[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64").to_numpy()
+    for column in usecase.features.categorical:
+        values = frame[column].astype(object).to_numpy()
+        present = pd.notna(values)
+        text = np.full(len(values), None, dtype=object)
+        text[present] = [str(v) for v in values[present]]
+        out[column] = text
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- encoder
+
+
+@dataclass
+class TabularEncoder:
+    """Numeric imputation + scaling and categorical one-hot in plain numpy, stored as JSON with the model."""
+
+    numeric: list[str]
+    categorical: list[str]
+    medians: list[float]
+    means: list[float]
+    scales: list[float]
+    vocabulary: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, frame: pd.DataFrame, numeric: list[str], categorical: list[str]) -> TabularEncoder:
+        import numpy as np
+
+        values = frame[numeric].to_numpy(dtype="float64") if numeric else np.zeros((len(frame), 0))
+        with np.errstate(all="ignore"):
+            medians = np.array(
+                [np.nanmedian(col) if np.isfinite(col).any() else 0.0 for col in values.T], dtype="float64"
+            )
+        filled = np.where(np.isnan(values), medians, values)
+        means = filled.mean(axis=0) if len(filled) else np.zeros(len(numeric))
+        scales = filled.std(axis=0) if len(filled) else np.ones(len(numeric))
+        scales = np.where(scales > 1e-12, scales, 1.0)
+        vocabulary = {}
+        for column in categorical:
+            counts = frame[column].dropna().astype(str).value_counts()
+            ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:MAX_CATEGORIES]
+            vocabulary[column] = sorted(value for value, _ in ranked)
+        return cls(numeric, categorical, medians.tolist(), means.tolist(), scales.tolist(), vocabulary)
+
+    @property
+    def width(self) -> int:
+        return len(self.numeric) + sum(len(v) for v in self.vocabulary.values())
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        """A float32 matrix: scaled numeric columns, then one-hot blocks (null/unknown -> zeros)."""
+        import numpy as np
+        import pandas as pd
+
+        rows = len(frame)
+        out = np.zeros((rows, self.width), dtype="float32")
+        if self.numeric:
+            values = frame[self.numeric].to_numpy(dtype="float64")
+            values = np.where(np.isnan(values), np.asarray(self.medians), values)
+            out[:, : len(self.numeric)] = (values - np.asarray(self.means)) / np.asarray(self.scales)
+        offset = len(self.numeric)
+        for column in self.categorical:
+            vocab = self.vocabulary[column]
+            codes = pd.Categorical(frame[column].astype(object), categories=vocab).codes
+            hit = codes >= 0
+            out[np.flatnonzero(hit), offset + codes[hit]] = 1.0
+            offset += len(vocab)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "numeric": self.numeric,
+            "categorical": self.categorical,
+            "medians": self.medians,
+            "means": self.means,
+            "scales": self.scales,
+            "vocabulary": self.vocabulary,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TabularEncoder:
+        return cls(**data)
+
+
+# --------------------------------------------------------------------------------------------------- keras
+
+
+def _init_tensorflow(seed: int) -> Any:
+    """Import Keras on TensorFlow quietly, seed everything and turn on op determinism."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    return keras
+
+
+def load_keras_model(path: str | Path) -> Any:
+    """Load a ``.keras`` file for inference (no optimizer state)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+
+    return keras.saving.load_model(str(path), compile=False)
+
+
+def keras_predict(model: Any, matrix: np.ndarray, batch_rows: int = 65536) -> np.ndarray:
+    """Probabilities from a Keras model, called directly in batches (faster than ``model.predict``)."""
+    import numpy as np
+
+    if len(matrix) == 0:
+        return np.zeros(0, dtype="float64")
+    parts = [np.asarray(model(matrix[i : i + batch_rows], training=False)) for i in range(0, len(matrix), batch_rows)]
+    return np.concatenate(parts).reshape(-1).astype("float64")
+
+
+class KerasMLP:
+    """A fitted Keras MLP with its encoder; ``predict_proba`` gives P(label == 1) as a 1-D array."""
+
+    def __init__(self, encoder: TabularEncoder, model: Any, params: dict[str, Any]) -> None:
+        self.encoder = encoder
+        self.model = model
+        self.params = params
+
+    @classmethod
+    def fit(cls, spec: CandidateSpec, usecase: UseCase, X: pd.DataFrame, y: np.ndarray, seed: int) -> KerasMLP:
+        import numpy as np
+
+        unknown = sorted(set(spec.params) - set(KERAS_MLP_DEFAULTS))
+        if unknown:
+            raise ConfigError(
+                f"candidate {spec.name!r} (keras_mlp): unknown params {unknown}; "
+                f"allowed: {sorted(KERAS_MLP_DEFAULTS)}"
+            )
+        params = {**KERAS_MLP_DEFAULTS, **spec.params}
+        keras = _init_tensorflow(seed)
+        encoder = TabularEncoder.fit(X, usecase.features.numeric, usecase.features.categorical)
+        matrix = encoder.transform(X)
+        inputs = keras.Input(shape=(encoder.width,), name="features")
+        hidden = inputs
+        for units in params["hidden_units"]:
+            hidden = keras.layers.Dense(int(units), activation="relu")(hidden)
+            if params["dropout"]:
+                hidden = keras.layers.Dropout(float(params["dropout"]), seed=seed)(hidden)
+        outputs = keras.layers.Dense(1, activation="sigmoid", name="probability")(hidden)
+        model = keras.Model(inputs, outputs, name=f"{spec.name}_mlp")
+        model.compile(optimizer=keras.optimizers.Adam(float(params["learning_rate"])), loss="binary_crossentropy")
+        model.fit(
+            matrix,
+            np.asarray(y, dtype="float32"),
+            epochs=int(params["epochs"]),
+            batch_size=int(params["batch_size"]),
+            shuffle=True,
+            verbose=0,
+        )
+        return cls(encoder, model, params)
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        return keras_predict(self.model, self.encoder.transform(X))
+
+
+# --------------------------------------------------------------------------------------------------- sklearn
+
+
+def _sklearn_pipeline(spec: CandidateSpec, usecase: UseCase, seed: int) -> Any:
+    import numpy as np
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+
+    numeric, categorical = usecase.features.numeric, usecase.features.categorical
+    try:
+        if spec.family == "logistic_regression":
+            numeric_steps = Pipeline(
+                [("impute", SimpleImputer(strategy="median", add_indicator=True)), ("scale", StandardScaler())]
+            )
+            transformers: list[tuple[str, Any, list[str]]] = [("numeric", numeric_steps, numeric)]
+            if categorical:
+                encoder = OneHotEncoder(handle_unknown="infrequent_if_exist", max_categories=MAX_CATEGORIES)
+                transformers.append(("categorical", encoder, categorical))
+            classifier: Any = LogisticRegression(**{"max_iter": 300, "random_state": seed, **spec.params})
+        elif spec.family == "hist_gradient_boosting":
+            transformers = [("numeric", "passthrough", numeric)]
+            if categorical:
+                encoder = OrdinalEncoder(
+                    handle_unknown="use_encoded_value",
+                    unknown_value=np.nan,
+                    encoded_missing_value=np.nan,
+                    max_categories=MAX_CATEGORIES,
+                )
+                transformers.append(("categorical", encoder, categorical))
+            mask = [False] * len(numeric) + [True] * len(categorical)
+            classifier = HistGradientBoostingClassifier(
+                **{"random_state": seed, "categorical_features": mask if categorical else None, **spec.params}
+            )
+        else:  # pragma: no cover - guarded by fit_candidate
+            raise ConfigError(f"candidate {spec.name!r}: {spec.family} is not a scikit-learn family")
+    except TypeError as exc:
+        raise ConfigError(f"candidate {spec.name!r} ({spec.family}): bad params {spec.params}: {exc}") from None
+    preprocess = ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
+    return Pipeline([("preprocess", preprocess), ("model", classifier)])
+
+
+# --------------------------------------------------------------------------------------------------- fit + log
+
+
+@dataclass
+class FittedCandidate:
+    """A fitted candidate, ready to predict and to be logged."""
+
+    spec: CandidateSpec
+    estimator: Any
+    fit_seconds: float
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """P(label == 1) as a 1-D float array."""
+        if isinstance(self.estimator, KerasMLP):
+            return self.estimator.predict_proba(X)
+        return self.estimator.predict_proba(X)[:, 1].astype("float64")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        if isinstance(self.estimator, KerasMLP):
+            return dict(self.estimator.params)
+        return dict(self.estimator.named_steps["model"].get_params())
+
+
+def fit_candidate(spec: CandidateSpec, usecase: UseCase, X: pd.DataFrame, y: Any, seed: int) -> FittedCandidate:
+    """Fit one candidate on ``X`` (from :func:`prepare_features`) and labels ``y`` (0/1), deterministically."""
+    import numpy as np
+
+    if spec.family not in FAMILIES:  # pragma: no cover - the config Literal guards this
+        raise ConfigError(f"candidate {spec.name!r}: unknown family {spec.family!r}; known: {list(FAMILIES)}")
+    labels = np.asarray(y, dtype="int64")
+    started = time.perf_counter()
+    if spec.family == "keras_mlp":
+        estimator: Any = KerasMLP.fit(spec, usecase, X, labels, seed)
+    else:
+        estimator = _sklearn_pipeline(spec, usecase, seed)
+        estimator.fit(X, labels)
+    return FittedCandidate(spec, estimator, time.perf_counter() - started)
+
+
+def pip_requirements(family: str) -> list[str]:
+    """Pinned requirements recorded with a logged model (no slow inference, no whole-project capture)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["mlflow", "numpy", "pandas", "scikit-learn"]
+    names += ["skops"] if family != "keras_mlp" else ["keras", "tensorflow-cpu"]
+    pins = []
+    for name in names:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def input_example(X: pd.DataFrame, rows: int = 5) -> pd.DataFrame:
+    """A few complete rows (no nulls) when there are some, for the model signature and example."""
+    complete = X.dropna()
+    return (complete if len(complete) >= rows else X).head(rows).reset_index(drop=True)
+
+
+def log_fitted_model(fitted: FittedCandidate, example: pd.DataFrame) -> Any:
+    """Log ``fitted`` as the active run's pyfunc model with signature and input example; return ModelInfo."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    requirements = pip_requirements(fitted.spec.family)
+    if isinstance(fitted.estimator, KerasMLP):
+        from pipelines.keras_pyfunc import KerasProbabilityModel
+
+        signature = infer_signature(example, fitted.predict_proba(example))
+        with tempfile.TemporaryDirectory(prefix="keras-model-") as tmp:
+            weights = Path(tmp) / "model.keras"
+            encoder = Path(tmp) / "encoder.json"
+            fitted.estimator.model.save(weights)
+            encoder.write_text(json.dumps(fitted.estimator.encoder.to_dict()))
+            return mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT_NAME,
+                python_model=KerasProbabilityModel(),
+                artifacts={"keras_model": str(weights), "encoder": str(encoder)},
+                signature=signature,
+                input_example=example,
+                pip_requirements=requirements,
+            )
+    signature = infer_signature(example, fitted.estimator.predict_proba(example))
+    return mlflow.sklearn.log_model(
+        fitted.estimator,
+        name=MODEL_ARTIFACT_NAME,
+        signature=signature,
+        input_example=example,
+        pip_requirements=requirements,
+        pyfunc_predict_fn="predict_proba",
+        serialization_format="skops",
+        skops_trusted_types=SKOPS_TRUSTED_TYPES,
+    )
+
+
+def mlflow_params(fitted: FittedCandidate) -> dict[str, str]:
+    """The candidate's effective hyperparameters as MLflow params (simple values, lists as JSON)."""
+    out = {}
+    for key, value in sorted(fitted.params.items()):
+        if isinstance(value, str | int | float | bool) or value is None:
+            out[f"model.{key}"] = str(value)
+        elif isinstance(value, list | tuple | dict):
+            out[f"model.{key}"] = json.dumps(value, default=str)[:500]
+    return out

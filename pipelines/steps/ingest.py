@@ -1,0 +1,547 @@
+"""Ingest landed files: validate with Great Expectations, commit typed raw partitions, quarantine the rest.
+
+Lake keys (``<uc>`` is the use case, ``<day>`` the landing date folder)::
+
+    landing/<uc>/<day>/<file>            inbox: files wait here (see land_file, pending_files)
+    raw/<uc>/<source>/date=<day>/        committed, typed Parquet of all valid files of that day
+    archive/<uc>/<day>/<file>            files committed to raw (copied first, deleted from landing last)
+    quarantine/<uc>/<day>/<file>         rejected files, with <file>.report.json and <file>.report.html
+
+Every landed file with a date folder on or before ``--date`` is processed. A file belongs to the source whose
+``file_pattern`` matches its name. Files are parsed strictly (encoding, CSV shape, Parquet footer, columns,
+min_rows), then all files of one source are validated in one GX batch (pipelines.validation). A file with any
+failure goes to quarantine as a whole; the others are committed. The raw partition of (source, day) is rebuilt
+from all valid files of that day (the archived ones and the new ones; a re-delivered name replaces the archived
+file), so reruns give the same partition. The step fails (exit 1) after committing the good files when any file
+was quarantined.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import html
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import date
+from fnmatch import fnmatchcase
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from pipelines.config import SourceSpec, UseCase
+from pipelines.context import StepContext, StepFailed, progress
+from pipelines.lake import Lake
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pipelines.validation import FailedCheck
+
+_DAY_FOLDER = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ingest step takes only --usecase and --date."""
+
+
+# --------------------------------------------------------------------------------------------------- inbox
+
+
+def landing_key(usecase: str, day: date, name: str) -> str:
+    return f"landing/{usecase}/{day.isoformat()}/{name}"
+
+
+def archive_key(usecase: str, day: date, name: str) -> str:
+    return f"archive/{usecase}/{day.isoformat()}/{name}"
+
+
+def quarantine_key(usecase: str, day: date, name: str) -> str:
+    return f"quarantine/{usecase}/{day.isoformat()}/{name}"
+
+
+def _check_file_name(name: str) -> None:
+    if not name or "/" in name or "\\" in name or name.startswith(".") or name.endswith(".report.json"):
+        raise ValueError(f"file name {name!r}: expected a plain name such as flights_2013-01-05.csv")
+
+
+def _dated_files(lake: Lake, zone: str, usecase: str) -> tuple[list[tuple[date, str, str]], list[str]]:
+    """(day, name, key) of files directly under ``<zone>/<usecase>/<yyyy-mm-dd>/``, and keys that are not."""
+    found: list[tuple[date, str, str]] = []
+    ignored: list[str] = []
+    prefix = f"{zone}/{usecase}/"
+    for key in lake.storage.list(prefix):
+        parts = key[len(prefix) :].split("/")
+        if len(parts) != 2 or not _DAY_FOLDER.match(parts[0]):
+            ignored.append(key)
+            continue
+        try:
+            found.append((date.fromisoformat(parts[0]), parts[1], key))
+        except ValueError:
+            ignored.append(key)
+    return sorted(found), ignored
+
+
+def pending_files(lake: Lake, usecase: str, up_to: date | None = None) -> list[str]:
+    """Landing keys waiting to be ingested with a date folder on or before ``up_to`` (all when None), sorted.
+
+    Cheap and GX-free: one listing of ``landing/<usecase>/``. Keys outside ``<yyyy-mm-dd>/<file>`` are ignored.
+    """
+    found, _ = _dated_files(lake, "landing", usecase)
+    return sorted(key for day, _, key in found if up_to is None or day <= up_to)
+
+
+def land_file(lake: Lake, usecase: str, day: date, name: str, data: bytes) -> str:
+    """Write ``data`` atomically into the landing inbox as ``landing/<usecase>/<day>/<name>``; return its URI."""
+    _check_file_name(name)
+    key = landing_key(usecase, day, name)
+    lake.storage.write_bytes(key, data)
+    return lake.storage.uri(key)
+
+
+def match_source(usecase: UseCase, name: str) -> str | None:
+    """The first source (config order) whose ``file_pattern`` matches ``name``, or None."""
+    for source_name, source in usecase.sources.items():
+        if fnmatchcase(name, source.file_pattern):
+            return source_name
+    return None
+
+
+# --------------------------------------------------------------------------------------------------- parsing
+
+
+@dataclass
+class DeliveredFile:
+    """One file being ingested: a new landing or an archived file of the same (source, day)."""
+
+    key: str
+    name: str
+    day: date
+    data: bytes
+    from_archive: bool = False
+    source: str | None = None
+    frame: pd.DataFrame | None = None  # configured columns as strings (None = null) + validation.ROW
+    typed: pd.DataFrame | None = None
+    rows: int = 0
+    checks: list[FailedCheck] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @cached_property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    @property
+    def rejected(self) -> bool:
+        return bool(self.checks)
+
+    def reject(self, check: FailedCheck) -> None:
+        self.checks.append(check)
+        self.frame = None
+
+
+def count_data_lines(data: bytes) -> int:
+    """Rows of a file that cannot be parsed: Parquet footer row count, else non-blank lines minus a header."""
+    if data[:4] == b"PAR1":
+        try:
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(io.BytesIO(data)).metadata.num_rows)
+        except Exception:  # noqa: BLE001 - a broken footer: fall back to counting lines
+            pass
+    lines = [line for line in data.splitlines() if line.strip()]
+    return max(len(lines) - 1, 0)
+
+
+def _file_check(kind: str, hint: str, count: int = 1, values: list[Any] | None = None,
+                rows: list[int] | None = None, column: str | None = None) -> FailedCheck:
+    from pipelines.validation import FailedCheck
+
+    return FailedCheck(kind, column, count, hint, values or [], rows or [])
+
+
+def _check_columns(file: DeliveredFile, present: list[str], source_name: str, source: SourceSpec) -> bool:
+    missing = [c for c in source.columns if c not in present]
+    duplicated = sorted({c for c in present if present.count(c) > 1})
+    extra = [c for c in present if c not in source.columns]
+    if duplicated:
+        file.reject(_file_check("columns_unique", f"the header repeats column(s) {duplicated}: each column "
+                                "may appear once; fix the producer", len(duplicated), duplicated))
+    if missing:
+        file.reject(_file_check(
+            "columns_present",
+            f"missing column(s) {missing} (the file has {present}): deliver them, or remove them from "
+            f"sources.{source_name}.columns in the use case config", len(missing), missing))
+    if extra:
+        file.notes.append(f"extra column(s) not in the config were dropped: {extra}")
+    return not (missing or duplicated)
+
+
+def _check_min_rows(file: DeliveredFile, source: SourceSpec) -> bool:
+    if file.rows < source.min_rows:
+        file.reject(_file_check(
+            "file_not_empty",
+            f"the file has {file.rows} data row(s); at least min_rows={source.min_rows} are needed: re-deliver "
+            "the complete file", 1, [file.rows]))
+        return False
+    return True
+
+
+def _parse_csv(file: DeliveredFile, source_name: str, source: SourceSpec) -> None:
+    import pandas as pd
+
+    from pipelines.validation import ROW
+
+    if not file.data:
+        file.reject(_file_check("file_not_empty", "the file is empty (0 bytes): re-deliver the complete file"))
+        return
+    try:
+        text = file.data.decode(source.encoding)
+    except UnicodeDecodeError as exc:
+        file.rows = count_data_lines(file.data)
+        line = file.data[: exc.start].count(b"\n") + 1
+        file.reject(_file_check(
+            "file_decodes",
+            f"unknown encoding: the bytes at line {line} are not valid {source.encoding}: re-export the file as "
+            f"{source.encoding}, or set sources.{source_name}.encoding to the file's encoding",
+            1, [repr(file.data[max(exc.start - 8, 0) : exc.end + 8])], [line]))
+        return
+    except LookupError:
+        file.rows = count_data_lines(file.data)
+        file.reject(_file_check("file_decodes", f"sources.{source_name}.encoding {source.encoding!r} is not a "
+                                "known codec: fix the use case config"))
+        return
+    records: list[list[str]] = []
+    lines: list[int] = []
+    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""), strict=True)
+    try:
+        for record in reader:
+            if record:  # blank lines are skipped
+                records.append(record)
+                lines.append(reader.line_num)
+    except csv.Error as exc:
+        file.rows = count_data_lines(file.data)
+        file.reject(_file_check("file_well_formed", f"not valid CSV at line {reader.line_num} ({exc}): the file "
+                                "looks truncated or corrupt; re-deliver the complete file", 1, [],
+                                [reader.line_num]))
+        return
+    if not records:
+        file.reject(_file_check("file_not_empty", "the file has no header and no rows: re-deliver the complete "
+                                "file"))
+        return
+    header, body, body_lines = records[0], records[1:], lines[1:]
+    file.rows = len(body)
+    ragged = [(line, len(rec)) for rec, line in zip(body, body_lines, strict=True) if len(rec) != len(header)]
+    if ragged:
+        file.reject(_file_check(
+            "file_well_formed",
+            f"line {ragged[0][0]} has {ragged[0][1]} field(s) but the header has {len(header)}: the file looks "
+            "truncated or corrupt; re-deliver the complete file",
+            len(ragged), [f"{n} fields" for _, n in ragged[:5]], [line for line, _ in ragged[:5]]))
+        return
+    if not _check_columns(file, header, source_name, source) or not _check_min_rows(file, source):
+        return
+    frame = pd.DataFrame(body, columns=header, dtype=object)
+    frame = frame[list(source.columns)]
+    frame = frame.where(~frame.isin(list(source.null_values)), None)
+    frame[ROW] = body_lines
+    file.frame = frame.reset_index(drop=True)
+
+
+def _parse_parquet(file: DeliveredFile, source_name: str, source: SourceSpec) -> None:
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from pipelines.validation import ROW
+
+    if not file.data:
+        file.reject(_file_check("file_not_empty", "the file is empty (0 bytes): re-deliver the complete file"))
+        return
+    try:
+        table = pq.read_table(io.BytesIO(file.data))
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for broken files
+        file.rows = count_data_lines(file.data)
+        file.reject(_file_check("file_well_formed", f"not a readable Parquet file ({exc}): the file looks "
+                                "truncated or corrupt; re-deliver the complete file"))
+        return
+    file.rows = table.num_rows
+    if not _check_columns(file, table.column_names, source_name, source) or not _check_min_rows(file, source):
+        return
+    columns: dict[str, Any] = {}
+    for column, spec in source.columns.items():
+        try:
+            as_text = pc.cast(table[column], pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            file.reject(_file_check(
+                "column_type", f"column '{column}' has Parquet type {table.schema.field(column).type}, which "
+                f"cannot be read as {spec.type}: fix the producer or sources.{source_name}.columns.{column}.type",
+                1, [str(table.schema.field(column).type)], column=column))
+            return
+        columns[column] = as_text.to_pandas().astype(object).where(lambda s: s.notna(), None)
+    frame = pd.DataFrame(columns)
+    frame = frame.where(~frame.isin(list(source.null_values)), None)
+    frame[ROW] = range(1, len(frame) + 1)
+    file.frame = frame
+
+
+def parse_file(file: DeliveredFile, source_name: str, source: SourceSpec) -> None:
+    """Fill ``file.frame`` (strings) and ``file.rows``, or add the parse failure to ``file.checks``."""
+    if source.format == "parquet":
+        _parse_parquet(file, source_name, source)
+    else:
+        _parse_csv(file, source_name, source)
+
+
+# --------------------------------------------------------------------------------------------------- reports
+
+
+def _report(ctx: StepContext, file: DeliveredFile, patterns: dict[str, str]) -> dict[str, Any]:
+    return {
+        "file": file.name,
+        "usecase": ctx.usecase.name,
+        "landing_key": file.key,
+        "landing_date": file.day.isoformat(),
+        "sha256": file.sha256,
+        "bytes": len(file.data),
+        "source": file.source,
+        "expected_patterns": patterns if file.source is None else None,
+        "rows": file.rows,
+        "status": "quarantined",
+        "failed_checks": [c.to_dict() for c in file.checks],
+        "notes": file.notes,
+    }
+
+
+def render_report_html(report: dict[str, Any]) -> str:
+    """A small self-contained HTML page for a quarantine report."""
+    esc = html.escape
+    rows = "\n".join(
+        "<tr>" + "".join(f"<td>{esc(str(value))}</td>" for value in (
+            check["expectation_type"], check["column"] or "", check["unexpected_count"],
+            json.dumps(check["sample_unexpected_values"], default=str), check["sample_rows"], check["hint"],
+        )) + "</tr>"
+        for check in report["failed_checks"]
+    )
+    notes = "".join(f"<li>{esc(note)}</li>" for note in report["notes"])
+    facts = "".join(
+        f"<tr><th>{esc(key)}</th><td>{esc(str(report[key]))}</td></tr>"
+        for key in ("file", "usecase", "source", "landing_date", "landing_key", "sha256", "bytes", "rows",
+                    "expected_patterns")
+        if report.get(key) is not None
+    )
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Quarantined: {esc(report["file"])}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #bbb;padding:4px 8px;text-align:left;vertical-align:top}}th{{background:#eee}}</style>
+</head><body>
+<h1>Quarantined: {esc(report["file"])}</h1>
+<table>{facts}</table>
+<h2>Failed checks ({len(report["failed_checks"])})</h2>
+<table><tr><th>check</th><th>column</th><th>unexpected</th><th>sample values</th><th>sample rows/lines</th>
+<th>how to fix</th></tr>
+{rows}
+</table>
+{f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
+</body></html>
+"""
+
+
+def _quarantine(ctx: StepContext, file: DeliveredFile, patterns: dict[str, str]) -> dict[str, Any]:
+    """Copy a rejected file and its reports to quarantine, then delete it from landing."""
+    storage = ctx.lake.storage
+    key = quarantine_key(ctx.usecase.name, file.day, file.name)
+    storage.write_bytes(key, file.data)
+    report = _report(ctx, file, patterns)
+    report_uri = ctx.lake.write_json(f"{key}.report.json", report)
+    html_uri = ctx.lake.write_text(f"{key}.report.html", render_report_html(report))
+    storage.delete([file.key])
+    return {
+        "file": file.name,
+        "landing_date": file.day.isoformat(),
+        "source": file.source,
+        "rows": file.rows,
+        "path": storage.uri(key),
+        "report": report_uri,
+        "report_html": html_uri,
+        "failed_checks": [c.short() for c in file.checks],
+    }
+
+
+# --------------------------------------------------------------------------------------------------- step
+
+
+def _empty_result() -> dict[str, Any]:
+    return {
+        "files_landed": 0,
+        "files_committed": 0,
+        "files_quarantined": 0,
+        "rows_landed": 0,
+        "rows_committed": 0,
+        "rows_quarantined": 0,
+        "raw_partitions": [],
+        "quarantined": [],
+        "validation": {},
+    }
+
+
+def _load(lake: Lake, key: str, day: date, name: str, from_archive: bool = False) -> DeliveredFile:
+    return DeliveredFile(key=key, name=name, day=day, data=lake.storage.read_bytes(key), from_archive=from_archive)
+
+
+def _archived_companions(ctx: StepContext, groups: dict[tuple[str, date], list[DeliveredFile]]) -> list[DeliveredFile]:
+    """Archived files of each (source, day) being rebuilt, except names delivered again."""
+    archived: list[DeliveredFile] = []
+    for day in sorted({day for _, day in groups}):
+        prefix = f"archive/{ctx.usecase.name}/{day.isoformat()}/"
+        for key in ctx.lake.storage.list(prefix):
+            name = key[len(prefix) :]
+            source = match_source(ctx.usecase, name) if "/" not in name else None
+            if source is None or (source, day) not in groups:
+                continue
+            if name in {f.name for f in groups[(source, day)]}:
+                continue
+            file = _load(ctx.lake, key, day, name, from_archive=True)
+            file.source = source
+            archived.append(file)
+    return archived
+
+
+def _commit_partition(ctx: StepContext, source: str, day: date, files: list[DeliveredFile]) -> str:
+    import pandas as pd
+
+    files = sorted(files, key=lambda f: f.name)
+    frames = []
+    for file in files:
+        if file.typed is None:
+            raise RuntimeError(f"ingest: {file.key} was not typed before commit")  # a bug, not bad input
+        typed = file.typed.copy()
+        typed["_source_file"] = pd.Series([file.name] * len(typed), dtype="string")
+        frames.append(typed)
+    frame = pd.concat(frames, ignore_index=True)
+    prefix = Lake.partition_key("raw", ctx.usecase.name, day, source)
+    ctx.lake.write_frame(prefix, frame, {
+        "source": source,
+        "rows": len(frame),
+        "landing_date": day.isoformat(),
+        "source_files": [{"name": f.name, "sha256": f.sha256, "rows": len(f.typed)} for f in files],
+    })
+    progress(f"ingest: committed {prefix} ({len(frame)} rows from {len(files)} file(s))")
+    return ctx.lake.storage.uri(prefix)
+
+
+def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
+    """Ingest every landed file dated on or before ctx.day (see the module docstring)."""
+    from pipelines.validation import to_typed, validate_batch
+
+    usecase = ctx.usecase
+    storage = ctx.lake.storage
+    found, ignored = _dated_files(ctx.lake, "landing", usecase.name)
+    for key in ignored:
+        ctx.log.warning("ingest: ignoring %s (expected landing/%s/<yyyy-mm-dd>/<file>)", key, usecase.name)
+    landed = [_load(ctx.lake, key, day, name) for day, name, key in found if day <= ctx.day]
+    result = _empty_result()
+    if not landed:
+        progress(f"ingest: nothing waiting in landing/{usecase.name}/ up to {ctx.ds}")
+        return result
+    progress(f"ingest: {len(landed)} file(s) waiting in landing/{usecase.name}/ up to {ctx.ds}")
+    patterns = {name: source.file_pattern for name, source in usecase.sources.items()}
+
+    # 1. match and parse
+    groups: dict[tuple[str, date], list[DeliveredFile]] = {}
+    for file in landed:
+        file.source = match_source(usecase, file.name)
+        if file.source is None:
+            file.rows = count_data_lines(file.data)
+            file.reject(_file_check(
+                "file_name_matches_source",
+                f"the name {file.name!r} matches no source pattern; expected one of {patterns}: rename the file "
+                "or add a source to the use case config", 1, [file.name]))
+            continue
+        parse_file(file, file.source, usecase.sources[file.source])
+        groups.setdefault((file.source, file.day), []).append(file)
+
+    # 2. validate each source's new files in one GX batch
+    for source_name, source in usecase.sources.items():
+        batch = [f for f in landed if f.source == source_name and f.frame is not None]
+        if not batch:
+            continue
+        progress(f"ingest: validating {len(batch)} {source_name} file(s) with Great Expectations")
+        try:
+            outcome = validate_batch(source_name, source, [f.frame for f in batch])
+        except ValueError as exc:
+            raise StepFailed(f"ingest: use case {usecase.name!r}: {exc}", result) from exc
+        result["validation"][source_name] = {
+            "files": len(batch), "rows": outcome.rows, "expectations": outcome.expectations,
+            "seconds": round(outcome.seconds, 3), "success": outcome.success,
+        }
+        progress(f"ingest: validated {len(batch)} {source_name} file(s), {outcome.rows} rows, "
+                 f"{outcome.expectations} expectations in {outcome.seconds:.2f} s")
+        for index, checks in outcome.failures.items():
+            batch[index].checks.extend(checks)
+        for file in batch:
+            if file.rejected:
+                file.frame = None
+                continue
+            file.typed, problems = to_typed(file.frame, source, source_name)
+            for problem in problems:
+                file.reject(problem)
+
+    # 3. the archived files of every (source, day) to rebuild
+    accepted = {k: [f for f in files if not f.rejected] for k, files in groups.items()}
+    accepted = {k: files for k, files in accepted.items() if files}
+    archived = _archived_companions(ctx, accepted)
+    broken = []
+    for file in archived:
+        source = usecase.sources[file.source]
+        parse_file(file, file.source, source)
+        if file.frame is not None:
+            file.typed, problems = to_typed(file.frame, source, file.source)
+            file.checks.extend(problems)
+        if file.rejected or file.typed is None:
+            broken.append(f"{storage.uri(file.key)}: {'; '.join(c.short() for c in file.checks)}")
+    if broken:
+        raise StepFailed(
+            "ingest: archived file(s) committed earlier no longer parse with the current config, so their raw "
+            "partitions cannot be rebuilt (nothing was changed): " + " | ".join(broken)
+            + ". Fix the use case config, or move these files out of the archive.", result)
+
+    # 4. commit each (source, day), then archive its new files (copy first, delete from landing last)
+    for (source_name, day), files in sorted(accepted.items(), key=lambda item: (item[0][1], item[0][0])):
+        companions = [f for f in archived if f.source == source_name and f.day == day]
+        result["raw_partitions"].append(_commit_partition(ctx, source_name, day, files + companions))
+        for file in files:
+            storage.write_bytes(archive_key(usecase.name, day, file.name), file.data)
+            storage.delete([file.key])
+
+    # 5. quarantine the rejected files
+    rejected = [f for f in landed if f.rejected]
+    for file in rejected:
+        result["quarantined"].append(_quarantine(ctx, file, patterns))
+
+    committed = [f for f in landed if not f.rejected]
+    result.update(
+        files_landed=len(landed),
+        files_committed=len(committed),
+        files_quarantined=len(rejected),
+        rows_landed=sum(f.rows for f in landed),
+        rows_committed=sum(f.rows for f in committed),
+        rows_quarantined=sum(f.rows for f in rejected),
+    )
+    if result["rows_landed"] != result["rows_committed"] + result["rows_quarantined"]:
+        raise RuntimeError(f"ingest: row counts do not add up: {result}")  # a bug, not bad input
+    progress(f"ingest: {len(committed)} file(s) committed, {len(rejected)} quarantined")
+    if rejected:
+        lines = [
+            f"  - {q['file']} (landing {q['landing_date']}): {'; '.join(q['failed_checks'])} -> {q['path']} "
+            f"(report {q['report_html']})"
+            for q in result["quarantined"]
+        ]
+        raise StepFailed(
+            f"ingest: {len(rejected)} of {len(landed)} file(s) quarantined; the other files were committed:\n"
+            + "\n".join(lines),
+            result,
+        )
+    return result

@@ -1,0 +1,100 @@
+"""Configuration: the shipped files validate; bad files fail with the file, the field and what is expected."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import ConfigError, list_usecases, load_profile, load_usecase
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_usecases_and_profiles_validate(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "flight_delay" in list_usecases()
+    usecase = load_usecase("flight_delay")
+    assert usecase.target.threshold == 15
+    assert {c.family for c in usecase.candidates} >= {
+        "logistic_regression",
+        "hist_gradient_boosting",
+        "keras_mlp",
+    }
+    assert usecase.slices == ["carrier", "origin"]
+    for name in ("local", "s3"):
+        profile = load_profile(name)
+        assert profile.lake_uri
+    monkeypatch.setenv("MLOPS_TASK_RUNTIME", "subprocess")
+    assert load_profile().task_runtime == "subprocess"
+
+
+@pytest.fixture
+def config_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    target = tmp_path / "config"
+    shutil.copytree(REPO_ROOT / "config", target)
+    monkeypatch.setenv("MLOPS_CONFIG_DIR", str(target))
+    return target
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "expected"),
+    [
+        ("threshold: 15", "threshold: fifteen", "target.threshold", "valid number"),
+        ("holdout_days: 14", "holdout_days: 200", "split", "holdout_days must be smaller"),
+        ("family: keras_mlp", "family: xgboost", "candidates.2.family", "keras_mlp"),
+        ("primary_source: flights", "primary_source: trains", "<top level>", "not one of the sources"),
+        (
+            "    min_slice_rows: 300",
+            "    min_slice_rows: 300\n    typo_field: 1",
+            "gate.fairness.typo_field",
+            "Extra inputs",
+        ),
+    ],
+)
+def test_bad_usecase_names_file_field_and_expectation(config_copy: Path, old, new, field, expected) -> None:
+    path = config_copy / "usecases" / "flight_delay.yaml"
+    _edit(path, old, new)
+    with pytest.raises(ConfigError) as info:
+        load_usecase("flight_delay")
+    message = str(info.value)
+    assert str(path) in message
+    assert f"field '{field}'" in message
+    assert expected in message
+
+
+def test_bad_yaml_and_unknown_profile(config_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (config_copy / "usecases" / "broken.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_usecase("broken")
+    with pytest.raises(ConfigError, match="no such use case 'nope'"):
+        load_usecase("nope")
+    monkeypatch.setenv("MLOPS_PROFILE", "prod")
+    with pytest.raises(ConfigError, match="profile 'prod'"):
+        load_profile()
+
+
+def test_pipelines_never_import_airflow() -> None:
+    """Steps run in-process, as subprocesses or in containers without Airflow: pipelines/ must not import it."""
+    offenders = []
+    for path in sorted((REPO_ROOT / "pipelines").rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [
+                f"{path.relative_to(REPO_ROOT)}:{node.lineno} {n}"
+                for n in names
+                if n.split(".")[0] in {"airflow", "mlops_airflow"}
+            ]
+    assert offenders == []
