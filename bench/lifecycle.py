@@ -62,9 +62,11 @@ def run_demo(runner: str, months: int, home: Path) -> dict:
 
 
 def import_cost(label: str, code: str, home: Path) -> float:
-    script = f"import time; t = time.perf_counter(); {code}; print(time.perf_counter() - t)"
+    # a script file, not `python -c`: PySpark exits silently under -c (it takes it for a doctest run)
+    script = home.parent / "import_cost.py"
+    script.write_text(f"import time\nt = time.perf_counter()\n{code}\nprint(time.perf_counter() - t)\n")
     env = {**os.environ, "MLOPS_HOME": str(home)}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=REPO)
     if proc.returncode != 0:
         return float("nan")
     return float(proc.stdout.strip().splitlines()[-1])

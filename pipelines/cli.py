@@ -35,6 +35,8 @@ def cap_threads(threads: int) -> None:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
         os.environ.setdefault(var, str(threads))
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    # spinning OpenMP workers collapse throughput when another process competes for the cores
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         from threadpoolctl import threadpool_limits
 

@@ -171,7 +171,9 @@ class ScheduleSpec(_Strict):
     ingest: str | None = Field(default="@daily", description="How often the arrival sensor run starts")
     score: str = "0 3 * * *"
     train_monthly: str = "0 4 1 * *"
-    train_nightly: str | None = "0 5 * * *"
+    train_nightly: str | None = Field(
+        default="0 5 2-31 * *", description="Nightly refresh; skip the day the monthly retraining runs"
+    )
     start_date: str = "2013-01-01"
     score_catch_up_days: int = Field(default=35, ge=1)
 

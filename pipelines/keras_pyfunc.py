@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import pandas as pd
 
 
 class KerasProbabilityModel(mlflow.pyfunc.PythonModel):
@@ -23,9 +24,10 @@ class KerasProbabilityModel(mlflow.pyfunc.PythonModel):
         self._encoder = TabularEncoder.from_dict(json.loads(Path(context.artifacts["encoder"]).read_text()))
         self._model = load_keras_model(context.artifacts["keras_model"])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
-        import pandas as pd
-
+    # model_input is typed pd.DataFrame: MLflow then infers no schema from the hints (and does not warn); the
+    # signature logged from the input example stays the schema.
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> Any:
+        """P(label == 1) for each row of ``model_input`` (a frame of the feature columns)."""
         from pipelines.modeling import keras_predict
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)

@@ -46,7 +46,13 @@ if TYPE_CHECKING:
 
 FAMILIES = ("logistic_regression", "hist_gradient_boosting", "keras_mlp")
 MODEL_ARTIFACT_NAME = "model"
-SKOPS_TRUSTED_TYPES = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
+SKOPS_TRUSTED_TYPES = [
+    "numpy.dtype",  # SimpleImputer keeps the dtype it was fitted on
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    # HistGradientBoosting with categorical features keeps FunctionTransformer(partial(check_array, ...))
+    "functools.partial",
+    "sklearn.utils.validation.check_array",
+]
 KERAS_MLP_DEFAULTS: dict[str, Any] = {
     "hidden_units": [64, 32],
     "epochs": 4,
@@ -192,7 +198,10 @@ def keras_predict(model: Any, matrix: np.ndarray, batch_rows: int = 65536) -> np
 
     if len(matrix) == 0:
         return np.zeros(0, dtype="float64")
-    parts = [np.asarray(model(matrix[i : i + batch_rows], training=False)) for i in range(0, len(matrix), batch_rows)]
+    parts = []
+    for start in range(0, len(matrix), batch_rows):
+        out = model(matrix[start : start + batch_rows], training=False)
+        parts.append(out.numpy() if hasattr(out, "numpy") else np.asarray(out))  # TensorFlow tensor -> numpy
     return np.concatenate(parts).reshape(-1).astype("float64")
 
 
@@ -205,7 +214,9 @@ class KerasMLP:
         self.params = params
 
     @classmethod
-    def fit(cls, spec: CandidateSpec, usecase: UseCase, X: pd.DataFrame, y: np.ndarray, seed: int) -> KerasMLP:
+    def fit(
+        cls, spec: CandidateSpec, usecase: UseCase, X: pd.DataFrame, y: np.ndarray, seed: int
+    ) -> KerasMLP:
         import numpy as np
 
         unknown = sorted(set(spec.params) - set(KERAS_MLP_DEFAULTS))
@@ -226,7 +237,9 @@ class KerasMLP:
                 hidden = keras.layers.Dropout(float(params["dropout"]), seed=seed)(hidden)
         outputs = keras.layers.Dense(1, activation="sigmoid", name="probability")(hidden)
         model = keras.Model(inputs, outputs, name=f"{spec.name}_mlp")
-        model.compile(optimizer=keras.optimizers.Adam(float(params["learning_rate"])), loss="binary_crossentropy")
+        model.compile(
+            optimizer=keras.optimizers.Adam(float(params["learning_rate"])), loss="binary_crossentropy"
+        )
         model.fit(
             matrix,
             np.asarray(y, dtype="float32"),
@@ -257,7 +270,10 @@ def _sklearn_pipeline(spec: CandidateSpec, usecase: UseCase, seed: int) -> Any:
     try:
         if spec.family == "logistic_regression":
             numeric_steps = Pipeline(
-                [("impute", SimpleImputer(strategy="median", add_indicator=True)), ("scale", StandardScaler())]
+                [
+                    ("impute", SimpleImputer(strategy="median", add_indicator=True)),
+                    ("scale", StandardScaler()),
+                ]
             )
             transformers: list[tuple[str, Any, list[str]]] = [("numeric", numeric_steps, numeric)]
             if categorical:
@@ -281,7 +297,9 @@ def _sklearn_pipeline(spec: CandidateSpec, usecase: UseCase, seed: int) -> Any:
         else:  # pragma: no cover - guarded by fit_candidate
             raise ConfigError(f"candidate {spec.name!r}: {spec.family} is not a scikit-learn family")
     except TypeError as exc:
-        raise ConfigError(f"candidate {spec.name!r} ({spec.family}): bad params {spec.params}: {exc}") from None
+        raise ConfigError(
+            f"candidate {spec.name!r} ({spec.family}): bad params {spec.params}: {exc}"
+        ) from None
     preprocess = ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
     return Pipeline([("preprocess", preprocess), ("model", classifier)])
 
@@ -310,7 +328,9 @@ class FittedCandidate:
         return dict(self.estimator.named_steps["model"].get_params())
 
 
-def fit_candidate(spec: CandidateSpec, usecase: UseCase, X: pd.DataFrame, y: Any, seed: int) -> FittedCandidate:
+def fit_candidate(
+    spec: CandidateSpec, usecase: UseCase, X: pd.DataFrame, y: Any, seed: int
+) -> FittedCandidate:
     """Fit one candidate on ``X`` (from :func:`prepare_features`) and labels ``y`` (0/1), deterministically."""
     import numpy as np
 

@@ -6,6 +6,7 @@ Reads the MLflow registry of the active profile; the version holding the ``champ
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 COLUMNS = [
@@ -20,6 +21,15 @@ COLUMNS = [
     ("promoted_on", "promoted on"),
     ("champion_text", "champion"),
 ]
+
+
+def _number(text: str | None) -> float | None:
+    """A tag's number, or None when it is missing or not a finite number (so the JSON stays valid)."""
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def list_models(usecase: str) -> list[dict[str, Any]]:
@@ -50,7 +60,7 @@ def list_models(usecase: str) -> list[dict[str, Any]]:
                 "logical_date": tags.get("logical_date"),
                 "data_window": tags.get("data_window"),
                 "primary_metric": tags.get("primary_metric"),
-                "primary_metric_value": float(value) if value not in (None, "") else None,
+                "primary_metric_value": _number(value),
                 "gate_status": tags.get("gate_status"),
                 "gate_reasons": tags.get("gate_reasons") or None,
                 "promoted_on": tags.get("promoted_on"),
@@ -78,8 +88,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         cells.append(["" if shown[key] is None else str(shown[key]) for key, _ in COLUMNS])
     header = [title for _, title in COLUMNS]
     widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(COLUMNS))]
-    lines = ["  ".join(text.ljust(width) for text, width in zip(r, widths, strict=True)).rstrip()
-             for r in [header, *cells]]
+    lines = [
+        "  ".join(text.ljust(width) for text, width in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *cells]
+    ]
     return "\n".join(lines)
 
 

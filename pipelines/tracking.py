@@ -38,13 +38,12 @@ def configure_mlflow(profile: Profile, usecase: UseCase) -> str:
         root = profile.mlflow_artifact_root
         location = root if "://" in root else Path(root).resolve().as_uri()
         try:
-            return mlflow.create_experiment(
-                usecase.name, artifact_location=f"{location.rstrip('/')}/{usecase.name}"
-            )
-        except Exception:  # created concurrently by another task
-            experiment = mlflow.get_experiment_by_name(usecase.name)
-            if experiment is None:
-                raise
+            mlflow.create_experiment(usecase.name, artifact_location=f"{location.rstrip('/')}/{usecase.name}")
+        except Exception:  # created concurrently by another task: use theirs
+            pass
+        experiment = mlflow.get_experiment_by_name(usecase.name)
+        if experiment is None:
+            raise RuntimeError(f"MLflow experiment {usecase.name!r} could not be created at {uri}")
     mlflow.set_experiment(experiment_id=experiment.experiment_id)
     return experiment.experiment_id
 

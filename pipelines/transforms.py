@@ -49,6 +49,7 @@ class TransformContext:
     label_column: str
     source_frames: Mapping[str, DataFrame] = field(default_factory=dict)
     day_maps: Mapping[str, DataFrame] = field(default_factory=dict)
+    cached: list[DataFrame] = field(default_factory=list)
 
     @property
     def lookback_days(self) -> int:
@@ -59,6 +60,12 @@ class TransformContext:
         if name not in self.source_frames:
             raise TransformError(f"source {name!r} was not loaded; loaded: {sorted(self.source_frames)}")
         return self.source_frames[name]
+
+    def materialize(self, df: DataFrame) -> DataFrame:
+        """``df`` cached, for a transform that reads it twice (the caller unpersists :attr:`cached` at the end)."""
+        df = df.cache()
+        self.cached.append(df)
+        return df
 
     def align(self, df: DataFrame, name: str) -> DataFrame:
         """``df`` plus :data:`ALIGN_COLUMN`: the partition date (events) or snapshot date (reference) to join on."""
@@ -192,6 +199,7 @@ def past_rate(df: DataFrame, ctx: TransformContext, *, keys: list[str], days: in
     _columns_exist("past_rate", "keys", keys, df)
     output = _new_column("past_rate", "output", output, df)
     day, label = ctx.day_column, ctx.label_column
+    df = ctx.materialize(df)
 
     daily = df.groupBy(*keys, day).agg(
         F.count(F.col(label)).alias("_labelled"), F.coalesce(F.sum(F.col(label)), F.lit(0)).alias("_positive")
@@ -207,7 +215,8 @@ def past_rate(df: DataFrame, ctx: TransformContext, *, keys: list[str], days: in
         day,
         F.when(F.col("_h_labelled") > 0, F.col("_h_positive") / F.col("_h_labelled")).cast("double").alias(output),
     )
-    return df.join(history, on=[*keys, day], how="left")
+    # one row per (keys, day) with history: far smaller than the frame, so broadcast it instead of shuffling df
+    return df.join(F.broadcast(history), on=[*keys, day], how="left")
 
 
 TRANSFORMS: dict[str, Callable[..., DataFrame]] = {

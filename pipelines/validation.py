@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipelines.config import ColumnSpec, SourceSpec
+from pipelines.config import ColumnSpec, ConfigError, SourceSpec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,9 +37,9 @@ ROW = "__row"
 NUMBER_SUFFIX = "__number"
 
 TYPE_PATTERNS: dict[str, str] = {
-    "int": r"^[+-]?\d+(\.0*)?$",
-    "float": r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$",
-    "timestamp": r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$",
+    "int": r"^[+-]?\d+(?:\.0*)?$",
+    "float": r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$",
+    "timestamp": r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?$",
     "bool": r"^(?i:true|false|t|f|yes|no|y|n|1|0)$",
 }
 TYPE_EXAMPLES: dict[str, str] = {
@@ -105,7 +105,7 @@ def check_source_config(source_name: str, source: SourceSpec) -> None:
     """Reject settings the suite cannot express (min/max on a non-numeric column)."""
     for column, spec in source.columns.items():
         if (spec.min is not None or spec.max is not None) and spec.type not in {"int", "float"}:
-            raise ValueError(
+            raise ConfigError(
                 f"sources.{source_name}.columns.{column}: min/max apply to int and float columns only "
                 f"(type is {spec.type}); remove them or change the type"
             )
@@ -121,7 +121,9 @@ def build_suite(source_name: str, source: SourceSpec) -> Any:
     for column, spec in source.columns.items():
         suite.add_expectation(gxe.ExpectColumnToExist(column=column))
         if spec.type in TYPE_PATTERNS:
-            suite.add_expectation(gxe.ExpectColumnValuesToMatchRegex(column=column, regex=TYPE_PATTERNS[spec.type]))
+            suite.add_expectation(
+                gxe.ExpectColumnValuesToMatchRegex(column=column, regex=TYPE_PATTERNS[spec.type])
+            )
         if spec.required:
             suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=column))
         if spec.min is not None or spec.max is not None:
@@ -131,7 +133,9 @@ def build_suite(source_name: str, source: SourceSpec) -> Any:
                 )
             )
         if spec.allowed is not None:
-            suite.add_expectation(gxe.ExpectColumnValuesToBeInSet(column=column, value_set=list(spec.allowed)))
+            suite.add_expectation(
+                gxe.ExpectColumnValuesToBeInSet(column=column, value_set=list(spec.allowed))
+            )
     return suite
 
 
@@ -146,24 +150,33 @@ def batch_frame(frames: list[pd.DataFrame], source: SourceSpec) -> pd.DataFrame:
 
     parts = []
     for file_id, frame in enumerate(frames):
-        part = frame[[*source.columns, ROW]].copy()
+        # a column missing here is left missing: its expectations then fail the whole batch (fail closed)
+        part = frame[[c for c in [*source.columns, ROW] if c in frame.columns]].copy()
         part.insert(0, FILE_ID, file_id)
         parts.append(part)
     batch = pd.concat(parts, ignore_index=True)
     for column, spec in source.columns.items():
-        if spec.min is not None or spec.max is not None:
+        if (spec.min is not None or spec.max is not None) and column in batch.columns:
             batch[numeric_column(column)] = pd.to_numeric(batch[column], errors="coerce").astype("float64")
     return batch
 
 
 def _gx_context() -> Any:
+    """An in-memory GX context: no files, no data docs, no progress bars, no analytics."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
 
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    return context
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        progress_bars=ProgressBarsConfig(globally=False),
+        analytics_enabled=False,
+    )
+    return gx.get_context(mode="ephemeral", project_config=config)
 
 
 def hint_for(expectation_type: str, column: str | None, spec: ColumnSpec | None, source_name: str) -> str:
@@ -200,6 +213,15 @@ def _jsonable(value: Any) -> Any:
     return value if isinstance(value, float) else str(value)
 
 
+def _exception(item: Any) -> tuple[bool, str | None]:
+    """Whether an expectation result raised inside GX, and the message. ``exception_info`` is either one
+    ``{raised_exception, exception_message, ...}`` dict or such dicts keyed by metric."""
+    info = item.exception_info or {}
+    entries = [info, *(v for v in info.values() if isinstance(v, dict))]
+    raised = [e for e in entries if e.get("raised_exception")]
+    return bool(raised), (raised[0].get("exception_message") if raised else None)
+
+
 def validate_batch(source_name: str, source: SourceSpec, frames: list[pd.DataFrame]) -> BatchOutcome:
     """Validate all files of one source in one GX batch and attribute failures to files (fail closed).
 
@@ -210,8 +232,8 @@ def validate_batch(source_name: str, source: SourceSpec, frames: list[pd.DataFra
     if not frames:
         return BatchOutcome({}, True, 0, 0, 0.0)
     batch = batch_frame(frames, source)
+    context = _gx_context()  # first: GX binds new suites to the current context
     suite = build_suite(source_name, source)
-    context = _gx_context()
     asset = context.data_sources.add_pandas(f"landed_{source_name}").add_dataframe_asset(source_name)
     definition = asset.add_batch_definition_whole_dataframe("all_files")
     result = definition.get_batch(batch_parameters={"dataframe": batch}).validate(
@@ -232,9 +254,16 @@ def validate_batch(source_name: str, source: SourceSpec, frames: list[pd.DataFra
 
     expected = len(suite.expectations)
     if len(result.results) != expected:
-        fail(all_files, FailedCheck("gx_result_incomplete", None, len(batch),
-                                    f"GX returned {len(result.results)} results for {expected} expectations: "
-                                    "the batch is rejected as a precaution; rerun, and report a bug if it repeats"))
+        fail(
+            all_files,
+            FailedCheck(
+                "gx_result_incomplete",
+                None,
+                len(batch),
+                f"GX returned {len(result.results)} results for {expected} expectations: "
+                "the batch is rejected as a precaution; rerun, and report a bug if it repeats",
+            ),
+        )
     any_failed = False
     for item in result.results:
         config = item.expectation_config
@@ -242,9 +271,7 @@ def validate_batch(source_name: str, source: SourceSpec, frames: list[pd.DataFra
         frame_column = config.kwargs.get("column")
         column = by_name.get(frame_column, frame_column)
         spec = source.columns.get(column) if column else None
-        raised = bool((item.exception_info or {}).get("raised_exception")) or any(
-            isinstance(v, dict) and v.get("raised_exception") for v in (item.exception_info or {}).values()
-        )
+        raised, message = _exception(item)
         if item.success and not raised:
             continue
         any_failed = True
@@ -252,14 +279,16 @@ def validate_batch(source_name: str, source: SourceSpec, frames: list[pd.DataFra
         index_list = details.get("unexpected_index_list")
         count = details.get("unexpected_count")
         if raised or index_list is None or count is None or len(index_list) != count or count == 0:
-            message = next(
-                (v.get("exception_message") for v in (item.exception_info or {}).values() if isinstance(v, dict)),
-                None,
-            ) or (item.exception_info or {}).get("exception_message")
-            fail(all_files, FailedCheck(
-                kind, column, int(count or 0),
-                f"GX could not evaluate this expectation on the batch ({message or 'no unexpected rows listed'}); "
-                f"every file of the batch is rejected. {hint_for(kind, column, spec, source_name)}"))
+            fail(
+                all_files,
+                FailedCheck(
+                    kind,
+                    column,
+                    int(count or 0),
+                    f"GX gave no rows to attribute this failure to ({message or 'no unexpected rows listed'}), "
+                    f"so every file of the batch is rejected. {hint_for(kind, column, spec, source_name)}",
+                ),
+            )
             continue
         per_file: dict[int, list[dict[str, Any]]] = {}
         for entry in index_list:
@@ -270,17 +299,35 @@ def validate_batch(source_name: str, source: SourceSpec, frames: list[pd.DataFra
             raw = frame.set_index(ROW)[column] if column in frame.columns else None
             values: list[Any] = []
             for row in rows:
-                value = _jsonable(raw.loc[row]) if raw is not None else _jsonable(entries[0].get(frame_column))
+                value = (
+                    _jsonable(raw.loc[row]) if raw is not None else _jsonable(entries[0].get(frame_column))
+                )
                 if value not in values:
                     values.append(value)
                 if len(values) >= SAMPLE_SIZE:
                     break
-            fail([file_id], FailedCheck(kind, column, len(entries), hint_for(kind, column, spec, source_name),
-                                        values, rows[:SAMPLE_SIZE]))
+            fail(
+                [file_id],
+                FailedCheck(
+                    kind,
+                    column,
+                    len(entries),
+                    hint_for(kind, column, spec, source_name),
+                    values,
+                    rows[:SAMPLE_SIZE],
+                ),
+            )
     if not result.success and not any_failed:
-        fail(all_files, FailedCheck("gx_validation_failed", None, len(batch),
-                                    "GX reported failure without a failed expectation: the batch is rejected as a "
-                                    "precaution; rerun, and report a bug if it repeats"))
+        fail(
+            all_files,
+            FailedCheck(
+                "gx_validation_failed",
+                None,
+                len(batch),
+                "GX reported failure without a failed expectation: the batch is rejected as a "
+                "precaution; rerun, and report a bug if it repeats",
+            ),
+        )
     return BatchOutcome(
         failures=failures,
         success=bool(result.success) and not failures,
@@ -305,8 +352,9 @@ def _to_bool(values: pd.Series) -> pd.Series:
     import pandas as pd
 
     lowered = values.astype("string").str.lower()
-    mapped = lowered.map(lambda v: True if v in TRUE_TOKENS else False if v in FALSE_TOKENS else None,
-                         na_action="ignore")
+    mapped = lowered.map(
+        lambda v: True if v in TRUE_TOKENS else False if v in FALSE_TOKENS else None, na_action="ignore"
+    )
     return pd.Series(pd.array(mapped.tolist(), dtype="boolean"), index=values.index)
 
 
@@ -326,7 +374,9 @@ def convert_column(values: pd.Series, column_type: str) -> pd.Series:
     return values.astype("string")
 
 
-def to_typed(frame: pd.DataFrame, source: SourceSpec, source_name: str) -> tuple[pd.DataFrame, list[FailedCheck]]:
+def to_typed(
+    frame: pd.DataFrame, source: SourceSpec, source_name: str
+) -> tuple[pd.DataFrame, list[FailedCheck]]:
     """The configured columns, in config order, converted to their types.
 
     Returns the typed frame and one :class:`FailedCheck` per column where a non-null value did not parse (GX
@@ -350,10 +400,16 @@ def to_typed(frame: pd.DataFrame, source: SourceSpec, source_name: str) -> tuple
         if bool(bad.any()):
             samples = list(dict.fromkeys(raw[bad].astype(str).tolist()))[:SAMPLE_SIZE]
             rows = frame.loc[bad, ROW].astype(int).tolist()[:SAMPLE_SIZE] if ROW in frame else []
-            problems.append(FailedCheck(
-                f"values_parse_as_{spec.type}", column, int(bad.sum()),
-                f"column '{column}' must hold {spec.type} values (like {TYPE_EXAMPLES[spec.type]}) {detail}".strip()
-                + f": fix the values or change sources.{source_name}.columns.{column}.type",
-                samples, rows))
+            problems.append(
+                FailedCheck(
+                    f"values_parse_as_{spec.type}",
+                    column,
+                    int(bad.sum()),
+                    f"column '{column}' must hold {spec.type} values (like {TYPE_EXAMPLES[spec.type]}) {detail}".strip()
+                    + f": fix the values or change sources.{source_name}.columns.{column}.type",
+                    samples,
+                    rows,
+                )
+            )
         typed[column] = converted.reset_index(drop=True)
     return pd.DataFrame(typed), problems

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pipelines.config import REPO_ROOT, CandidateSpec, SplitSpec, UseCase, load_profile, load_usecase
+from pipelines.config import REPO_ROOT, CandidateSpec, SplitSpec, UseCase, load_model, load_profile
 from pipelines.context import StepContext
 from pipelines.lake import Lake
 
@@ -24,7 +24,9 @@ ORIGINS = ["EWR", "JFK", "LGA"]
 FAST_CANDIDATES = [
     CandidateSpec(name="logreg", family="logistic_regression", params={"C": 1.0, "max_iter": 200}),
     CandidateSpec(name="hgb", family="hist_gradient_boosting", params={"max_iter": 30, "max_leaf_nodes": 15}),
-    CandidateSpec(name="mlp", family="keras_mlp", params={"hidden_units": [16], "epochs": 2, "batch_size": 256}),
+    CandidateSpec(
+        name="mlp", family="keras_mlp", params={"hidden_units": [16], "epochs": 5, "batch_size": 64}
+    ),
 ]
 
 
@@ -32,7 +34,7 @@ def fast_usecase(
     candidates: list[CandidateSpec] | None = None, *, name: str = "flight_delay", **split: Any
 ) -> UseCase:
     """The flight_delay use case with a short window (35 days, 7 holdout) and small, fast candidates."""
-    base = load_usecase("flight_delay")
+    base = load_model(REPO_ROOT / "config" / "usecases" / "flight_delay.yaml", UseCase)
     split_values = {"train_window_days": 35, "holdout_days": 7, "max_train_rows": 2000, "seed": 7, **split}
     return base.model_copy(
         update={
@@ -64,7 +66,9 @@ def _value_effect(value: str) -> float:
     return (digest[0] / 255.0 - 0.5) * 1.2
 
 
-def synthetic_day(usecase: UseCase, day: date, rows: int, *, seed: int = 0, trend: float = 0.01) -> pd.DataFrame:
+def synthetic_day(
+    usecase: UseCase, day: date, rows: int, *, seed: int = 0, trend: float = 0.01
+) -> pd.DataFrame:
     """One feature partition with a learnable signal and a time trend.
 
     The label's log-odds are a fixed linear mix of the first numeric features, a per-value effect of each
@@ -104,7 +108,9 @@ def synthetic_day(usecase: UseCase, day: date, rows: int, *, seed: int = 0, tren
         if key not in frame:
             frame[key] = rng.choice(CARRIERS, size=rows)
     start = datetime(day.year, day.month, day.day)
-    frame[usecase.features.event_time] = [start + timedelta(minutes=int(m)) for m in rng.integers(0, 1440, rows)]
+    frame[usecase.features.event_time] = [
+        start + timedelta(minutes=int(m)) for m in rng.integers(0, 1440, rows)
+    ]
     frame["date"] = day.isoformat()
     frame[usecase.target.column] = label
     return pd.DataFrame(frame)
@@ -118,11 +124,13 @@ def write_feature_partitions(
     for offset in range(days):
         day = start + timedelta(days=offset)
         frame = synthetic_day(usecase, day, rows_per_day, **kwargs)
-        inputs = [f"raw/{usecase.name}/{source}/date={day.isoformat()}" for source in sorted(usecase.sources)]
+        # like the features step: {source: {raw partition date: content hash}}
+        inputs = {source: {day.isoformat(): f"hash-{source}-{day}"} for source in sorted(usecase.sources)}
+        fingerprint = hashlib.sha256(repr(sorted(inputs.items())).encode()).hexdigest()[:16]
         lake.write_frame(
             Lake.partition_key("features", usecase.name, day),
             frame,
-            {"inputs": inputs, "inputs_fingerprint": hashlib.sha256("|".join(inputs).encode()).hexdigest()[:16]},
+            {"inputs": inputs, "inputs_fingerprint": fingerprint},
         )
         written.append(day.isoformat())
     return written

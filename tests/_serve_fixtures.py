@@ -5,6 +5,7 @@ and the train/evaluate/gate artifacts those steps read, produced here by followi
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -31,12 +32,33 @@ class ServeEnv:
     tmp: Path
 
 
-@pytest.fixture
-def serve_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ServeEnv:
-    """A temporary MLOPS_HOME with its own lake and SQLite MLflow store (never ./var)."""
+_TEMPLATE_DB: dict[str, Path] = {}
+
+
+def _template_db(tmp_root: Path) -> Path:
+    """An empty, fully migrated MLflow SQLite store, made once per test session (migrations take seconds)."""
+    if "path" not in _TEMPLATE_DB:
+        from mlflow import MlflowClient
+
+        path = tmp_root / "template-mlflow.db"
+        MlflowClient(
+            tracking_uri=f"sqlite:///{path}", registry_uri=f"sqlite:///{path}"
+        ).search_registered_models()
+        MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+        _TEMPLATE_DB["path"] = path
+    return _TEMPLATE_DB["path"]
+
+
+def make_serve_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_root: Path) -> ServeEnv:
+    """A temporary MLOPS_HOME with its own lake and SQLite MLflow store (never ./var).
+
+    ``tmp_root`` is a session-wide folder (``tmp_path_factory.getbasetemp()``) for the migrated template store.
+    """
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(_template_db(tmp_root), db)
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MLOPS_LAKE_URI", str(tmp_path / "lake"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
     monkeypatch.setenv("MLOPS_MLFLOW_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
     monkeypatch.setenv("MLOPS_CODE_VERSION", "test-code-1")
     monkeypatch.setenv("MLFLOW_UV_AUTO_DETECT", "false")
@@ -47,11 +69,10 @@ def serve_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ServeEnv:
 
     present = {n: m for n, m in pipelines.steps.STEPS.items() if importlib.util.find_spec(m) is not None}
     monkeypatch.setattr(pipelines.cli, "STEPS", present)
-    usecase = load_usecase(USECASE)
+    from pipelines.config import load_profile
     from pipelines.tracking import configure_mlflow
 
-    from pipelines.config import load_profile
-
+    usecase = load_usecase(USECASE)
     configure_mlflow(load_profile(), usecase)
     return ServeEnv(lake=Lake(str(tmp_path / "lake")), usecase=usecase, tmp=tmp_path)
 
@@ -117,7 +138,8 @@ def write_features(env: ServeEnv, days: list[date], rows: int = 40) -> dict[str,
         frame = feature_frame(env.usecase, day, rows, seed=index + day.toordinal())
         raw = [Lake.partition_key("raw", env.usecase.name, day, "flights")]
         env.lake.write_frame(
-            Lake.partition_key("features", env.usecase.name, day), frame,
+            Lake.partition_key("features", env.usecase.name, day),
+            frame,
             {"inputs": raw, "inputs_fingerprint": f"fp-{day.isoformat()}"},
         )
         frames[day.isoformat()] = frame
@@ -137,7 +159,10 @@ def _pipeline(usecase: UseCase, family: str, seed: int) -> Any:
     )
     if family == "hist_gradient_boosting":
         columns = ColumnTransformer(
-            [("num", "passthrough", usecase.features.numeric), ("cat", categorical, usecase.features.categorical)],
+            [
+                ("num", "passthrough", usecase.features.numeric),
+                ("cat", categorical, usecase.features.categorical),
+            ],
             sparse_threshold=0,
         )
         return make_pipeline(columns, HistGradientBoostingClassifier(max_iter=20, random_state=seed))
@@ -160,14 +185,22 @@ def log_candidate(env: ServeEnv, name: str, family: str, day: date, train: pd.Da
     x, y = frame[columns], frame[env.usecase.target.column].astype(int)
     model = _pipeline(env.usecase, family, seed=env.usecase.split.seed).fit(x, y)
     tags = {
-        "usecase": env.usecase.name, "logical_date": day.isoformat(), "mode": "full", "candidate": name,
-        "family": family, "config_hash": env.usecase.config_hash, "code_version": "test-code-1",
+        "usecase": env.usecase.name,
+        "logical_date": day.isoformat(),
+        "mode": "full",
+        "candidate": name,
+        "family": family,
+        "config_hash": env.usecase.config_hash,
+        "code_version": "test-code-1",
     }
     with mlflow.start_run(run_name=f"{name}@{day.isoformat()}", tags=tags) as run:
         info = mlflow.sklearn.log_model(
-            model, name="model", pyfunc_predict_fn="predict_proba",
+            model,
+            name="model",
+            pyfunc_predict_fn="predict_proba",
             signature=infer_signature(x.head(50), model.predict_proba(x.head(50))),
-            pip_requirements=["scikit-learn"], skops_trusted_types=TRUSTED_TYPES,
+            pip_requirements=["scikit-learn"],
+            skops_trusted_types=TRUSTED_TYPES,
         )
     return {"name": name, "family": family, "run_id": run.info.run_id, "model_uri": info.model_uri}
 
@@ -195,12 +228,20 @@ def produce_day(
     def run_key(step: str) -> str:
         return f"{Lake.partition_key('runs', uc, day, step)}/result.json"
 
-    window = {"train_start": dates[0], "train_end": dates[4], "holdout_start": dates[4],
-              "holdout_end": day.isoformat()}
+    window = {
+        "train_start": dates[0],
+        "train_end": dates[4],
+        "holdout_start": dates[4],
+        "holdout_end": day.isoformat(),
+    }
     raw = sorted(Lake.partition_key("raw", uc, d, "flights") for d in dates)
     train_result = {
-        "mode": "full", "window": window, "feature_partitions": dates, "inputs": raw,
-        "rows": {"train": len(train_frame), "holdout": len(holdout)}, "candidates": logged,
+        "mode": "full",
+        "window": window,
+        "feature_partitions": dates,
+        "inputs": raw,
+        "rows": {"train": len(train_frame), "holdout": len(holdout)},
+        "candidates": logged,
         "result_uri": env.lake.storage.uri(run_key("train")),
     }
     env.lake.write_json(run_key("train"), train_result)
@@ -209,24 +250,49 @@ def produce_day(
     for entry in logged:
         scores = predict_proba(load_model(entry["model_uri"]), holdout[feature_columns(env.usecase)])
         auc = float(roc_auc_score(holdout[env.usecase.target.column].astype(int), scores))
-        evaluated[entry["name"]] = {"run_id": entry["run_id"], "model_uri": entry["model_uri"],
-                                    "metrics": {"roc_auc": auc}, "slices": {}}
+        evaluated[entry["name"]] = {
+            "run_id": entry["run_id"],
+            "model_uri": entry["model_uri"],
+            "metrics": {"roc_auc": auc},
+            "slices": {},
+        }
     best = max(evaluated, key=lambda n: evaluated[n]["metrics"]["roc_auc"])
-    env.lake.write_json(run_key("evaluate"), {
-        "candidates": evaluated, "best": best, "champion": None, "holdout_rows": len(holdout),
-        "result_uri": env.lake.storage.uri(run_key("evaluate")),
-    })
+    env.lake.write_json(
+        run_key("evaluate"),
+        {
+            "candidates": evaluated,
+            "best": best,
+            "champion": None,
+            "holdout_rows": len(holdout),
+            "result_uri": env.lake.storage.uri(run_key("evaluate")),
+        },
+    )
 
     bound = 0.0 if gate_passed else 1.01  # an absolute bound the candidate can (not) reach
     value = evaluated[best]["metrics"]["roc_auc"]
-    check = {"name": "absolute roc_auc min", "kind": "absolute", "metric": "roc_auc", "value": value,
-             "threshold": bound, "baseline": None, "passed": value >= bound, "skipped": False,
-             "reason": "" if value >= bound else f"roc_auc {value:.4f} < min {bound}"}
+    check = {
+        "name": "absolute roc_auc min",
+        "kind": "absolute",
+        "metric": "roc_auc",
+        "value": value,
+        "threshold": bound,
+        "baseline": None,
+        "passed": value >= bound,
+        "skipped": False,
+        "reason": "" if value >= bound else f"roc_auc {value:.4f} < min {bound}",
+    }
     gate_result = {
-        "passed": gate_passed, "candidate": best, "run_id": evaluated[best]["run_id"],
-        "model_uri": evaluated[best]["model_uri"], "primary_metric": "roc_auc", "candidate_value": value,
-        "champion_value": None, "champion_version": None, "checks": [check],
-        "reasons": [] if gate_passed else [check["reason"]], "result_uri": env.lake.storage.uri(run_key("gate")),
+        "passed": gate_passed,
+        "candidate": best,
+        "run_id": evaluated[best]["run_id"],
+        "model_uri": evaluated[best]["model_uri"],
+        "primary_metric": "roc_auc",
+        "candidate_value": value,
+        "champion_value": None,
+        "champion_version": None,
+        "checks": [check],
+        "reasons": [] if gate_passed else [check["reason"]],
+        "result_uri": env.lake.storage.uri(run_key("gate")),
     }
     env.lake.write_json(run_key("gate"), gate_result)
     return {"train": train_result, "evaluate": evaluated, "gate": gate_result, "best": best, "frames": frames}

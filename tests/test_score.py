@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 from datetime import date, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from _serve_fixtures import ServeEnv, produce_day, serve_env, write_features  # noqa: F401
+from _serve_fixtures import ServeEnv, make_serve_env, produce_day, write_features
 
 from pipelines.cli import run_step
 from pipelines.context import StepFailed
 from pipelines.lake import Lake
 
 UC = "flight_delay"
+
+
+@pytest.fixture
+def serve_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> ServeEnv:
+    return make_serve_env(tmp_path, monkeypatch, tmp_path_factory.getbasetemp())
 
 
 def _score(day: date) -> dict:
@@ -63,7 +71,14 @@ def test_score_catches_up_skips_scored_partitions_and_is_idempotent(serve_env: S
         assert partition.manifest["model_version"] == version
         frame = serve_env.lake.read_frame(partition)
         keys = serve_env.usecase.features.keys
-        assert list(frame.columns) == [*keys, "date", "probability", "prediction", "model_version", "model_run_id"]
+        assert list(frame.columns) == [
+            *keys,
+            "date",
+            "probability",
+            "prediction",
+            "model_version",
+            "model_run_id",
+        ]
         source = frames[iso]
         pd.testing.assert_frame_equal(frame[keys], source[keys], check_dtype=False)
         assert (frame["date"].astype(str) == iso).all()
@@ -75,7 +90,9 @@ def test_score_catches_up_skips_scored_partitions_and_is_idempotent(serve_env: S
     # a rerun scores nothing and leaves every partition as it was
     hashes = {d: p.manifest["data_hash"] for d, p in predictions.items()}
     assert _score(day)["scored"] == []
-    assert {d: p.manifest["data_hash"] for d, p in serve_env.lake.partitions("predictions", UC).items()} == hashes
+    assert {
+        d: p.manifest["data_hash"] for d, p in serve_env.lake.partitions("predictions", UC).items()
+    } == hashes
 
     # a partition lost and rescored by a later run comes back identical
     lost = expected[1]
@@ -94,3 +111,15 @@ def test_score_names_the_partition_when_a_feature_column_is_missing(serve_env: S
     with pytest.raises(StepFailed, match=r"features/flight_delay/date=2013-05-20.*wx_temp"):
         _score(day)
     assert day.isoformat() not in serve_env.lake.partitions("predictions", UC)
+
+
+def test_champion_never_scores_days_before_its_training_date(serve_env: ServeEnv) -> None:
+    """Out-of-time only: the champion trained on 2013-03-01 does not score February, even if unscored."""
+    produce_day(serve_env, date(2013, 3, 1), gate_passed=True)
+    run_step(["register", "--usecase", UC, "--date", "2013-03-01"])
+    run_step(["promote", "--usecase", UC, "--date", "2013-03-01"])
+    days = [date(2013, 2, 20), date(2013, 2, 28), date(2013, 3, 1), date(2013, 3, 4)]
+    write_features(serve_env, days, rows=10)
+    result = _score(date(2013, 3, 4))
+    assert result["scored"] == ["2013-03-01", "2013-03-04"]
+    assert sorted(serve_env.lake.partitions("predictions", UC)) == ["2013-03-01", "2013-03-04"]

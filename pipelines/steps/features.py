@@ -216,8 +216,17 @@ def _select_output(frame: DataFrame, usecase: UseCase) -> DataFrame:
     return frame.select(*selected, F.date_format(F.col(DAY_COLUMN), "yyyy-MM-dd").alias(_WRITE_PARTITION))
 
 
+def _to_spark(spark: SparkSession, table: pa.Table, staging: Path, name: str) -> DataFrame:
+    """Hand an Arrow table to Spark through a local Parquet file (faster to scan than an in-memory relation)."""
+    import pyarrow.parquet as pq
+
+    path = staging / f"{name}.parquet"
+    pq.write_table(table, path)
+    return spark.read.parquet(str(path))
+
+
 def _frames(
-    spark: SparkSession, ctx: StepContext, raw: dict[str, dict[str, Partition]], days: list[str]
+    spark: SparkSession, ctx: StepContext, raw: dict[str, dict[str, Partition]], days: list[str], staging: Path
 ) -> tuple[DataFrame, TransformContext]:
     """The primary rows of ``days`` (with their label) and the transform context with the joined sources."""
     from pyspark.sql import functions as F
@@ -231,7 +240,7 @@ def _frames(
             f"primary source {primary!r}; columns: {sorted(usecase.sources[primary].columns)}"
         )
     table = read_source(ctx.lake, usecase, primary, {d: raw[primary][d] for d in days}, DAY_COLUMN)
-    frame = spark.createDataFrame(table).withColumn(
+    frame = _to_spark(spark, table, staging, primary).withColumn(
         target.column, (F.col(target.source_column) > F.lit(float(target.threshold))).cast("int")
     )
     source_frames, day_maps = {}, {}
@@ -247,7 +256,8 @@ def _frames(
                 [(date.fromisoformat(d), date.fromisoformat(s) if s else None) for d, s in by_day.items()],
                 f"{DAY_COLUMN} date, {ALIGN_COLUMN} date",
             )
-        source_frames[source] = spark.createDataFrame(read_source(ctx.lake, usecase, source, used, ALIGN_COLUMN))
+        table = read_source(ctx.lake, usecase, source, used, ALIGN_COLUMN)
+        source_frames[source] = _to_spark(spark, table, staging, source)
     context = TransformContext(
         usecase=usecase,
         day_column=DAY_COLUMN,
@@ -267,20 +277,25 @@ def build_days(ctx: StepContext, raw: dict[str, dict[str, Partition]], plans: li
     primary = raw[usecase.features.primary_source]
     needed = sorted({d for plan in plans for d in _window(plan.day, usecase.features.lookback_days) if d in primary})
     spark = get_spark(ctx.profile)
-    frame, context = _frames(spark, ctx, raw, needed)
-    frame = apply_transforms(frame, context)
-    built_days = [date.fromisoformat(plan.day) for plan in plans]
-    result = _select_output(frame.where(F.col(DAY_COLUMN).isin(built_days)), usecase)
-    keys = [k for k in usecase.features.keys if k in result.columns]
     committed = []
     with tempfile.TemporaryDirectory(prefix="features-") as tmp:
-        out = Path(tmp) / "out"
-        (
-            result.repartition(_WRITE_PARTITION)
-            .sortWithinPartitions(_WRITE_PARTITION, *keys, usecase.features.event_time)
-            .write.partitionBy(_WRITE_PARTITION)
-            .parquet(str(out))
-        )
+        staging, out = Path(tmp) / "inputs", Path(tmp) / "out"
+        staging.mkdir()
+        frame, context = _frames(spark, ctx, raw, needed, staging)
+        frame = apply_transforms(frame, context)
+        built_days = [date.fromisoformat(plan.day) for plan in plans]
+        result = _select_output(frame.where(F.col(DAY_COLUMN).isin(built_days)), usecase)
+        keys = [k for k in usecase.features.keys if k in result.columns]
+        try:
+            (
+                result.repartition(_WRITE_PARTITION)
+                .sortWithinPartitions(_WRITE_PARTITION, *keys, usecase.features.event_time)
+                .write.partitionBy(_WRITE_PARTITION)
+                .parquet(str(out))
+            )
+        finally:
+            for cached in context.cached:
+                cached.unpersist()
         columns = output_columns(usecase)
         for plan in plans:
             folder = out / f"{_WRITE_PARTITION}={plan.day}"

@@ -154,8 +154,14 @@ def count_data_lines(data: bytes) -> int:
     return max(len(lines) - 1, 0)
 
 
-def _file_check(kind: str, hint: str, count: int = 1, values: list[Any] | None = None,
-                rows: list[int] | None = None, column: str | None = None) -> FailedCheck:
+def _file_check(
+    kind: str,
+    hint: str,
+    count: int = 1,
+    values: list[Any] | None = None,
+    rows: list[int] | None = None,
+    column: str | None = None,
+) -> FailedCheck:
     from pipelines.validation import FailedCheck
 
     return FailedCheck(kind, column, count, hint, values or [], rows or [])
@@ -166,13 +172,24 @@ def _check_columns(file: DeliveredFile, present: list[str], source_name: str, so
     duplicated = sorted({c for c in present if present.count(c) > 1})
     extra = [c for c in present if c not in source.columns]
     if duplicated:
-        file.reject(_file_check("columns_unique", f"the header repeats column(s) {duplicated}: each column "
-                                "may appear once; fix the producer", len(duplicated), duplicated))
+        file.reject(
+            _file_check(
+                "columns_unique",
+                f"the header repeats column(s) {duplicated}: each column may appear once; fix the producer",
+                len(duplicated),
+                duplicated,
+            )
+        )
     if missing:
-        file.reject(_file_check(
-            "columns_present",
-            f"missing column(s) {missing} (the file has {present}): deliver them, or remove them from "
-            f"sources.{source_name}.columns in the use case config", len(missing), missing))
+        file.reject(
+            _file_check(
+                "columns_present",
+                f"missing column(s) {missing} (the file has {present}): deliver them, or remove them from "
+                f"sources.{source_name}.columns in the use case config",
+                len(missing),
+                missing,
+            )
+        )
     if extra:
         file.notes.append(f"extra column(s) not in the config were dropped: {extra}")
     return not (missing or duplicated)
@@ -180,10 +197,15 @@ def _check_columns(file: DeliveredFile, present: list[str], source_name: str, so
 
 def _check_min_rows(file: DeliveredFile, source: SourceSpec) -> bool:
     if file.rows < source.min_rows:
-        file.reject(_file_check(
-            "file_not_empty",
-            f"the file has {file.rows} data row(s); at least min_rows={source.min_rows} are needed: re-deliver "
-            "the complete file", 1, [file.rows]))
+        file.reject(
+            _file_check(
+                "file_not_empty",
+                f"the file has {file.rows} data row(s); at least min_rows={source.min_rows} are needed: re-deliver "
+                "the complete file",
+                1,
+                [file.rows],
+            )
+        )
         return False
     return True
 
@@ -194,23 +216,35 @@ def _parse_csv(file: DeliveredFile, source_name: str, source: SourceSpec) -> Non
     from pipelines.validation import ROW
 
     if not file.data:
-        file.reject(_file_check("file_not_empty", "the file is empty (0 bytes): re-deliver the complete file"))
+        file.reject(
+            _file_check("file_not_empty", "the file is empty (0 bytes): re-deliver the complete file")
+        )
         return
     try:
         text = file.data.decode(source.encoding)
     except UnicodeDecodeError as exc:
         file.rows = count_data_lines(file.data)
         line = file.data[: exc.start].count(b"\n") + 1
-        file.reject(_file_check(
-            "file_decodes",
-            f"unknown encoding: the bytes at line {line} are not valid {source.encoding}: re-export the file as "
-            f"{source.encoding}, or set sources.{source_name}.encoding to the file's encoding",
-            1, [repr(file.data[max(exc.start - 8, 0) : exc.end + 8])], [line]))
+        file.reject(
+            _file_check(
+                "file_decodes",
+                f"unknown encoding: the bytes at line {line} are not valid {source.encoding}: re-export the file as "
+                f"{source.encoding}, or set sources.{source_name}.encoding to the file's encoding",
+                1,
+                [repr(file.data[max(exc.start - 8, 0) : exc.end + 8])],
+                [line],
+            )
+        )
         return
     except LookupError:
         file.rows = count_data_lines(file.data)
-        file.reject(_file_check("file_decodes", f"sources.{source_name}.encoding {source.encoding!r} is not a "
-                                "known codec: fix the use case config"))
+        file.reject(
+            _file_check(
+                "file_decodes",
+                f"sources.{source_name}.encoding {source.encoding!r} is not a "
+                "known codec: fix the use case config",
+            )
+        )
         return
     records: list[list[str]] = []
     lines: list[int] = []
@@ -222,23 +256,36 @@ def _parse_csv(file: DeliveredFile, source_name: str, source: SourceSpec) -> Non
                 lines.append(reader.line_num)
     except csv.Error as exc:
         file.rows = count_data_lines(file.data)
-        file.reject(_file_check("file_well_formed", f"not valid CSV at line {reader.line_num} ({exc}): the file "
-                                "looks truncated or corrupt; re-deliver the complete file", 1, [],
-                                [reader.line_num]))
+        file.reject(
+            _file_check(
+                "file_well_formed",
+                f"not valid CSV at line {reader.line_num} ({exc}): the file "
+                "looks truncated or corrupt; re-deliver the complete file",
+                1,
+                [],
+                [reader.line_num],
+            )
+        )
         return
     if not records:
-        file.reject(_file_check("file_not_empty", "the file has no header and no rows: re-deliver the complete "
-                                "file"))
+        file.reject(
+            _file_check("file_not_empty", "the file has no header and no rows: re-deliver the complete file")
+        )
         return
     header, body, body_lines = records[0], records[1:], lines[1:]
     file.rows = len(body)
     ragged = [(line, len(rec)) for rec, line in zip(body, body_lines, strict=True) if len(rec) != len(header)]
     if ragged:
-        file.reject(_file_check(
-            "file_well_formed",
-            f"line {ragged[0][0]} has {ragged[0][1]} field(s) but the header has {len(header)}: the file looks "
-            "truncated or corrupt; re-deliver the complete file",
-            len(ragged), [f"{n} fields" for _, n in ragged[:5]], [line for line, _ in ragged[:5]]))
+        file.reject(
+            _file_check(
+                "file_well_formed",
+                f"line {ragged[0][0]} has {ragged[0][1]} field(s) but the header has {len(header)}: the file looks "
+                "truncated or corrupt; re-deliver the complete file",
+                len(ragged),
+                [f"{n} fields" for _, n in ragged[:5]],
+                [line for line, _ in ragged[:5]],
+            )
+        )
         return
     if not _check_columns(file, header, source_name, source) or not _check_min_rows(file, source):
         return
@@ -258,14 +305,21 @@ def _parse_parquet(file: DeliveredFile, source_name: str, source: SourceSpec) ->
     from pipelines.validation import ROW
 
     if not file.data:
-        file.reject(_file_check("file_not_empty", "the file is empty (0 bytes): re-deliver the complete file"))
+        file.reject(
+            _file_check("file_not_empty", "the file is empty (0 bytes): re-deliver the complete file")
+        )
         return
     try:
         table = pq.read_table(io.BytesIO(file.data))
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for broken files
         file.rows = count_data_lines(file.data)
-        file.reject(_file_check("file_well_formed", f"not a readable Parquet file ({exc}): the file looks "
-                                "truncated or corrupt; re-deliver the complete file"))
+        file.reject(
+            _file_check(
+                "file_well_formed",
+                f"not a readable Parquet file ({exc}): the file looks "
+                "truncated or corrupt; re-deliver the complete file",
+            )
+        )
         return
     file.rows = table.num_rows
     if not _check_columns(file, table.column_names, source_name, source) or not _check_min_rows(file, source):
@@ -275,14 +329,19 @@ def _parse_parquet(file: DeliveredFile, source_name: str, source: SourceSpec) ->
         try:
             as_text = pc.cast(table[column], pa.string())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-            file.reject(_file_check(
-                "column_type", f"column '{column}' has Parquet type {table.schema.field(column).type}, which "
-                f"cannot be read as {spec.type}: fix the producer or sources.{source_name}.columns.{column}.type",
-                1, [str(table.schema.field(column).type)], column=column))
+            file.reject(
+                _file_check(
+                    "column_type",
+                    f"column '{column}' has Parquet type {table.schema.field(column).type}, which "
+                    f"cannot be read as {spec.type}: fix the producer or sources.{source_name}.columns.{column}.type",
+                    1,
+                    [str(table.schema.field(column).type)],
+                    column=column,
+                )
+            )
             return
         columns[column] = as_text.to_pandas().astype(object).where(lambda s: s.notna(), None)
-    frame = pd.DataFrame(columns)
-    frame = frame.where(~frame.isin(list(source.null_values)), None)
+    frame = pd.DataFrame(columns)  # Parquet has real nulls: null_values apply to CSV only
     frame[ROW] = range(1, len(frame) + 1)
     file.frame = frame
 
@@ -319,17 +378,35 @@ def render_report_html(report: dict[str, Any]) -> str:
     """A small self-contained HTML page for a quarantine report."""
     esc = html.escape
     rows = "\n".join(
-        "<tr>" + "".join(f"<td>{esc(str(value))}</td>" for value in (
-            check["expectation_type"], check["column"] or "", check["unexpected_count"],
-            json.dumps(check["sample_unexpected_values"], default=str), check["sample_rows"], check["hint"],
-        )) + "</tr>"
+        "<tr>"
+        + "".join(
+            f"<td>{esc(str(value))}</td>"
+            for value in (
+                check["expectation_type"],
+                check["column"] or "",
+                check["unexpected_count"],
+                json.dumps(check["sample_unexpected_values"], default=str),
+                check["sample_rows"],
+                check["hint"],
+            )
+        )
+        + "</tr>"
         for check in report["failed_checks"]
     )
     notes = "".join(f"<li>{esc(note)}</li>" for note in report["notes"])
     facts = "".join(
         f"<tr><th>{esc(key)}</th><td>{esc(str(report[key]))}</td></tr>"
-        for key in ("file", "usecase", "source", "landing_date", "landing_key", "sha256", "bytes", "rows",
-                    "expected_patterns")
+        for key in (
+            "file",
+            "usecase",
+            "source",
+            "landing_date",
+            "landing_key",
+            "sha256",
+            "bytes",
+            "rows",
+            "expected_patterns",
+        )
         if report.get(key) is not None
     )
     return f"""<!doctype html>
@@ -388,10 +465,14 @@ def _empty_result() -> dict[str, Any]:
 
 
 def _load(lake: Lake, key: str, day: date, name: str, from_archive: bool = False) -> DeliveredFile:
-    return DeliveredFile(key=key, name=name, day=day, data=lake.storage.read_bytes(key), from_archive=from_archive)
+    return DeliveredFile(
+        key=key, name=name, day=day, data=lake.storage.read_bytes(key), from_archive=from_archive
+    )
 
 
-def _archived_companions(ctx: StepContext, groups: dict[tuple[str, date], list[DeliveredFile]]) -> list[DeliveredFile]:
+def _archived_companions(
+    ctx: StepContext, groups: dict[tuple[str, date], list[DeliveredFile]]
+) -> list[DeliveredFile]:
     """Archived files of each (source, day) being rebuilt, except names delivered again."""
     archived: list[DeliveredFile] = []
     for day in sorted({day for _, day in groups}):
@@ -422,12 +503,16 @@ def _commit_partition(ctx: StepContext, source: str, day: date, files: list[Deli
         frames.append(typed)
     frame = pd.concat(frames, ignore_index=True)
     prefix = Lake.partition_key("raw", ctx.usecase.name, day, source)
-    ctx.lake.write_frame(prefix, frame, {
-        "source": source,
-        "rows": len(frame),
-        "landing_date": day.isoformat(),
-        "source_files": [{"name": f.name, "sha256": f.sha256, "rows": len(f.typed)} for f in files],
-    })
+    ctx.lake.write_frame(
+        prefix,
+        frame,
+        {
+            "source": source,
+            "rows": len(frame),
+            "landing_date": day.isoformat(),
+            "source_files": [{"name": f.name, "sha256": f.sha256, "rows": len(f.typed)} for f in files],
+        },
+    )
     progress(f"ingest: committed {prefix} ({len(frame)} rows from {len(files)} file(s))")
     return ctx.lake.storage.uri(prefix)
 
@@ -455,10 +540,15 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         file.source = match_source(usecase, file.name)
         if file.source is None:
             file.rows = count_data_lines(file.data)
-            file.reject(_file_check(
-                "file_name_matches_source",
-                f"the name {file.name!r} matches no source pattern; expected one of {patterns}: rename the file "
-                "or add a source to the use case config", 1, [file.name]))
+            file.reject(
+                _file_check(
+                    "file_name_matches_source",
+                    f"the name {file.name!r} matches no source pattern; expected one of {patterns}: rename the file "
+                    "or add a source to the use case config",
+                    1,
+                    [file.name],
+                )
+            )
             continue
         parse_file(file, file.source, usecase.sources[file.source])
         groups.setdefault((file.source, file.day), []).append(file)
@@ -469,16 +559,18 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         if not batch:
             continue
         progress(f"ingest: validating {len(batch)} {source_name} file(s) with Great Expectations")
-        try:
-            outcome = validate_batch(source_name, source, [f.frame for f in batch])
-        except ValueError as exc:
-            raise StepFailed(f"ingest: use case {usecase.name!r}: {exc}", result) from exc
+        outcome = validate_batch(source_name, source, [f.frame for f in batch])  # ConfigError: exit 2
         result["validation"][source_name] = {
-            "files": len(batch), "rows": outcome.rows, "expectations": outcome.expectations,
-            "seconds": round(outcome.seconds, 3), "success": outcome.success,
+            "files": len(batch),
+            "rows": outcome.rows,
+            "expectations": outcome.expectations,
+            "seconds": round(outcome.seconds, 3),
+            "success": outcome.success,
         }
-        progress(f"ingest: validated {len(batch)} {source_name} file(s), {outcome.rows} rows, "
-                 f"{outcome.expectations} expectations in {outcome.seconds:.2f} s")
+        progress(
+            f"ingest: validated {len(batch)} {source_name} file(s), {outcome.rows} rows, "
+            f"{outcome.expectations} expectations in {outcome.seconds:.2f} s"
+        )
         for index, checks in outcome.failures.items():
             batch[index].checks.extend(checks)
         for file in batch:
@@ -505,8 +597,11 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     if broken:
         raise StepFailed(
             "ingest: archived file(s) committed earlier no longer parse with the current config, so their raw "
-            "partitions cannot be rebuilt (nothing was changed): " + " | ".join(broken)
-            + ". Fix the use case config, or move these files out of the archive.", result)
+            "partitions cannot be rebuilt (nothing was changed): "
+            + " | ".join(broken)
+            + ". Fix the use case config, or move these files out of the archive.",
+            result,
+        )
 
     # 4. commit each (source, day), then archive its new files (copy first, delete from landing last)
     for (source_name, day), files in sorted(accepted.items(), key=lambda item: (item[0][1], item[0][0])):

@@ -41,7 +41,11 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     current = champion_version(ctx.usecase)
     current_number = int(current.version) if current is not None else None
     result_key = f"{ctx.run_key('promote')}/result.json"
-    base = {"model_name": name, "candidate": gate.get("candidate"), "result_uri": ctx.lake.storage.uri(result_key)}
+    base = {
+        "model_name": name,
+        "candidate": gate.get("candidate"),
+        "result_uri": ctx.lake.storage.uri(result_key),
+    }
 
     if gate.get("passed") is not True:
         reasons = "; ".join(map(str, gate.get("reasons") or [])) or "no reason recorded"
@@ -60,8 +64,10 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     try:
         target = client.get_model_version(name, str(version_number))
     except MlflowException as exc:
-        raise StepFailed(f"model {name!r} version {version_number} not found in the registry ({exc}); "
-                         f"rerun register for {ctx.ds}") from None
+        raise StepFailed(
+            f"model {name!r} version {version_number} not found in the registry ({exc}); "
+            f"rerun register for {ctx.ds}"
+        ) from None
     if gate.get("run_id") and target.run_id != gate["run_id"]:
         raise StepFailed(
             f"model {name!r} version {version_number} comes from run {target.run_id}, but the gate passed run "
@@ -77,8 +83,12 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             f"{ctx.ds}: not moved back to version {target.version}"
         )
         progress(f"promote: {reason}")
-        result = {**base, "champion_version": current_number, "previous_champion_version": current_number,
-                  "not_moved": reason}
+        result = {
+            **base,
+            "champion_version": current_number,
+            "previous_champion_version": current_number,
+            "not_moved": reason,
+        }
         ctx.lake.write_json(result_key, result)
         return result
     else:

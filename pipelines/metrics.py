@@ -1,0 +1,234 @@
+"""Model quality measures: holdout metrics, slices, calibration, errors and permutation importance.
+
+Conventions: probabilities are P(label == 1); labels are 0/1. A metric that is undefined (empty data, a single
+class for the ranking metrics, NaN predictions) is ``None``, never NaN, so results stay valid JSON; the gate treats
+``None`` and NaN alike and fails on them. Which way is better is ``pipelines.config.HIGHER_IS_BETTER``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from pipelines.config import HIGHER_IS_BETTER
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+ALL_METRICS = ("roc_auc", "pr_auc", "log_loss", "brier")
+NULL_SLICE = "(null)"
+PROBABILITY_EPS = 1e-7
+
+
+def is_missing(value: Any) -> bool:
+    """True for None, NaN and infinities: a value no check may pass on."""
+    if value is None:
+        return True
+    try:
+        return not math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return True
+
+
+def clean(value: Any) -> float | None:
+    """A finite float, or None."""
+    return None if is_missing(value) else float(value)
+
+
+def better_direction(metric: str) -> int:
+    """+1 when higher is better for ``metric``, -1 when lower is better."""
+    return 1 if HIGHER_IS_BETTER[metric] else -1
+
+
+def classification_metrics(
+    y_true: Iterable[Any], proba: Iterable[Any], metrics: Iterable[str] = ALL_METRICS
+) -> dict[str, float | None]:
+    """``roc_auc``, ``pr_auc`` (average precision), ``log_loss`` and ``brier`` of ``proba`` against 0/1 labels."""
+    import numpy as np
+    from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+
+    y = np.asarray(y_true, dtype="float64").reshape(-1)
+    p = np.asarray(proba, dtype="float64").reshape(-1)
+    wanted = list(metrics)
+    out: dict[str, float | None] = dict.fromkeys(wanted)
+    if len(y) == 0 or len(y) != len(p) or not np.isfinite(p).all() or not np.isfinite(y).all():
+        return out
+    y = y.astype("int64")
+    two_classes = len(np.unique(y)) == 2
+    clipped = np.clip(p, PROBABILITY_EPS, 1 - PROBABILITY_EPS)
+    for name in wanted:
+        if name == "roc_auc":
+            value = roc_auc_score(y, p) if two_classes else None
+        elif name == "pr_auc":
+            value = average_precision_score(y, p) if two_classes else None
+        elif name == "log_loss":
+            value = log_loss(y, clipped, labels=[0, 1])
+        elif name == "brier":
+            value = brier_score_loss(y, p, pos_label=1)
+        else:
+            raise ValueError(f"unknown metric {name!r}; known: {list(ALL_METRICS)}")
+        out[name] = clean(value)
+    return out
+
+
+def slice_label(value: Any) -> str:
+    return NULL_SLICE if is_missing(value) and not isinstance(value, str) else str(value)
+
+
+def slice_metrics(
+    groups: pd.DataFrame, y_true: Any, proba: Any, metrics: Iterable[str] = ALL_METRICS
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Metrics per value of each column of ``groups``: ``{column: {value: {"rows", "positives", metric...}}}``.
+
+    Values are strings (nulls are ``"(null)"``), largest slices first.
+    """
+    import numpy as np
+
+    y = np.asarray(y_true, dtype="float64").reshape(-1)
+    p = np.asarray(proba, dtype="float64").reshape(-1)
+    wanted = list(metrics)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for column in groups.columns:
+        labels = np.array([slice_label(v) for v in groups[column].to_numpy()], dtype=object)
+        values, counts = np.unique(labels, return_counts=True)
+        order = sorted(zip(values, counts, strict=True), key=lambda item: (-item[1], item[0]))
+        column_out: dict[str, dict[str, Any]] = {}
+        for value, count in order:
+            mask = labels == value
+            entry: dict[str, Any] = {"rows": int(count), "positives": int(np.nansum(y[mask]))}
+            entry.update(classification_metrics(y[mask], p[mask], wanted))
+            column_out[str(value)] = entry
+        out[str(column)] = column_out
+    return out
+
+
+def worst_slices(
+    slices: dict[str, dict[str, dict[str, Any]]], metric: str, min_rows: int, limit: int = 5
+) -> list[dict[str, Any]]:
+    """The ``limit`` worst slices (rows >= ``min_rows``) by ``metric``; undefined values come first."""
+    direction = better_direction(metric)
+    found = []
+    for column, values in slices.items():
+        for value, entry in values.items():
+            if entry.get("rows", 0) >= min_rows:
+                found.append(
+                    {"column": column, "value": value, "rows": entry["rows"], metric: entry.get(metric)}
+                )
+
+    def badness(item: dict[str, Any]) -> tuple[int, float]:
+        score = item[metric]
+        return (0, 0.0) if is_missing(score) else (1, direction * float(score))
+
+    return sorted(found, key=badness)[:limit]
+
+
+def confusion(y_true: Any, proba: Any, threshold: float = 0.5) -> dict[str, Any]:
+    """Confusion matrix at ``threshold`` (predict 1 when proba >= threshold) with precision/recall/accuracy."""
+    import numpy as np
+
+    y = np.asarray(y_true, dtype="int64").reshape(-1)
+    predicted = (np.asarray(proba, dtype="float64").reshape(-1) >= threshold).astype("int64")
+    tp = int(((predicted == 1) & (y == 1)).sum())
+    fp = int(((predicted == 1) & (y == 0)).sum())
+    tn = int(((predicted == 0) & (y == 0)).sum())
+    fn = int(((predicted == 0) & (y == 1)).sum())
+    total = tp + fp + tn + fn
+    return {
+        "threshold": threshold,
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "precision": clean(tp / (tp + fp)) if tp + fp else None,
+        "recall": clean(tp / (tp + fn)) if tp + fn else None,
+        "accuracy": clean((tp + tn) / total) if total else None,
+    }
+
+
+def calibration(y_true: Any, proba: Any, bins: int = 10) -> dict[str, Any]:
+    """Reliability bins of equal width on [0, 1] and the expected calibration error (ECE)."""
+    import numpy as np
+
+    y = np.asarray(y_true, dtype="float64").reshape(-1)
+    p = np.asarray(proba, dtype="float64").reshape(-1)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.digitize(p, edges[1:-1], right=False), 0, bins - 1)
+    rows = []
+    ece = 0.0
+    for b in range(bins):
+        mask = index == b
+        count = int(mask.sum())
+        mean_predicted = clean(p[mask].mean()) if count else None
+        observed = clean(y[mask].mean()) if count else None
+        if count and mean_predicted is not None and observed is not None:
+            ece += count / max(len(p), 1) * abs(mean_predicted - observed)
+        rows.append(
+            {
+                "lower": float(edges[b]),
+                "upper": float(edges[b + 1]),
+                "rows": count,
+                "mean_predicted": mean_predicted,
+                "observed_rate": observed,
+            }
+        )
+    return {"bins": rows, "ece": clean(ece) if len(p) else None}
+
+
+def permutation_importance(
+    predict: Callable[[pd.DataFrame], np.ndarray],
+    X: pd.DataFrame,
+    y_true: Any,
+    metric: str,
+    *,
+    repeats: int = 3,
+    seed: int = 0,
+    max_rows: int = 4000,
+) -> list[dict[str, Any]]:
+    """How much ``metric`` worsens when each column of ``X`` is shuffled (mean and std over ``repeats``).
+
+    Works on any predictor (pyfunc models included). Uses a seeded sample of at most ``max_rows`` rows.
+    Positive importance = the model relies on the column. Sorted by importance, largest first.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y = np.asarray(y_true, dtype="float64").reshape(-1)
+    if len(X) > max_rows:
+        rows = np.sort(rng.choice(len(X), size=max_rows, replace=False))
+        X, y = X.iloc[rows].reset_index(drop=True), y[rows]
+    else:
+        X = X.reset_index(drop=True)
+    direction = better_direction(metric)
+    baseline = classification_metrics(y, predict(X), [metric])[metric]
+    results = []
+    for column in X.columns:
+        drops = []
+        for _ in range(repeats):
+            shuffled = X.copy()
+            shuffled[column] = X[column].to_numpy()[rng.permutation(len(X))]
+            score = classification_metrics(y, predict(shuffled), [metric])[metric]
+            if baseline is not None and score is not None:
+                drops.append(direction * (baseline - score))
+        results.append(
+            {
+                "feature": str(column),
+                "importance": clean(np.mean(drops)) if drops else None,
+                "std": clean(np.std(drops)) if drops else None,
+            }
+        )
+    return sorted(results, key=lambda r: (r["importance"] is None, -(r["importance"] or 0.0), r["feature"]))
+
+
+def best_candidate(candidates: dict[str, dict[str, Any]], metric: str) -> str | None:
+    """Name of the candidate with the best defined ``metric`` (ties: config order), else the first name."""
+    direction = better_direction(metric)
+    best, best_score = None, None
+    for name, entry in candidates.items():
+        value = entry.get("metrics", {}).get(metric)
+        if is_missing(value):
+            continue
+        if best_score is None or direction * float(value) > direction * best_score:
+            best, best_score = name, float(value)
+    return best if best is not None else next(iter(candidates), None)

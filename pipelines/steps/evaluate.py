@@ -1,0 +1,329 @@
+"""Evaluate the trained candidates and the current champion on the holdout window; explain the best model.
+
+Reads the train result of the same logical date, scores every candidate and the registry's champion (alias
+``champion``, loaded by its pinned version) on the same holdout rows, and writes:
+
+- ``runs/<usecase>/evaluate/date=<D>/result.json``: metrics overall and per slice for each model, the best
+  candidate by ``gate.primary_metric``;
+- ``reports/<usecase>/evaluation/date=<D>/report.json`` and ``report.html``: why the best model looks the way it
+  does: permutation feature importance, slices, errors (confusion matrix at 0.5, worst slices), calibration.
+
+Holdout metrics are also logged to each candidate's MLflow run (``holdout_<metric>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+from typing import Any
+
+from pipelines.context import StepContext, StepFailed, progress
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--importance-rows", type=int, default=4000, help="holdout sample for feature importance"
+    )
+    parser.add_argument("--importance-repeats", type=int, default=3, help="shuffles per feature")
+
+
+def read_step_result(ctx: StepContext, step: str, needed_by: str) -> dict[str, Any]:
+    """The result JSON of ``step`` for this use case and date, or StepFailed saying what to run."""
+    key = f"{ctx.run_key(step)}/result.json"
+    if not ctx.lake.storage.exists(key):
+        raise StepFailed(
+            f"{ctx.lake.storage.uri(key)}: no {step} result for {ctx.usecase.name} on {ctx.ds}; {needed_by} needs "
+            f"it: run python -m pipelines {step} --usecase {ctx.usecase.name} --date {ctx.ds} first"
+        )
+    return ctx.lake.read_json(key)
+
+
+def evaluated_metrics(ctx: StepContext) -> list[str]:
+    """The config's metrics plus every metric the gate reads."""
+    gate = ctx.usecase.gate
+    wanted = [*ctx.usecase.metrics, gate.primary_metric, *gate.absolute, *gate.change]
+    if gate.fairness is not None:
+        wanted.append(gate.fairness.metric)
+    return list(dict.fromkeys(wanted))
+
+
+def load_holdout(ctx: StepContext, train_result: dict[str, Any]) -> Any:
+    """The labeled holdout rows the candidates were trained for; StepFailed if the partitions changed since."""
+    from pipelines import modeling
+    from pipelines.steps.train import read_labeled, window_partitions
+
+    window = train_result["window"]
+    start, end = window["holdout_start"], window["holdout_end"]
+    parts = window_partitions(ctx, start, end)
+    expected = [d for d in train_result["feature_partitions"] if start <= d < end]
+    hashes = train_result.get("feature_data_hashes", {})
+    changed = sorted(
+        set(parts) ^ set(expected)
+        | {
+            d
+            for d, p in parts.items()
+            if d in hashes and hashes[d] != (p.manifest.get("data_hash") or p.manifest.get("commit_id"))
+        }
+    )
+    if changed:
+        raise StepFailed(
+            f"holdout feature partitions {changed} changed since training on {ctx.ds}; rerun train "
+            f"(python -m pipelines train --usecase {ctx.usecase.name} --date {ctx.ds}) then evaluate"
+        )
+    columns = list(
+        dict.fromkeys(
+            [*modeling.feature_columns(ctx.usecase), ctx.usecase.target.column, *ctx.usecase.slices]
+        )
+    )
+    return read_labeled(ctx, parts, columns)
+
+
+def model_quality(proba: Any, y: Any, groups: Any, metrics: list[str]) -> dict[str, Any]:
+    from pipelines.metrics import classification_metrics, slice_metrics
+
+    return {
+        "metrics": classification_metrics(y, proba, metrics),
+        "slices": slice_metrics(groups, y, proba, metrics),
+    }
+
+
+def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
+    """Score candidates and champion on the holdout, pick the best, write result and report."""
+    import numpy as np
+    from mlflow import MlflowClient
+
+    from pipelines import metrics as quality
+    from pipelines import modeling
+    from pipelines.tracking import champion_version, configure_mlflow, load_model, model_name, predict_proba
+
+    usecase = ctx.usecase
+    train_result = read_step_result(ctx, "train", "evaluate")
+    holdout = load_holdout(ctx, train_result)
+    if len(holdout) == 0:
+        raise StepFailed(f"the holdout window {train_result['window']} has no labeled rows; rerun train")
+    X = modeling.prepare_features(holdout, usecase)
+    y = holdout[usecase.target.column].to_numpy(dtype="int64")
+    groups = holdout[list(usecase.slices)] if usecase.slices else holdout.iloc[:, :0]
+    wanted = evaluated_metrics(ctx)
+    primary = usecase.gate.primary_metric
+    configure_mlflow(ctx.profile, usecase)
+
+    candidates: dict[str, dict[str, Any]] = {}
+    predictions: dict[str, Any] = {}
+    models: dict[str, Any] = {}
+    for entry in train_result["candidates"]:
+        progress(f"evaluate: scoring {entry['name']} on {len(X)} holdout rows")
+        try:
+            models[entry["name"]] = load_model(entry["model_uri"])
+            proba = predict_proba(models[entry["name"]], X)
+        except Exception as exc:
+            raise StepFailed(
+                f"candidate {entry['name']} ({entry['model_uri']}, run {entry['run_id']}) could not be loaded or "
+                f"scored: {type(exc).__name__}: {exc}; rerun train with --retrain"
+            ) from exc
+        predictions[entry["name"]] = proba
+        candidates[entry["name"]] = {
+            "run_id": entry["run_id"],
+            "model_uri": entry["model_uri"],
+            **model_quality(proba, y, groups, wanted),
+        }
+    if not candidates:
+        raise StepFailed(f"the train result of {ctx.ds} lists no candidates; rerun train")
+
+    champion = None
+    version = champion_version(usecase)
+    if version is not None:
+        uri = f"models:/{model_name(usecase)}/{version.version}"
+        champion = {
+            "version": str(version.version),
+            "run_id": version.run_id,
+            "candidate": (version.tags or {}).get("candidate"),
+            "model_uri": uri,
+        }
+        progress(f"evaluate: re-scoring champion version {version.version} on the same holdout")
+        try:
+            champion.update(model_quality(predict_proba(load_model(uri), X), y, groups, wanted))
+        except Exception as exc:  # the gate fails closed on the missing baseline
+            champion.update(
+                {"metrics": dict.fromkeys(wanted), "slices": {}, "error": f"{type(exc).__name__}: {exc}"}
+            )
+
+    best = quality.best_candidate(candidates, primary)
+    fairness = usecase.gate.fairness
+    min_slice_rows = fairness.min_slice_rows if fairness is not None else 1
+    progress(f"evaluate: best is {best} by {primary}; explaining it (permutation importance)")
+    best_model = models[best]
+    importance = quality.permutation_importance(
+        lambda frame: predict_proba(best_model, frame),
+        X,
+        y,
+        primary,
+        repeats=args.importance_repeats,
+        seed=usecase.split.seed,
+        max_rows=args.importance_rows,
+    )
+    best_proba = predictions[best]
+    report_prefix = ctx.lake.partition_key("reports", usecase.name, ctx.day, "evaluation")
+    report = {
+        "usecase": usecase.name,
+        "logical_date": ctx.ds,
+        "primary_metric": primary,
+        "holdout": {
+            "start": train_result["window"]["holdout_start"],
+            "end_exclusive": train_result["window"]["holdout_end"],
+            "rows": len(X),
+            "positive_rate": quality.clean(np.mean(y)),
+        },
+        "best": best,
+        "candidates": {
+            name: {"run_id": c["run_id"], "metrics": c["metrics"]} for name, c in candidates.items()
+        },
+        "champion": None
+        if champion is None
+        else {k: champion.get(k) for k in ("version", "candidate", "metrics", "error")},
+        "explanation": {
+            "feature_importance": {"metric": primary, "method": "permutation", "features": importance},
+            "slices": candidates[best]["slices"],
+            "errors": {
+                "confusion_matrix": quality.confusion(y, best_proba, 0.5),
+                "worst_slices": quality.worst_slices(candidates[best]["slices"], primary, min_slice_rows),
+                "min_slice_rows": min_slice_rows,
+            },
+            "calibration": quality.calibration(y, best_proba),
+        },
+    }
+    report_uri = ctx.lake.write_json(f"{report_prefix}/report.json", report)
+    report_html_uri = ctx.lake.write_text(f"{report_prefix}/report.html", render_report_html(report))
+
+    client = MlflowClient()
+    for c in candidates.values():
+        for name, value in c["metrics"].items():
+            if value is not None:
+                client.log_metric(c["run_id"], f"holdout_{name}", value)
+        client.set_tag(c["run_id"], "evaluation_report_uri", report_uri)
+
+    result: dict[str, Any] = {
+        "candidates": candidates,
+        "best": best,
+        "primary_metric": primary,
+        "champion": champion,
+        "holdout_rows": len(X),
+        "report_uri": report_uri,
+        "report_html_uri": report_html_uri,
+    }
+    key = f"{ctx.run_key('evaluate')}/result.json"
+    result["result_uri"] = ctx.lake.storage.uri(key)
+    ctx.lake.write_json(key, result)
+    return {
+        "best": best,
+        "primary_metric": primary,
+        "holdout_rows": len(X),
+        "candidates": {name: c["metrics"] for name, c in candidates.items()},
+        "champion": None
+        if champion is None
+        else {"version": champion["version"], "metrics": champion["metrics"]},
+        "report_uri": report_uri,
+        "report_html_uri": report_html_uri,
+        "result_uri": result["result_uri"],
+    }
+
+
+# --------------------------------------------------------------------------------------------------- HTML
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return html.escape(str(value))
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_report_html(report: dict[str, Any]) -> str:
+    """A self-contained HTML page for the evaluation report."""
+    explanation = report["explanation"]
+    metric_names = list(next(iter(report["candidates"].values()))["metrics"])
+    models = [
+        [name + (" (best)" if name == report["best"] else ""), *c["metrics"].values()]
+        for name, c in report["candidates"].items()
+    ]
+    champion = report.get("champion")
+    if champion:
+        models.append(
+            [
+                f"champion v{champion['version']} ({champion.get('candidate')})",
+                *[champion["metrics"].get(m) for m in metric_names],
+            ]
+        )
+    sections = [
+        f"<h1>Evaluation: {html.escape(report['usecase'])} on {html.escape(report['logical_date'])}</h1>",
+        f"<p>Holdout [{report['holdout']['start']}, {report['holdout']['end_exclusive']}): "
+        f"{report['holdout']['rows']} rows, positive rate {_fmt(report['holdout']['positive_rate'])}. "
+        f"Best candidate by {html.escape(report['primary_metric'])}: <b>{html.escape(str(report['best']))}</b>.</p>",
+        "<h2>Models</h2>",
+        _table(["model", *metric_names], models),
+    ]
+    if champion and champion.get("error"):
+        sections.append(f"<p><b>Champion could not be scored:</b> {html.escape(champion['error'])}</p>")
+    importance = explanation["feature_importance"]
+    sections += [
+        f"<h2>Feature importance (permutation, drop in {html.escape(importance['metric'])})</h2>",
+        _table(
+            ["feature", "importance", "std"],
+            [[f["feature"], f["importance"], f["std"]] for f in importance["features"]],
+        ),
+        "<h2>Errors</h2>",
+    ]
+    cm = explanation["errors"]["confusion_matrix"]
+    sections.append(
+        _table(
+            ["threshold", "tp", "fp", "tn", "fn", "precision", "recall", "accuracy"],
+            [[cm[k] for k in ("threshold", "tp", "fp", "tn", "fn", "precision", "recall", "accuracy")]],
+        )
+    )
+    worst = explanation["errors"]["worst_slices"]
+    metric = report["primary_metric"]
+    sections += [
+        f"<h3>Worst slices (at least {explanation['errors']['min_slice_rows']} rows)</h3>",
+        _table(
+            ["column", "value", "rows", metric],
+            [[w["column"], w["value"], w["rows"], w[metric]] for w in worst],
+        ),
+        "<h2>Slices</h2>",
+    ]
+    for column, values in explanation["slices"].items():
+        sections.append(f"<h3>{html.escape(column)}</h3>")
+        sections.append(
+            _table(
+                ["value", "rows", "positives", *metric_names],
+                [
+                    [v, e["rows"], e["positives"], *[e.get(m) for m in metric_names]]
+                    for v, e in values.items()
+                ],
+            )
+        )
+    calibration = explanation["calibration"]
+    sections += [
+        f"<h2>Calibration (expected calibration error {_fmt(calibration['ece'])})</h2>",
+        _table(
+            ["bin", "rows", "mean predicted", "observed rate"],
+            [
+                [f"{b['lower']:.1f}-{b['upper']:.1f}", b["rows"], b["mean_predicted"], b["observed_rate"]]
+                for b in calibration["bins"]
+            ],
+        ),
+    ]
+    style = (
+        "body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;margin:.5em 0}"
+        "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}th{background:#eee}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Evaluation {html.escape(report['usecase'])} "
+        f"{html.escape(report['logical_date'])}</title><style>{style}</style></head><body>{''.join(sections)}</body></html>"
+    )

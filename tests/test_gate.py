@@ -1,0 +1,240 @@
+"""The gate: each check kind on crafted evaluate results, and the real step through the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import date
+
+import pytest
+from _model_fixtures import fast_usecase, use_tmp_platform, write_config_dir
+
+from pipelines.cli import main
+from pipelines.config import ChangeBound, FairnessSpec, GateSpec
+from pipelines.context import StepFailed
+from pipelines.lake import Lake
+from pipelines.steps.gate import FIRST_RUN_REASON, decide
+
+DAY = date(2013, 4, 1)
+# the demo use case's gate: roc_auc >= 0.60, brier <= 0.25, roc_auc +0.002 over the champion,
+# fairness on roc_auc over slices with >= 300 rows, worst >= 0.55
+GATE = fast_usecase().gate
+
+
+def _slices(**values: tuple[int, float | None]) -> dict:
+    return {"carrier": {name: {"rows": rows, "roc_auc": auc} for name, (rows, auc) in values.items()}}
+
+
+def evaluation(
+    roc_auc: float | None = 0.72,
+    brier: float | None = 0.18,
+    champion: dict | None = None,
+    slices: dict | None = None,
+    **extra_metrics: float | None,
+) -> dict:
+    """An evaluate result with one candidate 'hgb' as best."""
+    metrics = {"roc_auc": roc_auc, "pr_auc": 0.5, "log_loss": 0.45, "brier": brier, **extra_metrics}
+    return {
+        "best": "hgb",
+        "candidates": {
+            "hgb": {
+                "run_id": "run-hgb",
+                "model_uri": "models:/m-hgb",
+                "metrics": metrics,
+                "slices": slices if slices is not None else _slices(AA=(900, 0.70), B6=(800, 0.66)),
+            },
+            "logreg": {
+                "run_id": "run-lr",
+                "model_uri": "models:/m-lr",
+                "metrics": {"roc_auc": 0.65},
+                "slices": {},
+            },
+        },
+        "champion": champion,
+        "holdout_rows": 1700,
+    }
+
+
+def champion(roc_auc: float | None, **extra: object) -> dict:
+    return {
+        "version": "3",
+        "run_id": "run-old",
+        "candidate": "hgb",
+        "metrics": {"roc_auc": roc_auc, "brier": 0.2},
+        **extra,
+    }
+
+
+def _check(decision: dict, name: str) -> dict:
+    return next(c for c in decision["checks"] if c["name"] == name)
+
+
+def test_first_run_uses_absolute_thresholds_only():
+    decision = decide(GATE, evaluation())
+    assert decision["passed"] is True
+    assert decision["reasons"] == []
+    assert (decision["candidate"], decision["run_id"], decision["model_uri"]) == (
+        "hgb",
+        "run-hgb",
+        "models:/m-hgb",
+    )
+    assert decision["candidate_value"] == 0.72
+    assert decision["champion_value"] is None and decision["champion_version"] is None
+    change = _check(decision, "roc_auc_vs_champion")
+    assert change["kind"] == "change" and change["skipped"] is True and change["reason"] == FIRST_RUN_REASON
+    assert {c["kind"] for c in decision["checks"]} == {"absolute", "change", "fairness"}
+    for check in decision["checks"]:
+        assert set(check) == {
+            "name",
+            "kind",
+            "metric",
+            "value",
+            "threshold",
+            "baseline",
+            "passed",
+            "skipped",
+            "reason",
+        }
+
+
+def test_absolute_bounds_fail_with_reasons():
+    decision = decide(GATE, evaluation(roc_auc=0.58, brier=0.3))
+    assert decision["passed"] is False
+    low = _check(decision, "roc_auc_min")
+    assert (low["passed"], low["value"], low["threshold"]) == (False, 0.58, 0.6)
+    assert "below the minimum 0.6" in low["reason"]
+    high = _check(decision, "brier_max")
+    assert high["passed"] is False and "above the maximum 0.25" in high["reason"]
+    assert set(decision["reasons"]) == {low["reason"], high["reason"]}
+
+
+@pytest.mark.parametrize("undefined", [float("nan"), None, float("inf")])
+def test_undefined_candidate_metric_fails(undefined):
+    decision = decide(GATE, evaluation(roc_auc=undefined, champion=champion(0.7)))
+    assert decision["passed"] is False
+    assert decision["candidate_value"] is None
+    for name in ("roc_auc_defined", "roc_auc_min", "roc_auc_vs_champion"):
+        check = _check(decision, name)
+        assert check["passed"] is False and "missing/NaN" in check["reason"]
+        assert check["value"] is None  # stays valid JSON
+    json.dumps(decision, allow_nan=False)
+
+
+@pytest.mark.parametrize(
+    ("baseline", "extra", "expected"),
+    [
+        (float("nan"), {}, "baseline roc_auc is missing/NaN"),
+        (None, {"error": "OSError: artifact gone"}, "missing/NaN (OSError: artifact gone)"),
+        (0.0, {}, "baseline roc_auc is 0"),
+    ],
+)
+def test_unusable_champion_baseline_fails(baseline, extra, expected):
+    decision = decide(GATE, evaluation(roc_auc=0.9, champion=champion(baseline, **extra)))
+    change = _check(decision, "roc_auc_vs_champion")
+    assert change["passed"] is False and change["skipped"] is False
+    assert expected in change["reason"] and "champion v3" in change["reason"]
+    assert decision["passed"] is False
+    assert decision["champion_version"] == "3"
+
+
+def test_change_needs_min_delta_in_the_better_direction():
+    too_small = decide(GATE, evaluation(roc_auc=0.7015, champion=champion(0.700)))
+    change = _check(too_small, "roc_auc_vs_champion")
+    assert change["passed"] is False and change["baseline"] == 0.7 and change["threshold"] == 0.002
+    assert "improvement +0.0015" in change["reason"]
+    assert too_small["passed"] is False and too_small["champion_value"] == 0.7
+    enough = decide(GATE, evaluation(roc_auc=0.7025, champion=champion(0.700)))
+    assert _check(enough, "roc_auc_vs_champion")["passed"] is True and enough["passed"] is True
+
+    # lower is better for log_loss: the candidate must be at least min_delta *below* the champion
+    gate = GATE.model_copy(update={"change": {"log_loss": ChangeBound(min_delta=0.005)}})
+    champ = {"version": "3", "metrics": {"log_loss": 0.46}}
+    assert decide(gate, evaluation(champion=champ, log_loss=0.45))["passed"] is True
+    worse = decide(gate, evaluation(champion=champ, log_loss=0.47))
+    assert worse["passed"] is False
+    assert "improvement -0.0100" in _check(worse, "log_loss_vs_champion")["reason"]
+
+
+def test_rerun_after_promotion_does_not_compare_the_champion_with_itself():
+    decision = decide(GATE, evaluation(roc_auc=0.72, champion=champion(0.72, run_id="run-hgb")))
+    change = _check(decision, "roc_auc_vs_champion")
+    assert change["skipped"] is True and "already the champion" in change["reason"]
+    assert decision["passed"] is True
+    # the absolute checks still apply
+    assert decide(GATE, evaluation(roc_auc=0.5, champion=champion(0.5, run_id="run-hgb")))["passed"] is False
+
+
+def test_fairness_worst_slice_and_gap():
+    unfair = decide(GATE, evaluation(slices=_slices(AA=(900, 0.74), B6=(400, 0.52), XX=(20, 0.10))))
+    worst = _check(unfair, "fairness_carrier_min_roc_auc")
+    assert worst["passed"] is False and worst["value"] == 0.52 and "'B6'" in worst["reason"]
+    assert unfair["passed"] is False
+
+    # slices under min_slice_rows (XX, 20 rows) do not count
+    fair = decide(GATE, evaluation(slices=_slices(AA=(900, 0.74), B6=(400, 0.61), XX=(20, 0.10))))
+    assert _check(fair, "fairness_carrier_min_roc_auc")["passed"] is True and fair["passed"] is True
+
+    gap_gate = GATE.model_copy(
+        update={"fairness": FairnessSpec(metric="roc_auc", min_slice_rows=300, min_value=0.5, max_gap=0.1)}
+    )
+    gap = _check(
+        decide(gap_gate, evaluation(slices=_slices(AA=(900, 0.74), B6=(400, 0.61)))),
+        "fairness_carrier_gap_roc_auc",
+    )
+    assert gap["passed"] is False and math.isclose(gap["value"], 0.13) and "exceeds 0.1" in gap["reason"]
+
+
+def test_fairness_nan_fails_and_no_eligible_slice_is_skipped():
+    nan_slice = decide(GATE, evaluation(slices=_slices(AA=(900, 0.74), B6=(400, None))))
+    check = _check(nan_slice, "fairness_carrier_min_roc_auc")
+    assert check["passed"] is False and "['B6']" in check["reason"]
+    small = decide(GATE, evaluation(slices=_slices(AA=(100, 0.4))))
+    skipped = _check(small, "fairness_carrier")
+    assert skipped["skipped"] is True and "no carrier slice has >= 300 rows" in skipped["reason"]
+    assert small["passed"] is True
+
+
+def test_everything_passes_against_a_champion():
+    decision = decide(GATE, evaluation(roc_auc=0.75, champion=champion(0.72)))
+    assert decision["passed"] is True and decision["reasons"] == []
+    assert not any(c["skipped"] for c in decision["checks"])
+    assert decision["champion_value"] == 0.72 and decision["champion_version"] == "3"
+
+
+def test_gate_without_fairness_or_change_config():
+    gate = GateSpec(primary_metric="pr_auc")
+    decision = decide(gate, evaluation(pr_auc=0.5))
+    assert [c["name"] for c in decision["checks"]] == ["pr_auc_defined"]
+    assert decision["passed"] is True
+
+
+def test_malformed_evaluation_is_a_step_failure():
+    bad = evaluation()
+    bad["best"] = "nope"
+    with pytest.raises(StepFailed, match="best candidate 'nope'"):
+        decide(GATE, bad)
+
+
+def test_real_step_writes_the_decision_and_exits_0_when_not_passed(tmp_path, monkeypatch, capsys):
+    use_tmp_platform(monkeypatch, tmp_path)
+    usecase = fast_usecase()
+    monkeypatch.setenv("MLOPS_CONFIG_DIR", str(write_config_dir(tmp_path / "config", usecase)))
+    argv = ["gate", "--usecase", usecase.name, "--date", DAY.isoformat()]
+
+    assert main(argv) == 1  # no evaluate result yet
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["failed"] is True and f"runs/{usecase.name}/evaluate/date={DAY}/result.json" in out["error"]
+
+    lake = Lake(str(tmp_path / "lake"))
+    lake.write_json(f"runs/{usecase.name}/evaluate/date={DAY}/result.json", evaluation(roc_auc=0.55))
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    stored = lake.read_json(f"runs/{usecase.name}/gate/date={DAY}/result.json")
+    assert printed["passed"] is False and stored["passed"] is False
+    assert (
+        stored["result_uri"]
+        == printed["result_uri"]
+        == lake.storage.uri(f"runs/{usecase.name}/gate/date={DAY}/result.json")
+    )
+    assert stored["checks"] == printed["checks"]
+    assert any("below the minimum 0.6" in r for r in stored["reasons"])

@@ -1,0 +1,433 @@
+"""The ingest step on real files, real Great Expectations, a real local lake and a real S3 (moto) server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines.cli import run_step
+from pipelines.config import load_usecase
+from pipelines.context import StepFailed
+from pipelines.lake import Lake, open_lake
+from pipelines.steps.ingest import land_file, pending_files
+from pipelines.validation import ROW, validate_batch
+from tests._ingest_fixtures import (
+    DAY1,
+    DAY2,
+    USECASE,
+    csv_bytes,
+    flights_rows,
+    parquet_bytes,
+    planes_rows,
+    planes_table,
+    weather_rows,
+    write_parquet_config,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def ingest(day: date) -> dict:
+    return run_step(["ingest", "--usecase", USECASE, "--date", day.isoformat()])
+
+
+def ingest_failing(day: date) -> StepFailed:
+    with pytest.raises(StepFailed) as caught:
+        ingest(day)
+    return caught.value
+
+
+def raw(lake: Lake, source: str, day: date) -> pd.DataFrame:
+    partition = lake.partition(Lake.partition_key("raw", USECASE, day, source))
+    assert partition is not None, f"no committed raw partition for {source} {day}"
+    return lake.read_frame(partition)
+
+
+def manifest(lake: Lake, source: str, day: date) -> dict:
+    partition = lake.partition(Lake.partition_key("raw", USECASE, day, source))
+    assert partition is not None
+    return partition.manifest
+
+
+def assert_counts_add_up(result: dict) -> None:
+    assert result["rows_landed"] == result["rows_committed"] + result["rows_quarantined"]
+    assert result["files_landed"] == result["files_committed"] + result["files_quarantined"]
+
+
+# --------------------------------------------------------------------------------------------------- inbox
+
+
+def test_land_file_and_pending_files(mlops_env: Path) -> None:
+    lake = open_lake()
+    uri = land_file(lake, USECASE, DAY2, "flights_b.csv", b"x\n1\n")
+    assert uri == lake.storage.uri(f"landing/{USECASE}/2013-01-02/flights_b.csv")
+    assert Path(uri).read_bytes() == b"x\n1\n"
+    land_file(lake, USECASE, DAY1, "weather_a.csv", b"x\n1\n")
+    land_file(lake, USECASE, date(2013, 1, 3), "flights_c.csv", b"x\n1\n")
+    lake.storage.write_bytes(f"landing/{USECASE}/not-a-date/flights_x.csv", b"x\n")  # ignored
+    lake.storage.write_bytes(f"landing/{USECASE}2/2013-01-01/flights_x.csv", b"x\n")  # other use case
+
+    assert pending_files(lake, USECASE, DAY2) == [
+        f"landing/{USECASE}/2013-01-01/weather_a.csv",
+        f"landing/{USECASE}/2013-01-02/flights_b.csv",
+    ]
+    assert len(pending_files(lake, USECASE)) == 3
+    assert pending_files(lake, USECASE, date(2012, 12, 31)) == []
+    with pytest.raises(ValueError, match="plain name"):
+        land_file(lake, USECASE, DAY1, "sub/flights.csv", b"")
+
+
+def test_nothing_to_ingest_returns_zeros(mlops_env: Path) -> None:
+    result = ingest(DAY1)
+    assert result["files_landed"] == 0 and result["rows_landed"] == 0 and result["raw_partitions"] == []
+
+
+# --------------------------------------------------------------------------------------------------- happy path
+
+
+def test_two_days_are_committed_typed_archived_and_counted(mlops_env: Path) -> None:
+    lake = open_lake()
+    delivered = {
+        (DAY1, "flights_2013-01-01.csv"): csv_bytes(flights_rows(DAY1, 20)),
+        (DAY1, "weather_2013-01-01.csv"): csv_bytes(weather_rows(DAY1)),
+        (DAY1, "planes_2013-01-01.csv"): csv_bytes(planes_rows()),
+        (DAY2, "flights_2013-01-02.csv"): csv_bytes(flights_rows(DAY2, 15)),
+        (DAY2, "weather_2013-01-02.csv"): csv_bytes(weather_rows(DAY2, 4)),
+    }
+    for (day, name), data in delivered.items():
+        land_file(lake, USECASE, day, name, data)
+    later = land_file(lake, USECASE, date(2013, 1, 3), "flights_2013-01-03.csv", b"not even csv")
+
+    result = ingest(DAY2)
+
+    assert result["files_landed"] == 5 and result["files_committed"] == 5 and result["files_quarantined"] == 0
+    assert result["rows_landed"] == result["rows_committed"] == 20 + 6 + 5 + 15 + 4
+    assert result["rows_quarantined"] == 0 and result["quarantined"] == []
+    assert len(result["raw_partitions"]) == 5
+    assert result["validation"]["flights"]["files"] == 2 and result["validation"]["flights"]["success"]
+    # the later file is left for a later run; everything else left landing and sits in the archive
+    assert pending_files(lake, USECASE) == [f"landing/{USECASE}/2013-01-03/flights_2013-01-03.csv"]
+    assert Path(later).exists()
+    for (day, name), data in delivered.items():
+        assert lake.storage.read_bytes(f"archive/{USECASE}/{day.isoformat()}/{name}") == data
+
+    usecase = load_usecase(USECASE)
+    flights = raw(lake, "flights", DAY1)
+    assert list(flights.columns) == [*usecase.sources["flights"].columns, "_source_file"]
+    expected_dtypes = {
+        "year": "Int64",
+        "dep_time": "Int64",
+        "dep_delay": "float64",
+        "carrier": "string",
+        "tailnum": "string",
+        "time_hour": "datetime64[ns, UTC]",
+        "_source_file": "string",
+    }
+    for column, dtype in expected_dtypes.items():
+        assert str(flights[column].dtype) == dtype, column
+    source = flights_rows(DAY1, 20)
+    assert flights["_source_file"].unique().tolist() == ["flights_2013-01-01.csv"]
+    assert flights["flight"].astype(int).tolist() == source["flight"].astype(int).tolist()
+    expected_delay = pd.to_numeric(source["arr_delay"].replace("NA", None))
+    assert flights["arr_delay"].isna().sum() == (source["arr_delay"] == "NA").sum() > 0
+    pd.testing.assert_series_equal(flights["arr_delay"], expected_delay, check_names=False)
+    assert flights["time_hour"].iloc[0] == pd.Timestamp(source["time_hour"].iloc[0])
+    assert flights["dep_time"].isna().sum() == (source["dep_time"] == "NA").sum()
+
+    planes = raw(lake, "planes", DAY1)
+    assert str(planes["seats"].dtype) == "Int64" and str(planes["speed"].dtype) == "float64"
+    assert planes["speed"].isna().all()  # "NA" in the source file
+    assert len(raw(lake, "weather", DAY2)) == 4 and len(raw(lake, "flights", DAY2)) == 15
+
+    body = manifest(lake, "flights", DAY1)
+    data = delivered[(DAY1, "flights_2013-01-01.csv")]
+    assert body["source"] == "flights" and body["rows"] == 20
+    assert body["source_files"] == [
+        {"name": "flights_2013-01-01.csv", "sha256": hashlib.sha256(data).hexdigest(), "rows": 20}
+    ]
+
+
+def test_parquet_source_is_typed_like_csv(
+    mlops_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLOPS_CONFIG_DIR", str(write_parquet_config(tmp_path / "config")))
+    lake = open_lake()
+    typed = planes_table()
+    land_file(lake, USECASE, DAY1, "planes_2013-01-01.parquet", parquet_bytes(typed))
+    result = ingest(DAY1)
+    assert result["files_committed"] == 1 and result["rows_committed"] == 5
+    frame = raw(lake, "planes", DAY1)
+    assert str(frame["year"].dtype) == "Int64" and str(frame["engine"].dtype) == "string"
+    assert frame["seats"].tolist() == typed["seats"].tolist()
+    assert frame["year"].tolist() == typed["year"].tolist() and frame["speed"].isna().all()
+    assert frame["tailnum"].tolist() == typed["tailnum"].tolist()
+
+
+# --------------------------------------------------------------------------------------------------- bad input
+
+
+def _with_value(column: str, row: int, value: str) -> bytes:
+    frame = flights_rows(DAY1, 20, skip=40)
+    frame.loc[row, column] = value
+    return csv_bytes(frame)
+
+
+def _truncated() -> bytes:
+    data = csv_bytes(flights_rows(DAY1, 20, skip=40))
+    return data[: data.rindex(b",", 0, len(data) - 30)]  # the last row is cut mid-row
+
+
+def _latin1() -> bytes:
+    frame = flights_rows(DAY1, 20, skip=40)
+    frame.loc[5, "dest"] = "caf\xe9"
+    return frame.to_csv(index=False).encode("latin-1")
+
+
+BAD_FILES: dict[str, tuple[str, Callable[[], bytes], str, str | None, int]] = {
+    # kind: (file name, content, failed check, column, rows counted)
+    "missing_column": (
+        "flights_2013-01-01_b.csv",
+        lambda: csv_bytes(flights_rows(DAY1, 20, skip=40).drop(columns=["dep_delay"])),
+        "columns_present",
+        None,
+        20,
+    ),
+    "wrong_type": (
+        "flights_2013-01-01_b.csv",
+        lambda: _with_value("dep_time", 3, "abc"),
+        "expect_column_values_to_match_regex",
+        "dep_time",
+        20,
+    ),
+    "null_required": (
+        "flights_2013-01-01_b.csv",
+        lambda: _with_value("carrier", 2, "NA"),
+        "expect_column_values_to_not_be_null",
+        "carrier",
+        20,
+    ),
+    "out_of_range": (
+        "flights_2013-01-01_b.csv",
+        lambda: _with_value("month", 7, "13"),
+        "expect_column_values_to_be_between",
+        "month",
+        20,
+    ),
+    "not_allowed": (
+        "flights_2013-01-01_b.csv",
+        lambda: _with_value("origin", 1, "BOS"),
+        "expect_column_values_to_be_in_set",
+        "origin",
+        20,
+    ),
+    "empty_file": ("flights_2013-01-01_b.csv", lambda: b"", "file_not_empty", None, 0),
+    "header_only": (
+        "flights_2013-01-01_b.csv",
+        lambda: csv_bytes(flights_rows(DAY1).head(0)),
+        "file_not_empty",
+        None,
+        0,
+    ),
+    "truncated": ("flights_2013-01-01_b.csv", _truncated, "file_well_formed", None, 20),
+    "unknown_encoding": ("flights_2013-01-01_b.csv", _latin1, "file_decodes", None, 20),
+    "unknown_name": (
+        "passengers_2013-01-01.csv",
+        lambda: csv_bytes(flights_rows(DAY1, 20, skip=40)),
+        "file_name_matches_source",
+        None,
+        20,
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_FILES))
+def test_bad_file_goes_to_quarantine_and_good_file_commits(mlops_env: Path, kind: str) -> None:
+    name, content, check, column, bad_rows = BAD_FILES[kind]
+    lake = open_lake()
+    good = csv_bytes(flights_rows(DAY1, 20))
+    bad = content()
+    land_file(lake, USECASE, DAY1, "flights_2013-01-01.csv", good)
+    land_file(lake, USECASE, DAY1, name, bad)
+
+    error = ingest_failing(DAY1)
+    result = error.result
+
+    quarantine_key = f"quarantine/{USECASE}/2013-01-01/{name}"
+    quarantine_uri = lake.storage.uri(quarantine_key)
+    message = str(error)
+    assert name in message and check in message and quarantine_uri in message
+    assert result["files_committed"] == 1 and result["files_quarantined"] == 1
+    assert result["rows_committed"] == 20 and result["rows_quarantined"] == bad_rows
+    assert_counts_add_up(result)
+    [entry] = result["quarantined"]
+    assert entry["file"] == name and entry["path"] == quarantine_uri
+    assert any(item.startswith(check) for item in entry["failed_checks"])
+
+    # the bad file is in quarantine, byte for byte, with both reports; landing is empty
+    assert lake.storage.read_bytes(quarantine_key) == bad
+    report = lake.read_json(f"{quarantine_key}.report.json")
+    assert entry["report"] == lake.storage.uri(f"{quarantine_key}.report.json")
+    assert report["file"] == name and report["sha256"] == hashlib.sha256(bad).hexdigest()
+    assert report["rows"] == bad_rows
+    failed = [c for c in report["failed_checks"] if c["expectation_type"] == check]
+    assert (
+        failed and failed[0]["column"] == column and failed[0]["hint"] and failed[0]["unexpected_count"] >= 1
+    )
+    page = lake.storage.read_bytes(f"{quarantine_key}.report.html").decode()
+    assert name in page and check in page
+    assert pending_files(lake, USECASE) == []
+    assert not lake.storage.exists(f"archive/{USECASE}/2013-01-01/{name}")
+
+    # the raw zone holds the good file only
+    flights = raw(lake, "flights", DAY1)
+    assert flights["_source_file"].unique().tolist() == ["flights_2013-01-01.csv"] and len(flights) == 20
+    assert [f["name"] for f in manifest(lake, "flights", DAY1)["source_files"]] == ["flights_2013-01-01.csv"]
+
+
+def test_quarantine_report_names_the_bad_values_and_lines(mlops_env: Path) -> None:
+    lake = open_lake()
+    frame = flights_rows(DAY1, 20)
+    frame.loc[3, "dep_time"] = "abc"
+    frame.loc[[4, 9], "month"] = ["13", "14"]
+    land_file(lake, USECASE, DAY1, "flights_x.csv", csv_bytes(frame))
+    error = ingest_failing(DAY1)
+    assert error.result["files_committed"] == 0 and error.result["raw_partitions"] == []
+    assert lake.partition(Lake.partition_key("raw", USECASE, DAY1, "flights")) is None
+    report = lake.read_json(f"quarantine/{USECASE}/2013-01-01/flights_x.csv.report.json")
+    checks = {(c["expectation_type"], c["column"]): c for c in report["failed_checks"]}
+    wrong_type = checks[("expect_column_values_to_match_regex", "dep_time")]
+    assert wrong_type["sample_unexpected_values"] == ["abc"] and wrong_type["sample_rows"] == [
+        5
+    ]  # header = 1
+    out_of_range = checks[("expect_column_values_to_be_between", "month")]
+    assert out_of_range["unexpected_count"] == 2 and out_of_range["sample_unexpected_values"] == ["13", "14"]
+    assert len(checks) == 2
+
+
+def test_corrupt_parquet_goes_to_quarantine(
+    mlops_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLOPS_CONFIG_DIR", str(write_parquet_config(tmp_path / "config")))
+    lake = open_lake()
+    valid = parquet_bytes(planes_table())
+    land_file(lake, USECASE, DAY1, "planes_a.parquet", valid)
+    land_file(lake, USECASE, DAY1, "planes_b.parquet", valid[: len(valid) // 2])
+    error = ingest_failing(DAY1)
+    assert "planes_b.parquet" in str(error) and "file_well_formed" in str(error)
+    assert error.result["files_committed"] == 1 and error.result["files_quarantined"] == 1
+    assert_counts_add_up(error.result)
+    assert lake.storage.exists(f"quarantine/{USECASE}/2013-01-01/planes_b.parquet.report.html")
+    assert raw(lake, "planes", DAY1)["_source_file"].unique().tolist() == ["planes_a.parquet"]
+
+
+def test_gx_fails_closed_when_an_expectation_cannot_run() -> None:
+    """A batch GX cannot evaluate fully is rejected as a whole; a good batch passes; failures hit one file."""
+    source = load_usecase(USECASE).sources["weather"]
+
+    def frame(day: date) -> pd.DataFrame:
+        rows = weather_rows(day).replace("NA", None)
+        rows[ROW] = range(2, len(rows) + 2)
+        return rows
+
+    good = validate_batch("weather", source, [frame(DAY1), frame(DAY2)])
+    assert good.success and good.failures == {} and good.rows == 12
+
+    bad = frame(DAY2)
+    bad.loc[1, "humid"] = "250"
+    one_bad = validate_batch("weather", source, [frame(DAY1), bad])
+    assert not one_bad.success and list(one_bad.failures) == [1]
+
+    # the frames lack a configured column: the expectations on it raise inside GX -> every file fails
+    broken = validate_batch(
+        "weather",
+        source.model_copy(update={"columns": {**source.columns, "visibility_km": source.columns["visib"]}}),
+        [frame(DAY1), frame(DAY2)],
+    )
+    assert not broken.success and sorted(broken.failures) == [0, 1]
+    assert any(c.column == "visibility_km" for c in broken.failures[0])
+
+
+# --------------------------------------------------------------------------------------------------- idempotence
+
+
+def test_reruns_and_redeliveries_give_the_same_partition(mlops_env: Path) -> None:
+    lake = open_lake()
+    first = csv_bytes(flights_rows(DAY1, 20))
+    second = csv_bytes(flights_rows(DAY1, 10, skip=100))
+    land_file(lake, USECASE, DAY1, "flights_a.csv", first)
+    ingest(DAY1)
+    one_file = manifest(lake, "flights", DAY1)
+
+    # rerun with nothing new: nothing changes, not even the commit
+    again = ingest(DAY1)
+    assert again["files_landed"] == 0
+    assert manifest(lake, "flights", DAY1) == one_file
+
+    # the same file delivered again: a new commit with the same data
+    land_file(lake, USECASE, DAY1, "flights_a.csv", first)
+    redelivered = ingest(DAY1)
+    assert redelivered["files_committed"] == 1 and redelivered["rows_committed"] == 20
+    body = manifest(lake, "flights", DAY1)
+    assert body["data_hash"] == one_file["data_hash"] and body["commit_id"] != one_file["commit_id"]
+
+    # a second file for the same day: the partition is rebuilt from the archived file plus the new one
+    land_file(lake, USECASE, DAY1, "flights_b.csv", second)
+    ingest(DAY1)
+    both = manifest(lake, "flights", DAY1)
+    assert both["rows"] == 30 and [f["name"] for f in both["source_files"]] == [
+        "flights_a.csv",
+        "flights_b.csv",
+    ]
+    assert raw(lake, "flights", DAY1)["_source_file"].value_counts().to_dict() == {
+        "flights_a.csv": 20,
+        "flights_b.csv": 10,
+    }
+
+    # a file left in both landing and archive (crash between copy and delete) is processed again, same result
+    land_file(lake, USECASE, DAY1, "flights_a.csv", first)
+    result = ingest(DAY1)
+    assert result["rows_landed"] == 20 and manifest(lake, "flights", DAY1)["data_hash"] == both["data_hash"]
+
+
+# --------------------------------------------------------------------------------------------------- S3, CLI
+
+
+def test_ingest_on_s3_served_by_moto(s3_lake: str) -> None:
+    lake = open_lake()
+    assert lake.uri == s3_lake
+    land_file(lake, USECASE, DAY1, "flights_2013-01-01.csv", csv_bytes(flights_rows(DAY1, 20)))
+    land_file(lake, USECASE, DAY1, "weather_2013-01-01.csv", b"origin,year\nEWR,2013\n")  # missing columns
+    error = ingest_failing(DAY1)
+    assert error.result["files_committed"] == 1 and error.result["files_quarantined"] == 1
+    assert error.result["raw_partitions"] == [f"{s3_lake}/raw/{USECASE}/flights/date=2013-01-01"]
+    assert len(raw(lake, "flights", DAY1)) == 20
+    assert lake.storage.exists(f"archive/{USECASE}/2013-01-01/flights_2013-01-01.csv")
+    assert lake.storage.exists(f"quarantine/{USECASE}/2013-01-01/weather_2013-01-01.csv.report.json")
+    assert pending_files(lake, USECASE) == []
+
+
+def test_cli_exits_1_on_quarantine_with_json_last_line(mlops_env: Path) -> None:
+    lake = open_lake()
+    land_file(lake, USECASE, DAY1, "flights_2013-01-01.csv", csv_bytes(flights_rows(DAY1, 20)))
+    land_file(lake, USECASE, DAY1, "flights_bad.csv", _with_value("day", 0, "x"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines", "ingest", "--usecase", USECASE, "--date", "2013-01-01"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["failed"] is True and result["step"] == "ingest"
+    assert result["files_committed"] == 1 and result["files_quarantined"] == 1
+    assert "flights_bad.csv" in result["error"] and "expect_column_values_to_match_regex" in result["error"]
+    assert "flights_bad.csv" in proc.stderr

@@ -1,0 +1,426 @@
+"""train and evaluate steps, candidate families and metrics, on real MLflow (tmp SQLite), real lake files."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+from types import SimpleNamespace
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from _model_fixtures import (
+    FAST_CANDIDATES,
+    fast_usecase,
+    make_context,
+    synthetic_day,
+    use_tmp_platform,
+    write_config_dir,
+    write_feature_partitions,
+)
+from mlflow import MlflowClient
+from sklearn.metrics import log_loss, roc_auc_score
+
+from pipelines import metrics, modeling, tracking
+from pipelines.cli import main, run_step
+from pipelines.config import ConfigError
+from pipelines.context import StepFailed
+from pipelines.lake import Lake
+from pipelines.steps import train as train_step
+
+START = date(2013, 1, 1)
+DAY = date(2013, 2, 10)  # train [01-06, 02-03), holdout [02-03, 02-10); partitions exist up to 02-14
+LOGREG_ONLY = [FAST_CANDIDATES[0]]
+
+
+def _labeled_rows(usecase, first: date, end: date, rows_per_day: int) -> int:
+    total = 0
+    day = first
+    while day < end:
+        total += int(synthetic_day(usecase, day, rows_per_day)[usecase.target.column].notna().sum())
+        day += timedelta(days=1)
+    return total
+
+
+@pytest.fixture(scope="module")
+def trained_module(tmp_path_factory):
+    """45 days of features, one full train (3 candidates) and one evaluate for DAY."""
+    tmp = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as mp:
+        use_tmp_platform(mp, tmp)
+        usecase = fast_usecase()
+        mp.setenv("MLOPS_CONFIG_DIR", str(write_config_dir(tmp / "config", usecase)))
+        lake = Lake(str(tmp / "lake"))
+        dates = write_feature_partitions(lake, usecase, START, 45, rows_per_day=120)
+        result = run_step(["train", "--usecase", usecase.name, "--date", DAY.isoformat()])
+        evaluation = run_step(["evaluate", "--usecase", usecase.name, "--date", DAY.isoformat()])
+        yield SimpleNamespace(
+            tmp=tmp, usecase=usecase, lake=lake, dates=dates, result=result, evaluation=evaluation
+        )
+
+
+@pytest.fixture
+def trained(trained_module, monkeypatch):
+    """The module's trained state, with MLflow pointed back at its store (other tests move the global URI)."""
+    use_tmp_platform(monkeypatch, trained_module.tmp)
+    monkeypatch.setenv("MLOPS_CONFIG_DIR", str(trained_module.tmp / "config"))
+    uri = f"sqlite:///{trained_module.tmp}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return trained_module
+
+
+@pytest.fixture
+def small_env(tmp_path, monkeypatch):
+    """A fresh tmp platform with a logistic-regression-only use case (no TensorFlow)."""
+    use_tmp_platform(monkeypatch, tmp_path)
+    usecase = fast_usecase(LOGREG_ONLY)
+    return SimpleNamespace(usecase=usecase, ctx=make_context(usecase, DAY), lake=Lake(str(tmp_path / "lake")))
+
+
+def _holdout_features(trained) -> tuple[pd.DataFrame, np.ndarray]:
+    usecase = trained.usecase
+    parts = trained.lake.partitions("features", usecase.name)
+    frame = trained.lake.read_frames([p for d, p in parts.items() if "2013-02-03" <= d < "2013-02-10"])
+    frame = frame[frame[usecase.target.column].notna()].reset_index(drop=True)
+    return modeling.prepare_features(frame, usecase), frame[usecase.target.column].to_numpy(dtype="int64")
+
+
+# --------------------------------------------------------------------------------------------------- train
+
+
+def test_train_window_rows_and_inputs(trained):
+    usecase, result = trained.usecase, trained.result
+    stored = trained.lake.read_json(f"runs/{usecase.name}/train/date={DAY}/result.json")
+    assert stored["result_uri"] == result["result_uri"]
+    assert stored["window"] == {
+        "train_start": "2013-01-06",
+        "train_end": "2013-02-03",
+        "holdout_start": "2013-02-03",
+        "holdout_end": "2013-02-10",
+    }
+    expected_dates = [d for d in trained.dates if "2013-01-06" <= d < "2013-02-10"]
+    assert stored["feature_partitions"] == expected_dates
+    assert max(stored["feature_partitions"]) < DAY.isoformat()  # never on or after the logical date
+    holdout_rows = _labeled_rows(usecase, date(2013, 2, 3), DAY, 120)
+    train_rows = _labeled_rows(usecase, date(2013, 1, 6), date(2013, 2, 3), 120)
+    assert train_rows > usecase.split.max_train_rows
+    assert stored["rows"] == {"train": usecase.split.max_train_rows, "holdout": holdout_rows}
+    expected_inputs = sorted(
+        f"raw/{usecase.name}/{s}/date={d}" for d in expected_dates for s in usecase.sources
+    )
+    assert stored["inputs"] == expected_inputs
+    assert [c["name"] for c in stored["candidates"]] == ["logreg", "hgb", "mlp"]
+    assert result["candidates"] == stored["candidates"]
+    assert result["inputs_count"] == len(expected_inputs)
+    assert stored["mode"] == "full"
+
+
+def test_train_logs_one_run_per_candidate(trained):
+    usecase = trained.usecase
+    client = MlflowClient()
+    for candidate in trained.result["candidates"]:
+        run = client.get_run(candidate["run_id"])
+        assert run.info.run_name == f"{candidate['name']}@{DAY}"
+        assert run.info.status == "FINISHED"
+        tags = run.data.tags
+        assert tags["usecase"] == usecase.name
+        assert tags["logical_date"] == DAY.isoformat()
+        assert tags["mode"] == "full"
+        assert tags["candidate"] == candidate["name"]
+        assert tags["family"] == candidate["family"]
+        assert tags["config_hash"] == usecase.config_hash
+        assert tags["code_version"] == "test-code"
+        assert run.data.params["rows.train"] == str(usecase.split.max_train_rows)
+        info = mlflow.models.get_model_info(candidate["model_uri"])
+        assert info.signature.inputs.input_names() == tracking.feature_columns(usecase)
+        assert info.saved_input_example_info is not None
+    logreg = client.get_run(trained.result["candidates"][0]["run_id"])
+    assert logreg.data.params["model.C"] == "1.0"
+    mlp = client.get_run(trained.result["candidates"][2]["run_id"])
+    assert json.loads(mlp.data.params["model.hidden_units"]) == [16]
+
+
+def test_rerun_reuses_runs_and_retrain_gives_identical_predictions(trained, monkeypatch):
+    argv = ["train", "--usecase", trained.usecase.name, "--date", DAY.isoformat()]
+    again = run_step(argv)
+    assert [c["run_id"] for c in again["candidates"]] == [c["run_id"] for c in trained.result["candidates"]]
+
+    retrained = run_step([*argv, "--retrain"])
+    X, _ = _holdout_features(trained)
+    for old, new in zip(trained.result["candidates"], retrained["candidates"], strict=True):
+        assert new["run_id"] != old["run_id"]
+        before = tracking.predict_proba(tracking.load_model(old["model_uri"]), X)
+        after = tracking.predict_proba(tracking.load_model(new["model_uri"]), X)
+        assert np.array_equal(before, after), old["name"]
+    run_step(argv)  # leave a result pointing at reused runs again
+
+
+def test_train_fails_without_feature_partitions(small_env):
+    args = SimpleNamespace(mode="full", candidates=None, retrain=False)
+    with pytest.raises(
+        StepFailed, match=r"no committed feature partitions .*features/flight_delay.*\[2013-01-06"
+    ):
+        train_step.run(small_env.ctx, args)
+
+
+def test_train_fails_on_a_single_class(small_env):
+    usecase = small_env.usecase
+    for offset in range(36):
+        day = date(2013, 1, 5) + timedelta(days=offset)
+        frame = synthetic_day(usecase, day, 60)
+        frame[usecase.target.column] = 0.0
+        small_env.lake.write_frame(Lake.partition_key("features", usecase.name, day), frame)
+    args = SimpleNamespace(mode="full", candidates=None, retrain=False)
+    with pytest.raises(StepFailed, match=r"train window .* single class"):
+        train_step.run(small_env.ctx, args)
+
+
+def test_train_fails_on_too_few_rows_and_cli_exits_1(small_env, capsys, tmp_path, monkeypatch):
+    write_feature_partitions(small_env.lake, small_env.usecase, date(2013, 1, 5), 36, rows_per_day=2)
+    monkeypatch.setenv("MLOPS_CONFIG_DIR", str(write_config_dir(tmp_path / "config", small_env.usecase)))
+    code = main(["train", "--usecase", small_env.usecase.name, "--date", DAY.isoformat()])
+    assert code == 1
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["failed"] is True
+    assert "labeled rows; at least 100 are needed" in last["error"]
+
+
+def test_unknown_candidate_is_a_config_error(small_env):
+    write_feature_partitions(small_env.lake, small_env.usecase, date(2013, 1, 5), 36, rows_per_day=20)
+    args = SimpleNamespace(mode="full", candidates="logreg,nope", retrain=False)
+    with pytest.raises(ConfigError, match="no candidate 'nope'"):
+        train_step.run(small_env.ctx, args)
+
+
+def test_raw_inputs_from_features_manifests():
+    assert train_step.raw_inputs(
+        "uc", {"flights": {"2013-01-02": "h1", "2013-01-01": "h2"}, "planes": {}}
+    ) == [
+        "raw/uc/flights/date=2013-01-02",
+        "raw/uc/flights/date=2013-01-01",
+    ]
+    assert train_step.raw_inputs("uc", ["raw/uc/flights/date=2013-01-01"]) == [
+        "raw/uc/flights/date=2013-01-01"
+    ]
+    assert train_step.raw_inputs("uc", None) == []
+
+
+def test_training_window_ends_before_the_logical_date():
+    window = train_step.training_window(date(2013, 3, 1), 91, 14)
+    assert window == {
+        "train_start": "2012-11-30",
+        "train_end": "2013-02-15",
+        "holdout_start": "2013-02-15",
+        "holdout_end": "2013-03-01",
+    }
+
+
+# --------------------------------------------------------------------------------------------------- models
+
+
+@pytest.mark.parametrize("family", ["logistic_regression", "hist_gradient_boosting", "keras_mlp"])
+def test_family_learns_handles_nulls_and_round_trips_through_mlflow(family, tmp_path, monkeypatch):
+    use_tmp_platform(monkeypatch, tmp_path)
+    spec = next(c for c in FAST_CANDIDATES if c.family == family)
+    usecase = fast_usecase([spec])
+    train = pd.concat([synthetic_day(usecase, START + timedelta(days=i), 150) for i in range(12)])
+    train = train[train[usecase.target.column].notna()]
+    test = synthetic_day(usecase, date(2013, 2, 1), 400)
+    test = test[test[usecase.target.column].notna()].reset_index(drop=True)
+    test.loc[0, "carrier"] = "ZZ"  # unseen category
+    test.loc[1, ["carrier", "origin"]] = None  # null categories
+    test.loc[2, usecase.features.numeric] = np.nan  # all numeric features null
+    X = modeling.prepare_features(train, usecase)
+    fitted = modeling.fit_candidate(spec, usecase, X, train[usecase.target.column], seed=3)
+    X_test = modeling.prepare_features(test, usecase)
+    proba = fitted.predict_proba(X_test)
+    assert proba.shape == (len(test),) and np.isfinite(proba).all() and ((proba > 0) & (proba < 1)).all()
+    assert roc_auc_score(test[usecase.target.column], proba) > 0.65
+
+    tracking.configure_mlflow(make_context(usecase, DAY).profile, usecase)
+    with mlflow.start_run():
+        info = modeling.log_fitted_model(fitted, modeling.input_example(X))
+    loaded = tracking.predict_proba(tracking.load_model(info.model_uri), X_test)
+    np.testing.assert_allclose(loaded, proba, rtol=1e-6, atol=1e-7)
+
+
+def test_prepare_features_types():
+    usecase = fast_usecase()
+    frame = synthetic_day(usecase, START, 5)
+    frame["dep_hour"] = np.arange(5)  # ints become float64
+    frame["origin"] = ["EWR", None, np.nan, "JFK", "LGA"]
+    X = modeling.prepare_features(frame, usecase)
+    assert list(X.columns) == tracking.feature_columns(usecase)
+    assert X["dep_hour"].dtype == "float64"
+    assert X["origin"].tolist() == ["EWR", None, None, "JFK", "LGA"]
+    with pytest.raises(ValueError, match="wx_temp"):
+        modeling.prepare_features(frame.drop(columns=["wx_temp"]), usecase)
+
+
+def test_bad_candidate_params_name_the_candidate():
+    usecase = fast_usecase()
+    X = modeling.prepare_features(synthetic_day(usecase, START, 50), usecase)
+    bad = FAST_CANDIDATES[0].model_copy(update={"params": {"not_a_param": 1}})
+    with pytest.raises(ConfigError, match="candidate 'logreg'"):
+        modeling.fit_candidate(bad, usecase, X, np.arange(50) % 2, seed=0)
+    bad_mlp = FAST_CANDIDATES[2].model_copy(update={"params": {"layers": 3}})
+    with pytest.raises(ConfigError, match=r"candidate 'mlp' \(keras_mlp\): unknown params \['layers'\]"):
+        modeling.fit_candidate(bad_mlp, usecase, X, np.arange(50) % 2, seed=0)
+
+
+# --------------------------------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_metrics_slices_and_best(trained):
+    usecase = trained.usecase
+    stored = trained.lake.read_json(f"runs/{usecase.name}/evaluate/date={DAY}/result.json")
+    X, y = _holdout_features(trained)
+    assert stored["holdout_rows"] == len(y) == trained.result["rows"]["holdout"]
+    assert stored["champion"] is None
+    scores = {}
+    for candidate in trained.result["candidates"]:
+        entry = stored["candidates"][candidate["name"]]
+        proba = tracking.predict_proba(tracking.load_model(candidate["model_uri"]), X)
+        assert entry["metrics"]["roc_auc"] == pytest.approx(roc_auc_score(y, proba))
+        assert entry["metrics"]["log_loss"] == pytest.approx(log_loss(y, np.clip(proba, 1e-7, 1 - 1e-7)))
+        assert set(entry["metrics"]) == {"roc_auc", "pr_auc", "log_loss", "brier"}
+        for column in usecase.slices:
+            assert sum(s["rows"] for s in entry["slices"][column].values()) == len(y)
+        origin = entry["slices"]["origin"]["JFK"]
+        mask = (X["origin"] == "JFK").to_numpy()
+        assert origin["roc_auc"] == pytest.approx(roc_auc_score(y[mask], proba[mask]))
+        scores[candidate["name"]] = entry["metrics"]["roc_auc"]
+        run = MlflowClient().get_run(candidate["run_id"])
+        assert run.data.metrics["holdout_roc_auc"] == pytest.approx(entry["metrics"]["roc_auc"])
+    assert stored["best"] == max(scores, key=scores.get)
+    assert trained.evaluation["best"] == stored["best"]
+
+
+def test_evaluate_report_explains_the_best_model(trained):
+    usecase = trained.usecase
+    prefix = f"reports/{usecase.name}/evaluation/date={DAY}"
+    report = trained.lake.read_json(f"{prefix}/report.json")
+    assert trained.evaluation["report_uri"].endswith(f"{prefix}/report.json")
+    explanation = report["explanation"]
+    importance = {f["feature"]: f["importance"] for f in explanation["feature_importance"]["features"]}
+    assert set(importance) == set(tracking.feature_columns(usecase))
+    # the synthetic label depends most on the first numeric feature and not at all on the 8th
+    assert max(importance, key=importance.get) == usecase.features.numeric[0]
+    assert abs(importance[usecase.features.numeric[7]]) < 0.02
+    cm = explanation["errors"]["confusion_matrix"]
+    assert cm["tp"] + cm["fp"] + cm["tn"] + cm["fn"] == report["holdout"]["rows"]
+    assert sum(b["rows"] for b in explanation["calibration"]["bins"]) == report["holdout"]["rows"]
+    assert (
+        explanation["slices"]
+        == trained.lake.read_json(f"runs/{usecase.name}/evaluate/date={DAY}/result.json")["candidates"][
+            report["best"]
+        ]["slices"]
+    )
+    page = trained.lake.storage.read_bytes(f"{prefix}/report.html").decode()
+    for heading in ("Feature importance", "Worst slices", "Calibration", "carrier", report["best"]):
+        assert heading in page
+
+
+def test_evaluate_fails_when_holdout_changed_since_training(trained, monkeypatch):
+    ctx = make_context(trained.usecase, DAY)
+    key = Lake.partition_key("features", trained.usecase.name, date(2013, 2, 5))
+    storage = trained.lake.storage
+    snapshot = {k: storage.read_bytes(k) for k in storage.list(key)}
+    original = trained.lake.read_frame(trained.lake.partition(key))
+    trained.lake.write_frame(key, original.head(50))
+    try:
+        from pipelines.steps import evaluate
+
+        with pytest.raises(StepFailed, match=r"holdout feature partitions \['2013-02-05'\] changed"):
+            evaluate.run(ctx, SimpleNamespace(importance_rows=500, importance_repeats=1))
+    finally:
+        storage.delete(storage.list(key))
+        for k, data in snapshot.items():
+            storage.write_bytes(k, data)
+
+
+def test_champion_is_rescored_gated_and_drives_refresh(trained):
+    """The first logreg run becomes champion; a fresh training is evaluated and gated against it; refresh
+    then trains only the champion's candidate."""
+    usecase = trained.usecase
+    argv = ["--usecase", usecase.name, "--date", DAY.isoformat()]
+    fresh = run_step(["train", *argv, "--retrain"])  # candidates are new runs, the champion an older one
+    first_logreg = trained.result["candidates"][0]
+    client = MlflowClient()
+    version = mlflow.register_model(first_logreg["model_uri"], tracking.model_name(usecase))
+    client.set_model_version_tag(version.name, version.version, "candidate", "logreg")
+    client.set_registered_model_alias(version.name, tracking.CHAMPION_ALIAS, version.version)
+
+    run_step(["evaluate", *argv])
+    stored = trained.lake.read_json(f"runs/{usecase.name}/evaluate/date={DAY}/result.json")
+    assert {c["run_id"] for c in stored["candidates"].values()} == {c["run_id"] for c in fresh["candidates"]}
+    champion = stored["champion"]
+    assert champion["version"] == str(version.version)
+    assert champion["candidate"] == "logreg"
+    assert champion["run_id"] == first_logreg["run_id"]
+    # same data and seed: the fresh logreg scores exactly like the champion trained earlier
+    assert champion["metrics"] == pytest.approx(stored["candidates"]["logreg"]["metrics"])
+
+    decision = run_step(["gate", *argv])
+    change = next(c for c in decision["checks"] if c["kind"] == "change")
+    assert change["skipped"] is False
+    assert change["baseline"] == pytest.approx(champion["metrics"]["roc_auc"])
+    assert decision["champion_version"] == str(version.version)
+    best_value = stored["candidates"][stored["best"]]["metrics"]["roc_auc"]
+    assert change["passed"] == (best_value - champion["metrics"]["roc_auc"] >= 0.002 - 1e-12)
+    if stored["best"] == "logreg":  # an identical model cannot beat the champion by min_delta
+        assert decision["passed"] is False and change["reason"] in decision["reasons"]
+
+    refresh = run_step(["train", "--usecase", usecase.name, "--date", "2013-02-12", "--mode", "refresh"])
+    assert [c["name"] for c in refresh["candidates"]] == ["logreg"]
+    assert f"champion version {version.version}" in refresh["selection"]
+    assert client.get_run(refresh["candidates"][0]["run_id"]).data.tags["mode"] == "refresh"
+
+
+# --------------------------------------------------------------------------------------------------- metrics
+
+
+def test_classification_metrics_edge_cases():
+    y = np.array([0, 0, 1, 1])
+    perfect = metrics.classification_metrics(y, [0.1, 0.2, 0.8, 0.9])
+    assert perfect["roc_auc"] == 1.0 and perfect["pr_auc"] == 1.0
+    assert perfect["brier"] == pytest.approx(np.mean((np.array([0.1, 0.2, 0.8, 0.9]) - y) ** 2))
+    assert perfect["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.8, 0.9])))
+    one_class = metrics.classification_metrics([0, 0, 0], [0.2, 0.3, 0.4])
+    assert one_class["roc_auc"] is None and one_class["pr_auc"] is None and one_class["brier"] is not None
+    assert set(metrics.classification_metrics(y, [0.1, np.nan, 0.5, 0.6]).values()) == {None}
+    assert set(metrics.classification_metrics([], []).values()) == {None}
+
+
+def test_calibration_and_importance():
+    rng = np.random.default_rng(0)
+    y = np.array([1] * 25 + [0] * 75)
+    calibrated = metrics.calibration(y, np.full(100, 0.25))
+    assert calibrated["ece"] == pytest.approx(0.0)
+    assert [b["rows"] for b in calibrated["bins"]] == [0, 0, 100, 0, 0, 0, 0, 0, 0, 0]
+    X = pd.DataFrame({"signal": rng.normal(size=2000), "noise": rng.normal(size=2000)})
+    labels = (X["signal"] + rng.normal(scale=0.5, size=2000) > 0).astype(int)
+    importance = metrics.permutation_importance(
+        lambda frame: 1 / (1 + np.exp(-frame["signal"].to_numpy())), X, labels, "roc_auc", repeats=2
+    )
+    assert importance[0]["feature"] == "signal" and importance[0]["importance"] > 0.2
+    assert importance[1] == {"feature": "noise", "importance": 0.0, "std": 0.0}
+
+
+def test_worst_slices_and_best_candidate_follow_the_metric_direction():
+    slices = {
+        "carrier": {
+            "AA": {"rows": 500, "log_loss": 0.4},
+            "B6": {"rows": 500, "log_loss": 0.6},
+            "XX": {"rows": 5, "log_loss": 2.0},
+        }
+    }
+    assert [w["value"] for w in metrics.worst_slices(slices, "log_loss", min_rows=100)] == ["B6", "AA"]
+    candidates = {
+        "a": {"metrics": {"log_loss": 0.5, "roc_auc": 0.7}},
+        "b": {"metrics": {"log_loss": 0.4, "roc_auc": None}},
+    }
+    assert metrics.best_candidate(candidates, "log_loss") == "b"
+    assert metrics.best_candidate(candidates, "roc_auc") == "a"
