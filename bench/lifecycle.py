@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,15 +89,20 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         airflow = run_demo("airflow", args.months, Path(tmp) / "airflow")
         direct = run_demo("direct", args.months, Path(tmp) / "direct")
-        imports = {label: round(import_cost(label, code, Path(tmp) / "imports"), 1) for label, code in IMPORTS.items()}
+        imports = {
+            label: round(import_cost(label, code, Path(tmp) / "imports"), 1)
+            for label, code in IMPORTS.items()
+        }
 
     ratio = airflow["process_wall_seconds"] / direct["process_wall_seconds"]
     airflow_runs, direct_runs = totals(airflow), totals(direct)
     promotions = [m["month"] for m in airflow["months"] if m.get("promoted_version")]
     rejections = [m["month"] for m in airflow["months"] if m.get("gate_passed") is False]
-    machine = f"{platform.node()}: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
+    machine = (
+        f"{platform.node()}: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
+    )
     lines = [
-        f"\n## Lifecycle, {args.months} months ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
+        f"\n## Lifecycle, {args.months} months ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)\n",
         f"Command: `.venv/bin/python bench/lifecycle.py --months {args.months}`  ",
         f"Machine: {machine}\n",
         "| measure | through Airflow | direct calls | ratio |",
@@ -124,7 +129,9 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.output.exists():
-        args.output.write_text("# Benchmarks\n\nNumbers from `bench/`, newest last. Ratios come from one run.\n")
+        args.output.write_text(
+            "# Benchmarks\n\nNumbers from `bench/`, newest last. Ratios come from one run.\n"
+        )
     with args.output.open("a") as handle:
         handle.write(text)
     return 0

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,10 +38,9 @@ def configure_mlflow(profile: Profile, usecase: UseCase) -> str:
     if experiment is None:
         root = profile.mlflow_artifact_root
         location = root if "://" in root else Path(root).resolve().as_uri()
-        try:
+        # another task may create it at the same moment: then use theirs
+        with contextlib.suppress(Exception):
             mlflow.create_experiment(usecase.name, artifact_location=f"{location.rstrip('/')}/{usecase.name}")
-        except Exception:  # created concurrently by another task: use theirs
-            pass
         experiment = mlflow.get_experiment_by_name(usecase.name)
         if experiment is None:
             raise RuntimeError(f"MLflow experiment {usecase.name!r} could not be created at {uri}")

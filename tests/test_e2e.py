@@ -35,7 +35,9 @@ def _run_demo(home: Path, extra_env: dict[str, str]) -> dict:
     )
     log = home / "demo" / "airflow.log"
     tail = log.read_text()[-6000:] if log.exists() else ""
-    assert proc.returncode == 0, f"demo failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}\n--- airflow log ---\n{tail}"
+    assert proc.returncode == 0, (
+        f"demo failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}\n--- airflow log ---\n{tail}"
+    )
     assert "[announced] flights_2013-01-15.csv" in proc.stdout
     return json.loads((home / "demo" / "summary.json").read_text())
 
@@ -49,7 +51,11 @@ def _check_lifecycle(summary: dict, lake: Lake, tracking_uri: str) -> None:
     assert quarantined == ["flights_2013-01-15.csv"]
     keys = lake.storage.list(f"quarantine/{USECASE}/2013-01-15")
     names = {Path(k).name for k in keys}
-    assert {"flights_2013-01-15.csv", "flights_2013-01-15.csv.report.json", "flights_2013-01-15.csv.report.html"} <= names
+    assert {
+        "flights_2013-01-15.csv",
+        "flights_2013-01-15.csv.report.json",
+        "flights_2013-01-15.csv.report.html",
+    } <= names
     raw = lake.partitions("raw", USECASE, "flights")
     assert "2013-01-15" not in raw and "2013-01-14" in raw and "2013-03-31" in raw
     assert months[0]["rows_quarantined"] > 0
@@ -101,7 +107,10 @@ def test_three_months_through_airflow_on_s3(moto_server: str, tmp_path: Path) ->
 
     bucket = f"e2e-{uuid.uuid4().hex[:8]}"
     boto3.client(
-        "s3", endpoint_url=moto_server, region_name="us-east-1", aws_access_key_id="testing",
+        "s3",
+        endpoint_url=moto_server,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
         aws_secret_access_key="testing",
     ).create_bucket(Bucket=bucket)
     s3_env = {
@@ -117,7 +126,9 @@ def test_three_months_through_airflow_on_s3(moto_server: str, tmp_path: Path) ->
     old = {k: os.environ.get(k) for k in s3_env}
     os.environ.update(s3_env)
     try:
-        _check_lifecycle(summary, Lake(s3_env["MLOPS_LAKE_URI"]), f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+        _check_lifecycle(
+            summary, Lake(s3_env["MLOPS_LAKE_URI"]), f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+        )
     finally:
         for key, value in old.items():
             if value is None:
@@ -131,8 +142,8 @@ def test_direct_training_reproduces_airflow_predictions(local_demo, tmp_path: Pa
     import mlflow
 
     from pipelines.cli import run_step
-    from pipelines.tracking import feature_columns, load_model, predict_proba
     from pipelines.config import load_usecase
+    from pipelines.tracking import feature_columns, load_model, predict_proba
 
     home, _summary = local_demo
     day = TRAIN_DATES[-1]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import importlib.util
 import io
 import json
 import shutil
@@ -22,7 +23,6 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-import importlib.util
 from pathlib import Path
 from typing import Any
 

@@ -1,0 +1,126 @@
+"""The Airflow side for real: the arrival trigger polls the lake, the sensor defers, the step operator runs a step
+in-process and as a subprocess inside `dag.test`, and a quarantined file fails the ingest run at its check task
+after the good files were committed."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+from _ingest_fixtures import DAY1, flights_rows, weather_rows
+
+from pipelines.lake import Lake
+from pipelines.steps.ingest import land_file, pending_files
+
+USECASE = "flight_delay"
+
+
+def _csv(frame) -> bytes:
+    return frame.to_csv(index=False).encode()
+
+
+def _xcom(dag_run, task_id: str):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.scalars(
+            XComModel.get_many(
+                run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids=task_id, key="return_value"
+            )
+        ).first()
+        return None if row is None else XComModel.deserialize_value(row)
+
+
+def _states(dag_run) -> dict[str, str]:
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return {
+            ti.task_id: str(getattr(ti.state, "value", ti.state))
+            for ti in dag_run.get_task_instances(session=session)
+        }
+
+
+@pytest.fixture(scope="module")
+def dags():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(Path(__file__).resolve().parent.parent / "dags"))
+    assert bag.import_errors == {}
+    return bag.dags
+
+
+def test_trigger_fires_once_files_land(mlops_env: Path) -> None:
+    from mlops_airflow.sensors import LandingFilesTrigger
+
+    lake = Lake(str(mlops_env / "lake"))
+    trigger = LandingFilesTrigger(USECASE, up_to="2013-01-01", poll_seconds=0.2)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "mlops_airflow.sensors.LandingFilesTrigger" and "password" not in str(kwargs)
+
+    # a file dated after up_to does not count; the one landed later does
+    land_file(lake, USECASE, date(2013, 1, 2), "weather_2013-01-02.csv", _csv(weather_rows(date(2013, 1, 2))))
+    timer = threading.Timer(
+        1.0, land_file, args=(lake, USECASE, DAY1, "weather_2013-01-01.csv", _csv(weather_rows(DAY1)))
+    )
+    timer.start()
+
+    async def first_event():
+        async for event in trigger.run():
+            return event
+
+    event = asyncio.run(asyncio.wait_for(first_event(), timeout=30))
+    timer.join()
+    assert event.payload == {"files": ["landing/flight_delay/2013-01-01/weather_2013-01-01.csv"]}
+
+
+def test_sensor_defers_while_the_inbox_is_empty(mlops_env: Path) -> None:
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from mlops_airflow.sensors import LandingArrivalSensor, LandingFilesTrigger
+
+    sensor = LandingArrivalSensor(task_id="wait", usecase=USECASE, up_to="2013-01-31", poll_seconds=5)
+    with pytest.raises(TaskDeferred) as info:
+        sensor.execute(context={})
+    assert isinstance(info.value.trigger, LandingFilesTrigger)
+    assert info.value.method_name == "execute_complete"
+    assert sensor.execute_complete({}, {"files": ["a"]}) == ["a"]
+
+
+def test_ingest_dag_commits_good_files_and_fails_at_the_quarantine_check(airflow_db, dags, mlops_env) -> None:
+    lake = Lake(str(mlops_env / "lake"))
+    land_file(lake, USECASE, DAY1, "flights_2013-01-01.csv", _csv(flights_rows(DAY1, n=30)))
+    bad = flights_rows(DAY1, n=10, skip=40)
+    bad.loc[3, "month"] = "13"
+    land_file(lake, USECASE, DAY1, "flights_2013-01-01-late.csv", _csv(bad))
+    dag_run = dags[f"{USECASE}_ingest"].test(logical_date=datetime(2013, 1, 1, tzinfo=UTC))
+
+    states = _states(dag_run)
+    assert states == {"wait_for_files": "success", "ingest": "success", "quarantine_check": "failed"}
+    assert str(getattr(dag_run.state, "value", dag_run.state)) == "failed"
+    result = _xcom(dag_run, "ingest")
+    assert result["failed"] is True and "flights_2013-01-01-late.csv" in result["error"]
+    assert result["rows_committed"] == 30 and result["rows_quarantined"] == 10
+    assert _xcom(dag_run, "wait_for_files") == [
+        "landing/flight_delay/2013-01-01/flights_2013-01-01-late.csv",
+        "landing/flight_delay/2013-01-01/flights_2013-01-01.csv",
+    ]
+    assert lake.partitions("raw", USECASE, "flights")["2013-01-01"].rows == 30
+    assert pending_files(lake, USECASE) == []
+
+
+def test_subprocess_runtime_pushes_the_last_json_line(airflow_db, dags, mlops_env, monkeypatch) -> None:
+    monkeypatch.setenv("MLOPS_TASK_RUNTIME", "subprocess")
+    dag_run = dags[f"{USECASE}_score"].test(logical_date=datetime(2013, 2, 1, tzinfo=UTC))
+    assert _states(dag_run) == {"score": "success"}
+    result = _xcom(dag_run, "score")
+    assert result["reason"] == "no champion yet" and result["date"] == "2013-02-01"
+    # the subprocess wrote through the same lake: its result artifact is there
+    assert (
+        Lake(str(mlops_env / "lake")).read_json("runs/flight_delay/score/date=2013-02-01/result.json")["rows"]
+        == 0
+    )
