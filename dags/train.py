@@ -36,13 +36,26 @@ for usecase in usecases():
             params={
                 "mode": Param("full", enum=["full", "refresh"], description="full: all candidates"),
                 "candidates": Param(candidates, type="array", description="candidates to train"),
+                "window_days": Param(
+                    usecase.split.train_window_days,
+                    type="integer",
+                    minimum=usecase.split.holdout_days + 1,
+                    description="training window in days before the logical date (the holdout is its end)",
+                ),
             },
             render_template_as_native_obj=False,
         )
     ) as dag:
         lifecycle(
             usecase.name,
-            ["--mode", "{{ params.mode }}", "--candidates", "{{ params.candidates | join(',') }}"],
+            [
+                "--mode",
+                "{{ params.mode }}",
+                "--candidates",
+                "{{ params.candidates | join(',') }}",
+                "--window-days",
+                "{{ params.window_days }}",
+            ],
         )
     globals()[dag.dag_id] = dag
 

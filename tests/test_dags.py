@@ -98,6 +98,8 @@ def test_train_dag_params_and_schedules(dagbag) -> None:
     train = dagbag.dags.get("flight_delay_train")
     assert train.params["mode"] == "full"
     assert train.params["candidates"] == [c.name for c in usecase.candidates]
+    assert train.params["window_days"] == usecase.split.train_window_days
+    assert "{{ params.window_days }}" in train.task_dict["train"].step_args
     assert train.timetable.expression == usecase.schedules.train_monthly
     nightly = dagbag.dags.get("flight_delay_train_nightly")
     assert nightly.timetable.expression == usecase.schedules.train_nightly

@@ -424,3 +424,13 @@ def test_worst_slices_and_best_candidate_follow_the_metric_direction():
     }
     assert metrics.best_candidate(candidates, "log_loss") == "b"
     assert metrics.best_candidate(candidates, "roc_auc") == "a"
+
+
+def test_window_param_must_leave_room_for_the_holdout(mlops_env, monkeypatch) -> None:
+    from pipelines.cli import run_step
+    from pipelines.config import REPO_ROOT
+    from pipelines.context import StepFailed
+
+    monkeypatch.setenv("MLOPS_CONFIG_DIR", str(REPO_ROOT / "config"))  # the shipped use case: holdout 14 days
+    with pytest.raises(StepFailed, match=r"--window-days 10 must be larger than split.holdout_days \(14\)"):
+        run_step(["train", "--usecase", "flight_delay", "--date", "2013-03-01", "--window-days", "10"])

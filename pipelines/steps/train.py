@@ -37,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--candidates", default=None, help="comma-separated candidate names (default: by --mode)"
     )
     parser.add_argument("--retrain", action="store_true", help="train new runs even if identical runs exist")
+    parser.add_argument(
+        "--window-days",
+        type=int,
+        default=None,
+        help="days of data before --date to train and hold out on (default: split.train_window_days)",
+    )
 
 
 def training_window(day: date, train_window_days: int, holdout_days: int) -> dict[str, str]:
@@ -194,7 +200,13 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
 
     usecase, split = ctx.usecase, ctx.usecase.split
     mode = getattr(args, "mode", "full") or "full"
-    window = training_window(ctx.day, split.train_window_days, split.holdout_days)
+    window_days = getattr(args, "window_days", None) or split.train_window_days
+    if window_days <= split.holdout_days:
+        raise StepFailed(
+            f"--window-days {window_days} must be larger than split.holdout_days ({split.holdout_days}) in "
+            f"config/usecases/{usecase.name}.yaml"
+        )
+    window = training_window(ctx.day, window_days, split.holdout_days)
     train_parts = window_partitions(ctx, window["train_start"], window["train_end"])
     holdout_parts = window_partitions(ctx, window["holdout_start"], window["holdout_end"])
     for part, found, start, end in (
@@ -259,7 +271,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                     {
                         **modeling.mlflow_params(fitted),
                         **{f"window.{k}": v for k, v in window.items()},
-                        "split.train_window_days": split.train_window_days,
+                        "split.train_window_days": window_days,
                         "split.holdout_days": split.holdout_days,
                         "split.max_train_rows": split.max_train_rows,
                         "split.seed": split.seed,

@@ -15,6 +15,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -234,6 +235,8 @@ def run_demo(
         for sub in ("lake", "mlflow", "airflow", "demo"):
             shutil.rmtree(home / sub, ignore_errors=True)
     apply_airflow_environment(home)
+    # TensorFlow's C++ runtime writes harmless graph warnings straight to the terminal; Python errors still raise
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     demo_dir = home / "demo"
     demo_dir.mkdir(parents=True, exist_ok=True)
     usecase = load_usecase(usecase_name)
