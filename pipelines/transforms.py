@@ -89,7 +89,9 @@ def _str_list(transform: str, param: str, value: Any) -> list[str]:
     return value
 
 
-def _columns_exist(transform: str, param: str, names: list[str], df: DataFrame, where: str = "the frame") -> None:
+def _columns_exist(
+    transform: str, param: str, names: list[str], df: DataFrame, where: str = "the frame"
+) -> None:
     missing = [n for n in names if n not in df.columns]
     if missing:
         raise _fail(transform, param, f"column(s) {missing} not in {where}; available: {sorted(df.columns)}")
@@ -140,8 +142,11 @@ def calendar(
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise _fail("calendar", "timezone", f"unknown time zone {timezone!r}; use an IANA name such as "
-                    "'UTC' or 'America/New_York'") from None
+        raise _fail(
+            "calendar",
+            "timezone",
+            f"unknown time zone {timezone!r}; use an IANA name such as 'UTC' or 'America/New_York'",
+        ) from None
     local = F.col(timestamp) if timezone == "UTC" else F.from_utc_timestamp(F.col(timestamp), timezone)
     hour = F.col(hour_column) if hour_column else F.hour(local)
     df = df.withColumn(_new_column("calendar", "hour_output", hour_output, df), hour.cast("double"))
@@ -163,7 +168,9 @@ def join_source(
 
     keys = _str_list("join_source", "keys", keys)
     if not isinstance(columns, dict) or not columns:
-        raise _fail("join_source", "columns", f"expected a mapping source_column: output_column, got {columns!r}")
+        raise _fail(
+            "join_source", "columns", f"expected a mapping source_column: output_column, got {columns!r}"
+        )
     right = ctx.source_rows(source)
     _columns_exist("join_source", "keys", keys, df)
     _columns_exist("join_source", "keys", keys, right, where=f"source {source!r}")
@@ -178,7 +185,9 @@ def join_source(
         *[F.col(k).alias(alias) for k, alias in zip(keys, key_columns, strict=True)],
         *[F.col(src).alias(out) for src, out in columns.items()],
     ).dropna(subset=key_columns)
-    first = Window.partitionBy("_right_align", *key_columns).orderBy(*[F.col(o).asc_nulls_last() for o in outputs])
+    first = Window.partitionBy("_right_align", *key_columns).orderBy(
+        *[F.col(o).asc_nulls_last() for o in outputs]
+    )
     right = right.withColumn("_rank", F.row_number().over(first)).where(F.col("_rank") == 1).drop("_rank")
 
     condition = F.col(ALIGN_COLUMN) == F.col("_right_align")
@@ -213,7 +222,9 @@ def past_rate(df: DataFrame, ctx: TransformContext, *, keys: list[str], days: in
     ).select(
         *keys,
         day,
-        F.when(F.col("_h_labelled") > 0, F.col("_h_positive") / F.col("_h_labelled")).cast("double").alias(output),
+        F.when(F.col("_h_labelled") > 0, F.col("_h_positive") / F.col("_h_labelled"))
+        .cast("double")
+        .alias(output),
     )
     # one row per (keys, day) with history: far smaller than the frame, so broadcast it instead of shuffling df
     return df.join(F.broadcast(history), on=[*keys, day], how="left")
@@ -252,7 +263,9 @@ def check_transforms(usecase: UseCase) -> None:
             source = spec.params["source"]
             others = sorted(set(usecase.sources) - {usecase.features.primary_source})
             if source not in others:
-                raise _fail("join_source", "source", f"{source!r} is not a source to join; valid choices: {others}")
+                raise _fail(
+                    "join_source", "source", f"{source!r} is not a source to join; valid choices: {others}"
+                )
 
 
 def joined_sources(features: FeatureSpec) -> list[str]:

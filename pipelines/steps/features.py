@@ -41,7 +41,9 @@ if TYPE_CHECKING:
 
 DAY_COLUMN = "_day"  # partition date of each primary row (DateType) while the transforms run
 DATE_COLUMN = "date"  # partition date in the output (ISO string)
-_WRITE_PARTITION = "_features_date"  # directory partition column of the Spark write (not in the committed files)
+_WRITE_PARTITION = (
+    "_features_date"  # directory partition column of the Spark write (not in the committed files)
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="consider primary partitions from this date (YYYY-MM-DD) only; default: all up to --date",
     )
     parser.add_argument(
-        "--rebuild", action="store_true", help="rebuild every considered day, even when its fingerprint matches"
+        "--rebuild",
+        action="store_true",
+        help="rebuild every considered day, even when its fingerprint matches",
     )
 
 
@@ -135,7 +139,9 @@ def _arrow_type(kind: str) -> pa.DataType:
     return pa.type_for_alias(_ARROW_TYPES[kind])
 
 
-def read_source(lake: Lake, usecase: UseCase, source: str, partitions: dict[str, Partition], tag: str) -> pa.Table:
+def read_source(
+    lake: Lake, usecase: UseCase, source: str, partitions: dict[str, Partition], tag: str
+) -> pa.Table:
     """Rows of ``partitions`` (date -> partition) as one Arrow table typed from the configuration, plus a date
     column ``tag`` holding each row's partition date. Inputs are staged through the lake (local or S3)."""
     import pyarrow as pa
@@ -158,7 +164,9 @@ def read_source(lake: Lake, usecase: UseCase, source: str, partitions: dict[str,
                         {"file": lake.storage.uri(key), "column": field.name},
                     )
                 try:
-                    columns.append(table[field.name].cast(field.type, safe=field.type.id != pa.timestamp("us").id))
+                    columns.append(
+                        table[field.name].cast(field.type, safe=field.type.id != pa.timestamp("us").id)
+                    )
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                     raise StepFailed(
                         f"{lake.storage.uri(key)}: column {field.name!r} of source {source!r} has type "
@@ -167,7 +175,9 @@ def read_source(lake: Lake, usecase: UseCase, source: str, partitions: dict[str,
                         {"file": lake.storage.uri(key), "column": field.name},
                     ) from None
             day = pa.array([date.fromisoformat(owner[key])] * table.num_rows, pa.date32())
-            tables.append(pa.Table.from_arrays([*columns, day], schema=schema.append(pa.field(tag, pa.date32()))))
+            tables.append(
+                pa.Table.from_arrays([*columns, day], schema=schema.append(pa.field(tag, pa.date32())))
+            )
     if not tables:
         return schema.append(pa.field(tag, pa.date32())).empty_table()
     return pa.concat_tables(tables)
@@ -226,7 +236,11 @@ def _to_spark(spark: SparkSession, table: pa.Table, staging: Path, name: str) ->
 
 
 def _frames(
-    spark: SparkSession, ctx: StepContext, raw: dict[str, dict[str, Partition]], days: list[str], staging: Path
+    spark: SparkSession,
+    ctx: StepContext,
+    raw: dict[str, dict[str, Partition]],
+    days: list[str],
+    staging: Path,
 ) -> tuple[DataFrame, TransformContext]:
     """The primary rows of ``days`` (with their label) and the transform context with the joined sources."""
     from pyspark.sql import functions as F
@@ -268,14 +282,18 @@ def _frames(
     return frame, context
 
 
-def build_days(ctx: StepContext, raw: dict[str, dict[str, Partition]], plans: list[DayPlan]) -> list[Partition]:
+def build_days(
+    ctx: StepContext, raw: dict[str, dict[str, Partition]], plans: list[DayPlan]
+) -> list[Partition]:
     """Compute the features of ``plans`` in one Spark job and commit one lake partition per day."""
     import pyarrow.parquet as pq
     from pyspark.sql import functions as F
 
     usecase = ctx.usecase
     primary = raw[usecase.features.primary_source]
-    needed = sorted({d for plan in plans for d in _window(plan.day, usecase.features.lookback_days) if d in primary})
+    needed = sorted(
+        {d for plan in plans for d in _window(plan.day, usecase.features.lookback_days) if d in primary}
+    )
     spark = get_spark(ctx.profile)
     committed = []
     with tempfile.TemporaryDirectory(prefix="features-") as tmp:
