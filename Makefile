@@ -9,7 +9,7 @@ export MLOPS_HOME ?= $(CURDIR)/var
 export UV_PYTHON ?= $(PYTHON)
 export MLFLOW_UV_AUTO_DETECT := false
 
-.PHONY: setup run demo test test-fast lint format bench airflow clean
+.PHONY: setup check-java run demo test test-fast lint format bench airflow clean
 
 # uv from PyPI into .tools when none is installed (no curl|sh installer: only package registries are reachable)
 $(CURDIR)/.tools/bin/uv:
@@ -20,7 +20,10 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen
 	@touch $@
 
-setup: $(VENV)/.synced
+setup: $(VENV)/.synced check-java
+
+check-java:
+	@command -v java >/dev/null || { echo "Java 17 is needed for Spark: apt-get install openjdk-17-jre-headless (or set JAVA_HOME)"; exit 1; }
 
 run: setup
 	$(VENV)/bin/mlops demo $(DEMO_ARGS)

@@ -102,7 +102,7 @@ def test_three_months_through_airflow_on_local_lake(local_demo) -> None:
     _check_lifecycle(summary, Lake(str(home / "lake")), f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
 
 
-def test_three_months_through_airflow_on_s3(moto_server: str, tmp_path: Path) -> None:
+def test_three_months_through_airflow_on_s3(moto_server: str, tmp_path: Path, monkeypatch) -> None:
     import boto3
 
     bucket = f"e2e-{uuid.uuid4().hex[:8]}"
@@ -123,18 +123,11 @@ def test_three_months_through_airflow_on_s3(moto_server: str, tmp_path: Path) ->
     summary = _run_demo(tmp_path, s3_env)
     assert summary["lake"] == f"s3://{bucket}/lake"
     assert not (tmp_path / "lake").exists(), "nothing may be written to a local lake when the lake is on S3"
-    old = {k: os.environ.get(k) for k in s3_env}
-    os.environ.update(s3_env)
-    try:
-        _check_lifecycle(
-            summary, Lake(s3_env["MLOPS_LAKE_URI"]), f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
-        )
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    _check_lifecycle(
+        summary, Lake(s3_env["MLOPS_LAKE_URI"]), f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    )
 
 
 def test_direct_training_reproduces_airflow_predictions(local_demo, tmp_path: Path, monkeypatch) -> None:
