@@ -28,6 +28,12 @@ os.environ.setdefault("MLOPS_LOG_LEVEL", "WARNING")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if "pyspark" in sys.modules:  # stop Spark while logging still has open streams (py4j logs on shutdown)
+        from pyspark.sql import SparkSession
+
+        active = SparkSession.getActiveSession()
+        if active is not None:
+            active.stop()
     shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
