@@ -94,19 +94,36 @@ def moto_server():
 
 
 @pytest.fixture
-def s3_lake(moto_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
-    """A fresh bucket on the moto server; the environment points the lake and boto3 at it."""
+def new_bucket(moto_server: str):
+    """Create a uniquely named bucket on the moto server: ``new_bucket(prefix) -> name``."""
     import uuid
 
     import boto3
 
+    client = boto3.client(
+        "s3",
+        endpoint_url=moto_server,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+    def create(prefix: str = "lake") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        client.create_bucket(Bucket=name)
+        return name
+
+    return create
+
+
+@pytest.fixture
+def s3_lake(moto_server: str, new_bucket, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """A fresh bucket on the moto server; the environment points the lake and boto3 at it."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    bucket = f"lake-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1").create_bucket(Bucket=bucket)
-    uri = f"s3://{bucket}/lake"
+    uri = f"s3://{new_bucket()}/lake"
     monkeypatch.setenv("MLOPS_LAKE_URI", uri)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("MLOPS_MLFLOW_ARTIFACT_ROOT", str(tmp_path / "artifacts"))

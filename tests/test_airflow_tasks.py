@@ -126,24 +126,16 @@ def test_subprocess_runtime_pushes_the_last_json_line(airflow_db, dags, mlops_en
     )
 
 
-def test_s3_credentials_come_from_the_airflow_connection(airflow_db, dags, moto_server, monkeypatch) -> None:
+def test_s3_credentials_come_from_the_airflow_connection(
+    airflow_db, dags, moto_server, new_bucket, monkeypatch
+) -> None:
     """Lake on S3 with endpoint and keys only in an Airflow connection (no AWS_* variables): the sensor and the
     ingest task reach the bucket through it."""
     import json
-    import uuid
-
-    import boto3
 
     from mlops_airflow.operators import patched_environ, s3_environment
 
-    bucket = f"conn-{uuid.uuid4().hex[:8]}"
-    boto3.client(
-        "s3",
-        endpoint_url=moto_server,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).create_bucket(Bucket=bucket)
+    bucket = new_bucket("conn")
     for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("MLOPS_PROFILE", "s3")
@@ -162,7 +154,11 @@ def test_s3_credentials_come_from_the_airflow_connection(airflow_db, dags, moto_
         land_file(lake, USECASE, DAY1, "weather_2013-01-01.csv", _csv(weather_rows(DAY1)))
 
     dag_run = dags[f"{USECASE}_ingest"].test(logical_date=datetime(2013, 1, 1, tzinfo=UTC))
-    assert _states(dag_run) == {"wait_for_files": "success", "ingest": "success", "quarantine_check": "success"}
+    assert _states(dag_run) == {
+        "wait_for_files": "success",
+        "ingest": "success",
+        "quarantine_check": "success",
+    }
     assert _xcom(dag_run, "ingest")["rows_committed"] == 6
     with patched_environ(env):
         assert lake.partitions("raw", USECASE, "weather")["2013-01-01"].rows == 6

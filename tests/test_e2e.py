@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -102,17 +101,10 @@ def test_three_months_through_airflow_on_local_lake(local_demo) -> None:
     _check_lifecycle(summary, Lake(str(home / "lake")), f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
 
 
-def test_three_months_through_airflow_on_s3(moto_server: str, tmp_path: Path, monkeypatch) -> None:
-    import boto3
-
-    bucket = f"e2e-{uuid.uuid4().hex[:8]}"
-    boto3.client(
-        "s3",
-        endpoint_url=moto_server,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).create_bucket(Bucket=bucket)
+def test_three_months_through_airflow_on_s3(
+    moto_server: str, new_bucket, tmp_path: Path, monkeypatch
+) -> None:
+    bucket = new_bucket("e2e")
     s3_env = {
         "MLOPS_LAKE_URI": f"s3://{bucket}/lake",
         "AWS_ENDPOINT_URL": moto_server,
