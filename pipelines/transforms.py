@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import ConfigError, FeatureSpec, UseCase
@@ -40,16 +41,15 @@ class TransformContext:
     """What a transform may use besides the frame: the use case and the rows of the other sources.
 
     ``source_frames[name]``: rows of source ``name`` with :data:`ALIGN_COLUMN` (an events source: its partition
-    date; a reference source: the snapshot date). ``day_maps[name]`` (reference sources only): the snapshot date
-    serving each primary day, columns ``day_column`` and :data:`ALIGN_COLUMN`.
+    date; a reference source: the snapshot date). ``day_maps[name]`` (reference sources only): primary day ->
+    date of the newest snapshot committed on or before it (None: no snapshot yet, so the joined columns are NULL).
     """
 
     usecase: UseCase
     day_column: str
     label_column: str
     source_frames: Mapping[str, DataFrame] = field(default_factory=dict)
-    day_maps: Mapping[str, DataFrame] = field(default_factory=dict)
-    cached: list[DataFrame] = field(default_factory=list)
+    day_maps: Mapping[str, Mapping[date, date | None]] = field(default_factory=dict)
 
     @property
     def lookback_days(self) -> int:
@@ -61,18 +61,17 @@ class TransformContext:
             raise TransformError(f"source {name!r} was not loaded; loaded: {sorted(self.source_frames)}")
         return self.source_frames[name]
 
-    def materialize(self, df: DataFrame) -> DataFrame:
-        """``df`` cached, for a transform that reads it twice (the caller unpersists :attr:`cached` at the end)."""
-        df = df.cache()
-        self.cached.append(df)
-        return df
-
     def align(self, df: DataFrame, name: str) -> DataFrame:
         """``df`` plus :data:`ALIGN_COLUMN`: the partition date (events) or snapshot date (reference) to join on."""
         from pyspark.sql import functions as F
 
         if self.usecase.sources[name].kind == "reference":
-            return df.join(F.broadcast(self.day_maps[name]), on=self.day_column, how="left")
+            # a literal day -> snapshot map (a few hundred entries at most): no join, no extra Spark stage
+            pairs = [
+                F.lit(value) for day, snapshot in self.day_maps[name].items() for value in (day, snapshot)
+            ]
+            mapping = F.create_map(*pairs) if pairs else F.create_map().cast("map<date,date>")
+            return df.withColumn(ALIGN_COLUMN, mapping[F.col(self.day_column)].cast("date"))
         return df.withColumn(ALIGN_COLUMN, F.col(self.day_column))
 
 
@@ -208,7 +207,6 @@ def past_rate(df: DataFrame, ctx: TransformContext, *, keys: list[str], days: in
     _columns_exist("past_rate", "keys", keys, df)
     output = _new_column("past_rate", "output", output, df)
     day, label = ctx.day_column, ctx.label_column
-    df = ctx.materialize(df)
 
     daily = df.groupBy(*keys, day).agg(
         F.count(F.col(label)).alias("_labelled"), F.coalesce(F.sum(F.col(label)), F.lit(0)).alias("_positive")

