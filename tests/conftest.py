@@ -128,3 +128,11 @@ def s3_lake(moto_server: str, new_bucket, monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("MLOPS_MLFLOW_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
     return uri
+
+
+@pytest.fixture
+def serve_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
+    """A tmp lake and MLflow store (from a migrated template DB) for the register/promote/score tests."""
+    from _serve_fixtures import make_serve_env
+
+    return make_serve_env(tmp_path, monkeypatch, tmp_path_factory.getbasetemp())

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import json
 from datetime import date
-from pathlib import Path
 
 import pytest
-from _serve_fixtures import ServeEnv, make_serve_env, produce_day
+from _serve_fixtures import ServeEnv, produce_day
 
 from pipelines.cli import main, run_step
 from pipelines.context import StepFailed
 
 UC = "flight_delay"
-
-
-@pytest.fixture
-def serve_env(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
-) -> ServeEnv:
-    return make_serve_env(tmp_path, monkeypatch, tmp_path_factory.getbasetemp())
 
 
 TWO = (("logreg", "logistic_regression"), ("hgb", "hist_gradient_boosting"))

@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 from datetime import date, timedelta
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from _serve_fixtures import ServeEnv, make_serve_env, produce_day, write_features
+from _serve_fixtures import ServeEnv, produce_day, write_features
 
 from pipelines.cli import run_step
 from pipelines.context import StepFailed
 from pipelines.lake import Lake
 
 UC = "flight_delay"
-
-
-@pytest.fixture
-def serve_env(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
-) -> ServeEnv:
-    return make_serve_env(tmp_path, monkeypatch, tmp_path_factory.getbasetemp())
 
 
 def _score(day: date) -> dict:
