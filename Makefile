@@ -8,8 +8,10 @@ VENV := $(CURDIR)/.venv
 export MLOPS_HOME ?= $(CURDIR)/var
 export UV_PYTHON ?= $(PYTHON)
 export MLFLOW_UV_AUTO_DETECT := false
+# everything but the GPU build of TensorFlow (the `gpu` extra is for the GPU train image)
+EXTRAS := --extra spark --extra train --extra airflow
 
-.PHONY: setup check-java run demo test test-fast lint format bench airflow clean
+.PHONY: setup check-java run demo test test-fast lint format bench bench-containers images requirements airflow clean
 
 # uv from PyPI into .tools when none is installed (no curl|sh installer: only package registries are reachable)
 $(CURDIR)/.tools/bin/uv:
@@ -17,7 +19,7 @@ $(CURDIR)/.tools/bin/uv:
 	$(CURDIR)/.tools/bin/pip install --quiet "uv>=0.5"
 
 $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen
+	$(UV) sync --frozen $(EXTRAS)
 	@touch $@
 
 setup: $(VENV)/.synced check-java
@@ -35,6 +37,15 @@ test: setup
 
 test-fast: setup
 	$(VENV)/bin/pytest -m "not e2e" $(PYTEST_ARGS)
+
+# Task images (docker/): mlops-core, then mlops-base, mlops-spark, mlops-train (KINDS, MLOPS_IMAGE_TAG, BASE_IMAGE,
+# TRAIN_EXTRA=gpu). Starts a Docker engine if none answers and one can be installed; builds offline if needed.
+images:
+	bash scripts/build-images.sh
+
+# docker/requirements/*.txt: each image's part of uv.lock, with hashes (a test checks they are current)
+requirements: | $(UV)
+	bash scripts/export-requirements.sh
 
 lint: setup
 	$(VENV)/bin/ruff check .

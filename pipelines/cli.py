@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None, extend: Callable[[Any], None] | None = N
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if argv and argv[0] in STEPS:
+        # the step's first word: container start overhead is measured up to this line (bench/containers.py)
+        logging.getLogger("pipelines.cli").info("starting step: %s", " ".join(argv))
         try:
             result = run_step(argv)
         except StepFailed as exc:

@@ -30,12 +30,63 @@ class _Strict(BaseModel):
 # --------------------------------------------------------------------------------------------------- platform
 
 
+class DockerSettings(_Strict):
+    """How tasks run with ``task_runtime: docker``: one container per task, started by Airflow's DockerOperator."""
+
+    images: dict[str, str] = Field(
+        default_factory=lambda: {
+            "base": "mlops-base:{tag}",
+            "spark": "mlops-spark:{tag}",
+            "train": "mlops-train:{tag}",
+        },
+        description="Image per task kind (see pipelines.steps.STEP_KINDS); {tag} is replaced by image_tag",
+    )
+    image_tag: str = Field(default="dev", description="Tag of the images (MLOPS_IMAGE_TAG)")
+    docker_url: str | None = Field(
+        default=None, description="Docker engine (default: DOCKER_HOST, else the local socket)"
+    )
+    docker_conn_id: str | None = Field(default=None, description="Airflow connection to log in to a registry")
+    network_mode: str | None = Field(
+        default=None,
+        description="Network of the task containers (MLOPS_DOCKER_NETWORK), e.g. host or a compose network",
+    )
+    gpus: bool = Field(
+        default=False,
+        description="The Docker host has NVIDIA GPUs: GPU steps request them (MLOPS_DOCKER_GPUS)",
+    )
+    host_home: str | None = Field(
+        default=None,
+        description="MLOPS_HOME as the Docker host sees it, when Airflow itself runs in a container",
+    )
+    user: str | None = Field(
+        default=None,
+        description="uid:gid of the task containers (default: the worker's when local paths are mounted)",
+    )
+    auto_remove: Literal["never", "success", "force"] = "success"
+    force_pull: bool = False
+    mem_limit: str | None = None
+    environment: dict[str, str] = Field(
+        default_factory=dict, description="More variables for every task container (no secrets)"
+    )
+
+    def image_for(self, kind: str) -> str:
+        if kind not in self.images:
+            raise ConfigError(
+                f"docker.images has no image for task kind {kind!r}; known: {sorted(self.images)}"
+            )
+        return self.images[kind].replace("{tag}", self.image_tag)
+
+
 class Profile(_Strict):
     """Where the lake, MLflow and Spark live, and how tasks run."""
 
     lake_uri: str = Field(description="Local folder (relative to MLOPS_HOME) or s3://bucket/prefix")
     mlflow_tracking_uri: str
-    mlflow_artifact_root: str
+    mlflow_artifact_root: str | None = Field(
+        default=None,
+        description="Where runs store artifacts (folder or URI); unset: the tracking server's default "
+        "(e.g. an MLflow server that proxies artifacts with --serve-artifacts)",
+    )
     spark_master: str = "local[*]"
     spark_conf: dict[str, str] = Field(default_factory=dict)
     task_runtime: Literal["local", "subprocess", "docker"] = "local"
@@ -43,7 +94,7 @@ class Profile(_Strict):
         default=None, description="Airflow connection holding the S3 endpoint and credentials"
     )
     threads_per_task: int = Field(default=2, ge=1, description="Cap on BLAS/OpenMP/TF threads per task")
-    docker: dict[str, Any] = Field(default_factory=dict)
+    docker: DockerSettings = Field(default_factory=lambda: DockerSettings())
 
 
 class PlatformConfig(_Strict):
@@ -279,7 +330,9 @@ def load_profile(name: str | None = None) -> Profile:
     """The active platform profile (``MLOPS_PROFILE`` or the file's default) with environment overrides.
 
     Paths are resolved against ``MLOPS_HOME``; ``MLOPS_LAKE_URI``, ``MLOPS_TASK_RUNTIME``,
-    ``MLFLOW_TRACKING_URI`` and ``MLOPS_SPARK_MASTER`` override the file.
+    ``MLFLOW_TRACKING_URI``, ``MLOPS_MLFLOW_ARTIFACT_ROOT`` and ``MLOPS_SPARK_MASTER`` override the file, and
+    ``MLOPS_IMAGE_TAG``, ``MLOPS_DOCKER_NETWORK``, ``MLOPS_DOCKER_GPUS``, ``MLOPS_DOCKER_HOST_HOME`` and
+    ``MLOPS_DOCKER_AUTO_REMOVE`` the ``docker`` section.
     """
     path = config_dir() / "platform.yaml"
     platform = _load_platform(str(path))
@@ -301,6 +354,18 @@ def load_profile(name: str | None = None) -> Profile:
     for field, env in overrides.items():
         if os.environ.get(env):
             values[field] = os.environ[env]
+    docker = dict(values.get("docker") or {})
+    docker_overrides = {
+        "image_tag": "MLOPS_IMAGE_TAG",
+        "network_mode": "MLOPS_DOCKER_NETWORK",
+        "gpus": "MLOPS_DOCKER_GPUS",
+        "host_home": "MLOPS_DOCKER_HOST_HOME",
+        "auto_remove": "MLOPS_DOCKER_AUTO_REMOVE",
+    }
+    for field, env in docker_overrides.items():
+        if os.environ.get(env):
+            docker[field] = os.environ[env]
+    values["docker"] = docker
     try:
         return Profile.model_validate(values)
     except ValidationError as exc:

@@ -1,7 +1,8 @@
 """MLflow conventions shared by the train, evaluate, register, promote and score steps.
 
 - One experiment and one registered model per use case, both named after it.
-- Artifacts go to ``<profile.mlflow_artifact_root>/<usecase>`` (never ``./mlruns``).
+- Artifacts go to ``<profile.mlflow_artifact_root>/<usecase>`` (never ``./mlruns``), or with an MLflow server
+  and no artifact root, where the server puts them (proxied artifacts).
 - Every logged candidate is a pyfunc whose ``predict(frame)`` returns the probability of the positive class;
   :func:`predict_proba` normalises the output shape.
 - The alias ``champion`` moves only through the gate (pipelines.steps.promote).
@@ -37,10 +38,20 @@ def configure_mlflow(profile: Profile, usecase: UseCase) -> str:
     experiment = mlflow.get_experiment_by_name(usecase.name)
     if experiment is None:
         root = profile.mlflow_artifact_root
-        location = root if "://" in root else Path(root).resolve().as_uri()
+        location = None
+        if not root and not uri.startswith(("http://", "https://")):
+            from pipelines.config import ConfigError
+
+            raise ConfigError(
+                "config/platform.yaml: mlflow_artifact_root is required when mlflow_tracking_uri is not an "
+                f"MLflow server ({uri}); set it to a folder or an s3:// URI"
+            )
+        if root:
+            base = root if ":/" in root else Path(root).resolve().as_uri()
+            location = f"{base.rstrip('/')}/{usecase.name}"
         # another task may create it at the same moment: then use theirs
         with contextlib.suppress(Exception):
-            mlflow.create_experiment(usecase.name, artifact_location=f"{location.rstrip('/')}/{usecase.name}")
+            mlflow.create_experiment(usecase.name, artifact_location=location)
         experiment = mlflow.get_experiment_by_name(usecase.name)
         if experiment is None:
             raise RuntimeError(f"MLflow experiment {usecase.name!r} could not be created at {uri}")

@@ -136,3 +136,39 @@ def serve_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory:
     from _serve_fixtures import make_serve_env
 
     return make_serve_env(tmp_path, monkeypatch, tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def local_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """`mlops demo --months 3` through Airflow, in-process runtime, local lake: the reference run."""
+    from _demo import MONTHS, run_demo_cli
+
+    home = tmp_path_factory.mktemp("demo-local")
+    return home, run_demo_cli(home, {}, months=MONTHS)
+
+
+@pytest.fixture(scope="session")
+def docker_images() -> dict[str, str]:
+    """A Docker engine that answers and the task images built from this tree (scripts/build-images.sh starts or
+    installs the engine when it can, and builds offline when no registry answers). Fails, never skips."""
+    script = REPO_ROOT / "scripts" / "build-images.sh"
+    try:
+        proc = subprocess.run(
+            ["bash", str(script)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=2400
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(
+            "scripts/build-images.sh took over 40 minutes; see $MLOPS_HOME/docker/build-*.log", pytrace=False
+        )
+    if proc.returncode != 0:
+        pytest.fail(
+            "The container tests need a Docker engine and the task images, and scripts/build-images.sh failed:\n"
+            f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}\n"
+            "Install Docker and start it (on Debian as root the script installs docker.io itself), or set "
+            "DOCKER_HOST; then `make images`.",
+            pytrace=False,
+        )
+    from pipelines.config import load_profile
+
+    settings = load_profile().docker
+    return {kind: settings.image_for(kind) for kind in settings.images}

@@ -5,40 +5,18 @@ the same predictions as the models trained through Airflow."""
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _demo import MONTHS, USECASE, run_demo_cli
 
 from pipelines.lake import Lake
 
 pytestmark = pytest.mark.e2e
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MLOPS = Path(sys.executable).parent / "mlops"
-USECASE = "flight_delay"
-MONTHS = 3
 TRAIN_DATES = ["2013-02-01", "2013-03-01", "2013-04-01"]
-
-
-def _run_demo(home: Path, extra_env: dict[str, str]) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLOPS_", "MLFLOW_"))}
-    env.update({"MLOPS_HOME": str(home), "PYTHONUNBUFFERED": "1", **extra_env})
-    proc = subprocess.run(
-        [str(MLOPS), "demo", "--months", str(MONTHS)], env=env, capture_output=True, text=True, timeout=1500
-    )
-    log = home / "demo" / "airflow.log"
-    tail = log.read_text()[-6000:] if log.exists() else ""
-    assert proc.returncode == 0, (
-        f"demo failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}\n--- airflow log ---\n{tail}"
-    )
-    assert "[announced] flights_2013-01-15.csv" in proc.stdout
-    return json.loads((home / "demo" / "summary.json").read_text())
 
 
 def _check_lifecycle(summary: dict, lake: Lake, tracking_uri: str) -> None:
@@ -90,12 +68,6 @@ def _check_lifecycle(summary: dict, lake: Lake, tracking_uri: str) -> None:
     assert model.metadata.run_id == champion.run_id
 
 
-@pytest.fixture(scope="module")
-def local_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    home = tmp_path_factory.mktemp("demo-local")
-    return home, _run_demo(home, {})
-
-
 def test_three_months_through_airflow_on_local_lake(local_demo) -> None:
     home, summary = local_demo
     _check_lifecycle(summary, Lake(str(home / "lake")), f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
@@ -112,7 +84,7 @@ def test_three_months_through_airflow_on_s3(
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    summary = _run_demo(tmp_path, s3_env)
+    summary = run_demo_cli(tmp_path, s3_env, months=MONTHS)
     assert summary["lake"] == f"s3://{bucket}/lake"
     assert not (tmp_path / "lake").exists(), "nothing may be written to a local lake when the lake is on S3"
     for key, value in s3_env.items():

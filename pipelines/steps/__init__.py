@@ -18,5 +18,18 @@ STEPS: dict[str, str] = {
     "score": "pipelines.steps.score",
 }
 
+# the task kind of each step: which image runs it with task_runtime docker (docker/<kind>.Dockerfile).
+# Steps that load a model need the train image, since a champion may be a Keras model.
+STEP_KINDS: dict[str, str] = {
+    "ingest": "base",
+    "features": "spark",
+    "train": "train",
+    "evaluate": "train",
+    "gate": "base",
+    "register": "base",
+    "promote": "base",
+    "score": "train",
+}
+
 # steps whose work benefits from a GPU host (the task factory adds a GPU request for them when configured)
 GPU_STEPS = {"train"}

@@ -1,8 +1,13 @@
 """Turn a pipelines step into an Airflow task for the configured runtime.
 
 Operators here are cheap at parse time: they store the step name, the use case and templated arguments. The
-runtime (``local`` = in the task's process, ``subprocess`` = ``python -m pipelines ...``; ``docker`` comes with the
-container runtime) and the lake credentials are resolved in ``execute``.
+runtime and the lake credentials are resolved in ``execute``, from the platform profile (or
+``MLOPS_TASK_RUNTIME``), so switching runtime changes no DAG file:
+
+- ``local``: the step runs in the task's own process;
+- ``subprocess``: ``python -m pipelines <step> ...`` beside it;
+- ``docker``: the same command in a container of the image for the step's kind (``pipelines.steps.STEP_KINDS``),
+  started by Airflow's DockerOperator, which StepOperator extends.
 """
 
 from __future__ import annotations
@@ -13,14 +18,34 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from airflow.providers.docker.operators.docker import DockerOperator
 from airflow.sdk import BaseOperator
 from airflow.sdk.bases.branch import BaseBranchOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+if TYPE_CHECKING:
+    from pipelines.config import Profile
+
 STEP_FAILED_EXIT = 1
 CONFIG_ERROR_EXIT = 2
+# Worker variables handed to task containers when set: lake credentials when no Airflow connection holds them,
+# and MLflow server credentials. Passed as private environment (never rendered or logged).
+FORWARDED_SECRETS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_S3_ENDPOINT_URL",
+)
+CONTAINER_LABEL = "io.mlops"
 
 
 def logical_day(context: Any) -> str:
@@ -83,16 +108,24 @@ def patched_environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-class StepOperator(BaseOperator):
+class StepOperator(DockerOperator):
     """Run ``python -m pipelines <step> --usecase U --date D [args]`` as an Airflow task.
 
-    The step's JSON result is returned (pushed to XCom). A step that fails on its input (exit 1, StepFailed)
-    fails the task without retries, since retrying cannot fix bad input; with ``soft_fail_on_step_failure`` the
-    result (``failed: true`` and the message) is pushed instead, so that committed work still emits its asset
-    event and an explicit check task downstream fails the run. Other errors are retried.
+    The step's JSON result (the last JSON line of its output) is returned, i.e. pushed to XCom. A step that fails
+    on its input (exit 1, StepFailed) fails the task without retries, since retrying cannot fix bad input; with
+    ``soft_fail_on_step_failure`` the result (``failed: true`` and the message) is pushed instead, so that
+    committed work still emits its asset event and an explicit check task downstream fails the run. Other errors
+    are retried.
+
+    With runtime ``docker`` the DockerOperator part runs the container: the image for the step's kind, the
+    profile's lake and MLflow settings as environment, S3 credentials (from the Airflow connection
+    ``s3_connection_id``, else the worker's environment) as private environment, a bind mount of the local
+    paths the profile uses (none for an S3 lake with an MLflow server), ``mount_tmp_dir=False``, the profile's
+    ``auto_remove``, labels naming the step, and a GPU request for GPU steps when ``docker.gpus`` is set.
     """
 
     template_fields: Sequence[str] = ("day", "step_args")
+    template_fields_renderers: dict[str, str] = {}
     ui_color = "#d6eaf8"
 
     def __init__(
@@ -106,7 +139,10 @@ class StepOperator(BaseOperator):
         soft_fail_on_step_failure: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        kwargs.setdefault("mount_tmp_dir", False)
+        kwargs.setdefault("auto_remove", "success")
+        # the image, command, mounts and environment are chosen in execute, from the profile
+        super().__init__(image="", **kwargs)
         self.step = step
         self.usecase = usecase
         self.step_args = list(step_args)
@@ -136,9 +172,14 @@ class StepOperator(BaseOperator):
             result = self._run_in_process(argv, env)
         elif runtime == "subprocess":
             result = self._run_subprocess(argv, env)
+        elif runtime == "docker":
+            try:
+                result = self._run_container(context, profile, argv, env)
+            except ConfigError as exc:
+                raise AirflowFailException(str(exc)) from None
         else:
             raise AirflowFailException(
-                f"task_runtime {runtime!r} is not available in this build; use 'local' or 'subprocess' "
+                f"task_runtime {runtime!r} is unknown; use 'local', 'subprocess' or 'docker' "
                 "(config/platform.yaml or MLOPS_TASK_RUNTIME)"
             )
         if result.get("failed"):
@@ -184,6 +225,76 @@ class StepOperator(BaseOperator):
             raise RuntimeError(f"step {self.step} exited with code {code} and no JSON result")
         return result
 
+    def _run_container(
+        self, context: Any, profile: Profile, argv: list[str], secrets: dict[str, str]
+    ) -> dict[str, Any]:
+        """Run the step in its container through DockerOperator.execute and parse its result."""
+        from airflow.providers.docker.exceptions import DockerContainerFailedException
+
+        from pipelines.steps import GPU_STEPS, STEP_KINDS
+
+        settings = profile.docker
+        self.image = settings.image_for(STEP_KINDS[self.step])
+        self.command = argv
+        self.docker_url = settings.docker_url or os.environ.get("DOCKER_HOST") or "unix://var/run/docker.sock"
+        self.docker_conn_id = settings.docker_conn_id
+        self.network_mode = settings.network_mode
+        self.auto_remove = settings.auto_remove
+        self.force_pull = settings.force_pull
+        self.mem_limit = settings.mem_limit
+        self.mount_tmp_dir = False
+        self.xcom_all = (
+            True  # every line comes back; the result is the last JSON line, whatever stderr printed
+        )
+        self.environment = container_environment(profile)
+        self._private_environment = {
+            **{key: os.environ[key] for key in FORWARDED_SECRETS if os.environ.get(key)},
+            **secrets,
+        }
+        self.mounts = local_mounts(profile)
+        self.user = settings.user or (f"{os.getuid()}:{os.getgid()}" if self.mounts else None)
+        self.device_requests = None
+        if settings.gpus and self.step in GPU_STEPS:
+            from docker.types import DeviceRequest
+
+            self.device_requests = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        ti = context.get("ti")
+        self.labels = {
+            f"{CONTAINER_LABEL}.step": self.step,
+            f"{CONTAINER_LABEL}.usecase": self.usecase,
+            f"{CONTAINER_LABEL}.date": argv[argv.index("--date") + 1],
+            f"{CONTAINER_LABEL}.dag_id": str(getattr(ti, "dag_id", "")),
+            f"{CONTAINER_LABEL}.run_id": str(getattr(ti, "run_id", "")),
+            f"{CONTAINER_LABEL}.try_number": str(getattr(ti, "try_number", "")),
+        }
+        self.log.info(
+            "Container: image %s, engine %s, network %s, mounts %s, user %s, GPU %s",
+            self.image,
+            self.docker_url,
+            self.network_mode or "default",
+            [m["Source"] for m in self.mounts] or "none",
+            self.user or "image default",
+            "requested" if self.device_requests else "no",
+        )
+        try:
+            lines = super().execute(context) or []
+        except DockerContainerFailedException as exc:
+            lines = [_text(line) for line in (exc.logs or [])]
+            result = parse_result(lines)
+            if result is not None and result.get("failed"):
+                return result
+            if any(line.startswith("CONFIG ERROR") for line in lines):
+                raise AirflowFailException(
+                    f"step {self.step}: configuration error (see the log above)"
+                ) from None
+            raise
+        if isinstance(lines, str):
+            lines = [lines]
+        result = parse_result([_text(line) for line in lines])
+        if result is None:
+            raise RuntimeError(f"step {self.step}: the container printed no JSON result (see the log above)")
+        return result
+
     def _emit_asset_events(self, context: Any, day: str, result: dict[str, Any]) -> None:
         if not self.outlets:
             return
@@ -192,6 +303,69 @@ class StepOperator(BaseOperator):
             return
         for outlet in self.outlets:
             events[outlet].extra = {"date": day, "usecase": self.usecase, "step": self.step}
+
+
+def _text(line: str | bytes) -> str:
+    return line.decode(errors="replace") if isinstance(line, bytes) else str(line)
+
+
+def container_environment(profile: Profile) -> dict[str, str]:
+    """The profile's settings as environment for a task container (no secrets): the container's own copy of
+    config/platform.yaml then resolves to the same lake, MLflow and Spark as the worker's."""
+    from pipelines.config import mlops_home
+
+    env = {
+        "MLOPS_HOME": str(mlops_home()),
+        "MLOPS_LAKE_URI": profile.lake_uri,
+        "MLFLOW_TRACKING_URI": profile.mlflow_tracking_uri,
+        "MLOPS_SPARK_MASTER": profile.spark_master,
+        "MLOPS_TASK_RUNTIME": "local",
+    }
+    if profile.mlflow_artifact_root:
+        env["MLOPS_MLFLOW_ARTIFACT_ROOT"] = profile.mlflow_artifact_root
+    if os.environ.get("MLOPS_PROFILE"):
+        env["MLOPS_PROFILE"] = os.environ["MLOPS_PROFILE"]
+    if os.environ.get("MLOPS_LOG_LEVEL"):
+        env["MLOPS_LOG_LEVEL"] = os.environ["MLOPS_LOG_LEVEL"]
+    env.update(profile.docker.environment)
+    return env
+
+
+def local_paths(profile: Profile) -> list[Path]:
+    """Local folders the profile's lake and MLflow stores live in (none for S3 and an MLflow server)."""
+    paths = []
+    if "://" not in profile.lake_uri:
+        paths.append(Path(profile.lake_uri))
+    if profile.mlflow_tracking_uri.startswith("sqlite:///"):
+        paths.append(Path(profile.mlflow_tracking_uri.removeprefix("sqlite:///")).parent)
+    root = profile.mlflow_artifact_root
+    if root and (root.startswith("file://") or ":/" not in root):
+        paths.append(Path(root.removeprefix("file://")))
+    return [p.resolve() for p in paths]
+
+
+def local_mounts(profile: Profile) -> list[dict[str, Any]]:
+    """Bind mounts (same path inside as outside) for the profile's local paths: MLOPS_HOME once when they all
+    live under it, else each folder. ``docker.host_home`` translates MLOPS_HOME to the Docker host's path."""
+    from docker.types import Mount
+
+    from pipelines.config import mlops_home
+
+    paths = local_paths(profile)
+    if not paths:
+        return []
+    home = mlops_home()
+    if all(p.is_relative_to(home) for p in paths):
+        paths = [home]
+    # one mount per outermost folder
+    paths = [p for p in sorted(set(paths)) if not any(p != q and p.is_relative_to(q) for q in paths)]
+    host_home = profile.docker.host_home
+    mounts = []
+    for path in paths:
+        path.mkdir(parents=True, exist_ok=True)
+        source = Path(host_home) / path.relative_to(home) if host_home and path.is_relative_to(home) else path
+        mounts.append(Mount(target=str(path), source=str(source), type="bind"))
+    return mounts
 
 
 def parse_result(lines: list[str]) -> dict[str, Any] | None:

@@ -1,0 +1,17 @@
+# The MLflow tracking server for the compose stack: MLflow from the same lock (the core), PostgreSQL driver for
+# the backend store, boto3 for artifacts in MinIO/S3 (proxied: clients need no S3 credentials).
+ARG MLOPS_CORE=mlops-core:dev
+FROM ${MLOPS_CORE}
+
+USER root
+COPY docker/requirements/mlflow.txt /tmp/requirements/mlflow.txt
+RUN --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+ && pip install --quiet --no-deps --require-hashes -r /tmp/requirements/mlflow.txt \
+ && rm -rf /tmp/requirements
+ARG MLOPS_UID=50000
+USER ${MLOPS_UID}
+EXPOSE 5000
+ENTRYPOINT ["mlflow"]
+CMD ["server", "--host", "0.0.0.0", "--port", "5000"]
+LABEL org.opencontainers.image.title="mlops-mlflow"
