@@ -11,7 +11,7 @@ export MLFLOW_UV_AUTO_DETECT := false
 # everything but the GPU build of TensorFlow (the `gpu` extra is for the GPU train image)
 EXTRAS := --extra spark --extra train --extra airflow
 
-.PHONY: setup check-java run demo test test-fast lint format bench bench-containers images requirements airflow clean
+.PHONY: setup check-java run demo test test-fast lint format bench bench-containers images requirements stack-env stack airflow clean
 
 # uv from PyPI into .tools when none is installed (no curl|sh installer: only package registries are reachable)
 $(CURDIR)/.tools/bin/uv:
@@ -46,6 +46,17 @@ images:
 # docker/requirements/*.txt: each image's part of uv.lock, with hashes (a test checks they are current)
 requirements: | $(UV)
 	bash scripts/export-requirements.sh
+
+# The full stack (docker-compose.yaml): secrets into .env once, the images, then `docker compose up -d`
+stack-env:
+	bash scripts/stack-env.sh
+
+stack: stack-env
+	KINDS="base spark train airflow mlflow" bash scripts/build-images.sh
+	docker compose up -d || docker-compose up -d
+
+bench-containers: setup
+	$(VENV)/bin/python bench/containers.py $(BENCH_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -10,7 +10,8 @@ RUN --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
  && pip install --quiet --no-deps --require-hashes -r /tmp/requirements/airflow.txt \
  && rm -rf /tmp/requirements \
- && mkdir -p /opt/airflow && chown -R 50000:0 /opt/airflow && chmod -R g+rwX /opt/airflow
+ && mkdir -p /opt/airflow/logs && chown -R 50000:0 /opt/airflow && chmod -R g+rwX /opt/airflow \
+ && printf '#!/bin/sh\nexec python -m mlops_airflow.cli "$@"\n' > /opt/venv/bin/mlops && chmod 755 /opt/venv/bin/mlops
 ENV AIRFLOW_HOME=/opt/airflow \
     AIRFLOW__CORE__DAGS_FOLDER=/opt/mlops/dags \
     AIRFLOW__CORE__PLUGINS_FOLDER=/opt/mlops/plugins \

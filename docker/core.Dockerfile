@@ -25,8 +25,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # (as when a task runs with the worker's uid to write into a bind-mounted local lake).
 RUN python3 -m venv /opt/venv \
  && echo "mlops:x:${MLOPS_UID}:0:mlops:/home/mlops:/usr/sbin/nologin" >> /etc/passwd \
- && mkdir -p /home/mlops /opt/mlops \
- && chown -R ${MLOPS_UID}:0 /home/mlops && chmod -R g+rwX,o+rwX /home/mlops
+ && mkdir -p /home/mlops /opt/mlops /var/lib/mlops \
+ && chown -R ${MLOPS_UID}:0 /home/mlops /var/lib/mlops && chmod -R g+rwX,o+rwX /home/mlops /var/lib/mlops
 
 COPY docker/requirements/core.txt /tmp/requirements/core.txt
 RUN --mount=type=secret,id=ca \

@@ -8,7 +8,20 @@ DOCKER=${DOCKER:-$(command -v /usr/bin/docker || command -v docker || true)}
 
 engine_answers() { [ -n "$DOCKER" ] && timeout 10 "$DOCKER" info >/dev/null 2>&1; }
 
+# Compose for the stack (docker-compose.yaml): the v2 plugin, else Debian's docker-compose
+ensure_compose() {
+  if { [ -n "$DOCKER" ] && "$DOCKER" compose version >/dev/null 2>&1; } || command -v docker-compose >/dev/null 2>&1; then
+    return 0
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "docker-engine: installing docker-compose from Debian" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null 2>&1 \
+      || echo "docker-engine: could not install docker-compose; the compose tests will say so" >&2
+  fi
+}
+
 if engine_answers; then
+  ensure_compose
   exit 0
 fi
 if ! command -v dockerd >/dev/null 2>&1; then
@@ -36,6 +49,7 @@ echo "docker-engine: starting dockerd (log: $MLOPS_HOME/docker/dockerd.log)" >&2
 nohup dockerd >"$MLOPS_HOME/docker/dockerd.log" 2>&1 &
 for _ in $(seq 1 60); do
   if engine_answers; then
+    ensure_compose
     exit 0
   fi
   sleep 1

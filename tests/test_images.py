@@ -51,7 +51,9 @@ def test_dockerfiles_are_non_root_and_keep_secrets_out(kind: str) -> None:
     text = (DOCKER / f"{kind}.Dockerfile").read_text()
     users = re.findall(r"^USER\s+(\S+)", text, flags=re.M)
     if not users:  # inherits the user of mlops-core
-        assert re.search(r"^FROM \$\{MLOPS_CORE\}", text, flags=re.M), f"{kind}: no USER and not FROM mlops-core"
+        assert re.search(r"^FROM \$\{MLOPS_CORE\}", text, flags=re.M), (
+            f"{kind}: no USER and not FROM mlops-core"
+        )
         users = re.findall(r"^USER\s+(\S+)", (DOCKER / "core.Dockerfile").read_text(), flags=re.M)
     assert users and users[-1] not in ("root", "0"), f"{kind}: the last USER must not be root"
     assert not re.search(r"^(ARG|ENV)\s+\S*(SECRET|PASSWORD|TOKEN|ACCESS_KEY)", text, flags=re.M | re.I), kind

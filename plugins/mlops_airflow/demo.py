@@ -81,6 +81,30 @@ class DemoData:
         return files
 
 
+def land_demo_days(usecase_name: str, first: date, days: int) -> list[str]:
+    """Land the demo files of ``days`` days from ``first`` (and the planes table with 2013-01-01) in the
+    configured lake's landing zone, as they were published; return their URIs."""
+    from pipelines.lake import open_lake
+    from pipelines.steps.ingest import land_file
+
+    if first.year != YEAR or days < 1:
+        raise SystemExit(f"mlops land: the demo data covers {YEAR}; give --date in {YEAR} and --days >= 1")
+    usecase = load_usecase(usecase_name)
+    lake = open_lake(load_profile().lake_uri)
+    data = DemoData.load()
+    uris = []
+    for offset in range(days):
+        day = first + timedelta(days=offset)
+        if day.year != YEAR:
+            break
+        files = data.day_files(day)
+        if day == date(YEAR, 1, 1):
+            files[f"planes_{day.isoformat()}.csv"] = data.planes.to_csv(index=False).encode()
+        for name, content in files.items():
+            uris.append(land_file(lake, usecase.name, day, name, content))
+    return uris
+
+
 def truncate_mid_row(content: bytes) -> bytes:
     """Cut a CSV in the middle of a data row, as an interrupted upload would."""
     cut = int(len(content) * 0.6)

@@ -121,7 +121,8 @@ class StepOperator(DockerOperator):
     profile's lake and MLflow settings as environment, S3 credentials (from the Airflow connection
     ``s3_connection_id``, else the worker's environment) as private environment, a bind mount of the local
     paths the profile uses (none for an S3 lake with an MLflow server), ``mount_tmp_dir=False``, the profile's
-    ``auto_remove``, labels naming the step, and a GPU request for GPU steps when ``docker.gpus`` is set.
+    ``auto_remove``, labels naming the step, and a GPU request for GPU steps when ``docker.gpus`` is set and a
+    candidate of the use case is marked ``gpu: true``.
     """
 
     template_fields: Sequence[str] = ("day", "step_args")
@@ -254,7 +255,7 @@ class StepOperator(DockerOperator):
         self.mounts = local_mounts(profile)
         self.user = settings.user or (f"{os.getuid()}:{os.getgid()}" if self.mounts else None)
         self.device_requests = None
-        if settings.gpus and self.step in GPU_STEPS:
+        if settings.gpus and self.step in GPU_STEPS and wants_gpu(self.usecase):
             from docker.types import DeviceRequest
 
             self.device_requests = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
@@ -307,6 +308,13 @@ class StepOperator(DockerOperator):
 
 def _text(line: str | bytes) -> str:
     return line.decode(errors="replace") if isinstance(line, bytes) else str(line)
+
+
+def wants_gpu(usecase_name: str) -> bool:
+    """Whether any candidate of the use case is marked ``gpu: true``."""
+    from pipelines.config import load_usecase
+
+    return any(candidate.gpu for candidate in load_usecase(usecase_name).candidates)
 
 
 def container_environment(profile: Profile) -> dict[str, str]:
