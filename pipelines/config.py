@@ -326,6 +326,30 @@ def _load_platform(path: str) -> PlatformConfig:
     return load_model(Path(path), PlatformConfig)
 
 
+# profile field -> environment variable that overrides it
+PROFILE_ENV_OVERRIDES = {
+    "lake_uri": "MLOPS_LAKE_URI",
+    "task_runtime": "MLOPS_TASK_RUNTIME",
+    "mlflow_tracking_uri": "MLFLOW_TRACKING_URI",
+    "mlflow_artifact_root": "MLOPS_MLFLOW_ARTIFACT_ROOT",
+    "spark_master": "MLOPS_SPARK_MASTER",
+}
+DOCKER_ENV_OVERRIDES = {
+    "image_tag": "MLOPS_IMAGE_TAG",
+    "network_mode": "MLOPS_DOCKER_NETWORK",
+    "gpus": "MLOPS_DOCKER_GPUS",
+    "host_home": "MLOPS_DOCKER_HOST_HOME",
+    "auto_remove": "MLOPS_DOCKER_AUTO_REMOVE",
+}
+
+
+def _apply_env_overrides(values: dict[str, Any], overrides: dict[str, str]) -> dict[str, Any]:
+    for field, env in overrides.items():
+        if os.environ.get(env):
+            values[field] = os.environ[env]
+    return values
+
+
 def load_profile(name: str | None = None) -> Profile:
     """The active platform profile (``MLOPS_PROFILE`` or the file's default) with environment overrides.
 
@@ -344,28 +368,8 @@ def load_profile(name: str | None = None) -> Profile:
     profile = platform.profiles[name]
     home = str(mlops_home())
     values = {k: (v.replace("${MLOPS_HOME}", home) if isinstance(v, str) else v) for k, v in profile}
-    overrides = {
-        "lake_uri": "MLOPS_LAKE_URI",
-        "task_runtime": "MLOPS_TASK_RUNTIME",
-        "mlflow_tracking_uri": "MLFLOW_TRACKING_URI",
-        "mlflow_artifact_root": "MLOPS_MLFLOW_ARTIFACT_ROOT",
-        "spark_master": "MLOPS_SPARK_MASTER",
-    }
-    for field, env in overrides.items():
-        if os.environ.get(env):
-            values[field] = os.environ[env]
-    docker = dict(values.get("docker") or {})
-    docker_overrides = {
-        "image_tag": "MLOPS_IMAGE_TAG",
-        "network_mode": "MLOPS_DOCKER_NETWORK",
-        "gpus": "MLOPS_DOCKER_GPUS",
-        "host_home": "MLOPS_DOCKER_HOST_HOME",
-        "auto_remove": "MLOPS_DOCKER_AUTO_REMOVE",
-    }
-    for field, env in docker_overrides.items():
-        if os.environ.get(env):
-            docker[field] = os.environ[env]
-    values["docker"] = docker
+    _apply_env_overrides(values, PROFILE_ENV_OVERRIDES)
+    values["docker"] = _apply_env_overrides(dict(values.get("docker") or {}), DOCKER_ENV_OVERRIDES)
     try:
         return Profile.model_validate(values)
     except ValidationError as exc:

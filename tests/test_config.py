@@ -81,6 +81,28 @@ def test_bad_yaml_and_unknown_profile(config_copy: Path, monkeypatch: pytest.Mon
         load_profile()
 
 
+def test_docker_settings_overrides_and_errors(config_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The docker section: a bad value named by file and field; defaults; environment overrides."""
+    path = config_copy / "platform.yaml"
+    _edit(path, "      auto_remove: success", "      auto_remove: sometimes")
+    with pytest.raises(ConfigError) as info:
+        load_profile("stack")
+    assert str(path) in str(info.value)
+    assert "field 'profiles.stack.docker.auto_remove'" in str(info.value)
+    _edit(path, "      auto_remove: sometimes", "      auto_remove: success")
+    monkeypatch.setenv("MLOPS_CONFIG_DIR", str(REPO_ROOT / "config"))
+    profile = load_profile("local")
+    assert profile.docker.image_for("spark") == "mlops-spark:dev" and profile.docker.gpus is False
+    monkeypatch.setenv("MLOPS_IMAGE_TAG", "1.2.3")
+    monkeypatch.setenv("MLOPS_DOCKER_GPUS", "true")
+    monkeypatch.setenv("MLOPS_DOCKER_NETWORK", "host")
+    profile = load_profile("local")
+    assert profile.docker.image_for("train") == "mlops-train:1.2.3"
+    assert profile.docker.gpus is True and profile.docker.network_mode == "host"
+    with pytest.raises(ConfigError, match="no image for task kind 'serve'"):
+        profile.docker.image_for("serve")
+
+
 def test_pipelines_never_import_airflow() -> None:
     """Steps run in-process, as subprocesses or in containers without Airflow: pipelines/ must not import it."""
     offenders = []
