@@ -1,11 +1,16 @@
 """docker-compose.yaml: the file validates and says what we rely on (secrets only from the environment, the
-engine only through the socket proxy, GPU reservation, health checks, named volumes); and the stack runs:
-PostgreSQL plus Airflow 3 (api-server, scheduler, dag-processor, triggerer) from locally built images, where the
-ingest DAG runs from the arrival of files to committed raw partitions.
+engine only through the socket proxy, GPU reservation, health checks, named volumes); and the stack runs, from
+locally built images:
 
-Where no registry answers (our CI), PostgreSQL comes from tests/stack/postgres.Dockerfile and MinIO, MLflow and
-the socket proxy are left out (tests/stack/compose.offline.yaml: tasks run in Airflow's own workers on a local
-lake); the containers-per-task path is covered against a real engine by test_containers.py.
+- PostgreSQL plus Airflow 3 (api-server, scheduler, dag-processor, triggerer), tasks in Airflow's own workers: the
+  ingest DAG runs from the arrival of files to committed raw partitions (tests/stack/compose.offline.yaml);
+- the stack as shipped, profile `stack`: every task in its own container started by DockerOperator through the
+  proxy's endpoint, the lake on an S3 server, MLflow as a server on PostgreSQL; ingest, features (on the raw
+  asset) and score run (tests/stack/compose.containers.yaml).
+
+Where no registry answers (our CI), images that cannot be pulled are replaced by stand-ins built here under the
+same service names: PostgreSQL from tests/stack/postgres.Dockerfile, moto's S3 server for MinIO, boto3 for the
+bucket job, socat for the filtering socket proxy (so the proxy's endpoint filter itself is not exercised here).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yaml"
 OFFLINE_OVERRIDE = REPO_ROOT / "tests" / "stack" / "compose.offline.yaml"
+CONTAINERS_OVERRIDE = REPO_ROOT / "tests" / "stack" / "compose.containers.yaml"
 SECRETS = (
     "AIRFLOW_DB_PASSWORD",
     "MLFLOW_DB_PASSWORD",
@@ -152,79 +158,239 @@ def _postgres_image(docker_bin: str) -> str:
     return image
 
 
-def test_stack_runs_the_ingest_dag(docker_images, compose: list[str], tmp_path: Path) -> None:
-    from conftest import _free_port
+class Stack:
+    """One compose project of docker-compose.yaml plus a test override, driven through the Compose CLI."""
 
-    docker_bin = shutil.which("/usr/bin/docker") or shutil.which("docker")
-    build = subprocess.run(
-        ["bash", "scripts/build-images.sh"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "KINDS": "airflow"},
-    )
-    assert build.returncode == 0, build.stdout + build.stderr
-    env = _stack_env(POSTGRES_IMAGE=_postgres_image(docker_bin), AIRFLOW_PORT=str(_free_port()))
-    project = f"mlopsstack{secrets.token_hex(3)}"
-    base = [*compose, "-p", project, "-f", str(COMPOSE_FILE), "-f", str(OFFLINE_OVERRIDE)]
+    def __init__(self, compose: list[str], override: Path, env: dict[str, str]) -> None:
+        self.env = env
+        self.base = [
+            *compose,
+            "-p",
+            f"mlopsstack{secrets.token_hex(3)}",
+            "-f",
+            str(COMPOSE_FILE),
+            "-f",
+            str(override),
+        ]
 
-    def run(*args: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+    def run(self, *args: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
         proc = subprocess.run(
-            [*base, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+            [*self.base, *args], cwd=REPO_ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
         )
         if check:
             assert proc.returncode == 0, f"{' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         return proc
 
-    def airflow(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return run("exec", "-T", "airflow-scheduler", "airflow", *args, check=check)
+    def airflow(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run("exec", "-T", "airflow-scheduler", "airflow", *args, check=check)
 
-    try:
-        run("up", "-d", "postgres")
-        deadline = time.time() + 120
-        while run("exec", "-T", "postgres", "pg_isready", "-U", "airflow", check=False).returncode != 0:
-            assert time.time() < deadline, run("logs", "postgres", check=False).stdout[-3000:]
-            time.sleep(2)
-        run("run", "--rm", "--no-deps", "airflow-init", timeout=600)
-        run("up", "-d", "--no-deps", *AIRFLOW_SERVICES)
+    def python(self, code: str) -> object:
+        """Run code in the scheduler's container; return the JSON it prints last."""
+        out = self.run("exec", "-T", "airflow-scheduler", "python", "-c", code).stdout
+        return json.loads(out.strip().splitlines()[-1])
 
-        # the DAG processor parses the DAGs into PostgreSQL
-        deadline = time.time() + 300
-        while "flight_delay_ingest" not in airflow("dags", "list", "-o", "plain", check=False).stdout:
-            assert time.time() < deadline, run("logs", "airflow-dag-processor", check=False).stdout[-4000:]
+    def logs(self, *services: str) -> str:
+        return self.run("logs", "--no-color", *services, check=False).stdout[-6000:]
+
+    def wait_for_dags(self, dag_ids: list[str], seconds: int = 300) -> None:
+        """Until the DAG processor has parsed them into the metadata database."""
+        deadline = time.time() + seconds
+        while not all(d in self.airflow("dags", "list", "-o", "plain", check=False).stdout for d in dag_ids):
+            assert time.time() < deadline, self.logs("airflow-dag-processor")
             time.sleep(5)
 
-        # files land; on unpausing, the scheduler starts the DAG's latest scheduled run: its deferrable sensor
-        # (in the triggerer) sees the files, ingest validates and commits them, the quarantine check passes
-        landed = run(
-            "exec", "-T", "airflow-scheduler", "mlops", "land", "--date", "2013-01-01", "--days", "2"
-        )
-        assert landed.stdout.count("/landing/flight_delay/") == 5, landed.stdout
-        airflow("dags", "unpause", "flight_delay_ingest")
-        deadline = time.time() + 420
+    def run_states(self, dag_id: str) -> list[str]:
+        out = self.airflow("dags", "list-runs", dag_id, "-o", "json").stdout
+        return [
+            r["state"] for r in json.loads(next((x for x in out.splitlines() if x.startswith("[")), "[]"))
+        ]
+
+    def wait_for_runs(self, dag_id: str, seconds: int = 420) -> list[str]:
+        """Until the DAG has at least one run and all its runs are finished; returns their states."""
+        deadline = time.time() + seconds
         states: list[str] = []
         while time.time() < deadline:
-            out = airflow("dags", "list-runs", "flight_delay_ingest", "-o", "json").stdout
-            runs = json.loads(next((line for line in out.splitlines() if line.startswith("[")), "[]"))
-            states = [r["state"] for r in runs]
+            states = self.run_states(dag_id)
             if states and all(state in ("success", "failed") for state in states):
                 break
             time.sleep(5)
-        logs = run("logs", "airflow-scheduler", "airflow-triggerer", check=False).stdout[-6000:]
-        assert states == ["success"], f"ingest runs: {states}\n{logs}"
+        return states
 
-        check = run(
-            "exec",
-            "-T",
-            "airflow-scheduler",
-            "python",
-            "-c",
-            "import json; from pipelines.lake import Lake; lake = Lake('/var/lib/mlops/lake'); print(json.dumps("
-            "{s: sorted(lake.partitions('raw', 'flight_delay', s)) for s in ('flights', 'weather', 'planes')}))",
+    def down(self) -> None:
+        self.run("down", "-v", "--remove-orphans", check=False, timeout=300)
+
+
+def _build_images(kinds: str) -> None:
+    build = subprocess.run(
+        ["bash", "scripts/build-images.sh"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KINDS": kinds},
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+
+
+RAW_PARTITIONS = (
+    "import json; from pipelines.lake import Lake; lake = Lake({lake!r}); print(json.dumps("
+    "{{s: sorted(lake.partitions('raw', 'flight_delay', s)) for s in ('flights', 'weather', 'planes')}}))"
+)
+
+
+def _assert_two_days_ingested(partitions: object) -> None:
+    assert partitions == {
+        "flights": ["2013-01-01", "2013-01-02"],
+        "weather": ["2013-01-01", "2013-01-02"],
+        "planes": ["2013-01-01"],
+    }, partitions
+
+
+def test_stack_runs_the_ingest_dag(docker_images, compose: list[str]) -> None:
+    """PostgreSQL plus Airflow from locally built images; tasks in Airflow's workers, a local lake in a volume."""
+    from conftest import _free_port
+
+    docker_bin = shutil.which("/usr/bin/docker") or shutil.which("docker")
+    _build_images("airflow")
+    env = _stack_env(POSTGRES_IMAGE=_postgres_image(docker_bin), AIRFLOW_PORT=str(_free_port()))
+    stack = Stack(compose, OFFLINE_OVERRIDE, env)
+    try:
+        stack.run("up", "-d", "postgres")
+        deadline = time.time() + 120
+        while stack.run("exec", "-T", "postgres", "pg_isready", "-U", "airflow", check=False).returncode != 0:
+            assert time.time() < deadline, stack.logs("postgres")
+            time.sleep(2)
+        stack.run("run", "--rm", "--no-deps", "airflow-init", timeout=600)
+        stack.run("up", "-d", "--no-deps", *AIRFLOW_SERVICES)
+        stack.wait_for_dags(["flight_delay_ingest"])
+
+        # files land; on unpausing, the scheduler starts the DAG's latest scheduled run: its deferrable sensor
+        # (in the triggerer) sees the files, ingest validates and commits them, the quarantine check passes
+        landed = stack.run(
+            "exec", "-T", "airflow-scheduler", "mlops", "land", "--date", "2013-01-01", "--days", "2"
         )
-        partitions = json.loads(check.stdout.strip().splitlines()[-1])
-        assert partitions["flights"] == ["2013-01-01", "2013-01-02"], partitions
-        assert partitions["weather"] == ["2013-01-01", "2013-01-02"], partitions
-        assert partitions["planes"] == ["2013-01-01"], partitions
+        assert landed.stdout.count("/landing/flight_delay/") == 5, landed.stdout
+        stack.airflow("dags", "unpause", "flight_delay_ingest")
+        states = stack.wait_for_runs("flight_delay_ingest")
+        assert states == ["success"], (
+            f"ingest runs: {states}\n{stack.logs('airflow-scheduler', 'airflow-triggerer')}"
+        )
+        _assert_two_days_ingested(stack.python(RAW_PARTITIONS.format(lake="/var/lib/mlops/lake")))
     finally:
-        run("down", "-v", "--remove-orphans", check=False, timeout=300)
+        stack.down()
+
+
+def _stand_in_images(docker_bin: str, tmp_path: Path) -> None:
+    """mlops-moto:test (moto's S3 server, from the dev group of the lock) and mlops-socat:test."""
+    uv = shutil.which("uv") or str(REPO_ROOT / ".tools" / "bin" / "uv")
+    context = tmp_path / "stand-ins"
+    context.mkdir()
+    export = subprocess.run(
+        [
+            uv,
+            "export",
+            "--quiet",
+            "--frozen",
+            "--only-group",
+            "dev",
+            "--no-emit-project",
+            "--no-header",
+            "-o",
+            str(context / "dev.txt"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert export.returncode == 0, export.stderr
+    builds = {
+        "mlops-moto:test": "FROM mlops-core:dev\nUSER root\nCOPY dev.txt /tmp/dev.txt\n"
+        "RUN --mount=type=secret,id=ca if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi "
+        "&& pip install --quiet --no-deps --require-hashes -r /tmp/dev.txt\nUSER 50000\n",
+        "mlops-socat:test": "FROM mlops-python:3.11-bookworm\nRUN apt-get update -q && apt-get install -y -q "
+        "--no-install-recommends socat && rm -rf /var/lib/apt/lists/*\n",
+    }
+    for image, dockerfile in builds.items():
+        (context / "Dockerfile").write_text(dockerfile)
+        proc = subprocess.run(
+            [
+                docker_bin,
+                "build",
+                "-q",
+                "--secret",
+                "id=ca,src=/etc/ssl/certs/ca-certificates.crt",
+                "-t",
+                image,
+                str(context),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "DOCKER_BUILDKIT": "1"},
+        )
+        assert proc.returncode == 0, f"{image}: {proc.stderr[-3000:]}"
+
+
+def test_stack_runs_tasks_in_containers(docker_images, compose: list[str], tmp_path: Path) -> None:
+    """The stack as shipped (profile `stack`): DockerOperator in Airflow's containers starts each task's
+    container through the proxy's TCP endpoint on the `mlops-tasks` network; the lake on an S3 server, the S3
+    credentials from the Airflow connection defined by environment, MLflow as a server on PostgreSQL."""
+    from conftest import _free_port
+
+    import docker
+
+    docker_bin = shutil.which("/usr/bin/docker") or shutil.which("docker")
+    _build_images("base spark train airflow mlflow")
+    _stand_in_images(docker_bin, tmp_path)
+    env = _stack_env(
+        POSTGRES_IMAGE=_postgres_image(docker_bin),
+        AIRFLOW_PORT=str(_free_port()),
+        MLFLOW_PORT=str(_free_port()),
+        MINIO_CONSOLE_PORT=str(_free_port()),
+    )
+    stack = Stack(compose, CONTAINERS_OVERRIDE, env)
+    start = time.time()
+    try:
+        stack.run("up", "-d", timeout=900)
+        dags = ["flight_delay_ingest", "flight_delay_features", "flight_delay_score"]
+        stack.wait_for_dags(dags)
+        landed = stack.run(
+            "exec", "-T", "airflow-scheduler", "mlops", "land", "--date", "2013-01-01", "--days", "2"
+        )
+        assert landed.stdout.count("s3://mlops-lake/lake/landing/flight_delay/") == 5, landed.stdout
+        for dag_id in dags:
+            stack.airflow("dags", "unpause", dag_id)
+        for dag_id in dags:  # features runs on the raw asset that ingest emits
+            states = stack.wait_for_runs(dag_id)
+            assert states and set(states) == {"success"}, (
+                f"{dag_id} runs: {states}\n{stack.logs('airflow-scheduler', 'mlflow')}"
+            )
+
+        # the engine's records: each step in its own container, of its kind's image, on the tasks network
+        events = docker.from_env().events(
+            since=int(start),
+            until=int(time.time()) + 1,
+            decode=True,
+            filters={"type": "container", "event": "die", "label": "io.mlops.usecase=flight_delay"},
+        )
+        ran = {e["Actor"]["Attributes"]["io.mlops.step"]: e["Actor"]["Attributes"] for e in events}
+        assert set(ran) == {"ingest", "features", "score"}, ran
+        assert {step: attrs["image"] for step, attrs in ran.items()} == {
+            "ingest": "mlops-base:dev",
+            "features": "mlops-spark:dev",
+            "score": "mlops-train:dev",
+        }
+        assert {attrs["exitCode"] for attrs in ran.values()} == {"0"}
+
+        # the lake is on the S3 server (credentials from the Airflow connection), MLflow on its server
+        lake_check = (
+            "from mlops_airflow.operators import patched_environ, s3_environment\n"
+            "with patched_environ(s3_environment('mlops_lake_s3')):\n"
+            "    " + RAW_PARTITIONS.format(lake="s3://mlops-lake/lake").replace("; ", "\n    ")
+        )
+        _assert_two_days_ingested(stack.python(lake_check))
+        experiment = stack.python(
+            "import json, mlflow; mlflow.set_tracking_uri('http://mlflow:5000'); "
+            "e = mlflow.get_experiment_by_name('flight_delay'); print(json.dumps(e and e.artifact_location))"
+        )
+        assert experiment == "mlflow-artifacts:/flight_delay"
+    finally:
+        stack.down()

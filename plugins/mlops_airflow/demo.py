@@ -89,19 +89,25 @@ def land_demo_days(usecase_name: str, first: date, days: int) -> list[str]:
 
     if first.year != YEAR or days < 1:
         raise SystemExit(f"mlops land: the demo data covers {YEAR}; give --date in {YEAR} and --days >= 1")
+    from mlops_airflow.operators import patched_environ, s3_environment
+
     usecase = load_usecase(usecase_name)
-    lake = open_lake(load_profile().lake_uri)
+    profile = load_profile()
     data = DemoData.load()
     uris = []
-    for offset in range(days):
-        day = first + timedelta(days=offset)
-        if day.year != YEAR:
-            break
-        files = data.day_files(day)
-        if day == date(YEAR, 1, 1):
-            files[f"planes_{day.isoformat()}.csv"] = data.planes.to_csv(index=False).encode()
-        for name, content in files.items():
-            uris.append(land_file(lake, usecase.name, day, name, content))
+    # S3 credentials as the tasks get them: from the Airflow connection when one is defined
+    env = s3_environment(profile.s3_connection_id) if profile.lake_uri.startswith("s3://") else {}
+    with patched_environ(env):
+        lake = open_lake(profile.lake_uri)
+        for offset in range(days):
+            day = first + timedelta(days=offset)
+            if day.year != YEAR:
+                break
+            files = data.day_files(day)
+            if day == date(YEAR, 1, 1):
+                files[f"planes_{day.isoformat()}.csv"] = data.planes.to_csv(index=False).encode()
+            for name, content in files.items():
+                uris.append(land_file(lake, usecase.name, day, name, content))
     return uris
 
 
