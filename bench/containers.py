@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO))
-from bench.lifecycle import totals  # noqa: E402
+from bench.lifecycle import run_rows, totals  # noqa: E402
 
 
 def run_demo(months: int, home: Path, env_extra: dict[str, str]) -> dict:
@@ -152,14 +152,12 @@ def main() -> int:
         f"Median container start → step start: {statistics.median(overheads):.2f} s; median create → start: "
         f"{statistics.median(starts):.2f} s; an empty container (`docker run --rm mlops-base:dev true`) takes "
         f"{bare_run:.2f} s end to end.\n",
-        "| measure | in-process (local) | containers (docker) | ratio |",
+        "| measure | containers (docker) | in-process (local) | ratio |",
         "| --- | ---: | ---: | ---: |",
-        f"| whole replay, process wall time (s) | {local['process_wall_seconds']} | "
-        f"{in_containers['process_wall_seconds']} | {ratio:.2f} |",
+        f"| whole replay, process wall time (s) | {in_containers['process_wall_seconds']} | "
+        f"{local['process_wall_seconds']} | {ratio:.2f} |",
+        *run_rows(docker_runs, local_runs),
     ]
-    for kind in ("ingest", "features", "score", "train"):
-        a, b = local_runs.get(kind, 0.0), docker_runs.get(kind, 0.0)
-        lines.append(f"| {kind} runs, summed (s) | {a} | {b} | {b / a if a else float('nan'):.2f} |")
     lines.append(
         "\nThe start overhead ends where the step begins; the step's heavy libraries (Great Expectations, Spark, "
         "TensorFlow) are imported inside the step, lazily, so their cost is in the step column, in a container "

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.config import Profile, UseCase
+from pipelines.config import ConfigError, Profile, UseCase
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,8 +40,6 @@ def configure_mlflow(profile: Profile, usecase: UseCase) -> str:
         root = profile.mlflow_artifact_root
         location = None
         if not root and not uri.startswith(("http://", "https://")):
-            from pipelines.config import ConfigError
-
             raise ConfigError(
                 "config/platform.yaml: mlflow_artifact_root is required when mlflow_tracking_uri is not an "
                 f"MLflow server ({uri}); set it to a folder or an s3:// URI"

@@ -41,9 +41,8 @@ if TYPE_CHECKING:
 
 DAY_COLUMN = "_day"  # partition date of each primary row (DateType) while the transforms run
 DATE_COLUMN = "date"  # partition date in the output (ISO string)
-_WRITE_PARTITION = (
-    "_features_date"  # directory partition column of the Spark write (not in the committed files)
-)
+# directory partition column of the Spark write (not in the committed files)
+_WRITE_PARTITION = "_features_date"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -72,25 +72,27 @@ class DemoData:
         return cls(flights, weather, planes)
 
     def day_files(self, day: date) -> dict[str, bytes]:
+        """The files published for ``day``: its flights and weather, and on 2013-01-01 the planes table."""
         key = day.isoformat()
         files = {}
         for name, frame in (("flights", self.flights), ("weather", self.weather)):
             rows = frame[frame["_day"] == key].drop(columns="_day")
             if len(rows):
                 files[f"{name}_{key}.csv"] = rows.to_csv(index=False).encode()
+        if day == date(YEAR, 1, 1):
+            files[f"planes_{key}.csv"] = self.planes.to_csv(index=False).encode()
         return files
 
 
 def land_demo_days(usecase_name: str, first: date, days: int) -> list[str]:
     """Land the demo files of ``days`` days from ``first`` (and the planes table with 2013-01-01) in the
     configured lake's landing zone, as they were published; return their URIs."""
+    from mlops_airflow.operators import patched_environ, s3_environment
     from pipelines.lake import open_lake
     from pipelines.steps.ingest import land_file
 
     if first.year != YEAR or days < 1:
         raise SystemExit(f"mlops land: the demo data covers {YEAR}; give --date in {YEAR} and --days >= 1")
-    from mlops_airflow.operators import patched_environ, s3_environment
-
     usecase = load_usecase(usecase_name)
     profile = load_profile()
     data = DemoData.load()
@@ -103,10 +105,7 @@ def land_demo_days(usecase_name: str, first: date, days: int) -> list[str]:
             day = first + timedelta(days=offset)
             if day.year != YEAR:
                 break
-            files = data.day_files(day)
-            if day == date(YEAR, 1, 1):
-                files[f"planes_{day.isoformat()}.csv"] = data.planes.to_csv(index=False).encode()
-            for name, content in files.items():
+            for name, content in data.day_files(day).items():
                 uris.append(land_file(lake, usecase.name, day, name, content))
     return uris
 
@@ -300,8 +299,6 @@ def run_demo(
         landed = 0
         for day in days:
             files = data.day_files(day)
-            if month == 1 and day == first:
-                files[f"planes_{day.isoformat()}.csv"] = data.planes.to_csv(index=False).encode()
             for name, content in files.items():
                 if (name.split("_")[0], day) == CORRUPT_FILE:
                     content = truncate_mid_row(content)

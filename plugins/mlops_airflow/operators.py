@@ -175,7 +175,7 @@ class StepOperator(DockerOperator):
             result = self._run_subprocess(argv, env)
         elif runtime == "docker":
             try:
-                result = self._run_container(context, profile, argv, env)
+                result = self._run_container(context, profile, argv, day, env)
             except ConfigError as exc:
                 raise AirflowFailException(str(exc)) from None
         else:
@@ -227,7 +227,7 @@ class StepOperator(DockerOperator):
         return result
 
     def _run_container(
-        self, context: Any, profile: Profile, argv: list[str], secrets: dict[str, str]
+        self, context: Any, profile: Profile, argv: list[str], day: str, secrets: dict[str, str]
     ) -> dict[str, Any]:
         """Run the step in its container through DockerOperator.execute and parse its result."""
         from airflow.providers.docker.exceptions import DockerContainerFailedException
@@ -244,9 +244,8 @@ class StepOperator(DockerOperator):
         self.force_pull = settings.force_pull
         self.mem_limit = settings.mem_limit
         self.mount_tmp_dir = False
-        self.xcom_all = (
-            True  # every line comes back; the result is the last JSON line, whatever stderr printed
-        )
+        # every line comes back; the result is the last JSON line, whatever stderr printed after it
+        self.xcom_all = True
         self.environment = container_environment(profile)
         self._private_environment = {
             **{key: os.environ[key] for key in FORWARDED_SECRETS if os.environ.get(key)},
@@ -263,7 +262,7 @@ class StepOperator(DockerOperator):
         self.labels = {
             f"{CONTAINER_LABEL}.step": self.step,
             f"{CONTAINER_LABEL}.usecase": self.usecase,
-            f"{CONTAINER_LABEL}.date": argv[argv.index("--date") + 1],
+            f"{CONTAINER_LABEL}.date": day,
             f"{CONTAINER_LABEL}.dag_id": str(getattr(ti, "dag_id", "")),
             f"{CONTAINER_LABEL}.run_id": str(getattr(ti, "run_id", "")),
             f"{CONTAINER_LABEL}.try_number": str(getattr(ti, "try_number", "")),
