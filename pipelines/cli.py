@@ -19,7 +19,7 @@ from typing import Any
 
 from pipelines.config import ConfigError, load_profile, load_usecase
 from pipelines.context import StepContext, StepFailed
-from pipelines.lake import Lake
+from pipelines.lake import Lake, LakeError
 from pipelines.steps import STEPS
 
 
@@ -63,6 +63,32 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     listing = models_sub.add_parser("list", help="versions with their gate results; the champion is marked")
     listing.add_argument("usecase")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    lineage = sub.add_parser(
+        "lineage", help="the lake versions, config, code and image a registered model version was trained on"
+    )
+    lineage.add_argument("usecase")
+    lineage.add_argument("version", type=int, help="model version number in the registry")
+    lineage.add_argument(
+        "--reload",
+        action="store_true",
+        help="rebuild the training set from the recorded versions and check it is identical (exit 1 if not)",
+    )
+    lineage.add_argument("--json", action="store_true", help="print JSON")
+
+    lake = sub.add_parser("lake", help="the lake's Delta tables")
+    lake_sub = lake.add_subparsers(dest="lake_command", required=True)
+    tables = lake_sub.add_parser("tables", help="a use case's tables: version, partitions, rows")
+    tables.add_argument("usecase")
+    tables.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    read = lake_sub.add_parser(
+        "read", help="read a table through its log; print rows and content hash (JSON)"
+    )
+    read.add_argument("table", help="table key, e.g. raw/flight_delay/flights or features/flight_delay")
+    read.add_argument(
+        "--date", action="append", dest="dates", help="a partition date (repeatable; default all)"
+    )
+    read.add_argument("--version", type=int, default=None, help="table version (default: the latest)")
     return parser
 
 
@@ -115,7 +141,22 @@ def main(argv: list[str] | None = None, extend: Callable[[Any], None] | None = N
 
             print_models(args.usecase, as_json=args.json)
             return 0
+        if args.command == "lineage":
+            from pipelines.lineage import print_lineage
+
+            return print_lineage(args.usecase, args.version, reload=args.reload, as_json=args.json)
+        if args.command == "lake":
+            from pipelines import tables
+
+            if args.lake_command == "tables":
+                tables.print_tables(args.usecase, as_json=args.json)
+            else:
+                print(json.dumps(tables.read_summary(args.table, args.dates, args.version)))
+            return 0
     except ConfigError as exc:
         print(f"CONFIG ERROR: {exc}", file=sys.stderr)
         return 2
+    except LakeError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
     return 2

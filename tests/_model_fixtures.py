@@ -16,7 +16,7 @@ import yaml
 
 from pipelines.config import REPO_ROOT, CandidateSpec, SplitSpec, UseCase, load_model, load_profile
 from pipelines.context import StepContext
-from pipelines.lake import Lake
+from pipelines.lake import LATEST, Lake, features_table
 
 CARRIERS = ["AA", "B6", "DL", "EV", "UA"]
 ORIGINS = ["EWR", "JFK", "LGA"]
@@ -119,20 +119,23 @@ def synthetic_day(
 def write_feature_partitions(
     lake: Lake, usecase: UseCase, start: date, days: int, rows_per_day: int = 120, **kwargs: Any
 ) -> list[str]:
-    """Commit ``days`` feature partitions from ``start``; return their ISO dates."""
-    written = []
+    """Commit ``days`` feature partitions from ``start`` in one commit; return their ISO dates."""
+    written, frames, facts = [], [], {}
     for offset in range(days):
         day = start + timedelta(days=offset)
-        frame = synthetic_day(usecase, day, rows_per_day, **kwargs)
-        # like the features step: {source: {raw partition date: content hash}}
+        frames.append(synthetic_day(usecase, day, rows_per_day, **kwargs))
+        # like the features step: {source: {raw partition date: content id}}
         inputs = {source: {day.isoformat(): f"hash-{source}-{day}"} for source in sorted(usecase.sources)}
         fingerprint = hashlib.sha256(repr(sorted(inputs.items())).encode()).hexdigest()[:16]
-        lake.write_frame(
-            Lake.partition_key("features", usecase.name, day),
-            frame,
-            {"inputs": inputs, "inputs_fingerprint": fingerprint},
-        )
+        facts[day.isoformat()] = {
+            "inputs": inputs,
+            "inputs_fingerprint": fingerprint,
+            "raw_versions": {f"raw/{usecase.name}/{s}": 0 for s in sorted(usecase.sources)},
+        }
         written.append(day.isoformat())
+    lake.write_partitions(
+        features_table(usecase.name), pd.concat(frames, ignore_index=True), read_version=LATEST, facts=facts
+    )
     return written
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from pipelines.config import UseCase, load_usecase
-from pipelines.lake import Lake
+from pipelines.lake import LATEST, Lake, content_hash, features_table
 
 USECASE = "flight_delay"
 CARRIERS = ["AA", "B6", "DL", "EV", "UA"]
@@ -132,17 +132,21 @@ def feature_frame(usecase: UseCase, day: date, rows: int, seed: int) -> pd.DataF
 
 
 def write_features(env: ServeEnv, days: list[date], rows: int = 40) -> dict[str, pd.DataFrame]:
-    """Commit one synthetic feature partition per day; returns the frames by ISO date."""
-    frames = {}
+    """Commit one synthetic feature partition per day (one commit); returns the frames by ISO date."""
+    frames, facts = {}, {}
     for index, day in enumerate(days):
-        frame = feature_frame(env.usecase, day, rows, seed=index + day.toordinal())
-        raw = [Lake.partition_key("raw", env.usecase.name, day, "flights")]
-        env.lake.write_frame(
-            Lake.partition_key("features", env.usecase.name, day),
-            frame,
-            {"inputs": raw, "inputs_fingerprint": f"fp-{day.isoformat()}"},
-        )
-        frames[day.isoformat()] = frame
+        frames[day.isoformat()] = feature_frame(env.usecase, day, rows, seed=index + day.toordinal())
+        facts[day.isoformat()] = {
+            "inputs": {"flights": {day.isoformat(): f"hash-{day}"}},
+            "inputs_fingerprint": f"fp-{day.isoformat()}",
+            "raw_versions": {f"raw/{env.usecase.name}/flights": 0},
+        }
+    env.lake.write_partitions(
+        features_table(env.usecase.name),
+        pd.concat(frames.values(), ignore_index=True),
+        read_version=LATEST,
+        facts=facts,
+    )
     return frames
 
 
@@ -226,7 +230,7 @@ def produce_day(
     logged = [log_candidate(env, name, family, day, train_frame) for name, family in candidates]
 
     def run_key(step: str) -> str:
-        return f"{Lake.partition_key('runs', uc, day, step)}/result.json"
+        return f"{Lake.dated_key('runs', uc, day, step)}/result.json"
 
     window = {
         "train_start": dates[0],
@@ -234,11 +238,15 @@ def produce_day(
         "holdout_start": dates[4],
         "holdout_end": day.isoformat(),
     }
-    raw = sorted(Lake.partition_key("raw", uc, d, "flights") for d in dates)
+    raw = sorted(f"raw/{uc}/flights/date={d}" for d in dates)
     train_result = {
         "mode": "full",
         "window": window,
         "feature_partitions": dates,
+        "features_version": env.lake.version(features_table(uc)),
+        "tables_read": {features_table(uc): env.lake.version(features_table(uc))},
+        "raw_versions": {f"raw/{uc}/flights": 0},
+        "data_hashes": {"train": content_hash(train_frame), "holdout": content_hash(holdout)},
         "inputs": raw,
         "rows": {"train": len(train_frame), "holdout": len(holdout)},
         "candidates": logged,

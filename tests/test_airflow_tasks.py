@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from _ingest_fixtures import DAY1, flights_rows, weather_rows
 
-from pipelines.lake import Lake
+from pipelines.lake import Lake, raw_table
 from pipelines.steps.ingest import land_file, pending_files
 
 USECASE = "flight_delay"
@@ -109,7 +109,7 @@ def test_ingest_dag_commits_good_files_and_fails_at_the_quarantine_check(airflow
         "landing/flight_delay/2013-01-01/flights_2013-01-01-late.csv",
         "landing/flight_delay/2013-01-01/flights_2013-01-01.csv",
     ]
-    assert lake.partitions("raw", USECASE, "flights")["2013-01-01"].rows == 30
+    assert lake.partitions(raw_table(USECASE, "flights"))["2013-01-01"].rows == 30
     assert pending_files(lake, USECASE) == []
 
 
@@ -161,4 +161,4 @@ def test_s3_credentials_come_from_the_airflow_connection(
     }
     assert _xcom(dag_run, "ingest")["rows_committed"] == 6
     with patched_environ(env):
-        assert lake.partitions("raw", USECASE, "weather")["2013-01-01"].rows == 6
+        assert lake.partitions(raw_table(USECASE, "weather"))["2013-01-01"].rows == 6

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from _demo import USECASE, run_demo_cli
 
-from pipelines.lake import Lake
+from pipelines.lake import Lake, table_key
 from pipelines.steps import STEP_KINDS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
@@ -56,7 +56,8 @@ def _container_runs(since: float, until: float) -> dict[str, dict]:
 
 
 def _partition_rows(lake: Lake, zone: str, *sub: str) -> dict[str, int]:
-    return {day: p.rows for day, p in lake.partitions(zone, USECASE, *sub).items() if day < TRAIN_DATE}
+    table = table_key(zone, USECASE, *sub)
+    return {day: p.rows for day, p in lake.partitions(table).items() if day < TRAIN_DATE}
 
 
 def _candidate_metrics(lake: Lake) -> dict[str, dict[str, float]]:

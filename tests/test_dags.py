@@ -23,6 +23,8 @@ HEAVY_MODULES = [
     "great_expectations",
     "sklearn",
     "boto3",
+    "deltalake",
+    "pyarrow",
 ]
 
 
@@ -47,6 +49,7 @@ def test_expected_dags_tasks_and_edges(dagbag, usecase: str) -> None:
         },
         f"{usecase}_features": {"features": []},
         f"{usecase}_score": {"score": []},
+        f"{usecase}_maintenance": {"maintain": []},
         f"{usecase}_train": {
             "train": ["evaluate"],
             "evaluate": ["gate"],
@@ -78,6 +81,7 @@ def test_expected_dags_tasks_and_edges(dagbag, usecase: str) -> None:
                 "register",
                 "promote",
                 "score",
+                "maintain",
             }:
                 assert task.retries >= 1, (dag_id, task.task_id)
 
@@ -116,7 +120,7 @@ def test_dag_files_parse_without_heavy_imports() -> None:
         f"""
         import json, sys, time, runpy
         start = time.perf_counter()
-        for name in ["ingest", "features", "train", "score"]:
+        for name in ["ingest", "features", "train", "score", "maintenance"]:
             runpy.run_path({str(REPO_ROOT / "dags")!r} + f"/{{name}}.py")
         heavy = [m for m in {HEAVY_MODULES!r} if m in sys.modules]
         print(json.dumps({{"heavy": heavy, "seconds": time.perf_counter() - start}}))

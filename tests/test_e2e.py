@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from _demo import MONTHS, USECASE, run_demo_cli
 
-from pipelines.lake import Lake
+from pipelines.lake import Lake, features_table, predictions_table, raw_table
 
 pytestmark = pytest.mark.e2e
 
@@ -33,17 +33,18 @@ def _check_lifecycle(summary: dict, lake: Lake, tracking_uri: str) -> None:
         "flights_2013-01-15.csv.report.json",
         "flights_2013-01-15.csv.report.html",
     } <= names
-    raw = lake.partitions("raw", USECASE, "flights")
+    raw = lake.partitions(raw_table(USECASE, "flights"))
     assert "2013-01-15" not in raw and "2013-01-14" in raw and "2013-03-31" in raw
     assert months[0]["rows_quarantined"] > 0
     assert sum(m["rows_ingested"] for m in months) == sum(p.rows for p in raw.values()) + sum(
-        p.rows for p in lake.partitions("raw", USECASE, "weather").values()
-    ) + sum(p.rows for p in lake.partitions("raw", USECASE, "planes").values())
+        p.rows for p in lake.partitions(raw_table(USECASE, "weather")).values()
+    ) + sum(p.rows for p in lake.partitions(raw_table(USECASE, "planes")).values())
 
-    # committed feature and prediction partitions
-    features = lake.partitions("features", USECASE)
+    # committed feature and prediction partitions, each with the facts its writer recorded
+    features = lake.partitions(features_table(USECASE))
     assert len(features) == len(raw)
-    predictions = lake.partitions("predictions", USECASE)
+    assert all(p.facts.get("inputs_fingerprint") and p.data_hash for p in features.values())
+    predictions = lake.partitions(predictions_table(USECASE))
     assert predictions, "the champion scored nothing"
     assert set(predictions) <= set(features)
     assert all(d >= "2013-02-01" for d in predictions), "January has no champion to score with"
@@ -119,9 +120,11 @@ def test_direct_training_reproduces_airflow_predictions(local_demo, tmp_path: Pa
 
     usecase = load_usecase(USECASE)
     window = airflow_train["window"]
-    parts = airflow_lake.partitions("features", USECASE)
-    holdout = airflow_lake.read_frames(
-        [p for d, p in parts.items() if window["holdout_start"] <= d < window["holdout_end"]]
+    parts = airflow_lake.partitions(features_table(USECASE), airflow_train["features_version"])
+    holdout = airflow_lake.read_frame(
+        features_table(USECASE),
+        [d for d in parts if window["holdout_start"] <= d < window["holdout_end"]],
+        version=airflow_train["features_version"],
     )[feature_columns(usecase)]
     assert len(holdout) > 1000
 

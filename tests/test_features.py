@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from _features_fixtures import land_days, nycflights, rows_of_day, write_raw
 
 from pipelines.config import UseCase, load_profile, load_usecase, usecase_path
 from pipelines.context import StepContext, StepFailed
-from pipelines.lake import Lake
+from pipelines.lake import Lake, features_table, raw_table
 from pipelines.spark import get_spark
 from pipelines.steps import features
 from pipelines.transforms import TransformError, check_transforms
@@ -44,9 +45,10 @@ def run_features(lake: Lake, usecase: UseCase, day: date, start: date | None = N
 
 
 def read_features(lake: Lake, usecase: UseCase, day: date) -> pd.DataFrame:
-    partition = lake.partition(Lake.partition_key("features", usecase.name, day))
-    assert partition is not None, f"no features partition for {day}"
-    return lake.read_frame(partition)
+    assert day.isoformat() in lake.partitions(features_table(usecase.name)), (
+        f"no features partition for {day}"
+    )
+    return lake.read_frame(features_table(usecase.name), [day.isoformat()])
 
 
 def usecase_with(**feature_changes) -> UseCase:
@@ -85,19 +87,23 @@ def test_features_partition_columns_types_rows_and_values(lake: Lake) -> None:
     expected_columns = list(
         dict.fromkeys([*spec.keys, spec.event_time, "date", *spec.numeric, *spec.categorical, "is_delayed"])
     )
-    last = Lake.partition_key("features", "flight_delay", days[-1])
-    partition = lake.partition(last)
-    assert partition is not None
-    schema = pq.read_schema(lake.storage.local_path(partition.files[0]))
-    assert schema.names == expected_columns
+    partition = lake.partitions(features_table("flight_delay"))[days[-1].isoformat()]
+    schema = pq.read_schema(lake.storage.local_path(f"features/flight_delay/{partition.files[0]}"))
+    assert schema.names == [c for c in expected_columns if c != "date"], "date is the partition column"
+    assert list(lake.snapshot(features_table("flight_delay")).columns) == expected_columns
     for name in spec.numeric:
         assert str(schema.field(name).type) == "double", name
     for name in spec.categorical:
         assert str(schema.field(name).type) == "string", name
     assert str(schema.field("is_delayed").type) == "int32"
     assert str(schema.field("time_hour").type) == "timestamp[us, tz=UTC]"
-    assert partition.manifest["columns"] == expected_columns
-    assert {"rows", "inputs_fingerprint", "inputs"} <= set(partition.manifest)
+    assert partition.facts["columns"] == expected_columns
+    assert {"rows", "inputs_fingerprint", "inputs", "raw_versions", "data_hash"} <= set(partition.facts)
+    assert result["tables_written"] == {features_table("flight_delay"): 0}
+    assert result["tables_read"] == {
+        raw_table("flight_delay", s): lake.version(raw_table("flight_delay", s))
+        for s in ("flights", "weather", "planes")
+    }
 
     for day in days:
         frame = read_features(lake, usecase, day)
@@ -105,7 +111,7 @@ def test_features_partition_columns_types_rows_and_values(lake: Lake) -> None:
         assert (
             len(frame)
             == len(raw_day)
-            == lake.partition(Lake.partition_key("features", "flight_delay", day)).rows
+            == lake.partitions(features_table("flight_delay"))[day.isoformat()].rows
         )
         assert set(frame["date"]) == {day.isoformat()}
 
@@ -196,7 +202,8 @@ def test_incremental_builds_only_days_whose_inputs_changed(lake: Lake) -> None:
     assert first["built"] == iso
 
     again = run_features(lake, usecase, days[-1])
-    assert again == {"built": [], "skipped": len(days), "rows": 0, "partitions": []}
+    assert (again["built"], again["skipped"], again["rows"], again["partitions"]) == ([], len(days), 0, [])
+    assert again["tables_written"] == {}
 
     weather = nycflights("weather")
     write_raw(lake, usecase, "weather", days[2], rows_of_day(weather, days[2]))  # same content re-ingested
@@ -232,7 +239,7 @@ def test_incremental_builds_only_days_whose_inputs_changed(lake: Lake) -> None:
 def test_fingerprint_follows_feature_config_not_other_config(lake: Lake) -> None:
     usecase = load_usecase("flight_delay")
     land_days(lake, usecase, JAN[:3], planes_day=JAN[0])
-    raw = {s: lake.partitions("raw", usecase.name, s) for s in ("flights", "weather", "planes")}
+    raw = {s: lake.partitions(raw_table(usecase.name, s)) for s in ("flights", "weather", "planes")}
     base = {p.day: p.fingerprint for p in features.plan_days(usecase, raw, None, "2013-01-03")}
     assert len(base) == 3
 
@@ -285,7 +292,8 @@ def test_no_raw_partitions_fails_with_a_fix(lake: Lake) -> None:
 
 
 def test_s3_lake_stages_inputs_and_commits_outputs(s3_lake: str, spark) -> None:
-    """Spark cannot read s3a:// here: inputs are staged through boto3 and outputs committed through the lake."""
+    """Spark cannot read s3a:// here: inputs reach Spark as Arrow read through the Delta log, and the rows come
+    back as Arrow and are committed by delta-rs."""
     lake = Lake(s3_lake)
     usecase = load_usecase("flight_delay")
     land_days(lake, usecase, JAN[:2], planes_day=JAN[0])
@@ -299,3 +307,177 @@ def test_s3_lake_stages_inputs_and_commits_outputs(s3_lake: str, spark) -> None:
     assert frame["carrier_delay_rate_7d"].notna().all()
     assert frame["wx_temp"].notna().mean() > 0.9
     assert run_features(lake, usecase, JAN[1])["built"] == []
+
+
+# --------------------------------------------------------------------------------------------------- cluster
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def spark_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A real Spark standalone cluster on loopback: one master and two workers (1 core, 1 GiB each), started
+    from the PySpark distribution. Yields the master URL and the master's JSON status URL."""
+    import json
+    import os
+    import subprocess
+    import time
+    import urllib.request
+
+    import pyspark
+
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "true"], capture_output=True, text=True
+    )
+    if probe.returncode != 0:
+        pytest.fail(
+            "the cluster test hides the driver's temp folder in a private mount namespace, which needs root "
+            f"(or CAP_SYS_ADMIN) and util-linux's unshare: {probe.stderr.strip()}",
+            pytrace=False,
+        )
+    spark_home = Path(pyspark.__file__).parent
+    spark_class = spark_home / "bin" / "spark-class"
+    logs = tmp_path_factory.mktemp("spark-cluster")
+    port, ui = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "SPARK_HOME": str(spark_home),
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "SPARK_LOCAL_HOSTNAME": "127.0.0.1",
+        "SPARK_WORKER_DIR": str(logs / "work"),
+    }
+    master_url = f"spark://127.0.0.1:{port}"
+    commands = [
+        [
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--webui-port",
+            str(ui),
+        ],
+        *[
+            [
+                "org.apache.spark.deploy.worker.Worker",
+                master_url,
+                "--cores",
+                "1",
+                "--memory",
+                "1g",
+                "--webui-port",
+                str(_free_port()),
+                "--host",
+                "127.0.0.1",
+            ]
+            for _ in range(2)
+        ],
+    ]
+    processes = []
+    for index, command in enumerate(commands):
+        with (logs / f"{index}.log").open("w") as log:
+            processes.append(
+                subprocess.Popen([str(spark_class), *command], env=env, stdout=log, stderr=subprocess.STDOUT)
+            )
+        if index == 0:
+            time.sleep(2)
+    status_url = f"http://127.0.0.1:{ui}/json/"
+    try:
+        for _ in range(120):
+            try:
+                status = json.loads(urllib.request.urlopen(status_url, timeout=2).read())
+                if status.get("aliveworkers") == 2:
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail(f"the Spark cluster did not start 2 workers; logs in {logs}", pytrace=False)
+        yield master_url, status_url
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=30)
+
+
+@pytest.mark.timeout(900)
+def test_a_standalone_cluster_builds_the_same_features_as_local_mode(
+    lake: Lake, spark_cluster, tmp_path: Path
+) -> None:
+    """The features step with `spark_master` on a real standalone cluster (two workers): inputs reach the
+    executors through the driver and results come back to it, so nothing depends on the driver's local disk;
+    every partition has the same content as in local mode."""
+    import json
+    import os
+    import subprocess
+
+    from pipelines.lake import content_hash
+
+    master, status_url = spark_cluster
+    usecase = load_usecase("flight_delay")
+    days = JAN[:5]
+    land_days(lake, usecase, days, planes_day=days[0])
+    local = run_features(lake, usecase, days[-1])
+    assert local["built"] == [d.isoformat() for d in days]
+
+    cluster_lake = Lake(str(tmp_path / "cluster-lake"))
+    land_days(cluster_lake, usecase, days, planes_day=days[0])
+    env = {
+        **os.environ,
+        "MLOPS_LAKE_URI": cluster_lake.uri,
+        "MLOPS_SPARK_MASTER": master,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "SPARK_LOCAL_HOSTNAME": "127.0.0.1",
+    }
+    # the driver's temporary folder is a tmpfs in its own mount namespace: the workers cannot see it, as on
+    # separate hosts, so a step that staged inputs there for the executors would fail
+    private_tmp = tmp_path / "driver-tmp"
+    private_tmp.mkdir()
+    step = [
+        sys.executable,
+        "-m",
+        "pipelines",
+        "features",
+        "--usecase",
+        "flight_delay",
+        "--date",
+        days[-1].isoformat(),
+    ]
+    hidden = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        'mount -t tmpfs tmpfs "$TMPDIR" && exec "$@"',
+    ]
+    proc = subprocess.run(
+        [*hidden, "sh", *step],
+        env={**env, "TMPDIR": str(private_tmp)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["built"] == local["built"]
+
+    import urllib.request
+
+    status = json.loads(urllib.request.urlopen(status_url, timeout=5).read())
+    apps = [app for app in status.get("completedapps", []) + status.get("activeapps", [])]
+    assert any(app["name"] == "mlops-pipelines" for app in apps), (
+        f"no features job ran on the cluster: {apps}"
+    )
+
+    table = features_table("flight_delay")
+    for day in days:
+        iso = day.isoformat()
+        assert content_hash(cluster_lake.read(table, [iso])) == content_hash(lake.read(table, [iso])), iso

@@ -16,7 +16,7 @@ import pytest
 from pipelines.cli import run_step
 from pipelines.config import load_usecase
 from pipelines.context import StepFailed
-from pipelines.lake import Lake, open_lake
+from pipelines.lake import Lake, open_lake, raw_table
 from pipelines.steps.ingest import land_file, pending_files
 from pipelines.validation import ROW, validate_batch
 from tests._ingest_fixtures import (
@@ -45,16 +45,21 @@ def ingest_failing(day: date) -> StepFailed:
     return caught.value
 
 
+def raw_arrow(lake: Lake, source: str, day: date):
+    """The committed rows of one raw partition, read through the Delta log (without the date column)."""
+    assert day.isoformat() in lake.partitions(raw_table(USECASE, source)), f"no raw partition {source} {day}"
+    return lake.read(raw_table(USECASE, source), [day.isoformat()]).drop_columns(["date"])
+
+
 def raw(lake: Lake, source: str, day: date) -> pd.DataFrame:
-    partition = lake.partition(Lake.partition_key("raw", USECASE, day, source))
-    assert partition is not None, f"no committed raw partition for {source} {day}"
-    return lake.read_frame(partition)
+    return raw_arrow(lake, source, day).to_pandas()
 
 
-def manifest(lake: Lake, source: str, day: date) -> dict:
-    partition = lake.partition(Lake.partition_key("raw", USECASE, day, source))
-    assert partition is not None
-    return partition.manifest
+def facts(lake: Lake, source: str, day: date) -> dict:
+    """The partition's facts as ingest recorded them (with its row count, files and table version)."""
+    partition = lake.partitions(raw_table(USECASE, source))[day.isoformat()]
+    assert partition.facts, f"no facts recorded for raw {source} {day}"
+    return {**partition.facts, "files": partition.files}
 
 
 def assert_counts_add_up(result: dict) -> None:
@@ -120,19 +125,20 @@ def test_two_days_are_committed_typed_archived_and_counted(mlops_env: Path) -> N
         assert lake.storage.read_bytes(f"archive/{USECASE}/{day.isoformat()}/{name}") == data
 
     usecase = load_usecase(USECASE)
-    flights = raw(lake, "flights", DAY1)
-    assert list(flights.columns) == [*usecase.sources["flights"].columns, "_source_file"]
-    expected_dtypes = {
-        "year": "Int64",
-        "dep_time": "Int64",
-        "dep_delay": "float64",
+    schema = raw_arrow(lake, "flights", DAY1).schema
+    assert schema.names == [*usecase.sources["flights"].columns, "_source_file"]
+    expected_types = {
+        "year": "int64",
+        "dep_time": "int64",
+        "dep_delay": "double",
         "carrier": "string",
         "tailnum": "string",
-        "time_hour": "datetime64[ns, UTC]",
+        "time_hour": "timestamp[us, tz=UTC]",
         "_source_file": "string",
     }
-    for column, dtype in expected_dtypes.items():
-        assert str(flights[column].dtype) == dtype, column
+    for column, kind in expected_types.items():
+        assert str(schema.field(column).type) == kind, column
+    flights = raw(lake, "flights", DAY1)
     source = flights_rows(DAY1, 20)
     assert flights["_source_file"].unique().tolist() == ["flights_2013-01-01.csv"]
     assert flights["flight"].astype(int).tolist() == source["flight"].astype(int).tolist()
@@ -142,12 +148,16 @@ def test_two_days_are_committed_typed_archived_and_counted(mlops_env: Path) -> N
     assert flights["time_hour"].iloc[0] == pd.Timestamp(source["time_hour"].iloc[0])
     assert flights["dep_time"].isna().sum() == (source["dep_time"] == "NA").sum()
 
+    planes_schema = raw_arrow(lake, "planes", DAY1).schema
+    assert (
+        str(planes_schema.field("seats").type) == "int64"
+        and str(planes_schema.field("speed").type) == "double"
+    )
     planes = raw(lake, "planes", DAY1)
-    assert str(planes["seats"].dtype) == "Int64" and str(planes["speed"].dtype) == "float64"
     assert planes["speed"].isna().all()  # "NA" in the source file
     assert len(raw(lake, "weather", DAY2)) == 4 and len(raw(lake, "flights", DAY2)) == 15
 
-    body = manifest(lake, "flights", DAY1)
+    body = facts(lake, "flights", DAY1)
     data = delivered[(DAY1, "flights_2013-01-01.csv")]
     assert body["source"] == "flights" and body["rows"] == 20
     assert body["source_files"] == [
@@ -164,8 +174,9 @@ def test_parquet_source_is_typed_like_csv(
     land_file(lake, USECASE, DAY1, "planes_2013-01-01.parquet", parquet_bytes(typed))
     result = ingest(DAY1)
     assert result["files_committed"] == 1 and result["rows_committed"] == 5
+    schema = raw_arrow(lake, "planes", DAY1).schema
+    assert str(schema.field("year").type) == "int64" and str(schema.field("engine").type) == "string"
     frame = raw(lake, "planes", DAY1)
-    assert str(frame["year"].dtype) == "Int64" and str(frame["engine"].dtype) == "string"
     assert frame["seats"].tolist() == typed["seats"].tolist()
     assert frame["year"].tolist() == typed["year"].tolist() and frame["speed"].isna().all()
     assert frame["tailnum"].tolist() == typed["tailnum"].tolist()
@@ -289,7 +300,7 @@ def test_bad_file_goes_to_quarantine_and_good_file_commits(mlops_env: Path, kind
     # the raw zone holds the good file only
     flights = raw(lake, "flights", DAY1)
     assert flights["_source_file"].unique().tolist() == ["flights_2013-01-01.csv"] and len(flights) == 20
-    assert [f["name"] for f in manifest(lake, "flights", DAY1)["source_files"]] == ["flights_2013-01-01.csv"]
+    assert [f["name"] for f in facts(lake, "flights", DAY1)["source_files"]] == ["flights_2013-01-01.csv"]
 
 
 def test_quarantine_report_names_the_bad_values_and_lines(mlops_env: Path) -> None:
@@ -300,7 +311,7 @@ def test_quarantine_report_names_the_bad_values_and_lines(mlops_env: Path) -> No
     land_file(lake, USECASE, DAY1, "flights_x.csv", csv_bytes(frame))
     error = ingest_failing(DAY1)
     assert error.result["files_committed"] == 0 and error.result["raw_partitions"] == []
-    assert lake.partition(Lake.partition_key("raw", USECASE, DAY1, "flights")) is None
+    assert lake.version(raw_table(USECASE, "flights")) is None
     report = lake.read_json(f"quarantine/{USECASE}/2013-01-01/flights_x.csv.report.json")
     checks = {(c["expectation_type"], c["column"]): c for c in report["failed_checks"]}
     wrong_type = checks[("expect_column_values_to_match_regex", "dep_time")]
@@ -364,24 +375,27 @@ def test_reruns_and_redeliveries_give_the_same_partition(mlops_env: Path) -> Non
     second = csv_bytes(flights_rows(DAY1, 10, skip=100))
     land_file(lake, USECASE, DAY1, "flights_a.csv", first)
     ingest(DAY1)
-    one_file = manifest(lake, "flights", DAY1)
+    one_file = facts(lake, "flights", DAY1)
+    table = raw_table(USECASE, "flights")
 
     # rerun with nothing new: nothing changes, not even the commit
     again = ingest(DAY1)
-    assert again["files_landed"] == 0
-    assert manifest(lake, "flights", DAY1) == one_file
+    assert again["files_landed"] == 0 and again["tables_written"] == {}
+    assert facts(lake, "flights", DAY1) == one_file and lake.version(table) == 0
 
-    # the same file delivered again: a new commit with the same data
+    # the same file delivered again: a new commit (new version, new files) with the same data
     land_file(lake, USECASE, DAY1, "flights_a.csv", first)
     redelivered = ingest(DAY1)
     assert redelivered["files_committed"] == 1 and redelivered["rows_committed"] == 20
-    body = manifest(lake, "flights", DAY1)
-    assert body["data_hash"] == one_file["data_hash"] and body["commit_id"] != one_file["commit_id"]
+    assert redelivered["tables_written"] == {table: 1}
+    body = facts(lake, "flights", DAY1)
+    assert body["data_hash"] == one_file["data_hash"] and body["files"] != one_file["files"]
+    assert lake.read_frame(table, version=0).equals(lake.read_frame(table, version=1))  # time travel
 
     # a second file for the same day: the partition is rebuilt from the archived file plus the new one
     land_file(lake, USECASE, DAY1, "flights_b.csv", second)
     ingest(DAY1)
-    both = manifest(lake, "flights", DAY1)
+    both = facts(lake, "flights", DAY1)
     assert both["rows"] == 30 and [f["name"] for f in both["source_files"]] == [
         "flights_a.csv",
         "flights_b.csv",
@@ -394,7 +408,20 @@ def test_reruns_and_redeliveries_give_the_same_partition(mlops_env: Path) -> Non
     # a file left in both landing and archive (crash between copy and delete) is processed again, same result
     land_file(lake, USECASE, DAY1, "flights_a.csv", first)
     result = ingest(DAY1)
-    assert result["rows_landed"] == 20 and manifest(lake, "flights", DAY1)["data_hash"] == both["data_hash"]
+    assert result["rows_landed"] == 20 and facts(lake, "flights", DAY1)["data_hash"] == both["data_hash"]
+
+
+def test_a_missing_archived_file_stops_the_rebuild_and_changes_nothing(mlops_env: Path) -> None:
+    """The committed partition names the files it was built from; rebuilding it without one would drop rows."""
+    lake = open_lake()
+    land_file(lake, USECASE, DAY1, "flights_a.csv", csv_bytes(flights_rows(DAY1, 20)))
+    ingest(DAY1)
+    lake.storage.delete([f"archive/{USECASE}/2013-01-01/flights_a.csv"])
+    land_file(lake, USECASE, DAY1, "flights_b.csv", csv_bytes(flights_rows(DAY1, 10, skip=100)))
+    error = ingest_failing(DAY1)
+    assert "flights_a.csv: missing" in str(error) and "nothing was changed" in str(error)
+    assert lake.version(raw_table(USECASE, "flights")) == 0
+    assert pending_files(lake, USECASE) == [f"landing/{USECASE}/2013-01-01/flights_b.csv"]
 
 
 # --------------------------------------------------------------------------------------------------- S3, CLI

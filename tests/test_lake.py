@@ -1,13 +1,39 @@
-"""The lake's commit protocol on both backends: local folder and S3 (real moto server over HTTP)."""
+"""The lake's Delta tables on both backends: a local folder and S3 (a real moto server over HTTP).
+
+Commits, snapshot reads, time travel and partition facts; optimistic concurrency with two writer processes and a
+reader process; a step process killed mid-write; and processes that read S3 (or the local disk) exiting cleanly.
+"""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date, timedelta
 from pathlib import Path
+from urllib.parse import unquote
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
-from pipelines.lake import MANIFEST, Lake, LakeError
+from pipelines.lake import (
+    LATEST,
+    CommitConflict,
+    Lake,
+    LakeError,
+    commit_with_retry,
+    content_hash,
+    features_table,
+    predictions_table,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TABLE = "raw/uc/flights"
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -17,56 +43,360 @@ def lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
     return Lake(request.getfixturevalue("s3_lake"))
 
 
-def _frame(n: int, offset: int = 0) -> pd.DataFrame:
-    return pd.DataFrame({"id": range(offset, offset + n), "value": [float(i) / 3 for i in range(n)]})
+def _rows(day: str, n: int, offset: int = 0) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "id": pd.array(range(offset, offset + n), dtype="Int64"),
+            "value": [float(i) / 3 for i in range(n)],
+            "name": pd.array([f"n{i}" if i % 4 else None for i in range(n)], dtype="string"),
+            "at": pd.to_datetime([f"2013-01-01 0{i % 10}:00" for i in range(n)], utc=True),
+            "date": day,
+        }
+    )
 
 
-def test_partition_commit_read_and_rewrite(lake: Lake) -> None:
-    prefix = Lake.partition_key("raw", "uc", "2013-01-02", "flights")
-    assert prefix == "raw/uc/flights/date=2013-01-02"
-    assert lake.partition(prefix) is None
-
-    first = lake.write_frame(prefix, _frame(5), {"source": "flights"})
-    assert first.rows == 5 and first.manifest["source"] == "flights"
-    pd.testing.assert_frame_equal(lake.read_frame(lake.partition(prefix)), _frame(5))
-
-    # rewriting with the same data gives the same content hash; stale files are removed
-    second = lake.write_frame(prefix, _frame(5))
-    assert second.manifest["data_hash"] == first.manifest["data_hash"]
-    assert second.manifest["commit_id"] != first.manifest["commit_id"]
-    names = {Path(k).name for k in lake.storage.list(prefix)}
-    assert names == {MANIFEST, *second.manifest["files"]}
-
-    third = lake.write_frame(prefix, _frame(3, offset=10))
-    assert third.manifest["data_hash"] != first.manifest["data_hash"]
-    assert lake.read_frame(lake.partition(prefix))["id"].tolist() == [10, 11, 12]
+def _s3_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
 
 
-def test_readers_list_only_committed_partitions(lake: Lake) -> None:
-    lake.write_frame(Lake.partition_key("features", "uc", "2013-01-01"), _frame(2))
-    lake.write_frame(Lake.partition_key("features", "uc", "2013-01-03"), _frame(3))
-    # an interrupted writer leaves data files but no manifest: not a partition
-    lake.storage.write_bytes("features/uc/date=2013-01-02/part-deadbeef-00000.parquet", b"partial")
-    partitions = lake.partitions("features", "uc")
-    assert list(partitions) == ["2013-01-01", "2013-01-03"]
-    assert lake.read_frames(list(partitions.values()))["id"].tolist() == [0, 1, 0, 1, 2]
+# --------------------------------------------------------------------------------------------------- basics
 
 
-def test_json_objects_and_missing_keys(lake: Lake) -> None:
-    uri = lake.write_json("runs/uc/train/date=2013-02-01/result.json", {"b": 1, "a": [1, 2]})
-    assert uri.endswith("runs/uc/train/date=2013-02-01/result.json")
-    assert lake.read_json("runs/uc/train/date=2013-02-01/result.json") == {"a": [1, 2], "b": 1}
-    with pytest.raises(LakeError, match="not found"):
-        lake.storage.read_bytes("runs/uc/nothing.json")
+def test_commits_snapshots_time_travel_and_facts(lake: Lake) -> None:
+    snapshot = lake.snapshot(TABLE)
+    assert snapshot.version is None and snapshot.partitions == {} and not snapshot
+    with pytest.raises(LakeError, match="no such table"):
+        lake.read(TABLE)
+
+    first = lake.write_partitions(
+        TABLE,
+        pd.concat([_rows("2013-01-01", 5), _rows("2013-01-02", 3)]),
+        read_version=None,
+        facts={"2013-01-01": {"source": "flights"}},
+    )
+    assert (first.version, first.dates, first.rows) == (0, ["2013-01-01", "2013-01-02"], 8)
+    assert first.partition_uris()[0] == f"{lake.uri}/{TABLE}/date=2013-01-01"
+    partitions = lake.partitions(TABLE)
+    assert {d: p.rows for d, p in partitions.items()} == {"2013-01-01": 5, "2013-01-02": 3}
+    one = partitions["2013-01-01"]
+    assert one.facts["source"] == "flights" and one.facts["rows"] == 5 and one.facts["version"] == 0
+    read = lake.read(TABLE, ["2013-01-01"])
+    assert read.num_rows == 5 and set(read.column("date").to_pylist()) == {"2013-01-01"}
+    assert one.data_hash == content_hash(read) == content_hash(_rows("2013-01-01", 5))
+    assert str(read.schema.field("at").type) == "timestamp[us, tz=UTC]"
+    assert read.column("name").null_count == 2
+
+    # rewriting one partition with the same rows: a new version, new files, the same content hash
+    second = lake.write_partitions(TABLE, _rows("2013-01-01", 5), read_version=first.version)
+    again = lake.partitions(TABLE)["2013-01-01"]
+    assert second.version == 1 and again.files != one.files and again.data_hash == one.data_hash
+    assert lake.partitions(TABLE)["2013-01-02"].files == partitions["2013-01-02"].files  # untouched
+
+    # other rows, and the old ones by time travel
+    lake.write_partitions(TABLE, _rows("2013-01-01", 2, offset=10), read_version=second.version)
+    assert lake.read_frame(TABLE, ["2013-01-01"])["id"].tolist() == [10, 11]
+    assert lake.read_frame(TABLE, ["2013-01-01"], version=0)["id"].tolist() == [0, 1, 2, 3, 4]
+    assert lake.partitions(TABLE, version=0)["2013-01-01"].rows == 5
+    assert [h["version"] for h in lake.history(TABLE)] == [2, 1, 0]
+
+    # a new column is added to the table; older partitions read it as null
+    lake.write_partitions(TABLE, _rows("2013-01-03", 2).assign(extra=1.5), read_version=LATEST)
+    frame = lake.read_frame(TABLE, ["2013-01-02", "2013-01-03"])
+    assert frame.groupby("date")["extra"].count().to_dict() == {"2013-01-02": 0, "2013-01-03": 2}
+    with pytest.raises(LakeError, match=r"no column\(s\) \['nope'\]"):
+        lake.read(TABLE, columns=["nope"])
+    with pytest.raises(LakeError, match="the table has no version 99|cannot be loaded"):
+        lake.read(TABLE, version=99)
+    assert lake.delete_partitions(TABLE, ["2013-01-03"]) == 4
+    assert sorted(lake.partitions(TABLE)) == ["2013-01-01", "2013-01-02"]
 
 
-def test_local_files_stages_s3_objects(lake: Lake) -> None:
-    part = lake.write_frame(Lake.partition_key("raw", "uc", "2013-01-01"), _frame(4))
-    with lake.local_files(part.files) as paths:
-        assert len(paths) == 1 and paths[0].exists()
-        assert pd.read_parquet(paths[0])["id"].tolist() == [0, 1, 2, 3]
+def test_facts_of_a_partition_rewritten_without_them_are_not_trusted(lake: Lake) -> None:
+    """Facts name the files they describe: a partition rewritten by a writer that recorded none (here a plain
+    delta-rs write, as another tool would do) has no facts, so a stale hash is never used."""
+    from deltalake import write_deltalake
+
+    lake.write_partitions(TABLE, _rows("2013-01-01", 5), read_version=None, facts={"2013-01-01": {"k": 1}})
+    assert lake.partitions(TABLE)["2013-01-01"].facts["k"] == 1
+    handle = lake.open_table(TABLE)
+    write_deltalake(
+        handle,
+        pa.Table.from_pandas(_rows("2013-01-01", 7), preserve_index=False),
+        mode="overwrite",
+        predicate="date = '2013-01-01'",
+    )
+    partition = lake.partitions(TABLE)["2013-01-01"]
+    assert partition.rows == 7 and partition.facts == {} and partition.data_hash is None
+    assert partition.content_id.startswith("files:")
+
+
+def test_a_stale_writer_gets_a_conflict_naming_table_partition_and_winner(lake: Lake) -> None:
+    base = lake.write_partitions(TABLE, _rows("2013-01-01", 5), read_version=None)
+    lake.write_partitions(TABLE, _rows("2013-01-01", 4), read_version=base.version)  # version 1 wins
+    with pytest.raises(CommitConflict) as caught:
+        lake.write_partitions(TABLE, _rows("2013-01-01", 3), read_version=base.version)
+    conflict = caught.value
+    assert conflict.winning_version == 1 and conflict.dates == ["2013-01-01"]
+    assert f"{lake.uri}/{TABLE}: partition(s) date=2013-01-01" in str(conflict)
+    assert "table version 1" in str(conflict) and "read version 0" in str(conflict)
+    assert lake.partitions(TABLE)["2013-01-01"].rows == 4  # the loser changed nothing
+    # a stale writer of another partition does not conflict
+    other = lake.write_partitions(TABLE, _rows("2013-01-02", 2), read_version=base.version)
+    assert other.version == 2
+    # a writer that saw no table conflicts with one that created it meanwhile
+    with pytest.raises(CommitConflict):
+        lake.write_partitions(TABLE, _rows("2013-01-03", 2), read_version=None)
+
+    # commit_with_retry rebuilds from the fresh snapshot: the build sees what the winner committed
+    seen: list[int | None] = []
+
+    def build(snapshot):
+        seen.append(snapshot.version)
+        if len(seen) == 1:  # another writer commits between this build's read and its commit
+            lake.write_partitions(TABLE, _rows("2013-01-01", 1), read_version=LATEST)
+        return _rows("2013-01-01", 6)
+
+    conflicts: list[CommitConflict] = []
+    commit = commit_with_retry(lake, TABLE, build, on_conflict=conflicts.append)
+    assert commit is not None and len(conflicts) == 1 and seen == [2, 3] and commit.version == 4
+    assert lake.partitions(TABLE)["2013-01-01"].rows == 6
+
+
+# --------------------------------------------------------------------------------------------------- processes
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_two_writer_processes_and_a_reader_never_mix_a_partition(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Two processes overwrite the same partition in lock-step rounds from the same snapshot while a third
+    reads it: exactly one commit wins each round, the loser is told (or retries from a fresh snapshot), and
+    the reader never fails nor sees a mixed, partial or missing partition."""
+    import _lake_workers as workers
+
+    uri = str(tmp_path / "lake") if backend == "local" else request.getfixturevalue("s3_lake")
+    env = _s3_env()
+    Lake(uri).write_partitions(workers.TABLE, workers.rows("seed", -1), read_version=None)
+    rounds = {"local": 12, "s3": 6}[backend]
+    spawn = multiprocessing.get_context("spawn")
+    out, stop = spawn.Queue(), spawn.Event()
+    read = spawn.Process(target=workers.reader, args=(uri, env, stop, out))
+    read.start()
+    outcomes = []
+    for retry in (False, True):
+        barrier = spawn.Barrier(2)
+        writers = [
+            spawn.Process(target=workers.writer, args=(uri, env, name, rounds, retry, barrier, out))
+            for name in ("A", "B")
+        ]
+        for process in writers:
+            process.start()
+        for process in writers:
+            process.join(timeout=600)
+            assert process.exitcode == 0, f"writer exited with {process.exitcode}"
+        outcomes.append([out.get(timeout=30) for _ in range(2 * rounds)])
+    stop.set()
+    reads = out.get(timeout=120)
+    read.join(timeout=60)
+
+    lake = Lake(uri)
+    for retry, results in zip((False, True), outcomes, strict=True):
+        for round_ in range(rounds):
+            pair = [r for r in results if r["round"] == round_]
+            assert sorted(r["won"] for r in pair) == [False, True], (retry, round_, pair)
+            assert pair[0]["read_version"] == pair[1]["read_version"], "both wrote from the same snapshot"
+            winner, loser = sorted(pair, key=lambda r: not r["won"])
+            assert loser["winning_version"] >= winner["version"]
+            assert f"{workers.TABLE}: partition(s) date={workers.DAY}" in loser["message"]
+            if retry:
+                assert loser["retried_version"] > winner["version"]
+    assert reads["error_count"] == 0, reads["errors"]
+    assert reads["mixed"] == [], reads["mixed"]
+    assert reads["reads"] > 0
+    # the last round's retrier wrote last: its rows are the partition, and the facts describe them
+    final = lake.read(workers.TABLE, [workers.DAY])
+    last = [r for r in outcomes[1] if r["round"] == rounds - 1 and not r["won"]][0]
+    assert set(final.column("writer").to_pylist()) == {last["writer"]} and final.num_rows == workers.ROWS
+    assert lake.partitions(workers.TABLE)[workers.DAY].data_hash == content_hash(final)
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_processes_reading_the_lake_exit_cleanly(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A process that read data through delta-rs's own filesystem aborted at exit in most runs here
+    ("terminate called without an active exception", exit 134); the lake reads through pyarrow's filesystems.
+    Step processes (`mlops lake read`; 50 on S3, 25 locally) read a table and must all exit 0 with the right
+    answer."""
+    uri = str(tmp_path / "lake") if backend == "local" else request.getfixturevalue("s3_lake")
+    lake = Lake(uri)
+    lake.write_partitions(
+        TABLE, pd.concat([_rows("2013-01-01", 50), _rows("2013-01-02", 7)]), read_version=None
+    )
+    expected = content_hash(lake.read(TABLE, ["2013-01-02"]))
+    env = {**os.environ, "MLOPS_LAKE_URI": uri}
+    command = [sys.executable, "-m", "pipelines", "lake", "read", TABLE, "--date", "2013-01-02"]
+
+    def one(_: int) -> tuple[int, str, str]:
+        proc = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        return proc.returncode, proc.stdout, proc.stderr[-500:]
+
+    runs = {"s3": 50, "local": 25}[backend]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(one, range(runs)))
+    failures = [(code, err) for code, _, err in results if code != 0]
+    assert failures == [], f"{len(failures)} of {runs} runs failed: {failures[:3]}"
+    import json
+
+    answers = {json.loads(out.strip().splitlines()[-1])["content_hash"] for _, out, _ in results}
+    assert answers == {expected}
+
+
+# --------------------------------------------------------------------------------------------------- kill -9
+
+BIG_ROWS = 300_000
+
+
+def _kill_when_writing_locally(proc: subprocess.Popen, lake: Lake, day: str) -> bool:
+    """Freeze the score process the moment its first data file appears in the partition's folder, and kill
+    it there; True when no new table version had been committed by then (a kill mid-write)."""
+    folder = Path(lake.table_uri(predictions_table("flight_delay"))) / f"date={day}"
+    log = Path(lake.table_uri(predictions_table("flight_delay"))) / "_delta_log"
+    commits_before = {p.name for p in log.glob("*.json")}
+    while proc.poll() is None:
+        if folder.is_dir() and any(folder.iterdir()):
+            os.kill(proc.pid, signal.SIGSTOP)
+            committed = {p.name for p in log.glob("*.json")} - commits_before
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            return not committed
+        time.sleep(0.0005)
+    raise AssertionError(f"the score process ended (exit {proc.returncode}) before writing (see its log)")
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_a_step_killed_mid_write_leaves_the_previous_version_and_its_retry_is_identical(
+    backend: str, serve_env, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`score` is SIGKILLed while it writes a large predictions partition: the table stays at its previous
+    version, readable, without a trace of the killed write; the retry commits exactly what an uninterrupted
+    run commits (same rows, same content hash)."""
+    from _holding_proxy import HoldingProxy
+    from _serve_fixtures import ServeEnv, produce_day, write_features
+
+    from pipelines.cli import run_step
+
+    env = serve_env
+    if backend == "s3":
+        env = ServeEnv(lake=Lake(request.getfixturevalue("s3_lake")), usecase=serve_env.usecase, tmp=tmp_path)
+    produce_day(env, date(2013, 3, 1), gate_passed=True)
+    run_step(["register", "--usecase", "flight_delay", "--date", "2013-03-01"])
+    run_step(["promote", "--usecase", "flight_delay", "--date", "2013-03-01"])
+    first = date(2013, 3, 5)
+    write_features(env, [first], rows=30)
+    run_step(["score", "--usecase", "flight_delay", "--date", first.isoformat()])
+    table = predictions_table("flight_delay")
+    before = env.lake.version(table)
+    previous = content_hash(env.lake.read(table))
+
+    killed_mid_write = False
+    day = first
+    for _attempt in range(3):  # locally the kill must land between data files and commit: retried if late
+        day += timedelta(days=1)
+        write_features(env, [day], rows=BIG_ROWS)
+        command = [
+            sys.executable,
+            "-m",
+            "pipelines",
+            "score",
+            "--usecase",
+            "flight_delay",
+            "--date",
+            day.isoformat(),
+        ]
+        if backend == "local":
+            with (tmp_path / f"score-{day}.log").open("w") as log:
+                proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+                killed_mid_write = _kill_when_writing_locally(proc, env.lake, day.isoformat())
+        else:
+
+            def data_upload(method: str, path: str, day=day) -> bool:
+                # object_store percent-encodes the partition folder's "="
+                return method in ("PUT", "POST") and f"/predictions/flight_delay/date={day}/" in unquote(path)
+
+            log_path = tmp_path / f"score-{day}.log"
+            with (
+                HoldingProxy(os.environ["AWS_ENDPOINT_URL"], data_upload) as proxy,
+                log_path.open("w") as log,
+            ):
+                proc = subprocess.Popen(
+                    command,
+                    cwd=REPO_ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "AWS_ENDPOINT_URL": proxy.url},
+                )
+                while not proxy.held.wait(timeout=0.2):
+                    assert proc.poll() is None, (
+                        f"score ended before uploading: {log_path.read_text()[-3000:]}"
+                    )
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+                killed_mid_write = True
+        if killed_mid_write:
+            break
+        env.lake.delete_partitions(table, [day.isoformat()])  # the kill came after the commit: try again
+        before, previous = env.lake.version(table), content_hash(env.lake.read(table))
+    assert killed_mid_write, "three kills all came after the commit"
+    assert proc.returncode == -signal.SIGKILL
+
+    # the previous version is what readers see, without a trace of the killed write
+    assert env.lake.version(table) == before
+    assert day.isoformat() not in env.lake.partitions(table)
+    assert content_hash(env.lake.read(table)) == previous
+    if backend == "local":
+        orphans = list((Path(env.lake.table_uri(table)) / f"date={day}").iterdir())
+        assert orphans, "the killed writer left its uncommitted data file (vacuum removes it later)"
+
+    # the retry: the same step again, then the same rows from an uninterrupted run in a fresh lake
+    retry = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert retry.returncode == 0, retry.stderr[-3000:]
+    retried = env.lake.read(table, [day.isoformat()])
+    assert retried.num_rows == BIG_ROWS
+
+    reference = Lake(str(tmp_path / "reference-lake"))
+    monkeypatch.setenv("MLOPS_LAKE_URI", reference.uri)
+    reference_env = ServeEnv(lake=reference, usecase=env.usecase, tmp=tmp_path)
+    write_features(reference_env, [day], rows=BIG_ROWS)
+    run_step(["score", "--usecase", "flight_delay", "--date", day.isoformat()])
+    expected = reference.read(table, [day.isoformat()])
+    lineage = "features_version"  # the features table's version differs between the two lakes, by design
+    assert content_hash(retried.drop_columns([lineage])) == content_hash(expected.drop_columns([lineage]))
+    assert set(retried.column(lineage).to_pylist()) == {env.lake.version(features_table("flight_delay"))}
+    assert env.lake.partitions(table)[day.isoformat()].data_hash == content_hash(retried)
+    assert env.lake.read_frame(features_table("flight_delay"), [day.isoformat()]).shape[0] == BIG_ROWS
 
 
 def test_unsupported_scheme_is_a_clear_error() -> None:
     with pytest.raises(LakeError, match="unsupported scheme"):
         Lake("gs://bucket/lake")
+
+
+def test_only_the_landing_inbox_is_ever_listed() -> None:
+    """Committed data is found through the Delta log only: a folder listing would see a killed writer's orphan
+    files. The one listing in pipelines/ is the landing inbox (files as they arrive, before any commit)."""
+    import re
+
+    listings = []
+    # not lake reads: config.py globs config/usecases, lake.py implements Storage.list
+    exempt = {REPO_ROOT / "pipelines" / "config.py", REPO_ROOT / "pipelines" / "lake.py"}
+    for path in sorted(set((REPO_ROOT / "pipelines").rglob("*.py")) - exempt):
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if re.search(r"\.(list|glob|rglob|iterdir|scandir|listdir)\(", line) and "def " not in line:
+                listings.append(f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()}")
+    assert [line.split(": ", 1)[1] for line in listings] == ["for key in lake.storage.list(prefix):"], (
+        listings
+    )
+    source = (REPO_ROOT / "pipelines" / "steps" / "ingest.py").read_text()
+    inbox = source[source.index("def _landed_files(") :]
+    assert 'prefix = f"landing/{usecase}/"' in inbox.split("def ", 2)[1], "the listing is of the inbox"

@@ -11,9 +11,10 @@ from _serve_fixtures import ServeEnv, produce_day, write_features
 
 from pipelines.cli import run_step
 from pipelines.context import StepFailed
-from pipelines.lake import Lake
+from pipelines.lake import LATEST, features_table, predictions_table
 
 UC = "flight_delay"
+PREDICTIONS = predictions_table(UC)
 
 
 def _score(day: date) -> dict:
@@ -25,7 +26,7 @@ def test_score_without_champion_writes_no_predictions(serve_env: ServeEnv) -> No
     write_features(serve_env, [day - timedelta(days=1), day])
     result = _score(day)
     assert result["scored"] == [] and result["reason"] == "no champion yet" and result["rows"] == 0
-    assert serve_env.lake.partitions("predictions", UC) == {}
+    assert serve_env.lake.partitions(PREDICTIONS) == {}
 
 
 def test_score_catches_up_skips_scored_partitions_and_is_idempotent(serve_env: ServeEnv) -> None:
@@ -43,8 +44,9 @@ def test_score_catches_up_skips_scored_partitions_and_is_idempotent(serve_env: S
     outside = [day - timedelta(days=catch_up), day + timedelta(days=1)]
     inside = [oldest_in_window, day - timedelta(days=5), already, day]
     frames = write_features(serve_env, inside + outside, rows=30)
-    marker = pd.DataFrame({"probability": [0.123]})
-    existing = serve_env.lake.write_frame(Lake.partition_key("predictions", UC, already), marker)
+    marker = pd.DataFrame({"probability": [0.123], "date": [already.isoformat()]})
+    serve_env.lake.write_partitions(PREDICTIONS, marker, read_version=LATEST)
+    existing = serve_env.lake.partitions(PREDICTIONS)[already.isoformat()]
 
     result = _score(day)
     expected = sorted(d.isoformat() for d in inside if d != already)
@@ -52,25 +54,30 @@ def test_score_catches_up_skips_scored_partitions_and_is_idempotent(serve_env: S
     assert result["model_version"] == version
     assert result["rows"] == 30 * len(expected)
 
-    predictions = serve_env.lake.partitions("predictions", UC)
+    predictions = serve_env.lake.partitions(PREDICTIONS)
     assert sorted(predictions) == sorted([*expected, already.isoformat()])
-    assert predictions[already.isoformat()].manifest["data_hash"] == existing.manifest["data_hash"]
+    assert predictions[already.isoformat()].files == existing.files, "the scored partition was not touched"
+    assert result["tables_written"] == {PREDICTIONS: 1}
+    features_version = serve_env.lake.version(features_table(UC))
+    assert result["tables_read"] == {features_table(UC): features_version}
 
     model = load_model(f"models:/{UC}/{version}")
-    champion_run = predictions[expected[0]].manifest["model_run_id"]
+    champion_run = predictions[expected[0]].facts["model_run_id"]
     for iso in expected:
         partition = predictions[iso]
-        assert partition.manifest["model_version"] == version
-        frame = serve_env.lake.read_frame(partition)
+        assert partition.facts["model_version"] == version
+        assert partition.facts["features_version"] == features_version
+        frame = serve_env.lake.read_frame(PREDICTIONS, [iso])
         keys = serve_env.usecase.features.keys
-        assert list(frame.columns) == [
+        assert set(frame.columns) == {
             *keys,
             "date",
             "probability",
             "prediction",
             "model_version",
             "model_run_id",
-        ]
+            "features_version",
+        }
         source = frames[iso]
         pd.testing.assert_frame_equal(frame[keys], source[keys], check_dtype=False)
         assert (frame["date"].astype(str) == iso).all()
@@ -78,19 +85,19 @@ def test_score_catches_up_skips_scored_partitions_and_is_idempotent(serve_env: S
         np.testing.assert_allclose(frame["probability"], predict_proba(model, inputs), rtol=1e-9)
         assert ((frame["probability"] >= 0.5).astype(int) == frame["prediction"]).all()
         assert (frame["model_version"] == version).all() and (frame["model_run_id"] == champion_run).all()
+        assert (frame["features_version"] == features_version).all()
 
-    # a rerun scores nothing and leaves every partition as it was
-    hashes = {d: p.manifest["data_hash"] for d, p in predictions.items()}
-    assert _score(day)["scored"] == []
-    assert {
-        d: p.manifest["data_hash"] for d, p in serve_env.lake.partitions("predictions", UC).items()
-    } == hashes
+    # a rerun scores nothing and leaves every partition as it was (no new commit)
+    hashes = {d: p.data_hash for d, p in predictions.items()}
+    assert _score(day)["scored"] == [] and serve_env.lake.version(PREDICTIONS) == 1
+    assert {d: p.data_hash for d, p in serve_env.lake.partitions(PREDICTIONS).items()} == hashes
 
-    # a partition lost and rescored by a later run comes back identical
+    # a partition deleted (to be rescored) and rescored by a later run comes back identical
     lost = expected[1]
-    serve_env.lake.storage.delete(serve_env.lake.storage.list(Lake.partition_key("predictions", UC, lost)))
+    serve_env.lake.delete_partitions(PREDICTIONS, [lost])
+    assert lost not in serve_env.lake.partitions(PREDICTIONS)
     assert _score(day + timedelta(days=1))["scored"] == [lost, (day + timedelta(days=1)).isoformat()]
-    assert serve_env.lake.partitions("predictions", UC)[lost].manifest["data_hash"] == hashes[lost]
+    assert serve_env.lake.partitions(PREDICTIONS)[lost].data_hash == hashes[lost]
 
 
 def test_score_names_the_partition_when_a_feature_column_is_missing(serve_env: ServeEnv) -> None:
@@ -99,10 +106,14 @@ def test_score_names_the_partition_when_a_feature_column_is_missing(serve_env: S
     run_step(["promote", "--usecase", UC, "--date", "2013-03-01"])
     day = date(2013, 5, 20)
     frame = write_features(serve_env, [day], rows=10)[day.isoformat()].drop(columns=["wx_temp"])
-    serve_env.lake.write_frame(Lake.partition_key("features", UC, day), frame)
-    with pytest.raises(StepFailed, match=r"features/flight_delay/date=2013-05-20.*wx_temp"):
+    # as the features step records it: this partition was built without the column
+    columns = [c for c in frame.columns]
+    serve_env.lake.write_partitions(
+        features_table(UC), frame, read_version=LATEST, facts={day.isoformat(): {"columns": columns}}
+    )
+    with pytest.raises(StepFailed, match=r"features/flight_delay/date=2013-05-20.*wx_temp.*--rebuild"):
         _score(day)
-    assert day.isoformat() not in serve_env.lake.partitions("predictions", UC)
+    assert day.isoformat() not in serve_env.lake.partitions(PREDICTIONS)
 
 
 def test_champion_never_scores_days_before_its_training_date(serve_env: ServeEnv) -> None:
@@ -114,4 +125,4 @@ def test_champion_never_scores_days_before_its_training_date(serve_env: ServeEnv
     write_features(serve_env, days, rows=10)
     result = _score(date(2013, 3, 4))
     assert result["scored"] == ["2013-03-01", "2013-03-04"]
-    assert sorted(serve_env.lake.partitions("predictions", UC)) == ["2013-03-01", "2013-03-04"]
+    assert sorted(serve_env.lake.partitions(PREDICTIONS)) == ["2013-03-01", "2013-03-04"]

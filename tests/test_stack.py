@@ -240,7 +240,8 @@ from mlops_airflow.operators import patched_environ, s3_environment
 from pipelines.lake import Lake
 with patched_environ(s3_environment({connection!r})):
     lake = Lake({lake!r})
-    print(json.dumps({{s: sorted(lake.partitions("raw", "flight_delay", s)) for s in ("flights", "weather", "planes")}}))
+    tables = {{s: f"raw/flight_delay/{{s}}" for s in ("flights", "weather", "planes")}}
+    print(json.dumps({{s: sorted(lake.partitions(t)) for s, t in tables.items()}}))
 """
 
 

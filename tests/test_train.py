@@ -26,7 +26,7 @@ from pipelines import metrics, modeling, tracking
 from pipelines.cli import main, run_step
 from pipelines.config import ConfigError
 from pipelines.context import StepFailed
-from pipelines.lake import Lake
+from pipelines.lake import LATEST, Lake, LakeError, content_hash, features_table
 from pipelines.steps import train as train_step
 
 START = date(2013, 1, 1)
@@ -81,8 +81,11 @@ def small_env(tmp_path, monkeypatch):
 
 def _holdout_features(trained) -> tuple[pd.DataFrame, np.ndarray]:
     usecase = trained.usecase
-    parts = trained.lake.partitions("features", usecase.name)
-    frame = trained.lake.read_frames([p for d, p in parts.items() if "2013-02-03" <= d < "2013-02-10"])
+    parts = trained.lake.partitions(features_table(usecase.name))
+    dates = [d for d in parts if "2013-02-03" <= d < "2013-02-10"]
+    version = trained.result["tables_read"][features_table(usecase.name)]
+    frame = trained.lake.read_frame(features_table(usecase.name), dates, version=version)
+    frame = frame.sort_values("date", kind="stable")
     frame = frame[frame[usecase.target.column].notna()].reset_index(drop=True)
     return modeling.prepare_features(frame, usecase), frame[usecase.target.column].to_numpy(dtype="int64")
 
@@ -115,6 +118,16 @@ def test_train_window_rows_and_inputs(trained):
     assert result["candidates"] == stored["candidates"]
     assert result["inputs_count"] == len(expected_inputs)
     assert stored["mode"] == "full"
+    table = features_table(usecase.name)
+    assert stored["tables_read"] == {table: 0} and stored["features_version"] == 0
+    assert stored["raw_versions"] == {f"raw/{usecase.name}/{s}": 0 for s in sorted(usecase.sources)}
+    frames = train_step.training_frames(
+        make_context(usecase, DAY), trained.lake.snapshot(table, 0), stored["window"]
+    )
+    assert stored["data_hashes"] == {
+        "train": content_hash(frames.train),
+        "holdout": content_hash(frames.holdout),
+    }
 
 
 def test_train_logs_one_run_per_candidate(trained):
@@ -167,11 +180,13 @@ def test_train_fails_without_feature_partitions(small_env):
 
 def test_train_fails_on_a_single_class(small_env):
     usecase = small_env.usecase
+    frames = []
     for offset in range(36):
         day = date(2013, 1, 5) + timedelta(days=offset)
         frame = synthetic_day(usecase, day, 60)
         frame[usecase.target.column] = 0.0
-        small_env.lake.write_frame(Lake.partition_key("features", usecase.name, day), frame)
+        frames.append(frame)
+    small_env.lake.write_partitions(features_table(usecase.name), pd.concat(frames), read_version=LATEST)
     args = SimpleNamespace(mode="full", candidates=None, retrain=False)
     with pytest.raises(StepFailed, match=r"train window .* single class"):
         train_step.run(small_env.ctx, args)
@@ -194,15 +209,12 @@ def test_unknown_candidate_is_a_config_error(small_env):
         train_step.run(small_env.ctx, args)
 
 
-def test_raw_inputs_from_features_manifests():
+def test_raw_inputs_from_features_facts():
     assert train_step.raw_inputs(
         "uc", {"flights": {"2013-01-02": "h1", "2013-01-01": "h2"}, "planes": {}}
     ) == [
         "raw/uc/flights/date=2013-01-02",
         "raw/uc/flights/date=2013-01-01",
-    ]
-    assert train_step.raw_inputs("uc", ["raw/uc/flights/date=2013-01-01"]) == [
-        "raw/uc/flights/date=2013-01-01"
     ]
     assert train_step.raw_inputs("uc", None) == []
 
@@ -323,22 +335,25 @@ def test_evaluate_report_explains_the_best_model(trained):
         assert heading in page
 
 
-def test_evaluate_fails_when_holdout_changed_since_training(trained, monkeypatch):
-    ctx = make_context(trained.usecase, DAY)
-    key = Lake.partition_key("features", trained.usecase.name, date(2013, 2, 5))
-    storage = trained.lake.storage
-    snapshot = {k: storage.read_bytes(k) for k in storage.list(key)}
-    original = trained.lake.read_frame(trained.lake.partition(key))
-    trained.lake.write_frame(key, original.head(50))
-    try:
-        from pipelines.steps import evaluate
+def test_evaluate_reads_the_holdout_train_read_even_after_a_rebuild(trained):
+    """Evaluate time-travels to the features version train recorded: a partition rewritten since training
+    changes nothing in what the candidates are judged on."""
+    from pipelines.steps import evaluate
 
-        with pytest.raises(StepFailed, match=r"holdout feature partitions \['2013-02-05'\] changed"):
-            evaluate.run(ctx, SimpleNamespace(importance_rows=500, importance_repeats=1))
+    ctx = make_context(trained.usecase, DAY)
+    table = features_table(trained.usecase.name)
+    day = "2013-02-05"
+    original = trained.lake.read_frame(table, [day])
+    before = trained.lake.read_json(f"runs/{trained.usecase.name}/evaluate/date={DAY}/result.json")
+    trained.lake.write_partitions(table, original.head(50), read_version=LATEST)
+    try:
+        result = evaluate.run(ctx, SimpleNamespace(importance_rows=500, importance_repeats=1))
+        assert result["holdout_rows"] == before["holdout_rows"]
+        assert result["tables_read"] == trained.result["tables_read"]
+        for name, entry in before["candidates"].items():
+            assert result["candidates"][name] == pytest.approx(entry["metrics"]), name
     finally:
-        storage.delete(storage.list(key))
-        for k, data in snapshot.items():
-            storage.write_bytes(k, data)
+        trained.lake.write_partitions(table, original, read_version=LATEST)
 
 
 def test_champion_is_rescored_gated_and_drives_refresh(trained):
@@ -434,3 +449,59 @@ def test_window_param_must_leave_room_for_the_holdout(mlops_env, monkeypatch) ->
     monkeypatch.setenv("MLOPS_CONFIG_DIR", str(REPO_ROOT / "config"))  # the shipped use case: holdout 14 days
     with pytest.raises(StepFailed, match=r"--window-days 10 must be larger than split.holdout_days \(14\)"):
         run_step(["train", "--usecase", "flight_delay", "--date", "2013-03-01", "--window-days", "10"])
+
+
+def test_lineage_reload_and_maintenance_keep_a_models_training_set(small_env, tmp_path, monkeypatch, capsys):
+    """A registered model names the lake versions it was trained on: after newer and rewritten partitions, and
+    after a vacuum that keeps only the versions models name, `mlops lineage --reload` rebuilds the identical
+    training set; a version no model names is gone."""
+    usecase, lake = small_env.usecase, small_env.lake
+    monkeypatch.setenv("MLOPS_CONFIG_DIR", str(write_config_dir(tmp_path / "config", usecase)))
+    table = features_table(usecase.name)
+    write_feature_partitions(lake, usecase, date(2013, 1, 5), 36, rows_per_day=40)  # version 0
+    write_feature_partitions(lake, usecase, date(2013, 1, 5), 36, rows_per_day=40, seed=1)  # version 1
+    argv = ["--usecase", usecase.name, "--date", DAY.isoformat()]
+    train = run_step(["train", *argv])
+    for step in ("evaluate", "gate", "register"):
+        run_step([step, *argv])
+    version = MlflowClient().search_model_versions(f"name = '{usecase.name}'")[0]
+    assert version.tags["lineage.features_version"] == "1"
+    assert json.loads(version.tags["lineage.window"]) == train["window"]
+
+    # newer partitions and a rewrite of a day inside the training window (versions 2 and 3)
+    write_feature_partitions(lake, usecase, DAY, 5, rows_per_day=40)
+    write_feature_partitions(lake, usecase, date(2013, 1, 20), 1, rows_per_day=40, seed=7)
+    latest = train_step.training_frames(make_context(usecase, DAY), lake.snapshot(table), train["window"])
+    assert content_hash(latest.train) != train["data_hashes"]["train"], "the current data differs"
+
+    assert main(["lineage", usecase.name, str(version.version), "--reload", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["features_version"] == 1 and shown["reload"]["identical"] is True
+    assert shown["reload"]["data_hashes"] == train["data_hashes"]
+    assert shown["config_hash"] == usecase.config_hash and shown["code_version"]
+
+    # maintenance: vacuum everything removed, keeping the versions models name (and the latest)
+    result = run_step(["maintain", *argv, "--retention-hours", "0"])
+    entry = next(t for t in result["tables"] if t["table"] == table)
+    assert entry["kept_versions"] == [1, 3] and entry["files_deleted"] > 0
+    assert main(["lineage", usecase.name, str(version.version), "--reload"]) == 0
+    assert "reload         identical" in capsys.readouterr().out
+    with pytest.raises(LakeError, match=r"version 0\): a data file of this version is gone"):
+        lake.read(table, version=0)
+
+
+def test_maintenance_fails_closed_when_the_registry_cannot_be_read(small_env, tmp_path, monkeypatch):
+    """Without the registry's answer the step cannot know which versions models name: it fails (Airflow retries)
+    and deletes nothing."""
+    usecase, lake = small_env.usecase, small_env.lake
+    monkeypatch.setenv("MLOPS_CONFIG_DIR", str(write_config_dir(tmp_path / "config", usecase)))
+    table = features_table(usecase.name)
+    write_feature_partitions(lake, usecase, date(2013, 1, 5), 3, rows_per_day=10)
+    write_feature_partitions(lake, usecase, date(2013, 1, 5), 3, rows_per_day=10, seed=1)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    with pytest.raises(Exception) as caught:
+        run_step(["maintain", "--usecase", usecase.name, "--date", "2013-02-01", "--retention-hours", "0"])
+    assert not isinstance(caught.value, StepFailed), "a registry error is not bad input: the task must retry"
+    assert lake.read(table, version=0).num_rows == 30, "nothing was vacuumed"

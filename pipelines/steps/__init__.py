@@ -16,6 +16,7 @@ STEPS: dict[str, str] = {
     "register": "pipelines.steps.register",
     "promote": "pipelines.steps.promote",
     "score": "pipelines.steps.score",
+    "maintain": "pipelines.steps.maintain",
 }
 
 # the task kind of each step: which image runs it with task_runtime docker (docker/<kind>.Dockerfile).
@@ -29,6 +30,7 @@ STEP_KINDS: dict[str, str] = {
     "register": "base",
     "promote": "base",
     "score": "train",
+    "maintain": "base",
 }
 
 # steps whose work benefits from a GPU host (the task factory adds a GPU request for them when configured)

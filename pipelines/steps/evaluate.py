@@ -18,6 +18,7 @@ import html
 from typing import Any
 
 from pipelines.context import StepContext, StepFailed, progress
+from pipelines.lake import LakeError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,34 +49,29 @@ def evaluated_metrics(ctx: StepContext) -> list[str]:
 
 
 def load_holdout(ctx: StepContext, train_result: dict[str, Any]) -> Any:
-    """The labeled holdout rows the candidates were trained for; StepFailed if the partitions changed since."""
+    """The labeled holdout rows the candidates were trained for, read from the features version train read
+    (time travel), so a features rebuild since training cannot change what the candidates are judged on."""
     from pipelines import modeling
-    from pipelines.steps.train import read_labeled, window_partitions
+    from pipelines.steps.train import features_snapshot, read_labeled, window_partitions
 
     window = train_result["window"]
-    start, end = window["holdout_start"], window["holdout_end"]
-    parts = window_partitions(ctx, start, end)
-    expected = [d for d in train_result["feature_partitions"] if start <= d < end]
-    hashes = train_result.get("feature_data_hashes", {})
-    changed = sorted(
-        set(parts) ^ set(expected)
-        | {
-            d
-            for d, p in parts.items()
-            if d in hashes and hashes[d] != (p.manifest.get("data_hash") or p.manifest.get("commit_id"))
-        }
-    )
-    if changed:
+    version = train_result.get("features_version")
+    if version is None:
         raise StepFailed(
-            f"holdout feature partitions {changed} changed since training on {ctx.ds}; rerun train "
-            f"(python -m pipelines train --usecase {ctx.usecase.name} --date {ctx.ds}) then evaluate"
+            f"the train result for {ctx.ds} records no features table version (written by an older release); "
+            f"rerun train (python -m pipelines train --usecase {ctx.usecase.name} --date {ctx.ds}) then evaluate"
         )
+    try:
+        snapshot = features_snapshot(ctx, int(version))
+    except LakeError as exc:
+        raise StepFailed(f"{exc}; rerun train for {ctx.ds}, then evaluate") from None
+    parts = window_partitions(snapshot, window["holdout_start"], window["holdout_end"])
     columns = list(
         dict.fromkeys(
             [*modeling.feature_columns(ctx.usecase), ctx.usecase.target.column, *ctx.usecase.slices]
         )
     )
-    return read_labeled(ctx, parts, columns)
+    return read_labeled(ctx, snapshot, parts, columns)
 
 
 def model_quality(proba: Any, y: Any, groups: Any, metrics: list[str]) -> dict[str, Any]:
@@ -163,7 +159,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         max_rows=args.importance_rows,
     )
     best_proba = predictions[best]
-    report_prefix = ctx.lake.partition_key("reports", usecase.name, ctx.day, "evaluation")
+    report_prefix = ctx.lake.dated_key("reports", usecase.name, ctx.day, "evaluation")
     report = {
         "usecase": usecase.name,
         "logical_date": ctx.ds,
@@ -208,6 +204,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         "primary_metric": primary,
         "champion": champion,
         "holdout_rows": len(X),
+        "tables_read": train_result.get("tables_read", {}),
         "report_uri": report_uri,
         "report_html_uri": report_html_uri,
     }
@@ -218,6 +215,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         "best": best,
         "primary_metric": primary,
         "holdout_rows": len(X),
+        "tables_read": result["tables_read"],
         "candidates": {name: c["metrics"] for name, c in candidates.items()},
         "champion": None
         if champion is None

@@ -6,8 +6,11 @@ Every committed raw partition of the primary source with S <= date <= D is a can
 on the primary partition of that day, the ``lookback_days`` primary partitions before it, the same-day partitions of
 joined events sources, the newest reference snapshot committed on or before that day, and the features/target
 configuration; their content hashes make the day's *inputs fingerprint*. Days whose features partition is missing
-or carries another fingerprint are built together in one Spark job and committed one lake partition per day at
-``features/<usecase>/date=<day>`` (manifest: ``rows``, ``inputs_fingerprint``, ``inputs``, ``columns``).
+or carries another fingerprint are built together in one Spark job from one snapshot of each raw table, and
+committed in one commit to the Delta table ``features/<usecase>`` (partition facts: ``rows``,
+``inputs_fingerprint``, ``inputs``, ``raw_versions``, ``columns``). Inputs reach Spark as Arrow (through the
+driver) and results come back as Arrow, so any master works (local or a cluster) and the lake may be local or S3.
+A concurrent commit to the same partitions makes the step plan and build again from the new snapshots.
 """
 
 from __future__ import annotations
@@ -16,15 +19,23 @@ import argparse
 import bisect
 import hashlib
 import json
-import tempfile
 from dataclasses import dataclass
 from datetime import date, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import ConfigError, UseCase
 from pipelines.context import StepContext, StepFailed, progress
-from pipelines.lake import Lake, Partition
+from pipelines.lake import (
+    COMMIT_ATTEMPTS,
+    DATE,
+    Commit,
+    CommitConflict,
+    Lake,
+    PartitionInfo,
+    Snapshot,
+    features_table,
+    raw_table,
+)
 from pipelines.spark import get_spark
 from pipelines.transforms import (
     ALIGN_COLUMN,
@@ -40,9 +51,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 DAY_COLUMN = "_day"  # partition date of each primary row (DateType) while the transforms run
-DATE_COLUMN = "date"  # partition date in the output (ISO string)
-# directory partition column of the Spark write (not in the committed files)
-_WRITE_PARTITION = "_features_date"
+DATE_COLUMN = DATE  # partition date in the output (ISO string)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,11 +92,6 @@ def features_config_hash(usecase: UseCase) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _content_hash(partition: Partition) -> str:
-    # ingest records data_hash; without it the commit id is a safe (over-eager) stand-in
-    return str(partition.manifest.get("data_hash") or partition.manifest.get("commit_id") or partition.prefix)
-
-
 def _window(day: str, lookback_days: int) -> list[str]:
     """The day and the ``lookback_days`` calendar days before it, oldest first."""
     last = date.fromisoformat(day)
@@ -101,7 +105,7 @@ def _snapshot_for(day: str, snapshots: list[str]) -> str | None:
 
 
 def plan_days(
-    usecase: UseCase, raw: dict[str, dict[str, Partition]], start: str | None, end: str
+    usecase: UseCase, raw: dict[str, dict[str, PartitionInfo]], start: str | None, end: str
 ) -> list[DayPlan]:
     """Inputs and fingerprint of every candidate day (primary partitions with start <= date <= end)."""
     features = usecase.features
@@ -113,13 +117,13 @@ def plan_days(
             continue
         inputs: dict[str, dict[str, str]] = {
             features.primary_source: {
-                d: _content_hash(primary[d]) for d in _window(day, features.lookback_days) if d in primary
+                d: primary[d].content_id for d in _window(day, features.lookback_days) if d in primary
             }
         }
         for source in joined_sources(features):
             partitions = raw[source]
             used = day if usecase.sources[source].kind == "events" else _snapshot_for(day, list(partitions))
-            inputs[source] = {used: _content_hash(partitions[used])} if used in partitions else {}
+            inputs[source] = {used: partitions[used].content_id} if used in partitions else {}
         body = json.dumps({"inputs": inputs, "config": config_hash}, sort_keys=True).encode()
         plans.append(DayPlan(day, inputs, hashlib.sha256(body).hexdigest()[:32]))
     return plans
@@ -139,47 +143,40 @@ def _arrow_type(kind: str) -> pa.DataType:
 
 
 def read_source(
-    lake: Lake, usecase: UseCase, source: str, partitions: dict[str, Partition], tag: str
+    lake: Lake, usecase: UseCase, source: str, snapshot: Snapshot, dates: list[str], tag: str
 ) -> pa.Table:
-    """Rows of ``partitions`` (date -> partition) as one Arrow table typed from the configuration, plus a date
-    column ``tag`` holding each row's partition date. Inputs are staged through the lake (local or S3)."""
+    """Rows of ``dates`` of one raw table version as an Arrow table typed from the configuration, plus a date
+    column ``tag`` holding each row's partition date. Read through the Delta log (local or S3)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow.compute as pc
 
     spec = usecase.sources[source]
     schema = pa.schema([(name, _arrow_type(column.type)) for name, column in spec.columns.items()])
-    keys = [key for partition in partitions.values() for key in partition.files]
-    owner = {key: day for day, partition in partitions.items() for key in partition.files}
-    tables = []
-    with lake.local_files(keys) as paths:
-        for key, path in zip(keys, paths, strict=True):
-            table = pq.read_table(path)
-            columns = []
-            for field in schema:
-                if field.name not in table.column_names:
-                    raise StepFailed(
-                        f"{lake.storage.uri(key)}: column {field.name!r} of source {source!r} is missing; "
-                        f"re-run ingest for {owner[key]} (or fix sources.{source}.columns)",
-                        {"file": lake.storage.uri(key), "column": field.name},
-                    )
-                try:
-                    columns.append(
-                        table[field.name].cast(field.type, safe=field.type.id != pa.timestamp("us").id)
-                    )
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                    raise StepFailed(
-                        f"{lake.storage.uri(key)}: column {field.name!r} of source {source!r} has type "
-                        f"{table.schema.field(field.name).type}, not castable to {field.type} ({exc}); "
-                        f"re-run ingest for {owner[key]}",
-                        {"file": lake.storage.uri(key), "column": field.name},
-                    ) from None
-            day = pa.array([date.fromisoformat(owner[key])] * table.num_rows, pa.date32())
-            tables.append(
-                pa.Table.from_arrays([*columns, day], schema=schema.append(pa.field(tag, pa.date32())))
-            )
-    if not tables:
-        return schema.append(pa.field(tag, pa.date32())).empty_table()
-    return pa.concat_tables(tables)
+    target = schema.append(pa.field(tag, pa.date32()))
+    present = [d for d in dates if d in snapshot.partitions]
+    if not present:
+        return target.empty_table()
+    missing = [name for name in spec.columns if name not in snapshot.columns]
+    if missing:
+        raise StepFailed(
+            f"{snapshot.uri}: column(s) {missing} of source {source!r} are not in the table (version "
+            f"{snapshot.version}); re-run ingest for the affected days (or fix sources.{source}.columns)",
+            {"table": snapshot.uri, "columns": missing},
+        )
+    table = lake.read(snapshot.table, present, [*spec.columns, DATE], snapshot.version)
+    columns = []
+    for item in schema:
+        try:
+            columns.append(table[item.name].cast(item.type, safe=item.type.id != pa.timestamp("us").id))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise StepFailed(
+                f"{snapshot.uri}: column {item.name!r} of source {source!r} has type "
+                f"{table.schema.field(item.name).type}, not castable to {item.type} ({exc}); re-run ingest for "
+                f"the affected days (or fix sources.{source}.columns.{item.name}.type)",
+                {"table": snapshot.uri, "column": item.name},
+            ) from None
+    day = pc.cast(pc.strptime(table[DATE], format="%Y-%m-%d", unit="s"), pa.date32())
+    return pa.Table.from_arrays([*columns, day], schema=target)
 
 
 # --------------------------------------------------------------------------------------------------- building
@@ -222,25 +219,19 @@ def _select_output(frame: DataFrame, usecase: UseCase) -> DataFrame:
         else:
             column = F.col(name)
         selected.append(column.alias(name))
-    return frame.select(*selected, F.date_format(F.col(DAY_COLUMN), "yyyy-MM-dd").alias(_WRITE_PARTITION))
+    return frame.select(*selected)
 
 
-def _to_spark(spark: SparkSession, table: pa.Table, staging: Path, name: str) -> DataFrame:
-    """Hand an Arrow table to Spark through a local Parquet file (faster to scan than an in-memory relation)."""
-    import pyarrow.parquet as pq
-    from pyspark.sql.pandas.types import from_arrow_schema
-
-    path = staging / f"{name}.parquet"
-    pq.write_table(table, path)
-    return spark.read.schema(from_arrow_schema(table.schema)).parquet(str(path))
+def _to_spark(spark: SparkSession, table: pa.Table) -> DataFrame:
+    """Hand an Arrow table to Spark through the driver, so executors on any host receive it."""
+    return spark.createDataFrame(table)
 
 
 def _frames(
     spark: SparkSession,
     ctx: StepContext,
-    raw: dict[str, dict[str, Partition]],
+    raw: dict[str, Snapshot],
     days: list[str],
-    staging: Path,
 ) -> tuple[DataFrame, TransformContext]:
     """The primary rows of ``days`` (with their label) and the transform context with the joined sources."""
     from pyspark.sql import functions as F
@@ -253,24 +244,24 @@ def _frames(
             f"use case {usecase.name!r}: target.source_column {target.source_column!r} is not a column of the "
             f"primary source {primary!r}; columns: {sorted(usecase.sources[primary].columns)}"
         )
-    table = read_source(ctx.lake, usecase, primary, {d: raw[primary][d] for d in days}, DAY_COLUMN)
-    frame = _to_spark(spark, table, staging, primary).withColumn(
+    table = read_source(ctx.lake, usecase, primary, raw[primary], days, DAY_COLUMN)
+    frame = _to_spark(spark, table).withColumn(
         target.column, (F.col(target.source_column) > F.lit(float(target.threshold))).cast("int")
     )
     source_frames, day_maps = {}, {}
     for source in joined_sources(features):
-        partitions = raw[source]
+        snapshot = raw[source]
         if usecase.sources[source].kind == "events":
-            used = {d: partitions[d] for d in days if d in partitions}
+            used = [d for d in days if d in snapshot.partitions]
         else:
-            snapshots = list(partitions)
+            snapshots = list(snapshot.partitions)
             by_day = {d: _snapshot_for(d, snapshots) for d in days}
-            used = {s: partitions[s] for s in sorted({s for s in by_day.values() if s})}
+            used = sorted({s for s in by_day.values() if s})
             day_maps[source] = {
                 date.fromisoformat(d): date.fromisoformat(s) if s else None for d, s in by_day.items()
             }
-        table = read_source(ctx.lake, usecase, source, used, ALIGN_COLUMN)
-        source_frames[source] = _to_spark(spark, table, staging, source)
+        table = read_source(ctx.lake, usecase, source, snapshot, used, ALIGN_COLUMN)
+        source_frames[source] = _to_spark(spark, table)
     context = TransformContext(
         usecase=usecase,
         day_column=DAY_COLUMN,
@@ -281,52 +272,55 @@ def _frames(
     return frame, context
 
 
-def build_days(
-    ctx: StepContext, raw: dict[str, dict[str, Partition]], plans: list[DayPlan]
-) -> list[Partition]:
-    """Compute the features of ``plans`` in one Spark job and commit one lake partition per day."""
-    import pyarrow.parquet as pq
+def build_rows(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan]) -> pa.Table:
+    """The features of the days in ``plans``, computed in one Spark job, as one Arrow table with a ``date``
+    column, sorted by every column (so a rebuild from the same inputs gives the same files)."""
     from pyspark.sql import functions as F
 
     usecase = ctx.usecase
-    primary = raw[usecase.features.primary_source]
+    primary = raw[usecase.features.primary_source].partitions
     needed = sorted(
         {d for plan in plans for d in _window(plan.day, usecase.features.lookback_days) if d in primary}
     )
     spark = get_spark(ctx.profile)
-    committed = []
-    with tempfile.TemporaryDirectory(prefix="features-") as tmp:
-        staging, out = Path(tmp) / "inputs", Path(tmp) / "out"
-        staging.mkdir()
-        frame, context = _frames(spark, ctx, raw, needed, staging)
-        frame = apply_transforms(frame, context)
-        built_days = [date.fromisoformat(plan.day) for plan in plans]
-        result = _select_output(frame.where(F.col(DAY_COLUMN).isin(built_days)), usecase)
-        keys = [k for k in usecase.features.keys if k in result.columns]
-        (
-            result.repartition(_WRITE_PARTITION)
-            .sortWithinPartitions(_WRITE_PARTITION, *keys, usecase.features.event_time)
-            .write.partitionBy(_WRITE_PARTITION)
-            .parquet(str(out))
-        )
-        columns = output_columns(usecase)
-        for plan in plans:
-            folder = out / f"{_WRITE_PARTITION}={plan.day}"
-            files = []
-            for index, written in enumerate(sorted(folder.glob("*.parquet")) if folder.is_dir() else []):
-                files.append(written.rename(folder / f"part-{index:05d}.parquet"))
-            rows = sum(pq.ParquetFile(path).metadata.num_rows for path in files)
-            manifest = {
-                "rows": rows,
-                "inputs_fingerprint": plan.fingerprint,
-                "inputs": plan.inputs,
-                "columns": columns,
-                "config_hash": features_config_hash(usecase),
-                "code_version": ctx.code_version,
-            }
-            prefix = Lake.partition_key("features", usecase.name, plan.day)
-            committed.append(ctx.lake.commit_partition(prefix, files, manifest))
-    return committed
+    frame, context = _frames(spark, ctx, raw, needed)
+    frame = apply_transforms(frame, context)
+    built_days = [date.fromisoformat(plan.day) for plan in plans]
+    rows = _select_output(frame.where(F.col(DAY_COLUMN).isin(built_days)), usecase).toArrow()
+    order = [DATE_COLUMN, *usecase.features.keys, usecase.features.event_time]
+    order += [c for c in rows.column_names if c not in order]
+    return rows.sort_by([(name, "ascending") for name in dict.fromkeys(order)])
+
+
+def commit_days(
+    ctx: StepContext, raw: dict[str, Snapshot], features: Snapshot, plans: list[DayPlan]
+) -> Commit:
+    """Build the days of ``plans`` and commit them in one commit made from the ``features`` snapshot."""
+    usecase = ctx.usecase
+    rows = build_rows(ctx, raw, plans)
+    built = set(rows.column(DATE_COLUMN).to_pylist())
+    empty = [plan.day for plan in plans if plan.day not in built]
+    if empty:  # every planned day has primary rows; none may vanish silently
+        raise RuntimeError(f"features: no rows were built for {empty}")  # a bug, not bad input
+    raw_versions = {snapshot.table: snapshot.version for snapshot in raw.values()}
+    facts = {
+        plan.day: {
+            "inputs_fingerprint": plan.fingerprint,
+            "inputs": plan.inputs,
+            "raw_versions": raw_versions,
+            "columns": output_columns(usecase),
+            "config_hash": features_config_hash(usecase),
+            "code_version": ctx.code_version,
+        }
+        for plan in plans
+    }
+    return ctx.lake.write_partitions(
+        features.table,
+        rows,
+        read_version=features.version,
+        facts=facts,
+        commit_info={"mlops.step": "features", "mlops.date": ctx.ds},
+    )
 
 
 # --------------------------------------------------------------------------------------------------- step
@@ -340,33 +334,55 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     start = args.start.isoformat() if getattr(args, "start", None) else None
     rebuild = bool(getattr(args, "rebuild", False))
     sources = [primary, *joined_sources(usecase.features)]
-    raw = {source: ctx.lake.partitions("raw", usecase.name, source) for source in sources}
-    if not raw[primary]:
-        location = ctx.lake.storage.uri(f"raw/{usecase.name}/{primary}")
-        raise StepFailed(
-            f"no committed raw partitions of the primary source {primary!r} at {location}; run ingest first",
-            {"built": [], "skipped": 0, "rows": 0, "partitions": []},
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        raw = {source: ctx.lake.snapshot(raw_table(usecase.name, source)) for source in sources}
+        if not raw[primary].partitions:
+            raise StepFailed(
+                f"no committed raw partitions of the primary source {primary!r} in {raw[primary].uri}; run "
+                "ingest first",
+                {"built": [], "skipped": 0, "rows": 0, "partitions": []},
+            )
+        plans = plan_days(usecase, {s: snap.partitions for s, snap in raw.items()}, start, ctx.ds)
+        existing = ctx.lake.snapshot(features_table(usecase.name))
+        stale = [
+            plan
+            for plan in plans
+            if rebuild
+            or plan.day not in existing.partitions
+            or existing.partitions[plan.day].facts.get("inputs_fingerprint") != plan.fingerprint
+        ]
+        skipped = len(plans) - len(stale)
+        tables_read = {snap.table: snap.version for snap in raw.values() if snap.version is not None}
+        if not stale:
+            progress(f"features: {len(plans)} day(s) up to {ctx.ds} are up to date")
+            return {
+                "built": [],
+                "skipped": skipped,
+                "rows": 0,
+                "partitions": [],
+                "tables_read": tables_read,
+                "tables_written": {},
+            }
+        progress(
+            f"features: building {len(stale)} day(s) {stale[0].day}..{stale[-1].day}, {skipped} up to date "
+            f"(raw versions {tables_read})"
         )
-    plans = plan_days(usecase, raw, start, ctx.ds)
-    existing = ctx.lake.partitions("features", usecase.name)
-    stale = [
-        plan
-        for plan in plans
-        if rebuild
-        or plan.day not in existing
-        or existing[plan.day].manifest.get("inputs_fingerprint") != plan.fingerprint
-    ]
-    skipped = len(plans) - len(stale)
-    if not stale:
-        progress(f"features: {len(plans)} day(s) up to {ctx.ds} are up to date")
-        return {"built": [], "skipped": skipped, "rows": 0, "partitions": []}
-    progress(f"features: building {len(stale)} day(s) {stale[0].day}..{stale[-1].day}, {skipped} up to date")
-    committed = build_days(ctx, raw, stale)
-    rows = sum(partition.rows for partition in committed)
-    progress(f"features: committed {len(committed)} partition(s), {rows} rows")
-    return {
-        "built": [plan.day for plan in stale],
-        "skipped": skipped,
-        "rows": rows,
-        "partitions": [ctx.lake.storage.uri(partition.prefix) for partition in committed],
-    }
+        try:
+            commit = commit_days(ctx, raw, existing, stale)
+        except CommitConflict as conflict:
+            if attempt == COMMIT_ATTEMPTS:
+                raise StepFailed(str(conflict), {"built": [], "skipped": skipped, "rows": 0}) from None
+            progress(f"features: {conflict}; planning again from the new snapshots")
+            continue
+        progress(
+            f"features: committed {commit.table} version {commit.version}: {len(commit.dates)} day(s), {commit.rows} rows"
+        )
+        return {
+            "built": commit.dates,
+            "skipped": skipped,
+            "rows": commit.rows,
+            "partitions": commit.partition_uris(),
+            "tables_read": tables_read,
+            "tables_written": {commit.table: commit.version},
+        }
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -3,7 +3,7 @@
 Lake keys (``<uc>`` is the use case, ``<day>`` the landing date folder)::
 
     landing/<uc>/<day>/<file>            inbox: files wait here (see land_file, pending_files)
-    raw/<uc>/<source>/date=<day>/        committed, typed Parquet of all valid files of that day
+    raw/<uc>/<source>/                   Delta table: typed rows of all valid files, partitioned by landing date
     archive/<uc>/<day>/<file>            files committed to raw (copied first, deleted from landing last)
     quarantine/<uc>/<day>/<file>         rejected files, with <file>.report.json and <file>.report.html
 
@@ -11,9 +11,11 @@ Every landed file with a date folder on or before ``--date`` is processed. A fil
 ``file_pattern`` matches its name. Files are parsed strictly (encoding, CSV shape, Parquet footer, columns,
 min_rows), then all files of one source are validated in one GX batch (pipelines.validation). A file with any
 failure goes to quarantine as a whole; the others are committed. The raw partition of (source, day) is rebuilt
-from all valid files of that day (the archived ones and the new ones; a re-delivered name replaces the archived
-file), so reruns give the same partition. The step fails (exit 1) after committing the good files when any file
-was quarantined.
+from all valid files of that day (the new ones and the archived files the committed partition names in its
+``_source_file`` column; a re-delivered name replaces the archived file), so reruns give the same partition. All
+partitions of one source are one Delta commit, made from the snapshot the companions were read from; a concurrent
+commit to the same partitions makes the step rebuild them from the new snapshot. The step fails (exit 1) after
+committing the good files when any file was quarantined.
 """
 
 from __future__ import annotations
@@ -33,13 +35,23 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.config import SourceSpec, UseCase
 from pipelines.context import StepContext, StepFailed, progress
-from pipelines.lake import Lake
+from pipelines.lake import (
+    DATE,
+    Commit,
+    CommitConflict,
+    Lake,
+    LakeError,
+    Snapshot,
+    commit_with_retry,
+    raw_table,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from pipelines.validation import FailedCheck
 
+SOURCE_FILE = "_source_file"  # lineage column of the raw tables: the landed file each row came from
 _DAY_FOLDER = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -67,11 +79,13 @@ def _check_file_name(name: str) -> None:
         raise ValueError(f"file name {name!r}: expected a plain name such as flights_2013-01-05.csv")
 
 
-def _dated_files(lake: Lake, zone: str, usecase: str) -> tuple[list[tuple[date, str, str]], list[str]]:
-    """(day, name, key) of files directly under ``<zone>/<usecase>/<yyyy-mm-dd>/``, and keys that are not."""
+def _landed_files(lake: Lake, usecase: str) -> tuple[list[tuple[date, str, str]], list[str]]:
+    """(day, name, key) of files directly under ``landing/<usecase>/<yyyy-mm-dd>/``, and keys that are not.
+
+    The inbox is the one place the lake is listed: committed data is found through the Delta log only."""
     found: list[tuple[date, str, str]] = []
     ignored: list[str] = []
-    prefix = f"{zone}/{usecase}/"
+    prefix = f"landing/{usecase}/"
     for key in lake.storage.list(prefix):
         parts = key[len(prefix) :].split("/")
         if len(parts) != 2 or not _DAY_FOLDER.match(parts[0]):
@@ -89,7 +103,7 @@ def pending_files(lake: Lake, usecase: str, up_to: date | None = None) -> list[s
 
     Cheap and GX-free: one listing of ``landing/<usecase>/``. Keys outside ``<yyyy-mm-dd>/<file>`` are ignored.
     """
-    found, _ = _dated_files(lake, "landing", usecase)
+    found, _ = _landed_files(lake, usecase)
     return sorted(key for day, _, key in found if up_to is None or day <= up_to)
 
 
@@ -459,6 +473,7 @@ def _empty_result() -> dict[str, Any]:
         "rows_committed": 0,
         "rows_quarantined": 0,
         "raw_partitions": [],
+        "tables_written": {},
         "quarantined": [],
         "validation": {},
     }
@@ -470,51 +485,127 @@ def _load(lake: Lake, key: str, day: date, name: str, from_archive: bool = False
     )
 
 
+def _committed_names(
+    ctx: StepContext, table: str, snapshot: Snapshot, days: list[date]
+) -> dict[date, list[str]]:
+    """The file names each committed partition of ``days`` was built from (its ``_source_file`` values)."""
+    present = [d.isoformat() for d in days if d.isoformat() in snapshot.partitions]
+    if not present:
+        return {}
+    rows = ctx.lake.read(table, present, [SOURCE_FILE, DATE], snapshot.version).to_pydict()
+    names: dict[date, set[str]] = {}
+    for name, day in zip(rows[SOURCE_FILE], rows[DATE], strict=True):
+        names.setdefault(date.fromisoformat(day), set()).add(name)
+    return {day: sorted(found) for day, found in names.items()}
+
+
 def _archived_companions(
-    ctx: StepContext, groups: dict[tuple[str, date], list[DeliveredFile]]
+    ctx: StepContext, source: str, days: dict[date, list[DeliveredFile]], snapshot: Snapshot
 ) -> list[DeliveredFile]:
-    """Archived files of each (source, day) being rebuilt, except names delivered again."""
+    """The archived files the committed partitions of ``days`` were built from, except names delivered again,
+    parsed and typed with the current config. StepFailed (nothing changed) when one is missing or broken."""
+    from pipelines.validation import to_typed
+
+    spec = ctx.usecase.sources[source]
+    table = raw_table(ctx.usecase.name, source)
     archived: list[DeliveredFile] = []
-    for day in sorted({day for _, day in groups}):
-        prefix = f"archive/{ctx.usecase.name}/{day.isoformat()}/"
-        for key in ctx.lake.storage.list(prefix):
-            name = key[len(prefix) :]
-            source = match_source(ctx.usecase, name) if "/" not in name else None
-            if source is None or (source, day) not in groups:
+    broken: list[str] = []
+    for day, names in sorted(_committed_names(ctx, table, snapshot, list(days)).items()):
+        delivered = {f.name for f in days[day]}
+        for name in names:
+            if name in delivered:
                 continue
-            if name in {f.name for f in groups[(source, day)]}:
+            key = archive_key(ctx.usecase.name, day, name)
+            try:
+                file = _load(ctx.lake, key, day, name, from_archive=True)
+            except LakeError:
+                broken.append(f"{ctx.lake.storage.uri(key)}: missing, but {table} date={day} holds its rows")
                 continue
-            file = _load(ctx.lake, key, day, name, from_archive=True)
             file.source = source
+            parse_file(file, source, spec)
+            if file.frame is not None:
+                file.typed, problems = to_typed(file.frame, spec, source)
+                file.checks.extend(problems)
+            if file.rejected or file.typed is None:
+                broken.append(f"{ctx.lake.storage.uri(key)}: {'; '.join(c.short() for c in file.checks)}")
             archived.append(file)
+    if broken:
+        raise StepFailed(
+            "ingest: archived file(s) committed earlier are missing or no longer parse with the current config, so "
+            "their raw partitions cannot be rebuilt (nothing was changed): "
+            + " | ".join(broken)
+            + ". Fix the use case config, or restore the archived files.",
+        )
     return archived
 
 
-def _commit_partition(ctx: StepContext, source: str, day: date, files: list[DeliveredFile]) -> str:
+@dataclass
+class SourceCommit:
+    """The rows of one source's partitions to commit (new files plus archived companions) and their facts."""
+
+    rows: pd.DataFrame
+    facts: dict[str, dict[str, Any]]
+    files: dict[date, list[DeliveredFile]]
+
+
+def prepare_source_commit(
+    ctx: StepContext, source: str, days: dict[date, list[DeliveredFile]], snapshot: Snapshot
+) -> SourceCommit:
+    """Everything one source's commit writes, built from ``snapshot`` of its raw table: every valid file of each
+    day (the new ones and the archived companions), typed, with ``_source_file`` and ``date``."""
     import pandas as pd
 
-    files = sorted(files, key=lambda f: f.name)
-    frames = []
-    for file in files:
-        if file.typed is None:
-            raise RuntimeError(f"ingest: {file.key} was not typed before commit")  # a bug, not bad input
-        typed = file.typed.copy()
-        typed["_source_file"] = pd.Series([file.name] * len(typed), dtype="string")
-        frames.append(typed)
-    frame = pd.concat(frames, ignore_index=True)
-    prefix = Lake.partition_key("raw", ctx.usecase.name, day, source)
-    ctx.lake.write_frame(
-        prefix,
-        frame,
-        {
+    companions = _archived_companions(ctx, source, days, snapshot)
+    frames, facts, files_by_day = [], {}, {}
+    for day, new in sorted(days.items()):
+        files = sorted(new + [f for f in companions if f.day == day], key=lambda f: f.name)
+        for file in files:
+            if file.typed is None:
+                raise RuntimeError(f"ingest: {file.key} was not typed before commit")  # a bug, not bad input
+            typed = file.typed.copy()
+            typed[SOURCE_FILE] = pd.Series([file.name] * len(typed), dtype="string")
+            typed[DATE] = day.isoformat()
+            frames.append(typed)
+        facts[day.isoformat()] = {
             "source": source,
-            "rows": len(frame),
             "landing_date": day.isoformat(),
             "source_files": [{"name": f.name, "sha256": f.sha256, "rows": len(f.typed)} for f in files],
-        },
+        }
+        files_by_day[day] = files
+    return SourceCommit(pd.concat(frames, ignore_index=True), facts, files_by_day)
+
+
+def _commit_source(
+    ctx: StepContext, source: str, days: dict[date, list[DeliveredFile]], first: tuple[Snapshot, SourceCommit]
+) -> Commit:
+    """One commit of the source's partitions; on a conflict the partitions are rebuilt from the new snapshot
+    (the archived companions may have changed), up to COMMIT_ATTEMPTS times."""
+    table = raw_table(ctx.usecase.name, source)
+
+    def build(snapshot: Snapshot) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
+        prepared = (
+            first[1]
+            if snapshot.version == first[0].version
+            else prepare_source_commit(ctx, source, days, snapshot)
+        )
+        return prepared.rows, prepared.facts
+
+    def retrying(conflict: CommitConflict) -> None:
+        progress(f"ingest: {conflict}; rebuilding from the new snapshot")
+
+    commit = commit_with_retry(
+        ctx.lake,
+        table,
+        build,
+        commit_info={"mlops.step": "ingest", "mlops.date": ctx.ds},
+        on_conflict=retrying,
     )
-    progress(f"ingest: committed {prefix} ({len(frame)} rows from {len(files)} file(s))")
-    return ctx.lake.storage.uri(prefix)
+    assert commit is not None
+    progress(
+        f"ingest: committed {table} version {commit.version}: {commit.rows} rows in {len(commit.dates)} "
+        f"partition(s) {commit.dates[0]}..{commit.dates[-1]}"
+    )
+    return commit
 
 
 def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
@@ -523,7 +614,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
 
     usecase = ctx.usecase
     storage = ctx.lake.storage
-    found, ignored = _dated_files(ctx.lake, "landing", usecase.name)
+    found, ignored = _landed_files(ctx.lake, usecase.name)
     for key in ignored:
         ctx.log.warning("ingest: ignoring %s (expected landing/%s/<yyyy-mm-dd>/<file>)", key, usecase.name)
     landed = [_load(ctx.lake, key, day, name) for day, name, key in found if day <= ctx.day]
@@ -581,35 +672,30 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             for problem in problems:
                 file.reject(problem)
 
-    # 3. the archived files of every (source, day) to rebuild
-    accepted = {k: [f for f in files if not f.rejected] for k, files in groups.items()}
-    accepted = {k: files for k, files in accepted.items() if files}
-    archived = _archived_companions(ctx, accepted)
-    broken = []
-    for file in archived:
-        source = usecase.sources[file.source]
-        parse_file(file, file.source, source)
-        if file.frame is not None:
-            file.typed, problems = to_typed(file.frame, source, file.source)
-            file.checks.extend(problems)
-        if file.rejected or file.typed is None:
-            broken.append(f"{storage.uri(file.key)}: {'; '.join(c.short() for c in file.checks)}")
-    if broken:
-        raise StepFailed(
-            "ingest: archived file(s) committed earlier no longer parse with the current config, so their raw "
-            "partitions cannot be rebuilt (nothing was changed): "
-            + " | ".join(broken)
-            + ". Fix the use case config, or move these files out of the archive.",
-            result,
-        )
+    # 3. per source, the rows of every day to rebuild (new files plus the archived files already committed),
+    #    prepared for all sources before anything is committed: a broken archive changes nothing
+    by_source: dict[str, dict[date, list[DeliveredFile]]] = {}
+    for (source_name, day), files in groups.items():
+        accepted = [f for f in files if not f.rejected]
+        if accepted:
+            by_source.setdefault(source_name, {})[day] = accepted
+    prepared = {}
+    for source_name, days in by_source.items():
+        snapshot = ctx.lake.snapshot(raw_table(usecase.name, source_name))
+        try:
+            prepared[source_name] = (snapshot, prepare_source_commit(ctx, source_name, days, snapshot))
+        except StepFailed as exc:
+            raise StepFailed(str(exc), result) from None
 
-    # 4. commit each (source, day), then archive its new files (copy first, delete from landing last)
-    for (source_name, day), files in sorted(accepted.items(), key=lambda item: (item[0][1], item[0][0])):
-        companions = [f for f in archived if f.source == source_name and f.day == day]
-        result["raw_partitions"].append(_commit_partition(ctx, source_name, day, files + companions))
-        for file in files:
-            storage.write_bytes(archive_key(usecase.name, day, file.name), file.data)
-            storage.delete([file.key])
+    # 4. one commit per source, then archive its new files (copy first, delete from landing last)
+    for source_name, days in by_source.items():
+        commit = _commit_source(ctx, source_name, days, prepared[source_name])
+        result["raw_partitions"].extend(commit.partition_uris())
+        result["tables_written"][commit.table] = commit.version
+        for day, files in sorted(days.items()):
+            for file in files:
+                storage.write_bytes(archive_key(usecase.name, day, file.name), file.data)
+                storage.delete([file.key])
 
     # 5. quarantine the rejected files
     rejected = [f for f in landed if f.rejected]

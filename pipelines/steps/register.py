@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 from typing import Any
 
 from pipelines.context import StepContext, StepFailed, progress
@@ -46,6 +47,23 @@ def raw_partitions_tag(keys: list[str]) -> tuple[str, str]:
     """``<count> (sha256:<16 hex>)`` for a list of raw partition keys, and the full hash."""
     digest = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
     return f"{len(keys)} (sha256:{digest[:16]})", digest
+
+
+def lineage_tags(train: dict[str, Any]) -> dict[str, str]:
+    """Tags that let ``mlops lineage`` rebuild a model's training set: the lake table versions the train step
+    read (features) and that its features were built from (raw), the content hashes of the train and holdout
+    rows, the code version and the image train ran in."""
+    hashes = train.get("data_hashes") or {}
+    return {
+        "lineage.window": json.dumps(train.get("window") or {}, sort_keys=True),
+        "lineage.features_version": str(train.get("features_version", "")),
+        "lineage.tables_read": json.dumps(train.get("tables_read") or {}, sort_keys=True),
+        "lineage.raw_versions": json.dumps(train.get("raw_versions") or {}, sort_keys=True),
+        "lineage.train_data_hash": str(hashes.get("train", "")),
+        "lineage.holdout_data_hash": str(hashes.get("holdout", "")),
+        "lineage.code_version": str(train.get("code_version", "")),
+        "lineage.image": str(train.get("image", "")),
+    }
 
 
 def format_metric(value: Any) -> str:
@@ -143,6 +161,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         "code_version": ctx.code_version,
         "primary_metric": primary,
         "gate_decision_uri": gate_uri,
+        **lineage_tags(train),
     }
 
     versions: list[dict[str, Any]] = []

@@ -1,10 +1,12 @@
-"""Batch-score feature partitions with the champion model into ``predictions/<usecase>/date=<d>``.
+"""Batch-score feature partitions with the champion model into the Delta table ``predictions/<usecase>``.
 
 Scores every committed feature partition dated in ``(D - schedules.score_catch_up_days, D]`` that has no committed
 predictions partition yet (so a missed day is caught up and a rerun scores nothing twice), and that is dated on or
 after the champion's training date (tag ``logical_date``): a model never scores the days it was trained or
 evaluated on, so predictions are always out of time. The champion is looked
-up once by alias and loaded by its pinned version, so a promotion during the run cannot mix two models.
+up once by alias and loaded by its pinned version, so a promotion during the run cannot mix two models. Features
+are read from one version of the features table (recorded with every prediction); all new partitions are one
+commit, and a concurrent commit to the same partitions makes the step plan again (another run scored them).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pipelines.context import StepContext, StepFailed, progress
+from pipelines.lake import COMMIT_ATTEMPTS, DATE, CommitConflict, Snapshot, features_table, predictions_table
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -66,21 +69,44 @@ def model_inputs(ctx: StepContext, frame: pd.DataFrame, where: str) -> pd.DataFr
     return inputs
 
 
+def check_feature_columns(ctx: StepContext, features: Snapshot, days: list[str]) -> None:
+    """Each partition to score holds the model's feature columns (the columns its features build recorded)."""
+    from pipelines.tracking import feature_columns
+
+    wanted = feature_columns(ctx.usecase)
+    for day in days:
+        listed = features.partitions[day].facts.get("columns")
+        missing = [c for c in wanted if c not in (listed if listed is not None else features.columns)]
+        if missing:
+            raise StepFailed(
+                f"{features.uri}/{DATE}={day} (version {features.version}): feature columns {missing} are missing; "
+                f"rebuild the features of {day} with the current use case config (python -m pipelines features "
+                f"--usecase {ctx.usecase.name} --date {day} --start {day} --rebuild)"
+            )
+
+
 def score_frame(
-    ctx: StepContext, model: Any, frame: pd.DataFrame, day: str, version: int, run_id: str, where: str
+    ctx: StepContext,
+    model: Any,
+    frame: pd.DataFrame,
+    version: int,
+    run_id: str,
+    features_version: int,
+    where: str,
 ) -> pd.DataFrame:
-    """Predictions for one feature partition: keys, date, probability, prediction, model version and run."""
+    """Predictions for feature rows: keys, date, probability, prediction, model version and run, and the
+    features table version the rows came from."""
     import numpy as np
     import pandas as pd
 
     from pipelines.tracking import predict_proba
 
-    keys = [k for k in ctx.usecase.features.keys if k != "date"]
+    keys = [k for k in ctx.usecase.features.keys if k != DATE]
     missing = [k for k in keys if k not in frame.columns]
     if missing:
         raise StepFailed(f"{where}: key columns {missing} are missing (features.keys in the use case config)")
     out = frame[keys].reset_index(drop=True).copy()
-    out["date"] = frame["date"].reset_index(drop=True) if "date" in frame.columns else day
+    out[DATE] = frame[DATE].reset_index(drop=True)
     if len(frame):
         probability = predict_proba(model, model_inputs(ctx, frame, where).reset_index(drop=True))
     else:
@@ -91,6 +117,7 @@ def score_frame(
     out["prediction"] = (out["probability"] >= THRESHOLD).astype("int8")
     out["model_version"] = pd.Series([version] * len(out), dtype="int64")
     out["model_run_id"] = pd.Series([run_id] * len(out), dtype=object)
+    out["features_version"] = pd.Series([features_version] * len(out), dtype="int64")
     return out
 
 
@@ -116,44 +143,60 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         ctx.lake.write_json(result_key, result)
         return result
 
-    features = ctx.lake.partitions("features", uc)
-    scored = set(ctx.lake.partitions("predictions", uc))
+    features = ctx.lake.snapshot(features_table(uc))
     trained_on = (champion.tags or {}).get("logical_date")
-    todo = dates_to_score(ctx, list(features), scored, date.fromisoformat(trained_on) if trained_on else None)
+    not_before = date.fromisoformat(trained_on) if trained_on else None
     version, run_id = int(champion.version), champion.run_id
     model_uri = f"models:/{model_name(ctx.usecase)}/{version}"
-    progress(f"score: champion version {version}; {len(todo)} partition(s) to score: {todo}")
-    partitions: list[str] = []
-    rows = 0
-    if todo:
-        model = load_model(model_uri)
-        for index, day in enumerate(todo, start=1):
-            source = features[day]
-            where = ctx.lake.storage.uri(source.prefix)
-            frame = ctx.lake.read_frame(source)
-            predictions = score_frame(ctx, model, frame, day, version, run_id, where)
-            prefix = ctx.lake.partition_key("predictions", uc, day)
-            ctx.lake.write_frame(
-                prefix,
+    model = None
+    commit = None
+    todo: list[str] = []
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        scored = ctx.lake.snapshot(predictions_table(uc), facts=False)
+        todo = dates_to_score(ctx, list(features.partitions), set(scored.partitions), not_before)
+        progress(f"score: champion version {version}; {len(todo)} partition(s) to score: {todo}")
+        if not todo:
+            break
+        if model is None:
+            model = load_model(model_uri)
+        where = f"{features.uri} (version {features.version})"
+        check_feature_columns(ctx, features, todo)
+        frame = ctx.lake.read_frame(features.table, todo, version=features.version)
+        predictions = score_frame(ctx, model, frame, version, run_id, int(features.version or 0), where)
+        facts = {
+            day: {
+                "model_version": version,
+                "model_run_id": run_id,
+                "model_uri": model_uri,
+                "features_version": features.version,
+                "features_content": features.partitions[day].content_id,
+                "scored_for": ctx.ds,
+            }
+            for day in todo
+        }
+        try:
+            commit = ctx.lake.write_partitions(
+                predictions_table(uc),
                 predictions,
-                {
-                    "model_version": version,
-                    "model_run_id": run_id,
-                    "model_uri": model_uri,
-                    "features_partition": where,
-                    "features_data_hash": source.manifest.get("data_hash"),
-                    "scored_for": ctx.ds,
-                },
+                read_version=scored.version,
+                facts=facts,
+                commit_info={"mlops.step": "score", "mlops.date": ctx.ds, "mlops.model_version": version},
             )
-            partitions.append(ctx.lake.storage.uri(prefix))
-            rows += len(predictions)
-            progress(f"score: [{index}/{len(todo)}] {day}: {len(predictions)} rows")
+        except CommitConflict as conflict:
+            if attempt == COMMIT_ATTEMPTS:
+                raise StepFailed(str(conflict), {"scored": [], "rows": 0}) from None
+            progress(f"score: {conflict}; planning again")
+            continue
+        progress(f"score: committed {commit.table} version {commit.version}: {commit.rows} rows")
+        break
     result = {
-        "scored": todo,
-        "rows": rows,
+        "scored": commit.dates if commit else [],
+        "rows": commit.rows if commit else 0,
         "model_version": version,
         "model_run_id": run_id,
-        "partitions": partitions,
+        "partitions": commit.partition_uris() if commit else [],
+        "tables_read": {features.table: features.version} if features.version is not None else {},
+        "tables_written": {commit.table: commit.version} if commit else {},
         "result_uri": result_uri,
     }
     ctx.lake.write_json(result_key, result)

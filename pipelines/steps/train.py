@@ -17,10 +17,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
 from pipelines.context import StepContext, StepFailed, progress
+from pipelines.lake import DATE, LakeError, PartitionInfo, Snapshot, content_hash, features_table, raw_table
 
 MIN_TRAIN_ROWS = 100
 MIN_HOLDOUT_ROWS = 50
@@ -55,46 +58,94 @@ def training_window(day: date, train_window_days: int, holdout_days: int) -> dic
     }
 
 
-def window_partitions(ctx: StepContext, start: str, end: str) -> dict[str, Any]:
-    """Committed feature partitions with ``start <= date < end``, by ISO date."""
-    found = ctx.lake.partitions("features", ctx.usecase.name)
-    return {day: part for day, part in found.items() if start <= day < end}
+def features_snapshot(ctx: StepContext, version: int | None = None) -> Snapshot:
+    """The use case's features table at ``version`` (latest when None)."""
+    return ctx.lake.snapshot(features_table(ctx.usecase.name), version)
 
 
-def read_labeled(ctx: StepContext, partitions: dict[str, Any], columns: list[str]) -> Any:
-    """Rows of ``partitions`` (oldest first) with a known 0/1 label; StepFailed names a bad partition."""
+def window_partitions(snapshot: Snapshot, start: str, end: str) -> dict[str, PartitionInfo]:
+    """Partitions of a features snapshot with ``start <= date < end``, by ISO date."""
+    return {day: part for day, part in snapshot.partitions.items() if start <= day < end}
+
+
+def read_labeled(
+    ctx: StepContext, snapshot: Snapshot, partitions: dict[str, PartitionInfo], columns: list[str]
+) -> Any:
+    """Rows of ``partitions`` of one features version (oldest first) with a known 0/1 label; StepFailed names
+    the table, the version and the partitions to rebuild."""
     import pandas as pd
 
     label = ctx.usecase.target.column
-    frames = []
+    if not partitions:
+        return pd.DataFrame(columns=columns)
+    where = f"{snapshot.uri} (version {snapshot.version})"
     for day, part in partitions.items():
-        listed = part.manifest.get("columns")
+        listed = part.facts.get("columns")
         missing = [c for c in columns if listed is not None and c not in listed]
         if missing:
             raise StepFailed(
-                f"{ctx.lake.storage.uri(part.prefix)}: columns {missing} are missing from the feature "
-                f"partition of {day}; rerun the features step for {day} (python -m pipelines features "
-                f"--usecase {ctx.usecase.name} --date {day})"
+                f"{where}: columns {missing} are missing from the feature partition of {day}; rerun the "
+                f"features step for {day} (python -m pipelines features --usecase {ctx.usecase.name} --date "
+                f"{day} --rebuild)"
             )
-        try:
-            frame = ctx.lake.read_frame(part, columns)
-        except (KeyError, ValueError, OSError) as exc:
+    try:
+        frame = ctx.lake.read_frame(snapshot.table, sorted(partitions), [*columns, DATE], snapshot.version)
+    except LakeError as exc:
+        raise StepFailed(f"{exc}; rerun the features step for the window's days") from None
+    labels = pd.to_numeric(frame[label], errors="coerce")
+    bad = sorted(set(labels.dropna().unique()) - {0, 1})
+    if bad:
+        days = sorted(frame.loc[labels.isin(bad), DATE].unique())
+        raise StepFailed(
+            f"{where}: label column {label!r} has values {bad[:5]} on {days[:5]} (expected 0/1 or null); fix "
+            "the target in the features step"
+        )
+    frame[label] = labels
+    frame = frame[labels.notna()].sort_values(DATE, kind="stable").reset_index(drop=True)
+    return frame[columns]
+
+
+@dataclass
+class TrainingFrames:
+    """The labeled train and holdout rows of one window, read from one features version."""
+
+    train: Any
+    holdout: Any
+    partitions: dict[str, PartitionInfo]
+
+    def hashes(self) -> dict[str, str]:
+        """Content hashes of the train rows (after the seeded subsample) and the holdout rows."""
+        return {"train": content_hash(self.train), "holdout": content_hash(self.holdout)}
+
+
+def training_frames(ctx: StepContext, snapshot: Snapshot, window: dict[str, str]) -> TrainingFrames:
+    """The labeled train and holdout rows of ``window`` from one features version, the train rows capped at
+    ``split.max_train_rows`` by a seeded sample: what train fits on, and what lineage reloads."""
+    from pipelines import modeling
+
+    usecase, split = ctx.usecase, ctx.usecase.split
+    train_parts = window_partitions(snapshot, window["train_start"], window["train_end"])
+    holdout_parts = window_partitions(snapshot, window["holdout_start"], window["holdout_end"])
+    for part, found, start, end in (
+        ("train", train_parts, window["train_start"], window["train_end"]),
+        ("holdout", holdout_parts, window["holdout_start"], window["holdout_end"]),
+    ):
+        if not found:
             raise StepFailed(
-                f"{ctx.lake.storage.uri(part.prefix)}: cannot read columns {columns} of the feature partition "
-                f"of {day}: {exc}; rerun the features step for {day}"
-            ) from exc
-        labels = pd.to_numeric(frame[label], errors="coerce")
-        bad = sorted(set(labels.dropna().unique()) - {0, 1})
-        if bad:
-            raise StepFailed(
-                f"{ctx.lake.storage.uri(part.prefix)}: label column {label!r} has values {bad[:5]} "
-                f"(expected 0/1 or null); fix the target in the features step"
+                f"no committed feature partitions in {snapshot.uri} (version {snapshot.version}) for the {part} "
+                f"window [{start}, {end}); run ingest and features for these dates first",
+                {"window": window},
             )
-        frame[label] = labels
-        frames.append(frame[labels.notna()])
-    if not frames:
-        return pd.DataFrame(columns=columns)
-    return pd.concat(frames, ignore_index=True)
+    columns = [*modeling.feature_columns(usecase), usecase.target.column]
+    progress(
+        f"train: reading {len(train_parts)} + {len(holdout_parts)} feature partitions of version "
+        f"{snapshot.version}"
+    )
+    train = read_labeled(ctx, snapshot, train_parts, columns)
+    holdout = read_labeled(ctx, snapshot, holdout_parts, columns)
+    if split.max_train_rows and len(train) > split.max_train_rows:
+        train = train.sample(n=split.max_train_rows, random_state=split.seed).sort_index()
+    return TrainingFrames(train, holdout, {**train_parts, **holdout_parts})
 
 
 def _check_rows(ctx: StepContext, part: str, frame: Any, minimum: int, window: dict[str, str]) -> None:
@@ -120,20 +171,25 @@ def _check_rows(ctx: StepContext, part: str, frame: Any, minimum: int, window: d
 
 
 def raw_inputs(usecase_name: str, inputs: Any) -> list[str]:
-    """Raw partition keys from a features manifest's ``inputs``.
+    """Raw partitions (``raw/<usecase>/<source>/date=<date>``) from a features partition's ``inputs`` fact
+    (``{source: {date: content id}}``)."""
+    if not isinstance(inputs, dict):
+        return []
+    return [
+        f"{raw_table(usecase_name, str(source))}/{DATE}={day}"
+        for source, days in inputs.items()
+        for day in (days or {})
+    ]
 
-    Accepts the features step's ``{source: {date: content_hash}}`` (-> ``raw/<usecase>/<source>/date=<date>``)
-    or a plain list of keys/URIs.
-    """
-    from pipelines.lake import Lake
 
-    if isinstance(inputs, dict):
-        return [
-            Lake.partition_key("raw", usecase_name, day, str(source))
-            for source, days in inputs.items()
-            for day in (days or {})
-        ]
-    return [str(item) for item in inputs or []]
+def raw_versions(partitions: dict[str, PartitionInfo]) -> dict[str, int]:
+    """The newest version of each raw table that the features of ``partitions`` were built from."""
+    versions: dict[str, int] = {}
+    for part in partitions.values():
+        for table, version in (part.facts.get("raw_versions") or {}).items():
+            if version is not None:
+                versions[table] = max(int(version), versions.get(table, -1))
+    return dict(sorted(versions.items()))
 
 
 def select_candidates(ctx: StepContext, mode: str, requested: str | None) -> tuple[list[Any], str]:
@@ -160,16 +216,16 @@ def select_candidates(ctx: StepContext, mode: str, requested: str | None) -> tup
     return [known[name]], f"refresh: champion version {champion.version} is candidate {name!r}"
 
 
-def _fingerprint(ctx: StepContext, spec: Any, mode: str, partitions: dict[str, Any], rows: int) -> str:
+def _fingerprint(
+    ctx: StepContext, spec: Any, mode: str, partitions: dict[str, PartitionInfo], rows: int
+) -> str:
     usecase = ctx.usecase
     payload = {
         "candidate": spec.model_dump(mode="json"),
         "split": usecase.split.model_dump(mode="json"),
         "features": [usecase.features.numeric, usecase.features.categorical],
         "target": usecase.target.model_dump(mode="json"),
-        "data": {
-            d: p.manifest.get("data_hash") or p.manifest.get("commit_id") for d, p in partitions.items()
-        },
+        "data": {d: p.content_id for d, p in partitions.items()},
         "rows": rows,
         "mode": mode,
         "logical_date": ctx.ds,
@@ -207,37 +263,18 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             f"config/usecases/{usecase.name}.yaml"
         )
     window = training_window(ctx.day, window_days, split.holdout_days)
-    train_parts = window_partitions(ctx, window["train_start"], window["train_end"])
-    holdout_parts = window_partitions(ctx, window["holdout_start"], window["holdout_end"])
-    for part, found, start, end in (
-        ("train", train_parts, window["train_start"], window["train_end"]),
-        ("holdout", holdout_parts, window["holdout_start"], window["holdout_end"]),
-    ):
-        if not found:
-            raise StepFailed(
-                f"no committed feature partitions under "
-                f"{ctx.lake.storage.uri(f'features/{usecase.name}')} for the {part} window [{start}, {end}); "
-                f"run ingest and features for these dates first",
-                {"window": window},
-            )
-
-    label = usecase.target.column
-    columns = [*modeling.feature_columns(usecase), label]
-    progress(f"train: reading {len(train_parts)} + {len(holdout_parts)} feature partitions")
-    train = read_labeled(ctx, train_parts, columns)
-    holdout = read_labeled(ctx, holdout_parts, columns)
-    if split.max_train_rows and len(train) > split.max_train_rows:
-        train = train.sample(n=split.max_train_rows, random_state=split.seed).sort_index()
+    snapshot = features_snapshot(ctx)
+    frames = training_frames(ctx, snapshot, window)
+    train, holdout = frames.train, frames.holdout
     _check_rows(ctx, "train", train, MIN_TRAIN_ROWS, window)
     _check_rows(ctx, "holdout", holdout, MIN_HOLDOUT_ROWS, window)
 
+    label = usecase.target.column
     X = modeling.prepare_features(train, usecase)
     y = train[label].to_numpy(dtype="int64")
     example = modeling.input_example(X)
-    all_parts = {**train_parts, **holdout_parts}
-    inputs = sorted(
-        {k for p in all_parts.values() for k in raw_inputs(usecase.name, p.manifest.get("inputs"))}
-    )
+    all_parts = frames.partitions
+    inputs = sorted({k for p in all_parts.values() for k in raw_inputs(usecase.name, p.facts.get("inputs"))})
     specs, selection_note = select_candidates(ctx, mode, getattr(args, "candidates", None))
 
     experiment_id = configure_mlflow(ctx.profile, usecase)
@@ -299,10 +336,13 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         "selection": selection_note,
         "window": window,
         "feature_partitions": sorted(all_parts),
-        "feature_data_hashes": {
-            d: p.manifest.get("data_hash") or p.manifest.get("commit_id")
-            for d, p in sorted(all_parts.items())
-        },
+        "feature_data_hashes": {d: p.content_id for d, p in sorted(all_parts.items())},
+        "tables_read": {snapshot.table: snapshot.version},
+        "features_version": snapshot.version,
+        "raw_versions": raw_versions(all_parts),
+        "data_hashes": frames.hashes(),
+        "code_version": ctx.code_version,
+        "image": os.environ.get("MLOPS_IMAGE") or "in-process (no container)",
         "inputs": inputs,
         "rows": {"train": len(train), "holdout": len(holdout)},
         "candidates": candidates,

@@ -246,7 +246,7 @@ class StepOperator(DockerOperator):
         self.mount_tmp_dir = False
         # every line comes back; the result is the last JSON line, whatever stderr printed after it
         self.xcom_all = True
-        self.environment = container_environment(profile)
+        self.environment = {**container_environment(profile), "MLOPS_IMAGE": self.image}
         self._private_environment = {
             **{key: os.environ[key] for key in FORWARDED_SECRETS if os.environ.get(key)},
             **secrets,

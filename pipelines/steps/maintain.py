@@ -1,0 +1,139 @@
+"""Lake maintenance: vacuum the use case's Delta tables and clean their logs, keeping every version that a
+registered model names.
+
+``python -m pipelines maintain --usecase NAME --date D [--retention-hours H] [--dry-run]``
+
+Tables: the raw table of every source, the features and predictions tables, and the partition-facts table of
+each. Kept versions: the latest, plus, from the MLflow registry, the features version and the raw versions each
+registered model version of the use case was trained on (``lineage.*`` tags), so ``mlops lineage --reload`` keeps
+working for every registered model. Vacuum deletes the files of other versions once they were removed more than
+``--retention-hours`` ago (Delta's own clock; default a week), and files no writer committed (a writer killed
+mid-write) once they are that old. Log cleanup (Delta's ``cleanup_metadata``, which drops commits older than
+``delta.logRetentionDuration`` before the newest checkpoint) runs only when no kept version is older than that
+checkpoint, since it would make the kept version unloadable; otherwise it is skipped with the reason.
+
+Fail closed: when the registry cannot be read the step fails (and Airflow retries it); it never vacuums without
+knowing which versions models name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from pipelines.context import StepContext, progress
+from pipelines.lake import FACTS_ZONE, LakeError, features_table, predictions_table, raw_table
+
+DEFAULT_RETENTION_HOURS = 168
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--retention-hours",
+        type=int,
+        default=DEFAULT_RETENTION_HOURS,
+        help="delete files removed (or never committed) more than this many hours ago (default 168, a week); "
+        "below 1 also deletes the files of a writer that is still writing",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
+
+
+def data_tables(ctx: StepContext) -> list[str]:
+    """The Delta tables of the use case that hold data (raw per source, features, predictions)."""
+    usecase = ctx.usecase.name
+    return [
+        *(raw_table(usecase, source) for source in ctx.usecase.sources),
+        features_table(usecase),
+        predictions_table(usecase),
+    ]
+
+
+def versions_named_by_models(ctx: StepContext) -> dict[str, set[int]]:
+    """Table -> versions that registered model versions of the use case were trained on (lineage tags).
+
+    Raises when the registry cannot be read: the caller must not vacuum without this answer."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.tracking import configure_mlflow, model_name
+
+    configure_mlflow(ctx.profile, ctx.usecase)
+    client = MlflowClient()
+    name = model_name(ctx.usecase)
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            return {}
+        raise
+    kept: dict[str, set[int]] = {}
+    for version in client.search_model_versions(f"name = '{name}'"):
+        tags = version.tags or {}
+        if tags.get("lineage.features_version"):
+            kept.setdefault(features_table(ctx.usecase.name), set()).add(
+                int(tags["lineage.features_version"])
+            )
+        for table, number in json.loads(tags.get("lineage.raw_versions") or "{}").items():
+            kept.setdefault(table, set()).add(int(number))
+    return kept
+
+
+def _last_checkpoint(ctx: StepContext, table: str) -> int | None:
+    """The version of the table's newest checkpoint (``_delta_log/_last_checkpoint``), or None."""
+    try:
+        return int(ctx.lake.read_json(f"{table}/_delta_log/_last_checkpoint")["version"])
+    except (LakeError, KeyError, ValueError):
+        return None
+
+
+def maintain_table(
+    ctx: StepContext, table: str, keep: set[int], retention_hours: int, dry_run: bool
+) -> dict[str, Any]:
+    """Vacuum one table keeping ``keep`` and clean its log when that cannot lose a kept version."""
+    handle = ctx.lake.open_table(table)
+    if handle is None:
+        return {"table": table, "exists": False}
+    latest = int(handle.version())
+    kept = sorted({v for v in keep if v <= latest} | {latest})
+    deleted = ctx.lake.vacuum(table, kept, retention_hours, dry_run=dry_run)
+    checkpoint = _last_checkpoint(ctx, table)
+    older = [v for v in kept if checkpoint is not None and v < checkpoint]
+    if checkpoint is None:
+        log = "nothing to clean (no checkpoint yet)"
+    elif older:
+        log = f"skipped: kept version(s) {older} are older than the newest checkpoint {checkpoint}"
+    elif dry_run:
+        log = "would clean expired log entries"
+    else:
+        handle.cleanup_metadata()
+        log = "cleaned expired log entries"
+    progress(f"maintain: {table}: version {latest}, kept {kept}, {len(deleted)} file(s) deleted; log {log}")
+    return {
+        "table": table,
+        "exists": True,
+        "version": latest,
+        "kept_versions": kept,
+        "files_deleted": len(deleted),
+        "log_cleanup": log,
+    }
+
+
+def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
+    """Vacuum and clean the logs of every table of the use case, keeping the versions models name."""
+    retention = int(getattr(args, "retention_hours", DEFAULT_RETENTION_HOURS))
+    dry_run = bool(getattr(args, "dry_run", False))
+    if retention < 0:
+        raise ValueError("--retention-hours must be >= 0")
+    named = versions_named_by_models(ctx)  # fail closed: raises when the registry cannot be read
+    tables = []
+    for table in data_tables(ctx):
+        tables.append(maintain_table(ctx, table, named.get(table, set()), retention, dry_run))
+        tables.append(maintain_table(ctx, f"{FACTS_ZONE}/{table}", set(), retention, dry_run))
+    return {
+        "retention_hours": retention,
+        "dry_run": dry_run,
+        "versions_named_by_models": {t: sorted(v) for t, v in sorted(named.items())},
+        "tables": [t for t in tables if t["exists"]],
+        "files_deleted": sum(t.get("files_deleted", 0) for t in tables),
+    }
