@@ -254,7 +254,9 @@ def test_processes_reading_the_lake_exit_cleanly(
 
 # --------------------------------------------------------------------------------------------------- kill -9
 
-BIG_ROWS = 300_000
+# rows of the partition being written when the kill comes: locally the write must last long enough for the test
+# to freeze the process between its data files and its commit; on S3 the held upload makes any size work
+BIG_ROWS = {"local": 300_000, "s3": 20_000}
 
 
 def _kill_when_writing_locally(proc: subprocess.Popen, lake: Lake, day: str) -> bool:
@@ -303,7 +305,7 @@ def test_a_step_killed_mid_write_leaves_the_previous_version_and_its_retry_is_id
     day = first
     for _attempt in range(3):  # locally the kill must land between data files and commit: retried if late
         day += timedelta(days=1)
-        write_features(env, [day], rows=BIG_ROWS)
+        write_features(env, [day], rows=BIG_ROWS[backend])
         command = [
             sys.executable,
             "-m",
@@ -362,19 +364,21 @@ def test_a_step_killed_mid_write_leaves_the_previous_version_and_its_retry_is_id
     retry = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert retry.returncode == 0, retry.stderr[-3000:]
     retried = env.lake.read(table, [day.isoformat()])
-    assert retried.num_rows == BIG_ROWS
+    assert retried.num_rows == BIG_ROWS[backend]
 
     reference = Lake(str(tmp_path / "reference-lake"))
     monkeypatch.setenv("MLOPS_LAKE_URI", reference.uri)
     reference_env = ServeEnv(lake=reference, usecase=env.usecase, tmp=tmp_path)
-    write_features(reference_env, [day], rows=BIG_ROWS)
+    write_features(reference_env, [day], rows=BIG_ROWS[backend])
     run_step(["score", "--usecase", "flight_delay", "--date", day.isoformat()])
     expected = reference.read(table, [day.isoformat()])
     lineage = "features_version"  # the features table's version differs between the two lakes, by design
     assert content_hash(retried.drop_columns([lineage])) == content_hash(expected.drop_columns([lineage]))
     assert set(retried.column(lineage).to_pylist()) == {env.lake.version(features_table("flight_delay"))}
     assert env.lake.partitions(table)[day.isoformat()].data_hash == content_hash(retried)
-    assert env.lake.read_frame(features_table("flight_delay"), [day.isoformat()]).shape[0] == BIG_ROWS
+    assert (
+        env.lake.read_frame(features_table("flight_delay"), [day.isoformat()]).shape[0] == BIG_ROWS[backend]
+    )
 
 
 def test_unsupported_scheme_is_a_clear_error() -> None:
