@@ -471,7 +471,12 @@ class Lake:
         )
         try:
             result = dataset.to_table(columns=columns)
-        except FileNotFoundError as exc:
+        except OSError as exc:  # FileNotFoundError locally; S3 reports a missing object as an OSError
+            text = str(exc)
+            if not isinstance(exc, FileNotFoundError) and not any(
+                marker in text for marker in ("does not exist", "NoSuchKey", "404", "NotFound")
+            ):
+                raise
             raise LakeError(
                 f"{uri} (version {handle.version()}): a data file of this version is gone ({exc}); old versions "
                 "last until vacuum removes their files (the maintenance step keeps versions models name)"

@@ -44,6 +44,17 @@ if [ "$(id -u)" != 0 ]; then
   echo "docker-engine: dockerd is installed but not running; start it (sudo systemctl start docker)." >&2
   exit 1
 fi
+# A dockerd that died without cleaning up (machine restart, kill -9) leaves its pid file, and a new dockerd
+# refuses to start while it exists. Remove it only when no dockerd holds that pid.
+for pidfile in /var/run/docker.pid /var/run/docker/containerd/containerd.pid; do
+  if [ -f "$pidfile" ]; then
+    pid=$(cat "$pidfile" 2>/dev/null || true)
+    if [ -z "$pid" ] || ! grep -qs -e dockerd -e containerd "/proc/$pid/comm"; then
+      echo "docker-engine: removing stale $pidfile (pid ${pid:-none} is not running)" >&2
+      rm -f "$pidfile"
+    fi
+  fi
+done
 mkdir -p "$MLOPS_HOME/docker"
 echo "docker-engine: starting dockerd (log: $MLOPS_HOME/docker/dockerd.log)" >&2
 nohup dockerd >"$MLOPS_HOME/docker/dockerd.log" 2>&1 &

@@ -451,11 +451,18 @@ def test_window_param_must_leave_room_for_the_holdout(mlops_env, monkeypatch) ->
         run_step(["train", "--usecase", "flight_delay", "--date", "2013-03-01", "--window-days", "10"])
 
 
-def test_lineage_reload_and_maintenance_keep_a_models_training_set(small_env, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_lineage_reload_and_maintenance_keep_a_models_training_set(
+    backend, small_env, tmp_path, monkeypatch, capsys, request
+):
     """A registered model names the lake versions it was trained on: after newer and rewritten partitions, and
     after a vacuum that keeps only the versions models name, `mlops lineage --reload` rebuilds the identical
     training set; a version no model names is gone."""
     usecase, lake = small_env.usecase, small_env.lake
+    if backend == "s3":
+        lake = Lake(request.getfixturevalue("s3_lake"))
+        use_tmp_platform(monkeypatch, tmp_path)  # the S3 fixture points MLflow at tmp_path too; keep the lake
+        monkeypatch.setenv("MLOPS_LAKE_URI", lake.uri)
     monkeypatch.setenv("MLOPS_CONFIG_DIR", str(write_config_dir(tmp_path / "config", usecase)))
     table = features_table(usecase.name)
     write_feature_partitions(lake, usecase, date(2013, 1, 5), 36, rows_per_day=40)  # version 0
