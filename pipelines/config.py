@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -123,7 +124,7 @@ class ColumnSpec(_Strict):
     allowed: list[str] | None = Field(default=None, description="Allowed values (strings)")
 
 
-RESERVED_COLUMNS = {"date", "_source_file"}
+RESERVED_COLUMNS = {"date", "_source_file", "prediction_time", "outcome_known_at"}
 
 
 class SourceSpec(_Strict):
@@ -135,6 +136,11 @@ class SourceSpec(_Strict):
     null_values: list[str] = Field(default_factory=lambda: ["", "NA"])
     columns: dict[str, ColumnSpec]
     min_rows: int = Field(default=1, ge=0, description="A file with fewer data rows is rejected")
+    event_time: str | None = Field(
+        default=None,
+        description="events sources: timestamp column whose local date (time.timezone) is each row's date; a "
+        "file with rows of another date than its landing date is quarantined",
+    )
     kind: Literal["events", "reference"] = Field(
         default="events",
         description="events: partitioned by landing date; reference: slowly changing table, newest snapshot "
@@ -149,11 +155,22 @@ class SourceSpec(_Strict):
         reserved = sorted(set(value) & RESERVED_COLUMNS)
         if reserved:
             raise ValueError(
-                f"column name(s) {reserved} are reserved by the lake (date: the partition column of every table; "
-                "_source_file: the landed file of each raw row); rename the column in the files, or read it "
-                "under another name"
+                f"column name(s) {reserved} are reserved (date: the partition column of every table; "
+                "_source_file: the landed file of each raw row; prediction_time, outcome_known_at: the time "
+                "columns of the features); rename the column in the files, or read it under another name"
             )
         return value
+
+    @model_validator(mode="after")
+    def _event_time_is_a_timestamp(self) -> SourceSpec:
+        if self.event_time is not None:
+            column = self.columns.get(self.event_time)
+            if column is None or column.type != "timestamp":
+                raise ValueError(
+                    f"event_time {self.event_time!r} must be one of this source's timestamp columns: "
+                    f"{sorted(n for n, c in self.columns.items() if c.type == 'timestamp')}"
+                )
+        return self
 
 
 class TransformSpec(_Strict):
@@ -161,9 +178,114 @@ class TransformSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+_DURATION_UNITS = {"m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, field: str) -> int:
+    """Seconds in a duration such as ``90m``, ``6h`` or ``2d``; ValueError names ``field`` and the format."""
+    value = str(text).strip()
+    unit = value[-1:].lower()
+    if unit not in _DURATION_UNITS or not value[:-1].isdigit():
+        raise ValueError(f"{field}: expected a duration such as 90m, 6h or 2d, got {text!r}")
+    return int(value[:-1]) * _DURATION_UNITS[unit]
+
+
+class PredictionTimeSpec(_Strict):
+    """When a batch prediction for an event is made: ``days_before`` the event's local date, at ``at`` local
+    time (the REST service predicts at the request time, from the snapshot of the latest prediction time)."""
+
+    days_before: int = Field(default=1, ge=0, description="Days before the event's local date")
+    at: str = Field(default="18:00", description="Local clock time HH:MM of the prediction")
+
+    @field_validator("at")
+    @classmethod
+    def _clock(cls, value: str) -> str:
+        hours, _, minutes = value.partition(":")
+        if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60):
+            raise ValueError(f"expected a local clock time HH:MM such as 18:00, got {value!r}")
+        return f"{int(hours):02d}:{int(minutes):02d}"
+
+    @property
+    def minutes_after_midnight(self) -> int:
+        hours, minutes = self.at.split(":")
+        return int(hours) * 60 + int(minutes)
+
+
+class OutcomeSpec(_Strict):
+    """Where the label comes from and when it becomes known."""
+
+    source: str | None = Field(
+        default=None, description="Source carrying the outcome (default: the primary source itself)"
+    )
+    keys: list[str] = Field(
+        default_factory=list,
+        description="Columns joining an outcome row to its event (needed when the outcome is another source)",
+    )
+    label_delay: str = Field(default="0h", description="The outcome is known this long after the event time")
+
+    @field_validator("label_delay")
+    @classmethod
+    def _delay(cls, value: str) -> str:
+        parse_duration(value, "label_delay")
+        return value
+
+    @property
+    def delay_seconds(self) -> int:
+        return parse_duration(self.label_delay, "label_delay")
+
+
+class TimeSpec(_Strict):
+    """The time semantics of a use case: what an event's time is, when it is predicted, when its outcome is known."""
+
+    timezone: str = Field(
+        default="UTC", description="IANA time zone of the local calendar (dates, clock times)"
+    )
+    event_time: str = Field(
+        description="Timestamp column (UTC) of the primary source: when the event happens"
+    )
+    prediction_time: PredictionTimeSpec = Field(default_factory=PredictionTimeSpec)
+    outcome: OutcomeSpec = Field(default_factory=OutcomeSpec)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}; use an IANA name such as 'UTC' or 'America/New_York'"
+            ) from None
+        return value
+
+    def prediction_time_of(self, event_date: date) -> datetime:
+        """The batch prediction time (UTC) of the events whose local date is ``event_date``."""
+        from zoneinfo import ZoneInfo
+
+        spec = self.prediction_time
+        local = datetime.combine(
+            event_date - timedelta(days=spec.days_before),
+            time(spec.minutes_after_midnight // 60, spec.minutes_after_midnight % 60),
+            tzinfo=ZoneInfo(self.timezone),
+        )
+        return local.astimezone(UTC)
+
+    def local_midnight(self, day: date) -> datetime:
+        """Start of the local calendar day ``day`` (UTC)."""
+        from zoneinfo import ZoneInfo
+
+        return datetime.combine(day, time(0, 0), tzinfo=ZoneInfo(self.timezone)).astimezone(UTC)
+
+    @property
+    def lookback_needed_days(self) -> int:
+        """Whole days between an event's local date and the earliest outcome a prediction may count: the
+        prediction's days before, plus the label delay rounded up."""
+        return self.prediction_time.days_before + -(-self.outcome.delay_seconds // 86400)
+
+
 class FeatureSpec(_Strict):
     primary_source: str
-    event_time: str = Field(description="Timestamp column of the primary source used for time-aware features")
     keys: list[str] = Field(description="Columns that identify one row in the feature table")
     transforms: list[TransformSpec] = Field(default_factory=list)
     numeric: list[str]
@@ -173,9 +295,14 @@ class FeatureSpec(_Strict):
 
 class TargetSpec(_Strict):
     column: str = Field(description="Label column written by the features step")
-    source_column: str
+    source_column: str = Field(description="Column of the outcome source the label is computed from")
     kind: Literal["above_threshold"] = "above_threshold"
     threshold: float
+    missing_outcome: Literal["positive", "negative", "drop"] = Field(
+        default="drop",
+        description="Label of an event whose outcome arrived without a value (e.g. a cancelled flight): "
+        "positive (1), negative (0) or drop (no label, not trained on)",
+    )
 
 
 class SplitSpec(_Strict):
@@ -253,6 +380,7 @@ class UseCase(_Strict):
     owner: str = "ml-platform"
     tags: list[str] = Field(default_factory=list)
     sources: dict[str, SourceSpec]
+    time: TimeSpec
     features: FeatureSpec
     target: TargetSpec
     split: SplitSpec
@@ -270,12 +398,47 @@ class UseCase(_Strict):
                 f"features.primary_source {self.features.primary_source!r} is not one of the sources "
                 f"{sorted(self.sources)}"
             )
+        primary = self.sources[self.features.primary_source]
+        if (
+            self.time.event_time not in primary.columns
+            or primary.columns[self.time.event_time].type != "timestamp"
+        ):
+            raise ValueError(
+                f"time.event_time {self.time.event_time!r} must be a timestamp column of the primary source "
+                f"{self.features.primary_source!r}; its timestamp columns: "
+                f"{sorted(n for n, c in primary.columns.items() if c.type == 'timestamp')}"
+            )
+        outcome = self.time.outcome
+        if outcome.source is not None and outcome.source != self.features.primary_source:
+            if outcome.source not in self.sources:
+                raise ValueError(
+                    f"time.outcome.source {outcome.source!r} is not one of the sources {sorted(self.sources)}"
+                )
+            spec = self.sources[outcome.source]
+            missing = [k for k in outcome.keys if k not in spec.columns or k not in primary.columns]
+            if not outcome.keys or missing:
+                raise ValueError(
+                    f"time.outcome.keys {outcome.keys} must name columns present in both the primary source "
+                    f"{self.features.primary_source!r} and the outcome source {outcome.source!r}"
+                    + (f" (missing: {missing})" if missing else "")
+                )
+        outcome_source = self.sources[self.outcome_source]
+        if self.target.source_column not in outcome_source.columns:
+            raise ValueError(
+                f"target.source_column {self.target.source_column!r} is not a column of the outcome source "
+                f"{self.outcome_source!r}; columns: {sorted(outcome_source.columns)}"
+            )
         names = [c.name for c in self.candidates]
         if not names:
             raise ValueError("candidates: at least one candidate model is needed")
         if len(set(names)) != len(names):
             raise ValueError(f"candidates: names must be unique, got {names}")
         return self
+
+    @property
+    def outcome_source(self) -> str:
+        """The source whose rows carry the outcome (the primary source unless ``time.outcome.source`` says)."""
+        return self.time.outcome.source or self.features.primary_source
 
     def candidate(self, name: str) -> CandidateSpec:
         for spec in self.candidates:

@@ -3,10 +3,12 @@
 A use case lists them under ``features.transforms`` as ``{name, params}``; a new use case needs YAML, not Python.
 A transform is ``def name(df: DataFrame, ctx: TransformContext, **params) -> DataFrame`` with keyword-only params.
 
-Time awareness: every row carries its partition date in ``ctx.day_column`` (a DateType column). Transforms that
-look at other rows use only rows of strictly earlier days, so a feature of day d never sees a label of day d or
-later. The frame also holds ``features.lookback_days`` days of raw history before the first day being built;
-those rows are dropped after the transforms ran.
+Time awareness (the use case's ``time`` section): every event row carries its **prediction time**
+(``ctx.prediction_time_column``, UTC) and, once its outcome is known, the time the outcome became known
+(``ctx.known_at_column``). A transform that looks at other rows uses only what was known *strictly before* the
+row's prediction time: past-outcome aggregates count outcomes known before it, as-of joins take the last
+observation at or before it. The frame also holds ``features.lookback_days`` days of raw history before the
+first day being built; those rows are dropped after the transforms ran.
 
 PySpark is imported inside the functions: this module is imported by the CLI to validate configuration.
 """
@@ -19,13 +21,13 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from pipelines.config import ConfigError, FeatureSpec, UseCase
+from pipelines.config import ConfigError, FeatureSpec, UseCase, parse_duration
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
 # Bump when a transform's output changes for the same input: the features step then rebuilds every partition.
-TRANSFORMS_VERSION = "1"
+TRANSFORMS_VERSION = "2"  # 2: prediction-time semantics (time section)
 
 # Column joining the primary rows to the rows of another source: the partition date of an events source, or the
 # date of the reference snapshot that serves the primary row's day.
@@ -48,6 +50,8 @@ class TransformContext:
     usecase: UseCase
     day_column: str
     label_column: str
+    prediction_time_column: str = "prediction_time"
+    known_at_column: str = "outcome_known_at"
     source_frames: Mapping[str, DataFrame] = field(default_factory=dict)
     day_maps: Mapping[str, Mapping[date, date | None]] = field(default_factory=dict)
 
@@ -104,15 +108,43 @@ def _new_column(transform: str, param: str, name: Any, df: DataFrame) -> str:
     return name
 
 
-def _check_days(days: Any, lookback_days: int) -> None:
+def _check_days(days: Any, usecase: UseCase) -> None:
     if isinstance(days, bool) or not isinstance(days, int) or days < 1:
         raise _fail("past_rate", "days", f"expected a whole number of days >= 1, got {days!r}")
-    if days > lookback_days:
+    needed = days + usecase.time.lookback_needed_days
+    if needed > usecase.features.lookback_days:
         raise _fail(
             "past_rate",
             "days",
-            f"{days} is more than features.lookback_days ({lookback_days}); raise lookback_days to at least "
-            f"{days} so enough raw history is read",
+            f"{days} days before the prediction time reach {needed} days before an event's date (with "
+            f"time.prediction_time.days_before and time.outcome.label_delay), more than features.lookback_days "
+            f"({usecase.features.lookback_days}); raise lookback_days to at least {needed}",
+        )
+
+
+def _max_age_seconds(value: Any) -> int:
+    try:
+        return parse_duration(value, "max_age")
+    except ValueError as exc:
+        raise _fail("asof_join", "max_age", str(exc)) from None
+
+
+def _asof_days_back(usecase: UseCase, max_age: Any) -> int:
+    """How many days before an event's date the oldest observation an as-of join may use can lie: local dates
+    from (prediction time - max_age) to the prediction time, plus an hour for a daylight-saving change."""
+    prediction = usecase.time.prediction_time
+    age_minutes = _max_age_seconds(max_age) // 60 + 60
+    return prediction.days_before - (prediction.minutes_after_midnight - age_minutes) // 1440
+
+
+def _check_max_age(value: Any, usecase: UseCase) -> None:
+    needed = _asof_days_back(usecase, value)
+    if needed > usecase.features.lookback_days:
+        raise _fail(
+            "asof_join",
+            "max_age",
+            f"{value} before the prediction time reaches {needed} days before an event's date, more than "
+            f"features.lookback_days ({usecase.features.lookback_days}); raise lookback_days to at least {needed}",
         )
 
 
@@ -125,15 +157,18 @@ def calendar(
     *,
     timestamp: str,
     hour_column: str | None = None,
-    timezone: str = "UTC",
+    timezone: str | None = None,
     hour_output: str = "dep_hour",
 ) -> DataFrame:
     """Calendar features: ``hour_output`` (from ``hour_column`` if given, else the hour of ``timestamp``),
     ``day_of_week`` (1 = Monday ... 7 = Sunday) and ``month`` (kept when the frame already has one).
-    ``timestamp`` is UTC; ``timezone`` (an IANA name) is the local time the calendar is read in."""
+    ``timestamp`` is UTC; ``timezone`` (an IANA name, default ``time.timezone``) is the local time the calendar
+    is read in."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     from pyspark.sql import functions as F
+
+    timezone = timezone or ctx.usecase.time.timezone
 
     _columns_exist("calendar", "timestamp", [timestamp], df)
     if hour_column is not None:
@@ -197,41 +232,127 @@ def join_source(
 
 
 def past_rate(df: DataFrame, ctx: TransformContext, *, keys: list[str], days: int, output: str) -> DataFrame:
-    """Share of rows with label 1 among the labelled rows with the same ``keys`` in the ``days`` calendar days
-    strictly before the row's day (the row's own day is excluded: no look-ahead). NULL without history."""
+    """Share of positive labels among the outcomes with the same ``keys`` that became known in the ``days`` x 24
+    hours strictly before the row's prediction time (an outcome known at or after it is not counted: no
+    look-ahead). NULL without such outcomes."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     keys = _str_list("past_rate", "keys", keys)
-    _check_days(days, ctx.lookback_days)
+    _check_days(days, ctx.usecase)
     _columns_exist("past_rate", "keys", keys, df)
     output = _new_column("past_rate", "output", output, df)
-    day, label = ctx.day_column, ctx.label_column
+    label, known_at, prediction = ctx.label_column, ctx.known_at_column, ctx.prediction_time_column
 
-    daily = df.groupBy(*keys, day).agg(
-        F.count(F.col(label)).alias("_labelled"), F.coalesce(F.sum(F.col(label)), F.lit(0)).alias("_positive")
-    )
-    window = Window.partitionBy(*keys).orderBy(F.unix_date(F.col(day))).rangeBetween(-days, -1)
-    history = daily.select(
+    # one stream per key: outcomes at the second they became known (n=1), and the prediction times asking (n=0)
+    outcomes = df.where(F.col(label).isNotNull() & F.col(known_at).isNotNull()).select(
         *keys,
-        day,
-        F.sum("_labelled").over(window).alias("_h_labelled"),
-        F.sum("_positive").over(window).alias("_h_positive"),
-    ).select(
-        *keys,
-        day,
-        F.when(F.col("_h_labelled") > 0, F.col("_h_positive") / F.col("_h_labelled"))
-        .cast("double")
-        .alias(output),
+        F.unix_timestamp(F.col(known_at)).alias("_t"),
+        F.lit(1).alias("_n"),
+        F.col(label).cast("long").alias("_pos"),
+        F.lit(False).alias("_query"),
     )
-    # one row per (keys, day) with history: far smaller than the frame, so broadcast it instead of shuffling df
-    return df.join(F.broadcast(history), on=[*keys, day], how="left")
+    queries = (
+        df.select(*keys, F.col(prediction))
+        .distinct()
+        .select(
+            *keys,
+            F.unix_timestamp(F.col(prediction)).alias("_t"),
+            F.lit(0).alias("_n"),
+            F.lit(0).cast("long").alias("_pos"),
+            F.lit(True).alias("_query"),
+        )
+    )
+    window = Window.partitionBy(*keys).orderBy("_t").rangeBetween(-days * 86400, -1)
+    history = (
+        outcomes.unionByName(queries)
+        .select(
+            *keys,
+            "_t",
+            "_query",
+            F.sum("_n").over(window).alias("_h_n"),
+            F.sum("_pos").over(window).alias("_h_pos"),
+        )
+        .where(F.col("_query"))
+        .select(
+            *keys,
+            F.timestamp_seconds(F.col("_t")).alias(prediction),
+            F.when(F.col("_h_n") > 0, F.col("_h_pos") / F.col("_h_n")).cast("double").alias(output),
+        )
+    )
+    # one row per (keys, prediction time): far smaller than the frame, so broadcast it instead of shuffling df
+    return df.join(F.broadcast(history), on=[*keys, prediction], how="left")
+
+
+def asof_join(
+    df: DataFrame,
+    ctx: TransformContext,
+    *,
+    source: str,
+    keys: list[str],
+    columns: dict[str, str],
+    time: str | None = None,
+    max_age: str = "24h",
+) -> DataFrame:
+    """Columns of the last observation of a time-series source with the same ``keys`` taken at or before the
+    row's prediction time and at most ``max_age`` (e.g. 3h) before it; NULL when there is none. ``time`` is the
+    source's timestamp column (default: its ``event_time``); ``columns`` maps source column -> output column.
+    Ties at the same time are broken deterministically (smallest values first)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    keys = _str_list("asof_join", "keys", keys)
+    if not isinstance(columns, dict) or not columns:
+        raise _fail(
+            "asof_join", "columns", f"expected a mapping source_column: output_column, got {columns!r}"
+        )
+    time = time or ctx.usecase.sources[source].event_time
+    if not time:
+        raise _fail(
+            "asof_join", "time", f"name the timestamp column of source {source!r} (or set its event_time)"
+        )
+    max_age_seconds = _max_age_seconds(max_age)
+    right = ctx.source_rows(source)
+    _columns_exist("asof_join", "keys", keys, df)
+    _columns_exist("asof_join", "keys", keys, right, where=f"source {source!r}")
+    _columns_exist("asof_join", "time", [time], right, where=f"source {source!r}")
+    _columns_exist("asof_join", "columns", list(columns), right, where=f"source {source!r}")
+    outputs = [_new_column("asof_join", "columns", out, df) for out in columns.values()]
+    if len(set(outputs)) != len(outputs):
+        raise _fail("asof_join", "columns", f"output names must be unique, got {outputs}")
+    prediction = ctx.prediction_time_column
+
+    key_columns = [f"_key_{i}" for i in range(len(keys))]
+    observations = right.select(
+        *[F.col(k).alias(alias) for k, alias in zip(keys, key_columns, strict=True)],
+        F.unix_timestamp(F.col(time)).alias("_obs_t"),
+        *[F.col(src).alias(out) for src, out in columns.items()],
+    ).dropna(subset=[*key_columns, "_obs_t"])
+    queries = (
+        df.select(*keys, prediction).distinct().withColumn("_query_t", F.unix_timestamp(F.col(prediction)))
+    )
+    condition = (F.col("_obs_t") <= F.col("_query_t")) & (
+        F.col("_obs_t") >= F.col("_query_t") - max_age_seconds
+    )
+    for key, alias in zip(keys, key_columns, strict=True):
+        condition = condition & (F.col(key) == F.col(alias))
+    latest = Window.partitionBy(*keys, prediction).orderBy(
+        F.col("_obs_t").desc(), *[F.col(o).asc_nulls_last() for o in outputs]
+    )
+    picked = (
+        queries.join(observations, on=condition, how="inner")
+        .withColumn("_rank", F.row_number().over(latest))
+        .where(F.col("_rank") == 1)
+        .select(*keys, prediction, *outputs)
+    )
+    return df.join(F.broadcast(picked), on=[*keys, prediction], how="left")
 
 
 TRANSFORMS: dict[str, Callable[..., DataFrame]] = {
     "calendar": calendar,
     "join_source": join_source,
     "past_rate": past_rate,
+    "asof_join": asof_join,
 }
 
 
@@ -256,13 +377,19 @@ def check_transforms(usecase: UseCase) -> None:
         if "keys" in spec.params:
             _str_list(spec.name, "keys", spec.params["keys"])
         if spec.name == "past_rate":
-            _check_days(spec.params["days"], usecase.features.lookback_days)
-        if spec.name == "join_source":
+            _check_days(spec.params["days"], usecase)
+        if spec.name == "asof_join" and "max_age" in spec.params:
+            _check_max_age(spec.params["max_age"], usecase)
+        if spec.name in ("join_source", "asof_join"):
             source = spec.params["source"]
             others = sorted(set(usecase.sources) - {usecase.features.primary_source})
             if source not in others:
                 raise _fail(
-                    "join_source", "source", f"{source!r} is not a source to join; valid choices: {others}"
+                    spec.name, "source", f"{source!r} is not a source to join; valid choices: {others}"
+                )
+            if spec.name == "asof_join" and usecase.sources[source].kind != "events":
+                raise _fail(
+                    spec.name, "source", f"{source!r} is a reference source; join it with join_source"
                 )
 
 
@@ -270,10 +397,29 @@ def joined_sources(features: FeatureSpec) -> list[str]:
     """Sources other than the primary one that the transforms read, in order of first use."""
     found: list[str] = []
     for spec in features.transforms:
-        source = spec.params.get("source") if spec.name == "join_source" else None
+        source = spec.params.get("source") if spec.name in ("join_source", "asof_join") else None
         if isinstance(source, str) and source not in found:
             found.append(source)
     return found
+
+
+def source_dates(usecase: UseCase, source: str, day: date) -> list[date]:
+    """Partition dates of events source ``source`` that the features of ``day``'s events read: the same day for
+    ``join_source``; for ``asof_join`` the days from the oldest observation ``max_age`` allows up to the
+    prediction day."""
+    from datetime import timedelta
+
+    prediction = usecase.time.prediction_time
+    found: set[date] = set()
+    for spec in usecase.features.transforms:
+        if spec.params.get("source") != source:
+            continue
+        if spec.name == "join_source":
+            found.add(day)
+        elif spec.name == "asof_join":
+            days_back = _asof_days_back(usecase, spec.params.get("max_age", "24h"))
+            found.update(day - timedelta(days=k) for k in range(prediction.days_before, days_back + 1))
+    return sorted(found)
 
 
 def apply_transforms(df: DataFrame, ctx: TransformContext) -> DataFrame:

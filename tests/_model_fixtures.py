@@ -6,7 +6,7 @@ Helper modules may import these (read-only). Everything is made in the test's tm
 from __future__ import annotations
 
 import hashlib
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -107,10 +107,13 @@ def synthetic_day(
     for key in usecase.features.keys:
         if key not in frame:
             frame[key] = rng.choice(CARRIERS, size=rows)
-    start = datetime(day.year, day.month, day.day)
-    frame[usecase.features.event_time] = [
-        start + timedelta(minutes=int(m)) for m in rng.integers(0, 1440, rows)
-    ]
+    time = usecase.time
+    start = time.local_midnight(day)
+    event_times = pd.Series([start + timedelta(minutes=int(m)) for m in rng.integers(0, 1440, rows)])
+    frame[time.event_time] = event_times
+    frame["prediction_time"] = pd.Series([time.prediction_time_of(day)] * rows)
+    known_at = event_times + timedelta(seconds=time.outcome.delay_seconds)
+    frame["outcome_known_at"] = known_at.where(~np.isnan(label))  # like the features step: when labelled
     frame["date"] = day.isoformat()
     frame[usecase.target.column] = label
     return pd.DataFrame(frame)

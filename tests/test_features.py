@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -58,11 +58,26 @@ def usecase_with(**feature_changes) -> UseCase:
     return UseCase.model_validate(data)
 
 
-def expected_rate(flights: pd.DataFrame, day: date, days: int, keys: list[str]) -> pd.Series:
-    """Independent pandas reference for past_rate: label mean per keys over the ``days`` days before ``day``."""
-    dates = pd.to_datetime(flights[["year", "month", "day"]]).dt.date
-    window = flights[(dates < day) & (dates >= day - timedelta(days=days)) & flights["arr_delay"].notna()]
-    return (window["arr_delay"] > 15).groupby([window[k] for k in keys]).mean()
+def with_outcomes(flights: pd.DataFrame) -> pd.DataFrame:
+    """Raw flights plus their label (a cancelled flight, without arr_delay, counts as delayed) and the time the
+    outcome is known (6 hours after the scheduled departure hour), per the use case's time section."""
+    frame = flights.assign(time_hour=pd.to_datetime(flights["time_hour"], utc=True))
+    frame["label"] = np.where(frame["arr_delay"].isna(), 1.0, (frame["arr_delay"] > 15).astype(float))
+    frame["known_at"] = frame["time_hour"] + pd.Timedelta(hours=6)
+    return frame
+
+
+def expected_rate(history: pd.DataFrame, at: pd.Timestamp, days: int, keys: list[str]) -> pd.Series:
+    """Independent pandas reference for past_rate: label mean per keys of the outcomes known in [at - days, at)."""
+    known = history[(history["known_at"] < at) & (history["known_at"] >= at - pd.Timedelta(days=days))]
+    return known["label"].groupby([known[k] for k in keys]).mean()
+
+
+def expected_weather(weather: pd.DataFrame, at: pd.Timestamp, column: str) -> pd.Series:
+    """Per origin, ``column`` of the last observation in [at - 3h, at] (the as-of join's definition)."""
+    wx = weather.assign(time_hour=pd.to_datetime(weather["time_hour"], utc=True))
+    wx = wx[(wx["time_hour"] <= at) & (wx["time_hour"] >= at - pd.Timedelta(hours=3))]
+    return wx.sort_values(["origin", "time_hour"]).groupby("origin")[column].last()
 
 
 # --------------------------------------------------------------------------------------------------- tests
@@ -84,8 +99,9 @@ def test_features_partition_columns_types_rows_and_values(lake: Lake) -> None:
     assert result["rows"] == sum(len(rows_of_day(flights, d)) for d in days)
 
     spec = usecase.features
+    time_columns = ["time_hour", "prediction_time", "outcome_known_at", "date"]
     expected_columns = list(
-        dict.fromkeys([*spec.keys, spec.event_time, "date", *spec.numeric, *spec.categorical, "is_delayed"])
+        dict.fromkeys([*spec.keys, *time_columns, *spec.numeric, *spec.categorical, "is_delayed"])
     )
     partition = lake.partitions(features_table("flight_delay"))[days[-1].isoformat()]
     schema = pq.read_schema(lake.storage.local_path(f"features/flight_delay/{partition.files[0]}"))
@@ -96,7 +112,8 @@ def test_features_partition_columns_types_rows_and_values(lake: Lake) -> None:
     for name in spec.categorical:
         assert str(schema.field(name).type) == "string", name
     assert str(schema.field("is_delayed").type) == "int32"
-    assert str(schema.field("time_hour").type) == "timestamp[us, tz=UTC]"
+    for name in ("time_hour", "prediction_time", "outcome_known_at"):
+        assert str(schema.field(name).type) == "timestamp[us, tz=UTC]", name
     assert partition.facts["columns"] == expected_columns
     assert {"rows", "inputs_fingerprint", "inputs", "raw_versions", "data_hash"} <= set(partition.facts)
     assert result["tables_written"] == {features_table("flight_delay"): 0}
@@ -115,40 +132,43 @@ def test_features_partition_columns_types_rows_and_values(lake: Lake) -> None:
         )
         assert set(frame["date"]) == {day.isoformat()}
 
-    # values of the last day, row by row against the raw tables
+    # values of the last day, row by row against the raw tables and the time section's definitions
     frame = read_features(lake, usecase, days[-1])
     raw = rows_of_day(flights, days[-1]).copy()
     raw["time_hour"] = pd.to_datetime(raw["time_hour"], utc=True)
     keys = [k for k in spec.keys if k != "month"]
     merged = frame.merge(raw, on=keys, suffixes=("", "_raw"), validate="one_to_one")
     assert len(merged) == len(frame)
+    at = pd.Timestamp("2013-01-05 18:00", tz="America/New_York").tz_convert("UTC")  # the evening before
+    assert (pd.to_datetime(merged["prediction_time"], utc=True) == at).all()
+    assert (
+        pd.to_datetime(merged["outcome_known_at"], utc=True) == merged["time_hour"] + pd.Timedelta(hours=6)
+    ).all()
     label = merged["is_delayed"]
-    assert label[merged["arr_delay"].isna()].isna().all()
-    known = merged["arr_delay"].notna()
-    assert (label[known] == (merged.loc[known, "arr_delay"] > 15).astype(float)).all()
-    assert label[known].isin([0, 1]).all() and known.sum() > 0 and (~known).sum() > 0
+    cancelled = merged["arr_delay"].isna()
+    assert cancelled.sum() > 0 and (label[cancelled] == 1).all(), "a cancelled flight counts as delayed"
+    assert (label[~cancelled] == (merged.loc[~cancelled, "arr_delay"] > 15).astype(float)).all()
     assert (merged["dep_hour"] == merged["hour"]).all()
-    assert (merged["day_of_week"] == merged["time_hour"].dt.dayofweek + 1).all()
+    local = merged["time_hour"].dt.tz_convert("America/New_York")
+    assert (merged["day_of_week"] == local.dt.dayofweek + 1).all()
 
-    wx = weather.assign(time_hour=pd.to_datetime(weather["time_hour"], utc=True))[
-        ["origin", "time_hour", "temp"]
-    ]
-    with_wx = merged.merge(
-        wx.drop_duplicates(["origin", "time_hour"]), on=["origin", "time_hour"], how="left"
-    )
-    assert np.allclose(with_wx["wx_temp"], with_wx["temp"], equal_nan=True)
+    for column, output in (("temp", "wx_temp"), ("humid", "wx_humid")):
+        expected = merged["origin"].map(expected_weather(weather, at, column))
+        assert np.allclose(merged[output], expected, equal_nan=True), output
+        assert merged[output].notna().all()
     with_plane = merged.merge(
         planes[["tailnum", "year"]].rename(columns={"year": "py"}), on="tailnum", how="left"
     )
     assert np.allclose(with_plane["plane_year"], with_plane["py"].astype(float), equal_nan=True)
     assert with_plane["plane_year"].notna().mean() > 0.5
 
+    history = with_outcomes(pd.concat([rows_of_day(flights, d) for d in days]))
     for output, keys_, window in [
         ("carrier_delay_rate_7d", ["carrier"], 7),
         ("origin_delay_rate_1d", ["origin"], 1),
         ("route_delay_rate_28d", ["origin", "dest"], 28),
     ]:
-        rates = expected_rate(flights, days[-1], window, keys_).rename("expected").reset_index()
+        rates = expected_rate(history, at, window, keys_).rename("expected").reset_index()
         check = merged.merge(rates, on=keys_, how="left")
         assert np.allclose(check[output], check["expected"], equal_nan=True), output
         assert check[output].notna().any()
@@ -193,7 +213,7 @@ def test_incremental_builds_only_days_whose_inputs_changed(lake: Lake) -> None:
         else {**t, "params": {**t["params"], "days": min(2, t["params"]["days"])}}
         for t in yaml.safe_load(usecase_path("flight_delay").read_text())["features"]["transforms"]
     ]
-    usecase = usecase_with(lookback_days=2, transforms=transforms)
+    usecase = usecase_with(lookback_days=4, transforms=transforms)  # 2 days before the evening before
     days = JAN[:8]
     land_days(lake, usecase, days, planes_day=days[0])
     iso = [d.isoformat() for d in days]
@@ -210,13 +230,13 @@ def test_incremental_builds_only_days_whose_inputs_changed(lake: Lake) -> None:
     assert run_features(lake, usecase, days[-1])["built"] == []
 
     changed = rows_of_day(weather, days[2]).assign(temp=lambda f: f["temp"] + 10)
-    write_raw(lake, usecase, "weather", days[2], changed)  # a joined events source: only its own day
-    assert run_features(lake, usecase, days[-1])["built"] == [iso[2]]
+    write_raw(lake, usecase, "weather", days[2], changed)  # observed on day 2: predictions for day 3 only
+    assert run_features(lake, usecase, days[-1])["built"] == [iso[3]]
 
     flights = nycflights("flights")
     write_raw(lake, usecase, "flights", days[2], rows_of_day(flights, days[2]).iloc[:-5])
     result = run_features(lake, usecase, days[-1])  # the primary source: its day and lookback_days after
-    assert result["built"] == iso[2:5]
+    assert result["built"] == iso[2:7]
     assert read_features(lake, usecase, days[2]).shape[0] == len(rows_of_day(flights, days[2])) - 5
 
     planes = nycflights("planes", None)

@@ -239,6 +239,13 @@ BAD_FILES: dict[str, tuple[str, Callable[[], bytes], str, str | None, int]] = {
         "origin",
         20,
     ),
+    "misfiled_rows": (  # 5 flights of January 2 in a file landed for January 1: their labels would move a day
+        "flights_2013-01-01_b.csv",
+        lambda: csv_bytes(pd.concat([flights_rows(DAY1, 15, skip=40), flights_rows(DAY2, 5, skip=40)])),
+        "event_date_matches_landing_date",
+        "time_hour",
+        20,
+    ),
     "empty_file": ("flights_2013-01-01_b.csv", lambda: b"", "file_not_empty", None, 0),
     "header_only": (
         "flights_2013-01-01_b.csv",
@@ -292,6 +299,9 @@ def test_bad_file_goes_to_quarantine_and_good_file_commits(mlops_env: Path, kind
     assert (
         failed and failed[0]["column"] == column and failed[0]["hint"] and failed[0]["unexpected_count"] >= 1
     )
+    if kind == "misfiled_rows":  # the report says which rows and which dates, and how to land them instead
+        assert failed[0]["unexpected_count"] == 5 and failed[0]["sample_unexpected_values"] == ["2013-01-02"]
+        assert "landing/<usecase>/<event date>/" in failed[0]["hint"]
     page = lake.storage.read_bytes(f"{quarantine_key}.report.html").decode()
     assert name in page and check in page
     assert pending_files(lake, USECASE) == []

@@ -35,10 +35,14 @@ LOGREG_ONLY = [FAST_CANDIDATES[0]]
 
 
 def _labeled_rows(usecase, first: date, end: date, rows_per_day: int) -> int:
-    total = 0
+    """Rows of [first, end) with a label known before the training date ``end`` begins (local midnight): the
+    last evening's flights land after it and are not trained on."""
+    total, cutoff = 0, usecase.time.local_midnight(end)
     day = first
     while day < end:
-        total += int(synthetic_day(usecase, day, rows_per_day)[usecase.target.column].notna().sum())
+        frame = synthetic_day(usecase, day, rows_per_day)
+        known = frame[usecase.target.column].notna() & (frame["outcome_known_at"] < cutoff)
+        total += int(known.sum())
         day += timedelta(days=1)
     return total
 
@@ -86,7 +90,8 @@ def _holdout_features(trained) -> tuple[pd.DataFrame, np.ndarray]:
     version = trained.result["tables_read"][features_table(usecase.name)]
     frame = trained.lake.read_frame(features_table(usecase.name), dates, version=version)
     frame = frame.sort_values("date", kind="stable")
-    frame = frame[frame[usecase.target.column].notna()].reset_index(drop=True)
+    known = frame["outcome_known_at"] < usecase.time.local_midnight(DAY)  # outcomes known by the training date
+    frame = frame[frame[usecase.target.column].notna() & known].reset_index(drop=True)
     return modeling.prepare_features(frame, usecase), frame[usecase.target.column].to_numpy(dtype="int64")
 
 

@@ -52,7 +52,7 @@ def load_holdout(ctx: StepContext, train_result: dict[str, Any]) -> Any:
     """The labeled holdout rows the candidates were trained for, read from the features version train read
     (time travel), so a features rebuild since training cannot change what the candidates are judged on."""
     from pipelines import modeling
-    from pipelines.steps.train import features_snapshot, read_labeled, window_partitions
+    from pipelines.steps.train import features_snapshot, labels_known_before, read_labeled, window_partitions
 
     window = train_result["window"]
     version = train_result.get("features_version")
@@ -71,7 +71,7 @@ def load_holdout(ctx: StepContext, train_result: dict[str, Any]) -> Any:
             [*modeling.feature_columns(ctx.usecase), ctx.usecase.target.column, *ctx.usecase.slices]
         )
     )
-    return read_labeled(ctx, snapshot, parts, columns)
+    return read_labeled(ctx, snapshot, parts, columns, labels_known_before(ctx, window))
 
 
 def model_quality(proba: Any, y: Any, groups: Any, metrics: list[str]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
-from pipelines.config import ConfigError, UseCase
+from pipelines.config import ConfigError, TimeSpec, UseCase
 from pipelines.context import StepContext, StepFailed, progress
 from pipelines.lake import (
     COMMIT_ATTEMPTS,
@@ -44,11 +44,12 @@ from pipelines.transforms import (
     apply_transforms,
     check_transforms,
     joined_sources,
+    source_dates,
 )
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 DAY_COLUMN = "_day"  # partition date of each primary row (DateType) while the transforms run
 DATE_COLUMN = DATE  # partition date in the output (ISO string)
@@ -82,14 +83,23 @@ class DayPlan:
 
 def features_config_hash(usecase: UseCase) -> str:
     """Hash of everything in the configuration that shapes the features (not the models or schedules)."""
-    sources = [usecase.features.primary_source, *joined_sources(usecase.features)]
     payload = {
         "features": usecase.features.model_dump(mode="json"),
         "target": usecase.target.model_dump(mode="json"),
-        "columns": {s: {c: spec.type for c, spec in usecase.sources[s].columns.items()} for s in sources},
+        "time": usecase.time.model_dump(mode="json"),
+        "columns": {
+            s: {c: spec.type for c, spec in usecase.sources[s].columns.items()}
+            for s in input_sources(usecase)
+        },
         "transforms_version": TRANSFORMS_VERSION,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def input_sources(usecase: UseCase) -> list[str]:
+    """The sources the features read: the primary one, the outcome source, then the joined ones."""
+    sources = [usecase.features.primary_source, usecase.outcome_source, *joined_sources(usecase.features)]
+    return list(dict.fromkeys(sources))
 
 
 def _window(day: str, lookback_days: int) -> list[str]:
@@ -115,15 +125,18 @@ def plan_days(
     for day in primary:
         if day > end or (start is not None and day < start):
             continue
+        window = _window(day, features.lookback_days)
         inputs: dict[str, dict[str, str]] = {
-            features.primary_source: {
-                d: primary[d].content_id for d in _window(day, features.lookback_days) if d in primary
-            }
+            source: {d: raw[source][d].content_id for d in window if d in raw[source]}
+            for source in dict.fromkeys([features.primary_source, usecase.outcome_source])
         }
         for source in joined_sources(features):
             partitions = raw[source]
-            used = day if usecase.sources[source].kind == "events" else _snapshot_for(day, list(partitions))
-            inputs[source] = {used: partitions[used].content_id} if used in partitions else {}
+            if usecase.sources[source].kind == "events":
+                used = [d.isoformat() for d in source_dates(usecase, source, date.fromisoformat(day))]
+            else:
+                used = [_snapshot_for(day, list(partitions))]
+            inputs[source] = {d: partitions[d].content_id for d in used if d in partitions}
         body = json.dumps({"inputs": inputs, "config": config_hash}, sort_keys=True).encode()
         plans.append(DayPlan(day, inputs, hashlib.sha256(body).hexdigest()[:32]))
     return plans
@@ -182,11 +195,18 @@ def read_source(
 # --------------------------------------------------------------------------------------------------- building
 
 
+PREDICTION_TIME = (
+    "prediction_time"  # when the event is predicted (UTC): features use only what was known before
+)
+OUTCOME_KNOWN_AT = "outcome_known_at"  # when the event's outcome became known (UTC); NULL: not known yet
+
+
 def output_columns(usecase: UseCase) -> list[str]:
-    """Columns of a features partition, in order: keys, event time, date, numeric, categorical, label."""
+    """Columns of a features partition, in order: keys, event time, prediction time, outcome known at, date,
+    numeric, categorical, label."""
     features = usecase.features
-    names = [*features.keys, features.event_time, DATE_COLUMN, *features.numeric, *features.categorical]
-    return list(dict.fromkeys([*names, usecase.target.column]))
+    names = [*features.keys, usecase.time.event_time, PREDICTION_TIME, OUTCOME_KNOWN_AT, DATE_COLUMN]
+    return list(dict.fromkeys([*names, *features.numeric, *features.categorical, usecase.target.column]))
 
 
 def _select_output(frame: DataFrame, usecase: UseCase) -> DataFrame:
@@ -195,7 +215,7 @@ def _select_output(frame: DataFrame, usecase: UseCase) -> DataFrame:
     features = usecase.features
     listed = {
         **{n: "features.keys" for n in features.keys},
-        features.event_time: "features.event_time",
+        usecase.time.event_time: "time.event_time",
         **{n: "features.categorical" for n in features.categorical},
         **{n: "features.numeric" for n in features.numeric},
     }
@@ -231,27 +251,86 @@ def _to_spark(spark: SparkSession, table: pa.Table) -> DataFrame:
     return spark.createDataFrame(table).localCheckpoint()
 
 
+def prediction_time_column(event_time: Column, time: TimeSpec) -> Column:
+    """Spark expression of the batch prediction time (UTC) of an event at ``event_time`` (UTC): ``days_before``
+    its local date at the local clock time ``at`` (the same rule as :meth:`TimeSpec.prediction_time_of`)."""
+    from pyspark.sql import functions as F
+
+    spec = time.prediction_time
+    local_date = F.to_date(F.from_utc_timestamp(event_time, time.timezone))
+    local_clock = F.to_timestamp(
+        F.concat(
+            F.date_format(F.date_sub(local_date, spec.days_before), "yyyy-MM-dd"), F.lit(f" {spec.at}:00")
+        )
+    )
+    return F.to_utc_timestamp(local_clock, time.timezone)
+
+
+def _label_columns(frame: DataFrame, usecase: UseCase, outcome_rows: DataFrame | None) -> DataFrame:
+    """``frame`` plus the label and the time its outcome became known (event time + ``label_delay``).
+
+    The outcome comes from the primary rows themselves, or from ``outcome_rows`` joined on
+    ``time.outcome.keys``; an event without an outcome row has no label yet; an outcome row without a value
+    (e.g. a cancelled flight) gets ``target.missing_outcome``."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    target, outcome = usecase.target, usecase.time.outcome
+    if outcome_rows is None:
+        value, has_outcome = F.col(target.source_column), F.lit(True)
+    else:
+        aliases = [f"_outcome_key_{i}" for i in range(len(outcome.keys))]
+        rows = outcome_rows.select(
+            *[F.col(k).alias(a) for k, a in zip(outcome.keys, aliases, strict=True)],
+            F.col(target.source_column).alias("_outcome_value"),
+        ).dropna(subset=aliases)
+        first = Window.partitionBy(*aliases).orderBy(F.col("_outcome_value").asc_nulls_last())
+        rows = rows.withColumn("_rank", F.row_number().over(first)).where(F.col("_rank") == 1).drop("_rank")
+        rows = rows.withColumn("_has_outcome", F.lit(True))
+        condition = None
+        for key, alias in zip(outcome.keys, aliases, strict=True):
+            clause = F.col(key) == F.col(alias)
+            condition = clause if condition is None else condition & clause
+        frame = frame.join(rows, on=condition, how="left").drop(*aliases)
+        value, has_outcome = F.col("_outcome_value"), F.coalesce(F.col("_has_outcome"), F.lit(False))
+    missing = {"positive": F.lit(1), "negative": F.lit(0), "drop": F.lit(None)}[target.missing_outcome]
+    label = (
+        F.when(~has_outcome, F.lit(None))
+        .when(value.isNull(), missing)
+        .otherwise((value > F.lit(float(target.threshold))).cast("int"))
+        .cast("int")
+    )
+    event_time = F.col(usecase.time.event_time)
+    known_at = F.timestamp_micros(F.unix_micros(event_time) + F.lit(outcome.delay_seconds * 1_000_000))
+    frame = frame.withColumn(target.column, label).withColumn(
+        OUTCOME_KNOWN_AT, F.when(F.col(target.column).isNotNull(), known_at)
+    )
+    return frame.drop("_outcome_value", "_has_outcome") if outcome_rows is not None else frame
+
+
 def _frames(
     spark: SparkSession,
     ctx: StepContext,
     raw: dict[str, Snapshot],
     days: list[str],
 ) -> tuple[DataFrame, TransformContext]:
-    """The primary rows of ``days`` (with their label) and the transform context with the joined sources."""
+    """The primary rows of ``days`` with their prediction time, label and outcome time, and the transform
+    context with the joined sources."""
     from pyspark.sql import functions as F
 
     usecase = ctx.usecase
-    features, target = usecase.features, usecase.target
+    features, target, time = usecase.features, usecase.target, usecase.time
     primary = features.primary_source
-    if target.source_column not in usecase.sources[primary].columns:
-        raise ConfigError(
-            f"use case {usecase.name!r}: target.source_column {target.source_column!r} is not a column of the "
-            f"primary source {primary!r}; columns: {sorted(usecase.sources[primary].columns)}"
-        )
     table = read_source(ctx.lake, usecase, primary, raw[primary], days, DAY_COLUMN)
     frame = _to_spark(spark, table).withColumn(
-        target.column, (F.col(target.source_column) > F.lit(float(target.threshold))).cast("int")
+        PREDICTION_TIME, prediction_time_column(F.col(time.event_time), time)
     )
+    outcome_rows = None
+    if usecase.outcome_source != primary:
+        snapshot = raw[usecase.outcome_source]
+        outcome_table = read_source(ctx.lake, usecase, usecase.outcome_source, snapshot, days, "_outcome_day")
+        outcome_rows = _to_spark(spark, outcome_table)
+    frame = _label_columns(frame, usecase, outcome_rows)
     source_frames, day_maps = {}, {}
     for source in joined_sources(features):
         snapshot = raw[source]
@@ -270,6 +349,8 @@ def _frames(
         usecase=usecase,
         day_column=DAY_COLUMN,
         label_column=target.column,
+        prediction_time_column=PREDICTION_TIME,
+        known_at_column=OUTCOME_KNOWN_AT,
         source_frames=source_frames,
         day_maps=day_maps,
     )
@@ -291,7 +372,7 @@ def build_rows(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan])
     frame = apply_transforms(frame, context)
     built_days = [date.fromisoformat(plan.day) for plan in plans]
     rows = _select_output(frame.where(F.col(DAY_COLUMN).isin(built_days)), usecase).toArrow()
-    order = [DATE_COLUMN, *usecase.features.keys, usecase.features.event_time]
+    order = [DATE_COLUMN, *usecase.features.keys, usecase.time.event_time]
     order += [c for c in rows.column_names if c not in order]
     return rows.sort_by([(name, "ascending") for name in dict.fromkeys(order)])
 
@@ -337,7 +418,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     check_transforms(usecase)
     start = args.start.isoformat() if getattr(args, "start", None) else None
     rebuild = bool(getattr(args, "rebuild", False))
-    sources = [primary, *joined_sources(usecase.features)]
+    sources = input_sources(usecase)
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         raw = {source: ctx.lake.snapshot(raw_table(usecase.name, source)) for source in sources}
         if not raw[primary].partitions:

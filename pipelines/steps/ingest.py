@@ -224,6 +224,35 @@ def _check_min_rows(file: DeliveredFile, source: SourceSpec) -> bool:
     return True
 
 
+def check_event_dates(file: DeliveredFile, source_name: str, column: str, timezone: str) -> None:
+    """Reject ``file`` when any row's event date (the local date of ``column`` in ``timezone``) is not the
+    landing date: a misfiled file would move events and their labels to another day, so the whole file is
+    quarantined with the dates found, never committed under the wrong date."""
+    from pipelines.validation import ROW, SAMPLE_SIZE
+
+    assert file.typed is not None
+    local_dates = file.typed[column].dt.tz_convert(timezone).dt.date
+    wrong = local_dates.notna() & (local_dates != file.day)
+    if not wrong.any():
+        return
+    found = sorted({d.isoformat() for d in local_dates[wrong]})
+    rows = []
+    if file.frame is not None and ROW in file.frame:
+        rows = [int(r) for r in file.frame[ROW].to_numpy()[wrong.to_numpy()][:SAMPLE_SIZE]]
+    file.reject(
+        _file_check(
+            "event_date_matches_landing_date",
+            f"{int(wrong.sum())} row(s) have event dates {found[:SAMPLE_SIZE]} ({column} in {timezone}), not the "
+            f"landing date {file.day.isoformat()}: land the file under landing/<usecase>/<event date>/ (split it "
+            f"by date if it spans several), or fix sources.{source_name}.event_time",
+            int(wrong.sum()),
+            found[:SAMPLE_SIZE],
+            rows,
+            column,
+        )
+    )
+
+
 def _parse_csv(file: DeliveredFile, source_name: str, source: SourceSpec) -> None:
     import pandas as pd
 
@@ -671,6 +700,8 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             file.typed, problems = to_typed(file.frame, source, source_name)
             for problem in problems:
                 file.reject(problem)
+            if not file.rejected and source.event_time:
+                check_event_dates(file, source_name, source.event_time, usecase.time.timezone)
 
     # 3. per source, the rows of every day to rebuild (new files plus the archived files already committed),
     #    prepared for all sources before anything is committed: a broken archive changes nothing

@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from pipelines.context import StepContext, StepFailed, progress
@@ -68,12 +68,24 @@ def window_partitions(snapshot: Snapshot, start: str, end: str) -> dict[str, Par
     return {day: part for day, part in snapshot.partitions.items() if start <= day < end}
 
 
+def labels_known_before(ctx: StepContext, window: dict[str, str]) -> datetime:
+    """Training on ``window`` uses only outcomes known before the start (local midnight) of the day the window
+    ends, the training date: what a training run on that date could have seen."""
+    return ctx.usecase.time.local_midnight(date.fromisoformat(window["holdout_end"]))
+
+
 def read_labeled(
-    ctx: StepContext, snapshot: Snapshot, partitions: dict[str, PartitionInfo], columns: list[str]
+    ctx: StepContext,
+    snapshot: Snapshot,
+    partitions: dict[str, PartitionInfo],
+    columns: list[str],
+    known_before: datetime,
 ) -> Any:
-    """Rows of ``partitions`` of one features version (oldest first) with a known 0/1 label; StepFailed names
-    the table, the version and the partitions to rebuild."""
+    """Rows of ``partitions`` of one features version (oldest first) whose 0/1 label was known before
+    ``known_before``; StepFailed names the table, the version and the partitions to rebuild."""
     import pandas as pd
+
+    from pipelines.steps.features import OUTCOME_KNOWN_AT
 
     label = ctx.usecase.target.column
     if not partitions:
@@ -81,7 +93,7 @@ def read_labeled(
     where = f"{snapshot.uri} (version {snapshot.version})"
     for day, part in partitions.items():
         listed = part.facts.get("columns")
-        missing = [c for c in columns if listed is not None and c not in listed]
+        missing = [c for c in [*columns, OUTCOME_KNOWN_AT] if listed is not None and c not in listed]
         if missing:
             raise StepFailed(
                 f"{where}: columns {missing} are missing from the feature partition of {day}; rerun the "
@@ -89,7 +101,9 @@ def read_labeled(
                 f"{day} --rebuild)"
             )
     try:
-        frame = ctx.lake.read_frame(snapshot.table, sorted(partitions), [*columns, DATE], snapshot.version)
+        frame = ctx.lake.read_frame(
+            snapshot.table, sorted(partitions), [*columns, OUTCOME_KNOWN_AT, DATE], snapshot.version
+        )
     except LakeError as exc:
         raise StepFailed(f"{exc}; rerun the features step for the window's days") from None
     labels = pd.to_numeric(frame[label], errors="coerce")
@@ -101,7 +115,8 @@ def read_labeled(
             "the target in the features step"
         )
     frame[label] = labels
-    frame = frame[labels.notna()].sort_values(DATE, kind="stable").reset_index(drop=True)
+    known = pd.to_datetime(frame[OUTCOME_KNOWN_AT], utc=True) < pd.Timestamp(known_before)
+    frame = frame[labels.notna() & known].sort_values(DATE, kind="stable").reset_index(drop=True)
     return frame[columns]
 
 
@@ -141,8 +156,9 @@ def training_frames(ctx: StepContext, snapshot: Snapshot, window: dict[str, str]
         f"train: reading {len(train_parts)} + {len(holdout_parts)} feature partitions of version "
         f"{snapshot.version}"
     )
-    train = read_labeled(ctx, snapshot, train_parts, columns)
-    holdout = read_labeled(ctx, snapshot, holdout_parts, columns)
+    known_before = labels_known_before(ctx, window)
+    train = read_labeled(ctx, snapshot, train_parts, columns, known_before)
+    holdout = read_labeled(ctx, snapshot, holdout_parts, columns, known_before)
     if split.max_train_rows and len(train) > split.max_train_rows:
         train = train.sample(n=split.max_train_rows, random_state=split.seed).sort_index()
     return TrainingFrames(train, holdout, {**train_parts, **holdout_parts})

@@ -1,0 +1,291 @@
+"""Point-in-time features on a use case that is not about flights, declared in a temporary config folder.
+
+Parcels are due at a time (the event), predicted at 06:00 Berlin time on their due date, and their delivery
+outcome (another source, joined on the parcel id) is known two hours after the due time. A depot's queue length
+is a time series joined as of the prediction time. Real Spark, real Delta tables; the expected values come from
+the slow pandas definitions in ``_pit_reference``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import _pit_reference as ref
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from _features_fixtures import typed
+
+from pipelines.config import UseCase, load_profile, load_usecase
+from pipelines.context import StepContext
+from pipelines.lake import LATEST, Lake, features_table, raw_table
+from pipelines.spark import get_spark
+from pipelines.steps import features
+
+pytestmark = pytest.mark.spark
+
+BERLIN = ZoneInfo("Europe/Berlin")
+USECASE = {
+    "name": "parcel_late",
+    "description": "Will a parcel be delivered after its due time?",
+    "sources": {
+        "parcels": {
+            "file_pattern": "parcels_*.csv",
+            "event_time": "due_at",
+            "columns": {
+                "parcel_id": {"type": "int", "required": True},
+                "depot": {"type": "string", "required": True},
+                "due_at": {"type": "timestamp", "required": True},
+                "weight": {"type": "float"},
+            },
+        },
+        "deliveries": {
+            "file_pattern": "deliveries_*.csv",
+            "event_time": "due_at",
+            "columns": {
+                "parcel_id": {"type": "int", "required": True},
+                "due_at": {"type": "timestamp", "required": True},
+                "hours_late": {"type": "float"},
+            },
+        },
+        "depot_load": {
+            "file_pattern": "depot_load_*.csv",
+            "event_time": "observed_at",
+            "columns": {
+                "depot": {"type": "string", "required": True},
+                "observed_at": {"type": "timestamp", "required": True},
+                "queue": {"type": "float"},
+            },
+        },
+    },
+    "time": {
+        "timezone": "Europe/Berlin",
+        "event_time": "due_at",
+        "prediction_time": {"days_before": 0, "at": "06:00"},
+        "outcome": {"source": "deliveries", "keys": ["parcel_id"], "label_delay": "2h"},
+    },
+    "features": {
+        "primary_source": "parcels",
+        "keys": ["parcel_id"],
+        "lookback_days": 4,
+        "transforms": [
+            {
+                "name": "asof_join",
+                "params": {
+                    "source": "depot_load",
+                    "keys": ["depot"],
+                    "max_age": "90m",
+                    "columns": {"queue": "depot_queue"},
+                },
+            },
+            {"name": "past_rate", "params": {"keys": ["depot"], "days": 2, "output": "depot_late_rate_2d"}},
+        ],
+        "numeric": ["weight", "depot_queue", "depot_late_rate_2d"],
+        "categorical": ["depot"],
+    },
+    "target": {
+        "column": "is_late",
+        "source_column": "hours_late",
+        "threshold": 0,
+        "missing_outcome": "negative",
+    },
+    "split": {"train_window_days": 4, "holdout_days": 1},
+    "candidates": [{"name": "logreg", "family": "logistic_regression"}],
+}
+
+
+@pytest.fixture(scope="module")
+def spark():
+    return get_spark(load_profile())
+
+
+@pytest.fixture
+def parcels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlops_env: Path, spark) -> tuple[UseCase, Lake]:
+    """The parcel use case in a temporary config folder (loaded as any use case is) and an empty lake."""
+    config = tmp_path / "config"
+    (config / "usecases").mkdir(parents=True)
+    (config / "platform.yaml").write_text(
+        (Path(__file__).parent.parent / "config" / "platform.yaml").read_text()
+    )
+    (config / "usecases" / "parcel_late.yaml").write_text(yaml.safe_dump(USECASE, sort_keys=False))
+    monkeypatch.setenv("MLOPS_CONFIG_DIR", str(config))
+    return load_usecase("parcel_late"), Lake(str(mlops_env / "lake"))
+
+
+def berlin(day: date, clock: str) -> pd.Timestamp:
+    hours, minutes = (int(x) for x in clock.split(":"))
+    return pd.Timestamp(datetime(day.year, day.month, day.day, hours, minutes, tzinfo=BERLIN)).tz_convert(
+        "UTC"
+    )
+
+
+def commit_by_local_date(lake: Lake, usecase: UseCase, source: str, frame: pd.DataFrame) -> None:
+    """Raw partitions of ``source`` keyed by the Berlin date of each row's event time, as ingest commits them."""
+    spec = usecase.sources[source]
+    local_dates = frame[spec.event_time].dt.tz_convert(BERLIN).dt.date
+    for day in sorted(set(local_dates)):
+        rows = typed(frame[local_dates == day], spec, f"{source}_{day}.csv").assign(date=day.isoformat())
+        lake.write_partitions(raw_table(usecase.name, source), rows, read_version=LATEST)
+
+
+def build(lake: Lake, usecase: UseCase, day: date) -> pd.DataFrame:
+    ctx = StepContext(usecase=usecase, day=day, profile=load_profile(), lake=lake)
+    features.run(ctx, argparse.Namespace(start=None, rebuild=False))
+    return lake.read_frame(features_table(usecase.name))
+
+
+def expected_features(usecase: UseCase, parcels: pd.DataFrame, deliveries: pd.DataFrame, load: pd.DataFrame):
+    """Every feature of every parcel, row by row, from the definitions."""
+    target, time_spec = usecase.target, usecase.time
+    delay = timedelta(seconds=time_spec.outcome.delay_seconds)
+    outcome = {row.parcel_id: row.hours_late for row in deliveries.itertuples()}
+    history = parcels.assign(
+        label=[ref.label(p in outcome, outcome.get(p), target) for p in parcels["parcel_id"]],
+    )
+    history["known_at"] = [
+        row.due_at + delay if not pd.isna(row.label) else pd.NaT for row in history.itertuples()
+    ]
+    rows = []
+    for row in history.itertuples():
+        at = ref.prediction_time(row.due_at, time_spec)
+        rows.append(
+            {
+                "parcel_id": row.parcel_id,
+                "prediction_time": at,
+                "outcome_known_at": row.known_at,
+                "is_late": row.label,
+                "depot_queue": ref.asof(
+                    load, ["depot"], (row.depot,), "observed_at", at, timedelta(minutes=90), "queue"
+                ),
+                "depot_late_rate_2d": ref.past_rate(history, ["depot"], (row.depot,), at, 2),
+            }
+        )
+    return pd.DataFrame(rows).sort_values("parcel_id").reset_index(drop=True)
+
+
+def random_parcels(seed: int, first: date, days: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Parcels due at any minute of ``days`` Berlin days (a DST change inside), deliveries for most of them
+    (some without a value), and depot queue observations at random minutes."""
+    rng = np.random.default_rng(seed)
+    start = berlin(first, "00:00")
+    minutes = days * 24 * 60
+    n = 60 * days
+    parcels = pd.DataFrame(
+        {
+            "parcel_id": np.arange(1, n + 1),
+            "depot": rng.choice(["north", "south", "east"], n),
+            "due_at": [start + timedelta(minutes=int(m)) for m in rng.integers(0, minutes, n)],
+            "weight": rng.gamma(2.0, 2.0, n).round(2),
+        }
+    )
+    delivered = parcels.sample(frac=0.85, random_state=seed)
+    hours_late = rng.normal(0, 3, len(delivered)).round(1)
+    hours_late[rng.random(len(delivered)) < 0.1] = np.nan
+    deliveries = pd.DataFrame(
+        {
+            "parcel_id": delivered["parcel_id"].to_numpy(),
+            "due_at": delivered["due_at"].to_numpy(),
+            "hours_late": hours_late,
+        }
+    )
+    m = 25 * days
+    load = pd.DataFrame(
+        {
+            "depot": rng.choice(["north", "south", "east"], m),
+            "observed_at": [start + timedelta(minutes=int(x)) for x in rng.choice(minutes, m, replace=False)],
+            "queue": rng.integers(0, 50, m).astype(float),
+        }
+    )
+    return parcels, deliveries, load
+
+
+def assert_matches(built: pd.DataFrame, expected: pd.DataFrame) -> None:
+    built = built.sort_values("parcel_id").reset_index(drop=True)
+    assert list(built["parcel_id"]) == list(expected["parcel_id"])
+    for column in ("prediction_time", "outcome_known_at"):
+        got = pd.to_datetime(built[column], utc=True)
+        want = pd.to_datetime(expected[column], utc=True)
+        assert ((got == want) | (got.isna() & want.isna())).all(), column
+    for column in ("is_late", "depot_queue", "depot_late_rate_2d"):
+        got, want = built[column].astype(float).to_numpy(), expected[column].astype(float).to_numpy()
+        assert np.allclose(got, want, equal_nan=True), (
+            column,
+            built.loc[~np.isclose(got, want, equal_nan=True), ["parcel_id", column]].head(),
+        )
+
+
+@pytest.mark.parametrize("seed", [7, 2024])
+def test_spark_features_equal_the_slow_pandas_definition_on_random_data(parcels, seed: int) -> None:
+    """Property test: on random parcels over a daylight-saving change, every feature Spark builds equals the
+    pandas definition (prediction time, outcome time, label with missing outcomes, as-of join, past rate)."""
+    usecase, lake = parcels
+    first = date(2024, 3, 27)  # Berlin moves to summer time on 2024-03-31
+    frames = random_parcels(seed, first, 7)
+    for source, frame in zip(("parcels", "deliveries", "depot_load"), frames, strict=True):
+        commit_by_local_date(lake, usecase, source, frame)
+
+    built = build(lake, usecase, first + timedelta(days=7))  # the last minutes fall on the 8th day (DST)
+
+    expected = expected_features(usecase, *frames)
+    assert_matches(built, expected)
+    assert expected["depot_late_rate_2d"].notna().sum() > 100 and expected["depot_queue"].notna().sum() > 30
+    assert expected["is_late"].isna().sum() > 0 and (expected["is_late"] == 0).sum() > 0
+
+
+def test_nothing_known_one_minute_after_the_prediction_time_is_used(parcels) -> None:
+    """Outcomes count only when known strictly before the prediction time and at most 2 days before it;
+    observations are used at or before it and at most 90 minutes before it. Each boundary has a row one
+    minute on either side, so moving any cutoff by one minute changes a value this test checks."""
+    usecase, lake = parcels
+    day = date(2024, 3, 5)
+    at = berlin(day, "06:00")  # prediction time of every parcel due on `day`
+    two_hours = timedelta(hours=2)
+    minute = timedelta(minutes=1)
+
+    def parcel(pid: int, depot: str, known_at: pd.Timestamp) -> dict:
+        return {"parcel_id": pid, "depot": depot, "due_at": known_at - two_hours, "weight": 1.0}
+
+    history = [  # (parcel, depot, outcome known at, hours late)
+        (10, "north", at - minute, 0.0),  # known one minute before: counted (on time)
+        (11, "north", at, 5.0),  # known exactly at the prediction time: not counted
+        (12, "north", at + minute, 5.0),  # known one minute after: not counted
+        (13, "north", at - timedelta(days=2), 5.0),  # exactly 2 days before: counted (late)
+        (14, "north", at - timedelta(days=2) - minute, 5.0),  # one minute older: not counted
+    ]
+    queries = [
+        {"parcel_id": 1, "depot": "north", "due_at": berlin(day, "10:00"), "weight": 2.0},
+        {"parcel_id": 2, "depot": "south", "due_at": berlin(day, "11:00"), "weight": 2.0},
+        {"parcel_id": 3, "depot": "east", "due_at": berlin(day, "12:00"), "weight": 2.0},
+    ]
+    rows = pd.DataFrame([parcel(p, d, k) for p, d, k, _ in history] + queries)
+    deliveries = pd.DataFrame(
+        [{"parcel_id": p, "due_at": k - two_hours, "hours_late": late} for p, _, k, late in history]
+        + [{"parcel_id": 2, "due_at": queries[1]["due_at"], "hours_late": None}]  # delivered, no value
+    )
+    load = pd.DataFrame(
+        [
+            {"depot": "north", "observed_at": at - timedelta(minutes=30), "queue": 3.0},
+            {"depot": "north", "observed_at": at, "queue": 7.0},  # at the prediction time: used
+            {"depot": "north", "observed_at": at + minute, "queue": 99.0},  # one minute after: never
+            {"depot": "south", "observed_at": at - timedelta(minutes=90), "queue": 4.0},  # oldest allowed
+            {"depot": "east", "observed_at": at - timedelta(minutes=91), "queue": 5.0},  # one minute too old
+        ]
+    )
+    for source, frame in (("parcels", rows), ("deliveries", deliveries), ("depot_load", load)):
+        commit_by_local_date(lake, usecase, source, frame)
+
+    built = build(lake, usecase, day).set_index("parcel_id")
+
+    assert built.loc[1, "depot_late_rate_2d"] == pytest.approx(0.5), "parcels 10 and 13 only"
+    assert built.loc[1, "depot_queue"] == 7.0
+    assert built.loc[2, "depot_queue"] == 4.0
+    assert pd.isna(built.loc[3, "depot_queue"])
+    assert pd.isna(built.loc[1, "is_late"]) and pd.isna(built.loc[1, "outcome_known_at"]), "no outcome yet"
+    assert built.loc[2, "is_late"] == 0, "missing_outcome: negative"
+    assert built.loc[10, "is_late"] == 0 and built.loc[12, "is_late"] == 1
+    assert pd.Timestamp(built.loc[1, "prediction_time"]).tz_convert("UTC") == at
+    assert pd.Timestamp(built.loc[12, "outcome_known_at"]).tz_convert("UTC") == at + minute
