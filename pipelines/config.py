@@ -124,7 +124,9 @@ class ColumnSpec(_Strict):
     allowed: list[str] | None = Field(default=None, description="Allowed values (strings)")
 
 
-RESERVED_COLUMNS = {"date", "_source_file", "prediction_time", "outcome_known_at"}
+PREDICTION_TIME = "prediction_time"  # features and predictions: when the event is (or was) predicted, UTC
+OUTCOME_KNOWN_AT = "outcome_known_at"  # features: when the event's outcome became known, UTC (NULL: not yet)
+RESERVED_COLUMNS = {"date", "_source_file", PREDICTION_TIME, OUTCOME_KNOWN_AT}
 
 
 class SourceSpec(_Strict):
@@ -270,6 +272,11 @@ class TimeSpec(_Strict):
             tzinfo=ZoneInfo(self.timezone),
         )
         return local.astimezone(UTC)
+
+    def predicted_through(self, day: date) -> date:
+        """The last event date whose batch prediction is made on ``day`` (``days_before`` after it): the
+        schedule up to that date is ingested, featurized and scored on ``day``."""
+        return day + timedelta(days=self.prediction_time.days_before)
 
     def local_midnight(self, day: date) -> datetime:
         """Start of the local calendar day ``day`` (UTC)."""

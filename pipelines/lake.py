@@ -330,6 +330,12 @@ def predictions_table(usecase: str) -> str:
     return table_key("predictions", usecase)
 
 
+def predictions_with_outcomes_table(usecase: str) -> str:
+    """The Delta table of predictions joined with the outcomes that arrived later:
+    ``predictions_with_outcomes/<usecase>``, the ground truth of live monitoring."""
+    return table_key("predictions_with_outcomes", usecase)
+
+
 class Lake:
     """Delta tables and plain objects on a local folder or S3 (one interface for both)."""
 

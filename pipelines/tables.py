@@ -10,18 +10,31 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipelines.config import load_profile, load_usecase
-from pipelines.lake import FACTS_ZONE, Lake, content_hash, features_table, predictions_table, raw_table
+from pipelines.config import UseCase, load_profile, load_usecase
+from pipelines.lake import (
+    FACTS_ZONE,
+    Lake,
+    content_hash,
+    features_table,
+    predictions_table,
+    predictions_with_outcomes_table,
+    raw_table,
+)
 
 
-def usecase_tables(usecase_name: str) -> list[str]:
-    """The data tables of a use case: raw per source, features, predictions."""
-    usecase = load_usecase(usecase_name)
+def data_tables(usecase: UseCase) -> list[str]:
+    """The data tables of a use case: raw per source, features, predictions, predictions with outcomes."""
     return [
         *(raw_table(usecase.name, source) for source in usecase.sources),
         features_table(usecase.name),
         predictions_table(usecase.name),
+        predictions_with_outcomes_table(usecase.name),
     ]
+
+
+def usecase_tables(usecase_name: str) -> list[str]:
+    """:func:`data_tables` of the use case named ``usecase_name``."""
+    return data_tables(load_usecase(usecase_name))
 
 
 def describe_tables(usecase_name: str, lake: Lake | None = None) -> list[dict[str, Any]]:

@@ -382,7 +382,14 @@ def check_transforms(usecase: UseCase) -> None:
             _check_max_age(spec.params["max_age"], usecase)
         if spec.name in ("join_source", "asof_join"):
             source = spec.params["source"]
-            others = sorted(set(usecase.sources) - {usecase.features.primary_source})
+            others = sorted(set(usecase.sources) - {usecase.features.primary_source, usecase.outcome_source})
+            if source == usecase.outcome_source:
+                raise _fail(
+                    spec.name,
+                    "source",
+                    f"{source!r} carries the outcome (time.outcome.source), which is not known at prediction time; "
+                    "use past_rate for outcomes known before it",
+                )
             if source not in others:
                 raise _fail(
                     spec.name, "source", f"{source!r} is not a source to join; valid choices: {others}"

@@ -63,10 +63,12 @@ def write_raw(lake: Lake, usecase: UseCase, source: str, day: date, frame: pd.Da
 
 
 def land_days(lake: Lake, usecase: UseCase, days: list[date], planes_day: date | None = None) -> None:
-    """Raw flights and weather partitions for ``days`` and one planes snapshot (on ``planes_day``)."""
+    """Raw flights (schedule), outcomes and weather partitions for ``days`` and one planes snapshot (on
+    ``planes_day``)."""
     flights, weather = nycflights("flights"), nycflights("weather")
     for day in days:
         write_raw(lake, usecase, "flights", day, rows_of_day(flights, day))
+        write_raw(lake, usecase, "outcomes", day, rows_of_day(flights, day))
         write_raw(lake, usecase, "weather", day, rows_of_day(weather, day))
     if planes_day is not None:
         write_raw(lake, usecase, "planes", planes_day, nycflights("planes", None))

@@ -21,7 +21,7 @@ DAY2 = date(2013, 1, 2)
 @lru_cache(maxsize=1)
 def _flights() -> pd.DataFrame:
     # as delivered: every value a string, "NA" kept literally (the config's null_values turn it into null)
-    return pd.read_csv(NYC_DATA / "flights.csv.zip", dtype=str, keep_default_na=False, nrows=1200)
+    return pd.read_csv(NYC_DATA / "flights.csv.zip", dtype=str, keep_default_na=False, nrows=3000)
 
 
 @lru_cache(maxsize=1)

@@ -92,10 +92,12 @@ def feature_frame(usecase: UseCase, day: date, rows: int, seed: int) -> pd.DataF
             "flight": np.arange(1, rows + 1) + 1000 * (seed % 7),
             "origin": origin,
             "sched_dep_time": dep_hour * 100 + rng.integers(0, 60, rows),
-            "time_hour": pd.Timestamp(day) + pd.to_timedelta(dep_hour, unit="h"),
+            "time_hour": pd.Timestamp(usecase.time.local_midnight(day)) + pd.to_timedelta(dep_hour, unit="h"),
+            "prediction_time": pd.Timestamp(usecase.time.prediction_time_of(day)),
             "date": day.isoformat(),
         }
     )
+    frame["outcome_known_at"] = frame["time_hour"] + pd.Timedelta(seconds=usecase.time.outcome.delay_seconds)
     numeric = {
         "dep_hour": dep_hour.astype(float),
         "day_of_week": float(day.weekday()),

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from _ingest_fixtures import DAY1, flights_rows, weather_rows
@@ -15,6 +16,7 @@ from _ingest_fixtures import DAY1, flights_rows, weather_rows
 from pipelines.lake import Lake, raw_table
 from pipelines.steps.ingest import land_file, pending_files
 
+NEW_YORK = ZoneInfo("America/New_York")  # the use case's time zone: DAG dates are local
 USECASE = "flight_delay"
 
 
@@ -62,8 +64,8 @@ def test_trigger_fires_once_files_land(mlops_env: Path) -> None:
     classpath, kwargs = trigger.serialize()
     assert classpath == "mlops_airflow.sensors.LandingFilesTrigger" and "password" not in str(kwargs)
 
-    # a file dated after up_to does not count; the one landed later does
-    land_file(lake, USECASE, date(2013, 1, 2), "weather_2013-01-02.csv", _csv(weather_rows(date(2013, 1, 2))))
+    # a file dated after the events predicted on up_to (January 2's) does not count; the one landed later does
+    land_file(lake, USECASE, date(2013, 1, 3), "weather_2013-01-03.csv", _csv(weather_rows(date(2013, 1, 3))))
     timer = threading.Timer(
         1.0, land_file, args=(lake, USECASE, DAY1, "weather_2013-01-01.csv", _csv(weather_rows(DAY1)))
     )
@@ -97,7 +99,7 @@ def test_ingest_dag_commits_good_files_and_fails_at_the_quarantine_check(airflow
     bad = flights_rows(DAY1, n=10, skip=40)
     bad.loc[3, "month"] = "13"
     land_file(lake, USECASE, DAY1, "flights_2013-01-01-late.csv", _csv(bad))
-    dag_run = dags[f"{USECASE}_ingest"].test(logical_date=datetime(2013, 1, 1, tzinfo=UTC))
+    dag_run = dags[f"{USECASE}_ingest"].test(logical_date=datetime(2013, 1, 1, 18, tzinfo=NEW_YORK))
 
     states = _states(dag_run)
     assert states == {"wait_for_files": "success", "ingest": "success", "quarantine_check": "failed"}
@@ -115,8 +117,8 @@ def test_ingest_dag_commits_good_files_and_fails_at_the_quarantine_check(airflow
 
 def test_subprocess_runtime_pushes_the_last_json_line(airflow_db, dags, mlops_env, monkeypatch) -> None:
     monkeypatch.setenv("MLOPS_TASK_RUNTIME", "subprocess")
-    dag_run = dags[f"{USECASE}_score"].test(logical_date=datetime(2013, 2, 1, tzinfo=UTC))
-    assert _states(dag_run) == {"score": "success"}
+    dag_run = dags[f"{USECASE}_score"].test(logical_date=datetime(2013, 2, 1, 18, tzinfo=NEW_YORK))
+    assert _states(dag_run) == {"score": "success", "outcomes": "success"}
     result = _xcom(dag_run, "score")
     assert result["reason"] == "no champion yet" and result["date"] == "2013-02-01"
     # the subprocess wrote through the same lake: its result artifact is there
@@ -153,7 +155,7 @@ def test_s3_credentials_come_from_the_airflow_connection(
         lake = Lake(f"s3://{bucket}/lake")
         land_file(lake, USECASE, DAY1, "weather_2013-01-01.csv", _csv(weather_rows(DAY1)))
 
-    dag_run = dags[f"{USECASE}_ingest"].test(logical_date=datetime(2013, 1, 1, tzinfo=UTC))
+    dag_run = dags[f"{USECASE}_ingest"].test(logical_date=datetime(2013, 1, 1, 18, tzinfo=NEW_YORK))
     assert _states(dag_run) == {
         "wait_for_files": "success",
         "ingest": "success",

@@ -26,7 +26,7 @@ from pipelines.steps import STEP_KINDS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
-MONTH_STEPS = {"ingest", "features", "score", "train", "evaluate", "gate", "register", "promote"}
+MONTH_STEPS = {"ingest", "features", "score", "outcomes", "train", "evaluate", "gate", "register", "promote"}
 TRAIN_DATE = "2013-02-01"
 SECRET = "lake-secret-never-logged"  # moto accepts any credentials
 

@@ -48,7 +48,7 @@ def test_expected_dags_tasks_and_edges(dagbag, usecase: str) -> None:
             "quarantine_check": [],
         },
         f"{usecase}_features": {"features": []},
-        f"{usecase}_score": {"score": []},
+        f"{usecase}_score": {"score": ["outcomes"], "outcomes": []},
         f"{usecase}_maintenance": {"maintain": []},
         f"{usecase}_train": {
             "train": ["evaluate"],
@@ -111,6 +111,30 @@ def test_train_dag_params_and_schedules(dagbag) -> None:
     assert (
         nightly.task_dict["train"].step_args[nightly.task_dict["train"].step_args.index("--mode") + 1]
         == "refresh"
+    )
+
+
+def test_score_runs_at_the_local_prediction_time_and_its_date_is_the_local_date(dagbag) -> None:
+    """The score DAG's cron is read in the use case's time zone (18:00 New York, across a DST change), and a
+    run's date is the local date of its logical date, not the next UTC day."""
+    import pendulum
+    from airflow.timetables.base import TimeRestriction
+    from airflow.timetables.trigger import CronTriggerTimetable
+
+    from mlops_airflow.operators import logical_day
+
+    score = dagbag.dags.get("flight_delay_score")
+    assert score.timetable.expression == "0 18 * * *" and str(score.timezone.name) == "America/New_York"
+    scheduler_view = CronTriggerTimetable(score.timetable.expression, timezone=score.timezone)
+    after = pendulum.datetime(2013, 3, 9, 23, 30, tz="UTC")  # 18:30 New York, the day before summer time
+    info = scheduler_view.next_dagrun_info(
+        last_automated_data_interval=None, restriction=TimeRestriction(after, None, True)
+    )
+    local = info.logical_date.in_timezone("America/New_York")
+    assert (local.date().isoformat(), local.hour, info.logical_date.hour) == ("2013-03-10", 18, 22)
+    assert logical_day({"logical_date": info.logical_date}, "America/New_York") == "2013-03-10"
+    assert logical_day({"logical_date": pendulum.datetime(2013, 3, 11, 1, tz="UTC")}, "America/New_York") == (
+        "2013-03-10"
     )
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from _demo import MONTHS, USECASE, run_demo_cli
 
-from pipelines.lake import Lake, features_table, predictions_table, raw_table
+from pipelines.lake import Lake, features_table, predictions_table, predictions_with_outcomes_table, raw_table
 
 pytestmark = pytest.mark.e2e
 
@@ -34,11 +34,16 @@ def _check_lifecycle(summary: dict, lake: Lake, tracking_uri: str) -> None:
         "flights_2013-01-15.csv.report.html",
     } <= names
     raw = lake.partitions(raw_table(USECASE, "flights"))
-    assert "2013-01-15" not in raw and "2013-01-14" in raw and "2013-03-31" in raw
+    # the schedule of April 1 was predicted on the evening of March 31, before its outcomes existed anywhere
+    assert "2013-01-15" not in raw and "2013-01-14" in raw and "2013-04-01" in raw
+    outcomes = lake.partitions(raw_table(USECASE, "outcomes"))
+    assert "2013-03-30" in outcomes and "2013-03-31" not in outcomes and "2013-04-01" not in outcomes
     assert months[0]["rows_quarantined"] > 0
-    assert sum(m["rows_ingested"] for m in months) == sum(p.rows for p in raw.values()) + sum(
-        p.rows for p in lake.partitions(raw_table(USECASE, "weather")).values()
-    ) + sum(p.rows for p in lake.partitions(raw_table(USECASE, "planes")).values())
+    assert sum(m["rows_ingested"] for m in months) == sum(
+        p.rows
+        for source in ("flights", "outcomes", "weather", "planes")
+        for p in lake.partitions(raw_table(USECASE, source)).values()
+    )
 
     # committed feature and prediction partitions, each with the facts its writer recorded
     features = lake.partitions(features_table(USECASE))
@@ -47,8 +52,19 @@ def _check_lifecycle(summary: dict, lake: Lake, tracking_uri: str) -> None:
     predictions = lake.partitions(predictions_table(USECASE))
     assert predictions, "the champion scored nothing"
     assert set(predictions) <= set(features)
-    assert all(d >= "2013-02-01" for d in predictions), "January has no champion to score with"
+    assert min(predictions) == "2013-02-02", "a model trained on Feb 1 first predicts that evening, for Feb 2"
+    assert "2013-04-01" in predictions, "scored ahead of its outcome"
     assert sum(m["rows_scored"] for m in months) == sum(p.rows for p in predictions.values())
+
+    # the outcomes that arrived were joined to the predictions made before them: live quality per month
+    joined = lake.partitions(predictions_with_outcomes_table(USECASE))
+    assert set(joined) <= set(predictions) and "2013-03-30" in joined and "2013-04-01" not in joined
+    assert months[0]["live_roc_auc"] is None and months[0]["rows_scored"] == 0
+    for month in months[1:]:
+        assert month["predictions_with_outcomes"] > 1000, month
+        assert month["scored_before_outcome"] == month["predictions_with_outcomes"], month
+        assert 0.55 < month["live_roc_auc"] < 0.95, month
+        assert month["scoring_model_holdout_roc_auc"] is not None, month
 
     # one gate decision artifact per training run, each with its checks
     for day in TRAIN_DATES:

@@ -119,7 +119,7 @@ def test_features_partition_columns_types_rows_and_values(lake: Lake) -> None:
     assert result["tables_written"] == {features_table("flight_delay"): 0}
     assert result["tables_read"] == {
         raw_table("flight_delay", s): lake.version(raw_table("flight_delay", s))
-        for s in ("flights", "weather", "planes")
+        for s in ("flights", "outcomes", "weather", "planes")
     }
 
     for day in days:
@@ -191,7 +191,7 @@ def test_past_rates_do_not_see_labels_of_the_same_or_later_days(lake: Lake) -> N
         rows = rows_of_day(flights, changed).copy()
         delay = rows["arr_delay"]
         rows["arr_delay"] = delay.where(delay.isna(), np.where(delay > 15, 0.0, 60.0))
-        write_raw(lake, usecase, "flights", changed, rows)
+        write_raw(lake, usecase, "outcomes", changed, rows)
 
     result = run_features(lake, usecase, days[-1])
 
@@ -259,7 +259,9 @@ def test_incremental_builds_only_days_whose_inputs_changed(lake: Lake) -> None:
 def test_fingerprint_follows_feature_config_not_other_config(lake: Lake) -> None:
     usecase = load_usecase("flight_delay")
     land_days(lake, usecase, JAN[:3], planes_day=JAN[0])
-    raw = {s: lake.partitions(raw_table(usecase.name, s)) for s in ("flights", "weather", "planes")}
+    raw = {
+        s: lake.partitions(raw_table(usecase.name, s)) for s in ("flights", "outcomes", "weather", "planes")
+    }
     base = {p.day: p.fingerprint for p in features.plan_days(usecase, raw, None, "2013-01-03")}
     assert len(base) == 3
 

@@ -104,22 +104,26 @@ def test_two_days_are_committed_typed_archived_and_counted(mlops_env: Path) -> N
         (DAY1, "flights_2013-01-01.csv"): csv_bytes(flights_rows(DAY1, 20)),
         (DAY1, "weather_2013-01-01.csv"): csv_bytes(weather_rows(DAY1)),
         (DAY1, "planes_2013-01-01.csv"): csv_bytes(planes_rows()),
+        (DAY1, "outcomes_2013-01-01.csv"): csv_bytes(flights_rows(DAY1, 20)),  # schedule columns dropped
         (DAY2, "flights_2013-01-02.csv"): csv_bytes(flights_rows(DAY2, 15)),
         (DAY2, "weather_2013-01-02.csv"): csv_bytes(weather_rows(DAY2, 4)),
     }
     for (day, name), data in delivered.items():
         land_file(lake, USECASE, day, name, data)
-    later = land_file(lake, USECASE, date(2013, 1, 3), "flights_2013-01-03.csv", b"not even csv")
+    # on January 2 the schedule of January 3 is predicted (the evening before), so it is ingested; January 4's not
+    tomorrow = csv_bytes(flights_rows(date(2013, 1, 3), 10))
+    land_file(lake, USECASE, date(2013, 1, 3), "flights_2013-01-03.csv", tomorrow)
+    later = land_file(lake, USECASE, date(2013, 1, 4), "flights_2013-01-04.csv", b"not even csv")
 
     result = ingest(DAY2)
 
-    assert result["files_landed"] == 5 and result["files_committed"] == 5 and result["files_quarantined"] == 0
-    assert result["rows_landed"] == result["rows_committed"] == 20 + 6 + 5 + 15 + 4
+    assert result["files_landed"] == 7 and result["files_committed"] == 7 and result["files_quarantined"] == 0
+    assert result["rows_landed"] == result["rows_committed"] == 20 + 6 + 5 + 20 + 15 + 4 + 10
     assert result["rows_quarantined"] == 0 and result["quarantined"] == []
-    assert len(result["raw_partitions"]) == 5
-    assert result["validation"]["flights"]["files"] == 2 and result["validation"]["flights"]["success"]
+    assert len(result["raw_partitions"]) == 7
+    assert result["validation"]["flights"]["files"] == 3 and result["validation"]["flights"]["success"]
     # the later file is left for a later run; everything else left landing and sits in the archive
-    assert pending_files(lake, USECASE) == [f"landing/{USECASE}/2013-01-03/flights_2013-01-03.csv"]
+    assert pending_files(lake, USECASE) == [f"landing/{USECASE}/2013-01-04/flights_2013-01-04.csv"]
     assert Path(later).exists()
     for (day, name), data in delivered.items():
         assert lake.storage.read_bytes(f"archive/{USECASE}/{day.isoformat()}/{name}") == data
@@ -129,8 +133,7 @@ def test_two_days_are_committed_typed_archived_and_counted(mlops_env: Path) -> N
     assert schema.names == [*usecase.sources["flights"].columns, "_source_file"]
     expected_types = {
         "year": "int64",
-        "dep_time": "int64",
-        "dep_delay": "double",
+        "distance": "double",
         "carrier": "string",
         "tailnum": "string",
         "time_hour": "timestamp[us, tz=UTC]",
@@ -142,11 +145,14 @@ def test_two_days_are_committed_typed_archived_and_counted(mlops_env: Path) -> N
     source = flights_rows(DAY1, 20)
     assert flights["_source_file"].unique().tolist() == ["flights_2013-01-01.csv"]
     assert flights["flight"].astype(int).tolist() == source["flight"].astype(int).tolist()
-    expected_delay = pd.to_numeric(source["arr_delay"].replace("NA", None))
-    assert flights["arr_delay"].isna().sum() == (source["arr_delay"] == "NA").sum() > 0
-    pd.testing.assert_series_equal(flights["arr_delay"], expected_delay, check_names=False)
     assert flights["time_hour"].iloc[0] == pd.Timestamp(source["time_hour"].iloc[0])
-    assert flights["dep_time"].isna().sum() == (source["dep_time"] == "NA").sum()
+    outcomes = raw(lake, "outcomes", DAY1)
+    assert list(outcomes.columns) == [*usecase.sources["outcomes"].columns, "_source_file"]
+    assert str(raw_arrow(lake, "outcomes", DAY1).schema.field("dep_time").type) == "int64"
+    expected_delay = pd.to_numeric(source["arr_delay"].replace("NA", None))
+    assert outcomes["arr_delay"].isna().sum() == (source["arr_delay"] == "NA").sum() > 0
+    pd.testing.assert_series_equal(outcomes["arr_delay"], expected_delay, check_names=False)
+    assert outcomes["dep_time"].isna().sum() == (source["dep_time"] == "NA").sum()
 
     planes_schema = raw_arrow(lake, "planes", DAY1).schema
     assert (
@@ -206,16 +212,16 @@ BAD_FILES: dict[str, tuple[str, Callable[[], bytes], str, str | None, int]] = {
     # kind: (file name, content, failed check, column, rows counted)
     "missing_column": (
         "flights_2013-01-01_b.csv",
-        lambda: csv_bytes(flights_rows(DAY1, 20, skip=40).drop(columns=["dep_delay"])),
+        lambda: csv_bytes(flights_rows(DAY1, 20, skip=40).drop(columns=["distance"])),
         "columns_present",
         None,
         20,
     ),
     "wrong_type": (
         "flights_2013-01-01_b.csv",
-        lambda: _with_value("dep_time", 3, "abc"),
+        lambda: _with_value("sched_dep_time", 3, "abc"),
         "expect_column_values_to_match_regex",
-        "dep_time",
+        "sched_dep_time",
         20,
     ),
     "null_required": (
@@ -316,7 +322,7 @@ def test_bad_file_goes_to_quarantine_and_good_file_commits(mlops_env: Path, kind
 def test_quarantine_report_names_the_bad_values_and_lines(mlops_env: Path) -> None:
     lake = open_lake()
     frame = flights_rows(DAY1, 20)
-    frame.loc[3, "dep_time"] = "abc"
+    frame.loc[3, "sched_dep_time"] = "abc"
     frame.loc[[4, 9], "month"] = ["13", "14"]
     land_file(lake, USECASE, DAY1, "flights_x.csv", csv_bytes(frame))
     error = ingest_failing(DAY1)
@@ -324,7 +330,7 @@ def test_quarantine_report_names_the_bad_values_and_lines(mlops_env: Path) -> No
     assert lake.version(raw_table(USECASE, "flights")) is None
     report = lake.read_json(f"quarantine/{USECASE}/2013-01-01/flights_x.csv.report.json")
     checks = {(c["expectation_type"], c["column"]): c for c in report["failed_checks"]}
-    wrong_type = checks[("expect_column_values_to_match_regex", "dep_time")]
+    wrong_type = checks[("expect_column_values_to_match_regex", "sched_dep_time")]
     assert wrong_type["sample_unexpected_values"] == ["abc"] and wrong_type["sample_rows"] == [
         5
     ]  # header = 1

@@ -1,4 +1,5 @@
-"""The score step: champion lookup, catch-up window, skip of scored partitions, idempotent reruns."""
+"""The score step (champion lookup, scoring ahead, catch-up window, skip of scored partitions, idempotent
+reruns) and the outcomes step (late outcomes joined to the predictions made before them)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from _serve_fixtures import ServeEnv, produce_day, write_features
 
 from pipelines.cli import run_step
 from pipelines.context import StepFailed
-from pipelines.lake import LATEST, features_table, predictions_table
+from pipelines.lake import LATEST, features_table, predictions_table, predictions_with_outcomes_table
 
 UC = "flight_delay"
 PREDICTIONS = predictions_table(UC)
@@ -38,11 +39,12 @@ def test_score_catches_up_skips_scored_partitions_and_is_idempotent(serve_env: S
     run_step(["promote", "--usecase", UC, "--date", "2013-03-01"])
 
     day = date(2013, 4, 10)
+    last = day + timedelta(days=1)  # on April 10 the flights of April 11 are predicted (the evening before)
     catch_up = serve_env.usecase.schedules.score_catch_up_days
-    oldest_in_window = day - timedelta(days=catch_up - 1)
+    oldest_in_window = last - timedelta(days=catch_up - 1)
     already = day - timedelta(days=3)
-    outside = [day - timedelta(days=catch_up), day + timedelta(days=1)]
-    inside = [oldest_in_window, day - timedelta(days=5), already, day]
+    outside = [last - timedelta(days=catch_up), last + timedelta(days=1)]
+    inside = [oldest_in_window, day - timedelta(days=5), already, day, last]
     frames = write_features(serve_env, inside + outside, rows=30)
     marker = pd.DataFrame({"probability": [0.123], "date": [already.isoformat()]})
     serve_env.lake.write_partitions(PREDICTIONS, marker, read_version=LATEST)
@@ -72,6 +74,7 @@ def test_score_catches_up_skips_scored_partitions_and_is_idempotent(serve_env: S
         assert set(frame.columns) == {
             *keys,
             "date",
+            "prediction_time",
             "probability",
             "prediction",
             "model_version",
@@ -81,6 +84,8 @@ def test_score_catches_up_skips_scored_partitions_and_is_idempotent(serve_env: S
         source = frames[iso]
         pd.testing.assert_frame_equal(frame[keys], source[keys], check_dtype=False)
         assert (frame["date"].astype(str) == iso).all()
+        assert (frame["prediction_time"] == source["prediction_time"]).all()
+        assert (frame["prediction_time"] < source["time_hour"]).all(), "scored ahead of the event"
         inputs = source[feature_columns(serve_env.usecase)]
         np.testing.assert_allclose(frame["probability"], predict_proba(model, inputs), rtol=1e-9)
         assert ((frame["probability"] >= 0.5).astype(int) == frame["prediction"]).all()
@@ -96,7 +101,7 @@ def test_score_catches_up_skips_scored_partitions_and_is_idempotent(serve_env: S
     lost = expected[1]
     serve_env.lake.delete_partitions(PREDICTIONS, [lost])
     assert lost not in serve_env.lake.partitions(PREDICTIONS)
-    assert _score(day + timedelta(days=1))["scored"] == [lost, (day + timedelta(days=1)).isoformat()]
+    assert _score(day + timedelta(days=1))["scored"] == [lost, (last + timedelta(days=1)).isoformat()]
     assert serve_env.lake.partitions(PREDICTIONS)[lost].data_hash == hashes[lost]
 
 
@@ -117,12 +122,63 @@ def test_score_names_the_partition_when_a_feature_column_is_missing(serve_env: S
 
 
 def test_champion_never_scores_days_before_its_training_date(serve_env: ServeEnv) -> None:
-    """Out-of-time only: the champion trained on 2013-03-01 does not score February, even if unscored."""
+    """Out-of-time only: the champion trained on 2013-03-01 does not score February, even if unscored, nor
+    March 1, whose flights were predicted on the evening of February 28, before the model existed."""
     produce_day(serve_env, date(2013, 3, 1), gate_passed=True)
     run_step(["register", "--usecase", UC, "--date", "2013-03-01"])
     run_step(["promote", "--usecase", UC, "--date", "2013-03-01"])
-    days = [date(2013, 2, 20), date(2013, 2, 28), date(2013, 3, 1), date(2013, 3, 4)]
+    days = [date(2013, 2, 20), date(2013, 2, 28), date(2013, 3, 1), date(2013, 3, 2), date(2013, 3, 5)]
     write_features(serve_env, days, rows=10)
     result = _score(date(2013, 3, 4))
-    assert result["scored"] == ["2013-03-01", "2013-03-04"]
-    assert sorted(serve_env.lake.partitions(PREDICTIONS)) == ["2013-03-01", "2013-03-04"]
+    assert result["scored"] == ["2013-03-02", "2013-03-05"]
+    assert sorted(serve_env.lake.partitions(PREDICTIONS)) == ["2013-03-02", "2013-03-05"]
+
+
+def test_outcomes_that_arrive_later_are_joined_to_the_predictions_made_before_them(
+    serve_env: ServeEnv,
+) -> None:
+    """The evening of March 10 the champion scores March 11 from features without labels; the outcomes land
+    later (the features partition is rebuilt with labels) and are joined to those predictions: on March 11 the
+    outcomes known by the end of that day, on March 12 all of them. Reruns change nothing."""
+    produce_day(serve_env, date(2013, 3, 1), gate_passed=True)
+    run_step(["register", "--usecase", UC, "--date", "2013-03-01"])
+    run_step(["promote", "--usecase", UC, "--date", "2013-03-01"])
+    event_day = date(2013, 3, 11)
+    labelled = write_features(serve_env, [event_day], rows=60)[event_day.isoformat()]
+    schedule_only = labelled.assign(is_delayed=np.nan, outcome_known_at=pd.NaT)
+    serve_env.lake.write_partitions(features_table(UC), schedule_only, read_version=LATEST)
+
+    scored = _score(date(2013, 3, 10))
+    assert scored["scored"] == [event_day.isoformat()]
+    predictions = serve_env.lake.read_frame(PREDICTIONS, [event_day.isoformat()])
+    assert run_step(["outcomes", "--usecase", UC, "--date", "2013-03-10"])["joined"] == [], (
+        "nothing known yet"
+    )
+
+    # the outcomes arrive: the features step rebuilds the day with its labels (the feature values are the same)
+    serve_env.lake.write_partitions(features_table(UC), labelled, read_version=LATEST)
+    table = predictions_with_outcomes_table(UC)
+    first = run_step(["outcomes", "--usecase", UC, "--date", "2013-03-11"])
+    joined = serve_env.lake.read_frame(table, [event_day.isoformat()])
+    midnight = serve_env.usecase.time.local_midnight(date(2013, 3, 12))
+    known_by_then = labelled[labelled["outcome_known_at"] < midnight]
+    assert first["joined"] == [event_day.isoformat()] and 0 < len(joined) == len(known_by_then) < len(
+        labelled
+    )
+    keys = ["carrier", "flight", "origin", "sched_dep_time"]
+    merged = joined.merge(predictions, on=keys, suffixes=("", "_scored")).merge(
+        labelled[[*keys, "is_delayed"]], on=keys, suffixes=("", "_true")
+    )
+    assert len(merged) == len(joined)
+    assert (merged["probability"] == merged["probability_scored"]).all(), "the prediction made before"
+    assert (merged["is_delayed"] == merged["is_delayed_true"]).all()
+    assert (merged["prediction_time"] < merged["outcome_known_at"]).all()
+    assert (merged["model_version"] == scored["model_version"]).all()
+
+    version = serve_env.lake.version(table)
+    assert run_step(["outcomes", "--usecase", UC, "--date", "2013-03-11"])["joined"] == []
+    assert serve_env.lake.version(table) == version, "a rerun commits nothing"
+
+    later = run_step(["outcomes", "--usecase", UC, "--date", "2013-03-12"])
+    assert later["joined"] == [event_day.isoformat()]
+    assert len(serve_env.lake.read_frame(table, [event_day.isoformat()])) == len(labelled)

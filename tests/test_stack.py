@@ -240,7 +240,7 @@ from mlops_airflow.operators import patched_environ, s3_environment
 from pipelines.lake import Lake
 with patched_environ(s3_environment({connection!r})):
     lake = Lake({lake!r})
-    tables = {{s: f"raw/flight_delay/{{s}}" for s in ("flights", "weather", "planes")}}
+    tables = {{s: f"raw/flight_delay/{{s}}" for s in ("flights", "outcomes", "weather", "planes")}}
     print(json.dumps({{s: sorted(lake.partitions(t)) for s, t in tables.items()}}))
 """
 
@@ -248,6 +248,7 @@ with patched_environ(s3_environment({connection!r})):
 def _assert_two_days_ingested(partitions: object) -> None:
     assert partitions == {
         "flights": ["2013-01-01", "2013-01-02"],
+        "outcomes": ["2013-01-01", "2013-01-02"],
         "weather": ["2013-01-01", "2013-01-02"],
         "planes": ["2013-01-01"],
     }, partitions

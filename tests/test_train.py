@@ -90,7 +90,9 @@ def _holdout_features(trained) -> tuple[pd.DataFrame, np.ndarray]:
     version = trained.result["tables_read"][features_table(usecase.name)]
     frame = trained.lake.read_frame(features_table(usecase.name), dates, version=version)
     frame = frame.sort_values("date", kind="stable")
-    known = frame["outcome_known_at"] < usecase.time.local_midnight(DAY)  # outcomes known by the training date
+    known = frame["outcome_known_at"] < usecase.time.local_midnight(
+        DAY
+    )  # outcomes known by the training date
     frame = frame[frame[usecase.target.column].notna() & known].reset_index(drop=True)
     return modeling.prepare_features(frame, usecase), frame[usecase.target.column].to_numpy(dtype="int64")
 

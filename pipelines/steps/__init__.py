@@ -16,6 +16,7 @@ STEPS: dict[str, str] = {
     "register": "pipelines.steps.register",
     "promote": "pipelines.steps.promote",
     "score": "pipelines.steps.score",
+    "outcomes": "pipelines.steps.outcomes",
     "maintain": "pipelines.steps.maintain",
 }
 
@@ -30,6 +31,7 @@ STEP_KINDS: dict[str, str] = {
     "register": "base",
     "promote": "base",
     "score": "train",
+    "outcomes": "base",
     "maintain": "base",
 }
 

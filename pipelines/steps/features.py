@@ -1,11 +1,15 @@
-"""Build leak-free, time-aware feature partitions with Spark, only for days whose inputs changed.
+"""Build point-in-time feature partitions with Spark, only for days whose inputs changed.
 
 ``python -m pipelines features --usecase NAME --date D [--start S] [--rebuild]``
 
-Every committed raw partition of the primary source with S <= date <= D is a candidate day. A day's features depend
-on the primary partition of that day, the ``lookback_days`` primary partitions before it, the same-day partitions of
-joined events sources, the newest reference snapshot committed on or before that day, and the features/target
-configuration; their content hashes make the day's *inputs fingerprint*. Days whose features partition is missing
+Every committed raw partition of the primary source (the events, partitioned by event date) with S <= date <= D +
+``time.prediction_time.days_before`` is a candidate day: on day D the schedule predicted that evening is built too.
+Every event gets its prediction time, and its features use only what was known before it (see
+pipelines.transforms); its label comes from the outcome source and is known ``label_delay`` after the event time
+(NULL until the outcome arrived). A day's features depend on the primary and outcome partitions of that day and the
+``lookback_days`` before it, the partitions of joined events sources its transforms read, the newest reference
+snapshot committed on or before that day, and the features/target/time configuration; their content hashes make the
+day's *inputs fingerprint*, so an arriving outcome rebuilds its day. Days whose features partition is missing
 or carries another fingerprint are built together in one Spark job from one snapshot of each raw table, and
 committed in one commit to the Delta table ``features/<usecase>`` (partition facts: ``rows``,
 ``inputs_fingerprint``, ``inputs``, ``raw_versions``, ``columns``). Inputs reach Spark as Arrow (through the
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
-from pipelines.config import ConfigError, TimeSpec, UseCase
+from pipelines.config import OUTCOME_KNOWN_AT, PREDICTION_TIME, ConfigError, TimeSpec, UseCase
 from pipelines.context import StepContext, StepFailed, progress
 from pipelines.lake import (
     COMMIT_ATTEMPTS,
@@ -193,12 +197,6 @@ def read_source(
 
 
 # --------------------------------------------------------------------------------------------------- building
-
-
-PREDICTION_TIME = (
-    "prediction_time"  # when the event is predicted (UTC): features use only what was known before
-)
-OUTCOME_KNOWN_AT = "outcome_known_at"  # when the event's outcome became known (UTC); NULL: not known yet
 
 
 def output_columns(usecase: UseCase) -> list[str]:
@@ -412,7 +410,8 @@ def commit_days(
 
 
 def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
-    """Build the features partitions that are missing or stale for primary days up to ``ctx.day``."""
+    """Build the features partitions that are missing or stale for event days up to the last one predicted on
+    ``ctx.day``."""
     usecase = ctx.usecase
     primary = usecase.features.primary_source
     check_transforms(usecase)
@@ -427,7 +426,8 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                 "ingest first",
                 {"built": [], "skipped": 0, "rows": 0, "partitions": []},
             )
-        plans = plan_days(usecase, {s: snap.partitions for s, snap in raw.items()}, start, ctx.ds)
+        through = usecase.time.predicted_through(ctx.day).isoformat()  # the schedule predicted tonight
+        plans = plan_days(usecase, {s: snap.partitions for s, snap in raw.items()}, start, through)
         existing = ctx.lake.snapshot(features_table(usecase.name))
         stale = [
             plan
@@ -439,7 +439,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         skipped = len(plans) - len(stale)
         tables_read = {snap.table: snap.version for snap in raw.values() if snap.version is not None}
         if not stale:
-            progress(f"features: {len(plans)} day(s) up to {ctx.ds} are up to date")
+            progress(f"features: {len(plans)} day(s) up to {through} are up to date")
             return {
                 "built": [],
                 "skipped": skipped,

@@ -3,11 +3,14 @@
 Lake keys (``<uc>`` is the use case, ``<day>`` the landing date folder)::
 
     landing/<uc>/<day>/<file>            inbox: files wait here (see land_file, pending_files)
-    raw/<uc>/<source>/                   Delta table: typed rows of all valid files, partitioned by landing date
+    raw/<uc>/<source>/                   Delta table: typed rows of all valid files, partitioned by event date
     archive/<uc>/<day>/<file>            files committed to raw (copied first, deleted from landing last)
     quarantine/<uc>/<day>/<file>         rejected files, with <file>.report.json and <file>.report.html
 
-Every landed file with a date folder on or before ``--date`` is processed. A file belongs to the source whose
+The date folder is the date of the events in the file (the local date of the source's ``event_time``; a file
+with rows of another date is quarantined with those dates, never committed under the wrong one). Every landed file
+with a date folder on or before ``--date`` plus ``time.prediction_time.days_before`` is processed: on day D the
+schedule of the events predicted that evening is already there. A file belongs to the source whose
 ``file_pattern`` matches its name. Files are parsed strictly (encoding, CSV shape, Parquet footer, columns,
 min_rows), then all files of one source are validated in one GX batch (pipelines.validation). A file with any
 failure goes to quarantine as a whole; the others are committed. The raw partition of (source, day) is rebuilt
@@ -638,7 +641,8 @@ def _commit_source(
 
 
 def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
-    """Ingest every landed file dated on or before ctx.day (see the module docstring)."""
+    """Ingest every landed file dated on or before the last event date predicted on ctx.day (see the module
+    docstring)."""
     from pipelines.validation import to_typed, validate_batch
 
     usecase = ctx.usecase
@@ -646,12 +650,13 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     found, ignored = _landed_files(ctx.lake, usecase.name)
     for key in ignored:
         ctx.log.warning("ingest: ignoring %s (expected landing/%s/<yyyy-mm-dd>/<file>)", key, usecase.name)
-    landed = [_load(ctx.lake, key, day, name) for day, name, key in found if day <= ctx.day]
+    through = usecase.time.predicted_through(ctx.day)
+    landed = [_load(ctx.lake, key, day, name) for day, name, key in found if day <= through]
     result = _empty_result()
     if not landed:
-        progress(f"ingest: nothing waiting in landing/{usecase.name}/ up to {ctx.ds}")
+        progress(f"ingest: nothing waiting in landing/{usecase.name}/ up to {through}")
         return result
-    progress(f"ingest: {len(landed)} file(s) waiting in landing/{usecase.name}/ up to {ctx.ds}")
+    progress(f"ingest: {len(landed)} file(s) waiting in landing/{usecase.name}/ up to {through}")
     patterns = {name: source.file_pattern for name, source in usecase.sources.items()}
 
     # 1. match and parse

@@ -23,7 +23,8 @@ import json
 from typing import Any
 
 from pipelines.context import StepContext, progress
-from pipelines.lake import FACTS_ZONE, LakeError, features_table, predictions_table, raw_table
+from pipelines.lake import FACTS_ZONE, LakeError, features_table
+from pipelines.tables import data_tables
 
 DEFAULT_RETENTION_HOURS = 168
 
@@ -37,16 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "below 1 also deletes the files of a writer that is still writing",
     )
     parser.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
-
-
-def data_tables(ctx: StepContext) -> list[str]:
-    """The Delta tables of the use case that hold data (raw per source, features, predictions)."""
-    usecase = ctx.usecase.name
-    return [
-        *(raw_table(usecase, source) for source in ctx.usecase.sources),
-        features_table(usecase),
-        predictions_table(usecase),
-    ]
 
 
 def versions_named_by_models(ctx: StepContext) -> dict[str, set[int]]:
@@ -127,7 +118,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--retention-hours must be >= 0")
     named = versions_named_by_models(ctx)  # fail closed: raises when the registry cannot be read
     tables = []
-    for table in data_tables(ctx):
+    for table in data_tables(ctx.usecase):
         tables.append(maintain_table(ctx, table, named.get(table, set()), retention, dry_run))
         tables.append(maintain_table(ctx, f"{FACTS_ZONE}/{table}", set(), retention, dry_run))
     return {

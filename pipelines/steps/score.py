@@ -1,12 +1,15 @@
-"""Batch-score feature partitions with the champion model into the Delta table ``predictions/<usecase>``.
+"""Score ahead: the champion predicts the events whose prediction time is on the logical date, before they happen.
 
-Scores every committed feature partition dated in ``(D - schedules.score_catch_up_days, D]`` that has no committed
-predictions partition yet (so a missed day is caught up and a rerun scores nothing twice), and that is dated on or
-after the champion's training date (tag ``logical_date``): a model never scores the days it was trained or
-evaluated on, so predictions are always out of time. The champion is looked
-up once by alias and loaded by its pinned version, so a promotion during the run cannot mix two models. Features
-are read from one version of the features table (recorded with every prediction); all new partitions are one
-commit, and a concurrent commit to the same partitions makes the step plan again (another run scored them).
+Runs at the use case's prediction time (``schedules.score``, e.g. 18:00 local). For logical date D it scores every
+committed feature partition of an event date E with D - ``schedules.score_catch_up_days`` < E - ``days_before`` <= D
+that has no predictions partition yet (a missed evening is caught up, a rerun scores nothing twice). Features are
+point-in-time (built only from what was known at each event's prediction time), so the scorer never needs the
+outcome. A model scores only events predicted on or after its training date (tag ``logical_date``): it never
+predicts events whose prediction time came before it existed or days it was trained or evaluated on.
+The champion is looked up once by alias and loaded by its pinned version, so a promotion during the run cannot mix
+two models. Features are read from one version of the features table; every prediction row records the model
+version, the features table version and its prediction time. All new partitions are one commit to the Delta
+table ``predictions/<usecase>``; a concurrent commit to the same partitions makes the step plan again.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
+from pipelines.config import PREDICTION_TIME
 from pipelines.context import StepContext, StepFailed, progress
 from pipelines.lake import COMMIT_ATTEMPTS, DATE, CommitConflict, Snapshot, features_table, predictions_table
 
@@ -31,18 +35,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def dates_to_score(
     ctx: StepContext, feature_dates: list[str], scored_dates: set[str], not_before: date | None = None
 ) -> list[str]:
-    """Feature partition dates in the catch-up window ending on the logical date that are not scored yet
-    (and, given ``not_before``, dated on or after it)."""
-    first = ctx.day - timedelta(days=ctx.usecase.schedules.score_catch_up_days)
+    """Event dates predicted in the catch-up window ending on the logical date that are not scored yet (and,
+    given ``not_before``, predicted on or after that date)."""
+    days_before = timedelta(days=ctx.usecase.time.prediction_time.days_before)
+    last = ctx.usecase.time.predicted_through(ctx.day)
+    first = last - timedelta(days=ctx.usecase.schedules.score_catch_up_days)
     if not_before is not None:
-        first = max(first, not_before - timedelta(days=1))
+        first = max(first, not_before + days_before - timedelta(days=1))
     chosen = []
     for day in sorted(feature_dates):
         try:
             when = date.fromisoformat(day)
         except ValueError:
             continue
-        if first < when <= ctx.day and day not in scored_dates:
+        if first < when <= last and day not in scored_dates:
             chosen.append(day)
     return chosen
 
@@ -73,7 +79,7 @@ def check_feature_columns(ctx: StepContext, features: Snapshot, days: list[str])
     """Each partition to score holds the model's feature columns (the columns its features build recorded)."""
     from pipelines.tracking import feature_columns
 
-    wanted = feature_columns(ctx.usecase)
+    wanted = [*feature_columns(ctx.usecase), PREDICTION_TIME]
     for day in days:
         listed = features.partitions[day].facts.get("columns")
         missing = [c for c in wanted if c not in (listed if listed is not None else features.columns)]
@@ -94,8 +100,8 @@ def score_frame(
     features_version: int,
     where: str,
 ) -> pd.DataFrame:
-    """Predictions for feature rows: keys, date, probability, prediction, model version and run, and the
-    features table version the rows came from."""
+    """Predictions for feature rows: keys, date, prediction time, probability, prediction, model version and
+    run, and the features table version the rows came from."""
     import numpy as np
     import pandas as pd
 
@@ -107,6 +113,7 @@ def score_frame(
         raise StepFailed(f"{where}: key columns {missing} are missing (features.keys in the use case config)")
     out = frame[keys].reset_index(drop=True).copy()
     out[DATE] = frame[DATE].reset_index(drop=True)
+    out[PREDICTION_TIME] = frame[PREDICTION_TIME].reset_index(drop=True)
     if len(frame):
         probability = predict_proba(model, model_inputs(ctx, frame, where).reset_index(drop=True))
     else:

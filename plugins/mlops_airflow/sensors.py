@@ -17,17 +17,18 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 
 def _pending(usecase: str, up_to: str | None, conn_id: str | None) -> list[str]:
+    """Files waiting for the ingest run of date ``up_to``: dated up to the last event date predicted that day
+    (the schedule of tomorrow's events lands under tomorrow's date), as the ingest step takes them."""
     from mlops_airflow.operators import patched_environ, s3_environment
-    from pipelines.config import load_profile
+    from pipelines.config import load_profile, load_usecase
     from pipelines.lake import open_lake
     from pipelines.steps.ingest import pending_files
 
     profile = load_profile()
+    through = load_usecase(usecase).time.predicted_through(date.fromisoformat(up_to)) if up_to else None
     env = s3_environment(conn_id or profile.s3_connection_id) if profile.lake_uri.startswith("s3://") else {}
     with patched_environ(env):
-        return pending_files(
-            open_lake(profile.lake_uri), usecase, date.fromisoformat(up_to) if up_to else None
-        )
+        return pending_files(open_lake(profile.lake_uri), usecase, through)
 
 
 class LandingFilesTrigger(BaseTrigger):

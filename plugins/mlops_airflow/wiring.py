@@ -24,7 +24,8 @@ def dag_kwargs(usecase: UseCase, kind: str, *, schedule: Any, doc: str, **extra:
     return {
         "dag_id": f"{usecase.name}_{kind}",
         "schedule": schedule,
-        "start_date": pendulum.parse(usecase.schedules.start_date, tz="UTC"),
+        # cron schedules are read in the use case's time zone (score at 18:00 New York time, DST included)
+        "start_date": pendulum.parse(usecase.schedules.start_date, tz=usecase.time.timezone),
         "catchup": False,
         "max_active_runs": 1,
         "tags": ["mlops", usecase.name, kind, *usecase.tags],
