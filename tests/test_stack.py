@@ -277,7 +277,8 @@ def test_stack_runs_the_ingest_dag(docker_images, compose: list[str]) -> None:
         landed = stack.run(
             "exec", "-T", "airflow-scheduler", "mlops", "land", "--date", "2013-01-01", "--days", "2"
         )
-        assert landed.stdout.count("/landing/flight_delay/") == 5, landed.stdout
+        # the schedule, weather and outcomes of 2 days, and the planes table once
+        assert landed.stdout.count("/landing/flight_delay/") == 7, landed.stdout
         stack.airflow("dags", "unpause", "flight_delay_ingest")
         states = stack.wait_for_runs("flight_delay_ingest")
         assert states == ["success"], (
@@ -357,7 +358,7 @@ def test_stack_runs_tasks_in_containers(docker_images, compose: list[str], tmp_p
         landed = stack.run(
             "exec", "-T", "airflow-scheduler", "mlops", "land", "--date", "2013-01-01", "--days", "2"
         )
-        assert landed.stdout.count("s3://mlops-lake/lake/landing/flight_delay/") == 5, landed.stdout
+        assert landed.stdout.count("s3://mlops-lake/lake/landing/flight_delay/") == 7, landed.stdout
         for dag_id in dags:
             stack.airflow("dags", "unpause", dag_id)
         for dag_id in dags:  # features runs on the raw asset that ingest emits
