@@ -375,11 +375,12 @@ def test_stack_runs_tasks_in_containers(docker_images, compose: list[str], tmp_p
             filters={"type": "container", "event": "die", "label": "io.mlops.usecase=flight_delay"},
         )
         ran = {e["Actor"]["Attributes"]["io.mlops.step"]: e["Actor"]["Attributes"] for e in events}
-        assert set(ran) == {"ingest", "features", "score"}, ran
+        assert set(ran) == {"ingest", "features", "score", "outcomes"}, ran
         assert {step: attrs["image"] for step, attrs in ran.items()} == {
             "ingest": "mlops-base:dev",
             "features": "mlops-spark:dev",
             "score": "mlops-train:dev",
+            "outcomes": "mlops-base:dev",
         }
         assert {attrs["exitCode"] for attrs in ran.values()} == {"0"}
 
