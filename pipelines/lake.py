@@ -7,6 +7,7 @@ Layout (see docs/lake.md)::
     <lake>/quarantine/<usecase>/<yyyy-mm-dd>/<file>       rejected files + reports           (objects)
     <lake>/raw/<usecase>/<source>/                        validated, typed rows              (Delta, by date)
     <lake>/features/<usecase>/                            feature rows                       (Delta, by date)
+    <lake>/features_online/<usecase>/                     online snapshot: lookups per key   (Delta, by date)
     <lake>/predictions/<usecase>/                         batch scores                       (Delta, by date)
     <lake>/_meta/partitions/<table>/                      facts per partition of <table>     (Delta, by date)
     <lake>/runs/<usecase>/<step>/date=<yyyy-mm-dd>/       step results (JSON)                (objects)
@@ -323,6 +324,12 @@ def raw_table(usecase: str, source: str) -> str:
 def features_table(usecase: str) -> str:
     """The Delta table of a use case's point-in-time features: ``features/<usecase>``."""
     return table_key("features", usecase)
+
+
+def online_table(usecase: str) -> str:
+    """The Delta table of a use case's online feature snapshot, beside its features: ``features_online/<usecase>``
+    (per served event date, the lookups a request at that date's prediction time joins)."""
+    return table_key("features_online", usecase)
 
 
 def predictions_table(usecase: str) -> str:

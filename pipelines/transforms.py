@@ -22,9 +22,10 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import ConfigError, FeatureSpec, UseCase, parse_duration
+from pipelines.online import lookup_name
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import Column, DataFrame
 
 # Bump when a transform's output changes for the same input: the features step then rebuilds every partition.
 TRANSFORMS_VERSION = "2"  # 2: prediction-time semantics (time section)
@@ -190,29 +191,24 @@ def calendar(
     return df
 
 
-def join_source(
-    df: DataFrame, ctx: TransformContext, *, source: str, keys: list[str], columns: dict[str, str]
-) -> DataFrame:
-    """Left join columns of another source on ``keys``: an events source from the same day's partition, a
-    reference source from the newest snapshot committed on or before the row's day. ``columns`` maps source
-    column -> output column. The source side is deduplicated on the keys first (deterministically: the row with
-    the smallest values wins), so the join never duplicates primary rows."""
+def _join_right(
+    ctx: TransformContext, transform: str, source: str, keys: list[str], columns: Any, df: DataFrame
+) -> tuple[DataFrame, list[str], list[str]]:
+    """The rows of ``source`` to join, deduplicated on (align date, keys): the row with the smallest values
+    wins, so a join never duplicates primary rows. Returns them with the key aliases and the output names."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    keys = _str_list("join_source", "keys", keys)
+    keys = _str_list(transform, "keys", keys)
     if not isinstance(columns, dict) or not columns:
-        raise _fail(
-            "join_source", "columns", f"expected a mapping source_column: output_column, got {columns!r}"
-        )
+        raise _fail(transform, "columns", f"expected a mapping source_column: output_column, got {columns!r}")
     right = ctx.source_rows(source)
-    _columns_exist("join_source", "keys", keys, df)
-    _columns_exist("join_source", "keys", keys, right, where=f"source {source!r}")
-    _columns_exist("join_source", "columns", list(columns), right, where=f"source {source!r}")
-    outputs = [_new_column("join_source", "columns", out, df) for out in columns.values()]
+    _columns_exist(transform, "keys", keys, df)
+    _columns_exist(transform, "keys", keys, right, where=f"source {source!r}")
+    _columns_exist(transform, "columns", list(columns), right, where=f"source {source!r}")
+    outputs = [_new_column(transform, "columns", out, df) for out in columns.values()]
     if len(set(outputs)) != len(outputs):
-        raise _fail("join_source", "columns", f"output names must be unique, got {outputs}")
-
+        raise _fail(transform, "columns", f"output names must be unique, got {outputs}")
     key_columns = [f"_key_{i}" for i in range(len(keys))]
     right = right.select(
         F.col(ALIGN_COLUMN).alias("_right_align"),
@@ -223,7 +219,19 @@ def join_source(
         *[F.col(o).asc_nulls_last() for o in outputs]
     )
     right = right.withColumn("_rank", F.row_number().over(first)).where(F.col("_rank") == 1).drop("_rank")
+    return right, key_columns, outputs
 
+
+def join_source(
+    df: DataFrame, ctx: TransformContext, *, source: str, keys: list[str], columns: dict[str, str]
+) -> DataFrame:
+    """Left join columns of another source on ``keys``: an events source from the same day's partition, a
+    reference source from the newest snapshot committed on or before the row's day. ``columns`` maps source
+    column -> output column. The source side is deduplicated on the keys first (deterministically: the row with
+    the smallest values wins), so the join never duplicates primary rows."""
+    from pyspark.sql import functions as F
+
+    right, key_columns, outputs = _join_right(ctx, "join_source", source, keys, columns, df)
     condition = F.col(ALIGN_COLUMN) == F.col("_right_align")
     for key, alias in zip(keys, key_columns, strict=True):
         condition = condition & (F.col(key) == F.col(alias))
@@ -231,57 +239,137 @@ def join_source(
     return joined.select(*df.columns, *outputs)
 
 
+def _outcome_stream(df: DataFrame, ctx: TransformContext, keys: list[str]) -> DataFrame:
+    """The known outcomes among the frame's rows: keys, the second each became known (``_t``), positive or not."""
+    from pyspark.sql import functions as F
+
+    return df.where(F.col(ctx.label_column).isNotNull() & F.col(ctx.known_at_column).isNotNull()).select(
+        *keys,
+        F.unix_timestamp(F.col(ctx.known_at_column)).alias("_t"),
+        F.col(ctx.label_column).cast("long").alias("_pos"),
+    )
+
+
+def _past_counts(outcomes: DataFrame, queries: DataFrame, keys: list[str], days: int) -> DataFrame:
+    """For every query row (keys, ``_t`` in unix seconds, other columns kept): ``_h_n`` outcomes and ``_h_pos``
+    positives with the same keys that became known in [_t - days x 24 h, _t - 1 s]. One window per key over both
+    streams: the batch transform and the online snapshot count with this same function."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    carried = [c for c in queries.columns if c not in (*keys, "_t")]
+    stream = outcomes.select(*keys, "_t", F.lit(1).alias("_n"), "_pos", F.lit(False).alias("_query"))
+    asked = queries.select(
+        *keys,
+        "_t",
+        F.lit(0).alias("_n"),
+        F.lit(0).cast("long").alias("_pos"),
+        F.lit(True).alias("_query"),
+        *carried,
+    )
+    window = Window.partitionBy(*keys).orderBy("_t").rangeBetween(-days * 86400, -1)
+    return (
+        stream.unionByName(asked, allowMissingColumns=True)
+        .select(
+            *keys,
+            "_t",
+            "_query",
+            *carried,
+            F.sum("_n").over(window).alias("_h_n"),
+            F.sum("_pos").over(window).alias("_h_pos"),
+        )
+        .where(F.col("_query"))
+        .drop("_query")
+    )
+
+
 def past_rate(df: DataFrame, ctx: TransformContext, *, keys: list[str], days: int, output: str) -> DataFrame:
     """Share of positive labels among the outcomes with the same ``keys`` that became known in the ``days`` x 24
     hours strictly before the row's prediction time (an outcome known at or after it is not counted: no
     look-ahead). NULL without such outcomes."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     keys = _str_list("past_rate", "keys", keys)
     _check_days(days, ctx.usecase)
     _columns_exist("past_rate", "keys", keys, df)
     output = _new_column("past_rate", "output", output, df)
-    label, known_at, prediction = ctx.label_column, ctx.known_at_column, ctx.prediction_time_column
-
-    # one stream per key: outcomes at the second they became known (n=1), and the prediction times asking (n=0)
-    outcomes = df.where(F.col(label).isNotNull() & F.col(known_at).isNotNull()).select(
-        *keys,
-        F.unix_timestamp(F.col(known_at)).alias("_t"),
-        F.lit(1).alias("_n"),
-        F.col(label).cast("long").alias("_pos"),
-        F.lit(False).alias("_query"),
-    )
+    prediction = ctx.prediction_time_column
     queries = (
         df.select(*keys, F.col(prediction))
         .distinct()
-        .select(
-            *keys,
-            F.unix_timestamp(F.col(prediction)).alias("_t"),
-            F.lit(0).alias("_n"),
-            F.lit(0).cast("long").alias("_pos"),
-            F.lit(True).alias("_query"),
-        )
+        .select(*keys, F.unix_timestamp(F.col(prediction)).alias("_t"))
     )
-    window = Window.partitionBy(*keys).orderBy("_t").rangeBetween(-days * 86400, -1)
-    history = (
-        outcomes.unionByName(queries)
-        .select(
-            *keys,
-            "_t",
-            "_query",
-            F.sum("_n").over(window).alias("_h_n"),
-            F.sum("_pos").over(window).alias("_h_pos"),
-        )
-        .where(F.col("_query"))
-        .select(
-            *keys,
-            F.timestamp_seconds(F.col("_t")).alias(prediction),
-            F.when(F.col("_h_n") > 0, F.col("_h_pos") / F.col("_h_n")).cast("double").alias(output),
-        )
+    history = _past_counts(_outcome_stream(df, ctx, keys), queries, keys, days).select(
+        *keys,
+        F.timestamp_seconds(F.col("_t")).alias(prediction),
+        F.when(F.col("_h_n") > 0, F.col("_h_pos") / F.col("_h_n")).cast("double").alias(output),
     )
     # one row per (keys, prediction time): far smaller than the frame, so broadcast it instead of shuffling df
     return df.join(F.broadcast(history), on=[*keys, prediction], how="left")
+
+
+def _asof_observations(
+    df: DataFrame, ctx: TransformContext, source: str, keys: list[str], columns: Any, time: str | None
+) -> tuple[DataFrame, list[str], list[str]]:
+    """Observations of ``source``: key aliases, ``_obs_t`` (unix seconds) and the output columns."""
+    from pyspark.sql import functions as F
+
+    keys = _str_list("asof_join", "keys", keys)
+    if not isinstance(columns, dict) or not columns:
+        raise _fail(
+            "asof_join", "columns", f"expected a mapping source_column: output_column, got {columns!r}"
+        )
+    time = time or ctx.usecase.sources[source].event_time
+    if not time:
+        raise _fail(
+            "asof_join", "time", f"name the timestamp column of source {source!r} (or set its event_time)"
+        )
+    right = ctx.source_rows(source)
+    _columns_exist("asof_join", "keys", keys, df)
+    _columns_exist("asof_join", "keys", keys, right, where=f"source {source!r}")
+    _columns_exist("asof_join", "time", [time], right, where=f"source {source!r}")
+    _columns_exist("asof_join", "columns", list(columns), right, where=f"source {source!r}")
+    outputs = [_new_column("asof_join", "columns", out, df) for out in columns.values()]
+    if len(set(outputs)) != len(outputs):
+        raise _fail("asof_join", "columns", f"output names must be unique, got {outputs}")
+    key_columns = [f"_key_{i}" for i in range(len(keys))]
+    observations = right.select(
+        *[F.col(k).alias(alias) for k, alias in zip(keys, key_columns, strict=True)],
+        F.unix_timestamp(F.col(time)).alias("_obs_t"),
+        *[F.col(src).alias(out) for src, out in columns.items()],
+    ).dropna(subset=[*key_columns, "_obs_t"])
+    return observations, key_columns, outputs
+
+
+def _asof_latest(
+    observations: DataFrame,
+    queries: DataFrame,
+    keys: list[str],
+    key_columns: list[str],
+    outputs: list[str],
+    max_age_seconds: int,
+) -> DataFrame:
+    """For every query row (keys, ``_query_t``, other columns kept): the last observation with the same keys in
+    [_query_t - max_age, _query_t], ties broken by the smallest values; queries without one are dropped. The
+    batch transform and the online snapshot pick with this same function."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    carried = [c for c in queries.columns if c not in (*keys, "_query_t")]
+    condition = (F.col("_obs_t") <= F.col("_query_t")) & (
+        F.col("_obs_t") >= F.col("_query_t") - max_age_seconds
+    )
+    for key, alias in zip(keys, key_columns, strict=True):
+        condition = condition & (F.col(key) == F.col(alias))
+    latest = Window.partitionBy(*keys, "_query_t").orderBy(
+        F.col("_obs_t").desc(), *[F.col(o).asc_nulls_last() for o in outputs]
+    )
+    return (
+        queries.join(observations, on=condition, how="inner")
+        .withColumn("_rank", F.row_number().over(latest))
+        .where(F.col("_rank") == 1)
+        .select(*keys, "_query_t", *carried, "_obs_t", *outputs)
+    )
 
 
 def asof_join(
@@ -298,54 +386,118 @@ def asof_join(
     row's prediction time and at most ``max_age`` (e.g. 3h) before it; NULL when there is none. ``time`` is the
     source's timestamp column (default: its ``event_time``); ``columns`` maps source column -> output column.
     Ties at the same time are broken deterministically (smallest values first)."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    keys = _str_list("asof_join", "keys", keys)
-    if not isinstance(columns, dict) or not columns:
-        raise _fail(
-            "asof_join", "columns", f"expected a mapping source_column: output_column, got {columns!r}"
-        )
-    time = time or ctx.usecase.sources[source].event_time
-    if not time:
-        raise _fail(
-            "asof_join", "time", f"name the timestamp column of source {source!r} (or set its event_time)"
-        )
     max_age_seconds = _max_age_seconds(max_age)
-    right = ctx.source_rows(source)
-    _columns_exist("asof_join", "keys", keys, df)
-    _columns_exist("asof_join", "keys", keys, right, where=f"source {source!r}")
-    _columns_exist("asof_join", "time", [time], right, where=f"source {source!r}")
-    _columns_exist("asof_join", "columns", list(columns), right, where=f"source {source!r}")
-    outputs = [_new_column("asof_join", "columns", out, df) for out in columns.values()]
-    if len(set(outputs)) != len(outputs):
-        raise _fail("asof_join", "columns", f"output names must be unique, got {outputs}")
+    observations, key_columns, outputs = _asof_observations(df, ctx, source, keys, columns, time)
     prediction = ctx.prediction_time_column
-
-    key_columns = [f"_key_{i}" for i in range(len(keys))]
-    observations = right.select(
-        *[F.col(k).alias(alias) for k, alias in zip(keys, key_columns, strict=True)],
-        F.unix_timestamp(F.col(time)).alias("_obs_t"),
-        *[F.col(src).alias(out) for src, out in columns.items()],
-    ).dropna(subset=[*key_columns, "_obs_t"])
     queries = (
         df.select(*keys, prediction).distinct().withColumn("_query_t", F.unix_timestamp(F.col(prediction)))
     )
-    condition = (F.col("_obs_t") <= F.col("_query_t")) & (
-        F.col("_obs_t") >= F.col("_query_t") - max_age_seconds
-    )
-    for key, alias in zip(keys, key_columns, strict=True):
-        condition = condition & (F.col(key) == F.col(alias))
-    latest = Window.partitionBy(*keys, prediction).orderBy(
-        F.col("_obs_t").desc(), *[F.col(o).asc_nulls_last() for o in outputs]
-    )
-    picked = (
-        queries.join(observations, on=condition, how="inner")
-        .withColumn("_rank", F.row_number().over(latest))
-        .where(F.col("_rank") == 1)
-        .select(*keys, prediction, *outputs)
+    picked = _asof_latest(observations, queries, keys, key_columns, outputs, max_age_seconds).select(
+        *keys, prediction, *outputs
     )
     return df.join(F.broadcast(picked), on=[*keys, prediction], how="left")
+
+
+# --------------------------------------------------------------------------------------------------- online snapshot
+#
+# A transform that reads other rows (another source, past outcomes) also publishes, per prediction time, the
+# lookup a live request needs: one row per key with the values the transform would join (see pipelines.online,
+# which applies them to request records). ``times`` holds one row per day served: ctx.day_column and the
+# day's prediction time. Each builder returns (day, key, value, observed_at): key and value as JSON objects.
+
+
+def _lookup_rows(keys: list[str], values: list[Column], observed_at: Column | None = None) -> list[Column]:
+    from pyspark.sql import functions as F
+
+    return [
+        F.to_json(F.struct(*[F.col(k) for k in keys])).alias("key"),
+        F.to_json(F.struct(*values)).alias("value"),
+        (observed_at if observed_at is not None else F.lit(None).cast("timestamp")).alias("observed_at"),
+    ]
+
+
+def join_source_lookup(
+    df: DataFrame,
+    ctx: TransformContext,
+    times: DataFrame,
+    *,
+    source: str,
+    keys: list[str],
+    columns: dict[str, str],
+) -> DataFrame:
+    """The deduplicated rows of ``source`` that serve each day (its partition or reference snapshot)."""
+    from pyspark.sql import functions as F
+
+    right, key_columns, outputs = _join_right(ctx, "join_source", source, keys, columns, df)
+    aligned = ctx.align(times.select(ctx.day_column), source)
+    joined = aligned.join(right, on=F.col(ALIGN_COLUMN) == F.col("_right_align"), how="inner")
+    renamed = joined.select(
+        ctx.day_column,
+        *[F.col(alias).alias(key) for key, alias in zip(keys, key_columns, strict=True)],
+        *outputs,
+    )
+    return renamed.select(ctx.day_column, *_lookup_rows(keys, [F.col(o) for o in outputs]))
+
+
+def asof_join_lookup(
+    df: DataFrame,
+    ctx: TransformContext,
+    times: DataFrame,
+    *,
+    source: str,
+    keys: list[str],
+    columns: dict[str, str],
+    time: str | None = None,
+    max_age: str = "24h",
+) -> DataFrame:
+    """Per key of ``source``, the last observation within ``max_age`` of each day's prediction time, with the
+    time it was observed (a request later than the prediction time checks the age again)."""
+    from pyspark.sql import functions as F
+
+    max_age_seconds = _max_age_seconds(max_age)
+    observations, key_columns, outputs = _asof_observations(df, ctx, source, keys, columns, time)
+    key_values = observations.select(
+        *[F.col(alias).alias(key) for key, alias in zip(keys, key_columns, strict=True)]
+    ).distinct()
+    queries = key_values.crossJoin(
+        times.select(ctx.day_column, F.unix_timestamp(F.col(ctx.prediction_time_column)).alias("_query_t"))
+    )
+    picked = _asof_latest(observations, queries, keys, key_columns, outputs, max_age_seconds)
+    return picked.select(
+        ctx.day_column,
+        *_lookup_rows(keys, [F.col(o) for o in outputs], F.timestamp_seconds(F.col("_obs_t"))),
+    )
+
+
+def past_rate_lookup(
+    df: DataFrame, ctx: TransformContext, times: DataFrame, *, keys: list[str], days: int, output: str
+) -> DataFrame:
+    """Per key with outcomes, how many became known in the ``days`` before each day's prediction time and how
+    many of them were positive (the rate is positives / n)."""
+    from pyspark.sql import functions as F
+
+    keys = _str_list("past_rate", "keys", keys)
+    outcomes = _outcome_stream(df, ctx, keys)
+    queries = (
+        outcomes.select(*keys)
+        .distinct()
+        .crossJoin(
+            times.select(ctx.day_column, F.unix_timestamp(F.col(ctx.prediction_time_column)).alias("_t"))
+        )
+    )
+    counts = _past_counts(outcomes, queries, keys, days).where(F.col("_h_n") > 0)
+    values = [F.col("_h_n").cast("long").alias("n"), F.col("_h_pos").cast("long").alias("positives")]
+    return counts.select(ctx.day_column, *_lookup_rows(keys, values))
+
+
+# A transform without a lookup here uses only the request record's own columns (calendar).
+LOOKUPS: dict[str, Callable[..., DataFrame]] = {
+    "join_source": join_source_lookup,
+    "asof_join": asof_join_lookup,
+    "past_rate": past_rate_lookup,
+}
 
 
 TRANSFORMS: dict[str, Callable[..., DataFrame]] = {
@@ -431,7 +583,28 @@ def source_dates(usecase: UseCase, source: str, day: date) -> list[date]:
 
 def apply_transforms(df: DataFrame, ctx: TransformContext) -> DataFrame:
     """Apply the use case's transforms in order."""
+    return apply_transforms_with_lookups(df, ctx, None)[0]
+
+
+def apply_transforms_with_lookups(
+    df: DataFrame, ctx: TransformContext, times: DataFrame | None
+) -> tuple[DataFrame, DataFrame | None]:
+    """Apply the use case's transforms in order and, given ``times`` (day column, prediction time: the days
+    served), the online snapshot rows of those days: day, ``lookup``, ``key``, ``value``, ``observed_at``. Each
+    lookup is built from the frame as its transform sees it (after the transforms before it)."""
+    from pyspark.sql import functions as F
+
     check_transforms(ctx.usecase)
-    for spec in ctx.usecase.features.transforms:
+    lookups = []
+    for index, spec in enumerate(ctx.usecase.features.transforms):
+        if times is not None and spec.name in LOOKUPS:
+            rows = LOOKUPS[spec.name](df, ctx, times, **spec.params)
+            name = F.lit(lookup_name(index, spec.name)).alias("lookup")
+            lookups.append(rows.select(ctx.day_column, name, "key", "value", "observed_at"))
         df = TRANSFORMS[spec.name](df, ctx, **spec.params)
-    return df
+    if times is None or not lookups:
+        return df, None
+    union = lookups[0]
+    for rows in lookups[1:]:
+        union = union.unionByName(rows)
+    return df, union

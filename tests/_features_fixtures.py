@@ -72,3 +72,45 @@ def land_days(lake: Lake, usecase: UseCase, days: list[date], planes_day: date |
         write_raw(lake, usecase, "weather", day, rows_of_day(weather, day))
     if planes_day is not None:
         write_raw(lake, usecase, "planes", planes_day, nycflights("planes", None))
+
+
+def assert_online_reproduces_features(lake: Lake, usecase: UseCase, days: list[str]) -> int:
+    """The online function (records + snapshot, in pandas) gives every event of ``days`` the model inputs Spark
+    built for it; returns how many rows were compared."""
+    import numpy as np
+
+    from pipelines.lake import features_table, online_table
+    from pipelines.online import model_input_frame, read_records, read_snapshots
+    from pipelines.tracking import feature_columns
+
+    snapshots = read_snapshots(lake, usecase, days)
+    assert sorted(snapshots) == sorted(days), "every built day has an online snapshot"
+    keys = [k for k in usecase.features.keys if k != "date"]
+    compared = 0
+    for day in days:
+        online = lake.partitions(online_table(usecase.name))[day]
+        version = online.facts["raw_versions"][raw_table(usecase.name, usecase.features.primary_source)]
+        records = read_records(lake, usecase, [day], version)
+        inputs = model_input_frame(usecase, records, snapshots[day])
+        assert len(inputs) == len(records)
+        online_inputs = inputs.add_suffix("_online").reset_index(drop=True)
+        got = pd.concat([records[keys].reset_index(drop=True), online_inputs], axis=1)
+        built = lake.read_frame(features_table(usecase.name), [day])
+        assert (pd.to_datetime(built["prediction_time"], utc=True) == snapshots[day].prediction_time).all()
+        merged = built.merge(got, on=keys, validate="one_to_one")
+        assert len(merged) == len(built) == len(records), day
+        for column in feature_columns(usecase):
+            spark_values, online_values = merged[column], merged[f"{column}_online"]
+            if column in usecase.features.categorical:
+                assert (spark_values.fillna("<null>") == online_values.fillna("<null>")).all(), (day, column)
+            else:
+                same = np.isclose(
+                    spark_values.astype(float), online_values.astype(float), rtol=1e-12, equal_nan=True
+                )
+                assert same.all(), (
+                    day,
+                    column,
+                    merged.loc[~same, [*keys, column, f"{column}_online"]].head(),
+                )
+        compared += len(merged)
+    return compared

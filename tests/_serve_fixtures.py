@@ -5,6 +5,7 @@ and the train/evaluate/gate artifacts those steps read, produced here by followi
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -16,7 +17,7 @@ import pandas as pd
 import pytest
 
 from pipelines.config import UseCase, load_usecase
-from pipelines.lake import LATEST, Lake, content_hash, features_table
+from pipelines.lake import LATEST, Lake, content_hash, features_table, online_table, raw_table
 
 USECASE = "flight_delay"
 CARRIERS = ["AA", "B6", "DL", "EV", "UA"]
@@ -77,43 +78,99 @@ def make_serve_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_root: Pa
     return ServeEnv(lake=Lake(str(tmp_path / "lake")), usecase=usecase, tmp=tmp_path)
 
 
-def feature_frame(usecase: UseCase, day: date, rows: int, seed: int) -> pd.DataFrame:
-    """Synthetic feature rows for one day with a learnable signal, a time trend and some nulls."""
+DESTS = [f"D{i:02d}" for i in range(40)]
+TAILNUMS = [f"N{i:03d}XX" for i in range(300)]
+
+
+def _rate_table(rng: np.random.Generator, keys: list[tuple], n: int = 20) -> dict[tuple, tuple[int, int]]:
+    """(outcomes, positives) per key: rates k/n that the online function reproduces exactly."""
+    return {key: (n, int(rng.binomial(n, rng.beta(2, 8)))) for key in keys}
+
+
+def synthetic_day(
+    usecase: UseCase, day: date, rows: int, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[str, Any]]]:
+    """One day of flights with a learnable signal, a time trend and some nulls, three ways: the feature rows
+    (as the features step writes them), the schedule rows they come from (raw ``flights``) and the online
+    snapshot rows (lookups per origin, tailnum, route, carrier) that give those rows those features."""
     rng = np.random.default_rng(seed)
+    assert [t.name for t in usecase.features.transforms] == [
+        "calendar",
+        "asof_join",
+        "join_source",
+        "past_rate",
+        "past_rate",
+        "past_rate",
+    ], "the fixture follows config/usecases/flight_delay.yaml's transforms"
+    at = pd.Timestamp(usecase.time.prediction_time_of(day))
     dep_hour = rng.integers(5, 23, rows)
     carrier = rng.choice(CARRIERS, rows)
     origin = rng.choice(ORIGINS, rows)
-    frame = pd.DataFrame(
+    dest = rng.choice(DESTS, rows)
+    tailnum = rng.choice(np.array(TAILNUMS + [None] * 15, dtype=object), rows)
+    records = pd.DataFrame(
         {
             "year": day.year,
             "month": day.month,
             "day": day.day,
+            "sched_dep_time": dep_hour * 100 + rng.integers(0, 60, rows),
+            "sched_arr_time": ((dep_hour + 3) % 24) * 100,
             "carrier": carrier,
             "flight": np.arange(1, rows + 1) + 1000 * (seed % 7),
+            "tailnum": tailnum,
             "origin": origin,
-            "sched_dep_time": dep_hour * 100 + rng.integers(0, 60, rows),
+            "dest": dest,
+            "distance": rng.uniform(100, 2500, rows),
+            "hour": dep_hour,
+            "minute": 0,
             "time_hour": pd.Timestamp(usecase.time.local_midnight(day)) + pd.to_timedelta(dep_hour, unit="h"),
-            "prediction_time": pd.Timestamp(usecase.time.prediction_time_of(day)),
-            "date": day.isoformat(),
         }
     )
+    weather = {
+        o: {
+            "wx_temp": float(rng.normal(50, 15)),
+            "wx_humid": float(rng.uniform(20, 100)),
+            "wx_wind_speed": float(rng.gamma(2, 5)),
+            "wx_precip": float(rng.exponential(0.02)),
+            "wx_visib": None if o == ORIGINS[seed % 3] else float(rng.uniform(1, 10)),
+            "wx_pressure": float(rng.normal(1015, 8)),
+        }
+        for o in ORIGINS
+    }
+    planes = {
+        t: {
+            "plane_year": None if i % 17 == 0 else int(rng.integers(1990, 2013)),
+            "plane_seats": int(rng.choice([50, 140, 180, 300])),
+            "plane_engines": 2,
+        }
+        for i, t in enumerate(TAILNUMS)
+    }
+    routes = _rate_table(rng, [(o, d) for o in ORIGINS for d in DESTS])
+    carriers = _rate_table(rng, [(c,) for c in CARRIERS])
+    origins = _rate_table(rng, [(o,) for o in ORIGINS])
+
+    frame = records[
+        ["year", "month", "day", "carrier", "flight", "origin", "sched_dep_time", "time_hour"]
+    ].copy()
+    frame["prediction_time"] = at
+    frame["date"] = day.isoformat()
     frame["outcome_known_at"] = frame["time_hour"] + pd.Timedelta(seconds=usecase.time.outcome.delay_seconds)
     numeric = {
         "dep_hour": dep_hour.astype(float),
-        "day_of_week": float(day.weekday()),
+        "day_of_week": float(day.isoweekday()),
         "month": float(day.month),
-        "distance": rng.uniform(100, 2500, rows),
-        "wx_temp": rng.normal(50, 15, rows),
-        "wx_humid": rng.uniform(20, 100, rows),
-        "wx_wind_speed": rng.gamma(2, 5, rows),
-        "wx_precip": rng.exponential(0.02, rows),
-        "wx_visib": rng.uniform(1, 10, rows),
-        "wx_pressure": rng.normal(1015, 8, rows),
-        "plane_year": rng.integers(1990, 2013, rows).astype(float),
-        "plane_seats": rng.choice([50.0, 140.0, 180.0, 300.0], rows),
-        "route_delay_rate_28d": rng.beta(2, 8, rows),
-        "carrier_delay_rate_7d": rng.beta(2, 8, rows),
-        "origin_delay_rate_1d": rng.beta(2, 8, rows),
+        "distance": records["distance"].to_numpy(),
+        **{
+            column: np.array([weather[o][column] for o in origin], dtype=float)
+            for column in ("wx_temp", "wx_humid", "wx_wind_speed", "wx_precip", "wx_visib", "wx_pressure")
+        },
+        **{
+            column: np.array([planes[t][column] if t else None for t in tailnum], dtype=float)
+            for column in ("plane_year", "plane_seats")
+        },
+        "route_delay_rate_28d": np.array([routes[(o, d)][1] / 20 for o, d in zip(origin, dest, strict=True)]),
+        "carrier_delay_rate_7d": np.array([carriers[(c,)][1] / 20 for c in carrier]),
+        "origin_delay_rate_1d": np.array([origins[(o,)][1] / 20 for o in origin]),
     }
     for column in usecase.features.numeric:
         frame[column] = numeric[column]
@@ -126,28 +183,74 @@ def feature_frame(usecase: UseCase, day: date, rows: int, seed: int) -> pd.DataF
         + trend
         - 1.2
     )
-    label = (rng.uniform(size=rows) < 1 / (1 + np.exp(-logit))).astype("float64")
-    for column in ("wx_temp", "wx_visib", "plane_year"):
-        frame.loc[rng.uniform(size=rows) < 0.05, column] = np.nan
-    frame[usecase.target.column] = label
-    return frame
+    frame[usecase.target.column] = (rng.uniform(size=rows) < 1 / (1 + np.exp(-logit))).astype("float64")
+
+    def row(lookup: str, key: dict, value: dict, observed_at: Any = None) -> dict[str, Any]:
+        value = {k: v for k, v in value.items() if v is not None}
+        return {
+            "date": day.isoformat(),
+            "prediction_time": at,
+            "lookup": lookup,
+            "key": json.dumps(key),
+            "value": json.dumps(value),
+            "observed_at": observed_at,
+        }
+
+    lookups = [row("_day", {}, {})]
+    lookups += [row("1:asof_join", {"origin": o}, v, at - pd.Timedelta(hours=1)) for o, v in weather.items()]
+    lookups += [row("2:join_source", {"tailnum": t}, v) for t, v in planes.items()]
+    for index, table, names in (
+        (3, routes, ["origin", "dest"]),
+        (4, carriers, ["carrier"]),
+        (5, origins, ["origin"]),
+    ):
+        for key, (n, positives) in table.items():
+            lookups.append(
+                row(
+                    f"{index}:past_rate", dict(zip(names, key, strict=True)), {"n": n, "positives": positives}
+                )
+            )
+    return frame, records.assign(date=day.isoformat()), lookups
+
+
+def feature_frame(usecase: UseCase, day: date, rows: int, seed: int) -> pd.DataFrame:
+    """Synthetic feature rows for one day (see :func:`synthetic_day`)."""
+    return synthetic_day(usecase, day, rows, seed)[0]
 
 
 def write_features(env: ServeEnv, days: list[date], rows: int = 40) -> dict[str, pd.DataFrame]:
-    """Commit one synthetic feature partition per day (one commit); returns the frames by ISO date."""
-    frames, facts = {}, {}
+    """Commit one synthetic feature partition per day (one commit), and, as the features step does, the online
+    snapshot of those days and the schedule rows (raw ``flights``) they were built from; returns the feature
+    frames by ISO date."""
+    from pipelines.steps.features import features_config_hash
+
+    uc = env.usecase.name
+    frames, facts, records, lookups = {}, {}, [], []
     for index, day in enumerate(days):
-        frames[day.isoformat()] = feature_frame(env.usecase, day, rows, seed=index + day.toordinal())
+        frame, day_records, day_lookups = synthetic_day(env.usecase, day, rows, seed=index + day.toordinal())
+        frames[day.isoformat()] = frame
+        records.append(day_records)
+        lookups += day_lookups
+    raw = env.lake.write_partitions(
+        raw_table(uc, "flights"), pd.concat(records, ignore_index=True), read_version=LATEST
+    )
+    for day in days:
         facts[day.isoformat()] = {
             "inputs": {"flights": {day.isoformat(): f"hash-{day}"}},
             "inputs_fingerprint": f"fp-{day.isoformat()}",
-            "raw_versions": {f"raw/{env.usecase.name}/flights": 0},
+            "raw_versions": {raw_table(uc, "flights"): raw.version},
+            "config_hash": features_config_hash(env.usecase),
         }
+    commit = env.lake.write_partitions(
+        features_table(uc), pd.concat(frames.values(), ignore_index=True), read_version=LATEST, facts=facts
+    )
+    snapshot = pd.DataFrame(lookups)
+    snapshot["observed_at"] = pd.to_datetime(snapshot["observed_at"], utc=True)
     env.lake.write_partitions(
-        features_table(env.usecase.name),
-        pd.concat(frames.values(), ignore_index=True),
+        online_table(uc),
+        snapshot,
         read_version=LATEST,
-        facts=facts,
+        facts={day: {**day_facts, "features_version": commit.version} for day, day_facts in facts.items()},
     )
     return frames
 

@@ -11,8 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _demo import MONTHS, USECASE, run_demo_cli
+from _features_fixtures import assert_online_reproduces_features
 
-from pipelines.lake import Lake, features_table, predictions_table, predictions_with_outcomes_table, raw_table
+from pipelines.config import load_usecase
+from pipelines.lake import (
+    Lake,
+    features_table,
+    online_table,
+    predictions_table,
+    predictions_with_outcomes_table,
+    raw_table,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -49,6 +58,10 @@ def _check_lifecycle(summary: dict, lake: Lake, tracking_uri: str) -> None:
     features = lake.partitions(features_table(USECASE))
     assert len(features) == len(raw)
     assert all(p.facts.get("inputs_fingerprint") and p.data_hash for p in features.values())
+    # every features date has its online snapshot, from which the online function gives the same features
+    online = lake.partitions(online_table(USECASE))
+    assert set(online) == set(features)
+    assert assert_online_reproduces_features(lake, load_usecase(USECASE), ["2013-03-15", "2013-04-01"]) > 1000
     predictions = lake.partitions(predictions_table(USECASE))
     assert predictions, "the champion scored nothing"
     assert set(predictions) <= set(features)

@@ -12,11 +12,17 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from _features_fixtures import land_days, nycflights, rows_of_day, write_raw
+from _features_fixtures import (
+    assert_online_reproduces_features,
+    land_days,
+    nycflights,
+    rows_of_day,
+    write_raw,
+)
 
 from pipelines.config import UseCase, load_profile, load_usecase, usecase_path
 from pipelines.context import StepContext, StepFailed
-from pipelines.lake import Lake, features_table, raw_table
+from pipelines.lake import Lake, features_table, online_table, raw_table
 from pipelines.spark import get_spark
 from pipelines.steps import features
 from pipelines.transforms import TransformError, check_transforms
@@ -116,7 +122,7 @@ def test_features_partition_columns_types_rows_and_values(lake: Lake) -> None:
         assert str(schema.field(name).type) == "timestamp[us, tz=UTC]", name
     assert partition.facts["columns"] == expected_columns
     assert {"rows", "inputs_fingerprint", "inputs", "raw_versions", "data_hash"} <= set(partition.facts)
-    assert result["tables_written"] == {features_table("flight_delay"): 0}
+    assert result["tables_written"] == {features_table("flight_delay"): 0, online_table("flight_delay"): 0}
     assert result["tables_read"] == {
         raw_table("flight_delay", s): lake.version(raw_table("flight_delay", s))
         for s in ("flights", "outcomes", "weather", "planes")
@@ -175,6 +181,11 @@ def test_features_partition_columns_types_rows_and_values(lake: Lake) -> None:
 
     first = read_features(lake, usecase, days[0])
     assert first[PAST_RATES].isna().all().all(), "the first day has no history, so past rates are NULL"
+
+    # the online snapshot: the same features from the schedule rows and the lookups, in pandas
+    assert result["tables_written"][online_table("flight_delay")] == 0
+    compared = assert_online_reproduces_features(lake, usecase, [d.isoformat() for d in days])
+    assert compared == result["rows"]
 
 
 def test_past_rates_do_not_see_labels_of_the_same_or_later_days(lake: Lake) -> None:

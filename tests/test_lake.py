@@ -29,6 +29,7 @@ from pipelines.lake import (
     commit_with_retry,
     content_hash,
     features_table,
+    online_table,
     predictions_table,
 )
 
@@ -372,9 +373,9 @@ def test_a_step_killed_mid_write_leaves_the_previous_version_and_its_retry_is_id
     write_features(reference_env, [day], rows=BIG_ROWS[backend])
     run_step(["score", "--usecase", "flight_delay", "--date", day.isoformat()])
     expected = reference.read(table, [day.isoformat()])
-    lineage = "features_version"  # the features table's version differs between the two lakes, by design
+    lineage = "snapshot_version"  # the snapshot table's version differs between the two lakes, by design
     assert content_hash(retried.drop_columns([lineage])) == content_hash(expected.drop_columns([lineage]))
-    assert set(retried.column(lineage).to_pylist()) == {env.lake.version(features_table("flight_delay"))}
+    assert set(retried.column(lineage).to_pylist()) == {env.lake.version(online_table("flight_delay"))}
     assert env.lake.partitions(table)[day.isoformat()].data_hash == content_hash(retried)
     assert (
         env.lake.read_frame(features_table("flight_delay"), [day.isoformat()]).shape[0] == BIG_ROWS[backend]

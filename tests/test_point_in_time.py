@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from _features_fixtures import typed
+from _features_fixtures import assert_online_reproduces_features, typed
 
 from pipelines.config import UseCase, load_profile, load_usecase
 from pipelines.context import StepContext
@@ -232,6 +232,8 @@ def test_spark_features_equal_the_slow_pandas_definition_on_random_data(parcels,
 
     expected = expected_features(usecase, *frames)
     assert_matches(built, expected)
+    # and the online function, from each day's parcels and its snapshot, gives the same model inputs
+    assert assert_online_reproduces_features(lake, usecase, sorted(set(built["date"]))) == len(built)
     assert expected["depot_late_rate_2d"].notna().sum() > 100 and expected["depot_queue"].notna().sum() > 30
     assert expected["is_late"].isna().sum() > 0 and (expected["is_late"] == 0).sum() > 0
 

@@ -12,7 +12,13 @@ from _serve_fixtures import ServeEnv, produce_day, write_features
 
 from pipelines.cli import run_step
 from pipelines.context import StepFailed
-from pipelines.lake import LATEST, features_table, predictions_table, predictions_with_outcomes_table
+from pipelines.lake import (
+    LATEST,
+    features_table,
+    online_table,
+    predictions_table,
+    predictions_with_outcomes_table,
+)
 
 UC = "flight_delay"
 PREDICTIONS = predictions_table(UC)
@@ -60,15 +66,16 @@ def test_score_catches_up_skips_scored_partitions_and_is_idempotent(serve_env: S
     assert sorted(predictions) == sorted([*expected, already.isoformat()])
     assert predictions[already.isoformat()].files == existing.files, "the scored partition was not touched"
     assert result["tables_written"] == {PREDICTIONS: 1}
-    features_version = serve_env.lake.version(features_table(UC))
-    assert result["tables_read"] == {features_table(UC): features_version}
+    snapshot_version = serve_env.lake.version(online_table(UC))
+    assert result["tables_read"] == {online_table(UC): snapshot_version}
 
     model = load_model(f"models:/{UC}/{version}")
     champion_run = predictions[expected[0]].facts["model_run_id"]
     for iso in expected:
         partition = predictions[iso]
         assert partition.facts["model_version"] == version
-        assert partition.facts["features_version"] == features_version
+        assert partition.facts["snapshot_version"] == snapshot_version
+        assert partition.facts["features_version"] == serve_env.lake.version(features_table(UC))
         frame = serve_env.lake.read_frame(PREDICTIONS, [iso])
         keys = serve_env.usecase.features.keys
         assert set(frame.columns) == {
@@ -79,18 +86,19 @@ def test_score_catches_up_skips_scored_partitions_and_is_idempotent(serve_env: S
             "prediction",
             "model_version",
             "model_run_id",
-            "features_version",
+            "snapshot_version",
         }
         source = frames[iso]
         pd.testing.assert_frame_equal(frame[keys], source[keys], check_dtype=False)
         assert (frame["date"].astype(str) == iso).all()
         assert (frame["prediction_time"] == source["prediction_time"]).all()
         assert (frame["prediction_time"] < source["time_hour"]).all(), "scored ahead of the event"
+        # the features computed online from the schedule rows and the snapshot are the features of the day
         inputs = source[feature_columns(serve_env.usecase)]
         np.testing.assert_allclose(frame["probability"], predict_proba(model, inputs), rtol=1e-9)
         assert ((frame["probability"] >= 0.5).astype(int) == frame["prediction"]).all()
         assert (frame["model_version"] == version).all() and (frame["model_run_id"] == champion_run).all()
-        assert (frame["features_version"] == features_version).all()
+        assert (frame["snapshot_version"] == snapshot_version).all()
 
     # a rerun scores nothing and leaves every partition as it was (no new commit)
     hashes = {d: p.data_hash for d, p in predictions.items()}
@@ -105,18 +113,24 @@ def test_score_catches_up_skips_scored_partitions_and_is_idempotent(serve_env: S
     assert serve_env.lake.partitions(PREDICTIONS)[lost].data_hash == hashes[lost]
 
 
-def test_score_names_the_partition_when_a_feature_column_is_missing(serve_env: ServeEnv) -> None:
+def test_score_refuses_a_snapshot_built_with_another_features_config(serve_env: ServeEnv) -> None:
     produce_day(serve_env, date(2013, 3, 1), gate_passed=True)
     run_step(["register", "--usecase", UC, "--date", "2013-03-01"])
     run_step(["promote", "--usecase", UC, "--date", "2013-03-01"])
     day = date(2013, 5, 20)
-    frame = write_features(serve_env, [day], rows=10)[day.isoformat()].drop(columns=["wx_temp"])
-    # as the features step records it: this partition was built without the column
-    columns = [c for c in frame.columns]
+    write_features(serve_env, [day], rows=10)
+    # as if the features of this day were built before a feature was added to the config
+    snapshot = serve_env.lake.read(online_table(UC), [day.isoformat()])
+    facts = dict(serve_env.lake.partitions(online_table(UC))[day.isoformat()].facts)
     serve_env.lake.write_partitions(
-        features_table(UC), frame, read_version=LATEST, facts={day.isoformat(): {"columns": columns}}
+        online_table(UC),
+        snapshot,
+        read_version=LATEST,
+        facts={day.isoformat(): {**facts, "config_hash": "0123456789abcdef"}},
     )
-    with pytest.raises(StepFailed, match=r"features/flight_delay/date=2013-05-20.*wx_temp.*--rebuild"):
+    with pytest.raises(
+        StepFailed, match=r"features_online/flight_delay/date=2013-05-20.*0123456789abcdef.*--rebuild"
+    ):
         _score(day)
     assert day.isoformat() not in serve_env.lake.partitions(PREDICTIONS)
 

@@ -12,7 +12,9 @@ snapshot committed on or before that day, and the features/target/time configura
 day's *inputs fingerprint*, so an arriving outcome rebuilds its day. Days whose features partition is missing
 or carries another fingerprint are built together in one Spark job from one snapshot of each raw table, and
 committed in one commit to the Delta table ``features/<usecase>`` (partition facts: ``rows``,
-``inputs_fingerprint``, ``inputs``, ``raw_versions``, ``columns``). Inputs reach Spark as Arrow (through the
+``inputs_fingerprint``, ``inputs``, ``raw_versions``, ``columns``). The same job publishes their online snapshot
+(the lookups a request at each day's prediction time joins; see pipelines.online), committed next to
+``features_online/<usecase>`` with the same facts; a day is stale when either table lacks its fingerprint. Inputs reach Spark as Arrow (through the
 driver) and results come back as Arrow, so any master works (local or a cluster) and the lake may be local or S3.
 A concurrent commit to the same partitions makes the step plan and build again from the new snapshots.
 """
@@ -38,14 +40,16 @@ from pipelines.lake import (
     PartitionInfo,
     Snapshot,
     features_table,
+    online_table,
     raw_table,
 )
+from pipelines.online import SNAPSHOT_HEADER
 from pipelines.spark import get_spark
 from pipelines.transforms import (
     ALIGN_COLUMN,
     TRANSFORMS_VERSION,
     TransformContext,
-    apply_transforms,
+    apply_transforms_with_lookups,
     check_transforms,
     joined_sources,
     source_dates,
@@ -57,6 +61,8 @@ if TYPE_CHECKING:
 
 DAY_COLUMN = "_day"  # partition date of each primary row (DateType) while the transforms run
 DATE_COLUMN = DATE  # partition date in the output (ISO string)
+# Columns of the online snapshot table: per served event date, one row per lookup and key (see pipelines.online).
+SNAPSHOT_COLUMNS = [DATE, PREDICTION_TIME, "lookup", "key", "value", "observed_at"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -355,9 +361,26 @@ def _frames(
     return frame, context
 
 
-def build_rows(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan]) -> pa.Table:
-    """The features of the days in ``plans``, computed in one Spark job, as one Arrow table with a ``date``
-    column, sorted by every column (so a rebuild from the same inputs gives the same files)."""
+def _prediction_times(frame: DataFrame, days: list[date]) -> dict[date, Any]:
+    """The one prediction time of each day's events (every event of a day is predicted at the same time)."""
+    from pyspark.sql import functions as F
+
+    pairs = frame.where(F.col(DAY_COLUMN).isin(days)).select(DAY_COLUMN, PREDICTION_TIME).distinct().collect()
+    times: dict[date, Any] = {}
+    for day, at in pairs:
+        if day in times:  # a bug (ingest keeps each event on its local date), not bad input
+            raise RuntimeError(
+                f"features: events of {day} have several prediction times ({times[day]}, {at})"
+            )
+        times[day] = at
+    return times
+
+
+def build_rows(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan]) -> tuple[pa.Table, pa.Table]:
+    """The features of the days in ``plans`` and their online snapshot, computed in one Spark job, as two Arrow
+    tables with a ``date`` column, sorted by every column (so a rebuild from the same inputs gives the same
+    files)."""
+    import pyarrow as pa
     from pyspark.sql import functions as F
 
     usecase = ctx.usecase
@@ -367,20 +390,57 @@ def build_rows(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan])
     )
     spark = get_spark(ctx.profile)
     frame, context = _frames(spark, ctx, raw, needed)
-    frame = apply_transforms(frame, context)
     built_days = [date.fromisoformat(plan.day) for plan in plans]
+    served = _prediction_times(frame, built_days)
+    times = spark.createDataFrame(
+        sorted(served.items()), schema=f"{DAY_COLUMN} date, {PREDICTION_TIME} timestamp"
+    )
+    frame, lookups = apply_transforms_with_lookups(frame, context, times)
     rows = _select_output(frame.where(F.col(DAY_COLUMN).isin(built_days)), usecase).toArrow()
     order = [DATE_COLUMN, *usecase.features.keys, usecase.time.event_time]
     order += [c for c in rows.column_names if c not in order]
-    return rows.sort_by([(name, "ascending") for name in dict.fromkeys(order)])
+    rows = rows.sort_by([(name, "ascending") for name in dict.fromkeys(order)])
+
+    header = times.select(
+        DAY_COLUMN,
+        F.lit(SNAPSHOT_HEADER).alias("lookup"),
+        F.lit("{}").alias("key"),
+        F.lit("{}").alias("value"),
+        F.lit(None).cast("timestamp").alias("observed_at"),
+    )
+    snapshot = header if lookups is None else header.unionByName(lookups)
+    snapshot = snapshot.join(F.broadcast(times), on=DAY_COLUMN).select(
+        F.date_format(F.col(DAY_COLUMN), "yyyy-MM-dd").alias(DATE),
+        *SNAPSHOT_COLUMNS[1:],
+    )
+    snapshot_rows = snapshot.toArrow()
+    snapshot_rows = snapshot_rows.cast(
+        pa.schema(
+            [
+                (DATE, pa.string()),
+                (PREDICTION_TIME, pa.timestamp("us", tz="UTC")),
+                ("lookup", pa.string()),
+                ("key", pa.string()),
+                ("value", pa.string()),
+                ("observed_at", pa.timestamp("us", tz="UTC")),
+            ]
+        )
+    )
+    snapshot_rows = snapshot_rows.sort_by([(name, "ascending") for name in SNAPSHOT_COLUMNS])
+    return rows, snapshot_rows
 
 
 def commit_days(
-    ctx: StepContext, raw: dict[str, Snapshot], features: Snapshot, plans: list[DayPlan]
-) -> Commit:
-    """Build the days of ``plans`` and commit them in one commit made from the ``features`` snapshot."""
+    ctx: StepContext,
+    raw: dict[str, Snapshot],
+    features: Snapshot,
+    online: Snapshot,
+    plans: list[DayPlan],
+) -> tuple[Commit, Commit]:
+    """Build the days of ``plans``; commit their features in one commit made from the ``features`` snapshot, then
+    their online snapshot in one commit made from the ``online`` snapshot."""
     usecase = ctx.usecase
-    rows = build_rows(ctx, raw, plans)
+    rows, snapshot_rows = build_rows(ctx, raw, plans)
     built = set(rows.column(DATE_COLUMN).to_pylist())
     empty = [plan.day for plan in plans if plan.day not in built]
     if empty:  # every planned day has primary rows; none may vanish silently
@@ -397,16 +457,30 @@ def commit_days(
         }
         for plan in plans
     }
-    return ctx.lake.write_partitions(
-        features.table,
-        rows,
-        read_version=features.version,
-        facts=facts,
-        commit_info={"mlops.step": "features", "mlops.date": ctx.ds},
+    commit_info = {"mlops.step": "features", "mlops.date": ctx.ds}
+    commit = ctx.lake.write_partitions(
+        features.table, rows, read_version=features.version, facts=facts, commit_info=commit_info
     )
+    snapshot_facts = {
+        day: {**day_facts, "columns": SNAPSHOT_COLUMNS, "features_version": commit.version}
+        for day, day_facts in facts.items()
+    }
+    snapshot_commit = ctx.lake.write_partitions(
+        online.table,
+        snapshot_rows,
+        read_version=online.version,
+        facts=snapshot_facts,
+        commit_info=commit_info,
+    )
+    return commit, snapshot_commit
 
 
 # --------------------------------------------------------------------------------------------------- step
+
+
+def _up_to_date(snapshot: Snapshot, plan: DayPlan) -> bool:
+    partition = snapshot.partitions.get(plan.day)
+    return partition is not None and partition.facts.get("inputs_fingerprint") == plan.fingerprint
 
 
 def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
@@ -429,12 +503,11 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         through = usecase.time.predicted_through(ctx.day).isoformat()  # the schedule predicted tonight
         plans = plan_days(usecase, {s: snap.partitions for s, snap in raw.items()}, start, through)
         existing = ctx.lake.snapshot(features_table(usecase.name))
+        online = ctx.lake.snapshot(online_table(usecase.name))
         stale = [
             plan
             for plan in plans
-            if rebuild
-            or plan.day not in existing.partitions
-            or existing.partitions[plan.day].facts.get("inputs_fingerprint") != plan.fingerprint
+            if rebuild or not _up_to_date(existing, plan) or not _up_to_date(online, plan)
         ]
         skipped = len(plans) - len(stale)
         tables_read = {snap.table: snap.version for snap in raw.values() if snap.version is not None}
@@ -453,14 +526,16 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             f"(raw versions {tables_read})"
         )
         try:
-            commit = commit_days(ctx, raw, existing, stale)
+            commit, snapshot_commit = commit_days(ctx, raw, existing, online, stale)
         except CommitConflict as conflict:
             if attempt == COMMIT_ATTEMPTS:
                 raise StepFailed(str(conflict), {"built": [], "skipped": skipped, "rows": 0}) from None
             progress(f"features: {conflict}; planning again from the new snapshots")
             continue
         progress(
-            f"features: committed {commit.table} version {commit.version}: {len(commit.dates)} day(s), {commit.rows} rows"
+            f"features: committed {commit.table} version {commit.version}: {len(commit.dates)} day(s), "
+            f"{commit.rows} rows; online snapshot {snapshot_commit.table} version {snapshot_commit.version}: "
+            f"{snapshot_commit.rows} lookup rows"
         )
         return {
             "built": commit.dates,
@@ -468,6 +543,6 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             "rows": commit.rows,
             "partitions": commit.partition_uris(),
             "tables_read": tables_read,
-            "tables_written": {commit.table: commit.version},
+            "tables_written": {commit.table: commit.version, snapshot_commit.table: snapshot_commit.version},
         }
     raise AssertionError("unreachable")  # pragma: no cover

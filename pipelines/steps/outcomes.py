@@ -32,7 +32,7 @@ from pipelines.lake import (
 if TYPE_CHECKING:
     import pandas as pd
 
-PREDICTION_COLUMNS = [PREDICTION_TIME, "probability", "prediction", "model_version", "features_version"]
+PREDICTION_COLUMNS = [PREDICTION_TIME, "probability", "prediction", "model_version", "snapshot_version"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

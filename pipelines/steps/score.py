@@ -1,14 +1,16 @@
 """Score ahead: the champion predicts the events whose prediction time is on the logical date, before they happen.
 
 Runs at the use case's prediction time (``schedules.score``, e.g. 18:00 local). For logical date D it scores every
-committed feature partition of an event date E with D - ``schedules.score_catch_up_days`` < E - ``days_before`` <= D
-that has no predictions partition yet (a missed evening is caught up, a rerun scores nothing twice). Features are
-point-in-time (built only from what was known at each event's prediction time), so the scorer never needs the
-outcome. A model scores only events predicted on or after its training date (tag ``logical_date``): it never
+event date E with an online feature snapshot (``features_online/<usecase>``, published by the features step) and
+D - ``schedules.score_catch_up_days`` < E - ``days_before`` <= D that has no predictions partition yet (a missed
+evening is caught up, a rerun scores nothing twice). The events are the primary source's rows of E (at the raw
+version the snapshot was built from) and their model inputs come from :func:`pipelines.online.feature_frame`, the
+function a live service uses: batch and online compute features with the same code, as of E's prediction time, so
+the scorer never needs the outcome. A model scores only events predicted on or after its training date (tag ``logical_date``): it never
 predicts events whose prediction time came before it existed or days it was trained or evaluated on.
 The champion is looked up once by alias and loaded by its pinned version, so a promotion during the run cannot mix
-two models. Features are read from one version of the features table; every prediction row records the model
-version, the features table version and its prediction time. All new partitions are one commit to the Delta
+two models. Lookups are read from one version of the snapshot table; every prediction row records the model
+version, that snapshot version and its prediction time. All new partitions are one commit to the Delta
 table ``predictions/<usecase>``; a concurrent commit to the same partitions makes the step plan again.
 """
 
@@ -20,7 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.config import PREDICTION_TIME
 from pipelines.context import StepContext, StepFailed, progress
-from pipelines.lake import COMMIT_ATTEMPTS, DATE, CommitConflict, Snapshot, features_table, predictions_table
+from pipelines.lake import (
+    COMMIT_ATTEMPTS,
+    DATE,
+    CommitConflict,
+    Snapshot,
+    online_table,
+    predictions_table,
+    raw_table,
+)
+from pipelines.online import feature_frame, model_inputs, read_records, read_snapshots
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -53,42 +64,44 @@ def dates_to_score(
     return chosen
 
 
-def model_inputs(ctx: StepContext, frame: pd.DataFrame, where: str) -> pd.DataFrame:
-    """The feature columns in model order: numeric as float64 (nulls as NaN), categorical as strings or None."""
-    from pipelines.tracking import feature_columns
+def check_snapshots(ctx: StepContext, online: Snapshot, days: list[str]) -> None:
+    """Each snapshot to score was built with the current features configuration (else its lookups may not be
+    the ones the model's features need)."""
+    from pipelines.steps.features import features_config_hash
 
-    columns = feature_columns(ctx.usecase)
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise StepFailed(
-            f"{where}: feature columns {missing} are missing; rebuild the features partition with the current "
-            f"use case config (features.numeric/categorical)"
-        )
-    inputs = frame[columns].copy()
-    for column in ctx.usecase.features.numeric:
-        try:
-            inputs[column] = inputs[column].astype("float64")
-        except (TypeError, ValueError) as exc:
-            raise StepFailed(f"{where}: numeric feature {column!r} is not numeric ({exc})") from None
-    for column in ctx.usecase.features.categorical:
-        inputs[column] = inputs[column].astype(object).where(inputs[column].notna(), None)
-    return inputs
-
-
-def check_feature_columns(ctx: StepContext, features: Snapshot, days: list[str]) -> None:
-    """Each partition to score holds the model's feature columns (the columns its features build recorded)."""
-    from pipelines.tracking import feature_columns
-
-    wanted = [*feature_columns(ctx.usecase), PREDICTION_TIME]
+    wanted = features_config_hash(ctx.usecase)
     for day in days:
-        listed = features.partitions[day].facts.get("columns")
-        missing = [c for c in wanted if c not in (listed if listed is not None else features.columns)]
-        if missing:
+        built_with = online.partitions[day].facts.get("config_hash")
+        if built_with != wanted:
             raise StepFailed(
-                f"{features.uri}/{DATE}={day} (version {features.version}): feature columns {missing} are missing; "
-                f"rebuild the features of {day} with the current use case config (python -m pipelines features "
-                f"--usecase {ctx.usecase.name} --date {day} --start {day} --rebuild)"
+                f"{online.uri}/{DATE}={day} (version {online.version}): built with features config {built_with}, "
+                f"not the current {wanted}; rebuild the features of {day} with the current use case config "
+                f"(python -m pipelines features --usecase {ctx.usecase.name} --date {day} --start {day} --rebuild)"
             )
+
+
+def features_of(ctx: StepContext, online: Snapshot, days: list[str]) -> pd.DataFrame:
+    """The events of ``days`` with their features, computed from their records and online snapshots (the
+    function a live request goes through), each day's records read at the raw version its snapshot was built
+    from."""
+    import pandas as pd
+
+    primary = raw_table(ctx.usecase.name, ctx.usecase.features.primary_source)
+    snapshots = read_snapshots(ctx.lake, ctx.usecase, days, online.version)
+    frames = []
+    for day in days:
+        raw_version = online.partitions[day].facts.get("raw_versions", {}).get(primary)
+        if day not in snapshots or raw_version is None:
+            raise StepFailed(
+                f"{online.uri}/{DATE}={day} (version {online.version}): the snapshot or the raw version it was "
+                f"built from is missing; rebuild the features of {day} (python -m pipelines features --usecase "
+                f"{ctx.usecase.name} --date {day} --start {day} --rebuild)"
+            )
+        records = read_records(ctx.lake, ctx.usecase, [day], int(raw_version))
+        frame = feature_frame(ctx.usecase, records, snapshots[day])
+        frame[DATE] = day
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
 
 
 def score_frame(
@@ -97,11 +110,11 @@ def score_frame(
     frame: pd.DataFrame,
     version: int,
     run_id: str,
-    features_version: int,
+    snapshot_version: int,
     where: str,
 ) -> pd.DataFrame:
     """Predictions for feature rows: keys, date, prediction time, probability, prediction, model version and
-    run, and the features table version the rows came from."""
+    run, and the version of the online snapshot table the features came from."""
     import numpy as np
     import pandas as pd
 
@@ -115,7 +128,7 @@ def score_frame(
     out[DATE] = frame[DATE].reset_index(drop=True)
     out[PREDICTION_TIME] = frame[PREDICTION_TIME].reset_index(drop=True)
     if len(frame):
-        probability = predict_proba(model, model_inputs(ctx, frame, where).reset_index(drop=True))
+        probability = predict_proba(model, model_inputs(ctx.usecase, frame, where).reset_index(drop=True))
     else:
         probability = np.zeros(0, dtype="float64")
     if len(probability) != len(frame):
@@ -124,7 +137,7 @@ def score_frame(
     out["prediction"] = (out["probability"] >= THRESHOLD).astype("int8")
     out["model_version"] = pd.Series([version] * len(out), dtype="int64")
     out["model_run_id"] = pd.Series([run_id] * len(out), dtype=object)
-    out["features_version"] = pd.Series([features_version] * len(out), dtype="int64")
+    out["snapshot_version"] = pd.Series([snapshot_version] * len(out), dtype="int64")
     return out
 
 
@@ -150,7 +163,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         ctx.lake.write_json(result_key, result)
         return result
 
-    features = ctx.lake.snapshot(features_table(uc))
+    online = ctx.lake.snapshot(online_table(uc))
     trained_on = (champion.tags or {}).get("logical_date")
     not_before = date.fromisoformat(trained_on) if trained_on else None
     version, run_id = int(champion.version), champion.run_id
@@ -160,23 +173,24 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     todo: list[str] = []
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         scored = ctx.lake.snapshot(predictions_table(uc), facts=False)
-        todo = dates_to_score(ctx, list(features.partitions), set(scored.partitions), not_before)
+        todo = dates_to_score(ctx, list(online.partitions), set(scored.partitions), not_before)
         progress(f"score: champion version {version}; {len(todo)} partition(s) to score: {todo}")
         if not todo:
             break
         if model is None:
             model = load_model(model_uri)
-        where = f"{features.uri} (version {features.version})"
-        check_feature_columns(ctx, features, todo)
-        frame = ctx.lake.read_frame(features.table, todo, version=features.version)
-        predictions = score_frame(ctx, model, frame, version, run_id, int(features.version or 0), where)
+        where = f"{online.uri} (version {online.version})"
+        check_snapshots(ctx, online, todo)
+        frame = features_of(ctx, online, todo)
+        predictions = score_frame(ctx, model, frame, version, run_id, int(online.version or 0), where)
         facts = {
             day: {
                 "model_version": version,
                 "model_run_id": run_id,
                 "model_uri": model_uri,
-                "features_version": features.version,
-                "features_content": features.partitions[day].content_id,
+                "snapshot_version": online.version,
+                "snapshot_content": online.partitions[day].content_id,
+                "features_version": online.partitions[day].facts.get("features_version"),
                 "scored_for": ctx.ds,
             }
             for day in todo
@@ -202,7 +216,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         "model_version": version,
         "model_run_id": run_id,
         "partitions": commit.partition_uris() if commit else [],
-        "tables_read": {features.table: features.version} if features.version is not None else {},
+        "tables_read": {online.table: online.version} if online.version is not None else {},
         "tables_written": {commit.table: commit.version} if commit else {},
         "result_uri": result_uri,
     }

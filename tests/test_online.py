@@ -1,0 +1,124 @@
+"""pipelines.online without Spark: which snapshot serves a request time, request records, late requests.
+
+That the online function reproduces the Spark features of a day is tested where Spark builds them
+(test_features.py for the flights, test_point_in_time.py on random parcels)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.config import load_usecase
+from pipelines.online import (
+    LOOKUP_TRANSFORMS,
+    ONLINE_TRANSFORMS,
+    OnlineSnapshot,
+    feature_frame,
+    model_input_frame,
+    snapshot_day_for,
+)
+from pipelines.transforms import LOOKUPS, TRANSFORMS
+
+NEW_YORK = "America/New_York"
+
+
+def new_york(text: str) -> pd.Timestamp:
+    return pd.Timestamp(text, tz=NEW_YORK).tz_convert("UTC")
+
+
+@pytest.fixture(scope="module")
+def usecase():
+    return load_usecase("flight_delay")
+
+
+def flight(**changes) -> dict:
+    record = {
+        "year": 2013,
+        "month": 3,
+        "day": 5,
+        "sched_dep_time": 905,
+        "sched_arr_time": 1210,
+        "carrier": "UA",
+        "flight": 1545,
+        "tailnum": "N14228",
+        "origin": "EWR",
+        "dest": "IAH",
+        "distance": 1400.0,
+        "hour": 9,
+        "minute": 5,
+        "time_hour": "2013-03-05T14:00:00Z",
+    }
+    return {**record, **changes}
+
+
+def snapshot(at: pd.Timestamp) -> OnlineSnapshot:
+    """Lookups as the features step publishes them for flight_delay (transform index: name)."""
+    return OnlineSnapshot(
+        day="2013-03-05",
+        prediction_time=at,
+        version=3,
+        lookups={
+            "1:asof_join": {("EWR",): ({"wx_temp": 41.0, "wx_visib": 10.0}, at - pd.Timedelta(hours=1))},
+            "2:join_source": {("N14228",): ({"plane_year": 1999, "plane_seats": 149}, None)},
+            "3:past_rate": {("EWR", "IAH"): ({"n": 8, "positives": 2}, None)},
+            "4:past_rate": {("UA",): ({"n": 40, "positives": 10}, None)},
+        },
+    )
+
+
+def test_every_transform_has_a_spark_lookup_and_a_pandas_side() -> None:
+    assert set(ONLINE_TRANSFORMS) == set(TRANSFORMS), "pipelines.online lacks the pandas side of a transform"
+    assert set(LOOKUPS) == set(LOOKUP_TRANSFORMS), (
+        "pipelines.transforms.LOOKUPS and pipelines.online disagree"
+    )
+
+
+def test_a_request_uses_the_newest_snapshot_made_at_or_before_it(usecase) -> None:
+    # flights of March 5 are predicted at 18:00 New York time on March 4
+    assert snapshot_day_for(usecase, new_york("2013-03-04 17:59")) == date(2013, 3, 4)
+    assert snapshot_day_for(usecase, new_york("2013-03-04 18:00")) == date(2013, 3, 5)
+    assert snapshot_day_for(usecase, new_york("2013-03-05 09:00")) == date(2013, 3, 5)
+    # across the change to summer time (March 10, 2013 in New York)
+    assert snapshot_day_for(usecase, new_york("2013-03-10 17:59")) == date(2013, 3, 10)
+    assert snapshot_day_for(usecase, new_york("2013-03-10 18:00")) == date(2013, 3, 11)
+
+
+def test_features_of_a_request_from_the_snapshot(usecase) -> None:
+    at = new_york("2013-03-04 18:00")
+    frame = feature_frame(
+        usecase, [flight(), flight(carrier="AA", flight=1, origin="JFK", tailnum=None)], snapshot(at)
+    )
+    first, second = frame.iloc[0], frame.iloc[1]
+    assert first["prediction_time"] == at
+    assert first["dep_hour"] == 9 and first["day_of_week"] == 2 and first["month"] == 3  # a Tuesday
+    assert first["wx_temp"] == 41.0 and first["plane_year"] == 1999
+    assert first["route_delay_rate_28d"] == 0.25 and first["carrier_delay_rate_7d"] == 0.25
+    assert pd.isna(first["origin_delay_rate_1d"]), "no outcomes for the key: NULL, as Spark gives"
+    assert pd.isna(second[["wx_temp", "plane_year", "carrier_delay_rate_7d"]]).all()
+    inputs = model_input_frame(usecase, [flight()], snapshot(at))
+    assert inputs.dtypes[usecase.features.numeric].eq(np.float64).all()
+    assert np.isnan(inputs.loc[0, "origin_delay_rate_1d"])
+
+
+def test_a_later_request_drops_observations_older_than_max_age(usecase) -> None:
+    at = new_york("2013-03-04 18:00")
+    fresh = feature_frame(usecase, [flight()], snapshot(at), at=at + pd.Timedelta(hours=2))
+    assert fresh.loc[0, "wx_temp"] == 41.0  # observed at 17:00, 3 hours before 20:00
+    stale = feature_frame(usecase, [flight()], snapshot(at), at=at + pd.Timedelta(hours=2, minutes=1))
+    assert pd.isna(stale.loc[0, "wx_temp"]), "observed 3 h 1 min before the request: older than max_age 3h"
+    assert stale.loc[0, "route_delay_rate_28d"] == 0.25, "past rates are those of the snapshot's time"
+    with pytest.raises(ValueError, match="after the request time"):
+        feature_frame(usecase, [flight()], snapshot(at), at=at - pd.Timedelta(minutes=1))
+
+
+def test_request_records_are_the_primary_source_columns_only(usecase) -> None:
+    at = new_york("2013-03-04 18:00")
+    injected = feature_frame(usecase, [flight(wx_temp=-99.0, route_delay_rate_28d=1.0)], snapshot(at))
+    assert injected.loc[0, "wx_temp"] == 41.0 and injected.loc[0, "route_delay_rate_28d"] == 0.25
+    record = flight()
+    del record["origin"]
+    with pytest.raises(ValueError, match=r"required column\(s\) \['origin'\] of source 'flights'"):
+        feature_frame(usecase, [record], snapshot(at))
