@@ -591,14 +591,18 @@ def apply_transforms_with_lookups(
 ) -> tuple[DataFrame, DataFrame | None]:
     """Apply the use case's transforms in order and, given ``times`` (day column, prediction time: the days
     served), the online snapshot rows of those days: day, ``lookup``, ``key``, ``value``, ``observed_at``. Each
-    lookup is built from the frame as its transform sees it (after the transforms before it)."""
+    lookup is built from the frame as its transform sees it; transforms keep every row and never change a column,
+    so a lookup whose keys are columns of the input frame reads that frame instead (the same rows, without the
+    joins of the transforms before it)."""
     from pyspark.sql import functions as F
 
     check_transforms(ctx.usecase)
     lookups = []
+    base = df
     for index, spec in enumerate(ctx.usecase.features.transforms):
         if times is not None and spec.name in LOOKUPS:
-            rows = LOOKUPS[spec.name](df, ctx, times, **spec.params)
+            rows_of = base if set(spec.params.get("keys", [])) <= set(base.columns) else df
+            rows = LOOKUPS[spec.name](rows_of, ctx, times, **spec.params)
             name = F.lit(lookup_name(index, spec.name)).alias("lookup")
             lookups.append(rows.select(ctx.day_column, name, "key", "value", "observed_at"))
         df = TRANSFORMS[spec.name](df, ctx, **spec.params)

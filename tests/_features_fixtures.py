@@ -62,10 +62,12 @@ def write_raw(lake: Lake, usecase: UseCase, source: str, day: date, frame: pd.Da
     return lake.write_partitions(raw_table(usecase.name, source), data, read_version=LATEST)
 
 
-def land_days(lake: Lake, usecase: UseCase, days: list[date], planes_day: date | None = None) -> None:
-    """Raw flights (schedule), outcomes and weather partitions for ``days`` and one planes snapshot (on
-    ``planes_day``)."""
-    flights, weather = nycflights("flights"), nycflights("weather")
+def land_days(
+    lake: Lake, usecase: UseCase, days: list[date], planes_day: date | None = None, max_month: int = 1
+) -> None:
+    """Raw flights (schedule), outcomes and weather partitions for ``days`` (in months <= ``max_month``) and one
+    planes snapshot (on ``planes_day``)."""
+    flights, weather = nycflights("flights", max_month), nycflights("weather", max_month)
     for day in days:
         write_raw(lake, usecase, "flights", day, rows_of_day(flights, day))
         write_raw(lake, usecase, "outcomes", day, rows_of_day(flights, day))

@@ -390,6 +390,8 @@ def build_rows(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan])
     )
     spark = get_spark(ctx.profile)
     frame, context = _frames(spark, ctx, raw, needed)
+    # labelled rows, materialized once: the transforms and the snapshot's lookups all start from them
+    frame = frame.localCheckpoint()
     built_days = [date.fromisoformat(plan.day) for plan in plans]
     served = _prediction_times(frame, built_days)
     times = spark.createDataFrame(
