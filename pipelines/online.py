@@ -71,6 +71,12 @@ def read_snapshots(
     found: dict[str, OnlineSnapshot] = {}
     for day, part in rows.groupby(DATE, sort=True):
         header = part[part["lookup"] == SNAPSHOT_HEADER]
+        if header.empty:
+            raise StepFailed(
+                f"{lake.table_uri(online_table(usecase.name))} (version {version}), date {day}: no "
+                f"{SNAPSHOT_HEADER!r} row, so not written by the features step; rebuild the features of {day} "
+                f"(python -m pipelines features --usecase {usecase.name} --date {day} --start {day} --rebuild)"
+            )
         lookups: dict[str, dict[tuple[Any, ...], tuple[dict[str, Any], Any]]] = {}
         for name, key, value, observed in part.loc[
             part["lookup"] != SNAPSHOT_HEADER, ["lookup", "key", "value", "observed_at"]
