@@ -301,15 +301,43 @@ class FeatureSpec(_Strict):
 
 
 class TargetSpec(_Strict):
+    """The binary label: 1 when the outcome's ``source_column`` is above ``threshold`` (numeric column), is one of
+    ``positive_values`` (any column, e.g. ``[YES]``), or is true (a bool column)."""
+
     column: str = Field(description="Label column written by the features step")
     source_column: str = Field(description="Column of the outcome source the label is computed from")
-    kind: Literal["above_threshold"] = "above_threshold"
-    threshold: float
+    kind: Literal["above_threshold", "positive_values", "boolean"] = "above_threshold"
+    threshold: float | None = Field(
+        default=None, description="kind above_threshold: positive when value > it"
+    )
+    positive_values: list[str | int | float | bool] | None = Field(
+        default=None,
+        description="kind positive_values: the values meaning positive (1); any other value is 0",
+    )
     missing_outcome: Literal["positive", "negative", "drop"] = Field(
         default="drop",
         description="Label of an event whose outcome arrived without a value (e.g. a cancelled flight): "
         "positive (1), negative (0) or drop (no label, not trained on)",
     )
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> TargetSpec:
+        given = {"threshold": self.threshold is not None, "positive_values": self.positive_values is not None}
+        needed = {"above_threshold": "threshold", "positive_values": "positive_values", "boolean": None}[
+            self.kind
+        ]
+        if needed is not None and not given[needed]:
+            raise ValueError(f"target.kind {self.kind!r} needs target.{needed}")
+        if needed == "positive_values" and not self.positive_values:
+            raise ValueError("target.positive_values must list at least one value")
+        extra = [name for name, present in given.items() if present and name != needed]
+        if extra:
+            kind_of = {"threshold": "above_threshold", "positive_values": "positive_values"}[extra[0]]
+            raise ValueError(
+                f"target.{extra[0]} does not apply to target.kind {self.kind!r}; remove it, or set "
+                f"target.kind: {kind_of}"
+            )
+        return self
 
 
 class SplitSpec(_Strict):
@@ -435,6 +463,41 @@ class UseCase(_Strict):
                 f"target.source_column {self.target.source_column!r} is not a column of the outcome source "
                 f"{self.outcome_source!r}; columns: {sorted(outcome_source.columns)}"
             )
+        label_type = outcome_source.columns[self.target.source_column].type
+        fits = {
+            "above_threshold": label_type in ("int", "float"),
+            "boolean": label_type == "bool",
+            "positive_values": label_type in ("int", "float", "string", "bool"),
+        }[self.target.kind]
+        if not fits:
+            suggestion = {
+                "string": "kind: positive_values with positive_values: [<the values meaning positive>]",
+                "bool": "kind: boolean",
+                "timestamp": "a numeric or categorical column",
+            }.get(label_type, "kind: above_threshold with a threshold")
+            raise ValueError(
+                f"target.kind {self.target.kind!r} does not fit target.source_column {self.target.source_column!r}, "
+                f"a {label_type} column of source {self.outcome_source!r}; use {suggestion}"
+            )
+        if self.target.kind == "positive_values":
+            python_type = {"int": (int, float), "float": (int, float), "string": (str,), "bool": (bool,)}[
+                label_type
+            ]
+            wrong = [
+                v
+                for v in self.target.positive_values or []
+                if not isinstance(v, python_type) or (label_type != "bool" and isinstance(v, bool))
+            ]
+            if wrong:
+                raise ValueError(
+                    f"target.positive_values {wrong} are not {label_type} values like the column "
+                    f"{self.target.source_column!r} of source {self.outcome_source!r}"
+                    + (
+                        "; quote them in YAML (e.g. 'YES', 'NO' and 'ON' read as booleans)"
+                        if label_type == "string"
+                        else ""
+                    )
+                )
         names = [c.name for c in self.candidates]
         if not names:
             raise ValueError("candidates: at least one candidate model is needed")
@@ -568,7 +631,9 @@ def list_usecases() -> list[str]:
 
 
 @lru_cache(maxsize=32)
-def _load_usecase(path: str) -> UseCase:
+def _load_usecase(path: str, version: tuple[int, int]) -> UseCase:
+    """The validated use case at ``path``; ``version`` (modification time, size) keys the cache, so an edited
+    file is read again in a long-lived process."""
     return load_model(Path(path), UseCase)
 
 
@@ -577,7 +642,8 @@ def load_usecase(name: str) -> UseCase:
     path = usecase_path(name)
     if not path.is_file():
         raise ConfigError(f"{path}: no such use case {name!r}; known: {list_usecases()}")
-    usecase = _load_usecase(str(path))
+    stat = path.stat()
+    usecase = _load_usecase(str(path), (stat.st_mtime_ns, stat.st_size))
     if usecase.name != name:
         raise ConfigError(f"{path}: field 'name' is {usecase.name!r} but the file is named {name!r}.yaml")
     return usecase

@@ -32,6 +32,10 @@ def label(has_outcome: bool, value: float | None, target: TargetSpec) -> float:
         return np.nan
     if value is None or pd.isna(value):
         return {"positive": 1.0, "negative": 0.0, "drop": np.nan}[target.missing_outcome]
+    if target.kind == "positive_values":
+        return 1.0 if value in (target.positive_values or []) else 0.0
+    if target.kind == "boolean":
+        return 1.0 if bool(value) else 0.0
     return 1.0 if value > target.threshold else 0.0
 
 

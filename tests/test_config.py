@@ -57,6 +57,27 @@ def _edit(path: Path, old: str, new: str) -> None:
             "gate.fairness.typo_field",
             "Extra inputs",
         ),
+        # label kinds: each field needs its kind, and the kind must fit the outcome column's type
+        ("  threshold: 15\n", "", "target", "target.kind 'above_threshold' needs target.threshold"),
+        (
+            "  kind: above_threshold",
+            "  kind: boolean",
+            "target",
+            "target.threshold does not apply to target.kind 'boolean'; remove it, or set target.kind: above_threshold",
+        ),
+        (
+            "  source_column: arr_delay",
+            "  source_column: carrier",
+            "<top level>",
+            "target.kind 'above_threshold' does not fit target.source_column 'carrier', a string column of source "
+            "'outcomes'; use kind: positive_values with positive_values:",
+        ),
+        (
+            "  kind: above_threshold\n  threshold: 15",
+            "  kind: positive_values\n  positive_values: [YES]",
+            "<top level>",
+            "target.positive_values [True] are not float values",
+        ),
     ],
 )
 def test_bad_usecase_names_file_field_and_expectation(config_copy: Path, old, new, field, expected) -> None:

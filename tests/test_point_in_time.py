@@ -9,6 +9,7 @@ the slow pandas definitions in ``_pit_reference``.
 from __future__ import annotations
 
 import argparse
+import os
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -291,3 +292,65 @@ def test_nothing_known_one_minute_after_the_prediction_time_is_used(parcels) -> 
     assert built.loc[10, "is_late"] == 0 and built.loc[12, "is_late"] == 1
     assert pd.Timestamp(built.loc[1, "prediction_time"]).tz_convert("UTC") == at
     assert pd.Timestamp(built.loc[12, "outcome_known_at"]).tz_convert("UTC") == at + minute
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (  # a label given as values of a string column ("late" or "lost" is positive)
+            {"source_column": "status", "kind": "positive_values", "positive_values": ["late", "lost"]},
+            {1: 1.0, 2: 0.0, 3: 1.0, 4: 0.0},
+        ),
+        ({"source_column": "was_late", "kind": "boolean"}, {1: 1.0, 2: 1.0, 3: 0.0, 4: 0.0}),  # a bool column
+    ],
+)
+def test_labels_from_positive_values_or_a_boolean(parcels, target: dict, expected: dict) -> None:
+    """Binary labels without a threshold: from the values meaning positive, or from a bool column. An outcome
+    row without a value gets ``missing_outcome`` (negative here); an event without an outcome row no label."""
+    _, lake = parcels
+    declared = {
+        **USECASE,
+        "sources": {
+            **USECASE["sources"],
+            "deliveries": {
+                **USECASE["sources"]["deliveries"],
+                "columns": {
+                    **USECASE["sources"]["deliveries"]["columns"],
+                    "status": {"type": "string"},
+                    "was_late": {"type": "bool"},
+                },
+            },
+        },
+        "target": {"column": "is_late", "missing_outcome": "negative", **target},
+    }
+    path = Path(os.environ["MLOPS_CONFIG_DIR"]) / "usecases" / "parcel_late.yaml"
+    path.write_text(yaml.safe_dump(declared, sort_keys=False))
+    usecase = load_usecase("parcel_late")
+    assert usecase.target.kind == target["kind"], "the edited file is read again"
+    day = date(2024, 3, 5)
+    due = [berlin(day, f"{9 + p}:00") for p in range(1, 6)]
+    parcels_frame = pd.DataFrame(
+        {"parcel_id": range(1, 6), "depot": "north", "due_at": due, "weight": 1.0},
+    )
+    deliveries = pd.DataFrame(  # parcel 5 has no outcome yet
+        {
+            "parcel_id": [1, 2, 3, 4],
+            "due_at": due[:4],
+            "hours_late": [1.0, -1.0, 0.0, None],
+            "status": ["late", "on_time", "lost", None],
+            "was_late": [True, True, False, None],  # none of the three columns agree on parcels 2 and 3
+        }
+    )
+    load = pd.DataFrame({"depot": ["north"], "observed_at": [berlin(day, "05:00")], "queue": [1.0]})
+    for source, frame in (("parcels", parcels_frame), ("deliveries", deliveries), ("depot_load", load)):
+        commit_by_local_date(lake, usecase, source, frame)
+
+    built = build(lake, usecase, day + timedelta(days=1)).set_index("parcel_id")
+
+    assert {p: built.loc[p, "is_late"] for p in expected} == expected
+    assert pd.isna(built.loc[5, "is_late"]), "no outcome row yet: no label"
+    assert [ref.label(True, v, usecase.target) for v in deliveries[target["source_column"]][:3]] == [
+        expected[1],
+        expected[2],
+        expected[3],
+    ]

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
-from pipelines.config import OUTCOME_KNOWN_AT, PREDICTION_TIME, ConfigError, TimeSpec, UseCase
+from pipelines.config import OUTCOME_KNOWN_AT, PREDICTION_TIME, ConfigError, TargetSpec, TimeSpec, UseCase
 from pipelines.context import StepContext, StepFailed, progress
 from pipelines.lake import (
     COMMIT_ATTEMPTS,
@@ -270,6 +270,19 @@ def prediction_time_column(event_time: Column, time: TimeSpec) -> Column:
     return F.to_utc_timestamp(local_clock, time.timezone)
 
 
+def label_expression(value: Column, target: TargetSpec) -> Column:
+    """1 or 0 from a non-null outcome value, per ``target.kind``."""
+    from pyspark.sql import functions as F
+
+    if target.kind == "above_threshold":
+        positive = value > F.lit(float(target.threshold or 0.0))
+    elif target.kind == "positive_values":
+        positive = value.isin([F.lit(v) for v in target.positive_values or []])
+    else:  # boolean
+        positive = value.cast("boolean")
+    return positive.cast("int")
+
+
 def _label_columns(frame: DataFrame, usecase: UseCase, outcome_rows: DataFrame | None) -> DataFrame:
     """``frame`` plus the label and the time its outcome became known (event time + ``label_delay``).
 
@@ -301,7 +314,7 @@ def _label_columns(frame: DataFrame, usecase: UseCase, outcome_rows: DataFrame |
     label = (
         F.when(~has_outcome, F.lit(None))
         .when(value.isNull(), missing)
-        .otherwise((value > F.lit(float(target.threshold))).cast("int"))
+        .otherwise(label_expression(value, target))
         .cast("int")
     )
     event_time = F.col(usecase.time.event_time)
