@@ -6,8 +6,9 @@ D - ``schedules.score_catch_up_days`` < E - ``days_before`` <= D that has no pre
 evening is caught up, a rerun scores nothing twice). The events are the primary source's rows of E (at the raw
 version the snapshot was built from) and their model inputs come from :func:`pipelines.online.feature_frame`, the
 function a live service uses: batch and online compute features with the same code, as of E's prediction time, so
-the scorer never needs the outcome. A model scores only events predicted on or after its training date (tag ``logical_date``): it never
-predicts events whose prediction time came before it existed or days it was trained or evaluated on.
+the scorer never needs the outcome. A model scores only events predicted on or after its training date (tag
+``logical_date``): it never predicts events whose prediction time came before it existed or days it was trained or
+evaluated on.
 The champion is looked up once by alias and loaded by its pinned version, so a promotion during the run cannot mix
 two models. Lookups are read from one version of the snapshot table; every prediction row records the model
 version, that snapshot version and its prediction time. All new partitions are one commit to the Delta
