@@ -45,6 +45,11 @@ class StepContext:
     def code_version(self) -> str:
         return code_version()
 
+    @property
+    def run_id(self) -> str:
+        """The orchestrator's run of this step (``MLOPS_RUN_ID``, set by the Airflow operator), else ``manual``."""
+        return os.environ.get("MLOPS_RUN_ID") or "manual"
+
 
 def code_version() -> str:
     """Git commit of the code (``MLOPS_CODE_VERSION`` in containers), else the package version."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import time
 import urllib.request
@@ -45,14 +46,32 @@ def _engine_events(since: float, until: float) -> list[dict]:
     return [event["Actor"]["Attributes"] for event in events]
 
 
-def _container_runs(since: float, until: float) -> dict[str, dict]:
+def _container_runs(since: float, until: float, home: Path) -> dict[str, dict]:
     records = _engine_events(since, until)
     runs = {}
     for attrs in records:
         step = attrs["io.mlops.step"]
-        assert step not in runs, f"step {step} ran in more than one container: {records}"
+        assert step not in runs, (
+            f"step {step} ran in more than one container (a try failed after its container, see the Airflow "
+            f"log's errors):\n{_log_errors(home)}\n{records}"
+        )
         runs[step] = attrs
     return runs
+
+
+def _log_errors(home: Path, limit: int = 80) -> str:
+    """The Airflow log's error and traceback lines (the last ``limit``), to say why a task was retried."""
+    log = home / "demo" / "airflow.log"
+    if not log.exists():
+        return "(no Airflow log)"
+    lines = log.read_text(errors="replace").splitlines()
+    keep = [
+        line
+        for i, line in enumerate(lines)
+        if re.search(r"ERROR|Traceback|Error:|Exception|retry", line)
+        or any("Traceback" in prev for prev in lines[max(0, i - 30) : i])
+    ]
+    return "\n".join(keep[-limit:])
 
 
 def _partition_rows(lake: Lake, zone: str, *sub: str) -> dict[str, int]:
@@ -118,7 +137,7 @@ def test_one_month_in_containers_matches_in_process(docker_images, local_demo, t
     reference_home, reference_summary = local_demo
     start = time.time()
     summary = run_demo_cli(tmp_path, {"MLOPS_TASK_RUNTIME": "docker"}, months=1)
-    runs = _container_runs(start, time.time())
+    runs = _container_runs(start, time.time(), tmp_path)
 
     _assert_every_step_in_its_container(runs, docker_images)
     log = _task_log(tmp_path)
@@ -206,7 +225,7 @@ def test_one_month_in_containers_with_the_lake_on_s3(
     }
     start = time.time()
     summary = run_demo_cli(tmp_path, env, months=1)
-    runs = _container_runs(start, time.time())
+    runs = _container_runs(start, time.time(), tmp_path)
 
     _assert_every_step_in_its_container(runs, docker_images)
     log = _task_log(tmp_path)

@@ -22,6 +22,7 @@ from pipelines.lake import (
     predictions_with_outcomes_table,
     raw_table,
 )
+from pipelines.steps.gate import read_decisions
 
 pytestmark = pytest.mark.e2e
 
@@ -83,6 +84,11 @@ def _check_lifecycle(summary: dict, lake: Lake, tracking_uri: str) -> None:
     for day in TRAIN_DATES:
         decision = lake.read_json(f"runs/{USECASE}/gate/date={day}/result.json")
         assert isinstance(decision["passed"], bool) and decision["checks"], day
+        # ... kept as a record keyed by the Airflow run that took it
+        records = read_decisions(lake, USECASE, day)
+        assert [r["decision_id"] for r in records] == [decision["decision_id"]], day
+        assert records[0]["run"].startswith(("manual__", "scheduled__")), records[0]["run"]
+        assert records[0]["inputs"]["config_hash"] == load_usecase(USECASE).config_hash
     assert months[0]["gate_passed"] is True, "first run (absolute thresholds only) should promote"
 
     # the champion alias in the MLflow registry, loadable by alias

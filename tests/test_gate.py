@@ -10,7 +10,7 @@ import pytest
 from _model_fixtures import fast_usecase, use_tmp_platform, write_config_dir
 
 from pipelines.cli import main
-from pipelines.config import ChangeBound, FairnessSpec, GateSpec
+from pipelines.config import Bound, ChangeBound, FairnessSpec, GateSpec
 from pipelines.context import StepFailed
 from pipelines.lake import Lake
 from pipelines.steps.gate import FIRST_RUN_REASON, decide
@@ -238,3 +238,57 @@ def test_real_step_writes_the_decision_and_exits_0_when_not_passed(tmp_path, mon
     )
     assert stored["checks"] == printed["checks"]
     assert any("below the minimum 0.6" in r for r in stored["reasons"])
+
+
+def test_every_decision_is_kept_as_a_record_beside_the_earlier_ones(tmp_path, monkeypatch, capsys):
+    """A rerun in the same run with the same inputs finds its record; another run, or the same run after a config
+    edit, adds a decision beside the earlier ones, each with the config hash, code and data versions it used."""
+    from pipelines.steps.gate import read_decisions
+
+    use_tmp_platform(monkeypatch, tmp_path)
+    usecase = fast_usecase()
+    config_dir = tmp_path / "config"
+    monkeypatch.setenv("MLOPS_CONFIG_DIR", str(write_config_dir(config_dir, usecase)))
+    monkeypatch.setenv("MLOPS_CODE_VERSION", "code-1")
+    lake = Lake(str(tmp_path / "lake"))
+    evaluated = {**evaluation(roc_auc=0.65), "tables_read": {"features/flight_delay": 7}}
+    lake.write_json(f"runs/{usecase.name}/evaluate/date={DAY}/result.json", evaluated)
+    argv = ["gate", "--usecase", usecase.name, "--date", DAY.isoformat()]
+
+    def gate_in(run: str) -> dict:
+        monkeypatch.setenv("MLOPS_RUN_ID", run)
+        assert main(argv) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    first = gate_in("scheduled__2013-04-01T00:00:00+00:00")
+    assert first["passed"] is True
+    assert first["inputs"]["config_hash"] == usecase.config_hash
+    assert first["inputs"]["code_version"] == "code-1"
+    assert first["inputs"]["tables_read"] == {"features/flight_delay": 7}
+    assert first["inputs"]["candidate_runs"] == {"hgb": "run-hgb", "logreg": "run-lr"}
+    assert first["decision_uri"].endswith(
+        f"/scheduled__2013-04-01T00_00_00_00_00--{first['decision_id']}.json"
+    )
+    again = gate_in("scheduled__2013-04-01T00:00:00+00:00")
+    assert again["decision_id"] == first["decision_id"] and again["decision_uri"] == first["decision_uri"]
+    assert len(read_decisions(lake, usecase.name, DAY)) == 1
+
+    stricter = usecase.model_copy(
+        update={"gate": usecase.gate.model_copy(update={"absolute": {"roc_auc": Bound(min=0.7)}})}
+    )
+    monkeypatch.setenv("MLOPS_CONFIG_DIR", str(write_config_dir(tmp_path / "config-2", stricter)))
+    edited = gate_in("scheduled__2013-04-01T00:00:00+00:00")
+    assert edited["passed"] is False and edited["decision_id"] != first["decision_id"]
+    assert edited["inputs"]["config_hash"] != first["inputs"]["config_hash"]
+    manual = gate_in("manual__2013-04-02T09:00:00+00:00")
+    assert manual["decision_id"] == edited["decision_id"] and manual["decision_uri"] != edited["decision_uri"]
+
+    decisions = read_decisions(lake, usecase.name, DAY)
+    assert sorted((d["run"], d["passed"], d["inputs"]["config_hash"]) for d in decisions) == sorted(
+        [
+            ("manual__2013-04-02T09:00:00+00:00", False, edited["inputs"]["config_hash"]),
+            ("scheduled__2013-04-01T00:00:00+00:00", True, usecase.config_hash),
+            ("scheduled__2013-04-01T00:00:00+00:00", False, edited["inputs"]["config_hash"]),
+        ]
+    )
+    assert lake.read_json(f"runs/{usecase.name}/gate/date={DAY}/result.json")["run"] == manual["run"]

@@ -1,7 +1,9 @@
 """Decide whether the best candidate may replace the champion: absolute, change and fairness checks.
 
 Reads the evaluate result of the same logical date and writes the decision to
-``runs/<usecase>/gate/date=<D>/result.json``. Checks (config ``gate``):
+``runs/<usecase>/gate/date=<D>/result.json`` (what register and promote of that date read) and keeps it as a
+record, never overwritten, at ``decisions/<usecase>/date=<D>/<run>--<decision id>.json`` with the config hash, code
+version and table versions it was taken on. Checks (config ``gate``):
 
 - absolute: the candidate's metric within ``gate.absolute[metric].min/max``; the primary metric must be defined;
 - change: the candidate beats the champion by ``gate.change[metric].min_delta`` in the metric's better direction
@@ -17,10 +19,14 @@ passes silently. "Not passed" is a normal outcome: the step exits 0 with ``passe
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import re
 from typing import Any
 
 from pipelines.config import HIGHER_IS_BETTER, FairnessSpec, GateSpec
 from pipelines.context import StepContext, StepFailed, progress
+from pipelines.lake import Lake
 
 FIRST_RUN_REASON = "no champion yet (first run): absolute thresholds only"
 TOLERANCE = 1e-12
@@ -274,12 +280,61 @@ def decide(gate: GateSpec, evaluation: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def decision_inputs(ctx: StepContext, evaluation: dict[str, Any]) -> dict[str, Any]:
+    """What a decision was taken on: the use case config's hash, the code version, and the table versions and
+    runs the evaluation read (train's features version, the candidates' and the champion's runs)."""
+    champion = evaluation.get("champion") or {}
+    return {
+        "config_hash": ctx.usecase.config_hash,
+        "code_version": ctx.code_version,
+        "tables_read": evaluation.get("tables_read") or {},
+        "holdout_rows": evaluation.get("holdout_rows"),
+        "candidate_runs": {
+            name: (candidate or {}).get("run_id")
+            for name, candidate in (evaluation.get("candidates") or {}).items()
+        },
+        "champion_version": champion.get("version"),
+        "champion_run": champion.get("run_id"),
+    }
+
+
+def decision_id(decision: dict[str, Any]) -> str:
+    """A content hash of the decision and its inputs: the same inputs give the same id, any change a new one."""
+    body = {k: v for k, v in decision.items() if not k.endswith("_uri") and k not in ("decision_id", "run")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def decision_key(usecase: str, day: Any, run: str, identifier: str) -> str:
+    """``decisions/<usecase>/date=<D>/<run>--<decision id>.json``: one record per run and decision."""
+    safe_run = re.sub(r"[^A-Za-z0-9._-]+", "_", run)
+    return f"{Lake.dated_key('decisions', usecase, day)}/{safe_run}--{identifier}.json"
+
+
+def record_decision(ctx: StepContext, decision: dict[str, Any]) -> str:
+    """Keep the decision as its own record, never overwritten: a rerun with the same inputs in the same run finds
+    its record already there; a changed config, code or data makes a new decision beside the old."""
+    key = decision_key(ctx.usecase.name, ctx.day, decision["run"], decision["decision_id"])
+    if not ctx.lake.storage.exists(key):
+        ctx.lake.write_json(key, {**decision, "date": ctx.ds, "usecase": ctx.usecase.name})
+    return ctx.lake.storage.uri(key)
+
+
+def read_decisions(lake: Lake, usecase: str, day: Any) -> list[dict[str, Any]]:
+    """Every decision recorded for a use case and date, oldest run first (by key)."""
+    prefix = Lake.dated_key("decisions", usecase, day)
+    return [lake.read_json(key) for key in sorted(lake.storage.list(prefix)) if key.endswith(".json")]
+
+
 def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     """Check the best candidate of the evaluate result; write and return the decision (passed or not)."""
     from pipelines.steps.evaluate import read_step_result
 
     evaluation = read_step_result(ctx, "evaluate", "gate")
     decision = decide(ctx.usecase.gate, evaluation)
+    decision["inputs"] = decision_inputs(ctx, evaluation)
+    decision["decision_id"] = decision_id(decision)
+    decision["run"] = ctx.run_id
+    decision["decision_uri"] = record_decision(ctx, decision)
     key = f"{ctx.run_key('gate')}/result.json"
     decision["result_uri"] = ctx.lake.storage.uri(key)
     ctx.lake.write_json(key, decision)

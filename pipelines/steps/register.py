@@ -150,7 +150,12 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     raw_tag, raw_hash = raw_partitions_tag(raw_keys)
     primary = ctx.usecase.gate.primary_metric
     evaluated = evaluate.get("candidates", {})
-    gate_uri = gate.get("result_uri") or ctx.lake.storage.uri(f"{ctx.run_key('gate')}/result.json")
+    # the decision's own record (never overwritten); an older gate result has only the per-date result
+    gate_uri = (
+        gate.get("decision_uri")
+        or gate.get("result_uri")
+        or ctx.lake.storage.uri(f"{ctx.run_key('gate')}/result.json")
+    )
     common_tags = {
         "usecase": ctx.usecase.name,
         "logical_date": ctx.ds,
@@ -161,6 +166,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         "code_version": ctx.code_version,
         "primary_metric": primary,
         "gate_decision_uri": gate_uri,
+        "gate_decision_id": str(gate.get("decision_id") or ""),
         **lineage_tags(train),
     }
 

@@ -111,6 +111,9 @@ def patched_environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+DOCKER_API_TIMEOUT_S = 600
+
+
 class StepOperator(DockerOperator):
     """Run ``python -m pipelines <step> --usecase U --date D [args]`` as an Airflow task.
 
@@ -145,6 +148,9 @@ class StepOperator(DockerOperator):
     ) -> None:
         kwargs.setdefault("mount_tmp_dir", False)
         kwargs.setdefault("auto_remove", "success")
+        # the engine's API calls (create, remove) can take minutes on a busy host; the provider's 60 s fails a
+        # step whose container succeeded, and the retry runs it again
+        kwargs.setdefault("timeout", DOCKER_API_TIMEOUT_S)
         # the image, command, mounts and environment are chosen in execute, from the profile
         super().__init__(image="", **kwargs)
         self.step = step
@@ -170,6 +176,9 @@ class StepOperator(DockerOperator):
         day = self.day or logical_day(context, timezone)
         argv = self.argv(day)
         env = s3_environment(profile.s3_connection_id) if profile.lake_uri.startswith("s3://") else {}
+        run_id = getattr(context.get("ti"), "run_id", None) or context.get("run_id")
+        if run_id:
+            env["MLOPS_RUN_ID"] = str(run_id)  # steps key their records by run (gate decisions)
         self.log.info(
             "Running step %s (runtime %s): python -m pipelines %s", self.step, runtime, " ".join(argv)
         )
