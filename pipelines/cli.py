@@ -21,6 +21,7 @@ from pipelines.config import ConfigError, load_profile, load_usecase
 from pipelines.context import StepContext, StepFailed
 from pipelines.lake import Lake, LakeError
 from pipelines.steps import STEPS
+from pipelines.validate import require_valid
 
 
 def _iso_date(text: str) -> date:
@@ -58,6 +59,10 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
 
     if extend is not None:
         extend(sub)
+    validate = sub.add_parser(
+        "validate", help="check use case files before anything runs: every problem with file, field and fix"
+    )
+    validate.add_argument("usecases", nargs="*", metavar="USECASE", help="use case names (default: all)")
     models = sub.add_parser("models", help="model versions in the MLflow registry")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     listing = models_sub.add_parser("list", help="versions with their gate results; the champion is marked")
@@ -104,9 +109,9 @@ def run_step(argv: list[str]) -> dict[str, Any]:
     module = importlib.import_module(STEPS[args.command])
     profile = load_profile()
     cap_threads(profile.threads_per_task)
-    ctx = StepContext(
-        usecase=load_usecase(args.usecase), day=args.date, profile=profile, lake=Lake(profile.lake_uri)
-    )
+    usecase = load_usecase(args.usecase)
+    require_valid(usecase)  # every static problem at once, before any data is read
+    ctx = StepContext(usecase=usecase, day=args.date, profile=profile, lake=Lake(profile.lake_uri))
     result = module.run(ctx, args)
     return {"step": args.command, "usecase": args.usecase, "date": args.date.isoformat(), **result}
 
@@ -136,6 +141,10 @@ def main(argv: list[str] | None = None, extend: Callable[[Any], None] | None = N
 
     args = build_parser(extend).parse_args(argv)
     try:
+        if args.command == "validate":
+            from pipelines.validate import run_validate
+
+            return run_validate(args.usecases)
         if args.command == "models":
             from pipelines.registry import print_models
 

@@ -159,7 +159,7 @@ class SourceSpec(_Strict):
             raise ValueError(
                 f"column name(s) {reserved} are reserved (date: the partition column of every table; "
                 "_source_file: the landed file of each raw row; prediction_time, outcome_known_at: the time "
-                "columns of the features); rename the column in the files, or read it under another name"
+                "columns of the features); rename the column in the files (e.g. event_date)"
             )
         return value
 

@@ -154,3 +154,37 @@ def test_dag_files_parse_without_heavy_imports() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["heavy"] == [], f"DAG files import heavy modules at parse time: {report['heavy']}"
+
+
+def test_an_invalid_use_case_file_fails_only_its_own_dags(tmp_path, monkeypatch) -> None:
+    """A broken use case file beside a valid one: the valid one's DAGs load; the broken one's do not, and the
+    import error (of dags/config_errors.py) names the file and the problem."""
+    import shutil
+
+    import yaml
+    from airflow.dag_processing.dagbag import DagBag
+
+    config = tmp_path / "config"
+    (config / "usecases").mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "config" / "platform.yaml", config / "platform.yaml")
+    shutil.copy(
+        REPO_ROOT / "config" / "usecases" / "flight_delay.yaml", config / "usecases" / "flight_delay.yaml"
+    )
+    broken = yaml.safe_load((REPO_ROOT / "config" / "usecases" / "flight_delay.yaml").read_text())
+    broken["name"] = "broken_case"
+    broken["time"]["timezone"] = "Mars/Olympus_Mons"
+    (config / "usecases" / "broken_case.yaml").write_text(yaml.safe_dump(broken))
+    monkeypatch.setenv("MLOPS_CONFIG_DIR", str(config))
+
+    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+    assert {d for d in bag.dag_ids if d.startswith("flight_delay_")} >= {
+        "flight_delay_ingest",
+        "flight_delay_features",
+        "flight_delay_train",
+        "flight_delay_score",
+    }
+    assert not [d for d in bag.dag_ids if d.startswith("broken_case")]
+    assert [Path(p).name for p in bag.import_errors] == ["config_errors.py"], bag.import_errors
+    message = next(iter(bag.import_errors.values()))
+    assert "broken_case.yaml" in message and "time.timezone" in message and "Mars/Olympus_Mons" in message
+    assert "flight_delay.yaml" not in message

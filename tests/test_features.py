@@ -20,6 +20,7 @@ from _features_fixtures import (
     write_raw,
 )
 
+from pipelines import modeling
 from pipelines.config import UseCase, load_profile, load_usecase, usecase_path
 from pipelines.context import StepContext, StepFailed
 from pipelines.lake import Lake, features_table, online_table, raw_table
@@ -283,10 +284,34 @@ def test_fingerprint_follows_feature_config_not_other_config(lake: Lake) -> None
     data["gate"]["primary_metric"] = "pr_auc"
     changed_gate = UseCase.model_validate(data)
 
+    data = yaml.safe_load(usecase_path("flight_delay").read_text())
+    data["slices"] = [*data["slices"], "dest"]
+    changed_slices = UseCase.model_validate(data)
+
     label_prints = {p.day: p.fingerprint for p in features.plan_days(changed_label, raw, None, "2013-01-03")}
     gate_prints = {p.day: p.fingerprint for p in features.plan_days(changed_gate, raw, None, "2013-01-03")}
+    slice_prints = {p.day: p.fingerprint for p in features.plan_days(changed_slices, raw, None, "2013-01-03")}
     assert all(label_prints[d] != base[d] for d in base)
     assert gate_prints == base
+    assert all(slice_prints[d] != base[d] for d in base), "a new slice column must rebuild the features"
+
+
+def test_slice_columns_reach_the_features_table_without_being_keys_or_inputs(lake: Lake) -> None:
+    """A slice column that is neither a key nor a model input is kept in the features table for evaluation."""
+    data = yaml.safe_load(usecase_path("flight_delay").read_text())
+    data["slices"] = ["carrier", "dest"]
+    usecase = UseCase.model_validate(data)
+    assert "dest" not in [*usecase.features.keys, *usecase.features.numeric, *usecase.features.categorical]
+    land_days(lake, usecase, JAN[:2], planes_day=JAN[0])
+    run_features(lake, usecase, JAN[1], start=JAN[0])
+    built = read_features(lake, usecase, JAN[1])
+    flights = rows_of_day(nycflights("flights"), JAN[1])
+    assert "dest" in built.columns and built["dest"].notna().all()
+    merged = built.merge(
+        flights, on=["year", "month", "day", "carrier", "flight", "origin", "sched_dep_time"]
+    )
+    assert len(merged) == len(built) and (merged["dest_x"] == merged["dest_y"]).all()
+    assert "dest" not in modeling.feature_columns(usecase)
 
 
 def test_bad_transforms_name_the_transform_param_and_choices() -> None:

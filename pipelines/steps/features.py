@@ -97,6 +97,7 @@ def features_config_hash(usecase: UseCase) -> str:
         "features": usecase.features.model_dump(mode="json"),
         "target": usecase.target.model_dump(mode="json"),
         "time": usecase.time.model_dump(mode="json"),
+        "slices": usecase.slices,
         "columns": {
             s: {c: spec.type for c, spec in usecase.sources[s].columns.items()}
             for s in input_sources(usecase)
@@ -207,10 +208,15 @@ def read_source(
 
 def output_columns(usecase: UseCase) -> list[str]:
     """Columns of a features partition, in order: keys, event time, prediction time, outcome known at, date,
-    numeric, categorical, label."""
+    numeric, categorical, label, then the slice columns that are none of these (for evaluation, never model
+    inputs)."""
     features = usecase.features
     names = [*features.keys, usecase.time.event_time, PREDICTION_TIME, OUTCOME_KNOWN_AT, DATE_COLUMN]
-    return list(dict.fromkeys([*names, *features.numeric, *features.categorical, usecase.target.column]))
+    return list(
+        dict.fromkeys(
+            [*names, *features.numeric, *features.categorical, usecase.target.column, *usecase.slices]
+        )
+    )
 
 
 def _select_output(frame: DataFrame, usecase: UseCase) -> DataFrame:
@@ -222,6 +228,9 @@ def _select_output(frame: DataFrame, usecase: UseCase) -> DataFrame:
         usecase.time.event_time: "time.event_time",
         **{n: "features.categorical" for n in features.categorical},
         **{n: "features.numeric" for n in features.numeric},
+        **{
+            n: "slices" for n in usecase.slices if n not in features.numeric and n not in features.categorical
+        },
     }
     missing = [f"{name} ({field})" for name, field in listed.items() if name not in frame.columns]
     if missing:

@@ -7,12 +7,29 @@ from typing import Any
 
 import pendulum
 
-from pipelines.config import UseCase, list_usecases, load_usecase
+from pipelines.config import ConfigError, UseCase, list_usecases, load_usecase
+
+
+def _load_all() -> dict[str, UseCase | str]:
+    """Every use case file of config/usecases/: the validated use case, or the error message of a bad file."""
+    loaded: dict[str, UseCase | str] = {}
+    for name in list_usecases():
+        try:
+            loaded[name] = load_usecase(name)
+        except ConfigError as exc:
+            loaded[name] = str(exc)
+    return loaded
 
 
 def usecases() -> list[UseCase]:
-    """Every use case declared in config/usecases/ (validated; a bad file fails the DAG import with its message)."""
-    return [load_usecase(name) for name in list_usecases()]
+    """The valid use cases of config/usecases/. A bad file is left out here, so it fails only its own DAGs: it
+    is reported as the import error of dags/config_errors.py, naming the file and the problem."""
+    return [usecase for usecase in _load_all().values() if isinstance(usecase, UseCase)]
+
+
+def config_errors() -> dict[str, str]:
+    """Use case name -> why its file cannot be loaded (empty when every file is valid)."""
+    return {name: value for name, value in _load_all().items() if isinstance(value, str)}
 
 
 def raw_asset_name(usecase: UseCase) -> str:

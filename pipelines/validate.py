@@ -1,0 +1,312 @@
+"""Static checks of a use case file, before anything runs: ``mlops validate [USECASE]``.
+
+Everything that can be known from the YAML alone is checked here, and every problem is reported at once with its
+file, field and fix: the schema (types, required fields, time zones, label kinds), the transforms' names and
+params, that every column a transform, the features, the slices or the drift monitor names exists in the sources
+or is made by an earlier transform, that no transform output clashes with another column, and that the
+schedules parse. Each step runs these checks first (``pipelines.cli.run_step``), so a typo fails the first task
+with this list instead of a Spark error in the middle of the features step.
+
+No Spark and no lake access: cheap enough for the CLI and for tests of every shipped use case.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from pipelines.config import (
+    OUTCOME_KNOWN_AT,
+    PREDICTION_TIME,
+    ConfigError,
+    UseCase,
+    _read_yaml,
+    config_dir,
+    list_usecases,
+    usecase_path,
+)
+
+DOCS = "docs/configuration.md"
+SCHEDULE_FIELDS = ("ingest", "score", "train_monthly", "train_nightly", "maintenance")
+# Airflow's schedule presets (a cron expression or one of these)
+PRESETS = {
+    "@once",
+    "@continuous",
+    "@hourly",
+    "@daily",
+    "@weekly",
+    "@monthly",
+    "@quarterly",
+    "@yearly",
+    "@annually",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a use case file: where (file and field), what, and how to fix it."""
+
+    file: str
+    field: str
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.field}: {self.message}\n    fix: {self.fix}"
+
+
+class UseCaseInvalid(ConfigError):
+    """A use case file has problems; the message lists them all."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__(
+            f"{problems[0].file}: {len(problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+def _schema_problems(file: str, error: ValidationError) -> list[Problem]:
+    problems = []
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "<top level>"
+        got = item.get("input")
+        got_text = "" if isinstance(got, dict | list) else f" (got {got!r})"
+        message = str(item["msg"]).removeprefix("Value error, ")
+        problems.append(Problem(file, field, message + got_text, f"correct the field; see {DOCS}"))
+    return problems
+
+
+class _Columns:
+    """The columns of the primary frame as the transforms build it, with where each came from."""
+
+    def __init__(self, usecase: UseCase, file: str) -> None:
+        self.usecase, self.file = usecase, file
+        primary = usecase.features.primary_source
+        self.origin = {name: f"source {primary!r}" for name in usecase.sources[primary].columns}
+        self.problems: list[Problem] = []
+
+    def problem(self, field: str, message: str, fix: str) -> None:
+        self.problems.append(Problem(self.file, field, message, fix))
+
+    def need(self, field: str, names: Any, where: dict[str, Any] | None = None, what: str = "") -> None:
+        """Each of ``names`` must be a column of the frame (or of ``where``, a source's columns)."""
+        names = [names] if isinstance(names, str) else list(names or [])
+        available = self.origin if where is None else where
+        missing = [n for n in names if n not in available]
+        if missing:
+            self.problem(
+                field,
+                f"column(s) {missing} not in {what or 'the primary frame (source columns and transform outputs)'}",
+                f"use one of {sorted(available)}"
+                + (
+                    ""
+                    if where is not None
+                    else ", or add a transform that makes it earlier in features.transforms"
+                ),
+            )
+
+    def add(self, field: str, names: list[str]) -> None:
+        for name in names:
+            if name in self.origin:
+                self.problem(
+                    field,
+                    f"output column {name!r} already exists ({self.origin[name]})",
+                    "choose another output name",
+                )
+            elif name == self.usecase.target.column:
+                self.problem(
+                    field, f"output column {name!r} is the label (target.column)", "choose another name"
+                )
+            elif name in (PREDICTION_TIME, OUTCOME_KNOWN_AT, "date"):
+                self.problem(field, f"output column {name!r} is reserved", "choose another output name")
+            else:
+                self.origin[name] = field
+
+
+def _transform_columns(usecase: UseCase, file: str) -> _Columns:
+    from pipelines.transforms import TRANSFORMS, TransformError, check_transforms
+
+    columns = _Columns(usecase, file)
+    try:
+        check_transforms(usecase)
+    except TransformError as exc:
+        columns.problem("features.transforms", str(exc).removeprefix("features.transforms: "), f"see {DOCS}")
+    for index, spec in enumerate(usecase.features.transforms):
+        field = f"features.transforms[{index}]"
+        if spec.name not in TRANSFORMS:
+            continue
+        params = spec.params
+        source = params.get("source")
+        source_columns = (
+            usecase.sources[source].columns if isinstance(source, str) and source in usecase.sources else None
+        )
+        if "keys" in params:
+            columns.need(f"{field}.params.keys", params["keys"])
+            if source_columns is not None:
+                columns.need(f"{field}.params.keys", params["keys"], source_columns, f"source {source!r}")
+        for param in ("timestamp", "hour_column"):
+            if params.get(param) is not None:
+                columns.need(f"{field}.params.{param}", params[param])
+        if params.get("time") is not None and source_columns is not None:
+            columns.need(f"{field}.params.time", params["time"], source_columns, f"source {source!r}")
+        if spec.name == "calendar" and params.get("timezone") is not None:
+            _check_zone(columns, f"{field}.params.timezone", params["timezone"])
+        mapping = params.get("columns")
+        if isinstance(mapping, dict):
+            if source_columns is not None:
+                columns.need(f"{field}.params.columns", list(mapping), source_columns, f"source {source!r}")
+            columns.add(f"{field}.params.columns", [str(v) for v in mapping.values()])
+        for param in ("output", "hour_output"):
+            default = inspect.signature(TRANSFORMS[spec.name]).parameters.get(param)
+            name = params.get(param, None if default is None else default.default)
+            if isinstance(name, str):
+                columns.add(f"{field}.params.{param}", [name])
+        if spec.name == "calendar":
+            columns.add(field, ["day_of_week"])
+            if "month" not in columns.origin:
+                columns.origin["month"] = field
+    return columns
+
+
+def _check_zone(columns: _Columns, field: str, zone: Any) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(str(zone))
+    except (ZoneInfoNotFoundError, ValueError):
+        columns.problem(
+            field, f"unknown time zone {zone!r}", "use an IANA name such as 'UTC' or 'Europe/Paris'"
+        )
+
+
+def _column_problems(usecase: UseCase, columns: _Columns) -> None:
+    features = usecase.features
+    for field, names in (
+        ("features.keys", features.keys),
+        ("features.numeric", features.numeric),
+        ("features.categorical", features.categorical),
+        ("slices", usecase.slices),
+    ):
+        columns.need(field, [n for n in names if n != usecase.target.column])
+        if usecase.target.column in names:
+            columns.problem(
+                field,
+                f"{usecase.target.column!r} is the label (target.column)",
+                "remove it: the label is never a model input, key or slice",
+            )
+    both = sorted(set(features.numeric) & set(features.categorical))
+    if both:
+        columns.problem(
+            "features.categorical",
+            f"column(s) {both} are listed as numeric and categorical",
+            "keep each column in one of the lists",
+        )
+    inputs = {*features.numeric, *features.categorical}
+    unknown = [n for n in usecase.drift.features if n not in inputs]
+    if unknown:
+        columns.problem(
+            "drift.features",
+            f"column(s) {unknown} are not model inputs",
+            f"use columns of features.numeric or features.categorical: {sorted(inputs)}",
+        )
+
+
+def _schedule_problems(usecase: UseCase, file: str) -> list[Problem]:
+    from croniter import croniter
+
+    problems = []
+    for name in SCHEDULE_FIELDS:
+        value = getattr(usecase.schedules, name)
+        if value is None or value in PRESETS:
+            continue
+        if not croniter.is_valid(value):
+            problems.append(
+                Problem(
+                    file,
+                    f"schedules.{name}",
+                    f"{value!r} is neither a cron expression nor an Airflow preset",
+                    "use five cron fields such as '0 18 * * *' or a preset such as '@daily'",
+                )
+            )
+    try:
+        from datetime import date
+
+        date.fromisoformat(usecase.schedules.start_date)
+    except ValueError:
+        problems.append(
+            Problem(
+                file,
+                "schedules.start_date",
+                f"{usecase.schedules.start_date!r} is not a date",
+                "use YYYY-MM-DD",
+            )
+        )
+    return problems
+
+
+def check_usecase(usecase: UseCase, file: str) -> list[Problem]:
+    """The static problems of a use case that passed the schema (empty when there are none)."""
+    columns = _transform_columns(usecase, file)
+    _column_problems(usecase, columns)
+    return [*columns.problems, *_schedule_problems(usecase, file)]
+
+
+def validate_file(path: Path) -> tuple[UseCase | None, list[Problem]]:
+    """Read and check one use case file: the use case (None when the schema fails) and every problem found."""
+    file = str(path)
+    try:
+        raw = _read_yaml(path)
+    except ConfigError as exc:
+        return None, [Problem(file, "<file>", str(exc).removeprefix(f"{file}: "), "fix the YAML syntax")]
+    if not isinstance(raw, dict):
+        return None, [Problem(file, "<file>", "is not a mapping of fields", f"see {DOCS}")]
+    if raw.get("name") is not None and raw.get("name") != path.stem:
+        mismatch = Problem(
+            file,
+            "name",
+            f"{raw.get('name')!r} differs from the file name {path.stem!r}",
+            f"name the file {raw.get('name')}.yaml or set name: {path.stem}",
+        )
+    else:
+        mismatch = None
+    try:
+        usecase = UseCase.model_validate(raw)
+    except ValidationError as exc:
+        return None, [*([mismatch] if mismatch else []), *_schema_problems(file, exc)]
+    return usecase, [*([mismatch] if mismatch else []), *check_usecase(usecase, file)]
+
+
+def require_valid(usecase: UseCase) -> None:
+    """Raise :class:`UseCaseInvalid` listing every static problem of an already loaded use case."""
+    problems = check_usecase(usecase, str(usecase_path(usecase.name)))
+    if problems:
+        raise UseCaseInvalid(problems)
+
+
+def run_validate(names: list[str] | None = None) -> int:
+    """``mlops validate [USECASE...]``: print every problem of the named use cases (default: all); exit code 1
+    when any has problems, else 0."""
+    names = names or list_usecases()
+    if not names:
+        print(f"no use case files in {config_dir() / 'usecases'}")
+        return 1
+    failed = 0
+    for name in names:
+        path = usecase_path(name)
+        if not path.is_file():
+            print(f"{path}: no such use case file; known: {list_usecases()}")
+            failed += 1
+            continue
+        _, problems = validate_file(path)
+        if problems:
+            failed += 1
+            print(f"{path}: {len(problems)} problem(s)")
+            for problem in problems:
+                print(f"  - {problem.field}: {problem.message}\n    fix: {problem.fix}")
+        else:
+            print(f"{path}: OK")
+    return 1 if failed else 0

@@ -1,0 +1,118 @@
+"""`mlops validate`: every shipped use case passes, and each kind of mistake is reported with file, field and fix,
+all at once, before anything runs (a step refuses the file with the same list)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.cli import main
+from pipelines.config import REPO_ROOT, usecase_path
+
+SHIPPED = sorted(p.stem for p in (REPO_ROOT / "config" / "usecases").glob("*.yaml"))
+
+
+def _config_dir(tmp_path: Path, monkeypatch, edit) -> Path:
+    """A config dir with the platform file and flight_delay.yaml changed by ``edit(data)``."""
+    target = tmp_path / "config"
+    (target / "usecases").mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "config" / "platform.yaml", target / "platform.yaml")
+    data = yaml.safe_load(usecase_path("flight_delay").read_text())
+    edit(data)
+    path = target / "usecases" / "flight_delay.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    monkeypatch.setenv("MLOPS_CONFIG_DIR", str(target))
+    return path
+
+
+def _transform(data: dict, name: str, index: int = 0) -> dict:
+    return [t for t in data["features"]["transforms"] if t["name"] == name][index]
+
+
+def test_every_shipped_usecase_validates(capsys) -> None:
+    assert SHIPPED, "no use case files in config/usecases"
+    assert main(["validate"]) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    for name in SHIPPED:
+        assert f"{name}.yaml: OK" in out
+
+
+def test_static_mistakes_are_all_reported_with_field_and_fix(tmp_path, monkeypatch, capsys) -> None:
+    def edit(data: dict) -> None:
+        _transform(data, "past_rate")["params"]["keys"] = ["origin", "dset"]
+        weather = _transform(data, "asof_join")["params"]["columns"]
+        weather["humidity"] = weather.pop("humid")
+        _transform(data, "calendar")["params"]["timezone"] = "America/New_Yrok"
+        data["features"]["numeric"].append("wx_tmp")
+        data["slices"] = ["carier"]
+        data["schedules"] = {"score": "0 18 * *"}
+        data["drift"] = {"features": ["dest"]}
+
+    path = _config_dir(tmp_path, monkeypatch, edit)
+    assert main(["validate", "flight_delay"]) == 1
+    out = capsys.readouterr().out
+    assert f"{path}: 7 problem(s)" in out, out
+    expected = [
+        ("features.transforms[3].params.keys: column(s) ['dset'] not in the primary frame", "use one of"),
+        ("features.transforms[1].params.columns: column(s) ['humidity'] not in source 'weather'", "'humid'"),
+        ("features.transforms[0].params.timezone: unknown time zone 'America/New_Yrok'", "IANA name"),
+        ("features.numeric: column(s) ['wx_tmp'] not in the primary frame", "'wx_temp'"),
+        ("slices: column(s) ['carier'] not in the primary frame", "'carrier'"),
+        ("schedules.score: '0 18 * *' is neither a cron expression nor an Airflow preset", "'0 18 * * *'"),
+        ("drift.features: column(s) ['dest'] are not model inputs", "features.numeric"),
+    ]
+    for problem, fix in expected:
+        assert problem in out, f"missing: {problem}\n{out}"
+        line = out[out.index(problem) :].split("\n")
+        assert line[1].strip().startswith("fix:") and fix in line[1], (problem, line[:2])
+
+
+@pytest.mark.parametrize(
+    ("edit", "field", "message"),
+    [
+        (
+            lambda d: d["time"].update(timezone="Europe/Pariss"),
+            "time.timezone",
+            "unknown time zone 'Europe/Pariss'",
+        ),
+        (
+            lambda d: d["sources"]["flights"]["columns"].update(date={"type": "string"}),
+            "sources.flights.columns",
+            "column name(s) ['date'] are reserved",
+        ),
+        (
+            lambda d: d["target"].update(source_column="arr_dealy"),
+            "<top level>",
+            "target.source_column 'arr_dealy' is not a column of the outcome source 'outcomes'",
+        ),
+        (
+            lambda d: d["target"].update(kind="boolean", threshold=None),
+            "<top level>",
+            "target.kind 'boolean' does not fit target.source_column 'arr_delay'",
+        ),
+    ],
+    ids=["timezone", "reserved-date-column", "label-column", "label-kind"],
+)
+def test_schema_mistakes_name_the_field(tmp_path, monkeypatch, capsys, edit, field, message) -> None:
+    path = _config_dir(tmp_path, monkeypatch, edit)
+    assert main(["validate"]) == 1
+    out = capsys.readouterr().out
+    assert f"{path}: " in out and f"- {field}: " in out and message in out, out
+    assert "fix: " in out
+
+
+def test_a_step_refuses_a_use_case_with_static_problems_before_reading_data(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    def edit(data: dict) -> None:
+        data["slices"] = ["carier"]
+
+    _config_dir(tmp_path, monkeypatch, edit)
+    monkeypatch.setenv("MLOPS_LAKE_URI", str(tmp_path / "lake"))
+    assert main(["features", "--usecase", "flight_delay", "--date", "2013-01-02"]) == 2
+    err = capsys.readouterr().err
+    assert "CONFIG ERROR" in err and "slices: column(s) ['carier'] not in the primary frame" in err, err
+    assert not (tmp_path / "lake").exists(), "nothing may be read or written before the config is valid"
