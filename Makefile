@@ -11,7 +11,7 @@ export MLFLOW_UV_AUTO_DETECT := false
 # everything but the GPU build of TensorFlow (the `gpu` extra is for the GPU train image)
 EXTRAS := --extra spark --extra train --extra airflow
 
-.PHONY: setup check-java run demo test test-fast lint format bench bench-containers images requirements stack-env stack airflow clean
+.PHONY: setup check-java run demo test test-fast lint format bench bench-containers images requirements stack-env stack ui airflow clean
 
 # uv from PyPI into .tools when none is installed (no curl|sh installer: only package registries are reachable)
 $(CURDIR)/.tools/bin/uv:
@@ -69,9 +69,10 @@ format: setup
 bench: setup
 	$(VENV)/bin/python bench/lifecycle.py $(BENCH_ARGS)
 
-# Airflow UI on :8080 over the demo state (admin password in var/airflow/simple_auth_manager_passwords.json.generated)
-airflow: setup
-	. <($(VENV)/bin/python -m mlops_airflow.env) && AIRFLOW__CORE__PARALLELISM=2 $(VENV)/bin/airflow standalone
+# Airflow UI on :8080 and MLflow UI on :5000 over the demo state (Ctrl-C stops both; the admin password is in
+# var/airflow/simple_auth_manager_passwords.json.generated)
+ui airflow: setup
+	$(VENV)/bin/mlops ui
 
 clean:
 	rm -rf $(MLOPS_HOME) .pytest_cache .ruff_cache

@@ -353,6 +353,59 @@ class SplitSpec(_Strict):
         return self
 
 
+class CostSpec(_Strict):
+    false_positive: float = Field(gt=0, description="Cost of acting on an event that turns out negative")
+    false_negative: float = Field(gt=0, description="Cost of missing an event that turns out positive")
+
+
+class DecisionSpec(_Strict):
+    """How a probability becomes a decision (predicted positive when probability >= the threshold).
+
+    ``rule: fixed`` uses ``threshold``; the other rules choose the threshold of each candidate on its
+    **validation window**, the last ``validation_days`` days before the holdout, which the candidate is not fitted
+    on: ``best_f1`` (highest F1), ``min_precision`` (the highest recall with precision >= ``target``),
+    ``min_recall`` (the highest precision with recall >= ``target``), ``min_cost`` (the lowest
+    ``costs.false_positive`` x FP + ``costs.false_negative`` x FN). The threshold is recorded with the model
+    (its MLflow metadata, params and version tags) and used by every scorer.
+    """
+
+    rule: Literal["fixed", "best_f1", "min_precision", "min_recall", "min_cost"] = "best_f1"
+    threshold: float | None = Field(default=None, gt=0, lt=1, description="rule fixed: the threshold")
+    target: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="rule min_precision / min_recall: the precision or recall to reach",
+    )
+    costs: CostSpec | None = Field(default=None, description="rule min_cost: the cost of each kind of error")
+    validation_days: int = Field(
+        default=7,
+        ge=1,
+        description="rules other than fixed: days before the holdout the threshold is chosen on",
+    )
+
+    @model_validator(mode="after")
+    def _rule_fields(self) -> DecisionSpec:
+        needed = {
+            "fixed": "threshold",
+            "min_precision": "target",
+            "min_recall": "target",
+            "min_cost": "costs",
+        }
+        field = needed.get(self.rule)
+        if field is not None and getattr(self, field) is None:
+            raise ValueError(f"decision.rule {self.rule!r} needs decision.{field}")
+        extra = [f for f in ("threshold", "target", "costs") if f != field and getattr(self, f) is not None]
+        if extra:
+            raise ValueError(f"decision.{extra[0]} does not apply to decision.rule {self.rule!r}; remove it")
+        return self
+
+    @property
+    def uses_validation(self) -> bool:
+        """Whether the threshold is chosen on a validation window (every rule but fixed)."""
+        return self.rule != "fixed"
+
+
 class CandidateSpec(_Strict):
     name: str
     family: Literal["logistic_regression", "hist_gradient_boosting", "keras_mlp"]
@@ -423,6 +476,7 @@ class UseCase(_Strict):
     metrics: list[Metric] = Field(default_factory=lambda: ["roc_auc", "pr_auc", "log_loss", "brier"])
     gate: GateSpec = Field(default_factory=GateSpec)
     slices: list[str] = Field(default_factory=list)
+    decision: DecisionSpec = Field(default_factory=DecisionSpec)
     schedules: ScheduleSpec = Field(default_factory=ScheduleSpec)
     drift: DriftSpec = Field(default_factory=DriftSpec)
 
@@ -498,6 +552,15 @@ class UseCase(_Strict):
                         else ""
                     )
                 )
+        if self.decision.uses_validation and (
+            self.split.train_window_days - self.split.holdout_days - self.decision.validation_days < 1
+        ):
+            raise ValueError(
+                f"decision.validation_days ({self.decision.validation_days}) leaves no training days: "
+                f"split.train_window_days ({self.split.train_window_days}) must exceed split.holdout_days "
+                f"({self.split.holdout_days}) plus decision.validation_days; shorten validation_days or use "
+                "decision.rule: fixed"
+            )
         names = [c.name for c in self.candidates]
         if not names:
             raise ValueError("candidates: at least one candidate model is needed")

@@ -58,6 +58,12 @@ def model_lineage(usecase_name: str, version: int) -> dict[str, Any]:
         "data_hashes": {
             "train": tags.get("lineage.train_data_hash"),
             "holdout": tags.get("lineage.holdout_data_hash"),
+            # a window with a validation part (decision thresholds chosen on it) records its hash too
+            **(
+                {"validation": tags["lineage.validation_data_hash"]}
+                if tags.get("lineage.validation_data_hash")
+                else {}
+            ),
         },
         "config_hash": tags.get("config_hash"),
         "current_config_hash": usecase.config_hash,

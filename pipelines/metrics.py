@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from pipelines.config import HIGHER_IS_BETTER
+from pipelines.config import HIGHER_IS_BETTER, DecisionSpec
 
 if TYPE_CHECKING:
     import numpy as np
@@ -145,6 +145,62 @@ def confusion(y_true: Any, proba: Any, threshold: float = 0.5) -> dict[str, Any]
         "recall": clean(tp / (tp + fn)) if tp + fn else None,
         "accuracy": clean((tp + tn) / total) if total else None,
     }
+
+
+class ThresholdError(ValueError):
+    """No threshold can be chosen by the rule on these rows (a single class, or an unreachable target)."""
+
+
+def choose_threshold(y_true: Any, proba: Any, decision: DecisionSpec) -> dict[str, Any]:
+    """The decision threshold by ``decision.rule`` on validation rows, with the confusion matrix there.
+
+    Every distinct probability is a possible threshold (predict 1 when proba >= it). Ties go to the higher
+    threshold (fewer positives predicted). ``fixed`` returns ``decision.threshold`` and its confusion matrix.
+    Raises :class:`ThresholdError` when the rows have a single class or no threshold reaches the target.
+    """
+    import numpy as np
+
+    y = np.asarray(y_true, dtype="int64").reshape(-1)
+    p = np.asarray(proba, dtype="float64").reshape(-1)
+    if decision.rule == "fixed":
+        return {"rule": "fixed", **confusion(y, p, float(decision.threshold or 0.5))}
+    positives = int(y.sum())
+    if positives == 0 or positives == len(y):
+        raise ThresholdError(
+            f"the validation rows ({len(y)}) have a single class: no threshold can be chosen by {decision.rule}"
+        )
+    # sweep the distinct scores from high to low: predicting 1 for proba >= t
+    order = np.argsort(-p, kind="stable")
+    scores, labels = p[order], y[order]
+    last_of_value = np.r_[scores[1:] != scores[:-1], True]
+    tp = np.cumsum(labels)[last_of_value].astype("float64")
+    fp = np.cumsum(1 - labels)[last_of_value].astype("float64")
+    thresholds = scores[last_of_value]
+    fn = positives - tp
+    precision = tp / (tp + fp)
+    recall = tp / positives
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = np.where(tp > 0, 2 * precision * recall / (precision + recall), 0.0)
+    if decision.rule == "best_f1":
+        objective, allowed = f1, np.ones_like(f1, dtype=bool)
+    elif decision.rule == "min_precision":
+        objective, allowed = recall, precision >= float(decision.target or 0) - 1e-12
+    elif decision.rule == "min_recall":
+        objective, allowed = precision, recall >= float(decision.target or 0) - 1e-12
+    else:
+        costs = decision.costs
+        assert costs is not None
+        objective = -(costs.false_positive * fp + costs.false_negative * fn)
+        allowed = np.ones_like(objective, dtype=bool)
+    if not allowed.any():
+        what = "precision" if decision.rule == "min_precision" else "recall"
+        raise ThresholdError(
+            f"no threshold reaches {what} {decision.target} on the validation rows (best: "
+            f"{float((precision if what == 'precision' else recall).max()):.4f}); lower decision.target"
+        )
+    best = np.flatnonzero(allowed & (objective == objective[allowed].max()))[0]
+    threshold = float(thresholds[best])
+    return {"rule": decision.rule, **confusion(y, p, threshold), "f1": clean(f1[best]), "rows": int(len(y))}
 
 
 def calibration(y_true: Any, proba: Any, bins: int = 10) -> dict[str, Any]:

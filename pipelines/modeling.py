@@ -367,8 +367,11 @@ def input_example(X: pd.DataFrame, rows: int = 5) -> pd.DataFrame:
     return (complete if len(complete) >= rows else X).head(rows).reset_index(drop=True)
 
 
-def log_fitted_model(fitted: FittedCandidate, example: pd.DataFrame) -> Any:
-    """Log ``fitted`` as the active run's pyfunc model with signature and input example; return ModelInfo."""
+def log_fitted_model(
+    fitted: FittedCandidate, example: pd.DataFrame, metadata: dict[str, Any] | None = None
+) -> Any:
+    """Log ``fitted`` as the active run's pyfunc model with signature, input example and ``metadata`` (the
+    decision threshold: every scorer reads it from the loaded model); return ModelInfo."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -389,6 +392,7 @@ def log_fitted_model(fitted: FittedCandidate, example: pd.DataFrame) -> Any:
                 signature=signature,
                 input_example=example,
                 pip_requirements=requirements,
+                metadata=metadata,
             )
     signature = infer_signature(example, fitted.estimator.predict_proba(example))
     return mlflow.sklearn.log_model(
@@ -400,6 +404,7 @@ def log_fitted_model(fitted: FittedCandidate, example: pd.DataFrame) -> Any:
         pyfunc_predict_fn="predict_proba",
         serialization_format="skops",
         skops_trusted_types=SKOPS_TRUSTED_TYPES,
+        metadata=metadata,
     )
 
 

@@ -84,6 +84,17 @@ def load_model(uri: str) -> Any:
     return mlflow.pyfunc.load_model(uri)
 
 
+LEGACY_THRESHOLD = 0.5  # models logged before thresholds were recorded
+
+
+def decision_threshold(model: Any) -> float:
+    """The decision threshold recorded with a loaded pyfunc model (its MLflow metadata, written by train):
+    predicted positive when probability >= it. A model logged before thresholds were recorded gets 0.5."""
+    metadata = getattr(getattr(model, "metadata", None), "metadata", None) or {}
+    value = metadata.get("decision_threshold")
+    return LEGACY_THRESHOLD if value is None else float(value)
+
+
 def predict_proba(model: Any, frame: pd.DataFrame) -> np.ndarray:
     """Probability of the positive class as a 1-D float array, whatever the flavor returns."""
     import numpy as np

@@ -282,8 +282,11 @@ def _pipeline(usecase: UseCase, family: str, seed: int) -> Any:
     return make_pipeline(columns, LogisticRegression(max_iter=300, random_state=seed))
 
 
-def log_candidate(env: ServeEnv, name: str, family: str, day: date, train: pd.DataFrame) -> dict[str, str]:
-    """Fit a small model and log it as one MLflow run the way the train step does; returns the candidate entry."""
+def log_candidate(
+    env: ServeEnv, name: str, family: str, day: date, train: pd.DataFrame, threshold: float | None = None
+) -> dict[str, Any]:
+    """Fit a small model and log it as one MLflow run the way the train step does, with ``threshold`` as its
+    recorded decision threshold (none: a model from before thresholds); returns the candidate entry."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -310,8 +313,12 @@ def log_candidate(env: ServeEnv, name: str, family: str, day: date, train: pd.Da
             signature=infer_signature(x.head(50), model.predict_proba(x.head(50))),
             pip_requirements=["scikit-learn"],
             skops_trusted_types=TRUSTED_TYPES,
+            metadata=None
+            if threshold is None
+            else {"decision_threshold": threshold, "decision_rule": "fixed"},
         )
-    return {"name": name, "family": family, "run_id": run.info.run_id, "model_uri": info.model_uri}
+    entry = {"name": name, "family": family, "run_id": run.info.run_id, "model_uri": info.model_uri}
+    return entry if threshold is None else {**entry, "decision_threshold": threshold}
 
 
 def produce_day(
@@ -319,6 +326,7 @@ def produce_day(
     day: date,
     gate_passed: bool,
     candidates: tuple[tuple[str, str], ...] = (("logreg", "logistic_regression"),),
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Train/evaluate/gate artifacts for ``day`` per the contracts: feature partitions for the window, one MLflow
     run per candidate, and the three result JSONs. The gate outcome is forced to ``gate_passed``."""
@@ -332,7 +340,7 @@ def produce_day(
     dates = sorted(frames)
     train_frame = pd.concat([frames[d] for d in dates[:4]], ignore_index=True)
     holdout = pd.concat([frames[d] for d in dates[4:]], ignore_index=True)
-    logged = [log_candidate(env, name, family, day, train_frame) for name, family in candidates]
+    logged = [log_candidate(env, name, family, day, train_frame, threshold) for name, family in candidates]
 
     def run_key(step: str) -> str:
         return f"{Lake.dated_key('runs', uc, day, step)}/result.json"

@@ -40,7 +40,8 @@ def test_score_catches_up_skips_scored_partitions_and_is_idempotent(serve_env: S
     from pipelines.tracking import feature_columns, load_model, predict_proba
 
     trained_on = date(2013, 3, 1)
-    produce_day(serve_env, trained_on, gate_passed=True)
+    threshold = 0.3  # the champion's recorded decision threshold (not 0.5)
+    produce_day(serve_env, trained_on, gate_passed=True, threshold=threshold)
     version = run_step(["register", "--usecase", UC, "--date", "2013-03-01"])["gate_candidate_version"]
     run_step(["promote", "--usecase", UC, "--date", "2013-03-01"])
 
@@ -59,7 +60,7 @@ def test_score_catches_up_skips_scored_partitions_and_is_idempotent(serve_env: S
     result = _score(day)
     expected = sorted(d.isoformat() for d in inside if d != already)
     assert result["scored"] == expected
-    assert result["model_version"] == version
+    assert result["model_version"] == version and result["decision_threshold"] == threshold
     assert result["rows"] == 30 * len(expected)
 
     predictions = serve_env.lake.partitions(PREDICTIONS)
@@ -71,6 +72,7 @@ def test_score_catches_up_skips_scored_partitions_and_is_idempotent(serve_env: S
 
     model = load_model(f"models:/{UC}/{version}")
     champion_run = predictions[expected[0]].facts["model_run_id"]
+    between = 0  # rows that the recorded threshold predicts positive and 0.5 would not
     for iso in expected:
         partition = predictions[iso]
         assert partition.facts["model_version"] == version
@@ -96,9 +98,13 @@ def test_score_catches_up_skips_scored_partitions_and_is_idempotent(serve_env: S
         # the features computed online from the schedule rows and the snapshot are the features of the day
         inputs = source[feature_columns(serve_env.usecase)]
         np.testing.assert_allclose(frame["probability"], predict_proba(model, inputs), rtol=1e-9)
-        assert ((frame["probability"] >= 0.5).astype(int) == frame["prediction"]).all()
+        assert ((frame["probability"] >= threshold).astype(int) == frame["prediction"]).all()
+        assert partition.facts["decision_threshold"] == threshold
+        between += int(((frame["probability"] >= threshold) & (frame["probability"] < 0.5)).sum())
         assert (frame["model_version"] == version).all() and (frame["model_run_id"] == champion_run).all()
         assert (frame["snapshot_version"] == snapshot_version).all()
+
+    assert between > 0, "no score between the recorded threshold and 0.5: the test cannot tell them apart"
 
     # a rerun scores nothing and leaves every partition as it was (no new commit)
     hashes = {d: p.data_hash for d, p in predictions.items()}

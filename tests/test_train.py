@@ -34,10 +34,10 @@ DAY = date(2013, 2, 10)  # train [01-06, 02-03), holdout [02-03, 02-10); partiti
 LOGREG_ONLY = [FAST_CANDIDATES[0]]
 
 
-def _labeled_rows(usecase, first: date, end: date, rows_per_day: int) -> int:
-    """Rows of [first, end) with a label known before the training date ``end`` begins (local midnight): the
-    last evening's flights land after it and are not trained on."""
-    total, cutoff = 0, usecase.time.local_midnight(end)
+def _labeled_rows(usecase, first: date, end: date, rows_per_day: int, known_by: date | None = None) -> int:
+    """Rows of [first, end) with a label known before the training date (``known_by``, default ``end``) begins
+    (local midnight): the last evening's flights land after it and are not trained on."""
+    total, cutoff = 0, usecase.time.local_midnight(known_by or end)
     day = first
     while day < end:
         frame = synthetic_day(usecase, day, rows_per_day)
@@ -106,7 +106,9 @@ def test_train_window_rows_and_inputs(trained):
     assert stored["result_uri"] == result["result_uri"]
     assert stored["window"] == {
         "train_start": "2013-01-06",
-        "train_end": "2013-02-03",
+        "train_end": "2013-01-27",
+        "validation_start": "2013-01-27",  # decision.validation_days: 7, where the thresholds are chosen
+        "validation_end": "2013-02-03",
         "holdout_start": "2013-02-03",
         "holdout_end": "2013-02-10",
     }
@@ -114,9 +116,14 @@ def test_train_window_rows_and_inputs(trained):
     assert stored["feature_partitions"] == expected_dates
     assert max(stored["feature_partitions"]) < DAY.isoformat()  # never on or after the logical date
     holdout_rows = _labeled_rows(usecase, date(2013, 2, 3), DAY, 120)
-    train_rows = _labeled_rows(usecase, date(2013, 1, 6), date(2013, 2, 3), 120)
+    validation_rows = _labeled_rows(usecase, date(2013, 1, 27), date(2013, 2, 3), 120, known_by=DAY)
+    train_rows = _labeled_rows(usecase, date(2013, 1, 6), date(2013, 1, 27), 120)
     assert train_rows > usecase.split.max_train_rows
-    assert stored["rows"] == {"train": usecase.split.max_train_rows, "holdout": holdout_rows}
+    assert stored["rows"] == {
+        "train": usecase.split.max_train_rows,
+        "validation": validation_rows,
+        "holdout": holdout_rows,
+    }
     expected_inputs = sorted(
         f"raw/{usecase.name}/{s}/date={d}" for d in expected_dates for s in usecase.sources
     )
@@ -133,8 +140,41 @@ def test_train_window_rows_and_inputs(trained):
     )
     assert stored["data_hashes"] == {
         "train": content_hash(frames.train),
+        "validation": content_hash(frames.validation),
         "holdout": content_hash(frames.holdout),
     }
+
+
+def test_each_candidate_records_the_threshold_its_rule_chooses_on_the_validation_rows(trained):
+    """The threshold is chosen by decision.rule (best F1) on the validation rows, the candidate was not fitted
+    on, and travels with the model: train result, MLflow metric, and the model's metadata that scorers read."""
+    from pipelines.metrics import choose_threshold
+
+    usecase = trained.usecase
+    table = features_table(usecase.name)
+    window = trained.result["window"]
+    frames = train_step.training_frames(make_context(usecase, DAY), trained.lake.snapshot(table, 0), window)
+    X = modeling.prepare_features(frames.validation, usecase)
+    y = frames.validation[usecase.target.column].to_numpy(dtype="int64")
+    assert len(frames.validation) == trained.result["rows"]["validation"] > 0
+    assert (
+        window["train_end"]
+        == window["validation_start"]
+        < window["validation_end"]
+        == window["holdout_start"]
+    )
+    client = MlflowClient()
+    thresholds = []
+    for candidate in trained.result["candidates"]:
+        model = tracking.load_model(candidate["model_uri"])
+        expected = choose_threshold(y, tracking.predict_proba(model, X), usecase.decision)
+        assert candidate["decision_threshold"] == pytest.approx(expected["threshold"], abs=1e-9)
+        assert tracking.decision_threshold(model) == pytest.approx(expected["threshold"], abs=1e-9)
+        metrics = client.get_run(candidate["run_id"]).data.metrics
+        assert metrics["decision_threshold"] == pytest.approx(expected["threshold"], abs=1e-9)
+        assert metrics["validation_f1"] == pytest.approx(expected["f1"], abs=1e-9)
+        thresholds.append(candidate["decision_threshold"])
+    assert all(t != 0.5 for t in thresholds), thresholds
 
 
 def test_train_logs_one_run_per_candidate(trained):
@@ -234,6 +274,15 @@ def test_training_window_ends_before_the_logical_date():
         "holdout_start": "2013-02-15",
         "holdout_end": "2013-03-01",
     }
+    with_validation = train_step.training_window(date(2013, 3, 1), 91, 14, 7)
+    assert list(with_validation.items()) == [
+        ("train_start", "2012-11-30"),
+        ("train_end", "2013-02-08"),
+        ("validation_start", "2013-02-08"),
+        ("validation_end", "2013-02-15"),
+        ("holdout_start", "2013-02-15"),
+        ("holdout_end", "2013-03-01"),
+    ]
 
 
 # --------------------------------------------------------------------------------------------------- models
@@ -454,7 +503,9 @@ def test_window_param_must_leave_room_for_the_holdout(mlops_env, monkeypatch) ->
     from pipelines.context import StepFailed
 
     monkeypatch.setenv("MLOPS_CONFIG_DIR", str(REPO_ROOT / "config"))  # the shipped use case: holdout 14 days
-    with pytest.raises(StepFailed, match=r"--window-days 10 must be larger than split.holdout_days \(14\)"):
+    with pytest.raises(
+        StepFailed, match=r"--window-days 10 must be larger than split.holdout_days \(14\) plus decision"
+    ):
         run_step(["train", "--usecase", "flight_delay", "--date", "2013-03-01", "--window-days", "10"])
 
 

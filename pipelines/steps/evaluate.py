@@ -6,7 +6,7 @@ Reads the train result of the same logical date, scores every candidate and the 
 - ``runs/<usecase>/evaluate/date=<D>/result.json``: metrics overall and per slice for each model, the best
   candidate by ``gate.primary_metric``;
 - ``reports/<usecase>/evaluation/date=<D>/report.json`` and ``report.html``: why the best model looks the way it
-  does: permutation feature importance, slices, errors (confusion matrix at 0.5, worst slices), calibration.
+  does: permutation feature importance, slices, errors (confusion matrix at the candidate's decision threshold, worst slices), calibration.
 
 Holdout metrics are also logged to each candidate's MLflow run (``holdout_<metric>``).
 """
@@ -90,7 +90,14 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
 
     from pipelines import metrics as quality
     from pipelines import modeling
-    from pipelines.tracking import champion_version, configure_mlflow, load_model, model_name, predict_proba
+    from pipelines.tracking import (
+        LEGACY_THRESHOLD,
+        champion_version,
+        configure_mlflow,
+        load_model,
+        model_name,
+        predict_proba,
+    )
 
     usecase = ctx.usecase
     train_result = read_step_result(ctx, "train", "evaluate")
@@ -121,6 +128,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         candidates[entry["name"]] = {
             "run_id": entry["run_id"],
             "model_uri": entry["model_uri"],
+            "decision_threshold": float(entry.get("decision_threshold", LEGACY_THRESHOLD)),
             **model_quality(proba, y, groups, wanted),
         }
     if not candidates:
@@ -181,7 +189,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             "feature_importance": {"metric": primary, "method": "permutation", "features": importance},
             "slices": candidates[best]["slices"],
             "errors": {
-                "confusion_matrix": quality.confusion(y, best_proba, 0.5),
+                "confusion_matrix": quality.confusion(y, best_proba, candidates[best]["decision_threshold"]),
                 "worst_slices": quality.worst_slices(candidates[best]["slices"], primary, min_slice_rows),
                 "min_slice_rows": min_slice_rows,
             },

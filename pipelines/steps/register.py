@@ -61,6 +61,7 @@ def lineage_tags(train: dict[str, Any]) -> dict[str, str]:
         "lineage.raw_versions": json.dumps(train.get("raw_versions") or {}, sort_keys=True),
         "lineage.train_data_hash": str(hashes.get("train", "")),
         "lineage.holdout_data_hash": str(hashes.get("holdout", "")),
+        "lineage.validation_data_hash": str(hashes.get("validation", "")),
         "lineage.code_version": str(train.get("code_version", "")),
         "lineage.image": str(train.get("image", "")),
     }
@@ -183,6 +184,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             "candidate": cand_name,
             "family": candidate.get("family", ""),
             "primary_metric_value": format_metric(metric_value),
+            "decision_threshold": format_metric(candidate.get("decision_threshold")),
             "gate_status": status,
             "gate_reasons": reasons[:MAX_TAG_CHARS],
         }

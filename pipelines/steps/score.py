@@ -37,8 +37,6 @@ from pipelines.online import feature_frame, model_inputs, read_records, read_sna
 if TYPE_CHECKING:
     import pandas as pd
 
-THRESHOLD = 0.5
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The score step needs only --usecase and --date."""
@@ -114,12 +112,13 @@ def score_frame(
     snapshot_version: int,
     where: str,
 ) -> pd.DataFrame:
-    """Predictions for feature rows: keys, date, prediction time, probability, prediction, model version and
-    run, and the version of the online snapshot table the features came from."""
+    """Predictions for feature rows: keys, date, prediction time, probability, prediction (at the model's
+    recorded decision threshold), model version and run, and the version of the online snapshot table the
+    features came from."""
     import numpy as np
     import pandas as pd
 
-    from pipelines.tracking import predict_proba
+    from pipelines.tracking import decision_threshold, predict_proba
 
     keys = [k for k in ctx.usecase.features.keys if k != DATE]
     missing = [k for k in keys if k not in frame.columns]
@@ -135,7 +134,7 @@ def score_frame(
     if len(probability) != len(frame):
         raise StepFailed(f"{where}: the model returned {len(probability)} scores for {len(frame)} rows")
     out["probability"] = probability.astype("float64")
-    out["prediction"] = (out["probability"] >= THRESHOLD).astype("int8")
+    out["prediction"] = (out["probability"] >= decision_threshold(model)).astype("int8")
     out["model_version"] = pd.Series([version] * len(out), dtype="int64")
     out["model_run_id"] = pd.Series([run_id] * len(out), dtype=object)
     out["snapshot_version"] = pd.Series([snapshot_version] * len(out), dtype="int64")
@@ -144,7 +143,13 @@ def score_frame(
 
 def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     """Score the unscored feature partitions of the catch-up window with the champion."""
-    from pipelines.tracking import champion_version, configure_mlflow, load_model, model_name
+    from pipelines.tracking import (
+        champion_version,
+        configure_mlflow,
+        decision_threshold,
+        load_model,
+        model_name,
+    )
 
     uc = ctx.usecase.name
     result_key = f"{ctx.run_key('score')}/result.json"
@@ -187,6 +192,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         facts = {
             day: {
                 "model_version": version,
+                "decision_threshold": decision_threshold(model),
                 "model_run_id": run_id,
                 "model_uri": model_uri,
                 "snapshot_version": online.version,
@@ -216,6 +222,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         "rows": commit.rows if commit else 0,
         "model_version": version,
         "model_run_id": run_id,
+        "decision_threshold": None if model is None else decision_threshold(model),
         "partitions": commit.partition_uris() if commit else [],
         "tables_read": {online.table: online.version} if online.version is not None else {},
         "tables_written": {commit.table: commit.version} if commit else {},

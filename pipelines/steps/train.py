@@ -27,6 +27,7 @@ from pipelines.lake import DATE, LakeError, PartitionInfo, Snapshot, content_has
 
 MIN_TRAIN_ROWS = 100
 MIN_HOLDOUT_ROWS = 50
+DECISION_THRESHOLD = "decision_threshold"  # MLflow metric and model metadata key of a candidate's threshold
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,14 +49,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def training_window(day: date, train_window_days: int, holdout_days: int) -> dict[str, str]:
-    """ISO dates of the train and holdout windows before ``day`` (ends exclusive)."""
-    return {
+def training_window(
+    day: date, train_window_days: int, holdout_days: int, validation_days: int = 0
+) -> dict[str, str]:
+    """ISO dates of the train, validation (when ``validation_days``) and holdout windows before ``day``, in that
+    order and ends exclusive: the candidates are fitted on train, their decision threshold is chosen on
+    validation, and they are judged on the holdout."""
+    holdout_start = day - timedelta(days=holdout_days)
+    train_end = holdout_start - timedelta(days=validation_days)
+    window = {
         "train_start": (day - timedelta(days=train_window_days)).isoformat(),
-        "train_end": (day - timedelta(days=holdout_days)).isoformat(),
-        "holdout_start": (day - timedelta(days=holdout_days)).isoformat(),
-        "holdout_end": day.isoformat(),
+        "train_end": train_end.isoformat(),
     }
+    if validation_days:
+        window |= {"validation_start": train_end.isoformat(), "validation_end": holdout_start.isoformat()}
+    return window | {"holdout_start": holdout_start.isoformat(), "holdout_end": day.isoformat()}
+
+
+def window_parts(window: dict[str, str]) -> list[str]:
+    """The parts of a training window, in time order: train, validation (when it has one), holdout."""
+    return ["train", *(["validation"] if "validation_start" in window else []), "holdout"]
 
 
 def features_snapshot(ctx: StepContext, version: int | None = None) -> Snapshot:
@@ -127,10 +140,15 @@ class TrainingFrames:
     train: Any
     holdout: Any
     partitions: dict[str, PartitionInfo]
+    validation: Any = None
 
     def hashes(self) -> dict[str, str]:
-        """Content hashes of the train rows (after the seeded subsample) and the holdout rows."""
-        return {"train": content_hash(self.train), "holdout": content_hash(self.holdout)}
+        """Content hashes of the train rows (after the seeded subsample), the validation rows (when the window has
+        them) and the holdout rows."""
+        found = {"train": content_hash(self.train), "holdout": content_hash(self.holdout)}
+        if self.validation is not None:
+            found["validation"] = content_hash(self.validation)
+        return found
 
 
 def training_frames(ctx: StepContext, snapshot: Snapshot, window: dict[str, str]) -> TrainingFrames:
@@ -139,38 +157,60 @@ def training_frames(ctx: StepContext, snapshot: Snapshot, window: dict[str, str]
     from pipelines import modeling
 
     usecase, split = ctx.usecase, ctx.usecase.split
-    train_parts = window_partitions(snapshot, window["train_start"], window["train_end"])
-    holdout_parts = window_partitions(snapshot, window["holdout_start"], window["holdout_end"])
-    for part, found, start, end in (
-        ("train", train_parts, window["train_start"], window["train_end"]),
-        ("holdout", holdout_parts, window["holdout_start"], window["holdout_end"]),
-    ):
+    parts = {
+        part: window_partitions(snapshot, window[f"{part}_start"], window[f"{part}_end"])
+        for part in window_parts(window)
+    }
+    for part, found in parts.items():
         if not found:
             raise StepFailed(
                 f"no committed feature partitions in {snapshot.uri} (version {snapshot.version}) for the {part} "
-                f"window [{start}, {end}); run ingest and features for these dates first",
+                f"window [{window[f'{part}_start']}, {window[f'{part}_end']}); run ingest and features for these "
+                "dates first",
                 {"window": window},
             )
     columns = [*modeling.feature_columns(usecase), usecase.target.column]
     progress(
-        f"train: reading {len(train_parts)} + {len(holdout_parts)} feature partitions of version "
-        f"{snapshot.version}"
+        f"train: reading {' + '.join(str(len(found)) for found in parts.values())} feature partitions "
+        f"({', '.join(parts)}) of version {snapshot.version}"
     )
     known_before = labels_known_before(ctx, window)
-    train = read_labeled(ctx, snapshot, train_parts, columns, known_before)
-    holdout = read_labeled(ctx, snapshot, holdout_parts, columns, known_before)
+    frames = {
+        part: read_labeled(ctx, snapshot, found, columns, known_before) for part, found in parts.items()
+    }
+    train = frames["train"]
     if split.max_train_rows and len(train) > split.max_train_rows:
         train = train.sample(n=split.max_train_rows, random_state=split.seed).sort_index()
-    return TrainingFrames(train, holdout, {**train_parts, **holdout_parts})
+    every = {day: info for found in parts.values() for day, info in found.items()}
+    return TrainingFrames(train, frames["holdout"], every, frames.get("validation"))
+
+
+def candidate_decision(
+    ctx: StepContext, fitted: Any, validation: Any, window: dict[str, str]
+) -> dict[str, Any]:
+    """The candidate's decision threshold: ``decision.threshold`` for rule fixed, else chosen by the rule on the
+    validation rows (which the candidate was not fitted on), with the confusion matrix there."""
+    from pipelines import modeling
+    from pipelines.metrics import ThresholdError, choose_threshold
+
+    decision = ctx.usecase.decision
+    if not decision.uses_validation:
+        return {"rule": "fixed", "threshold": float(decision.threshold or 0.5)}
+    proba = fitted.predict_proba(modeling.prepare_features(validation, ctx.usecase))
+    try:
+        return choose_threshold(
+            validation[ctx.usecase.target.column].to_numpy(dtype="int64"), proba, decision
+        )
+    except ThresholdError as exc:
+        raise StepFailed(
+            f"{fitted.spec.name}: validation window [{window['validation_start']}, {window['validation_end']}): "
+            f"{exc}; change decision in config/usecases/{ctx.usecase.name}.yaml"
+        ) from None
 
 
 def _check_rows(ctx: StepContext, part: str, frame: Any, minimum: int, window: dict[str, str]) -> None:
     label = ctx.usecase.target.column
-    start, end = (
-        (window["train_start"], window["train_end"])
-        if part == "train"
-        else (window["holdout_start"], window["holdout_end"])
-    )
+    start, end = window[f"{part}_start"], window[f"{part}_end"]
     if len(frame) < minimum:
         raise StepFailed(
             f"{part} window [{start}, {end}) of use case {ctx.usecase.name!r} has {len(frame)} labeled rows; "
@@ -241,6 +281,7 @@ def _fingerprint(
         "split": usecase.split.model_dump(mode="json"),
         "features": [usecase.features.numeric, usecase.features.categorical],
         "target": usecase.target.model_dump(mode="json"),
+        "decision": usecase.decision.model_dump(mode="json"),
         "data": {d: p.content_id for d, p in partitions.items()},
         "rows": rows,
         "mode": mode,
@@ -273,16 +314,19 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     usecase, split = ctx.usecase, ctx.usecase.split
     mode = getattr(args, "mode", "full") or "full"
     window_days = getattr(args, "window_days", None) or split.train_window_days
-    if window_days <= split.holdout_days:
+    validation_days = usecase.decision.validation_days if usecase.decision.uses_validation else 0
+    if window_days <= split.holdout_days + validation_days:
         raise StepFailed(
-            f"--window-days {window_days} must be larger than split.holdout_days ({split.holdout_days}) in "
-            f"config/usecases/{usecase.name}.yaml"
+            f"--window-days {window_days} must be larger than split.holdout_days ({split.holdout_days}) plus "
+            f"decision.validation_days ({validation_days}) in config/usecases/{usecase.name}.yaml"
         )
-    window = training_window(ctx.day, window_days, split.holdout_days)
+    window = training_window(ctx.day, window_days, split.holdout_days, validation_days)
     snapshot = features_snapshot(ctx)
     frames = training_frames(ctx, snapshot, window)
     train, holdout = frames.train, frames.holdout
     _check_rows(ctx, "train", train, MIN_TRAIN_ROWS, window)
+    if frames.validation is not None:
+        _check_rows(ctx, "validation", frames.validation, MIN_HOLDOUT_ROWS, window)
     _check_rows(ctx, "holdout", holdout, MIN_HOLDOUT_ROWS, window)
 
     label = usecase.target.column
@@ -320,6 +364,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                     }
                 )
                 fitted = modeling.fit_candidate(spec, usecase, X, y, split.seed)
+                decision = candidate_decision(ctx, fitted, frames.validation, window)
                 mlflow.log_params(
                     {
                         **modeling.mlflow_params(fitted),
@@ -330,21 +375,48 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                         "split.seed": split.seed,
                         "rows.train": len(train),
                         "rows.holdout": len(holdout),
+                        "rows.validation": 0 if frames.validation is None else len(frames.validation),
                         "features": len(X.columns),
+                        "decision.rule": usecase.decision.rule,
                     }
                 )
                 mlflow.log_metrics(
                     {
                         "fit_seconds": fitted.fit_seconds,
                         "train_positive_rate": float(np.mean(y)),
+                        DECISION_THRESHOLD: decision["threshold"],
+                        **{
+                            f"validation_{k}": float(v)
+                            for k, v in decision.items()
+                            if k in ("precision", "recall", "f1") and v is not None
+                        },
                     }
                 )
-                info = modeling.log_fitted_model(fitted, example)
+                info = modeling.log_fitted_model(
+                    fitted,
+                    example,
+                    {DECISION_THRESHOLD: decision["threshold"], "decision_rule": decision["rule"]},
+                )
                 mlflow.set_tag("model_uri", info.model_uri)
                 run_id, model_uri = active.info.run_id, info.model_uri
-            progress(f"train: {spec.name} fitted in {fitted.fit_seconds:.1f}s, run {run_id}")
+            progress(
+                f"train: {spec.name} fitted in {fitted.fit_seconds:.1f}s, run {run_id}; decision threshold "
+                f"{decision['threshold']:.4f} ({decision['rule']})"
+            )
+        if previous is not None:
+            decision = {
+                "rule": previous.data.params.get("decision.rule", usecase.decision.rule),
+                "threshold": previous.data.metrics[DECISION_THRESHOLD],
+            }
         candidates.append(
-            {"name": spec.name, "family": spec.family, "run_id": run_id, "model_uri": model_uri}
+            {
+                "name": spec.name,
+                "family": spec.family,
+                "run_id": run_id,
+                "model_uri": model_uri,
+                DECISION_THRESHOLD: decision["threshold"],
+                "decision": decision,
+            }
         )
 
     result: dict[str, Any] = {
@@ -360,7 +432,11 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         "code_version": ctx.code_version,
         "image": os.environ.get("MLOPS_IMAGE") or "in-process (no container)",
         "inputs": inputs,
-        "rows": {"train": len(train), "holdout": len(holdout)},
+        "rows": {
+            "train": len(train),
+            "validation": 0 if frames.validation is None else len(frames.validation),
+            "holdout": len(holdout),
+        },
         "candidates": candidates,
     }
     key = f"{ctx.run_key('train')}/result.json"

