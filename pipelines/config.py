@@ -306,13 +306,18 @@ class TargetSpec(_Strict):
 
     column: str = Field(description="Label column written by the features step")
     source_column: str = Field(description="Column of the outcome source the label is computed from")
-    kind: Literal["above_threshold", "positive_values", "boolean"] = "above_threshold"
+    kind: Literal["above_threshold", "positive_values", "boolean", "regression"] = "above_threshold"
     threshold: float | None = Field(
         default=None, description="kind above_threshold: positive when value > it"
     )
     positive_values: list[str | int | float | bool] | None = Field(
         default=None,
         description="kind positive_values: the values meaning positive (1); any other value is 0",
+    )
+    transform: Literal["none", "log1p"] = Field(
+        default="none",
+        description="kind regression: fit on log1p(value) and predict expm1 of the model's output (for positive, "
+        "skewed values such as prices); metrics are always in the original units",
     )
     missing_outcome: Literal["positive", "negative", "drop"] = Field(
         default="drop",
@@ -323,9 +328,20 @@ class TargetSpec(_Strict):
     @model_validator(mode="after")
     def _kind_fields(self) -> TargetSpec:
         given = {"threshold": self.threshold is not None, "positive_values": self.positive_values is not None}
-        needed = {"above_threshold": "threshold", "positive_values": "positive_values", "boolean": None}[
-            self.kind
-        ]
+        needed = {
+            "above_threshold": "threshold",
+            "positive_values": "positive_values",
+            "boolean": None,
+            "regression": None,
+        }[self.kind]
+        if self.kind == "regression" and self.missing_outcome != "drop":
+            raise ValueError(
+                "target.missing_outcome must be drop for kind regression: a missing value has no number to learn"
+            )
+        if self.kind != "regression" and self.transform != "none":
+            raise ValueError(
+                f"target.transform applies to kind regression only, not {self.kind!r}; remove it"
+            )
         if needed is not None and not given[needed]:
             raise ValueError(f"target.kind {self.kind!r} needs target.{needed}")
         if needed == "positive_values" and not self.positive_values:
@@ -408,13 +424,35 @@ class DecisionSpec(_Strict):
 
 class CandidateSpec(_Strict):
     name: str
-    family: Literal["logistic_regression", "hist_gradient_boosting", "keras_mlp"]
+    family: Literal["logistic_regression", "ridge", "hist_gradient_boosting", "keras_mlp"]
     params: dict[str, Any] = Field(default_factory=dict)
     gpu: bool = False
 
 
-Metric = Literal["roc_auc", "pr_auc", "log_loss", "brier"]
-HIGHER_IS_BETTER: dict[str, bool] = {"roc_auc": True, "pr_auc": True, "log_loss": False, "brier": False}
+Metric = Literal["roc_auc", "pr_auc", "log_loss", "brier", "rmse", "mae", "r2", "mape"]
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "roc_auc": True,
+    "pr_auc": True,
+    "log_loss": False,
+    "brier": False,
+    "rmse": False,
+    "mae": False,
+    "r2": True,
+    "mape": False,
+}
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("roc_auc", "pr_auc", "log_loss", "brier"),
+    "regression": ("rmse", "mae", "r2", "mape"),
+}
+# defaults of a use case's task when its file does not say (metrics, gate.primary_metric)
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "classification": {"metrics": list(TASK_METRICS["classification"]), "primary_metric": "roc_auc"},
+    "regression": {"metrics": ["rmse", "mae", "r2"], "primary_metric": "rmse"},
+}
+TASK_FAMILIES: dict[str, tuple[str, ...]] = {
+    "classification": ("logistic_regression", "hist_gradient_boosting", "keras_mlp"),
+    "regression": ("ridge", "hist_gradient_boosting", "keras_mlp"),
+}
 
 
 class Bound(_Strict):
@@ -432,6 +470,12 @@ class ChangeBound(_Strict):
 class FairnessSpec(_Strict):
     metric: Metric = "roc_auc"
     min_slice_rows: int = Field(default=200, ge=1)
+    min_slice_positives: int = Field(
+        default=30,
+        ge=0,
+        description="classification: a slice with fewer positives, or fewer negatives, is shown and flagged but "
+        "not gated (its metric is noise: a 515-row group with 3 positives failed every model)",
+    )
     min_value: float | None = Field(default=None, description="Worst slice must reach this value")
     max_gap: float | None = Field(default=None, description="Best minus worst slice may be at most this")
 
@@ -473,12 +517,54 @@ class UseCase(_Strict):
     target: TargetSpec
     split: SplitSpec
     candidates: list[CandidateSpec]
-    metrics: list[Metric] = Field(default_factory=lambda: ["roc_auc", "pr_auc", "log_loss", "brier"])
+    metrics: list[Metric] = Field(
+        default_factory=lambda: ["roc_auc", "pr_auc", "log_loss", "brier"],
+        description="reported metrics (default: the task's; regression: rmse, mae, r2)",
+    )
     gate: GateSpec = Field(default_factory=GateSpec)
     slices: list[str] = Field(default_factory=list)
     decision: DecisionSpec = Field(default_factory=DecisionSpec)
     schedules: ScheduleSpec = Field(default_factory=ScheduleSpec)
     drift: DriftSpec = Field(default_factory=DriftSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, data: Any) -> Any:
+        """A regression's default metrics and primary metric are regression ones."""
+        if isinstance(data, dict) and isinstance(data.get("target"), dict):
+            task = "regression" if data["target"].get("kind") == "regression" else "classification"
+            defaults = TASK_DEFAULTS[task]
+            data = {**data}
+            data.setdefault("metrics", defaults["metrics"])
+            gate = data.get("gate")
+            if gate is None or isinstance(gate, dict):
+                data["gate"] = {"primary_metric": defaults["primary_metric"], **(gate or {})}
+        return data
+
+    @property
+    def task(self) -> Literal["classification", "regression"]:
+        """``regression`` for ``target.kind: regression``, else ``classification`` (a binary label)."""
+        return "regression" if self.target.kind == "regression" else "classification"
+
+    def _check_task(self) -> None:
+        task, allowed = self.task, TASK_METRICS[self.task]
+        named = {
+            "metrics": list(self.metrics),
+            "gate.primary_metric": [self.gate.primary_metric],
+            "gate.absolute": list(self.gate.absolute),
+            "gate.change": list(self.gate.change),
+            "gate.fairness.metric": [self.gate.fairness.metric] if self.gate.fairness else [],
+        }
+        for field, metrics in named.items():
+            wrong = [m for m in metrics if m not in allowed]
+            if wrong:
+                raise ValueError(
+                    f"{field}: {wrong} are not {task} metrics (target.kind {self.target.kind!r}); use {list(allowed)}"
+                )
+        families = TASK_FAMILIES[task]
+        wrong = [f"{c.name} ({c.family})" for c in self.candidates if c.family not in families]
+        if wrong:
+            raise ValueError(f"candidates {wrong} are not {task} families; use one of {list(families)}")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> UseCase:
@@ -520,6 +606,7 @@ class UseCase(_Strict):
         label_type = outcome_source.columns[self.target.source_column].type
         fits = {
             "above_threshold": label_type in ("int", "float"),
+            "regression": label_type in ("int", "float"),
             "boolean": label_type == "bool",
             "positive_values": label_type in ("int", "float", "string", "bool"),
         }[self.target.kind]
@@ -552,7 +639,7 @@ class UseCase(_Strict):
                         else ""
                     )
                 )
-        if self.decision.uses_validation and (
+        if self.decision_threshold_chosen and (
             self.split.train_window_days - self.split.holdout_days - self.decision.validation_days < 1
         ):
             raise ValueError(
@@ -561,12 +648,19 @@ class UseCase(_Strict):
                 f"({self.split.holdout_days}) plus decision.validation_days; shorten validation_days or use "
                 "decision.rule: fixed"
             )
+        self._check_task()
         names = [c.name for c in self.candidates]
         if not names:
             raise ValueError("candidates: at least one candidate model is needed")
         if len(set(names)) != len(names):
             raise ValueError(f"candidates: names must be unique, got {names}")
         return self
+
+    @property
+    def decision_threshold_chosen(self) -> bool:
+        """Whether train chooses a decision threshold on a validation window (a classification whose
+        ``decision.rule`` is not fixed)."""
+        return self.task == "classification" and self.decision.uses_validation
 
     @property
     def outcome_source(self) -> str:

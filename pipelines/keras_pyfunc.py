@@ -16,13 +16,15 @@ import pandas as pd
 
 
 class KerasProbabilityModel(mlflow.pyfunc.PythonModel):
-    """``predict(frame of feature columns)`` -> 1-D array of P(label == 1)."""
+    """``predict(frame of feature columns)`` -> 1-D array of P(label == 1), or of predicted values (regression)."""
 
     def load_context(self, context: Any) -> None:
-        from pipelines.modeling import TabularEncoder, load_keras_model
+        from pipelines.modeling import TabularEncoder, TargetScaling, load_keras_model
 
         self._encoder = TabularEncoder.from_dict(json.loads(Path(context.artifacts["encoder"]).read_text()))
         self._model = load_keras_model(context.artifacts["keras_model"])
+        target = context.artifacts.get("target")  # a regression: the output maps back to the label's scale
+        self._target = TargetScaling(**json.loads(Path(target).read_text())) if target else None
 
     # model_input is typed pd.DataFrame: MLflow then infers no schema from the hints (and does not warn); the
     # signature logged from the input example stays the schema.
@@ -31,4 +33,5 @@ class KerasProbabilityModel(mlflow.pyfunc.PythonModel):
         from pipelines.modeling import keras_predict
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        return keras_predict(self._model, self._encoder.transform(frame))
+        out = keras_predict(self._model, self._encoder.transform(frame))
+        return out if self._target is None else self._target.unscaled(out)

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-ALL_METRICS = ("roc_auc", "pr_auc", "log_loss", "brier")
+ALL_METRICS = ("roc_auc", "pr_auc", "log_loss", "brier")  # classification
+REGRESSION_METRICS = ("rmse", "mae", "r2", "mape")
 NULL_SLICE = "(null)"
 PROBABILITY_EPS = 1e-7
 
@@ -73,6 +74,53 @@ def classification_metrics(
     return out
 
 
+def regression_metrics(
+    y_true: Iterable[Any], predicted: Iterable[Any], metrics: Iterable[str] = REGRESSION_METRICS
+) -> dict[str, float | None]:
+    """``rmse``, ``mae``, ``r2`` and ``mape`` of predicted values against the true ones; ``mape`` is undefined
+    (None) when a true value is 0, ``r2`` when the true values do not vary."""
+    import numpy as np
+
+    y = np.asarray(y_true, dtype="float64").reshape(-1)
+    p = np.asarray(predicted, dtype="float64").reshape(-1)
+    wanted = list(metrics)
+    out: dict[str, float | None] = dict.fromkeys(wanted)
+    if len(y) == 0 or len(y) != len(p) or not np.isfinite(p).all() or not np.isfinite(y).all():
+        return out
+    error = p - y
+    for name in wanted:
+        if name == "rmse":
+            value = float(np.sqrt(np.mean(error**2)))
+        elif name == "mae":
+            value = float(np.mean(np.abs(error)))
+        elif name == "r2":
+            spread = float(np.sum((y - y.mean()) ** 2))
+            value = 1.0 - float(np.sum(error**2)) / spread if spread > 0 else None
+        elif name == "mape":
+            value = float(np.mean(np.abs(error / y))) if (y != 0).all() else None
+        else:
+            raise ValueError(f"unknown metric {name!r}; known: {list(REGRESSION_METRICS)}")
+        out[name] = clean(value)
+    return out
+
+
+def model_metrics(y_true: Any, scores: Any, metrics: Iterable[str]) -> dict[str, float | None]:
+    """The named metrics of ``scores`` (probabilities of a classifier, values of a regressor) against the true
+    labels: classification and regression metrics are told apart by their names."""
+    wanted = list(metrics)
+    out: dict[str, float | None] = dict.fromkeys(wanted)
+    classification = [m for m in wanted if m in ALL_METRICS]
+    regression = [m for m in wanted if m in REGRESSION_METRICS]
+    unknown = [m for m in wanted if m not in ALL_METRICS and m not in REGRESSION_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; known: {[*ALL_METRICS, *REGRESSION_METRICS]}")
+    if classification:
+        out.update(classification_metrics(y_true, scores, classification))
+    if regression:
+        out.update(regression_metrics(y_true, scores, regression))
+    return out
+
+
 def slice_label(value: Any) -> str:
     return NULL_SLICE if is_missing(value) and not isinstance(value, str) else str(value)
 
@@ -80,7 +128,8 @@ def slice_label(value: Any) -> str:
 def slice_metrics(
     groups: pd.DataFrame, y_true: Any, proba: Any, metrics: Iterable[str] = ALL_METRICS
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """Metrics per value of each column of ``groups``: ``{column: {value: {"rows", "positives", metric...}}}``.
+    """Metrics per value of each column of ``groups``: ``{column: {value: {"rows", "positives", metric...}}}``
+    (a regression's slices have ``label_mean`` instead of ``positives``).
 
     Values are strings (nulls are ``"(null)"``), largest slices first.
     """
@@ -97,8 +146,12 @@ def slice_metrics(
         column_out: dict[str, dict[str, Any]] = {}
         for value, count in order:
             mask = labels == value
-            entry: dict[str, Any] = {"rows": int(count), "positives": int(np.nansum(y[mask]))}
-            entry.update(classification_metrics(y[mask], p[mask], wanted))
+            entry: dict[str, Any] = {"rows": int(count)}
+            if any(m in ALL_METRICS for m in wanted):
+                entry["positives"] = int(np.nansum(y[mask]))
+            else:
+                entry["label_mean"] = clean(np.nanmean(y[mask]))
+            entry.update(model_metrics(y[mask], p[mask], wanted))
             column_out[str(value)] = entry
         out[str(column)] = column_out
     return out
@@ -203,6 +256,47 @@ def choose_threshold(y_true: Any, proba: Any, decision: DecisionSpec) -> dict[st
     return {"rule": decision.rule, **confusion(y, p, threshold), "f1": clean(f1[best]), "rows": int(len(y))}
 
 
+def residuals(
+    y_true: Any, predicted: Any, bins: int = 10, sample: int = 400, seed: int = 0
+) -> dict[str, Any]:
+    """A regression's errors (predicted - true): mean, spread and quantiles, the mean error per decile of the
+    predicted value (a bias that depends on the prediction shows here), and a seeded sample of (predicted,
+    residual) points for the report's plot."""
+    import numpy as np
+
+    y = np.asarray(y_true, dtype="float64").reshape(-1)
+    p = np.asarray(predicted, dtype="float64").reshape(-1)
+    error = p - y
+    if len(y) == 0:
+        return {"rows": 0, "mean": None, "std": None, "quantiles": {}, "by_predicted": [], "sample": []}
+    edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1)))
+    index = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, max(len(edges) - 2, 0))
+    by_predicted = []
+    for b in range(max(len(edges) - 1, 1)):
+        mask = index == b
+        if mask.any():
+            by_predicted.append(
+                {
+                    "lower": clean(edges[b]),
+                    "upper": clean(edges[min(b + 1, len(edges) - 1)]),
+                    "rows": int(mask.sum()),
+                    "mean_predicted": clean(p[mask].mean()),
+                    "mean_actual": clean(y[mask].mean()),
+                    "mean_residual": clean(error[mask].mean()),
+                }
+            )
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(y), size=min(sample, len(y)), replace=False))
+    return {
+        "rows": int(len(y)),
+        "mean": clean(error.mean()),
+        "std": clean(error.std()),
+        "quantiles": {f"p{q}": clean(np.quantile(error, q / 100)) for q in (5, 25, 50, 75, 95)},
+        "by_predicted": by_predicted,
+        "sample": [[clean(p[i]), clean(error[i])] for i in chosen],
+    }
+
+
 def calibration(y_true: Any, proba: Any, bins: int = 10) -> dict[str, Any]:
     """Reliability bins of equal width on [0, 1] and the expected calibration error (ECE)."""
     import numpy as np
@@ -257,14 +351,14 @@ def permutation_importance(
     else:
         X = X.reset_index(drop=True)
     direction = better_direction(metric)
-    baseline = classification_metrics(y, predict(X), [metric])[metric]
+    baseline = model_metrics(y, predict(X), [metric])[metric]
     results = []
     for column in X.columns:
         drops = []
         for _ in range(repeats):
             shuffled = X.copy()
             shuffled[column] = X[column].to_numpy()[rng.permutation(len(X))]
-            score = classification_metrics(y, predict(shuffled), [metric])[metric]
+            score = model_metrics(y, predict(shuffled), [metric])[metric]
             if baseline is not None and score is not None:
                 drops.append(direction * (baseline - score))
         results.append(

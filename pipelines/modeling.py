@@ -2,9 +2,9 @@
 
 Families (``CandidateSpec.family``):
 
-- ``logistic_regression``: scikit-learn pipeline: median imputation with missing indicators and scaling for
-  numeric columns, one-hot encoding for categorical columns (unknown and null values -> all zeros), then
-  ``LogisticRegression(**params)``.
+- ``logistic_regression`` (classification) and ``ridge`` (regression): scikit-learn pipeline: median imputation
+  with missing indicators and scaling for numeric columns, one-hot encoding for categorical columns (unknown and
+  null values -> all zeros), then ``LogisticRegression(**params)`` or ``Ridge(**params)``.
 - ``hist_gradient_boosting``: scikit-learn pipeline: numeric columns as they are (the model handles nulls),
   categorical columns ordinal-encoded (unknown/null -> missing) and declared categorical, then
   ``HistGradientBoostingClassifier(**params)``.
@@ -13,7 +13,12 @@ Families (``CandidateSpec.family``):
   pyfunc wrapper :class:`pipelines.keras_pyfunc.KerasProbabilityModel`. Params: ``hidden_units`` (list),
   ``epochs``, ``batch_size``, ``learning_rate``, ``dropout``.
 
-Every logged model is an MLflow pyfunc whose ``predict(frame)`` gives the probability of the positive class
+A regression (``target.kind: regression``) gets the regressor of each family (``HistGradientBoostingRegressor``, a
+Keras MLP with a linear output on the standardised label); ``target.transform: log1p`` fits on log1p(label) and
+predicts in the label's units (scikit-learn: ``TransformedTargetRegressor`` with numpy's log1p/expm1; Keras: a
+``target.json`` next to the weights). A regressor's pyfunc ``predict`` gives the values.
+
+Every classifier is logged as an MLflow pyfunc whose ``predict(frame)`` gives the probability of the positive class
 (scikit-learn models through ``pyfunc_predict_fn="predict_proba"``, an (n, 2) array; the Keras wrapper a 1-D
 array); read it with :func:`pipelines.tracking.predict_proba`. Feed models with :func:`prepare_features`.
 
@@ -34,7 +39,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +49,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-FAMILIES = ("logistic_regression", "hist_gradient_boosting", "keras_mlp")
+FAMILIES = ("logistic_regression", "ridge", "hist_gradient_boosting", "keras_mlp")
 MODEL_ARTIFACT_NAME = "model"
 SKOPS_TRUSTED_TYPES = [
     "numpy.dtype",  # SimpleImputer keeps the dtype it was fitted on
@@ -64,6 +69,11 @@ MAX_CATEGORIES = 50  # per categorical column; rarer values share the "unknown" 
 
 
 # --------------------------------------------------------------------------------------------------- inputs
+
+
+def label_dtype(usecase: UseCase) -> str:
+    """The label's dtype: 0/1 integers for a classification, floats for a regression."""
+    return "float64" if usecase.task == "regression" else "int64"
 
 
 def feature_columns(usecase: UseCase) -> list[str]:
@@ -205,13 +215,47 @@ def keras_predict(model: Any, matrix: np.ndarray, batch_rows: int = 65536) -> np
     return np.concatenate(parts).reshape(-1).astype("float64")
 
 
-class KerasMLP:
-    """A fitted Keras MLP with its encoder; ``predict_proba`` gives P(label == 1) as a 1-D array."""
+@dataclass
+class TargetScaling:
+    """How a Keras regression's output maps back to the label: ``value = out * std + mean`` on the (optionally
+    log1p-transformed) scale, then ``expm1`` for ``transform: log1p``. Stored as JSON with the model."""
 
-    def __init__(self, encoder: TabularEncoder, model: Any, params: dict[str, Any]) -> None:
+    mean: float
+    std: float
+    transform: str = "none"
+
+    @classmethod
+    def fit(cls, y: np.ndarray, transform: str) -> TargetScaling:
+        import numpy as np
+
+        values = np.log1p(y) if transform == "log1p" else np.asarray(y, dtype="float64")
+        std = float(values.std())
+        return cls(float(values.mean()), std if std > 1e-12 else 1.0, transform)
+
+    def scaled(self, y: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        values = np.log1p(y) if self.transform == "log1p" else np.asarray(y, dtype="float64")
+        return (values - self.mean) / self.std
+
+    def unscaled(self, out: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        values = np.asarray(out, dtype="float64") * self.std + self.mean
+        return np.expm1(values) if self.transform == "log1p" else values
+
+
+class KerasMLP:
+    """A fitted Keras MLP with its encoder; ``scores`` gives P(label == 1) (classification, sigmoid output) or
+    the predicted value (regression: linear output on the scaled label, mapped back by ``target``)."""
+
+    def __init__(
+        self, encoder: TabularEncoder, model: Any, params: dict[str, Any], target: TargetScaling | None = None
+    ) -> None:
         self.encoder = encoder
         self.model = model
         self.params = params
+        self.target = target
 
     @classmethod
     def fit(
@@ -235,23 +279,34 @@ class KerasMLP:
             hidden = keras.layers.Dense(int(units), activation="relu")(hidden)
             if params["dropout"]:
                 hidden = keras.layers.Dropout(float(params["dropout"]), seed=seed)(hidden)
-        outputs = keras.layers.Dense(1, activation="sigmoid", name="probability")(hidden)
+        regression = usecase.task == "regression"
+        target = (
+            TargetScaling.fit(np.asarray(y, dtype="float64"), usecase.target.transform)
+            if regression
+            else None
+        )
+        if target is not None:
+            outputs = keras.layers.Dense(1, name="value")(hidden)
+        else:
+            outputs = keras.layers.Dense(1, activation="sigmoid", name="probability")(hidden)
         model = keras.Model(inputs, outputs, name=f"{spec.name}_mlp")
         model.compile(
-            optimizer=keras.optimizers.Adam(float(params["learning_rate"])), loss="binary_crossentropy"
+            optimizer=keras.optimizers.Adam(float(params["learning_rate"])),
+            loss="mse" if target is not None else "binary_crossentropy",
         )
         model.fit(
             matrix,
-            np.asarray(y, dtype="float32"),
+            (np.asarray(y, dtype="float32") if target is None else target.scaled(y)).astype("float32"),
             epochs=int(params["epochs"]),
             batch_size=int(params["batch_size"]),
             shuffle=True,
             verbose=0,
         )
-        return cls(encoder, model, params)
+        return cls(encoder, model, params, target)
 
-    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        return keras_predict(self.model, self.encoder.transform(X))
+    def scores(self, X: pd.DataFrame) -> np.ndarray:
+        out = keras_predict(self.model, self.encoder.transform(X))
+        return out if self.target is None else self.target.unscaled(out)
 
 
 # --------------------------------------------------------------------------------------------------- sklearn
@@ -260,15 +315,15 @@ class KerasMLP:
 def _sklearn_pipeline(spec: CandidateSpec, usecase: UseCase, seed: int) -> Any:
     import numpy as np
     from sklearn.compose import ColumnTransformer
-    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
     from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
     numeric, categorical = usecase.features.numeric, usecase.features.categorical
     try:
-        if spec.family == "logistic_regression":
+        if spec.family in ("logistic_regression", "ridge"):
             numeric_steps = Pipeline(
                 [
                     ("impute", SimpleImputer(strategy="median", add_indicator=True)),
@@ -279,7 +334,11 @@ def _sklearn_pipeline(spec: CandidateSpec, usecase: UseCase, seed: int) -> Any:
             if categorical:
                 encoder = OneHotEncoder(handle_unknown="infrequent_if_exist", max_categories=MAX_CATEGORIES)
                 transformers.append(("categorical", encoder, categorical))
-            classifier: Any = LogisticRegression(**{"max_iter": 300, "random_state": seed, **spec.params})
+            classifier: Any = (
+                LogisticRegression(**{"max_iter": 300, "random_state": seed, **spec.params})
+                if spec.family == "logistic_regression"
+                else Ridge(**{"random_state": seed, **spec.params})
+            )
         elif spec.family == "hist_gradient_boosting":
             transformers = [("numeric", "passthrough", numeric)]
             if categorical:
@@ -291,7 +350,12 @@ def _sklearn_pipeline(spec: CandidateSpec, usecase: UseCase, seed: int) -> Any:
                 )
                 transformers.append(("categorical", encoder, categorical))
             mask = [False] * len(numeric) + [True] * len(categorical)
-            classifier = HistGradientBoostingClassifier(
+            boosting = (
+                HistGradientBoostingRegressor
+                if usecase.task == "regression"
+                else HistGradientBoostingClassifier
+            )
+            classifier = boosting(
                 **{"random_state": seed, "categorical_features": mask if categorical else None, **spec.params}
             )
         else:  # pragma: no cover - guarded by fit_candidate
@@ -301,7 +365,13 @@ def _sklearn_pipeline(spec: CandidateSpec, usecase: UseCase, seed: int) -> Any:
             f"candidate {spec.name!r} ({spec.family}): bad params {spec.params}: {exc}"
         ) from None
     preprocess = ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
-    return Pipeline([("preprocess", preprocess), ("model", classifier)])
+    pipeline = Pipeline([("preprocess", preprocess), ("model", classifier)])
+    if usecase.task == "regression" and usecase.target.transform == "log1p":
+        from sklearn.compose import TransformedTargetRegressor
+
+        # numpy ufuncs only: skops loads them without trusting any code
+        return TransformedTargetRegressor(regressor=pipeline, func=np.log1p, inverse_func=np.expm1)
+    return pipeline
 
 
 # --------------------------------------------------------------------------------------------------- fit + log
@@ -315,28 +385,40 @@ class FittedCandidate:
     estimator: Any
     fit_seconds: float
 
-    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        """P(label == 1) as a 1-D float array."""
+    def scores(self, X: pd.DataFrame) -> np.ndarray:
+        """P(label == 1) of a classifier, or the predicted value of a regressor, as a 1-D float array."""
+        import numpy as np
+
         if isinstance(self.estimator, KerasMLP):
-            return self.estimator.predict_proba(X)
+            return self.estimator.scores(X)
+        if self.is_regressor:
+            return np.asarray(self.estimator.predict(X), dtype="float64").reshape(-1)
         return self.estimator.predict_proba(X)[:, 1].astype("float64")
+
+    @property
+    def is_regressor(self) -> bool:
+        return not isinstance(self.estimator, KerasMLP) and not hasattr(self.estimator, "predict_proba")
 
     @property
     def params(self) -> dict[str, Any]:
         if isinstance(self.estimator, KerasMLP):
             return dict(self.estimator.params)
-        return dict(self.estimator.named_steps["model"].get_params())
+        pipeline = getattr(
+            self.estimator, "regressor_", self.estimator
+        )  # a TransformedTargetRegressor's pipeline
+        return dict(pipeline.named_steps["model"].get_params())
 
 
 def fit_candidate(
     spec: CandidateSpec, usecase: UseCase, X: pd.DataFrame, y: Any, seed: int
 ) -> FittedCandidate:
-    """Fit one candidate on ``X`` (from :func:`prepare_features`) and labels ``y`` (0/1), deterministically."""
+    """Fit one candidate on ``X`` (from :func:`prepare_features`) and labels ``y`` (0/1, or values for a
+    regression), deterministically."""
     import numpy as np
 
     if spec.family not in FAMILIES:  # pragma: no cover - the config Literal guards this
         raise ConfigError(f"candidate {spec.name!r}: unknown family {spec.family!r}; known: {list(FAMILIES)}")
-    labels = np.asarray(y, dtype="int64")
+    labels = np.asarray(y, dtype=label_dtype(usecase))
     started = time.perf_counter()
     if spec.family == "keras_mlp":
         estimator: Any = KerasMLP.fit(spec, usecase, X, labels, seed)
@@ -379,29 +461,36 @@ def log_fitted_model(
     if isinstance(fitted.estimator, KerasMLP):
         from pipelines.keras_pyfunc import KerasProbabilityModel
 
-        signature = infer_signature(example, fitted.predict_proba(example))
+        signature = infer_signature(example, fitted.scores(example))
         with tempfile.TemporaryDirectory(prefix="keras-model-") as tmp:
             weights = Path(tmp) / "model.keras"
             encoder = Path(tmp) / "encoder.json"
             fitted.estimator.model.save(weights)
             encoder.write_text(json.dumps(fitted.estimator.encoder.to_dict()))
+            artifacts = {"keras_model": str(weights), "encoder": str(encoder)}
+            if fitted.estimator.target is not None:
+                target = Path(tmp) / "target.json"
+                target.write_text(json.dumps(asdict(fitted.estimator.target)))
+                artifacts["target"] = str(target)
             return mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT_NAME,
                 python_model=KerasProbabilityModel(),
-                artifacts={"keras_model": str(weights), "encoder": str(encoder)},
+                artifacts=artifacts,
                 signature=signature,
                 input_example=example,
                 pip_requirements=requirements,
                 metadata=metadata,
             )
-    signature = infer_signature(example, fitted.estimator.predict_proba(example))
+    regressor = fitted.is_regressor
+    predict = fitted.estimator.predict if regressor else fitted.estimator.predict_proba
+    signature = infer_signature(example, predict(example))
     return mlflow.sklearn.log_model(
         fitted.estimator,
         name=MODEL_ARTIFACT_NAME,
         signature=signature,
         input_example=example,
         pip_requirements=requirements,
-        pyfunc_predict_fn="predict_proba",
+        pyfunc_predict_fn="predict" if regressor else "predict_proba",
         serialization_format="skops",
         skops_trusted_types=SKOPS_TRUSTED_TYPES,
         metadata=metadata,

@@ -96,7 +96,8 @@ def decision_threshold(model: Any) -> float:
 
 
 def predict_proba(model: Any, frame: pd.DataFrame) -> np.ndarray:
-    """Probability of the positive class as a 1-D float array, whatever the flavor returns."""
+    """Probability of the positive class (a classifier) or the predicted value (a regressor) as a 1-D float
+    array, whatever the flavor returns."""
     import numpy as np
     import pandas as pd
 

@@ -139,6 +139,12 @@ def _transform_columns(usecase: UseCase, file: str) -> _Columns:
         field = f"features.transforms[{index}]"
         if spec.name not in TRANSFORMS:
             continue
+        if spec.name == "past_rate" and usecase.task == "regression":
+            columns.problem(
+                field,
+                "past_rate counts positive labels, and a regression's label is a value",
+                "remove it from a regression use case (past-outcome averages are not supported yet)",
+            )
         params = spec.params
         source = params.get("source")
         source_columns = (

@@ -190,8 +190,28 @@ def test_fairness_nan_fails_and_no_eligible_slice_is_skipped():
     assert check["passed"] is False and "['B6']" in check["reason"]
     small = decide(GATE, evaluation(slices=_slices(AA=(100, 0.4))))
     skipped = _check(small, "fairness_carrier")
-    assert skipped["skipped"] is True and "no carrier slice has >= 300 rows" in skipped["reason"]
+    assert skipped["skipped"] is True and "no carrier slice is large enough to gate" in skipped["reason"]
+    assert "['AA']" in skipped["reason"]
     assert small["passed"] is True
+
+
+def test_a_slice_with_few_positives_is_flagged_not_gated():
+    """A 515-row group with 3 positives has an AUC that is noise: shown and named, never failing the gate."""
+    slices = {
+        "carrier": {
+            "AA": {"rows": 900, "positives": 150, "roc_auc": 0.74},
+            "B6": {"rows": 800, "positives": 120, "roc_auc": 0.70},
+            "ZZ": {"rows": 515, "positives": 3, "roc_auc": 0.21},
+            "YY": {"rows": 600, "positives": 590, "roc_auc": 0.30},  # too few negatives
+        }
+    }
+    decision = decide(GATE, evaluation(slices=slices))
+    worst = _check(decision, "fairness_carrier_min_roc_auc")
+    assert worst["passed"] is True and worst["value"] == 0.70
+    assert "not gated" in worst["reason"] and "['YY', 'ZZ']" in worst["reason"]
+    assert decision["passed"] is True
+    enough = {**slices["carrier"], "ZZ": {"rows": 515, "positives": 40, "roc_auc": 0.21}}
+    assert decide(GATE, evaluation(slices={"carrier": enough}))["passed"] is False
 
 
 def test_everything_passes_against_a_champion():

@@ -24,7 +24,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from pipelines import metrics, modeling, tracking
 from pipelines.cli import main, run_step
-from pipelines.config import ConfigError
+from pipelines.config import CandidateSpec, ConfigError, load_usecase
 from pipelines.context import StepFailed
 from pipelines.lake import LATEST, Lake, LakeError, content_hash, features_table
 from pipelines.steps import train as train_step
@@ -303,7 +303,7 @@ def test_family_learns_handles_nulls_and_round_trips_through_mlflow(family, tmp_
     X = modeling.prepare_features(train, usecase)
     fitted = modeling.fit_candidate(spec, usecase, X, train[usecase.target.column], seed=3)
     X_test = modeling.prepare_features(test, usecase)
-    proba = fitted.predict_proba(X_test)
+    proba = fitted.scores(X_test)
     assert proba.shape == (len(test),) and np.isfinite(proba).all() and ((proba > 0) & (proba < 1)).all()
     assert roc_auc_score(test[usecase.target.column], proba) > 0.65
 
@@ -570,3 +570,81 @@ def test_maintenance_fails_closed_when_the_registry_cannot_be_read(small_env, tm
         run_step(["maintain", "--usecase", usecase.name, "--date", "2013-02-01", "--retention-hours", "0"])
     assert not isinstance(caught.value, StepFailed), "a registry error is not bad input: the task must retry"
     assert lake.read(table, version=0).num_rows == 30, "nothing was vacuumed"
+
+
+@pytest.mark.parametrize(
+    ("family", "transform"),
+    [
+        ("ridge", "none"),
+        ("hist_gradient_boosting", "none"),
+        ("hist_gradient_boosting", "log1p"),
+        ("keras_mlp", "log1p"),
+    ],
+)
+def test_regression_family_learns_and_round_trips_through_mlflow(family, transform, tmp_path, monkeypatch):
+    """A regression's candidates predict values (in the label's units, also when fitted on log1p of it), and the
+    logged pyfunc model gives the same values after reloading."""
+    use_tmp_platform(monkeypatch, tmp_path)
+    base = load_usecase("flight_arrival_delay")
+    params = {
+        "ridge": {"alpha": 1.0},
+        "hist_gradient_boosting": {"max_iter": 60},
+        "keras_mlp": {"epochs": 30, "hidden_units": [16], "batch_size": 64, "learning_rate": 0.01},
+    }
+    spec = CandidateSpec(name="cand", family=family, params=params[family])
+    usecase = base.model_copy(
+        update={"candidates": [spec], "target": base.target.model_copy(update={"transform": transform})}
+    )
+    rng = np.random.default_rng(5)
+
+    def frame(days: range, rows: int) -> tuple[pd.DataFrame, np.ndarray]:
+        data = pd.concat([synthetic_day(fast_usecase(), START + timedelta(days=i), rows) for i in days])
+        X = modeling.prepare_features(data.reset_index(drop=True), usecase)
+        signal = (
+            2.0 * X["distance"].fillna(1000) / 1000
+            + 0.2 * X["dep_hour"].fillna(12)
+            + (X["origin"] == "JFK") * 3
+        )
+        return X, np.exp(0.3 * signal.to_numpy() + rng.normal(0, 0.1, len(X)))  # positive and skewed
+
+    X, y = frame(range(10), 150)
+    X_test, y_test = frame(range(20, 23), 200)
+    fitted = modeling.fit_candidate(spec, usecase, X, y, seed=3)
+    predicted = fitted.scores(X_test)
+    assert predicted.shape == (len(X_test),) and np.isfinite(predicted).all()
+    quality = metrics.regression_metrics(y_test, predicted)
+    assert quality["r2"] > 0.5, quality
+    if transform == "log1p":
+        assert (predicted > 0).all(), (
+            "predictions come back in the label's units (expm1 of the model's output)"
+        )
+
+    tracking.configure_mlflow(make_context(usecase, DAY).profile, usecase)
+    with mlflow.start_run():
+        info = modeling.log_fitted_model(fitted, modeling.input_example(X))
+    loaded = tracking.predict_proba(tracking.load_model(info.model_uri), X_test)
+    np.testing.assert_allclose(loaded, predicted, rtol=1e-5)
+
+
+def test_regression_metrics_match_scikit_learn():
+    from sklearn.metrics import (
+        mean_absolute_error,
+        mean_absolute_percentage_error,
+        r2_score,
+        root_mean_squared_error,
+    )
+
+    rng = np.random.default_rng(0)
+    y = rng.uniform(1, 50, 300)
+    p = y + rng.normal(0, 5, 300)
+    got = metrics.regression_metrics(y, p)
+    assert got["rmse"] == pytest.approx(root_mean_squared_error(y, p))
+    assert got["mae"] == pytest.approx(mean_absolute_error(y, p))
+    assert got["r2"] == pytest.approx(r2_score(y, p))
+    assert got["mape"] == pytest.approx(mean_absolute_percentage_error(y, p))
+    assert metrics.regression_metrics([0.0, 1.0], [0.5, 1.0], ["mape"])["mape"] is None  # undefined at 0
+    assert metrics.regression_metrics([2.0, 2.0], [1.0, 3.0], ["r2"])["r2"] is None  # no variance
+    residuals = metrics.residuals(y, p, bins=5)
+    assert residuals["rows"] == 300 and len(residuals["by_predicted"]) == 5
+    assert residuals["mean"] == pytest.approx(float(np.mean(p - y)))
+    assert sum(b["rows"] for b in residuals["by_predicted"]) == 300

@@ -116,3 +116,65 @@ def test_a_step_refuses_a_use_case_with_static_problems_before_reading_data(
     err = capsys.readouterr().err
     assert "CONFIG ERROR" in err and "slices: column(s) ['carier'] not in the primary frame" in err, err
     assert not (tmp_path / "lake").exists(), "nothing may be read or written before the config is valid"
+
+
+def _regression(data: dict) -> None:
+    data["target"] = {"column": "arr_delay_minutes", "source_column": "arr_delay", "kind": "regression"}
+    data["features"]["transforms"] = [t for t in data["features"]["transforms"] if t["name"] != "past_rate"]
+    data["features"]["numeric"] = [n for n in data["features"]["numeric"] if "rate" not in n]
+    data["drift"] = {"features": ["distance"]}
+    data["candidates"] = [{"name": "ridge", "family": "ridge"}]
+    data["gate"] = {"absolute": {"mae": {"max": 60}}}
+    data.pop("metrics")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda d: d["target"].update(missing_outcome="positive"),
+            "target.missing_outcome must be drop for kind regression",
+        ),
+        (lambda d: d.update(metrics=["rmse", "roc_auc"]), "metrics: ['roc_auc'] are not regression metrics"),
+        (
+            lambda d: d["gate"].update(primary_metric="pr_auc"),
+            "gate.primary_metric: ['pr_auc'] are not regression metrics",
+        ),
+        (
+            lambda d: d.update(candidates=[{"name": "lr", "family": "logistic_regression"}]),
+            "candidates ['lr (logistic_regression)'] are not regression families",
+        ),
+        (
+            lambda d: d["features"]["transforms"].append(
+                {"name": "past_rate", "params": {"keys": ["origin"], "days": 1, "output": "r"}}
+            ),
+            "past_rate counts positive labels, and a regression's label is a value",
+        ),
+    ],
+    ids=["missing-outcome", "metrics", "primary-metric", "family", "past-rate"],
+)
+def test_regression_mistakes_are_named(tmp_path, monkeypatch, capsys, edit, message) -> None:
+    def both(data: dict) -> None:
+        _regression(data)
+        edit(data)
+
+    _config_dir(tmp_path, monkeypatch, both)
+    assert main(["validate"]) == 1
+    out = capsys.readouterr().out
+    assert message in out, out
+
+
+def test_a_regression_gets_regression_defaults(tmp_path, monkeypatch, capsys) -> None:
+    from pipelines.config import load_usecase
+
+    _config_dir(tmp_path, monkeypatch, _regression)
+    assert main(["validate"]) == 0, capsys.readouterr().out
+    usecase = load_usecase("flight_delay")
+    assert usecase.task == "regression" and usecase.metrics == ["rmse", "mae", "r2"]
+    assert usecase.gate.primary_metric == "rmse" and not usecase.decision_threshold_chosen
+
+
+def test_a_classification_refuses_a_regression_family(tmp_path, monkeypatch, capsys) -> None:
+    _config_dir(tmp_path, monkeypatch, lambda d: d["candidates"].append({"name": "r", "family": "ridge"}))
+    assert main(["validate"]) == 1
+    assert "candidates ['r (ridge)'] are not classification families" in capsys.readouterr().out

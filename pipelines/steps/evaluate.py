@@ -75,10 +75,11 @@ def load_holdout(ctx: StepContext, train_result: dict[str, Any]) -> Any:
 
 
 def model_quality(proba: Any, y: Any, groups: Any, metrics: list[str]) -> dict[str, Any]:
-    from pipelines.metrics import classification_metrics, slice_metrics
+    """The metrics of ``proba`` (probabilities, or a regression's values) on the holdout, overall and by slice."""
+    from pipelines.metrics import model_metrics, slice_metrics
 
     return {
-        "metrics": classification_metrics(y, proba, metrics),
+        "metrics": model_metrics(y, proba, metrics),
         "slices": slice_metrics(groups, y, proba, metrics),
     }
 
@@ -105,7 +106,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     if len(holdout) == 0:
         raise StepFailed(f"the holdout window {train_result['window']} has no labeled rows; rerun train")
     X = modeling.prepare_features(holdout, usecase)
-    y = holdout[usecase.target.column].to_numpy(dtype="int64")
+    y = holdout[usecase.target.column].to_numpy(dtype=modeling.label_dtype(usecase))
     groups = holdout[list(usecase.slices)] if usecase.slices else holdout.iloc[:, :0]
     wanted = evaluated_metrics(ctx)
     primary = usecase.gate.primary_metric
@@ -128,7 +129,11 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         candidates[entry["name"]] = {
             "run_id": entry["run_id"],
             "model_uri": entry["model_uri"],
-            "decision_threshold": float(entry.get("decision_threshold", LEGACY_THRESHOLD)),
+            **(
+                {"decision_threshold": float(entry.get("decision_threshold", LEGACY_THRESHOLD))}
+                if usecase.task == "classification"
+                else {}
+            ),
             **model_quality(proba, y, groups, wanted),
         }
     if not candidates:
@@ -176,8 +181,11 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             "start": train_result["window"]["holdout_start"],
             "end_exclusive": train_result["window"]["holdout_end"],
             "rows": len(X),
-            "positive_rate": quality.clean(np.mean(y)),
+            ("positive_rate" if usecase.task == "classification" else "label_mean"): quality.clean(
+                np.mean(y)
+            ),
         },
+        "task": usecase.task,
         "best": best,
         "candidates": {
             name: {"run_id": c["run_id"], "metrics": c["metrics"]} for name, c in candidates.items()
@@ -189,13 +197,17 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             "feature_importance": {"metric": primary, "method": "permutation", "features": importance},
             "slices": candidates[best]["slices"],
             "errors": {
-                "confusion_matrix": quality.confusion(y, best_proba, candidates[best]["decision_threshold"]),
                 "worst_slices": quality.worst_slices(candidates[best]["slices"], primary, min_slice_rows),
                 "min_slice_rows": min_slice_rows,
             },
-            "calibration": quality.calibration(y, best_proba),
         },
     }
+    if usecase.task == "classification":
+        threshold = candidates[best]["decision_threshold"]
+        report["explanation"]["errors"]["confusion_matrix"] = quality.confusion(y, best_proba, threshold)
+        report["explanation"]["calibration"] = quality.calibration(y, best_proba)
+    else:
+        report["explanation"]["residuals"] = quality.residuals(y, best_proba, seed=usecase.split.seed)
     report_uri = ctx.lake.write_json(f"{report_prefix}/report.json", report)
     report_html_uri = ctx.lake.write_text(f"{report_prefix}/report.html", render_report_html(report))
 
@@ -251,6 +263,56 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def residual_plot_svg(points: list[list[float | None]], width: int = 640, height: int = 320) -> str:
+    """An inline SVG scatter of (predicted, residual) points with the zero line: a regression's residual plot."""
+    pairs = [(x, y) for x, y in points if x is not None and y is not None]
+    if not pairs:
+        return "<p>(no residuals to plot)</p>"
+    xs, ys = [x for x, _ in pairs], [y for _, y in pairs]
+    x0, x1 = min(xs), max(xs)
+    bound = max(abs(min(ys)), abs(max(ys))) or 1.0
+    x1 = x1 if x1 > x0 else x0 + 1.0
+    pad = 40
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (
+            pad + (x - x0) / (x1 - x0) * (width - 2 * pad),
+            height / 2 - y / bound * (height / 2 - pad / 2),
+        )
+
+    dots = "".join(
+        f"<circle cx='{cx:.1f}' cy='{cy:.1f}' r='2' fill='#1f77b4' fill-opacity='0.5'/>"
+        for cx, cy in (at(x, y) for x, y in pairs)
+    )
+    zero = at(x0, 0.0)[1]
+    return (
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
+        f"aria-label='residuals against predicted values'>"
+        f"<line x1='{pad}' y1='{zero:.1f}' x2='{width - pad}' y2='{zero:.1f}' stroke='#c00'/>{dots}"
+        f"<text x='{width / 2}' y='{height - 4}' text-anchor='middle' font-size='12'>predicted "
+        f"({_fmt(x0)} to {_fmt(x1)})</text>"
+        f"<text x='12' y='{height / 2}' font-size='12' transform='rotate(-90 12 {height / 2})' "
+        f"text-anchor='middle'>residual (predicted - true, +/-{_fmt(bound)})</text></svg>"
+    )
+
+
+def _residual_sections(residuals: dict[str, Any]) -> list[str]:
+    quantiles = residuals.get("quantiles") or {}
+    return [
+        f"<h3>Residuals (predicted - true): mean {_fmt(residuals['mean'])}, std {_fmt(residuals['std'])}</h3>",
+        _table(list(quantiles), [list(quantiles.values())]) if quantiles else "",
+        residual_plot_svg(residuals.get("sample") or []),
+        "<h3>Mean residual by decile of the predicted value</h3>",
+        _table(
+            ["predicted from", "to", "rows", "mean predicted", "mean true", "mean residual"],
+            [
+                [b["lower"], b["upper"], b["rows"], b["mean_predicted"], b["mean_actual"], b["mean_residual"]]
+                for b in residuals.get("by_predicted") or []
+            ],
+        ),
+    ]
+
+
 def render_report_html(report: dict[str, Any]) -> str:
     """A self-contained HTML page for the evaluation report."""
     explanation = report["explanation"]
@@ -270,8 +332,13 @@ def render_report_html(report: dict[str, Any]) -> str:
     sections = [
         f"<h1>Evaluation: {html.escape(report['usecase'])} on {html.escape(report['logical_date'])}</h1>",
         f"<p>Holdout [{report['holdout']['start']}, {report['holdout']['end_exclusive']}): "
-        f"{report['holdout']['rows']} rows, positive rate {_fmt(report['holdout']['positive_rate'])}. "
-        f"Best candidate by {html.escape(report['primary_metric'])}: <b>{html.escape(str(report['best']))}</b>.</p>",
+        f"{report['holdout']['rows']} rows, "
+        + (
+            f"positive rate {_fmt(report['holdout']['positive_rate'])}. "
+            if "positive_rate" in report["holdout"]
+            else f"mean label {_fmt(report['holdout'].get('label_mean'))}. "
+        )
+        + f"Best candidate by {html.escape(report['primary_metric'])}: <b>{html.escape(str(report['best']))}</b>.</p>",
         "<h2>Models</h2>",
         _table(["model", *metric_names], models),
     ]
@@ -286,13 +353,16 @@ def render_report_html(report: dict[str, Any]) -> str:
         ),
         "<h2>Errors</h2>",
     ]
-    cm = explanation["errors"]["confusion_matrix"]
-    sections.append(
-        _table(
-            ["threshold", "tp", "fp", "tn", "fn", "precision", "recall", "accuracy"],
-            [[cm[k] for k in ("threshold", "tp", "fp", "tn", "fn", "precision", "recall", "accuracy")]],
+    cm = explanation["errors"].get("confusion_matrix")
+    if cm is not None:
+        sections.append(
+            _table(
+                ["threshold", "tp", "fp", "tn", "fn", "precision", "recall", "accuracy"],
+                [[cm[k] for k in ("threshold", "tp", "fp", "tn", "fn", "precision", "recall", "accuracy")]],
+            )
         )
-    )
+    if "residuals" in explanation:
+        sections += _residual_sections(explanation["residuals"])
     worst = explanation["errors"]["worst_slices"]
     metric = report["primary_metric"]
     sections += [
@@ -307,24 +377,30 @@ def render_report_html(report: dict[str, Any]) -> str:
         sections.append(f"<h3>{html.escape(column)}</h3>")
         sections.append(
             _table(
-                ["value", "rows", "positives", *metric_names],
                 [
-                    [v, e["rows"], e["positives"], *[e.get(m) for m in metric_names]]
+                    "value",
+                    "rows",
+                    "positives" if "positives" in next(iter(values.values()), {}) else "mean label",
+                    *metric_names,
+                ],
+                [
+                    [v, e["rows"], e.get("positives", e.get("label_mean")), *[e.get(m) for m in metric_names]]
                     for v, e in values.items()
                 ],
             )
         )
-    calibration = explanation["calibration"]
-    sections += [
-        f"<h2>Calibration (expected calibration error {_fmt(calibration['ece'])})</h2>",
-        _table(
-            ["bin", "rows", "mean predicted", "observed rate"],
-            [
-                [f"{b['lower']:.1f}-{b['upper']:.1f}", b["rows"], b["mean_predicted"], b["observed_rate"]]
-                for b in calibration["bins"]
-            ],
-        ),
-    ]
+    calibration = explanation.get("calibration")
+    if calibration is not None:
+        sections += [
+            f"<h2>Calibration (expected calibration error {_fmt(calibration['ece'])})</h2>",
+            _table(
+                ["bin", "rows", "mean predicted", "observed rate"],
+                [
+                    [f"{b['lower']:.1f}-{b['upper']:.1f}", b["rows"], b["mean_predicted"], b["observed_rate"]]
+                    for b in calibration["bins"]
+                ],
+            ),
+        ]
     style = (
         "body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;margin:.5em 0}"
         "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}th{background:#eee}"

@@ -244,7 +244,7 @@ def _select_output(frame: DataFrame, usecase: UseCase) -> DataFrame:
         if name == DATE_COLUMN:
             column = F.date_format(F.col(DAY_COLUMN), "yyyy-MM-dd")
         elif name == usecase.target.column:
-            column = F.col(name).cast("int")
+            column = F.col(name).cast("double" if usecase.task == "regression" else "int")
         elif name in numeric:
             column = F.col(name).cast("double")
         elif name in categorical:
@@ -280,9 +280,11 @@ def prediction_time_column(event_time: Column, time: TimeSpec) -> Column:
 
 
 def label_expression(value: Column, target: TargetSpec) -> Column:
-    """1 or 0 from a non-null outcome value, per ``target.kind``."""
+    """1 or 0 from a non-null outcome value, per ``target.kind``; a regression's label is the value itself."""
     from pyspark.sql import functions as F
 
+    if target.kind == "regression":
+        return value.cast("double")
     if target.kind == "above_threshold":
         positive = value > F.lit(float(target.threshold or 0.0))
     elif target.kind == "positive_values":
@@ -324,7 +326,7 @@ def _label_columns(frame: DataFrame, usecase: UseCase, outcome_rows: DataFrame |
         F.when(~has_outcome, F.lit(None))
         .when(value.isNull(), missing)
         .otherwise(label_expression(value, target))
-        .cast("int")
+        .cast("double" if usecase.task == "regression" else "int")
     )
     event_time = F.col(usecase.time.event_time)
     known_at = F.timestamp_micros(F.unix_micros(event_time) + F.lit(outcome.delay_seconds * 1_000_000))

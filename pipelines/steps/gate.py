@@ -9,8 +9,9 @@ version and table versions it was taken on. Checks (config ``gate``):
 - change: the candidate beats the champion by ``gate.change[metric].min_delta`` in the metric's better direction
   (``config.HIGHER_IS_BETTER``); with no champion yet these are recorded as skipped (first run: absolute
   thresholds only);
-- fairness: over the slices with at least ``min_slice_rows`` rows, the worst reaches ``min_value`` and best minus
-  worst is at most ``max_gap``, per slice column.
+- fairness: over the slices with at least ``min_slice_rows`` rows (and, for a classification,
+  ``min_slice_positives`` positives and as many negatives), the worst reaches ``min_value`` and best minus worst is
+  at most ``max_gap``, per slice column; smaller slices are named in the reason, not gated.
 
 A missing/NaN value, or a champion baseline that is missing, NaN or zero, fails its check with a reason: nothing
 passes silently. "Not passed" is a normal outcome: the step exits 0 with ``passed: false``.
@@ -177,6 +178,18 @@ def change_checks(
     return checks
 
 
+def _gated(entry: dict[str, Any], fairness: FairnessSpec) -> bool:
+    """Whether a slice is large enough to gate on: ``min_slice_rows`` rows and, for a classification (its
+    slices count positives), ``min_slice_positives`` positives and as many negatives."""
+    rows = int(entry.get("rows", 0))
+    if rows < fairness.min_slice_rows:
+        return False
+    if "positives" not in entry:
+        return True
+    positives = int(entry["positives"])
+    return min(positives, rows - positives) >= fairness.min_slice_positives
+
+
 def fairness_checks(fairness: FairnessSpec | None, slices: dict[str, Any]) -> list[dict[str, Any]]:
     """Worst slice reaches ``min_value`` and the best-worst gap is at most ``max_gap``, per slice column."""
     if fairness is None or (fairness.min_value is None and fairness.max_gap is None):
@@ -198,7 +211,14 @@ def fairness_checks(fairness: FairnessSpec | None, slices: dict[str, Any]) -> li
     direction = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
     checks = []
     for column, values in slices.items():
-        eligible = {v: e for v, e in values.items() if int(e.get("rows", 0)) >= fairness.min_slice_rows}
+        eligible = {v: e for v, e in values.items() if _gated(e, fairness)}
+        flagged = sorted(set(values) - set(eligible))
+        note = (
+            f" (not gated, too few rows, positives or negatives: {flagged}; the rules: >= {fairness.min_slice_rows} "
+            f"rows, >= {fairness.min_slice_positives} positives and negatives)"
+            if flagged
+            else ""
+        )
         if not eligible:
             checks.append(
                 _check(
@@ -208,7 +228,7 @@ def fairness_checks(fairness: FairnessSpec | None, slices: dict[str, Any]) -> li
                     None,
                     None,
                     True,
-                    f"no {column} slice has >= {fairness.min_slice_rows} rows: fairness not checked",
+                    f"no {column} slice is large enough to gate: fairness not checked{note}",
                     skipped=True,
                 )
             )
@@ -228,7 +248,7 @@ def fairness_checks(fairness: FairnessSpec | None, slices: dict[str, Any]) -> li
                 passed = direction * (value - fairness.min_value) >= -TOLERANCE
                 reason = (
                     f"worst {column} slice {worst!r} ({eligible[worst]['rows']} rows) has {metric} {value:.4f}"
-                    f"{'' if passed else ', short of'} (required {fairness.min_value})"
+                    f"{'' if passed else ', short of'} (required {fairness.min_value}){note}"
                 )
             checks.append(_check(name, "fairness", metric, value, fairness.min_value, passed, reason))
         if fairness.max_gap is not None:
@@ -242,7 +262,7 @@ def fairness_checks(fairness: FairnessSpec | None, slices: dict[str, Any]) -> li
                 passed = gap <= fairness.max_gap + TOLERANCE
                 reason = (
                     f"{column} gap {gap:.4f} between best {best!r} and worst {worst!r} "
-                    f"{'<=' if passed else 'exceeds'} {fairness.max_gap}"
+                    f"{'<=' if passed else 'exceeds'} {fairness.max_gap}{note}"
                 )
             checks.append(_check(name, "fairness", metric, gap, fairness.max_gap, passed, reason))
     return checks

@@ -18,7 +18,7 @@ import json
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from pipelines.config import OUTCOME_KNOWN_AT, PREDICTION_TIME
+from pipelines.config import OUTCOME_KNOWN_AT, PREDICTION_TIME, UseCase
 from pipelines.context import StepContext, StepFailed, progress
 from pipelines.lake import (
     COMMIT_ATTEMPTS,
@@ -28,6 +28,7 @@ from pipelines.lake import (
     predictions_table,
     predictions_with_outcomes_table,
 )
+from pipelines.modeling import label_dtype
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,12 +36,20 @@ if TYPE_CHECKING:
 PREDICTION_COLUMNS = [PREDICTION_TIME, "probability", "prediction", "model_version", "snapshot_version"]
 
 
+def prediction_columns(usecase: UseCase) -> list[str]:
+    """The predictions' columns the outcomes are joined to: a regression's prediction is the value itself (no
+    probability column)."""
+    if usecase.task == "regression":
+        return [c for c in PREDICTION_COLUMNS if c != "probability"]
+    return PREDICTION_COLUMNS
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The outcomes step needs only --usecase and --date."""
 
 
 def join_outcomes(
-    predictions: pd.DataFrame, features: pd.DataFrame, keys: list[str], label: str
+    predictions: pd.DataFrame, features: pd.DataFrame, keys: list[str], label: str, label_dtype: str = "int64"
 ) -> pd.DataFrame:
     """The predictions whose event has a known label, with that label and when it became known; a prediction
     made at or after its outcome was known is refused (it would not be a prediction)."""
@@ -52,7 +61,7 @@ def join_outcomes(
             f"{len(late)} prediction(s) were made at or after their outcome was known (e.g. {late.iloc[0].to_dict()}); "
             "the features' prediction time must come before the outcome (time.prediction_time, label_delay)"
         )
-    joined[label] = joined[label].astype("int64")
+    joined[label] = joined[label].astype(label_dtype)
     return joined.sort_values([DATE, *keys], kind="stable").reset_index(drop=True)
 
 
@@ -81,14 +90,14 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             progress(f"outcomes: no predictions with features in ({first}, {ctx.ds}]")
             return {"joined": [], "rows": 0, "tables_read": tables_read, "tables_written": {}}
         scored = ctx.lake.read_frame(
-            predictions.table, days, [*keys, DATE, *PREDICTION_COLUMNS], predictions.version
+            predictions.table, days, [*keys, DATE, *prediction_columns(usecase)], predictions.version
         )
         feature_rows = ctx.lake.read_frame(
             features.table, days, [*keys, DATE, label, OUTCOME_KNOWN_AT], features.version
         )
         known = pd.to_datetime(feature_rows[OUTCOME_KNOWN_AT], utc=True) < pd.Timestamp(known_before)
         feature_rows.loc[~known, label] = None  # not known yet on this date
-        rows = join_outcomes(scored, feature_rows, keys, label)
+        rows = join_outcomes(scored, feature_rows, keys, label, label_dtype(usecase))
         facts, changed = {}, []
         for day in days:
             labelled = int((rows[DATE] == day).sum())

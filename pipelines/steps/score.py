@@ -112,9 +112,9 @@ def score_frame(
     snapshot_version: int,
     where: str,
 ) -> pd.DataFrame:
-    """Predictions for feature rows: keys, date, prediction time, probability, prediction (at the model's
-    recorded decision threshold), model version and run, and the version of the online snapshot table the
-    features came from."""
+    """Predictions for feature rows: keys, date, prediction time, probability and prediction (at the model's
+    recorded decision threshold; a regression: the predicted value, no probability), model version and run, and
+    the version of the online snapshot table the features came from."""
     import numpy as np
     import pandas as pd
 
@@ -133,8 +133,11 @@ def score_frame(
         probability = np.zeros(0, dtype="float64")
     if len(probability) != len(frame):
         raise StepFailed(f"{where}: the model returned {len(probability)} scores for {len(frame)} rows")
-    out["probability"] = probability.astype("float64")
-    out["prediction"] = (out["probability"] >= decision_threshold(model)).astype("int8")
+    if ctx.usecase.task == "regression":
+        out["prediction"] = probability.astype("float64")  # the predicted value
+    else:
+        out["probability"] = probability.astype("float64")
+        out["prediction"] = (out["probability"] >= decision_threshold(model)).astype("int8")
     out["model_version"] = pd.Series([version] * len(out), dtype="int64")
     out["model_run_id"] = pd.Series([run_id] * len(out), dtype=object)
     out["snapshot_version"] = pd.Series([snapshot_version] * len(out), dtype="int64")
@@ -185,6 +188,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             break
         if model is None:
             model = load_model(model_uri)
+        threshold = decision_threshold(model) if ctx.usecase.task == "classification" else None
         where = f"{online.uri} (version {online.version})"
         check_snapshots(ctx, online, todo)
         frame = features_of(ctx, online, todo)
@@ -192,7 +196,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         facts = {
             day: {
                 "model_version": version,
-                "decision_threshold": decision_threshold(model),
+                "decision_threshold": threshold,
                 "model_run_id": run_id,
                 "model_uri": model_uri,
                 "snapshot_version": online.version,
@@ -222,7 +226,9 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         "rows": commit.rows if commit else 0,
         "model_version": version,
         "model_run_id": run_id,
-        "decision_threshold": None if model is None else decision_threshold(model),
+        "decision_threshold": None
+        if model is None or ctx.usecase.task == "regression"
+        else decision_threshold(model),
         "partitions": commit.partition_uris() if commit else [],
         "tables_read": {online.table: online.version} if online.version is not None else {},
         "tables_written": {commit.table: commit.version} if commit else {},

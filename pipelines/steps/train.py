@@ -120,7 +120,7 @@ def read_labeled(
     except LakeError as exc:
         raise StepFailed(f"{exc}; rerun the features step for the window's days") from None
     labels = pd.to_numeric(frame[label], errors="coerce")
-    bad = sorted(set(labels.dropna().unique()) - {0, 1})
+    bad = [] if ctx.usecase.task == "regression" else sorted(set(labels.dropna().unique()) - {0, 1})
     if bad:
         days = sorted(frame.loc[labels.isin(bad), DATE].unique())
         raise StepFailed(
@@ -187,16 +187,19 @@ def training_frames(ctx: StepContext, snapshot: Snapshot, window: dict[str, str]
 
 def candidate_decision(
     ctx: StepContext, fitted: Any, validation: Any, window: dict[str, str]
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """The candidate's decision threshold: ``decision.threshold`` for rule fixed, else chosen by the rule on the
-    validation rows (which the candidate was not fitted on), with the confusion matrix there."""
+    validation rows (which the candidate was not fitted on), with the confusion matrix there. None for a
+    regression (its prediction is the value)."""
     from pipelines import modeling
     from pipelines.metrics import ThresholdError, choose_threshold
 
     decision = ctx.usecase.decision
+    if ctx.usecase.task == "regression":
+        return None
     if not decision.uses_validation:
         return {"rule": "fixed", "threshold": float(decision.threshold or 0.5)}
-    proba = fitted.predict_proba(modeling.prepare_features(validation, ctx.usecase))
+    proba = fitted.scores(modeling.prepare_features(validation, ctx.usecase))
     try:
         return choose_threshold(
             validation[ctx.usecase.target.column].to_numpy(dtype="int64"), proba, decision
@@ -217,6 +220,13 @@ def _check_rows(ctx: StepContext, part: str, frame: Any, minimum: int, window: d
             f"at least {minimum} are needed. Run ingest and features for these dates or widen "
             f"split.train_window_days/holdout_days in config/usecases/{ctx.usecase.name}.yaml"
         )
+    if ctx.usecase.task == "regression":
+        if frame[label].nunique() < 2:
+            raise StepFailed(
+                f"{part} window [{start}, {end}) of use case {ctx.usecase.name!r} has a single label value "
+                f"({label}={frame[label].iloc[0]}); a regression needs values that vary: widen the window"
+            )
+        return
     classes = sorted(int(v) for v in frame[label].unique())
     if len(classes) < 2:
         raise StepFailed(
@@ -314,7 +324,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     usecase, split = ctx.usecase, ctx.usecase.split
     mode = getattr(args, "mode", "full") or "full"
     window_days = getattr(args, "window_days", None) or split.train_window_days
-    validation_days = usecase.decision.validation_days if usecase.decision.uses_validation else 0
+    validation_days = usecase.decision.validation_days if usecase.decision_threshold_chosen else 0
     if window_days <= split.holdout_days + validation_days:
         raise StepFailed(
             f"--window-days {window_days} must be larger than split.holdout_days ({split.holdout_days}) plus "
@@ -331,7 +341,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
 
     label = usecase.target.column
     X = modeling.prepare_features(train, usecase)
-    y = train[label].to_numpy(dtype="int64")
+    y = train[label].to_numpy(dtype=modeling.label_dtype(usecase))
     example = modeling.input_example(X)
     all_parts = frames.partitions
     inputs = sorted({k for p in all_parts.values() for k in raw_inputs(usecase.name, p.facts.get("inputs"))})
@@ -380,44 +390,44 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                         "decision.rule": usecase.decision.rule,
                     }
                 )
-                mlflow.log_metrics(
-                    {
-                        "fit_seconds": fitted.fit_seconds,
-                        "train_positive_rate": float(np.mean(y)),
-                        DECISION_THRESHOLD: decision["threshold"],
-                        **{
-                            f"validation_{k}": float(v)
-                            for k, v in decision.items()
-                            if k in ("precision", "recall", "f1") and v is not None
-                        },
+                label_stat = "train_positive_rate" if usecase.task == "classification" else "train_label_mean"
+                chosen = {} if decision is None else {DECISION_THRESHOLD: decision["threshold"]}
+                if decision is not None:
+                    chosen |= {
+                        f"validation_{k}": float(v)
+                        for k, v in decision.items()
+                        if k in ("precision", "recall", "f1") and v is not None
                     }
+                mlflow.log_metrics(
+                    {"fit_seconds": fitted.fit_seconds, label_stat: float(np.mean(y)), **chosen}
                 )
-                info = modeling.log_fitted_model(
-                    fitted,
-                    example,
-                    {DECISION_THRESHOLD: decision["threshold"], "decision_rule": decision["rule"]},
+                metadata = (
+                    None
+                    if decision is None
+                    else {DECISION_THRESHOLD: decision["threshold"], "decision_rule": decision["rule"]}
                 )
+                info = modeling.log_fitted_model(fitted, example, metadata)
                 mlflow.set_tag("model_uri", info.model_uri)
                 run_id, model_uri = active.info.run_id, info.model_uri
-            progress(
-                f"train: {spec.name} fitted in {fitted.fit_seconds:.1f}s, run {run_id}; decision threshold "
-                f"{decision['threshold']:.4f} ({decision['rule']})"
+            said = (
+                ""
+                if decision is None
+                else f"; decision threshold {decision['threshold']:.4f} ({decision['rule']})"
             )
+            progress(f"train: {spec.name} fitted in {fitted.fit_seconds:.1f}s, run {run_id}{said}")
         if previous is not None:
-            decision = {
-                "rule": previous.data.params.get("decision.rule", usecase.decision.rule),
-                "threshold": previous.data.metrics[DECISION_THRESHOLD],
-            }
-        candidates.append(
-            {
-                "name": spec.name,
-                "family": spec.family,
-                "run_id": run_id,
-                "model_uri": model_uri,
-                DECISION_THRESHOLD: decision["threshold"],
-                "decision": decision,
-            }
-        )
+            decision = (
+                None
+                if DECISION_THRESHOLD not in previous.data.metrics
+                else {
+                    "rule": previous.data.params.get("decision.rule", usecase.decision.rule),
+                    "threshold": previous.data.metrics[DECISION_THRESHOLD],
+                }
+            )
+        entry = {"name": spec.name, "family": spec.family, "run_id": run_id, "model_uri": model_uri}
+        if decision is not None:
+            entry |= {DECISION_THRESHOLD: decision["threshold"], "decision": decision}
+        candidates.append(entry)
 
     result: dict[str, Any] = {
         "mode": mode,

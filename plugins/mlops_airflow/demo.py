@@ -295,26 +295,30 @@ def files_to_land(data: DemoData, month_days: list[date], first_batch: bool) -> 
 
 
 def live_quality(lake: Any, usecase: Any, days: list[date]) -> dict[str, Any]:
-    """Rows, scored-ahead count and ROC AUC of the predictions of ``days`` whose outcomes arrived
-    (predictions_with_outcomes); the ROC AUC is None without both classes."""
+    """Rows, scored-ahead count, ROC AUC (a classification) and the primary metric of the predictions of ``days``
+    whose outcomes arrived (predictions_with_outcomes); a metric is None where it is undefined."""
     from pipelines.config import OUTCOME_KNOWN_AT, PREDICTION_TIME
     from pipelines.lake import predictions_with_outcomes_table
-    from pipelines.metrics import classification_metrics
+    from pipelines.metrics import model_metrics
 
     table = predictions_with_outcomes_table(usecase.name)
     present = lake.partitions(table)
     dates = [d.isoformat() for d in days if d.isoformat() in present]
     if not dates:
-        return {"live_rows": 0, "scored_ahead": 0, "live_roc_auc": None}
+        return {"live_rows": 0, "scored_ahead": 0, "live_roc_auc": None, "live_primary_metric": None}
     frame = lake.read_frame(table, dates)
     label = frame[usecase.target.column]
     ahead = int((frame[PREDICTION_TIME] < frame[OUTCOME_KNOWN_AT]).sum())
-    auc = (
-        classification_metrics(label, frame["probability"], ["roc_auc"])["roc_auc"]
-        if label.nunique() == 2
-        else None
-    )
-    return {"live_rows": len(frame), "scored_ahead": ahead, "live_roc_auc": auc}
+    scores = frame["prediction" if usecase.task == "regression" else "probability"]
+    primary = usecase.gate.primary_metric
+    wanted = list(dict.fromkeys([primary, *(["roc_auc"] if usecase.task == "classification" else [])]))
+    values = model_metrics(label, scores, wanted)
+    return {
+        "live_rows": len(frame),
+        "scored_ahead": ahead,
+        "live_roc_auc": values.get("roc_auc"),
+        "live_primary_metric": values[primary],
+    }
 
 
 def _month_days(month: int) -> list[date]:
@@ -376,6 +380,7 @@ def replay_batch(
         "predictions_with_outcomes": live["live_rows"],
         "scored_before_outcome": live["scored_ahead"],
         "live_roc_auc": live["live_roc_auc"],
+        "live_primary_metric": live["live_primary_metric"],
         "scoring_model_holdout_roc_auc": holdout_auc.get(str(score.get("model_version"))),
         "train_date": None if train_on is None else train_on.isoformat(),
         "best_candidate": best,
@@ -402,13 +407,13 @@ def replay_batch(
         "seconds": round(time.perf_counter() - t0, 1),
         "ingest_failed": bool(ingest.get("failed")),
     }
-    if row["promoted_version"] is not None and row["primary_metric"] == "roc_auc":
+    if row["promoted_version"] is not None:
         holdout_auc[str(row["promoted_version"])] = row["best_metric"]
     return row
 
 
 HEADER = (
-    f"{'month':<8} {'ingested':>9} {'quarant.':>8} {'scored':>7} {'live AUC':>8} {'holdout':>7} "
+    f"{'month':<8} {'ingested':>9} {'quarant.':>8} {'scored':>7} {'live':>8} {'holdout':>7} "
     f"{'best':>6} {'metric':>7} {'champ.':>7} {'gate':<8} {'champion':>8}  seconds"
 )
 
@@ -420,7 +425,7 @@ def say_row(row: dict[str, Any], log_path: Path) -> None:
     ]
     say(
         f"{row['month']:<8} {row['rows_ingested']:>9} {row['rows_quarantined']:>8} {row['rows_scored']:>7} "
-        f"{_fmt(row['live_roc_auc']):>8} {_fmt(row['scoring_model_holdout_roc_auc']):>7} "
+        f"{_fmt(row['live_primary_metric']):>8} {_fmt(row['scoring_model_holdout_roc_auc']):>7} "
         f"{_fmt(row['best_candidate']):>6} {_fmt(row['best_metric']):>7} {_fmt(row['champion_metric']):>7} "
         f"{gate_text:<8} {_fmt(row['champion_version']):>8}  {row['seconds']:.1f}"
     )
