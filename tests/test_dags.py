@@ -63,7 +63,9 @@ def test_expected_dags_tasks_and_edges(dagbag, usecase: str) -> None:
     if load_usecase(usecase).schedules.train_nightly:
         expected[f"{usecase}_train_nightly"] = expected[f"{usecase}_train"]
     else:
-        assert f"{usecase}_train_nightly" not in dagbag.dags, "schedules.train_nightly: null makes no nightly DAG"
+        assert f"{usecase}_train_nightly" not in dagbag.dags, (
+            "schedules.train_nightly: null makes no nightly DAG"
+        )
     for dag_id, edges in expected.items():
         dag = dagbag.dags.get(dag_id)
         assert dag is not None, f"missing DAG {dag_id}"
