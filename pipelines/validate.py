@@ -221,20 +221,62 @@ def _column_problems(usecase: UseCase, columns: _Columns) -> None:
         )
 
 
-def _schedule_problems(usecase: UseCase, file: str) -> list[Problem]:
-    from croniter import croniter
+CRON_FIELDS = (  # (name, lowest, highest, names) of the five fields of a cron expression
+    ("minute", 0, 59, {}),
+    ("hour", 0, 23, {}),
+    ("day of month", 1, 31, {}),
+    (
+        "month",
+        1,
+        12,
+        {
+            m: i + 1
+            for i, m in enumerate(
+                ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+            )
+        },
+    ),
+    ("day of week", 0, 7, {d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])}),
+)
 
+
+def cron_problem(expression: str) -> str | None:
+    """Why ``expression`` is not a five-field cron expression (``*``, values, ranges, steps, lists, month and
+    weekday names), or None when it is one. Pure Python: steps run in images without Airflow or croniter."""
+    fields = expression.split()
+    if len(fields) != 5:
+        return f"has {len(fields)} field(s), not 5 (minute hour day-of-month month day-of-week)"
+
+    def value(text: str, low: int, high: int, names: dict[str, int]) -> int | None:
+        number = names.get(text.lower()) if not text.isdigit() else int(text)
+        return number if number is not None and low <= number <= high else None
+
+    for text, (name, low, high, names) in zip(fields, CRON_FIELDS, strict=True):
+        for part in text.split(","):
+            base, _, step = part.partition("/")
+            if step and (not step.isdigit() or int(step) == 0):
+                return f"{name} field {text!r}: step {step!r} is not a positive number"
+            if base == "*" or (base == "?" and name in ("day of month", "day of week")):
+                continue
+            start, _, end = base.partition("-")
+            if value(start, low, high, names) is None or (end and value(end, low, high, names) is None):
+                return f"{name} field {text!r}: {base!r} is not a value or range within {low}-{high}"
+    return None
+
+
+def _schedule_problems(usecase: UseCase, file: str) -> list[Problem]:
     problems = []
     for name in SCHEDULE_FIELDS:
         value = getattr(usecase.schedules, name)
         if value is None or value in PRESETS:
             continue
-        if not croniter.is_valid(value):
+        why = cron_problem(value)
+        if why is not None:
             problems.append(
                 Problem(
                     file,
                     f"schedules.{name}",
-                    f"{value!r} is neither a cron expression nor an Airflow preset",
+                    f"{value!r} is neither a cron expression nor an Airflow preset: it {why}",
                     "use five cron fields such as '0 18 * * *' or a preset such as '@daily'",
                 )
             )

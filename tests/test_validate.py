@@ -178,3 +178,32 @@ def test_a_classification_refuses_a_regression_family(tmp_path, monkeypatch, cap
     _config_dir(tmp_path, monkeypatch, lambda d: d["candidates"].append({"name": "r", "family": "ridge"}))
     assert main(["validate"]) == 1
     assert "candidates ['r (ridge)'] are not classification families" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "0 18 * * *",
+        "0 5 2-31 * *",
+        "*/15 * * * mon-fri",
+        "0 0 1 jan,jul *",
+        "0-59/5 0,12 1-7 * 1-5",
+        "0 0 * * 7",
+        "0 18 * *",
+        "61 * * * *",
+        "0 24 * * *",
+        "0 0 0 * *",
+        "0 0 * 13 *",
+        "0 0 * * 8",
+        "0 0 */0 * *",
+        "a b c d e",
+    ],
+)
+def test_cron_check_agrees_with_croniter(expression: str) -> None:
+    """Steps check schedules in images without Airflow, so without croniter: the pure-Python check must agree
+    with the parser Airflow uses."""
+    from croniter import croniter
+
+    from pipelines.validate import cron_problem
+
+    assert (cron_problem(expression) is None) == croniter.is_valid(expression), cron_problem(expression)
