@@ -150,6 +150,19 @@ class TrainingFrames:
             found["validation"] = content_hash(self.validation)
         return found
 
+    def final_fit_rows(self, max_rows: int | None, seed: int) -> Any:
+        """What the logged model is fitted on: the train rows, and once a threshold was chosen on the validation
+        rows, train and validation together (capped at ``max_rows`` by a seeded sample), the way scikit-learn's
+        ``TunedThresholdClassifierCV(refit=True)`` refits once the threshold is found."""
+        import pandas as pd
+
+        if self.validation is None:
+            return self.train
+        rows = pd.concat([self.train, self.validation], ignore_index=True)
+        if max_rows and len(rows) > max_rows:
+            rows = rows.sample(n=max_rows, random_state=seed).sort_index()
+        return rows
+
 
 def training_frames(ctx: StepContext, snapshot: Snapshot, window: dict[str, str]) -> TrainingFrames:
     """The labeled train and holdout rows of ``window`` from one features version, the train rows capped at
@@ -342,7 +355,10 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     label = usecase.target.column
     X = modeling.prepare_features(train, usecase)
     y = train[label].to_numpy(dtype=modeling.label_dtype(usecase))
-    example = modeling.input_example(X)
+    final_rows = frames.final_fit_rows(split.max_train_rows, split.seed)
+    X_final = modeling.prepare_features(final_rows, usecase)
+    y_final = final_rows[label].to_numpy(dtype=modeling.label_dtype(usecase))
+    example = modeling.input_example(X_final)
     all_parts = frames.partitions
     inputs = sorted({k for p in all_parts.values() for k in raw_inputs(usecase.name, p.facts.get("inputs"))})
     specs, selection_note = select_candidates(ctx, mode, getattr(args, "candidates", None))
@@ -375,6 +391,10 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                 )
                 fitted = modeling.fit_candidate(spec, usecase, X, y, split.seed)
                 decision = candidate_decision(ctx, fitted, frames.validation, window)
+                if frames.validation is not None:  # the threshold is chosen: refit on train + validation
+                    first_fit = fitted.fit_seconds
+                    fitted = modeling.fit_candidate(spec, usecase, X_final, y_final, split.seed)
+                    fitted.fit_seconds += first_fit
                 mlflow.log_params(
                     {
                         **modeling.mlflow_params(fitted),
@@ -384,6 +404,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                         "split.max_train_rows": split.max_train_rows,
                         "split.seed": split.seed,
                         "rows.train": len(train),
+                        "rows.final_fit": len(final_rows),
                         "rows.holdout": len(holdout),
                         "rows.validation": 0 if frames.validation is None else len(frames.validation),
                         "features": len(X.columns),
@@ -399,7 +420,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                         if k in ("precision", "recall", "f1") and v is not None
                     }
                 mlflow.log_metrics(
-                    {"fit_seconds": fitted.fit_seconds, label_stat: float(np.mean(y)), **chosen}
+                    {"fit_seconds": fitted.fit_seconds, label_stat: float(np.mean(y_final)), **chosen}
                 )
                 metadata = (
                     None
@@ -446,6 +467,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             "train": len(train),
             "validation": 0 if frames.validation is None else len(frames.validation),
             "holdout": len(holdout),
+            "final_fit": len(final_rows),
         },
         "candidates": candidates,
     }
