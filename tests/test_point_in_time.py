@@ -95,6 +95,7 @@ USECASE = {
         "missing_outcome": "negative",
     },
     "split": {"train_window_days": 4, "holdout_days": 1},
+    "decision": {"rule": "fixed", "threshold": 0.5},  # no room for a validation window in 4 days
     "candidates": [{"name": "logreg", "family": "logistic_regression"}],
 }
 
