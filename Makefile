@@ -33,9 +33,11 @@ run: setup
 demo: run
 
 test: setup
+	bash scripts/ensure-chromium.sh
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-fast: setup
+	bash scripts/ensure-chromium.sh
 	$(VENV)/bin/pytest -m "not e2e" $(PYTEST_ARGS)
 
 # Task images (docker/): mlops-core, then mlops-base, mlops-spark, mlops-train (KINDS, MLOPS_IMAGE_TAG, BASE_IMAGE,

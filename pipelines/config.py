@@ -467,7 +467,9 @@ class ChangeBound(_Strict):
     )
 
 
-class FairnessSpec(_Strict):
+class SliceGateSpec(_Strict):
+    """Robustness over the ``slices`` columns (carrier, region, ...): the worst slice and the spread of slices."""
+
     metric: Metric = "roc_auc"
     min_slice_rows: int = Field(default=200, ge=1)
     min_slice_positives: int = Field(
@@ -480,11 +482,88 @@ class FairnessSpec(_Strict):
     max_gap: float | None = Field(default=None, description="Best minus worst slice may be at most this")
 
 
+class FairnessBounds(_Strict):
+    """Thresholds of one sensitive attribute's groups (any may be left out)."""
+
+    min_value: float | None = Field(default=None, description="the worst group's metric must reach this")
+    max_gap: float | None = Field(default=None, description="best minus worst group may be at most this")
+    min_ratio: float | None = Field(
+        default=None, gt=0, le=1, description="worst over best group (the better direction) at least this"
+    )
+    max_worst_drop: float | None = Field(
+        default=None,
+        ge=0,
+        description="the candidate's worst group may be at most this much worse than the champion's worst group",
+    )
+
+
+class FairnessSpec(FairnessBounds):
+    """Fairness over ``sensitive_attributes`` (fairlearn ``MetricFrame`` by group), with bootstrap intervals.
+
+    A group with fewer than ``min_group_rows`` rows or, for a classification, fewer than ``min_group_positives``
+    positives or negatives is shown and flagged, not gated. The bounds apply to every attribute unless
+    ``attributes`` overrides them for one. ``max_calibration_error`` bounds the candidate's expected calibration
+    error (classification)."""
+
+    metric: Metric = "roc_auc"
+    min_group_rows: int = Field(default=100, ge=1)
+    min_group_positives: int = Field(
+        default=30,
+        ge=0,
+        description="classification: positives and negatives a group needs to be gated (not rows: a 515-row group "
+        "with 3 positives failed every model on a public dataset)",
+    )
+    max_calibration_error: float | None = Field(default=None, gt=0, le=1)
+    attributes: dict[str, FairnessBounds] = Field(
+        default_factory=dict, description="per sensitive attribute: bounds replacing the ones above"
+    )
+
+    def bounds(self, attribute: str) -> FairnessBounds:
+        """The bounds that apply to ``attribute``: its own entry's set fields over the common ones."""
+        common = {k: getattr(self, k) for k in FairnessBounds.model_fields}
+        own = self.attributes.get(attribute)
+        return FairnessBounds(**(common | (own.model_dump(exclude_unset=True) if own else {})))
+
+
+class SignificanceSpec(_Strict):
+    """How a change check tells an improvement from noise: a seeded paired bootstrap on the holdout rows."""
+
+    method: Literal["paired_bootstrap"] = "paired_bootstrap"
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    resamples: int = Field(default=1000, ge=100, le=20000)
+    seed: int | None = Field(default=None, description="default: split.seed")
+
+
 class GateSpec(_Strict):
     primary_metric: Metric = "roc_auc"
     absolute: dict[Metric, Bound] = Field(default_factory=dict)
     change: dict[Metric, ChangeBound] = Field(default_factory=dict)
-    fairness: FairnessSpec | None = None
+    significance: SignificanceSpec = Field(default_factory=SignificanceSpec)
+    robustness: SliceGateSpec | None = Field(default=None, description="bounds over the slices columns")
+    fairness: FairnessSpec | None = Field(default=None, description="bounds over the sensitive_attributes")
+    infrastructure_check: bool = Field(
+        default=True,
+        description="load the candidate in a fresh process as the scorer does and score sample rows",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_slice_bounds(cls, data: Any) -> Any:
+        fairness = data.get("fairness") if isinstance(data, dict) else None
+        if isinstance(fairness, dict) and {"min_slice_rows", "min_slice_positives"} & set(fairness):
+            raise ValueError(
+                "gate.fairness now applies to sensitive_attributes (groups by fairlearn MetricFrame, with "
+                "min_group_rows / min_group_positives); bounds over the slices columns are gate.robustness: rename "
+                "gate.fairness to gate.robustness, or declare sensitive_attributes and use min_group_* keys"
+            )
+        return data
+
+    @property
+    def has_thresholds(self) -> bool:
+        """Whether any absolute or change threshold is configured (without one the gate promotes nothing)."""
+        return any(b.min is not None or b.max is not None for b in self.absolute.values()) or bool(
+            self.change
+        )
 
 
 class ScheduleSpec(_Strict):
@@ -522,7 +601,14 @@ class UseCase(_Strict):
         description="reported metrics (default: the task's; regression: rmse, mae, r2)",
     )
     gate: GateSpec = Field(default_factory=GateSpec)
-    slices: list[str] = Field(default_factory=list)
+    slices: list[str] = Field(
+        default_factory=list, description="robustness slices: evaluated per value, gated by gate.robustness"
+    )
+    sensitive_attributes: list[str] = Field(
+        default_factory=list,
+        description="columns fairness is assessed over (gate.fairness); carried to evaluation, not model inputs "
+        "unless listed in features",
+    )
     decision: DecisionSpec = Field(default_factory=DecisionSpec)
     schedules: ScheduleSpec = Field(default_factory=ScheduleSpec)
     drift: DriftSpec = Field(default_factory=DriftSpec)
@@ -554,6 +640,7 @@ class UseCase(_Strict):
             "gate.absolute": list(self.gate.absolute),
             "gate.change": list(self.gate.change),
             "gate.fairness.metric": [self.gate.fairness.metric] if self.gate.fairness else [],
+            "gate.robustness.metric": [self.gate.robustness.metric] if self.gate.robustness else [],
         }
         for field, metrics in named.items():
             wrong = [m for m in metrics if m not in allowed]
@@ -639,14 +726,14 @@ class UseCase(_Strict):
                         else ""
                     )
                 )
-        if self.decision_threshold_chosen and (
+        if self.uses_validation_window and (
             self.split.train_window_days - self.split.holdout_days - self.decision.validation_days < 1
         ):
             raise ValueError(
                 f"decision.validation_days ({self.decision.validation_days}) leaves no training days: "
                 f"split.train_window_days ({self.split.train_window_days}) must exceed split.holdout_days "
                 f"({self.split.holdout_days}) plus decision.validation_days; shorten validation_days or use "
-                "decision.rule: fixed"
+                "decision.rule: fixed with a single candidate"
             )
         self._check_task()
         names = [c.name for c in self.candidates]
@@ -661,6 +748,19 @@ class UseCase(_Strict):
         """Whether train chooses a decision threshold on a validation window (a classification whose
         ``decision.rule`` is not fixed)."""
         return self.task == "classification" and self.decision.uses_validation
+
+    @property
+    def uses_validation_window(self) -> bool:
+        """Whether train holds out a validation window (``decision.validation_days`` before the holdout): to choose
+        the decision threshold, and to choose among several candidates on rows the gate's holdout is not, so the
+        holdout judges the chosen one without the winner's curse."""
+        return self.decision_threshold_chosen or len(self.candidates) > 1
+
+    @property
+    def evaluated_columns(self) -> list[str]:
+        """Columns the features table carries for evaluation beyond the model inputs: the robustness ``slices``
+        and the ``sensitive_attributes``, in that order, once each."""
+        return list(dict.fromkeys([*self.slices, *self.sensitive_attributes]))
 
     @property
     def outcome_source(self) -> str:

@@ -382,3 +382,32 @@ def best_candidate(candidates: dict[str, dict[str, Any]], metric: str) -> str | 
         if best_score is None or direction * float(value) > direction * best_score:
             best, best_score = name, float(value)
     return best if best is not None else next(iter(candidates), None)
+
+
+def curves(y_true: Any, proba: Any, points: int = 200) -> dict[str, Any]:
+    """ROC and precision-recall curves of ``proba``, each thinned to about ``points`` points for plotting."""
+    import numpy as np
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+    y = np.asarray(y_true, dtype="int64").reshape(-1)
+    p = np.asarray(proba, dtype="float64").reshape(-1)
+    if len(y) == 0 or y.min() == y.max() or not np.isfinite(p).all():
+        return {}
+
+    def thin(*arrays: Any) -> list[list[float]]:
+        keep = np.unique(np.linspace(0, len(arrays[0]) - 1, min(points, len(arrays[0]))).round().astype(int))
+        return [[round(float(v), 5) for v in a[keep]] for a in arrays]
+
+    fpr, tpr, _ = roc_curve(y, p)
+    precision, recall, _ = precision_recall_curve(y, p)
+    fpr_l, tpr_l = thin(fpr, tpr)
+    recall_l, precision_l = thin(recall[::-1], precision[::-1])
+    return {
+        "roc": {"fpr": fpr_l, "tpr": tpr_l, "auc": clean(roc_auc_score(y, p))},
+        "pr": {
+            "recall": recall_l,
+            "precision": precision_l,
+            "average_precision": clean(average_precision_score(y, p)),
+            "base_rate": clean(y.mean()),
+        },
+    }

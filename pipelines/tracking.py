@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import ConfigError, Profile, UseCase
+from pipelines.context import StepFailed
 
 if TYPE_CHECKING:
     import numpy as np
@@ -66,16 +67,37 @@ def feature_columns(usecase: UseCase) -> list[str]:
     return [*usecase.features.numeric, *usecase.features.categorical]
 
 
-def champion_version(usecase: UseCase) -> Any | None:
-    """The registry's current champion ModelVersion, or None before the first promotion."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
+class RegistryError(StepFailed):
+    """The model registry could not answer (down, refused, misconfigured): nothing may be decided on it; the
+    step fails (and Airflow retries it)."""
 
-    client = MlflowClient()
+
+def is_not_found(exc: Exception) -> bool:
+    """Whether an MLflow error says the registered model or the alias does not exist (a first run), as opposed
+    to any other failure (server down, permissions, timeouts), which must never be read as "no champion"."""
+    code = getattr(exc, "error_code", None)
+    if code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    message = str(exc).lower()
+    return code == "INVALID_PARAMETER_VALUE" and "alias" in message and "not found" in message
+
+
+def champion_version(usecase: UseCase) -> Any | None:
+    """The registry's current champion ModelVersion, or None when the registered model or its ``champion`` alias
+    does not exist (before the first promotion). Any other registry failure raises RegistryError: the caller
+    fails closed (the task fails and is retried) instead of taking the first-run path."""
+    from mlflow import MlflowClient
+
     try:
-        return client.get_model_version_by_alias(model_name(usecase), CHAMPION_ALIAS)
-    except MlflowException:
-        return None
+        return MlflowClient().get_model_version_by_alias(model_name(usecase), CHAMPION_ALIAS)
+    except Exception as exc:
+        if is_not_found(exc):
+            return None
+        raise RegistryError(
+            f"the model registry could not say which version of {model_name(usecase)!r} is the champion "
+            f"({type(exc).__name__}: {str(exc)[:300]}); nothing was decided. Check the MLflow tracking server "
+            "(MLFLOW_TRACKING_URI) and rerun the task"
+        ) from exc
 
 
 def load_model(uri: str) -> Any:

@@ -196,6 +196,7 @@ def _column_problems(usecase: UseCase, columns: _Columns) -> None:
         ("features.numeric", features.numeric),
         ("features.categorical", features.categorical),
         ("slices", usecase.slices),
+        ("sensitive_attributes", usecase.sensitive_attributes),
     ):
         columns.need(field, [n for n in names if n != usecase.target.column])
         if usecase.target.column in names:
@@ -218,6 +219,31 @@ def _column_problems(usecase: UseCase, columns: _Columns) -> None:
             "drift.features",
             f"column(s) {unknown} are not model inputs",
             f"use columns of features.numeric or features.categorical: {sorted(inputs)}",
+        )
+    _gate_problems(usecase, columns)
+
+
+def _gate_problems(usecase: UseCase, columns: _Columns) -> None:
+    gate = usecase.gate
+    if gate.fairness is not None and not usecase.sensitive_attributes:
+        columns.problem(
+            "gate.fairness",
+            "fairness bounds are configured but sensitive_attributes is empty",
+            "list the columns to assess fairness over in sensitive_attributes (e.g. [gender, age_band])",
+        )
+    if gate.fairness is not None:
+        unknown = sorted(set(gate.fairness.attributes) - set(usecase.sensitive_attributes))
+        if unknown:
+            columns.problem(
+                "gate.fairness.attributes",
+                f"{unknown} are not sensitive_attributes",
+                f"use names from sensitive_attributes: {usecase.sensitive_attributes}",
+            )
+    if gate.robustness is not None and not usecase.slices:
+        columns.problem(
+            "gate.robustness",
+            "robustness bounds are configured but slices is empty",
+            "list the columns to slice the holdout by in slices (e.g. [carrier])",
         )
 
 

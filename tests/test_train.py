@@ -383,8 +383,17 @@ def test_evaluate_metrics_slices_and_best(trained):
         scores[candidate["name"]] = entry["metrics"]["roc_auc"]
         run = MlflowClient().get_run(candidate["run_id"])
         assert run.data.metrics["holdout_roc_auc"] == pytest.approx(entry["metrics"]["roc_auc"])
-    assert stored["best"] == max(scores, key=scores.get)
+    # chosen on the validation window (the fit on train only, scored on rows it was not fitted on), not on the
+    # holdout that gates it
+    on_validation = {
+        c["name"]: c["validation_metrics"]["roc_auc"] for c in trained.result["candidates"]
+    }
+    assert stored["selected_on"] == "validation"
+    assert stored["best"] == max(on_validation, key=on_validation.get)
     assert trained.evaluation["best"] == stored["best"]
+    interval = stored["candidates"][stored["best"]]["intervals"]["roc_auc"]
+    assert interval["low"] < scores[stored["best"]] < interval["high"]
+    assert stored["infrastructure"]["passed"] is True, stored["infrastructure"]
 
 
 def test_evaluate_report_explains_the_best_model(trained):
@@ -433,6 +442,36 @@ def test_evaluate_reads_the_holdout_train_read_even_after_a_rebuild(trained):
         trained.lake.write_partitions(table, original, read_version=LATEST)
 
 
+def test_a_registry_outage_during_evaluate_fails_the_run_and_moves_no_alias(trained):
+    """Any registry error but "no such model or alias" fails evaluate (Airflow retries it): it is never read as
+    "no champion yet", which would take the first-run path and promote on absolute thresholds only. The outage
+    is real: the registry's alias table is renamed away in the tracking database for the length of the call."""
+    import sqlite3
+
+    usecase = trained.usecase
+    argv = ["--usecase", usecase.name, "--date", DAY.isoformat()]
+    client = MlflowClient()
+    first = trained.result["candidates"][0]
+    version = mlflow.register_model(first["model_uri"], tracking.model_name(usecase))
+    client.set_registered_model_alias(version.name, tracking.CHAMPION_ALIAS, version.version)
+    result_key = f"runs/{usecase.name}/evaluate/date={DAY}/result.json"
+    before = trained.lake.read_json(result_key)
+    database = sqlite3.connect(trained.tmp / "mlflow.db")
+    database.execute("ALTER TABLE registered_model_aliases RENAME TO aliases_away")
+    database.commit()
+    try:
+        with pytest.raises(tracking.RegistryError, match="could not say which version"):
+            run_step(["evaluate", *argv])
+        assert main(["evaluate", *argv]) == 1  # the task fails
+    finally:
+        database.execute("ALTER TABLE aliases_away RENAME TO registered_model_aliases")
+        database.commit()
+        database.close()
+    assert trained.lake.read_json(result_key) == before  # nothing decided on a guess
+    assert client.get_model_version_by_alias(version.name, tracking.CHAMPION_ALIAS).version == version.version
+    client.delete_registered_model_alias(version.name, tracking.CHAMPION_ALIAS)
+
+
 def test_champion_is_rescored_gated_and_drives_refresh(trained):
     """The first logreg run becomes champion; a fresh training is evaluated and gated against it; refresh
     then trains only the champion's candidate."""
@@ -460,8 +499,11 @@ def test_champion_is_rescored_gated_and_drives_refresh(trained):
     assert change["skipped"] is False
     assert change["baseline"] == pytest.approx(champion["metrics"]["roc_auc"])
     assert decision["champion_version"] == str(version.version)
+    comparison = stored["comparison"]["roc_auc"]
     best_value = stored["candidates"][stored["best"]]["metrics"]["roc_auc"]
-    assert change["passed"] == (best_value - champion["metrics"]["roc_auc"] >= 0.002 - 1e-12)
+    assert comparison["difference"] == pytest.approx(best_value - champion["metrics"]["roc_auc"])
+    assert change["passed"] == (comparison["low"] >= 0.002 - 1e-12)
+    assert change["interval"]["low"] == comparison["low"] and comparison["resamples"] == 1000
     if stored["best"] == "logreg":  # an identical model cannot beat the champion by min_delta
         assert decision["passed"] is False and change["reason"] in decision["reasons"]
 

@@ -67,7 +67,11 @@ def load_holdout(ctx: StepContext, train_result: dict[str, Any]) -> Any:
     parts = window_partitions(snapshot, window["holdout_start"], window["holdout_end"])
     columns = list(
         dict.fromkeys(
-            [*modeling.feature_columns(ctx.usecase), ctx.usecase.target.column, *ctx.usecase.slices]
+            [
+                *modeling.feature_columns(ctx.usecase),
+                ctx.usecase.target.column,
+                *ctx.usecase.evaluated_columns,
+            ]
         )
     )
     return read_labeled(ctx, snapshot, parts, columns, labels_known_before(ctx, window))
@@ -83,24 +87,67 @@ def model_quality(proba: Any, y: Any, groups: Any, metrics: list[str]) -> dict[s
     }
 
 
+def select_best(candidates: dict[str, dict[str, Any]], primary: str) -> tuple[str | None, str]:
+    """The candidate to gate and the data it was chosen on: by the primary metric on the validation window
+    when every candidate has it there (the holdout then judges a choice it took no part in), else on the
+    holdout (a single candidate, or results without validation metrics), which the report says."""
+    from pipelines import metrics as quality
+
+    on_validation = {name: {"metrics": c.get("validation_metrics") or {}} for name, c in candidates.items()}
+    if all(not quality.is_missing(c["metrics"].get(primary)) for c in on_validation.values()):
+        return quality.best_candidate(on_validation, primary), "validation"
+    return quality.best_candidate(candidates, primary), "holdout"
+
+
+def load_train_sample(ctx: StepContext, train_result: dict[str, Any], max_rows: int) -> Any:
+    """A seeded sample of the train window's labeled rows (the data explorer's training side)."""
+    from pipelines import modeling
+    from pipelines.steps.train import features_snapshot, labels_known_before, read_labeled, window_partitions
+
+    window = train_result["window"]
+    snapshot = features_snapshot(ctx, int(train_result["features_version"]))
+    parts = window_partitions(snapshot, window["train_start"], window["train_end"])
+    columns = [*modeling.feature_columns(ctx.usecase), ctx.usecase.target.column]
+    frame = read_labeled(ctx, snapshot, parts, columns, labels_known_before(ctx, window))
+    if len(frame) > max_rows:
+        frame = frame.sample(n=max_rows, random_state=ctx.usecase.split.seed).sort_index()
+    return frame
+
+
+def _errors(task: str, y: Any, scores: Any, threshold: float | None) -> Any:
+    import numpy as np
+
+    if task == "classification":
+        return ((np.asarray(scores) >= (threshold or 0.5)).astype("int64") != y).astype("int64")
+    return np.abs(np.asarray(scores, dtype="float64") - y)
+
+
 def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     """Score candidates and champion on the holdout, pick the best, write result and report."""
     import numpy as np
     from mlflow import MlflowClient
 
+    from pipelines import explain, modeling
     from pipelines import metrics as quality
-    from pipelines import modeling
+    from pipelines.fairness import fairness_report
+    from pipelines.loadcheck import infrastructure_check
     from pipelines.report import render_report_html
+    from pipelines.significance import metric_interval, paired_difference
     from pipelines.tracking import (
         LEGACY_THRESHOLD,
         champion_version,
         configure_mlflow,
+        decision_threshold,
         load_model,
         model_name,
         predict_proba,
     )
 
     usecase = ctx.usecase
+    gate = usecase.gate
+    significance = gate.significance
+    seed = usecase.split.seed if significance.seed is None else significance.seed
+    bootstrap = {"resamples": significance.resamples, "confidence": significance.confidence}
     train_result = read_step_result(ctx, "train", "evaluate")
     holdout = load_holdout(ctx, train_result)
     if len(holdout) == 0:
@@ -109,7 +156,8 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     y = holdout[usecase.target.column].to_numpy(dtype=modeling.label_dtype(usecase))
     groups = holdout[list(usecase.slices)] if usecase.slices else holdout.iloc[:, :0]
     wanted = evaluated_metrics(ctx)
-    primary = usecase.gate.primary_metric
+    primary = gate.primary_metric
+    classification = usecase.task == "classification"
     configure_mlflow(ctx.profile, usecase)
 
     candidates: dict[str, dict[str, Any]] = {}
@@ -131,8 +179,11 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             "model_uri": entry["model_uri"],
             **(
                 {"decision_threshold": float(entry.get("decision_threshold", LEGACY_THRESHOLD))}
-                if usecase.task == "classification"
+                if classification
                 else {}
+            ),
+            **(
+                {"validation_metrics": entry["validation_metrics"]} if entry.get("validation_metrics") else {}
             ),
             **model_quality(proba, y, groups, wanted),
         }
@@ -140,7 +191,9 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         raise StepFailed(f"the train result of {ctx.ds} lists no candidates; rerun train")
 
     champion = None
-    version = champion_version(usecase)
+    champion_proba = None
+    champion_threshold = None
+    version = champion_version(usecase)  # a registry failure raises: the gate never runs on a guess
     if version is not None:
         uri = f"models:/{model_name(usecase)}/{version.version}"
         champion = {
@@ -151,16 +204,63 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         }
         progress(f"evaluate: re-scoring champion version {version.version} on the same holdout")
         try:
-            champion.update(model_quality(predict_proba(load_model(uri), X), y, groups, wanted))
-        except Exception as exc:  # the gate fails closed on the missing baseline
+            champion_model = load_model(uri)
+            champion_proba = predict_proba(champion_model, X)
+            champion_threshold = decision_threshold(champion_model) if classification else None
+            champion.update(model_quality(champion_proba, y, groups, wanted))
+        except Exception as exc:  # the gate fails closed on the missing baseline, and says why
+            champion_proba = None
             champion.update(
                 {"metrics": dict.fromkeys(wanted), "slices": {}, "error": f"{type(exc).__name__}: {exc}"}
             )
 
-    best = quality.best_candidate(candidates, primary)
-    fairness = usecase.gate.fairness
-    min_slice_rows = fairness.min_slice_rows if fairness is not None else 1
-    progress(f"evaluate: best is {best} by {primary}; explaining it (permutation importance)")
+    best, selected_on = select_best(candidates, primary)
+    best_proba = predictions[best]
+    best_threshold = candidates[best].get("decision_threshold")
+    progress(
+        f"evaluate: {best} chosen by {primary} on the {selected_on}; intervals and the champion comparison"
+    )
+    candidates[best]["intervals"] = {
+        metric: metric_interval(metric, y, best_proba, seed=seed, **bootstrap)
+        for metric in dict.fromkeys([primary, *gate.absolute])
+    }
+    comparison: dict[str, Any] = {}
+    if champion_proba is not None and candidates[best]["run_id"] != (champion or {}).get("run_id"):
+        for metric, bound in gate.change.items():
+            comparison[metric] = paired_difference(
+                metric, y, best_proba, champion_proba, seed=seed, **bootstrap
+            ) | {"min_delta": bound.min_delta}
+
+    fairness = None
+    if usecase.sensitive_attributes:
+        from pipelines.config import FairnessSpec
+
+        progress(f"evaluate: fairness over {usecase.sensitive_attributes} (fairlearn MetricFrame)")
+        fairness = fairness_report(
+            y,
+            best_proba,
+            champion_proba,
+            holdout,
+            attributes=list(usecase.sensitive_attributes),
+            spec=gate.fairness or FairnessSpec(metric=primary),
+            task=usecase.task,
+            candidate_threshold=best_threshold,
+            champion_threshold=champion_threshold,
+            seed=seed,
+            **bootstrap,
+        )
+
+    infrastructure = None
+    if gate.infrastructure_check:
+        sample = X.sample(n=min(len(X), 50), random_state=seed)
+        progress(f"evaluate: infrastructure check: loading {best} in a fresh process as the scorer does")
+        infrastructure = infrastructure_check(
+            candidates[best]["model_uri"], sample, best_proba[X.index.get_indexer(sample.index)]
+        )
+
+    robustness = gate.robustness
+    min_slice_rows = robustness.min_slice_rows if robustness is not None else 1
+    progress(f"evaluate: explaining {best} (permutation importance, error cohorts, data explorer)")
     best_model = models[best]
     importance = quality.permutation_importance(
         lambda frame: predict_proba(best_model, frame),
@@ -171,7 +271,19 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         seed=usecase.split.seed,
         max_rows=args.importance_rows,
     )
-    best_proba = predictions[best]
+    numeric, categorical = list(usecase.features.numeric), list(usecase.features.categorical)
+    error_analysis = explain.error_cohorts(
+        X,
+        _errors(usecase.task, y, best_proba, best_threshold),
+        task=usecase.task,
+        numeric=numeric,
+        categorical=categorical,
+        seed=usecase.split.seed,
+    )
+    train_sample = load_train_sample(ctx, train_result, max_rows=20000)
+    explorer = explain.data_explorer(
+        modeling.prepare_features(train_sample, usecase), X, numeric=numeric, categorical=categorical
+    )
     report_prefix = ctx.lake.dated_key("reports", usecase.name, ctx.day, "evaluation")
     report = {
         "usecase": usecase.name,
@@ -181,18 +293,26 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             "start": train_result["window"]["holdout_start"],
             "end_exclusive": train_result["window"]["holdout_end"],
             "rows": len(X),
-            ("positive_rate" if usecase.task == "classification" else "label_mean"): quality.clean(
-                np.mean(y)
-            ),
+            ("positive_rate" if classification else "label_mean"): quality.clean(np.mean(y)),
         },
+        "window": train_result["window"],
         "task": usecase.task,
         "best": best,
+        "selected_on": selected_on,
         "candidates": {
-            name: {"run_id": c["run_id"], "metrics": c["metrics"]} for name, c in candidates.items()
+            name: {
+                "run_id": c["run_id"],
+                "metrics": c["metrics"],
+                "validation_metrics": c.get("validation_metrics"),
+            }
+            for name, c in candidates.items()
         },
         "champion": None
         if champion is None
         else {k: champion.get(k) for k in ("version", "candidate", "metrics", "error")},
+        "comparison": comparison,
+        "fairness": fairness,
+        "infrastructure": infrastructure,
         "explanation": {
             "feature_importance": {"metric": primary, "method": "permutation", "features": importance},
             "slices": candidates[best]["slices"],
@@ -200,12 +320,18 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                 "worst_slices": quality.worst_slices(candidates[best]["slices"], primary, min_slice_rows),
                 "min_slice_rows": min_slice_rows,
             },
+            "error_analysis": error_analysis,
         },
+        "data_explorer": explorer,
     }
-    if usecase.task == "classification":
-        threshold = candidates[best]["decision_threshold"]
-        report["explanation"]["errors"]["confusion_matrix"] = quality.confusion(y, best_proba, threshold)
+    if classification:
+        report["explanation"]["errors"]["confusion_matrix"] = quality.confusion(y, best_proba, best_threshold)
         report["explanation"]["calibration"] = quality.calibration(y, best_proba)
+        report["curves"] = {f"{best} (candidate)": quality.curves(y, best_proba)}
+        if champion_proba is not None:
+            label = f"champion v{champion['version']}"
+            report["explanation"]["calibration_champion"] = quality.calibration(y, champion_proba)
+            report["curves"][label] = quality.curves(y, champion_proba)
     else:
         report["explanation"]["residuals"] = quality.residuals(y, best_proba, seed=usecase.split.seed)
     report_uri = ctx.lake.write_json(f"{report_prefix}/report.json", report)
@@ -221,8 +347,13 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "candidates": candidates,
         "best": best,
+        "selected_on": selected_on,
         "primary_metric": primary,
         "champion": champion,
+        "comparison": comparison,
+        "fairness": fairness,
+        "calibration_error": report["explanation"].get("calibration", {}).get("ece"),
+        "infrastructure": infrastructure,
         "holdout_rows": len(X),
         "tables_read": train_result.get("tables_read", {}),
         "report_uri": report_uri,
@@ -233,6 +364,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     ctx.lake.write_json(key, result)
     return {
         "best": best,
+        "selected_on": selected_on,
         "primary_metric": primary,
         "holdout_rows": len(X),
         "tables_read": result["tables_read"],

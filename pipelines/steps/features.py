@@ -97,7 +97,7 @@ def features_config_hash(usecase: UseCase) -> str:
         "features": usecase.features.model_dump(mode="json"),
         "target": usecase.target.model_dump(mode="json"),
         "time": usecase.time.model_dump(mode="json"),
-        "slices": usecase.slices,
+        "slices": usecase.evaluated_columns,
         "columns": {
             s: {c: spec.type for c, spec in usecase.sources[s].columns.items()}
             for s in input_sources(usecase)
@@ -214,7 +214,13 @@ def output_columns(usecase: UseCase) -> list[str]:
     names = [*features.keys, usecase.time.event_time, PREDICTION_TIME, OUTCOME_KNOWN_AT, DATE_COLUMN]
     return list(
         dict.fromkeys(
-            [*names, *features.numeric, *features.categorical, usecase.target.column, *usecase.slices]
+            [
+                *names,
+                *features.numeric,
+                *features.categorical,
+                usecase.target.column,
+                *usecase.evaluated_columns,
+            ]
         )
     )
 
@@ -229,7 +235,9 @@ def _select_output(frame: DataFrame, usecase: UseCase) -> DataFrame:
         **{n: "features.categorical" for n in features.categorical},
         **{n: "features.numeric" for n in features.numeric},
         **{
-            n: "slices" for n in usecase.slices if n not in features.numeric and n not in features.categorical
+            n: "slices"
+            for n in usecase.evaluated_columns
+            if n not in features.numeric and n not in features.categorical
         },
     }
     missing = [f"{name} ({field})" for name, field in listed.items() if name not in frame.columns]

@@ -5,13 +5,24 @@ Reads the evaluate result of the same logical date and writes the decision to
 record, never overwritten, at ``decisions/<usecase>/date=<D>/<run>--<decision id>.json`` with the config hash, code
 version and table versions it was taken on. Checks (config ``gate``):
 
-- absolute: the candidate's metric within ``gate.absolute[metric].min/max``; the primary metric must be defined;
-- change: the candidate beats the champion by ``gate.change[metric].min_delta`` in the metric's better direction
-  (``config.HIGHER_IS_BETTER``); with no champion yet these are recorded as skipped (first run: absolute
-  thresholds only);
-- fairness: over the slices with at least ``min_slice_rows`` rows (and, for a classification,
-  ``min_slice_positives`` positives and as many negatives), the worst reaches ``min_value`` and best minus worst is
-  at most ``max_gap``, per slice column; smaller slices are named in the reason, not gated.
+- configuration: with no absolute and no change threshold there is nothing to decide on: not promoted;
+- absolute: the candidate's metric within ``gate.absolute[metric].min/max`` (its bootstrap interval is recorded);
+  the primary metric must be defined;
+- change: the improvement over the champion on the same holdout rows, signed by the metric's better direction
+  (``config.HIGHER_IS_BETTER``), has a paired bootstrap interval (``gate.significance``, seeded) whose lower
+  bound reaches ``gate.change[metric].min_delta``: an improvement within the noise does not pass. With no
+  champion yet these are recorded as skipped (first run: absolute thresholds only);
+- robustness: over the ``slices`` with enough rows, positives and negatives, the worst reaches ``min_value`` and
+  best minus worst is at most ``max_gap`` (``gate.robustness``);
+- fairness: over the ``sensitive_attributes`` (fairlearn ``MetricFrame`` by group, with bootstrap intervals):
+  worst group, gap, ratio and the change of the worst group against the champion's, per attribute
+  (``gate.fairness``, ``attributes`` overrides); small groups are shown and flagged, not gated; the expected
+  calibration error within ``max_calibration_error``;
+- infrastructure: the candidate loaded in a fresh process exactly as the scorer loads it scored the sample rows
+  the same.
+
+The candidate was chosen among the trained ones on the validation window (``selected_on``), so the holdout it is
+gated on took no part in the choice.
 
 A missing/NaN value, or a champion baseline that is missing, NaN or zero, fails its check with a reason: nothing
 passes silently. "Not passed" is a normal outcome: the step exits 0 with ``passed: false``.
@@ -25,7 +36,7 @@ import json
 import re
 from typing import Any
 
-from pipelines.config import HIGHER_IS_BETTER, FairnessSpec, GateSpec
+from pipelines.config import HIGHER_IS_BETTER, FairnessSpec, GateSpec, SliceGateSpec
 from pipelines.context import StepContext, StepFailed, progress
 from pipelines.lake import Lake
 
@@ -110,9 +121,15 @@ def absolute_checks(gate: GateSpec, metrics: dict[str, Any]) -> list[dict[str, A
 
 
 def change_checks(
-    gate: GateSpec, metrics: dict[str, Any], champion: dict[str, Any] | None, run_id: str | None = None
+    gate: GateSpec,
+    metrics: dict[str, Any],
+    champion: dict[str, Any] | None,
+    run_id: str | None = None,
+    comparison: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """The candidate beats the champion by ``min_delta`` in the better direction (skipped on the first run).
+    """The candidate beats the champion by more than the noise: the lower bound of the paired bootstrap interval
+    of its improvement on the same holdout rows (``comparison``, computed by evaluate) reaches ``min_delta``
+    (skipped on the first run).
 
     When the champion *is* the candidate (same MLflow run ``run_id``: a rerun after promotion), the comparison
     is skipped with that reason, so a rerun keeps the decision instead of failing against itself.
@@ -157,28 +174,59 @@ def change_checks(
             error = f" ({champion['error']})" if champion.get("error") else ""
             passed = False
             reason = (
-                f"champion v{version} baseline {metric} is missing/NaN{error}: cannot compare; investigate the "
-                f"champion before promoting"
+                f"champion v{version} baseline {metric} is missing/NaN{error}: the champion cannot be scored on "
+                "the new holdout (a changed feature schema?), so nothing shows the candidate is better. Way "
+                "forward (docs/configuration.md, 'When the champion cannot be scored'): review the report; if the "
+                "change is intended, a person moves the alias to the candidate's version (MLflow UI, or "
+                "MlflowClient().set_registered_model_alias(model, 'champion', version)): the gate never does"
             )
         elif float(baseline) == 0.0:
             passed = False
             reason = f"champion v{version} baseline {metric} is 0: not a credible baseline, cannot compare"
         else:
-            direction = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
-            delta = direction * (float(value) - float(baseline))
-            passed = delta >= bound.min_delta - TOLERANCE
+            found = (comparison or {}).get(metric) or {}
+            low, high = found.get("low"), found.get("high")
             better = "higher" if HIGHER_IS_BETTER[metric] else "lower"
-            reason = (
-                f"{metric} {_show(value)} vs champion v{version} {_show(baseline)}: improvement {delta:+.4f} "
-                f"({better} is better) {'>=' if passed else 'is below the required'} {bound.min_delta}"
+            if _missing(low) or _missing(found.get("difference")):
+                passed = False
+                reason = (
+                    f"{metric} {_show(value)} vs champion v{version} {_show(baseline)}: no paired interval of the "
+                    "difference on the holdout rows (the evaluation did not compute one); rerun evaluate"
+                )
+            else:
+                passed = float(low) >= bound.min_delta - TOLERANCE
+                confidence = float(found["confidence"])
+                reason = (
+                    f"{metric} {_show(value)} vs champion v{version} {_show(baseline)}: improvement "
+                    f"{float(found['difference']):+.4f} ({better} is better), {confidence:.0%} interval "
+                    f"[{float(low):+.4f}, {float(high):+.4f}] over {found['resamples']} paired resamples of "
+                    f"{found['rows']} rows; its lower bound "
+                    + (
+                        f"clears min_delta {bound.min_delta}"
+                        if passed
+                        else f"does not clear min_delta {bound.min_delta}: not distinguishable from noise"
+                    )
+                )
+            interval = (
+                None
+                if _missing(low)
+                else {
+                    k: found.get(k)
+                    for k in ("low", "high", "confidence", "resamples", "seed", "rows", "method")
+                }
             )
+            checks.append(
+                _check(name, "change", metric, value, bound.min_delta, passed, reason, baseline=baseline)
+                | {"difference": _number(found.get("difference")), "interval": interval}
+            )
+            continue
         checks.append(
             _check(name, "change", metric, value, bound.min_delta, passed, reason, baseline=baseline)
         )
     return checks
 
 
-def _gated(entry: dict[str, Any], fairness: FairnessSpec) -> bool:
+def _gated(entry: dict[str, Any], fairness: SliceGateSpec) -> bool:
     """Whether a slice is large enough to gate on: ``min_slice_rows`` rows and, for a classification (its
     slices count positives), ``min_slice_positives`` positives and as many negatives."""
     rows = int(entry.get("rows", 0))
@@ -190,7 +238,7 @@ def _gated(entry: dict[str, Any], fairness: FairnessSpec) -> bool:
     return min(positives, rows - positives) >= fairness.min_slice_positives
 
 
-def fairness_checks(fairness: FairnessSpec | None, slices: dict[str, Any]) -> list[dict[str, Any]]:
+def robustness_checks(fairness: SliceGateSpec | None, slices: dict[str, Any]) -> list[dict[str, Any]]:
     """Worst slice reaches ``min_value`` and the best-worst gap is at most ``max_gap``, per slice column."""
     if fairness is None or (fairness.min_value is None and fairness.max_gap is None):
         return []
@@ -198,13 +246,13 @@ def fairness_checks(fairness: FairnessSpec | None, slices: dict[str, Any]) -> li
     if not slices:
         return [
             _check(
-                f"fairness_{metric}",
-                "fairness",
+                f"robustness_{metric}",
+                "robustness",
                 metric,
                 None,
                 None,
                 True,
-                "no slices were evaluated (config 'slices' is empty): fairness not checked",
+                "no slices were evaluated (config 'slices' is empty): robustness not checked",
                 skipped=True,
             )
         ]
@@ -222,13 +270,13 @@ def fairness_checks(fairness: FairnessSpec | None, slices: dict[str, Any]) -> li
         if not eligible:
             checks.append(
                 _check(
-                    f"fairness_{column}",
-                    "fairness",
+                    f"robustness_{column}",
+                    "robustness",
                     metric,
                     None,
                     None,
                     True,
-                    f"no {column} slice is large enough to gate: fairness not checked{note}",
+                    f"no {column} slice is large enough to gate: robustness not checked{note}",
                     skipped=True,
                 )
             )
@@ -238,10 +286,10 @@ def fairness_checks(fairness: FairnessSpec | None, slices: dict[str, Any]) -> li
         worst = min(scores, key=lambda v: direction * scores[v]) if scores else None
         best = max(scores, key=lambda v: direction * scores[v]) if scores else None
         if fairness.min_value is not None:
-            name = f"fairness_{column}_min_{metric}"
+            name = f"robustness_{column}_min_{metric}"
             if undefined:
                 passed = False
-                reason = f"{metric} is missing/NaN for {column} slices {undefined}: cannot check fairness"
+                reason = f"{metric} is missing/NaN for {column} slices {undefined}: cannot check robustness"
                 value = None
             else:
                 value = scores[worst]
@@ -250,9 +298,9 @@ def fairness_checks(fairness: FairnessSpec | None, slices: dict[str, Any]) -> li
                     f"worst {column} slice {worst!r} ({eligible[worst]['rows']} rows) has {metric} {value:.4f}"
                     f"{'' if passed else ', short of'} (required {fairness.min_value}){note}"
                 )
-            checks.append(_check(name, "fairness", metric, value, fairness.min_value, passed, reason))
+            checks.append(_check(name, "robustness", metric, value, fairness.min_value, passed, reason))
         if fairness.max_gap is not None:
-            name = f"fairness_{column}_gap_{metric}"
+            name = f"robustness_{column}_gap_{metric}"
             if undefined:
                 passed = False
                 reason = f"{metric} is missing/NaN for {column} slices {undefined}: cannot check the gap"
@@ -264,8 +312,213 @@ def fairness_checks(fairness: FairnessSpec | None, slices: dict[str, Any]) -> li
                     f"{column} gap {gap:.4f} between best {best!r} and worst {worst!r} "
                     f"{'<=' if passed else 'exceeds'} {fairness.max_gap}{note}"
                 )
-            checks.append(_check(name, "fairness", metric, gap, fairness.max_gap, passed, reason))
+            checks.append(_check(name, "robustness", metric, gap, fairness.max_gap, passed, reason))
     return checks
+
+
+def _group_interval(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not entry or _missing(entry.get("low")):
+        return None
+    return {"low": entry["low"], "high": entry["high"]}
+
+
+def fairness_checks(
+    fairness: FairnessSpec | None, report: dict[str, Any] | None, calibration_error: Any = None
+) -> list[dict[str, Any]]:
+    """Per sensitive attribute (evaluate's fairlearn ``MetricFrame`` by group, ``report``): the worst gated group
+    reaches ``min_value``, best minus worst is at most ``max_gap``, worst over best at least ``min_ratio``, and
+    the candidate's worst group is at most ``max_worst_drop`` worse than the champion's worst group; groups with
+    too few rows, positives or negatives are named, not gated. ``max_calibration_error`` bounds the ECE."""
+    if fairness is None:
+        return []
+    checks: list[dict[str, Any]] = []
+    if fairness.max_calibration_error is not None:
+        passed = (
+            not _missing(calibration_error) and float(calibration_error) <= fairness.max_calibration_error
+        )
+        checks.append(
+            _check(
+                "calibration_error_max",
+                "fairness",
+                "ece",
+                calibration_error,
+                fairness.max_calibration_error,
+                passed,
+                f"expected calibration error {_show(calibration_error)} "
+                + ("<=" if passed else "exceeds (or is missing)")
+                + f" {fairness.max_calibration_error}",
+            )
+        )
+    if not report:
+        return [
+            *checks,
+            _check(
+                "fairness",
+                "fairness",
+                fairness.metric,
+                None,
+                None,
+                False,
+                "gate.fairness is configured but the evaluation has no fairness assessment (no sensitive_attributes "
+                "evaluated): not promoted; declare sensitive_attributes and rerun evaluate",
+            ),
+        ]
+    metric = fairness.metric
+    direction = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+    for attribute, found in report.items():
+        bounds = fairness.bounds(attribute)
+        candidate = found.get("candidate") or {}
+        groups = {g["group"]: g for g in candidate.get("groups") or []}
+        flagged = [g["group"] for g in groups.values() if not g.get("gated")]
+        note = (
+            f" (shown, not gated, too few rows, positives or negatives: {flagged}; rules: >= "
+            f"{fairness.min_group_rows} rows, >= {fairness.min_group_positives} positives and negatives)"
+            if flagged
+            else ""
+        )
+        worst, best = candidate.get("worst"), candidate.get("best")
+        undefined = candidate.get("undefined") or []
+        prefix = f"fairness_{attribute}"
+
+        def add(
+            kind: str,
+            value: Any,
+            threshold: Any,
+            passed: bool,
+            reason: str,
+            prefix: str = prefix,
+            attribute: str = attribute,
+            **extra: Any,
+        ) -> None:
+            checks.append(
+                _check(f"{prefix}_{kind}_{metric}", "fairness", metric, value, threshold, passed, reason)
+                | {"attribute": attribute, **extra}
+            )
+
+        if worst is None or undefined:
+            if any(b is not None for b in (bounds.min_value, bounds.max_gap, bounds.min_ratio)):
+                add(
+                    "defined",
+                    None,
+                    None,
+                    not undefined,
+                    f"{metric} is undefined for {attribute} groups {undefined}: cannot check fairness{note}"
+                    if undefined
+                    else f"no {attribute} group is large enough to gate: fairness not checked{note}",
+                )
+            continue
+        worst_entry = groups[worst]
+        if bounds.min_value is not None:
+            value = float(worst_entry["value"])
+            passed = direction * (value - bounds.min_value) >= -TOLERANCE
+            add(
+                "min",
+                value,
+                bounds.min_value,
+                passed,
+                f"worst {attribute} group {worst!r} ({worst_entry['rows']} rows) has {metric} {value:.4f} "
+                f"[{_show(worst_entry.get('low'))}, {_show(worst_entry.get('high'))}]"
+                f"{'' if passed else ', short of'} (required {bounds.min_value}){note}",
+                group=worst,
+                interval=_group_interval(worst_entry),
+            )
+        if bounds.max_gap is not None:
+            gap = float(candidate["gap"])
+            passed = gap <= bounds.max_gap + TOLERANCE
+            add(
+                "gap",
+                gap,
+                bounds.max_gap,
+                passed,
+                f"{attribute} gap {gap:.4f} between best group {best!r} and worst group {worst!r} "
+                f"{'<=' if passed else 'exceeds'} {bounds.max_gap}{note}",
+                group=worst,
+            )
+        if bounds.min_ratio is not None:
+            ratio = candidate.get("ratio")
+            passed = not _missing(ratio) and float(ratio) >= bounds.min_ratio - TOLERANCE
+            add(
+                "ratio",
+                ratio,
+                bounds.min_ratio,
+                passed,
+                f"{attribute} ratio worst/best {_show(ratio)} ({worst!r} over {best!r}) "
+                f"{'>=' if passed else 'is below'} {bounds.min_ratio}{note}",
+                group=worst,
+            )
+        if bounds.max_worst_drop is not None:
+            champion = found.get("champion")
+            if not champion or champion.get("worst_value") is None:
+                add(
+                    "worst_drop",
+                    None,
+                    bounds.max_worst_drop,
+                    True,
+                    f"no champion {attribute} groups to compare with (first run or champion not scored)",
+                    skipped=True,
+                )
+            else:
+                drop = direction * (float(champion["worst_value"]) - float(worst_entry["value"]))
+                passed = drop <= bounds.max_worst_drop + TOLERANCE
+                add(
+                    "worst_drop",
+                    drop,
+                    bounds.max_worst_drop,
+                    passed,
+                    f"worst {attribute} group: candidate {worst!r} {float(worst_entry['value']):.4f} vs champion "
+                    f"{champion['worst']!r} {float(champion['worst_value']):.4f}: {drop:+.4f} worse "
+                    f"{'<=' if passed else 'exceeds'} {bounds.max_worst_drop}",
+                    group=worst,
+                    baseline=champion["worst_value"],
+                )
+    return checks
+
+
+def threshold_check(gate: GateSpec) -> list[dict[str, Any]]:
+    """No absolute and no change threshold configured: nothing to decide on, so nothing is promoted."""
+    if gate.has_thresholds:
+        return []
+    return [
+        _check(
+            "thresholds_configured",
+            "configuration",
+            None,
+            None,
+            None,
+            False,
+            "the gate has no absolute or change thresholds (gate.absolute, gate.change): nothing says the "
+            "candidate is good enough, so it is not promoted; add thresholds to the use case's gate",
+        )
+    ]
+
+
+def infrastructure_checks(gate: GateSpec, infrastructure: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The candidate loaded in a fresh process as the scorer loads it and scored the sample rows the same."""
+    if not gate.infrastructure_check:
+        return []
+    if not infrastructure:
+        return [
+            _check(
+                "infrastructure",
+                "infrastructure",
+                None,
+                None,
+                None,
+                False,
+                "the evaluation did not check that the scorer can load the candidate: rerun evaluate",
+            )
+        ]
+    return [
+        _check(
+            "infrastructure",
+            "infrastructure",
+            None,
+            infrastructure.get("max_abs_difference"),
+            None,
+            bool(infrastructure.get("passed")),
+            str(infrastructure.get("reason")),
+        )
+    ]
 
 
 def decide(gate: GateSpec, evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -280,15 +533,24 @@ def decide(gate: GateSpec, evaluation: dict[str, Any]) -> dict[str, Any]:
     candidate = candidates[best]
     metrics = candidate.get("metrics") or {}
     champion = evaluation.get("champion")
+    intervals = candidate.get("intervals") or {}
+    absolute = [
+        c | ({"interval": _group_interval(intervals.get(c["metric"]))} if c["metric"] in intervals else {})
+        for c in absolute_checks(gate, metrics)
+    ]
     checks = [
-        *absolute_checks(gate, metrics),
-        *change_checks(gate, metrics, champion, candidate.get("run_id")),
-        *fairness_checks(gate.fairness, candidate.get("slices") or {}),
+        *threshold_check(gate),
+        *absolute,
+        *change_checks(gate, metrics, champion, candidate.get("run_id"), evaluation.get("comparison")),
+        *robustness_checks(gate.robustness, candidate.get("slices") or {}),
+        *fairness_checks(gate.fairness, evaluation.get("fairness"), evaluation.get("calibration_error")),
+        *infrastructure_checks(gate, evaluation.get("infrastructure")),
     ]
     primary = gate.primary_metric
     return {
         "passed": all(c["passed"] for c in checks),
         "candidate": best,
+        "selected_on": evaluation.get("selected_on", "holdout"),
         "run_id": candidate.get("run_id"),
         "model_uri": candidate.get("model_uri"),
         "primary_metric": primary,
@@ -345,6 +607,48 @@ def read_decisions(lake: Lake, usecase: str, day: Any) -> list[dict[str, Any]]:
     return [lake.read_json(key) for key in sorted(lake.storage.list(prefix)) if key.endswith(".json")]
 
 
+def publish_report(ctx: StepContext, evaluation: dict[str, Any], decision: dict[str, Any]) -> str | None:
+    """Put the decision at the top of the evaluation report (JSON and HTML, in the lake) and attach both to the
+    candidate's MLflow run (artifacts under ``evaluation/``); returns the HTML's URI."""
+    import tempfile
+    from pathlib import Path
+
+    from pipelines.report import render_report_html
+
+    report_uri = evaluation.get("report_uri")
+    if not report_uri:
+        return None
+    prefix = Lake.dated_key("reports", ctx.usecase.name, ctx.day, "evaluation")
+    report = ctx.lake.read_json(f"{prefix}/report.json")
+    keep = (
+        "passed",
+        "candidate",
+        "selected_on",
+        "primary_metric",
+        "candidate_value",
+        "champion_value",
+        "champion_version",
+        "checks",
+        "reasons",
+        "decision_id",
+    )
+    report["decision"] = {k: decision.get(k) for k in keep}
+    page = render_report_html(report)
+    ctx.lake.write_json(f"{prefix}/report.json", report)
+    html_uri = ctx.lake.write_text(f"{prefix}/report.html", page)
+    if decision.get("run_id"):
+        from mlflow import MlflowClient
+
+        from pipelines.tracking import configure_mlflow
+
+        configure_mlflow(ctx.profile, ctx.usecase)
+        with tempfile.TemporaryDirectory(prefix="mlops-report-") as folder:
+            for name, text in (("report.html", page), ("report.json", json.dumps(report, default=str))):
+                (Path(folder) / name).write_text(text)
+                MlflowClient().log_artifact(decision["run_id"], str(Path(folder) / name), "evaluation")
+    return html_uri
+
+
 def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     """Check the best candidate of the evaluate result; write and return the decision (passed or not)."""
     from pipelines.steps.evaluate import read_step_result
@@ -357,6 +661,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     decision["decision_uri"] = record_decision(ctx, decision)
     key = f"{ctx.run_key('gate')}/result.json"
     decision["result_uri"] = ctx.lake.storage.uri(key)
+    decision["report_html_uri"] = publish_report(ctx, evaluation, decision)
     ctx.lake.write_json(key, decision)
     verdict = "PASSED" if decision["passed"] else "NOT PASSED: " + "; ".join(decision["reasons"])
     progress(f"gate: {decision['candidate']} {verdict}")

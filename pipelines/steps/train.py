@@ -27,6 +27,9 @@ from pipelines.lake import DATE, LakeError, PartitionInfo, Snapshot, content_has
 
 MIN_TRAIN_ROWS = 100
 MIN_HOLDOUT_ROWS = 50
+VALIDATION_PREFIX = (
+    "validation_"  # MLflow metrics of a candidate's fit on train, scored on the validation rows
+)
 DECISION_THRESHOLD = "decision_threshold"  # MLflow metric and model metadata key of a candidate's threshold
 
 
@@ -199,12 +202,11 @@ def training_frames(ctx: StepContext, snapshot: Snapshot, window: dict[str, str]
 
 
 def candidate_decision(
-    ctx: StepContext, fitted: Any, validation: Any, window: dict[str, str]
+    ctx: StepContext, name: str, proba: Any, validation: Any, window: dict[str, str]
 ) -> dict[str, Any] | None:
-    """The candidate's decision threshold: ``decision.threshold`` for rule fixed, else chosen by the rule on the
-    validation rows (which the candidate was not fitted on), with the confusion matrix there. None for a
-    regression (its prediction is the value)."""
-    from pipelines import modeling
+    """The candidate's decision threshold: ``decision.threshold`` for rule fixed, else chosen by the rule from its
+    scores ``proba`` of the validation rows (which it was not fitted on), with the confusion matrix there. None
+    for a regression (its prediction is the value)."""
     from pipelines.metrics import ThresholdError, choose_threshold
 
     decision = ctx.usecase.decision
@@ -212,14 +214,13 @@ def candidate_decision(
         return None
     if not decision.uses_validation:
         return {"rule": "fixed", "threshold": float(decision.threshold or 0.5)}
-    proba = fitted.scores(modeling.prepare_features(validation, ctx.usecase))
     try:
         return choose_threshold(
             validation[ctx.usecase.target.column].to_numpy(dtype="int64"), proba, decision
         )
     except ThresholdError as exc:
         raise StepFailed(
-            f"{fitted.spec.name}: validation window [{window['validation_start']}, {window['validation_end']}): "
+            f"{name}: validation window [{window['validation_start']}, {window['validation_end']}): "
             f"{exc}; change decision in config/usecases/{ctx.usecase.name}.yaml"
         ) from None
 
@@ -332,12 +333,13 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
     from pipelines import modeling
+    from pipelines.metrics import model_metrics
     from pipelines.tracking import configure_mlflow
 
     usecase, split = ctx.usecase, ctx.usecase.split
     mode = getattr(args, "mode", "full") or "full"
     window_days = getattr(args, "window_days", None) or split.train_window_days
-    validation_days = usecase.decision.validation_days if usecase.decision_threshold_chosen else 0
+    validation_days = usecase.decision.validation_days if usecase.uses_validation_window else 0
     if window_days <= split.holdout_days + validation_days:
         raise StepFailed(
             f"--window-days {window_days} must be larger than split.holdout_days ({split.holdout_days}) plus "
@@ -359,6 +361,10 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     X_final = modeling.prepare_features(final_rows, usecase)
     y_final = final_rows[label].to_numpy(dtype=modeling.label_dtype(usecase))
     example = modeling.input_example(X_final)
+    selection_metrics = list(dict.fromkeys([usecase.gate.primary_metric, *usecase.metrics]))
+    if frames.validation is not None:
+        X_validation = modeling.prepare_features(frames.validation, usecase)
+        y_validation = frames.validation[label].to_numpy(dtype=modeling.label_dtype(usecase))
     all_parts = frames.partitions
     inputs = sorted({k for p in all_parts.values() for k in raw_inputs(usecase.name, p.facts.get("inputs"))})
     specs, selection_note = select_candidates(ctx, mode, getattr(args, "candidates", None))
@@ -390,8 +396,16 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                     }
                 )
                 fitted = modeling.fit_candidate(spec, usecase, X, y, split.seed)
-                decision = candidate_decision(ctx, fitted, frames.validation, window)
-                if frames.validation is not None:  # the threshold is chosen: refit on train + validation
+                validation_metrics, decision = {}, None
+                if frames.validation is not None:  # scores of rows it was not fitted on: selection, threshold
+                    validation_scores = fitted.scores(X_validation)
+                    validation_metrics = model_metrics(y_validation, validation_scores, selection_metrics)
+                    decision = candidate_decision(
+                        ctx, spec.name, validation_scores, frames.validation, window
+                    )
+                else:
+                    decision = candidate_decision(ctx, spec.name, None, None, window)
+                if frames.validation is not None:  # chosen on validation: refit on train + validation
                     first_fit = fitted.fit_seconds
                     fitted = modeling.fit_candidate(spec, usecase, X_final, y_final, split.seed)
                     fitted.fit_seconds += first_fit
@@ -420,7 +434,16 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                         if k in ("precision", "recall", "f1") and v is not None
                     }
                 mlflow.log_metrics(
-                    {"fit_seconds": fitted.fit_seconds, label_stat: float(np.mean(y_final)), **chosen}
+                    {
+                        "fit_seconds": fitted.fit_seconds,
+                        label_stat: float(np.mean(y_final)),
+                        **chosen,
+                        **{
+                            f"{VALIDATION_PREFIX}{k}": v
+                            for k, v in validation_metrics.items()
+                            if v is not None
+                        },
+                    }
                 )
                 metadata = (
                     None
@@ -437,6 +460,11 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             )
             progress(f"train: {spec.name} fitted in {fitted.fit_seconds:.1f}s, run {run_id}{said}")
         if previous is not None:
+            validation_metrics = {
+                k[len(VALIDATION_PREFIX) :]: v
+                for k, v in previous.data.metrics.items()
+                if k.startswith(VALIDATION_PREFIX) and k[len(VALIDATION_PREFIX) :] in selection_metrics
+            }
             decision = (
                 None
                 if DECISION_THRESHOLD not in previous.data.metrics
@@ -446,6 +474,8 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                 }
             )
         entry = {"name": spec.name, "family": spec.family, "run_id": run_id, "model_uri": model_uri}
+        if validation_metrics:
+            entry["validation_metrics"] = validation_metrics
         if decision is not None:
             entry |= {DECISION_THRESHOLD: decision["threshold"], "decision": decision}
         candidates.append(entry)

@@ -389,6 +389,18 @@ def replay_batch(
         "champion_metric": gate.get("champion_value"),
         "gate_passed": gate.get("passed"),
         "gate_reasons": gate.get("reasons", []),
+        "gate_failed_checks": [
+            {k: c.get(k) for k in ("name", "value", "threshold", "interval", "reason")}
+            for c in gate.get("checks", [])
+            if not c.get("passed")
+        ],
+        "gate_change": {
+            c["metric"]: {k: c.get(k) for k in ("difference", "interval", "threshold", "passed", "skipped")}
+            for c in gate.get("checks", [])
+            if c.get("kind") == "change"
+        },
+        "selected_on": gate.get("selected_on"),
+        "report_html_uri": gate.get("report_html_uri") or evaluate.get("report_html_uri"),
         "registered_versions": [v.get("version") for v in register.get("versions", [])],
         "promoted_version": promote.get("champion_version"),
         "champion_version": champion,

@@ -1,0 +1,114 @@
+"""The gate's statistics on real numbers: weighted bootstrap metrics equal the metric of the resampled rows, the
+paired interval is seeded, an improvement within the noise is not promoted, and a clear one is."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+from test_gate import GATE, champion, evaluation
+
+from pipelines.config import HIGHER_IS_BETTER
+from pipelines.metrics import model_metrics
+from pipelines.significance import bootstrap_weights, metric_interval, paired_difference, weighted_metric
+from pipelines.steps.gate import decide
+
+ROWS = 6000
+
+
+def _holdout(seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    signal = rng.normal(size=ROWS)
+    y = (rng.random(ROWS) < 1 / (1 + np.exp(-(signal - 1.5)))).astype("float64")
+    return y, signal
+
+
+def _scores(signal: np.ndarray, noise: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return 1 / (1 + np.exp(-(signal + rng.normal(scale=noise, size=len(signal)) - 1.5)))
+
+
+@pytest.mark.parametrize("metric", ["roc_auc", "pr_auc", "log_loss", "brier", "rmse", "mae", "r2"])
+def test_weighted_metric_equals_the_metric_of_the_resampled_rows(metric):
+    y, signal = _holdout()
+    scores = np.round(_scores(signal, 1.0, 5), 3)  # rounded: ties in the ranking metrics
+    weights = bootstrap_weights(ROWS, 3, seed=11)
+    got = weighted_metric(metric, y, scores, weights)
+    for row, value in zip(weights, got, strict=True):
+        rows = np.repeat(np.arange(ROWS), row.astype(int))
+        assert value == pytest.approx(model_metrics(y[rows], scores[rows], [metric])[metric], rel=1e-9)
+    assert got[0] != got[1]  # the resamples differ
+
+
+def test_ranking_metrics_agree_with_scikit_learn_on_one_resample():
+    y, signal = _holdout()
+    scores = _scores(signal, 0.5, 1)
+    rows = np.repeat(np.arange(ROWS), bootstrap_weights(ROWS, 1, seed=2)[0].astype(int))
+    weights = np.bincount(rows, minlength=ROWS)[None, :].astype(float)
+    assert weighted_metric("roc_auc", y, scores, weights)[0] == pytest.approx(
+        roc_auc_score(y[rows], scores[rows])
+    )
+    assert weighted_metric("pr_auc", y, scores, weights)[0] == pytest.approx(
+        average_precision_score(y[rows], scores[rows])
+    )
+
+
+def test_the_interval_is_seeded_and_covers_the_value():
+    y, signal = _holdout()
+    scores = _scores(signal, 1.0, 5)
+    first = metric_interval("roc_auc", y, scores, resamples=400, confidence=0.95, seed=9)
+    assert first == metric_interval("roc_auc", y, scores, resamples=400, confidence=0.95, seed=9)
+    assert first["low"] < first["value"] < first["high"]
+    assert first != metric_interval("roc_auc", y, scores, resamples=400, confidence=0.95, seed=10)
+    wider = metric_interval("roc_auc", y, scores, resamples=400, confidence=0.99, seed=9)
+    assert wider["low"] < first["low"] and wider["high"] > first["high"]
+
+
+def _decision(candidate: np.ndarray, incumbent: np.ndarray, y: np.ndarray) -> dict:
+    """The gate's decision for a candidate and a champion scored on the same holdout rows."""
+    comparison = paired_difference(
+        "roc_auc", y, candidate, incumbent, resamples=1000, confidence=0.95, seed=7
+    )
+    evaluated = evaluation(roc_auc=comparison["candidate"], champion=champion(comparison["champion"]))
+    evaluated["comparison"] = {"roc_auc": comparison}
+    return decide(GATE, evaluated)
+
+
+def test_a_candidate_better_by_less_than_the_noise_is_not_promoted():
+    """Two models of the same quality: one of them is ahead on this holdout by more than min_delta (0.002),
+    which the old gate promoted; its paired interval reaches below min_delta, so it is not promoted."""
+    y, signal = _holdout()
+    incumbent = _scores(signal, 1.0, 5)
+    ahead = None
+    for seed in range(20):  # the same model refitted with other noise: find one ahead by > min_delta
+        candidate = _scores(signal, 1.0, 100 + seed)
+        if roc_auc_score(y, candidate) - roc_auc_score(y, incumbent) > 0.002:
+            ahead = candidate
+            break
+    assert ahead is not None
+    decision = _decision(ahead, incumbent, y)
+    change = next(c for c in decision["checks"] if c["name"] == "roc_auc_vs_champion")
+    assert change["difference"] > 0.002  # a point estimate the old gate promoted
+    assert change["interval"]["low"] < 0.002 and change["interval"]["resamples"] == 1000
+    assert change["passed"] is False and decision["passed"] is False
+    assert "not distinguishable from noise" in change["reason"]
+    assert _decision(ahead, incumbent, y) == decision  # seeded: the same decision again
+
+
+def test_a_clearly_better_candidate_is_promoted():
+    y, signal = _holdout()
+    decision = _decision(_scores(signal, 0.3, 5), _scores(signal, 1.5, 6), y)
+    change = next(c for c in decision["checks"] if c["name"] == "roc_auc_vs_champion")
+    assert change["interval"]["low"] > 0.002 and change["passed"] is True
+    assert decision["passed"] is True
+
+
+@pytest.mark.parametrize("metric", ["rmse", "mae"])
+def test_regression_differences_are_signed_by_the_better_direction(metric):
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=3000) * 10
+    better, worse = y + rng.normal(scale=2, size=3000), y + rng.normal(scale=4, size=3000)
+    out = paired_difference(metric, y, better, worse, resamples=300, confidence=0.95, seed=1)
+    assert not HIGHER_IS_BETTER[metric]
+    assert out["difference"] > 0 and out["low"] > 0  # lower error = an improvement, positive
+    assert out["difference"] == pytest.approx(out["champion"] - out["candidate"])
