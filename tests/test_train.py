@@ -385,9 +385,7 @@ def test_evaluate_metrics_slices_and_best(trained):
         assert run.data.metrics["holdout_roc_auc"] == pytest.approx(entry["metrics"]["roc_auc"])
     # chosen on the validation window (the fit on train only, scored on rows it was not fitted on), not on the
     # holdout that gates it
-    on_validation = {
-        c["name"]: c["validation_metrics"]["roc_auc"] for c in trained.result["candidates"]
-    }
+    on_validation = {c["name"]: c["validation_metrics"]["roc_auc"] for c in trained.result["candidates"]}
     assert stored["selected_on"] == "validation"
     assert stored["best"] == max(on_validation, key=on_validation.get)
     assert trained.evaluation["best"] == stored["best"]
