@@ -445,3 +445,68 @@ def histogram_compare(
             parts.append(f"<text x='{cx:.1f}' y='{bottom + 13}' text-anchor='middle' {FONT}>{text}</text>")
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _value_color(rank: float | None) -> str:
+    """Blue (low feature value) to red (high); grey when the value is missing."""
+    if rank is None:
+        return "#aaaaaa"
+    r = max(0.0, min(1.0, float(rank)))
+    return f"rgb({int(30 + 200 * r)},{int(100 - 60 * r)},{int(230 - 200 * r)})"
+
+
+def beeswarm(
+    plot_id: str,
+    label: str,
+    rows: Sequence[tuple[str, Sequence[Sequence[Any]]]],
+    *,
+    value_label: str = "SHAP value",
+    width: int = 640,
+    row_height: int = 22,
+) -> str:
+    """A SHAP summary plot: one row per feature, one dot per explained row at its contribution (x), coloured by
+    the feature's value rank (blue low, red high, grey missing), jittered deterministically within the row."""
+    left, right, top = 150, 20, 24
+    values = [number(p[0]) for _, points in rows for p in points]
+    low, high = _domain(values, include=[0.0])
+    height = top + row_height * max(len(rows), 1) + 40
+    plot_width = width - left - right
+
+    def x_of(v: float) -> float:
+        return left + (v - low) / (high - low or 1.0) * plot_width
+
+    parts = [_open(plot_id, label, width, height)]
+    zero = x_of(0.0)
+    parts.append(f"<line x1='{zero:.1f}' y1='{top - 6}' x2='{zero:.1f}' y2='{height - 34}' stroke='#333'/>")
+    for index, (feature, points) in enumerate(rows):
+        middle = top + row_height * index + row_height / 2
+        parts.append(
+            f"<text x='{left - 6}' y='{middle + 4:.1f}' text-anchor='end' {FONT}>{esc(short_label(feature))}"
+            f"<title>{esc(feature)}</title></text>"
+        )
+        for k, point in enumerate(points):
+            v = number(point[0])
+            if v is None:
+                continue
+            jitter = ((k * 7919) % 97) / 96.0 - 0.5
+            rank = number(point[1]) if len(point) > 1 else None
+            parts.append(
+                f"<circle cx='{x_of(v):.1f}' cy='{middle + jitter * (row_height - 8):.1f}' r='2' "
+                f"fill='{_value_color(rank)}' fill-opacity='0.75'/>"
+            )
+    axis = height - 30
+    parts.append(f"<line x1='{left}' y1='{axis}' x2='{width - right}' y2='{axis}' stroke='#333'/>")
+    for tick in nice_ticks(low, high):
+        parts.append(
+            f"<text x='{x_of(tick):.1f}' y='{axis + 13}' text-anchor='middle' {FONT}>{esc(short(tick))}</text>"
+        )
+    parts.append(
+        f"<text x='{left + plot_width / 2:.1f}' y='{height - 4}' text-anchor='middle' {FONT}>"
+        f"{esc(value_label)} (colour: feature value, blue low to red high, grey missing)</text></svg>"
+    )
+    return "".join(parts)
+
+
+def short_label(text: str, limit: int = 22) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"

@@ -507,6 +507,50 @@ def _importance_section(report: dict[str, Any]) -> str:
     )
 
 
+def _shap_section(report: dict[str, Any]) -> str | None:
+    shap = (report.get("explanation") or {}).get("shap")
+    if not shap:
+        return None
+    features = (shap.get("features") or [])[:15]
+    return (
+        f"<p>{html.escape(str(shap.get('method')))}: each dot is one of {_fmt(shap.get('rows'))} holdout rows, "
+        "placed at how much the feature moved that row's output away from the average "
+        f"({_fmt(shap.get('background_rows'))} background rows); features by mean absolute contribution. "
+        "One-hot columns are summed back to their feature; a categorical feature's colour follows its code, not "
+        f"a magnitude. Additivity error {_fmt(shap.get('additivity_error'))}.</p>"
+        + plots.beeswarm(
+            "shap",
+            "SHAP summary: contribution of each feature per row",
+            [(str(f.get("feature")), f.get("points") or []) for f in features],
+        )
+        + _table(["feature", "mean |SHAP|"], [[f.get("feature"), f.get("mean_abs")] for f in features])
+    )
+
+
+def _counterfactuals_section(report: dict[str, Any]) -> str | None:
+    found = (report.get("explanation") or {}).get("counterfactuals")
+    if not found:
+        return None
+    rows = []
+    for entry in found.get("rows") or []:
+        head = [entry.get("kind"), entry.get("row"), entry.get("score"), entry.get("label")]
+        options = entry.get("counterfactuals") or []
+        if entry.get("error") or not options:
+            rows.append([*head, entry.get("error") or "none found", None])
+        for option in options:
+            changes = "; ".join(
+                f"{name}: {_fmt(change[0])} \u2192 {_fmt(change[1])}"
+                for name, change in (option.get("changes") or {}).items()
+            )
+            rows.append([*head, changes, option.get("score")])
+    return (
+        f"<p>{html.escape(str(found.get('method')))}, decision threshold {_fmt(found.get('threshold'))}: for the "
+        "highest-scored holdout rows and the most wrongly scored ones, the smallest changes the search found that "
+        "turn the decision around. They show what the model responds to, not what would change the outcome.</p>"
+        + _table(["kind", "holdout row", "score", "label", "change", "score after"], rows)
+    )
+
+
 def _errors_section(report: dict[str, Any]) -> str:
     explanation = report.get("explanation") or {}
     parts = []
@@ -801,7 +845,9 @@ def render_report_html(report: dict[str, Any]) -> str:
         ("curves", "ROC and precision-recall curves", _curves_section(report)),
         ("calibration", "Calibration", _calibration_section(report)),
         ("importance", "Feature importance", _importance_section(report)),
+        ("shap", "SHAP summary", _shap_section(report)),
         ("errors", "Error analysis", _errors_section(report)),
+        ("counterfactuals", "Counterfactuals", _counterfactuals_section(report)),
         ("fairness", "Fairness", _fairness_section(report)),
         ("slices", "Slices", _slices_section(report)),
         ("explorer", "Data explorer", _explorer_section(report)),

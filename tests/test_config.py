@@ -54,8 +54,14 @@ def _edit(path: Path, old: str, new: str) -> None:
         (
             "    min_slice_rows: 300",
             "    min_slice_rows: 300\n    typo_field: 1",
-            "gate.fairness.typo_field",
+            "gate.robustness.typo_field",
             "Extra inputs",
+        ),
+        (  # a file written before gate.robustness: its slice bounds under gate.fairness are refused with the move
+            "  robustness:",
+            "  fairness:",
+            "gate",
+            "rename gate.fairness to gate.robustness",
         ),
         # label kinds: each field needs its kind, and the kind must fit the outcome column's type
         ("  threshold: 15\n", "", "target", "target.kind 'above_threshold' needs target.threshold"),

@@ -290,6 +290,49 @@ def sample_report(task: str = "classification", seed: int = 7) -> dict[str, Any]
             ],
         },
     }
+    rng = np.random.default_rng(seed)
+    explanation["shap"] = {
+        "method": "SHAP permutation explainer on the transformed frame (log-odds)",
+        "rows": 80,
+        "background_rows": 40,
+        "additivity_error": 1e-15,
+        "features": [
+            {
+                "feature": name,
+                "mean_abs": scale,
+                "points": [
+                    [float(v), float(r)]
+                    for v, r in zip(rng.normal(0, scale, 80), rng.random(80), strict=True)
+                ]
+                + [[0.01, None]],
+            }
+            for name, scale in (("dep_hour", 0.6), ("carrier", 0.3), ("distance", 0.05))
+        ],
+    }
+    if classification:
+        explanation["counterfactuals"] = {
+            "method": "dice-ml random search on the whole model (decision at the threshold flipped)",
+            "threshold": 0.4,
+            "rows": [
+                {
+                    "kind": "high risk",
+                    "row": 17,
+                    "score": 0.93,
+                    "label": 1,
+                    "counterfactuals": [
+                        {"changes": {"dep_hour": [21.0, 7.0], "carrier": ["EV", "DL"]}, "score": 0.31}
+                    ],
+                },
+                {
+                    "kind": "wrongly scored",
+                    "row": 4,
+                    "score": 0.88,
+                    "label": 0,
+                    "counterfactuals": [],
+                    "error": "no counterfactual found",
+                },
+            ],
+        }
     if classification:
         explanation["errors"]["confusion_matrix"] = quality.confusion(y, candidate, 0.4)
         explanation["calibration"] = quality.calibration(y, candidate)
@@ -358,7 +401,7 @@ def sample_report(task: str = "classification", seed: int = 7) -> dict[str, Any]
 
 def expected_plots(report: dict[str, Any]) -> set[str]:
     """The data-plot ids the page of ``report`` must carry."""
-    ids = {"comparison", "importance", "error_cohorts"}
+    ids = {"comparison", "importance", "error_cohorts", "shap"}
     ids |= {f"fairness-{a}" for a in report["fairness"]}
     ids |= {f"explorer-{f['feature']}" for f in report["data_explorer"]["features"]}
     if report["task"] == "classification":
@@ -374,7 +417,7 @@ def minimal_report(task: str = "classification") -> dict[str, Any]:
     report = copy.deepcopy(sample_report(task))
     for key in ("decision", "comparison", "curves", "fairness", "data_explorer", "selected_on"):
         report.pop(key, None)
-    for key in ("error_analysis", "calibration_champion"):
+    for key in ("error_analysis", "calibration_champion", "shap", "counterfactuals"):
         report["explanation"].pop(key, None)
     for c in report["candidates"].values():
         c.pop("validation_metrics", None)
@@ -414,10 +457,10 @@ def test_page_is_self_contained_and_small(rendered: tuple[dict, str, Path]) -> N
 
 def test_sections_in_order_and_content(rendered: tuple[dict, str, Path]) -> None:
     report, page, _ = rendered
-    order = ["decision", "models", "comparison", "curves", "calibration", "importance", "errors", "fairness"]
-    order += ["slices", "explorer"]
+    order = ["decision", "models", "comparison", "curves", "calibration", "importance", "shap", "errors"]
+    order += ["counterfactuals", "fairness", "slices", "explorer"]
     if report["task"] != "classification":
-        order = [s for s in order if s not in ("curves", "calibration")]
+        order = [s for s in order if s not in ("curves", "calibration", "counterfactuals")]
     positions = [page.index(f"<section id='{s}'>") for s in order]
     assert positions == sorted(positions)
     assert all(f"href='#{s}'" in page for s in order)
@@ -427,6 +470,11 @@ def test_sections_in_order_and_content(rendered: tuple[dict, str, Path]) -> None
     assert "&lt;b&gt;odd &amp; name&lt;/b&gt;" in page and "<b>odd" not in page
     assert "selected on the validation set" in page and "Validation metrics" in page
     assert "<b>shifted</b>" in page  # dep_delay_mean_7d has PSI 0.27
+    if report["task"] == "classification":
+        assert (
+            "dep_hour: 21.0000 \u2192 7.0000; carrier: EV \u2192 DL" in page
+            and "no counterfactual found" in page
+        )
 
 
 def test_missing_optional_keys_still_render() -> None:

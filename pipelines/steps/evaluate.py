@@ -114,6 +114,22 @@ def load_train_sample(ctx: StepContext, train_result: dict[str, Any], max_rows: 
     return frame
 
 
+class _Stopwatch:
+    """Seconds spent on each part of the step (``laps``), for the cost of the report per training run."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._now = time.perf_counter
+        self._last = self._now()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = self._now()
+        self.laps[name] = round(now - self._last, 3)
+        self._last = now
+
+
 def _errors(task: str, y: Any, scores: Any, threshold: float | None) -> Any:
     import numpy as np
 
@@ -146,6 +162,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     usecase = ctx.usecase
     gate = usecase.gate
     significance = gate.significance
+    clock = _Stopwatch()
     seed = usecase.split.seed if significance.seed is None else significance.seed
     bootstrap = {"resamples": significance.resamples, "confidence": significance.confidence}
     train_result = read_step_result(ctx, "train", "evaluate")
@@ -214,6 +231,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                 {"metrics": dict.fromkeys(wanted), "slices": {}, "error": f"{type(exc).__name__}: {exc}"}
             )
 
+    clock.lap("scoring")
     best, selected_on = select_best(candidates, primary)
     best_proba = predictions[best]
     best_threshold = candidates[best].get("decision_threshold")
@@ -250,6 +268,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             **bootstrap,
         )
 
+    clock.lap("intervals_and_fairness")
     infrastructure = None
     if gate.infrastructure_check:
         sample = X.sample(n=min(len(X), 50), random_state=seed)
@@ -258,9 +277,10 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             candidates[best]["model_uri"], sample, best_proba[X.index.get_indexer(sample.index)]
         )
 
+    clock.lap("infrastructure_check")
     robustness = gate.robustness
     min_slice_rows = robustness.min_slice_rows if robustness is not None else 1
-    progress(f"evaluate: explaining {best} (permutation importance, error cohorts, data explorer)")
+    progress(f"evaluate: explaining {best} (permutation importance, SHAP, error cohorts, data explorer)")
     best_model = models[best]
     importance = quality.permutation_importance(
         lambda frame: predict_proba(best_model, frame),
@@ -271,6 +291,10 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         seed=usecase.split.seed,
         max_rows=args.importance_rows,
     )
+    clock.lap("permutation_importance")
+    families = {entry["name"]: entry.get("family") for entry in train_result["candidates"]}
+    shap = explain.shap_summary(best_model, X, family=families.get(best) or "", seed=usecase.split.seed)
+    clock.lap("shap")
     numeric, categorical = list(usecase.features.numeric), list(usecase.features.categorical)
     error_analysis = explain.error_cohorts(
         X,
@@ -280,10 +304,27 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         categorical=categorical,
         seed=usecase.split.seed,
     )
+    clock.lap("error_analysis")
     train_sample = load_train_sample(ctx, train_result, max_rows=20000)
-    explorer = explain.data_explorer(
-        modeling.prepare_features(train_sample, usecase), X, numeric=numeric, categorical=categorical
-    )
+    train_X = modeling.prepare_features(train_sample, usecase)
+    explorer = explain.data_explorer(train_X, X, numeric=numeric, categorical=categorical)
+    clock.lap("data_explorer")
+    counterfactuals = None
+    if classification:
+        progress(f"evaluate: counterfactuals of {best} (dice-ml, random method)")
+        counterfactuals = explain.counterfactuals(
+            best_model,
+            train_X,
+            train_sample[usecase.target.column].to_numpy(dtype="int64"),
+            X,
+            y,
+            best_proba,
+            threshold=float(best_threshold if best_threshold is not None else 0.5),
+            numeric=numeric,
+            categorical=categorical,
+            seed=usecase.split.seed,
+        )
+    clock.lap("counterfactuals")
     report_prefix = ctx.lake.dated_key("reports", usecase.name, ctx.day, "evaluation")
     report = {
         "usecase": usecase.name,
@@ -321,6 +362,8 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                 "min_slice_rows": min_slice_rows,
             },
             "error_analysis": error_analysis,
+            "shap": shap,
+            "counterfactuals": counterfactuals,
         },
         "data_explorer": explorer,
     }
@@ -336,6 +379,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         report["explanation"]["residuals"] = quality.residuals(y, best_proba, seed=usecase.split.seed)
     report_uri = ctx.lake.write_json(f"{report_prefix}/report.json", report)
     report_html_uri = ctx.lake.write_text(f"{report_prefix}/report.html", render_report_html(report))
+    clock.lap("report_files")
 
     client = MlflowClient()
     for c in candidates.values():
@@ -356,6 +400,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         "infrastructure": infrastructure,
         "holdout_rows": len(X),
         "tables_read": train_result.get("tables_read", {}),
+        "seconds": clock.laps,
         "report_uri": report_uri,
         "report_html_uri": report_html_uri,
     }
