@@ -117,8 +117,9 @@ def _generator():
 
 
 def test_a_yes_no_label_with_sensitive_attributes_through_two_monthly_trainings(tmp_path: Path) -> None:
-    """appointment_no_show: a label given as values (no_show: YES/NO), gender and age band as fairness slices that
-    are not model inputs, decision thresholds chosen on a validation window and used by the scorer."""
+    """appointment_no_show: a label given as values (no_show: YES/NO), gender and age band as sensitive attributes
+    that are not model inputs (fairness by group, with fairlearn), clinics as robustness slices, decision
+    thresholds chosen on a validation window and used by the scorer."""
     home = tmp_path / "home"
     usecase = load_usecase("appointment_no_show")
     paths = _generator().write(tmp_path / "download", date(2024, 1, 1), date(2024, 2, 29))
@@ -139,11 +140,20 @@ def test_a_yes_no_label_with_sensitive_attributes_through_two_monthly_trainings(
     lake = Lake(str(home / "lake"))
     # the fairness checks ran over the sensitive attributes, which were not model inputs
     decision = read_decisions(lake, usecase.name, "2024-03-01")[0]
-    fairness = {c["name"] for c in decision["checks"] if c["kind"] == "fairness"}
-    assert fairness == {"fairness_gender_gap_roc_auc", "fairness_age_band_gap_roc_auc"}, fairness
+    fairness = {c["name"]: c for c in decision["checks"] if c["kind"] == "fairness"}
+    assert set(fairness) == {
+        "fairness_gender_gap_roc_auc",
+        "fairness_age_band_gap_roc_auc",
+        "calibration_error_max",
+    }, fairness
+    assert fairness["fairness_gender_gap_roc_auc"]["threshold"] == 0.10  # the attribute's own bound
     assert not {"gender", "age_band"} & {*usecase.features.numeric, *usecase.features.categorical}
     report = lake.read_json(f"reports/{usecase.name}/evaluation/date=2024-03-01/report.json")
-    assert set(report["explanation"]["slices"]) == {"gender", "age_band"}
+    assert set(report["explanation"]["slices"]) == {"clinic"}
+    assert set(report["fairness"]) == {"gender", "age_band"}
+    groups = {g["group"] for g in report["fairness"]["age_band"]["candidate"]["groups"]}
+    assert groups >= {"0-17", "18-29", "30-49", "50-69", "70+"}
+    assert report["decision"]["decision_id"] == decision["decision_id"]  # the gate put its decision on top
     # predictions are decided at the champion's threshold chosen on its validation window, not at 0.5
     scored = lake.partitions(predictions_table(usecase.name))
     day = sorted(scored)[-1]
