@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import date, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
@@ -712,3 +713,36 @@ def test_regression_metrics_match_scikit_learn():
     assert residuals["rows"] == 300 and len(residuals["by_predicted"]) == 5
     assert residuals["mean"] == pytest.approx(float(np.mean(p - y)))
     assert sum(b["rows"] for b in residuals["by_predicted"]) == 300
+
+
+def test_the_infrastructure_check_scores_in_a_fresh_process_and_fails_on_a_model_the_scorer_cannot_load(
+    trained, tmp_path: Path
+):
+    """The gate's infrastructure check loads the model as the scorer does (``tracking.load_model``) in another
+    Python process: the real model agrees with the in-process scores; a copy whose skops file is damaged, or
+    scores that disagree, fail it with the reason."""
+    from pipelines.loadcheck import start_infrastructure_check
+
+    X, _ = _holdout_features(trained)
+    rows = X.head(20)
+    entry = next(c for c in trained.result["candidates"] if c["name"] == "logreg")
+    expected = tracking.predict_proba(tracking.load_model(entry["model_uri"]), rows)
+
+    copy = Path(mlflow.artifacts.download_artifacts(entry["model_uri"], dst_path=str(tmp_path / "copy")))
+    weights = list(copy.rglob("*.skops"))
+    assert weights, sorted(p.name for p in copy.rglob("*"))
+    for path in weights:
+        path.write_bytes(b"not a model")
+    # the three fresh processes run side by side, as evaluate's runs while it explains the model
+    pending = [
+        start_infrastructure_check(uri, rows) for uri in (entry["model_uri"], entry["model_uri"], str(copy))
+    ]
+    loaded, disagreeing, broken = (
+        check.result(scores)
+        for check, scores in zip(pending, (expected, expected + 1e-3, expected), strict=True)
+    )
+    assert loaded["passed"] is True and loaded["max_abs_difference"] <= 1e-9, loaded
+    assert loaded["rows"] == 20 and "fresh process" in loaded["reason"]
+    assert disagreeing["passed"] is False and "allowed 1e-06" in disagreeing["reason"], disagreeing
+    assert broken["passed"] is False and broken["max_abs_difference"] is None, broken
+    assert "cannot load or score" in broken["reason"] and str(copy) in broken["reason"], broken

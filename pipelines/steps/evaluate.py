@@ -146,7 +146,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     from pipelines import explain, modeling
     from pipelines import metrics as quality
     from pipelines.fairness import fairness_report
-    from pipelines.loadcheck import infrastructure_check
+    from pipelines.loadcheck import start_infrastructure_check
     from pipelines.report import render_report_html
     from pipelines.significance import metric_interval, paired_difference
     from pipelines.tracking import (
@@ -235,96 +235,100 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     best, selected_on = select_best(candidates, primary)
     best_proba = predictions[best]
     best_threshold = candidates[best].get("decision_threshold")
-    progress(
-        f"evaluate: {best} chosen by {primary} on the {selected_on}; intervals and the champion comparison"
-    )
-    candidates[best]["intervals"] = {
-        metric: metric_interval(metric, y, best_proba, seed=seed, **bootstrap)
-        for metric in dict.fromkeys([primary, *gate.absolute])
-    }
-    comparison: dict[str, Any] = {}
-    if champion_proba is not None and candidates[best]["run_id"] != (champion or {}).get("run_id"):
-        for metric, bound in gate.change.items():
-            comparison[metric] = paired_difference(
-                metric, y, best_proba, champion_proba, seed=seed, **bootstrap
-            ) | {"min_delta": bound.min_delta}
-
-    fairness = None
-    if usecase.sensitive_attributes:
-        from pipelines.config import FairnessSpec
-
-        progress(f"evaluate: fairness over {usecase.sensitive_attributes} (fairlearn MetricFrame)")
-        fairness = fairness_report(
-            y,
-            best_proba,
-            champion_proba,
-            holdout,
-            attributes=list(usecase.sensitive_attributes),
-            spec=gate.fairness or FairnessSpec(metric=primary),
-            task=usecase.task,
-            candidate_threshold=best_threshold,
-            champion_threshold=champion_threshold,
-            seed=seed,
-            **bootstrap,
-        )
-
-    clock.lap("intervals_and_fairness")
-    infrastructure = None
-    if gate.infrastructure_check:
+    progress(f"evaluate: {best} chosen by {primary} on the {selected_on}")
+    pending = None
+    if gate.infrastructure_check:  # a fresh process loads the model while this one explains it
         sample = X.sample(n=min(len(X), 50), random_state=seed)
         progress(f"evaluate: infrastructure check: loading {best} in a fresh process as the scorer does")
-        infrastructure = infrastructure_check(
-            candidates[best]["model_uri"], sample, best_proba[X.index.get_indexer(sample.index)]
-        )
+        pending = start_infrastructure_check(candidates[best]["model_uri"], sample)
+    try:
+        progress("evaluate: intervals and the champion comparison")
+        candidates[best]["intervals"] = {
+            metric: metric_interval(metric, y, best_proba, seed=seed, **bootstrap)
+            for metric in dict.fromkeys([primary, *gate.absolute])
+        }
+        comparison: dict[str, Any] = {}
+        if champion_proba is not None and candidates[best]["run_id"] != (champion or {}).get("run_id"):
+            for metric, bound in gate.change.items():
+                comparison[metric] = paired_difference(
+                    metric, y, best_proba, champion_proba, seed=seed, **bootstrap
+                ) | {"min_delta": bound.min_delta}
 
-    clock.lap("infrastructure_check")
-    robustness = gate.robustness
-    min_slice_rows = robustness.min_slice_rows if robustness is not None else 1
-    progress(f"evaluate: explaining {best} (permutation importance, SHAP, error cohorts, data explorer)")
-    best_model = models[best]
-    importance = quality.permutation_importance(
-        lambda frame: predict_proba(best_model, frame),
-        X,
-        y,
-        primary,
-        repeats=args.importance_repeats,
-        seed=usecase.split.seed,
-        max_rows=args.importance_rows,
-    )
-    clock.lap("permutation_importance")
-    families = {entry["name"]: entry.get("family") for entry in train_result["candidates"]}
-    shap = explain.shap_summary(best_model, X, family=families.get(best) or "", seed=usecase.split.seed)
-    clock.lap("shap")
-    numeric, categorical = list(usecase.features.numeric), list(usecase.features.categorical)
-    error_analysis = explain.error_cohorts(
-        X,
-        _errors(usecase.task, y, best_proba, best_threshold),
-        task=usecase.task,
-        numeric=numeric,
-        categorical=categorical,
-        seed=usecase.split.seed,
-    )
-    clock.lap("error_analysis")
-    train_sample = load_train_sample(ctx, train_result, max_rows=20000)
-    train_X = modeling.prepare_features(train_sample, usecase)
-    explorer = explain.data_explorer(train_X, X, numeric=numeric, categorical=categorical)
-    clock.lap("data_explorer")
-    counterfactuals = None
-    if classification:
-        progress(f"evaluate: counterfactuals of {best} (dice-ml, random method)")
-        counterfactuals = explain.counterfactuals(
-            best_model,
-            train_X,
-            train_sample[usecase.target.column].to_numpy(dtype="int64"),
+        fairness = None
+        if usecase.sensitive_attributes:
+            from pipelines.config import FairnessSpec
+
+            progress(f"evaluate: fairness over {usecase.sensitive_attributes} (fairlearn MetricFrame)")
+            fairness = fairness_report(
+                y,
+                best_proba,
+                champion_proba,
+                holdout,
+                attributes=list(usecase.sensitive_attributes),
+                spec=gate.fairness or FairnessSpec(metric=primary),
+                task=usecase.task,
+                candidate_threshold=best_threshold,
+                champion_threshold=champion_threshold,
+                seed=seed,
+                **bootstrap,
+            )
+
+        clock.lap("intervals_and_fairness")
+        robustness = gate.robustness
+        min_slice_rows = robustness.min_slice_rows if robustness is not None else 1
+        progress(f"evaluate: explaining {best} (permutation importance, SHAP, error cohorts, data explorer)")
+        best_model = models[best]
+        importance = quality.permutation_importance(
+            lambda frame: predict_proba(best_model, frame),
             X,
             y,
-            best_proba,
-            threshold=float(best_threshold if best_threshold is not None else 0.5),
+            primary,
+            repeats=args.importance_repeats,
+            seed=usecase.split.seed,
+            max_rows=args.importance_rows,
+        )
+        clock.lap("permutation_importance")
+        families = {entry["name"]: entry.get("family") for entry in train_result["candidates"]}
+        shap = explain.shap_summary(best_model, X, family=families.get(best) or "", seed=usecase.split.seed)
+        clock.lap("shap")
+        numeric, categorical = list(usecase.features.numeric), list(usecase.features.categorical)
+        error_analysis = explain.error_cohorts(
+            X,
+            _errors(usecase.task, y, best_proba, best_threshold),
+            task=usecase.task,
             numeric=numeric,
             categorical=categorical,
             seed=usecase.split.seed,
         )
-    clock.lap("counterfactuals")
+        clock.lap("error_analysis")
+        train_sample = load_train_sample(ctx, train_result, max_rows=20000)
+        train_X = modeling.prepare_features(train_sample, usecase)
+        explorer = explain.data_explorer(train_X, X, numeric=numeric, categorical=categorical)
+        clock.lap("data_explorer")
+        counterfactuals = None
+        if classification:
+            progress(f"evaluate: counterfactuals of {best} (dice-ml, random method)")
+            counterfactuals = explain.counterfactuals(
+                best_model,
+                train_X,
+                train_sample[usecase.target.column].to_numpy(dtype="int64"),
+                X,
+                y,
+                best_proba,
+                threshold=float(best_threshold if best_threshold is not None else 0.5),
+                numeric=numeric,
+                categorical=categorical,
+                seed=usecase.split.seed,
+            )
+        clock.lap("counterfactuals")
+    except BaseException:
+        if pending is not None:
+            pending.close()
+        raise
+    infrastructure = (
+        None if pending is None else pending.result(best_proba[X.index.get_indexer(sample.index)])
+    )
+    clock.lap("infrastructure_check")  # what is left to wait for once the explanations are done
     report_prefix = ctx.lake.dated_key("reports", usecase.name, ctx.day, "evaluation")
     report = {
         "usecase": usecase.name,
