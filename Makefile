@@ -32,13 +32,19 @@ run: setup
 
 demo: run
 
+# two pytest-xdist workers: a demo replay keeps about one core busy, so two share a 2-core machine well. Tests that
+# share the reference demo run or the Docker images stay in one worker, a module's tests together
+# (tests/conftest.py); TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
+PYTEST_WORKERS := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
+
 test: setup
 	bash scripts/ensure-chromium.sh
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: setup
 	bash scripts/ensure-chromium.sh
-	$(VENV)/bin/pytest -m "not e2e" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(PYTEST_WORKERS) -m "not e2e" $(PYTEST_ARGS)
 
 # Task images (docker/): mlops-core, then mlops-base, mlops-spark, mlops-train (KINDS, MLOPS_IMAGE_TAG, BASE_IMAGE,
 # TRAIN_EXTRA=gpu). Starts a Docker engine if none answers and one can be installed; builds offline if needed.

@@ -37,6 +37,27 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
+# `make test` runs two pytest-xdist workers. The modules that share the session's reference demo run
+# (`local_demo`) or its Docker images (`docker_images`) run in one worker, so that both are made once; every other
+# module runs whole in one worker, so that a module fixture (a trained model, a Spark session) is built once.
+SHARED_SESSION_MODULES = frozenset(
+    {"tests/test_containers.py", "tests/test_e2e.py", "tests/test_images.py", "tests/test_stack.py"}
+)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Schedule by module, the modules of SHARED_SESSION_MODULES as one (xdist's `loadgroup` marks do not reach
+    pytest 9's node ids; this groups by the node id's module instead)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "shared-session-fixtures" if module in SHARED_SESSION_MODULES else module
+
+    return ModuleScheduling(config, log)
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """The session's Airflow metadata DB, migrated once (needed by dag.test)."""
