@@ -18,6 +18,11 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
+# A pytest-xdist worker runs under execnet, whose __main__ has neither __file__ nor __spec__: pyspark.sql.connect
+# (imported by Great Expectations) takes that for a doctest run and exits the process. Name the entry point.
+if os.environ.get("PYTEST_XDIST_WORKER") and not hasattr(sys.modules["__main__"], "__file__"):
+    sys.modules["__main__"].__file__ = str(VENV_BIN / "pytest")
+
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="mlops-test-home-"))
 sys.path.insert(0, str(REPO_ROOT / "plugins"))
 from mlops_airflow.env import apply_airflow_environment  # noqa: E402
