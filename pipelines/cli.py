@@ -81,6 +81,16 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     )
     lineage.add_argument("--json", action="store_true", help="print JSON")
 
+    serve = sub.add_parser(
+        "serve",
+        help="the REST scoring service of a use case's champion (features from the online snapshot)",
+        description="Scores raw records over HTTP: /v1/usecases/<usecase>/predict, MLflow's /invocations, the "
+        "Open Inference Protocol (/v2), /health, /ready, /metrics, /docs.",
+    )
+    from pipelines.serving.server import add_arguments as add_serve_arguments
+
+    add_serve_arguments(serve)
+
     lake = sub.add_parser("lake", help="the lake's Delta tables")
     lake_sub = lake.add_subparsers(dest="lake_command", required=True)
     tables = lake_sub.add_parser("tables", help="a use case's tables: version, partitions, rows")
@@ -150,6 +160,10 @@ def main(argv: list[str] | None = None, extend: Callable[[Any], None] | None = N
 
             print_models(args.usecase, as_json=args.json)
             return 0
+        if args.command == "serve":
+            from pipelines.serving.server import serve
+
+            return serve(args)
         if args.command == "lineage":
             from pipelines.lineage import print_lineage
 

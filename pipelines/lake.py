@@ -337,6 +337,12 @@ def predictions_table(usecase: str) -> str:
     return table_key("predictions", usecase)
 
 
+def captures_table(usecase: str) -> str:
+    """The Delta table of the requests a scoring service answered: ``captures/<usecase>`` (the records, their
+    features, the predictions and the versions that made them), appended by the service in batches."""
+    return table_key("captures", usecase)
+
+
 def predictions_with_outcomes_table(usecase: str) -> str:
     """The Delta table of predictions joined with the outcomes that arrived later:
     ``predictions_with_outcomes/<usecase>``, the ground truth of live monitoring."""
@@ -602,6 +608,35 @@ class Lake:
             }
         self._record_facts(table, version, {day: written[day] for day in dates if day in written}, rows)
         return Commit(table, uri, version, dates, data.num_rows)
+
+    def append_rows(
+        self, table: str, data: pa.Table | pd.DataFrame, *, commit_info: Mapping[str, Any] | None = None
+    ) -> int:
+        """Append ``data`` (with a ``date`` column) to ``table`` in one commit, creating it partitioned by date if
+        needed; return the new version. Appends never conflict with each other (several writers may append), and
+        nothing is replaced, so no partition facts are recorded: for logs such as captured requests."""
+        import pyarrow as pa
+        from deltalake import CommitProperties, write_deltalake
+
+        if not isinstance(data, pa.Table):
+            data = pa.Table.from_pandas(data, preserve_index=False)
+        if DATE not in data.column_names:
+            raise ValueError(f"append_rows({table!r}): the data has no {DATE!r} column")
+        data = _lake_types(data.replace_schema_metadata(None))
+        properties = CommitProperties(custom_metadata={k: str(v) for k, v in (commit_info or {}).items()})
+        handle = self.open_table(table)
+        write_deltalake(
+            self.table_uri(table) if handle is None else handle,
+            data,
+            partition_by=[DATE] if handle is None else None,
+            mode="append",
+            schema_mode="merge",
+            storage_options=self.storage_options() if handle is None else None,
+            commit_properties=properties,
+        )
+        handle = self.open_table(table)
+        assert handle is not None
+        return int(handle.version())
 
     def delete_partitions(self, table: str, dates: list[str]) -> int | None:
         """Remove ``dates`` from the table in one commit (their files stay for time travel until vacuum);

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     import pandas as pd
 
 CHAMPION_ALIAS = "champion"
+CHALLENGER_ALIAS = (
+    "challenger"  # optional: a version a scoring service sends a share (or a shadow copy) of traffic
+)
+MODEL_DIGEST_TAG = "model_sha256"  # model version tag: the digest of its artifact files, recorded by register
 
 
 def configure_mlflow(profile: Profile, usecase: UseCase) -> str:
@@ -104,6 +108,40 @@ def load_model(uri: str) -> Any:
     import mlflow
 
     return mlflow.pyfunc.load_model(uri)
+
+
+# written into a model's artifacts by the registry when a version is registered: bookkeeping, not the model
+REGISTRY_FILES = frozenset({"registered_model_meta"})
+
+
+def artifact_digest(folder: str | Path) -> str:
+    """SHA-256 over every file under ``folder`` (relative path and content, in path order), but the registry's
+    own REGISTRY_FILES: equal for the same model artifacts wherever they were downloaded, before or after
+    registration; different when any file changed, appeared or went."""
+    import hashlib
+
+    root = Path(folder)
+    digest = hashlib.sha256()
+    files = (
+        p for p in root.rglob("*") if p.is_file() and p.relative_to(root).as_posix() not in REGISTRY_FILES
+    )
+    for path in sorted(files):
+        content = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                content.update(block)
+        digest.update(f"{path.relative_to(root).as_posix()}\0{content.hexdigest()}\n".encode())
+    return digest.hexdigest()
+
+
+def model_digest(model_uri: str) -> str:
+    """:func:`artifact_digest` of the artifacts of ``model_uri`` (downloaded to a temporary folder)."""
+    import tempfile
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="mlops-digest-") as folder:
+        return artifact_digest(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=folder))
 
 
 LEGACY_THRESHOLD = 0.5  # models logged before thresholds were recorded

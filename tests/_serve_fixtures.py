@@ -311,6 +311,7 @@ def log_candidate(
             name="model",
             pyfunc_predict_fn="predict_proba",
             signature=infer_signature(x.head(50), model.predict_proba(x.head(50))),
+            input_example=x.dropna().head(5),  # the rows a scoring service scores before it serves the model
             pip_requirements=["scikit-learn"],
             skops_trusted_types=TRUSTED_TYPES,
             metadata=None

@@ -132,7 +132,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     import mlflow
     from mlflow import MlflowClient
 
-    from pipelines.tracking import configure_mlflow, model_name
+    from pipelines.tracking import MODEL_DIGEST_TAG, configure_mlflow, model_digest, model_name
 
     train = read_step_result(ctx, "train")
     gate = read_step_result(ctx, "gate")
@@ -187,6 +187,8 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             "decision_threshold": format_metric(candidate.get("decision_threshold")),
             "gate_status": status,
             "gate_reasons": reasons[:MAX_TAG_CHARS],
+            # what a scoring service checks before it serves this version (a changed artifact is refused)
+            MODEL_DIGEST_TAG: model_digest(candidate["model_uri"]),
         }
         version = find_version(client, name, run_id)
         if version is None:

@@ -1,0 +1,544 @@
+"""The HTTP API of a scoring service (FastAPI).
+
+- ``POST /v1/usecases/{usecase}/predict``: one record or a batch of raw records, optionally ``at``;
+- ``POST /invocations``: MLflow's scoring contract (``dataframe_split``, ``dataframe_records``, ``instances``,
+  ``inputs``; ``{"predictions": [...]}``), the records being raw records as above;
+- the Open Inference Protocol (KServe V2) with the pandas codec: ``/v2/health/live``, ``/v2/health/ready``,
+  ``/v2/models/{name}``, ``/v2/models/{name}/ready``, ``POST /v2/models/{name}/infer``;
+- ``/health`` (alive), ``/ready`` (a verified champion and a snapshot loaded; 503 otherwise), ``/metrics``
+  (Prometheus) and the OpenAPI document (``/openapi.json``, ``/docs``).
+
+Client mistakes never get a 5xx: a field that breaks the use case's schema 422 naming it, a body over
+``max_body_bytes`` or a batch over ``max_batch_records`` 413, a missing or wrong API key 401 (``X-API-Key`` or
+``Authorization: Bearer``; health, readiness and metrics need none). Every answer says which version made it
+(``model_version`` and the ``X-Model-Version`` header).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import TypeAdapter, ValidationError
+
+from pipelines.serving.schema import (
+    Timestamp,
+    field_errors,
+    predict_request_model,
+    record_model,
+    request_rows,
+)
+from pipelines.serving.service import NotReady, Scored, Service
+from pipelines.serving.snapshots import NoSnapshot
+from pipelines.tracking import CHAMPION_ALIAS
+
+log = logging.getLogger("mlops.serve")
+PANDAS_CODEC = "pd"
+_V2_TYPES = {"int": "INT64", "float": "FP64", "string": "BYTES", "timestamp": "BYTES", "bool": "BOOL"}
+
+
+class ApiKeys:
+    """The accepted API keys: ``MLOPS_API_KEYS`` (comma-separated) and the lines of the file named by
+    ``MLOPS_API_KEYS_FILE`` (re-read when it changes, so keys rotate without a restart)."""
+
+    def __init__(self, keys: frozenset[str], path: str | None) -> None:
+        self.fixed, self.path = keys, Path(path) if path else None
+        self._file_keys: frozenset[str] = frozenset()
+        self._stamp: tuple[float, int] | None = None
+        self._checked = 0.0
+
+    @classmethod
+    def from_environment(cls) -> ApiKeys:
+        keys = frozenset(k.strip() for k in os.environ.get("MLOPS_API_KEYS", "").split(",") if k.strip())
+        return cls(keys, os.environ.get("MLOPS_API_KEYS_FILE") or None)
+
+    def current(self) -> frozenset[str]:
+        if self.path is not None and time.monotonic() - self._checked > 1.0:
+            self._checked = time.monotonic()
+            try:
+                stat = self.path.stat()
+                stamp = (stat.st_mtime, stat.st_size)
+                if stamp != self._stamp:
+                    lines = self.path.read_text().splitlines()
+                    self._file_keys = frozenset(line.strip() for line in lines if line.strip())
+                    self._stamp = stamp
+            except OSError as exc:  # keep the keys read last; say why
+                log.warning("API keys file %s cannot be read: %s", self.path, exc)
+        return self.fixed | self._file_keys
+
+    def configured(self) -> bool:
+        return bool(self.current()) or self.path is not None
+
+    def accepts(self, given: str | None) -> bool:
+        if not given:
+            return False
+        matched = False
+        for key in self.current():  # compare with every key, in constant time each
+            matched |= hmac.compare_digest(given.encode(), key.encode())
+        return matched
+
+
+class _BodyLimit:
+    """ASGI middleware: refuse a request body over ``limit`` bytes with 413 before any handler reads it."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        too_large = declared is not None and declared.isdigit() and int(declared) > self.limit
+        chunks: list[bytes] = []
+        size = 0
+        if not too_large:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.limit:
+                    too_large = True
+                    break
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+        if too_large:
+            response = JSONResponse(
+                {"detail": f"the request body is over the limit of {self.limit} bytes (--max-body-bytes)"},
+                status_code=413,
+            )
+            await response(scope, receive, send)
+            return
+        body, sent = b"".join(chunks), False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _headers(scored: Scored) -> dict[str, str]:
+    return {
+        "X-Model-Version": scored.served.version,
+        "X-Model-Alias": scored.served.alias,
+        "X-Request-Id": scored.request_id,
+    }
+
+
+def _too_many(count: int, limit: int) -> HTTPException:
+    return HTTPException(
+        413, f"{count} records in one request; at most {limit} (--max-batch-records): split the batch"
+    )
+
+
+def _v2_records(body: Any, columns: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records of an Open Inference Protocol request with the pandas codec: one input per column."""
+    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
+        raise RequestValidationError(
+            [{"loc": ["body", "inputs"], "msg": "a non-empty list of inputs is required", "type": "missing"}]
+        )
+    data: dict[str, list[Any]] = {}
+    lengths = set()
+    for index, item in enumerate(body["inputs"]):
+        where = ["body", "inputs", index]
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise RequestValidationError(
+                [{"loc": [*where, "name"], "msg": "each input needs a name", "type": "missing"}]
+            )
+        name = item["name"]
+        if name not in columns:
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": [*where, "name"],
+                        "msg": f"{name!r} is not a column of the record (expected {sorted(columns)})",
+                        "type": "extra_forbidden",
+                    }
+                ]
+            )
+        values = item.get("data")
+        if not isinstance(values, list):
+            raise RequestValidationError(
+                [{"loc": [*where, "data"], "msg": "data must be a list", "type": "list_type"}]
+            )
+        shape = item.get("shape")
+        if shape is not None and (not isinstance(shape, list) or not shape or shape[0] != len(values)):
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": [*where, "shape"],
+                        "msg": f"shape {shape} does not match {len(values)} values",
+                        "type": "value_error",
+                    }
+                ]
+            )
+        data[name] = values
+        lengths.add(len(values))
+    if len(lengths) != 1:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ["body", "inputs"],
+                    "msg": f"inputs of different lengths {sorted(lengths)}",
+                    "type": "value_error",
+                }
+            ]
+        )
+    count = lengths.pop()
+    return [{name: values[i] for name, values in data.items()} for i in range(count)]
+
+
+def _invocation_records(body: Any) -> tuple[str, list[Any]]:
+    """(the MLflow input format used, its records) of an ``/invocations`` body."""
+    formats = ("dataframe_split", "dataframe_records", "instances", "inputs")
+    if not isinstance(body, dict):
+        raise RequestValidationError(
+            [{"loc": ["body"], "msg": f"a JSON object with one of {formats}", "type": "dict_type"}]
+        )
+    given = [key for key in formats if key in body]
+    unknown = sorted(set(body) - {*formats, "params"})
+    if len(given) != 1 or unknown:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ["body", *(unknown[:1] or [])],
+                    "msg": f"give exactly one of {formats} (and optionally params)",
+                    "type": "value_error",
+                }
+            ]
+        )
+    key = given[0]
+    value = body[key]
+    if key == "dataframe_split":
+        if (
+            not isinstance(value, dict)
+            or not isinstance(value.get("columns"), list)
+            or not isinstance(value.get("data"), list)
+        ):
+            raise RequestValidationError(
+                [{"loc": ["body", key], "msg": "needs columns and data lists", "type": "value_error"}]
+            )
+        columns = value["columns"]
+        rows = []
+        for i, row in enumerate(value["data"]):
+            if not isinstance(row, list) or len(row) != len(columns):
+                raise RequestValidationError(
+                    [
+                        {
+                            "loc": ["body", key, "data", i],
+                            "msg": f"a row of {len(columns)} values is expected",
+                            "type": "value_error",
+                        }
+                    ]
+                )
+            rows.append(dict(zip(columns, row, strict=True)))
+        return key, rows
+    if key == "inputs" and isinstance(value, dict):  # columns -> lists of values
+        lists = list(value.values())
+        if not all(isinstance(v, list) for v in lists) or len({len(v) for v in lists}) > 1:
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ["body", key],
+                        "msg": "columns of equal-length lists are expected",
+                        "type": "value_error",
+                    }
+                ]
+            )
+        count = len(lists[0]) if lists else 0
+        return key, [{name: values[i] for name, values in value.items()} for i in range(count)]
+    if not isinstance(value, list):
+        raise RequestValidationError(
+            [{"loc": ["body", key], "msg": "a list of records is expected", "type": "list_type"}]
+        )
+    return key, value
+
+
+def create_app(service: Service, *, keys: ApiKeys | None = None) -> FastAPI:
+    """The FastAPI app serving ``service`` (its models and snapshots loaded by ``service.start()``)."""
+    from pipelines.serving.metrics import ServeMetrics
+
+    usecase = service.usecase
+    settings = service.settings
+    keys = keys or ApiKeys(settings.api_keys, settings.api_keys_file)
+    record = record_model(usecase)
+    request_model = predict_request_model(usecase, record)
+    records_adapter = TypeAdapter(list[record])  # type: ignore[valid-type]
+    at_adapter = TypeAdapter(Timestamp | None)
+    metrics = ServeMetrics(service)
+    columns = usecase.sources[usecase.features.primary_source].columns
+
+    app = FastAPI(
+        title=f"mlops scoring service: {usecase.name}",
+        version="1",
+        description=f"Scores raw records of use case {usecase.name!r} with its champion; features come from the "
+        "online feature snapshot, computed by the function batch scoring uses.",
+    )
+    app.state.service = service
+    app.state.metrics = metrics
+
+    def require_key(request: Request) -> None:
+        if not settings.auth:
+            return
+        given = request.headers.get("x-api-key")
+        if given is None:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            given = token.strip() if scheme.lower() == "bearer" else None
+        if not keys.accepts(given):
+            metrics.errors.labels("auth").inc()
+            raise HTTPException(
+                401,
+                "a valid API key is required (header X-API-Key or Authorization: Bearer)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    def validate_rows(rows: Any, where: tuple[Any, ...]) -> list[dict[str, Any]]:
+        if isinstance(rows, list) and len(rows) > settings.max_batch_records:
+            raise _too_many(len(rows), settings.max_batch_records)
+        try:
+            items = records_adapter.validate_python(rows)
+        except ValidationError as exc:
+            raise RequestValidationError(field_errors(exc.errors(), where)) from None
+        if not items:
+            raise RequestValidationError(
+                [{"loc": [*where], "msg": "at least one record is required", "type": "too_short"}]
+            )
+        return [item.model_dump(by_alias=True) for item in items]
+
+    def run(rows: list[dict[str, Any]], at: datetime | None, at_loc: tuple[Any, ...]) -> Scored:
+        try:
+            return service.score(rows, at)
+        except NotReady as exc:
+            metrics.errors.labels("not_ready").inc()
+            raise HTTPException(503, str(exc)) from None
+        except NoSnapshot as exc:
+            if at is not None:  # the client asked for a time before any snapshot
+                raise RequestValidationError(
+                    [{"loc": list(at_loc), "msg": str(exc), "type": "value_error"}]
+                ) from None
+            metrics.errors.labels("not_ready").inc()
+            raise HTTPException(503, str(exc)) from None
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        metrics.errors.labels("validation").inc()
+        detail = []
+        for error in exc.errors():
+            item = {k: v for k, v in dict(error).items() if k in ("loc", "msg", "type")}
+            given = dict(error).get("input")
+            if isinstance(given, str | int | float | bool):  # echo a rejected value, never a whole body
+                item["input"] = given[:200] if isinstance(given, str) else given
+            detail.append(item)
+        return JSONResponse({"detail": _plain(detail)}, status_code=422)
+
+    app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)  # inside the measuring middleware below
+
+    @app.middleware("http")
+    async def _measure(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.observe(path, response.status_code, time.perf_counter() - started)
+        return response
+
+    @app.get("/health", tags=["operations"], summary="the process is alive")
+    def health() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/ready", tags=["operations"], summary="a verified champion and a feature snapshot are loaded")
+    def ready() -> JSONResponse:
+        state = service.readiness()
+        return JSONResponse(_plain(state), status_code=200 if state["ready"] else 503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse)
+    def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    def predict(name: str, body: Any) -> JSONResponse:
+        if name != usecase.name:
+            raise HTTPException(404, f"this service scores use case {usecase.name!r}, not {name!r}")
+        rows = request_rows(body)
+        if len(rows) > settings.max_batch_records:
+            raise _too_many(len(rows), settings.max_batch_records)
+        scored = run(rows, body.at, ("body", "at"))
+        metrics.records.labels(scored.served.alias).inc(scored.rows)
+        return JSONResponse(
+            {
+                "request_id": scored.request_id,
+                "usecase": usecase.name,
+                "model": scored.served.describe(),
+                "snapshot": {"day": scored.snapshot_day, "table_version": scored.snapshot_version},
+                "prediction_time": scored.at.isoformat(),
+                "predictions": scored.predictions(),
+            },
+            headers=_headers(scored),
+        )
+
+    # the body's model is built from the use case at run time: FastAPI reads it from the real annotation
+    predict.__annotations__["body"] = request_model
+    app.post(
+        "/v1/usecases/{name}/predict",
+        tags=["scoring"],
+        summary="score one record or a batch of raw records",
+        dependencies=[Depends(require_key)],
+        responses={
+            401: {"description": "no or a wrong API key"},
+            413: {"description": "body or batch too large"},
+        },
+    )(predict)
+
+    @app.post(
+        "/invocations",
+        tags=["scoring"],
+        summary="MLflow's scoring contract: dataframe_split, dataframe_records, instances or inputs of raw records",
+        dependencies=[Depends(require_key)],
+    )
+    async def invocations(request: Request) -> JSONResponse:
+        body = await _json(request)
+        key, raw = _invocation_records(body)
+        params = body.get("params") or {}
+        at = _parse_at(
+            at_adapter, params.get("at") if isinstance(params, dict) else None, ("body", "params", "at")
+        )
+        rows = validate_rows(raw, ("body", key))
+        scored = run(rows, at, ("body", "params", "at"))
+        metrics.records.labels(scored.served.alias).inc(scored.rows)
+        return JSONResponse({"predictions": [float(s) for s in scored.scores]}, headers=_headers(scored))
+
+    @app.get("/v2/health/live", tags=["open inference protocol"])
+    def v2_live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["open inference protocol"])
+    def v2_ready() -> JSONResponse:
+        ready = service.readiness()["ready"]
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    def known_model(name: str) -> None:
+        if name != usecase.name:
+            raise HTTPException(
+                404, f"model {name!r} is not served here (this service serves {usecase.name!r})"
+            )
+
+    @app.get("/v2/models/{name}", tags=["open inference protocol"], dependencies=[Depends(require_key)])
+    def v2_metadata(name: str) -> dict[str, Any]:
+        known_model(name)
+        champion = service.slots.served(CHAMPION_ALIAS)
+        outputs = (
+            [
+                {"name": "probability", "datatype": "FP64", "shape": [-1]},
+                {"name": "decision", "datatype": "BOOL", "shape": [-1]},
+            ]
+            if service.classification
+            else [{"name": "prediction", "datatype": "FP64", "shape": [-1]}]
+        )
+        return {
+            "name": usecase.name,
+            "versions": [] if champion is None else [champion.version],
+            "platform": "mlflow",
+            "inputs": [
+                {"name": c, "datatype": _V2_TYPES[spec.type], "shape": [-1]} for c, spec in columns.items()
+            ],
+            "outputs": outputs,
+        }
+
+    @app.get("/v2/models/{name}/ready", tags=["open inference protocol"])
+    def v2_model_ready(name: str) -> JSONResponse:
+        known_model(name)
+        ready = service.readiness()["ready"]
+        return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
+
+    @app.post(
+        "/v2/models/{name}/infer", tags=["open inference protocol"], dependencies=[Depends(require_key)]
+    )
+    async def v2_infer(name: str, request: Request) -> JSONResponse:
+        known_model(name)
+        body = await _json(request)
+        raw = _v2_records(body, columns)
+        params = body.get("parameters") or {}
+        at = _parse_at(
+            at_adapter, params.get("at") if isinstance(params, dict) else None, ("body", "parameters", "at")
+        )
+        rows = validate_rows(raw, ("body", "inputs"))
+        scored = run(rows, at, ("body", "parameters", "at"))
+        metrics.records.labels(scored.served.alias).inc(scored.rows)
+        n = scored.rows
+        outputs = [
+            {
+                "name": "probability" if service.classification else "prediction",
+                "shape": [n],
+                "datatype": "FP64",
+                "data": [float(s) for s in scored.scores],
+            }
+        ]
+        if scored.decisions is not None:
+            outputs.append(
+                {
+                    "name": "decision",
+                    "shape": [n],
+                    "datatype": "BOOL",
+                    "data": [bool(d) for d in scored.decisions],
+                }
+            )
+        return JSONResponse(
+            {
+                "model_name": usecase.name,
+                "model_version": scored.served.version,
+                "id": str(body.get("id") or scored.request_id),
+                "parameters": {"content_type": PANDAS_CODEC},
+                "outputs": outputs,
+            },
+            headers=_headers(scored),
+        )
+
+    return app
+
+
+async def _json(request: Request) -> Any:
+    import json
+
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestValidationError(
+            [{"loc": ["body"], "msg": f"the body is not JSON: {exc}", "type": "json_invalid"}]
+        ) from None
+
+
+def _parse_at(adapter: TypeAdapter, value: Any, loc: tuple[Any, ...]) -> datetime | None:
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        raise RequestValidationError(field_errors(exc.errors(), loc)) from None
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copies of error details and states (tuples as lists, exceptions and others as text)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN or Infinity
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)

@@ -1,0 +1,241 @@
+"""The versions a scoring service serves: the registry's ``champion`` and, optionally, its ``challenger``.
+
+A version serves only once verified: its artifact files hash to the digest register recorded on the version
+(``model_sha256``), it loads through the scorer's loader, and it scores its own stored input example with finite
+values. :class:`ModelSlots` checks the aliases on a schedule; when one moves it loads and verifies the new
+version beside the old, then swaps the reference (requests under way finish on the version they started with).
+A version that fails stays out, the old one keeps serving, and the failure is reported until an alias moves
+again.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import UseCase
+from pipelines.tracking import (
+    CHALLENGER_ALIAS,
+    CHAMPION_ALIAS,
+    MODEL_DIGEST_TAG,
+    artifact_digest,
+    decision_threshold,
+    is_not_found,
+    model_name,
+    predict_proba,
+)
+
+
+class ModelRefused(Exception):
+    """A registered version failed verification: it is not served."""
+
+
+@dataclass
+class ServedModel:
+    """One verified, loaded version."""
+
+    alias: str
+    version: str
+    run_id: str
+    candidate: str | None
+    model: Any
+    threshold: float | None
+    digest: str
+    folder: Path
+    loaded_at: float = field(default_factory=time.time)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "alias": self.alias,
+            "version": self.version,
+            "run_id": self.run_id,
+            "candidate": self.candidate,
+            "sha256": self.digest,
+            "decision_threshold": self.threshold,
+        }
+
+    def release(self) -> None:
+        """Remove the downloaded artifacts (the model is in memory)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def smoke_test(model: Any, folder: Path, classification: bool) -> int:
+    """Score the model's stored input example (logged with it by train); raise ModelRefused unless every score
+    is finite (and a probability, for a classifier). Returns the number of rows scored."""
+    import numpy as np
+
+    try:
+        example = model.metadata.load_input_example(str(folder))
+    except Exception as exc:
+        raise ModelRefused(f"its stored input example cannot be read: {type(exc).__name__}: {exc}") from None
+    if example is None or len(example) == 0:
+        raise ModelRefused("it has no stored input example to score (train logs one with every model)")
+    try:
+        scores = predict_proba(model, example)
+    except Exception as exc:
+        raise ModelRefused(f"it cannot score its input example: {type(exc).__name__}: {exc}") from None
+    if len(scores) != len(example) or not np.isfinite(scores).all():
+        raise ModelRefused(f"it scored its {len(example)}-row input example as {scores.tolist()[:5]}")
+    if classification and ((scores < 0) | (scores > 1)).any():
+        raise ModelRefused(
+            f"its probabilities for its input example are outside [0, 1]: {scores.tolist()[:5]}"
+        )
+    return len(example)
+
+
+def load_verified(usecase: UseCase, version: Any, alias: str) -> ServedModel:
+    """Download, check and load registry ModelVersion ``version``; raise ModelRefused with the reason when it
+    may not serve."""
+    import mlflow
+
+    name = model_name(usecase)
+    expected = (version.tags or {}).get(MODEL_DIGEST_TAG)
+    if not expected:
+        raise ModelRefused(
+            f"version {version.version} of {name!r} has no {MODEL_DIGEST_TAG!r} tag, so its artifacts cannot be "
+            "verified; register it again (python -m pipelines register --usecase ... --date <its training date>)"
+        )
+    folder = Path(tempfile.mkdtemp(prefix=f"mlops-serve-{name}-v{version.version}-"))
+    try:
+        path = Path(
+            mlflow.artifacts.download_artifacts(f"models:/{name}/{version.version}", dst_path=str(folder))
+        )
+        digest = artifact_digest(path)
+        if digest != expected:
+            raise ModelRefused(
+                f"version {version.version} of {name!r}: its artifacts changed since registration (sha256 "
+                f"{digest[:16]}..., registered {expected[:16]}...)"
+            )
+        try:
+            model = mlflow.pyfunc.load_model(str(path))
+        except Exception as exc:
+            raise ModelRefused(
+                f"version {version.version} of {name!r} cannot be loaded: {type(exc).__name__}: {exc}"
+            ) from None
+        try:
+            smoke_test(model, path, usecase.task == "classification")
+        except ModelRefused as exc:
+            raise ModelRefused(f"version {version.version} of {name!r}: {exc}") from None
+        threshold = decision_threshold(model) if usecase.task == "classification" else None
+        return ServedModel(
+            alias=alias,
+            version=str(version.version),
+            run_id=version.run_id,
+            candidate=(version.tags or {}).get("candidate"),
+            model=model,
+            threshold=threshold,
+            digest=digest,
+            folder=folder,
+        )
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+@dataclass
+class SlotState:
+    """What the service knows about one alias."""
+
+    served: ServedModel | None = None
+    refused_version: str | None = None  # the version the alias points to that failed verification
+    error: str | None = None  # why (or why the registry could not be asked)
+    checked_at: float | None = None
+
+
+class ModelSlots:
+    """The champion (required) and challenger (optional) slots, refreshed from the registry."""
+
+    def __init__(self, usecase: UseCase, *, challenger: bool = False) -> None:
+        self.usecase = usecase
+        self.aliases = [CHAMPION_ALIAS, *([CHALLENGER_ALIAS] if challenger else [])]
+        self.state = {alias: SlotState() for alias in self.aliases}
+        self.reload_failures = 0
+        self.reloads = 0
+        self._lock = threading.Lock()  # one refresh at a time
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def served(self, alias: str) -> ServedModel | None:
+        state = self.state.get(alias)
+        return None if state is None else state.served
+
+    def refresh(self) -> None:
+        """Check every alias once; load and swap in a version that moved to it (see the module doc)."""
+        from mlflow import MlflowClient
+
+        with self._lock:
+            client = MlflowClient()
+            for alias in self.aliases:
+                state = self.state[alias]
+                state.checked_at = time.time()
+                try:
+                    version = client.get_model_version_by_alias(model_name(self.usecase), alias)
+                except Exception as exc:
+                    if is_not_found(exc):
+                        if alias != CHAMPION_ALIAS and state.served is not None:  # the challenger was removed
+                            old, state.served = state.served, None
+                            old.release()
+                        state.error = f"no {alias!r} alias on {model_name(self.usecase)!r}"
+                    else:  # keep serving what is loaded; report
+                        state.error = (
+                            f"the registry could not be asked for {alias!r}: {type(exc).__name__}: {exc}"
+                        )
+                    continue
+                number = str(version.version)
+                if state.served is not None and state.served.version == number:
+                    state.error, state.refused_version = None, None
+                    continue
+                if state.refused_version == number:
+                    continue  # refused already: reported, not retried until the alias moves
+                try:
+                    loaded = load_verified(self.usecase, version, alias)
+                except ModelRefused as exc:
+                    self.reload_failures += 1
+                    state.refused_version, state.error = number, str(exc)
+                    continue
+                except Exception as exc:  # the registry or artifact store failed mid-way: retried next time
+                    self.reload_failures += 1
+                    state.error = f"loading version {number} failed: {type(exc).__name__}: {exc}"
+                    continue
+                old, state.served = state.served, loaded
+                state.refused_version, state.error = None, None
+                self.reloads += 1
+                if old is not None:
+                    old.release()
+
+    def start(self, every_s: float) -> None:
+        """Refresh every ``every_s`` seconds in a daemon thread."""
+
+        def loop() -> None:
+            while not self._stop.wait(every_s):
+                try:
+                    self.refresh()
+                except Exception as exc:  # never let the watcher die
+                    self.state[CHAMPION_ALIAS].error = f"refresh failed: {type(exc).__name__}: {exc}"
+
+        self._thread = threading.Thread(target=loop, name="mlops-model-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        for state in self.state.values():
+            if state.served is not None:
+                state.served.release()
+
+    def report(self) -> dict[str, Any]:
+        """Per alias: the version served, the version refused and why."""
+        return {
+            alias: {
+                "served": None if state.served is None else state.served.describe(),
+                "refused_version": state.refused_version,
+                "error": state.error,
+            }
+            for alias, state in self.state.items()
+        }

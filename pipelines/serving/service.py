@@ -1,0 +1,259 @@
+"""Scoring requests: features from the online snapshot (the batch scorer's function), the served version's
+probabilities and decisions, canary or shadow routing to the challenger, and capture.
+
+Routing: with ``challenger_share`` s in (0, 1], s of the requests (exactly, spread evenly: request n goes to the
+challenger when floor((n+1)s) > floor(ns)) are answered by the challenger when one is served; with ``shadow``,
+every request answered by the champion is also scored by the challenger off the request path, captured with
+``shadow = true`` and never returned.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pipelines.config import UseCase
+from pipelines.lake import Lake
+from pipelines.online import feature_frame, model_inputs
+from pipelines.serving.capture import CaptureWriter
+from pipelines.serving.models import ModelSlots, ServedModel
+from pipelines.serving.snapshots import SnapshotCache
+from pipelines.tracking import CHALLENGER_ALIAS, CHAMPION_ALIAS, predict_proba
+
+
+class NotReady(Exception):
+    """The service has no verified champion or no snapshot to serve with."""
+
+
+@dataclass
+class ServeSettings:
+    """How one service process serves (the command's options)."""
+
+    challenger_share: float = 0.0
+    shadow: bool = False
+    capture: bool = True
+    max_batch_records: int = 10_000
+    max_body_bytes: int = 16 * 1024 * 1024
+    refresh_s: float = 10.0
+    api_keys: frozenset[str] = field(default_factory=frozenset)
+    api_keys_file: str | None = None
+    auth: bool = True
+    shadow_queue: int = 64
+
+
+@dataclass
+class Scored:
+    """One request's answer."""
+
+    request_id: str
+    served: ServedModel
+    snapshot_day: str
+    snapshot_version: int | None
+    at: datetime
+    scores: Any
+    decisions: Any | None
+    rows: int
+
+    def predictions(self) -> list[dict[str, Any]]:
+        version = self.served.version
+        if self.decisions is None:
+            return [{"prediction": float(s), "model_version": version} for s in self.scores]
+        return [
+            {"probability": float(s), "decision": bool(d), "model_version": version}
+            for s, d in zip(self.scores, self.decisions, strict=True)
+        ]
+
+
+def _utc(value: datetime | None, default: datetime) -> datetime:
+    if value is None:
+        return default
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Service:
+    """Everything one serving process holds: the use case, the lake, the model slots, snapshots and capture."""
+
+    def __init__(
+        self,
+        usecase: UseCase,
+        lake: Lake,
+        settings: ServeSettings,
+        *,
+        slots: ModelSlots | None = None,
+        snapshots: SnapshotCache | None = None,
+        capture: CaptureWriter | None = None,
+    ) -> None:
+        self.usecase, self.lake, self.settings = usecase, lake, settings
+        wants_challenger = settings.challenger_share > 0 or settings.shadow
+        self.slots = slots or ModelSlots(usecase, challenger=wants_challenger)
+        self.snapshots = snapshots or SnapshotCache(lake, usecase)
+        self.capture = (
+            capture
+            if capture is not None
+            else (CaptureWriter(lake, usecase.name) if settings.capture else None)
+        )
+        self.classification = usecase.task == "classification"
+        self._requests = 0
+        self._route_lock = threading.Lock()
+        self._shadow_pool = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlops-shadow") if settings.shadow else None
+        )
+        self._shadow_pending = 0
+        self.shadow_dropped = 0
+        self.shadow_scored = 0
+        self.shadow_errors = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Load the models and the snapshot table once, then keep both fresh in the background."""
+        self.slots.refresh()
+        self.snapshots.refresh()
+        if self.settings.refresh_s > 0:
+            self.slots.start(self.settings.refresh_s)
+            self._snapshot_stop = threading.Event()
+
+            def refresh_snapshots() -> None:
+                while not self._snapshot_stop.wait(self.settings.refresh_s):
+                    self.snapshots.refresh()
+
+            threading.Thread(target=refresh_snapshots, name="mlops-snapshot-watcher", daemon=True).start()
+
+    def stop(self) -> None:
+        if getattr(self, "_snapshot_stop", None) is not None:
+            self._snapshot_stop.set()
+        self.slots.stop()
+        if self._shadow_pool is not None:
+            self._shadow_pool.shutdown(wait=True)
+        if self.capture is not None:
+            self.capture.close()
+
+    def readiness(self) -> dict[str, Any]:
+        """Ready when a verified champion and an online snapshot are loaded; with what is served and any error."""
+        champion = self.slots.served(CHAMPION_ALIAS)
+        ready = champion is not None and bool(self.snapshots.days)
+        return {
+            "ready": ready,
+            "usecase": self.usecase.name,
+            "models": self.slots.report(),
+            "snapshot": {
+                "table_version": self.snapshots.version,
+                "newest_day": self.snapshots.newest(),
+                "error": self.snapshots.error,
+            },
+        }
+
+    # ------------------------------------------------------------------ scoring
+    def route(self) -> tuple[ServedModel, ServedModel | None]:
+        """(the version that answers, the version that scores a shadow copy or None)."""
+        champion = self.slots.served(CHAMPION_ALIAS)
+        if champion is None:
+            raise NotReady(f"no verified champion of {self.usecase.name!r} is loaded: {self.slots.report()}")
+        challenger = self.slots.served(CHALLENGER_ALIAS)
+        if challenger is None:
+            return champion, None
+        share = self.settings.challenger_share
+        if share > 0:
+            with self._route_lock:
+                n = self._requests
+                self._requests += 1
+            if int((n + 1) * share) > int(n * share):
+                return challenger, None
+        return champion, (challenger if self.settings.shadow else None)
+
+    def score(self, rows: list[dict[str, Any]], at: datetime | None = None) -> Scored:
+        """Score validated records (dicts keyed by column) as of ``at`` (default now, UTC)."""
+        received = datetime.now(UTC)
+        when = _utc(at, received)
+        served, shadow = self.route()
+        if not self.snapshots.days:
+            raise NotReady(f"no online feature snapshot of {self.usecase.name!r} is loaded")
+        snapshot = self.snapshots.for_time(when)
+        frame = feature_frame(self.usecase, rows, snapshot, when)
+        inputs = model_inputs(self.usecase, frame, f"snapshot of {snapshot.day}")
+        scores = predict_proba(served.model, inputs)
+        decisions = scores >= served.threshold if self.classification else None
+        scored = Scored(
+            request_id=uuid.uuid4().hex,
+            served=served,
+            snapshot_day=snapshot.day,
+            snapshot_version=self.snapshots.version,
+            at=when,
+            scores=scores,
+            decisions=decisions,
+            rows=len(rows),
+        )
+        if self.capture is not None:
+            self.capture.offer(self._capture_rows(scored, rows, inputs, received, shadow=False))
+        if shadow is not None:
+            self._score_shadow(shadow, scored, rows, inputs, received)
+        return scored
+
+    def _score_shadow(
+        self,
+        shadow: ServedModel,
+        answered: Scored,
+        rows: list[dict[str, Any]],
+        inputs: Any,
+        received: datetime,
+    ) -> None:
+        assert self._shadow_pool is not None
+        with self._route_lock:
+            if self._shadow_pending >= self.settings.shadow_queue:
+                self.shadow_dropped += len(rows)
+                return
+            self._shadow_pending += 1
+
+        def run() -> None:
+            try:
+                scores = predict_proba(shadow.model, inputs)
+                copy = Scored(
+                    request_id=answered.request_id,
+                    served=shadow,
+                    snapshot_day=answered.snapshot_day,
+                    snapshot_version=answered.snapshot_version,
+                    at=answered.at,
+                    scores=scores,
+                    decisions=scores >= shadow.threshold if self.classification else None,
+                    rows=answered.rows,
+                )
+                self.shadow_scored += len(rows)
+                if self.capture is not None:
+                    self.capture.offer(self._capture_rows(copy, rows, inputs, received, shadow=True))
+            except Exception:
+                self.shadow_errors += 1
+            finally:
+                with self._route_lock:
+                    self._shadow_pending -= 1
+
+        self._shadow_pool.submit(run)
+
+    def _capture_rows(
+        self, scored: Scored, rows: list[dict[str, Any]], inputs: Any, received: datetime, *, shadow: bool
+    ) -> list[dict[str, Any]]:
+        features = inputs.to_json(orient="records", lines=True, date_format="iso").splitlines()
+        out = []
+        for index, row in enumerate(rows):
+            out.append(
+                {
+                    "date": scored.snapshot_day,
+                    "request_id": scored.request_id,
+                    "row": index,
+                    "received_at": received,
+                    "prediction_time": scored.at,
+                    "alias": scored.served.alias,
+                    "model_version": scored.served.version,
+                    "shadow": shadow,
+                    "snapshot_day": scored.snapshot_day,
+                    "snapshot_version": scored.snapshot_version,
+                    "record": json.dumps(row, default=str, sort_keys=True),
+                    "features": features[index],
+                    "score": float(scored.scores[index]),
+                    "decision": None if scored.decisions is None else bool(scored.decisions[index]),
+                }
+            )
+        return out

@@ -1,0 +1,82 @@
+"""The online feature snapshot a request uses: for a request at time ``at``, the newest snapshot whose prediction
+time is at or before ``at`` (what was known then), read from one version of ``features_online/<usecase>`` and
+kept in memory. :meth:`SnapshotCache.refresh` moves to a newer table version when the features step commits one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from pipelines.config import UseCase
+from pipelines.lake import Lake, online_table
+from pipelines.online import OnlineSnapshot, read_snapshots, snapshot_day_for
+
+
+class NoSnapshot(Exception):
+    """No online snapshot was made at or before the request time."""
+
+
+class SnapshotCache:
+    """Snapshots of one table version, by event date (the few most recent kept)."""
+
+    def __init__(self, lake: Lake, usecase: UseCase, *, keep: int = 4) -> None:
+        self.lake, self.usecase, self.keep = lake, usecase, keep
+        self.version: int | None = None
+        self.days: list[str] = []  # every date with a snapshot at self.version, ascending
+        self._cache: OrderedDict[str, OnlineSnapshot] = OrderedDict()
+        self._lock = threading.Lock()
+        self.error: str | None = None
+
+    def refresh(self) -> bool:
+        """Read the table's newest version; True when it changed (cached snapshots are then dropped)."""
+        table = online_table(self.usecase.name)
+        try:
+            snapshot = self.lake.snapshot(table, facts=False)
+        except Exception as exc:  # keep serving from what is loaded; report
+            self.error = f"{self.lake.table_uri(table)} could not be read: {type(exc).__name__}: {exc}"
+            return False
+        self.error = None
+        version = None if snapshot.version is None else int(snapshot.version)
+        if version == self.version:
+            return False
+        with self._lock:
+            self.version, self.days = version, sorted(snapshot.partitions)
+            self._cache.clear()
+        return True
+
+    def day_for(self, at: Any) -> str:
+        """The date of the snapshot serving a request at ``at``: the newest one made at or before it."""
+        import bisect
+
+        wanted = snapshot_day_for(self.usecase, at).isoformat()
+        index = bisect.bisect_right(self.days, wanted)
+        if index == 0:
+            first = self.days[0] if self.days else None
+            raise NoSnapshot(
+                f"no online feature snapshot of {self.usecase.name!r} was made at or before {at} (the first is "
+                f"of {first}); the features step publishes one per event date"
+                if first
+                else f"{self.lake.table_uri(online_table(self.usecase.name))} has no snapshot yet: run the "
+                "features step"
+            )
+        return self.days[index - 1]
+
+    def for_time(self, at: Any) -> OnlineSnapshot:
+        """The snapshot serving a request at ``at`` (read once per table version and date)."""
+        day = self.day_for(at)
+        found = self._cache.get(day)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._cache.get(day)
+            if found is None:
+                found = read_snapshots(self.lake, self.usecase, [day], self.version)[day]
+                self._cache[day] = found
+                while len(self._cache) > self.keep:
+                    self._cache.popitem(last=False)
+        return found
+
+    def newest(self) -> str | None:
+        return self.days[-1] if self.days else None

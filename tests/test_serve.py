@@ -1,0 +1,542 @@
+"""The REST scoring service (`mlops serve`) on a real MLflow registry and a real lake: parity with the batch
+scorer, every refused request with its status, the MLflow and Open Inference Protocol contracts, API keys,
+reloads (under load, through a real uvicorn server), a tampered artifact refused, canary and shadow routing,
+captured requests in the lake, and a property-based test over the OpenAPI document that finds no 5xx."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from datetime import date, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from _serve_fixtures import USECASE, ServeEnv, make_serve_env, produce_day, write_features
+from fastapi.testclient import TestClient
+
+from pipelines.cli import run_step
+from pipelines.lake import captures_table, predictions_table
+from pipelines.online import read_records
+
+KEYS = frozenset({"key-one", "key-two"})
+AUTH = {"X-API-Key": "key-one"}
+TRAINED_ON = date(2013, 3, 1)
+DAY = date(2013, 3, 10)  # a day with features and an online snapshot, after the champion's training date
+PREDICT = f"/v1/usecases/{USECASE}/predict"
+
+
+def _step(name: str, day: date) -> dict:
+    return run_step([name, "--usecase", USECASE, "--date", day.isoformat()])
+
+
+def _champion_from(env: ServeEnv, day: date, *, promote: bool = True, threshold: float = 0.3) -> str:
+    produce_day(env, day, gate_passed=True, threshold=threshold)
+    version = str(_step("register", day)["gate_candidate_version"])
+    if promote:
+        _step("promote", day)
+    return version
+
+
+def _records(env: ServeEnv, day: date) -> list[dict]:
+    """The events of ``day`` as a client sends them: the primary source's columns, JSON values."""
+    frame = read_records(env.lake, env.usecase, [day.isoformat()]).drop(columns=["date"])
+    return json.loads(frame.to_json(orient="records", date_format="iso"))
+
+
+def _at(env: ServeEnv, day: date) -> str:
+    return env.usecase.time.prediction_time_of(day).isoformat()
+
+
+def _service(env: ServeEnv, **settings):
+    from pipelines.serving.service import ServeSettings, Service
+
+    options = {"api_keys": KEYS, "refresh_s": 0.0, **settings}
+    service = Service(env.usecase, env.lake, ServeSettings(**options))
+    service.start()
+    return service
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    """One champion (trained on March 1), the features and snapshot of March 10, a service and its client."""
+    from pipelines.serving.app import create_app
+
+    tmp = tmp_path_factory.mktemp("served")
+    with pytest.MonkeyPatch.context() as mp:
+        env = make_serve_env(tmp, mp, tmp_path_factory.getbasetemp())
+        version = _champion_from(env, TRAINED_ON)
+        write_features(env, [DAY], rows=40)
+        service = _service(env)
+        with TestClient(create_app(service)) as client:
+            yield SimpleNamespace(env=env, version=version, service=service, client=client, mp=mp)
+        service.stop()
+
+
+@pytest.fixture
+def api(served, monkeypatch):
+    """The module's service with MLflow pointed back at its store (other tests move the URI)."""
+    import mlflow
+
+    uri = f"sqlite:///{served.env.tmp / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return served
+
+
+def _post(api, body, path: str = PREDICT, headers: dict | None = None):
+    return api.client.post(path, json=body, headers=AUTH if headers is None else headers)
+
+
+# ----------------------------------------------------------------------------------------------- parity
+
+
+def test_a_day_scored_over_http_equals_the_batch_scorer(api) -> None:
+    """The same records, snapshot and model give the batch scorer's probabilities to 1e-9."""
+    env = api.env
+    _step("score", DAY - timedelta(days=1))  # on March 9 the flights of March 10 are scored
+    batch = env.lake.read_frame(predictions_table(USECASE), [DAY.isoformat()])
+    records = _records(env, DAY)
+    assert len(records) == len(batch) == 40
+
+    response = _post(api, {"records": records, "at": _at(env, DAY)})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["model"]["version"] == api.version and response.headers["X-Model-Version"] == api.version
+    assert answer["snapshot"]["day"] == DAY.isoformat()
+    served = pd.DataFrame(records)[env.usecase.features.keys]
+    served["http"] = [p["probability"] for p in answer["predictions"]]
+    joined = served.merge(batch, on=env.usecase.features.keys, how="inner", validate="one_to_one")
+    assert len(joined) == 40
+    np.testing.assert_allclose(joined["http"], joined["probability"], rtol=0, atol=1e-9)
+    threshold = answer["model"]["decision_threshold"]
+    assert threshold == 0.3
+    assert [p["decision"] for p in answer["predictions"]] == [
+        p["probability"] >= 0.3 for p in answer["predictions"]
+    ]
+
+    one = _post(api, {"record": records[0], "at": _at(env, DAY)}).json()["predictions"]
+    assert one[0]["probability"] == pytest.approx(answer["predictions"][0]["probability"], abs=1e-12)
+
+
+def test_mlflow_invocations_and_open_inference_protocol_answer_the_same(api) -> None:
+    env = api.env
+    records = _records(env, DAY)[:5]
+    at = _at(env, DAY)
+    expected = [p["probability"] for p in _post(api, {"records": records, "at": at}).json()["predictions"]]
+    columns = list(records[0])
+    bodies = {
+        "dataframe_split": {"columns": columns, "data": [[r[c] for c in columns] for r in records]},
+        "dataframe_records": records,
+        "instances": records,
+        "inputs": {c: [r[c] for r in records] for c in columns},
+    }
+    for key, value in bodies.items():
+        response = _post(api, {key: value, "params": {"at": at}}, path="/invocations")
+        assert response.status_code == 200, (key, response.text)
+        assert response.json() == {"predictions": pytest.approx(expected, abs=1e-12)}, key
+
+    infer = {
+        "id": "request-7",
+        "parameters": {"content_type": "pd", "at": at},
+        "inputs": [
+            {
+                "name": c,
+                "shape": [5],
+                "datatype": "BYTES" if isinstance(records[0][c], str) else "FP64",
+                "data": [r[c] for r in records],
+            }
+            for c in columns
+        ],
+    }
+    response = _post(api, infer, path=f"/v2/models/{USECASE}/infer")
+    assert response.status_code == 200, response.text
+    out = response.json()
+    assert out["model_name"] == USECASE and out["model_version"] == api.version and out["id"] == "request-7"
+    outputs = {o["name"]: o for o in out["outputs"]}
+    assert outputs["probability"]["data"] == pytest.approx(expected, abs=1e-12)
+    assert outputs["decision"]["data"] == [p >= 0.3 for p in expected]
+
+    metadata = api.client.get(f"/v2/models/{USECASE}", headers=AUTH).json()
+    assert metadata["versions"] == [api.version]
+    assert {i["name"] for i in metadata["inputs"]} == set(columns)
+    assert api.client.get("/v2/health/ready").json() == {"ready": True}
+    assert api.client.get(f"/v2/models/{USECASE}/ready").status_code == 200
+    assert api.client.get("/v2/models/another/ready").status_code == 404
+
+
+# ----------------------------------------------------------------------------------------------- refusals
+
+
+def _field(response) -> list[str]:
+    """The field names a 422 names."""
+    return [str(e["loc"][-1]) for e in response.json()["detail"]]
+
+
+def test_every_client_mistake_gets_its_4xx_naming_the_field(api) -> None:
+    env = api.env
+    record = _records(env, DAY)[0]
+    at = _at(env, DAY)
+
+    def predict(change: dict | None = None, drop: str | None = None, **body):
+        sent = {k: v for k, v in {**record, **(change or {})}.items() if k != drop}
+        return _post(api, {"record": sent, "at": at, **body})
+
+    cases = {
+        "wrong type": (predict({"distance": "far"}), "distance"),
+        "int given as text": (predict({"month": "3"}), "month"),
+        "missing required field": (predict(drop="carrier"), "carrier"),
+        "extra field": (predict({"dep_delay": 12.0}), "dep_delay"),
+        "out of range": (predict({"month": 13}), "month"),
+        "below range": (predict({"distance": 0.0}), "distance"),
+        "unknown category": (predict({"origin": "SFO"}), "origin"),
+        "not a time": (predict({"time_hour": "yesterday"}), "time_hour"),
+        "at before every snapshot": (predict(at="2001-01-01T00:00:00Z"), "at"),
+    }
+    for case, (response, field) in cases.items():
+        assert response.status_code == 422, (case, response.text)
+        assert field in _field(response), (case, response.json())
+    assert _post(api, {"record": record, "records": [record]}).status_code == 422
+    assert _post(api, {}).status_code == 422
+    assert _post(api, {"records": []}).status_code == 422
+    invalid_json = api.client.post(
+        PREDICT, content=b"{not json", headers={**AUTH, "content-type": "application/json"}
+    )
+    assert invalid_json.status_code == 422
+    assert _post(api, {"record": record}, path="/v1/usecases/another/predict").status_code == 404
+    assert (
+        _post(api, {"dataframe_records": [dict(record, origin="SFO")]}, path="/invocations").status_code
+        == 422
+    )
+    assert (
+        _post(api, {"dataframe_records": [record], "instances": [record]}, path="/invocations").status_code
+        == 422
+    )
+    assert (
+        _post(
+            api, {"inputs": [{"name": "nope", "data": [1]}]}, path=f"/v2/models/{USECASE}/infer"
+        ).status_code
+        == 422
+    )
+
+
+def test_api_keys_body_size_and_batch_count(api, tmp_path: Path, monkeypatch) -> None:
+    from pipelines.serving.app import ApiKeys, create_app
+
+    env = api.env
+    record = _records(env, DAY)[0]
+    body = {"record": record, "at": _at(env, DAY)}
+    assert _post(api, body, headers={}).status_code == 401
+    assert _post(api, body, headers={"X-API-Key": "wrong"}).status_code == 401
+    assert _post(api, body, headers={"X-API-Key": "key-two"}).status_code == 200
+    assert _post(api, body, headers={"Authorization": "Bearer key-one"}).status_code == 200
+    assert _post(api, {"dataframe_records": [record]}, path="/invocations", headers={}).status_code == 401
+    for open_path in ("/health", "/ready", "/metrics", "/v2/health/live", "/openapi.json"):
+        assert api.client.get(open_path).status_code == 200, open_path
+
+    # keys in a file rotate without a restart
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("first\n")
+    rotating = ApiKeys(frozenset(), str(keys_file))
+    assert rotating.accepts("first") and not rotating.accepts("second")
+    keys_file.write_text("second\nthird\n")
+    rotating._checked = 0.0  # the file is checked at most once a second
+    assert rotating.accepts("second") and not rotating.accepts("first")
+
+    small = api.service.settings.__class__(
+        **{**api.service.settings.__dict__, "max_body_bytes": 2000, "max_batch_records": 3}
+    )
+    from pipelines.serving.service import Service
+
+    limited = Service(
+        env.usecase, env.lake, small, slots=api.service.slots, snapshots=api.service.snapshots, capture=None
+    )
+    with TestClient(create_app(limited)) as client:
+        too_big = client.post(PREDICT, json={"records": [record] * 20, "at": body["at"]}, headers=AUTH)
+        assert too_big.status_code == 413 and "2000 bytes" in too_big.text
+        chunked = client.post(
+            PREDICT,
+            content=iter([json.dumps({"records": [record] * 20}).encode()]),
+            headers={**AUTH, "content-type": "application/json"},
+        )
+        assert chunked.status_code == 413
+        too_many = client.post(PREDICT, json={"records": [record] * 4, "at": body["at"]}, headers=AUTH)
+        assert too_many.status_code == 413 and "at most 3" in too_many.text
+        assert (
+            client.post(PREDICT, json={"records": [record] * 3, "at": body["at"]}, headers=AUTH).status_code
+            == 200
+        )
+        metrics = client.get("/metrics").text
+        assert 'mlops_serve_errors_total{kind="too_large"}' in metrics
+
+
+def test_the_command_refuses_to_serve_without_api_keys(monkeypatch) -> None:
+    import argparse
+
+    from pipelines.serving.server import add_arguments, settings_from
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    monkeypatch.delenv("MLOPS_API_KEYS", raising=False)
+    monkeypatch.delenv("MLOPS_API_KEYS_FILE", raising=False)
+    with pytest.raises(SystemExit, match="MLOPS_API_KEYS"):
+        settings_from(parser.parse_args(["--usecase", USECASE]))
+    assert settings_from(parser.parse_args(["--usecase", USECASE, "--no-auth"])).auth is False
+    monkeypatch.setenv("MLOPS_API_KEYS", "a, b")
+    assert settings_from(parser.parse_args(["--usecase", USECASE])).api_keys == frozenset({"a", "b"})
+
+
+def test_requests_are_captured_in_the_lake(api) -> None:
+    env = api.env
+    records = _records(env, DAY)[:7]
+    answer = _post(api, {"records": records, "at": _at(env, DAY)}).json()
+    api.service.capture.flush()
+    captured = env.lake.read_frame(captures_table(USECASE), [DAY.isoformat()])
+    mine = captured[captured["request_id"] == answer["request_id"]].sort_values("row")
+    assert len(mine) == 7
+    assert mine["model_version"].unique().tolist() == [api.version]
+    assert not mine["shadow"].any() and set(mine["alias"]) == {"champion"}
+    np.testing.assert_allclose(mine["score"], [p["probability"] for p in answer["predictions"]], atol=0)
+    assert json.loads(mine["record"].iloc[0])["flight"] == records[0]["flight"]
+    features = json.loads(mine["features"].iloc[0])
+    assert set(env.usecase.features.numeric) <= set(features)
+    assert (mine["snapshot_version"] == api.service.snapshots.version).all()
+
+
+# ----------------------------------------------------------------------------------------------- releases
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run_server(service):
+    """The app under a real uvicorn server in a thread; returns (base url, server)."""
+    import uvicorn
+
+    from pipelines.serving.app import create_app
+
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(service),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            loop="uvloop",
+            http="httptools",
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}", server, thread
+
+
+def test_a_new_champion_is_swapped_in_under_load_without_a_failed_request(serve_env: ServeEnv) -> None:
+    import httpx
+    from mlflow import MlflowClient
+
+    first = _champion_from(serve_env, TRAINED_ON)
+    second = _champion_from(serve_env, date(2013, 3, 5), promote=False, threshold=0.4)
+    write_features(serve_env, [DAY], rows=20)
+    service = _service(serve_env, refresh_s=0.2, capture=False)
+    url, server, thread = _run_server(service)
+    body = {"records": _records(serve_env, DAY)[:3], "at": _at(serve_env, DAY)}
+    seen: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=url, headers=AUTH, timeout=30) as client:
+            while not stop.is_set():
+                response = client.post(PREDICT, json=body)
+                seen.append((response.status_code, response.headers.get("X-Model-Version")))
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    try:
+        for worker in workers:
+            worker.start()
+        time.sleep(1.0)
+        MlflowClient().set_registered_model_alias(USECASE, "champion", second)
+        deadline = time.monotonic() + 60
+        while not any(v == second for _, v in seen[-20:]):
+            assert time.monotonic() < deadline, f"version {second} never answered: {seen[-5:]}"
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+        server.should_exit = True
+        thread.join(timeout=30)
+        service.stop()
+    statuses = {status for status, _ in seen}
+    versions = [v for _, v in seen]
+    assert statuses == {200}, f"failed requests during the swap: {[s for s in seen if s[0] != 200][:5]}"
+    assert versions[0] == first and versions[-1] == second and len(seen) > 20
+    assert service.slots.reloads == 2  # the first load and the swap
+
+
+def test_a_tampered_artifact_is_refused_and_the_old_version_keeps_serving(serve_env: ServeEnv) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipelines.serving.app import create_app
+
+    first = _champion_from(serve_env, TRAINED_ON)
+    write_features(serve_env, [DAY], rows=10)
+    service = _service(serve_env, capture=False)
+    second = _champion_from(serve_env, date(2013, 3, 5), promote=False)
+    source = MlflowClient().get_model_version(USECASE, second).source
+    location = mlflow.get_logged_model(source.removeprefix("models:/")).artifact_location
+    weights = list(Path(location.removeprefix("file://")).rglob("*.skops"))
+    assert weights, location
+    weights[0].write_bytes(weights[0].read_bytes() + b"\0")  # one byte more than was registered
+    MlflowClient().set_registered_model_alias(USECASE, "champion", second)
+    service.slots.refresh()
+    with TestClient(create_app(service)) as client:
+        answer = client.post(
+            PREDICT, json={"record": _records(serve_env, DAY)[0], "at": _at(serve_env, DAY)}, headers=AUTH
+        )
+        assert answer.status_code == 200 and answer.headers["X-Model-Version"] == first
+        ready = client.get("/ready")
+        assert ready.status_code == 200
+        champion = ready.json()["models"]["champion"]
+        assert champion["served"]["version"] == first and champion["refused_version"] == second
+        assert "changed since registration" in champion["error"]
+        metrics = client.get("/metrics").text
+        assert f'mlops_serve_model_refused_version{{alias="champion"}} {float(second)}' in metrics
+        assert "mlops_serve_model_reload_failures_total 1.0" in metrics
+        assert f'mlops_serve_model_version{{alias="champion"}} {float(first)}' in metrics
+    service.stop()
+
+
+def test_canary_and_shadow_routing(serve_env: ServeEnv) -> None:
+    from mlflow import MlflowClient
+
+    from pipelines.serving.app import create_app
+
+    champion = _champion_from(serve_env, TRAINED_ON)
+    challenger = _champion_from(serve_env, date(2013, 3, 5), promote=False, threshold=0.45)
+    MlflowClient().set_registered_model_alias(USECASE, "challenger", challenger)
+    write_features(serve_env, [DAY], rows=10)
+    body = {"records": _records(serve_env, DAY)[:2], "at": _at(serve_env, DAY)}
+
+    canary = _service(serve_env, challenger_share=0.25, capture=False)
+    with TestClient(create_app(canary)) as client:
+        answers = [client.post(PREDICT, json=body, headers=AUTH) for _ in range(12)]
+    canary.stop()
+    by = [(a.headers["X-Model-Alias"], a.json()["model"]["version"]) for a in answers]
+    assert by.count(("challenger", challenger)) == 3 and by.count(("champion", champion)) == 9
+    assert by[3] == ("challenger", challenger)  # spread evenly: every fourth request
+
+    shadow = _service(serve_env, shadow=True)
+    with TestClient(create_app(shadow)) as client:
+        answers = [client.post(PREDICT, json=body, headers=AUTH).json() for _ in range(5)]
+    shadow.stop()  # waits for the shadow scorings and flushes the capture
+    assert {a["model"]["version"] for a in answers} == {champion}
+    captured = serve_env.lake.read_frame(captures_table(USECASE), [DAY.isoformat()])
+    shadows = captured[captured["shadow"]]
+    assert len(shadows) == 10 and set(shadows["model_version"]) == {challenger}
+    assert set(shadows["request_id"]) == {a["request_id"] for a in answers}
+    assert set(captured[~captured["shadow"]]["model_version"]) == {champion}
+
+
+# ----------------------------------------------------------------------------------------------- property
+
+
+def _strategy(schema: dict, components: dict):
+    """A hypothesis strategy for the JSON values ``schema`` (the OpenAPI subset our documents use) describes."""
+    from datetime import UTC, datetime
+
+    from hypothesis import strategies as st
+
+    if "$ref" in schema:
+        return _strategy(components[schema["$ref"].rsplit("/", 1)[-1]], components)
+    if "anyOf" in schema:
+        return st.one_of([_strategy(s, components) for s in schema["anyOf"]])
+    if "enum" in schema:
+        return st.sampled_from(schema["enum"])
+    kind = schema.get("type")
+    if kind == "null":
+        return st.none()
+    if kind == "integer":
+        low, high = schema.get("minimum"), schema.get("maximum")
+        return st.integers(None if low is None else int(low), None if high is None else int(high))
+    if kind == "number":
+        return st.floats(schema.get("minimum"), schema.get("maximum"), allow_nan=False, allow_infinity=False)
+    if kind == "string" and schema.get("format") == "date-time":
+        times = st.datetimes(
+            min_value=datetime(1000, 1, 1), max_value=datetime(9999, 1, 1), timezones=st.just(UTC)
+        )
+        return times.map(lambda t: t.isoformat())
+    if kind == "string":
+        return st.text(max_size=12)
+    if kind == "boolean":
+        return st.booleans()
+    if kind == "array":
+        return st.lists(
+            _strategy(schema["items"], components), min_size=schema.get("minItems", 0), max_size=3
+        )
+    if kind == "object":
+        properties = {k: _strategy(v, components) for k, v in schema.get("properties", {}).items()}
+        required = set(schema.get("required", []))
+        return st.fixed_dictionaries(
+            {k: v for k, v in properties.items() if k in required},
+            optional={k: v for k, v in properties.items() if k not in required},
+        )
+    raise AssertionError(f"no strategy for {schema}")
+
+
+def test_no_request_built_from_the_openapi_document_gets_a_5xx(api) -> None:
+    """Bodies generated from the OpenAPI schema of the predict endpoint (valid ones, and mutated ones with fields
+    dropped, replaced or added), sent to every scoring endpoint, never get a 5xx."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    document = api.client.get("/openapi.json").json()
+    body_ref = document["paths"]["/v1/usecases/{name}/predict"]["post"]["requestBody"]["content"][
+        "application/json"
+    ]["schema"]
+    valid = _strategy(body_ref, document["components"]["schemas"])
+    scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20))
+    record = _records(api.env, DAY)[0]
+
+    def mutate(base: dict, data: st.DataObject) -> dict:
+        out = dict(base)
+        if out.get("record") and data.draw(st.booleans()):
+            inner = dict(out["record"])
+            key = data.draw(st.sampled_from(sorted(inner) + ["unexpected"]))
+            if data.draw(st.booleans()):
+                inner.pop(key, None)
+            else:
+                inner[key] = data.draw(scalar)
+            out["record"] = inner
+        return out
+
+    statuses: list[int] = []
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(body=st.one_of(valid, st.just({"record": record, "at": _at(api.env, DAY)})), data=st.data())
+    def check(body, data) -> None:
+        sent = mutate(body, data)
+        raw = json.dumps(sent).encode()  # NaN and Infinity as Python writes them (not strict JSON)
+        headers = {**AUTH, "content-type": "application/json"}
+        response = api.client.post(PREDICT, content=raw, headers=headers)
+        statuses.append(response.status_code)
+        assert response.status_code < 500, (sent, response.text)
+        for path in ("/invocations", f"/v2/models/{USECASE}/infer"):
+            other = api.client.post(path, content=raw, headers=headers)
+            assert other.status_code < 500, (path, sent, other.text)
+
+    check()
+    assert 200 in statuses and 422 in statuses, sorted(set(statuses))
