@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the task images from the lock: mlops-core (Python + core dependencies), then one image per task kind
-# (base, spark, train; airflow for the compose stack with KINDS="... airflow").
+# (base, spark, train; airflow for the compose stack with KINDS="... airflow"; serve, after train, for `mlops serve`).
 #
 #   MLOPS_IMAGE_TAG  image tag (default dev)
 #   KINDS            which images (default "base spark train")
@@ -54,5 +54,6 @@ build "mlops-core:$TAG" docker/core.Dockerfile --build-arg "BASE_IMAGE=$BASE_IMA
 for kind in $KINDS; do
   args=(--build-arg "MLOPS_CORE=mlops-core:$TAG")
   if [ "$kind" = train ]; then args+=(--build-arg "TRAIN_EXTRA=$TRAIN_EXTRA"); fi
+  if [ "$kind" = serve ]; then args+=(--build-arg "MLOPS_TRAIN=mlops-train:$TAG"); fi  # KINDS lists train first
   build "mlops-$kind:$TAG" "docker/$kind.Dockerfile" "${args[@]}"
 done

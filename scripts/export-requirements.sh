@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Write docker/requirements/<image>.txt from uv.lock: core (every image), spark, train, gpu, airflow, mlflow.
+# Write docker/requirements/<image>.txt from uv.lock: core (every image), spark, train, gpu, airflow, mlflow, serve.
 # Each file lists the core plus that image's extra, pinned with hashes, so images install exactly the lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 UV=${UV:-$(command -v uv || echo .tools/bin/uv)}
 OUT=${1:-docker/requirements}
 mkdir -p "$OUT"
-for part in core spark train gpu airflow mlflow; do
+for part in core spark train gpu airflow mlflow serve; do
   case $part in
     core) extra=() ;;
     mlflow) extra=(--extra postgres) ;;

@@ -21,6 +21,7 @@ print(f"AIRFLOW_FERNET_KEY={base64.urlsafe_b64encode(secrets.token_bytes(32)).de
 print(f"AIRFLOW_JWT_SECRET={token()}")
 print("MINIO_ROOT_USER=mlops")
 print(f"MINIO_ROOT_PASSWORD={token()}")
+print(f"MLOPS_API_KEYS={token()}")  # the scoring service's API key (comma-separate several to rotate)
 print("MLOPS_IMAGE_TAG=dev")
 print("MLOPS_DOCKER_GPUS=false")
 PY

@@ -128,6 +128,16 @@ def test_compose_file_validates_and_keeps_its_promises(compose: list[str]) -> No
     assert mlflow["MLFLOW_ARTIFACTS_DESTINATION"] == "s3://mlflow/artifacts"
     for name in ("postgres", "minio", "mlflow"):
         assert "healthcheck" in services[name], name
+
+    # the scoring service (profile serve): replicas behind the proxy, ready only with a verified champion,
+    # API keys from the environment, never served without them
+    serve = services["serve"]
+    assert serve["profiles"] == ["serve"] and serve["image"].startswith("mlops-serve:")
+    assert serve["deploy"]["replicas"] >= 2 and "/ready" in " ".join(serve["healthcheck"]["test"])
+    assert "--no-auth" not in serve["command"] and "MLOPS_API_KEYS" in serve["environment"]
+    proxy_conf = REPO_ROOT / "deploy" / "compose" / "serve-nginx.conf"
+    assert any(str(proxy_conf) in str(v) for v in services["serve-proxy"]["volumes"])
+    assert "server serve:8000" in proxy_conf.read_text()
     assert {"postgres-data", "minio-data", "airflow-logs"} <= set(config["volumes"])
 
     # the profile the stack runs with: tasks in containers on the network MinIO and MLflow share
