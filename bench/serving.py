@@ -1,0 +1,228 @@
+"""The scoring service against `mlflow models serve` of the same champion, side by side in one run.
+
+    .venv/bin/python bench/serving.py --home var [--usecase flight_delay] [--workers 2] [--seconds 15]
+        [--output docs/benchmarks.md]
+
+Needs a state directory where the lifecycle ran (``make run`` leaves one in ./var): a champion in its MLflow
+registry and online feature snapshots in its lake. On loopback, the load generator in other processes:
+1. one record per request, one connection: latency p50 and p99;
+2. one record per request, eight connections: records per second, p50 and p99;
+3. 1000-row batches, two connections: rows per second.
+``mlops serve`` gets raw records (it computes their features from the snapshot); ``mlflow models serve`` gets
+the model's inputs, already computed (it cannot compute them), so its numbers leave out feature work ours does.
+Both run ``--workers`` server processes. Results are appended to the output file with the command and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait(port: int, path: str, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"nothing answered 200 on 127.0.0.1:{port}{path} within {seconds} s")
+
+
+def _client(args: tuple) -> tuple[list[float], int, int]:
+    """One connection sending ``body`` to ``path`` until ``until`` (monotonic): latencies, rows, failures."""
+    port, path, body, headers, until, rows_per_request = args
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    latencies, rows, failures = [], 0, 0
+    while time.monotonic() < until:
+        start = time.perf_counter()
+        conn.request("POST", path, body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        latencies.append(time.perf_counter() - start)
+        if response.status == 200:
+            rows += rows_per_request
+        else:
+            failures += 1
+    conn.close()
+    return latencies, rows, failures
+
+
+def load(
+    port: int, path: str, body: bytes, connections: int, seconds: float, rows_per_request: int, headers: dict
+) -> dict:
+    """``connections`` client processes for ``seconds`` (after a 2 s warm-up): p50, p99, requests and rows/s."""
+    headers = {"content-type": "application/json", **headers}
+    warm = time.monotonic() + 2
+    _client((port, path, body, headers, warm, rows_per_request))
+    until = time.monotonic() + seconds
+    with multiprocessing.get_context("spawn").Pool(connections) as pool:
+        started = time.monotonic()
+        parts = pool.map(_client, [(port, path, body, headers, until, rows_per_request)] * connections)
+        elapsed = time.monotonic() - started
+    latencies = sorted(x for part in parts for x in part[0])
+    rows = sum(part[1] for part in parts)
+    failures = sum(part[2] for part in parts)
+    return {
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+        "requests": len(latencies),
+        "rows_per_s": rows / elapsed,
+        "failures": failures,
+    }
+
+
+def inputs(home: Path, usecase_name: str) -> tuple[list[dict], str, list[str], list[list]]:
+    """The newest snapshot day's records (raw, JSON values), its prediction time, and the same rows as the
+    model's inputs (columns, values) for MLflow."""
+    os.environ["MLOPS_HOME"] = str(home)
+    from pipelines.config import load_profile, load_usecase
+    from pipelines.lake import online_table, open_lake
+    from pipelines.online import model_input_frame, read_records, read_snapshots
+
+    usecase = load_usecase(usecase_name)
+    lake = open_lake(load_profile().lake_uri)
+    day = max(lake.partitions(online_table(usecase.name)))
+    records = read_records(lake, usecase, [day]).drop(columns=["date"])
+    raw = json.loads(records.to_json(orient="records", date_format="iso"))
+    at = usecase.time.prediction_time_of(datetime.fromisoformat(day).date()).isoformat()
+    snapshot = read_snapshots(lake, usecase, [day])[day]
+    features = model_input_frame(usecase, raw, snapshot, at)
+    values = json.loads(features.to_json(orient="values"))
+    return raw, at, list(features.columns), values
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", type=Path, default=REPO / "var")
+    parser.add_argument("--usecase", default="flight_delay")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
+    args = parser.parse_args(argv)
+    home = args.home.resolve()
+    raw, at, columns, values = inputs(home, args.usecase)
+    batch = 1000
+    while len(raw) < batch:
+        raw, values = raw + raw, values + values
+    ours_port, theirs_port = _free_port(), _free_port()
+    env = {**os.environ, "MLOPS_HOME": str(home), "MLOPS_API_KEYS": "bench-key", "MLOPS_LOG_LEVEL": "WARNING"}
+    tracking = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    servers = [
+        subprocess.Popen(
+            [
+                str(BIN / "mlops"),
+                "serve",
+                "--usecase",
+                args.usecase,
+                "--port",
+                str(ours_port),
+                "--workers",
+                str(args.workers),
+            ],
+            env=env,
+        ),
+        subprocess.Popen(
+            [
+                str(BIN / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                f"models:/{args.usecase}@champion",
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(theirs_port),
+                "--workers",
+                str(args.workers),
+            ],
+            env={**env, "MLFLOW_TRACKING_URI": tracking},
+        ),
+    ]
+    try:
+        _wait(ours_port, "/ready")
+        _wait(theirs_port, "/ping")
+        ours = {
+            "port": ours_port,
+            "path": f"/v1/usecases/{args.usecase}/predict",
+            "headers": {"X-API-Key": "bench-key"},
+        }
+        theirs = {"port": theirs_port, "path": "/invocations", "headers": {}}
+        one_ours = json.dumps({"record": raw[0], "at": at}).encode()
+        many_ours = json.dumps({"records": raw[:batch], "at": at}).encode()
+        one_theirs = json.dumps({"dataframe_split": {"columns": columns, "data": values[:1]}}).encode()
+        many_theirs = json.dumps({"dataframe_split": {"columns": columns, "data": values[:batch]}}).encode()
+        results = {}
+        for name, target, one, many in (
+            ("mlops serve", ours, one_ours, many_ours),
+            ("mlflow models serve", theirs, one_theirs, many_theirs),
+        ):
+            port, path, headers = target["port"], target["path"], target["headers"]
+            results[name] = {
+                "single, 1 connection": load(port, path, one, 1, args.seconds, 1, headers),
+                "single, 8 connections": load(port, path, one, 8, args.seconds, 1, headers),
+                f"{batch}-row batches, 2 connections": load(
+                    port, path, many, 2, args.seconds, batch, headers
+                ),
+            }
+            print(name, json.dumps(results[name], indent=1), flush=True)
+    finally:
+        for server in servers:
+            server.terminate()
+        for server in servers:
+            server.wait(timeout=60)
+
+    ours, theirs = results["mlops serve"], results["mlflow models serve"]
+    ratio = ours["single, 8 connections"]["rows_per_s"] / theirs["single, 8 connections"]["rows_per_s"]
+    lines = [
+        f"## Serving: `mlops serve` and `mlflow models serve` of the same champion ({datetime.now(UTC):%Y-%m-%d})",
+        "",
+        f"Command: `.venv/bin/python bench/serving.py --home {args.home} --workers {args.workers} --seconds "
+        f"{args.seconds:g}`; machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        "server and load generator on the same cores, over loopback. Ours gets raw records and computes their "
+        "features; MLflow gets the model's inputs, computed beforehand.",
+        "",
+        "| server | load | p50 ms | p99 ms | records/s | failures |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name, rows in results.items():
+        for label, r in rows.items():
+            lines.append(
+                f"| {name} | {label} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rows_per_s']:,.0f} | {r['failures']} |"
+            )
+    lines += ["", f"Single-record throughput at 8 connections, ours over MLflow's: {ratio:.2f}x.", ""]
+    text = "\n".join(lines)
+    print(text)
+    with args.output.open("a") as out:
+        out.write("\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
