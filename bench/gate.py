@@ -85,6 +85,7 @@ def decisions(home: Path) -> list[dict]:
                 "passed": gate["passed"],
                 "failed": [c["name"] for c in gate["checks"] if not c["passed"]],
                 "seconds": evaluation.get("seconds") or {},
+                "infrastructure_seconds": (evaluation.get("infrastructure") or {}).get("seconds"),
             }
         )
     return rows
@@ -136,6 +137,15 @@ def render(rows: list[dict], wall: float | None, months: int, command: str) -> s
             f"| **gate statistics and report (all but scoring)** | {sum(report) / len(report):.1f} | {max(report):.1f} |"
         )
         lines.append(f"| evaluate total | {sum(total) / len(total):.1f} | {max(total):.1f} |")
+        checks = [r["infrastructure_seconds"] for r in rows if r.get("infrastructure_seconds") is not None]
+        if checks:
+            lines += [
+                "",
+                "`infrastructure_check` is what evaluate still waits for once the explanations are done: the fresh "
+                "process that loads the candidate as the scorer does runs beside them, and took "
+                f"{sum(checks) / len(checks):.1f} s on average (at most {max(checks):.1f} s; it imports TensorFlow "
+                "when the chosen candidate is the Keras MLP).",
+            ]
     return "\n".join(lines) + "\n"
 
 
