@@ -50,10 +50,35 @@ SHARED_SESSION_MODULES = frozenset(
 )
 
 
+# The longest work first, so that neither worker is left with a long module at the end. xdist hands each worker
+# two modules at the start: the shared group and a short one to the first, the S3 replay and the examples to the
+# second; then whichever is free takes the next in this order (modules not listed follow, as collected).
+LONGEST_FIRST = (
+    *sorted(SHARED_SESSION_MODULES),
+    "tests/test_e2e_s3.py",
+    "tests/test_gate.py",
+    "tests/test_examples.py",
+    "tests/test_features.py",
+    "tests/test_lake.py",
+    "tests/test_train.py",
+    "tests/test_serve.py",
+    "tests/test_airflow_tasks.py",
+    "tests/test_point_in_time.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order modules as LONGEST_FIRST (a stable sort: tests keep their order within a module)."""
+    rank = {module: index for index, module in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """Schedule by module, the modules of SHARED_SESSION_MODULES as one (xdist's `loadgroup` marks do not reach
-    pytest 9's node ids; this groups by the node id's module instead)."""
+    pytest 9's node ids; this groups by the node id's module instead), in collection order (LONGEST_FIRST)."""
     from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # xdist would order modules by their number of tests
 
     class ModuleScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
