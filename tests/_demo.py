@@ -25,7 +25,7 @@ from pipelines.steps.gate import read_decisions
 
 MLOPS = Path(sys.executable).parent / "mlops"
 USECASE = "flight_delay"
-MONTHS = 3  # the local reference run (session fixture `local_demo`)
+MONTHS = 2  # the local reference run (session fixture `local_demo`): a first training and a gated second
 
 
 def run_demo_cli(home: Path, extra_env: dict[str, str], months: int, timeout: int = 3600) -> dict:
@@ -132,6 +132,7 @@ def check_lifecycle(summary: dict, lake: Lake, tracking_uri: str, replayed: int 
     from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)  # another test in this process may have pointed it elsewhere
     champion = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).get_model_version_by_alias(
         USECASE, "champion"
     )

@@ -43,11 +43,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 # `make test` runs two pytest-xdist workers. The modules that share the session's reference demo run
-# (`local_demo`) or its Docker images (`docker_images`) run in one worker, so that both are made once; every other
-# module runs whole in one worker, so that a module fixture (a trained model, a Spark session) is built once.
-SHARED_SESSION_MODULES = frozenset(
-    {"tests/test_containers.py", "tests/test_e2e.py", "tests/test_images.py", "tests/test_stack.py"}
-)
+# (`local_demo`) run in one worker, so that it is made once; every other module runs whole in one worker, so that
+# a module fixture (a trained model, a Spark session) is built once. The Docker images are built under a lock
+# (`docker_images`): a second worker waits, then finds them built.
+SHARED_SESSION_MODULES = frozenset({"tests/test_containers.py", "tests/test_e2e.py"})
 
 
 # The longest work first, so that neither worker is left with a long module at the end. xdist hands each worker
@@ -57,6 +56,7 @@ LONGEST_FIRST = (
     *sorted(SHARED_SESSION_MODULES),
     "tests/test_e2e_s3.py",
     "tests/test_gate.py",
+    "tests/test_stack.py",
     "tests/test_examples.py",
     "tests/test_features.py",
     "tests/test_lake.py",
@@ -191,22 +191,37 @@ def serve_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory:
 
 @pytest.fixture(scope="session")
 def local_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """`mlops demo --months 3` through Airflow, in-process runtime, local lake: the reference run."""
+    """`mlops demo --months 2` through Airflow, in-process runtime, local lake: the reference run."""
     from _demo import MONTHS, run_demo_cli
 
     home = tmp_path_factory.mktemp("demo-local")
     return home, run_demo_cli(home, {}, months=MONTHS)
 
 
+def build_images(kinds: str | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """scripts/build-images.sh (KINDS=kinds), one build at a time across pytest-xdist workers: a second worker
+    waits, then finds the layers built."""
+    import fcntl
+
+    env = {**os.environ, **({"KINDS": kinds} if kinds else {})}
+    with open(Path(tempfile.gettempdir()) / "mlops-test-build-images.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return subprocess.run(
+            ["bash", str(REPO_ROOT / "scripts" / "build-images.sh")],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
+
+
 @pytest.fixture(scope="session")
 def docker_images() -> dict[str, str]:
     """A Docker engine that answers and the task images built from this tree (scripts/build-images.sh starts or
     installs the engine when it can, and builds offline when no registry answers). Fails, never skips."""
-    script = REPO_ROOT / "scripts" / "build-images.sh"
     try:
-        proc = subprocess.run(
-            ["bash", str(script)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=2400
-        )
+        proc = build_images(timeout=2400)
     except subprocess.TimeoutExpired:
         pytest.fail(
             "scripts/build-images.sh took over 40 minutes; see $MLOPS_HOME/docker/build-*.log", pytrace=False

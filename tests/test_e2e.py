@@ -1,4 +1,4 @@
-"""End to end: `mlops demo --months 3` replays three months through Airflow (dag.test, every step an Airflow task)
+"""End to end: `mlops demo --months 2` replays two months through Airflow (dag.test, every step an Airflow task)
 with the lake on the local disk (the S3 lake: test_e2e_s3.py). Then research and production agree: training the
 same candidates on the same partitions and seed by calling the step directly gives the same predictions as the
 models trained through Airflow."""
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _demo import TRAIN_DATES, USECASE, check_lifecycle
+from _demo import MONTHS, TRAIN_DATES, USECASE, check_lifecycle
 
 from pipelines.config import load_usecase
 from pipelines.lake import Lake, features_table
@@ -18,7 +18,7 @@ from pipelines.lake import Lake, features_table
 pytestmark = pytest.mark.e2e
 
 
-def test_three_months_through_airflow_on_local_lake(local_demo) -> None:
+def test_two_months_through_airflow_on_local_lake(local_demo) -> None:
     home, summary = local_demo
     check_lifecycle(summary, Lake(str(home / "lake")), f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
 
@@ -31,7 +31,7 @@ def test_direct_training_reproduces_airflow_predictions(local_demo, tmp_path: Pa
     from pipelines.tracking import feature_columns, load_model, predict_proba
 
     home, _summary = local_demo
-    day = TRAIN_DATES[-1]
+    day = TRAIN_DATES[MONTHS - 1]  # the last training of the reference run
     airflow_lake = Lake(str(home / "lake"))
     airflow_train = airflow_lake.read_json(f"runs/{USECASE}/train/date={day}/result.json")
 

@@ -22,8 +22,7 @@ def test_two_months_through_airflow_on_s3(moto_server: str, new_bucket, tmp_path
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    # two months (two trainings, the second gated against the first's champion) cover every S3 path; the
-    # local reference run replays three
+    # two months: two trainings, the second gated against the first's champion, as the local reference run
     summary = run_demo_cli(tmp_path, s3_env, months=2)
     assert summary["lake"] == f"s3://{bucket}/lake"
     assert not (tmp_path / "lake").exists(), "nothing may be written to a local lake when the lake is on S3"
