@@ -498,13 +498,19 @@ def counterfactuals(
     per_kind: int = 3,
     per_row: int = 2,
     seed: int = 0,
+    budget_s: float = 30.0,
+    sample_size: int = 400,
+    sparsity_steps: int = 200,
 ) -> dict[str, Any]:
     """What would have to change for the model to decide otherwise, for the ``per_kind`` highest-scored holdout
     rows and the ``per_kind`` most wrongly scored ones: dice-ml's ``random`` method on the whole model (the
     genetic method can stall), at most ``per_row`` counterfactuals each, listing only the changed features.
     Missing numeric values are filled with the training median and missing categories shown as ``(null)``
-    (dice-ml needs complete rows)."""
+    (dice-ml needs complete rows). Each search draws ``sample_size`` candidates and its sparsity pass takes at
+    most ``sparsity_steps`` steps (each a model call: dice-ml's 10000 took 5 minutes on one Keras model); no row
+    is started after ``budget_s`` seconds, and the rows left are listed as skipped."""
     import logging
+    import time
 
     import dice_ml
     import numpy as np
@@ -528,6 +534,7 @@ def counterfactuals(
         ("wrongly scored", wrong[np.argsort(-np.abs(y[wrong] - p[wrong]), kind="stable")][:per_kind]),
     ]
     rows = []
+    started = time.monotonic()
     for kind, indices in picks:
         for index in indices:
             query = _complete(holdout[columns].iloc[[int(index)]], numeric, categorical, medians)
@@ -538,10 +545,20 @@ def counterfactuals(
                 "label": int(y[index]),
                 "counterfactuals": [],
             }
+            if time.monotonic() - started > budget_s:
+                entry["error"] = f"skipped: the {budget_s:.0f} s budget for counterfactuals was spent"
+                rows.append(entry)
+                continue
             try:
                 found = (
                     explainer.generate_counterfactuals(
-                        query, total_CFs=per_row, desired_class="opposite", random_seed=seed, verbose=False
+                        query,
+                        total_CFs=per_row,
+                        desired_class="opposite",
+                        random_seed=seed,
+                        verbose=False,
+                        sample_size=sample_size,
+                        limit_steps_ls=sparsity_steps,
                     )
                     .cf_examples_list[0]
                     .final_cfs_df

@@ -378,3 +378,21 @@ def test_counterfactuals_flip_the_decision_at_the_threshold(tree_candidate):
             flipped += 1
     assert flipped >= 4
     json.dumps(found, allow_nan=False)
+
+    # a spent time budget starts no further search: the rows left are listed as skipped, with the reason
+    hurried = counterfactuals(
+        model,
+        X.iloc[train],
+        y[train],
+        X.iloc[holdout].reset_index(drop=True),
+        y[holdout],
+        scores,
+        threshold=threshold,
+        numeric=list(usecase.features.numeric),
+        categorical=list(usecase.features.categorical),
+        per_kind=2,
+        seed=5,
+        budget_s=0.0,
+    )
+    assert [r["row"] for r in hurried["rows"]] == [r["row"] for r in found["rows"]]
+    assert all("budget" in r["error"] and not r["counterfactuals"] for r in hurried["rows"][1:])
