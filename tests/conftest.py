@@ -198,6 +198,46 @@ def local_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return home, run_demo_cli(home, {}, months=MONTHS)
 
 
+class ContainerDeaths:
+    """The `die` events of our task containers (label io.mlops.usecase), received live from the engine from
+    construction to :meth:`stop`. A query of past events afterwards reads the engine's short event buffer, which
+    a busy engine (a compose stack's health checks in the other pytest-xdist worker) overruns."""
+
+    def __init__(self) -> None:
+        import threading
+
+        import docker
+
+        self._stream = docker.from_env().events(
+            decode=True, filters={"type": "container", "event": "die", "label": "io.mlops.usecase"}
+        )
+        self.events: list[dict] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for event in self._stream:
+            self.events.append(event["Actor"]["Attributes"])
+
+    def stop(self) -> list[dict]:
+        """Stop listening (after the engine's last events arrived); the containers' labels and exit codes."""
+        import time
+
+        if self._reader.is_alive():
+            time.sleep(1)
+            self._stream.close()
+            self._reader.join(timeout=30)
+        return list(self.events)
+
+
+@pytest.fixture
+def container_deaths():
+    """A :class:`ContainerDeaths` listening from the start of the test."""
+    recorder = ContainerDeaths()
+    yield recorder
+    recorder.stop()
+
+
 def build_images(kinds: str | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
     """scripts/build-images.sh (KINDS=kinds), one build at a time across pytest-xdist workers: a second worker
     waits, then finds the layers built."""

@@ -20,7 +20,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -345,9 +344,7 @@ def test_stack_runs_tasks_in_containers(docker_images, compose: list[str], tmp_p
     """The stack as shipped (profile `stack`): DockerOperator in Airflow's containers starts each task's
     container through the proxy's TCP endpoint on the `mlops-tasks` network; the lake on an S3 server, the S3
     credentials from the Airflow connection defined by environment, MLflow as a server on PostgreSQL."""
-    from conftest import _free_port
-
-    import docker
+    from conftest import ContainerDeaths, _free_port
 
     docker_bin = shutil.which("/usr/bin/docker") or shutil.which("docker")
     _build_images("base spark train airflow mlflow")
@@ -359,14 +356,7 @@ def test_stack_runs_tasks_in_containers(docker_images, compose: list[str], tmp_p
         MINIO_CONSOLE_PORT=str(_free_port()),
     )
     stack = Stack(compose, CONTAINERS_OVERRIDE, env)
-    # the engine's records of the task containers, received live: a query of past events afterwards reads the
-    # engine's short buffer, which the stack's health checks overrun on a slow run
-    events = docker.from_env().events(
-        decode=True, filters={"type": "container", "event": "die", "label": "io.mlops.usecase=flight_delay"}
-    )
-    died: list[dict] = []
-    reader = threading.Thread(target=lambda: died.extend(events), daemon=True)
-    reader.start()
+    deaths = ContainerDeaths()  # the engine's records of the task containers, received live
     try:
         stack.run("up", "-d", timeout=900)
         dags = ["flight_delay_ingest", "flight_delay_features", "flight_delay_score"]
@@ -384,17 +374,9 @@ def test_stack_runs_tasks_in_containers(docker_images, compose: list[str], tmp_p
             )
 
         # the engine's records: each step in its own container, of its kind's image, on the tasks network
-        time.sleep(2)
-        events.close()
-        reader.join(timeout=30)
         # only this stack's runs: the container tests in another pytest-xdist worker run the same use case
         run_ids = {r["run_id"] for dag_id in dags for r in stack.runs(dag_id)}
-        ours = [
-            e["Actor"]["Attributes"]
-            for e in died
-            if e["Actor"]["Attributes"].get("io.mlops.run_id") in run_ids
-        ]
-        ran = {attributes["io.mlops.step"]: attributes for attributes in ours}
+        ran = {a["io.mlops.step"]: a for a in deaths.stop() if a.get("io.mlops.run_id") in run_ids}
         assert set(ran) == {"ingest", "features", "score", "outcomes"}, ran
         assert {step: attrs["image"] for step, attrs in ran.items()} == {
             "ingest": "mlops-base:dev",
@@ -413,5 +395,5 @@ def test_stack_runs_tasks_in_containers(docker_images, compose: list[str], tmp_p
         )
         assert experiment == "mlflow-artifacts:/flight_delay"
     finally:
-        events.close()
+        deaths.stop()
         stack.down()
