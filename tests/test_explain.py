@@ -351,19 +351,15 @@ def test_counterfactuals_flip_the_decision_at_the_threshold(tree_candidate):
     train, holdout = slice(0, 2000), slice(2000, None)
     scores = model.predict(X.iloc[holdout])
     threshold = 0.35
-    found = counterfactuals(
-        model,
-        X.iloc[train],
-        y[train],
-        X.iloc[holdout].reset_index(drop=True),
-        y[holdout],
-        scores,
-        threshold=threshold,
-        numeric=list(usecase.features.numeric),
-        categorical=list(usecase.features.categorical),
-        per_kind=2,
-        seed=5,
-    )
+    inputs = (model, X.iloc[train], y[train], X.iloc[holdout].reset_index(drop=True), y[holdout], scores)
+    options = {
+        "threshold": threshold,
+        "numeric": list(usecase.features.numeric),
+        "categorical": list(usecase.features.categorical),
+        "per_kind": 2,
+        "seed": 5,
+    }
+    found = counterfactuals(*inputs, **options)
     kinds = [r["kind"] for r in found["rows"]]
     assert kinds == ["high risk", "high risk", "wrongly scored", "wrongly scored"]
     assert found["rows"][0]["score"] == pytest.approx(scores.max())
@@ -380,19 +376,6 @@ def test_counterfactuals_flip_the_decision_at_the_threshold(tree_candidate):
     json.dumps(found, allow_nan=False)
 
     # a spent time budget starts no further search: the rows left are listed as skipped, with the reason
-    hurried = counterfactuals(
-        model,
-        X.iloc[train],
-        y[train],
-        X.iloc[holdout].reset_index(drop=True),
-        y[holdout],
-        scores,
-        threshold=threshold,
-        numeric=list(usecase.features.numeric),
-        categorical=list(usecase.features.categorical),
-        per_kind=2,
-        seed=5,
-        budget_s=0.0,
-    )
+    hurried = counterfactuals(*inputs, **options, budget_s=0.0)
     assert [r["row"] for r in hurried["rows"]] == [r["row"] for r in found["rows"]]
     assert all("budget" in r["error"] and not r["counterfactuals"] for r in hurried["rows"][1:])
