@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,6 @@ class ServedModel:
     threshold: float | None
     digest: str
     folder: Path
-    loaded_at: float = field(default_factory=time.time)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -107,6 +107,7 @@ class Service:
         self.shadow_dropped = 0
         self.shadow_scored = 0
         self.shadow_errors = 0
+        self._snapshot_stop = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -115,7 +116,6 @@ class Service:
         self.snapshots.refresh()
         if self.settings.refresh_s > 0:
             self.slots.start(self.settings.refresh_s)
-            self._snapshot_stop = threading.Event()
 
             def refresh_snapshots() -> None:
                 while not self._snapshot_stop.wait(self.settings.refresh_s):
@@ -124,8 +124,7 @@ class Service:
             threading.Thread(target=refresh_snapshots, name="mlops-snapshot-watcher", daemon=True).start()
 
     def stop(self) -> None:
-        if getattr(self, "_snapshot_stop", None) is not None:
-            self._snapshot_stop.set()
+        self._snapshot_stop.set()
         self.slots.stop()
         if self._shadow_pool is not None:
             self._shadow_pool.shutdown(wait=True)
