@@ -130,7 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     while len(raw) < batch:
         raw, values = raw + raw, values + values
     ours_port, theirs_port = _free_port(), _free_port()
-    env = {**os.environ, "MLOPS_HOME": str(home), "MLOPS_API_KEYS": "bench-key", "MLOPS_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MLOPS_HOME": str(home),
+        "MLOPS_API_KEYS": "bench-key",
+        "MLOPS_LOG_LEVEL": "WARNING",
+    }
     tracking = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
     servers = [
         subprocess.Popen(
