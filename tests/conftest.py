@@ -43,9 +43,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 # `make test` runs two pytest-xdist workers. The modules that share the session's reference demo run
-# (`local_demo`) run in one worker, so that it is made once (with test_images, whose containers look like theirs); every other module runs whole in one worker, so that
-# a module fixture (a trained model, a Spark session) is built once. The Docker images are built under a lock
-# (`docker_images`): a second worker waits, then finds them built.
+# (`local_demo`) run in one worker, so that it is made once (test_images with them: its containers look like
+# theirs); every other module runs whole in one worker, so that a module fixture (a trained model, a Spark
+# session) is built once. The Docker images are built under a lock (`docker_images`): a second worker waits,
+# then finds them built.
 SHARED_SESSION_MODULES = frozenset(
     # test_images starts task containers of flight_delay for 2013 too: never beside the container tests
     {"tests/test_containers.py", "tests/test_e2e.py", "tests/test_images.py"}
