@@ -8,6 +8,7 @@ pickles it by reference to this module); everything it serves comes from its art
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,13 @@ class KerasProbabilityModel(mlflow.pyfunc.PythonModel):
     # signature logged from the input example stays the schema.
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> Any:
         """P(label == 1) for each row of ``model_input`` (a frame of the feature columns)."""
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        return self.predict_columns(frame)
+
+    def predict_columns(self, columns: Mapping[str, Any]) -> Any:
+        """``predict`` of a mapping of feature column -> values (a DataFrame or
+        pipelines.online.model_input_columns), without MLflow's input schema check: the scoring service's path."""
         from pipelines.modeling import keras_predict
 
-        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        out = keras_predict(self._model, self._encoder.transform(frame))
+        out = keras_predict(self._model, self._encoder.transform(columns))
         return out if self._target is None else self._target.unscaled(out)

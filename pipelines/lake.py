@@ -634,7 +634,7 @@ class Lake:
             storage_options=self.storage_options() if handle is None else None,
             commit_properties=properties,
         )
-        handle = self.open_table(table)
+        handle = handle if handle is not None else self.open_table(table)  # a handle is updated by the write
         assert handle is not None
         return int(handle.version())
 

@@ -35,11 +35,16 @@ predictions.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
+import threading
 import time
+import weakref
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -143,24 +148,37 @@ class TabularEncoder:
     def width(self) -> int:
         return len(self.numeric) + sum(len(v) for v in self.vocabulary.values())
 
-    def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        """A float32 matrix: scaled numeric columns, then one-hot blocks (null/unknown -> zeros)."""
-        import numpy as np
-        import pandas as pd
+    @cached_property
+    def _positions(self) -> dict[str, dict[str, int]]:
+        """Per categorical column, each known value's position in its one-hot block."""
+        return {
+            column: {value: i for i, value in enumerate(self.vocabulary[column])}
+            for column in self.categorical
+        }
 
-        rows = len(frame)
+    def transform(self, frame: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
+        """A float32 matrix: scaled numeric columns, then one-hot blocks (null/unknown -> zeros). ``frame`` is a
+        DataFrame or a mapping of column name to values (pipelines.online.model_input_columns)."""
+        import numpy as np
+
+        rows = len(frame[self.numeric[0]] if self.numeric else frame[self.categorical[0]])
         out = np.zeros((rows, self.width), dtype="float32")
         if self.numeric:
-            values = frame[self.numeric].to_numpy(dtype="float64")
+            values = np.empty((rows, len(self.numeric)), dtype="float64")
+            for i, column in enumerate(self.numeric):
+                values[:, i] = np.asarray(frame[column], dtype="float64")
             values = np.where(np.isnan(values), np.asarray(self.medians), values)
             out[:, : len(self.numeric)] = (values - np.asarray(self.means)) / np.asarray(self.scales)
         offset = len(self.numeric)
         for column in self.categorical:
-            vocab = self.vocabulary[column]
-            codes = pd.Categorical(frame[column].astype(object), categories=vocab).codes
+            positions = self._positions[column]
+            values = frame[column]  # strings or None; only strings are in the vocabulary
+            codes = np.fromiter(
+                map(positions.get, values, itertools.repeat(-1, rows)), dtype="int64", count=rows
+            )
             hit = codes >= 0
             out[np.flatnonzero(hit), offset + codes[hit]] = 1.0
-            offset += len(vocab)
+            offset += len(positions)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -202,15 +220,39 @@ def load_keras_model(path: str | Path) -> Any:
     return keras.saving.load_model(str(path), compile=False)
 
 
+_KERAS_FORWARD: weakref.WeakKeyDictionary[Any, dict[int, Any]] = weakref.WeakKeyDictionary()
+_KERAS_FORWARD_LOCK = threading.Lock()
+
+
+def keras_forward(model: Any, width: int) -> Any:
+    """The model's inference call for float32 matrices of ``width`` columns, traced once by ``tf.function``:
+    the same kernels as the eager call (the same numbers), without its per-call Python dispatch (2.85 ms eager,
+    0.49 ms through the ``tf.function``, 0.20 ms through its concrete function, for one row of the demo's MLP)."""
+    with _KERAS_FORWARD_LOCK:
+        by_width = _KERAS_FORWARD.setdefault(model, {})
+        if width not in by_width:
+            import tensorflow as tf
+
+            traced = tf.function(
+                lambda matrix: model(matrix, training=False),
+                input_signature=[tf.TensorSpec([None, width], tf.float32)],
+            )
+            by_width[width] = traced.get_concrete_function()  # called directly: no argument binding per call
+        return by_width[width]
+
+
 def keras_predict(model: Any, matrix: np.ndarray, batch_rows: int = 65536) -> np.ndarray:
-    """Probabilities from a Keras model, called directly in batches (faster than ``model.predict``)."""
+    """Probabilities from a Keras model, called through :func:`keras_forward` in batches (faster than
+    ``model.predict``)."""
     import numpy as np
 
     if len(matrix) == 0:
         return np.zeros(0, dtype="float64")
+    forward = keras_forward(model, matrix.shape[1])
+    matrix = np.asarray(matrix, dtype="float32")
     parts = []
     for start in range(0, len(matrix), batch_rows):
-        out = model(matrix[start : start + batch_rows], training=False)
+        out = forward(matrix[start : start + batch_rows])
         parts.append(out.numpy() if hasattr(out, "numpy") else np.asarray(out))  # TensorFlow tensor -> numpy
     return np.concatenate(parts).reshape(-1).astype("float64")
 

@@ -16,6 +16,7 @@ prediction time.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ class OnlineSnapshot:
     lookups: Mapping[str, Mapping[tuple[Any, ...], tuple[dict[str, Any], pd.Timestamp | None]]] = field(
         default_factory=dict
     )
+    # per lookup, tables derived from it once and reused by every request (see _join_source, _past_rate)
+    derived: dict[str, dict[Any, Any]] = field(default_factory=dict, compare=False, repr=False)
 
 
 def lookup_name(index: int, name: str) -> str:
@@ -119,30 +122,80 @@ def snapshot_day_for(usecase: UseCase, at: Any) -> date:
 
 
 # --------------------------------------------------------------------------------------------------- records
+# Features are computed column by column (a dict of arrays, one per column): one request record costs a few
+# lookups, not a DataFrame's per-column bookkeeping; batch scoring makes one DataFrame of the result.
+
+Columns = dict[str, Any]  # column name -> numpy array, or a tz-aware DatetimeIndex for a timestamp column
 
 
-def request_frame(usecase: UseCase, records: pd.DataFrame | list[dict[str, Any]]) -> pd.DataFrame:
-    """The columns of the primary source from ``records``, typed as configured (timestamps in UTC). A missing
-    required column is an error naming it; a missing optional one is NULL; other columns are ignored."""
+Records = Any  # a DataFrame, a list of dicts, or request_columns' result (typed columns, taken as they are)
+
+
+def request_columns(usecase: UseCase, records: Records) -> Columns:
+    """The columns of the primary source from ``records``, typed as configured (timestamps as UTC
+    DatetimeIndex). A missing required column is an error naming it; a missing optional one is NULL; other
+    columns are ignored. A dict is taken as typed columns already (pipelines.serving.schema.ColumnChecker)."""
+    import numpy as np
     import pandas as pd
 
-    frame = pd.DataFrame(records) if not isinstance(records, pd.DataFrame) else records
+    if isinstance(records, dict):
+        return dict(records)
+
     source = usecase.features.primary_source
     spec = usecase.sources[source]
-    missing = [name for name, column in spec.columns.items() if column.required and name not in frame]
+    is_frame = isinstance(records, pd.DataFrame)
+    present = set(records.columns) if is_frame else set().union(*records) if records else set()
+    missing = [name for name, column in spec.columns.items() if column.required and name not in present]
     if missing:
         raise ValueError(
             f"records lack the required column(s) {missing} of source {source!r} (sources.{source}.columns)"
         )
-    out = pd.DataFrame(index=range(len(frame)))
+    out: Columns = {}
     for name, column in spec.columns.items():
-        values = frame[name].reset_index(drop=True) if name in frame else pd.Series([None] * len(frame))
+        if is_frame:
+            values = records[name] if name in present else pd.Series([None] * len(records), dtype=object)
+        else:
+            values = [record.get(name) for record in records]
         if column.type == "timestamp":
-            values = pd.to_datetime(values, utc=True)
+            out[name] = pd.DatetimeIndex(pd.to_datetime(values, utc=True))
         elif column.type in ("int", "float"):
-            values = pd.to_numeric(values)
-        out[name] = values
+            out[name] = _numeric_array(pd.to_numeric(values))
+        elif is_frame:
+            out[name] = values.to_numpy()
+        else:
+            out[name] = values if isinstance(values, np.ndarray) else _object_array(values)
     return out
+
+
+def _numeric_array(values: Any) -> Any:
+    """A numpy array of numbers (a nullable pandas column's NULLs as NaN)."""
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(values, pd.Series):
+        if isinstance(values.dtype, pd.api.extensions.ExtensionDtype):
+            return (
+                values.to_numpy(dtype="float64", na_value=np.nan)
+                if values.isna().any()
+                else values.to_numpy(dtype=values.dtype.numpy_dtype)
+            )
+        return values.to_numpy()
+    return np.asarray(values)
+
+
+def _object_array(values: list[Any]) -> Any:
+    import numpy as np
+
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
+
+
+def request_frame(usecase: UseCase, records: Records) -> pd.DataFrame:
+    """:func:`request_columns` as a DataFrame."""
+    import pandas as pd
+
+    return pd.DataFrame(request_columns(usecase, records))
 
 
 def read_records(lake: Lake, usecase: UseCase, days: list[str], version: int | None = None) -> pd.DataFrame:
@@ -157,95 +210,134 @@ def read_records(lake: Lake, usecase: UseCase, days: list[str], version: int | N
     return frame
 
 
-def _key_tuples(frame: pd.DataFrame, keys: list[str]) -> list[tuple[Any, ...]]:
-    columns = [frame[k].astype(object).where(frame[k].notna(), None).tolist() for k in keys]
-    return list(zip(*columns, strict=True))
+def _key_tuples(columns: Columns, keys: list[str]) -> list[tuple[Any, ...]]:
+    """One tuple of key values per row, a NULL as None (as the snapshot's keys are written)."""
+    import numpy as np
+    import pandas as pd
 
-
-def _lookup(snapshot: OnlineSnapshot, index: int, name: str) -> Mapping[tuple[Any, ...], Any]:
-    return snapshot.lookups.get(lookup_name(index, name), {})
+    lists = []
+    for key in keys:
+        values = np.asarray(columns[key], dtype=object)
+        missing = pd.isna(values)
+        if missing.any():
+            values = values.copy()
+            values[missing] = None
+        lists.append(values.tolist())
+    return list(zip(*lists, strict=True))
 
 
 # --------------------------------------------------------------------------------------------------- transforms
-# The pandas side of each transform of pipelines.transforms, applied to records with the snapshot's lookups.
+# The pandas side of each transform of pipelines.transforms, applied to request columns with the snapshot's
+# lookups. A lookup's outputs are lists (None for NULL); pandas types them when a frame is made.
 
 
 def _calendar(
-    frame: pd.DataFrame,
+    columns: Columns,
     usecase: UseCase,
     lookup: Mapping[tuple[Any, ...], Any],
     at: pd.Timestamp,
+    derived: dict[Any, Any],
     *,
     timestamp: str,
     hour_column: str | None = None,
     timezone: str | None = None,
     hour_output: str = "dep_hour",
 ) -> None:
+    import numpy as np
     import pandas as pd
 
-    local = pd.to_datetime(frame[timestamp], utc=True).dt.tz_convert(timezone or usecase.time.timezone)
-    hour = pd.to_numeric(frame[hour_column]) if hour_column else local.dt.hour
-    frame[hour_output] = hour.astype("float64")
-    frame["day_of_week"] = (local.dt.dayofweek + 1).astype("float64")
-    if "month" not in frame:
-        frame["month"] = local.dt.month.astype("float64")
+    local = pd.DatetimeIndex(columns[timestamp]).tz_convert(timezone or usecase.time.timezone)
+    if hour_column:
+        hour = np.asarray(columns[hour_column], dtype="float64")
+    else:
+        hour = local.hour.to_numpy(dtype="float64")
+    columns[hour_output] = hour
+    columns["day_of_week"] = (local.dayofweek + 1).to_numpy(dtype="float64")
+    if "month" not in columns:
+        columns["month"] = local.month.to_numpy(dtype="float64")
+
+
+def _per_row(columns: Columns, keys: list[str], value_of: Callable[[tuple[Any, ...]], Any]) -> list[Any]:
+    """``value_of(key)`` for every row's key tuple, computed once per distinct key (a batch shares few)."""
+    tuples = _key_tuples(columns, keys)
+    known = {key: value_of(key) for key in set(tuples)}
+    return list(map(known.__getitem__, tuples))
+
+
+def _set_outputs(columns: Columns, outputs: list[str], per_row: list[tuple[Any, ...]]) -> None:
+    """Store per-row tuples of output values as one list per output column."""
+    transposed = list(zip(*per_row, strict=True)) if per_row else [() for _ in outputs]
+    for output, values in zip(outputs, transposed, strict=True):
+        columns[output] = list(values)
 
 
 def _join_source(
-    frame: pd.DataFrame,
+    columns: Columns,
     usecase: UseCase,
     lookup: Mapping[tuple[Any, ...], Any],
     at: pd.Timestamp,
+    derived: dict[Any, Any],
     *,
     source: str,
     keys: list[str],
-    columns: dict[str, str],
+    columns_of: dict[str, str],
 ) -> None:
-    found = [lookup.get(key) for key in _key_tuples(frame, keys)]
-    for output in columns.values():
-        frame[output] = [None if item is None else item[0].get(output) for item in found]
+    outputs = tuple(columns_of.values())
+    table = derived.get(outputs)
+    if table is None:  # key -> the output values, made once per snapshot
+        table = derived[outputs] = {
+            key: tuple(item[0].get(o) for o in outputs) for key, item in lookup.items()
+        }
+    tuples = _key_tuples(columns, keys)
+    _set_outputs(
+        columns, list(outputs), list(map(table.get, tuples, itertools.repeat((None,) * len(outputs))))
+    )
 
 
 def _asof_join(
-    frame: pd.DataFrame,
+    columns: Columns,
     usecase: UseCase,
     lookup: Mapping[tuple[Any, ...], Any],
     at: pd.Timestamp,
+    derived: dict[Any, Any],
     *,
     source: str,
     keys: list[str],
-    columns: dict[str, str],
+    columns_of: dict[str, str],
     time: str | None = None,
     max_age: str = "24h",
 ) -> None:
     import pandas as pd
 
     oldest = at - pd.Timedelta(seconds=parse_duration(max_age, "max_age"))
-    found = []
-    for key in _key_tuples(frame, keys):
+    outputs = list(columns_of.values())
+
+    def values_of(key: tuple[Any, ...]) -> tuple[Any, ...]:
         item = lookup.get(key)
         fresh = item is not None and item[1] is not None and oldest <= item[1] <= at
-        found.append(item[0] if fresh else None)
-    for output in columns.values():
-        frame[output] = [None if values is None else values.get(output) for values in found]
+        return tuple(item[0].get(output) if fresh else None for output in outputs)
+
+    _set_outputs(columns, outputs, _per_row(columns, keys, values_of))
 
 
 def _past_rate(
-    frame: pd.DataFrame,
+    columns: Columns,
     usecase: UseCase,
     lookup: Mapping[tuple[Any, ...], Any],
     at: pd.Timestamp,
+    derived: dict[Any, Any],
     *,
     keys: list[str],
     days: int,
     output: str,
 ) -> None:
-    rates = []
-    for key in _key_tuples(frame, keys):
-        item = lookup.get(key)
-        counts = item[0] if item is not None else {}
-        rates.append(counts["positives"] / counts["n"] if counts.get("n") else None)
-    frame[output] = rates
+    rates = derived.get("rates")
+    if rates is None:  # key -> positives / n (no outcomes: NULL, as Spark gives), made once per snapshot
+        rates = derived["rates"] = {
+            key: counts["positives"] / counts["n"] if counts.get("n") else None
+            for key, (counts, _) in lookup.items()
+        }
+    columns[output] = list(map(rates.get, _key_tuples(columns, keys)))
 
 
 ONLINE_TRANSFORMS: dict[str, Callable[..., None]] = {
@@ -258,14 +350,16 @@ ONLINE_TRANSFORMS: dict[str, Callable[..., None]] = {
 LOOKUP_TRANSFORMS = frozenset({"join_source", "asof_join", "past_rate"})
 
 
-def feature_frame(
+def feature_columns_of(
     usecase: UseCase,
-    records: pd.DataFrame | list[dict[str, Any]],
+    records: Records,
     snapshot: OnlineSnapshot,
     at: Any = None,
-) -> pd.DataFrame:
-    """The records (primary-source columns, typed) with their prediction time and every feature output, computed
-    from ``snapshot`` as of ``at`` (default: the snapshot's prediction time, as batch scoring uses it)."""
+) -> Columns:
+    """The records' columns (primary source, typed) with their prediction time and every feature output,
+    computed from ``snapshot`` as of ``at`` (default: the snapshot's prediction time, as batch scoring uses it).
+    The one function batch scoring and the service compute features with."""
+    import numpy as np
     import pandas as pd
 
     at = snapshot.prediction_time if at is None else pd.Timestamp(at)
@@ -275,42 +369,84 @@ def feature_frame(
             f"the snapshot of {snapshot.day} was made at {snapshot.prediction_time}, after the request time {at}; "
             "use the snapshot of snapshot_day_for(at)"
         )
-    frame = request_frame(usecase, records)
-    frame[PREDICTION_TIME] = at
+    columns = request_columns(usecase, records)
+    rows = len(next(iter(columns.values())))
+    columns[PREDICTION_TIME] = pd.DatetimeIndex(
+        np.repeat(at.tz_localize(None).to_datetime64(), rows)
+    ).tz_localize("UTC")
     for index, spec in enumerate(usecase.features.transforms):
         if spec.name not in ONLINE_TRANSFORMS:
             raise ValueError(f"transform {spec.name!r} has no online implementation in pipelines.online")
-        ONLINE_TRANSFORMS[spec.name](frame, usecase, _lookup(snapshot, index, spec.name), at, **spec.params)
-    return frame
+        params = dict(spec.params)
+        if "columns" in params:  # the transform's output map (its name clashes with the column dict)
+            params["columns_of"] = params.pop("columns")
+        name = lookup_name(index, spec.name)
+        derived = snapshot.derived.setdefault(name, {})
+        ONLINE_TRANSFORMS[spec.name](columns, usecase, snapshot.lookups.get(name, {}), at, derived, **params)
+    return columns
 
 
-def model_inputs(usecase: UseCase, frame: pd.DataFrame, where: str) -> pd.DataFrame:
-    """The feature columns in model order: numeric as float64 (nulls as NaN), categorical as strings or None."""
+def feature_frame(
+    usecase: UseCase,
+    records: Records,
+    snapshot: OnlineSnapshot,
+    at: Any = None,
+) -> pd.DataFrame:
+    """:func:`feature_columns_of` as a DataFrame (batch scoring's form)."""
+    import pandas as pd
+
+    return pd.DataFrame(feature_columns_of(usecase, records, snapshot, at))
+
+
+def model_input_columns(usecase: UseCase, columns: Mapping[str, Any], where: str) -> Columns:
+    """The feature columns in model order: numeric as float64 arrays (NULL as NaN), categorical as object
+    arrays of strings or None. ``columns`` is a DataFrame or :func:`feature_columns_of`'s dict."""
+    import numpy as np
+    import pandas as pd
+
     from pipelines.tracking import feature_columns
 
-    columns = feature_columns(usecase)
-    missing = [c for c in columns if c not in frame.columns]
+    missing = [c for c in feature_columns(usecase) if c not in columns]
     if missing:
         raise StepFailed(
             f"{where}: feature columns {missing} are missing; rebuild the features with the current use case "
             f"config (features.numeric/categorical)"
         )
-    inputs = frame[columns].copy()
+    out: Columns = {}
     for column in usecase.features.numeric:
+        values = columns[column]
         try:
-            inputs[column] = inputs[column].astype("float64")
+            if isinstance(values, pd.Series):
+                out[column] = values.astype("float64").to_numpy()
+            else:
+                out[column] = np.asarray(values, dtype="float64")
         except (TypeError, ValueError) as exc:
             raise StepFailed(f"{where}: numeric feature {column!r} is not numeric ({exc})") from None
     for column in usecase.features.categorical:
-        inputs[column] = inputs[column].astype(object).where(inputs[column].notna(), None)
-    return inputs
+        values = np.asarray(columns[column], dtype=object)
+        missing_values = pd.isna(values)
+        if missing_values.any():
+            values = values.copy()
+            values[missing_values] = None
+        out[column] = values
+    return out
+
+
+def model_inputs(usecase: UseCase, frame: pd.DataFrame, where: str) -> pd.DataFrame:
+    """:func:`model_input_columns` as a DataFrame (the frame a pyfunc model scores)."""
+    import pandas as pd
+
+    return pd.DataFrame(model_input_columns(usecase, frame, where), index=frame.index)
 
 
 def model_input_frame(
     usecase: UseCase,
-    records: pd.DataFrame | list[dict[str, Any]],
+    records: Records,
     snapshot: OnlineSnapshot,
     at: Any = None,
 ) -> pd.DataFrame:
     """The model's input frame for ``records``: :func:`feature_frame`'s feature columns in model order."""
-    return model_inputs(usecase, feature_frame(usecase, records, snapshot, at), f"snapshot of {snapshot.day}")
+    import pandas as pd
+
+    columns = feature_columns_of(usecase, records, snapshot, at)
+    return pd.DataFrame(model_input_columns(usecase, columns, f"snapshot of {snapshot.day}"))

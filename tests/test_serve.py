@@ -34,8 +34,15 @@ def _step(name: str, day: date) -> dict:
     return run_step([name, "--usecase", USECASE, "--date", day.isoformat()])
 
 
-def _champion_from(env: ServeEnv, day: date, *, promote: bool = True, threshold: float = 0.3) -> str:
-    produce_day(env, day, gate_passed=True, threshold=threshold)
+def _champion_from(
+    env: ServeEnv,
+    day: date,
+    *,
+    promote: bool = True,
+    threshold: float = 0.3,
+    candidates: tuple[tuple[str, str], ...] = (("logreg", "logistic_regression"),),
+) -> str:
+    produce_day(env, day, gate_passed=True, threshold=threshold, candidates=candidates)
     version = str(_step("register", day)["gate_candidate_version"])
     if promote:
         _step("promote", day)
@@ -95,32 +102,51 @@ def _post(api, body, path: str = PREDICT, headers: dict | None = None):
 # ----------------------------------------------------------------------------------------------- parity
 
 
-def test_a_day_scored_over_http_equals_the_batch_scorer(api) -> None:
-    """The same records, snapshot and model give the batch scorer's probabilities to 1e-9."""
-    env = api.env
+def _http_equals_batch(client: TestClient, env: ServeEnv, version: str) -> dict:
+    """Score DAY's records over HTTP and with the batch scorer; require the same probabilities to 1e-9."""
     _step("score", DAY - timedelta(days=1))  # on March 9 the flights of March 10 are scored
     batch = env.lake.read_frame(predictions_table(USECASE), [DAY.isoformat()])
+    batch = batch[batch["model_version"].astype(str) == version]
     records = _records(env, DAY)
     assert len(records) == len(batch) == 40
 
-    response = _post(api, {"records": records, "at": _at(env, DAY)})
+    response = client.post(PREDICT, json={"records": records, "at": _at(env, DAY)}, headers=AUTH)
     assert response.status_code == 200, response.text
     answer = response.json()
-    assert answer["model"]["version"] == api.version and response.headers["X-Model-Version"] == api.version
+    assert answer["model"]["version"] == version and response.headers["X-Model-Version"] == version
+    assert answer["model"]["runtime"] == "direct", "the model is called without the pyfunc layer"
     assert answer["snapshot"]["day"] == DAY.isoformat()
     served = pd.DataFrame(records)[env.usecase.features.keys]
     served["http"] = [p["probability"] for p in answer["predictions"]]
     joined = served.merge(batch, on=env.usecase.features.keys, how="inner", validate="one_to_one")
     assert len(joined) == 40
     np.testing.assert_allclose(joined["http"], joined["probability"], rtol=0, atol=1e-9)
+    return answer
+
+
+def test_a_day_scored_over_http_equals_the_batch_scorer(api) -> None:
+    """The same records, snapshot and model give the batch scorer's probabilities to 1e-9."""
+    answer = _http_equals_batch(api.client, api.env, api.version)
     threshold = answer["model"]["decision_threshold"]
     assert threshold == 0.3
     assert [p["decision"] for p in answer["predictions"]] == [
         p["probability"] >= 0.3 for p in answer["predictions"]
     ]
-
-    one = _post(api, {"record": records[0], "at": _at(env, DAY)}).json()["predictions"]
+    records = _records(api.env, DAY)
+    one = _post(api, {"record": records[0], "at": _at(api.env, DAY)}).json()["predictions"]
     assert one[0]["probability"] == pytest.approx(answer["predictions"][0]["probability"], abs=1e-12)
+
+
+def test_a_keras_champion_over_http_equals_the_batch_scorer(serve_env: ServeEnv) -> None:
+    """A Keras champion is served by its traced forward pass; the batch scorer's pyfunc gives the same numbers."""
+    from pipelines.serving.app import create_app
+
+    version = _champion_from(serve_env, TRAINED_ON, candidates=(("mlp", "keras_mlp"),))
+    write_features(serve_env, [DAY], rows=40)
+    service = _service(serve_env, capture=False)
+    with TestClient(create_app(service)) as client:
+        _http_equals_batch(client, serve_env, version)
+    service.stop()
 
 
 def test_mlflow_invocations_and_open_inference_protocol_answer_the_same(api) -> None:
@@ -272,6 +298,8 @@ def test_api_keys_body_size_and_batch_count(api, tmp_path: Path, monkeypatch) ->
         )
         metrics = client.get("/metrics").text
         assert 'mlops_serve_errors_total{kind="too_large"}' in metrics
+        assert 'mlops_serve_requests_total{route="/v1/usecases/{name}/predict",status="200"} 1.0' in metrics
+        assert 'mlops_serve_request_seconds_count{route="/v1/usecases/{name}/predict"}' in metrics
 
 
 def test_the_command_refuses_to_serve_without_api_keys(monkeypatch) -> None:
@@ -540,3 +568,124 @@ def test_no_request_built_from_the_openapi_document_gets_a_5xx(api) -> None:
 
     check()
     assert 200 in statuses and 422 in statuses, sorted(set(statuses))
+
+
+TIME_FORMS = [
+    "2013-03-10T12:00:00Z",
+    "2013-03-10T12:00:00",
+    "2013-03-10 12:00:00+05:30",
+    "2013-03-10T12:00:00.123456-04:00",
+    "2013-03-10T12:00:00.1234567Z",
+    "2013-03-10T12:00Z",
+    "2013-02-30T00:00:00Z",
+    "2013-03-10T24:00:00Z",
+    "2013-03-10T12:00:60Z",
+    "2013-03-10T12:00:00+24:00",
+    "1677-01-01T00:00:00Z",
+    "2262-06-01T00:00:00Z",
+    "2013-03-10",
+    "20130310T120000Z",
+    " 2013-03-10T12:00:00Z",
+    "1362916800",
+]
+
+
+def test_the_column_checker_accepts_only_what_the_record_model_accepts(api) -> None:
+    """The service checks batches column by column and falls back to the pydantic record model for anything the
+    checker does not accept. What the checker accepts, the model accepts too, typed the same; and it accepts the
+    records clients send, so the fast path is the one normal traffic takes."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from pydantic import TypeAdapter, ValidationError
+
+    from pipelines.online import request_columns
+    from pipelines.serving.schema import ColumnChecker, record_model
+
+    usecase = api.env.usecase
+    checker = ColumnChecker(usecase)
+    adapter = TypeAdapter(list[record_model(usecase)])
+    records = _records(api.env, DAY)
+    assert checker.columns(records) is not None, (
+        "the checker refuses valid records: every request takes the slow path"
+    )
+
+    def same(left, right) -> bool:
+        if isinstance(left, pd.DatetimeIndex) or isinstance(right, pd.DatetimeIndex):
+            return pd.DatetimeIndex(left).equals(pd.DatetimeIndex(right))
+        return pd.Series(left, dtype=object).equals(pd.Series(right, dtype=object)) or np.array_equal(
+            np.asarray(left, dtype=float), np.asarray(right, dtype=float), equal_nan=True
+        )
+
+    value = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**64), 2**64),
+        st.floats(),
+        st.text(max_size=8),
+        st.sampled_from(TIME_FORMS + ["EWR", "JFK", "XXX"]),
+    )
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(picks=st.lists(st.sampled_from(range(len(records))), min_size=1, max_size=3), data=st.data())
+    def check(picks, data) -> None:
+        batch = [dict(records[i]) for i in picks]
+        for record in batch:
+            for _ in range(data.draw(st.integers(0, 2))):
+                key = data.draw(st.sampled_from(sorted(record) + ["unexpected"]))
+                if data.draw(st.integers(0, 4)) == 0:
+                    record.pop(key, None)
+                else:
+                    record[key] = data.draw(value)
+        typed = checker.columns(batch)
+        try:
+            rows = [item.model_dump(by_alias=True) for item in adapter.validate_python(batch)]
+        except ValidationError:
+            assert typed is None, f"the checker accepted what the record model refuses: {batch}"
+            return
+        if typed is None:
+            return  # the slow path: the model's answer stands
+        expected = request_columns(usecase, rows)
+        for name, column in expected.items():
+            assert same(typed[name], column), (name, typed[name], column, batch)
+
+    check()
+
+
+def test_capture_drops_when_full_never_blocks_and_counts_a_commit_that_fails_twice(tmp_path: Path) -> None:
+    """The capture queue is bounded: a full queue drops rows and counts them; a commit that fails is retried
+    once with the next batch, then its rows are counted as lost. The lake is real; its failure is a table path
+    that is a plain file, so the commit fails the way a full or read-only disk would."""
+    from pipelines.lake import Lake, captures_table
+    from pipelines.serving.capture import CaptureWriter
+
+    lake = Lake(str(tmp_path / "lake"))
+
+    def rows(n: int, start: int = 0) -> list[dict]:
+        return [
+            {"date": "2013-03-10", "request_id": f"r{start + i}", "row": i, "score": 0.5} for i in range(n)
+        ]
+
+    writer = CaptureWriter(lake, "ok", max_rows=5, batch_rows=100, flush_s=3600)
+    started = time.perf_counter()
+    assert writer.offer(rows(3)) == 0
+    assert writer.offer_later(3, lambda: {"date": ["2013-03-10"] * 3}) == 3, "over max_rows: dropped"
+    assert time.perf_counter() - started < 1.0, "offering must never wait"
+    assert (writer.dropped, writer.queued()) == (3, 3)
+    writer.close()
+    assert (writer.written, writer.commits, writer.failed) == (3, 1, 0)
+    back = lake.read_frame(captures_table("ok"), ["2013-03-10"])
+    assert sorted(back["request_id"]) == ["r0", "r1", "r2"]
+
+    blocked = Path(lake.table_uri(captures_table("blocked")).removeprefix("file://"))
+    blocked.parent.mkdir(parents=True, exist_ok=True)
+    blocked.write_text("not a table")
+    failing = CaptureWriter(lake, "blocked", max_rows=100, batch_rows=100, flush_s=3600)
+    failing.offer(rows(2))
+    failing.flush()
+    assert (failing.written, failing.failed, failing.queued()) == (0, 0, 2), "kept for one retry"
+    assert failing.last_error
+    failing.offer(rows(4, start=2))
+    failing.flush()  # the retry fails too: the first 2 rows are lost, the 4 new ones wait for their retry
+    assert (failing.written, failing.failed, failing.queued()) == (0, 2, 4)
+    failing.close()
+    assert failing.failed == 6

@@ -1,19 +1,28 @@
 """Requests the service answered, appended to the lake's ``captures/<usecase>`` Delta table off the request path.
 
-A request hands its rows to :meth:`CaptureWriter.offer`, which never blocks: when the bounded queue is full the
-rows are dropped and counted (``dropped``), so a slow lake slows no request. A daemon thread appends what is
+A request hands its rows (or a function making them, run in the capture thread, so formatting costs no
+request time) to :meth:`CaptureWriter.offer` or :meth:`CaptureWriter.offer_later`, which never block: when the
+bounded queue is full the rows are dropped and counted (``dropped``), so a slow lake slows no request. A daemon thread appends what is
 queued every ``flush_s`` seconds or ``batch_rows`` rows, in one commit; a failed commit is retried once with the
 next batch, then counted as lost (``failed``) so memory stays bounded. ``close`` flushes what is left.
 """
 
 from __future__ import annotations
 
-import queue
+import collections
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pipelines.lake import Lake, captures_table
+
+Columns = dict[str, list[Any]]  # rows as columns: name -> one value per row
+
+
+def _as_columns(rows: list[dict[str, Any]]) -> Columns:
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    return {name: [row.get(name) for row in rows] for name in names}
 
 
 class CaptureWriter:
@@ -24,67 +33,89 @@ class CaptureWriter:
         lake: Lake,
         usecase: str,
         *,
-        max_rows: int = 50_000,
-        batch_rows: int = 5_000,
-        flush_s: float = 2.0,
+        max_rows: int = 100_000,
+        batch_rows: int = 20_000,
+        flush_s: float = 10.0,  # a commit costs about 150 ms whatever its size: few and large ones
     ) -> None:
         self.lake, self.table = lake, captures_table(usecase)
-        self.batch_rows, self.flush_s = batch_rows, flush_s
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=max_rows)
+        self.max_rows, self.batch_rows, self.flush_s = max_rows, batch_rows, flush_s
+        # (row count, a function making the rows): the rows are made in the capture thread, off the request path
+        # (row count, a function making the rows as columns): made in the capture thread, off the request path
+        self._queue: collections.deque[tuple[int, Callable[[], Columns]]] = collections.deque()
+        self._queued_rows = 0
+        self._lock = threading.Lock()
         self.written = self.dropped = self.failed = self.commits = 0
         self.last_error: str | None = None
-        self._pending: list[dict[str, Any]] = []  # a batch whose commit failed once
+        self._pending: list[tuple[int, Columns]] = []  # a batch whose commit failed once
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mlops-capture", daemon=True)
         self._thread.start()
 
     def offer(self, rows: list[dict[str, Any]]) -> int:
         """Queue ``rows`` without waiting; return how many were dropped because the queue was full."""
-        dropped = 0
-        for row in rows:
-            try:
-                self._queue.put_nowait(row)
-            except queue.Full:
-                dropped += 1
-        self.dropped += dropped
-        return dropped
+        return self.offer_later(len(rows), lambda: _as_columns(rows))
+
+    def offer_later(self, count: int, make_columns: Callable[[], Columns]) -> int:
+        """Queue the ``count`` rows that ``make_columns()`` returns as columns (name -> list of values; called
+        later, in the capture thread) without waiting; return how many were dropped because the queue was full
+        (all of them or none)."""
+        with self._lock:
+            if self._queued_rows + count > self.max_rows:
+                self.dropped += count
+                return count
+            self._queue.append((count, make_columns))
+            self._queued_rows += count
+        return 0
 
     def queued(self) -> int:
-        return self._queue.qsize() + len(self._pending)
+        return self._queued_rows + sum(count for count, _ in self._pending)
 
-    def _drain(self) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        while len(rows) < self.batch_rows:
+    def _drain(self) -> list[tuple[int, Columns]]:
+        chunks: list[tuple[int, Columns]] = []
+        rows = 0
+        while rows < self.batch_rows:
+            with self._lock:
+                if not self._queue:
+                    break
+                count, make_columns = self._queue.popleft()
+                self._queued_rows -= count
             try:
-                rows.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return rows
+                chunks.append((count, make_columns()))
+                rows += count
+            except Exception as exc:  # rows that cannot be formatted are lost, counted and reported
+                self.failed += count
+                self.last_error = f"formatting {count} captured rows failed: {type(exc).__name__}: {exc}"
+        return chunks
 
     def flush(self) -> None:
         """Append everything queued now (in batches of ``batch_rows``)."""
         while True:
-            rows = self._pending + self._drain()
-            retried, self._pending = len(self._pending), []
-            if not rows:
+            retried = len(self._pending)
+            chunks, self._pending = self._pending + self._drain(), []
+            if not chunks:
                 return
-            if not self._write(rows):
+            if not self._write(chunks):
                 if retried:  # the second failure of these rows: counted as lost, memory stays bounded
-                    self.failed += retried
-                    self._pending = rows[retried:]
+                    self.failed += sum(count for count, _ in chunks[:retried])
+                    self._pending = chunks[retried:]
                 else:
-                    self._pending = rows
+                    self._pending = chunks
                 return
 
-    def _write(self, rows: list[dict[str, Any]]) -> bool:
+    def _write(self, chunks: list[tuple[int, Columns]]) -> bool:
         import pandas as pd
 
+        names = list(dict.fromkeys(name for _, columns in chunks for name in columns))
+        merged: Columns = {name: [] for name in names}
+        for count, columns in chunks:
+            for name in names:
+                merged[name].extend(columns.get(name, [None] * count))
         try:
-            self.lake.append_rows(self.table, pd.DataFrame(rows), commit_info={"mlops.writer": "serve"})
+            self.lake.append_rows(self.table, pd.DataFrame(merged), commit_info={"mlops.writer": "serve"})
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             return False
-        self.written += len(rows)
+        self.written += sum(count for count, _ in chunks)
         self.commits += 1
         self.last_error = None
         return True
@@ -92,7 +123,7 @@ class CaptureWriter:
     def _run(self) -> None:
         last = time.monotonic()
         while not self._stop.wait(0.05):
-            if self._queue.qsize() >= self.batch_rows or time.monotonic() - last >= self.flush_s:
+            if self._queued_rows >= self.batch_rows or time.monotonic() - last >= self.flush_s:
                 self.flush()
                 last = time.monotonic()
 

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,9 @@ class ModelRefused(Exception):
 
 @dataclass
 class ServedModel:
-    """One verified, loaded version."""
+    """One verified, loaded version. ``score`` maps model-input columns (pipelines.online.model_input_columns)
+    to scores: the flavour's own model called directly where :func:`direct_scorer` verified it, else the
+    pyfunc (``runtime`` says which)."""
 
     alias: str
     version: str
@@ -47,6 +50,8 @@ class ServedModel:
     threshold: float | None
     digest: str
     folder: Path
+    score: Callable[[Mapping[str, Any]], Any]
+    runtime: str
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -56,6 +61,7 @@ class ServedModel:
             "candidate": self.candidate,
             "sha256": self.digest,
             "decision_threshold": self.threshold,
+            "runtime": self.runtime,
         }
 
     def release(self) -> None:
@@ -85,6 +91,72 @@ def smoke_test(model: Any, folder: Path, classification: bool) -> int:
             f"its probabilities for its input example are outside [0, 1]: {scores.tolist()[:5]}"
         )
     return len(example)
+
+
+def pyfunc_scorer(model: Any) -> Callable[[Mapping[str, Any]], Any]:
+    """Scores through the pyfunc (MLflow's schema check included)."""
+
+    def score(columns: Mapping[str, Any]) -> Any:
+        import pandas as pd
+
+        return predict_proba(model, pd.DataFrame(columns))
+
+    return score
+
+
+def direct_scorer(model: Any, classification: bool) -> Callable[[Mapping[str, Any]], Any] | None:
+    """The model of a flavour this project logs, called without the pyfunc layer (MLflow's per-request input
+    schema check; the service validated the records against the use case's schema already): the Keras
+    wrapper's ``predict_columns``, or a scikit-learn model's ``predict_proba`` (``predict`` for a regressor).
+    None for another flavour. :func:`load_verified` serves it only when it scores the stored input example
+    exactly as the pyfunc does."""
+    import numpy as np
+    import pandas as pd
+
+    try:
+        python_model = model.unwrap_python_model()
+    except Exception:
+        python_model = None
+    predict_columns = getattr(python_model, "predict_columns", None)
+    if predict_columns is not None:
+        return lambda columns: np.asarray(predict_columns(columns), dtype="float64").reshape(-1)
+    try:
+        raw = model.get_raw_model()
+    except Exception:
+        return None
+    if not hasattr(raw, "predict") or (classification and not hasattr(raw, "predict_proba")):
+        return None
+
+    def score(columns: Mapping[str, Any]) -> Any:
+        frame = pd.DataFrame(columns)
+        if classification:
+            return np.asarray(raw.predict_proba(frame), dtype="float64")[:, -1]
+        return np.asarray(raw.predict(frame), dtype="float64").reshape(-1)
+
+    return score
+
+
+def choose_scorer(
+    model: Any, usecase: UseCase, folder: Path
+) -> tuple[Callable[[Mapping[str, Any]], Any], str]:
+    """(the scorer to serve with, its runtime name): :func:`direct_scorer` when it gives exactly the pyfunc's
+    scores on the stored input example, else the pyfunc."""
+    import numpy as np
+
+    from pipelines.online import model_input_columns
+
+    direct = direct_scorer(model, usecase.task == "classification")
+    if direct is None:
+        return pyfunc_scorer(model), "pyfunc"
+    try:
+        example = model.metadata.load_input_example(str(folder))
+        columns = model_input_columns(usecase, example, "the stored input example")
+        expected = pyfunc_scorer(model)(columns)
+        given = direct(columns)
+        same = given.shape == expected.shape and bool(np.array_equal(given, expected, equal_nan=True))
+    except Exception:
+        same = False
+    return (direct, "direct") if same else (pyfunc_scorer(model), "pyfunc")
 
 
 def load_verified(usecase: UseCase, version: Any, alias: str) -> ServedModel:
@@ -121,6 +193,7 @@ def load_verified(usecase: UseCase, version: Any, alias: str) -> ServedModel:
         except ModelRefused as exc:
             raise ModelRefused(f"version {version.version} of {name!r}: {exc}") from None
         threshold = decision_threshold(model) if usecase.task == "classification" else None
+        score, runtime = choose_scorer(model, usecase, path)
         return ServedModel(
             alias=alias,
             version=str(version.version),
@@ -130,6 +203,8 @@ def load_verified(usecase: UseCase, version: Any, alias: str) -> ServedModel:
             threshold=threshold,
             digest=digest,
             folder=folder,
+            score=score,
+            runtime=runtime,
         )
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)

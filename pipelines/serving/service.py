@@ -9,7 +9,6 @@ every request answered by the champion is also scored by the challenger off the 
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -17,13 +16,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+import orjson
+
 from pipelines.config import UseCase
 from pipelines.lake import Lake
-from pipelines.online import feature_frame, model_inputs
+from pipelines.online import feature_columns_of, model_input_columns
 from pipelines.serving.capture import CaptureWriter
 from pipelines.serving.models import ModelSlots, ServedModel
 from pipelines.serving.snapshots import SnapshotCache
-from pipelines.tracking import CHALLENGER_ALIAS, CHAMPION_ALIAS, predict_proba
+from pipelines.tracking import CHALLENGER_ALIAS, CHAMPION_ALIAS
 
 
 class NotReady(Exception):
@@ -62,10 +64,10 @@ class Scored:
     def predictions(self) -> list[dict[str, Any]]:
         version = self.served.version
         if self.decisions is None:
-            return [{"prediction": float(s), "model_version": version} for s in self.scores]
+            return [{"prediction": s, "model_version": version} for s in self.scores.tolist()]
         return [
-            {"probability": float(s), "decision": bool(d), "model_version": version}
-            for s, d in zip(self.scores, self.decisions, strict=True)
+            {"probability": s, "decision": d, "model_version": version}
+            for s, d in zip(self.scores.tolist(), self.decisions.tolist(), strict=True)
         ]
 
 
@@ -164,17 +166,25 @@ class Service:
                 return challenger, None
         return champion, (challenger if self.settings.shadow else None)
 
-    def score(self, rows: list[dict[str, Any]], at: datetime | None = None) -> Scored:
-        """Score validated records (dicts keyed by column) as of ``at`` (default now, UTC)."""
+    def score(
+        self, rows: list[dict[str, Any]], at: datetime | None = None, *, columns: dict[str, Any] | None = None
+    ) -> Scored:
+        """Score validated records (dicts keyed by column) as of ``at`` (default now, UTC); ``columns``: the same
+        records as typed columns (pipelines.online.request_columns' form) when the caller has them."""
         received = datetime.now(UTC)
         when = _utc(at, received)
         served, shadow = self.route()
         if not self.snapshots.days:
             raise NotReady(f"no online feature snapshot of {self.usecase.name!r} is loaded")
         snapshot = self.snapshots.for_time(when)
-        frame = feature_frame(self.usecase, rows, snapshot, when)
-        inputs = model_inputs(self.usecase, frame, f"snapshot of {snapshot.day}")
-        scores = predict_proba(served.model, inputs)
+        features = feature_columns_of(self.usecase, rows if columns is None else columns, snapshot, when)
+        inputs = model_input_columns(self.usecase, features, f"snapshot of {snapshot.day}")
+        scores = served.score(inputs)
+        if not np.isfinite(scores).all():  # never answer NaN or infinity as a probability: fail the request
+            raise ValueError(
+                f"version {served.version} of {self.usecase.name!r} scored {int((~np.isfinite(scores)).sum())} of "
+                f"{len(scores)} records as NaN or infinity"
+            )
         decisions = scores >= served.threshold if self.classification else None
         scored = Scored(
             request_id=uuid.uuid4().hex,
@@ -187,7 +197,9 @@ class Service:
             rows=len(rows),
         )
         if self.capture is not None:
-            self.capture.offer(self._capture_rows(scored, rows, inputs, received, shadow=False))
+            self.capture.offer_later(
+                len(rows), lambda: self._capture_rows(scored, rows, inputs, received, shadow=False)
+            )
         if shadow is not None:
             self._score_shadow(shadow, scored, rows, inputs, received)
         return scored
@@ -209,7 +221,7 @@ class Service:
 
         def run() -> None:
             try:
-                scores = predict_proba(shadow.model, inputs)
+                scores = shadow.score(inputs)
                 copy = Scored(
                     request_id=answered.request_id,
                     served=shadow,
@@ -222,7 +234,8 @@ class Service:
                 )
                 self.shadow_scored += len(rows)
                 if self.capture is not None:
-                    self.capture.offer(self._capture_rows(copy, rows, inputs, received, shadow=True))
+                    columns = self._capture_rows(copy, rows, inputs, received, shadow=True)
+                    self.capture.offer_later(len(rows), lambda: columns)
             except Exception:
                 self.shadow_errors += 1
             finally:
@@ -233,26 +246,46 @@ class Service:
 
     def _capture_rows(
         self, scored: Scored, rows: list[dict[str, Any]], inputs: Any, received: datetime, *, shadow: bool
-    ) -> list[dict[str, Any]]:
-        features = inputs.to_json(orient="records", lines=True, date_format="iso").splitlines()
-        out = []
-        for index, row in enumerate(rows):
-            out.append(
-                {
-                    "date": scored.snapshot_day,
-                    "request_id": scored.request_id,
-                    "row": index,
-                    "received_at": received,
-                    "prediction_time": scored.at,
-                    "alias": scored.served.alias,
-                    "model_version": scored.served.version,
-                    "shadow": shadow,
-                    "snapshot_day": scored.snapshot_day,
-                    "snapshot_version": scored.snapshot_version,
-                    "record": json.dumps(row, default=str, sort_keys=True),
-                    "features": features[index],
-                    "score": float(scored.scores[index]),
-                    "decision": None if scored.decisions is None else bool(scored.decisions[index]),
-                }
-            )
-        return out
+    ) -> dict[str, list[Any]]:
+        """The captured rows of one answer, as columns (CaptureWriter's form): the record and its model inputs
+        as JSON, the score and decision, and the versions that made them."""
+        count = len(rows)
+        names = list(inputs)
+        features = [  # orjson writes NaN as null
+            orjson.dumps(dict(zip(names, values, strict=True))).decode()
+            for values in zip(*(column.tolist() for column in inputs.values()), strict=True)
+        ]
+        records = [orjson.dumps(row, default=str, option=orjson.OPT_SORT_KEYS).decode() for row in rows]
+        decisions = [None] * count if scored.decisions is None else scored.decisions.tolist()
+        constant = {
+            "date": scored.snapshot_day,
+            "request_id": scored.request_id,
+            "received_at": received,
+            "prediction_time": scored.at,
+            "alias": scored.served.alias,
+            "model_version": scored.served.version,
+            "shadow": shadow,
+            "snapshot_day": scored.snapshot_day,
+            "snapshot_version": scored.snapshot_version,
+        }
+        columns = {name: [value] * count for name, value in constant.items()}
+        varying = {
+            "row": list(range(count)),
+            "record": records,
+            "features": features,
+            "score": scored.scores.tolist(),
+            "decision": decisions,
+        }
+        order = [
+            "date",
+            "request_id",
+            "row",
+            "received_at",
+            "prediction_time",
+            "alias",
+            "model_version",
+            "shadow",
+        ]
+        order += ["snapshot_day", "snapshot_version", "record", "features", "score", "decision"]
+        merged = {**columns, **varying}
+        return {name: merged[name] for name in order}
