@@ -6,8 +6,8 @@ every event date E it builds, the lookups a request at E's prediction time P joi
 code as the batch features (pipelines.transforms): per transform that reads other rows, one row per key with its
 values (the reference row of a ``join_source``, the last observation of an ``asof_join`` with the time it was
 observed, the outcome counts of a ``past_rate`` known before P). Row-local transforms (``calendar``) need no
-lookup. :func:`feature_frame` applies them to request records (rows shaped like the primary source) in pandas;
-a test checks that it reproduces the Spark features of the events of a day.
+lookup. :func:`feature_columns_of` applies them to request records (rows shaped like the primary source),
+column by column; a test checks that it reproduces the Spark features of the events of a day.
 
 A request at time ``at`` uses the snapshot of :func:`snapshot_day_for` (the newest prediction time at or before
 ``at``); as-of values older than ``max_age`` at ``at`` are dropped, past rates are those of the snapshot's
@@ -191,13 +191,6 @@ def _object_array(values: list[Any]) -> Any:
     return array
 
 
-def request_frame(usecase: UseCase, records: Records) -> pd.DataFrame:
-    """:func:`request_columns` as a DataFrame."""
-    import pandas as pd
-
-    return pd.DataFrame(request_columns(usecase, records))
-
-
 def read_records(lake: Lake, usecase: UseCase, days: list[str], version: int | None = None) -> pd.DataFrame:
     """The events of ``days`` as request records: the primary source's rows at raw table ``version``, typed as
     configured, with their ``date``."""
@@ -210,20 +203,22 @@ def read_records(lake: Lake, usecase: UseCase, days: list[str], version: int | N
     return frame
 
 
-def _key_tuples(columns: Columns, keys: list[str]) -> list[tuple[Any, ...]]:
-    """One tuple of key values per row, a NULL as None (as the snapshot's keys are written)."""
+def _nulls_as_none(values: Any) -> Any:
+    """``values`` as an object array with every NULL (None, NaN, NaT, pd.NA) as None."""
     import numpy as np
     import pandas as pd
 
-    lists = []
-    for key in keys:
-        values = np.asarray(columns[key], dtype=object)
-        missing = pd.isna(values)
-        if missing.any():
-            values = values.copy()
-            values[missing] = None
-        lists.append(values.tolist())
-    return list(zip(*lists, strict=True))
+    values = np.asarray(values, dtype=object)
+    missing = pd.isna(values)
+    if missing.any():
+        values = values.copy()
+        values[missing] = None
+    return values
+
+
+def _key_tuples(data: Columns, keys: list[str]) -> list[tuple[Any, ...]]:
+    """One tuple of key values per row, a NULL as None (as the snapshot's keys are written)."""
+    return list(zip(*(_nulls_as_none(data[key]).tolist() for key in keys), strict=True))
 
 
 # --------------------------------------------------------------------------------------------------- transforms
@@ -232,7 +227,7 @@ def _key_tuples(columns: Columns, keys: list[str]) -> list[tuple[Any, ...]]:
 
 
 def _calendar(
-    columns: Columns,
+    data: Columns,
     usecase: UseCase,
     lookup: Mapping[tuple[Any, ...], Any],
     at: pd.Timestamp,
@@ -246,33 +241,33 @@ def _calendar(
     import numpy as np
     import pandas as pd
 
-    local = pd.DatetimeIndex(columns[timestamp]).tz_convert(timezone or usecase.time.timezone)
+    local = pd.DatetimeIndex(data[timestamp]).tz_convert(timezone or usecase.time.timezone)
     if hour_column:
-        hour = np.asarray(columns[hour_column], dtype="float64")
+        hour = np.asarray(data[hour_column], dtype="float64")
     else:
         hour = local.hour.to_numpy(dtype="float64")
-    columns[hour_output] = hour
-    columns["day_of_week"] = (local.dayofweek + 1).to_numpy(dtype="float64")
-    if "month" not in columns:
-        columns["month"] = local.month.to_numpy(dtype="float64")
+    data[hour_output] = hour
+    data["day_of_week"] = (local.dayofweek + 1).to_numpy(dtype="float64")
+    if "month" not in data:
+        data["month"] = local.month.to_numpy(dtype="float64")
 
 
-def _per_row(columns: Columns, keys: list[str], value_of: Callable[[tuple[Any, ...]], Any]) -> list[Any]:
+def _per_row(data: Columns, keys: list[str], value_of: Callable[[tuple[Any, ...]], Any]) -> list[Any]:
     """``value_of(key)`` for every row's key tuple, computed once per distinct key (a batch shares few)."""
-    tuples = _key_tuples(columns, keys)
+    tuples = _key_tuples(data, keys)
     known = {key: value_of(key) for key in set(tuples)}
     return list(map(known.__getitem__, tuples))
 
 
-def _set_outputs(columns: Columns, outputs: list[str], per_row: list[tuple[Any, ...]]) -> None:
+def _set_outputs(data: Columns, outputs: list[str], per_row: list[tuple[Any, ...]]) -> None:
     """Store per-row tuples of output values as one list per output column."""
     transposed = list(zip(*per_row, strict=True)) if per_row else [() for _ in outputs]
     for output, values in zip(outputs, transposed, strict=True):
-        columns[output] = list(values)
+        data[output] = list(values)
 
 
 def _join_source(
-    columns: Columns,
+    data: Columns,
     usecase: UseCase,
     lookup: Mapping[tuple[Any, ...], Any],
     at: pd.Timestamp,
@@ -280,22 +275,20 @@ def _join_source(
     *,
     source: str,
     keys: list[str],
-    columns_of: dict[str, str],
+    columns: dict[str, str],
 ) -> None:
-    outputs = tuple(columns_of.values())
+    outputs = tuple(columns.values())
     table = derived.get(outputs)
     if table is None:  # key -> the output values, made once per snapshot
         table = derived[outputs] = {
             key: tuple(item[0].get(o) for o in outputs) for key, item in lookup.items()
         }
-    tuples = _key_tuples(columns, keys)
-    _set_outputs(
-        columns, list(outputs), list(map(table.get, tuples, itertools.repeat((None,) * len(outputs))))
-    )
+    tuples = _key_tuples(data, keys)
+    _set_outputs(data, list(outputs), list(map(table.get, tuples, itertools.repeat((None,) * len(outputs)))))
 
 
 def _asof_join(
-    columns: Columns,
+    data: Columns,
     usecase: UseCase,
     lookup: Mapping[tuple[Any, ...], Any],
     at: pd.Timestamp,
@@ -303,25 +296,25 @@ def _asof_join(
     *,
     source: str,
     keys: list[str],
-    columns_of: dict[str, str],
+    columns: dict[str, str],
     time: str | None = None,
     max_age: str = "24h",
 ) -> None:
     import pandas as pd
 
     oldest = at - pd.Timedelta(seconds=parse_duration(max_age, "max_age"))
-    outputs = list(columns_of.values())
+    outputs = list(columns.values())
 
     def values_of(key: tuple[Any, ...]) -> tuple[Any, ...]:
         item = lookup.get(key)
         fresh = item is not None and item[1] is not None and oldest <= item[1] <= at
         return tuple(item[0].get(output) if fresh else None for output in outputs)
 
-    _set_outputs(columns, outputs, _per_row(columns, keys, values_of))
+    _set_outputs(data, outputs, _per_row(data, keys, values_of))
 
 
 def _past_rate(
-    columns: Columns,
+    data: Columns,
     usecase: UseCase,
     lookup: Mapping[tuple[Any, ...], Any],
     at: pd.Timestamp,
@@ -337,7 +330,7 @@ def _past_rate(
             key: counts["positives"] / counts["n"] if counts.get("n") else None
             for key, (counts, _) in lookup.items()
         }
-    columns[output] = list(map(rates.get, _key_tuples(columns, keys)))
+    data[output] = list(map(rates.get, _key_tuples(data, keys)))
 
 
 ONLINE_TRANSFORMS: dict[str, Callable[..., None]] = {
@@ -377,12 +370,11 @@ def feature_columns_of(
     for index, spec in enumerate(usecase.features.transforms):
         if spec.name not in ONLINE_TRANSFORMS:
             raise ValueError(f"transform {spec.name!r} has no online implementation in pipelines.online")
-        params = dict(spec.params)
-        if "columns" in params:  # the transform's output map (its name clashes with the column dict)
-            params["columns_of"] = params.pop("columns")
         name = lookup_name(index, spec.name)
         derived = snapshot.derived.setdefault(name, {})
-        ONLINE_TRANSFORMS[spec.name](columns, usecase, snapshot.lookups.get(name, {}), at, derived, **params)
+        ONLINE_TRANSFORMS[spec.name](
+            columns, usecase, snapshot.lookups.get(name, {}), at, derived, **spec.params
+        )
     return columns
 
 
@@ -423,12 +415,7 @@ def model_input_columns(usecase: UseCase, columns: Mapping[str, Any], where: str
         except (TypeError, ValueError) as exc:
             raise StepFailed(f"{where}: numeric feature {column!r} is not numeric ({exc})") from None
     for column in usecase.features.categorical:
-        values = np.asarray(columns[column], dtype=object)
-        missing_values = pd.isna(values)
-        if missing_values.any():
-            values = values.copy()
-            values[missing_values] = None
-        out[column] = values
+        out[column] = _nulls_as_none(columns[column])
     return out
 
 

@@ -158,10 +158,14 @@ def decision_threshold(model: Any) -> float:
 def predict_proba(model: Any, frame: pd.DataFrame) -> np.ndarray:
     """Probability of the positive class (a classifier) or the predicted value (a regressor) as a 1-D float
     array, whatever the flavor returns."""
+    return scores_of(model.predict(frame))
+
+
+def scores_of(out: Any) -> np.ndarray:
+    """A model's output as a 1-D float array: the last column of a 2-D output (the positive class)."""
     import numpy as np
     import pandas as pd
 
-    out = model.predict(frame)
     if isinstance(out, pd.DataFrame):
         out = out.iloc[:, -1].to_numpy()
     elif isinstance(out, pd.Series):

@@ -149,6 +149,27 @@ def test_a_keras_champion_over_http_equals_the_batch_scorer(serve_env: ServeEnv)
     service.stop()
 
 
+def test_a_replaced_keras_model_is_freed_with_its_traced_function() -> None:
+    """The traced forward pass is cached per model without keeping the model alive: a service that swaps
+    champions for weeks must not hold every old one in memory."""
+    import gc
+    import os
+    import weakref
+
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+
+    from pipelines.modeling import _KERAS_FORWARD, keras_predict
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    assert keras_predict(model, np.zeros((2, 4), dtype="float32")).shape == (2,)
+    assert model in _KERAS_FORWARD
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None, "the cached traced function keeps the Keras model alive"
+
+
 def test_mlflow_invocations_and_open_inference_protocol_answer_the_same(api) -> None:
     env = api.env
     records = _records(env, DAY)[:5]

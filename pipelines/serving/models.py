@@ -10,6 +10,7 @@ again.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import threading
@@ -29,7 +30,10 @@ from pipelines.tracking import (
     is_not_found,
     model_name,
     predict_proba,
+    scores_of,
 )
+
+log = logging.getLogger("mlops.serve")
 
 
 class ModelRefused(Exception):
@@ -110,7 +114,6 @@ def direct_scorer(model: Any, classification: bool) -> Callable[[Mapping[str, An
     wrapper's ``predict_columns``, or a scikit-learn model's ``predict_proba`` (``predict`` for a regressor).
     None for another flavour. :func:`load_verified` serves it only when it scores the stored input example
     exactly as the pyfunc does."""
-    import numpy as np
     import pandas as pd
 
     try:
@@ -119,7 +122,7 @@ def direct_scorer(model: Any, classification: bool) -> Callable[[Mapping[str, An
         python_model = None
     predict_columns = getattr(python_model, "predict_columns", None)
     if predict_columns is not None:
-        return lambda columns: np.asarray(predict_columns(columns), dtype="float64").reshape(-1)
+        return lambda columns: scores_of(predict_columns(columns))
     try:
         raw = model.get_raw_model()
     except Exception:
@@ -127,13 +130,8 @@ def direct_scorer(model: Any, classification: bool) -> Callable[[Mapping[str, An
     if not hasattr(raw, "predict") or (classification and not hasattr(raw, "predict_proba")):
         return None
 
-    def score(columns: Mapping[str, Any]) -> Any:
-        frame = pd.DataFrame(columns)
-        if classification:
-            return np.asarray(raw.predict_proba(frame), dtype="float64")[:, -1]
-        return np.asarray(raw.predict(frame), dtype="float64").reshape(-1)
-
-    return score
+    predict = raw.predict_proba if classification else raw.predict
+    return lambda columns: scores_of(predict(pd.DataFrame(columns)))
 
 
 def choose_scorer(
@@ -151,12 +149,14 @@ def choose_scorer(
     try:
         example = model.metadata.load_input_example(str(folder))
         columns = model_input_columns(usecase, example, "the stored input example")
-        expected = pyfunc_scorer(model)(columns)
-        given = direct(columns)
-        same = given.shape == expected.shape and bool(np.array_equal(given, expected, equal_nan=True))
-    except Exception:
-        same = False
-    return (direct, "direct") if same else (pyfunc_scorer(model), "pyfunc")
+        expected, given = pyfunc_scorer(model)(columns), direct(columns)
+        if given.shape == expected.shape and np.array_equal(given, expected, equal_nan=True):
+            return direct, "direct"
+        reason = f"its scores differ from the pyfunc's by up to {np.nanmax(np.abs(given - expected)):.3g}"
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    log.warning("%s: served through the pyfunc (the direct call is not used: %s)", folder.name, reason)
+    return pyfunc_scorer(model), "pyfunc"
 
 
 def load_verified(usecase: UseCase, version: Any, alias: str) -> ServedModel:

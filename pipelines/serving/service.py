@@ -256,36 +256,19 @@ class Service:
             for values in zip(*(column.tolist() for column in inputs.values()), strict=True)
         ]
         records = [orjson.dumps(row, default=str, option=orjson.OPT_SORT_KEYS).decode() for row in rows]
-        decisions = [None] * count if scored.decisions is None else scored.decisions.tolist()
-        constant = {
-            "date": scored.snapshot_day,
-            "request_id": scored.request_id,
-            "received_at": received,
-            "prediction_time": scored.at,
-            "alias": scored.served.alias,
-            "model_version": scored.served.version,
-            "shadow": shadow,
-            "snapshot_day": scored.snapshot_day,
-            "snapshot_version": scored.snapshot_version,
-        }
-        columns = {name: [value] * count for name, value in constant.items()}
-        varying = {
+        return {
+            "date": [scored.snapshot_day] * count,
+            "request_id": [scored.request_id] * count,
             "row": list(range(count)),
+            "received_at": [received] * count,
+            "prediction_time": [scored.at] * count,
+            "alias": [scored.served.alias] * count,
+            "model_version": [scored.served.version] * count,
+            "shadow": [shadow] * count,
+            "snapshot_day": [scored.snapshot_day] * count,
+            "snapshot_version": [scored.snapshot_version] * count,
             "record": records,
             "features": features,
             "score": scored.scores.tolist(),
-            "decision": decisions,
+            "decision": [None] * count if scored.decisions is None else scored.decisions.tolist(),
         }
-        order = [
-            "date",
-            "request_id",
-            "row",
-            "received_at",
-            "prediction_time",
-            "alias",
-            "model_version",
-            "shadow",
-        ]
-        order += ["snapshot_day", "snapshot_version", "record", "features", "score", "decision"]
-        merged = {**columns, **varying}
-        return {name: merged[name] for name in order}
