@@ -18,7 +18,7 @@ from datetime import date
 from typing import Any
 
 from pipelines.config import ConfigError, load_profile, load_usecase
-from pipelines.context import StepContext, StepFailed
+from pipelines.context import StepContext, StepFailed, write_line
 from pipelines.lake import Lake, LakeError
 from pipelines.steps import STEPS
 from pipelines.validate import require_valid
@@ -140,13 +140,15 @@ def main(argv: list[str] | None = None, extend: Callable[[Any], None] | None = N
         try:
             result = run_step(argv)
         except StepFailed as exc:
-            print(f"ERROR: {exc}", file=sys.stderr)
-            print(json.dumps({"step": argv[0], "failed": True, "error": str(exc), **exc.result}, default=str))
+            write_line(f"ERROR: {exc}", sys.stderr)
+            write_line(
+                json.dumps({"step": argv[0], "failed": True, "error": str(exc), **exc.result}, default=str)
+            )
             return 1
         except ConfigError as exc:
-            print(f"CONFIG ERROR: {exc}", file=sys.stderr)
+            write_line(f"CONFIG ERROR: {exc}", sys.stderr)
             return 2
-        print(json.dumps(result, default=str))
+        write_line(json.dumps(result, default=str))
         return 0
 
     args = build_parser(extend).parse_args(argv)
@@ -177,9 +179,9 @@ def main(argv: list[str] | None = None, extend: Callable[[Any], None] | None = N
                 print(json.dumps(tables.read_summary(args.table, args.dates, args.version)))
             return 0
     except ConfigError as exc:
-        print(f"CONFIG ERROR: {exc}", file=sys.stderr)
+        write_line(f"CONFIG ERROR: {exc}", sys.stderr)
         return 2
     except LakeError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
+        write_line(f"ERROR: {exc}", sys.stderr)
         return 1
     return 2

@@ -78,6 +78,16 @@ def code_version() -> str:
         return "unknown"
 
 
+def write_line(text: str, stream: Any = None) -> None:
+    """``text`` and its newline in one write, then flushed (stdout when no stream is given).
+
+    ``print`` writes the text and the newline separately; where stdout and stderr share one pipe or one Docker log
+    stream, the other stream's line can land between the two, and a JSON result no longer starts its line."""
+    stream = sys.stdout if stream is None else stream
+    stream.write(f"{text}\n")
+    stream.flush()
+
+
 def progress(message: str) -> None:
     """Progress for long work: to stderr, so stdout's last line stays the JSON result."""
-    print(message, file=sys.stderr, flush=True)
+    write_line(message, sys.stderr)

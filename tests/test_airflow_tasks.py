@@ -164,3 +164,62 @@ def test_s3_credentials_come_from_the_airflow_connection(
     assert _xcom(dag_run, "ingest")["rows_committed"] == 6
     with patched_environ(env):
         assert lake.partitions(raw_table(USECASE, "weather"))["2013-01-01"].rows == 6
+
+
+# The CI log line that failed a container run's score task (its retry passed): the step's progress line to stderr
+# had not ended when its JSON result to stdout arrived, and Docker's log stream holds both.
+RUN_INTO_RESULT = (
+    "score: model 'flight_delay' has no champion yet; nothing scored"
+    '{"step": "score", "usecase": "flight_delay", "date": "2013-01-31", "scored": [], "rows": 0}'
+)
+
+
+def test_a_result_after_unfinished_text_on_its_line_is_still_the_result() -> None:
+    from mlops_airflow.operators import parse_result
+
+    result = parse_result(["INFO starting step", RUN_INTO_RESULT, "2026 WARNING a line after the result"])
+    assert result == {
+        "step": "score",
+        "usecase": "flight_delay",
+        "date": "2013-01-31",
+        "scored": [],
+        "rows": 0,
+    }
+    # braces in the text before it, and a later JSON object that is not a step result, do not confuse it
+    assert (
+        parse_result(["see {the docs} " + RUN_INTO_RESULT.split("scored", 1)[1], '{"level": "info"}'])["step"]
+        == "score"
+    )
+    assert parse_result(["no result {here}", '{"step": "score"', "{}"]) is None
+
+
+class _Writes:
+    """A text stream that records each write, to check that lines are written whole."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_step_writes_its_progress_and_result_lines_whole(mlops_env, monkeypatch) -> None:
+    """Each progress line and the JSON result reach the stream in one write with their newline, so the other
+    stream cannot land inside them (``print`` writes the newline separately)."""
+    import json
+    import sys
+
+    from pipelines.cli import main
+
+    out, err = _Writes(), _Writes()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    assert main(["score", "--usecase", USECASE, "--date", "2013-02-01"]) == 0
+    assert any("nothing scored" in text for text in err.writes), err.writes
+    for text in out.writes + err.writes:
+        assert text.endswith("\n") and text.count("\n") == 1, text
+    assert json.loads(out.writes[-1])["reason"] == "no champion yet"

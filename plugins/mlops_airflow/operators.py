@@ -296,7 +296,7 @@ class StepOperator(DockerOperator):
             result = parse_result(lines)
             if result is not None and result.get("failed"):
                 return result
-            if any(line.startswith("CONFIG ERROR") for line in lines):
+            if any("CONFIG ERROR: " in line for line in lines):
                 raise AirflowFailException(
                     f"step {self.step}: configuration error (see the log above)"
                 ) from None
@@ -389,14 +389,24 @@ def local_mounts(profile: Profile) -> list[dict[str, Any]]:
 
 
 def parse_result(lines: list[str]) -> dict[str, Any] | None:
-    """The step result: the last line of output that is a JSON object."""
+    """The step result: the last JSON object with a ``step`` key that ends a line of output.
+
+    Text before the object on its line is allowed: a container's stdout and stderr reach Airflow as one stream,
+    so a line another stream left unfinished can run into the result's line."""
     for line in reversed(lines):
         text = line.strip()
-        if text.startswith("{") and text.endswith("}"):
+        if not text.endswith("}"):
+            continue
+        start = text.find("{")
+        while start >= 0:
             try:
-                return json.loads(text)
+                value = json.loads(text[start:])
             except json.JSONDecodeError:
+                start = text.find("{", start + 1)
                 continue
+            if isinstance(value, dict) and "step" in value:
+                return value
+            break
     return None
 
 
