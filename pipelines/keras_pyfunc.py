@@ -8,7 +8,7 @@ pickles it by reference to this module); everything it serves comes from its art
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +34,28 @@ class KerasProbabilityModel(mlflow.pyfunc.PythonModel):
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         return self.predict_columns(frame)
 
-    def predict_columns(self, columns: Mapping[str, Any]) -> Any:
+    def predict_columns(self, columns: Mapping[str, Any], forward: Callable[[Any], Any] | None = None) -> Any:
         """``predict`` of a mapping of feature column -> values (a DataFrame or
-        pipelines.online.model_input_columns), without MLflow's input schema check: the scoring service's path."""
+        pipelines.online.model_input_columns), without MLflow's input schema check: the scoring service's path.
+        ``forward``: another inference pass over the encoded matrix than TensorFlow's (:meth:`single_row_scorer`)."""
         from pipelines.modeling import keras_predict
 
-        out = keras_predict(self._model, self._encoder.transform(columns))
+        matrix = self._encoder.transform(columns)
+        out = keras_predict(self._model, matrix) if forward is None else forward(matrix)
         return out if self._target is None else self._target.unscaled(out)
+
+    def single_row_scorer(
+        self, example: Mapping[str, Any]
+    ) -> tuple[Callable[[Mapping[str, Any]], Any], float] | None:
+        """(``predict_columns`` through the model's numpy pass, its largest difference from the TensorFlow pass
+        over ``example`` and random rows, each scored alone), or None when the model has no numpy pass
+        (pipelines.modeling.keras_numpy_forward)."""
+        from pipelines.modeling import keras_numpy_forward, numpy_forward_difference
+
+        forward = keras_numpy_forward(self._model)
+        if forward is None:
+            return None
+        difference = numpy_forward_difference(
+            self._model, forward, self._encoder.transform(example), self._target
+        )
+        return (lambda columns: self.predict_columns(columns, forward)), difference

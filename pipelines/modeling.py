@@ -42,7 +42,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -239,6 +239,75 @@ def keras_forward(model: Any, width: int) -> Any:
             )
             by_width[width] = traced.get_concrete_function()  # called directly: no argument binding per call
         return by_width[width]
+
+
+def keras_numpy_forward(model: Any) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The inference pass of a Keras MLP as numpy float32 arithmetic in the calling thread, or None when the model
+    is not a plain chain of ``Dense`` (linear, ReLU or sigmoid) and ``Dropout`` layers.
+
+    For single records: one row through TensorFlow costs a kernel launch per layer and a hand-off to its thread
+    pool; numpy's matrix-vector products cost microseconds. The sums run in another order than TensorFlow's
+    kernels, so scores differ in the last float32 digits: a caller compares both before use
+    (pipelines.serving.models)."""
+    import numpy as np
+
+    activations: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "linear": lambda x: x,
+        "relu": lambda x: np.maximum(x, np.float32(0)),
+        "sigmoid": lambda x: np.float32(1) / (np.float32(1) + np.exp(-np.maximum(x, np.float32(-80)))),
+    }
+    layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
+    if len(model.inputs) != 1 or len(model.outputs) != 1 or not layers:
+        return None
+    steps: list[tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]] = []
+    previous = model.inputs[0]
+    for layer in layers:
+        kind = type(layer).__name__
+        if len(layer._inbound_nodes) != 1 or layer.input is not previous:
+            return None  # not a chain (a branch, a shared layer): leave it to TensorFlow
+        previous = layer.output
+        if kind == "Dropout":  # the identity at inference
+            continue
+        activation = getattr(getattr(layer, "activation", None), "__name__", None)
+        if kind != "Dense" or activation not in activations or not layer.use_bias:
+            return None
+        kernel, bias = (np.asarray(w, dtype="float32") for w in layer.get_weights())
+        steps.append((kernel, bias, activations[activation]))
+    if previous is not model.outputs[0]:
+        return None
+
+    def forward(matrix: np.ndarray) -> np.ndarray:
+        out = np.asarray(matrix, dtype="float32")
+        for kernel, bias, activation in steps:
+            out = activation(out @ kernel + bias)
+        return out.reshape(-1).astype("float64")
+
+    return forward
+
+
+def numpy_forward_difference(
+    model: Any,
+    forward: Callable[[np.ndarray], np.ndarray],
+    examples: np.ndarray,
+    target: TargetScaling | None = None,
+    random_rows: int = 1000,
+    seed: int = 0,
+) -> float:
+    """The largest difference between ``forward`` (one row at a time, as the single-record path calls it) and
+    the TensorFlow pass, over ``examples`` and ``random_rows`` standard-normal rows of the same width, on the
+    output scale (after ``target``)."""
+    import numpy as np
+
+    examples = np.asarray(examples, dtype="float32")
+    rows = np.random.default_rng(seed).standard_normal((random_rows, examples.shape[1])).astype("float32")
+    matrix = np.concatenate([examples, rows])
+    expected = keras_predict(model, matrix)
+    given = np.concatenate([forward(matrix[i : i + 1]) for i in range(len(matrix))])
+    if target is not None:
+        expected, given = target.unscaled(expected), target.unscaled(given)
+    if not np.isfinite(given).all():
+        return float("inf")
+    return float(np.max(np.abs(given - expected)))
 
 
 def keras_predict(model: Any, matrix: np.ndarray, batch_rows: int = 65536) -> np.ndarray:

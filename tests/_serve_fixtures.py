@@ -295,7 +295,6 @@ def log_candidate(
     columns = feature_columns(env.usecase)
     frame = train.dropna(subset=[env.usecase.target.column])
     x, y = frame[columns], frame[env.usecase.target.column].astype(int)
-    model = _pipeline(env.usecase, family, seed=env.usecase.split.seed).fit(x, y)
     tags = {
         "usecase": env.usecase.name,
         "logical_date": day.isoformat(),
@@ -305,6 +304,18 @@ def log_candidate(
         "config_hash": env.usecase.config_hash,
         "code_version": "test-code-1",
     }
+    metadata = None if threshold is None else {"decision_threshold": threshold, "decision_rule": "fixed"}
+    if family == "keras_mlp":  # the train step's own fit and logging (a pyfunc wrapper around a .keras file)
+        from pipelines.config import CandidateSpec
+        from pipelines.modeling import fit_candidate, input_example, log_fitted_model
+
+        spec = CandidateSpec(name=name, family=family, params={"hidden_units": [16, 8], "epochs": 3})
+        fitted = fit_candidate(spec, env.usecase, x, y.to_numpy(), seed=env.usecase.split.seed)
+        with mlflow.start_run(run_name=f"{name}@{day.isoformat()}", tags=tags) as run:
+            info = log_fitted_model(fitted, input_example(x), metadata)
+        entry = {"name": name, "family": family, "run_id": run.info.run_id, "model_uri": info.model_uri}
+        return entry if threshold is None else {**entry, "decision_threshold": threshold}
+    model = _pipeline(env.usecase, family, seed=env.usecase.split.seed).fit(x, y)
     with mlflow.start_run(run_name=f"{name}@{day.isoformat()}", tags=tags) as run:
         info = mlflow.sklearn.log_model(
             model,
@@ -314,9 +325,7 @@ def log_candidate(
             input_example=x.dropna().head(5),  # the rows a scoring service scores before it serves the model
             pip_requirements=["scikit-learn"],
             skops_trusted_types=TRUSTED_TYPES,
-            metadata=None
-            if threshold is None
-            else {"decision_threshold": threshold, "decision_rule": "fixed"},
+            metadata=metadata,
         )
     entry = {"name": name, "family": family, "run_id": run.info.run_id, "model_uri": info.model_uri}
     return entry if threshold is None else {**entry, "decision_threshold": threshold}

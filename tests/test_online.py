@@ -122,3 +122,52 @@ def test_request_records_are_the_primary_source_columns_only(usecase) -> None:
     del record["origin"]
     with pytest.raises(ValueError, match=r"required column\(s\) \['origin'\] of source 'flights'"):
         feature_frame(usecase, [record], snapshot(at))
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "Europe/London", "Australia/Lord_Howe", "UTC"])
+@pytest.mark.parametrize("unit", ["s", "us", "ns"])
+def test_the_calendar_of_a_small_batch_equals_pandas(zone: str, unit: str) -> None:
+    """local_calendar's per-row path (small batches, the service's single records) gives pandas' hour, ISO day
+    of week and month: every hour of a year, so every DST change of the zone is crossed (Lord Howe's is 30 min),
+    at seconds before and after each full hour."""
+    from pipelines.online import SMALL_BATCH, local_calendar
+
+    hours = pd.date_range("2013-01-01", "2014-01-01", freq="h", tz="UTC").as_unit(unit)
+    times = hours.append([hours - pd.Timedelta(seconds=1), hours + pd.Timedelta(minutes=30)]).sort_values()
+    pandas_side = local_calendar(times, zone)  # larger than SMALL_BATCH: the pandas path
+    assert len(times) > SMALL_BATCH
+    for start in range(0, len(times), SMALL_BATCH):
+        chunk = times[start : start + SMALL_BATCH]
+        small = local_calendar(chunk, zone)
+        for got, expected in zip(small, pandas_side, strict=True):
+            np.testing.assert_array_equal(got, expected[start : start + SMALL_BATCH])
+    # a NaT takes the pandas path: NaN, not an error
+    with_missing = local_calendar(pd.DatetimeIndex([hours[0], pd.NaT]), zone)
+    assert np.isnan(with_missing[0][1]) and not np.isnan(with_missing[0][0])
+
+
+def test_nulls_are_found_alike_in_small_and_large_batches() -> None:
+    """_nulls_as_none's per-value path (small batches) finds the NULLs pandas finds in a large one."""
+    from pipelines.online import SMALL_BATCH, _nulls_as_none
+
+    values = [
+        "JFK",
+        None,
+        float("nan"),
+        np.nan,
+        pd.NA,
+        pd.NaT,
+        np.datetime64("NaT"),
+        3,
+        2.5,
+        "",
+        pd.Timestamp(0),
+    ]
+    large = _nulls_as_none(values * (SMALL_BATCH // len(values) + 1)).tolist()
+    small = _nulls_as_none(values).tolist()
+    assert len(values) <= SMALL_BATCH < len(large)
+    assert (
+        small
+        == large[: len(values)]
+        == ["JFK", None, None, None, None, None, None, 3, 2.5, "", pd.Timestamp(0)]
+    )

@@ -144,9 +144,63 @@ def test_a_keras_champion_over_http_equals_the_batch_scorer(serve_env: ServeEnv)
     version = _champion_from(serve_env, TRAINED_ON, candidates=(("mlp", "keras_mlp"),))
     write_features(serve_env, [DAY], rows=40)
     service = _service(serve_env, capture=False)
+    served = service.slots.served("champion")
+    assert type(served.model.unwrap_python_model()).__name__ == "KerasProbabilityModel", "a real Keras model"
     with TestClient(create_app(service)) as client:
-        _http_equals_batch(client, serve_env, version)
+        batch = _http_equals_batch(client, serve_env, version)
+        # one record at a time: the numpy pass, within the stated 1e-6 of the batch's TensorFlow scores
+        singles = [
+            client.post(PREDICT, json={"record": record, "at": _at(serve_env, DAY)}, headers=AUTH).json()
+            for record in _records(serve_env, DAY)
+        ]
     service.stop()
+    assert {answer["model"]["runtime"] for answer in singles} == {"numpy"}
+    stated = batch["model"]["single_record"]
+    assert stated["runtime"] == "numpy" and 0 <= stated["max_difference"] < 1e-6, stated
+    np.testing.assert_allclose(
+        [answer["predictions"][0]["probability"] for answer in singles],
+        [p["probability"] for p in batch["predictions"]],
+        rtol=0,
+        atol=1e-6,
+    )
+
+
+def test_the_numpy_pass_takes_only_plain_dense_chains() -> None:
+    """keras_numpy_forward reproduces a Dense/Dropout chain to float32 precision and declines anything else (a
+    layer it does not implement, a branch), which then stays on TensorFlow."""
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+
+    from pipelines.modeling import keras_numpy_forward, keras_predict, numpy_forward_difference
+
+    keras.utils.set_random_seed(3)
+    chain = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dropout(0.5),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    forward = keras_numpy_forward(chain)
+    assert forward is not None
+    rows = np.random.default_rng(1).standard_normal((50, 6)).astype("float32")
+    np.testing.assert_allclose(forward(rows), keras_predict(chain, rows), rtol=0, atol=1e-6)
+    assert numpy_forward_difference(chain, forward, rows) < 1e-6
+
+    normalized = keras.Sequential(
+        [keras.Input((6,)), keras.layers.BatchNormalization(), keras.layers.Dense(1, activation="sigmoid")]
+    )
+    assert keras_numpy_forward(normalized) is None
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(6, activation="relu")(inputs)
+    branched = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Add()([inputs, hidden])))
+    assert keras_numpy_forward(branched) is None
+    assert keras_numpy_forward(keras.Model(inputs, [hidden, keras.layers.Dense(1)(hidden)])) is None
+    tanh = keras.Sequential([keras.Input((6,)), keras.layers.Dense(1, activation="tanh")])
+    assert keras_numpy_forward(tanh) is None
 
 
 def test_a_replaced_keras_model_is_freed_with_its_traced_function() -> None:

@@ -443,7 +443,7 @@ def create_app(service: Service, *, keys: ApiKeys | None = None) -> FastAPI:
             {
                 "request_id": scored.request_id,
                 "usecase": usecase.name,
-                "model": scored.served.describe(),
+                "model": {**scored.served.describe(), "runtime": scored.runtime},
                 "snapshot": {"day": scored.snapshot_day, "table_version": scored.snapshot_version},
                 "prediction_time": scored.at.isoformat(),
                 "predictions": scored.predictions(),

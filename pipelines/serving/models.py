@@ -56,6 +56,14 @@ class ServedModel:
     folder: Path
     score: Callable[[Mapping[str, Any]], Any]
     runtime: str
+    single_record: SingleRecordScorer | None = None
+
+    def scores(self, inputs: Mapping[str, Any], rows: int) -> tuple[Any, str]:
+        """(scores of model-input columns, the runtime that made them): the single-record scorer for one row
+        when the model has one, else ``score``."""
+        if rows == 1 and self.single_record is not None:
+            return self.single_record.score(inputs), self.single_record.runtime
+        return self.score(inputs), self.runtime
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -66,6 +74,7 @@ class ServedModel:
             "sha256": self.digest,
             "decision_threshold": self.threshold,
             "runtime": self.runtime,
+            "single_record": None if self.single_record is None else self.single_record.describe(),
         }
 
     def release(self) -> None:
@@ -159,6 +168,56 @@ def choose_scorer(
     return pyfunc_scorer(model), "pyfunc"
 
 
+SINGLE_RECORD_TOLERANCE = 1e-6  # the issue's bound for another runtime on the single-record path
+
+
+@dataclass(frozen=True)
+class SingleRecordScorer:
+    """Another runtime for one-record requests, used only where its scores differ from the model's own by less
+    than :data:`SINGLE_RECORD_TOLERANCE` (``max_difference``, measured at load)."""
+
+    score: Callable[[Mapping[str, Any]], Any]
+    runtime: str
+    max_difference: float
+
+    def describe(self) -> dict[str, Any]:
+        return {"runtime": self.runtime, "max_difference": self.max_difference}
+
+
+def single_record_scorer(model: Any, usecase: UseCase, folder: Path) -> SingleRecordScorer | None:
+    """The Keras wrapper's numpy pass for one record (pipelines.keras_pyfunc.single_row_scorer) when it stays
+    within :data:`SINGLE_RECORD_TOLERANCE` of TensorFlow on the stored input example and random rows; None for
+    other models, or (logged) when it does not."""
+    from pipelines.online import model_input_columns
+
+    try:
+        make = getattr(model.unwrap_python_model(), "single_row_scorer", None)
+    except Exception:  # not a pyfunc PythonModel (the scikit-learn flavour)
+        make = None
+    if make is None:
+        return None
+    try:
+        example = model.metadata.load_input_example(str(folder))
+        made = make(model_input_columns(usecase, example, "the stored input example"))
+    except Exception as exc:
+        log.warning("%s: no single-record numpy pass (%s: %s)", folder.name, type(exc).__name__, exc)
+        return None
+    if made is None:
+        return None
+    score, difference = made
+    if not difference < SINGLE_RECORD_TOLERANCE:
+        log.warning(
+            "%s: single records go through TensorFlow: the numpy pass differs by up to %.3g (allowed %.0e)",
+            folder.name,
+            difference,
+            SINGLE_RECORD_TOLERANCE,
+        )
+        return None
+    return SingleRecordScorer(
+        score=lambda columns: scores_of(score(columns)), runtime="numpy", max_difference=difference
+    )
+
+
 def load_verified(usecase: UseCase, version: Any, alias: str) -> ServedModel:
     """Download, check and load registry ModelVersion ``version``; raise ModelRefused with the reason when it
     may not serve."""
@@ -194,6 +253,7 @@ def load_verified(usecase: UseCase, version: Any, alias: str) -> ServedModel:
             raise ModelRefused(f"version {version.version} of {name!r}: {exc}") from None
         threshold = decision_threshold(model) if usecase.task == "classification" else None
         score, runtime = choose_scorer(model, usecase, path)
+        single = single_record_scorer(model, usecase, path) if runtime == "direct" else None
         return ServedModel(
             alias=alias,
             version=str(version.version),
@@ -205,6 +265,7 @@ def load_verified(usecase: UseCase, version: Any, alias: str) -> ServedModel:
             folder=folder,
             score=score,
             runtime=runtime,
+            single_record=single,
         )
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)

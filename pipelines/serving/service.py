@@ -60,6 +60,7 @@ class Scored:
     scores: Any
     decisions: Any | None
     rows: int
+    runtime: str  # what computed the scores (pipelines.serving.models.ServedModel.scores)
 
     def predictions(self) -> list[dict[str, Any]]:
         version = self.served.version
@@ -179,7 +180,7 @@ class Service:
         snapshot = self.snapshots.for_time(when)
         features = feature_columns_of(self.usecase, rows if columns is None else columns, snapshot, when)
         inputs = model_input_columns(self.usecase, features, f"snapshot of {snapshot.day}")
-        scores = served.score(inputs)
+        scores, runtime = served.scores(inputs, len(rows))
         if not np.isfinite(scores).all():  # never answer NaN or infinity as a probability: fail the request
             raise ValueError(
                 f"version {served.version} of {self.usecase.name!r} scored {int((~np.isfinite(scores)).sum())} of "
@@ -195,6 +196,7 @@ class Service:
             scores=scores,
             decisions=decisions,
             rows=len(rows),
+            runtime=runtime,
         )
         if self.capture is not None:
             self.capture.offer_later(
@@ -221,7 +223,7 @@ class Service:
 
         def run() -> None:
             try:
-                scores = shadow.score(inputs)
+                scores, runtime = shadow.scores(inputs, len(rows))
                 copy = Scored(
                     request_id=answered.request_id,
                     served=shadow,
@@ -231,6 +233,7 @@ class Service:
                     scores=scores,
                     decisions=scores >= shadow.threshold if self.classification else None,
                     rows=answered.rows,
+                    runtime=runtime,
                 )
                 self.shadow_scored += len(rows)
                 if self.capture is not None:
