@@ -70,28 +70,35 @@ class CaptureWriter:
     def queued(self) -> int:
         return self._queued_rows + sum(count for count, _ in self._pending)
 
-    def _drain(self) -> list[tuple[int, Columns]]:
+    def _drain(self, limit: int) -> tuple[list[tuple[int, Columns]], int]:
+        """(queued chunks made into columns, the rows taken from the queue), up to ``limit`` rows (at least one
+        chunk when any is queued)."""
         chunks: list[tuple[int, Columns]] = []
         rows = 0
-        while rows < self.batch_rows:
+        while rows < limit:
             with self._lock:
                 if not self._queue:
                     break
                 count, make_columns = self._queue.popleft()
                 self._queued_rows -= count
+            rows += count
             try:
                 chunks.append((count, make_columns()))
-                rows += count
             except Exception as exc:  # rows that cannot be formatted are lost, counted and reported
                 self.failed += count
                 self.last_error = f"formatting {count} captured rows failed: {type(exc).__name__}: {exc}"
-        return chunks
+        return chunks, rows
 
     def flush(self) -> None:
-        """Append everything queued now (in batches of ``batch_rows``)."""
+        """Append the rows queued when it is called (in commits of up to ``batch_rows``). Rows queued meanwhile
+        wait for the next flush: under steady traffic the queue is never empty, and draining it until it is would
+        turn one flush into a stream of small commits that take the service's CPU."""
+        left = self._queued_rows
         while True:
             retried = len(self._pending)
-            chunks, self._pending = self._pending + self._drain(), []
+            drained, taken = self._drain(min(self.batch_rows, left)) if left > 0 else ([], 0)
+            left -= taken
+            chunks, self._pending = self._pending + drained, []
             if not chunks:
                 return
             if not self._write(chunks):
