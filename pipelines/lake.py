@@ -767,6 +767,18 @@ def commit_with_retry(
     return None  # pragma: no cover - the loop returns or raises
 
 
+_ARROW_TYPES = {"int": "int64", "float": "float64", "string": "string", "bool": "bool"}
+
+
+def arrow_type(kind: str) -> pa.DataType:
+    """The Arrow type a lake table stores for a use case column of type ``kind`` (config ColumnType)."""
+    import pyarrow as pa
+
+    if kind == "timestamp":
+        return pa.timestamp("us", tz="UTC")
+    return pa.type_for_alias(_ARROW_TYPES[kind])
+
+
 def _lake_types(table: pa.Table) -> pa.Table:
     """The Arrow types a Delta table stores: timestamps in microseconds, plain strings, no dictionaries (so a
     content hash computed before a write equals the one computed after reading it back)."""

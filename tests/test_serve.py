@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from pipelines.cli import run_step
 from pipelines.lake import captures_table, predictions_table
 from pipelines.online import read_records
+from pipelines.tracking import feature_columns
 
 KEYS = frozenset({"key-one", "key-two"})
 AUTH = {"X-API-Key": "key-one"}
@@ -404,10 +405,25 @@ def test_requests_are_captured_in_the_lake(api) -> None:
     assert mine["model_version"].unique().tolist() == [api.version]
     assert not mine["shadow"].any() and set(mine["alias"]) == {"champion"}
     np.testing.assert_allclose(mine["score"], [p["probability"] for p in answer["predictions"]], atol=0)
-    assert json.loads(mine["record"].iloc[0])["flight"] == records[0]["flight"]
-    features = json.loads(mine["features"].iloc[0])
-    assert set(env.usecase.features.numeric) <= set(features)
     assert (mine["snapshot_version"] == api.service.snapshots.version).all()
+    # the record and the model inputs as typed struct columns: monitoring joins on them without parsing JSON
+    table = env.lake.open_table(captures_table(USECASE)).to_pyarrow_table()
+    request, inputs = table.schema.field("request").type, table.schema.field("model_inputs").type
+    spec = env.usecase.sources[env.usecase.features.primary_source].columns
+    assert [request.field(i).name for i in range(request.num_fields)] == list(spec)
+    assert {request.field(i).name: str(request.field(i).type) for i in range(request.num_fields)}[
+        env.usecase.time.event_time
+    ] == "timestamp[us, tz=UTC]"
+    first = mine.iloc[0]
+    assert first["request"]["flight"] == records[0]["flight"]
+    assert pd.Timestamp(first["request"][env.usecase.time.event_time]) == pd.Timestamp(
+        records[0][env.usecase.time.event_time]
+    )
+    assert [inputs.field(i).name for i in range(inputs.num_fields)] == feature_columns(env.usecase)
+    assert {inputs.field(i).name: str(inputs.field(i).type) for i in range(inputs.num_fields)} == {
+        **{name: "double" for name in env.usecase.features.numeric},
+        **{name: "string" for name in env.usecase.features.categorical},
+    }
 
 
 # ----------------------------------------------------------------------------------------------- releases

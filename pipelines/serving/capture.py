@@ -12,12 +12,61 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from pipelines.lake import Lake, captures_table
 
-Columns = dict[str, list[Any]]  # rows as columns: name -> one value per row
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+# rows as columns: name -> one value per row (a list or a numpy array), or, for a struct column, a dict of those
+Columns = dict[str, Any]
+
+
+def arrow_table(chunks: list[tuple[int, Columns]], structs: Mapping[str, Mapping[str, Any]]) -> pa.Table:
+    """One Arrow table of the chunks' rows: each column's parts joined (numpy arrays in one concatenation, no
+    per-row Python), a column in ``structs`` as a struct of its children with their Arrow types; NaN and
+    NaT are NULL. A column a chunk lacks is NULL in its rows."""
+    import pyarrow as pa
+
+    names = list(dict.fromkeys(name for _, columns in chunks for name in columns))
+    arrays = []
+    for name in names:
+        children = structs.get(name)
+        if children is None:
+            arrays.append(
+                pa.array(
+                    _joined([_part(columns, name, count) for count, columns in chunks]), from_pandas=True
+                )
+            )
+            continue
+        parts = [columns.get(name) or {} for _, columns in chunks]
+        fields = [
+            pa.array(
+                _joined([_part(part, child, count) for (count, _), part in zip(chunks, parts, strict=True)]),
+                type=kind,
+                from_pandas=True,
+            )
+            for child, kind in children.items()
+        ]
+        arrays.append(pa.StructArray.from_arrays(fields, names=list(children)))
+    return pa.table(arrays, names=names)
+
+
+def _part(columns: Mapping[str, Any], name: str, count: int) -> Any:
+    values = columns.get(name)
+    return [None] * count if values is None else values
+
+
+def _joined(parts: list[Any]) -> Any:
+    """Parts of one column as one list (all lists) or one numpy array."""
+    import numpy as np
+
+    if all(isinstance(part, list) for part in parts):
+        return [value for part in parts for value in part]
+    arrays = [np.array(part, dtype=object) if isinstance(part, list) else np.asarray(part) for part in parts]
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 def _as_columns(rows: list[dict[str, Any]]) -> Columns:
@@ -36,8 +85,12 @@ class CaptureWriter:
         max_rows: int = 100_000,
         batch_rows: int = 20_000,
         flush_s: float = 10.0,  # a commit costs about 150 ms whatever its size: few and large ones
+        structs: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.lake, self.table = lake, captures_table(usecase)
+        self.structs = {
+            name: dict(children) for name, children in (structs or {}).items()
+        }  # child -> Arrow type
         self.max_rows, self.batch_rows, self.flush_s = max_rows, batch_rows, flush_s
         # (row count, a function making the rows): the rows are made in the capture thread, off the request path
         # (row count, a function making the rows as columns): made in the capture thread, off the request path
@@ -110,15 +163,9 @@ class CaptureWriter:
                 return
 
     def _write(self, chunks: list[tuple[int, Columns]]) -> bool:
-        import pandas as pd
-
-        names = list(dict.fromkeys(name for _, columns in chunks for name in columns))
-        merged: Columns = {name: [] for name in names}
-        for count, columns in chunks:
-            for name in names:
-                merged[name].extend(columns.get(name, [None] * count))
         try:
-            self.lake.append_rows(self.table, pd.DataFrame(merged), commit_info={"mlops.writer": "serve"})
+            table = arrow_table(chunks, self.structs)
+            self.lake.append_rows(self.table, table, commit_info={"mlops.writer": "serve"})
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             return False

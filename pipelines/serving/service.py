@@ -17,10 +17,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import orjson
 
 from pipelines.config import UseCase
-from pipelines.lake import Lake
+from pipelines.lake import Lake, arrow_type
 from pipelines.online import feature_columns_of, model_input_columns
 from pipelines.serving.capture import CaptureWriter
 from pipelines.serving.models import ModelSlots, ServedModel
@@ -72,6 +71,30 @@ class Scored:
         ]
 
 
+def capture_structs(usecase: UseCase) -> dict[str, dict[str, Any]]:
+    """The struct columns of captured rows and their fields' Arrow types: ``request`` (the primary source's
+    columns, typed as the use case declares) and ``model_inputs`` (the model's feature columns)."""
+    import pyarrow as pa
+
+    spec = usecase.sources[usecase.features.primary_source].columns
+    return {
+        "request": {name: arrow_type(column.type) for name, column in spec.items()},
+        "model_inputs": {
+            **{name: pa.float64() for name in usecase.features.numeric},
+            **{name: pa.string() for name in usecase.features.categorical},
+        },
+    }
+
+
+def _utc_values(values: Any) -> Any:
+    """A request column for capture: a UTC DatetimeIndex as naive datetime64[us] (UTC), else as it is."""
+    import pandas as pd
+
+    if isinstance(values, pd.DatetimeIndex):
+        return values.tz_convert("UTC").as_unit("us").tz_localize(None).to_numpy()
+    return values
+
+
 def _utc(value: datetime | None, default: datetime) -> datetime:
     if value is None:
         return default
@@ -98,8 +121,13 @@ class Service:
         self.capture = (
             capture
             if capture is not None
-            else (CaptureWriter(lake, usecase.name) if settings.capture else None)
+            else (
+                CaptureWriter(lake, usecase.name, structs=capture_structs(usecase))
+                if settings.capture
+                else None
+            )
         )
+        self._record_columns = list(usecase.sources[usecase.features.primary_source].columns)
         self.classification = usecase.task == "classification"
         self._requests = 0
         self._route_lock = threading.Lock()
@@ -200,30 +228,30 @@ class Service:
         )
         if self.capture is not None:
             self.capture.offer_later(
-                len(rows), lambda: self._capture_rows(scored, rows, inputs, received, shadow=False)
+                len(rows), lambda: self._capture_rows(scored, features, inputs, received, shadow=False)
             )
         if shadow is not None:
-            self._score_shadow(shadow, scored, rows, inputs, received)
+            self._score_shadow(shadow, scored, features, inputs, received)
         return scored
 
     def _score_shadow(
         self,
         shadow: ServedModel,
         answered: Scored,
-        rows: list[dict[str, Any]],
+        features: dict[str, Any],
         inputs: Any,
         received: datetime,
     ) -> None:
         assert self._shadow_pool is not None
         with self._route_lock:
             if self._shadow_pending >= self.settings.shadow_queue:
-                self.shadow_dropped += len(rows)
+                self.shadow_dropped += answered.rows
                 return
             self._shadow_pending += 1
 
         def run() -> None:
             try:
-                scores, runtime = shadow.scores(inputs, len(rows))
+                scores, runtime = shadow.scores(inputs, answered.rows)
                 copy = Scored(
                     request_id=answered.request_id,
                     served=shadow,
@@ -235,10 +263,10 @@ class Service:
                     rows=answered.rows,
                     runtime=runtime,
                 )
-                self.shadow_scored += len(rows)
+                self.shadow_scored += answered.rows
                 if self.capture is not None:
-                    columns = self._capture_rows(copy, rows, inputs, received, shadow=True)
-                    self.capture.offer_later(len(rows), lambda: columns)
+                    columns = self._capture_rows(copy, features, inputs, received, shadow=True)
+                    self.capture.offer_later(answered.rows, lambda: columns)
             except Exception:
                 self.shadow_errors += 1
             finally:
@@ -248,17 +276,11 @@ class Service:
         self._shadow_pool.submit(run)
 
     def _capture_rows(
-        self, scored: Scored, rows: list[dict[str, Any]], inputs: Any, received: datetime, *, shadow: bool
-    ) -> dict[str, list[Any]]:
-        """The captured rows of one answer, as columns (CaptureWriter's form): the record and its model inputs
-        as JSON, the score and decision, and the versions that made them."""
-        count = len(rows)
-        names = list(inputs)
-        features = [  # orjson writes NaN as null
-            orjson.dumps(dict(zip(names, values, strict=True))).decode()
-            for values in zip(*(column.tolist() for column in inputs.values()), strict=True)
-        ]
-        records = [orjson.dumps(row, default=str, option=orjson.OPT_SORT_KEYS).decode() for row in rows]
+        self, scored: Scored, features: dict[str, Any], inputs: Any, received: datetime, *, shadow: bool
+    ) -> dict[str, Any]:
+        """The captured rows of one answer, as columns (CaptureWriter's form): the record's typed columns and
+        its model inputs as struct columns, the score and decision, and the versions that made them."""
+        count = scored.rows
         return {
             "date": [scored.snapshot_day] * count,
             "request_id": [scored.request_id] * count,
@@ -270,8 +292,8 @@ class Service:
             "shadow": [shadow] * count,
             "snapshot_day": [scored.snapshot_day] * count,
             "snapshot_version": [scored.snapshot_version] * count,
-            "record": records,
-            "features": features,
-            "score": scored.scores.tolist(),
-            "decision": [None] * count if scored.decisions is None else scored.decisions.tolist(),
+            "score": scored.scores,
+            "decision": [None] * count if scored.decisions is None else scored.decisions,
+            "request": {name: _utc_values(features[name]) for name in self._record_columns},
+            "model_inputs": inputs,
         }

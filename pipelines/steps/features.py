@@ -39,6 +39,7 @@ from pipelines.lake import (
     Lake,
     PartitionInfo,
     Snapshot,
+    arrow_type,
     features_table,
     online_table,
     raw_table,
@@ -155,16 +156,6 @@ def plan_days(
 
 # --------------------------------------------------------------------------------------------------- reading
 
-_ARROW_TYPES = {"int": "int64", "float": "float64", "string": "string", "bool": "bool"}
-
-
-def _arrow_type(kind: str) -> pa.DataType:
-    import pyarrow as pa
-
-    if kind == "timestamp":
-        return pa.timestamp("us", tz="UTC")
-    return pa.type_for_alias(_ARROW_TYPES[kind])
-
 
 def read_source(
     lake: Lake, usecase: UseCase, source: str, snapshot: Snapshot, dates: list[str], tag: str
@@ -175,7 +166,7 @@ def read_source(
     import pyarrow.compute as pc
 
     spec = usecase.sources[source]
-    schema = pa.schema([(name, _arrow_type(column.type)) for name, column in spec.columns.items()])
+    schema = pa.schema([(name, arrow_type(column.type)) for name, column in spec.columns.items()])
     target = schema.append(pa.field(tag, pa.date32()))
     present = [d for d in dates if d in snapshot.partitions]
     if not present:
