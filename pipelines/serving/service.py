@@ -90,8 +90,8 @@ def _utc_values(values: Any) -> Any:
     """A request column for capture: a UTC DatetimeIndex as naive datetime64[us] (UTC), else as it is."""
     import pandas as pd
 
-    if isinstance(values, pd.DatetimeIndex):
-        return values.tz_convert("UTC").as_unit("us").tz_localize(None).to_numpy()
+    if isinstance(values, pd.DatetimeIndex):  # its int64 values count from the epoch in UTC; NaT stays NaT
+        return values.as_unit("us").asi8.view("datetime64[us]")
     return values
 
 
