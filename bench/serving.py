@@ -53,22 +53,57 @@ def _wait(port: int, path: str, seconds: float = 300) -> None:
     raise SystemExit(f"nothing answered 200 on 127.0.0.1:{port}{path} within {seconds} s")
 
 
+def _request_bytes(port: int, path: str, body: bytes, headers: dict) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def _read_response(sock: socket.socket, buffer: bytearray) -> int:
+    """Read one whole HTTP/1.1 response (headers and a Content-Length body) from ``sock``; return its status.
+    What follows it stays in ``buffer``."""
+    while (end := buffer.find(b"\r\n\r\n")) < 0:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        buffer += chunk
+    head = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+    fields = {
+        name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in head[1:])
+    }
+    if "content-length" not in fields:
+        raise ValueError(f"a response without Content-Length (the generator reads no other framing): {head}")
+    total = end + 4 + int(fields["content-length"])
+    while len(buffer) < total:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        buffer += chunk
+    del buffer[:total]
+    return int(head[0].split()[1])
+
+
 def _client(args: tuple) -> tuple[list[float], int, int]:
-    """One connection sending ``body`` to ``path`` until ``until`` (monotonic): latencies, rows, failures."""
+    """One keep-alive connection sending ``body`` to ``path`` until ``until`` (monotonic): latencies, rows,
+    failures. A raw socket with the request bytes made once and only the framing parsed: 0.07 ms of client CPU
+    a request against 0.22 to 0.26 ms through http.client (measured on one record against ``mlops serve``). The
+    generator shares the servers' cores, so its own cost would otherwise weigh most on the faster server."""
     port, path, body, headers, until, rows_per_request = args
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    request = _request_bytes(port, path, body, headers)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buffer = bytearray()
     latencies, rows, failures = [], 0, 0
     while time.monotonic() < until:
         start = time.perf_counter()
-        conn.request("POST", path, body=body, headers=headers)
-        response = conn.getresponse()
-        response.read()
+        sock.sendall(request)
+        status = _read_response(sock, buffer)
         latencies.append(time.perf_counter() - start)
-        if response.status == 200:
+        if status == 200:
             rows += rows_per_request
         else:
             failures += 1
-    conn.close()
+    sock.close()
     return latencies, rows, failures
 
 
