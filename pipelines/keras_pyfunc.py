@@ -37,14 +37,14 @@ class KerasProbabilityModel(mlflow.pyfunc.PythonModel):
     def predict_columns(self, columns: Mapping[str, Any], forward: Callable[[Any], Any] | None = None) -> Any:
         """``predict`` of a mapping of feature column -> values (a DataFrame or
         pipelines.online.model_input_columns), without MLflow's input schema check: the scoring service's path.
-        ``forward``: another inference pass over the encoded matrix than TensorFlow's (:meth:`single_row_scorer`)."""
+        ``forward``: another inference pass over the encoded matrix than TensorFlow's (:meth:`single_record_scorer`)."""
         from pipelines.modeling import keras_predict
 
         matrix = self._encoder.transform(columns)
         out = keras_predict(self._model, matrix) if forward is None else forward(matrix)
         return out if self._target is None else self._target.unscaled(out)
 
-    def single_row_scorer(
+    def single_record_scorer(
         self, example: Mapping[str, Any]
     ) -> tuple[Callable[[Mapping[str, Any]], Any], float] | None:
         """(``predict_columns`` through the model's numpy pass, its largest difference from the TensorFlow pass

@@ -185,13 +185,13 @@ class SingleRecordScorer:
 
 
 def single_record_scorer(model: Any, usecase: UseCase, folder: Path) -> SingleRecordScorer | None:
-    """The Keras wrapper's numpy pass for one record (pipelines.keras_pyfunc.single_row_scorer) when it stays
+    """The Keras wrapper's numpy pass for one record (pipelines.keras_pyfunc.single_record_scorer) when it stays
     within :data:`SINGLE_RECORD_TOLERANCE` of TensorFlow on the stored input example and random rows; None for
     other models, or (logged) when it does not."""
     from pipelines.online import model_input_columns
 
     try:
-        make = getattr(model.unwrap_python_model(), "single_row_scorer", None)
+        make = getattr(model.unwrap_python_model(), "single_record_scorer", None)
     except Exception:  # not a pyfunc PythonModel (the scikit-learn flavour)
         make = None
     if make is None:
