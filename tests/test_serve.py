@@ -505,6 +505,54 @@ def test_a_new_champion_is_swapped_in_under_load_without_a_failed_request(serve_
     assert service.slots.reloads == 2  # the first load and the swap
 
 
+def test_a_server_stopped_by_sigterm_flushes_its_capture_and_removes_its_model_files(
+    serve_env: ServeEnv, tmp_path: Path
+) -> None:
+    """``mlops serve`` as a process, stopped the way a rolling update stops it (SIGTERM): it exits 0 after the
+    rows it captured are in the lake and the model files it downloaded are gone. Before, uvicorn re-raised the
+    signal after its shutdown and the process died before the service stopped: both were lost on every stop."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    _champion_from(serve_env, TRAINED_ON)
+    write_features(serve_env, [DAY], rows=20)
+    port, temp = _free_port(), tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "MLOPS_API_KEYS": ",".join(sorted(KEYS)), "TMPDIR": str(temp)}
+    log = (tmp_path / "serve.log").open("w")
+    command = [sys.executable, "-m", "pipelines", "serve", "--usecase", USECASE, "--port", str(port)]
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlops serve was not ready in 180 s"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        assert [p.name for p in temp.iterdir() if p.name.startswith("mlops-serve-")], "the model's files"
+        body = {"records": _records(serve_env, DAY)[:3], "at": _at(serve_env, DAY)}
+        answer = httpx.post(f"http://127.0.0.1:{port}{PREDICT}", json=body, headers=AUTH, timeout=30)
+        assert answer.status_code == 200, answer.text
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=120)
+        log.close()
+    assert code == 0, (tmp_path / "serve.log").read_text()[-3000:]
+    captured = serve_env.lake.read_frame(captures_table(USECASE), [DAY.isoformat()])
+    assert (captured["request_id"] == answer.json()["request_id"]).sum() == 3, "the queued rows were flushed"
+    assert not [p.name for p in temp.iterdir() if p.name.startswith("mlops-serve-")], (
+        "model files left behind"
+    )
+
+
 def test_a_tampered_artifact_is_refused_and_the_old_version_keeps_serving(serve_env: ServeEnv) -> None:
     import mlflow
     from mlflow import MlflowClient

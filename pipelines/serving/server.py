@@ -110,12 +110,22 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _stop_by_exit(signum: int, _frame: Any) -> None:
+    raise SystemExit(0)
+
+
 def _serve_one(args: argparse.Namespace, threads: int) -> None:
     import uvicorn
 
     from pipelines.cli import cap_threads
     from pipelines.serving.app import create_app
 
+    # uvicorn handles SIGTERM and SIGINT while it runs; after its graceful shutdown it restores the handlers it
+    # found and raises the signal again. With the default handlers that ends the process at once, before the
+    # `finally` below: the capture's queued rows were lost and the model's downloaded files left behind on every
+    # stop (a rolling update sends SIGTERM). With these, the signal ends the process through that `finally`.
+    signal.signal(signal.SIGTERM, _stop_by_exit)
+    signal.signal(signal.SIGINT, _stop_by_exit)
     cap_threads(threads)
     # the background threads (capture, the model and snapshot watchers) hand the GIL back to the event loop
     # after 1 ms instead of 5, so they add less to a request's latency
