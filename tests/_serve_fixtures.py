@@ -305,28 +305,28 @@ def log_candidate(
         "code_version": "test-code-1",
     }
     metadata = None if threshold is None else {"decision_threshold": threshold, "decision_rule": "fixed"}
-    if family == "keras_mlp":  # the train step's own fit and logging (a pyfunc wrapper around a .keras file)
-        from pipelines.config import CandidateSpec
-        from pipelines.modeling import fit_candidate, input_example, log_fitted_model
-
-        spec = CandidateSpec(name=name, family=family, params={"hidden_units": [16, 8], "epochs": 3})
-        fitted = fit_candidate(spec, env.usecase, x, y.to_numpy(), seed=env.usecase.split.seed)
-        with mlflow.start_run(run_name=f"{name}@{day.isoformat()}", tags=tags) as run:
-            info = log_fitted_model(fitted, input_example(x), metadata)
-        entry = {"name": name, "family": family, "run_id": run.info.run_id, "model_uri": info.model_uri}
-        return entry if threshold is None else {**entry, "decision_threshold": threshold}
-    model = _pipeline(env.usecase, family, seed=env.usecase.split.seed).fit(x, y)
     with mlflow.start_run(run_name=f"{name}@{day.isoformat()}", tags=tags) as run:
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            pyfunc_predict_fn="predict_proba",
-            signature=infer_signature(x.head(50), model.predict_proba(x.head(50))),
-            input_example=x.dropna().head(5),  # the rows a scoring service scores before it serves the model
-            pip_requirements=["scikit-learn"],
-            skops_trusted_types=TRUSTED_TYPES,
-            metadata=metadata,
-        )
+        # a Keras candidate: the train step's own fit and logging (a pyfunc wrapper around a .keras file)
+        if family == "keras_mlp":
+            from pipelines.config import CandidateSpec
+            from pipelines.modeling import fit_candidate, input_example, log_fitted_model
+
+            spec = CandidateSpec(name=name, family=family, params={"hidden_units": [16, 8], "epochs": 3})
+            fitted = fit_candidate(spec, env.usecase, x, y.to_numpy(), seed=env.usecase.split.seed)
+            info = log_fitted_model(fitted, input_example(x), metadata)
+        else:
+            model = _pipeline(env.usecase, family, seed=env.usecase.split.seed).fit(x, y)
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                pyfunc_predict_fn="predict_proba",
+                signature=infer_signature(x.head(50), model.predict_proba(x.head(50))),
+                # the rows a scoring service scores before it serves the model
+                input_example=x.dropna().head(5),
+                pip_requirements=["scikit-learn"],
+                skops_trusted_types=TRUSTED_TYPES,
+                metadata=metadata,
+            )
     entry = {"name": name, "family": family, "run_id": run.info.run_id, "model_uri": info.model_uri}
     return entry if threshold is None else {**entry, "decision_threshold": threshold}
 

@@ -88,9 +88,8 @@ class CaptureWriter:
         structs: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.lake, self.table = lake, captures_table(usecase)
-        self.structs = {
-            name: dict(children) for name, children in (structs or {}).items()
-        }  # child -> Arrow type
+        # struct column -> its fields' Arrow types (pipelines.serving.service.capture_structs)
+        self.structs = {name: dict(children) for name, children in (structs or {}).items()}
         self.max_rows, self.batch_rows, self.flush_s = max_rows, batch_rows, flush_s
         # (row count, a function making the rows): the rows are made in the capture thread, off the request path
         # (row count, a function making the rows as columns): made in the capture thread, off the request path
