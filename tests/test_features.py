@@ -452,7 +452,7 @@ def spark_cluster(tmp_path_factory: pytest.TempPathFactory):
                 status = json.loads(urllib.request.urlopen(status_url, timeout=2).read())
                 if status.get("aliveworkers") == 2:
                     break
-            except OSError:
+            except (OSError, ValueError):  # not up yet; a master still starting can answer /json/ with HTML
                 pass
             time.sleep(1)
         else:
