@@ -1,13 +1,13 @@
 """The scoring service against `mlflow models serve` of the same champion, side by side in one run.
 
     .venv/bin/python bench/serving.py --home var [--usecase flight_delay] [--workers 2] [--seconds 15]
-        [--output docs/benchmarks.md]
+        [--no-capture] [--output docs/benchmarks.md]
 
 Needs a state directory where the lifecycle ran (``make run`` leaves one in ./var): a champion in its MLflow
 registry and online feature snapshots in its lake. On loopback, the load generator in other processes:
 1. one record per request, one connection: latency p50 and p99;
 2. one record per request, eight connections: records per second, p50 and p99;
-3. 1000-row batches, two connections: rows per second.
+3. 1000-row batches, four connections: rows per second, as records and in MLflow's ``dataframe_split``.
 ``mlops serve`` gets raw records (it computes their features from the snapshot); ``mlflow models serve`` gets
 the model's inputs, already computed (it cannot compute them), so its numbers leave out feature work ours does.
 Both run ``--workers`` server processes. Results are appended to the output file with the command and machine.
@@ -30,6 +30,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# Batch loads use 4 connections: with 2, the kernel's SO_REUSEPORT hash put both on one of the 2 workers about
+# half the time (one core busy, the other idle: 54k to 91k rows/s from one command)
+BATCH_CONNECTIONS = 4
 BIN = Path(sys.executable).parent
 
 
@@ -113,7 +116,7 @@ def load(
     """``connections`` client processes for ``seconds`` (after a 2 s warm-up): p50, p99, requests and rows/s."""
     headers = {"content-type": "application/json", **headers}
     warm = time.monotonic() + 2
-    _client((port, path, body, headers, warm, rows_per_request))
+    warm_rows = _client((port, path, body, headers, warm, rows_per_request))[1]
     until = time.monotonic() + seconds
     with multiprocessing.get_context("spawn").Pool(connections) as pool:
         started = time.monotonic()
@@ -128,7 +131,20 @@ def load(
         "requests": len(latencies),
         "rows_per_s": rows / elapsed,
         "failures": failures,
+        "answered_rows": warm_rows + rows,
     }
+
+
+def captured_rows(home: Path, usecase_name: str) -> int:
+    """Rows in the lake's capture table of ``usecase_name`` (0 before its first commit), from the table's log."""
+    os.environ["MLOPS_HOME"] = str(home)
+    from pipelines.config import load_profile
+    from pipelines.lake import captures_table, open_lake
+
+    handle = open_lake(load_profile().lake_uri).open_table(captures_table(usecase_name))
+    if handle is None:
+        return 0
+    return int(sum(handle.get_add_actions(flatten=True).column("num_records").to_pylist()))
 
 
 def inputs(home: Path, usecase_name: str) -> tuple[list[dict], str, list[str], list[list]]:
@@ -157,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--usecase", default="flight_delay")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument(
+        "--no-capture",
+        action="store_true",
+        help="serve without writing requests to the lake (mlops serve --no-capture)",
+    )
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
     home = args.home.resolve()
@@ -184,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 str(ours_port),
                 "--workers",
                 str(args.workers),
+                *(["--no-capture"] if args.no_capture else []),
             ],
             env=env,
         ),
@@ -217,20 +239,62 @@ def main(argv: list[str] | None = None) -> int:
         theirs = {"port": theirs_port, "path": "/invocations", "headers": {}}
         one_ours = json.dumps({"record": raw[0], "at": at}).encode()
         many_ours = json.dumps({"records": raw[:batch], "at": at}).encode()
+        raw_columns = list(raw[0])
+        split_ours = json.dumps(
+            {
+                "dataframe_split": {
+                    "columns": raw_columns,
+                    "data": [[r[c] for c in raw_columns] for r in raw[:batch]],
+                },
+                "params": {"at": at},
+            }
+        ).encode()
         one_theirs = json.dumps({"dataframe_split": {"columns": columns, "data": values[:1]}}).encode()
         many_theirs = json.dumps({"dataframe_split": {"columns": columns, "data": values[:batch]}}).encode()
+        # (label, path, body, connections, rows a request)
+        runs = {
+            "mlops serve": (
+                ours,
+                [
+                    ("single, 1 connection", ours["path"], one_ours, 1, 1),
+                    ("single, 8 connections", ours["path"], one_ours, 8, 1),
+                    (
+                        f"{batch}-row batches (records), {BATCH_CONNECTIONS} connections",
+                        ours["path"],
+                        many_ours,
+                        BATCH_CONNECTIONS,
+                        batch,
+                    ),
+                    (
+                        f"{batch}-row batches (dataframe_split), {BATCH_CONNECTIONS} connections",
+                        "/invocations",
+                        split_ours,
+                        BATCH_CONNECTIONS,
+                        batch,
+                    ),
+                ],
+            ),
+            "mlflow models serve": (
+                theirs,
+                [
+                    ("single, 1 connection", theirs["path"], one_theirs, 1, 1),
+                    ("single, 8 connections", theirs["path"], one_theirs, 8, 1),
+                    (
+                        f"{batch}-row batches (dataframe_split), {BATCH_CONNECTIONS} connections",
+                        theirs["path"],
+                        many_theirs,
+                        BATCH_CONNECTIONS,
+                        batch,
+                    ),
+                ],
+            ),
+        }
+        captured_before = captured_rows(home, args.usecase)
         results = {}
-        for name, target, one, many in (
-            ("mlops serve", ours, one_ours, many_ours),
-            ("mlflow models serve", theirs, one_theirs, many_theirs),
-        ):
-            port, path, headers = target["port"], target["path"], target["headers"]
+        for name, (target, loads) in runs.items():
             results[name] = {
-                "single, 1 connection": load(port, path, one, 1, args.seconds, 1, headers),
-                "single, 8 connections": load(port, path, one, 8, args.seconds, 1, headers),
-                f"{batch}-row batches, 2 connections": load(
-                    port, path, many, 2, args.seconds, batch, headers
-                ),
+                label: load(target["port"], path, body, connections, args.seconds, rows, target["headers"])
+                for label, path, body, connections, rows in loads
             }
             print(name, json.dumps(results[name], indent=1), flush=True)
     finally:
@@ -238,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             server.terminate()
         for server in servers:
             server.wait(timeout=60)
+    answered = sum(r["answered_rows"] for r in results["mlops serve"].values())
+    captured = captured_rows(home, args.usecase) - captured_before
 
     ours, theirs = results["mlops serve"], results["mlflow models serve"]
     ratio = ours["single, 8 connections"]["rows_per_s"] / theirs["single, 8 connections"]["rows_per_s"]
@@ -245,9 +311,11 @@ def main(argv: list[str] | None = None) -> int:
         f"## Serving: `mlops serve` and `mlflow models serve` of the same champion ({datetime.now(UTC):%Y-%m-%d})",
         "",
         f"Command: `.venv/bin/python bench/serving.py --home {args.home} --workers {args.workers} --seconds "
-        f"{args.seconds:g}`; machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"{args.seconds:g}{' --no-capture' if args.no_capture else ''}`; machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
         "server and load generator on the same cores, over loopback. Ours gets raw records and computes their "
-        "features; MLflow gets the model's inputs, computed beforehand.",
+        "features; MLflow gets the model's inputs, computed beforehand. `(records)`: our predict endpoint, "
+        "a list of records; `(dataframe_split)`: `/invocations` in MLflow's column-and-rows form, raw columns for "
+        "ours.",
         "",
         "| server | load | p50 ms | p99 ms | records/s | failures |",
         "|---|---|---:|---:|---:|---:|",
@@ -257,7 +325,17 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(
                 f"| {name} | {label} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rows_per_s']:,.0f} | {r['failures']} |"
             )
-    lines += ["", f"Single-record throughput at 8 connections, ours over MLflow's: {ratio:.2f}x.", ""]
+    lines += [
+        "",
+        f"Single-record throughput at 8 connections, ours over MLflow's: {ratio:.2f}x. "
+        + (
+            "Capture was off (`--no-capture`)."
+            if args.no_capture
+            else f"Capture was on: {captured:,} of the {answered:,} rows ours answered (warm-ups included) are in "
+            "the lake's capture table after the servers stopped."
+        ),
+        "",
+    ]
     text = "\n".join(lines)
     print(text)
     with args.output.open("a") as out:

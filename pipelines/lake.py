@@ -610,11 +610,18 @@ class Lake:
         return Commit(table, uri, version, dates, data.num_rows)
 
     def append_rows(
-        self, table: str, data: pa.Table | pd.DataFrame, *, commit_info: Mapping[str, Any] | None = None
-    ) -> int:
+        self,
+        table: str,
+        data: pa.Table | pd.DataFrame,
+        *,
+        commit_info: Mapping[str, Any] | None = None,
+        handle: DeltaTable | None = None,
+    ) -> DeltaTable:
         """Append ``data`` (with a ``date`` column) to ``table`` in one commit, creating it partitioned by date if
-        needed; return the new version. Appends never conflict with each other (several writers may append), and
-        nothing is replaced, so no partition facts are recorded: for logs such as captured requests."""
+        needed; return the table's handle at the new version. Appends never conflict with each other (several
+        writers may append), and nothing is replaced, so no partition facts are recorded: for logs such as
+        captured requests. A writer that appends often passes the handle it got back (``handle``), which saves
+        reading the table's log again (delta-rs brings a stale handle up to date when it commits)."""
         import pyarrow as pa
         from deltalake import CommitProperties, write_deltalake
 
@@ -624,7 +631,7 @@ class Lake:
             raise ValueError(f"append_rows({table!r}): the data has no {DATE!r} column")
         data = _lake_types(data.replace_schema_metadata(None))
         properties = CommitProperties(custom_metadata={k: str(v) for k, v in (commit_info or {}).items()})
-        handle = self.open_table(table)
+        handle = handle if handle is not None else self.open_table(table)
         write_deltalake(
             self.table_uri(table) if handle is None else handle,
             data,
@@ -636,7 +643,7 @@ class Lake:
         )
         handle = handle if handle is not None else self.open_table(table)  # a handle is updated by the write
         assert handle is not None
-        return int(handle.version())
+        return handle
 
     def delete_partitions(self, table: str, dates: list[str]) -> int | None:
         """Remove ``dates`` from the table in one commit (their files stay for time travel until vacuum);

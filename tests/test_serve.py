@@ -9,7 +9,7 @@ import json
 import socket
 import threading
 import time
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -325,6 +325,34 @@ def test_every_client_mistake_gets_its_4xx_naming_the_field(api) -> None:
         == 422
     )
 
+    # the columnar forms are checked column by column without making records; a mistake still names its field
+    columns = list(record)
+
+    def split(change: dict, names: list | None = None):
+        row = {**record, **change}
+        body = {"dataframe_split": {"columns": names or columns, "data": [[row[c] for c in columns]] * 2}}
+        return _post(api, {**body, "params": {"at": at}}, path="/invocations")
+
+    def infer(change: dict, drop: str | None = None):
+        row = {**record, **change}
+        inputs = [{"name": c, "data": [row[c]] * 2} for c in columns if c != drop]
+        return _post(api, {"inputs": inputs, "parameters": {"at": at}}, path=f"/v2/models/{USECASE}/infer")
+
+    columnar = {
+        "split: unknown category": (split({"origin": "SFO"}), "origin"),
+        "split: wrong type": (split({"distance": "far"}), "distance"),
+        "infer: int given as text": (infer({"month": "3"}), "month"),
+        "infer: out of range": (infer({"month": 13}), "month"),
+        "infer: missing required column": (infer({}, drop="carrier"), "carrier"),
+    }
+    for case, (response, field) in columnar.items():
+        assert response.status_code == 422, (case, response.text)
+        assert field in _field(response), (case, response.json())
+    assert split({}, names=[*columns[:-1], 7]).status_code == 422, "a column name that is not text"
+    unequal = {c: [record[c]] * (1 if c == "carrier" else 2) for c in columns}
+    uneven = _post(api, {"inputs": unequal, "params": {"at": at}}, path="/invocations")
+    assert uneven.status_code == 422 and "different lengths" in uneven.text
+
 
 def test_api_keys_body_size_and_batch_count(api, tmp_path: Path, monkeypatch) -> None:
     from pipelines.serving.app import ApiKeys, create_app
@@ -372,6 +400,13 @@ def test_api_keys_body_size_and_batch_count(api, tmp_path: Path, monkeypatch) ->
             client.post(PREDICT, json={"records": [record] * 3, "at": body["at"]}, headers=AUTH).status_code
             == 200
         )
+        columnar = {
+            "/invocations": {"dataframe_split": {"columns": ["month"], "data": [[1]] * 4}},
+            f"/v2/models/{USECASE}/infer": {"inputs": [{"name": "month", "data": [1] * 4}]},
+        }
+        for path, sent in columnar.items():
+            refused = client.post(path, json=sent, headers=AUTH)
+            assert refused.status_code == 413 and "at most 3" in refused.text, path
         metrics = client.get("/metrics").text
         assert 'mlops_serve_errors_total{kind="too_large"}' in metrics
         assert 'mlops_serve_requests_total{route="/v1/usecases/{name}/predict",status="200"} 1.0' in metrics
@@ -776,6 +811,11 @@ def test_the_column_checker_accepts_only_what_the_record_model_accepts(api) -> N
                 else:
                     record[key] = data.draw(value)
         typed = checker.columns(batch)
+        if all(record.keys() == batch[0].keys() for record in batch):  # the same batch column by column
+            by_column = checker.columns_of({key: [record[key] for record in batch] for key in batch[0]})
+            assert (by_column is None) == (typed is None), ("columns_of and columns disagree", batch)
+            for name in by_column or {}:
+                assert same(by_column[name], typed[name]), (name, by_column[name], typed[name], batch)
         try:
             rows = [item.model_dump(by_alias=True) for item in adapter.validate_python(batch)]
         except ValidationError:
@@ -856,3 +896,52 @@ def test_a_flush_appends_what_was_queued_when_it_began(tmp_path: Path) -> None:
     assert writer.queued() == 10, "the rows offered during the flush wait for the next one"
     back = lake.read_frame(captures_table("steady"), ["2013-03-10"])
     assert sorted(back["request_id"]) == sorted(f"r{i}" for i in range(10))
+
+
+def test_capture_columns_given_once_per_chunk_join_with_value_columns_and_nulls() -> None:
+    """A request's id, versions and times are one value for all its rows (Constant): the Arrow column is made in
+    C, and it joins chunks that give the same column as values or leave it out (NULL in their rows)."""
+    import pyarrow as pa
+
+    from pipelines.serving.capture import Constant, arrow_table
+
+    at = datetime(2013, 3, 10, 6, 0, tzinfo=UTC)
+    chunks = [
+        (
+            2,
+            {
+                "request_id": Constant("a"),
+                "version": Constant(3),
+                "at": Constant(at),
+                "score": np.array([0.1, 0.2]),
+            },
+        ),
+        (1, {"request_id": ["b"], "version": Constant(None), "at": Constant(at), "score": np.array([0.3])}),
+        (2, {"request_id": Constant("c"), "score": np.array([0.4, 0.5])}),
+    ]
+    table = arrow_table(chunks, {})
+    assert table.column("request_id").to_pylist() == ["a", "a", "b", "c", "c"]
+    assert table.column("version").to_pylist() == [3, 3, None, None, None]
+    assert table.schema.field("version").type == pa.int64()
+    assert table.column("at").to_pylist() == [at, at, at, None, None]
+    assert table.column("score").to_pylist() == [0.1, 0.2, 0.3, 0.4, 0.5]
+
+
+def test_two_capture_writers_keeping_their_table_handles_lose_no_rows(tmp_path: Path) -> None:
+    """Each writer keeps the table handle of its last commit (no log read per commit). Two replicas append to
+    one table in turn: each commit lands on the other's, nothing is overwritten."""
+    from pipelines.lake import Lake, captures_table
+    from pipelines.serving.capture import CaptureWriter
+
+    lake = Lake(str(tmp_path / "lake"))
+    writers = [CaptureWriter(lake, "shared", flush_s=3600) for _ in range(2)]
+    for turn in range(3):
+        for name, writer in zip("ab", writers, strict=True):
+            writer.offer([{"date": "2013-03-10", "request_id": f"{name}{turn}", "row": 0}])
+            writer.flush()
+    for writer in writers:
+        writer.close()
+    assert [w.commits for w in writers] == [3, 3] and not any(w.failed for w in writers)
+    back = lake.read_frame(captures_table("shared"), ["2013-03-10"])
+    assert sorted(back["request_id"]) == sorted(f"{n}{t}" for n in "ab" for t in range(3))
+    assert lake.version(captures_table("shared")) == 5

@@ -183,8 +183,9 @@ def _too_many(count: int, limit: int) -> HTTPException:
     )
 
 
-def _v2_records(body: Any, columns: dict[str, Any]) -> list[dict[str, Any]]:
-    """The records of an Open Inference Protocol request with the pandas codec: one input per column."""
+def _v2_columns(body: Any, columns: dict[str, Any]) -> dict[str, list[Any]]:
+    """The records of an Open Inference Protocol request with the pandas codec, column by column (one input per
+    column, all of one length)."""
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
         raise RequestValidationError(
             [{"loc": ["body", "inputs"], "msg": "a non-empty list of inputs is required", "type": "missing"}]
@@ -236,8 +237,38 @@ def _v2_records(body: Any, columns: dict[str, Any]) -> list[dict[str, Any]]:
                 }
             ]
         )
-    count = lengths.pop()
-    return [{name: values[i] for name, values in data.items()} for i in range(count)]
+    return data
+
+
+def _records_of(data: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Columns of equal length as records."""
+    return [dict(zip(data, values, strict=True)) for values in zip(*data.values(), strict=True)]
+
+
+def _invocation_columns(body: Any) -> tuple[str, dict[str, list[Any]]] | None:
+    """(the MLflow input format, its records column by column) of an ``/invocations`` body in a columnar form
+    (``dataframe_split``, ``inputs`` as a dict of lists) that is well formed; None for any other body, which
+    :func:`_invocation_records` reads (and names what is wrong)."""
+    if type(body) is not dict or not body.keys() <= {"dataframe_split", "inputs", "params"}:
+        return None
+    split, inputs = body.get("dataframe_split"), body.get("inputs")
+    if (split is None) == (inputs is None):
+        return None
+    if split is not None:
+        if type(split) is not dict or not split.keys() <= {"columns", "data", "index"}:
+            return None
+        names, rows = split.get("columns"), split.get("data")
+        if type(names) is not list or type(rows) is not list or not rows:
+            return None
+        if not all(type(name) is str for name in names) or len(set(names)) != len(names):
+            return None
+        width = len(names)
+        if not all(type(row) is list and len(row) == width for row in rows):
+            return None
+        return "dataframe_split", dict(zip(names, map(list, zip(*rows, strict=True)), strict=True))
+    if type(inputs) is not dict or not inputs or any(type(v) is not list for v in inputs.values()):
+        return None
+    return "inputs", inputs
 
 
 def _invocation_records(body: Any) -> tuple[str, list[Any]]:
@@ -365,8 +396,36 @@ def create_app(service: Service, *, keys: ApiKeys | None = None) -> FastAPI:
             )
         return [item.model_dump(by_alias=True) for item in items], None
 
+    def validate_columns(
+        data: dict[str, list[Any]], where: tuple[Any, ...]
+    ) -> tuple[list[dict[str, Any]] | None, dict[str, Any] | None]:
+        """(None, typed columns) of records given column by column, checked without making records; when the
+        column checker does not accept them, (the records, None) checked by the pydantic model as
+        :func:`validate_rows` does (it names the field that broke a rule)."""
+        count = max(map(len, data.values()), default=0)
+        if count > settings.max_batch_records:
+            raise _too_many(count, settings.max_batch_records)
+        typed = checker.columns_of(data)
+        if typed is not None:
+            return None, typed
+        lengths = {len(values) for values in data.values()}
+        if len(lengths) > 1:
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": list(where),
+                        "msg": f"columns of different lengths {sorted(lengths)}",
+                        "type": "value_error",
+                    }
+                ]
+            )
+        return validate_rows(_records_of(data), where)
+
     def run(
-        rows: list[dict[str, Any]], typed: dict[str, Any] | None, at: datetime | None, at_loc: tuple[Any, ...]
+        rows: list[dict[str, Any]] | None,
+        typed: dict[str, Any] | None,
+        at: datetime | None,
+        at_loc: tuple[Any, ...],
     ) -> Scored:
         try:
             return service.score(rows, at, columns=typed)
@@ -493,12 +552,20 @@ def create_app(service: Service, *, keys: ApiKeys | None = None) -> FastAPI:
     )
     async def invocations(request: Request) -> JSONResponse:
         body = await _json(request)
-        key, raw = _invocation_records(body)
+        columnar = _invocation_columns(body)
+        if columnar is not None:
+            key, data = columnar
+        else:
+            key, raw = _invocation_records(body)
         params = body.get("params") or {}
         at = _parse_at(
             at_adapter, params.get("at") if isinstance(params, dict) else None, ("body", "params", "at")
         )
-        rows, typed = validate_rows(raw, ("body", key))
+        rows, typed = (
+            validate_columns(data, ("body", key))
+            if columnar is not None
+            else validate_rows(raw, ("body", key))
+        )
         scored = run(rows, typed, at, ("body", "params", "at"))
         metrics.records.labels(scored.served.alias).inc(scored.rows)
         return _FastJSON({"predictions": scored.scores.tolist()}, headers=_headers(scored))
@@ -552,12 +619,12 @@ def create_app(service: Service, *, keys: ApiKeys | None = None) -> FastAPI:
     async def v2_infer(name: str, request: Request) -> JSONResponse:
         known_model(name)
         body = await _json(request)
-        raw = _v2_records(body, columns)
+        data = _v2_columns(body, columns)
         params = body.get("parameters") or {}
         at = _parse_at(
             at_adapter, params.get("at") if isinstance(params, dict) else None, ("body", "parameters", "at")
         )
-        rows, typed = validate_rows(raw, ("body", "inputs"))
+        rows, typed = validate_columns(data, ("body", "inputs"))
         scored = run(rows, typed, at, ("body", "parameters", "at"))
         metrics.records.labels(scored.served.alias).inc(scored.rows)
         n = scored.rows

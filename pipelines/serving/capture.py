@@ -13,6 +13,7 @@ import collections
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipelines.lake import Lake, captures_table
@@ -20,8 +21,17 @@ from pipelines.lake import Lake, captures_table
 if TYPE_CHECKING:
     import pyarrow as pa
 
-# rows as columns: name -> one value per row (a list or a numpy array), or, for a struct column, a dict of those
+# rows as columns: name -> one value per row (a list or a numpy array) or one value for all the chunk's rows
+# (a Constant), or, for a struct column, a dict of those
 Columns = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Constant:
+    """One value for every row of a chunk (a request's id, versions and times): made into an Arrow column in C,
+    not from a Python list of copies."""
+
+    value: Any
 
 
 def arrow_table(chunks: list[tuple[int, Columns]], structs: Mapping[str, Mapping[str, Any]]) -> pa.Table:
@@ -35,16 +45,16 @@ def arrow_table(chunks: list[tuple[int, Columns]], structs: Mapping[str, Mapping
     for name in names:
         children = structs.get(name)
         if children is None:
-            arrays.append(
-                pa.array(
-                    _joined([_part(columns, name, count) for count, columns in chunks]), from_pandas=True
-                )
-            )
+            parts = [_part(columns, name) for _, columns in chunks]
+            if any(isinstance(part, Constant) for part in parts):
+                arrays.append(_constants_joined(parts, [count for count, _ in chunks]))
+            else:
+                arrays.append(pa.array(_joined(parts), from_pandas=True))
             continue
         parts = [columns.get(name) or {} for _, columns in chunks]
         fields = [
             pa.array(
-                _joined([_part(part, child, count) for (count, _), part in zip(chunks, parts, strict=True)]),
+                _joined([_child(part, child, count) for (count, _), part in zip(chunks, parts, strict=True)]),
                 type=kind,
                 from_pandas=True,
             )
@@ -54,9 +64,33 @@ def arrow_table(chunks: list[tuple[int, Columns]], structs: Mapping[str, Mapping
     return pa.table(arrays, names=names)
 
 
-def _part(columns: Mapping[str, Any], name: str, count: int) -> Any:
+def _part(columns: Mapping[str, Any], name: str) -> Any:
     values = columns.get(name)
+    return Constant(None) if values is None else values
+
+
+def _child(struct: Mapping[str, Any], name: str, count: int) -> Any:
+    values = struct.get(name)
     return [None] * count if values is None else values
+
+
+def _constants_joined(parts: list[Any], counts: list[int]) -> pa.Array:
+    """One Arrow array of a column whose parts are Constants or values: each part as an array, the NULL-only ones
+    (a Constant None, a column a chunk lacks) given the others' type."""
+    import pyarrow as pa
+
+    pieces = [
+        pa.repeat(pa.scalar(part.value), count)
+        if isinstance(part, Constant)
+        else pa.array(_joined([part]), from_pandas=True)
+        for part, count in zip(parts, counts, strict=True)
+    ]
+    kinds = {piece.type for piece in pieces if not pa.types.is_null(piece.type)}
+    if len(kinds) > 1:  # parts of different types (an int and a float version): let Arrow find the common one
+        values = [v for piece in pieces for v in piece.to_pylist()]
+        return pa.array(values, from_pandas=True)
+    kind = kinds.pop() if kinds else pa.null()
+    return pa.concat_arrays([piece if piece.type == kind else pa.nulls(len(piece), kind) for piece in pieces])
 
 
 def _joined(parts: list[Any]) -> Any:
@@ -82,16 +116,15 @@ class CaptureWriter:
         lake: Lake,
         usecase: str,
         *,
-        max_rows: int = 100_000,
-        batch_rows: int = 20_000,
-        flush_s: float = 10.0,  # a commit costs about 150 ms whatever its size: few and large ones
+        max_rows: int = 200_000,
+        batch_rows: int = 50_000,
+        flush_s: float = 10.0,  # a commit has a fixed cost (tens of ms of log and file work): few and large ones
         structs: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.lake, self.table = lake, captures_table(usecase)
         # struct column -> its fields' Arrow types (pipelines.serving.service.capture_structs)
         self.structs = {name: dict(children) for name, children in (structs or {}).items()}
         self.max_rows, self.batch_rows, self.flush_s = max_rows, batch_rows, flush_s
-        # (row count, a function making the rows): the rows are made in the capture thread, off the request path
         # (row count, a function making the rows as columns): made in the capture thread, off the request path
         self._queue: collections.deque[tuple[int, Callable[[], Columns]]] = collections.deque()
         self._queued_rows = 0
@@ -99,6 +132,7 @@ class CaptureWriter:
         self.written = self.dropped = self.failed = self.commits = 0
         self.last_error: str | None = None
         self._pending: list[tuple[int, Columns]] = []  # a batch whose commit failed once
+        self._handle: Any = None  # the table's DeltaTable after the last commit (its log is not read again)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mlops-capture", daemon=True)
         self._thread.start()
@@ -164,9 +198,12 @@ class CaptureWriter:
     def _write(self, chunks: list[tuple[int, Columns]]) -> bool:
         try:
             table = arrow_table(chunks, self.structs)
-            self.lake.append_rows(self.table, table, commit_info={"mlops.writer": "serve"})
+            self._handle = self.lake.append_rows(
+                self.table, table, commit_info={"mlops.writer": "serve"}, handle=self._handle
+            )
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
+            self._handle = None  # read the table afresh next time
             return False
         self.written += sum(count for count, _ in chunks)
         self.commits += 1

@@ -188,9 +188,27 @@ class ColumnChecker:
                 present += len(values) - absent
         if present != sum(map(len, records)):
             return None  # a key that is not a column
+        return self._typed(dict(zip(names, columns, strict=True)))
+
+    def columns_of(self, data: Any) -> dict[str, Any] | None:
+        """Typed columns of ``data``, the records given column by column (column name -> its values, the same
+        number of each; the form of the Open Inference Protocol's pandas codec and of MLflow's
+        ``dataframe_split``) when every value is valid, else None. No record is made."""
+        if type(data) is not dict or not data or not data.keys() <= self.spec.keys():
+            return None
+        if any(type(values) is not list for values in data.values()):
+            return None
+        lengths = set(map(len, data.values()))
+        if len(lengths) != 1 or not (count := lengths.pop()):
+            return None
+        if any(column.required for name, column in self.spec.items() if name not in data):
+            return None
+        return self._typed({name: data.get(name) or [None] * count for name in self.spec})
+
+    def _typed(self, columns: dict[str, Any]) -> dict[str, Any] | None:
         out: dict[str, Any] = {}
-        for name, values in zip(names, columns, strict=True):
-            typed = _checked(self.spec[name], list(values))
+        for name, values in columns.items():
+            typed = _checked(self.spec[name], values if type(values) is list else list(values))
             if typed is None:
                 return None
             out[name] = typed

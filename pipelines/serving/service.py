@@ -21,7 +21,7 @@ import numpy as np
 from pipelines.config import UseCase
 from pipelines.lake import Lake, arrow_type
 from pipelines.online import feature_columns_of, model_input_columns
-from pipelines.serving.capture import CaptureWriter
+from pipelines.serving.capture import CaptureWriter, Constant
 from pipelines.serving.models import ModelSlots, ServedModel
 from pipelines.serving.snapshots import SnapshotCache
 from pipelines.tracking import CHALLENGER_ALIAS, CHAMPION_ALIAS
@@ -196,10 +196,18 @@ class Service:
         return champion, (challenger if self.settings.shadow else None)
 
     def score(
-        self, rows: list[dict[str, Any]], at: datetime | None = None, *, columns: dict[str, Any] | None = None
+        self,
+        rows: list[dict[str, Any]] | None,
+        at: datetime | None = None,
+        *,
+        columns: dict[str, Any] | None = None,
     ) -> Scored:
         """Score validated records (dicts keyed by column) as of ``at`` (default now, UTC); ``columns``: the same
-        records as typed columns (pipelines.online.request_columns' form) when the caller has them."""
+        records as typed columns (pipelines.online.request_columns' form) when the caller has them, in which case
+        ``rows`` may be None."""
+        if rows is None and columns is None:
+            raise ValueError("Service.score needs the records as rows or as typed columns")
+        count = len(rows) if rows is not None else len(next(iter(columns.values())))
         received = datetime.now(UTC)
         when = _utc(at, received)
         served, shadow = self.route()
@@ -208,7 +216,7 @@ class Service:
         snapshot = self.snapshots.for_time(when)
         features = feature_columns_of(self.usecase, rows if columns is None else columns, snapshot, when)
         inputs = model_input_columns(self.usecase, features, f"snapshot of {snapshot.day}")
-        scores, runtime = served.scores(inputs, len(rows))
+        scores, runtime = served.scores(inputs, count)
         if not np.isfinite(scores).all():  # never answer NaN or infinity as a probability: fail the request
             raise ValueError(
                 f"version {served.version} of {self.usecase.name!r} scored {int((~np.isfinite(scores)).sum())} of "
@@ -223,12 +231,12 @@ class Service:
             at=when,
             scores=scores,
             decisions=decisions,
-            rows=len(rows),
+            rows=count,
             runtime=runtime,
         )
         if self.capture is not None:
             self.capture.offer_later(
-                len(rows), lambda: self._capture_rows(scored, features, inputs, received, shadow=False)
+                count, lambda: self._capture_rows(scored, features, inputs, received, shadow=False)
             )
         if shadow is not None:
             self._score_shadow(shadow, scored, features, inputs, received)
@@ -280,20 +288,19 @@ class Service:
     ) -> dict[str, Any]:
         """The captured rows of one answer, as columns (CaptureWriter's form): the record's typed columns and
         its model inputs as struct columns, the score and decision, and the versions that made them."""
-        count = scored.rows
         return {
-            "date": [scored.snapshot_day] * count,
-            "request_id": [scored.request_id] * count,
-            "row": list(range(count)),
-            "received_at": [received] * count,
-            "prediction_time": [scored.at] * count,
-            "alias": [scored.served.alias] * count,
-            "model_version": [scored.served.version] * count,
-            "shadow": [shadow] * count,
-            "snapshot_day": [scored.snapshot_day] * count,
-            "snapshot_version": [scored.snapshot_version] * count,
+            "date": Constant(scored.snapshot_day),
+            "request_id": Constant(scored.request_id),
+            "row": np.arange(scored.rows, dtype="int64"),
+            "received_at": Constant(received),
+            "prediction_time": Constant(scored.at),
+            "alias": Constant(scored.served.alias),
+            "model_version": Constant(scored.served.version),
+            "shadow": Constant(shadow),
+            "snapshot_day": Constant(scored.snapshot_day),
+            "snapshot_version": Constant(scored.snapshot_version),
             "score": scored.scores,
-            "decision": [None] * count if scored.decisions is None else scored.decisions,
+            "decision": Constant(None) if scored.decisions is None else scored.decisions,
             "request": {name: _utc_values(features[name]) for name in self._record_columns},
             "model_inputs": inputs,
         }
