@@ -251,41 +251,30 @@ def main(argv: list[str] | None = None) -> int:
         ).encode()
         one_theirs = json.dumps({"dataframe_split": {"columns": columns, "data": values[:1]}}).encode()
         many_theirs = json.dumps({"dataframe_split": {"columns": columns, "data": values[:batch]}}).encode()
-        # (label, path, body, connections, rows a request)
+
+        def singles(
+            path: str, body: bytes
+        ) -> list[tuple]:  # (label, path, body, connections, rows a request)
+            return [("single, 1 connection", path, body, 1, 1), ("single, 8 connections", path, body, 8, 1)]
+
+        def batches(form: str, path: str, body: bytes) -> tuple:
+            label = f"{batch}-row batches ({form}), {BATCH_CONNECTIONS} connections"
+            return (label, path, body, BATCH_CONNECTIONS, batch)
+
         runs = {
             "mlops serve": (
                 ours,
                 [
-                    ("single, 1 connection", ours["path"], one_ours, 1, 1),
-                    ("single, 8 connections", ours["path"], one_ours, 8, 1),
-                    (
-                        f"{batch}-row batches (records), {BATCH_CONNECTIONS} connections",
-                        ours["path"],
-                        many_ours,
-                        BATCH_CONNECTIONS,
-                        batch,
-                    ),
-                    (
-                        f"{batch}-row batches (dataframe_split), {BATCH_CONNECTIONS} connections",
-                        "/invocations",
-                        split_ours,
-                        BATCH_CONNECTIONS,
-                        batch,
-                    ),
+                    *singles(ours["path"], one_ours),
+                    batches("records", ours["path"], many_ours),
+                    batches("dataframe_split", "/invocations", split_ours),
                 ],
             ),
             "mlflow models serve": (
                 theirs,
                 [
-                    ("single, 1 connection", theirs["path"], one_theirs, 1, 1),
-                    ("single, 8 connections", theirs["path"], one_theirs, 8, 1),
-                    (
-                        f"{batch}-row batches (dataframe_split), {BATCH_CONNECTIONS} connections",
-                        theirs["path"],
-                        many_theirs,
-                        BATCH_CONNECTIONS,
-                        batch,
-                    ),
+                    *singles(theirs["path"], one_theirs),
+                    batches("dataframe_split", theirs["path"], many_theirs),
                 ],
             ),
         }
