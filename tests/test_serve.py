@@ -351,7 +351,14 @@ def test_every_client_mistake_gets_its_4xx_naming_the_field(api) -> None:
     assert split({}, names=[*columns[:-1], 7]).status_code == 422, "a column name that is not text"
     unequal = {c: [record[c]] * (1 if c == "carrier" else 2) for c in columns}
     uneven = _post(api, {"inputs": unequal, "params": {"at": at}}, path="/invocations")
-    assert uneven.status_code == 422 and "different lengths" in uneven.text
+    assert uneven.status_code == 422 and "equal-length" in uneven.text
+    for names in ([*columns[:-1], ["a list"]], [*columns[:-1], {"a": 1}]):  # unhashable: once a 500
+        assert split({}, names=names).status_code == 422, names
+    assert split({}, names=[*columns[:-1], columns[0]]).status_code == 422, (
+        "a repeated name (one column missing)"
+    )
+    empty = _post(api, {"dataframe_split": {"columns": columns, "data": []}}, path="/invocations")
+    assert empty.status_code == 422
 
 
 def test_api_keys_body_size_and_batch_count(api, tmp_path: Path, monkeypatch) -> None:

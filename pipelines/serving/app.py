@@ -245,34 +245,10 @@ def _records_of(data: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(data, values, strict=True)) for values in zip(*data.values(), strict=True)]
 
 
-def _invocation_columns(body: Any) -> tuple[str, dict[str, list[Any]]] | None:
-    """(the MLflow input format, its records column by column) of an ``/invocations`` body in a columnar form
-    (``dataframe_split``, ``inputs`` as a dict of lists) that is well formed; None for any other body, which
-    :func:`_invocation_records` reads (and names what is wrong)."""
-    if type(body) is not dict or not body.keys() <= {"dataframe_split", "inputs", "params"}:
-        return None
-    split, inputs = body.get("dataframe_split"), body.get("inputs")
-    if (split is None) == (inputs is None):
-        return None
-    if split is not None:
-        if type(split) is not dict or not split.keys() <= {"columns", "data", "index"}:
-            return None
-        names, rows = split.get("columns"), split.get("data")
-        if type(names) is not list or type(rows) is not list or not rows:
-            return None
-        if not all(type(name) is str for name in names) or len(set(names)) != len(names):
-            return None
-        width = len(names)
-        if not all(type(row) is list and len(row) == width for row in rows):
-            return None
-        return "dataframe_split", dict(zip(names, map(list, zip(*rows, strict=True)), strict=True))
-    if type(inputs) is not dict or not inputs or any(type(v) is not list for v in inputs.values()):
-        return None
-    return "inputs", inputs
-
-
-def _invocation_records(body: Any) -> tuple[str, list[Any]]:
-    """(the MLflow input format used, its records) of an ``/invocations`` body."""
+def _invocation_input(body: Any) -> tuple[str, list[Any] | dict[str, list[Any]]]:
+    """(the MLflow input format used, its records) of an ``/invocations`` body: column name -> values for the
+    columnar forms (``dataframe_split``, ``inputs`` as a dict of lists), which are checked without making a
+    record; a list of records for the others."""
     formats = ("dataframe_split", "dataframe_records", "instances", "inputs")
     if not isinstance(body, dict):
         raise RequestValidationError(
@@ -301,21 +277,30 @@ def _invocation_records(body: Any) -> tuple[str, list[Any]]:
             raise RequestValidationError(
                 [{"loc": ["body", key], "msg": "needs columns and data lists", "type": "value_error"}]
             )
-        columns = value["columns"]
-        rows = []
-        for i, row in enumerate(value["data"]):
-            if not isinstance(row, list) or len(row) != len(columns):
-                raise RequestValidationError(
-                    [
-                        {
-                            "loc": ["body", key, "data", i],
-                            "msg": f"a row of {len(columns)} values is expected",
-                            "type": "value_error",
-                        }
-                    ]
-                )
-            rows.append(dict(zip(columns, row, strict=True)))
-        return key, rows
+        columns, rows = value["columns"], value["data"]
+        if not all(isinstance(name, str) for name in columns):
+            raise RequestValidationError(
+                [{"loc": ["body", key, "columns"], "msg": "column names are strings", "type": "string_type"}]
+            )
+        width = len(columns)
+        wrong = next(
+            (i for i, row in enumerate(rows) if not isinstance(row, list) or len(row) != width), None
+        )
+        if wrong is not None:
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ["body", key, "data", wrong],
+                        "msg": f"a row of {width} values is expected",
+                        "type": "value_error",
+                    }
+                ]
+            )
+        if (
+            not rows or len(set(columns)) != width
+        ):  # none, or a repeated name (as records: its last value counts)
+            return key, [dict(zip(columns, row, strict=True)) for row in rows]
+        return key, dict(zip(columns, map(list, zip(*rows, strict=True)), strict=True))
     if key == "inputs" and isinstance(value, dict):  # columns -> lists of values
         lists = list(value.values())
         if not all(isinstance(v, list) for v in lists) or len({len(v) for v in lists}) > 1:
@@ -328,8 +313,7 @@ def _invocation_records(body: Any) -> tuple[str, list[Any]]:
                     }
                 ]
             )
-        count = len(lists[0]) if lists else 0
-        return key, [{name: values[i] for name, values in value.items()} for i in range(count)]
+        return key, value
     if not isinstance(value, list):
         raise RequestValidationError(
             [{"loc": ["body", key], "msg": "a list of records is expected", "type": "list_type"}]
@@ -402,23 +386,12 @@ def create_app(service: Service, *, keys: ApiKeys | None = None) -> FastAPI:
         """(None, typed columns) of records given column by column, checked without making records; when the
         column checker does not accept them, (the records, None) checked by the pydantic model as
         :func:`validate_rows` does (it names the field that broke a rule)."""
-        count = max(map(len, data.values()), default=0)
+        count = max(map(len, data.values()), default=0)  # the callers made sure the columns are of one length
         if count > settings.max_batch_records:
             raise _too_many(count, settings.max_batch_records)
         typed = checker.columns_of(data)
         if typed is not None:
             return None, typed
-        lengths = {len(values) for values in data.values()}
-        if len(lengths) > 1:
-            raise RequestValidationError(
-                [
-                    {
-                        "loc": list(where),
-                        "msg": f"columns of different lengths {sorted(lengths)}",
-                        "type": "value_error",
-                    }
-                ]
-            )
         return validate_rows(_records_of(data), where)
 
     def run(
@@ -552,19 +525,14 @@ def create_app(service: Service, *, keys: ApiKeys | None = None) -> FastAPI:
     )
     async def invocations(request: Request) -> JSONResponse:
         body = await _json(request)
-        columnar = _invocation_columns(body)
-        if columnar is not None:
-            key, data = columnar
-        else:
-            key, raw = _invocation_records(body)
+        key, given = _invocation_input(body)
         params = body.get("params") or {}
         at = _parse_at(
             at_adapter, params.get("at") if isinstance(params, dict) else None, ("body", "params", "at")
         )
+        where = ("body", key)
         rows, typed = (
-            validate_columns(data, ("body", key))
-            if columnar is not None
-            else validate_rows(raw, ("body", key))
+            validate_columns(given, where) if isinstance(given, dict) else validate_rows(given, where)
         )
         scored = run(rows, typed, at, ("body", "params", "at"))
         metrics.records.labels(scored.served.alias).inc(scored.rows)
