@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from pipelines.cli import run_step
 from pipelines.lake import captures_table, predictions_table
-from pipelines.online import read_records
+from pipelines.online import SMALL_BATCH, read_records
 from pipelines.tracking import feature_columns
 
 KEYS = frozenset({"key-one", "key-two"})
@@ -440,10 +440,25 @@ def test_requests_are_captured_in_the_lake(api) -> None:
     env = api.env
     records = _records(env, DAY)[:7]
     answer = _post(api, {"records": records, "at": _at(env, DAY)}).json()
+    # a batch over SMALL_BATCH rows has its strings made Arrow while it is answered; both go in one commit
+    batch = [
+        dict(record, tailnum=None if i % 5 == 0 else record["tailnum"])
+        for i, record in enumerate(records * 10)
+    ]
+    assert len(batch) > SMALL_BATCH
+    batch_answer = _post(api, {"records": batch, "at": _at(env, DAY)}).json()
     api.service.capture.flush()
     captured = env.lake.read_frame(captures_table(USECASE), [DAY.isoformat()])
     mine = captured[captured["request_id"] == answer["request_id"]].sort_values("row")
     assert len(mine) == 7
+    theirs = captured[captured["request_id"] == batch_answer["request_id"]].sort_values("row")
+    for name in ("carrier", "tailnum", "origin", "dest", "flight"):
+        assert [row[name] for row in theirs["request"]] == [record[name] for record in batch], name
+    for name in env.usecase.features.categorical:
+        assert [row[name] for row in theirs["model_inputs"]] == [row[name] for row in theirs["request"]], name
+    np.testing.assert_allclose(
+        theirs["score"], [p["probability"] for p in batch_answer["predictions"]], atol=0
+    )
     assert mine["model_version"].unique().tolist() == [api.version]
     assert not mine["shadow"].any() and set(mine["alias"]) == {"champion"}
     np.testing.assert_allclose(mine["score"], [p["probability"] for p in answer["predictions"]], atol=0)
@@ -932,6 +947,31 @@ def test_capture_columns_given_once_per_chunk_join_with_value_columns_and_nulls(
     assert table.schema.field("version").type == pa.int64()
     assert table.column("at").to_pylist() == [at, at, at, None, None]
     assert table.column("score").to_pylist() == [0.1, 0.2, 0.3, 0.4, 0.5]
+
+
+def test_capture_struct_fields_join_arrow_arrays_made_while_answering_with_raw_values() -> None:
+    """A batch's strings arrive as Arrow arrays (made while it was answered), a few rows' as numpy object arrays
+    or lists, and a chunk may lack the struct or a field: one flush joins them in order, None as NULL."""
+    import pyarrow as pa
+
+    from pipelines.serving.capture import arrow_table
+
+    structs = {"request": {"carrier": pa.string(), "flight": pa.int64()}}
+    chunks = [
+        (2, {"request": {"carrier": pa.array(["AA", None], pa.string()), "flight": np.array([1, 2])}}),
+        (1, {"request": {"carrier": np.array(["B6"], dtype=object), "flight": np.array([3])}}),
+        (1, {"request": {"flight": np.array([4])}}),
+        (1, {}),
+    ]
+    table = arrow_table(chunks, structs)
+    assert table.schema.field("request").type == pa.struct([("carrier", pa.string()), ("flight", pa.int64())])
+    assert table.column("request").to_pylist() == [
+        {"carrier": "AA", "flight": 1},
+        {"carrier": None, "flight": 2},
+        {"carrier": "B6", "flight": 3},
+        {"carrier": None, "flight": 4},
+        {"carrier": None, "flight": None},
+    ]
 
 
 def test_two_capture_writers_keeping_their_table_handles_lose_no_rows(tmp_path: Path) -> None:

@@ -58,15 +58,28 @@ def arrow_table(chunks: list[tuple[int, Columns]], structs: Mapping[str, Mapping
             continue
         parts = [columns.get(name) or {} for _, columns in chunks]
         fields = [
-            pa.array(
-                _joined([_child(part, child, count) for (count, _), part in zip(chunks, parts, strict=True)]),
-                type=kind,
-                from_pandas=True,
+            _typed_array(
+                [_child(part, child, count) for (count, _), part in zip(chunks, parts, strict=True)], kind
             )
             for child, kind in children.items()
         ]
         arrays.append(pa.StructArray.from_arrays(fields, names=list(children)))
     return pa.table(arrays, names=names)
+
+
+def _typed_array(parts: list[Any], kind: pa.DataType) -> pa.Array:
+    """Parts of one struct field (lists, numpy arrays, or Arrow arrays made when the request was answered) as one
+    Arrow array of type ``kind``."""
+    import pyarrow as pa
+
+    if any(isinstance(part, pa.Array) for part in parts):
+        return pa.concat_arrays(
+            [
+                part if isinstance(part, pa.Array) else pa.array(part, type=kind, from_pandas=True)
+                for part in parts
+            ]
+        )
+    return pa.array(_joined(parts), type=kind, from_pandas=True)
 
 
 def _part(columns: Mapping[str, Any], name: str) -> Any:
