@@ -436,6 +436,29 @@ def test_the_command_refuses_to_serve_without_api_keys(monkeypatch) -> None:
     assert settings_from(parser.parse_args(["--usecase", USECASE])).api_keys == frozenset({"a", "b"})
 
 
+def test_a_snapshot_version_is_served_only_once_its_newest_snapshot_is_read(api, monkeypatch) -> None:
+    """A start or a features commit reads the new version's newest snapshot before serving it, so no request
+    waits for the lake; when that read fails, the version in use stays (here: none, so not ready) and says why."""
+    from pipelines.serving import snapshots as snapshots_module
+    from pipelines.serving.snapshots import SnapshotCache
+
+    def unreadable(*args, **kwargs):
+        raise OSError("the lake is unreachable")
+
+    cache = SnapshotCache(api.env.lake, api.env.usecase)
+    with monkeypatch.context() as patch:
+        patch.setattr(snapshots_module, "read_snapshots", unreadable)
+        assert not cache.refresh()
+    assert (cache.version, cache.days) == (None, [])
+    assert "could not be read: OSError: the lake is unreachable" in cache.error
+    assert cache.refresh() and cache.error is None
+    assert cache.version == api.service.snapshots.version and cache.newest() == DAY.isoformat()
+    with monkeypatch.context() as patch:  # in memory already: a request at its time reads nothing
+        patch.setattr(snapshots_module, "read_snapshots", unreadable)
+        assert cache.for_time(api.env.usecase.time.prediction_time_of(DAY)).day == DAY.isoformat()
+        assert not cache.refresh()  # same version: nothing read
+
+
 def test_requests_are_captured_in_the_lake(api) -> None:
     env = api.env
     records = _records(env, DAY)[:7]

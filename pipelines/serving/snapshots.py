@@ -30,20 +30,25 @@ class SnapshotCache:
         self.error: str | None = None
 
     def refresh(self) -> bool:
-        """Read the table's newest version; True when it changed (cached snapshots are then dropped)."""
+        """Read the table's newest version; True when it changed. The new version's newest snapshot is read before
+        it replaces the old one (the other cached snapshots are dropped), so no request waits for the lake after a
+        start or a features commit; if that read fails, the old version keeps serving and ``error`` says why."""
         table = online_table(self.usecase.name)
         try:
             snapshot = self.lake.snapshot(table, facts=False)
+            version = None if snapshot.version is None else int(snapshot.version)
+            if version == self.version:
+                self.error = None
+                return False
+            days = sorted(snapshot.partitions)
+            warm = read_snapshots(self.lake, self.usecase, days[-1:], version) if days else {}
         except Exception as exc:  # keep serving from what is loaded; report
             self.error = f"{self.lake.table_uri(table)} could not be read: {type(exc).__name__}: {exc}"
             return False
-        self.error = None
-        version = None if snapshot.version is None else int(snapshot.version)
-        if version == self.version:
-            return False
         with self._lock:
-            self.version, self.days = version, sorted(snapshot.partitions)
-            self._cache.clear()
+            self.version, self.days = version, days
+            self._cache = OrderedDict(warm)
+        self.error = None
         return True
 
     def day_for(self, at: Any) -> str:
