@@ -723,6 +723,32 @@ class Lake:
         raise LakeError(f"{self.table_uri(facts_table)}: could not record partition facts after 10 attempts")
 
     # -- maintenance
+    def compact(self, table: str, dates: list[str], *, dry_run: bool = False) -> dict[str, tuple[int, int]]:
+        """Rewrite the ``dates`` partitions of an append-only table (one without partition facts, such as captured
+        requests) as few large files, in one commit (Delta's OPTIMIZE compaction: same rows, same order; appends
+        may run meanwhile). Returns (files before, files after) of each partition that had more than one file;
+        a dry run returns them with the after count unknown (-1). The replaced files stay until vacuum."""
+        from deltalake import CommitProperties
+
+        if self.open_table(f"{FACTS_ZONE}/{table}") is not None:
+            raise LakeError(
+                f"{self.table_uri(table)}: its partitions have recorded facts (file lists) that compaction would "
+                "invalidate; only append-only tables are compacted"
+            )
+        handle = self.open_table(table)
+        if handle is None:
+            return {}
+        before = {day: len(files) for day, files in _files_by_date(handle).items() if day in set(dates)}
+        days = sorted(day for day, count in before.items() if count > 1)
+        if dry_run or not days:
+            return {day: (before[day], -1 if dry_run else before[day]) for day in days}
+        handle.optimize.compact(
+            partition_filters=[(DATE, "in", days)],
+            commit_properties=CommitProperties(custom_metadata={"mlops.writer": "maintain"}),
+        )
+        after = _files_by_date(handle)
+        return {day: (before[day], len(after.get(day, []))) for day in days}
+
     def vacuum(
         self, table: str, keep_versions: list[int], retention_hours: int, *, dry_run: bool = False
     ) -> list[str]:

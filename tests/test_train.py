@@ -617,6 +617,51 @@ def test_lineage_reload_and_maintenance_keep_a_models_training_set(
         lake.read(table, version=0)
 
 
+def test_maintenance_compacts_the_captured_requests_of_days_before_its_date(small_env, tmp_path, monkeypatch):
+    """A scoring service appends its captured requests in many commits, a file each. Maintenance of Feb 1 rewrites
+    each earlier day as one file (same rows), leaves Feb 1 to the service, and vacuums the replaced files; a dry
+    run changes nothing, a second run has nothing to do. A table with partition facts is never compacted."""
+    from pipelines.lake import captures_table
+    from pipelines.serving.capture import CaptureWriter
+
+    usecase, lake = small_env.usecase, small_env.lake
+    monkeypatch.setenv("MLOPS_CONFIG_DIR", str(write_config_dir(tmp_path / "config", usecase)))
+    table = captures_table(usecase.name)
+    writer = CaptureWriter(lake, usecase.name, flush_s=3600)
+    for day, commits in (("2013-01-30", 3), ("2013-01-31", 2), ("2013-02-01", 2)):
+        for commit in range(commits):
+            writer.offer([{"date": day, "request_id": f"{day}/{commit}", "row": row} for row in range(4)])
+            writer.flush()
+    writer.close()
+    assert writer.commits == 7 and writer.failed == 0
+
+    def files() -> dict[str, int]:
+        return {day: len(info.files) for day, info in lake.partitions(table).items()}
+
+    def rows():
+        return lake.read(table).to_pandas().sort_values(["request_id", "row"]).reset_index(drop=True)
+
+    before = rows()
+    assert files() == {"2013-01-30": 3, "2013-01-31": 2, "2013-02-01": 2}
+    argv = ["maintain", "--usecase", usecase.name, "--date", "2013-02-01", "--retention-hours", "0"]
+    planned = run_step([*argv, "--dry-run"])
+    assert planned["captures_compacted"] == {"2013-01-30": [3, -1], "2013-01-31": [2, -1]}
+    assert files() == {"2013-01-30": 3, "2013-01-31": 2, "2013-02-01": 2}
+
+    result = run_step(argv)
+    assert result["captures_compacted"] == {"2013-01-30": [3, 1], "2013-01-31": [2, 1]}
+    assert files() == {"2013-01-30": 1, "2013-01-31": 1, "2013-02-01": 2}
+    pd.testing.assert_frame_equal(rows(), before)
+    entry = next(t for t in result["tables"] if t["table"] == table)
+    assert entry["files_deleted"] == 5, "the replaced files are vacuumed"
+    assert run_step(argv)["captures_compacted"] == {}
+
+    write_feature_partitions(lake, usecase, date(2013, 1, 5), 2, rows_per_day=10)
+    write_feature_partitions(lake, usecase, date(2013, 1, 5), 2, rows_per_day=10, seed=1)
+    with pytest.raises(LakeError, match=r"recorded facts .* only append-only tables are compacted"):
+        lake.compact(features_table(usecase.name), ["2013-01-05"])
+
+
 def test_maintenance_fails_closed_when_the_registry_cannot_be_read(small_env, tmp_path, monkeypatch):
     """Without the registry's answer the step cannot know which versions models name: it fails (Airflow retries)
     and deletes nothing."""

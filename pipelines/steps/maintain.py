@@ -12,6 +12,11 @@ mid-write) once they are that old. Log cleanup (Delta's ``cleanup_metadata``, wh
 ``delta.logRetentionDuration`` before the newest checkpoint) runs only when no kept version is older than that
 checkpoint, since it would make the kept version unloadable; otherwise it is skipped with the reason.
 
+The requests a scoring service captured (``captures/<usecase>``, appended in many small commits) are compacted
+first: every date partition before the run's date becomes few large files, so reading a day, and the log's
+checkpoints, stay cheap as the service keeps appending. The table is then vacuumed and its log cleaned like the
+others (no model names its versions).
+
 Fail closed: when the registry cannot be read the step fails (and Airflow retries it); it never vacuums without
 knowing which versions models name.
 """
@@ -23,7 +28,7 @@ import json
 from typing import Any
 
 from pipelines.context import StepContext, progress
-from pipelines.lake import FACTS_ZONE, LakeError, features_table
+from pipelines.lake import FACTS_ZONE, LakeError, captures_table, features_table
 from pipelines.tables import data_tables
 
 DEFAULT_RETENTION_HOURS = 168
@@ -110,6 +115,28 @@ def maintain_table(
     }
 
 
+def compact_captures(ctx: StepContext, dry_run: bool) -> dict[str, Any]:
+    """Compact the capture table's date partitions before the run's date (see the module doc)."""
+    table = captures_table(ctx.usecase.name)
+    handle = ctx.lake.open_table(table)
+    if handle is None:
+        return {"table": table, "exists": False}
+    closed = [day for day in ctx.lake.partitions(table) if day < ctx.day.isoformat()]
+    files = ctx.lake.compact(table, closed, dry_run=dry_run)
+    progress(
+        f"maintain: {table}: {len(files)} partition(s) before {ctx.day} "
+        + ("would be compacted" if dry_run else "compacted")
+        + (
+            f" ({sum(b for b, _ in files.values())} files"
+            + ("" if dry_run else f" into {sum(a for _, a in files.values())}")
+            + ")"
+            if files
+            else ""
+        )
+    )
+    return {"table": table, "exists": True, "compacted": {day: list(counts) for day, counts in files.items()}}
+
+
 def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     """Vacuum and clean the logs of every table of the use case, keeping the versions models name."""
     retention = int(getattr(args, "retention_hours", DEFAULT_RETENTION_HOURS))
@@ -121,10 +148,13 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     for table in data_tables(ctx.usecase):
         tables.append(maintain_table(ctx, table, named.get(table, set()), retention, dry_run))
         tables.append(maintain_table(ctx, f"{FACTS_ZONE}/{table}", set(), retention, dry_run))
+    captures = compact_captures(ctx, dry_run)
+    tables.append(maintain_table(ctx, captures["table"], set(), retention, dry_run))
     return {
         "retention_hours": retention,
         "dry_run": dry_run,
         "versions_named_by_models": {t: sorted(v) for t, v in sorted(named.items())},
+        "captures_compacted": captures.get("compacted", {}),
         "tables": [t for t in tables if t["exists"]],
         "files_deleted": sum(t.get("files_deleted", 0) for t in tables),
     }
