@@ -110,18 +110,47 @@ def _client(args: tuple) -> tuple[list[float], int, int]:
     return latencies, rows, failures
 
 
+def process_cpu(root: int | None) -> dict[int, float]:
+    """CPU seconds (user and system) of process ``root`` and its descendants, by pid, from /proc (empty where
+    there is no /proc or no root)."""
+    seconds: dict[int, float] = {}
+    pending = [] if root is None else [root]
+    while pending:
+        pid = pending.pop()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            seconds[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+        except (OSError, IndexError, ValueError):
+            continue
+    return seconds
+
+
 def load(
-    port: int, path: str, body: bytes, connections: int, seconds: float, rows_per_request: int, headers: dict
+    port: int,
+    path: str,
+    body: bytes,
+    connections: int,
+    seconds: float,
+    rows_per_request: int,
+    headers: dict,
+    server: int | None = None,
 ) -> dict:
-    """``connections`` client processes for ``seconds`` (after a 2 s warm-up): p50, p99, requests and rows/s."""
+    """``connections`` client processes for ``seconds`` (after a 2 s warm-up): p50, p99, requests and rows/s, and
+    the cores the ``server`` process and its children used, busiest first (how evenly the kernel spread the
+    connections over the workers)."""
     headers = {"content-type": "application/json", **headers}
     warm = time.monotonic() + 2
     warm_rows = _client((port, path, body, headers, warm, rows_per_request))[1]
     until = time.monotonic() + seconds
     with multiprocessing.get_context("spawn").Pool(connections) as pool:
+        cpu_before = process_cpu(server)
         started = time.monotonic()
         parts = pool.map(_client, [(port, path, body, headers, until, rows_per_request)] * connections)
         elapsed = time.monotonic() - started
+        cpu_after = process_cpu(server)
+    used = [(cpu_after[pid] - cpu_before.get(pid, 0.0)) / elapsed for pid in cpu_after]
     latencies = sorted(x for part in parts for x in part[0])
     rows = sum(part[1] for part in parts)
     failures = sum(part[2] for part in parts)
@@ -132,6 +161,7 @@ def load(
         "rows_per_s": rows / elapsed,
         "failures": failures,
         "answered_rows": warm_rows + rows,
+        "server_cores": sorted((round(c, 2) for c in used if c >= 0.01), reverse=True),
     }
 
 
@@ -235,8 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             "port": ours_port,
             "path": f"/v1/usecases/{args.usecase}/predict",
             "headers": {"X-API-Key": "bench-key"},
+            "pid": servers[0].pid,
         }
-        theirs = {"port": theirs_port, "path": "/invocations", "headers": {}}
+        theirs = {"port": theirs_port, "path": "/invocations", "headers": {}, "pid": servers[1].pid}
         one_ours = json.dumps({"record": raw[0], "at": at}).encode()
         many_ours = json.dumps({"records": raw[:batch], "at": at}).encode()
         raw_columns = list(raw[0])
@@ -282,7 +313,16 @@ def main(argv: list[str] | None = None) -> int:
         results = {}
         for name, (target, loads) in runs.items():
             results[name] = {
-                label: load(target["port"], path, body, connections, args.seconds, rows, target["headers"])
+                label: load(
+                    target["port"],
+                    path,
+                    body,
+                    connections,
+                    args.seconds,
+                    rows,
+                    target["headers"],
+                    target["pid"],
+                )
                 for label, path, body, connections, rows in loads
             }
             print(name, json.dumps(results[name], indent=1), flush=True)
@@ -306,13 +346,15 @@ def main(argv: list[str] | None = None) -> int:
         "a list of records; `(dataframe_split)`: `/invocations` in MLflow's column-and-rows form, raw columns for "
         "ours.",
         "",
-        "| server | load | p50 ms | p99 ms | records/s | failures |",
-        "|---|---|---:|---:|---:|---:|",
+        "| server | load | p50 ms | p99 ms | records/s | failures | server cores by process |",
+        "|---|---|---:|---:|---:|---:|---|",
     ]
     for name, rows in results.items():
         for label, r in rows.items():
+            cores = " + ".join(f"{c:.2f}" for c in r["server_cores"]) or "n/a"
             lines.append(
-                f"| {name} | {label} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rows_per_s']:,.0f} | {r['failures']} |"
+                f"| {name} | {label} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rows_per_s']:,.0f} | "
+                f"{r['failures']} | {cores} |"
             )
     lines += [
         "",
