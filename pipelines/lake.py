@@ -738,7 +738,8 @@ class Lake:
         handle = self.open_table(table)
         if handle is None:
             return {}
-        before = {day: len(files) for day, files in _files_by_date(handle).items() if day in set(dates)}
+        wanted = set(dates)
+        before = {day: len(files) for day, files in _files_by_date(handle).items() if day in wanted}
         days = sorted(day for day, count in before.items() if count > 1)
         if dry_run or not days:
             return {day: (before[day], -1 if dry_run else before[day]) for day in days}

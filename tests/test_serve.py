@@ -997,6 +997,28 @@ def test_capture_struct_fields_join_arrow_arrays_made_while_answering_with_raw_v
     ]
 
 
+def test_a_capture_column_arrow_cannot_make_is_left_to_the_capture_thread() -> None:
+    """Making a batch's strings Arrow happens on the request path, which capture must never fail: a column Arrow
+    refuses stays as it was (the capture thread, which counts failures, meets it again); the others are made once."""
+    import pyarrow as pa
+
+    from pipelines.serving.service import _ArrowStrings
+
+    strings = _ArrowStrings({"request": {"carrier": pa.string(), "flight": pa.int64()}}, enabled=True)
+    odd = np.array(["AA", 7], dtype=object)
+    assert strings.of("request", "carrier", odd) is odd
+    carriers = np.array(["AA", None], dtype=object)
+    made = strings.of("request", "carrier", carriers)
+    assert isinstance(made, pa.Array) and made.to_pylist() == ["AA", None]
+    assert strings.of("request", "carrier", carriers) is made
+    flights = np.array([1, 2])
+    assert strings.of("request", "flight", flights) is flights
+    assert (
+        _ArrowStrings({"request": {"carrier": pa.string()}}, enabled=False).of("request", "carrier", carriers)
+        is carriers
+    )
+
+
 def test_two_capture_writers_keeping_their_table_handles_lose_no_rows(tmp_path: Path) -> None:
     """Each writer keeps the table handle of its last commit (no log read per commit). Two replicas append to
     one table in turn: each commit lands on the other's, nothing is overwritten."""

@@ -105,9 +105,13 @@ class _ArrowStrings:
             return values  # numbers and times: joined as numpy arrays at the flush, which costs little
         made = self._made.get(id(values))
         if made is None:
-            made = self._made[id(values)] = pa.array(
-                values, type=self.structs[struct][name], from_pandas=True
-            )
+            try:
+                made = pa.array(values, type=self.structs[struct][name], from_pandas=True)
+            except (
+                Exception
+            ):  # never fail a request for capture: the capture thread tries again, counts a failure
+                return values
+            self._made[id(values)] = made
         return made
 
 

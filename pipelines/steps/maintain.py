@@ -118,23 +118,17 @@ def maintain_table(
 def compact_captures(ctx: StepContext, dry_run: bool) -> dict[str, Any]:
     """Compact the capture table's date partitions before the run's date (see the module doc)."""
     table = captures_table(ctx.usecase.name)
-    handle = ctx.lake.open_table(table)
-    if handle is None:
-        return {"table": table, "exists": False}
     closed = [day for day in ctx.lake.partitions(table) if day < ctx.day.isoformat()]
-    files = ctx.lake.compact(table, closed, dry_run=dry_run)
-    progress(
-        f"maintain: {table}: {len(files)} partition(s) before {ctx.day} "
-        + ("would be compacted" if dry_run else "compacted")
-        + (
-            f" ({sum(b for b, _ in files.values())} files"
-            + ("" if dry_run else f" into {sum(a for _, a in files.values())}")
-            + ")"
-            if files
-            else ""
-        )
-    )
-    return {"table": table, "exists": True, "compacted": {day: list(counts) for day, counts in files.items()}}
+    files = ctx.lake.compact(table, closed, dry_run=dry_run) if closed else {}
+    before, after = sum(b for b, _ in files.values()), sum(a for _, a in files.values())
+    if not files:
+        done = "nothing to compact"
+    elif dry_run:
+        done = f"would compact {len(files)} partition(s) of {before} files"
+    else:
+        done = f"compacted {len(files)} partition(s), {before} files into {after}"
+    progress(f"maintain: {table}: days before {ctx.day}: {done}")
+    return {"table": table, "compacted": {day: list(counts) for day, counts in files.items()}}
 
 
 def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
@@ -154,7 +148,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         "retention_hours": retention,
         "dry_run": dry_run,
         "versions_named_by_models": {t: sorted(v) for t, v in sorted(named.items())},
-        "captures_compacted": captures.get("compacted", {}),
+        "captures_compacted": captures["compacted"],
         "tables": [t for t in tables if t["exists"]],
         "files_deleted": sum(t.get("files_deleted", 0) for t in tables),
     }
