@@ -459,8 +459,11 @@ def test_a_snapshot_version_is_served_only_once_its_newest_snapshot_is_read(api,
         assert not cache.refresh()  # same version: nothing read
 
 
-def test_requests_are_captured_in_the_lake(api) -> None:
+def test_requests_are_captured_in_the_lake(api, monkeypatch) -> None:
+    import pyarrow as pa
+
     env = api.env
+    monkeypatch.setattr(api.service.capture, "flush_s", 3600.0)  # this test flushes, not the capture thread
     records = _records(env, DAY)[:7]
     answer = _post(api, {"records": records, "at": _at(env, DAY)}).json()
     # a batch over SMALL_BATCH rows has its strings made Arrow while it is answered; both go in one commit
@@ -470,6 +473,9 @@ def test_requests_are_captured_in_the_lake(api) -> None:
     ]
     assert len(batch) > SMALL_BATCH
     batch_answer = _post(api, {"records": batch, "at": _at(env, DAY)}).json()
+    queued = api.service.capture._queue[-1][1]()  # the batch's columns as queued: its strings already Arrow
+    assert isinstance(queued["request"]["carrier"], pa.Array)
+    assert queued["model_inputs"]["carrier"] is queued["request"]["carrier"], "converted once"
     api.service.capture.flush()
     captured = env.lake.read_frame(captures_table(USECASE), [DAY.isoformat()])
     mine = captured[captured["request_id"] == answer["request_id"]].sort_values("row")

@@ -296,9 +296,8 @@ def _invocation_input(body: Any) -> tuple[str, list[Any] | dict[str, list[Any]]]
                     }
                 ]
             )
-        if (
-            not rows or len(set(columns)) != width
-        ):  # none, or a repeated name (as records: its last value counts)
+        # no rows, or a repeated column name: read as records (a repeated name's last value counts)
+        if not rows or len(set(columns)) != width:
             return key, [dict(zip(columns, row, strict=True)) for row in rows]
         return key, dict(zip(columns, map(list, zip(*rows, strict=True)), strict=True))
     if key == "inputs" and isinstance(value, dict):  # columns -> lists of values

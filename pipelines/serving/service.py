@@ -157,7 +157,6 @@ class Service:
             )
         )
         self._record_columns = list(usecase.sources[usecase.features.primary_source].columns)
-        self._capture_structs = capture_structs(usecase) if self.capture is not None else {}
         self.classification = usecase.task == "classification"
         self._requests = 0
         self._route_lock = threading.Lock()
@@ -332,7 +331,8 @@ class Service:
         """The captured rows of one answer, as columns (CaptureWriter's form): the record's typed columns and
         its model inputs as struct columns, the score and decision, and the versions that made them. ``strings``:
         make object columns Arrow arrays now (see _ArrowStrings)."""
-        arrow = _ArrowStrings(self._capture_structs, enabled=strings)
+        assert self.capture is not None
+        arrow = _ArrowStrings(self.capture.structs, enabled=strings)  # the types the writer's flush uses
         return {
             "date": Constant(scored.snapshot_day),
             "request_id": Constant(scored.request_id),
