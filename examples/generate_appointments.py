@@ -10,7 +10,7 @@ noise, so models can learn something but not everything.
 Writes one file per source for the whole period, as a download would be; ``mlops land`` splits them by day:
 
     .venv/bin/python examples/generate_appointments.py /tmp/appointments --from 2024-01-01 --to 2024-02-29
-    .venv/bin/mlops land --usecase appointment_no_show /tmp/appointments
+    .venv/bin/mlops land --usecase appointment_no_show --arrived-at declared /tmp/appointments
     .venv/bin/mlops run --usecase appointment_no_show --from 2024-01-01 --to 2024-02-29
 """
 

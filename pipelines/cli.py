@@ -63,6 +63,11 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
         "validate", help="check use case files before anything runs: every problem with file, field and fix"
     )
     validate.add_argument("usecases", nargs="*", metavar="USECASE", help="use case names (default: all)")
+    validate.add_argument(
+        "--against-lake",
+        action="store_true",
+        help="also say where the configured lake shows rows arriving later than the use case declares",
+    )
     models = sub.add_parser("models", help="model versions in the MLflow registry")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     listing = models_sub.add_parser("list", help="versions with their gate results; the champion is marked")
@@ -156,7 +161,7 @@ def main(argv: list[str] | None = None, extend: Callable[[Any], None] | None = N
         if args.command == "validate":
             from pipelines.validate import run_validate
 
-            return run_validate(args.usecases)
+            return run_validate(args.usecases, against_lake=args.against_lake)
         if args.command == "models":
             from pipelines.registry import print_models
 

@@ -126,7 +126,7 @@ class ColumnSpec(_Strict):
 
 PREDICTION_TIME = "prediction_time"  # features and predictions: when the event is (or was) predicted, UTC
 OUTCOME_KNOWN_AT = "outcome_known_at"  # features: when the event's outcome became known, UTC (NULL: not yet)
-RESERVED_COLUMNS = {"date", "_source_file", PREDICTION_TIME, OUTCOME_KNOWN_AT}
+RESERVED_COLUMNS = {"date", "_source_file", "_arrived_at", PREDICTION_TIME, OUTCOME_KNOWN_AT}
 
 
 class SourceSpec(_Strict):
@@ -158,7 +158,8 @@ class SourceSpec(_Strict):
         if reserved:
             raise ValueError(
                 f"column name(s) {reserved} are reserved (date: the partition column of every table; "
-                "_source_file: the landed file of each raw row; prediction_time, outcome_known_at: the time "
+                "_source_file, _arrived_at: the landed file of each raw row and when it arrived; "
+                "prediction_time, outcome_known_at: the time "
                 "columns of the features); rename the column in the files (e.g. event_date)"
             )
         return value
@@ -361,6 +362,23 @@ class SplitSpec(_Strict):
     holdout_days: int = Field(gt=0)
     max_train_rows: int | None = Field(default=None, gt=0)
     seed: int = 42
+    min_days_share: float = Field(
+        default=0.8,
+        ge=0,
+        le=1,
+        description="Each part of the training window (train, validation, holdout) needs at least this share of "
+        "its expected days as committed feature partitions, else train fails naming the missing days. Expected "
+        "days count from the features table's first partition (a window reaching back before the first data is "
+        "short by design). The default 0.8 lets a 7-day part miss one day (a quarantined file)",
+    )
+    min_labelled_share: float = Field(
+        default=0.8,
+        ge=0,
+        le=1,
+        description="Each part of the training window needs at least this share of labelled events among those "
+        "whose outcome is due before the training date (event time + time.outcome.label_delay), else train "
+        "fails; the events whose outcome never arrived are counted in the train result (unlabelled_events)",
+    )
 
     @model_validator(mode="after")
     def _holdout_fits(self) -> SplitSpec:

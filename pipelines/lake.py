@@ -10,7 +10,7 @@ Layout (see docs/lake.md)::
     <lake>/features_online/<usecase>/                     online snapshot: lookups per key   (Delta, by date)
     <lake>/predictions/<usecase>/                         batch scores                       (Delta, by date)
     <lake>/_meta/partitions/<table>/                      facts per partition of <table>     (Delta, by date)
-    <lake>/runs/<usecase>/<step>/date=<yyyy-mm-dd>/       step results (JSON)                (objects)
+    <lake>/runs/<usecase>/<step>/date=<yyyy-mm-dd>/run=<run>/  step results of one run (JSON)  (objects)
     <lake>/reports/<usecase>/...                          evaluation reports                 (objects)
 
 Tables go through ``deltalake`` (delta-rs, no JVM): a step's write of one or more ``date`` partitions is one
@@ -34,7 +34,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,12 @@ if TYPE_CHECKING:
     from deltalake import DeltaTable
 
 DATE = "date"  # the partition column of every lake table (ISO date string)
+# When the file a raw row came from arrived in the landing zone (UTC): what availability is decided on
+ARRIVED_AT = "_arrived_at"
+ARRIVED_AT_METADATA = "arrived-at"  # S3 user metadata that carries a backfill's arrival time (ISO, UTC)
+# The arrival of a backfilled file whose real arrival is unknown (``mlops land --arrived-at declared``): its rows
+# get a NULL arrival and count from their declared times, as if they had arrived on time
+UNRECORDED_ARRIVAL = datetime(1970, 1, 1, tzinfo=UTC)
 FACTS_ZONE = "_meta/partitions"
 LATEST = "latest"  # write_partitions(read_version=LATEST): a blind overwrite of whatever is committed
 COMMIT_ATTEMPTS = 3  # a step that can redo its work tries this often before failing on conflicts
@@ -85,8 +91,14 @@ class Storage(ABC):
     def read_bytes(self, key: str) -> bytes: ...
 
     @abstractmethod
-    def write_bytes(self, key: str, data: bytes) -> None:
-        """Write one object atomically: readers see the old or the new content, never a part."""
+    def write_bytes(self, key: str, data: bytes, arrived_at: datetime | None = None) -> None:
+        """Write one object atomically: readers see the old or the new content, never a part. ``arrived_at``
+        (aware) records when the object arrived when that is not now (a backfill, a copy to the archive)."""
+
+    @abstractmethod
+    def read_with_arrival(self, key: str) -> tuple[bytes, datetime]:
+        """The object's bytes and when it arrived (UTC): the ``arrived_at`` it was written with, else the time
+        the storage last wrote it (a local file's modification time, S3 ``LastModified``)."""
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
@@ -123,12 +135,27 @@ class LocalStorage(Storage):
         except FileNotFoundError:
             raise LakeError(f"{self.uri(key)}: not found") from None
 
-    def write_bytes(self, key: str, data: bytes) -> None:
+    def write_bytes(self, key: str, data: bytes, arrived_at: datetime | None = None) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_bytes(data)
+        if (
+            arrived_at is not None
+        ):  # the modification time is the arrival: set before the rename makes it visible
+            stamp = _aware(arrived_at).timestamp()
+            os.utime(tmp, ns=(int(stamp * 1e9), int(stamp * 1e9)))
         os.replace(tmp, path)
+
+    def read_with_arrival(self, key: str) -> tuple[bytes, datetime]:
+        path = self._path(key)
+        try:
+            with path.open("rb") as handle:
+                modified = os.fstat(handle.fileno()).st_mtime_ns
+                data = handle.read()
+        except FileNotFoundError:
+            raise LakeError(f"{self.uri(key)}: not found") from None
+        return data, datetime.fromtimestamp(modified / 1e9, UTC)
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
@@ -189,8 +216,19 @@ class S3Storage(Storage):
         except self.client.exceptions.NoSuchKey:
             raise LakeError(f"{self.uri(key)}: not found") from None
 
-    def write_bytes(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+    def write_bytes(self, key: str, data: bytes, arrived_at: datetime | None = None) -> None:
+        # LastModified cannot be set: a given arrival time travels as user metadata
+        metadata = {} if arrived_at is None else {ARRIVED_AT_METADATA: _aware(arrived_at).isoformat()}
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, Metadata=metadata)
+
+    def read_with_arrival(self, key: str) -> tuple[bytes, datetime]:
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except self.client.exceptions.NoSuchKey:
+            raise LakeError(f"{self.uri(key)}: not found") from None
+        given = (answer.get("Metadata") or {}).get(ARRIVED_AT_METADATA)
+        arrived = datetime.fromisoformat(given) if given else answer["LastModified"]
+        return answer["Body"].read(), _aware(arrived)
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
@@ -222,6 +260,11 @@ class S3Storage(Storage):
                 self.client.delete_objects(
                     Bucket=self.bucket, Delete={"Objects": [{"Key": self._key(k)} for k in chunk]}
                 )
+
+
+def _aware(moment: datetime) -> datetime:
+    """``moment`` in UTC; a naive datetime is read as UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def storage_for(uri: str) -> Storage:

@@ -9,6 +9,11 @@ the arrival sensor never sees a partial file:
   them: a file whose rows share one date lands whole under it; a file that spans several dates is split into one
   file of the same name per date (same header and values, in the original row order).
 
+A file's arrival is recorded with it (the local file's modification time, or S3's ``LastModified``): features
+use a row only once it had arrived. A backfill of files that came earlier gives their time with
+``--arrived-at TIME``; history whose arrival is unknown lands with ``--arrived-at declared``, and its rows count
+from their declared times (the use case's ``time`` section).
+
 Every file is checked before anything lands: an unmatched name, a reference source without ``--date``, or rows
 whose event time is missing or does not parse refuse the whole command with the file, the field and the fix.
 """
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -87,7 +92,7 @@ def event_dates(frame: pd.DataFrame, source: SourceSpec, usecase: UseCase, origi
     values = frame[column]
     if not pd.api.types.is_datetime64_any_dtype(values):
         text = values.astype("string")
-        values = convert_column(text.mask(text.isin(source.null_values)), "timestamp")
+        values = convert_column(text.mask(text.isin(source.null_values)), "timestamp", usecase.time.timezone)
     elif values.dt.tz is None:
         values = values.dt.tz_localize("UTC")
     missing = values.isna()
@@ -159,9 +164,37 @@ def _clashes(planned: list[Landing]) -> list[str]:
     return clashes
 
 
-def land_paths(lake: Lake, usecase: UseCase, paths: list[Path], day: date | None = None) -> list[str]:
-    """Check every file, then write each planned object atomically into the landing zone; return the URIs."""
+def parse_arrival(text: str | None, timezone: str) -> datetime | None:
+    """``mlops land --arrived-at``: an ISO time (an offset, or else read in ``timezone``) as an aware datetime;
+    ``declared`` for history whose arrival is unknown (:data:`pipelines.lake.UNRECORDED_ARRIVAL`)."""
+    from zoneinfo import ZoneInfo
+
+    from pipelines.lake import UNRECORDED_ARRIVAL
+
+    if text is None:
+        return None
+    if text == "declared":
+        return UNRECORDED_ARRIVAL
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise LandingError(
+            f"--arrived-at {text!r}: expected an ISO time such as 2024-01-02T06:00 or 2024-01-02T06:00+00:00, "
+            "or 'declared' for history whose arrival is unknown"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=ZoneInfo(timezone))
+
+
+def land_paths(
+    lake: Lake,
+    usecase: UseCase,
+    paths: list[Path],
+    day: date | None = None,
+    arrived_at: datetime | None = None,
+) -> list[str]:
+    """Check every file, then write each planned object atomically into the landing zone; return the URIs. The
+    files arrive now, or at ``arrived_at`` (a backfill)."""
     from pipelines.steps.ingest import land_file
 
     planned = plan_landing(usecase, paths, day)
-    return [land_file(lake, usecase.name, item.day, item.name, item.data) for item in planned]
+    return [land_file(lake, usecase.name, item.day, item.name, item.data, arrived_at) for item in planned]

@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.config import PREDICTION_TIME, UseCase, parse_duration
 from pipelines.context import StepFailed
-from pipelines.lake import DATE, Lake, online_table, raw_table
+from pipelines.lake import ARRIVED_AT, DATE, Lake, online_table, raw_table
+from pipelines.model_inputs import SMALL_BATCH, model_input_columns
+from pipelines.model_inputs import nulls_as_none as _nulls_as_none
 
 if TYPE_CHECKING:
     import numpy as np
@@ -202,26 +204,9 @@ def read_records(lake: Lake, usecase: UseCase, days: list[str], version: int | N
     source = usecase.features.primary_source
     snapshot = lake.snapshot(raw_table(usecase.name, source), version, facts=False)
     frame = read_source(lake, usecase, source, snapshot, days, "_record_day").to_pandas()
+    frame = frame.drop(columns=[ARRIVED_AT])  # a record holds the event's own columns
     frame[DATE] = frame.pop("_record_day").astype(str)
     return frame
-
-
-def _nulls_as_none(values: Any) -> Any:
-    """``values`` as an object array with every NULL (None, NaN, NaT, pd.NA) as None."""
-    import numpy as np
-    import pandas as pd
-
-    values = np.asarray(values, dtype=object)
-    if len(values) <= SMALL_BATCH:  # a string (the usual key) is never NULL: no pandas call for it
-        flags = [not isinstance(value, str) and bool(pd.isna(value)) for value in values.tolist()]
-        missing = np.array(flags, dtype=bool) if any(flags) else None
-    else:
-        missing = pd.isna(values)
-        missing = missing if missing.any() else None
-    if missing is not None:
-        values = values.copy()
-        values[missing] = None
-    return values
 
 
 def _key_tuples(data: Columns, keys: list[str]) -> list[tuple[Any, ...]]:
@@ -244,7 +229,7 @@ def _calendar(
     timestamp: str,
     hour_column: str | None = None,
     timezone: str | None = None,
-    hour_output: str = "dep_hour",
+    hour_output: str = "event_hour",
 ) -> None:
     import numpy as np
 
@@ -255,7 +240,6 @@ def _calendar(
         data["month"] = month
 
 
-SMALL_BATCH = 64  # up to this many rows, per-row Python beats pandas' per-call overhead
 _TICKS_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
 
@@ -422,49 +406,14 @@ def feature_frame(
     return pd.DataFrame(feature_columns_of(usecase, records, snapshot, at))
 
 
-def model_input_columns(usecase: UseCase, columns: Mapping[str, Any], where: str) -> Columns:
-    """The feature columns in model order: numeric as float64 arrays (NULL as NaN), categorical as object
-    arrays of strings or None. ``columns`` is a DataFrame or :func:`feature_columns_of`'s dict."""
-    import numpy as np
-    import pandas as pd
-
-    from pipelines.tracking import feature_columns
-
-    missing = [c for c in feature_columns(usecase) if c not in columns]
-    if missing:
-        raise StepFailed(
-            f"{where}: feature columns {missing} are missing; rebuild the features with the current use case "
-            f"config (features.numeric/categorical)"
-        )
-    out: Columns = {}
-    for column in usecase.features.numeric:
-        values = columns[column]
-        try:
-            if isinstance(values, pd.Series):
-                out[column] = values.astype("float64").to_numpy()
-            else:
-                out[column] = np.asarray(values, dtype="float64")
-        except (TypeError, ValueError) as exc:
-            raise StepFailed(f"{where}: numeric feature {column!r} is not numeric ({exc})") from None
-    for column in usecase.features.categorical:
-        out[column] = _nulls_as_none(columns[column])
-    return out
-
-
-def model_inputs(usecase: UseCase, frame: pd.DataFrame, where: str) -> pd.DataFrame:
-    """:func:`model_input_columns` as a DataFrame (the frame a pyfunc model scores)."""
-    import pandas as pd
-
-    return pd.DataFrame(model_input_columns(usecase, frame, where), index=frame.index)
-
-
 def model_input_frame(
     usecase: UseCase,
     records: Records,
     snapshot: OnlineSnapshot,
     at: Any = None,
 ) -> pd.DataFrame:
-    """The model's input frame for ``records``: :func:`feature_frame`'s feature columns in model order."""
+    """The model's input frame for ``records``: :func:`feature_frame`'s feature columns in model order
+    (pipelines.model_inputs.model_input_columns, the function every model is fed through)."""
     import pandas as pd
 
     columns = feature_columns_of(usecase, records, snapshot, at)

@@ -5,10 +5,14 @@ A transform is ``def name(df: DataFrame, ctx: TransformContext, **params) -> Dat
 
 Time awareness (the use case's ``time`` section): every event row carries its **prediction time**
 (``ctx.prediction_time_column``, UTC) and, once its outcome is known, the time the outcome became known
-(``ctx.known_at_column``). A transform that looks at other rows uses only what was known *strictly before* the
-row's prediction time: past-outcome aggregates count outcomes known before it, as-of joins take the last
-observation at or before it. The frame also holds ``features.lookback_days`` days of raw history before the
-first day being built; those rows are dropped after the transforms ran.
+(``ctx.known_at_column``: the declared time or, when later, the recorded arrival of the rows it needs). A
+transform that looks at other rows uses only what was known *strictly before* the row's prediction time:
+past-outcome aggregates count outcomes known before it, as-of joins take the last observation at or before it
+that had also **arrived** by then, a joined events source only rows that had arrived by then, and a reference
+source the newest snapshot that had arrived by then. Arrival is the recorded time each raw row's file landed
+(:data:`pipelines.lake.ARRIVED_AT`), so rebuilding a day later, after more files landed, gives the same rows.
+The frame also holds ``features.lookback_days`` days of raw history before the first day being built; those
+rows are dropped after the transforms ran.
 
 PySpark is imported inside the functions: this module is imported by the CLI to validate configuration.
 """
@@ -18,17 +22,18 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import ConfigError, FeatureSpec, UseCase, parse_duration
+from pipelines.lake import ARRIVED_AT
 from pipelines.online import lookup_name
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
 
 # Bump when a transform's output changes for the same input: the features step then rebuilds every partition.
-TRANSFORMS_VERSION = "2"  # 2: prediction-time semantics (time section)
+TRANSFORMS_VERSION = "3"  # 2: prediction-time semantics (time section); 3: observed arrival
 
 # Column joining the primary rows to the rows of another source: the partition date of an events source, or the
 # date of the reference snapshot that serves the primary row's day.
@@ -45,7 +50,9 @@ class TransformContext:
 
     ``source_frames[name]``: rows of source ``name`` with :data:`ALIGN_COLUMN` (an events source: its partition
     date; a reference source: the snapshot date). ``day_maps[name]`` (reference sources only): primary day ->
-    date of the newest snapshot committed on or before it (None: no snapshot yet, so the joined columns are NULL).
+    date of the snapshot that serves it (None: none had arrived, so the joined columns are NULL).
+    ``prediction_times``: primary day -> the prediction time (UTC) of its events, by which a joined events row
+    must have arrived.
     """
 
     usecase: UseCase
@@ -55,6 +62,7 @@ class TransformContext:
     known_at_column: str = "outcome_known_at"
     source_frames: Mapping[str, DataFrame] = field(default_factory=dict)
     day_maps: Mapping[str, Mapping[date, date | None]] = field(default_factory=dict)
+    prediction_times: Mapping[date, datetime] = field(default_factory=dict)
 
     @property
     def lookback_days(self) -> int:
@@ -159,7 +167,7 @@ def calendar(
     timestamp: str,
     hour_column: str | None = None,
     timezone: str | None = None,
-    hour_output: str = "dep_hour",
+    hour_output: str = "event_hour",
 ) -> DataFrame:
     """Calendar features: ``hour_output`` (from ``hour_column`` if given, else the hour of ``timestamp``),
     ``day_of_week`` (1 = Monday ... 7 = Sunday) and ``month`` (kept when the frame already has one).
@@ -210,6 +218,13 @@ def _join_right(
     if len(set(outputs)) != len(outputs):
         raise _fail(transform, "columns", f"output names must be unique, got {outputs}")
     key_columns = [f"_key_{i}" for i in range(len(keys))]
+    if ctx.usecase.sources[source].kind == "events" and ARRIVED_AT in right.columns:
+        # a row of the same day joins only if it had arrived by that day's prediction time
+        pairs = [F.lit(v) for day, at in ctx.prediction_times.items() for v in (day, at)]
+        cutoff = (F.create_map(*pairs) if pairs else F.create_map().cast("map<date,timestamp>"))[
+            F.col(ALIGN_COLUMN)
+        ]
+        right = right.where(F.col(ARRIVED_AT).isNull() | (F.col(ARRIVED_AT) <= cutoff))
     right = right.select(
         F.col(ALIGN_COLUMN).alias("_right_align"),
         *[F.col(k).alias(alias) for k, alias in zip(keys, key_columns, strict=True)],
@@ -226,7 +241,8 @@ def join_source(
     df: DataFrame, ctx: TransformContext, *, source: str, keys: list[str], columns: dict[str, str]
 ) -> DataFrame:
     """Left join columns of another source on ``keys``: an events source from the same day's partition, a
-    reference source from the newest snapshot committed on or before the row's day. ``columns`` maps source
+    reference source from the newest snapshot dated on or before the row's day that had arrived by its prediction
+    time (an events source: only rows that had arrived by then). ``columns`` maps source
     column -> output column. The source side is deduplicated on the keys first (deterministically: the row with
     the smallest values wins), so the join never duplicates primary rows."""
     from pyspark.sql import functions as F
@@ -311,7 +327,8 @@ def past_rate(df: DataFrame, ctx: TransformContext, *, keys: list[str], days: in
 def _asof_observations(
     df: DataFrame, ctx: TransformContext, source: str, keys: list[str], columns: Any, time: str | None
 ) -> tuple[DataFrame, list[str], list[str]]:
-    """Observations of ``source``: key aliases, ``_obs_t`` (unix seconds) and the output columns."""
+    """Observations of ``source``: key aliases, ``_obs_t`` (unix seconds), ``_arr_t`` (when the row arrived, unix
+    seconds; NULL when not recorded) and the output columns."""
     from pyspark.sql import functions as F
 
     keys = _str_list("asof_join", "keys", keys)
@@ -333,9 +350,11 @@ def _asof_observations(
     if len(set(outputs)) != len(outputs):
         raise _fail("asof_join", "columns", f"output names must be unique, got {outputs}")
     key_columns = [f"_key_{i}" for i in range(len(keys))]
+    arrived = F.col(ARRIVED_AT) if ARRIVED_AT in right.columns else F.lit(None).cast("timestamp")
     observations = right.select(
         *[F.col(k).alias(alias) for k, alias in zip(keys, key_columns, strict=True)],
         F.unix_timestamp(F.col(time)).alias("_obs_t"),
+        F.unix_timestamp(arrived).alias("_arr_t"),
         *[F.col(src).alias(out) for src, out in columns.items()],
     ).dropna(subset=[*key_columns, "_obs_t"])
     return observations, key_columns, outputs
@@ -350,14 +369,16 @@ def _asof_latest(
     max_age_seconds: int,
 ) -> DataFrame:
     """For every query row (keys, ``_query_t``, other columns kept): the last observation with the same keys in
-    [_query_t - max_age, _query_t], ties broken by the smallest values; queries without one are dropped. The
-    batch transform and the online snapshot pick with this same function."""
+    [_query_t - max_age, _query_t] that had arrived by ``_query_t``, ties broken by the smallest values; queries
+    without one are dropped. The batch transform and the online snapshot pick with this same function."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     carried = [c for c in queries.columns if c not in (*keys, "_query_t")]
-    condition = (F.col("_obs_t") <= F.col("_query_t")) & (
-        F.col("_obs_t") >= F.col("_query_t") - max_age_seconds
+    condition = (
+        (F.col("_obs_t") <= F.col("_query_t"))
+        & (F.col("_obs_t") >= F.col("_query_t") - max_age_seconds)
+        & (F.col("_arr_t").isNull() | (F.col("_arr_t") <= F.col("_query_t")))
     )
     for key, alias in zip(keys, key_columns, strict=True):
         condition = condition & (F.col(key) == F.col(alias))

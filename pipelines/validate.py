@@ -361,9 +361,29 @@ def require_valid(usecase: UseCase) -> None:
         raise UseCaseInvalid(problems)
 
 
-def run_validate(names: list[str] | None = None) -> int:
-    """``mlops validate [USECASE...]``: print every problem of the named use cases (default: all); exit code 1
-    when any has problems, else 0."""
+def lake_notes(usecase: UseCase) -> list[str]:
+    """What the configured lake shows against the use case's declared times: the sources whose committed rows
+    arrived later than declared (see pipelines.arrivals). Empty when the lake holds nothing of the use case."""
+    from pipelines.arrivals import arrival_summary, understated_delays
+    from pipelines.config import load_profile
+    from pipelines.lake import ARRIVED_AT, open_lake, raw_table
+
+    lake = open_lake(load_profile().lake_uri)
+    summaries = {}
+    for source in dict.fromkeys([usecase.outcome_source, usecase.features.primary_source]):
+        column = usecase.sources[source].event_time
+        snapshot = lake.snapshot(raw_table(usecase.name, source), facts=False)
+        if column is None or not snapshot or ARRIVED_AT not in snapshot.columns:
+            continue
+        rows = lake.read_frame(snapshot.table, None, [column, ARRIVED_AT], snapshot.version)
+        summaries[source] = arrival_summary(usecase, source, rows, rows[ARRIVED_AT])
+    return understated_delays(usecase, summaries)
+
+
+def run_validate(names: list[str] | None = None, against_lake: bool = False) -> int:
+    """``mlops validate [USECASE...] [--against-lake]``: print every problem of the named use cases (default:
+    all), and with ``against_lake`` what the lake shows against their declared delays (notes, not problems);
+    exit code 1 when any has problems, else 0."""
     names = names or list_usecases()
     if not names:
         print(f"no use case files in {config_dir() / 'usecases'}")
@@ -375,7 +395,7 @@ def run_validate(names: list[str] | None = None) -> int:
             print(f"{path}: no such use case file; known: {list_usecases()}")
             failed += 1
             continue
-        _, problems = validate_file(path)
+        usecase, problems = validate_file(path)
         if problems:
             failed += 1
             print(f"{path}: {len(problems)} problem(s)")
@@ -383,4 +403,10 @@ def run_validate(names: list[str] | None = None) -> int:
                 print(f"  - {problem.field}: {problem.message}\n    fix: {problem.fix}")
         else:
             print(f"{path}: OK")
+        if against_lake and usecase is not None:
+            notes = lake_notes(usecase)
+            for note in notes:
+                print(f"  - note (lake): {note}")
+            if not notes:
+                print("  - lake: no committed rows arrived later than declared")
     return 1 if failed else 0

@@ -358,8 +358,15 @@ def _to_bool(values: pd.Series) -> pd.Series:
     return pd.Series(pd.array(mapped.tolist(), dtype="boolean"), index=values.index)
 
 
-def convert_column(values: pd.Series, column_type: str) -> pd.Series:
-    """Convert string values (``None`` for null) to the raw zone's dtype; unparseable values become null."""
+_DATE_ONLY = r"\d{4}-\d{2}-\d{2}"
+
+
+def convert_column(values: pd.Series, column_type: str, timezone: str = "UTC") -> pd.Series:
+    """Convert string values (``None`` for null) to the raw zone's dtype; unparseable values become null.
+
+    A timestamp with an offset (or ``Z``) is that instant; one without is read as UTC; a date alone is the start
+    of that day in ``timezone`` (the use case's ``time.timezone``): read as UTC midnight, a date in a zone west of
+    UTC would fall on the day before."""
     import pandas as pd
 
     if column_type == "int":
@@ -367,17 +374,28 @@ def convert_column(values: pd.Series, column_type: str) -> pd.Series:
     if column_type == "float":
         return pd.to_numeric(values, errors="coerce").astype("float64")
     if column_type == "timestamp":
-        parsed = pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce")
-        return parsed.astype("datetime64[ns, UTC]")
+        parsed = pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce").astype(
+            "datetime64[ns, UTC]"
+        )
+        if timezone != "UTC":
+            text = values.astype("string")
+            dates = text.str.fullmatch(_DATE_ONLY).fillna(False).astype(bool)
+            if dates.any():
+                midnight = pd.to_datetime(text[dates], format="%Y-%m-%d", errors="coerce")
+                parsed[dates] = midnight.dt.tz_localize(
+                    timezone, ambiguous="NaT", nonexistent="shift_forward"
+                )
+        return parsed
     if column_type == "bool":
         return _to_bool(values)
     return values.astype("string")
 
 
 def to_typed(
-    frame: pd.DataFrame, source: SourceSpec, source_name: str
+    frame: pd.DataFrame, source: SourceSpec, source_name: str, timezone: str = "UTC"
 ) -> tuple[pd.DataFrame, list[FailedCheck]]:
-    """The configured columns, in config order, converted to their types.
+    """The configured columns, in config order, converted to their types (a date-only timestamp as the start of
+    that day in ``timezone``, see :func:`convert_column`).
 
     Returns the typed frame and one :class:`FailedCheck` per column where a non-null value did not parse (GX
     should have caught it; this is the fail-closed double check).
@@ -389,7 +407,7 @@ def to_typed(
     for column, spec in source.columns.items():
         raw = frame[column]
         try:
-            converted = convert_column(raw, spec.type)
+            converted = convert_column(raw, spec.type, timezone)
         except (ValueError, TypeError, OverflowError) as exc:
             converted = pd.Series([pd.NA] * len(raw), index=raw.index)
             bad = raw.notna()

@@ -13,6 +13,7 @@ from pathlib import Path
 from _features_fixtures import assert_online_reproduces_features
 
 from pipelines.config import load_usecase
+from pipelines.context import run_result_key
 from pipelines.lake import (
     Lake,
     features_table,
@@ -50,6 +51,19 @@ def run_demo_cli(home: Path, extra_env: dict[str, str], months: int, timeout: in
 
 
 TRAIN_DATES = ["2013-02-01", "2013-03-01", "2013-04-01"]  # one training a month, the first of the next month
+
+
+def train_run(lake: Lake, day: str) -> str:
+    """The one train run of ``day`` in a replay (one ``<uc>_train`` run a month): the run its gate decision
+    record names. Results are keyed by run, so a reader says which run it means."""
+    runs = {record["run"] for record in read_decisions(lake, USECASE, day)}
+    assert len(runs) == 1, (day, runs)
+    return runs.pop()
+
+
+def run_result(lake: Lake, step: str, day: str) -> dict:
+    """The result of ``step`` in the train run of ``day`` (:func:`train_run`)."""
+    return lake.read_json(run_result_key(USECASE, day, step, train_run(lake, day)))
 
 
 def check_lifecycle(summary: dict, lake: Lake, tracking_uri: str, replayed: int = MONTHS) -> None:
@@ -113,12 +127,15 @@ def check_lifecycle(summary: dict, lake: Lake, tracking_uri: str, replayed: int 
     for month in months[1:]:
         assert month["predictions_with_outcomes"] > 1000, month
         assert month["scored_before_outcome"] == month["predictions_with_outcomes"], month
-        assert 0.55 < month["live_roc_auc"] < 0.95, month
+        # better than chance by far more than chance moves on ~25,000 predictions (about +/-0.01). Honest inputs
+        # (only what had landed by 18:00 the evening before: the day's outcomes land the next morning) gave
+        # February 0.547 for a model trained on January alone
+        assert 0.52 < month["live_roc_auc"] < 0.95, month
         assert month["scoring_model_holdout_roc_auc"] is not None, month
 
     # one gate decision artifact per training run, each with its checks
     for day in train_dates:
-        decision = lake.read_json(f"runs/{USECASE}/gate/date={day}/result.json")
+        decision = run_result(lake, "gate", day)
         assert isinstance(decision["passed"], bool) and decision["checks"], day
         # ... kept as a record keyed by the Airflow run that took it
         records = read_decisions(lake, USECASE, day)

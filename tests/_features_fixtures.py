@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.config import SourceSpec, UseCase
-from pipelines.lake import LATEST, Commit, Lake, raw_table
+from pipelines.lake import ARRIVED_AT, LATEST, Commit, Lake, raw_table
 
 _PANDAS_TYPES = {"int": "Int64", "float": "float64", "string": "string", "bool": "boolean"}
 
@@ -37,7 +37,9 @@ def nycflights(table: str, max_month: int | None = 1) -> pd.DataFrame:
 
 
 def typed(frame: pd.DataFrame, spec: SourceSpec, file_name: str) -> pd.DataFrame:
-    """Columns in config order typed as the raw zone stores them, plus ``_source_file``."""
+    """Columns in config order typed as the raw zone stores them, plus ``_source_file`` and, when ``frame`` has
+    it, ``_arrived_at`` (when each row's file arrived; rows without it are read as ingested before arrivals were
+    recorded)."""
     out = pd.DataFrame(index=range(len(frame)))
     values = frame.reset_index(drop=True)
     for name, column in spec.columns.items():
@@ -46,6 +48,8 @@ def typed(frame: pd.DataFrame, spec: SourceSpec, file_name: str) -> pd.DataFrame
         else:
             out[name] = values[name].astype(_PANDAS_TYPES[column.type])
     out["_source_file"] = pd.array([file_name] * len(out), dtype="string")
+    if ARRIVED_AT in values:
+        out[ARRIVED_AT] = pd.to_datetime(values[ARRIVED_AT], utc=True)
     return out
 
 

@@ -64,14 +64,16 @@ def asof(
     max_age: timedelta,
     column: str,
 ) -> float:
-    """``column`` of the latest observation with these key values taken in [at - max_age, at] (ties: the
-    smallest value)."""
+    """``column`` of the latest observation with these key values taken in [at - max_age, at] that had arrived
+    by ``at`` (its ``_arrived_at``, when the frame has one; ties: the smallest value)."""
     best_time, best_values = None, []
     for _, row in observations.iterrows():
         if tuple(row[k] for k in keys) != key_values or pd.isna(row[time_column]):
             continue
         taken = row[time_column]
         if not at - max_age <= taken <= at:
+            continue
+        if "_arrived_at" in row and not pd.isna(row["_arrived_at"]) and row["_arrived_at"] > at:
             continue
         if best_time is None or taken > best_time:
             best_time, best_values = taken, [row[column]]

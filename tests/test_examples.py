@@ -22,6 +22,7 @@ import pytest
 
 from mlops_airflow.demo import DemoData
 from pipelines.config import load_usecase
+from pipelines.context import safe_run_id
 from pipelines.lake import Lake, predictions_table, predictions_with_outcomes_table
 from pipelines.steps.gate import read_decisions
 
@@ -62,9 +63,16 @@ def test_a_regression_from_landed_files_through_two_monthly_trainings(tmp_path: 
     days = [date(2013, m, d) for m in (1, 2) for d in range(1, 32 if m == 1 else 29)] + [date(2013, 3, 1)]
     _download(tmp_path / "download", REGRESSION, days)
 
-    landed = _mlops(home, "land", "--usecase", REGRESSION, str(tmp_path / "download")).stdout.split()
+    landed = _mlops(
+        home, "land", "--usecase", REGRESSION, "--arrived-at", "declared", str(tmp_path / "download")
+    ).stdout.split()
     assert len(landed) == 3 * len(days), "flights, outcomes and weather split into one file per day"
-    _mlops(home, "land", "--usecase", REGRESSION, "--date", "2013-01-01", str(tmp_path / "planes_2013.csv"))
+    _mlops(
+        home,
+        "land",
+        *("--usecase", REGRESSION, "--date", "2013-01-01", "--arrived-at", "declared"),
+        str(tmp_path / "planes_2013.csv"),
+    )
     run = _mlops(home, "run", "--usecase", REGRESSION, "--from", "2013-01-01", "--to", "2013-02-28")
     summary = json.loads((home / "replays" / f"{REGRESSION}_2013-01-01_2013-02-28.json").read_text())
     months = summary["months"]
@@ -94,13 +102,15 @@ def test_a_regression_from_landed_files_through_two_monthly_trainings(tmp_path: 
     joined = lake.read_frame(predictions_with_outcomes_table(REGRESSION), sorted(scored)[:2])
     assert joined[usecase.target.column].dtype == "float64"
 
-    report = lake.read_json(f"reports/{REGRESSION}/evaluation/date=2013-03-01/report.json")
+    # reports are keyed by run: the one train run of the date, named by its gate decision record
+    decisions = read_decisions(lake, REGRESSION, "2013-03-01")
+    prefix = f"reports/{REGRESSION}/evaluation/date=2013-03-01/run={safe_run_id(decisions[0]['run'])}"
+    report = lake.read_json(f"{prefix}/report.json")
     residuals = report["explanation"]["residuals"]
     assert residuals["rows"] == report["holdout"]["rows"] and math.isfinite(residuals["std"])
     assert "confusion_matrix" not in report["explanation"]["errors"]
-    html = (home / "lake" / f"reports/{REGRESSION}/evaluation/date=2013-03-01/report.html").read_text()
+    html = (home / "lake" / prefix / "report.html").read_text()
     assert "<svg" in html and "Residuals" in html
-    decisions = read_decisions(lake, REGRESSION, "2013-03-01")
     assert len(decisions) == 1 and decisions[0]["primary_metric"] == "mae"
     assert any(c["kind"] == "change" and c["metric"] == "mae" for c in decisions[0]["checks"])
 
@@ -127,7 +137,9 @@ def test_a_yes_no_label_with_sensitive_attributes_through_two_monthly_trainings(
         "appointments_2024-01-01_2024-02-29.csv",
         "attendance_2024-01-01_2024-02-29.csv",
     ]
-    landed = _mlops(home, "land", "--usecase", usecase.name, str(tmp_path / "download")).stdout.split()
+    landed = _mlops(
+        home, "land", "--usecase", usecase.name, "--arrived-at", "declared", str(tmp_path / "download")
+    ).stdout.split()
     assert len(landed) == 2 * 60
     _mlops(home, "run", "--usecase", usecase.name, "--from", "2024-01-01", "--to", "2024-02-29")
     summary = json.loads((home / "replays" / f"{usecase.name}_2024-01-01_2024-02-29.json").read_text())
@@ -148,7 +160,8 @@ def test_a_yes_no_label_with_sensitive_attributes_through_two_monthly_trainings(
     }, fairness
     assert fairness["fairness_gender_gap_roc_auc"]["threshold"] == 0.10  # the attribute's own bound
     assert not {"gender", "age_band"} & {*usecase.features.numeric, *usecase.features.categorical}
-    report = lake.read_json(f"reports/{usecase.name}/evaluation/date=2024-03-01/report.json")
+    run = safe_run_id(decision["run"])
+    report = lake.read_json(f"reports/{usecase.name}/evaluation/date=2024-03-01/run={run}/report.json")
     assert set(report["explanation"]["slices"]) == {"clinic"}
     assert set(report["fairness"]) == {"gender", "age_band"}
     groups = {g["group"] for g in report["fairness"]["age_band"]["candidate"]["groups"]}

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from pipelines.cli import run_step
+from pipelines.cli import main, run_step
 from pipelines.config import load_usecase
 from pipelines.context import StepFailed
 from pipelines.lake import Lake, open_lake, raw_table
@@ -130,7 +131,7 @@ def test_two_days_are_committed_typed_archived_and_counted(mlops_env: Path) -> N
 
     usecase = load_usecase(USECASE)
     schema = raw_arrow(lake, "flights", DAY1).schema
-    assert schema.names == [*usecase.sources["flights"].columns, "_source_file"]
+    assert schema.names == [*usecase.sources["flights"].columns, "_source_file", "_arrived_at"]
     expected_types = {
         "year": "int64",
         "distance": "double",
@@ -138,6 +139,7 @@ def test_two_days_are_committed_typed_archived_and_counted(mlops_env: Path) -> N
         "tailnum": "string",
         "time_hour": "timestamp[us, tz=UTC]",
         "_source_file": "string",
+        "_arrived_at": "timestamp[us, tz=UTC]",
     }
     for column, kind in expected_types.items():
         assert str(schema.field(column).type) == kind, column
@@ -147,7 +149,7 @@ def test_two_days_are_committed_typed_archived_and_counted(mlops_env: Path) -> N
     assert flights["flight"].astype(int).tolist() == source["flight"].astype(int).tolist()
     assert flights["time_hour"].iloc[0] == pd.Timestamp(source["time_hour"].iloc[0])
     outcomes = raw(lake, "outcomes", DAY1)
-    assert list(outcomes.columns) == [*usecase.sources["outcomes"].columns, "_source_file"]
+    assert list(outcomes.columns) == [*usecase.sources["outcomes"].columns, "_source_file", "_arrived_at"]
     assert str(raw_arrow(lake, "outcomes", DAY1).schema.field("dep_time").type) == "int64"
     expected_delay = pd.to_numeric(source["arr_delay"].replace("NA", None))
     assert outcomes["arr_delay"].isna().sum() == (source["arr_delay"] == "NA").sum() > 0
@@ -166,8 +168,14 @@ def test_two_days_are_committed_typed_archived_and_counted(mlops_env: Path) -> N
     body = facts(lake, "flights", DAY1)
     data = delivered[(DAY1, "flights_2013-01-01.csv")]
     assert body["source"] == "flights" and body["rows"] == 20
+    arrived = lake.storage.read_with_arrival(f"archive/{USECASE}/2013-01-01/flights_2013-01-01.csv")[1]
     assert body["source_files"] == [
-        {"name": "flights_2013-01-01.csv", "sha256": hashlib.sha256(data).hexdigest(), "rows": 20}
+        {
+            "name": "flights_2013-01-01.csv",
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "rows": 20,
+            "arrived_at": arrived.isoformat(),
+        }
     ]
 
 
@@ -446,11 +454,24 @@ def test_a_missing_archived_file_stops_the_rebuild_and_changes_nothing(mlops_env
 def test_ingest_on_s3_served_by_moto(s3_lake: str) -> None:
     lake = open_lake()
     assert lake.uri == s3_lake
+    before = datetime.now(UTC).replace(microsecond=0)
     land_file(lake, USECASE, DAY1, "flights_2013-01-01.csv", csv_bytes(flights_rows(DAY1, 20)))
+    after = datetime.now(UTC)
+    backfill = datetime(2012, 12, 31, 17, 0, tzinfo=UTC)
+    land_file(lake, USECASE, DAY1, "planes_2013-01-01.csv", csv_bytes(planes_rows()), arrived_at=backfill)
     land_file(lake, USECASE, DAY1, "weather_2013-01-01.csv", b"origin,year\nEWR,2013\n")  # missing columns
     error = ingest_failing(DAY1)
-    assert error.result["files_committed"] == 1 and error.result["files_quarantined"] == 1
-    assert error.result["raw_partitions"] == [f"{s3_lake}/raw/{USECASE}/flights/date=2013-01-01"]
+    assert error.result["files_committed"] == 2 and error.result["files_quarantined"] == 1
+    # S3's LastModified is the arrival, unless the lander gave one (kept as object metadata)
+    arrived = raw(lake, "flights", DAY1)["_arrived_at"].unique()
+    assert len(arrived) == 1 and before <= arrived[0] <= after
+    assert raw(lake, "planes", DAY1)["_arrived_at"].unique().tolist() == [pd.Timestamp(backfill)]
+    assert (
+        lake.storage.read_with_arrival(f"archive/{USECASE}/2013-01-01/planes_2013-01-01.csv")[1] == backfill
+    )
+    assert sorted(error.result["raw_partitions"]) == [
+        f"{s3_lake}/raw/{USECASE}/{source}/date=2013-01-01" for source in ("flights", "planes")
+    ]
     assert len(raw(lake, "flights", DAY1)) == 20
     assert lake.storage.exists(f"archive/{USECASE}/2013-01-01/flights_2013-01-01.csv")
     assert lake.storage.exists(f"quarantine/{USECASE}/2013-01-01/weather_2013-01-01.csv.report.json")
@@ -474,3 +495,69 @@ def test_cli_exits_1_on_quarantine_with_json_last_line(mlops_env: Path) -> None:
     assert result["files_committed"] == 1 and result["files_quarantined"] == 1
     assert "flights_bad.csv" in result["error"] and "expect_column_values_to_match_regex" in result["error"]
     assert "flights_bad.csv" in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------------- arrival
+
+
+def test_each_row_keeps_when_its_file_arrived_through_commit_archive_and_quarantine(
+    mlops_env: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A file's arrival (the local file's modification time, or the time a backfill gives) is recorded on every
+    raw row it gave, in the partition's facts, on its archived copy and in a quarantine report; the step result
+    says per source how many rows arrived later than declared (outcomes: event time + 6 h; schedule: its
+    prediction time, 18:00 New York the evening before) and which undeclared columns it dropped."""
+    lake = open_lake()
+    evening = datetime(2012, 12, 31, 23, 0, tzinfo=UTC)  # 18:00 in New York: DAY1's prediction time
+    schedule_at = evening - timedelta(hours=6)  # in time
+    outcomes_at = datetime(2013, 1, 2, 20, 0, tzinfo=UTC)  # a day and a half after the flights
+    outcomes = flights_rows(DAY1, 20).assign(extra_note="x")  # schedule columns and one more: dropped
+    land_file(lake, USECASE, DAY1, "flights_2013-01-01.csv", csv_bytes(flights_rows(DAY1, 20)), schedule_at)
+    land_file(lake, USECASE, DAY1, "outcomes_2013-01-01.csv", csv_bytes(outcomes), outcomes_at)
+    land_file(lake, USECASE, DAY1, "weather_bad.csv", b"origin,year\nEWR,2013\n", evening)
+    before = datetime.now(UTC).replace(microsecond=0)
+    land_file(lake, USECASE, DAY1, "weather_2013-01-01.csv", csv_bytes(weather_rows(DAY1)))  # arrives now
+
+    result = ingest_failing(DAY1).result
+
+    assert raw(lake, "flights", DAY1)["_arrived_at"].unique().tolist() == [pd.Timestamp(schedule_at)]
+    assert raw(lake, "outcomes", DAY1)["_arrived_at"].unique().tolist() == [pd.Timestamp(outcomes_at)]
+    weather_arrival = raw(lake, "weather", DAY1)["_arrived_at"].unique()
+    assert len(weather_arrival) == 1 and before <= weather_arrival[0] <= datetime.now(UTC)
+    assert facts(lake, "outcomes", DAY1)["source_files"][0]["arrived_at"] == outcomes_at.isoformat()
+    archived = f"archive/{USECASE}/2013-01-01/outcomes_2013-01-01.csv"
+    assert lake.storage.read_with_arrival(archived)[1] == outcomes_at
+    report = lake.read_json(f"quarantine/{USECASE}/2013-01-01/weather_bad.csv.report.json")
+    assert report["arrived_at"] == evening.isoformat()
+    assert lake.storage.read_with_arrival(f"quarantine/{USECASE}/2013-01-01/weather_bad.csv")[1] == evening
+
+    arrivals = result["arrivals"]
+    assert arrivals["flights"]["declared"] == "its prediction time"
+    assert arrivals["flights"]["rows_later_than_declared"] == 0
+    assert arrivals["outcomes"]["declared"] == "time_hour + 6h"
+    departures = pd.to_datetime(outcomes["time_hour"], utc=True)
+    late = departures + pd.Timedelta(hours=6) < pd.Timestamp(outcomes_at)
+    assert arrivals["outcomes"]["rows_later_than_declared"] == int(late.sum()) == 20
+    worst = (pd.Timestamp(outcomes_at) - departures.min() - pd.Timedelta(hours=6)).total_seconds() / 3600
+    assert arrivals["outcomes"]["max_hours_later_than_declared"] == round(worst, 2)
+    assert "declared" not in arrivals["weather"] and arrivals["weather"]["median_lag_hours"] > 0
+    assert result["dropped_columns"]["outcomes"][-1] == "extra_note"
+    assert "dep_delay" not in result["dropped_columns"]["outcomes"]
+
+    # `mlops validate --against-lake` says the declared delay understates what the lake shows
+    assert main(["validate", USECASE, "--against-lake"]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "note (lake): outcomes: 20 of 20 row(s) (100%) arrived later than declared (time_hour + 6h)"
+        in printed
+    )
+    hours = math.ceil(((pd.Timestamp(outcomes_at) - departures).dt.total_seconds() / 3600).quantile(0.95))
+    assert f"label_delay 6h understates it: {hours}h covers 95% of the outcomes" in printed
+    assert "note (lake): flights" not in printed, "the schedule arrived before its prediction time"
+
+    # a rerun that rebuilds the partition from its archived file keeps the file's arrival
+    land_file(lake, USECASE, DAY1, "outcomes_late.csv", csv_bytes(flights_rows(DAY1, 5, skip=30)))
+    ingest(DAY1)
+    rows = raw(lake, "outcomes", DAY1)
+    kept = rows.loc[rows["_source_file"] == "outcomes_2013-01-01.csv", "_arrived_at"].unique().tolist()
+    assert kept == [pd.Timestamp(outcomes_at)]

@@ -4,7 +4,7 @@ server over HTTP); a file spanning several dates is split by event date, bad inp
 from __future__ import annotations
 
 import io
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +14,7 @@ from mlops_airflow.cli import main
 from mlops_airflow.demo import DemoData
 from pipelines.cli import run_step
 from pipelines.config import load_usecase
-from pipelines.lake import Lake, raw_table
+from pipelines.lake import UNRECORDED_ARRIVAL, Lake, raw_table
 from pipelines.steps.ingest import landing_key
 
 UC = "flight_delay"
@@ -112,3 +112,62 @@ def test_reference_file_needs_a_date_and_bad_files_land_nothing(
     assert main(["land", "--usecase", UC, "--date", "2013-01-01", str(planes)]) == 0
     assert _landed(lake) == [landing_key(UC, date(2013, 1, 1), "planes_2013.csv")]
     assert lake.storage.read_bytes(_landed(lake)[0]) == planes.read_bytes(), "a whole file lands unchanged"
+
+
+def test_a_backfill_says_when_its_files_arrived(mlops_env: Path, demo, tmp_path, capsys) -> None:
+    """`--arrived-at TIME` records the files' arrival (a time without an offset is read in the use case's time
+    zone); `--arrived-at declared` marks history whose arrival is unknown, and ingest then leaves the rows'
+    arrival NULL (they count from their declared times); anything else is refused before a file lands."""
+    lake = Lake(str(mlops_env / "lake"))
+    path, _ = _one_file_for_days(demo, tmp_path / "in")
+
+    assert main(["land", "--usecase", UC, "--arrived-at", "2013-01-01T12:00", str(path)]) == 0
+    noon_in_new_york = datetime(2013, 1, 1, 17, 0, tzinfo=UTC)
+    assert [lake.storage.read_with_arrival(k)[1] for k in _landed(lake)] == [noon_in_new_york] * len(DAYS)
+
+    assert main(["land", "--usecase", UC, "--arrived-at", "declared", str(path)]) == 0
+    assert [lake.storage.read_with_arrival(k)[1] for k in _landed(lake)] == [UNRECORDED_ARRIVAL] * len(DAYS)
+    run_step(["ingest", "--usecase", UC, "--date", DAYS[-1].isoformat()])
+    flights = lake.read_frame(raw_table(UC, "flights"))
+    assert len(flights) > 0 and flights["_arrived_at"].isna().all()
+
+    capsys.readouterr()
+    assert main(["land", "--usecase", UC, "--arrived-at", "yesterday", str(path)]) == 2
+    assert "--arrived-at 'yesterday': expected an ISO time" in capsys.readouterr().err
+    assert _landed(lake) == []
+
+
+def test_a_date_only_event_time_is_the_local_day_in_a_zone_west_of_utc(
+    mlops_env: Path, tmp_path, capsys
+) -> None:
+    """appointment_no_show runs in São Paulo (UTC-3): an appointment given as a bare date lands under that date
+    and is committed as its local midnight (03:00 UTC), not as UTC midnight, which is the evening before there."""
+    lake = Lake(str(mlops_env / "lake"))
+    usecase = load_usecase("appointment_no_show")
+    rows = pd.DataFrame(
+        {
+            "appointment_id": [1, 2],
+            "patient_id": [10, 11],
+            "clinic": ["north", "south"],
+            "specialty": ["cardiology", "dermatology"],
+            "gender": ["F", "M"],
+            "age_band": ["30-49", "70+"],
+            "lead_days": [3, 10],
+            "sms_reminder": [1, 0],
+            "scheduled_at": ["2024-01-05", "2024-01-06"],
+        }
+    )
+    path = tmp_path / "appointments_week.csv"
+    rows.to_csv(path, index=False)
+
+    assert main(["land", "--usecase", usecase.name, str(path)]) == 0
+    landed = [k for k in lake.storage.list(f"landing/{usecase.name}")]
+    assert landed == [landing_key(usecase.name, date(2024, 1, d), path.name) for d in (5, 6)]
+    result = run_step(["ingest", "--usecase", usecase.name, "--date", "2024-01-05"])
+    assert result["files_quarantined"] == 0 and result["rows_committed"] == 2, result
+    committed = lake.read_frame(raw_table(usecase.name, "appointments")).sort_values("appointment_id")
+    assert committed["scheduled_at"].tolist() == [
+        pd.Timestamp("2024-01-05T03:00:00Z"),
+        pd.Timestamp("2024-01-06T03:00:00Z"),
+    ]
+    assert committed["date"].tolist() == ["2024-01-05", "2024-01-06"]

@@ -23,7 +23,7 @@ from _features_fixtures import assert_online_reproduces_features, typed
 
 from pipelines.config import UseCase, load_profile, load_usecase
 from pipelines.context import StepContext
-from pipelines.lake import LATEST, Lake, features_table, raw_table
+from pipelines.lake import ARRIVED_AT, LATEST, Lake, features_table, raw_table
 from pipelines.spark import get_spark
 from pipelines.steps import features
 
@@ -145,11 +145,16 @@ def expected_features(usecase: UseCase, parcels: pd.DataFrame, deliveries: pd.Da
     target, time_spec = usecase.target, usecase.time
     delay = timedelta(seconds=time_spec.outcome.delay_seconds)
     outcome = {row.parcel_id: row.hours_late for row in deliveries.itertuples()}
+    # an outcome is known once declared (due + label delay) and once its row and the parcel's row had arrived
+    outcome_arrived = dict(zip(deliveries["parcel_id"], deliveries[ARRIVED_AT], strict=True))
     history = parcels.assign(
         label=[ref.label(p in outcome, outcome.get(p), target) for p in parcels["parcel_id"]],
     )
     history["known_at"] = [
-        row.due_at + delay if not pd.isna(row.label) else pd.NaT for row in history.itertuples()
+        max(due + delay, outcome_arrived[pid], parcel_arrived) if not pd.isna(label) else pd.NaT
+        for pid, due, label, parcel_arrived in zip(
+            history["parcel_id"], history["due_at"], history["label"], history[ARRIVED_AT], strict=True
+        )
     ]
     rows = []
     for row in history.itertuples():
@@ -161,7 +166,13 @@ def expected_features(usecase: UseCase, parcels: pd.DataFrame, deliveries: pd.Da
                 "outcome_known_at": row.known_at,
                 "is_late": row.label,
                 "depot_queue": ref.asof(
-                    load, ["depot"], (row.depot,), "observed_at", at, timedelta(minutes=90), "queue"
+                    load.rename(columns={ARRIVED_AT: "_arrived_at"}),
+                    ["depot"],
+                    (row.depot,),
+                    "observed_at",
+                    at,
+                    timedelta(minutes=90),
+                    "queue",
                 ),
                 "depot_late_rate_2d": ref.past_rate(history, ["depot"], (row.depot,), at, 2),
             }
@@ -171,7 +182,10 @@ def expected_features(usecase: UseCase, parcels: pd.DataFrame, deliveries: pd.Da
 
 def random_parcels(seed: int, first: date, days: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Parcels due at any minute of ``days`` Berlin days (a DST change inside), deliveries for most of them
-    (some without a value), and depot queue observations at random minutes."""
+    (some without a value), and depot queue observations at random minutes; each row with the time its file
+    arrived: a parcel up to two days before it is due (some after their prediction time), a delivery up to 10
+    hours after the due time (often later than the declared 2 hours), an observation up to an hour after it was
+    taken."""
     rng = np.random.default_rng(seed)
     start = berlin(first, "00:00")
     minutes = days * 24 * 60
@@ -184,6 +198,7 @@ def random_parcels(seed: int, first: date, days: int) -> tuple[pd.DataFrame, pd.
             "weight": rng.gamma(2.0, 2.0, n).round(2),
         }
     )
+    parcels[ARRIVED_AT] = parcels["due_at"] - pd.to_timedelta(rng.integers(0, 48 * 60, n), unit="min")
     delivered = parcels.sample(frac=0.85, random_state=seed)
     hours_late = rng.normal(0, 3, len(delivered)).round(1)
     hours_late[rng.random(len(delivered)) < 0.1] = np.nan
@@ -194,6 +209,9 @@ def random_parcels(seed: int, first: date, days: int) -> tuple[pd.DataFrame, pd.
             "hours_late": hours_late,
         }
     )
+    deliveries[ARRIVED_AT] = deliveries["due_at"] + pd.to_timedelta(
+        rng.integers(0, 10 * 60, len(deliveries)), unit="min"
+    )
     m = 25 * days
     load = pd.DataFrame(
         {
@@ -202,6 +220,7 @@ def random_parcels(seed: int, first: date, days: int) -> tuple[pd.DataFrame, pd.
             "queue": rng.integers(0, 50, m).astype(float),
         }
     )
+    load[ARRIVED_AT] = load["observed_at"] + pd.to_timedelta(rng.integers(0, 60, m), unit="min")
     return parcels, deliveries, load
 
 
@@ -222,8 +241,10 @@ def assert_matches(built: pd.DataFrame, expected: pd.DataFrame) -> None:
 
 @pytest.mark.parametrize("seed", [7, 2024])
 def test_spark_features_equal_the_slow_pandas_definition_on_random_data(parcels, seed: int) -> None:
-    """Property test: on random parcels over a daylight-saving change, every feature Spark builds equals the
-    pandas definition (prediction time, outcome time, label with missing outcomes, as-of join, past rate)."""
+    """Property test: on random parcels over a daylight-saving change, with rows arriving at random times after
+    (or, for parcels, before) their declared times, every feature Spark builds equals the pandas definition
+    (prediction time, outcome time from the declared delay and the observed arrivals, label with missing
+    outcomes, as-of join of what had arrived, past rate)."""
     usecase, lake = parcels
     first = date(2024, 3, 27)  # Berlin moves to summer time on 2024-03-31
     frames = random_parcels(seed, first, 7)
@@ -355,3 +376,55 @@ def test_labels_from_positive_values_or_a_boolean(parcels, target: dict, expecte
         expected[2],
         expected[3],
     ]
+
+
+def test_a_row_counts_only_once_it_has_arrived(parcels) -> None:
+    """Declared times are a lower bound: an outcome known by its declared time whose file arrived one minute
+    after the prediction time is not counted, one that arrived one minute before is; an observation taken in
+    time whose file arrived one minute late is not used, one that arrived exactly at the prediction time is. The
+    outcome's known time is its arrival when that is later than declared. Rows without a recorded arrival (an
+    older raw table) keep the declared times."""
+    usecase, lake = parcels
+    day = date(2024, 3, 5)
+    at = berlin(day, "06:00")
+    minute, hour = timedelta(minutes=1), timedelta(hours=1)
+    due = at - 5 * hour  # outcomes declared known 3 hours before the prediction time
+    queries = [
+        {"parcel_id": 1, "depot": "north", "due_at": berlin(day, "10:00"), "weight": 2.0},
+        {"parcel_id": 2, "depot": "south", "due_at": berlin(day, "11:00"), "weight": 2.0},
+    ]
+    history = [{"parcel_id": p, "depot": "north", "due_at": due, "weight": 1.0} for p in (10, 11, 12, 13)]
+    rows = pd.DataFrame(history + queries).assign(**{ARRIVED_AT: at - timedelta(days=1)})
+    outcomes = [  # (parcel, hours late, arrived at)
+        (10, 5.0, at - 4 * hour),  # arrived before its declared time: known when declared, counted
+        (13, 0.0, at - minute),  # arrived later than declared, before the prediction time: counted
+        (11, 5.0, at + minute),  # arrived one minute after the prediction time: not counted
+        (12, 5.0, at + 3 * hour),
+    ]
+    deliveries = pd.DataFrame(
+        [{"parcel_id": p, "due_at": due, "hours_late": late, ARRIVED_AT: came} for p, late, came in outcomes]
+    )
+    load = pd.DataFrame(
+        [
+            {"depot": "north", "observed_at": at - 60 * minute, "queue": 3.0, ARRIVED_AT: at},  # used
+            {"depot": "north", "observed_at": at - 30 * minute, "queue": 9.0, ARRIVED_AT: at + minute},
+            {
+                "depot": "south",
+                "observed_at": at - 20 * minute,
+                "queue": 4.0,
+                ARRIVED_AT: pd.NaT,
+            },  # unrecorded
+        ]
+    )
+    for source, frame in (("parcels", rows), ("deliveries", deliveries), ("depot_load", load)):
+        commit_by_local_date(lake, usecase, source, frame)
+
+    built = build(lake, usecase, day).set_index("parcel_id")
+
+    assert built.loc[1, "depot_late_rate_2d"] == 0.5, "parcels 10 and 13: 11 and 12 arrived after 06:00"
+    assert built.loc[1, "depot_queue"] == 3.0, "the 05:30 observation arrived at 06:01"
+    assert built.loc[2, "depot_queue"] == 4.0, "no recorded arrival: the observation time decides"
+    known = pd.to_datetime(built["outcome_known_at"], utc=True)
+    assert known[10] == due + 2 * hour, "declared (due + 2 h) is later than its arrival"
+    assert known[13] == at - minute, "arrived later than declared, before the prediction time"
+    assert known[11] == at + minute and known[12] == at + 3 * hour, "arrived after the prediction time"

@@ -5,11 +5,14 @@
 Every committed raw partition of the primary source (the events, partitioned by event date) with S <= date <= D +
 ``time.prediction_time.days_before`` is a candidate day: on day D the schedule predicted that evening is built too.
 Every event gets its prediction time, and its features use only what was known before it (see
-pipelines.transforms); its label comes from the outcome source and is known ``label_delay`` after the event time
-(NULL until the outcome arrived). A day's features depend on the primary and outcome partitions of that day and the
-``lookback_days`` before it, the partitions of joined events sources its transforms read, the newest reference
-snapshot committed on or before that day, and the features/target/time configuration; their content hashes make the
-day's *inputs fingerprint*, so an arriving outcome rebuilds its day. Days whose features partition is missing
+pipelines.transforms): what had *arrived* by then (each raw row carries when its file landed) and whose declared
+time had come. Its label comes from the outcome source and is known at the later of ``label_delay`` after the event
+time and the outcome's arrival (NULL until the outcome arrived). Because availability is a recorded fact, a day's
+model inputs are a function of the raw tables alone: rebuilding the day after more files landed gives the same
+inputs. A day's features depend on the primary and outcome partitions of that day and the ``lookback_days`` before
+it, the partitions of joined events sources its transforms read, the reference snapshot that serves it, and the
+features/target/time configuration; their content hashes make the day's *inputs fingerprint*, so an arriving
+outcome rebuilds its day (its label; its model inputs stay as they were). Days whose features partition is missing
 or carries another fingerprint are built together in one Spark job from one snapshot of each raw table, and
 committed in one commit to the Delta table ``features/<usecase>`` (partition facts: ``rows``,
 ``inputs_fingerprint``, ``inputs``, ``raw_versions``, ``columns``). The same job publishes their online snapshot
@@ -25,13 +28,15 @@ import argparse
 import bisect
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import OUTCOME_KNOWN_AT, PREDICTION_TIME, ConfigError, TargetSpec, TimeSpec, UseCase
 from pipelines.context import StepContext, StepFailed, progress
 from pipelines.lake import (
+    ARRIVED_AT,
     COMMIT_ATTEMPTS,
     DATE,
     Commit,
@@ -120,10 +125,27 @@ def _window(day: str, lookback_days: int) -> list[str]:
     return [(last - timedelta(days=k)).isoformat() for k in range(lookback_days, -1, -1)]
 
 
-def _snapshot_for(day: str, snapshots: list[str]) -> str | None:
-    """The newest snapshot date on or before ``day`` (ISO dates sort as strings)."""
-    index = bisect.bisect_right(snapshots, day)
-    return snapshots[index - 1] if index else None
+def partition_arrival(partition: PartitionInfo) -> datetime | None:
+    """When a raw partition had arrived whole: the latest arrival of the files it was built from (its facts);
+    None when a file's arrival was not recorded (a partition ingested before arrivals were)."""
+    files = partition.facts.get("source_files") or []
+    times = [item.get("arrived_at") for item in files]
+    if not times or None in times:
+        return None
+    return max(datetime.fromisoformat(t) for t in times)
+
+
+def reference_snapshot_for(usecase: UseCase, day: str, partitions: Mapping[str, PartitionInfo]) -> str | None:
+    """The reference snapshot (partition date) that serves the events of ``day``: the newest one dated on or
+    before ``day`` whose files had all arrived by the day's prediction time (one whose arrival is unknown counts
+    from its date). None: no snapshot had arrived, so the joined columns are NULL."""
+    cutoff = usecase.time.prediction_time_of(date.fromisoformat(day))
+    dates = sorted(partitions)
+    for snapshot in reversed(dates[: bisect.bisect_right(dates, day)]):
+        arrived = partition_arrival(partitions[snapshot])
+        if arrived is None or arrived <= cutoff:
+            return snapshot
+    return None
 
 
 def plan_days(
@@ -147,7 +169,7 @@ def plan_days(
             if usecase.sources[source].kind == "events":
                 used = [d.isoformat() for d in source_dates(usecase, source, date.fromisoformat(day))]
             else:
-                used = [_snapshot_for(day, list(partitions))]
+                used = [reference_snapshot_for(usecase, day, partitions)]
             inputs[source] = {d: partitions[d].content_id for d in used if d in partitions}
         body = json.dumps({"inputs": inputs, "config": config_hash}, sort_keys=True).encode()
         plans.append(DayPlan(day, inputs, hashlib.sha256(body).hexdigest()[:32]))
@@ -160,13 +182,15 @@ def plan_days(
 def read_source(
     lake: Lake, usecase: UseCase, source: str, snapshot: Snapshot, dates: list[str], tag: str
 ) -> pa.Table:
-    """Rows of ``dates`` of one raw table version as an Arrow table typed from the configuration, plus a date
-    column ``tag`` holding each row's partition date. Read through the Delta log (local or S3)."""
+    """Rows of ``dates`` of one raw table version as an Arrow table typed from the configuration, plus
+    :data:`ARRIVED_AT` (when each row's file arrived; NULL for rows ingested before arrivals were recorded) and a
+    date column ``tag`` holding each row's partition date. Read through the Delta log (local or S3)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     spec = usecase.sources[source]
     schema = pa.schema([(name, arrow_type(column.type)) for name, column in spec.columns.items()])
+    schema = schema.append(pa.field(ARRIVED_AT, pa.timestamp("us", tz="UTC")))
     target = schema.append(pa.field(tag, pa.date32()))
     present = [d for d in dates if d in snapshot.partitions]
     if not present:
@@ -178,7 +202,10 @@ def read_source(
             f"{snapshot.version}); re-run ingest for the affected days (or fix sources.{source}.columns)",
             {"table": snapshot.uri, "columns": missing},
         )
-    table = lake.read(snapshot.table, present, [*spec.columns, DATE], snapshot.version)
+    recorded = [ARRIVED_AT] if ARRIVED_AT in snapshot.columns else []
+    table = lake.read(snapshot.table, present, [*spec.columns, *recorded, DATE], snapshot.version)
+    if not recorded:
+        table = table.append_column(ARRIVED_AT, pa.nulls(table.num_rows, pa.timestamp("us", tz="UTC")))
     columns = []
     for item in schema:
         try:
@@ -294,7 +321,9 @@ def label_expression(value: Column, target: TargetSpec) -> Column:
 
 
 def _label_columns(frame: DataFrame, usecase: UseCase, outcome_rows: DataFrame | None) -> DataFrame:
-    """``frame`` plus the label and the time its outcome became known (event time + ``label_delay``).
+    """``frame`` plus the label and the time its outcome became known: the latest of the declared time (event
+    time + ``label_delay``) and the observed arrivals of the rows it needs (the event's own row and, from another
+    source, its outcome row). An arrival that was not recorded leaves the declared time.
 
     The outcome comes from the primary rows themselves, or from ``outcome_rows`` joined on
     ``time.outcome.keys``; an event without an outcome row has no label yet; an outcome row without a value
@@ -303,6 +332,7 @@ def _label_columns(frame: DataFrame, usecase: UseCase, outcome_rows: DataFrame |
     from pyspark.sql import functions as F
 
     target, outcome = usecase.target, usecase.time.outcome
+    arrivals = [F.col(ARRIVED_AT)]
     if outcome_rows is None:
         value, has_outcome = F.col(target.source_column), F.lit(True)
     else:
@@ -310,6 +340,7 @@ def _label_columns(frame: DataFrame, usecase: UseCase, outcome_rows: DataFrame |
         rows = outcome_rows.select(
             *[F.col(k).alias(a) for k, a in zip(outcome.keys, aliases, strict=True)],
             F.col(target.source_column).alias("_outcome_value"),
+            F.col(ARRIVED_AT).alias("_outcome_arrived"),
         ).dropna(subset=aliases)
         first = Window.partitionBy(*aliases).orderBy(F.col("_outcome_value").asc_nulls_last())
         rows = rows.withColumn("_rank", F.row_number().over(first)).where(F.col("_rank") == 1).drop("_rank")
@@ -320,6 +351,7 @@ def _label_columns(frame: DataFrame, usecase: UseCase, outcome_rows: DataFrame |
             condition = clause if condition is None else condition & clause
         frame = frame.join(rows, on=condition, how="left").drop(*aliases)
         value, has_outcome = F.col("_outcome_value"), F.coalesce(F.col("_has_outcome"), F.lit(False))
+        arrivals.append(F.col("_outcome_arrived"))
     missing = {"positive": F.lit(1), "negative": F.lit(0), "drop": F.lit(None)}[target.missing_outcome]
     label = (
         F.when(~has_outcome, F.lit(None))
@@ -328,11 +360,16 @@ def _label_columns(frame: DataFrame, usecase: UseCase, outcome_rows: DataFrame |
         .cast("double" if usecase.task == "regression" else "int")
     )
     event_time = F.col(usecase.time.event_time)
-    known_at = F.timestamp_micros(F.unix_micros(event_time) + F.lit(outcome.delay_seconds * 1_000_000))
+    declared = F.timestamp_micros(F.unix_micros(event_time) + F.lit(outcome.delay_seconds * 1_000_000))
+    known_at = F.greatest(declared, *arrivals)  # greatest skips NULLs: an unrecorded arrival adds nothing
     frame = frame.withColumn(target.column, label).withColumn(
         OUTCOME_KNOWN_AT, F.when(F.col(target.column).isNotNull(), known_at)
     )
-    return frame.drop("_outcome_value", "_has_outcome") if outcome_rows is not None else frame
+    return (
+        frame.drop("_outcome_value", "_has_outcome", "_outcome_arrived")
+        if outcome_rows is not None
+        else frame
+    )
 
 
 def _frames(
@@ -364,8 +401,7 @@ def _frames(
         if usecase.sources[source].kind == "events":
             used = [d for d in days if d in snapshot.partitions]
         else:
-            snapshots = list(snapshot.partitions)
-            by_day = {d: _snapshot_for(d, snapshots) for d in days}
+            by_day = {d: reference_snapshot_for(usecase, d, snapshot.partitions) for d in days}
             used = sorted({s for s in by_day.values() if s})
             day_maps[source] = {
                 date.fromisoformat(d): date.fromisoformat(s) if s else None for d, s in by_day.items()
@@ -380,6 +416,9 @@ def _frames(
         known_at_column=OUTCOME_KNOWN_AT,
         source_frames=source_frames,
         day_maps=day_maps,
+        prediction_times={
+            date.fromisoformat(d): usecase.time.prediction_time_of(date.fromisoformat(d)) for d in days
+        },
     )
     return frame, context
 

