@@ -55,7 +55,8 @@ def main() -> int:
     from pipelines.config import load_profile, load_usecase
     from pipelines.context import StepContext
     from pipelines.lake import Lake, features_table, online_table, raw_table
-    from pipelines.online import feature_frame, model_inputs, read_records, read_snapshots
+    from pipelines.model_inputs import model_inputs
+    from pipelines.online import feature_frame, read_records, read_snapshots
     from pipelines.spark import get_spark
     from pipelines.steps import features, score
     from pipelines.transforms import apply_transforms

@@ -20,7 +20,8 @@ predicts in the label's units (scikit-learn: ``TransformedTargetRegressor`` with
 
 Every classifier is logged as an MLflow pyfunc whose ``predict(frame)`` gives the probability of the positive class
 (scikit-learn models through ``pyfunc_predict_fn="predict_proba"``, an (n, 2) array; the Keras wrapper a 1-D
-array); read it with :func:`pipelines.tracking.predict_proba`. Feed models with :func:`prepare_features`.
+array); read it with :func:`pipelines.tracking.predict_proba`. Feed models with
+:func:`pipelines.model_inputs.model_inputs` (training, evaluation, scoring and serving alike).
 
 Serialization: scikit-learn models use MLflow's default skops format (no code runs on load) with the
 HistGradientBoosting tree predictor as the one extra trusted type; the Keras model is a ``.keras`` file (weights
@@ -82,32 +83,10 @@ def label_dtype(usecase: UseCase) -> str:
 
 
 def feature_columns(usecase: UseCase) -> list[str]:
-    """Model inputs in order: numeric then categorical (same as pipelines.tracking.feature_columns)."""
-    return [*usecase.features.numeric, *usecase.features.categorical]
+    """Model inputs, in order (pipelines.model_inputs.model_columns)."""
+    from pipelines.model_inputs import model_columns
 
-
-def prepare_features(frame: pd.DataFrame, usecase: UseCase) -> pd.DataFrame:
-    """The model input frame: feature columns only, numeric as float64 (NaN for null), categorical as str/None.
-
-    Every caller that trains or scores (train, evaluate, score) goes through this, so models always see the
-    same types. Raises ValueError naming the missing columns.
-    """
-    import numpy as np
-    import pandas as pd
-
-    missing = [c for c in feature_columns(usecase) if c not in frame.columns]
-    if missing:
-        raise ValueError(f"feature columns {missing} are missing (have {sorted(map(str, frame.columns))})")
-    out = pd.DataFrame(index=pd.RangeIndex(len(frame)))
-    for column in usecase.features.numeric:
-        out[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64").to_numpy()
-    for column in usecase.features.categorical:
-        values = frame[column].astype(object).to_numpy()
-        present = pd.notna(values)
-        text = np.full(len(values), None, dtype=object)
-        text[present] = [str(v) for v in values[present]]
-        out[column] = text
-    return out
+    return model_columns(usecase)
 
 
 # --------------------------------------------------------------------------------------------------- encoder
@@ -127,6 +106,9 @@ class TabularEncoder:
     @classmethod
     def fit(cls, frame: pd.DataFrame, numeric: list[str], categorical: list[str]) -> TabularEncoder:
         import numpy as np
+        import pandas as pd
+
+        from pipelines.model_inputs import canonical_strings
 
         values = frame[numeric].to_numpy(dtype="float64") if numeric else np.zeros((len(frame), 0))
         with np.errstate(all="ignore"):
@@ -138,8 +120,8 @@ class TabularEncoder:
         scales = filled.std(axis=0) if len(filled) else np.ones(len(numeric))
         scales = np.where(scales > 1e-12, scales, 1.0)
         vocabulary = {}
-        for column in categorical:
-            counts = frame[column].dropna().astype(str).value_counts()
+        for column in categorical:  # the canonical strings model inputs hold (pipelines.model_inputs)
+            counts = pd.Series(canonical_strings(frame[column])).dropna().value_counts()
             ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:MAX_CATEGORIES]
             vocabulary[column] = sorted(value for value, _ in ranked)
         return cls(numeric, categorical, medians.tolist(), means.tolist(), scales.tolist(), vocabulary)
@@ -158,7 +140,7 @@ class TabularEncoder:
 
     def transform(self, frame: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
         """A float32 matrix: scaled numeric columns, then one-hot blocks (null/unknown -> zeros). ``frame`` is a
-        DataFrame or a mapping of column name to values (pipelines.online.model_input_columns)."""
+        DataFrame or a mapping of column name to values (pipelines.model_inputs.model_input_columns)."""
         import numpy as np
 
         rows = len(frame[self.numeric[0]] if self.numeric else frame[self.categorical[0]])
@@ -523,7 +505,7 @@ class FittedCandidate:
 def fit_candidate(
     spec: CandidateSpec, usecase: UseCase, X: pd.DataFrame, y: Any, seed: int
 ) -> FittedCandidate:
-    """Fit one candidate on ``X`` (from :func:`prepare_features`) and labels ``y`` (0/1, or values for a
+    """Fit one candidate on ``X`` (from :func:`pipelines.model_inputs.model_inputs`) and labels ``y`` (0/1, or values for a
     regression), deterministically."""
     import numpy as np
 

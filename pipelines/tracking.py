@@ -67,8 +67,10 @@ def model_name(usecase: UseCase) -> str:
 
 
 def feature_columns(usecase: UseCase) -> list[str]:
-    """Model inputs, in order: numeric then categorical features."""
-    return [*usecase.features.numeric, *usecase.features.categorical]
+    """Model inputs, in order (pipelines.model_inputs.model_columns)."""
+    from pipelines.model_inputs import model_columns
+
+    return model_columns(usecase)
 
 
 class RegistryError(StepFailed):

@@ -299,11 +299,12 @@ def tree_candidate():
 
     from pipelines import modeling
     from pipelines.config import CandidateSpec
+    from pipelines.model_inputs import model_inputs
 
     usecase = fast_usecase()
     frame = pd.concat([synthetic_day(usecase, date(2013, 1, 1) + timedelta(days=d), 300) for d in range(10)])
     frame = frame[frame[usecase.target.column].notna()].reset_index(drop=True)
-    X = modeling.prepare_features(frame, usecase)
+    X = model_inputs(usecase, frame, "test rows")
     y = frame[usecase.target.column].to_numpy(dtype="int64")
     spec = CandidateSpec(name="hgb", family="hist_gradient_boosting", params={"max_iter": 40})
     return SimpleNamespace(

@@ -42,7 +42,7 @@ class ModelRefused(Exception):
 
 @dataclass
 class ServedModel:
-    """One verified, loaded version. ``score`` maps model-input columns (pipelines.online.model_input_columns)
+    """One verified, loaded version. ``score`` maps model-input columns (pipelines.model_inputs.model_input_columns)
     to scores: the flavour's own model called directly where :func:`direct_scorer` verified it, else the
     pyfunc (``runtime`` says which)."""
 
@@ -150,7 +150,7 @@ def choose_scorer(
     scores on the stored input example, else the pyfunc."""
     import numpy as np
 
-    from pipelines.online import model_input_columns
+    from pipelines.model_inputs import model_input_columns
 
     direct = direct_scorer(model, usecase.task == "classification")
     if direct is None:
@@ -188,7 +188,7 @@ def single_record_scorer(model: Any, usecase: UseCase, folder: Path) -> SingleRe
     """The Keras wrapper's numpy pass for one record (pipelines.keras_pyfunc.single_record_scorer) when it stays
     within :data:`SINGLE_RECORD_TOLERANCE` of TensorFlow on the stored input example and random rows; None for
     other models, or (logged) when it does not."""
-    from pipelines.online import model_input_columns
+    from pipelines.model_inputs import model_input_columns
 
     try:
         make = getattr(model.unwrap_python_model(), "single_record_scorer", None)

@@ -21,7 +21,8 @@ import numpy as np
 
 from pipelines.config import UseCase
 from pipelines.lake import Lake, arrow_type
-from pipelines.online import SMALL_BATCH, feature_columns_of, model_input_columns
+from pipelines.model_inputs import SMALL_BATCH, model_input_columns
+from pipelines.online import feature_columns_of
 from pipelines.serving.capture import CaptureWriter, Constant
 from pipelines.serving.models import ModelSlots, ServedModel
 from pipelines.serving.snapshots import SnapshotCache

@@ -32,7 +32,8 @@ from pipelines.lake import (
     predictions_table,
     raw_table,
 )
-from pipelines.online import feature_frame, model_inputs, read_records, read_snapshots
+from pipelines.model_inputs import model_inputs
+from pipelines.online import feature_frame, read_records, read_snapshots
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -128,7 +129,7 @@ def score_frame(
     out[DATE] = frame[DATE].reset_index(drop=True)
     out[PREDICTION_TIME] = frame[PREDICTION_TIME].reset_index(drop=True)
     if len(frame):
-        probability = predict_proba(model, model_inputs(ctx.usecase, frame, where).reset_index(drop=True))
+        probability = predict_proba(model, model_inputs(ctx.usecase, frame, where))
     else:
         probability = np.zeros(0, dtype="float64")
     if len(probability) != len(frame):
