@@ -23,6 +23,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pipelines.context import MANUAL_RUN, run_result_key
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 REPORT_PARTS = (
@@ -63,8 +65,10 @@ def decisions(home: Path) -> list[dict]:
         day = month.get("train_date")
         if not day:
             continue
-        gate_file = lake / "runs" / "flight_delay" / "gate" / f"date={day}" / "result.json"
-        evaluate_file = lake / "runs" / "flight_delay" / "evaluate" / f"date={day}" / "result.json"
+        # results are keyed by run: the summary names the train run of each month
+        run = month.get("train_run") or MANUAL_RUN
+        gate_file = lake / run_result_key("flight_delay", day, "gate", run)
+        evaluate_file = lake / run_result_key("flight_delay", day, "evaluate", run)
         if not gate_file.exists():
             rows.append({"date": day, "missing": True})
             continue

@@ -1,10 +1,16 @@
 """<usecase>_train (monthly full retraining, manual with Params) and <usecase>_train_nightly (refresh of the
-champion's model family): train -> evaluate -> gate -> register -> promote or keep the champion."""
+champion's model family): train -> evaluate -> gate -> register -> promote or keep the champion.
+
+Each step reads the results of its own run (the operator passes the Airflow run id as ``MLOPS_RUN_ID``), so a
+manual run and the nightly run of one date never mix. The promote tasks of a use case's train DAGs share the pool
+``<usecase>_train`` (one slot, ``mlops_airflow.pools``): promote compares the champion alias with the version its
+gate compared against and then sets it, and the pool keeps a second promote out of that window."""
 
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Param
 
 from mlops_airflow.operators import GateBranchOperator, step_task
+from mlops_airflow.pools import train_pool
 from mlops_airflow.wiring import dag_kwargs, usecases
 
 
@@ -16,7 +22,7 @@ def lifecycle(usecase_name: str, train_args: list[str]) -> None:
     branch = GateBranchOperator(
         task_id="gate_passed", gate_task_id="gate", passed_task_id="promote", rejected_task_id="keep_champion"
     )
-    promote = step_task("promote", usecase_name)
+    promote = step_task("promote", usecase_name, pool=train_pool(usecase_name))
     keep = EmptyOperator(
         task_id="keep_champion", doc_md="The candidate did not pass the gate: nothing moves."
     )

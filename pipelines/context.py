@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from datetime import date
@@ -12,6 +14,33 @@ from typing import Any
 
 from pipelines.config import Profile, UseCase
 from pipelines.lake import Lake
+
+MANUAL_RUN = "manual"  # the run of a step started from the command line (no MLOPS_RUN_ID)
+_SAFE_RUN = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def safe_run_id(run: str) -> str:
+    """``run`` as one segment of an object key: unchanged when it has only letters, digits, ``.``, ``_`` and
+    ``-`` (``manual``); else those characters kept, the others replaced by ``_``, and 8 hex characters of the
+    id's SHA-256 appended, so two run ids never share a key (``manual__2013-02-01T09:00:00+00:00`` ->
+    ``manual__2013-02-01T09_00_00_00_00-<hash>``)."""
+    if _SAFE_RUN.fullmatch(run) and run.strip(".") and not run.startswith("-"):
+        return run
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", run).strip("._-") or "run"
+    return f"{readable}-{hashlib.sha256(run.encode()).hexdigest()[:8]}"
+
+
+def run_key(usecase: str, day: date | str, step: str, run: str) -> str:
+    """``runs/<usecase>/<step>/date=<D>/run=<run>``: where ``step`` of one orchestrator run (``MLOPS_RUN_ID``,
+    ``manual`` from the command line) keeps its ``result.json`` for the logical date ``day``. Keyed by run, so a
+    manual ``<uc>_train`` run and the ``<uc>_train_nightly`` run of one date never read or overwrite each other's
+    results; the date stays in the key for lookup (a date's runs are the folders under its ``date=`` prefix)."""
+    return f"{Lake.dated_key('runs', usecase, day, step)}/run={safe_run_id(run)}"
+
+
+def run_result_key(usecase: str, day: date | str, step: str, run: str) -> str:
+    """The ``result.json`` of ``step`` in ``run`` for ``day`` (see :func:`run_key`)."""
+    return f"{run_key(usecase, day, step, run)}/result.json"
 
 
 class StepFailed(RuntimeError):
@@ -37,9 +66,17 @@ class StepContext:
     def ds(self) -> str:
         return self.day.isoformat()
 
-    def run_key(self, step: str, day: date | None = None) -> str:
-        """Where a step keeps its result for this use case and date (runs zone)."""
-        return Lake.dated_key("runs", self.usecase.name, day or self.day, step)
+    def run_key(self, step: str, day: date | None = None, run: str | None = None) -> str:
+        """Where ``step`` of this run (``run_id`` unless ``run`` names another) keeps its result for this use
+        case and date (runs zone; see :func:`run_key`): a step reads its own run's predecessors."""
+        return run_key(self.usecase.name, day or self.day, step, run or self.run_id)
+
+    def report_prefix(self, report: str) -> str:
+        """``reports/<usecase>/<report>/date=<D>/run=<run>``: a report of this run (the evaluation report, which
+        this run's gate completes with its decision)."""
+        return (
+            f"{Lake.dated_key('reports', self.usecase.name, self.day, report)}/run={safe_run_id(self.run_id)}"
+        )
 
     @cached_property
     def code_version(self) -> str:
@@ -48,7 +85,7 @@ class StepContext:
     @property
     def run_id(self) -> str:
         """The orchestrator's run of this step (``MLOPS_RUN_ID``, set by the Airflow operator), else ``manual``."""
-        return os.environ.get("MLOPS_RUN_ID") or "manual"
+        return os.environ.get("MLOPS_RUN_ID") or MANUAL_RUN
 
 
 def code_version() -> str:

@@ -342,7 +342,8 @@ def produce_day(
     run per candidate, and the three result JSONs. The gate outcome is forced to ``gate_passed``."""
     from sklearn.metrics import roc_auc_score
 
-    from pipelines.tracking import feature_columns, load_model, predict_proba
+    from pipelines.context import MANUAL_RUN, run_result_key
+    from pipelines.tracking import champion_version, feature_columns, load_model, predict_proba
 
     uc = env.usecase.name
     feature_days = [day - timedelta(days=n) for n in range(6, 0, -1)]  # 4 train days then 2 holdout days
@@ -352,8 +353,8 @@ def produce_day(
     holdout = pd.concat([frames[d] for d in dates[4:]], ignore_index=True)
     logged = [log_candidate(env, name, family, day, train_frame, threshold) for name, family in candidates]
 
-    def run_key(step: str) -> str:
-        return f"{Lake.dated_key('runs', uc, day, step)}/result.json"
+    def run_key(step: str) -> str:  # the steps' own runs: from the command line, run "manual"
+        return run_result_key(uc, day, step, MANUAL_RUN)
 
     window = {
         "train_start": dates[0],
@@ -412,6 +413,9 @@ def produce_day(
         "skipped": False,
         "reason": "" if value >= bound else f"roc_auc {value:.4f} < min {bound}",
     }
+    champion = champion_version(
+        env.usecase
+    )  # what evaluate would have re-scored, and the gate compared against
     gate_result = {
         "passed": gate_passed,
         "candidate": best,
@@ -420,7 +424,7 @@ def produce_day(
         "primary_metric": "roc_auc",
         "candidate_value": value,
         "champion_value": None,
-        "champion_version": None,
+        "champion_version": None if champion is None else str(champion.version),
         "checks": [check],
         "reasons": [] if gate_passed else [check["reason"]],
         "result_uri": env.lake.storage.uri(run_key("gate")),

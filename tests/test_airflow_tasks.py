@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from _ingest_fixtures import DAY1, flights_rows, weather_rows
 
+from pipelines.context import run_result_key, safe_run_id
 from pipelines.lake import Lake, raw_table
 from pipelines.steps.ingest import land_file, pending_files
 
@@ -121,11 +122,59 @@ def test_subprocess_runtime_pushes_the_last_json_line(airflow_db, dags, mlops_en
     assert _states(dag_run) == {"score": "success", "outcomes": "success"}
     result = _xcom(dag_run, "score")
     assert result["reason"] == "no champion yet" and result["date"] == "2013-02-01"
-    # the subprocess wrote through the same lake: its result artifact is there
-    assert (
-        Lake(str(mlops_env / "lake")).read_json("runs/flight_delay/score/date=2013-02-01/result.json")["rows"]
-        == 0
+    # the subprocess wrote through the same lake, keyed by the Airflow run it was given (MLOPS_RUN_ID)
+    key = run_result_key(USECASE, "2013-02-01", "score", dag_run.run_id)
+    assert dag_run.run_id.startswith("manual__") and f"/run={safe_run_id(dag_run.run_id)}/" in key
+    assert Lake(str(mlops_env / "lake")).read_json(key)["rows"] == 0
+
+
+def test_a_manual_and_a_nightly_train_dag_run_of_one_date_keep_their_own_results(
+    airflow_db, dags, tmp_path, monkeypatch
+) -> None:
+    """`<uc>_train` (manual, with Params) and `<uc>_train_nightly` on one date through `dag.test`, steps in-process:
+    each run's steps read and write the results of their own Airflow run (the operator's MLOPS_RUN_ID), so the
+    nightly run leaves the manual run's results as they were; promote runs in the use case's pool."""
+    from _model_fixtures import FAST_CANDIDATES, fast_usecase, use_tmp_platform, write_config_dir
+    from _model_fixtures import write_feature_partitions as write_features
+    from airflow.utils.session import create_session
+
+    use_tmp_platform(monkeypatch, tmp_path)
+    usecase = fast_usecase([FAST_CANDIDATES[0]])  # logreg only, 35-day window
+    usecase = usecase.model_copy(
+        update={"gate": usecase.gate.model_copy(update={"infrastructure_check": False})}
     )
+    monkeypatch.setenv("MLOPS_CONFIG_DIR", str(write_config_dir(tmp_path / "config", usecase)))
+    lake = Lake(str(tmp_path / "lake"))
+    write_features(lake, usecase, date(2013, 1, 1), 45, rows_per_day=60)
+
+    manual = dags[f"{USECASE}_train"].test(
+        logical_date=datetime(2013, 2, 10, 4, tzinfo=NEW_YORK),
+        run_conf={"candidates": ["logreg"], "window_days": usecase.split.train_window_days},
+    )
+    assert _states(manual)["promote"] == "success", _states(manual)
+    manual_gate = lake.read_json(run_result_key(USECASE, "2013-02-10", "gate", manual.run_id))
+    promoted = _xcom(manual, "promote")["champion_version"]
+
+    nightly = dags[f"{USECASE}_train_nightly"].test(logical_date=datetime(2013, 2, 10, 5, tzinfo=NEW_YORK))
+    states = _states(nightly)
+    assert states["register"] == "success" and states["gate_passed"] == "success", states
+    assert manual.run_id != nightly.run_id
+    for dag_run in (manual, nightly):
+        train = _xcom(dag_run, "train")
+        evaluation = lake.read_json(run_result_key(USECASE, "2013-02-10", "evaluate", dag_run.run_id))
+        gate = lake.read_json(run_result_key(USECASE, "2013-02-10", "gate", dag_run.run_id))
+        assert train["result_uri"].endswith(run_result_key(USECASE, "2013-02-10", "train", dag_run.run_id))
+        assert (
+            evaluation["candidates"]["logreg"]["run_id"] == train["candidates"][0]["run_id"] == gate["run_id"]
+        )
+        assert gate["run"] == dag_run.run_id
+    assert _xcom(manual, "train")["mode"] == "full" and _xcom(nightly, "train")["mode"] == "refresh"
+    # the nightly run gated against the manual run's champion and left the manual run's decision as it was
+    assert _xcom(nightly, "gate")["champion_version"] == str(promoted)
+    assert lake.read_json(run_result_key(USECASE, "2013-02-10", "gate", manual.run_id)) == manual_gate
+    with create_session() as session:
+        pools = {ti.task_id: ti.pool for ti in manual.get_task_instances(session=session)}
+    assert pools["promote"] == f"{USECASE}_train" and pools["train"] == "default_pool"
 
 
 def test_s3_credentials_come_from_the_airflow_connection(

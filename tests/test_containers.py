@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from _demo import USECASE, run_demo_cli
+from _demo import USECASE, run_demo_cli, run_result
 
 from pipelines.lake import Lake, table_key
 from pipelines.steps import STEP_KINDS
@@ -70,7 +70,7 @@ def _partition_rows(lake: Lake, zone: str, *sub: str) -> dict[str, int]:
 
 
 def _candidate_metrics(lake: Lake) -> dict[str, dict[str, float]]:
-    evaluate = lake.read_json(f"runs/{USECASE}/evaluate/date={TRAIN_DATE}/result.json")
+    evaluate = run_result(lake, "evaluate", TRAIN_DATE)
     return {name: candidate["metrics"] for name, candidate in evaluate["candidates"].items()}
 
 
@@ -102,8 +102,8 @@ def _assert_same_outputs(lake: Lake, reference: Lake, summary: dict, reference_s
             if isinstance(value, float) and not math.isnan(value):
                 assert metrics[name][metric] == pytest.approx(value, abs=2e-3), (name, metric)
 
-    gate = lake.read_json(f"runs/{USECASE}/gate/date={TRAIN_DATE}/result.json")
-    expected_gate = reference.read_json(f"runs/{USECASE}/gate/date={TRAIN_DATE}/result.json")
+    gate = run_result(lake, "gate", TRAIN_DATE)
+    expected_gate = run_result(reference, "gate", TRAIN_DATE)
     assert gate["passed"] == expected_gate["passed"] is True
     assert [c["name"] for c in gate["checks"]] == [c["name"] for c in expected_gate["checks"]]
     assert [c["passed"] for c in gate["checks"]] == [c["passed"] for c in expected_gate["checks"]]

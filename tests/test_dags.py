@@ -119,6 +119,32 @@ def test_train_dag_params_and_schedules(dagbag) -> None:
     )
 
 
+def test_the_train_dags_of_a_use_case_promote_through_one_pool_slot(dagbag, airflow_db) -> None:
+    """Both train DAGs put promote in the use case's pool; `python -m mlops_airflow.pools` creates every use case's
+    pool with one slot (the scheduler never runs a task whose pool does not exist), and then the DagBag reports
+    no task in a missing pool."""
+    from airflow.models.pool import Pool
+
+    for usecase in list_usecases():
+        for kind in ("train", "train_nightly"):
+            dag = dagbag.dags.get(f"{usecase}_{kind}")
+            if dag is None:
+                continue
+            assert dag.task_dict["promote"].pool == f"{usecase}_train", (usecase, kind)
+            assert {t.pool for t in dag.tasks if t.task_id != "promote"} == {Pool.DEFAULT_POOL_NAME}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlops_airflow.pools"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for usecase in list_usecases():
+        assert f"pool {usecase}_train: 1 slot(s)" in proc.stdout
+        assert Pool.get_pool(f"{usecase}_train").slots == 1
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"), known_pools={p.pool for p in Pool.get_pools()})
+    assert not [w for w in bag.dag_warnings if "pool" in str(w.message)]
+
+
 def test_score_runs_at_the_local_prediction_time_and_its_date_is_the_local_date(dagbag) -> None:
     """The score DAG's cron is read in the use case's time zone (18:00 New York, across a DST change), and a
     run's date is the local date of its logical date, not the next UTC day."""

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _demo import MONTHS, TRAIN_DATES, USECASE, check_lifecycle
+from _demo import MONTHS, TRAIN_DATES, USECASE, check_lifecycle, run_result
 
 from pipelines.config import load_usecase
+from pipelines.context import MANUAL_RUN, run_result_key
 from pipelines.lake import Lake, features_table
 
 pytestmark = pytest.mark.e2e
@@ -33,7 +34,7 @@ def test_direct_training_reproduces_airflow_predictions(local_demo, tmp_path: Pa
     home, _summary = local_demo
     day = TRAIN_DATES[MONTHS - 1]  # the last training of the reference run
     airflow_lake = Lake(str(home / "lake"))
-    airflow_train = airflow_lake.read_json(f"runs/{USECASE}/train/date={day}/result.json")
+    airflow_train = run_result(airflow_lake, "train", day)  # the Airflow run's train result
 
     # the direct call works on a copy of the lake and a fresh MLflow store: production state stays untouched
     shutil.copytree(home / "lake", tmp_path / "lake")
@@ -41,7 +42,10 @@ def test_direct_training_reproduces_airflow_predictions(local_demo, tmp_path: Pa
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("MLOPS_MLFLOW_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
     direct = run_step(["train", "--usecase", USECASE, "--date", day])
-    direct_train = Lake(str(tmp_path / "lake")).read_json(f"runs/{USECASE}/train/date={day}/result.json")
+    # the direct call is run "manual", beside the Airflow run's result of the same date in the copied lake
+    direct_train = Lake(str(tmp_path / "lake")).read_json(run_result_key(USECASE, day, "train", MANUAL_RUN))
+    assert direct["result_uri"].endswith(run_result_key(USECASE, day, "train", MANUAL_RUN))
+    assert run_result(Lake(str(tmp_path / "lake")), "train", day) == airflow_train  # not overwritten
     assert direct_train["feature_partitions"] == airflow_train["feature_partitions"]
     assert direct["result_uri"].startswith(str(tmp_path / "lake"))
 

@@ -11,7 +11,7 @@ from _model_fixtures import fast_usecase, use_tmp_platform, write_config_dir
 
 from pipelines.cli import main
 from pipelines.config import HIGHER_IS_BETTER, Bound, ChangeBound, GateSpec, SliceGateSpec
-from pipelines.context import StepFailed
+from pipelines.context import StepFailed, run_result_key
 from pipelines.lake import Lake
 from pipelines.steps.gate import FIRST_RUN_REASON, decide
 
@@ -293,18 +293,18 @@ def test_real_step_writes_the_decision_and_exits_0_when_not_passed(tmp_path, mon
 
     assert main(argv) == 1  # no evaluate result yet
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert out["failed"] is True and f"runs/{usecase.name}/evaluate/date={DAY}/result.json" in out["error"]
+    assert out["failed"] is True and run_result_key(usecase.name, DAY, "evaluate", "manual") in out["error"]
 
     lake = Lake(str(tmp_path / "lake"))
-    lake.write_json(f"runs/{usecase.name}/evaluate/date={DAY}/result.json", evaluation(roc_auc=0.55))
+    lake.write_json(run_result_key(usecase.name, DAY, "evaluate", "manual"), evaluation(roc_auc=0.55))
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    stored = lake.read_json(f"runs/{usecase.name}/gate/date={DAY}/result.json")
+    stored = lake.read_json(run_result_key(usecase.name, DAY, "gate", "manual"))
     assert printed["passed"] is False and stored["passed"] is False
     assert (
         stored["result_uri"]
         == printed["result_uri"]
-        == lake.storage.uri(f"runs/{usecase.name}/gate/date={DAY}/result.json")
+        == lake.storage.uri(run_result_key(usecase.name, DAY, "gate", "manual"))
     )
     assert stored["checks"] == printed["checks"]
     assert any("below the minimum 0.6" in r for r in stored["reasons"])
@@ -322,10 +322,10 @@ def test_every_decision_is_kept_as_a_record_beside_the_earlier_ones(tmp_path, mo
     monkeypatch.setenv("MLOPS_CODE_VERSION", "code-1")
     lake = Lake(str(tmp_path / "lake"))
     evaluated = {**evaluation(roc_auc=0.65), "tables_read": {"features/flight_delay": 7}}
-    lake.write_json(f"runs/{usecase.name}/evaluate/date={DAY}/result.json", evaluated)
     argv = ["gate", "--usecase", usecase.name, "--date", DAY.isoformat()]
 
-    def gate_in(run: str) -> dict:
+    def gate_in(run: str) -> dict:  # each run gates its own evaluate result
+        lake.write_json(run_result_key(usecase.name, DAY, "evaluate", run), evaluated)
         monkeypatch.setenv("MLOPS_RUN_ID", run)
         assert main(argv) == 0
         return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -361,4 +361,7 @@ def test_every_decision_is_kept_as_a_record_beside_the_earlier_ones(tmp_path, mo
             ("scheduled__2013-04-01T00:00:00+00:00", False, edited["inputs"]["config_hash"]),
         ]
     )
-    assert lake.read_json(f"runs/{usecase.name}/gate/date={DAY}/result.json")["run"] == manual["run"]
+    # each run's gate result stays beside the other's: the manual run did not overwrite the scheduled one's
+    assert lake.read_json(run_result_key(usecase.name, DAY, "gate", manual["run"]))["run"] == manual["run"]
+    scheduled = lake.read_json(run_result_key(usecase.name, DAY, "gate", edited["run"]))
+    assert scheduled["run"] == edited["run"] and scheduled["decision_uri"] == edited["decision_uri"]

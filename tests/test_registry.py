@@ -9,7 +9,7 @@ import pytest
 from _serve_fixtures import ServeEnv, produce_day
 
 from pipelines.cli import main, run_step
-from pipelines.context import StepFailed
+from pipelines.context import MANUAL_RUN, StepFailed, run_result_key
 
 UC = "flight_delay"
 
@@ -67,7 +67,7 @@ def test_register_tags_every_candidate_and_rerun_adds_no_versions(serve_env: Ser
         assert tags["gate_decision_uri"] == made["gate"]["result_uri"]
         assert by_name[candidate["name"]]["gate_status"] == tags["gate_status"]
 
-    stored = serve_env.lake.read_json("runs/flight_delay/register/date=2013-03-01/result.json")
+    stored = serve_env.lake.read_json(run_result_key(UC, day, "register", MANUAL_RUN))
     assert stored["raw_partitions"] == train["inputs"]
 
     second = _step("register", day)
@@ -78,7 +78,7 @@ def test_register_tags_every_candidate_and_rerun_adds_no_versions(serve_env: Ser
 def test_register_fails_closed_on_missing_or_stale_gate(serve_env: ServeEnv) -> None:
     day = date(2013, 3, 1)
     made = produce_day(serve_env, day, gate_passed=True)
-    gate_key = "runs/flight_delay/gate/date=2013-03-01/result.json"
+    gate_key = run_result_key(UC, day, "gate", MANUAL_RUN)
     serve_env.lake.write_json(gate_key, {**made["gate"], "run_id": "0" * 32})
     with pytest.raises(StepFailed, match="stale"):
         _step("register", day)
@@ -129,6 +129,53 @@ def test_alias_moves_only_through_a_passed_gate(serve_env: ServeEnv) -> None:
     again = _step("promote", d1)
     assert again["champion_version"] == v3 and "not_moved" in again
     assert _champion() == v3
+
+
+def test_promote_refuses_when_the_champion_moved_after_the_gate(serve_env: ServeEnv) -> None:
+    """Compare and set: promote moves the alias only while the champion is the version the gate compared against
+    (no champion counts as one). When another run moved it since, promote fails naming both versions, and the
+    alias and the candidate's tags stay as they were."""
+    d1, d2 = date(2013, 3, 1), date(2013, 4, 1)
+    client = _client()
+
+    # day 1: the gate compared against no champion; another run promotes one before this promote runs
+    made1 = produce_day(serve_env, d1, gate_passed=True, candidates=TWO)
+    assert made1["gate"]["champion_version"] is None
+    by_name = {v["candidate"]: v["version"] for v in _step("register", d1)["versions"]}
+    best, other = by_name[made1["best"]], next(v for c, v in by_name.items() if c != made1["best"])
+    client.set_registered_model_alias(UC, "champion", str(other))
+    with pytest.raises(StepFailed) as failure:
+        _step("promote", d1)
+    message = str(failure.value)
+    assert f"compared candidate version {best} against no champion" in message
+    assert f"the champion is now version {other}" in message and "nothing moved" in message
+    assert failure.value.result["champion_version"] == other
+    assert failure.value.result["gate_champion_version"] is None
+    assert _champion() == other
+    assert "promoted_on" not in client.get_model_version(UC, str(best)).tags
+
+    # back to no champion: the gate's comparison holds again and the alias moves
+    client.delete_registered_model_alias(UC, "champion")
+    assert _step("promote", d1)["champion_version"] == best
+    assert _champion() == best
+
+    # day 2: the gate compared against day 1's champion; the alias moved to another version meanwhile
+    made2 = produce_day(serve_env, d2, gate_passed=True)
+    assert made2["gate"]["champion_version"] == str(best)
+    v2 = _step("register", d2)["gate_candidate_version"]
+    client.set_registered_model_alias(UC, "champion", str(other))
+    with pytest.raises(StepFailed, match=rf"against version {best}, but the champion is now version {other}"):
+        _step("promote", d2)
+    assert _champion() == other
+    assert "promoted_on" not in client.get_model_version(UC, str(v2)).tags
+    assert "superseded_by" not in client.get_model_version(UC, str(other)).tags
+    assert not serve_env.lake.storage.exists(run_result_key(UC, d2, "promote", MANUAL_RUN))
+
+    # the champion is the compared version again: promote moves it
+    client.set_registered_model_alias(UC, "champion", str(best))
+    moved = _step("promote", d2)
+    assert (moved["champion_version"], moved["previous_champion_version"]) == (v2, best)
+    assert _champion() == v2
 
 
 def test_models_list_marks_the_champion(serve_env: ServeEnv, capsys: pytest.CaptureFixture[str]) -> None:

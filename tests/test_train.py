@@ -26,8 +26,9 @@ from sklearn.metrics import log_loss, roc_auc_score
 from pipelines import metrics, modeling, tracking
 from pipelines.cli import main, run_step
 from pipelines.config import REPO_ROOT, CandidateSpec, ConfigError, load_usecase
-from pipelines.context import StepFailed
+from pipelines.context import MANUAL_RUN, StepFailed, run_result_key
 from pipelines.lake import LATEST, Lake, LakeError, content_hash, features_table
+from pipelines.model_inputs import model_inputs
 from pipelines.steps import train as train_step
 
 START = date(2013, 1, 1)
@@ -95,7 +96,7 @@ def _holdout_features(trained) -> tuple[pd.DataFrame, np.ndarray]:
         DAY
     )  # outcomes known by the training date
     frame = frame[frame[usecase.target.column].notna() & known].reset_index(drop=True)
-    return modeling.prepare_features(frame, usecase), frame[usecase.target.column].to_numpy(dtype="int64")
+    return model_inputs(usecase, frame, "test rows"), frame[usecase.target.column].to_numpy(dtype="int64")
 
 
 # --------------------------------------------------------------------------------------------------- train
@@ -103,7 +104,7 @@ def _holdout_features(trained) -> tuple[pd.DataFrame, np.ndarray]:
 
 def test_train_window_rows_and_inputs(trained):
     usecase, result = trained.usecase, trained.result
-    stored = trained.lake.read_json(f"runs/{usecase.name}/train/date={DAY}/result.json")
+    stored = trained.lake.read_json(run_result_key(usecase.name, DAY, "train", MANUAL_RUN))
     assert stored["result_uri"] == result["result_uri"]
     assert stored["window"] == {
         "train_start": "2013-01-06",
@@ -157,7 +158,7 @@ def test_each_candidate_records_the_threshold_its_rule_chooses_on_the_validation
     table = features_table(usecase.name)
     window = trained.result["window"]
     frames = train_step.training_frames(make_context(usecase, DAY), trained.lake.snapshot(table, 0), window)
-    X_val = modeling.prepare_features(frames.validation, usecase)
+    X_val = model_inputs(usecase, frames.validation, "test rows")
     y_val = frames.validation[usecase.target.column].to_numpy(dtype="int64")
     assert len(frames.validation) == trained.result["rows"]["validation"] > 0
     assert (
@@ -168,7 +169,7 @@ def test_each_candidate_records_the_threshold_its_rule_chooses_on_the_validation
     )
     final = frames.final_fit_rows(usecase.split.max_train_rows, usecase.split.seed)
     assert trained.result["rows"]["final_fit"] == len(final) == usecase.split.max_train_rows
-    X_train = modeling.prepare_features(frames.train, usecase)
+    X_train = model_inputs(usecase, frames.train, "test rows")
     y_train = frames.train[usecase.target.column].to_numpy(dtype="int64")
     client = MlflowClient()
     thresholds = []
@@ -190,7 +191,7 @@ def test_each_candidate_records_the_threshold_its_rule_chooses_on_the_validation
         refit = modeling.fit_candidate(
             spec,
             usecase,
-            modeling.prepare_features(final, usecase),
+            model_inputs(usecase, final, "test rows"),
             final[usecase.target.column].to_numpy(dtype="int64"),
             usecase.split.seed,
         )
@@ -271,6 +272,106 @@ def test_train_fails_on_too_few_rows_and_cli_exits_1(small_env, capsys, tmp_path
     assert "labeled rows; at least 100 are needed" in last["error"]
 
 
+def _unlabelled(usecase, first: date, end: date, rows_per_day: int, known_by: date) -> int:
+    """Events of [first, end) whose outcome was due before ``known_by`` (event time + label delay) but has no
+    label: the outcomes that never arrived."""
+    total, cutoff = 0, usecase.time.local_midnight(known_by)
+    delay = timedelta(seconds=usecase.time.outcome.delay_seconds)
+    day = first
+    while day < end:
+        frame = synthetic_day(usecase, day, rows_per_day)
+        due = (pd.to_datetime(frame[usecase.time.event_time], utc=True) + delay) < cutoff
+        total += int((due & frame[usecase.target.column].isna()).sum())
+        day += timedelta(days=1)
+    return total
+
+
+def test_train_result_counts_the_outcomes_that_never_arrived(trained):
+    """Each part's events whose outcome was due by the training date but never arrived (label NULL) are counted;
+    the last evening's flights, whose outcomes are not due yet, are not."""
+    usecase, result = trained.usecase, trained.result
+    expected = {
+        "train": _unlabelled(usecase, date(2013, 1, 6), date(2013, 1, 27), 120, DAY),
+        "validation": _unlabelled(usecase, date(2013, 1, 27), date(2013, 2, 3), 120, DAY),
+        "holdout": _unlabelled(usecase, date(2013, 2, 3), DAY, 120, DAY),
+    }
+    assert all(n > 0 for n in expected.values()), expected  # about 2% of the synthetic labels are missing
+    assert result["unlabelled_events"] == expected
+    stored = trained.lake.read_json(run_result_key(usecase.name, DAY, "train", MANUAL_RUN))
+    assert stored["unlabelled_events"] == expected
+    holdout = stored["completeness"]["holdout"]
+    assert (holdout["expected_days"], holdout["present_days"], holdout["missing_days"]) == (7, 7, [])
+    assert holdout["events"] == 7 * 120 and holdout["events_due"] < holdout["events"]  # the last evening's
+    assert holdout["labelled"] == result["rows"]["holdout"]
+    assert holdout["labelled"] + holdout["unlabelled_events"] == holdout["events_due"]
+    assert sum(holdout["unlabelled_by_day"].values()) == expected["holdout"]
+
+
+def test_a_window_part_with_missing_days_fails_naming_them(tmp_path, monkeypatch):
+    """A holdout with 1 of its 14 days present fails the train step, naming the part and the missing days; a
+    window that starts before the first features partition (the first training after go-live) is not short."""
+    use_tmp_platform(monkeypatch, tmp_path)
+    usecase = fast_usecase(LOGREG_ONLY, train_window_days=35, holdout_days=14)
+    ctx, lake = make_context(usecase, DAY), Lake(str(tmp_path / "lake"))
+    args = SimpleNamespace(mode="full", candidates=None, retrain=False)
+    # train [01-06, 01-20), validation [01-20, 01-27), holdout [01-27, 02-10): data from 01-15 to 01-26, and 02-05
+    write_feature_partitions(lake, usecase, date(2013, 1, 15), 12, rows_per_day=60)
+    write_feature_partitions(lake, usecase, date(2013, 2, 5), 1, rows_per_day=60)
+    with pytest.raises(StepFailed) as failure:
+        train_step.run(ctx, args)
+    message = str(failure.value)
+    assert "holdout window [2013-01-27, 2013-02-10)" in message
+    assert "feature partitions for 1 of its 14 expected days" in message
+    assert "missing: 2013-01-27..2013-02-04, 2013-02-06..2013-02-09" in message
+    holdout = failure.value.result["completeness"]["holdout"]
+    assert holdout["present_days"] == 1 and len(holdout["missing_days"]) == 13
+    # the train part starts before the first partition (01-15): its expected days count from there, complete
+    assert failure.value.result["completeness"]["train"] == {
+        "expected_from": "2013-01-15",
+        "expected_days": 5,
+        "present_days": 5,
+        "missing_days": [],
+    }
+
+    # the holdout's days land: the short first window trains, and the result says from when days were expected
+    write_feature_partitions(lake, usecase, date(2013, 1, 27), 9, rows_per_day=60)
+    write_feature_partitions(lake, usecase, date(2013, 2, 6), 4, rows_per_day=60)
+    result = train_step.run(ctx, args)
+    assert result["window"]["train_start"] == "2013-01-06"
+    stored = lake.read_json(run_result_key(usecase.name, DAY, "train", MANUAL_RUN))
+    assert stored["completeness"]["train"]["expected_from"] == "2013-01-15"
+    assert {p: c["missing_days"] for p, c in stored["completeness"].items()} == dict.fromkeys(
+        ["train", "validation", "holdout"], []
+    )
+
+
+def test_a_window_part_whose_outcomes_never_arrived_fails(small_env):
+    """Half of the holdout's due outcomes never arrived: train fails naming the part and the days, even though
+    enough labelled rows remain to fit on."""
+    usecase = small_env.usecase
+    frames = []
+    for offset in range(36):
+        day = date(2013, 1, 5) + timedelta(days=offset)
+        frame = synthetic_day(usecase, day, 120)
+        if day >= date(2013, 2, 3):  # the holdout
+            lost = np.arange(len(frame)) % 2 == 0
+            frame.loc[lost, usecase.target.column] = np.nan
+            frame.loc[lost, "outcome_known_at"] = pd.NaT
+        frames.append(frame)
+    small_env.lake.write_partitions(features_table(usecase.name), pd.concat(frames), read_version=LATEST)
+    args = SimpleNamespace(mode="full", candidates=None, retrain=False)
+    with pytest.raises(
+        StepFailed, match=r"holdout window \[2013-02-03, 2013-02-10\) .* has labels for"
+    ) as failure:
+        train_step.run(small_env.ctx, args)
+    message = str(failure.value)
+    assert "less than split.min_labelled_share 0.8" in message and "outcomes never arrived" in message
+    assert "2013-02-0" in message.split("most on", 1)[1]
+    holdout = failure.value.result["completeness"]["holdout"]
+    assert 0.4 < holdout["labelled_share"] < 0.6
+    assert set(holdout["unlabelled_by_day"]) == {f"2013-02-{d:02d}" for d in range(3, 10)}
+
+
 def test_unknown_candidate_is_a_config_error(small_env):
     write_feature_partitions(small_env.lake, small_env.usecase, date(2013, 1, 5), 36, rows_per_day=20)
     args = SimpleNamespace(mode="full", candidates="logreg,nope", retrain=False)
@@ -322,9 +423,9 @@ def test_family_learns_handles_nulls_and_round_trips_through_mlflow(family, tmp_
     test.loc[0, "carrier"] = "ZZ"  # unseen category
     test.loc[1, ["carrier", "origin"]] = None  # null categories
     test.loc[2, usecase.features.numeric] = np.nan  # all numeric features null
-    X = modeling.prepare_features(train, usecase)
+    X = model_inputs(usecase, train, "test rows")
     fitted = modeling.fit_candidate(spec, usecase, X, train[usecase.target.column], seed=3)
-    X_test = modeling.prepare_features(test, usecase)
+    X_test = model_inputs(usecase, test, "test rows")
     proba = fitted.scores(X_test)
     assert proba.shape == (len(test),) and np.isfinite(proba).all() and ((proba > 0) & (proba < 1)).all()
     assert roc_auc_score(test[usecase.target.column], proba) > 0.65
@@ -336,22 +437,22 @@ def test_family_learns_handles_nulls_and_round_trips_through_mlflow(family, tmp_
     np.testing.assert_allclose(loaded, proba, rtol=1e-6, atol=1e-7)
 
 
-def test_prepare_features_types():
+def test_model_inputs_types():
     usecase = fast_usecase()
     frame = synthetic_day(usecase, START, 5)
     frame["dep_hour"] = np.arange(5)  # ints become float64
     frame["origin"] = ["EWR", None, np.nan, "JFK", "LGA"]
-    X = modeling.prepare_features(frame, usecase)
+    X = model_inputs(usecase, frame, "test rows")
     assert list(X.columns) == tracking.feature_columns(usecase)
     assert X["dep_hour"].dtype == "float64"
     assert X["origin"].tolist() == ["EWR", None, None, "JFK", "LGA"]
-    with pytest.raises(ValueError, match="wx_temp"):
-        modeling.prepare_features(frame.drop(columns=["wx_temp"]), usecase)
+    with pytest.raises(StepFailed, match="wx_temp"):
+        model_inputs(usecase, frame.drop(columns=["wx_temp"]), "test rows")
 
 
 def test_bad_candidate_params_name_the_candidate():
     usecase = fast_usecase()
-    X = modeling.prepare_features(synthetic_day(usecase, START, 50), usecase)
+    X = model_inputs(usecase, synthetic_day(usecase, START, 50), "test rows")
     bad = FAST_CANDIDATES[0].model_copy(update={"params": {"not_a_param": 1}})
     with pytest.raises(ConfigError, match="candidate 'logreg'"):
         modeling.fit_candidate(bad, usecase, X, np.arange(50) % 2, seed=0)
@@ -365,7 +466,7 @@ def test_bad_candidate_params_name_the_candidate():
 
 def test_evaluate_metrics_slices_and_best(trained):
     usecase = trained.usecase
-    stored = trained.lake.read_json(f"runs/{usecase.name}/evaluate/date={DAY}/result.json")
+    stored = trained.lake.read_json(run_result_key(usecase.name, DAY, "evaluate", MANUAL_RUN))
     X, y = _holdout_features(trained)
     assert stored["holdout_rows"] == len(y) == trained.result["rows"]["holdout"]
     assert stored["champion"] is None
@@ -397,7 +498,7 @@ def test_evaluate_metrics_slices_and_best(trained):
 
 def test_evaluate_report_explains_the_best_model(trained):
     usecase = trained.usecase
-    prefix = f"reports/{usecase.name}/evaluation/date={DAY}"
+    prefix = f"reports/{usecase.name}/evaluation/date={DAY}/run={MANUAL_RUN}"
     report = trained.lake.read_json(f"{prefix}/report.json")
     assert trained.evaluation["report_uri"].endswith(f"{prefix}/report.json")
     explanation = report["explanation"]
@@ -411,7 +512,7 @@ def test_evaluate_report_explains_the_best_model(trained):
     assert sum(b["rows"] for b in explanation["calibration"]["bins"]) == report["holdout"]["rows"]
     assert (
         explanation["slices"]
-        == trained.lake.read_json(f"runs/{usecase.name}/evaluate/date={DAY}/result.json")["candidates"][
+        == trained.lake.read_json(run_result_key(usecase.name, DAY, "evaluate", MANUAL_RUN))["candidates"][
             report["best"]
         ]["slices"]
     )
@@ -429,7 +530,7 @@ def test_evaluate_reads_the_holdout_train_read_even_after_a_rebuild(trained):
     table = features_table(trained.usecase.name)
     day = "2013-02-05"
     original = trained.lake.read_frame(table, [day])
-    before = trained.lake.read_json(f"runs/{trained.usecase.name}/evaluate/date={DAY}/result.json")
+    before = trained.lake.read_json(run_result_key(trained.usecase.name, DAY, "evaluate", MANUAL_RUN))
     trained.lake.write_partitions(table, original.head(50), read_version=LATEST)
     try:
         result = evaluate.run(ctx, SimpleNamespace(importance_rows=500, importance_repeats=1))
@@ -453,7 +554,7 @@ def test_a_registry_outage_during_evaluate_fails_the_run_and_moves_no_alias(trai
     first = trained.result["candidates"][0]
     version = mlflow.register_model(first["model_uri"], tracking.model_name(usecase))
     client.set_registered_model_alias(version.name, tracking.CHAMPION_ALIAS, version.version)
-    result_key = f"runs/{usecase.name}/evaluate/date={DAY}/result.json"
+    result_key = run_result_key(usecase.name, DAY, "evaluate", MANUAL_RUN)
     before = trained.lake.read_json(result_key)
     database = sqlite3.connect(trained.tmp / "mlflow.db")
     database.execute("ALTER TABLE registered_model_aliases RENAME TO aliases_away")
@@ -484,7 +585,7 @@ def test_champion_is_rescored_gated_and_drives_refresh(trained):
     client.set_registered_model_alias(version.name, tracking.CHAMPION_ALIAS, version.version)
 
     run_step(["evaluate", *argv])
-    stored = trained.lake.read_json(f"runs/{usecase.name}/evaluate/date={DAY}/result.json")
+    stored = trained.lake.read_json(run_result_key(usecase.name, DAY, "evaluate", MANUAL_RUN))
     assert {c["run_id"] for c in stored["candidates"].values()} == {c["run_id"] for c in fresh["candidates"]}
     champion = stored["champion"]
     assert champion["version"] == str(version.version)
@@ -709,7 +810,7 @@ def test_regression_family_learns_and_round_trips_through_mlflow(family, transfo
 
     def frame(days: range, rows: int) -> tuple[pd.DataFrame, np.ndarray]:
         data = pd.concat([synthetic_day(fast_usecase(), START + timedelta(days=i), rows) for i in days])
-        X = modeling.prepare_features(data.reset_index(drop=True), usecase)
+        X = model_inputs(usecase, data.reset_index(drop=True), "test rows")
         signal = (
             2.0 * X["distance"].fillna(1000) / 1000
             + 0.2 * X["dep_hour"].fillna(12)

@@ -1,12 +1,12 @@
 """Evaluate the trained candidates and the current champion on the holdout window; explain the best model.
 
-Reads the train result of the same logical date, scores every candidate and the registry's champion (alias
-``champion``, loaded by its pinned version) on the same holdout rows, and writes:
+Reads the train result of the same logical date and the same run (``MLOPS_RUN_ID``), scores every candidate and
+the registry's champion (alias ``champion``, loaded by its pinned version) on the same holdout rows, and writes:
 
-- ``runs/<usecase>/evaluate/date=<D>/result.json``: metrics overall and per slice for each model, the best
-  candidate by ``gate.primary_metric``;
-- ``reports/<usecase>/evaluation/date=<D>/report.json`` and ``report.html``: why the best model looks the way it
-  does: permutation feature importance, slices, errors (confusion matrix at the candidate's decision threshold, worst slices), calibration.
+- ``runs/<usecase>/evaluate/date=<D>/run=<run>/result.json``: metrics overall and per slice for each model, the
+  best candidate by ``gate.primary_metric``;
+- ``reports/<usecase>/evaluation/date=<D>/run=<run>/report.json`` and ``report.html``: why the best model looks
+  the way it does: permutation feature importance, slices, errors (confusion matrix at the candidate's decision threshold, worst slices), calibration.
 
 Holdout metrics are also logged to each candidate's MLflow run (``holdout_<metric>``).
 """
@@ -28,12 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_step_result(ctx: StepContext, step: str, needed_by: str) -> dict[str, Any]:
-    """The result JSON of ``step`` for this use case and date, or StepFailed saying what to run."""
+    """The result JSON of ``step`` for this use case, date and run, or StepFailed saying what to run."""
     key = f"{ctx.run_key(step)}/result.json"
     if not ctx.lake.storage.exists(key):
         raise StepFailed(
-            f"{ctx.lake.storage.uri(key)}: no {step} result for {ctx.usecase.name} on {ctx.ds}; {needed_by} needs "
-            f"it: run python -m pipelines {step} --usecase {ctx.usecase.name} --date {ctx.ds} first"
+            f"{ctx.lake.storage.uri(key)}: no {step} result for {ctx.usecase.name} on {ctx.ds} in run "
+            f"{ctx.run_id!r}; {needed_by} needs it: run python -m pipelines {step} --usecase {ctx.usecase.name} "
+            f"--date {ctx.ds} first, in the same run"
         )
     return ctx.lake.read_json(key)
 
@@ -147,6 +148,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     from pipelines import metrics as quality
     from pipelines.fairness import fairness_report
     from pipelines.loadcheck import start_infrastructure_check
+    from pipelines.model_inputs import model_inputs
     from pipelines.report import render_report_html
     from pipelines.significance import metric_interval, paired_difference
     from pipelines.tracking import (
@@ -169,7 +171,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     holdout = load_holdout(ctx, train_result)
     if len(holdout) == 0:
         raise StepFailed(f"the holdout window {train_result['window']} has no labeled rows; rerun train")
-    X = modeling.prepare_features(holdout, usecase)
+    X = model_inputs(usecase, holdout, "the holdout rows")
     y = holdout[usecase.target.column].to_numpy(dtype=modeling.label_dtype(usecase))
     groups = holdout[list(usecase.slices)] if usecase.slices else holdout.iloc[:, :0]
     wanted = evaluated_metrics(ctx)
@@ -302,7 +304,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         )
         clock.lap("error_analysis")
         train_sample = load_train_sample(ctx, train_result, max_rows=20000)
-        train_X = modeling.prepare_features(train_sample, usecase)
+        train_X = model_inputs(usecase, train_sample, "the training sample")
         explorer = explain.data_explorer(train_X, X, numeric=numeric, categorical=categorical)
         clock.lap("data_explorer")
         counterfactuals = None
@@ -329,7 +331,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         None if pending is None else pending.result(best_proba[X.index.get_indexer(sample.index)])
     )
     clock.lap("infrastructure_check")  # what is left to wait for once the explanations are done
-    report_prefix = ctx.lake.dated_key("reports", usecase.name, ctx.day, "evaluation")
+    report_prefix = ctx.report_prefix("evaluation")
     report = {
         "usecase": usecase.name,
         "logical_date": ctx.ds,

@@ -1,8 +1,8 @@
 """Decide whether the best candidate may replace the champion: absolute, change and fairness checks.
 
-Reads the evaluate result of the same logical date and writes the decision to
-``runs/<usecase>/gate/date=<D>/result.json`` (what register and promote of that date read) and keeps it as a
-record, never overwritten, at ``decisions/<usecase>/date=<D>/<run>--<decision id>.json`` with the config hash, code
+Reads the evaluate result of the same logical date and run and writes the decision to
+``runs/<usecase>/gate/date=<D>/run=<run>/result.json`` (what register and promote of that run read) and keeps it
+as a record, never overwritten, at ``decisions/<usecase>/date=<D>/<run>--<decision id>.json`` with the config hash, code
 version and table versions it was taken on. Checks (config ``gate``):
 
 - configuration: with no absolute and no change threshold there is nothing to decide on: not promoted;
@@ -618,7 +618,7 @@ def publish_report(ctx: StepContext, evaluation: dict[str, Any], decision: dict[
     report_uri = evaluation.get("report_uri")
     if not report_uri:
         return None
-    prefix = Lake.dated_key("reports", ctx.usecase.name, ctx.day, "evaluation")
+    prefix = ctx.report_prefix("evaluation")  # this run's report: another run of the date has its own
     report = ctx.lake.read_json(f"{prefix}/report.json")
     keep = (
         "passed",

@@ -1,9 +1,14 @@
 """Move the ``champion`` alias to the version the gate passed (fail closed when the gate did not pass).
 
-Reads the gate decision and the register result for the logical date. Idempotent: when the alias already points
-at that version nothing moves and the same result comes back. A promote for an older logical date never moves
-the champion back to a model trained for an earlier date than the current champion's (a backfill or a cleared
-old run would otherwise roll production back).
+Reads the gate decision and the register result of the same logical date and run (``MLOPS_RUN_ID``).
+Idempotent: when the alias already points at that version nothing moves and the same result comes back. A promote
+for an older logical date never moves the champion back to a model trained for an earlier date than the current
+champion's (a backfill or a cleared old run would otherwise roll production back).
+
+Compare and set: the alias moves only while the champion is still the version the gate compared the candidate
+against (the decision's ``champion_version``; no champion counts as a version). When another run moved it since
+(a manual ``<uc>_train`` and the ``<uc>_train_nightly`` run of one date, both gated against the old champion),
+the decision is stale: the step fails naming both versions and moves nothing; rerun evaluate and gate.
 """
 
 from __future__ import annotations
@@ -24,6 +29,40 @@ def _int_or_none(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _version_text(version: Any) -> str:
+    return "no champion" if version is None else f"version {version}"
+
+
+def compared_champion(ctx: StepContext, gate: dict[str, Any]) -> int | None:
+    """The champion version the gate compared the candidate against (None: there was no champion); StepFailed
+    when the decision does not record it (written by an older release)."""
+    if "champion_version" not in gate:
+        raise StepFailed(
+            f"the gate decision for {ctx.ds} in run {ctx.run_id!r} does not record the champion it compared "
+            f"against; rerun evaluate and gate for {ctx.ds}"
+        )
+    return _int_or_none(gate["champion_version"])
+
+
+def check_champion_unchanged(
+    ctx: StepContext, base: dict[str, Any], compared: int | None, current: int | None, target: Any
+) -> None:
+    """StepFailed, moving nothing, when the champion is no longer the version the gate compared against."""
+    if current != compared:
+        raise StepFailed(
+            f"the champion of {base['model_name']!r} moved since the gate: the gate for {ctx.ds} (run "
+            f"{ctx.run_id!r}) compared candidate version {target.version} against {_version_text(compared)}, but "
+            f"the champion is now {_version_text(current)}; nothing moved. Rerun evaluate and gate for {ctx.ds} "
+            "to compare against the current champion",
+            {
+                **base,
+                "champion_version": current,
+                "previous_champion_version": current,
+                "gate_champion_version": compared,
+            },
+        )
 
 
 def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
@@ -73,6 +112,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             f"model {name!r} version {version_number} comes from run {target.run_id}, but the gate passed run "
             f"{gate['run_id']}: rerun register for {ctx.ds}"
         )
+    compared = compared_champion(ctx, gate)
 
     if current_number == int(target.version):
         previous = _int_or_none(target.tags.get("promoted_from"))
@@ -92,13 +132,19 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         ctx.lake.write_json(result_key, result)
         return result
     else:
-        previous = current_number
+        # MLflow has no compare-and-set for aliases: read the alias again right before setting it, and move it only
+        # while it is still the version the gate compared against. The window between this read and the set is
+        # closed by the Airflow pool `<usecase>_train` (one slot, mlops_airflow.pools), which the promote task
+        # of every train DAG of the use case runs in: no other promote of the use case moves the alias meanwhile.
+        latest = champion_version(ctx.usecase)
+        previous = None if latest is None else int(latest.version)
+        check_champion_unchanged(ctx, base, compared, previous, target)
         client.set_model_version_tag(name, str(target.version), "promoted_on", ctx.ds)
         client.set_model_version_tag(name, str(target.version), "promoted_from", str(previous or ""))
         client.set_registered_model_alias(name, CHAMPION_ALIAS, str(target.version))
-        if current is not None:
-            client.set_model_version_tag(name, str(current_number), "superseded_on", ctx.ds)
-            client.set_model_version_tag(name, str(current_number), "superseded_by", str(target.version))
+        if previous is not None:
+            client.set_model_version_tag(name, str(previous), "superseded_on", ctx.ds)
+            client.set_model_version_tag(name, str(previous), "superseded_by", str(target.version))
         progress(f"promote: champion of {name!r} moved from version {previous} to {target.version}")
 
     result = {**base, "champion_version": int(target.version), "previous_champion_version": previous}

@@ -1,8 +1,9 @@
 """Register every trained candidate as a version of the use case's model, tagged with its lineage and gate result.
 
-Reads ``runs/<usecase>/train/date=<D>/result.json`` and the gate decision ``runs/<usecase>/gate/date=<D>/result.json``
-(and the evaluate result for each candidate's holdout metric). Idempotent: a rerun finds the version whose run id
-matches instead of creating another, and rewrites the same tags.
+Reads this run's ``runs/<usecase>/train/date=<D>/run=<run>/result.json`` and gate decision
+``runs/<usecase>/gate/date=<D>/run=<run>/result.json`` (and the evaluate result for each candidate's holdout
+metric). Idempotent: a rerun finds the version whose run id matches instead of creating another, and rewrites the
+same tags.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_step_result(ctx: StepContext, step: str, required: bool = True) -> dict[str, Any] | None:
-    """The result JSON another step wrote for this use case and date; StepFailed (or None) when it is missing."""
+    """The result JSON another step of this run wrote for this use case and date; StepFailed (or None) when it is
+    missing."""
     key = f"{ctx.run_key(step)}/result.json"
     try:
         return ctx.lake.read_json(key)
@@ -32,8 +34,9 @@ def read_step_result(ctx: StepContext, step: str, required: bool = True) -> dict
         if not required:
             return None
         raise StepFailed(
-            f"{ctx.lake.storage.uri(key)}: no {step} result for use case {ctx.usecase.name!r} on {ctx.ds}; "
-            f"run `python -m pipelines {step} --usecase {ctx.usecase.name} --date {ctx.ds}` first"
+            f"{ctx.lake.storage.uri(key)}: no {step} result for use case {ctx.usecase.name!r} on {ctx.ds} in run "
+            f"{ctx.run_id!r}; run `python -m pipelines {step} --usecase {ctx.usecase.name} --date {ctx.ds}` "
+            "first, in the same run"
         ) from None
 
 

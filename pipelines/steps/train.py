@@ -6,6 +6,17 @@ Window (dates of feature partitions, end exclusive, never on or after the logica
     holdout = [D - split.holdout_days, D)
 
 Rows with an unknown label are dropped; the train rows are capped at ``split.max_train_rows`` by a seeded sample.
+
+Complete windows: each part (train, validation, holdout) needs ``split.min_days_share`` of its expected days as
+committed feature partitions and ``split.min_labelled_share`` of its due outcomes as labels, else the step fails
+naming the part and the missing days (:func:`check_window_days`, :func:`check_labels`). Expected days count from
+the features table's first partition: a window that reaches back before the first data the lake has (the first
+trainings after go-live, e.g. the demo's first training on 2013-02-01 with only January) is short by design and
+trains on what there is, while a day missing after the first partition is a gap. An outcome is due when the event
+is older than ``time.outcome.label_delay`` at the training date; events whose due outcome never arrived (label
+NULL in the features table) are counted per part in the result (``unlabelled_events``; with ``target.
+missing_outcome: drop`` the features table cannot tell an outcome that arrived without a value from one that never
+arrived, and both count).
 ``--mode full`` trains every candidate; ``--mode refresh`` only the champion's candidate (registry alias
 ``champion``, tag ``candidate``), or every candidate while there is no champion. Each candidate is one MLflow
 run named ``<candidate>@<D>``. A rerun with the same data, config and code reuses the finished runs (same result);
@@ -18,7 +29,7 @@ import argparse
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -96,20 +107,26 @@ def read_labeled(
     partitions: dict[str, PartitionInfo],
     columns: list[str],
     known_before: datetime,
+    counts: dict[str, Any] | None = None,
 ) -> Any:
     """Rows of ``partitions`` of one features version (oldest first) whose 0/1 label was known before
-    ``known_before``; StepFailed names the table, the version and the partitions to rebuild."""
+    ``known_before``; StepFailed names the table, the version and the partitions to rebuild. Given ``counts``
+    (a dict), fills it with :func:`label_counts` of the rows read."""
     import pandas as pd
 
     from pipelines.config import OUTCOME_KNOWN_AT
 
     label = ctx.usecase.target.column
+    if counts is not None:
+        counts.update(label_counts(ctx, None, known_before))
     if not partitions:
         return pd.DataFrame(columns=columns)
     where = f"{snapshot.uri} (version {snapshot.version})"
+    event_time = [ctx.usecase.time.event_time] if counts is not None else []
+    wanted = list(dict.fromkeys([*columns, OUTCOME_KNOWN_AT, DATE, *event_time]))
     for day, part in partitions.items():
         listed = part.facts.get("columns")
-        missing = [c for c in [*columns, OUTCOME_KNOWN_AT] if listed is not None and c not in listed]
+        missing = [c for c in wanted if c != DATE and listed is not None and c not in listed]
         if missing:
             raise StepFailed(
                 f"{where}: columns {missing} are missing from the feature partition of {day}; rerun the "
@@ -117,9 +134,7 @@ def read_labeled(
                 f"{day} --rebuild)"
             )
     try:
-        frame = ctx.lake.read_frame(
-            snapshot.table, sorted(partitions), [*columns, OUTCOME_KNOWN_AT, DATE], snapshot.version
-        )
+        frame = ctx.lake.read_frame(snapshot.table, sorted(partitions), wanted, snapshot.version)
     except LakeError as exc:
         raise StepFailed(f"{exc}; rerun the features step for the window's days") from None
     labels = pd.to_numeric(frame[label], errors="coerce")
@@ -132,8 +147,34 @@ def read_labeled(
         )
     frame[label] = labels
     known = pd.to_datetime(frame[OUTCOME_KNOWN_AT], utc=True) < pd.Timestamp(known_before)
+    if counts is not None:
+        counts.update(label_counts(ctx, frame.assign(_labelled=labels.notna() & known), known_before))
     frame = frame[labels.notna() & known].sort_values(DATE, kind="stable").reset_index(drop=True)
     return frame[columns]
+
+
+def label_counts(ctx: StepContext, frame: Any, known_before: datetime) -> dict[str, Any]:
+    """Of the events of ``frame`` (a features frame with the event time, ``date`` and ``_labelled``: label known
+    before ``known_before``): how many there are, how many had their outcome due before ``known_before`` (event
+    time + ``time.outcome.label_delay``), how many of those are labelled, and the unlabelled ones (outcome due but
+    never arrived), in all and by date. ``frame`` None: no events."""
+    import pandas as pd
+
+    if frame is None or len(frame) == 0:
+        return {"events": 0, "events_due": 0, "labelled": 0, "unlabelled_events": 0, "unlabelled_by_day": {}}
+    delay = pd.Timedelta(seconds=ctx.usecase.time.outcome.delay_seconds)
+    event_time = pd.to_datetime(frame[ctx.usecase.time.event_time], utc=True)
+    due = (event_time + delay) < pd.Timestamp(known_before)
+    labelled = frame["_labelled"].to_numpy(dtype=bool) & due.to_numpy(dtype=bool)
+    unlabelled = due.to_numpy(dtype=bool) & ~frame["_labelled"].to_numpy(dtype=bool)
+    by_day = frame.loc[unlabelled, DATE].astype(str).value_counts().sort_index()
+    return {
+        "events": len(frame),
+        "events_due": int(due.sum()),
+        "labelled": int(labelled.sum()),
+        "unlabelled_events": int(unlabelled.sum()),
+        "unlabelled_by_day": {str(day): int(n) for day, n in by_day.items()},
+    }
 
 
 @dataclass
@@ -144,6 +185,7 @@ class TrainingFrames:
     holdout: Any
     partitions: dict[str, PartitionInfo]
     validation: Any = None
+    label_counts: dict[str, dict[str, Any]] = field(default_factory=dict)  # by part, when counted
 
     def hashes(self) -> dict[str, str]:
         """Content hashes of the train rows (after the seeded subsample), the validation rows (when the window has
@@ -167,9 +209,12 @@ class TrainingFrames:
         return rows
 
 
-def training_frames(ctx: StepContext, snapshot: Snapshot, window: dict[str, str]) -> TrainingFrames:
+def training_frames(
+    ctx: StepContext, snapshot: Snapshot, window: dict[str, str], count_labels: bool = False
+) -> TrainingFrames:
     """The labeled train and holdout rows of ``window`` from one features version, the train rows capped at
-    ``split.max_train_rows`` by a seeded sample: what train fits on, and what lineage reloads."""
+    ``split.max_train_rows`` by a seeded sample: what train fits on, and what lineage reloads. With
+    ``count_labels``, each part's :func:`label_counts` too."""
     from pipelines import modeling
 
     usecase, split = ctx.usecase, ctx.usecase.split
@@ -191,14 +236,103 @@ def training_frames(ctx: StepContext, snapshot: Snapshot, window: dict[str, str]
         f"({', '.join(parts)}) of version {snapshot.version}"
     )
     known_before = labels_known_before(ctx, window)
+    counts: dict[str, dict[str, Any]] = {part: {} for part in parts} if count_labels else {}
     frames = {
-        part: read_labeled(ctx, snapshot, found, columns, known_before) for part, found in parts.items()
+        part: read_labeled(ctx, snapshot, found, columns, known_before, counts.get(part))
+        for part, found in parts.items()
     }
     train = frames["train"]
     if split.max_train_rows and len(train) > split.max_train_rows:
         train = train.sample(n=split.max_train_rows, random_state=split.seed).sort_index()
     every = {day: info for found in parts.values() for day, info in found.items()}
-    return TrainingFrames(train, frames["holdout"], every, frames.get("validation"))
+    return TrainingFrames(train, frames["holdout"], every, frames.get("validation"), counts)
+
+
+def _day_ranges(days: list[str]) -> str:
+    """``2013-01-27..2013-02-04, 2013-02-06`` for sorted ISO dates: runs of consecutive days as ranges."""
+    runs: list[list[date]] = []
+    for day in sorted(date.fromisoformat(d) for d in days):
+        if runs and day - runs[-1][-1] == timedelta(days=1):
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    return ", ".join(r[0].isoformat() if len(r) == 1 else f"{r[0]}..{r[-1]}" for r in runs)
+
+
+def check_window_days(
+    ctx: StepContext, snapshot: Snapshot, window: dict[str, str]
+) -> dict[str, dict[str, Any]]:
+    """Each part's expected, present and missing days; StepFailed naming the part and its missing days when
+    fewer than ``split.min_days_share`` of its expected days have a committed feature partition.
+
+    Expected days are the part's dates from the features table's first partition on: a window that starts before
+    the first data the lake has (the first trainings after go-live) is short by design, not incomplete. A part
+    with no expected day at all is left to :func:`training_frames` (no committed feature partitions)."""
+    first = min(snapshot.partitions) if snapshot.partitions else None
+    minimum = ctx.usecase.split.min_days_share
+    found: dict[str, dict[str, Any]] = {}
+    for part in window_parts(window):
+        start, end = window[f"{part}_start"], window[f"{part}_end"]
+        begin = (
+            max(date.fromisoformat(start), date.fromisoformat(first)) if first else date.fromisoformat(end)
+        )
+        expected = [
+            (begin + timedelta(days=n)).isoformat() for n in range((date.fromisoformat(end) - begin).days)
+        ]
+        present = [d for d in expected if d in snapshot.partitions]
+        missing = [d for d in expected if d not in snapshot.partitions]
+        found[part] = {
+            "expected_from": begin.isoformat() if expected else None,
+            "expected_days": len(expected),
+            "present_days": len(present),
+            "missing_days": missing,
+        }
+        if expected and len(present) < minimum * len(expected) - 1e-9:
+            counted = (
+                f" (counted from the first features partition, {first})" if first and first > start else ""
+            )
+            raise StepFailed(
+                f"{part} window [{start}, {end}) of use case {ctx.usecase.name!r} has feature partitions for "
+                f"{len(present)} of its {len(expected)} expected days{counted}, less than split.min_days_share "
+                f"{minimum:g}; missing: {_day_ranges(missing)}. Run ingest and features for these dates (or "
+                f"lower split.min_days_share in config/usecases/{ctx.usecase.name}.yaml)",
+                {"window": window, "completeness": found},
+            )
+    return found
+
+
+def check_labels(
+    ctx: StepContext,
+    window: dict[str, str],
+    counts: dict[str, dict[str, Any]],
+    days: dict[str, dict[str, Any]],
+) -> dict[str, dict[str, Any]]:
+    """Each part's day and label completeness (``days`` from :func:`check_window_days`, ``counts`` from
+    :func:`label_counts`), with ``labelled_share`` of the events whose outcome was due; StepFailed when a part's
+    share is below ``split.min_labelled_share``, naming the part and the days with the most missing outcomes."""
+    minimum = ctx.usecase.split.min_labelled_share
+    known_before = labels_known_before(ctx, window)
+    found: dict[str, dict[str, Any]] = {}
+    for part in window_parts(window):
+        part_counts = counts.get(part) or label_counts(ctx, None, known_before)
+        due = part_counts["events_due"]
+        share = None if due == 0 else part_counts["labelled"] / due
+        found[part] = {**days.get(part, {}), **part_counts, "labelled_share": share}
+    for part, entry in found.items():
+        share = entry["labelled_share"]
+        if share is not None and share < minimum - 1e-9:
+            worst = sorted(entry["unlabelled_by_day"].items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+            named = ", ".join(f"{day} ({n})" for day, n in worst)
+            raise StepFailed(
+                f"{part} window [{window[f'{part}_start']}, {window[f'{part}_end']}) of use case "
+                f"{ctx.usecase.name!r} has labels for {entry['labelled']} of the {entry['events_due']} events "
+                f"whose outcome was due before {known_before.isoformat()} ({share:.1%}, less than "
+                f"split.min_labelled_share {minimum:g}): {entry['unlabelled_events']} outcomes never arrived, "
+                f"most on {named}. Land the outcomes and rerun features for these dates (or lower "
+                f"split.min_labelled_share in config/usecases/{ctx.usecase.name}.yaml)",
+                {"window": window, "completeness": found},
+            )
+    return found
 
 
 def candidate_decision(
@@ -328,12 +462,14 @@ def _reusable_run(experiment_id: str, fingerprint: str) -> Any | None:
 
 
 def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
-    """Train the selected candidates; write the result to ``runs/<usecase>/train/date=<D>/result.json``."""
+    """Train the selected candidates; write the result to this run's
+    ``runs/<usecase>/train/date=<D>/run=<run>/result.json``."""
     import mlflow
     import numpy as np
 
     from pipelines import modeling
     from pipelines.metrics import model_metrics
+    from pipelines.model_inputs import model_inputs
     from pipelines.tracking import configure_mlflow
 
     usecase, split = ctx.usecase, ctx.usecase.split
@@ -347,7 +483,9 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         )
     window = training_window(ctx.day, window_days, split.holdout_days, validation_days)
     snapshot = features_snapshot(ctx)
-    frames = training_frames(ctx, snapshot, window)
+    days = check_window_days(ctx, snapshot, window)
+    frames = training_frames(ctx, snapshot, window, count_labels=True)
+    completeness = check_labels(ctx, window, frames.label_counts, days)
     train, holdout = frames.train, frames.holdout
     _check_rows(ctx, "train", train, MIN_TRAIN_ROWS, window)
     if frames.validation is not None:
@@ -355,15 +493,15 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     _check_rows(ctx, "holdout", holdout, MIN_HOLDOUT_ROWS, window)
 
     label = usecase.target.column
-    X = modeling.prepare_features(train, usecase)
+    X = model_inputs(usecase, train, "the training rows")
     y = train[label].to_numpy(dtype=modeling.label_dtype(usecase))
     final_rows = frames.final_fit_rows(split.max_train_rows, split.seed)
-    X_final = modeling.prepare_features(final_rows, usecase)
+    X_final = model_inputs(usecase, final_rows, "the final fit rows")
     y_final = final_rows[label].to_numpy(dtype=modeling.label_dtype(usecase))
     example = modeling.input_example(X_final)
     selection_metrics = list(dict.fromkeys([usecase.gate.primary_metric, *usecase.metrics]))
     if frames.validation is not None:
-        X_validation = modeling.prepare_features(frames.validation, usecase)
+        X_validation = model_inputs(usecase, frames.validation, "the validation rows")
         y_validation = frames.validation[label].to_numpy(dtype=modeling.label_dtype(usecase))
     all_parts = frames.partitions
     inputs = sorted({k for p in all_parts.values() for k in raw_inputs(usecase.name, p.facts.get("inputs"))})
@@ -499,13 +637,18 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             "holdout": len(holdout),
             "final_fit": len(final_rows),
         },
+        # per part: expected, present and missing days; events, due outcomes, labelled, unlabelled (never arrived)
+        "completeness": completeness,
+        "unlabelled_events": {part: entry["unlabelled_events"] for part, entry in completeness.items()},
         "candidates": candidates,
     }
     key = f"{ctx.run_key('train')}/result.json"
     result["result_uri"] = ctx.lake.storage.uri(key)
     ctx.lake.write_json(key, result)
     small = {
-        k: v for k, v in result.items() if k not in {"inputs", "feature_data_hashes", "feature_partitions"}
+        k: v
+        for k, v in result.items()
+        if k not in {"inputs", "feature_data_hashes", "feature_partitions", "completeness"}
     }
     small["feature_partitions_count"] = len(all_parts)
     small["inputs_count"] = len(inputs)

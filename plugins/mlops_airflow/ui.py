@@ -51,6 +51,15 @@ def ui_commands(
     return env, children
 
 
+def prepare_airflow(env: dict[str, str]) -> None:
+    """The metadata database migrated and the lifecycle DAGs' pools created (``mlops_airflow.pools``): the
+    scheduler never runs a task whose pool does not exist."""
+    for argv in ([_bin("airflow"), "db", "migrate"], [sys.executable, "-m", "mlops_airflow.pools"]):
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv[-3:])} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
 def _stop(processes: dict[str, subprocess.Popen]) -> None:
     for proc in processes.values():
         if proc.poll() is None:
@@ -83,6 +92,8 @@ def run_ui(port: int = 8080, mlflow_port: int | None = 5000) -> int:
     env, children = ui_commands(home, port, mlflow_port, profile)
     if profile.mlflow_tracking_uri.startswith("sqlite:///"):
         Path(profile.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    print(f"Preparing the Airflow metadata database and pools in {home / 'airflow'} ...", flush=True)
+    prepare_airflow(env)
     stopping = False
 
     def _on_signal(signum: int, frame: Any) -> None:
