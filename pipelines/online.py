@@ -351,14 +351,38 @@ def _past_rate(
     data[output] = list(map(rates.get, _key_tuples(data, keys)))
 
 
+def _past_mean(
+    data: Columns,
+    usecase: UseCase,
+    lookup: Mapping[tuple[Any, ...], Any],
+    at: pd.Timestamp,
+    derived: dict[Any, Any],
+    *,
+    keys: list[str],
+    days: int,
+    output: str,
+    count_output: str | None = None,
+) -> None:
+    means = derived.get("means")
+    if means is None:  # key -> (sum / n, n), made once per snapshot; a key without outcomes: (NULL, 0)
+        means = derived["means"] = {
+            key: (counts["sum"] / counts["n"], float(counts["n"])) for key, (counts, _) in lookup.items()
+        }
+    found = list(map(means.get, _key_tuples(data, keys), itertools.repeat((None, 0.0))))
+    data[output] = [mean for mean, _ in found]
+    if count_output is not None:
+        data[count_output] = [n for _, n in found]
+
+
 ONLINE_TRANSFORMS: dict[str, Callable[..., None]] = {
     "calendar": _calendar,
     "join_source": _join_source,
     "asof_join": _asof_join,
     "past_rate": _past_rate,
+    "past_mean": _past_mean,
 }
 # the transforms whose values come from a lookup of the snapshot (the others read the record only)
-LOOKUP_TRANSFORMS = frozenset({"join_source", "asof_join", "past_rate"})
+LOOKUP_TRANSFORMS = frozenset({"join_source", "asof_join", "past_rate", "past_mean"})
 
 
 def feature_columns_of(

@@ -117,13 +117,13 @@ def _new_column(transform: str, param: str, name: Any, df: DataFrame) -> str:
     return name
 
 
-def _check_days(days: Any, usecase: UseCase) -> None:
+def _check_days(days: Any, usecase: UseCase, transform: str = "past_rate") -> None:
     if isinstance(days, bool) or not isinstance(days, int) or days < 1:
-        raise _fail("past_rate", "days", f"expected a whole number of days >= 1, got {days!r}")
+        raise _fail(transform, "days", f"expected a whole number of days >= 1, got {days!r}")
     needed = days + usecase.time.lookback_needed_days
     if needed > usecase.features.lookback_days:
         raise _fail(
-            "past_rate",
+            transform,
             "days",
             f"{days} days before the prediction time reach {needed} days before an event's date (with "
             f"time.prediction_time.days_before and time.outcome.label_delay), more than features.lookback_days "
@@ -255,14 +255,15 @@ def join_source(
     return joined.select(*df.columns, *outputs)
 
 
-def _outcome_stream(df: DataFrame, ctx: TransformContext, keys: list[str]) -> DataFrame:
-    """The known outcomes among the frame's rows: keys, the second each became known (``_t``), positive or not."""
+def _outcome_stream(df: DataFrame, ctx: TransformContext, keys: list[str], value: str = "long") -> DataFrame:
+    """The known outcomes among the frame's rows: keys, the second each became known (``_t``) and the label as
+    ``_pos`` (``value``: long for a 0/1 label counted as positives, double for a value averaged)."""
     from pyspark.sql import functions as F
 
     return df.where(F.col(ctx.label_column).isNotNull() & F.col(ctx.known_at_column).isNotNull()).select(
         *keys,
         F.unix_timestamp(F.col(ctx.known_at_column)).alias("_t"),
-        F.col(ctx.label_column).cast("long").alias("_pos"),
+        F.col(ctx.label_column).cast(value).alias("_pos"),
     )
 
 
@@ -279,7 +280,7 @@ def _past_counts(outcomes: DataFrame, queries: DataFrame, keys: list[str], days:
         *keys,
         "_t",
         F.lit(0).alias("_n"),
-        F.lit(0).cast("long").alias("_pos"),
+        F.lit(0).cast(dict(outcomes.dtypes)["_pos"]).alias("_pos"),
         F.lit(True).alias("_query"),
         *carried,
     )
@@ -303,25 +304,58 @@ def past_rate(df: DataFrame, ctx: TransformContext, *, keys: list[str], days: in
     """Share of positive labels among the outcomes with the same ``keys`` that became known in the ``days`` x 24
     hours strictly before the row's prediction time (an outcome known at or after it is not counted: no
     look-ahead). NULL without such outcomes."""
+
+    return _past_outcomes(df, ctx, "past_rate", keys, days, output, None, "long")
+
+
+def past_mean(
+    df: DataFrame,
+    ctx: TransformContext,
+    *,
+    keys: list[str],
+    days: int,
+    output: str,
+    count_output: str | None = None,
+) -> DataFrame:
+    """Mean label (a regression's value; a classification's share of positives) of the outcomes with the same
+    ``keys`` that became known in the ``days`` x 24 hours strictly before the row's prediction time, NULL without
+    such outcomes; and, given ``count_output``, how many there were (0 without)."""
+    return _past_outcomes(df, ctx, "past_mean", keys, days, output, count_output, "double")
+
+
+def _past_outcomes(
+    df: DataFrame,
+    ctx: TransformContext,
+    transform: str,
+    keys: list[str],
+    days: int,
+    output: str,
+    count_output: str | None,
+    value: str,
+) -> DataFrame:
+    """``past_rate`` and ``past_mean``: the mean of the known outcomes in the window (and their count)."""
     from pyspark.sql import functions as F
 
-    keys = _str_list("past_rate", "keys", keys)
-    _check_days(days, ctx.usecase)
-    _columns_exist("past_rate", "keys", keys, df)
-    output = _new_column("past_rate", "output", output, df)
+    keys = _str_list(transform, "keys", keys)
+    _check_days(days, ctx.usecase, transform)
+    _columns_exist(transform, "keys", keys, df)
+    output = _new_column(transform, "output", output, df)
+    counted = [] if count_output is None else [_new_column(transform, "count_output", count_output, df)]
     prediction = ctx.prediction_time_column
     queries = (
         df.select(*keys, F.col(prediction))
         .distinct()
         .select(*keys, F.unix_timestamp(F.col(prediction)).alias("_t"))
     )
-    history = _past_counts(_outcome_stream(df, ctx, keys), queries, keys, days).select(
+    history = _past_counts(_outcome_stream(df, ctx, keys, value), queries, keys, days).select(
         *keys,
         F.timestamp_seconds(F.col("_t")).alias(prediction),
         F.when(F.col("_h_n") > 0, F.col("_h_pos") / F.col("_h_n")).cast("double").alias(output),
+        *[F.coalesce(F.col("_h_n"), F.lit(0)).cast("double").alias(name) for name in counted],
     )
     # one row per (keys, prediction time): far smaller than the frame, so broadcast it instead of shuffling df
-    return df.join(F.broadcast(history), on=[*keys, prediction], how="left")
+    joined = df.join(F.broadcast(history), on=[*keys, prediction], how="left")
+    return joined.fillna(0.0, subset=counted) if counted else joined
 
 
 def _asof_observations(
@@ -513,11 +547,40 @@ def past_rate_lookup(
     return counts.select(ctx.day_column, *_lookup_rows(keys, values))
 
 
+def past_mean_lookup(
+    df: DataFrame,
+    ctx: TransformContext,
+    times: DataFrame,
+    *,
+    keys: list[str],
+    days: int,
+    output: str,
+    count_output: str | None = None,
+) -> DataFrame:
+    """Per key with outcomes, how many became known in the ``days`` before each day's prediction time and the
+    sum of their labels (the mean is sum / n)."""
+    from pyspark.sql import functions as F
+
+    keys = _str_list("past_mean", "keys", keys)
+    outcomes = _outcome_stream(df, ctx, keys, "double")
+    queries = (
+        outcomes.select(*keys)
+        .distinct()
+        .crossJoin(
+            times.select(ctx.day_column, F.unix_timestamp(F.col(ctx.prediction_time_column)).alias("_t"))
+        )
+    )
+    counts = _past_counts(outcomes, queries, keys, days).where(F.col("_h_n") > 0)
+    values = [F.col("_h_n").cast("long").alias("n"), F.col("_h_pos").cast("double").alias("sum")]
+    return counts.select(ctx.day_column, *_lookup_rows(keys, values))
+
+
 # A transform without a lookup here uses only the request record's own columns (calendar).
 LOOKUPS: dict[str, Callable[..., DataFrame]] = {
     "join_source": join_source_lookup,
     "asof_join": asof_join_lookup,
     "past_rate": past_rate_lookup,
+    "past_mean": past_mean_lookup,
 }
 
 
@@ -525,6 +588,7 @@ TRANSFORMS: dict[str, Callable[..., DataFrame]] = {
     "calendar": calendar,
     "join_source": join_source,
     "past_rate": past_rate,
+    "past_mean": past_mean,
     "asof_join": asof_join,
 }
 
@@ -549,8 +613,8 @@ def check_transforms(usecase: UseCase) -> None:
                 raise _fail(spec.name, name, f"required param is missing; params: {sorted(accepted)}")
         if "keys" in spec.params:
             _str_list(spec.name, "keys", spec.params["keys"])
-        if spec.name == "past_rate":
-            _check_days(spec.params["days"], usecase)
+        if spec.name in ("past_rate", "past_mean"):
+            _check_days(spec.params["days"], usecase, spec.name)
         if spec.name == "asof_join" and "max_age" in spec.params:
             _check_max_age(spec.params["max_age"], usecase)
         if spec.name in ("join_source", "asof_join"):

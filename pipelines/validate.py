@@ -143,7 +143,7 @@ def _transform_columns(usecase: UseCase, file: str) -> _Columns:
             columns.problem(
                 field,
                 "past_rate counts positive labels, and a regression's label is a value",
-                "remove it from a regression use case (past-outcome averages are not supported yet)",
+                "use past_mean (the mean of the past labels, with count_output for how many) instead",
             )
         params = spec.params
         source = params.get("source")
@@ -166,7 +166,7 @@ def _transform_columns(usecase: UseCase, file: str) -> _Columns:
             if source_columns is not None:
                 columns.need(f"{field}.params.columns", list(mapping), source_columns, f"source {source!r}")
             columns.add(f"{field}.params.columns", [str(v) for v in mapping.values()])
-        for param in ("output", "hour_output"):
+        for param in ("output", "hour_output", "count_output"):
             default = inspect.signature(TRANSFORMS[spec.name]).parameters.get(param)
             name = params.get(param, None if default is None else default.default)
             if isinstance(name, str):

@@ -55,6 +55,22 @@ def past_rate(
     return float(np.mean(rows)) if rows else np.nan
 
 
+def past_mean(
+    history: pd.DataFrame, keys: list[str], key_values: tuple, at: pd.Timestamp, days: int
+) -> tuple[float, int]:
+    """Mean label and count of the ``history`` rows (columns: keys, ``known_at``, ``label``) with these key values
+    whose outcome became known in [at - days, at)."""
+    rows = [
+        row["label"]
+        for _, row in history.iterrows()
+        if tuple(row[k] for k in keys) == key_values
+        and not pd.isna(row["label"])
+        and not pd.isna(row["known_at"])
+        and at - timedelta(days=days) <= row["known_at"] < at
+    ]
+    return (float(np.mean(rows)) if rows else np.nan), len(rows)
+
+
 def asof(
     observations: pd.DataFrame,
     keys: list[str],

@@ -428,3 +428,71 @@ def test_a_row_counts_only_once_it_has_arrived(parcels) -> None:
     assert known[10] == due + 2 * hour, "declared (due + 2 h) is later than its arrival"
     assert known[13] == at - minute, "arrived later than declared, before the prediction time"
     assert known[11] == at + minute and known[12] == at + 3 * hour, "arrived after the prediction time"
+
+
+def test_a_regression_gets_the_past_mean_and_count_of_its_label(parcels) -> None:
+    """A regression (hours late as the label) has no positives to count: ``past_mean`` gives the mean of the labels
+    known (declared and arrived) in the window and, with ``count_output``, how many there were (0 without). Spark
+    equals the pandas definition on random data, and the online function reproduces it from the snapshot."""
+    _, lake = parcels
+    declared = {
+        **{k: v for k, v in USECASE.items() if k != "decision"},  # a regression makes no yes/no decision
+        "target": {"column": "hours_late_label", "source_column": "hours_late", "kind": "regression"},
+        "features": {
+            **USECASE["features"],
+            "transforms": [
+                USECASE["features"]["transforms"][0],
+                {
+                    "name": "past_mean",
+                    "params": {
+                        "keys": ["depot"],
+                        "days": 2,
+                        "output": "depot_mean_late_2d",
+                        "count_output": "depot_outcomes_2d",
+                    },
+                },
+            ],
+            "numeric": ["weight", "depot_queue", "depot_mean_late_2d", "depot_outcomes_2d"],
+        },
+        "candidates": [{"name": "ridge", "family": "ridge"}],
+        "metrics": ["mae", "rmse"],
+        "gate": {
+            "primary_metric": "mae",
+            "absolute": {"mae": {"max": 10}},
+            "change": {"mae": {"min_delta": 0.1}},
+        },
+    }
+    path = Path(os.environ["MLOPS_CONFIG_DIR"]) / "usecases" / "parcel_late.yaml"
+    path.write_text(yaml.safe_dump(declared, sort_keys=False))
+    usecase = load_usecase("parcel_late")
+    assert usecase.task == "regression"
+    first = date(2024, 3, 27)
+    parcels_frame, deliveries, load = random_parcels(11, first, 5)
+    for source, frame in (("parcels", parcels_frame), ("deliveries", deliveries), ("depot_load", load)):
+        commit_by_local_date(lake, usecase, source, frame)
+
+    built = build(lake, usecase, first + timedelta(days=5)).sort_values("parcel_id").reset_index(drop=True)
+
+    delay = timedelta(seconds=usecase.time.outcome.delay_seconds)
+    late = dict(zip(deliveries["parcel_id"], deliveries["hours_late"], strict=True))
+    arrived = dict(zip(deliveries["parcel_id"], deliveries[ARRIVED_AT], strict=True))
+    history = parcels_frame.assign(label=[late.get(p, np.nan) for p in parcels_frame["parcel_id"]])
+    history["known_at"] = [
+        max(due + delay, arrived[pid], own) if not pd.isna(label) else pd.NaT
+        for pid, due, label, own in zip(
+            history["parcel_id"], history["due_at"], history["label"], history[ARRIVED_AT], strict=True
+        )
+    ]
+    expected = {
+        row.parcel_id: ref.past_mean(
+            history, ["depot"], (row.depot,), ref.prediction_time(row.due_at, usecase.time), 2
+        )
+        for row in parcels_frame.itertuples()
+    }
+    got_mean = built["depot_mean_late_2d"].astype(float).to_numpy()
+    want_mean = np.array([expected[p][0] for p in built["parcel_id"]])
+    assert np.allclose(got_mean, want_mean, equal_nan=True)
+    assert built["depot_outcomes_2d"].tolist() == [float(expected[p][1]) for p in built["parcel_id"]]
+    assert np.isfinite(want_mean).sum() > 50 and (built["depot_outcomes_2d"] == 0).any()
+    assert built["hours_late_label"].dropna().between(-20, 20).all(), "the label is the value itself"
+    assert assert_online_reproduces_features(lake, usecase, sorted(set(built["date"]))) == len(built)
