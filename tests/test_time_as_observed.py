@@ -1,5 +1,5 @@
 """Time as observed: ten days of the demo's files land when they would have arrived (the schedule at noon the day
-before, the weather ten minutes after each hourly observation, the outcomes the next morning), once day by day
+before, the weather every three hours, ten minutes after its last observation, the outcomes the next morning), once day by day
 through the DAGs (each landing's ingest, the evening's features) and once batched as the demo lands a month. The
 features a day had when it was predicted are the features training reads later, and the batched replay builds
 exactly what the day-by-day run built. Real Airflow (dag.test), real Spark, real Delta tables."""
@@ -7,7 +7,7 @@ exactly what the day-by-day run built. Real Airflow (dag.test), real Spark, real
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, date, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -132,30 +132,31 @@ def test_day_by_day_and_batched_replays_build_the_same_features(
 def test_an_observation_that_lands_after_the_prediction_time_is_not_used(
     demo_files, airflow_db, mlops_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The weather observed at 17:00 that landed at 18:30 (a late feed) is not a model input of the 18:00
-    prediction, whether the features are built at 18:00 or a week later."""
+    """The weather file of 15:00-17:00 that lands at 18:30 instead of 17:10 (a late feed) gives nothing to the
+    18:00 prediction, whether the features are built at 18:00 or a week later: the newest observation that had
+    landed by then is 14:00's, older than the as-of join's three hours, so the weather inputs are NULL."""
     usecase, deliveries = demo_files
     lake = _use_lake(monkeypatch, mlops_env / "late")
     runner = AirflowRunner(USECASE, mlops_env / "airflow.log")
     evening = date(2013, 1, 3)
     prediction = _local(evening, "18:00", usecase.time.timezone)
-    late = {f"weather_{(prediction - timedelta(hours=h)).astimezone(UTC):%Y-%m-%dT%H}Z.csv" for h in (1, 2)}
+    late = [item for item in deliveries if item.arrived_at == prediction - timedelta(minutes=50)]
+    assert [item.day for item in late] == [evening], "one weather file of 15:00-17:00, landing at 17:10"
     moved = [
-        replace(item, arrived_at=prediction + timedelta(minutes=30)) if item.name in late else item
+        replace(item, arrived_at=prediction + timedelta(minutes=30)) if item in late else item
         for item in deliveries
         if item.day <= date(2013, 1, 5)
     ]
-    assert sum(item.name in late for item in moved) == 2
     _land(lake, moved)
-    assert runner.run("ingest", _local(date(2013, 1, 9), "18:00", usecase.time.timezone)).state == "success"
-    assert runner.run("features", _local(date(2013, 1, 9), "18:00", usecase.time.timezone)).state == "success"
+    week_later = _local(date(2013, 1, 9), "18:00", usecase.time.timezone)
+    assert runner.run("ingest", week_later).state == "success"
+    assert runner.run("features", week_later).state == "success"
 
     built = lake.read_frame(features_table(USECASE), ["2013-01-04", "2013-01-05"]).set_index("date")
     weather = lake.read_frame(raw_table(USECASE, "weather"))
     taken = pd.to_datetime(weather["time_hour"], utc=True)
-    # the newest observation that had arrived by 18:00 is three hours old: the 15:00 one (max_age 3h)
-    fallback = weather[taken == pd.Timestamp(prediction - timedelta(hours=3))].set_index("origin")["temp"]
-    jan4 = built.loc["2013-01-04"].set_index("origin")["wx_temp"].groupby(level=0).first()
-    assert (jan4 == fallback.reindex(jan4.index)).all(), "the late 16:00 and 17:00 observations are not used"
-    # the next evening's prediction sees them (they had arrived by then, and the newer ones too)
+    assert (taken == pd.Timestamp(prediction - timedelta(hours=1))).sum() == 3, "17:00 is in the lake, late"
+    assert (taken == pd.Timestamp(prediction - timedelta(hours=4))).sum() == 3, "14:00 landed in time"
+    assert built.loc["2013-01-04", "wx_temp"].isna().all(), "nothing that had landed was fresh enough"
+    # the next evening's prediction sees the next day's weather, which landed in time
     assert built.loc["2013-01-05", "wx_temp"].notna().mean() > 0.9

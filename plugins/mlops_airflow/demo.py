@@ -2,8 +2,8 @@
 
 Files land as production would see them, each with the time it would have arrived (recorded as its arrival,
 which is all the features use): the schedule of day E (flights without their outcome) at noon the day before, six
-hours before E's prediction time (18:00 New York time the day before); the weather hour by hour, ten minutes after
-each observation; the outcomes of E (times, delays, cancellations) the next morning at 06:00; the planes table at
+hours before E's prediction time (18:00 New York time the day before); the weather every three hours, ten minutes
+after the last observation of each file; the outcomes of E (times, delays, cancellations) the next morning at 06:00; the planes table at
 noon on 2012-12-31. The replay runs one batch a month, at the month's last day L (logical dates in New York time):
 land the schedules predicted during the month (through L + 1), its weather and the outcomes that had arrived by
 then (through L - 1), each stamped with its own arrival; run ``<uc>_ingest``, ``<uc>_features``,
@@ -43,6 +43,10 @@ CORRUPT_FILE = ("flights", date(2013, 1, 15))  # truncated mid-row on purpose: m
 # morning after them, a weather observation a few minutes after it was taken
 SCHEDULE_ARRIVES = (-1, "12:00")  # (days after the event date, local clock time)
 OUTCOMES_ARRIVE = (1, "06:00")
+# The weather feed: a file every three local hours (00-02, ..., 15-17, ...), ten minutes after its last observation.
+# For an 18:00 prediction this is what an hourly feed gives (the 17:00 observation has landed at 17:10) with a third
+# of the files to ingest.
+WEATHER_FILE_HOURS = 3
 WEATHER_LAG = timedelta(minutes=10)
 
 
@@ -125,15 +129,16 @@ class DemoData:
         return [Delivery(day, name, content, at) for name, content in self.schedule_files(day).items()]
 
     def weather_deliveries(self, day: date) -> list[Delivery]:
-        """The weather of ``day`` hour by hour: one file per observation hour, arriving ten minutes after it."""
+        """The weather of ``day`` as the feed delivers it: a file per ``WEATHER_FILE_HOURS`` local hours, named
+        after its last observation (UTC) and arriving ``WEATHER_LAG`` after it."""
         import pandas as pd
 
         rows = self._rows(self.weather, day)
         deliveries = []
-        for hour, part in rows.groupby("time_hour", sort=True):
-            taken = pd.Timestamp(hour).to_pydatetime()
-            name = f"weather_{taken:%Y-%m-%dT%H}Z.csv"
-            deliveries.append(Delivery(day, name, part.to_csv(index=False).encode(), taken + WEATHER_LAG))
+        for _, part in rows.groupby(rows["hour"].astype(int) // WEATHER_FILE_HOURS, sort=True):
+            last = pd.Timestamp(part["time_hour"].max()).to_pydatetime()
+            name = f"weather_{last:%Y-%m-%dT%H}Z.csv"
+            deliveries.append(Delivery(day, name, part.to_csv(index=False).encode(), last + WEATHER_LAG))
         return deliveries
 
     def outcome_deliveries(self, day: date, timezone: str) -> list[Delivery]:
