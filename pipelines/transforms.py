@@ -531,20 +531,7 @@ def past_rate_lookup(
 ) -> DataFrame:
     """Per key with outcomes, how many became known in the ``days`` before each day's prediction time and how
     many of them were positive (the rate is positives / n)."""
-    from pyspark.sql import functions as F
-
-    keys = _str_list("past_rate", "keys", keys)
-    outcomes = _outcome_stream(df, ctx, keys)
-    queries = (
-        outcomes.select(*keys)
-        .distinct()
-        .crossJoin(
-            times.select(ctx.day_column, F.unix_timestamp(F.col(ctx.prediction_time_column)).alias("_t"))
-        )
-    )
-    counts = _past_counts(outcomes, queries, keys, days).where(F.col("_h_n") > 0)
-    values = [F.col("_h_n").cast("long").alias("n"), F.col("_h_pos").cast("long").alias("positives")]
-    return counts.select(ctx.day_column, *_lookup_rows(keys, values))
+    return _past_lookup(df, ctx, times, "past_rate", keys, days, "long", "positives")
 
 
 def past_mean_lookup(
@@ -559,10 +546,25 @@ def past_mean_lookup(
 ) -> DataFrame:
     """Per key with outcomes, how many became known in the ``days`` before each day's prediction time and the
     sum of their labels (the mean is sum / n)."""
+    return _past_lookup(df, ctx, times, "past_mean", keys, days, "double", "sum")
+
+
+def _past_lookup(
+    df: DataFrame,
+    ctx: TransformContext,
+    times: DataFrame,
+    transform: str,
+    keys: list[str],
+    days: int,
+    value: str,
+    total: str,
+) -> DataFrame:
+    """Per key with outcomes and day served: ``n`` outcomes known in the window before the day's prediction time
+    and ``total``, the sum of their labels as ``value`` (long or double)."""
     from pyspark.sql import functions as F
 
-    keys = _str_list("past_mean", "keys", keys)
-    outcomes = _outcome_stream(df, ctx, keys, "double")
+    keys = _str_list(transform, "keys", keys)
+    outcomes = _outcome_stream(df, ctx, keys, value)
     queries = (
         outcomes.select(*keys)
         .distinct()
@@ -571,7 +573,7 @@ def past_mean_lookup(
         )
     )
     counts = _past_counts(outcomes, queries, keys, days).where(F.col("_h_n") > 0)
-    values = [F.col("_h_n").cast("long").alias("n"), F.col("_h_pos").cast("double").alias("sum")]
+    values = [F.col("_h_n").cast("long").alias("n"), F.col("_h_pos").cast(value).alias(total)]
     return counts.select(ctx.day_column, *_lookup_rows(keys, values))
 
 

@@ -39,12 +39,12 @@ def label(has_outcome: bool, value: float | None, target: TargetSpec) -> float:
     return 1.0 if value > target.threshold else 0.0
 
 
-def past_rate(
+def _window_labels(
     history: pd.DataFrame, keys: list[str], key_values: tuple, at: pd.Timestamp, days: int
-) -> float:
-    """Mean label of the ``history`` rows (columns: keys, ``known_at``, ``label``) with these key values whose
+) -> list[float]:
+    """Labels of the ``history`` rows (columns: keys, ``known_at``, ``label``) with these key values whose
     outcome became known in [at - days, at)."""
-    rows = [
+    return [
         row["label"]
         for _, row in history.iterrows()
         if tuple(row[k] for k in keys) == key_values
@@ -52,22 +52,21 @@ def past_rate(
         and not pd.isna(row["known_at"])
         and at - timedelta(days=days) <= row["known_at"] < at
     ]
+
+
+def past_rate(
+    history: pd.DataFrame, keys: list[str], key_values: tuple, at: pd.Timestamp, days: int
+) -> float:
+    """Mean 0/1 label of the outcomes with these key values known in [at - days, at)."""
+    rows = _window_labels(history, keys, key_values, at, days)
     return float(np.mean(rows)) if rows else np.nan
 
 
 def past_mean(
     history: pd.DataFrame, keys: list[str], key_values: tuple, at: pd.Timestamp, days: int
 ) -> tuple[float, int]:
-    """Mean label and count of the ``history`` rows (columns: keys, ``known_at``, ``label``) with these key values
-    whose outcome became known in [at - days, at)."""
-    rows = [
-        row["label"]
-        for _, row in history.iterrows()
-        if tuple(row[k] for k in keys) == key_values
-        and not pd.isna(row["label"])
-        and not pd.isna(row["known_at"])
-        and at - timedelta(days=days) <= row["known_at"] < at
-    ]
+    """Mean label and count of the outcomes with these key values known in [at - days, at)."""
+    rows = _window_labels(history, keys, key_values, at, days)
     return (float(np.mean(rows)) if rows else np.nan), len(rows)
 
 
