@@ -810,7 +810,12 @@ def test_regression_family_learns_and_round_trips_through_mlflow(family, transfo
 
     def frame(days: range, rows: int) -> tuple[pd.DataFrame, np.ndarray]:
         data = pd.concat([synthetic_day(fast_usecase(), START + timedelta(days=i), rows) for i in days])
-        X = model_inputs(usecase, data.reset_index(drop=True), "test rows")
+        # the regression's own past-mean inputs, which the classification's synthetic days lack: noise here
+        data = data.reset_index(drop=True).assign(
+            carrier_mean_delay_7d=rng.normal(5, 10, len(data)),
+            carrier_outcomes_7d=rng.integers(0, 300, len(data)).astype(float),
+        )
+        X = model_inputs(usecase, data, "test rows")
         signal = (
             2.0 * X["distance"].fillna(1000) / 1000
             + 0.2 * X["dep_hour"].fillna(12)
