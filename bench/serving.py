@@ -235,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                 str(ours_port),
                 "--workers",
                 str(args.workers),
+                "--max-snapshot-age",  # the demo's snapshots are of 2013: years old by the wall clock
+                "off",
                 *(["--no-capture"] if args.no_capture else []),
             ],
             env=env,

@@ -9,9 +9,12 @@ observed, the outcome counts of a ``past_rate`` known before P). Row-local trans
 lookup. :func:`feature_columns_of` applies them to request records (rows shaped like the primary source),
 column by column; a test checks that it reproduces the Spark features of the events of a day.
 
-A request at time ``at`` uses the snapshot of :func:`snapshot_day_for` (the newest prediction time at or before
-``at``); as-of values older than ``max_age`` at ``at`` are dropped, past rates are those of the snapshot's
-prediction time.
+A request at time ``at`` uses the snapshot of :func:`snapshot_day_for` (the newest prediction time P at or before
+``at``) and gets the features a prediction at P had, whatever the hour: as-of values are fresh when observed within
+``max_age`` before P (not before ``at``), past rates are those of P, and the features' prediction time is P. So every
+input is the one training and batch scoring computed for a prediction at P: an as-of input is NULL only where
+training would also have had NULL (dropping values older than ``max_age`` at ``at`` made the weather of a flight
+NULL 21 hours of 24 with a daily snapshot, a pattern no model was trained on).
 """
 
 from __future__ import annotations
@@ -271,13 +274,6 @@ def local_calendar(times: Any, timezone: str) -> tuple[np.ndarray, np.ndarray, n
     )
 
 
-def _per_row(data: Columns, keys: list[str], value_of: Callable[[tuple[Any, ...]], Any]) -> list[Any]:
-    """``value_of(key)`` for every row's key tuple, computed once per distinct key (a batch shares few)."""
-    tuples = _key_tuples(data, keys)
-    known = {key: value_of(key) for key in set(tuples)}
-    return list(map(known.__getitem__, tuples))
-
-
 def _set_outputs(data: Columns, outputs: list[str], per_row: list[tuple[Any, ...]]) -> None:
     """Store per-row tuples of output values as one list per output column."""
     transposed = list(zip(*per_row, strict=True)) if per_row else [() for _ in outputs]
@@ -319,16 +315,19 @@ def _asof_join(
     time: str | None = None,
     max_age: str = "24h",
 ) -> None:
-
-    oldest = at - timedelta(seconds=parse_duration(max_age, "max_age"))
-    outputs = list(columns.values())
-
-    def values_of(key: tuple[Any, ...]) -> tuple[Any, ...]:
-        item = lookup.get(key)
-        fresh = item is not None and item[1] is not None and oldest <= item[1] <= at
-        return tuple(item[0].get(output) if fresh else None for output in outputs)
-
-    _set_outputs(data, outputs, _per_row(data, keys, values_of))
+    """The last observation per key if it was taken within ``max_age`` before ``at``, the snapshot's prediction
+    time (the window training used), else NULLs; the fresh values are tabled once per snapshot."""
+    outputs = tuple(columns.values())
+    table = derived.get(outputs)
+    if table is None:
+        oldest = at - timedelta(seconds=parse_duration(max_age, "max_age"))
+        table = derived[outputs] = {
+            key: tuple(values.get(o) for o in outputs)
+            for key, (values, observed) in lookup.items()
+            if observed is not None and oldest <= observed <= at
+        }
+    tuples = _key_tuples(data, keys)
+    _set_outputs(data, list(outputs), list(map(table.get, tuples, itertools.repeat((None,) * len(outputs)))))
 
 
 def _past_rate(
@@ -392,28 +391,35 @@ def feature_columns_of(
     at: Any = None,
 ) -> Columns:
     """The records' columns (primary source, typed) with their prediction time and every feature output,
-    computed from ``snapshot`` as of ``at`` (default: the snapshot's prediction time, as batch scoring uses it).
-    The one function batch scoring and the service compute features with."""
+    computed from ``snapshot`` as of its prediction time P: a request at ``at`` (default P; at or after P, the
+    snapshot being the one of :func:`snapshot_day_for`) gets exactly the features batch scoring and training
+    computed for a prediction at P, and its ``prediction_time`` column is P. The one function batch scoring and
+    the service compute features with."""
     import numpy as np
     import pandas as pd
 
-    at = snapshot.prediction_time if at is None else pd.Timestamp(at)
-    at = at.tz_localize("UTC") if at.tzinfo is None else at.tz_convert("UTC")
-    if at < snapshot.prediction_time:
-        raise ValueError(
-            f"the snapshot of {snapshot.day} was made at {snapshot.prediction_time}, after the request time {at}; "
-            "use the snapshot of snapshot_day_for(at)"
-        )
+    made = snapshot.prediction_time
+    made = made.tz_localize("UTC") if made.tzinfo is None else made.tz_convert("UTC")
+    if at is not None:
+        at = pd.Timestamp(at)
+        at = at.tz_localize("UTC") if at.tzinfo is None else at.tz_convert("UTC")
+        if at < made:
+            raise ValueError(
+                f"the snapshot of {snapshot.day} was made at {made}, after the request time {at}; "
+                "use the snapshot of snapshot_day_for(at)"
+            )
     columns = request_columns(usecase, records)
     rows = len(next(iter(columns.values())))
-    columns[PREDICTION_TIME] = pd.DatetimeIndex(np.full(rows, at.tz_localize(None).to_datetime64()), tz="UTC")
+    columns[PREDICTION_TIME] = pd.DatetimeIndex(
+        np.full(rows, made.tz_localize(None).to_datetime64()), tz="UTC"
+    )
     for index, spec in enumerate(usecase.features.transforms):
         if spec.name not in ONLINE_TRANSFORMS:
             raise ValueError(f"transform {spec.name!r} has no online implementation in pipelines.online")
         name = lookup_name(index, spec.name)
         derived = snapshot.derived.setdefault(name, {})
         ONLINE_TRANSFORMS[spec.name](
-            columns, usecase, snapshot.lookups.get(name, {}), at, derived, **spec.params
+            columns, usecase, snapshot.lookups.get(name, {}), made, derived, **spec.params
         )
     return columns
 

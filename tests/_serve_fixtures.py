@@ -218,11 +218,13 @@ def feature_frame(usecase: UseCase, day: date, rows: int, seed: int) -> pd.DataF
     return synthetic_day(usecase, day, rows, seed)[0]
 
 
-def write_features(env: ServeEnv, days: list[date], rows: int = 40) -> dict[str, pd.DataFrame]:
+def write_features(
+    env: ServeEnv, days: list[date], rows: int = 40, config_hash: str | None = None
+) -> dict[str, pd.DataFrame]:
     """Commit one synthetic feature partition per day (one commit), and, as the features step does, the online
     snapshot of those days and the schedule rows (raw ``flights``) they were built from; returns the feature
-    frames by ISO date."""
-    from pipelines.steps.features import features_config_hash
+    frames by ISO date. ``config_hash``: the features config hash their facts record (default: the use case's)."""
+    from pipelines.feature_identity import features_config_hash
 
     uc = env.usecase.name
     frames, facts, records, lookups = {}, {}, [], []
@@ -239,7 +241,7 @@ def write_features(env: ServeEnv, days: list[date], rows: int = 40) -> dict[str,
             "inputs": {"flights": {day.isoformat(): f"hash-{day}"}},
             "inputs_fingerprint": f"fp-{day.isoformat()}",
             "raw_versions": {raw_table(uc, "flights"): raw.version},
-            "config_hash": features_config_hash(env.usecase),
+            "config_hash": config_hash or features_config_hash(env.usecase),
         }
     commit = env.lake.write_partitions(
         features_table(uc), pd.concat(frames.values(), ignore_index=True), read_version=LATEST, facts=facts

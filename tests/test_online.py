@@ -103,13 +103,20 @@ def test_features_of_a_request_from_the_snapshot(usecase) -> None:
     assert np.isnan(inputs.loc[0, "origin_delay_rate_1d"])
 
 
-def test_a_later_request_drops_observations_older_than_max_age(usecase) -> None:
+def test_a_request_at_any_hour_gets_the_features_of_the_snapshots_prediction_time(usecase) -> None:
+    """max_age counts back from the snapshot's prediction time, as training's features do, not from the
+    request: the weather observed at 17:00 for an 18:00 prediction is every later request's weather (it was
+    NULL for requests after 20:00 before); an observation older than max_age at 18:00 is NULL at every hour."""
     at = new_york("2013-03-04 18:00")
-    fresh = feature_frame(usecase, [flight()], snapshot(at), at=at + pd.Timedelta(hours=2))
-    assert fresh.loc[0, "wx_temp"] == 41.0  # observed at 17:00, 3 hours before 20:00
-    stale = feature_frame(usecase, [flight()], snapshot(at), at=at + pd.Timedelta(hours=2, minutes=1))
-    assert pd.isna(stale.loc[0, "wx_temp"]), "observed 3 h 1 min before the request: older than max_age 3h"
-    assert stale.loc[0, "route_delay_rate_28d"] == 0.25, "past rates are those of the snapshot's time"
+    expected = feature_frame(usecase, [flight()], snapshot(at))
+    for hours in (0, 2, 2.02, 6, 12, 16, 23.9):
+        later = feature_frame(usecase, [flight()], snapshot(at), at=at + pd.Timedelta(hours=hours))
+        pd.testing.assert_frame_equal(later, expected)
+    assert expected.loc[0, "wx_temp"] == 41.0 and expected.loc[0, "prediction_time"] == at
+    assert expected.loc[0, "route_delay_rate_28d"] == 0.25, "past rates are those of the snapshot's time"
+    old = snapshot(at)
+    old.lookups["1:asof_join"][("EWR",)] = ({"wx_temp": 41.0}, at - pd.Timedelta(hours=3, minutes=1))
+    assert pd.isna(feature_frame(usecase, [flight()], old, at=at).loc[0, "wx_temp"]), "3 h 1 min before P"
     with pytest.raises(ValueError, match="after the request time"):
         feature_frame(usecase, [flight()], snapshot(at), at=at - pd.Timedelta(minutes=1))
 

@@ -60,11 +60,18 @@ def _at(env: ServeEnv, day: date) -> str:
     return env.usecase.time.prediction_time_of(day).isoformat()
 
 
-def _service(env: ServeEnv, **settings):
+def _clock(env: ServeEnv, hours_after: float = 1.0):
+    """A service clock stopped ``hours_after`` the prediction time of DAY's snapshot (the data are of 2013: by
+    the wall clock every snapshot is years old, past serving.max_snapshot_age)."""
+    now = env.usecase.time.prediction_time_of(DAY) + timedelta(hours=hours_after)
+    return lambda: now
+
+
+def _service(env: ServeEnv, clock=None, **settings):
     from pipelines.serving.service import ServeSettings, Service
 
     options = {"api_keys": KEYS, "refresh_s": 0.0, **settings}
-    service = Service(env.usecase, env.lake, ServeSettings(**options))
+    service = Service(env.usecase, env.lake, ServeSettings(**options), clock=clock or _clock(env))
     service.start()
     return service
 
@@ -136,6 +143,166 @@ def test_a_day_scored_over_http_equals_the_batch_scorer(api) -> None:
     records = _records(api.env, DAY)
     one = _post(api, {"record": records[0], "at": _at(api.env, DAY)}).json()["predictions"]
     assert one[0]["probability"] == pytest.approx(answer["predictions"][0]["probability"], abs=1e-12)
+
+
+HOURS = ("18:00 before", "20:00 before", "00:00", "06:00", "10:00", "14:00")  # local times (New York)
+WEATHER = ["wx_temp", "wx_humid", "wx_wind_speed", "wx_precip", "wx_visib", "wx_pressure"]
+
+
+def _local(env: ServeEnv, hour: str) -> pd.Timestamp:
+    clock, _, before = hour.partition(" ")
+    day = DAY - timedelta(days=1) if before else DAY
+    return pd.Timestamp(f"{day.isoformat()} {clock}", tz=env.usecase.time.timezone).tz_convert("UTC")
+
+
+def test_http_equals_the_batch_scorer_at_six_hours_of_the_day(api, monkeypatch) -> None:
+    """Requests at six hours from the prediction time (18:00 the evening before) to the next afternoon get the
+    batch scorer's probabilities to 1e-9, and their model inputs are the features table's (what training reads):
+    an as-of input is NULL only where it is NULL there. Before, the weather observed an hour before the
+    prediction time was dropped for requests over max_age (3h) after it: NULL at 00:00, 06:00, 10:00, 14:00."""
+    from pipelines.lake import features_table
+
+    env = api.env
+    monkeypatch.setattr(api.service.capture, "flush_s", 3600.0)  # this test flushes, not the capture thread
+    _step("score", DAY - timedelta(days=1))  # on March 9 the flights of March 10 are scored
+    batch = env.lake.read_frame(predictions_table(USECASE), [DAY.isoformat()])
+    batch = batch[batch["model_version"].astype(str) == api.version]
+    keys = [k for k in env.usecase.features.keys if k != "date"]
+    records = _records(env, DAY)
+    features = env.lake.read_frame(features_table(USECASE), [DAY.isoformat()])
+    expected = (
+        pd.DataFrame(records)[keys]
+        .merge(batch[[*keys, "probability"]], on=keys, how="left", validate="one_to_one")
+        .merge(
+            features[[*keys, *[c for c in feature_columns(env.usecase) if c not in keys]]],
+            on=keys,
+            how="left",
+            validate="one_to_one",
+        )
+    )
+    assert len(records) == len(expected) == 40 and expected["probability"].notna().all()
+    assert expected[WEATHER].notna().any().all(), "the fixture's features have weather"
+    prediction_time = pd.Timestamp(env.usecase.time.prediction_time_of(DAY))
+    answers = {}
+    for hour in HOURS:
+        at = _local(env, hour)
+        monkeypatch.setattr(api.service, "clock", lambda at=at: at.to_pydatetime())
+        response = _post(api, {"records": records, "at": at.isoformat()})
+        assert response.status_code == 200, (hour, response.text)
+        answer = answers[hour] = response.json()
+        assert answer["snapshot"]["day"] == DAY.isoformat(), hour
+        assert pd.Timestamp(answer["prediction_time"]) == at, "the request's own time is what it records"
+        np.testing.assert_allclose(
+            [p["probability"] for p in answer["predictions"]],
+            expected["probability"],
+            rtol=0,
+            atol=1e-9,
+            err_msg=f"HTTP at {hour} differs from the batch scorer",
+        )
+        assert api.client.get("/ready").status_code == 200, hour
+    assert (_local(env, HOURS[0]) - prediction_time) == pd.Timedelta(0)
+    # 20 clock hours, 19 elapsed: New York moves to summer time in the night of March 10, 2013
+    assert (_local(env, HOURS[-1]) - prediction_time) == pd.Timedelta(hours=19)
+
+    api.service.capture.flush()
+    captured = env.lake.read_frame(captures_table(USECASE), [DAY.isoformat()])
+    for hour, answer in answers.items():
+        mine = captured[captured["request_id"] == answer["request_id"]].sort_values("row")
+        assert len(mine) == 40, hour
+        assert (pd.to_datetime(mine["prediction_time"], utc=True) == _local(env, hour)).all()
+        inputs = pd.DataFrame(list(mine["model_inputs"]))
+        for column in feature_columns(env.usecase):
+            got, want = inputs[column].to_numpy(), expected[column].to_numpy()
+            if column in env.usecase.features.categorical:
+                assert got.tolist() == want.tolist(), (hour, column)
+            else:  # NULL exactly where the features table has NULL
+                np.testing.assert_array_equal(
+                    np.isnan(got.astype(float)), np.isnan(want.astype(float)), err_msg=f"{hour} {column}"
+                )
+                # (a record's distance went through JSON with 10 decimals: equal to 1e-12, relatively)
+                np.testing.assert_allclose(got.astype(float), want.astype(float), rtol=1e-12, atol=0)
+        assert inputs[WEATHER].notna().any().all(), f"the weather is known at {hour}"
+
+
+def test_a_snapshot_of_another_features_config_is_refused(serve_env: ServeEnv) -> None:
+    """The champion's version records the features config it was trained with; a snapshot built with another
+    makes /ready 503 naming both hashes and the fix, and every prediction 503; rebuilt with the champion's
+    config, it serves. A version registered before the tag existed serves, with a warning in /ready."""
+    from mlflow import MlflowClient
+
+    from pipelines.feature_identity import FEATURES_CONFIG_TAG, features_config_hash
+    from pipelines.serving.app import create_app
+
+    version = _champion_from(serve_env, TRAINED_ON)
+    trained_with = features_config_hash(serve_env.usecase)
+    tags = MlflowClient().get_model_version(USECASE, version).tags
+    assert tags[FEATURES_CONFIG_TAG] == trained_with
+    other = "0123456789abcdef"
+    write_features(serve_env, [DAY], rows=10, config_hash=other)
+    record = _records(serve_env, DAY)[0]
+    service = _service(serve_env, capture=False)
+    with TestClient(create_app(service)) as client:
+        ready = client.get("/ready")
+        assert ready.status_code == 503
+        state = ready.json()
+        assert not state["ready"] and state["snapshot"]["features_config_hash"] == other
+        [reason] = state["reasons"]
+        assert other in reason and trained_with in reason and "--rebuild" in reason and "retrain" in reason
+        assert client.get("/v2/health/ready").status_code == 503
+        assert client.get(f"/v2/models/{USECASE}/ready").status_code == 503
+        for path, body in (
+            (PREDICT, {"record": record, "at": _at(serve_env, DAY)}),
+            ("/invocations", {"dataframe_records": [record], "params": {"at": _at(serve_env, DAY)}}),
+        ):
+            refused = client.post(path, json=body, headers=AUTH)
+            assert refused.status_code == 503, refused.text
+            assert other in refused.json()["detail"] and trained_with in refused.json()["detail"]
+        assert 'mlops_serve_errors_total{kind="not_ready"} 2.0' in client.get("/metrics").text
+
+        write_features(serve_env, [DAY], rows=10)  # rebuilt with the champion's features config
+        assert service.snapshots.refresh()
+        assert client.get("/ready").status_code == 200
+        answer = client.post(PREDICT, json={"record": record, "at": _at(serve_env, DAY)}, headers=AUTH)
+        assert answer.status_code == 200, answer.text
+    service.stop()
+
+    MlflowClient().delete_model_version_tag(USECASE, version, FEATURES_CONFIG_TAG)  # as registered before
+    write_features(serve_env, [DAY], rows=10, config_hash=other)
+    legacy = _service(serve_env, capture=False)
+    with TestClient(create_app(legacy)) as client:
+        ready = client.get("/ready")
+        assert ready.status_code == 200, ready.text
+        assert any("no features_config_hash tag" in w for w in ready.json()["warnings"])
+        answer = client.post(PREDICT, json={"record": record, "at": _at(serve_env, DAY)}, headers=AUTH)
+        assert answer.status_code == 200, answer.text
+    legacy.stop()
+
+
+def test_a_stale_snapshot_makes_the_service_unready(api, monkeypatch) -> None:
+    """Past serving.max_snapshot_age (36h by default) from the newest snapshot's prediction time, /ready and
+    /v2/health/ready answer 503 naming the age, the limit and the fix; the age is exported as a gauge."""
+    from pipelines.serving.service import max_snapshot_age_seconds
+
+    limit = api.env.usecase.serving.max_snapshot_age_seconds
+    assert limit == 36 * 3600 == api.service.max_snapshot_age_s
+    assert max_snapshot_age_seconds(api.env.usecase, "off") is None
+    assert max_snapshot_age_seconds(api.env.usecase, "2d") == 2 * 86400
+    made = api.env.usecase.time.prediction_time_of(DAY)
+    monkeypatch.setattr(api.service, "clock", lambda: made + timedelta(hours=36))
+    assert api.client.get("/ready").status_code == 200, "at the limit: ready"
+    assert "mlops_serve_snapshot_age_seconds 129600.0" in api.client.get("/metrics").text
+    monkeypatch.setattr(api.service, "clock", lambda: made + timedelta(hours=36, seconds=1))
+    ready = api.client.get("/ready")
+    assert ready.status_code == 503
+    [reason] = ready.json()["reasons"]
+    assert "36h00m old" in reason and "limit of 36h00m" in reason and "python -m pipelines features" in reason
+    assert ready.json()["snapshot"]["age_seconds"] == 36 * 3600 + 1
+    assert api.client.get("/v2/health/ready").status_code == 503
+    metrics = api.client.get("/metrics").text
+    assert "mlops_serve_snapshot_age_seconds 129601.0" in metrics
+    assert "mlops_serve_snapshot_max_age_seconds 129600.0" in metrics
+    monkeypatch.setattr(api.service, "max_snapshot_age_s", None)  # --max-snapshot-age off
+    assert api.client.get("/ready").status_code == 200
 
 
 def test_a_keras_champion_over_http_equals_the_batch_scorer(serve_env: ServeEnv) -> None:
@@ -390,7 +557,13 @@ def test_api_keys_body_size_and_batch_count(api, tmp_path: Path, monkeypatch) ->
     from pipelines.serving.service import Service
 
     limited = Service(
-        env.usecase, env.lake, small, slots=api.service.slots, snapshots=api.service.snapshots, capture=None
+        env.usecase,
+        env.lake,
+        small,
+        slots=api.service.slots,
+        snapshots=api.service.snapshots,
+        capture=None,
+        clock=api.service.clock,
     )
     with TestClient(create_app(limited)) as client:
         too_big = client.post(PREDICT, json={"records": [record] * 20, "at": body["at"]}, headers=AUTH)
@@ -611,6 +784,10 @@ def test_a_server_stopped_by_sigterm_flushes_its_capture_and_removes_its_model_f
     env = {**os.environ, "MLOPS_API_KEYS": ",".join(sorted(KEYS)), "TMPDIR": str(temp)}
     log = (tmp_path / "serve.log").open("w")
     command = [sys.executable, "-m", "pipelines", "serve", "--usecase", USECASE, "--port", str(port)]
+    command += [
+        "--max-snapshot-age",
+        "off",
+    ]  # the data are of 2013: the wall clock finds every snapshot stale
     server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180

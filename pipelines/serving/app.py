@@ -5,8 +5,13 @@
   ``inputs``; ``{"predictions": [...]}``), the records being raw records as above;
 - the Open Inference Protocol (KServe V2) with the pandas codec: ``/v2/health/live``, ``/v2/health/ready``,
   ``/v2/models/{name}``, ``/v2/models/{name}/ready``, ``POST /v2/models/{name}/infer``;
-- ``/health`` (alive), ``/ready`` (a verified champion and a snapshot loaded; 503 otherwise), ``/metrics``
-  (Prometheus) and the OpenAPI document (``/openapi.json``, ``/docs``).
+- ``/health`` (alive), ``/ready`` (a verified champion and a snapshot loaded, the snapshot built with the
+  champion's features config and not older than ``serving.max_snapshot_age``; 503 otherwise, with the reasons),
+  ``/metrics`` (Prometheus) and the OpenAPI document (``/openapi.json``, ``/docs``).
+
+A request at any hour gets the features of the newest snapshot made at or before its ``at``, as of that snapshot's
+prediction time (pipelines.online): the inputs batch scoring and training computed. A request whose snapshot was
+built with another features config than the answering model's gets 503.
 
 Client mistakes never get a 5xx: a field that breaks the use case's schema 422 naming it, a body over
 ``max_body_bytes`` or a batch over ``max_batch_records`` 413, a missing or wrong API key 401 (``X-API-Key`` or
@@ -431,7 +436,11 @@ def create_app(service: Service, *, keys: ApiKeys | None = None) -> FastAPI:
     def health() -> dict[str, str]:
         return {"status": "alive"}
 
-    @app.get("/ready", tags=["operations"], summary="a verified champion and a feature snapshot are loaded")
+    @app.get(
+        "/ready",
+        tags=["operations"],
+        summary="a verified champion and a fresh feature snapshot of its features config are loaded",
+    )
     def ready() -> JSONResponse:
         state = service.readiness()
         return JSONResponse(_plain(state), status_code=200 if state["ready"] else 503)

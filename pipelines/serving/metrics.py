@@ -7,8 +7,6 @@ feature snapshot, capture (written, dropped, failed, queued) and shadow scoring 
 
 from __future__ import annotations
 
-import time
-from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -68,13 +66,18 @@ class _ServiceState:
             "versions that failed to load or verify",
             value=service.slots.reload_failures,
         )
-        newest = service.snapshots.newest()
-        if newest is not None:
-            made = service.usecase.time.prediction_time_of(date.fromisoformat(newest))
+        age = service.snapshot_age_seconds()
+        if age is not None:
             yield GaugeMetricFamily(
                 "mlops_serve_snapshot_age_seconds",
                 "seconds since the newest online feature snapshot's prediction time",
-                value=time.time() - made.timestamp(),
+                value=age,
+            )
+        if service.max_snapshot_age_s is not None:
+            yield GaugeMetricFamily(
+                "mlops_serve_snapshot_max_age_seconds",
+                "the snapshot age past which the service is not ready (serving.max_snapshot_age)",
+                value=float(service.max_snapshot_age_s),
             )
         yield GaugeMetricFamily(
             "mlops_serve_snapshot_table_version",

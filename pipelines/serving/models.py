@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import UseCase
+from pipelines.feature_identity import FEATURES_CONFIG_TAG
 from pipelines.tracking import (
     CHALLENGER_ALIAS,
     CHAMPION_ALIAS,
@@ -57,6 +58,8 @@ class ServedModel:
     score: Callable[[Mapping[str, Any]], Any]
     runtime: str
     single_record: SingleRecordScorer | None = None
+    # the features config hash it was trained with (tag features_config_hash; None: registered before the tag)
+    features_config: str | None = None
 
     def scores(self, inputs: Mapping[str, Any], rows: int) -> tuple[Any, str]:
         """(scores of model-input columns, the runtime that made them): the single-record scorer for one row
@@ -75,6 +78,7 @@ class ServedModel:
             "decision_threshold": self.threshold,
             "runtime": self.runtime,
             "single_record": None if self.single_record is None else self.single_record.describe(),
+            "features_config_hash": self.features_config,
         }
 
     def release(self) -> None:
@@ -266,6 +270,7 @@ def load_verified(usecase: UseCase, version: Any, alias: str) -> ServedModel:
             score=score,
             runtime=runtime,
             single_record=single,
+            features_config=(version.tags or {}).get(FEATURES_CONFIG_TAG) or None,
         )
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)

@@ -55,14 +55,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=10.0,
         help="how often the registry aliases and the snapshot table are checked (default 10)",
     )
+    parser.add_argument(
+        "--max-snapshot-age",
+        default=None,
+        metavar="DURATION",
+        help="unready (503 on /ready) when the newest feature snapshot's prediction time is longer ago than this "
+        "(e.g. 36h; 'off': no limit, for a replay of old data); default: the use case's serving.max_snapshot_age",
+    )
 
 
 def settings_from(args: argparse.Namespace) -> Any:
+    from pipelines.config import parse_duration
     from pipelines.serving.app import ApiKeys
-    from pipelines.serving.service import ServeSettings
+    from pipelines.serving.service import NO_AGE_LIMIT, ServeSettings
 
     if not 0.0 <= args.challenger_share <= 1.0:
         raise SystemExit(f"--challenger-share {args.challenger_share}: a share between 0 and 1 is expected")
+    max_age = getattr(args, "max_snapshot_age", None)
+    if max_age is not None and str(max_age).strip().lower() not in NO_AGE_LIMIT:
+        try:
+            parse_duration(max_age, "--max-snapshot-age")
+        except ValueError as exc:
+            raise SystemExit(f"mlops serve: {exc} (or 'off')") from None
     keys = ApiKeys.from_environment()
     if not args.no_auth and not keys.configured():
         raise SystemExit(
@@ -79,6 +93,7 @@ def settings_from(args: argparse.Namespace) -> Any:
         api_keys=keys.fixed,
         api_keys_file=str(keys.path) if keys.path else None,
         auth=not args.no_auth,
+        max_snapshot_age=max_age,
     )
 
 

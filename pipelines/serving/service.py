@@ -5,13 +5,20 @@ Routing: with ``challenger_share`` s in (0, 1], s of the requests (exactly, spre
 challenger when floor((n+1)s) > floor(ns)) are answered by the challenger when one is served; with ``shadow``,
 every request answered by the champion is also scored by the challenger off the request path, captured with
 ``shadow = true`` and never returned.
+
+What is served is checked (:meth:`Service.readiness`, and every request): a version answers only from a snapshot
+built with the features config it was trained with (the model version's ``features_config_hash`` tag against the
+snapshot date's ``config_hash`` fact), else the request gets 503 and ``/ready`` says which hashes differ and what to
+rebuild; a version registered before the tag existed is served, with a warning in ``/ready``. The service is also
+unready when its newest snapshot's prediction time is older than ``serving.max_snapshot_age`` of the use case
+(``--max-snapshot-age``), by the service's clock: the features step has stopped publishing snapshots.
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.config import UseCase
+from pipelines.config import UseCase, parse_duration
 from pipelines.lake import Lake, arrow_type
 from pipelines.model_inputs import SMALL_BATCH, model_input_columns
 from pipelines.online import feature_columns_of
@@ -47,6 +54,9 @@ class ServeSettings:
     api_keys_file: str | None = None
     auth: bool = True
     shadow_queue: int = 64
+    # the oldest newest snapshot that keeps the service ready (a duration such as 36h; "off": no limit);
+    # None: the use case's serving.max_snapshot_age
+    max_snapshot_age: str | None = None
 
 
 @dataclass
@@ -131,6 +141,24 @@ def _utc(value: datetime | None, default: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+NO_AGE_LIMIT = ("off", "none", "0")
+
+
+def max_snapshot_age_seconds(usecase: UseCase, setting: str | None) -> int | None:
+    """The age limit of the newest snapshot in seconds (None: no limit): ``setting`` (a duration, or one of
+    :data:`NO_AGE_LIMIT`), else the use case's ``serving.max_snapshot_age``."""
+    if setting is None:
+        return usecase.serving.max_snapshot_age_seconds
+    if str(setting).strip().lower() in NO_AGE_LIMIT:
+        return None
+    return parse_duration(setting, "--max-snapshot-age")
+
+
+def _duration(seconds: float) -> str:
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours}h{rest // 60:02d}m"
+
+
 class Service:
     """Everything one serving process holds: the use case, the lake, the model slots, snapshots and capture."""
 
@@ -143,8 +171,11 @@ class Service:
         slots: ModelSlots | None = None,
         snapshots: SnapshotCache | None = None,
         capture: CaptureWriter | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.usecase, self.lake, self.settings = usecase, lake, settings
+        self.clock = clock or (lambda: datetime.now(UTC))  # the time that judges a snapshot's age
+        self.max_snapshot_age_s = max_snapshot_age_seconds(usecase, settings.max_snapshot_age)
         wants_challenger = settings.challenger_share > 0 or settings.shadow
         self.slots = slots or ModelSlots(usecase, challenger=wants_challenger)
         self.snapshots = snapshots or SnapshotCache(lake, usecase)
@@ -192,19 +223,98 @@ class Service:
         if self.capture is not None:
             self.capture.close()
 
+    def snapshot_age_seconds(self) -> float | None:
+        """Seconds from the newest snapshot's prediction time to now (the service's clock); None: no snapshot."""
+        newest = self.snapshots.newest()
+        if newest is None:
+            return None
+        return (self.clock() - self.snapshots.prediction_time(newest)).total_seconds()
+
+    def features_config_problem(self, served: ServedModel, day: str) -> str | None:
+        """Why ``served`` may not answer from the snapshot of ``day`` (built with other features than it was
+        trained with), or None. A version without the tag (registered before it existed) is not refused."""
+        wanted = served.features_config
+        built_with = self.snapshots.config_hash(day)
+        if wanted is None or built_with == wanted:
+            return None
+        name = self.usecase.name
+        built = (
+            "records no features config hash"
+            if built_with is None
+            else f"was built with features config {built_with}"
+        )
+        return (
+            f"the online feature snapshot of {day} (features_online/{name}, table version "
+            f"{self.snapshots.version}) {built}, but version {served.version} "
+            f"({served.alias}) of {name!r} was trained with features config {wanted}: its inputs would not be "
+            "the features it learned from. Rebuild the features with the config the model was trained with "
+            f"(python -m pipelines features --usecase {name} --date {day} --start {day} --rebuild), or retrain "
+            "and promote a model on the current features config"
+        )
+
     def readiness(self) -> dict[str, Any]:
-        """Ready when a verified champion and an online snapshot are loaded; with what is served and any error."""
+        """Ready when a verified champion and an online snapshot are loaded, the newest snapshot was built with
+        the champion's features config and is not older than the configured age; with what is served, the
+        reasons it is not ready and warnings."""
         champion = self.slots.served(CHAMPION_ALIAS)
-        ready = champion is not None and bool(self.snapshots.days)
+        newest = self.snapshots.newest()
+        reasons: list[str] = []
+        warnings: list[str] = []
+        if champion is None:
+            reasons.append(f"no verified champion of {self.usecase.name!r} is loaded")
+        if newest is None:
+            reasons.append(
+                f"no online feature snapshot of {self.usecase.name!r} is loaded: run the features step"
+                + (f" ({self.snapshots.error})" if self.snapshots.error else "")
+            )
+        age = self.snapshot_age_seconds()
+        limit = self.max_snapshot_age_s
+        if age is not None and limit is not None and age > limit:
+            reasons.append(
+                f"the newest online feature snapshot ({newest}, prediction time "
+                f"{self.snapshots.prediction_time(newest).isoformat()}) is {_duration(age)} old, over the limit "
+                f"of {_duration(limit)} (serving.max_snapshot_age): the features step has not published a newer "
+                f"one; run it (python -m pipelines features --usecase {self.usecase.name} --date <today>)"
+            )
+        model_hashes = {}
+        for alias in self.slots.aliases:
+            served = self.slots.served(alias)
+            if served is None:
+                continue
+            model_hashes[alias] = served.features_config
+            if newest is None:
+                continue
+            problem = self.features_config_problem(served, newest)
+            if problem is not None and alias == CHAMPION_ALIAS:
+                reasons.append(problem)
+            elif problem is not None:
+                warnings.append(f"the {alias} does not answer: {problem}")
+            elif served.features_config is None:
+                warnings.append(
+                    f"version {served.version} ({alias}) has no features_config_hash tag (registered before it "
+                    "was recorded), so the features config of the snapshots it answers from cannot be checked; "
+                    "register it again or retrain"
+                )
+        if self.snapshots.pending:
+            warnings.append(self.snapshots.pending)
         return {
-            "ready": ready,
+            "ready": not reasons,
+            "reasons": reasons,
+            "warnings": warnings,
             "usecase": self.usecase.name,
             "models": self.slots.report(),
             "snapshot": {
                 "table_version": self.snapshots.version,
-                "newest_day": self.snapshots.newest(),
+                "newest_day": newest,
+                "prediction_time": None
+                if newest is None
+                else self.snapshots.prediction_time(newest).isoformat(),
+                "age_seconds": age,
+                "max_age_seconds": limit,
+                "features_config_hash": None if newest is None else self.snapshots.config_hash(newest),
                 "error": self.snapshots.error,
             },
+            "models_features_config_hash": model_hashes,
         }
 
     # ------------------------------------------------------------------ scoring
@@ -244,6 +354,14 @@ class Service:
         if not self.snapshots.days:
             raise NotReady(f"no online feature snapshot of {self.usecase.name!r} is loaded")
         snapshot = self.snapshots.for_time(when)
+        if served.alias != CHAMPION_ALIAS and self.features_config_problem(served, snapshot.day) is not None:
+            # a canary whose features config differs from the snapshot's: the champion answers instead
+            served = self.slots.served(CHAMPION_ALIAS) or served
+        problem = self.features_config_problem(served, snapshot.day)
+        if problem is not None:
+            raise NotReady(problem)
+        if shadow is not None and self.features_config_problem(shadow, snapshot.day) is not None:
+            shadow = None
         features = feature_columns_of(self.usecase, rows if columns is None else columns, snapshot, when)
         inputs = model_input_columns(self.usecase, features, f"snapshot of {snapshot.day}")
         scores, runtime = served.scores(inputs, count)

@@ -1,12 +1,18 @@
 """The online feature snapshot a request uses: for a request at time ``at``, the newest snapshot whose prediction
 time is at or before ``at`` (what was known then), read from one version of ``features_online/<usecase>`` and
 kept in memory. :meth:`SnapshotCache.refresh` moves to a newer table version when the features step commits one.
+
+Each date's features config hash (``config_hash`` in its partition facts, written by the features step just after
+the snapshot's commit) is kept beside it: the service answers only from a snapshot built with its model's features
+config. A new table version whose newest date has no recorded hash yet (its facts are written a moment after its
+commit) is taken on a later refresh, the version in use serving meanwhile.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from datetime import date, datetime
 from typing import Any
 
 from pipelines.config import UseCase
@@ -25,9 +31,11 @@ class SnapshotCache:
         self.lake, self.usecase, self.keep = lake, usecase, keep
         self.version: int | None = None
         self.days: list[str] = []  # every date with a snapshot at self.version, ascending
+        self.config_hashes: dict[str, str | None] = {}  # features config hash each date was built with
         self._cache: OrderedDict[str, OnlineSnapshot] = OrderedDict()
         self._lock = threading.Lock()
         self.error: str | None = None
+        self.pending: str | None = None  # why a newer table version is not served yet
 
     def refresh(self) -> bool:
         """Read the table's newest version; True when it changed. The new version's newest snapshot is read before
@@ -37,17 +45,31 @@ class SnapshotCache:
         try:
             snapshot = self.lake.snapshot(table, facts=False)
             version = None if snapshot.version is None else int(snapshot.version)
-            if version == self.version:
+            if version == self.version and (not self.days or self.config_hash(self.days[-1]) is not None):
                 self.error = None
                 return False
+            if version is not None:  # with the facts of its dates
+                snapshot = self.lake.snapshot(table, version)
             days = sorted(snapshot.partitions)
+            hashes = {day: snapshot.partitions[day].facts.get("config_hash") for day in days}
+            if version == self.version:
+                self.config_hashes = hashes  # facts recorded since the version was taken
+                self.error = None
+                return False
+            if self.version is not None and days and hashes[days[-1]] is None:
+                # its facts are not written yet (or never will be: a writer other than the features step)
+                self.pending = (
+                    f"version {version} is not served yet: no features config hash is recorded for {days[-1]}"
+                )
+                return False
             warm = read_snapshots(self.lake, self.usecase, days[-1:], version) if days else {}
         except Exception as exc:  # keep serving from what is loaded; report
             self.error = f"{self.lake.table_uri(table)} could not be read: {type(exc).__name__}: {exc}"
             return False
         with self._lock:
-            self.version, self.days = version, days
+            self.version, self.days, self.config_hashes = version, days, hashes
             self._cache = OrderedDict(warm)
+        self.pending = None
         self.error = None
         return True
 
@@ -85,3 +107,11 @@ class SnapshotCache:
 
     def newest(self) -> str | None:
         return self.days[-1] if self.days else None
+
+    def config_hash(self, day: str) -> str | None:
+        """The features config hash the snapshot of ``day`` was built with (None: not recorded)."""
+        return self.config_hashes.get(day)
+
+    def prediction_time(self, day: str) -> datetime:
+        """The prediction time (UTC) of the snapshot of ``day``."""
+        return self.usecase.time.prediction_time_of(date.fromisoformat(day))

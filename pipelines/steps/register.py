@@ -135,6 +135,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     import mlflow
     from mlflow import MlflowClient
 
+    from pipelines.feature_identity import FEATURES_CONFIG_TAG, features_config_hash
     from pipelines.tracking import MODEL_DIGEST_TAG, configure_mlflow, model_digest, model_name
 
     train = read_step_result(ctx, "train")
@@ -167,6 +168,8 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         "feature_partitions": partitions_tag(train.get("feature_partitions", [])),
         "raw_partitions": raw_tag,
         "config_hash": ctx.usecase.config_hash,
+        # the features it was trained with: a scoring service refuses snapshots built with others
+        FEATURES_CONFIG_TAG: features_config_hash(ctx.usecase),
         "code_version": ctx.code_version,
         "primary_metric": primary,
         "gate_decision_uri": gate_uri,

@@ -34,6 +34,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from pipelines.context import StepContext, StepFailed, progress
+from pipelines.feature_identity import FEATURES_CONFIG_TAG, features_config_hash
 from pipelines.lake import DATE, LakeError, PartitionInfo, Snapshot, content_hash, features_table, raw_table
 
 MIN_TRAIN_ROWS = 100
@@ -528,6 +529,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                         "candidate": spec.name,
                         "family": spec.family,
                         "config_hash": usecase.config_hash,
+                        FEATURES_CONFIG_TAG: features_config_hash(usecase),
                         "code_version": ctx.code_version,
                         "train_fingerprint": fingerprint,
                         "data_window": f"{window['train_start']}..{window['holdout_end']}",
