@@ -1,9 +1,11 @@
-"""<usecase>_score: at the prediction time, the champion scores the events predicted tonight; then the outcomes
-that arrived are joined to the predictions made before them (predictions_with_outcomes)."""
+"""<usecase>_score: at the prediction time, once the features of the day it predicts are in (or past a grace, a
+failure naming the day), the champion scores the events predicted tonight; then the outcomes that arrived are
+joined to the predictions made before them (predictions_with_outcomes)."""
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, Param
 
 from mlops_airflow.operators import step_task
+from mlops_airflow.sensors import FeaturesReadySensor
 from mlops_airflow.wiring import dag_kwargs, usecases
 
 for usecase in usecases():
@@ -12,11 +14,33 @@ for usecase in usecases():
             usecase,
             "score",
             schedule=usecase.schedules.score,
-            doc="At the prediction time, scores the events predicted on the logical date (and any evening "
-            "missed within the catch-up window) with the model version that holds the `champion` alias, "
-            "writing predictions with that version; then joins the outcomes that arrived since to the "
-            "predictions made before them (`predictions_with_outcomes`).",
+            doc="At the prediction time, waits (deferrable) for the features and online snapshot of the day it "
+            f"predicts, up to `schedules.score_grace` ({usecase.schedules.score_grace}) past the prediction time; "
+            "past it the run fails naming the day and what is missing, and the next run scores that day, marked "
+            "late. Scores the events predicted on the logical date (and any evening missed within the catch-up "
+            "window) with the model version that holds the `champion` alias; every prediction records when it "
+            "was made (`scored_at`) and whether that was after its prediction time (`scored_late`). Then joins the "
+            "outcomes that arrived since to the predictions made before them (`predictions_with_outcomes`). "
+            "Param `replay` (a batched replay of history): no waiting; each day is scored as the schedule's runs "
+            "would have, from the recorded arrivals.",
+            params={
+                "replay": Param(
+                    False,
+                    type="boolean",
+                    description="replay history in one run: score each day as the scheduled runs would have",
+                ),
+            },
+            render_template_as_native_obj=False,
         )
     ) as dag:
-        step_task("score", usecase.name) >> step_task("outcomes", usecase.name)
+        ready = FeaturesReadySensor(task_id="wait_for_features", usecase=usecase.name)
+        score = step_task(
+            "score",
+            usecase.name,
+            step_args=[
+                "--scored-at={{ logical_date.isoformat() if logical_date else '' }}",
+                "--replay={{ params.replay }}",
+            ],
+        )
+        ready >> score >> step_task("outcomes", usecase.name)
     globals()[dag.dag_id] = dag

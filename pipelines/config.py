@@ -195,7 +195,8 @@ def parse_duration(text: str, field: str) -> int:
 
 class PredictionTimeSpec(_Strict):
     """When a batch prediction for an event is made: ``days_before`` the event's local date, at ``at`` local
-    time (the REST service predicts at the request time, from the snapshot of the latest prediction time)."""
+    time (the REST service answers a request at any time with the features of the latest prediction time at or
+    before it, as batch scoring computed them for that prediction time)."""
 
     days_before: int = Field(default=1, ge=0, description="Days before the event's local date")
     at: str = Field(default="18:00", description="Local clock time HH:MM of the prediction")
@@ -585,7 +586,11 @@ class GateSpec(_Strict):
 
 
 class ScheduleSpec(_Strict):
-    ingest: str | None = Field(default="@daily", description="How often the arrival sensor run starts")
+    ingest: str | None = Field(
+        default="@continuous",
+        description="When the arrival sensor's run starts: @continuous (default) starts the next run as soon as "
+        "one ends, so every arrival is ingested as it lands; a cron batches arrivals",
+    )
     score: str = "0 3 * * *"
     train_monthly: str = "0 4 1 * *"
     train_nightly: str | None = Field(
@@ -596,11 +601,53 @@ class ScheduleSpec(_Strict):
     )
     start_date: str = "2013-01-01"
     score_catch_up_days: int = Field(default=35, ge=1)
+    score_grace: str = Field(
+        default="30m",
+        description="How long after the prediction time the score run waits for the day's features; past it the "
+        "run fails naming the missing day, and the day is scored late by the next run",
+    )
+
+    @field_validator("score_grace")
+    @classmethod
+    def _grace(cls, value: str) -> str:
+        parse_duration(value, "score_grace")
+        return value
+
+    @property
+    def score_grace_seconds(self) -> int:
+        return parse_duration(self.score_grace, "score_grace")
 
 
 class DriftSpec(_Strict):
     psi_threshold: float = 0.2
     features: list[str] = Field(default_factory=list)
+
+
+class ServingSpec(_Strict):
+    """How the REST scoring service (``mlops serve``) judges what it serves."""
+
+    max_snapshot_age: str | None = Field(
+        default="36h",
+        description="The service is unready (503 on /ready) when the newest online feature snapshot's prediction "
+        "time is longer ago than this (a duration such as 36h or 2d; the service's clock): the features step "
+        "has not published the day's snapshot. null: no limit (e.g. replaying old data); `mlops serve "
+        "--max-snapshot-age` overrides it",
+    )
+
+    @field_validator("max_snapshot_age")
+    @classmethod
+    def _age(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value, "max_snapshot_age")
+        return value
+
+    @property
+    def max_snapshot_age_seconds(self) -> int | None:
+        return (
+            None
+            if self.max_snapshot_age is None
+            else parse_duration(self.max_snapshot_age, "max_snapshot_age")
+        )
 
 
 class UseCase(_Strict):
@@ -630,6 +677,7 @@ class UseCase(_Strict):
     decision: DecisionSpec = Field(default_factory=DecisionSpec)
     schedules: ScheduleSpec = Field(default_factory=ScheduleSpec)
     drift: DriftSpec = Field(default_factory=DriftSpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
 
     @model_validator(mode="before")
     @classmethod

@@ -48,7 +48,7 @@ def test_expected_dags_tasks_and_edges(dagbag, usecase: str) -> None:
             "quarantine_check": [],
         },
         f"{usecase}_features": {"features": []},
-        f"{usecase}_score": {"score": ["outcomes"], "outcomes": []},
+        f"{usecase}_score": {"wait_for_features": ["score"], "score": ["outcomes"], "outcomes": []},
         f"{usecase}_maintenance": {"maintain": []},
         f"{usecase}_train": {
             "train": ["evaluate"],

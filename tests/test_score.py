@@ -89,7 +89,13 @@ def test_score_catches_up_skips_scored_partitions_and_is_idempotent(serve_env: S
             "model_version",
             "model_run_id",
             "snapshot_version",
+            "scored_at",
+            "scored_late",
         }
+        # made by this run, at its due time (tomorrow's prediction time); the days it caught up are late
+        assert (frame["scored_at"] == pd.Timestamp(serve_env.usecase.time.prediction_time_of(last))).all()
+        assert (frame["scored_late"] == (iso != last.isoformat())).all()
+        assert partition.facts["scored_late"] == (iso != last.isoformat())
         source = frames[iso]
         pd.testing.assert_frame_equal(frame[keys], source[keys], check_dtype=False)
         assert (frame["date"].astype(str) == iso).all()
@@ -113,10 +119,15 @@ def test_score_catches_up_skips_scored_partitions_and_is_idempotent(serve_env: S
 
     # a partition deleted (to be rescored) and rescored by a later run comes back identical
     lost = expected[1]
+    before = serve_env.lake.read_frame(PREDICTIONS, [lost])
     serve_env.lake.delete_partitions(PREDICTIONS, [lost])
     assert lost not in serve_env.lake.partitions(PREDICTIONS)
-    assert _score(day + timedelta(days=1))["scored"] == [lost, (last + timedelta(days=1)).isoformat()]
-    assert serve_env.lake.partitions(PREDICTIONS)[lost].data_hash == hashes[lost]
+    rescored = _score(day + timedelta(days=1))
+    assert rescored["scored"] == [lost, (last + timedelta(days=1)).isoformat()] and rescored["late"] == [lost]
+    again = serve_env.lake.read_frame(PREDICTIONS, [lost])
+    later = pd.Timestamp(serve_env.usecase.time.prediction_time_of(last + timedelta(days=1)))
+    assert (again["scored_at"] == later).all() and again["scored_late"].all(), "made by the later run"
+    pd.testing.assert_frame_equal(again.drop(columns="scored_at"), before.drop(columns="scored_at"))
 
 
 def test_score_refuses_a_snapshot_built_with_another_features_config(serve_env: ServeEnv) -> None:

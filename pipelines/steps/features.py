@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.config import OUTCOME_KNOWN_AT, PREDICTION_TIME, ConfigError, TargetSpec, TimeSpec, UseCase
 from pipelines.context import StepContext, StepFailed, progress
+from pipelines.feature_identity import features_config_hash, input_sources
 from pipelines.lake import (
     ARRIVED_AT,
     COMMIT_ATTEMPTS,
@@ -50,10 +51,10 @@ from pipelines.lake import (
     raw_table,
 )
 from pipelines.online import SNAPSHOT_HEADER
+from pipelines.scoring_time import EVENTS_ARRIVED_AT
 from pipelines.spark import get_spark
 from pipelines.transforms import (
     ALIGN_COLUMN,
-    TRANSFORMS_VERSION,
     TransformContext,
     apply_transforms_with_lookups,
     check_transforms,
@@ -97,28 +98,6 @@ class DayPlan:
     fingerprint: str
 
 
-def features_config_hash(usecase: UseCase) -> str:
-    """Hash of everything in the configuration that shapes the features (not the models or schedules)."""
-    payload = {
-        "features": usecase.features.model_dump(mode="json"),
-        "target": usecase.target.model_dump(mode="json"),
-        "time": usecase.time.model_dump(mode="json"),
-        "slices": usecase.evaluated_columns,
-        "columns": {
-            s: {c: spec.type for c, spec in usecase.sources[s].columns.items()}
-            for s in input_sources(usecase)
-        },
-        "transforms_version": TRANSFORMS_VERSION,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def input_sources(usecase: UseCase) -> list[str]:
-    """The sources the features read: the primary one, the outcome source, then the joined ones."""
-    sources = [usecase.features.primary_source, usecase.outcome_source, *joined_sources(usecase.features)]
-    return list(dict.fromkeys(sources))
-
-
 def _window(day: str, lookback_days: int) -> list[str]:
     """The day and the ``lookback_days`` calendar days before it, oldest first."""
     last = date.fromisoformat(day)
@@ -133,6 +112,10 @@ def partition_arrival(partition: PartitionInfo) -> datetime | None:
     if not times or None in times:
         return None
     return max(datetime.fromisoformat(t) for t in times)
+
+
+def _isoformat(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
 
 
 def reference_snapshot_for(usecase: UseCase, day: str, partitions: Mapping[str, PartitionInfo]) -> str | None:
@@ -510,9 +493,12 @@ def commit_days(
     if empty:  # every planned day has primary rows; none may vanish silently
         raise RuntimeError(f"features: no rows were built for {empty}")  # a bug, not bad input
     raw_versions = {snapshot.table: snapshot.version for snapshot in raw.values()}
+    events = raw[usecase.features.primary_source].partitions
     facts = {
         plan.day: {
             "inputs_fingerprint": plan.fingerprint,
+            # when the day's events had all arrived: the score run's sensor compares it with its deadline
+            EVENTS_ARRIVED_AT: _isoformat(partition_arrival(events[plan.day])),
             "inputs": plan.inputs,
             "raw_versions": raw_versions,
             "columns": output_columns(usecase),

@@ -6,8 +6,9 @@ Predictions are made ahead (score step); an event's outcome lands later and the 
 label and ``outcome_known_at``. For every predictions partition with an event date in
 (D - ``schedules.score_catch_up_days``, D], this step joins each prediction to its event's label when that label
 was known before the end of D (local), and commits the partitions whose joined rows changed (new predictions,
-new outcomes) in one commit. Each row keeps the prediction time and the time the outcome became known, so live
-monitoring can check that every prediction came first. Rerunning a date gives the same table.
+new outcomes) in one commit. Each row keeps the prediction time, when the prediction was made (``scored_at``,
+``scored_late``) and the time the outcome became known, so live metrics count only the predictions made ahead
+(pipelines.scoring_time.made_ahead). Rerunning a date gives the same table.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pipelines.lake import (
     predictions_with_outcomes_table,
 )
 from pipelines.modeling import label_dtype
+from pipelines.scoring_time import SCORED_AT, SCORED_LATE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -89,8 +91,10 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         if not days:
             progress(f"outcomes: no predictions with features in ({first}, {ctx.ds}]")
             return {"joined": [], "rows": 0, "tables_read": tables_read, "tables_written": {}}
+        # when each prediction was made and whether late (predictions from before these were recorded lack them)
+        made = [c for c in (SCORED_AT, SCORED_LATE) if c in predictions.columns]
         scored = ctx.lake.read_frame(
-            predictions.table, days, [*keys, DATE, *prediction_columns(usecase)], predictions.version
+            predictions.table, days, [*keys, DATE, *prediction_columns(usecase), *made], predictions.version
         )
         feature_rows = ctx.lake.read_frame(
             features.table, days, [*keys, DATE, label, OUTCOME_KNOWN_AT], features.version

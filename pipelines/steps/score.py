@@ -1,9 +1,14 @@
 """Score ahead: the champion predicts the events whose prediction time is on the logical date, before they happen.
 
-Runs at the use case's prediction time (``schedules.score``, e.g. 18:00 local). For logical date D it scores every
-event date E with an online feature snapshot (``features_online/<usecase>``, published by the features step) and
-D - ``schedules.score_catch_up_days`` < E - ``days_before`` <= D that has no predictions partition yet (a missed
-evening is caught up, a rerun scores nothing twice). The events are the primary source's rows of E (at the raw
+Runs at the use case's prediction time (``schedules.score``, e.g. 18:00 local), after the DAG's sensor saw the
+features of the day it predicts (pipelines.scoring_time). For logical date D it scores every event date E with an
+online feature snapshot (``features_online/<usecase>``, published by the features step) and
+D - ``schedules.score_catch_up_days`` < E - ``days_before`` <= D that has no predictions partition yet and whose
+events had arrived by the run's time + ``schedules.score_grace`` (a missed evening is caught up, a rerun scores
+nothing twice). Every prediction carries ``scored_at`` (the run's time: ``--scored-at``, the Airflow logical date)
+and ``scored_late`` (made after its prediction time); days of the window left without predictions are listed in
+the result with why. ``--replay`` scores a batch of history as the schedule's runs would have, one by one, from
+the recorded arrivals, so a batched replay writes the predictions a day-by-day run writes. The events are the primary source's rows of E (at the raw
 version the snapshot was built from) and their model inputs come from :func:`pipelines.online.feature_frame`, the
 function a live service uses: batch and online compute features with the same code, as of E's prediction time, so
 the scorer never needs the outcome. A model scores only events predicted on or after its training date (tag
@@ -18,7 +23,7 @@ table ``predictions/<usecase>``; a concurrent commit to the same partitions make
 from __future__ import annotations
 
 import argparse
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import PREDICTION_TIME
@@ -34,40 +39,100 @@ from pipelines.lake import (
 )
 from pipelines.model_inputs import model_inputs
 from pipelines.online import feature_frame, read_records, read_snapshots
+from pipelines.scoring_time import (
+    SCORED_AT,
+    SCORED_LATE,
+    due_at,
+    events_arrived_at,
+    replayed_runs,
+    scoring_plan,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The score step needs only --usecase and --date."""
+    parser.add_argument(
+        "--scored-at",
+        type=_moment,
+        default=None,
+        help="the time of this run (ISO, e.g. the Airflow run's logical date); default: the run's due time, "
+        "the prediction time of the events it predicts",
+    )
+    parser.add_argument(
+        "--replay",
+        type=_flag,
+        nargs="?",
+        const=True,
+        default=False,
+        help="score as every run of the schedule would have, from the recorded arrivals (a batched replay of "
+        "history): each day gets the time of the first run that could score it",
+    )
 
 
-def dates_to_score(
-    ctx: StepContext, feature_dates: list[str], scored_dates: set[str], not_before: date | None = None
-) -> list[str]:
-    """Event dates predicted in the catch-up window ending on the logical date that are not scored yet (and,
-    given ``not_before``, predicted on or after that date)."""
-    days_before = timedelta(days=ctx.usecase.time.prediction_time.days_before)
+def _moment(text: str) -> datetime | None:
+    if not text.strip():
+        return None
+    moment = datetime.fromisoformat(text.strip())
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"--scored-at needs a time zone, got {text!r}")
+    return moment.astimezone(UTC)
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no", ""):
+        raise argparse.ArgumentTypeError(f"--replay: expected true or false, got {text!r}")
+    return value in ("true", "1", "yes")
+
+
+def plan_scoring(
+    ctx: StepContext,
+    online: Snapshot,
+    scored_dates: set[str],
+    not_before: date | None,
+    scored_at: datetime | None = None,
+    replay: bool = False,
+) -> dict[str, datetime]:
+    """Event dates this run scores, each with the time it is scored at (pipelines.scoring_time.scoring_plan):
+    a live run scores, at its own time, what had arrived by then + grace in its catch-up window; a replay gives
+    each date the time of the first scheduled run that could have scored it."""
+    available = {day: events_arrived_at(part.facts) for day, part in online.partitions.items()}
+    if replay:
+        runs = replayed_runs(ctx.usecase, ctx.day, not_before)
+    else:
+        runs = [(ctx.day, scored_at or due_at(ctx.usecase, ctx.day))]
+    return scoring_plan(ctx.usecase, available, runs, scored_dates, not_before, own_day_required=replay)
+
+
+def unscored_days(
+    ctx: StepContext, online: Snapshot, scored_dates: set[str], not_before: date | None
+) -> list[dict[str, str]]:
+    """The dates of the catch-up window that have no predictions, each with why (never silent)."""
     last = ctx.usecase.time.predicted_through(ctx.day)
-    first = last - timedelta(days=ctx.usecase.schedules.score_catch_up_days)
+    days_before = timedelta(days=ctx.usecase.time.prediction_time.days_before)
+    first = last - timedelta(days=ctx.usecase.schedules.score_catch_up_days - 1)
     if not_before is not None:
-        first = max(first, not_before + days_before - timedelta(days=1))
-    chosen = []
-    for day in sorted(feature_dates):
-        try:
-            when = date.fromisoformat(day)
-        except ValueError:
+        first = max(first, not_before + days_before)
+    missing = []
+    for k in range((last - first).days + 1):
+        day = (first + timedelta(days=k)).isoformat()
+        if day in scored_dates:
             continue
-        if first < when <= last and day not in scored_dates:
-            chosen.append(day)
-    return chosen
+        why = (
+            "its events arrived after this run's deadline (a later run scores them, late)"
+            if day in online.partitions
+            else "no features: no events of that day have landed"
+        )
+        missing.append({"date": day, "why": why})
+    return missing
 
 
 def check_snapshots(ctx: StepContext, online: Snapshot, days: list[str]) -> None:
     """Each snapshot to score was built with the current features configuration (else its lookups may not be
     the ones the model's features need)."""
-    from pipelines.steps.features import features_config_hash
+    from pipelines.feature_identity import features_config_hash
 
     wanted = features_config_hash(ctx.usecase)
     for day in days:
@@ -112,6 +177,7 @@ def score_frame(
     run_id: str,
     snapshot_version: int,
     where: str,
+    scored_at: dict[str, datetime] | None = None,
 ) -> pd.DataFrame:
     """Predictions for feature rows: keys, date, prediction time, probability and prediction (at the model's
     recorded decision threshold; a regression: the predicted value, no probability), model version and run, and
@@ -142,6 +208,10 @@ def score_frame(
     out["model_version"] = pd.Series([version] * len(out), dtype="int64")
     out["model_run_id"] = pd.Series([run_id] * len(out), dtype=object)
     out["snapshot_version"] = pd.Series([snapshot_version] * len(out), dtype="int64")
+    if scored_at is not None:
+        at = {day: pd.Timestamp(moment) for day, moment in scored_at.items()}
+        out[SCORED_AT] = pd.to_datetime(out[DATE].map(at), utc=True).astype("datetime64[us, UTC]")
+        out[SCORED_LATE] = out[SCORED_AT] > pd.to_datetime(out[PREDICTION_TIME], utc=True)
     return out
 
 
@@ -183,8 +253,22 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     todo: list[str] = []
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         scored = ctx.lake.snapshot(predictions_table(uc), facts=False)
-        todo = dates_to_score(ctx, list(online.partitions), set(scored.partitions), not_before)
-        progress(f"score: champion version {version}; {len(todo)} partition(s) to score: {todo}")
+        plan = plan_scoring(
+            ctx,
+            online,
+            set(scored.partitions),
+            not_before,
+            getattr(args, "scored_at", None),
+            bool(getattr(args, "replay", False)),
+        )
+        todo = sorted(plan)
+        late = [
+            day for day in todo if plan[day] > ctx.usecase.time.prediction_time_of(date.fromisoformat(day))
+        ]
+        progress(
+            f"score: champion version {version}; {len(todo)} partition(s) to score: {todo}"
+            + (f"; {len(late)} after their prediction time (late): {late}" if late else "")
+        )
         if not todo:
             break
         if model is None:
@@ -193,7 +277,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         where = f"{online.uri} (version {online.version})"
         check_snapshots(ctx, online, todo)
         frame = features_of(ctx, online, todo)
-        predictions = score_frame(ctx, model, frame, version, run_id, int(online.version or 0), where)
+        predictions = score_frame(ctx, model, frame, version, run_id, int(online.version or 0), where, plan)
         facts = {
             day: {
                 "model_version": version,
@@ -204,6 +288,8 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                 "snapshot_content": online.partitions[day].content_id,
                 "features_version": online.partitions[day].facts.get("features_version"),
                 "scored_for": ctx.ds,
+                SCORED_AT: plan[day].isoformat(),
+                SCORED_LATE: day in late,
             }
             for day in todo
         }
@@ -222,9 +308,18 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             continue
         progress(f"score: committed {commit.table} version {commit.version}: {commit.rows} rows")
         break
+    done = set(ctx.lake.snapshot(predictions_table(uc), facts=False).partitions)
+    unscored = unscored_days(ctx, online, done, not_before)
+    if unscored:
+        progress(f"score: {len(unscored)} day(s) of the catch-up window have no predictions: {unscored[:5]}")
+    late_rows = int(predictions[SCORED_LATE].sum()) if commit else 0
     result = {
         "scored": commit.dates if commit else [],
         "rows": commit.rows if commit else 0,
+        "rows_late": late_rows,
+        "late": [day for day in (commit.dates if commit else []) if day in late],
+        "scored_at": {day: plan[day].isoformat() for day in (commit.dates if commit else [])},
+        "unscored": unscored,
         "model_version": version,
         "model_run_id": run_id,
         "decision_threshold": None

@@ -7,11 +7,14 @@ after the last observation of each file; the outcomes of E (times, delays, cance
 noon on 2012-12-31. The replay runs one batch a month, at the month's last day L (logical dates in New York time):
 land the schedules predicted during the month (through L + 1), its weather and the outcomes that had arrived by
 then (through L - 1), each stamped with its own arrival; run ``<uc>_ingest``, ``<uc>_features``,
-``<uc>_score`` at L 18:00 (the champion scores ahead every event predicted during the month, from
-point-in-time features, then the outcomes that arrived are joined to those predictions), and ``<uc>_train`` at
+``<uc>_score`` at L 18:00 with Param ``replay`` (the champion scores every event predicted during the month as
+each evening's run would have, from point-in-time features and the recorded arrivals: a day whose events arrived
+past the prediction time + ``schedules.score_grace`` is scored by the next evening, marked late; then the
+outcomes that arrived are joined to those predictions), and ``<uc>_train`` at
 04:00 on the first day of the next month (train -> evaluate -> gate -> register -> promote or keep). One file is
-corrupted on purpose, and announced, to show the quarantine. Prints one row per month (with the live ROC AUC of
-the predictions whose outcomes arrived, beside the holdout ROC AUC the scoring model had at training) and writes
+corrupted on purpose, and announced, to show the quarantine. Prints one row per month (rows scored, rows made ahead whose
+outcome arrived, rows scored late, and the live ROC AUC of the predictions made ahead, beside the holdout ROC AUC
+the scoring model had at training) and writes
 the same as JSON to ``$MLOPS_HOME/demo/summary.json``.
 """
 
@@ -247,11 +250,11 @@ class AirflowRunner:
         if self.bag.import_errors:
             raise RuntimeError(f"DAG import errors: {self.bag.import_errors}")
 
-    def run(self, kind: str, logical: datetime) -> RunOutcome:
+    def run(self, kind: str, logical: datetime, params: dict[str, Any] | None = None) -> RunOutcome:
         dag = self.bag.dags[f"{self.usecase}_{kind}"]
         start = time.perf_counter()
         with self._quiet():
-            dag_run = dag.test(logical_date=logical)
+            dag_run = dag.test(logical_date=logical, run_conf=params)
         seconds = time.perf_counter() - start
         return RunOutcome(_state(dag_run.state), self._results(dag_run, list(dag.task_dict)), seconds)
 
@@ -294,14 +297,14 @@ class DirectRunner:
         self._log = log_path.open("a", buffering=1)
         self.step_seconds: dict[str, float] = {}
 
-    def run(self, kind: str, logical: datetime) -> RunOutcome:
+    def run(self, kind: str, logical: datetime, params: dict[str, Any] | None = None) -> RunOutcome:
         # one run id per graph run, as Airflow gives each DAG run its own: steps key their results by it
         from mlops_airflow.operators import patched_environ
 
         with patched_environ({"MLOPS_RUN_ID": f"direct__{kind}__{logical.isoformat()}"}):
-            return self._run(kind, logical)
+            return self._run(kind, logical, params or {})
 
-    def _run(self, kind: str, logical: datetime) -> RunOutcome:
+    def _run(self, kind: str, logical: datetime, params: dict[str, Any]) -> RunOutcome:
         from pipelines.cli import run_step
         from pipelines.context import StepFailed
 
@@ -314,7 +317,12 @@ class DirectRunner:
             t0 = time.perf_counter()
             with contextlib.redirect_stdout(self._log), contextlib.redirect_stderr(self._log):
                 try:
-                    outcome.results[step] = run_step([step, "--usecase", self.usecase, "--date", day])
+                    extra = (
+                        [f"--scored-at={logical.isoformat()}", f"--replay={bool(params.get('replay'))}"]
+                        if step == "score"
+                        else []
+                    )
+                    outcome.results[step] = run_step([step, "--usecase", self.usecase, "--date", day, *extra])
                 except StepFailed as exc:
                     outcome.results[step] = {"failed": True, "error": str(exc), **exc.result}
                     outcome.state = "failed"
@@ -360,29 +368,41 @@ def files_to_land(data: DemoData, month_days: list[date], first_batch: bool, tim
 
 
 def live_quality(lake: Any, usecase: Any, days: list[date]) -> dict[str, Any]:
-    """Rows, scored-ahead count, ROC AUC (a classification) and the primary metric of the predictions of ``days``
-    whose outcomes arrived (predictions_with_outcomes); a metric is None where it is undefined."""
-    from pipelines.config import OUTCOME_KNOWN_AT, PREDICTION_TIME
+    """The predictions of ``days`` whose outcomes arrived (predictions_with_outcomes): how many were made ahead
+    (on time and before the outcome was known) and how many late, and the ROC AUC (a classification) and the
+    primary metric of those made ahead only; a metric is None where it is undefined."""
     from pipelines.lake import predictions_with_outcomes_table
     from pipelines.metrics import model_metrics
+    from pipelines.scoring_time import SCORED_LATE, made_ahead
 
     table = predictions_with_outcomes_table(usecase.name)
     present = lake.partitions(table)
     dates = [d.isoformat() for d in days if d.isoformat() in present]
+    empty = {
+        "live_rows": 0,
+        "scored_ahead": 0,
+        "scored_late": 0,
+        "live_roc_auc": None,
+        "live_primary_metric": None,
+    }
     if not dates:
-        return {"live_rows": 0, "scored_ahead": 0, "live_roc_auc": None, "live_primary_metric": None}
+        return empty
     frame = lake.read_frame(table, dates)
-    label = frame[usecase.target.column]
-    ahead = int((frame[PREDICTION_TIME] < frame[OUTCOME_KNOWN_AT]).sum())
-    scores = frame["prediction" if usecase.task == "regression" else "probability"]
+    ahead = made_ahead(frame)
+    late = int(frame[SCORED_LATE].fillna(False).astype(bool).sum()) if SCORED_LATE in frame.columns else 0
+    kept = frame[ahead]
+    values: dict[str, Any] = {}
     primary = usecase.gate.primary_metric
-    wanted = list(dict.fromkeys([primary, *(["roc_auc"] if usecase.task == "classification" else [])]))
-    values = model_metrics(label, scores, wanted)
+    if len(kept):
+        wanted = list(dict.fromkeys([primary, *(["roc_auc"] if usecase.task == "classification" else [])]))
+        scores = kept["prediction" if usecase.task == "regression" else "probability"]
+        values = model_metrics(kept[usecase.target.column], scores, wanted)
     return {
         "live_rows": len(frame),
-        "scored_ahead": ahead,
+        "scored_ahead": int(ahead.sum()),
+        "scored_late": late,
         "live_roc_auc": values.get("roc_auc"),
-        "live_primary_metric": values[primary],
+        "live_primary_metric": values.get(primary),
     }
 
 
@@ -418,7 +438,8 @@ def replay_batch(
     features_run = runner.run("features", batch)
     features = features_run.result("features")
     say(f"  {first:%b}: running {usecase.name}_score (scoring ahead, then joining outcomes) ...")
-    score_run = runner.run("score", batch)
+    # one run for the month: each day scored as its own evening's run would have (recorded arrivals, grace)
+    score_run = runner.run("score", batch, {"replay": True})
     score = score_run.result("score")
     live = live_quality(lake, usecase, days)
     train_run = RunOutcome("skipped")
@@ -444,6 +465,9 @@ def replay_batch(
         "scored_with_version": score.get("model_version"),
         "predictions_with_outcomes": live["live_rows"],
         "scored_before_outcome": live["scored_ahead"],
+        "rows_scored_ahead": live["scored_ahead"],
+        "rows_scored_late": score.get("rows_late", 0),
+        "unscored_days": score.get("unscored", []),
         "live_roc_auc": live["live_roc_auc"],
         "live_primary_metric": live["live_primary_metric"],
         "scoring_model_holdout_roc_auc": holdout_auc.get(str(score.get("model_version"))),
@@ -491,8 +515,8 @@ def replay_batch(
 
 
 HEADER = (
-    f"{'month':<8} {'ingested':>9} {'quarant.':>8} {'scored':>7} {'live':>8} {'holdout':>7} "
-    f"{'best':>6} {'metric':>7} {'champ.':>7} {'gate':<8} {'champion':>8}  seconds"
+    f"{'month':<8} {'ingested':>9} {'quarant.':>8} {'scored':>7} {'ahead':>7} {'late':>5} {'live':>8} "
+    f"{'holdout':>7} {'best':>6} {'metric':>7} {'champ.':>7} {'gate':<8} {'champion':>8}  seconds"
 )
 
 
@@ -503,7 +527,7 @@ def say_row(row: dict[str, Any], log_path: Path) -> None:
     ]
     say(
         f"{row['month']:<8} {row['rows_ingested']:>9} {row['rows_quarantined']:>8} {row['rows_scored']:>7} "
-        f"{_fmt(row['live_primary_metric']):>8} {_fmt(row['scoring_model_holdout_roc_auc']):>7} "
+        f"{row['rows_scored_ahead']:>7} {row['rows_scored_late']:>5} {_fmt(row['live_primary_metric']):>8} {_fmt(row['scoring_model_holdout_roc_auc']):>7} "
         f"{_fmt(row['best_candidate']):>6} {_fmt(row['best_metric']):>7} {_fmt(row['champion_metric']):>7} "
         f"{gate_text:<8} {_fmt(row['champion_version']):>8}  {row['seconds']:.1f}"
     )
