@@ -14,6 +14,7 @@ from typing import Any
 
 from pipelines import plots
 from pipelines.plots import CANDIDATE, CHAMPION, PALETTE, number
+from pipelines.significance import CLEARS, WORSE, change_reading, direction_words
 
 PSI_FLAG = 0.2  # a population stability index at or above this is a shift worth a look
 
@@ -191,8 +192,9 @@ def _decision_section(report: dict[str, Any]) -> str:
             ]
         )
         classes.append(cls)
+    primary = str(decision.get("primary_metric"))
     summary = (
-        f"<p>Primary metric {html.escape(str(decision.get('primary_metric')))}: candidate "
+        f"<p>Primary metric {html.escape(primary)} ({direction_words(primary)[0]} is better): candidate "
         f"{_fmt(decision.get('candidate_value'))}, champion {_fmt(decision.get('champion_value'))}"
         + (
             f" (version {html.escape(str(decision['champion_version']))})"
@@ -277,6 +279,21 @@ def _models_section(report: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _change_reading(metric: str, low: float | None, high: float | None, min_delta: float | None) -> str:
+    """The paired interval read against zero and ``min_delta``, in the metric's direction."""
+    reading = change_reading(low, high, min_delta or 0.0)
+    _, worse = direction_words(metric)
+    if reading is None:
+        return "n/a"
+    if reading == WORSE:
+        return f"worse than the champion (a {worse} {metric}): the whole interval lies below zero"
+    if reading == CLEARS:
+        return "better than the champion by at least min_delta"
+    if low is not None and low > 0:
+        return "within the noise: better, but not shown to beat the champion by min_delta"
+    return "within the noise: no clear difference, not shown to beat the champion by min_delta"
+
+
 def _comparison_section(report: dict[str, Any]) -> str:
     comparison = report.get("comparison")
     if not comparison:
@@ -284,19 +301,11 @@ def _comparison_section(report: dict[str, Any]) -> str:
     rows, labels, diffs, lows, highs, deltas = [], [], [], [], [], []
     for metric, c in comparison.items():
         low, high, min_delta = number(c.get("low")), number(c.get("high")), number(c.get("min_delta"))
-        if low is None or high is None:
-            reading = "n/a"
-        elif low > (min_delta or 0.0):
-            reading = "better, by more than min_delta"
-        elif low > 0:
-            reading = "better"
-        elif high < 0:
-            reading = "worse"
-        else:
-            reading = "no clear difference"
+        reading = _change_reading(str(metric), low, high, min_delta)
+        better, _ = direction_words(str(metric))
         rows.append(
             [
-                metric,
+                f"{metric} ({better} is better)",
                 c.get("candidate"),
                 c.get("champion"),
                 c.get("difference"),
@@ -558,12 +567,14 @@ def _errors_section(report: dict[str, Any]) -> str:
     if analysis:
         cohorts = analysis.get("cohorts") or []
         overall = number(analysis.get("overall_error"))
+        # a classification's cohorts hold a share of wrong decisions; a regression's the mean absolute error
+        label = "mean absolute error" if report.get("task") == "regression" else "error rate"
         parts += [
             f"<h3>Error cohorts ({html.escape(str(analysis.get('method', '')))})</h3>",
-            f"<p>An error is: {html.escape(str(analysis.get('error', 'n/a')))}. Overall error rate "
-            f"{_fmt(overall)}; cohorts with the highest error rate first.</p>",
+            f"<p>An error is: {html.escape(str(analysis.get('error', 'n/a')))}. Overall {label} "
+            f"{_fmt(overall)}; cohorts with the highest {label} first.</p>",
             _table(
-                ["cohort", "rows", "error rate", "interval", "vs overall"],
+                ["cohort", "rows", label, "interval", "vs overall"],
                 [
                     [
                         c.get("rule"),
@@ -577,15 +588,15 @@ def _errors_section(report: dict[str, Any]) -> str:
             ),
             plots.hbar_chart(
                 "error_cohorts",
-                "error rate per cohort with intervals, against the overall error rate",
+                f"{label} per cohort with intervals, against the overall {label}",
                 [str(c.get("rule")) for c in cohorts],
                 [c.get("error_rate") for c in cohorts],
                 low=[c.get("low") for c in cohorts],
                 high=[c.get("high") for c in cohorts],
                 color=plots.ALERT,
-                name="error rate",
-                value_label="error rate",
-                references=[] if overall is None else [{"value": overall, "name": "overall error rate"}],
+                name=label,
+                value_label=label,
+                references=[] if overall is None else [{"value": overall, "name": f"overall {label}"}],
             ),
         ]
     errors = explanation.get("errors") or {}

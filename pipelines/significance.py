@@ -163,3 +163,32 @@ def paired_difference(
     )
     low, high = _interval(differences, confidence)
     return out | {"difference": clean(direction * (value_a - value_b)), "low": low, "high": high}
+
+
+WORSE = "worse"
+WITHIN_NOISE = "within the noise"
+CLEARS = "clears min_delta"
+
+
+def change_reading(low: Any, high: Any, min_delta: Any = 0.0, tolerance: float = 1e-12) -> str | None:
+    """How the interval ``[low, high]`` of an improvement (positive = the candidate is better, in the metric's
+    better direction) reads against zero and ``min_delta``: ``CLEARS`` when its lower bound reaches
+    ``min_delta`` (the change check passes), ``WORSE`` when the whole interval lies below zero (the candidate is
+    worse than the champion), else ``WITHIN_NOISE`` (it straddles zero or ``min_delta``, or lies between them:
+    not shown to beat the champion by ``min_delta``); None without an interval."""
+    from pipelines.metrics import is_missing
+
+    if is_missing(low) or is_missing(high):
+        return None
+    delta = 0.0 if is_missing(min_delta) else float(min_delta)
+    if float(low) >= delta - tolerance:
+        return CLEARS
+    if float(high) < 0.0:
+        return WORSE
+    return WITHIN_NOISE
+
+
+def direction_words(metric: str) -> tuple[str, str]:
+    """``(better, worse)``: what a better and a worse value of ``metric`` is, e.g. ``("lower", "higher")`` for
+    an error such as RMSE, MAE or log loss."""
+    return ("higher", "lower") if HIGHER_IS_BETTER.get(metric, True) else ("lower", "higher")

@@ -13,7 +13,7 @@ from pipelines.cli import main
 from pipelines.config import HIGHER_IS_BETTER, Bound, ChangeBound, GateSpec, SliceGateSpec
 from pipelines.context import StepFailed, run_result_key
 from pipelines.lake import Lake
-from pipelines.steps.gate import FIRST_RUN_REASON, decide
+from pipelines.steps.gate import FIRST_RUN_REASON, decide, decision_id
 
 DAY = date(2013, 4, 1)
 # the demo use case's gate: roc_auc >= 0.60, brier <= 0.25, roc_auc +0.002 over the champion,
@@ -260,7 +260,9 @@ def test_an_improvement_within_the_noise_is_not_promoted():
     assert noisy["passed"] is False and change["passed"] is False
     assert change["interval"]["low"] == pytest.approx(-0.005) and change["interval"]["resamples"] == 1000
     assert change["difference"] == pytest.approx(0.01)
-    assert "not distinguishable from noise" in change["reason"] and "95% interval" in change["reason"]
+    assert "within the noise" in change["reason"] and "95% interval" in change["reason"]
+    assert "not shown to beat the champion by min_delta 0.002" in change["reason"]
+    assert "straddles zero" in change["reason"] and "worse" not in change["reason"]
     clear = decide(GATE, evaluation(roc_auc=0.73, champion=champion(0.70), noise=0.01))
     assert _check(clear, "roc_auc_vs_champion")["passed"] is True and clear["passed"] is True
     # no interval recorded (an evaluation from an older release): fail closed
@@ -324,8 +326,16 @@ def test_every_decision_is_kept_as_a_record_beside_the_earlier_ones(tmp_path, mo
     evaluated = {**evaluation(roc_auc=0.65), "tables_read": {"features/flight_delay": 7}}
     argv = ["gate", "--usecase", usecase.name, "--date", DAY.isoformat()]
 
-    def gate_in(run: str) -> dict:  # each run gates its own evaluate result
-        lake.write_json(run_result_key(usecase.name, DAY, "evaluate", run), evaluated)
+    def gate_in(run: str, seconds: float = 2.5) -> dict:  # each run gates its own evaluate result
+        timed = evaluated | {  # the load check's reason tells how long it took: not an input of the decision
+            "infrastructure": {
+                "passed": True,
+                "reason": f"scored 50 rows the same (finished {seconds} s after it started)",
+                "max_abs_difference": 0.0,
+                "seconds": seconds,
+            }
+        }
+        lake.write_json(run_result_key(usecase.name, DAY, "evaluate", run), timed)
         monkeypatch.setenv("MLOPS_RUN_ID", run)
         assert main(argv) == 0
         return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -339,7 +349,7 @@ def test_every_decision_is_kept_as_a_record_beside_the_earlier_ones(tmp_path, mo
     assert first["decision_uri"].endswith(
         f"/scheduled__2013-04-01T00_00_00_00_00--{first['decision_id']}.json"
     )
-    again = gate_in("scheduled__2013-04-01T00:00:00+00:00")
+    again = gate_in("scheduled__2013-04-01T00:00:00+00:00", seconds=6.75)
     assert again["decision_id"] == first["decision_id"] and again["decision_uri"] == first["decision_uri"]
     assert len(read_decisions(lake, usecase.name, DAY)) == 1
 
@@ -350,7 +360,7 @@ def test_every_decision_is_kept_as_a_record_beside_the_earlier_ones(tmp_path, mo
     edited = gate_in("scheduled__2013-04-01T00:00:00+00:00")
     assert edited["passed"] is False and edited["decision_id"] != first["decision_id"]
     assert edited["inputs"]["config_hash"] != first["inputs"]["config_hash"]
-    manual = gate_in("manual__2013-04-02T09:00:00+00:00")
+    manual = gate_in("manual__2013-04-02T09:00:00+00:00", seconds=0.4)
     assert manual["decision_id"] == edited["decision_id"] and manual["decision_uri"] != edited["decision_uri"]
 
     decisions = read_decisions(lake, usecase.name, DAY)
@@ -365,3 +375,107 @@ def test_every_decision_is_kept_as_a_record_beside_the_earlier_ones(tmp_path, mo
     assert lake.read_json(run_result_key(usecase.name, DAY, "gate", manual["run"]))["run"] == manual["run"]
     scheduled = lake.read_json(run_result_key(usecase.name, DAY, "gate", edited["run"]))
     assert scheduled["run"] == edited["run"] and scheduled["decision_uri"] == edited["decision_uri"]
+
+
+@pytest.mark.parametrize(
+    ("metric", "candidate", "champion_value", "worse_word"),
+    [("roc_auc", 0.66, 0.70, "a lower roc_auc"), ("rmse", 9.0, 8.0, "a higher rmse")],
+)
+def test_an_interval_wholly_below_zero_reads_worse_in_the_metric_direction(
+    metric, candidate, champion_value, worse_word
+):
+    """Not 'within the noise': a candidate whose whole interval of improvement lies below zero is worse."""
+    gate = GateSpec(
+        primary_metric=metric, change={metric: ChangeBound(min_delta=0.002)}, infrastructure_check=False
+    )
+    evaluated = evaluation(
+        gate=gate,
+        champion={"version": "3", "run_id": "run-old", "metrics": {metric: champion_value}},
+        noise=0.01,
+        **{metric: candidate},
+    )
+    decision = decide(gate, evaluated)
+    change = _check(decision, f"{metric}_vs_champion")
+    assert change["interval"]["high"] < 0 and change["passed"] is False and decision["passed"] is False
+    assert (
+        "worse than the champion" in change["reason"] and "whole interval lies below zero" in change["reason"]
+    )
+    assert worse_word in change["reason"] and "within the noise" not in change["reason"]
+    better = "higher" if HIGHER_IS_BETTER[metric] else "lower"
+    assert f"({better} is better)" in change["reason"]
+    assert decision["reasons"] == [change["reason"]]
+
+
+def test_an_interval_short_of_min_delta_is_within_the_noise_and_one_above_it_passes():
+    """RMSE (lower is better) improved by 0.05 with interval [+0.03, +0.07]: shown better than the champion,
+    not by min_delta 0.1; by 0.3 with interval [+0.28, +0.32] it passes."""
+    gate = GateSpec(
+        primary_metric="rmse", change={"rmse": ChangeBound(min_delta=0.1)}, infrastructure_check=False
+    )
+    champ = {"version": "3", "run_id": "run-old", "metrics": {"rmse": 8.0}}
+    short = _check(
+        decide(gate, evaluation(gate=gate, champion=champ, noise=0.02, rmse=7.95)), "rmse_vs_champion"
+    )
+    assert short["passed"] is False and short["interval"]["low"] == pytest.approx(0.03)
+    assert "within the noise, not shown to beat the champion by min_delta 0.1" in short["reason"]
+    assert "above zero" in short["reason"] and "worse" not in short["reason"]
+    clear = _check(
+        decide(gate, evaluation(gate=gate, champion=champ, noise=0.02, rmse=7.7)), "rmse_vs_champion"
+    )
+    assert clear["passed"] is True and "clears min_delta 0.1: better than the champion" in clear["reason"]
+
+
+def test_the_decision_id_hashes_the_inputs_only():
+    """Identical inputs give the same id whatever the load check took (its reason tells the seconds) and in any
+    Airflow run; a changed metric, threshold, champion or data version gives a new one."""
+
+    def identified(evaluated: dict, gate: GateSpec = GATE, **inputs: object) -> str:
+        decision = decide(gate, evaluated)
+        decision["inputs"] = {
+            "config_hash": "c1",
+            "code_version": "v1",
+            "tables_read": {"features": 7},
+        } | inputs
+        decision["run"] = "scheduled__x"
+        return decision_id(decision)
+
+    def timed(seconds: float, **kwargs: object) -> dict:
+        evaluated = evaluation(champion=champion(0.70), noise=0.01, **kwargs)
+        evaluated["infrastructure"] = {
+            "passed": True,
+            "reason": f"loaded models:/m-hgb in a fresh process (finished {seconds} s after it started)",
+            "max_abs_difference": 1e-17 * seconds,
+            "seconds": seconds,
+        }
+        return evaluated
+
+    first = identified(timed(3.1))
+    assert identified(timed(7.45)) == first
+    assert identified(timed(3.1, roc_auc=0.73)) != first
+    assert identified(timed(3.1), tables_read={"features": 8}) != first
+    assert identified(timed(3.1), config_hash="c2") != first
+    other_champion = timed(3.1)
+    other_champion["champion"] = champion(0.70, version="4")
+    assert identified(other_champion) != first
+    stricter = GATE.model_copy(update={"absolute": {"roc_auc": Bound(min=0.65)}})
+    assert identified(timed(3.1), gate=stricter) != first
+    broken = timed(3.1)
+    broken["infrastructure"]["passed"] = False
+    assert identified(broken) != first
+
+
+@pytest.mark.parametrize(
+    ("usecase", "metric"), [("flight_arrival_delay", "mae"), ("flight_delay", "roc_auc")]
+)
+def test_the_replay_summary_names_the_task_metric(tmp_path, usecase, metric):
+    """A regression's live metric is stored under its own name (live_mae), never under a ROC AUC key."""
+    from mlops_airflow.demo import live_quality, metric_note
+    from pipelines.config import load_usecase
+
+    loaded = load_usecase(usecase)
+    assert loaded.gate.primary_metric == metric
+    live = live_quality(Lake(str(tmp_path / "lake")), loaded, [DAY])
+    assert f"live_{metric}" in live and live["live_primary_metric"] is None
+    assert live["live_roc_auc"] is None  # a regression has no ROC AUC: None, never its MAE
+    better = "higher" if HIGHER_IS_BETTER[metric] else "lower"
+    assert f"{metric} ({better} is better)" in metric_note(loaded)

@@ -273,9 +273,7 @@ def sample_report(task: str = "classification", seed: int = 7) -> dict[str, Any]
         },
         "error_analysis": {
             "method": "decision tree on the features, depth 2",
-            "error": "misclassified at the decision threshold"
-            if classification
-            else "|residual| above the p90",
+            "error": "misclassified at the decision threshold" if classification else "absolute error",
             "overall_error": 0.18,
             "cohorts": [
                 {
@@ -506,6 +504,41 @@ def test_none_values_render_as_na() -> None:
     page = render_report_html(report)
     assert "Champion could not be scored" in page and "OSError: gone" in page
     assert "n/a" in page and "nan" not in page.lower().replace("nan'", "")
+
+
+def test_a_regression_report_speaks_in_regression_terms() -> None:
+    """A regression's error cohorts hold a mean absolute error, not an error rate; metrics carry their direction."""
+    page = render_report_html(sample_report("regression"))
+    assert "error rate" not in page
+    assert "Overall mean absolute error" in page and "<th>mean absolute error</th>" in page
+    assert "Primary metric rmse (lower is better)" in page and "rmse (lower is better)" in page
+    assert "r2 (higher is better)" in page
+    classification = render_report_html(sample_report("classification"))
+    assert "Overall error rate" in classification and "roc_auc (higher is better)" in classification
+
+
+@pytest.mark.parametrize(
+    ("task", "metric", "worse"),
+    [("classification", "roc_auc", "a lower roc_auc"), ("regression", "rmse", "a higher rmse")],
+)
+def test_comparison_reads_worse_within_the_noise_and_better(task: str, metric: str, worse: str) -> None:
+    report = sample_report(task)
+    entry = report["comparison"][metric]
+    report["comparison"] = {metric: entry}
+    min_delta = entry["min_delta"]
+
+    def reading(low: float, high: float) -> str:
+        entry.update(low=low, high=high)
+        return render_report_html(report).split("<section id='comparison'>")[1].split("</section>")[0]
+
+    below = reading(-3 * min_delta, -min_delta)
+    assert f"worse than the champion ({worse}): the whole interval lies below zero" in below
+    assert "within the noise" not in below
+    straddling = reading(-min_delta, 2 * min_delta)
+    assert "within the noise: no clear difference, not shown to beat the champion by min_delta" in straddling
+    short = reading(min_delta / 2, 2 * min_delta)
+    assert "within the noise: better, but not shown to beat the champion by min_delta" in short
+    assert "better than the champion by at least min_delta" in reading(min_delta, 3 * min_delta)
 
 
 def test_residual_plot_svg_keeps_its_signature() -> None:

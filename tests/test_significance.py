@@ -10,7 +10,17 @@ from test_gate import GATE, champion, evaluation
 
 from pipelines.config import HIGHER_IS_BETTER
 from pipelines.metrics import model_metrics
-from pipelines.significance import bootstrap_weights, metric_interval, paired_difference, weighted_metric
+from pipelines.significance import (
+    CLEARS,
+    WITHIN_NOISE,
+    WORSE,
+    bootstrap_weights,
+    change_reading,
+    direction_words,
+    metric_interval,
+    paired_difference,
+    weighted_metric,
+)
 from pipelines.steps.gate import decide
 
 ROWS = 6000
@@ -91,7 +101,7 @@ def test_a_candidate_better_by_less_than_the_noise_is_not_promoted():
     assert change["difference"] > 0.002  # a point estimate the old gate promoted
     assert change["interval"]["low"] < 0.002 and change["interval"]["resamples"] == 1000
     assert change["passed"] is False and decision["passed"] is False
-    assert "not distinguishable from noise" in change["reason"]
+    assert "within the noise, not shown to beat the champion by min_delta" in change["reason"]
     assert _decision(ahead, incumbent, y) == decision  # seeded: the same decision again
 
 
@@ -112,3 +122,32 @@ def test_regression_differences_are_signed_by_the_better_direction(metric):
     assert not HIGHER_IS_BETTER[metric]
     assert out["difference"] > 0 and out["low"] > 0  # lower error = an improvement, positive
     assert out["difference"] == pytest.approx(out["champion"] - out["candidate"])
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "min_delta", "expected"),
+    [
+        (-0.03, -0.01, 0.002, WORSE),  # wholly below zero: worse, not noise
+        (-0.01, 0.02, 0.002, WITHIN_NOISE),  # straddles zero and min_delta
+        (0.001, 0.02, 0.002, WITHIN_NOISE),  # above zero, straddles min_delta
+        (0.0005, 0.0015, 0.002, WITHIN_NOISE),  # between zero and min_delta
+        (0.002, 0.01, 0.002, CLEARS),  # lower bound reaches min_delta
+        (-0.004, -0.001, -0.005, CLEARS),  # a tolerated loss (negative min_delta) passes
+        (-0.01, -0.006, -0.005, WORSE),
+        (None, 0.01, 0.002, None),
+        (float("nan"), 0.01, 0.002, None),
+    ],
+)
+def test_change_reading_against_zero_and_min_delta(low, high, min_delta, expected):
+    assert change_reading(low, high, min_delta) == expected
+
+
+def test_a_worse_regression_candidate_reads_worse_on_real_rows():
+    """A candidate with the larger error on the same rows: its paired RMSE interval lies below zero (signed so
+    positive is better) and the reading says worse, in RMSE's direction (higher is worse)."""
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=3000) * 10
+    good, bad = y + rng.normal(scale=2, size=3000), y + rng.normal(scale=4, size=3000)
+    out = paired_difference("rmse", y, bad, good, resamples=300, confidence=0.95, seed=1)
+    assert out["high"] < 0 and change_reading(out["low"], out["high"], 0.1) == WORSE
+    assert direction_words("rmse") == ("lower", "higher") and direction_words("r2") == ("higher", "lower")

@@ -3,15 +3,18 @@
 Reads the evaluate result of the same logical date and run and writes the decision to
 ``runs/<usecase>/gate/date=<D>/run=<run>/result.json`` (what register and promote of that run read) and keeps it
 as a record, never overwritten, at ``decisions/<usecase>/date=<D>/<run>--<decision id>.json`` with the config hash, code
-version and table versions it was taken on. Checks (config ``gate``):
+version and table versions it was taken on. The decision id hashes the decision's inputs only (``decision_id``): the
+same inputs give the same id, in any Airflow run, whatever the timings. Checks (config ``gate``):
 
 - configuration: with no absolute and no change threshold there is nothing to decide on: not promoted;
 - absolute: the candidate's metric within ``gate.absolute[metric].min/max`` (its bootstrap interval is recorded);
   the primary metric must be defined;
 - change: the improvement over the champion on the same holdout rows, signed by the metric's better direction
   (``config.HIGHER_IS_BETTER``), has a paired bootstrap interval (``gate.significance``, seeded) whose lower
-  bound reaches ``gate.change[metric].min_delta``: an improvement within the noise does not pass. With no
-  champion yet these are recorded as skipped (first run: absolute thresholds only);
+  bound reaches ``gate.change[metric].min_delta``. The reason reads the interval in the metric's direction
+  (``significance.change_reading``): wholly below zero is *worse* than the champion (a higher RMSE, a lower ROC
+  AUC); straddling zero or ``min_delta`` is *within the noise* (not shown to beat the champion by ``min_delta``);
+  neither passes. With no champion yet these are recorded as skipped (first run: absolute thresholds only);
 - robustness: over the ``slices`` with enough rows, positives and negatives, the worst reaches ``min_value`` and
   best minus worst is at most ``max_gap`` (``gate.robustness``);
 - fairness: over the ``sensitive_attributes`` (fairlearn ``MetricFrame`` by group, with bootstrap intervals):
@@ -39,6 +42,7 @@ from typing import Any
 from pipelines.config import HIGHER_IS_BETTER, FairnessSpec, GateSpec, SliceGateSpec
 from pipelines.context import StepContext, StepFailed, progress
 from pipelines.lake import Lake
+from pipelines.significance import CLEARS, WORSE, change_reading, direction_words
 
 FIRST_RUN_REASON = "no champion yet (first run): absolute thresholds only"
 TOLERANCE = 1e-12
@@ -120,6 +124,41 @@ def absolute_checks(gate: GateSpec, metrics: dict[str, Any]) -> list[dict[str, A
     return checks
 
 
+def _change_reason(
+    metric: str,
+    value: Any,
+    baseline: Any,
+    version: Any,
+    found: dict[str, Any],
+    min_delta: float,
+    reading: str,
+) -> str:
+    """The change check's reason in the metric's own direction: better, worse, or within the noise."""
+    better, worse = direction_words(metric)
+    low, high = float(found["low"]), float(found["high"])
+    head = (
+        f"{metric} {_show(value)} vs champion v{version} {_show(baseline)} ({better} is better): improvement "
+        f"{float(found['difference']):+.4f}, {float(found['confidence']):.0%} interval [{low:+.4f}, "
+        f"{high:+.4f}] over {found['resamples']} paired resamples of {found['rows']} rows"
+    )
+    if reading == CLEARS:
+        return f"{head}; its lower bound clears min_delta {min_delta}: better than the champion"
+    if reading == WORSE:
+        return (
+            f"{head}: worse than the champion, the whole interval lies below zero (a {worse} {metric} than the "
+            "champion's on the same rows)"
+        )
+    where = (
+        "straddles zero: no clear difference from the champion"
+        if low < 0.0
+        else f"lies above zero but its lower bound is short of min_delta {min_delta}"
+    )
+    return (
+        f"{head}: within the noise, not shown to beat the champion by min_delta {min_delta} (the interval "
+        f"{where})"
+    )
+
+
 def change_checks(
     gate: GateSpec,
     metrics: dict[str, Any],
@@ -186,27 +225,16 @@ def change_checks(
         else:
             found = (comparison or {}).get(metric) or {}
             low, high = found.get("low"), found.get("high")
-            better = "higher" if HIGHER_IS_BETTER[metric] else "lower"
-            if _missing(low) or _missing(found.get("difference")):
+            reading = change_reading(low, high, bound.min_delta, TOLERANCE)
+            if reading is None or _missing(found.get("difference")):
                 passed = False
                 reason = (
                     f"{metric} {_show(value)} vs champion v{version} {_show(baseline)}: no paired interval of the "
                     "difference on the holdout rows (the evaluation did not compute one); rerun evaluate"
                 )
             else:
-                passed = float(low) >= bound.min_delta - TOLERANCE
-                confidence = float(found["confidence"])
-                reason = (
-                    f"{metric} {_show(value)} vs champion v{version} {_show(baseline)}: improvement "
-                    f"{float(found['difference']):+.4f} ({better} is better), {confidence:.0%} interval "
-                    f"[{float(low):+.4f}, {float(high):+.4f}] over {found['resamples']} paired resamples of "
-                    f"{found['rows']} rows; its lower bound "
-                    + (
-                        f"clears min_delta {bound.min_delta}"
-                        if passed
-                        else f"does not clear min_delta {bound.min_delta}: not distinguishable from noise"
-                    )
-                )
+                passed = reading == CLEARS
+                reason = _change_reason(metric, value, baseline, version, found, bound.min_delta, reading)
             interval = (
                 None
                 if _missing(low)
@@ -580,9 +608,56 @@ def decision_inputs(ctx: StepContext, evaluation: dict[str, Any]) -> dict[str, A
     }
 
 
+# what of a check the decision id covers: its identity, the numbers it compared and its outcome; never the reason
+# text (the infrastructure check's tells how many seconds the fresh process took) nor anything measured in time
+_CHECK_ID_FIELDS = (
+    "name",
+    "kind",
+    "metric",
+    "attribute",
+    "group",
+    "threshold",
+    "baseline",
+    "value",
+    "difference",
+)
+_INTERVAL_ID_FIELDS = ("low", "high", "confidence", "resamples", "seed", "rows", "method")
+
+
+def _id_number(value: Any) -> Any:
+    """A number as the id sees it: 12 significant digits, so the last bits of a float do not make a new id."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    return None if _missing(value) else float(f"{float(value):.12g}")
+
+
 def decision_id(decision: dict[str, Any]) -> str:
-    """A content hash of the decision and its inputs: the same inputs give the same id, any change a new one."""
-    body = {k: v for k, v in decision.items() if not k.endswith("_uri") and k not in ("decision_id", "run")}
+    """A hash of what the decision was taken on and what it found, from its inputs only: the candidate (name,
+    MLflow run), the champion (version, run), ``inputs`` (config hash with the gate's thresholds, code version,
+    table versions, holdout rows, the candidates' runs) and each check's metric values, thresholds, interval and
+    outcome. Not the reason texts, the Airflow run, URIs or any timing: the same inputs give the same id (a rerun
+    in another Airflow run too; its record is kept beside, keyed by run), any changed input a new one."""
+    checks = []
+    for check in decision.get("checks") or []:
+        entry = {k: _id_number(check.get(k)) for k in _CHECK_ID_FIELDS if k in check}
+        if check.get("kind") == "infrastructure":  # measured in another process: only its outcome is an input
+            entry.pop("value", None)
+        interval = check.get("interval")
+        if isinstance(interval, dict):
+            entry["interval"] = {k: _id_number(interval.get(k)) for k in _INTERVAL_ID_FIELDS if k in interval}
+        checks.append(entry | {"passed": bool(check.get("passed")), "skipped": bool(check.get("skipped"))})
+    body = {
+        "passed": bool(decision.get("passed")),
+        "candidate": decision.get("candidate"),
+        "selected_on": decision.get("selected_on"),
+        "candidate_run": decision.get("run_id"),
+        "primary_metric": decision.get("primary_metric"),
+        "candidate_value": _id_number(decision.get("candidate_value")),
+        "champion_value": _id_number(decision.get("champion_value")),
+        "champion_version": decision.get("champion_version"),
+        "inputs": decision.get("inputs") or {},
+        "checks": checks,
+    }
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -384,6 +384,7 @@ def live_quality(lake: Any, usecase: Any, days: list[date]) -> dict[str, Any]:
         "scored_late": 0,
         "live_roc_auc": None,
         "live_primary_metric": None,
+        f"live_{usecase.gate.primary_metric}": None,
     }
     if not dates:
         return empty
@@ -403,6 +404,7 @@ def live_quality(lake: Any, usecase: Any, days: list[date]) -> dict[str, Any]:
         "scored_late": late,
         "live_roc_auc": values.get("roc_auc"),
         "live_primary_metric": values.get(primary),
+        f"live_{primary}": values.get(primary),  # named as the task names it: live_mae, live_rmse, ...
     }
 
 
@@ -450,6 +452,13 @@ def replay_batch(
     promote, register = train_run.result("promote"), train_run.result("register")
     champion = _champion_version(usecase)
     best = gate.get("candidate") or evaluate.get("best")
+    primary = usecase.gate.primary_metric
+    # the scoring model's primary metric on its holdout, as its gate saw it
+    holdout = holdout_auc.get(str(score.get("model_version")))
+    named = {  # the live and holdout primary metric under its own name (mae, rmse, roc_auc, ...)
+        f"live_{primary}": live["live_primary_metric"],
+        f"scoring_model_holdout_{primary}": holdout,
+    }
     row = {
         "month": f"{first:%Y-%m}",
         "first_day": first.isoformat(),
@@ -470,11 +479,12 @@ def replay_batch(
         "unscored_days": score.get("unscored", []),
         "live_roc_auc": live["live_roc_auc"],
         "live_primary_metric": live["live_primary_metric"],
-        "scoring_model_holdout_roc_auc": holdout_auc.get(str(score.get("model_version"))),
+        "scoring_model_holdout_primary_metric": holdout,
+        **named,
         "train_date": None if train_on is None else train_on.isoformat(),
         "train_run": gate.get("run"),  # the run its step results are keyed by (runs/<uc>/<step>/date=/run=)
         "best_candidate": best,
-        "primary_metric": gate.get("primary_metric"),
+        "primary_metric": gate.get("primary_metric") or primary,
         "best_metric": gate.get("candidate_value"),
         "champion_metric": gate.get("champion_value"),
         "gate_passed": gate.get("passed"),
@@ -520,6 +530,14 @@ HEADER = (
 )
 
 
+def metric_note(usecase: Any) -> str:
+    """Which metric the live, holdout, metric and champion columns hold, in the task's own terms."""
+    from pipelines.significance import direction_words
+
+    primary = usecase.gate.primary_metric
+    return f"{'':<8} live, holdout, metric, champ.: {primary} ({direction_words(primary)[0]} is better)"
+
+
 def say_row(row: dict[str, Any], log_path: Path) -> None:
     """One summary row as a table line, with the gate's reasons and any run that did not succeed."""
     gate_text = {True: "passed", False: "rejected", None: "error" if row["train_date"] else "-"}[
@@ -527,7 +545,7 @@ def say_row(row: dict[str, Any], log_path: Path) -> None:
     ]
     say(
         f"{row['month']:<8} {row['rows_ingested']:>9} {row['rows_quarantined']:>8} {row['rows_scored']:>7} "
-        f"{row['rows_scored_ahead']:>7} {row['rows_scored_late']:>5} {_fmt(row['live_primary_metric']):>8} {_fmt(row['scoring_model_holdout_roc_auc']):>7} "
+        f"{row['rows_scored_ahead']:>7} {row['rows_scored_late']:>5} {_fmt(row['live_primary_metric']):>8} {_fmt(row['scoring_model_holdout_primary_metric']):>7} "
         f"{_fmt(row['best_candidate']):>6} {_fmt(row['best_metric']):>7} {_fmt(row['champion_metric']):>7} "
         f"{gate_text:<8} {_fmt(row['champion_version']):>8}  {row['seconds']:.1f}"
     )
@@ -584,6 +602,7 @@ def run_demo(
     lake = open_lake(profile.lake_uri)
     rows: list[dict[str, Any]] = []
     say(HEADER)
+    say(metric_note(usecase))
     holdout_auc: dict[str, Any] = {}  # model version -> its holdout metric at training (from its gate)
     for month in range(1, months + 1):
         days = _month_days(month)
@@ -669,6 +688,7 @@ def run_period(usecase_name: str, first: date, last: date, runner_name: str = "a
     runner = make_runner(usecase, runner_name, home, out_dir / f"{usecase.name}_{runner_name}.log")
     lake = open_lake(profile.lake_uri)
     say(HEADER)
+    say(metric_note(usecase))
     rows: list[dict[str, Any]] = []
     holdout_auc: dict[str, Any] = {}
     for days, train_on in month_batches(first, last):
