@@ -41,12 +41,19 @@ for usecase in usecases():
             "and fairness thresholds; every candidate is registered, only a passed gate moves `champion`.",
             params={
                 "mode": Param("full", enum=["full", "refresh"], description="full: all candidates"),
-                "candidates": Param(candidates, type="array", description="candidates to train"),
+                "candidates": Param(
+                    candidates,
+                    type="array",
+                    items={"enum": candidates},
+                    minItems=1,
+                    description="candidates to train",
+                ),
                 "window_days": Param(
                     usecase.split.train_window_days,
                     type="integer",
-                    minimum=usecase.split.holdout_days + 1,
-                    description="training window in days before the logical date (the holdout is its end)",
+                    minimum=usecase.min_window_days,  # what train accepts: holdout + validation + a train day
+                    description="training window in days before the logical date (the holdout is its end, the "
+                    f"validation window before it): at least {usecase.min_window_days}",
                 ),
             },
             render_template_as_native_obj=False,

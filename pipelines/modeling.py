@@ -404,6 +404,39 @@ class KerasMLP:
 
 # --------------------------------------------------------------------------------------------------- sklearn
 
+# params a family's pipeline sets from the use case itself (a candidate's params may not override them)
+PIPELINE_PARAMS: dict[str, dict[str, str]] = {
+    "hist_gradient_boosting": {"categorical_features": "features.categorical"},
+}
+
+
+def estimator_class(family: str, task: str) -> Any:
+    """The scikit-learn estimator class a family fits for a task (None for ``keras_mlp``)."""
+    if family == "keras_mlp":
+        return None
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    if family == "hist_gradient_boosting":
+        return HistGradientBoostingRegressor if task == "regression" else HistGradientBoostingClassifier
+    return {"logistic_regression": LogisticRegression, "ridge": Ridge}[family]
+
+
+def accepted_params(family: str, task: str) -> list[str]:
+    """The params a candidate of ``family`` may set: the estimator's keyword arguments (``keras_mlp``: its own
+    params), less those the pipeline sets from the use case (:data:`PIPELINE_PARAMS`)."""
+    import inspect
+
+    cls = estimator_class(family, task)
+    if cls is None:
+        return sorted(KERAS_MLP_DEFAULTS)
+    names = [
+        name
+        for name, parameter in inspect.signature(cls).parameters.items()
+        if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    ]
+    return sorted(set(names) - set(PIPELINE_PARAMS.get(family, {})))
+
 
 def _sklearn_pipeline(spec: CandidateSpec, usecase: UseCase, seed: int) -> Any:
     import numpy as np

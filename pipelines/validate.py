@@ -4,10 +4,15 @@ Everything that can be known from the YAML alone is checked here, and every prob
 file, field and fix: the schema (types, required fields, time zones, label kinds), the transforms' names and
 params, that every column a transform, the features, the slices or the drift monitor names exists in the sources
 or is made by an earlier transform, that no transform output clashes with another column, and that the
-schedules parse. Each step runs these checks first (``pipelines.cli.run_step``), so a typo fails the first task
-with this list instead of a Spark error in the middle of the features step.
+schedules parse. Leakage: no model input is the label, a column known only with the outcome (the label's source
+column, any column of a separate outcome source, a column marked ``known_with_outcome``) or a column a transform
+makes from one. Contradictions between fields: the score schedule must fire at the prediction time, the gate's
+bootstrap must fit in memory, a gate needs a change check (unless ``gate.allow_absolute_only``), and candidate
+params must be ones the estimator takes. Each step runs these checks first (``pipelines.cli.run_step``), so a
+typo fails the first task with this list instead of a Spark error in the middle of the features step.
 
-No Spark and no lake access: cheap enough for the CLI and for tests of every shipped use case.
+No Spark and no lake access (scikit-learn is imported, for its estimators' signatures): cheap enough for the
+CLI and for tests of every shipped use case.
 """
 
 from __future__ import annotations
@@ -44,6 +49,24 @@ PRESETS = {
     "@yearly",
     "@annually",
 }
+
+# the presets as cron expressions (None: not a time of day)
+PRESET_CRONS: dict[str, str | None] = {
+    "@once": None,
+    "@continuous": None,
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@quarterly": "0 0 1 */3 *",
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+}
+# gate.significance.resamples: the paired bootstrap holds a resamples x holdout rows float64 weight matrix and
+# temporaries of its size; measured peak for roc_auc: 0.6 GiB per 1,000 resamples and 10,000 rows (0.3 for the
+# per-row losses). 5,000 resamples of a 13,000-row holdout (the flight example's 14 days) need about 4 GiB.
+GIB_PER_1000_RESAMPLES_10K_ROWS = 0.6
+MAX_RESAMPLES = 5000
 
 
 @dataclass(frozen=True)
@@ -87,7 +110,39 @@ class _Columns:
         self.usecase, self.file = usecase, file
         primary = usecase.features.primary_source
         self.origin = {name: f"source {primary!r}" for name in usecase.sources[primary].columns}
+        # column -> why its value is known only with the outcome (never a model input)
+        self.leaks = {
+            name: why
+            for name in usecase.sources[primary].columns
+            if (why := self.source_leak(primary, name)) is not None
+        }
         self.problems: list[Problem] = []
+
+    def source_leak(self, source: str, column: str) -> str | None:
+        """Why ``column`` of ``source`` is known only with the outcome, or None when it is not."""
+        usecase = self.usecase
+        outcome = usecase.outcome_source
+        if source == outcome and outcome != usecase.features.primary_source:
+            return f"a column of the outcome source {outcome!r} (time.outcome.source)"
+        if source == outcome and column == usecase.target.source_column:
+            return "the label's source column (target.source_column)"
+        spec = usecase.sources[source].columns.get(column) if source in usecase.sources else None
+        if spec is not None and spec.known_with_outcome:
+            return f"marked known_with_outcome in source {source!r}"
+        return None
+
+    def leak_from(self, names: Any) -> str | None:
+        """Why a transform reading ``names`` makes columns known only with the outcome, or None."""
+        names = [names] if isinstance(names, str) else list(names or [])
+        for name in names:
+            if isinstance(name, str) and name in self.leaks:
+                return f"made from {name!r}, {self.leaks[name]}"
+        return None
+
+    def mark(self, names: list[str], why: str | None) -> None:
+        if why is not None:
+            for name in names:
+                self.leaks.setdefault(name, why)
 
     def problem(self, field: str, message: str, fix: str) -> None:
         self.problems.append(Problem(self.file, field, message, fix))
@@ -146,6 +201,14 @@ def _transform_columns(usecase: UseCase, file: str) -> _Columns:
                 "use past_mean (the mean of the past labels, with count_output for how many) instead",
             )
         params = spec.params
+        keys = params.get("keys")
+        read = [
+            *(keys if isinstance(keys, list) else [keys]),
+            params.get("timestamp"),
+            params.get("hour_column"),
+        ]
+        derived = columns.leak_from([n for n in read if n is not None])
+        derived = None if derived is None else f"{derived} (by {field})"
         source = params.get("source")
         source_columns = (
             usecase.sources[source].columns if isinstance(source, str) and source in usecase.sources else None
@@ -166,15 +229,23 @@ def _transform_columns(usecase: UseCase, file: str) -> _Columns:
             if source_columns is not None:
                 columns.need(f"{field}.params.columns", list(mapping), source_columns, f"source {source!r}")
             columns.add(f"{field}.params.columns", [str(v) for v in mapping.values()])
+            if isinstance(source, str) and source in usecase.sources:
+                for column, output in mapping.items():
+                    leak = columns.source_leak(source, str(column))
+                    columns.mark([str(output)], None if leak is None else f"{field} joins {column!r}, {leak}")
+            columns.mark([str(v) for v in mapping.values()], derived)
         for param in ("output", "hour_output", "count_output"):
             default = inspect.signature(TRANSFORMS[spec.name]).parameters.get(param)
             name = params.get(param, None if default is None else default.default)
             if isinstance(name, str):
                 columns.add(f"{field}.params.{param}", [name])
+                columns.mark([name], derived)
         if spec.name == "calendar":
             columns.add(field, ["day_of_week"])
+            columns.mark(["day_of_week"], derived)
             if "month" not in columns.origin:
                 columns.origin["month"] = field
+                columns.mark(["month"], derived)
     return columns
 
 
@@ -212,7 +283,27 @@ def _column_problems(usecase: UseCase, columns: _Columns) -> None:
             f"column(s) {both} are listed as numeric and categorical",
             "keep each column in one of the lists",
         )
+    for field, names in (
+        ("features.numeric", features.numeric),
+        ("features.categorical", features.categorical),
+    ):
+        for name in names:
+            if name in columns.leaks and name != usecase.target.column:
+                columns.problem(
+                    field,
+                    f"{name!r} is known only with the outcome ({columns.leaks[name]}): as a model input it gives "
+                    "the label away",
+                    f"remove {name!r} from {field}; a value known at the prediction time belongs in the primary "
+                    "source (or a source joined at the prediction time) without known_with_outcome",
+                )
     inputs = {*features.numeric, *features.categorical}
+    not_inputs = [n for n in usecase.leakage.allowed if n not in inputs]
+    if not_inputs:
+        columns.problem(
+            "leakage.allowed",
+            f"column(s) {not_inputs} are not model inputs",
+            f"name columns of features.numeric or features.categorical: {sorted(inputs)}",
+        )
     unknown = [n for n in usecase.drift.features if n not in inputs]
     if unknown:
         columns.problem(
@@ -245,6 +336,67 @@ def _gate_problems(usecase: UseCase, columns: _Columns) -> None:
             "robustness bounds are configured but slices is empty",
             "list the columns to slice the holdout by in slices (e.g. [carrier])",
         )
+    if not gate.change and not gate.allow_absolute_only:
+        columns.problem(
+            "gate.change",
+            "the gate has no change check"
+            + (
+                ", only absolute bounds: a candidate worse than the champion replaces it whenever it meets them"
+                if gate.absolute
+                else " and no absolute bounds: it promotes nothing"
+            ),
+            f"add a change bound on the primary metric, e.g. change: {{{gate.primary_metric}: {{min_delta: 0.0}}}}"
+            " (the candidate must beat the champion on the same holdout), or set gate.allow_absolute_only: true "
+            "to accept absolute bounds alone",
+        )
+    resamples = gate.significance.resamples
+    if resamples > MAX_RESAMPLES:
+        gib = resamples / 1000 * GIB_PER_1000_RESAMPLES_10K_ROWS
+        columns.problem(
+            "gate.significance.resamples",
+            f"{resamples} resamples need about {gib:.1f} GiB per 10,000 holdout rows in the gate (the bootstrap "
+            f"holds a resamples x rows matrix of weights and its temporaries: {GIB_PER_1000_RESAMPLES_10K_ROWS} "
+            "GiB per 1,000 resamples and 10,000 rows, measured for roc_auc); a 14-day holdout of the flight "
+            "example has about 13,000 rows",
+            f"use at most {MAX_RESAMPLES} (the default 1000 gives stable 95% interval ends)",
+        )
+
+
+def _candidate_problems(usecase: UseCase, file: str) -> list[Problem]:
+    """Each candidate's params must be ones its estimator takes (keras_mlp: its own params), and not one the
+    pipeline sets from the use case, so a typo fails here and not in train after the data was read."""
+    import difflib
+
+    from pipelines.modeling import PIPELINE_PARAMS, accepted_params, estimator_class
+
+    problems = []
+    for index, spec in enumerate(usecase.candidates):
+        accepted = accepted_params(spec.family, usecase.task)
+        cls = estimator_class(spec.family, usecase.task)
+        what = "keras_mlp" if cls is None else cls.__name__
+        for name in spec.params:
+            field = f"candidates[{index}].params.{name}"
+            if name in PIPELINE_PARAMS.get(spec.family, {}):
+                problems.append(
+                    Problem(
+                        file,
+                        field,
+                        f"{name!r} is set by the {spec.family} pipeline from "
+                        f"{PIPELINE_PARAMS[spec.family][name]} (candidate {spec.name!r})",
+                        f"remove it; change {PIPELINE_PARAMS[spec.family][name]} instead",
+                    )
+                )
+            elif name not in accepted:
+                close = difflib.get_close_matches(str(name), accepted, n=1)
+                problems.append(
+                    Problem(
+                        file,
+                        field,
+                        f"{name!r} is not a parameter of {what} (candidate {spec.name!r}, family {spec.family})",
+                        (f"did you mean {close[0]!r}? " if close else "") + f"use one of {accepted}",
+                    )
+                )
+    return problems
 
 
 CRON_FIELDS = (  # (name, lowest, highest, names) of the five fields of a cron expression
@@ -290,6 +442,35 @@ def cron_problem(expression: str) -> str | None:
     return None
 
 
+def _score_at_prediction_time(usecase: UseCase, file: str) -> Problem | None:
+    """The score DAG must run at the prediction time: its cron (local time, the DAG's time zone) must fire once a
+    day at ``time.prediction_time.at`` (days of month and week are free)."""
+    value = usecase.schedules.score
+    expression = PRESET_CRONS.get(value, value)
+    if expression is None or cron_problem(expression) is not None:
+        fires = f"{value!r} does not fire once a day"
+    else:
+        minute, hour = expression.split()[:2]
+        at = usecase.time.prediction_time.minutes_after_midnight
+        if minute.isdigit() and hour.isdigit() and int(hour) * 60 + int(minute) == at:
+            return None
+        fires = (
+            f"{value!r} fires at {int(hour):02d}:{int(minute):02d}"
+            if minute.isdigit() and hour.isdigit()
+            else f"{value!r} fires at minute {minute!r} of hour {hour!r}"
+        )
+    at_text = usecase.time.prediction_time.at
+    hours, minutes = at_text.split(":")
+    return Problem(
+        file,
+        "schedules.score",
+        f"{fires}, but predictions are made at time.prediction_time.at {at_text} ({usecase.time.timezone}): "
+        "the score run would predict with features of another time than the model was trained and judged on",
+        f"set schedules.score: '{int(minutes)} {int(hours)} * * *' (or leave it out: it defaults to the "
+        "prediction time), or change time.prediction_time.at",
+    )
+
+
 def _schedule_problems(usecase: UseCase, file: str) -> list[Problem]:
     problems = []
     for name in SCHEDULE_FIELDS:
@@ -306,6 +487,13 @@ def _schedule_problems(usecase: UseCase, file: str) -> list[Problem]:
                     "use five cron fields such as '0 18 * * *' or a preset such as '@daily'",
                 )
             )
+    score = usecase.schedules.score
+    if (
+        score in PRESETS or cron_problem(score) is None
+    ):  # a score schedule that parses: at the prediction time?
+        problem = _score_at_prediction_time(usecase, file)
+        if problem is not None:
+            problems.append(problem)
     try:
         from datetime import date
 
@@ -326,7 +514,7 @@ def check_usecase(usecase: UseCase, file: str) -> list[Problem]:
     """The static problems of a use case that passed the schema (empty when there are none)."""
     columns = _transform_columns(usecase, file)
     _column_problems(usecase, columns)
-    return [*columns.problems, *_schedule_problems(usecase, file)]
+    return [*columns.problems, *_candidate_problems(usecase, file), *_schedule_problems(usecase, file)]
 
 
 def validate_file(path: Path) -> tuple[UseCase | None, list[Problem]]:
@@ -380,6 +568,29 @@ def lake_notes(usecase: UseCase) -> list[str]:
     return understated_delays(usecase, summaries)
 
 
+def chance_floor_warnings(usecase: UseCase) -> list[str]:
+    """ROC AUC floors below what chance gives (0.5: a floor under it accepts a model that ranks a group or a
+    slice backwards): warnings, not problems (a deliberate choice stays possible), each with its field."""
+    gate = usecase.gate
+    floors: list[tuple[str, float | None]] = []
+    if "roc_auc" in gate.absolute:
+        floors.append(("gate.absolute.roc_auc.min", gate.absolute["roc_auc"].min))
+    if gate.robustness is not None and gate.robustness.metric == "roc_auc":
+        floors.append(("gate.robustness.min_value", gate.robustness.min_value))
+    if gate.fairness is not None and gate.fairness.metric == "roc_auc":
+        floors.append(("gate.fairness.min_value", gate.fairness.min_value))
+        floors += [
+            (f"gate.fairness.attributes.{a}.min_value", b.min_value)
+            for a, b in gate.fairness.attributes.items()
+        ]
+    return [
+        f"{field}: ROC AUC floor {value} is below chance (0.5): a model that ranks it backwards passes; "
+        "fix: use at least 0.5 (the gate already judges small groups and slices on their intervals)"
+        for field, value in floors
+        if value is not None and value < 0.5
+    ]
+
+
 def run_validate(names: list[str] | None = None, against_lake: bool = False) -> int:
     """``mlops validate [USECASE...] [--against-lake]``: print every problem of the named use cases (default:
     all), and with ``against_lake`` what the lake shows against their declared delays (notes, not problems);
@@ -403,6 +614,8 @@ def run_validate(names: list[str] | None = None, against_lake: bool = False) -> 
                 print(f"  - {problem.field}: {problem.message}\n    fix: {problem.fix}")
         else:
             print(f"{path}: OK")
+        for warning in chance_floor_warnings(usecase) if usecase is not None else []:
+            print(f"  - warning: {warning}")
         if against_lake and usecase is not None:
             notes = lake_notes(usecase)
             for note in notes:

@@ -147,3 +147,33 @@ def test_pipelines_never_import_airflow() -> None:
                 if n.split(".")[0] in {"airflow", "mlops_airflow"}
             ]
     assert offenders == []
+
+
+def test_train_dag_window_param_is_bounded_by_what_train_accepts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The train DAG's Param window_days refuses exactly the windows train refuses: shorter than the holdout,
+    the validation window (several candidates or a chosen threshold) and one training day."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    from pipelines.cli import main
+
+    monkeypatch.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    dags = DagBag(dag_folder=str(REPO_ROOT / "dags" / "train.py")).dags
+    monkeypatch.setenv("MLOPS_LAKE_URI", str(tmp_path / "lake"))
+    for name in list_usecases():
+        usecase = load_usecase(name)
+        validation = usecase.decision.validation_days if usecase.uses_validation_window else 0
+        shortest = usecase.min_window_days
+        assert shortest == usecase.split.holdout_days + validation + 1
+        param = dags[f"{name}_train"].params.get_param("window_days")
+        assert param.resolve(shortest) == shortest
+        with pytest.raises(ParamValidationError):
+            param.resolve(shortest - 1)
+        argv = ["train", "--usecase", name, "--date", "2013-04-01", "--window-days"]
+        assert main([*argv, str(shortest - 1)]) == 1
+        assert f"--window-days {shortest - 1} must be larger than" in capsys.readouterr().out
+        main([*argv, str(shortest)])  # accepted: fails later, on the empty lake
+        out = capsys.readouterr().out
+        assert "must be larger than" not in out and "no committed feature partitions" in out, out

@@ -36,6 +36,7 @@ from typing import Any
 from pipelines.context import StepContext, StepFailed, progress
 from pipelines.feature_identity import FEATURES_CONFIG_TAG, features_config_hash
 from pipelines.lake import DATE, LakeError, PartitionInfo, Snapshot, content_hash, features_table, raw_table
+from pipelines.leakage import check_leakage
 
 MIN_TRAIN_ROWS = 100
 MIN_HOLDOUT_ROWS = 50
@@ -477,7 +478,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     mode = getattr(args, "mode", "full") or "full"
     window_days = getattr(args, "window_days", None) or split.train_window_days
     validation_days = usecase.decision.validation_days if usecase.uses_validation_window else 0
-    if window_days <= split.holdout_days + validation_days:
+    if window_days < usecase.min_window_days:  # the train DAG's Param window_days has the same minimum
         raise StepFailed(
             f"--window-days {window_days} must be larger than split.holdout_days ({split.holdout_days}) plus "
             f"decision.validation_days ({validation_days}) in config/usecases/{usecase.name}.yaml"
@@ -496,6 +497,9 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     label = usecase.target.column
     X = model_inputs(usecase, train, "the training rows")
     y = train[label].to_numpy(dtype=modeling.label_dtype(usecase))
+    single_feature_scores = check_leakage(
+        usecase, X, y, f"the training rows [{window['train_start']}, {window['train_end']})"
+    )
     final_rows = frames.final_fit_rows(split.max_train_rows, split.seed)
     X_final = model_inputs(usecase, final_rows, "the final fit rows")
     y_final = final_rows[label].to_numpy(dtype=modeling.label_dtype(usecase))
@@ -642,6 +646,8 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         # per part: expected, present and missing days; events, due outcomes, labelled, unlabelled (never arrived)
         "completeness": completeness,
         "unlabelled_events": {part: entry["unlabelled_events"] for part, entry in completeness.items()},
+        # each model input's ROC AUC or R-squared on its own on the train rows (pipelines.leakage)
+        "single_feature_scores": single_feature_scores,
         "candidates": candidates,
     }
     key = f"{ctx.run_key('train')}/result.json"
@@ -650,7 +656,14 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     small = {
         k: v
         for k, v in result.items()
-        if k not in {"inputs", "feature_data_hashes", "feature_partitions", "completeness"}
+        if k
+        not in {
+            "inputs",
+            "feature_data_hashes",
+            "feature_partitions",
+            "completeness",
+            "single_feature_scores",
+        }
     }
     small["feature_partitions_count"] = len(all_parts)
     small["inputs_count"] = len(inputs)
