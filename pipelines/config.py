@@ -122,6 +122,11 @@ class ColumnSpec(_Strict):
     min: float | None = None
     max: float | None = None
     allowed: list[str] | None = Field(default=None, description="Allowed values (strings)")
+    known_with_outcome: bool = Field(
+        default=False,
+        description="The value is known only once the outcome is (e.g. a flight's departure delay in the file "
+        "that also carries its arrival delay): never a model input, nor anything a transform makes from it",
+    )
 
 
 PREDICTION_TIME = "prediction_time"  # features and predictions: when the event is (or was) predicted, UTC
@@ -494,17 +499,18 @@ class SliceGateSpec(_Strict):
     min_slice_positives: int = Field(
         default=30,
         ge=0,
-        description="classification: a slice with fewer positives, or fewer negatives, is shown and flagged but "
-        "not gated (its metric is noise: a 515-row group with 3 positives failed every model)",
+        description="classification: a slice with fewer positives, or fewer negatives (or fewer rows than "
+        "min_slice_rows), is gated on its bootstrap interval only (its point value is noise: a 515-row group with "
+        "3 positives failed every model); one with no interval is shown and named as not gated",
     )
-    min_value: float | None = Field(default=None, description="Worst slice must reach this value")
+    min_value: float | None = Field(default=None, description="every gated slice must reach this value")
     max_gap: float | None = Field(default=None, description="Best minus worst slice may be at most this")
 
 
 class FairnessBounds(_Strict):
     """Thresholds of one sensitive attribute's groups (any may be left out)."""
 
-    min_value: float | None = Field(default=None, description="the worst group's metric must reach this")
+    min_value: float | None = Field(default=None, description="every gated group's metric must reach this")
     max_gap: float | None = Field(default=None, description="best minus worst group may be at most this")
     min_ratio: float | None = Field(
         default=None, gt=0, le=1, description="worst over best group (the better direction) at least this"
@@ -512,7 +518,23 @@ class FairnessBounds(_Strict):
     max_worst_drop: float | None = Field(
         default=None,
         ge=0,
-        description="the candidate's worst group may be at most this much worse than the champion's worst group",
+        description="no group may be more than this much worse than the same group under the champion",
+    )
+    max_tpr_gap: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="classification: largest minus smallest group true-positive rate at the decision threshold "
+        "(a part of fairlearn's equalized_odds_difference) at most this",
+    )
+    max_fpr_gap: float | None = Field(
+        default=None, ge=0, le=1, description="classification: the same for the false-positive rate"
+    )
+    max_selection_rate_gap: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="classification: the same for the selection rate (fairlearn's demographic_parity_difference)",
     )
 
 
@@ -520,17 +542,19 @@ class FairnessSpec(FairnessBounds):
     """Fairness over ``sensitive_attributes`` (fairlearn ``MetricFrame`` by group), with bootstrap intervals.
 
     A group with fewer than ``min_group_rows`` rows or, for a classification, fewer than ``min_group_positives``
-    positives or negatives is shown and flagged, not gated. The bounds apply to every attribute unless
-    ``attributes`` overrides them for one. ``max_calibration_error`` bounds the candidate's expected calibration
-    error (classification)."""
+    positives or negatives is gated on its bootstrap interval (it fails only when the interval's favourable end
+    fails); a group with no interval at all is shown and named as not gated. The bounds apply to every attribute
+    unless ``attributes`` overrides them for one. ``max_calibration_error`` bounds the candidate's expected
+    calibration error (classification)."""
 
     metric: Metric = "roc_auc"
     min_group_rows: int = Field(default=100, ge=1)
     min_group_positives: int = Field(
         default=30,
         ge=0,
-        description="classification: positives and negatives a group needs to be gated (not rows: a 515-row group "
-        "with 3 positives failed every model on a public dataset)",
+        description="classification: positives and negatives a group needs to be judged on its value (not rows: "
+        "a 515-row group with 3 positives failed every model on a public dataset); a smaller group is judged on "
+        "its interval",
     )
     max_calibration_error: float | None = Field(default=None, gt=0, le=1)
     attributes: dict[str, FairnessBounds] = Field(
@@ -564,6 +588,11 @@ class GateSpec(_Strict):
         default=True,
         description="load the candidate in a fresh process as the scorer does and score sample rows",
     )
+    allow_absolute_only: bool = Field(
+        default=False,
+        description="allow a gate without change bounds: a candidate worse than the champion may then replace it "
+        "as long as it meets the absolute bounds (mlops validate refuses such a gate unless this is true)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -591,7 +620,11 @@ class ScheduleSpec(_Strict):
         description="When the arrival sensor's run starts: @continuous (default) starts the next run as soon as "
         "one ends, so every arrival is ingested as it lands; a cron batches arrivals",
     )
-    score: str = "0 3 * * *"
+    score: str = Field(
+        default="0 18 * * *",
+        description="When the score DAG runs: at the prediction time (time.prediction_time.at, local time); "
+        "unset, derived from it",
+    )
     train_monthly: str = "0 4 1 * *"
     train_nightly: str | None = Field(
         default="0 5 2-31 * *", description="Nightly refresh; skip the day the monthly retraining runs"
@@ -650,6 +683,32 @@ class ServingSpec(_Strict):
         )
 
 
+class LeakageSpec(_Strict):
+    """Train's check for model inputs that give the label away: a model input whose single-feature score on the
+    training rows (classification: ROC AUC of the feature alone, either direction; regression: R-squared of the
+    label on the feature alone) reaches ``max_single_feature_score`` fails the train naming the column, unless
+    ``allowed`` names it."""
+
+    max_single_feature_score: float = Field(
+        default=0.99,
+        gt=0.5,
+        le=1,
+        description="A model input scoring this or more on its own fails the train (1: only a perfect one)",
+    )
+    allowed: list[str] = Field(
+        default_factory=list,
+        description="Model inputs allowed to score above it: known at prediction time, and strong by nature",
+    )
+
+
+def _cron_at(at: Any) -> str | None:
+    """The daily cron expression ``M H * * *`` firing at the local clock time ``at`` (HH:MM), or None."""
+    hours, _, minutes = str(at).partition(":")
+    if not (hours.isdigit() and minutes.isdigit()):
+        return None
+    return f"{int(minutes)} {int(hours)} * * *"
+
+
 class UseCase(_Strict):
     name: str
     description: str = ""
@@ -678,6 +737,7 @@ class UseCase(_Strict):
     schedules: ScheduleSpec = Field(default_factory=ScheduleSpec)
     drift: DriftSpec = Field(default_factory=DriftSpec)
     serving: ServingSpec = Field(default_factory=ServingSpec)
+    leakage: LeakageSpec = Field(default_factory=LeakageSpec)
 
     @model_validator(mode="before")
     @classmethod
@@ -691,6 +751,17 @@ class UseCase(_Strict):
             gate = data.get("gate")
             if gate is None or isinstance(gate, dict):
                 data["gate"] = {"primary_metric": defaults["primary_metric"], **(gate or {})}
+        # schedules.score unset: at the prediction time (local), so the defaults never contradict each other
+        schedules = data.get("schedules") if isinstance(data, dict) else None
+        if isinstance(data, dict) and (
+            schedules is None or (isinstance(schedules, dict) and "score" not in schedules)
+        ):
+            time_spec = data.get("time")
+            prediction = time_spec.get("prediction_time") if isinstance(time_spec, dict) else None
+            at = prediction.get("at", "18:00") if isinstance(prediction, dict) else "18:00"
+            cron = _cron_at(at)
+            if cron is not None:
+                data = {**data, "schedules": {**(schedules or {}), "score": cron}}
         return data
 
     @property
@@ -821,6 +892,13 @@ class UseCase(_Strict):
         the decision threshold, and to choose among several candidates on rows the gate's holdout is not, so the
         holdout judges the chosen one without the winner's curse."""
         return self.decision_threshold_chosen or len(self.candidates) > 1
+
+    @property
+    def min_window_days(self) -> int:
+        """The shortest training window train accepts (``--window-days``, the train DAG's Param): the holdout,
+        the validation window when there is one, and at least one training day."""
+        validation = self.decision.validation_days if self.uses_validation_window else 0
+        return self.split.holdout_days + validation + 1
 
     @property
     def evaluated_columns(self) -> list[str]:

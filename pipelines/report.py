@@ -652,7 +652,9 @@ def _fairness_attribute(attribute: str, entry: dict[str, Any]) -> str:
             g.get("selection_rate"),
             g.get("tpr"),
             g.get("fpr"),
-            "yes" if g.get("gated") else _Raw("<b>no: flagged</b>"),
+            ("on its interval" if g.get("gated_on") == "interval" else "yes")
+            if g.get("gated")
+            else _Raw("<b>no: flagged</b>"),
             g.get("note"),
         ]
         rows.append(row)
@@ -672,8 +674,9 @@ def _fairness_attribute(attribute: str, entry: dict[str, Any]) -> str:
         + (summary("Champion", champion) if champion else "")
         + "</ul>",
         _table(headers, rows, classes),
-        "<p class='note'>Flagged groups are too small to be gated (their interval is wide); they are shown, "
-        "not judged.</p>"
+        "<p class='note'>Groups under the minimum counts are judged on their interval (they fail only when even "
+        "its favourable end fails); flagged groups are too small to have any interval: shown, not judged, and "
+        "named in the decision.</p>"
         if any(not g.get("gated") for g in groups)
         else "",
     ]

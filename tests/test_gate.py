@@ -17,7 +17,7 @@ from pipelines.steps.gate import FIRST_RUN_REASON, decide, decision_id
 
 DAY = date(2013, 4, 1)
 # the demo use case's gate: roc_auc >= 0.60, brier <= 0.25, roc_auc +0.002 over the champion,
-# robustness on roc_auc over slices with >= 300 rows, worst >= 0.47
+# robustness on roc_auc over slices with >= 300 rows (smaller ones on their interval), every slice >= 0.5
 GATE = fast_usecase().gate
 
 
@@ -205,15 +205,39 @@ def test_robustness_worst_slice_and_gap():
     assert gap["passed"] is False and math.isclose(gap["value"], 0.13) and "exceeds 0.1" in gap["reason"]
 
 
-def test_robustness_nan_fails_and_no_eligible_slice_is_skipped():
+def test_robustness_nan_fails_and_no_gatable_slice_fails_closed():
     nan_slice = decide(GATE, evaluation(slices=_slices(AA=(900, 0.74), B6=(400, None))))
     check = _check(nan_slice, "robustness_carrier_min_roc_auc")
     assert check["passed"] is False and "['B6']" in check["reason"]
+    # a slice too small for its value and without an interval: nothing can be gated, so nothing passes
     small = decide(GATE, evaluation(slices=_slices(AA=(100, 0.4))))
-    skipped = _check(small, "robustness_carrier")
-    assert skipped["skipped"] is True and "no carrier slice is large enough to gate" in skipped["reason"]
-    assert "['AA']" in skipped["reason"]
-    assert small["passed"] is True
+    closed = _check(small, "robustness_carrier")
+    assert closed["passed"] is False and closed["skipped"] is False
+    assert "no carrier slice could be gated" in closed["reason"] and "['AA']" in closed["reason"]
+    listed = _check(small, "robustness_carrier_not_gated")
+    assert listed["skipped"] is True and "['AA']" in listed["reason"]
+    assert small["passed"] is False
+
+
+def _small_slice(low: float, high: float) -> dict:
+    return {"rows": 120, "roc_auc": (low + high) / 2, "intervals": {"roc_auc": {"low": low, "high": high}}}
+
+
+def test_a_small_slice_is_gated_on_its_interval():
+    """A slice under min_slice_rows fails the floor when its interval's upper bound is below it, and only then;
+    one with no interval is named as not gated beside the gated ones."""
+    bad = _slices(AA=(900, 0.74), B6=(800, 0.70))
+    bad["carrier"]["EV"] = _small_slice(0.22, 0.41)
+    bad["carrier"]["OO"] = {"rows": 9, "roc_auc": None}
+    decision = decide(GATE, evaluation(slices=bad))
+    floor = _check(decision, "robustness_carrier_min_roc_auc")
+    assert floor["passed"] is False and floor["group"] == "EV" and floor["value"] == 0.41
+    assert "gated on its interval" in floor["reason"] and "['OO']" in floor["reason"]
+    assert "['OO']" in _check(decision, "robustness_carrier_not_gated")["reason"]
+    assert decision["passed"] is False
+    noisy = _slices(AA=(900, 0.74), B6=(800, 0.70))
+    noisy["carrier"]["EV"] = _small_slice(0.30, 0.62)  # below the floor on its value, not on its interval
+    assert decide(GATE, evaluation(slices=noisy))["passed"] is True
 
 
 def test_a_slice_with_few_positives_is_flagged_not_gated():
@@ -479,3 +503,57 @@ def test_the_replay_summary_names_the_task_metric(tmp_path, usecase, metric):
     assert live["live_roc_auc"] is None  # a regression has no ROC AUC: None, never its MAE
     better = "higher" if HIGHER_IS_BETTER[metric] else "lower"
     assert f"{metric} ({better} is better)" in metric_note(loaded)
+
+
+def test_validate_warns_about_a_roc_auc_floor_below_chance(tmp_path, monkeypatch, capsys):
+    """A floor under 0.5 (the flight example's robustness floor was 0.47) is a warning with its field and fix;
+    the file still validates (exit 0), and the shipped floor is no longer below chance."""
+    assert GATE.robustness.min_value >= 0.5
+    base = fast_usecase()
+    below = base.gate.model_copy(
+        update={"robustness": base.gate.robustness.model_copy(update={"min_value": 0.47})}
+    )
+    monkeypatch.setenv(
+        "MLOPS_CONFIG_DIR",
+        str(write_config_dir(tmp_path / "config", base.model_copy(update={"gate": below}))),
+    )
+    assert main(["validate", base.name]) == 0
+    out = capsys.readouterr().out
+    assert "warning: gate.robustness.min_value: ROC AUC floor 0.47 is below chance (0.5)" in out, out
+    assert "fix: use at least 0.5" in out
+    monkeypatch.setenv("MLOPS_CONFIG_DIR", str(write_config_dir(tmp_path / "fixed", base)))
+    assert main(["validate", base.name]) == 0
+    assert "warning" not in capsys.readouterr().out
+
+
+def test_evaluate_gives_small_slices_intervals_and_a_backwards_one_is_rejected():
+    """Real slices (metrics.slice_metrics) with evaluate's intervals for the slices under min_slice_rows: an
+    80-row carrier ranked backwards fails the robustness floor on its interval; ranked as well as the rest, it
+    passes."""
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.fairness import add_slice_intervals
+    from pipelines.metrics import slice_metrics
+
+    rng = np.random.default_rng(3)
+    rows = 2000
+    frame = pd.DataFrame(
+        {"carrier": np.where(np.arange(rows) < 80, "EV", rng.choice(["AA", "B6"], size=rows))}
+    )
+    signal = rng.normal(size=rows)
+    y = (rng.random(rows) < 1 / (1 + np.exp(-2 * signal))).astype("float64")
+    good = 1 / (1 + np.exp(-(signal + rng.normal(size=rows) * 0.5)))
+    small = (frame["carrier"] == "EV").to_numpy()
+    for scores, passed in ((np.where(small, 1 - good, good), False), (good, True)):
+        slices = slice_metrics(frame, y, scores, ["roc_auc"])
+        add_slice_intervals(
+            slices, frame, y, scores, spec=GATE.robustness, resamples=500, confidence=0.95, seed=1
+        )
+        assert "intervals" in slices["carrier"]["EV"] and "intervals" not in slices["carrier"]["AA"]
+        floor = _check(decide(GATE, evaluation(slices=slices)), "robustness_carrier_min_roc_auc")
+        assert floor["passed"] is passed, floor["reason"]
+        if not passed:
+            assert (
+                floor["group"] == "EV" and floor["value"] < 0.5 and "gated on its interval" in floor["reason"]
+            )

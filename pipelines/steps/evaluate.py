@@ -274,6 +274,19 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                 seed=seed,
                 **bootstrap,
             )
+        if gate.robustness is not None and usecase.slices:
+            from pipelines.fairness import add_slice_intervals
+
+            # the slices too small to be judged on their value are judged on their interval in the gate
+            add_slice_intervals(
+                candidates[best]["slices"],
+                groups,
+                y,
+                best_proba,
+                spec=gate.robustness,
+                seed=seed,
+                **bootstrap,
+            )
 
         clock.lap("intervals_and_fairness")
         robustness = gate.robustness

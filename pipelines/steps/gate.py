@@ -15,12 +15,15 @@ same inputs give the same id, in any Airflow run, whatever the timings. Checks (
   (``significance.change_reading``): wholly below zero is *worse* than the champion (a higher RMSE, a lower ROC
   AUC); straddling zero or ``min_delta`` is *within the noise* (not shown to beat the champion by ``min_delta``);
   neither passes. With no champion yet these are recorded as skipped (first run: absolute thresholds only);
-- robustness: over the ``slices`` with enough rows, positives and negatives, the worst reaches ``min_value`` and
-  best minus worst is at most ``max_gap`` (``gate.robustness``);
+- robustness: over the ``slices``, every slice reaches ``min_value`` and best minus worst is at most ``max_gap``
+  (``gate.robustness``);
 - fairness: over the ``sensitive_attributes`` (fairlearn ``MetricFrame`` by group, with bootstrap intervals):
-  worst group, gap, ratio and the change of the worst group against the champion's, per attribute
-  (``gate.fairness``, ``attributes`` overrides); small groups are shown and flagged, not gated; the expected
-  calibration error within ``max_calibration_error``;
+  every group's floor, the gap, the ratio, each group against the *same* group under the champion, and the gaps
+  in true-positive, false-positive and selection rate at the decision threshold, per attribute
+  (``gate.fairness``, ``attributes`` overrides); the expected calibration error within ``max_calibration_error``.
+  In both, a group with the minimum counts is judged on its value, a smaller one on the favourable end of its
+  bootstrap interval (it fails only when even that end fails); a group too small to have any interval is shown
+  and named as not gated (a skipped check lists them), and a bound no group can be judged on fails;
 - infrastructure: the candidate loaded in a fresh process exactly as the scorer loads it scored the sample rows
   the same.
 
@@ -255,19 +258,106 @@ def change_checks(
 
 
 def _gated(entry: dict[str, Any], fairness: SliceGateSpec) -> bool:
-    """Whether a slice is large enough to gate on: ``min_slice_rows`` rows and, for a classification (its
-    slices count positives), ``min_slice_positives`` positives and as many negatives."""
-    rows = int(entry.get("rows", 0))
-    if rows < fairness.min_slice_rows:
-        return False
-    if "positives" not in entry:
-        return True
-    positives = int(entry["positives"])
-    return min(positives, rows - positives) >= fairness.min_slice_positives
+    """Whether a slice is large enough to be judged on its value (``fairness.slice_gated_on_value``)."""
+    from pipelines.fairness import slice_gated_on_value
+
+    return slice_gated_on_value(entry, fairness)
+
+
+# A group (a robustness slice, a sensitive attribute's group) is judged on a range: its value when it has the
+# minimum counts, else its bootstrap interval. Every bound reads the range at its most favourable end (the group
+# fails only when even that end fails): a small group is gated, but not on noise. A group with no range at all
+# (no interval: one class only, too few rows) is shown and named as not gated in the decision.
+
+
+def _item(
+    name: str, rows: Any, gated_on: str | None, value: Any, low: Any, high: Any
+) -> dict[str, Any] | None:
+    """A judged group ``{name, rows, on, value, lo, hi}``, or None when it has no range."""
+    if gated_on == "value" and not _missing(value):
+        return {
+            "name": name,
+            "rows": rows,
+            "on": "value",
+            "value": float(value),
+            "lo": float(value),
+            "hi": float(value),
+        }
+    if gated_on == "interval" and not _missing(low) and not _missing(high):
+        return {
+            "name": name,
+            "rows": rows,
+            "on": "interval",
+            "value": _number(value),
+            "lo": float(low),
+            "hi": float(high),
+        }
+    return None
+
+
+def _ends(item: dict[str, Any], direction: float) -> tuple[float, float]:
+    """``(good, bad)``: the favourable and the unfavourable end of a group's range in the metric's direction."""
+    return (item["hi"], item["lo"]) if direction > 0 else (item["lo"], item["hi"])
+
+
+def _describe(item: dict[str, Any]) -> str:
+    if item["on"] == "value":
+        return f"{item['name']!r} ({item['rows']} rows) {item['value']:.4f}"
+    return (
+        f"{item['name']!r} ({item['rows']} rows, gated on its interval) {_show(item['value'])} "
+        f"[{item['lo']:.4f}, {item['hi']:.4f}]"
+    )
+
+
+def _below_floor(
+    items: list[dict[str, Any]], floor: float, direction: float
+) -> tuple[dict[str, Any], list[str]]:
+    """The worst group at its favourable end, and every group whose favourable end is short of ``floor``."""
+    worst = min(items, key=lambda i: direction * _ends(i, direction)[0])
+    failing = [i["name"] for i in items if direction * (_ends(i, direction)[0] - floor) < -TOLERANCE]
+    return worst, failing
+
+
+def _pairs(items: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Every ordered pair of distinct groups (a candidate better one, a candidate worse one)."""
+    return [(a, b) for a in items for b in items if a is not b]
+
+
+def _widest_gap(items: list[dict[str, Any]], direction: float) -> tuple[float, Any, Any]:
+    """The largest gap the groups' ranges show for certain (0 with one group), and the pair showing it."""
+    gap, best, worst = 0.0, None, None
+    for a, b in _pairs(items):
+        found = direction * (_ends(a, direction)[1] - _ends(b, direction)[0])
+        if found > gap:
+            gap, best, worst = found, a, b
+    if best is None and items:  # no certain gap: name the groups at the two ends
+        best = max(items, key=lambda i: direction * _ends(i, direction)[1])
+        worst = min(items, key=lambda i: direction * _ends(i, direction)[0])
+    return gap, best, worst
+
+
+def _smallest_ratio(items: list[dict[str, Any]], direction: float) -> tuple[float | None, Any, Any]:
+    """Worse over better (in absolute values) for the pair whose ranges show the smallest ratio for certain."""
+    ratio: float | None = 1.0
+    best = worst = items[0] if items else None
+    for a, b in _pairs(items):
+        x, z = _ends(a, direction)[1], _ends(b, direction)[0]
+        if direction * (x - z) <= 0:
+            continue
+        low, high = sorted((abs(x), abs(z)))
+        found = low / high if high > 0 else None
+        if found is None:
+            return None, a, b
+        if ratio is not None and found < ratio:
+            ratio, best, worst = found, a, b
+    return ratio, best, worst
 
 
 def robustness_checks(fairness: SliceGateSpec | None, slices: dict[str, Any]) -> list[dict[str, Any]]:
-    """Worst slice reaches ``min_value`` and the best-worst gap is at most ``max_gap``, per slice column."""
+    """Per slice column: every gated slice reaches ``min_value`` and best minus worst is at most ``max_gap``.
+    Slices with the minimum counts are judged on their value, smaller ones on the favourable end of their
+    bootstrap interval; a slice with no interval is named as not gated, and when no slice can be gated the check
+    fails (nothing passes unchecked)."""
     if fairness is None or (fairness.min_value is None and fairness.max_gap is None):
         return []
     metric = fairness.metric
@@ -285,17 +375,48 @@ def robustness_checks(fairness: SliceGateSpec | None, slices: dict[str, Any]) ->
             )
         ]
     direction = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+    rules = f">= {fairness.min_slice_rows} rows, >= {fairness.min_slice_positives} positives and negatives"
     checks = []
     for column, values in slices.items():
-        eligible = {v: e for v, e in values.items() if _gated(e, fairness)}
-        flagged = sorted(set(values) - set(eligible))
+        items, not_gated, undefined = [], [], []
+        for value, entry in values.items():
+            on_value = _gated(entry, fairness)
+            interval = ((entry.get("intervals") or {}).get(metric)) or {}
+            item = _item(
+                value,
+                entry.get("rows"),
+                "value" if on_value else "interval",
+                entry.get(metric),
+                interval.get("low"),
+                interval.get("high"),
+            )
+            if item is not None:
+                items.append(item)
+            elif on_value:
+                undefined.append(value)
+            else:
+                not_gated.append(value)
         note = (
-            f" (not gated, too few rows, positives or negatives: {flagged}; the rules: >= {fairness.min_slice_rows} "
-            f"rows, >= {fairness.min_slice_positives} positives and negatives)"
-            if flagged
+            f" (not gated, no interval of their metric: {sorted(not_gated)}; judged on the value: {rules}, smaller "
+            "slices on their interval)"
+            if not_gated
             else ""
         )
-        if not eligible:
+        if not_gated:
+            checks.append(
+                _check(
+                    f"robustness_{column}_not_gated",
+                    "robustness",
+                    metric,
+                    None,
+                    None,
+                    True,
+                    f"{column} slices {sorted(not_gated)} are shown but not gated: too small to have any interval "
+                    f"of {metric}",
+                    skipped=True,
+                )
+            )
+        if not items and not undefined:
             checks.append(
                 _check(
                     f"robustness_{column}",
@@ -303,41 +424,42 @@ def robustness_checks(fairness: SliceGateSpec | None, slices: dict[str, Any]) ->
                     metric,
                     None,
                     None,
-                    True,
-                    f"no {column} slice is large enough to gate: robustness not checked{note}",
-                    skipped=True,
+                    False,
+                    f"no {column} slice could be gated (none has {rules} nor an interval of {metric}): robustness "
+                    f"cannot be shown, not promoted{note}",
                 )
             )
             continue
-        undefined = sorted(v for v, e in eligible.items() if _missing(e.get(metric)))
-        scores = {v: float(e[metric]) for v, e in eligible.items() if v not in undefined}
-        worst = min(scores, key=lambda v: direction * scores[v]) if scores else None
-        best = max(scores, key=lambda v: direction * scores[v]) if scores else None
         if fairness.min_value is not None:
             name = f"robustness_{column}_min_{metric}"
             if undefined:
-                passed = False
-                reason = f"{metric} is missing/NaN for {column} slices {undefined}: cannot check robustness"
-                value = None
+                passed, value = False, None
+                reason = f"{metric} is missing/NaN for {column} slices {sorted(undefined)}: cannot check robustness"
+                group = None
             else:
-                value = scores[worst]
-                passed = direction * (value - fairness.min_value) >= -TOLERANCE
+                worst, failing = _below_floor(items, fairness.min_value, direction)
+                value, group, passed = _ends(worst, direction)[0], worst["name"], not failing
                 reason = (
-                    f"worst {column} slice {worst!r} ({eligible[worst]['rows']} rows) has {metric} {value:.4f}"
-                    f"{'' if passed else ', short of'} (required {fairness.min_value}){note}"
+                    f"worst {column} slice {_describe(worst)}"
+                    + (f", short of {fairness.min_value}: failing {failing}" if failing else "")
+                    + f" (required {fairness.min_value}){note}"
                 )
-            checks.append(_check(name, "robustness", metric, value, fairness.min_value, passed, reason))
+            checks.append(
+                _check(name, "robustness", metric, value, fairness.min_value, passed, reason)
+                | {"group": group}
+            )
         if fairness.max_gap is not None:
             name = f"robustness_{column}_gap_{metric}"
             if undefined:
-                passed = False
-                reason = f"{metric} is missing/NaN for {column} slices {undefined}: cannot check the gap"
-                gap = None
+                passed, gap = False, None
+                reason = (
+                    f"{metric} is missing/NaN for {column} slices {sorted(undefined)}: cannot check the gap"
+                )
             else:
-                gap = abs(scores[best] - scores[worst])
+                gap, best, worst = _widest_gap(items, direction)
                 passed = gap <= fairness.max_gap + TOLERANCE
                 reason = (
-                    f"{column} gap {gap:.4f} between best {best!r} and worst {worst!r} "
+                    f"{column} gap {gap:.4f} between best {_describe(best)} and worst {_describe(worst)} "
                     f"{'<=' if passed else 'exceeds'} {fairness.max_gap}{note}"
                 )
             checks.append(_check(name, "robustness", metric, gap, fairness.max_gap, passed, reason))
@@ -350,13 +472,25 @@ def _group_interval(entry: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"low": entry["low"], "high": entry["high"]}
 
 
+def _gated_on(entry: dict[str, Any]) -> str | None:
+    """How evaluate gated a group (``fairness.group_fairness``); an older result only says whether it did."""
+    if "gated_on" in entry:
+        return entry["gated_on"]
+    return "value" if entry.get("gated") else None
+
+
 def fairness_checks(
     fairness: FairnessSpec | None, report: dict[str, Any] | None, calibration_error: Any = None
 ) -> list[dict[str, Any]]:
-    """Per sensitive attribute (evaluate's fairlearn ``MetricFrame`` by group, ``report``): the worst gated group
-    reaches ``min_value``, best minus worst is at most ``max_gap``, worst over best at least ``min_ratio``, and
-    the candidate's worst group is at most ``max_worst_drop`` worse than the champion's worst group; groups with
-    too few rows, positives or negatives are named, not gated. ``max_calibration_error`` bounds the ECE."""
+    """Per sensitive attribute (evaluate's fairlearn ``MetricFrame`` by group, ``report``): every gated group
+    reaches ``min_value``, best minus worst is at most ``max_gap``, worst over best at least ``min_ratio``, no
+    group is more than ``max_worst_drop`` worse than the same group under the champion, and the gaps in true- and
+    false-positive rate and selection rate at the decision threshold are within ``max_tpr_gap``, ``max_fpr_gap``,
+    ``max_selection_rate_gap``. Groups with the minimum counts are judged on their value, smaller ones on the
+    favourable end of their bootstrap interval; a group with no interval is named as not gated, and a bound that
+    no group can be judged on fails. ``max_calibration_error`` bounds the ECE."""
+    from pipelines.fairness import RATE_NAMES
+
     if fairness is None:
         return []
     checks: list[dict[str, Any]] = []
@@ -393,19 +527,26 @@ def fairness_checks(
         ]
     metric = fairness.metric
     direction = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+    rules = f">= {fairness.min_group_rows} rows, >= {fairness.min_group_positives} positives and negatives"
     for attribute, found in report.items():
         bounds = fairness.bounds(attribute)
         candidate = found.get("candidate") or {}
-        groups = {g["group"]: g for g in candidate.get("groups") or []}
-        flagged = [g["group"] for g in groups.values() if not g.get("gated")]
+        entries = candidate.get("groups") or []
+        items, not_gated, undefined = [], [], []
+        for g in entries:
+            item = _item(g["group"], g.get("rows"), _gated_on(g), g.get("value"), g.get("low"), g.get("high"))
+            if item is not None:
+                items.append(item)
+            elif _gated_on(g) == "value":
+                undefined.append(g["group"])
+            else:
+                not_gated.append(g["group"])
         note = (
-            f" (shown, not gated, too few rows, positives or negatives: {flagged}; rules: >= "
-            f"{fairness.min_group_rows} rows, >= {fairness.min_group_positives} positives and negatives)"
-            if flagged
+            f" (not gated, no interval of their metric: {not_gated}; judged on the value: {rules}, smaller groups "
+            "on their interval)"
+            if not_gated
             else ""
         )
-        worst, best = candidate.get("worst"), candidate.get("best")
-        undefined = candidate.get("undefined") or []
         prefix = f"fairness_{attribute}"
 
         def add(
@@ -416,90 +557,243 @@ def fairness_checks(
             reason: str,
             prefix: str = prefix,
             attribute: str = attribute,
+            check_metric: str = metric,
+            skipped: bool = False,
             **extra: Any,
         ) -> None:
             checks.append(
-                _check(f"{prefix}_{kind}_{metric}", "fairness", metric, value, threshold, passed, reason)
+                _check(
+                    f"{prefix}_{kind}_{check_metric}",
+                    "fairness",
+                    check_metric,
+                    value,
+                    threshold,
+                    passed,
+                    reason,
+                    skipped=skipped,
+                )
                 | {"attribute": attribute, **extra}
             )
 
-        if worst is None or undefined:
-            if any(b is not None for b in (bounds.min_value, bounds.max_gap, bounds.min_ratio)):
-                add(
-                    "defined",
-                    None,
-                    None,
-                    not undefined,
-                    f"{metric} is undefined for {attribute} groups {undefined}: cannot check fairness{note}"
-                    if undefined
-                    else f"no {attribute} group is large enough to gate: fairness not checked{note}",
-                )
-            continue
-        worst_entry = groups[worst]
-        if bounds.min_value is not None:
-            value = float(worst_entry["value"])
-            passed = direction * (value - bounds.min_value) >= -TOLERANCE
+        if not_gated:
             add(
-                "min",
-                value,
-                bounds.min_value,
-                passed,
-                f"worst {attribute} group {worst!r} ({worst_entry['rows']} rows) has {metric} {value:.4f} "
-                f"[{_show(worst_entry.get('low'))}, {_show(worst_entry.get('high'))}]"
-                f"{'' if passed else ', short of'} (required {bounds.min_value}){note}",
-                group=worst,
-                interval=_group_interval(worst_entry),
+                "not_gated",
+                None,
+                None,
+                True,
+                f"{attribute} groups {not_gated} are shown but not gated: too small to have any interval of {metric}",
+                skipped=True,
+                groups=not_gated,
             )
-        if bounds.max_gap is not None:
-            gap = float(candidate["gap"])
-            passed = gap <= bounds.max_gap + TOLERANCE
+        if any(b is not None for b in (bounds.min_value, bounds.max_gap, bounds.min_ratio)) and (
+            undefined or not items
+        ):
+            add(
+                "defined",
+                None,
+                None,
+                False,
+                f"{metric} is undefined for {attribute} groups {undefined}: cannot check fairness{note}"
+                if undefined
+                else f"no {attribute} group could be gated (none has {rules} nor an interval of {metric}): "
+                f"fairness cannot be shown, not promoted{note}",
+            )
+        elif items:
+            if bounds.min_value is not None:
+                worst, failing = _below_floor(items, bounds.min_value, direction)
+                add(
+                    "min",
+                    _ends(worst, direction)[0],
+                    bounds.min_value,
+                    not failing,
+                    f"worst {attribute} group {_describe(worst)}"
+                    + (f", short of {bounds.min_value}: failing {failing}" if failing else "")
+                    + f" (required {bounds.min_value}){note}",
+                    group=worst["name"],
+                    interval=None if worst["on"] == "value" else {"low": worst["lo"], "high": worst["hi"]},
+                )
+            if bounds.max_gap is not None:
+                gap, best, worst = _widest_gap(items, direction)
+                passed = gap <= bounds.max_gap + TOLERANCE
+                add(
+                    "gap",
+                    gap,
+                    bounds.max_gap,
+                    passed,
+                    f"{attribute} gap {gap:.4f} between best group {_describe(best)} and worst group "
+                    f"{_describe(worst)} {'<=' if passed else 'exceeds'} {bounds.max_gap}{note}",
+                    group=worst["name"],
+                )
+            if bounds.min_ratio is not None:
+                ratio, best, worst = _smallest_ratio(items, direction)
+                passed = not _missing(ratio) and float(ratio) >= bounds.min_ratio - TOLERANCE
+                add(
+                    "ratio",
+                    ratio,
+                    bounds.min_ratio,
+                    passed,
+                    f"{attribute} ratio worst/best {_show(ratio)} ({_describe(worst)} over {_describe(best)}) "
+                    f"{'>=' if passed else 'is below'} {bounds.min_ratio}{note}",
+                    group=worst["name"],
+                )
+        if bounds.max_worst_drop is not None:
+            checks.extend(
+                _same_group_checks(found, entries, bounds.max_worst_drop, metric, direction, attribute)
+            )
+        for rate, bound in (
+            ("tpr", bounds.max_tpr_gap),
+            ("fpr", bounds.max_fpr_gap),
+            ("selection_rate", bounds.max_selection_rate_gap),
+        ):
+            if bound is None:
+                continue
             add(
                 "gap",
-                gap,
-                bounds.max_gap,
-                passed,
-                f"{attribute} gap {gap:.4f} between best group {best!r} and worst group {worst!r} "
-                f"{'<=' if passed else 'exceeds'} {bounds.max_gap}{note}",
-                group=worst,
+                *_rate_gap(candidate, entries, rate, RATE_NAMES[rate], bound, attribute, rules),
+                check_metric=rate,
             )
-        if bounds.min_ratio is not None:
-            ratio = candidate.get("ratio")
-            passed = not _missing(ratio) and float(ratio) >= bounds.min_ratio - TOLERANCE
-            add(
-                "ratio",
-                ratio,
-                bounds.min_ratio,
-                passed,
-                f"{attribute} ratio worst/best {_show(ratio)} ({worst!r} over {best!r}) "
-                f"{'>=' if passed else 'is below'} {bounds.min_ratio}{note}",
-                group=worst,
-            )
-        if bounds.max_worst_drop is not None:
-            champion = found.get("champion")
-            if not champion or champion.get("worst_value") is None:
-                add(
-                    "worst_drop",
-                    None,
-                    bounds.max_worst_drop,
-                    True,
-                    f"no champion {attribute} groups to compare with (first run or champion not scored)",
-                    skipped=True,
-                )
-            else:
-                drop = direction * (float(champion["worst_value"]) - float(worst_entry["value"]))
-                passed = drop <= bounds.max_worst_drop + TOLERANCE
-                add(
-                    "worst_drop",
-                    drop,
-                    bounds.max_worst_drop,
-                    passed,
-                    f"worst {attribute} group: candidate {worst!r} {float(worst_entry['value']):.4f} vs champion "
-                    f"{champion['worst']!r} {float(champion['worst_value']):.4f}: {drop:+.4f} worse "
-                    f"{'<=' if passed else 'exceeds'} {bounds.max_worst_drop}",
-                    group=worst,
-                    baseline=champion["worst_value"],
-                )
+            checks[-1]["point_gap"] = (candidate.get("rate_gaps") or {}).get(rate)
     return checks
+
+
+def _same_group_checks(
+    found: dict[str, Any],
+    entries: list[dict[str, Any]],
+    bound: float,
+    metric: str,
+    direction: float,
+    attribute: str,
+) -> list[dict[str, Any]]:
+    """No group is more than ``bound`` worse than the same group under the champion: a group with the minimum
+    counts on its values, a smaller one on the favourable end of the paired interval of its change."""
+    name = f"fairness_{attribute}_worst_drop_{metric}"
+    champion = found.get("champion") or {}
+    champion_groups = {g["group"]: g for g in champion.get("groups") or []}
+    if not champion_groups:
+        return [
+            _check(
+                name,
+                "fairness",
+                metric,
+                None,
+                bound,
+                True,
+                f"no champion {attribute} groups to compare with (first run or champion not scored)",
+                skipped=True,
+            )
+            | {"attribute": attribute}
+        ]
+    changes = found.get("changes") or {}
+    drops, not_compared = [], []
+    for g in entries:
+        group, theirs = g["group"], champion_groups.get(g["group"]) or {}
+        on = _gated_on(g)
+        if on == "value" and not _missing(g.get("value")) and not _missing(theirs.get("value")):
+            drop = direction * (float(theirs["value"]) - float(g["value"]))
+            drops.append(
+                (drop, group, f"{float(g['value']):.4f} vs {float(theirs['value']):.4f}", theirs["value"])
+            )
+            continue
+        change = changes.get(group) or {}
+        if on is not None and not _missing(change.get("high")):
+            drop = -float(change["high"])  # the smallest drop the paired interval of the improvement allows
+            drops.append(
+                (
+                    drop,
+                    group,
+                    f"{_show(g.get('value'))} vs {_show(theirs.get('value'))}, gated on the paired interval "
+                    f"[{float(change['low']):+.4f}, {float(change['high']):+.4f}] of the improvement "
+                    f"({g.get('rows')} rows)",
+                    theirs.get("value"),
+                )
+            )
+            continue
+        not_compared.append(group)
+    listed = f" (not compared, no value or interval on both sides: {not_compared})" if not_compared else ""
+    if not drops:
+        return [
+            _check(
+                name,
+                "fairness",
+                metric,
+                None,
+                bound,
+                False,
+                f"no {attribute} group could be compared with the same group under the champion: not promoted"
+                f"{listed}",
+            )
+            | {"attribute": attribute}
+        ]
+    drop, group, shown, baseline = max(drops, key=lambda d: d[0])
+    failing = [d[1] for d in drops if d[0] > bound + TOLERANCE]
+    passed = not failing
+    return [
+        _check(
+            name,
+            "fairness",
+            metric,
+            drop,
+            bound,
+            passed,
+            f"{attribute} group {group!r} against the same group under the champion: {shown}, {drop:+.4f} worse "
+            f"{'<=' if passed else 'exceeds'} {bound}" + (f": failing {failing}" if failing else "") + listed,
+            baseline=baseline,
+        )
+        | {"attribute": attribute, "group": group}
+    ]
+
+
+def _rate_gap(
+    candidate: dict[str, Any],
+    entries: list[dict[str, Any]],
+    rate: str,
+    label: str,
+    bound: float,
+    attribute: str,
+    rules: str,
+) -> tuple[Any, float, bool, str]:
+    """``(gap, bound, passed, reason)`` of a rate's gap at the decision threshold: the largest minus the smallest
+    group rate, groups with the minimum counts on their rate, smaller ones on its bootstrap interval (the gap
+    the ranges show for certain). A reviewer wants a gap rejected when the data show it, and the small groups'
+    noise not to reject on its own: as with the floors, a small group counts at the favourable end of its
+    interval; the groups with the minimum counts count at their value, like fairlearn's difference."""
+    threshold = candidate.get("threshold")
+    if threshold is None and not any(g.get(rate) is not None for g in entries):
+        return (
+            None,
+            bound,
+            False,
+            f"{attribute}: no {label} at a decision threshold in the evaluation (a regression, or an older "
+            "evaluation): cannot check the bound, not promoted",
+        )
+    items, not_gated = [], []
+    for g in entries:
+        interval = (g.get("rate_intervals") or {}).get(rate) or {}
+        item = _item(
+            g["group"], g.get("rows"), _gated_on(g), g.get(rate), interval.get("low"), interval.get("high")
+        )
+        if item is not None:
+            items.append(item)
+        else:
+            not_gated.append(g["group"])
+    listed = f" (not gated for this rate, no value or interval: {not_gated})" if not_gated else ""
+    if not items:
+        return (
+            None,
+            bound,
+            False,
+            f"no {attribute} group has a {label} to gate on ({rules}): not promoted{listed}",
+        )
+    gap, high, low = _widest_gap(items, 1.0)
+    passed = gap <= bound + TOLERANCE
+    at = "" if threshold is None else f" at threshold {float(threshold):.4f}"
+    return (
+        gap,
+        bound,
+        passed,
+        f"{attribute} {label} gap{at} {gap:.4f} between {_describe(high)} and {_describe(low)} "
+        f"{'<=' if passed else 'exceeds'} {bound}{listed}",
+    )
 
 
 def threshold_check(gate: GateSpec) -> list[dict[str, Any]]:
