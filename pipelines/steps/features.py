@@ -162,6 +162,9 @@ def reference_snapshot_for(usecase: UseCase, day: str, partitions: Mapping[str, 
     return None
 
 
+_SECOND = timedelta(seconds=1)
+
+
 def arrived_before(partition: PartitionInfo, cutoff: datetime) -> str | None:
     """An identity of the rows of a raw partition that had arrived strictly before ``cutoff``: its files (name,
     bytes, arrival) that had landed by then, from the partition's facts. None: none had. The partition's whole
@@ -183,8 +186,10 @@ def plan_days(
     usecase: UseCase, raw: dict[str, dict[str, PartitionInfo]], start: str | None, end: str
 ) -> list[DayPlan]:
     """Inputs and fingerprint of the features of every candidate day (primary partitions with start <= date <=
-    end). The outcome source counts only what had arrived before the day's prediction time (see
-    :func:`arrived_before`): outcomes arriving later write labels, not features."""
+    end). The outcome source and the joined events sources count only the files that had arrived by the day's
+    prediction time (see :func:`arrived_before`; the transforms use no row that arrived later): outcomes arriving
+    later write labels, not features, and an observation landing late changes only the days predicted after
+    it."""
     features = usecase.features
     primary = raw[features.primary_source]
     config_hash = features_config_hash(usecase)
@@ -204,15 +209,18 @@ def plan_days(
             inputs[outcome_source] = {d: known for d, known in arrived.items() if known is not None}
         for source in joined_sources(features):
             partitions = raw[source]
-            if usecase.sources[source].kind == "events":
+            if usecase.sources[source].kind == "events" and source != features.primary_source:
+                # a joined row counts once it had arrived by the prediction time (the as-of join compares whole
+                # seconds: a second's slack)
                 used = [d.isoformat() for d in source_dates(usecase, source, date.fromisoformat(day))]
+                seen = {d: arrived_before(partitions[d], cutoff + _SECOND) for d in used if d in partitions}
+                joined = {d: known for d, known in seen.items() if known is not None}
             else:
                 used = [reference_snapshot_for(usecase, day, partitions)]
-            # a source joined and also the outcome source: the joined days count whole
-            inputs[source] = {
-                **inputs.get(source, {}),
-                **{d: partitions[d].content_id for d in used if d in partitions},
-            }
+                joined = {d: partitions[d].content_id for d in used if d in partitions}
+            if source == outcome_source:  # joined and the outcome source too: what the join reads counts
+                joined = {d: partitions[d].content_id for d in joined}
+            inputs[source] = {**inputs.get(source, {}), **joined}
         body = json.dumps({"inputs": inputs, "config": config_hash}, sort_keys=True).encode()
         plans.append(DayPlan(day, inputs, hashlib.sha256(body).hexdigest()[:32]))
     return plans
