@@ -716,6 +716,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     start = args.start.isoformat() if getattr(args, "start", None) else None
     rebuild = bool(getattr(args, "rebuild", False))
     sources = input_sources(usecase)
+    done: dict[str, Any] = {}  # what an attempt committed before a later commit of it conflicted
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         raw = {source: ctx.lake.snapshot(raw_table(usecase.name, source)) for source in sources}
         if not raw[primary].partitions:
@@ -749,6 +750,8 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             "tables_read": tables_read,
             "tables_written": {},
         }
+        if done:
+            result |= {**done, "tables_written": dict(done["tables_written"])}
         if not stale and not stale_labels:
             progress(f"features: {len(plans)} day(s) up to {through} and their labels are up to date")
             return result
@@ -769,6 +772,8 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                     commit.table: commit.version,
                     snapshot_commit.table: snapshot_commit.version,
                 }
+                done = {key: result[key] for key in ("built", "rows", "partitions")}
+                done["tables_written"] = dict(result["tables_written"])
             if stale_labels:
                 label_commit = commit_labels(ctx, raw, labels, stale_labels)
                 progress(
