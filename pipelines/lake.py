@@ -8,6 +8,7 @@ Layout (see docs/lake.md)::
     <lake>/raw/<usecase>/<source>/                        validated, typed rows              (Delta, by date)
     <lake>/features/<usecase>/                            feature rows                       (Delta, by date)
     <lake>/features_online/<usecase>/                     online snapshot: lookups per key   (Delta, by date)
+    <lake>/labels/<usecase>/                              labels: outcomes of the events     (Delta, by date)
     <lake>/predictions/<usecase>/                         batch scores                       (Delta, by date)
     <lake>/_meta/partitions/<table>/                      facts per partition of <table>     (Delta, by date)
     <lake>/runs/<usecase>/<step>/date=<yyyy-mm-dd>/run=<run>/  step results of one run (JSON)  (objects)
@@ -335,6 +336,8 @@ class Snapshot:
     version: int | None
     partitions: dict[str, PartitionInfo]
     columns: tuple[str, ...] = ()
+    # dates a writer committed as empty (no rows, e.g. a day whose outcomes have not arrived), with their facts
+    empty: dict[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return self.version is not None
@@ -373,6 +376,12 @@ def online_table(usecase: str) -> str:
     """The Delta table of a use case's online feature snapshot, beside its features: ``features_online/<usecase>``
     (per served event date, the lookups a request at that date's prediction time joins)."""
     return table_key("features_online", usecase)
+
+
+def labels_table(usecase: str) -> str:
+    """The Delta table of a use case's labels: ``labels/<usecase>``, by event date, one row per event whose outcome
+    arrived (the feature keys, the label and when it became known), joined to the features by key and date."""
+    return table_key("labels", usecase)
 
 
 def predictions_table(usecase: str) -> str:
@@ -501,7 +510,12 @@ class Lake:
             fact_values = dict(entry["facts"]) if valid and entry else {}
             rows = sum(counts) if all(c >= 0 for c in counts) else int(fact_values.get("rows", -1))
             partitions[day] = PartitionInfo(table, day, rows, files, fact_values)
-        return Snapshot(table, uri, int(handle.version()), partitions, _schema_names(handle))
+        empty = {
+            day: dict(entry["facts"])
+            for day, entry in recorded.items()
+            if day not in by_date and not list(entry["files"])
+        }
+        return Snapshot(table, uri, int(handle.version()), partitions, _schema_names(handle), empty)
 
     def partitions(self, table: str, version: int | None = None) -> dict[str, PartitionInfo]:
         """``snapshot(table, version).partitions``: the table's partitions by ISO date, oldest first."""
@@ -567,12 +581,15 @@ class Lake:
         read_version: int | None | str,
         facts: Mapping[str, Mapping[str, Any]] | None = None,
         commit_info: Mapping[str, Any] | None = None,
+        empty_dates: list[str] | None = None,
     ) -> Commit:
         """Replace the ``date`` partitions present in ``data`` in one commit, made from the snapshot at
         ``read_version`` (None: the table did not exist for this writer; :data:`LATEST`: whatever is committed
         when the write starts, a blind overwrite). Raises :class:`CommitConflict` when another
         writer committed to these partitions since. ``facts`` (date -> dict) are recorded beside each partition,
-        with its row count and content hash."""
+        with its row count and content hash. ``empty_dates`` (not in ``data``) are left without rows by the same
+        commit, and their facts recorded too (:attr:`Snapshot.empty`), so a writer can tell a date it built
+        empty from one it never built."""
         import pyarrow as pa
         import pyarrow.compute as pc
         from deltalake import CommitProperties, write_deltalake
@@ -584,13 +601,14 @@ class Lake:
             raise ValueError(f"write_partitions({table!r}): the data has no {DATE!r} column")
         data = _lake_types(data.replace_schema_metadata(None))
         dates = sorted(set(map(str, pc.unique(data[DATE]).to_pylist())))
-        if not dates:
+        empty = sorted(set(empty_dates or []) - set(dates))
+        if not dates and not empty:
             raise ValueError(f"write_partitions({table!r}): no rows to write")
         uri = self.table_uri(table)
-        predicate = f"{DATE} IN ({', '.join(_sql_string(d) for d in dates)})"
+        predicate = f"{DATE} IN ({', '.join(_sql_string(d) for d in [*dates, *empty])})"
         per_date = {day: data.filter(pc.equal(data[DATE], day)) for day in dates}
         metadata = {
-            "mlops.partitions": json.dumps(dates),
+            "mlops.partitions": json.dumps(sorted([*dates, *empty])),
             **{k: str(v) for k, v in (commit_info or {}).items()},
         }
         properties = CommitProperties(custom_metadata=metadata)
@@ -649,7 +667,11 @@ class Lake:
                 "data_hash": content_hash(per_date[day]),
                 "version": version,
             }
-        self._record_facts(table, version, {day: written[day] for day in dates if day in written}, rows)
+        for day in empty:
+            rows[day] = {**dict((facts or {}).get(day, {})), "rows": 0, "version": version}
+        recorded = {day: written[day] for day in dates if day in written}
+        recorded |= {day: () for day in empty if day not in written}
+        self._record_facts(table, version, recorded, rows)
         return Commit(table, uri, version, dates, data.num_rows)
 
     def append_rows(

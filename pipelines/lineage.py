@@ -15,7 +15,7 @@ from typing import Any
 
 from pipelines.config import ConfigError, load_profile, load_usecase
 from pipelines.context import StepContext, StepFailed
-from pipelines.lake import Lake, LakeError, features_table
+from pipelines.lake import Lake, LakeError, features_table, labels_table
 
 
 def _json_tag(tags: dict[str, str], name: str) -> Any:
@@ -54,6 +54,9 @@ def model_lineage(usecase_name: str, version: int) -> dict[str, Any]:
         "window": _json_tag(tags, "lineage.window") or {},
         "features_table": features_table(usecase.name),
         "features_version": int(tags["lineage.features_version"]),
+        "labels_table": labels_table(usecase.name),
+        # None: registered before labels had their own table, or none existed when it trained
+        "labels_version": int(tags["lineage.labels_version"]) if tags.get("lineage.labels_version") else None,
         "raw_versions": _json_tag(tags, "lineage.raw_versions") or {},
         "data_hashes": {
             "train": tags.get("lineage.train_data_hash"),
@@ -73,9 +76,9 @@ def model_lineage(usecase_name: str, version: int) -> dict[str, Any]:
 
 
 def reload_training_set(lineage: dict[str, Any]) -> dict[str, Any]:
-    """Rebuild the train and holdout frames of ``lineage`` from the recorded features version and compare their
-    content hashes with the recorded ones; check that the recorded raw versions still load."""
-    from pipelines.steps.train import features_snapshot, training_frames
+    """Rebuild the train and holdout frames of ``lineage`` from the recorded features and labels versions and
+    compare their content hashes with the recorded ones; check that the recorded raw versions still load."""
+    from pipelines.steps.train import features_snapshot, recorded_labels, training_frames
 
     usecase = load_usecase(lineage["model"])
     profile = load_profile()
@@ -85,7 +88,8 @@ def reload_training_set(lineage: dict[str, Any]) -> dict[str, Any]:
     )
     try:
         snapshot = features_snapshot(ctx, lineage["features_version"])
-        frames = training_frames(ctx, snapshot, lineage["window"])
+        labels = recorded_labels(ctx, lineage)
+        frames = training_frames(ctx, snapshot, lineage["window"], labels=labels)
     except (LakeError, StepFailed) as exc:
         return {"identical": False, "error": str(exc)}
     hashes = frames.hashes()
@@ -128,6 +132,7 @@ def print_lineage(usecase_name: str, version: int, reload: bool = False, as_json
             f"  window         train [{window.get('train_start')}, {window.get('train_end')}), holdout "
             f"[{window.get('holdout_start')}, {window.get('holdout_end')})",
             f"  features       {lineage['features_table']} version {lineage['features_version']}",
+            f"  labels         {lineage['labels_table']} version {lineage['labels_version']}",
             *[f"  raw            {t} version {v}" for t, v in sorted(lineage["raw_versions"].items())],
             f"  data hashes    train {lineage['data_hashes']['train']}",
             f"                 holdout {lineage['data_hashes']['holdout']}",

@@ -16,6 +16,7 @@ from pipelines.lake import (
     Lake,
     content_hash,
     features_table,
+    labels_table,
     online_table,
     predictions_table,
     predictions_with_outcomes_table,
@@ -24,12 +25,13 @@ from pipelines.lake import (
 
 
 def data_tables(usecase: UseCase) -> list[str]:
-    """The data tables of a use case: raw per source, features, online snapshot, predictions, predictions with
-    outcomes."""
+    """The data tables of a use case: raw per source, features, online snapshot, labels, predictions, predictions
+    with outcomes."""
     return [
         *(raw_table(usecase.name, source) for source in usecase.sources),
         features_table(usecase.name),
         online_table(usecase.name),
+        labels_table(usecase.name),
         predictions_table(usecase.name),
         predictions_with_outcomes_table(usecase.name),
     ]

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
 
 # Bump when a transform's output changes for the same input: the features step then rebuilds every partition.
-TRANSFORMS_VERSION = "3"  # 2: prediction-time semantics (time section); 3: observed arrival
+TRANSFORMS_VERSION = "4"  # 2: prediction-time semantics (time section); 3: observed arrival; 4: labels apart,
+# the first outcome to arrive counts
 
 # Column joining the primary rows to the rows of another source: the partition date of an events source, or the
 # date of the reference snapshot that serves the primary row's day.

@@ -17,6 +17,7 @@ from pipelines.context import run_result_key
 from pipelines.lake import (
     Lake,
     features_table,
+    labels_table,
     online_table,
     predictions_table,
     predictions_with_outcomes_table,
@@ -104,6 +105,13 @@ def check_lifecycle(summary: dict, lake: Lake, tracking_uri: str, replayed: int 
     features = lake.partitions(features_table(USECASE))
     assert len(features) == len(raw)
     assert all(p.facts.get("inputs_fingerprint") and p.data_hash for p in features.values())
+    # labels in their own table: a partition for every day whose outcomes arrived, an empty day for the others
+    labels = lake.snapshot(labels_table(USECASE))
+    assert last_outcomes in labels.partitions and first_missing not in labels.partitions
+    assert set(labels.partitions) <= set(features) and set(labels.partitions) | set(labels.empty) == set(
+        features
+    )
+    assert all(p.facts.get("inputs_fingerprint") and p.data_hash for p in labels.partitions.values())
     # every features date has its online snapshot, from which the online function gives the same features
     online = lake.partitions(online_table(USECASE))
     assert set(online) == set(features)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
-from datetime import date
+from datetime import date, datetime
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipelines.config import SourceSpec, UseCase
@@ -64,6 +66,48 @@ def write_raw(lake: Lake, usecase: UseCase, source: str, day: date, frame: pd.Da
     spec = usecase.sources[source]
     data = typed(frame, spec, f"{source}_{day.isoformat()}.csv").assign(date=day.isoformat())
     return lake.write_partitions(raw_table(usecase.name, source), data, read_version=LATEST)
+
+
+def write_raw_arrived(
+    lake: Lake, usecase: UseCase, source: str, day: date, frame: pd.DataFrame, arrived_at: datetime
+) -> Commit:
+    """:func:`write_raw` of one file that arrived at ``arrived_at`` (UTC), with the arrival on its rows and in the
+    partition's facts, as ingest records it."""
+    spec = usecase.sources[source]
+    name = f"{source}_{day.isoformat()}.csv"
+    rows = frame.assign(**{ARRIVED_AT: pd.Timestamp(arrived_at)})
+    data = typed(rows, spec, name).assign(date=day.isoformat())
+    facts = {
+        day.isoformat(): {
+            "source": source,
+            "source_files": [
+                {
+                    "name": name,
+                    "sha256": hashlib.sha256(
+                        pd.util.hash_pandas_object(data).to_numpy().tobytes()
+                    ).hexdigest(),
+                    "rows": len(data),
+                    "arrived_at": arrived_at.isoformat(),
+                }
+            ],
+        }
+    }
+    return lake.write_partitions(raw_table(usecase.name, source), data, read_version=LATEST, facts=facts)
+
+
+def features_with_labels(lake: Lake, usecase: UseCase, dates: list[str] | None = None) -> pd.DataFrame:
+    """The features table's rows (of ``dates``, all when None) with their labels joined from the labels table by
+    the feature keys and the date (NULL label and ``outcome_known_at`` where none arrived), as training reads
+    them."""
+    from pipelines.lake import DATE, features_table, labels_table
+
+    built = lake.read_frame(features_table(usecase.name), dates)
+    keys = [*usecase.features.keys, DATE]
+    if lake.version(labels_table(usecase.name)) is None:
+        return built.assign(**{usecase.target.column: np.nan, "outcome_known_at": pd.NaT})
+    labels = lake.read_frame(labels_table(usecase.name), dates)
+    assert not labels.duplicated(keys).any(), "one label per event"
+    return built.merge(labels, on=keys, how="left", validate="one_to_one")
 
 
 def land_days(

@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from _labels import write_features_and_labels
 
 from pipelines.config import REPO_ROOT, CandidateSpec, SplitSpec, UseCase, load_model, load_profile
 from pipelines.context import StepContext
-from pipelines.lake import LATEST, Lake, features_table
+from pipelines.lake import Lake
 
 CARRIERS = ["AA", "B6", "DL", "EV", "UA"]
 ORIGINS = ["EWR", "JFK", "LGA"]
@@ -136,9 +137,7 @@ def write_feature_partitions(
             "raw_versions": {f"raw/{usecase.name}/{s}": 0 for s in sorted(usecase.sources)},
         }
         written.append(day.isoformat())
-    lake.write_partitions(
-        features_table(usecase.name), pd.concat(frames, ignore_index=True), read_version=LATEST, facts=facts
-    )
+    write_features_and_labels(lake, usecase, pd.concat(frames, ignore_index=True), facts=facts)
     return written
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from _labels import write_features_and_labels
 
 from pipelines.config import UseCase, load_usecase
 from pipelines.lake import LATEST, Lake, content_hash, features_table, online_table, raw_table
@@ -243,8 +244,8 @@ def write_features(
             "raw_versions": {raw_table(uc, "flights"): raw.version},
             "config_hash": config_hash or features_config_hash(env.usecase),
         }
-    commit = env.lake.write_partitions(
-        features_table(uc), pd.concat(frames.values(), ignore_index=True), read_version=LATEST, facts=facts
+    commit = write_features_and_labels(
+        env.lake, env.usecase, pd.concat(frames.values(), ignore_index=True), facts=facts
     )
     snapshot = pd.DataFrame(lookups)
     snapshot["observed_at"] = pd.to_datetime(snapshot["observed_at"], utc=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +14,18 @@ import pytest
 import yaml
 from _features_fixtures import (
     assert_online_reproduces_features,
+    features_with_labels,
     land_days,
     nycflights,
     rows_of_day,
     write_raw,
+    write_raw_arrived,
 )
 
 from pipelines import modeling
 from pipelines.config import UseCase, load_profile, load_usecase, usecase_path
 from pipelines.context import StepContext, StepFailed
-from pipelines.lake import Lake, features_table, online_table, raw_table
+from pipelines.lake import Lake, features_table, labels_table, online_table, raw_table
 from pipelines.spark import get_spark
 from pipelines.steps import features
 from pipelines.transforms import TransformError, check_transforms
@@ -106,10 +108,8 @@ def test_features_partition_columns_types_rows_and_values(lake: Lake) -> None:
     assert result["rows"] == sum(len(rows_of_day(flights, d)) for d in days)
 
     spec = usecase.features
-    time_columns = ["time_hour", "prediction_time", "outcome_known_at", "date"]
-    expected_columns = list(
-        dict.fromkeys([*spec.keys, *time_columns, *spec.numeric, *spec.categorical, "is_delayed"])
-    )
+    time_columns = ["time_hour", "prediction_time", "date"]
+    expected_columns = list(dict.fromkeys([*spec.keys, *time_columns, *spec.numeric, *spec.categorical]))
     partition = lake.partitions(features_table("flight_delay"))[days[-1].isoformat()]
     schema = pq.read_schema(lake.storage.local_path(f"features/flight_delay/{partition.files[0]}"))
     assert schema.names == [c for c in expected_columns if c != "date"], "date is the partition column"
@@ -118,12 +118,28 @@ def test_features_partition_columns_types_rows_and_values(lake: Lake) -> None:
         assert str(schema.field(name).type) == "double", name
     for name in spec.categorical:
         assert str(schema.field(name).type) == "string", name
-    assert str(schema.field("is_delayed").type) == "int32"
-    for name in ("time_hour", "prediction_time", "outcome_known_at"):
+    for name in ("time_hour", "prediction_time"):
         assert str(schema.field(name).type) == "timestamp[us, tz=UTC]", name
     assert partition.facts["columns"] == expected_columns
     assert {"rows", "inputs_fingerprint", "inputs", "raw_versions", "data_hash"} <= set(partition.facts)
-    assert result["tables_written"] == {features_table("flight_delay"): 0, online_table("flight_delay"): 0}
+    assert result["tables_written"] == {
+        features_table("flight_delay"): 0,
+        online_table("flight_delay"): 0,
+        labels_table("flight_delay"): 0,
+    }
+    # the labels live in their own table: the keys, the date, the label and when it became known
+    label_columns = [*spec.keys, "date", "is_delayed", "outcome_known_at"]
+    labels = lake.snapshot(labels_table("flight_delay"))
+    assert list(labels.columns) == label_columns
+    label_part = labels.partitions[days[-1].isoformat()]
+    label_schema = pq.read_schema(lake.storage.local_path(f"labels/flight_delay/{label_part.files[0]}"))
+    assert str(label_schema.field("is_delayed").type) == "int32"
+    assert str(label_schema.field("outcome_known_at").type) == "timestamp[us, tz=UTC]"
+    for name in spec.keys:
+        assert label_schema.field(name).type == schema.field(name).type, f"{name}: typed as in the features"
+    assert label_part.facts["columns"] == label_columns
+    assert result["labels_built"] == [d.isoformat() for d in days]
+    assert result["label_rows"] == result["rows"], "every flight of January has its outcome"
     assert result["tables_read"] == {
         raw_table("flight_delay", s): lake.version(raw_table("flight_delay", s))
         for s in ("flights", "outcomes", "weather", "planes")
@@ -140,7 +156,8 @@ def test_features_partition_columns_types_rows_and_values(lake: Lake) -> None:
         assert set(frame["date"]) == {day.isoformat()}
 
     # values of the last day, row by row against the raw tables and the time section's definitions
-    frame = read_features(lake, usecase, days[-1])
+    read_features(lake, usecase, days[-1])
+    frame = features_with_labels(lake, usecase, [days[-1].isoformat()])
     raw = rows_of_day(flights, days[-1]).copy()
     raw["time_hour"] = pd.to_datetime(raw["time_hour"], utc=True)
     keys = [k for k in spec.keys if k != "month"]
@@ -196,6 +213,7 @@ def test_past_rates_do_not_see_labels_of_the_same_or_later_days(lake: Lake) -> N
     run_features(lake, usecase, days[-1])
     day = days[3]
     before = read_features(lake, usecase, day)
+    before_labels = features_with_labels(lake, usecase, [day.isoformat()])
     before_next = read_features(lake, usecase, days[4])
 
     flights = nycflights("flights")
@@ -211,11 +229,90 @@ def test_past_rates_do_not_see_labels_of_the_same_or_later_days(lake: Lake) -> N
     after = read_features(lake, usecase, day)
     keys = usecase.features.keys
     pd.testing.assert_frame_equal(before[keys + PAST_RATES], after[keys + PAST_RATES])
-    assert not before["is_delayed"].equals(after["is_delayed"]), "the labels of the day itself did change"
+    labels_after = features_with_labels(lake, usecase, [day.isoformat()])
+    assert not before_labels["is_delayed"].equals(labels_after["is_delayed"]), (
+        "the labels of the day did change"
+    )
     after_next = read_features(lake, usecase, days[4])
     assert not np.allclose(
         before_next["origin_delay_rate_1d"], after_next["origin_delay_rate_1d"], equal_nan=True
     ), "the next day's past rates must see the changed labels"
+
+
+def test_an_arriving_outcome_writes_labels_and_rebuilds_only_the_features_predicted_after_it(
+    lake: Lake,
+) -> None:
+    """Labels live in their own table: the outcomes of a day that land late commit its labels and leave the
+    features of every day predicted before their arrival untouched (same partition, same files); the days
+    predicted after the arrival count them in their past rates. Rebuilding gives the same rows."""
+    from zoneinfo import ZoneInfo
+
+    usecase = load_usecase("flight_delay")
+    days = JAN[:8]
+    new_york = ZoneInfo("America/New_York")
+    long_ago = pd.Timestamp("2012-12-01", tz="UTC").to_pydatetime()
+    flights, weather = nycflights("flights"), nycflights("weather")
+    for day in days:
+        write_raw_arrived(lake, usecase, "flights", day, rows_of_day(flights, day), long_ago)
+        write_raw_arrived(lake, usecase, "weather", day, rows_of_day(weather, day), long_ago)
+    write_raw_arrived(lake, usecase, "planes", days[0], nycflights("planes", None), long_ago)
+    for day in days[:4]:  # each day's outcomes land the next morning
+        morning = pd.Timestamp(f"{day + timedelta(days=1)} 06:00", tz=new_york).tz_convert("UTC")
+        write_raw_arrived(lake, usecase, "outcomes", day, rows_of_day(flights, day), morning.to_pydatetime())
+
+    first = run_features(lake, usecase, days[-2])
+    iso = [d.isoformat() for d in days]
+    assert first["built"] == iso and first["labels_built"] == iso
+    features_before = lake.snapshot(features_table(usecase.name))
+    labels_before = lake.snapshot(labels_table(usecase.name))
+    assert sorted(labels_before.partitions) == iso[:4], "no outcome of the 5th on has arrived"
+    assert sorted(labels_before.empty) == iso[4:], "days without labels yet are recorded as built, empty"
+    again = run_features(lake, usecase, days[-2])
+    assert (again["built"], again["labels_built"], again["tables_written"]) == ([], [], {})
+
+    # the outcomes of the 5th land late, at noon on the 7th: after the predictions of the 5th, 6th and 7th
+    # (each the evening before), before the 8th's (the evening of the 7th)
+    late = pd.Timestamp("2013-01-07 12:00", tz=new_york).tz_convert("UTC").to_pydatetime()
+    write_raw_arrived(lake, usecase, "outcomes", days[4], rows_of_day(flights, days[4]), late)
+    result = run_features(lake, usecase, days[-2])
+
+    assert result["built"] == [iso[7]], "only the day predicted after the arrival"
+    assert result["labels_built"] == iso[4:], "the labels of the 5th and of the days whose window holds it"
+    assert set(result["tables_written"]) == {
+        features_table(usecase.name),
+        online_table(usecase.name),
+        labels_table(usecase.name),
+    }
+    features_after = lake.snapshot(features_table(usecase.name))
+    for day in iso[:7]:  # untouched: the same files, the same facts (version, fingerprint, content hash)
+        before, after = features_before.partitions[day], features_after.partitions[day]
+        assert after.files == before.files and after.facts == before.facts, day
+    assert (
+        features_after.partitions[iso[7]].facts["version"]
+        > features_before.partitions[iso[7]].facts["version"]
+    )
+    labels_after = lake.snapshot(labels_table(usecase.name))
+    assert sorted(labels_after.partitions) == iso[:5]
+    for day in iso[:4]:
+        assert labels_after.partitions[day].files == labels_before.partitions[day].files, day
+    fifth = lake.read_frame(labels_table(usecase.name), [iso[4]])
+    assert len(fifth) == len(rows_of_day(flights, days[4])) and fifth["is_delayed"].notna().all()
+    assert (pd.to_datetime(fifth["outcome_known_at"], utc=True) == pd.Timestamp(late)).all(), (
+        "known on arrival"
+    )
+
+    # the 8th's past rates count the 5th's outcomes now; the 5th's own features are what its prediction saw
+    rebuilt = run_features(lake, usecase, days[-2])
+    assert rebuilt["built"] == []
+    ctx = StepContext(usecase=usecase, day=days[-2], profile=load_profile(), lake=lake)
+    again = features.run(ctx, argparse.Namespace(start=None, rebuild=True))
+    assert again["built"] == iso and again["labels_built"] == iso
+    final = lake.snapshot(features_table(usecase.name))
+    for day in iso:  # rebuilding gives the same rows
+        assert final.partitions[day].content_id == features_after.partitions[day].content_id, day
+    relabelled = lake.snapshot(labels_table(usecase.name))
+    for day in iso[:5]:
+        assert relabelled.partitions[day].content_id == labels_after.partitions[day].content_id, day
 
 
 def test_incremental_builds_only_days_whose_inputs_changed(lake: Lake) -> None:

@@ -112,6 +112,34 @@ def test_commits_snapshots_time_travel_and_facts(lake: Lake) -> None:
     assert sorted(lake.partitions(TABLE)) == ["2013-01-01", "2013-01-02"]
 
 
+def test_a_date_written_empty_keeps_its_facts_until_rows_arrive(lake: Lake) -> None:
+    """``empty_dates``: a writer that built a date and found no rows (labels whose outcomes have not arrived)
+    records it, so it can tell it from a date it never built; the same commit removes the date's old rows, and a
+    later write with rows replaces the record."""
+    empty = _rows("2013-01-01", 0)
+    created = lake.write_partitions(
+        TABLE, empty, read_version=None, facts={"2013-01-01": {"k": 1}}, empty_dates=["2013-01-01"]
+    )
+    snapshot = lake.snapshot(TABLE)
+    assert created.version == 0 and created.dates == [] and snapshot.partitions == {}
+    assert snapshot.empty["2013-01-01"]["k"] == 1 and snapshot.empty["2013-01-01"]["rows"] == 0
+    with_rows = lake.write_partitions(
+        TABLE, _rows("2013-01-01", 3), read_version=0, facts={"2013-01-01": {"k": 2}}
+    )
+    snapshot = lake.snapshot(TABLE)
+    assert snapshot.partitions["2013-01-01"].facts["k"] == 2 and snapshot.empty == {}
+    lake.write_partitions(
+        TABLE,
+        _rows("2013-01-02", 2),
+        read_version=with_rows.version,
+        facts={"2013-01-01": {"k": 3}},
+        empty_dates=["2013-01-01", "2013-01-02"],  # a date with rows is not empty
+    )
+    snapshot = lake.snapshot(TABLE)
+    assert sorted(snapshot.partitions) == ["2013-01-02"] and snapshot.empty["2013-01-01"]["k"] == 3
+    assert lake.read(TABLE).num_rows == 2
+
+
 def test_facts_of_a_partition_rewritten_without_them_are_not_trusted(lake: Lake) -> None:
     """Facts name the files they describe: a partition rewritten by a writer that recorded none (here a plain
     delta-rs write, as another tool would do) has no facts, so a stale hash is never used."""

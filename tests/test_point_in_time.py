@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from _features_fixtures import assert_online_reproduces_features, typed
+from _features_fixtures import assert_online_reproduces_features, features_with_labels, typed
 
 from pipelines.config import UseCase, load_profile, load_usecase
 from pipelines.context import StepContext
-from pipelines.lake import ARRIVED_AT, LATEST, Lake, features_table, raw_table
+from pipelines.lake import ARRIVED_AT, LATEST, Lake, raw_table
 from pipelines.spark import get_spark
 from pipelines.steps import features
 
@@ -137,7 +137,7 @@ def commit_by_local_date(lake: Lake, usecase: UseCase, source: str, frame: pd.Da
 def build(lake: Lake, usecase: UseCase, day: date) -> pd.DataFrame:
     ctx = StepContext(usecase=usecase, day=day, profile=load_profile(), lake=lake)
     features.run(ctx, argparse.Namespace(start=None, rebuild=False))
-    return lake.read_frame(features_table(usecase.name))
+    return features_with_labels(lake, usecase)
 
 
 def expected_features(usecase: UseCase, parcels: pd.DataFrame, deliveries: pd.DataFrame, load: pd.DataFrame):

@@ -8,6 +8,7 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 import pytest
+from _labels import write_features_and_labels
 from _serve_fixtures import ServeEnv, produce_day, write_features
 
 from pipelines.cli import run_step
@@ -15,6 +16,7 @@ from pipelines.context import StepFailed
 from pipelines.lake import (
     LATEST,
     features_table,
+    labels_table,
     online_table,
     predictions_table,
     predictions_with_outcomes_table,
@@ -169,7 +171,7 @@ def test_outcomes_that_arrive_later_are_joined_to_the_predictions_made_before_th
     serve_env: ServeEnv,
 ) -> None:
     """The evening of March 10 the champion scores March 11 from features without labels; the outcomes land
-    later (the features partition is rebuilt with labels) and are joined to those predictions: on March 11 the
+    later (the labels table gains the day's labels) and are joined to those predictions: on March 11 the
     outcomes known by the end of that day, on March 12 all of them. Reruns change nothing."""
     produce_day(serve_env, date(2013, 3, 1), gate_passed=True)
     run_step(["register", "--usecase", UC, "--date", "2013-03-01"])
@@ -177,7 +179,7 @@ def test_outcomes_that_arrive_later_are_joined_to_the_predictions_made_before_th
     event_day = date(2013, 3, 11)
     labelled = write_features(serve_env, [event_day], rows=60)[event_day.isoformat()]
     schedule_only = labelled.assign(is_delayed=np.nan, outcome_known_at=pd.NaT)
-    serve_env.lake.write_partitions(features_table(UC), schedule_only, read_version=LATEST)
+    write_features_and_labels(serve_env.lake, serve_env.usecase, schedule_only)
 
     scored = _score(date(2013, 3, 10))
     assert scored["scored"] == [event_day.isoformat()]
@@ -186,8 +188,17 @@ def test_outcomes_that_arrive_later_are_joined_to_the_predictions_made_before_th
         "nothing known yet"
     )
 
-    # the outcomes arrive: the features step rebuilds the day with its labels (the feature values are the same)
-    serve_env.lake.write_partitions(features_table(UC), labelled, read_version=LATEST)
+    # the outcomes arrive: the features step commits the day's labels (its features stay as they were)
+    features_before = serve_env.lake.partitions(features_table(UC))[event_day.isoformat()]
+    labels = labelled.loc[
+        labelled["is_delayed"].notna(), [*serve_env.usecase.features.keys, "date", "is_delayed"]
+    ]
+    serve_env.lake.write_partitions(
+        labels_table(UC),
+        labels.assign(outcome_known_at=labelled["outcome_known_at"]),
+        read_version=LATEST,
+    )
+    assert serve_env.lake.partitions(features_table(UC))[event_day.isoformat()].files == features_before.files
     table = predictions_with_outcomes_table(UC)
     first = run_step(["outcomes", "--usecase", UC, "--date", "2013-03-11"])
     joined = serve_env.lake.read_frame(table, [event_day.isoformat()])

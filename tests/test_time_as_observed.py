@@ -1,8 +1,10 @@
 """Time as observed: ten days of the demo's files land when they would have arrived (the schedule at noon the day
 before, the weather every three hours, ten minutes after its last observation, the outcomes the next morning), once day by day
 through the DAGs (each landing's ingest, the evening's features) and once batched as the demo lands a month. The
-features a day had when it was predicted are the features training reads later, and the batched replay builds
-exactly what the day-by-day run built. Real Airflow (dag.test), real Spark, real Delta tables."""
+features a day had when it was predicted are the features training reads later (the very partition: files landing
+after its prediction, outcomes included, write labels and never rebuild it), and the batched replay builds
+exactly what the day-by-day run built, features and labels. Real Airflow (dag.test), real Spark, real Delta
+tables."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import pytest
 
 from mlops_airflow.demo import AirflowRunner, DemoData, _local
 from pipelines.config import load_usecase
-from pipelines.lake import Lake, features_table, online_table, raw_table
+from pipelines.lake import Lake, features_table, labels_table, online_table, raw_table
 from pipelines.steps.ingest import land_file
 from pipelines.tracking import feature_columns
 
@@ -75,6 +77,8 @@ def test_day_by_day_and_batched_replays_build_the_same_features(
     pending = list(deliveries)
     at_prediction: dict[str, pd.DataFrame] = {}
     snapshot_at_prediction: dict[str, pd.DataFrame] = {}
+    partition_at_prediction = {}
+    labelled_at_prediction: dict[str, bool] = {}
     evenings = [FIRST + timedelta(days=k) for k in range(DAYS)]
     for evening in evenings:
         for clock in INGEST_CLOCKS:
@@ -90,6 +94,8 @@ def test_day_by_day_and_batched_replays_build_the_same_features(
         if predicted in lake.partitions(features_table(USECASE)):  # the last evening predicts no landed day
             at_prediction[predicted] = lake.read_frame(features_table(USECASE), [predicted])
             snapshot_at_prediction[predicted] = _snapshot(lake, usecase, predicted)
+            partition_at_prediction[predicted] = lake.partitions(features_table(USECASE))[predicted]
+            labelled_at_prediction[predicted] = predicted in lake.partitions(labels_table(USECASE))
             assert scored == "success", evening
         else:
             assert scored == "failed", "no schedule of the last day: its score run fails, naming it"
@@ -107,9 +113,19 @@ def test_day_by_day_and_batched_replays_build_the_same_features(
         later = final[final["date"] == day]
         pd.testing.assert_frame_equal(_model_inputs(scored, usecase), _model_inputs(later, usecase))
         pd.testing.assert_frame_equal(snapshot_at_prediction[day], _snapshot(lake, usecase, day))
-    # and the outcomes came later: labels exist now, none were there when the day was predicted
-    assert at_prediction["2013-01-05"]["is_delayed"].isna().all()
-    assert final.loc[final["date"] == "2013-01-05", "is_delayed"].notna().mean() > 0.9
+        # not even rebuilt: the files that landed after the prediction (later weather, the outcomes) did not touch it
+        after = lake.partitions(features_table(USECASE))[day]
+        assert after.files == partition_at_prediction[day].files, day
+        assert after.facts["version"] == partition_at_prediction[day].facts["version"], day
+    # and the outcomes came later, into the labels table: none was there when a day was predicted, labels exist now
+    assert not any(labelled_at_prediction.values())
+    labels = lake.read_frame(labels_table(USECASE))
+    keys = usecase.features.keys
+    fifth = final[final["date"] == "2013-01-05"].merge(
+        labels, on=[*keys, "date"], how="left", validate="one_to_one"
+    )
+    assert fifth["is_delayed"].notna().mean() > 0.9
+    assert "is_delayed" not in final.columns and "outcome_known_at" not in final.columns
     # the features saw the world as it arrived: at 18:00 the afternoon's weather (observed by 17:00, landed at
     # 17:10) is in, and the outcomes of the same day are not (they land the next morning)
     assert at_prediction["2013-01-05"]["wx_temp"].notna().mean() > 0.9
@@ -129,6 +145,11 @@ def test_day_by_day_and_batched_replays_build_the_same_features(
     pd.testing.assert_frame_equal(got, expected)
     for day in at_prediction:
         pd.testing.assert_frame_equal(_snapshot(batched, usecase, day), _snapshot(lake, usecase, day))
+    label_order = [*usecase.features.keys, "date"]
+    pd.testing.assert_frame_equal(
+        batched.read_frame(labels_table(USECASE)).sort_values(label_order).reset_index(drop=True),
+        labels.sort_values(label_order).reset_index(drop=True),
+    )
     # and one score run replaying the evenings writes the predictions the evenings wrote, each on time
     assert runner.run("score", last_evening, {"replay": True}).state == "success"
     day_by_day = _predictions(lake)

@@ -11,6 +11,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from _labels import write_features_and_labels
 from _model_fixtures import (
     FAST_CANDIDATES,
     fast_usecase,
@@ -27,7 +28,7 @@ from pipelines import metrics, modeling, tracking
 from pipelines.cli import main, run_step
 from pipelines.config import REPO_ROOT, CandidateSpec, ConfigError, load_usecase
 from pipelines.context import MANUAL_RUN, StepFailed, run_result_key
-from pipelines.lake import LATEST, Lake, LakeError, content_hash, features_table
+from pipelines.lake import LATEST, Lake, LakeError, content_hash, features_table, labels_table
 from pipelines.model_inputs import model_inputs
 from pipelines.steps import train as train_step
 
@@ -91,7 +92,11 @@ def _holdout_features(trained) -> tuple[pd.DataFrame, np.ndarray]:
     dates = [d for d in parts if "2013-02-03" <= d < "2013-02-10"]
     version = trained.result["tables_read"][features_table(usecase.name)]
     frame = trained.lake.read_frame(features_table(usecase.name), dates, version=version)
-    frame = frame.sort_values("date", kind="stable")
+    labels = trained.lake.read_frame(
+        labels_table(usecase.name), dates, version=trained.result["labels_version"]
+    )
+    keys = [*usecase.features.keys, "date"]
+    frame = frame.merge(labels, on=keys, how="left", validate="one_to_one").sort_values("date", kind="stable")
     known = frame["outcome_known_at"] < usecase.time.local_midnight(
         DAY
     )  # outcomes known by the training date
@@ -136,7 +141,9 @@ def test_train_window_rows_and_inputs(trained):
     assert result["inputs_count"] == len(expected_inputs)
     assert stored["mode"] == "full"
     table = features_table(usecase.name)
-    assert stored["tables_read"] == {table: 0} and stored["features_version"] == 0
+    labels = labels_table(usecase.name)
+    assert stored["tables_read"] == {table: 0, labels: 0}
+    assert stored["features_version"] == 0 and stored["labels_version"] == 0
     assert stored["raw_versions"] == {f"raw/{usecase.name}/{s}": 0 for s in sorted(usecase.sources)}
     frames = train_step.training_frames(
         make_context(usecase, DAY), trained.lake.snapshot(table, 0), stored["window"]
@@ -256,7 +263,7 @@ def test_train_fails_on_a_single_class(small_env):
         frame = synthetic_day(usecase, day, 60)
         frame[usecase.target.column] = 0.0
         frames.append(frame)
-    small_env.lake.write_partitions(features_table(usecase.name), pd.concat(frames), read_version=LATEST)
+    write_features_and_labels(small_env.lake, usecase, pd.concat(frames))
     args = SimpleNamespace(mode="full", candidates=None, retrain=False)
     with pytest.raises(StepFailed, match=r"train window .* single class"):
         train_step.run(small_env.ctx, args)
@@ -358,7 +365,7 @@ def test_a_window_part_whose_outcomes_never_arrived_fails(small_env):
             frame.loc[lost, usecase.target.column] = np.nan
             frame.loc[lost, "outcome_known_at"] = pd.NaT
         frames.append(frame)
-    small_env.lake.write_partitions(features_table(usecase.name), pd.concat(frames), read_version=LATEST)
+    write_features_and_labels(small_env.lake, usecase, pd.concat(frames))
     args = SimpleNamespace(mode="full", candidates=None, retrain=False)
     with pytest.raises(
         StepFailed, match=r"holdout window \[2013-02-03, 2013-02-10\) .* has labels for"
@@ -522,16 +529,21 @@ def test_evaluate_report_explains_the_best_model(trained):
 
 
 def test_evaluate_reads_the_holdout_train_read_even_after_a_rebuild(trained):
-    """Evaluate time-travels to the features version train recorded: a partition rewritten since training
-    changes nothing in what the candidates are judged on."""
+    """Evaluate time-travels to the features and labels versions train recorded: a features partition rewritten
+    since training, or labels that changed since, change nothing in what the candidates are judged on."""
     from pipelines.steps import evaluate
 
     ctx = make_context(trained.usecase, DAY)
     table = features_table(trained.usecase.name)
+    labels = labels_table(trained.usecase.name)
     day = "2013-02-05"
     original = trained.lake.read_frame(table, [day])
+    original_labels = trained.lake.read_frame(labels, [day])
     before = trained.lake.read_json(run_result_key(trained.usecase.name, DAY, "evaluate", MANUAL_RUN))
     trained.lake.write_partitions(table, original.head(50), read_version=LATEST)
+    label = trained.usecase.target.column
+    flipped = original_labels.assign(**{label: 1 - original_labels[label]})
+    trained.lake.write_partitions(labels, flipped, read_version=LATEST)
     try:
         result = evaluate.run(ctx, SimpleNamespace(importance_rows=500, importance_repeats=1))
         assert result["holdout_rows"] == before["holdout_rows"]
@@ -540,6 +552,7 @@ def test_evaluate_reads_the_holdout_train_read_even_after_a_rebuild(trained):
             assert result["candidates"][name] == pytest.approx(entry["metrics"]), name
     finally:
         trained.lake.write_partitions(table, original, read_version=LATEST)
+        trained.lake.write_partitions(labels, original_labels, read_version=LATEST)
 
 
 def test_a_registry_outage_during_evaluate_fails_the_run_and_moves_no_alias(trained):
@@ -694,6 +707,7 @@ def test_lineage_reload_and_maintenance_keep_a_models_training_set(
         run_step([step, *argv])
     version = MlflowClient().search_model_versions(f"name = '{usecase.name}'")[0]
     assert version.tags["lineage.features_version"] == "1"
+    assert version.tags["lineage.labels_version"] == "1"
     assert json.loads(version.tags["lineage.window"]) == train["window"]
 
     # newer partitions and a rewrite of a day inside the training window (versions 2 and 3)
@@ -705,6 +719,7 @@ def test_lineage_reload_and_maintenance_keep_a_models_training_set(
     assert main(["lineage", usecase.name, str(version.version), "--reload", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["features_version"] == 1 and shown["reload"]["identical"] is True
+    assert shown["labels_version"] == 1
     assert shown["reload"]["data_hashes"] == train["data_hashes"]
     assert shown["config_hash"] == usecase.config_hash and shown["code_version"]
 
@@ -712,6 +727,8 @@ def test_lineage_reload_and_maintenance_keep_a_models_training_set(
     result = run_step(["maintain", *argv, "--retention-hours", "0"])
     entry = next(t for t in result["tables"] if t["table"] == table)
     assert entry["kept_versions"] == [1, 3] and entry["files_deleted"] > 0
+    entry = next(t for t in result["tables"] if t["table"] == labels_table(usecase.name))
+    assert entry["kept_versions"] == [1, 3], "the labels version the model names is kept"
     assert main(["lineage", usecase.name, str(version.version), "--reload"]) == 0
     assert "reload         identical" in capsys.readouterr().out
     with pytest.raises(LakeError, match=r"version 0\): a data file of this version is gone"):

@@ -49,10 +49,17 @@ def evaluated_metrics(ctx: StepContext) -> list[str]:
 
 
 def load_holdout(ctx: StepContext, train_result: dict[str, Any]) -> Any:
-    """The labeled holdout rows the candidates were trained for, read from the features version train read
-    (time travel), so a features rebuild since training cannot change what the candidates are judged on."""
+    """The labeled holdout rows the candidates were trained for, read from the features and labels versions train
+    read (time travel), so a rebuild or an outcome arriving since training cannot change what the candidates are
+    judged on."""
     from pipelines import modeling
-    from pipelines.steps.train import features_snapshot, labels_known_before, read_labeled, window_partitions
+    from pipelines.steps.train import (
+        features_snapshot,
+        labels_known_before,
+        read_labeled,
+        recorded_labels,
+        window_partitions,
+    )
 
     window = train_result["window"]
     version = train_result.get("features_version")
@@ -65,6 +72,7 @@ def load_holdout(ctx: StepContext, train_result: dict[str, Any]) -> Any:
         snapshot = features_snapshot(ctx, int(version))
     except LakeError as exc:
         raise StepFailed(f"{exc}; rerun train for {ctx.ds}, then evaluate") from None
+    labels = recorded_labels(ctx, train_result)
     parts = window_partitions(snapshot, window["holdout_start"], window["holdout_end"])
     columns = list(
         dict.fromkeys(
@@ -75,7 +83,7 @@ def load_holdout(ctx: StepContext, train_result: dict[str, Any]) -> Any:
             ]
         )
     )
-    return read_labeled(ctx, snapshot, parts, columns, labels_known_before(ctx, window))
+    return read_labeled(ctx, snapshot, parts, columns, labels_known_before(ctx, window), labels=labels)
 
 
 def model_quality(proba: Any, y: Any, groups: Any, metrics: list[str]) -> dict[str, Any]:
@@ -103,13 +111,20 @@ def select_best(candidates: dict[str, dict[str, Any]], primary: str) -> tuple[st
 def load_train_sample(ctx: StepContext, train_result: dict[str, Any], max_rows: int) -> Any:
     """A seeded sample of the train window's labeled rows (the data explorer's training side)."""
     from pipelines import modeling
-    from pipelines.steps.train import features_snapshot, labels_known_before, read_labeled, window_partitions
+    from pipelines.steps.train import (
+        features_snapshot,
+        labels_known_before,
+        read_labeled,
+        recorded_labels,
+        window_partitions,
+    )
 
     window = train_result["window"]
     snapshot = features_snapshot(ctx, int(train_result["features_version"]))
+    labels = recorded_labels(ctx, train_result)
     parts = window_partitions(snapshot, window["train_start"], window["train_end"])
     columns = [*modeling.feature_columns(ctx.usecase), ctx.usecase.target.column]
-    frame = read_labeled(ctx, snapshot, parts, columns, labels_known_before(ctx, window))
+    frame = read_labeled(ctx, snapshot, parts, columns, labels_known_before(ctx, window), labels=labels)
     if len(frame) > max_rows:
         frame = frame.sample(n=max_rows, random_state=ctx.usecase.split.seed).sort_index()
     return frame

@@ -1,4 +1,4 @@
-"""Build point-in-time feature partitions with Spark, only for days whose inputs changed.
+"""Build point-in-time feature partitions and their labels with Spark, only for days whose inputs changed.
 
 ``python -m pipelines features --usecase NAME --date D [--start S] [--rebuild]``
 
@@ -6,20 +6,31 @@ Every committed raw partition of the primary source (the events, partitioned by 
 ``time.prediction_time.days_before`` is a candidate day: on day D the schedule predicted that evening is built too.
 Every event gets its prediction time, and its features use only what was known before it (see
 pipelines.transforms): what had *arrived* by then (each raw row carries when its file landed) and whose declared
-time had come. Its label comes from the outcome source and is known at the later of ``label_delay`` after the event
-time and the outcome's arrival (NULL until the outcome arrived). Because availability is a recorded fact, a day's
-model inputs are a function of the raw tables alone: rebuilding the day after more files landed gives the same
-inputs. A day's features depend on the primary and outcome partitions of that day and the ``lookback_days`` before
-it, the partitions of joined events sources its transforms read, the reference snapshot that serves it, and the
-features/target/time configuration; their content hashes make the day's *inputs fingerprint*, so an arriving
-outcome rebuilds its day (its label; its model inputs stay as they were). Days whose features partition is missing
-or carries another fingerprint are built together in one Spark job from one snapshot of each raw table, and
-committed in one commit to the Delta table ``features/<usecase>`` (partition facts: ``rows``,
-``inputs_fingerprint``, ``inputs``, ``raw_versions``, ``columns``). The same job publishes their online snapshot
-(the lookups a request at each day's prediction time joins; see pipelines.online), committed next to
-``features_online/<usecase>`` with the same facts; a day is stale when either table lacks its fingerprint. Inputs reach Spark as Arrow (through the
-driver) and results come back as Arrow, so any master works (local or a cluster) and the lake may be local or S3.
-A concurrent commit to the same partitions makes the step plan and build again from the new snapshots.
+time had come. Because availability is a recorded fact, a day's model inputs are a function of what had arrived
+by its prediction time: rebuilding the day after more files landed gives the same rows.
+
+Features and labels are two tables. A day's features depend on the primary partitions of that day and the
+``lookback_days`` before it, the outcome files of those days that had arrived *before the day's prediction time*
+(what past rates and means count; an outcome file's arrival is in its raw partition's facts, and a partition whose
+arrivals were not recorded counts whole), the partitions of joined events sources its transforms read, the
+reference snapshot that serves it, and the features/target/time configuration; their content hashes make the
+day's *inputs fingerprint*. Its labels (``labels/<usecase>``: the feature keys, the label and
+``outcome_known_at``, one row per event whose outcome arrived) come from the outcome source: known at the later of
+``label_delay`` after the event time and the arrivals of the rows they need, and depend on the day's primary
+partition and the outcome partitions of the same window, with their own fingerprint. So an arriving outcome
+commits labels and rebuilds no features of the days predicted before it arrived: a file that arrives late changes
+only the features of the days predicted after its arrival. Training, evaluation and monitoring join the two
+tables by the keys and the date.
+
+Days whose features partition is missing or carries another fingerprint are built together in one Spark job from
+one snapshot of each raw table, and committed in one commit to the Delta table ``features/<usecase>`` (partition
+facts: ``rows``, ``inputs_fingerprint``, ``inputs``, ``raw_versions``, ``columns``). The same job publishes their
+online snapshot (the lookups a request at each day's prediction time joins; see pipelines.online), committed next
+to ``features_online/<usecase>`` with the same facts; a day is stale when either table lacks its fingerprint.
+Days whose labels are stale are committed to ``labels/<usecase>`` in one commit (a day without labels yet is
+committed empty, with its facts). Inputs reach Spark as Arrow (through the driver) and results come back as
+Arrow, so any master works (local or a cluster) and the lake may be local or S3. A concurrent commit to the same
+partitions makes the step plan and build again from the new snapshots.
 """
 
 from __future__ import annotations
@@ -47,6 +58,7 @@ from pipelines.lake import (
     Snapshot,
     arrow_type,
     features_table,
+    labels_table,
     online_table,
     raw_table,
 )
@@ -68,6 +80,8 @@ if TYPE_CHECKING:
 
 DAY_COLUMN = "_day"  # partition date of each primary row (DateType) while the transforms run
 DATE_COLUMN = DATE  # partition date in the output (ISO string)
+# Bump when the labels change for the same inputs: the features step then rebuilds every labels partition.
+LABELS_VERSION = "1"
 # Columns of the online snapshot table: per served event date, one row per lookup and key (see pipelines.online).
 SNAPSHOT_COLUMNS = [DATE, PREDICTION_TIME, "lookup", "key", "value", "observed_at"]
 
@@ -131,29 +145,104 @@ def reference_snapshot_for(usecase: UseCase, day: str, partitions: Mapping[str, 
     return None
 
 
+_SECOND = timedelta(seconds=1)
+
+
+def arrived_before(partition: PartitionInfo, cutoff: datetime) -> str | None:
+    """An identity of the rows of a raw partition that had arrived strictly before ``cutoff``: its files (name,
+    bytes, arrival) that had landed by then, from the partition's facts. None: none had. The partition's whole
+    content id when a file's arrival was not recorded (then every change counts)."""
+    files = partition.facts.get("source_files") or []
+    if not files or any(item.get("arrived_at") is None for item in files):
+        return partition.content_id
+    early = sorted(
+        (str(item.get("name")), str(item.get("sha256")), str(item["arrived_at"]))
+        for item in files
+        if datetime.fromisoformat(item["arrived_at"]) < cutoff
+    )
+    if not early:
+        return None
+    return "arrived:" + hashlib.sha256(json.dumps(early).encode()).hexdigest()[:32]
+
+
 def plan_days(
     usecase: UseCase, raw: dict[str, dict[str, PartitionInfo]], start: str | None, end: str
 ) -> list[DayPlan]:
-    """Inputs and fingerprint of every candidate day (primary partitions with start <= date <= end)."""
+    """Inputs and fingerprint of the features of every candidate day (primary partitions with start <= date <=
+    end). The outcome source and the joined events sources count only the files that had arrived by the day's
+    prediction time (see :func:`arrived_before`; the transforms use no row that arrived later): outcomes arriving
+    later write labels, not features, and an observation landing late changes only the days predicted after
+    it."""
     features = usecase.features
     primary = raw[features.primary_source]
     config_hash = features_config_hash(usecase)
+    outcome_source = usecase.outcome_source
     plans = []
     for day in primary:
         if day > end or (start is not None and day < start):
             continue
         window = _window(day, features.lookback_days)
+        cutoff = usecase.time.prediction_time_of(date.fromisoformat(day))
         inputs: dict[str, dict[str, str]] = {
-            source: {d: raw[source][d].content_id for d in window if d in raw[source]}
-            for source in dict.fromkeys([features.primary_source, usecase.outcome_source])
+            features.primary_source: {d: primary[d].content_id for d in window if d in primary}
         }
+        if outcome_source != features.primary_source:
+            outcomes = raw[outcome_source]
+            arrived = {d: arrived_before(outcomes[d], cutoff) for d in window if d in outcomes}
+            inputs[outcome_source] = {d: known for d, known in arrived.items() if known is not None}
         for source in joined_sources(features):
             partitions = raw[source]
-            if usecase.sources[source].kind == "events":
+            if usecase.sources[source].kind == "events" and source != features.primary_source:
+                # a joined row counts once it had arrived by the prediction time (the as-of join compares whole
+                # seconds: a second's slack)
                 used = [d.isoformat() for d in source_dates(usecase, source, date.fromisoformat(day))]
+                seen = {d: arrived_before(partitions[d], cutoff + _SECOND) for d in used if d in partitions}
+                joined = {d: known for d, known in seen.items() if known is not None}
             else:
                 used = [reference_snapshot_for(usecase, day, partitions)]
-            inputs[source] = {d: partitions[d].content_id for d in used if d in partitions}
+                joined = {d: partitions[d].content_id for d in used if d in partitions}
+            if source == outcome_source:  # joined and the outcome source too: what the join reads counts
+                joined = {d: partitions[d].content_id for d in joined}
+            inputs[source] = {**inputs.get(source, {}), **joined}
+        body = json.dumps({"inputs": inputs, "config": config_hash}, sort_keys=True).encode()
+        plans.append(DayPlan(day, inputs, hashlib.sha256(body).hexdigest()[:32]))
+    return plans
+
+
+def labels_config_hash(usecase: UseCase) -> str:
+    """Hash of everything in the configuration that shapes the labels: the target, the outcome's time, the keys
+    and the columns of the primary and outcome sources."""
+    sources = dict.fromkeys([usecase.features.primary_source, usecase.outcome_source])
+    payload = {
+        "target": usecase.target.model_dump(mode="json"),
+        "event_time": usecase.time.event_time,
+        "outcome": usecase.time.outcome.model_dump(mode="json"),
+        "keys": usecase.features.keys,
+        "lookback_days": usecase.features.lookback_days,
+        "columns": {s: {c: spec.type for c, spec in usecase.sources[s].columns.items()} for s in sources},
+        "labels_version": LABELS_VERSION,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def plan_labels(
+    usecase: UseCase, raw: dict[str, dict[str, PartitionInfo]], start: str | None, end: str
+) -> list[DayPlan]:
+    """Inputs and fingerprint of the labels of every candidate day: the day's primary partition (its events and
+    their arrival) and the outcome partitions of the day and the ``lookback_days`` before it (the outcome rows
+    its events are joined to), whole."""
+    features = usecase.features
+    primary = raw[features.primary_source]
+    outcomes = raw[usecase.outcome_source]
+    config_hash = labels_config_hash(usecase)
+    plans = []
+    for day in primary:
+        if day > end or (start is not None and day < start):
+            continue
+        inputs = {features.primary_source: {day: primary[day].content_id}}
+        if usecase.outcome_source != features.primary_source:
+            window = _window(day, features.lookback_days)
+            inputs[usecase.outcome_source] = {d: outcomes[d].content_id for d in window if d in outcomes}
         body = json.dumps({"inputs": inputs, "config": config_hash}, sort_keys=True).encode()
         plans.append(DayPlan(day, inputs, hashlib.sha256(body).hexdigest()[:32]))
     return plans
@@ -208,22 +297,17 @@ def read_source(
 
 
 def output_columns(usecase: UseCase) -> list[str]:
-    """Columns of a features partition, in order: keys, event time, prediction time, outcome known at, date,
-    numeric, categorical, label, then the slice columns that are none of these (for evaluation, never model
-    inputs)."""
+    """Columns of a features partition, in order: keys, event time, prediction time, date, numeric, categorical,
+    then the slice columns that are none of these (for evaluation, never model inputs). The label lives in the
+    labels table (:func:`label_columns`)."""
     features = usecase.features
-    names = [*features.keys, usecase.time.event_time, PREDICTION_TIME, OUTCOME_KNOWN_AT, DATE_COLUMN]
-    return list(
-        dict.fromkeys(
-            [
-                *names,
-                *features.numeric,
-                *features.categorical,
-                usecase.target.column,
-                *usecase.evaluated_columns,
-            ]
-        )
-    )
+    names = [*features.keys, usecase.time.event_time, PREDICTION_TIME, DATE_COLUMN]
+    return list(dict.fromkeys([*names, *features.numeric, *features.categorical, *usecase.evaluated_columns]))
+
+
+def label_columns(usecase: UseCase) -> list[str]:
+    """Columns of a labels partition, in order: the feature keys, the date, the label and when it became known."""
+    return list(dict.fromkeys([*usecase.features.keys, DATE_COLUMN, usecase.target.column, OUTCOME_KNOWN_AT]))
 
 
 def _select_output(frame: DataFrame, usecase: UseCase) -> DataFrame:
@@ -252,8 +336,6 @@ def _select_output(frame: DataFrame, usecase: UseCase) -> DataFrame:
     for name in output_columns(usecase):
         if name == DATE_COLUMN:
             column = F.date_format(F.col(DAY_COLUMN), "yyyy-MM-dd")
-        elif name == usecase.target.column:
-            column = F.col(name).cast("double" if usecase.task == "regression" else "int")
         elif name in numeric:
             column = F.col(name).cast("double")
         elif name in categorical:
@@ -310,7 +392,8 @@ def _label_columns(frame: DataFrame, usecase: UseCase, outcome_rows: DataFrame |
 
     The outcome comes from the primary rows themselves, or from ``outcome_rows`` joined on
     ``time.outcome.keys``; an event without an outcome row has no label yet; an outcome row without a value
-    (e.g. a cancelled flight) gets ``target.missing_outcome``."""
+    (e.g. a cancelled flight) gets ``target.missing_outcome``. Of several outcome rows of one event, the first to
+    arrive counts (then the smallest value), so an outcome arriving later never changes one known before."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -325,7 +408,9 @@ def _label_columns(frame: DataFrame, usecase: UseCase, outcome_rows: DataFrame |
             F.col(target.source_column).alias("_outcome_value"),
             F.col(ARRIVED_AT).alias("_outcome_arrived"),
         ).dropna(subset=aliases)
-        first = Window.partitionBy(*aliases).orderBy(F.col("_outcome_value").asc_nulls_last())
+        first = Window.partitionBy(*aliases).orderBy(
+            F.col("_outcome_arrived").asc_nulls_first(), F.col("_outcome_value").asc_nulls_last()
+        )
         rows = rows.withColumn("_rank", F.row_number().over(first)).where(F.col("_rank") == 1).drop("_rank")
         rows = rows.withColumn("_has_outcome", F.lit(True))
         condition = None
@@ -477,6 +562,80 @@ def build_rows(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan])
     return rows, snapshot_rows
 
 
+def build_labels(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan]) -> pa.Table:
+    """The labels of the days in ``plans`` (one row per event whose outcome arrived: :func:`label_columns`) as an
+    Arrow table sorted by every column, from the primary rows of those days and the outcome rows of their
+    windows (the same labels the features' past rates count)."""
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+
+    usecase = ctx.usecase
+    primary = usecase.features.primary_source
+    days = [plan.day for plan in plans]
+    spark = get_spark(ctx.profile)
+    events = read_source(ctx.lake, usecase, primary, raw[primary], days, DAY_COLUMN)
+    frame = _to_spark(spark, events)
+    outcome_rows = None
+    if usecase.outcome_source != primary:
+        snapshot = raw[usecase.outcome_source]
+        window = sorted({d for day in days for d in _window(day, usecase.features.lookback_days)})
+        outcomes = read_source(ctx.lake, usecase, usecase.outcome_source, snapshot, window, "_outcome_day")
+        outcome_rows = _to_spark(spark, outcomes)
+    frame = _label_columns(frame, usecase, outcome_rows).where(F.col(usecase.target.column).isNotNull())
+    frame = frame.withColumn(DATE_COLUMN, F.date_format(F.col(DAY_COLUMN), "yyyy-MM-dd"))
+    rows = frame.select(*label_columns(usecase)).toArrow()
+    spec, features = usecase.sources[primary], usecase.features
+    label_type = pa.float64() if usecase.task == "regression" else pa.int32()
+
+    def key_type(name: str) -> pa.DataType:  # the keys typed as in the features table (see _select_output)
+        if name in features.numeric:
+            return pa.float64()
+        if name in features.categorical:
+            return pa.string()
+        return arrow_type(spec.columns[name].type)
+
+    schema = pa.schema(
+        [(name, key_type(name)) for name in features.keys if name != DATE_COLUMN]
+        + [
+            (DATE_COLUMN, pa.string()),
+            (usecase.target.column, label_type),
+            (OUTCOME_KNOWN_AT, pa.timestamp("us", tz="UTC")),
+        ]
+    )
+    rows = rows.select(schema.names).cast(schema)
+    order = [DATE_COLUMN, *usecase.features.keys]
+    order += [c for c in rows.column_names if c not in order]
+    return rows.sort_by([(name, "ascending") for name in dict.fromkeys(order)])
+
+
+def commit_labels(
+    ctx: StepContext, raw: dict[str, Snapshot], labels: Snapshot, plans: list[DayPlan]
+) -> Commit:
+    """Build the labels of the days of ``plans`` and commit them in one commit made from the ``labels``
+    snapshot; a day without labels yet is committed empty, with its facts."""
+    rows = build_labels(ctx, raw, plans)
+    raw_versions = {snapshot.table: snapshot.version for snapshot in raw.values()}
+    facts = {
+        plan.day: {
+            "inputs_fingerprint": plan.fingerprint,
+            "inputs": plan.inputs,
+            "raw_versions": raw_versions,
+            "columns": label_columns(ctx.usecase),
+            "config_hash": labels_config_hash(ctx.usecase),
+            "code_version": ctx.code_version,
+        }
+        for plan in plans
+    }
+    return ctx.lake.write_partitions(
+        labels.table,
+        rows,
+        read_version=labels.version,
+        facts=facts,
+        commit_info={"mlops.step": "features", "mlops.date": ctx.ds},
+        empty_dates=[plan.day for plan in plans],
+    )
+
+
 def commit_days(
     ctx: StepContext,
     raw: dict[str, Snapshot],
@@ -530,18 +689,20 @@ def commit_days(
 
 def _up_to_date(snapshot: Snapshot, plan: DayPlan) -> bool:
     partition = snapshot.partitions.get(plan.day)
-    return partition is not None and partition.facts.get("inputs_fingerprint") == plan.fingerprint
+    facts = partition.facts if partition is not None else snapshot.empty.get(plan.day)
+    return facts is not None and facts.get("inputs_fingerprint") == plan.fingerprint
 
 
 def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
-    """Build the features partitions that are missing or stale for event days up to the last one predicted on
-    ``ctx.day``."""
+    """Build the features and labels partitions that are missing or stale for event days up to the last one
+    predicted on ``ctx.day``."""
     usecase = ctx.usecase
     primary = usecase.features.primary_source
     check_transforms(usecase)
     start = args.start.isoformat() if getattr(args, "start", None) else None
     rebuild = bool(getattr(args, "rebuild", False))
     sources = input_sources(usecase)
+    done: dict[str, Any] = {}  # what an attempt committed before a later commit of it conflicted
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         raw = {source: ctx.lake.snapshot(raw_table(usecase.name, source)) for source in sources}
         if not raw[primary].partitions:
@@ -551,48 +712,70 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                 {"built": [], "skipped": 0, "rows": 0, "partitions": []},
             )
         through = usecase.time.predicted_through(ctx.day).isoformat()  # the schedule predicted tonight
-        plans = plan_days(usecase, {s: snap.partitions for s, snap in raw.items()}, start, through)
+        partitions = {s: snap.partitions for s, snap in raw.items()}
+        plans = plan_days(usecase, partitions, start, through)
+        label_plans = plan_labels(usecase, partitions, start, through)
         existing = ctx.lake.snapshot(features_table(usecase.name))
         online = ctx.lake.snapshot(online_table(usecase.name))
+        labels = ctx.lake.snapshot(labels_table(usecase.name))
         stale = [
             plan
             for plan in plans
             if rebuild or not _up_to_date(existing, plan) or not _up_to_date(online, plan)
         ]
+        stale_labels = [plan for plan in label_plans if rebuild or not _up_to_date(labels, plan)]
         skipped = len(plans) - len(stale)
         tables_read = {snap.table: snap.version for snap in raw.values() if snap.version is not None}
-        if not stale:
-            progress(f"features: {len(plans)} day(s) up to {through} are up to date")
-            return {
-                "built": [],
-                "skipped": skipped,
-                "rows": 0,
-                "partitions": [],
-                "tables_read": tables_read,
-                "tables_written": {},
-            }
-        progress(
-            f"features: building {len(stale)} day(s) {stale[0].day}..{stale[-1].day}, {skipped} up to date "
-            f"(raw versions {tables_read})"
-        )
+        result: dict[str, Any] = {
+            "built": [],
+            "skipped": skipped,
+            "rows": 0,
+            "partitions": [],
+            "labels_built": [],
+            "label_rows": 0,
+            "tables_read": tables_read,
+            "tables_written": {},
+        }
+        if done:
+            result |= {**done, "tables_written": dict(done["tables_written"])}
+        if not stale and not stale_labels:
+            progress(f"features: {len(plans)} day(s) up to {through} and their labels are up to date")
+            return result
         try:
-            commit, snapshot_commit = commit_days(ctx, raw, existing, online, stale)
+            if stale:
+                progress(
+                    f"features: building {len(stale)} day(s) {stale[0].day}..{stale[-1].day}, {skipped} up to "
+                    f"date (raw versions {tables_read})"
+                )
+                commit, snapshot_commit = commit_days(ctx, raw, existing, online, stale)
+                progress(
+                    f"features: committed {commit.table} version {commit.version}: {len(commit.dates)} day(s), "
+                    f"{commit.rows} rows; online snapshot {snapshot_commit.table} version "
+                    f"{snapshot_commit.version}: {snapshot_commit.rows} lookup rows"
+                )
+                result |= {"built": commit.dates, "rows": commit.rows, "partitions": commit.partition_uris()}
+                result["tables_written"] |= {
+                    commit.table: commit.version,
+                    snapshot_commit.table: snapshot_commit.version,
+                }
+                done = {key: result[key] for key in ("built", "rows", "partitions")}
+                done["tables_written"] = dict(result["tables_written"])
+            if stale_labels:
+                label_commit = commit_labels(ctx, raw, labels, stale_labels)
+                progress(
+                    f"features: committed {label_commit.table} version {label_commit.version}: labels of "
+                    f"{len(stale_labels)} day(s) {stale_labels[0].day}..{stale_labels[-1].day}, "
+                    f"{label_commit.rows} rows"
+                )
+                result |= {
+                    "labels_built": [plan.day for plan in stale_labels],
+                    "label_rows": label_commit.rows,
+                }
+                result["tables_written"][label_commit.table] = label_commit.version
         except CommitConflict as conflict:
             if attempt == COMMIT_ATTEMPTS:
                 raise StepFailed(str(conflict), {"built": [], "skipped": skipped, "rows": 0}) from None
             progress(f"features: {conflict}; planning again from the new snapshots")
             continue
-        progress(
-            f"features: committed {commit.table} version {commit.version}: {len(commit.dates)} day(s), "
-            f"{commit.rows} rows; online snapshot {snapshot_commit.table} version {snapshot_commit.version}: "
-            f"{snapshot_commit.rows} lookup rows"
-        )
-        return {
-            "built": commit.dates,
-            "skipped": skipped,
-            "rows": commit.rows,
-            "partitions": commit.partition_uris(),
-            "tables_read": tables_read,
-            "tables_written": {commit.table: commit.version, snapshot_commit.table: snapshot_commit.version},
-        }
+        return result
     raise AssertionError("unreachable")  # pragma: no cover

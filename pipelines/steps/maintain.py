@@ -28,7 +28,7 @@ import json
 from typing import Any
 
 from pipelines.context import StepContext, progress
-from pipelines.lake import FACTS_ZONE, LakeError, captures_table, features_table
+from pipelines.lake import FACTS_ZONE, LakeError, captures_table, features_table, labels_table
 from pipelines.tables import data_tables
 
 DEFAULT_RETENTION_HOURS = 168
@@ -70,6 +70,8 @@ def versions_named_by_models(ctx: StepContext) -> dict[str, set[int]]:
             kept.setdefault(features_table(ctx.usecase.name), set()).add(
                 int(tags["lineage.features_version"])
             )
+        if tags.get("lineage.labels_version"):
+            kept.setdefault(labels_table(ctx.usecase.name), set()).add(int(tags["lineage.labels_version"]))
         for table, number in json.loads(tags.get("lineage.raw_versions") or "{}").items():
             kept.setdefault(table, set()).add(int(number))
     return kept

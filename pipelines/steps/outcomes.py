@@ -3,7 +3,8 @@
 ``python -m pipelines outcomes --usecase NAME --date D``
 
 Predictions are made ahead (score step); an event's outcome lands later and the features step then records its
-label and ``outcome_known_at``. For every predictions partition with an event date in
+label and ``outcome_known_at`` in the labels table (``labels/<usecase>``). For every predictions partition with an
+event date in
 (D - ``schedules.score_catch_up_days``, D], this step joins each prediction to its event's label when that label
 was known before the end of D (local), and commits the partitions whose joined rows changed (new predictions,
 new outcomes) in one commit. Each row keeps the prediction time, when the prediction was made (``scored_at``,
@@ -25,7 +26,7 @@ from pipelines.lake import (
     COMMIT_ATTEMPTS,
     DATE,
     CommitConflict,
-    features_table,
+    labels_table,
     predictions_table,
     predictions_with_outcomes_table,
 )
@@ -51,11 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def join_outcomes(
-    predictions: pd.DataFrame, features: pd.DataFrame, keys: list[str], label: str, label_dtype: str = "int64"
+    predictions: pd.DataFrame, labels: pd.DataFrame, keys: list[str], label: str, label_dtype: str = "int64"
 ) -> pd.DataFrame:
-    """The predictions whose event has a known label, with that label and when it became known; a prediction
-    made at or after its outcome was known is refused (it would not be a prediction)."""
-    labelled = features.loc[features[label].notna(), [*keys, DATE, label, OUTCOME_KNOWN_AT]]
+    """The predictions whose event has a known label (rows of the labels table), with that label and when it
+    became known; a prediction made at or after its outcome was known is refused (it would not be a
+    prediction)."""
+    labelled = labels.loc[labels[label].notna(), [*keys, DATE, label, OUTCOME_KNOWN_AT]]
     joined = predictions.merge(labelled, on=[*keys, DATE], how="inner", validate="one_to_one")
     late = joined[joined[PREDICTION_TIME] >= joined[OUTCOME_KNOWN_AT]]
     if len(late):
@@ -67,8 +69,8 @@ def join_outcomes(
     return joined.sort_values([DATE, *keys], kind="stable").reset_index(drop=True)
 
 
-def _fingerprint(prediction_id: str, feature_id: str, labelled: int) -> str:
-    body = json.dumps([prediction_id, feature_id, labelled]).encode()
+def _fingerprint(prediction_id: str, labels_id: str, labelled: int) -> str:
+    body = json.dumps([prediction_id, labels_id, labelled]).encode()
     return hashlib.sha256(body).hexdigest()[:32]
 
 
@@ -84,29 +86,29 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     table = predictions_with_outcomes_table(usecase.name)
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         predictions = ctx.lake.snapshot(predictions_table(usecase.name))
-        features = ctx.lake.snapshot(features_table(usecase.name))
+        labels = ctx.lake.snapshot(labels_table(usecase.name))
         joined = ctx.lake.snapshot(table)
-        days = [d for d in sorted(predictions.partitions) if first < d <= ctx.ds and d in features.partitions]
-        tables_read = {s.table: s.version for s in (predictions, features) if s.version is not None}
+        days = [d for d in sorted(predictions.partitions) if first < d <= ctx.ds and d in labels.partitions]
+        tables_read = {s.table: s.version for s in (predictions, labels) if s.version is not None}
         if not days:
-            progress(f"outcomes: no predictions with features in ({first}, {ctx.ds}]")
+            progress(f"outcomes: no predictions with labels in ({first}, {ctx.ds}]")
             return {"joined": [], "rows": 0, "tables_read": tables_read, "tables_written": {}}
         # when each prediction was made and whether late (predictions from before these were recorded lack them)
         made = [c for c in (SCORED_AT, SCORED_LATE) if c in predictions.columns]
         scored = ctx.lake.read_frame(
             predictions.table, days, [*keys, DATE, *prediction_columns(usecase), *made], predictions.version
         )
-        feature_rows = ctx.lake.read_frame(
-            features.table, days, [*keys, DATE, label, OUTCOME_KNOWN_AT], features.version
+        label_rows = ctx.lake.read_frame(
+            labels.table, days, [*keys, DATE, label, OUTCOME_KNOWN_AT], labels.version
         )
-        known = pd.to_datetime(feature_rows[OUTCOME_KNOWN_AT], utc=True) < pd.Timestamp(known_before)
-        feature_rows.loc[~known, label] = None  # not known yet on this date
-        rows = join_outcomes(scored, feature_rows, keys, label, label_dtype(usecase))
+        known = pd.to_datetime(label_rows[OUTCOME_KNOWN_AT], utc=True) < pd.Timestamp(known_before)
+        label_rows.loc[~known, label] = None  # not known yet on this date
+        rows = join_outcomes(scored, label_rows, keys, label, label_dtype(usecase))
         facts, changed = {}, []
         for day in days:
             labelled = int((rows[DATE] == day).sum())
             fingerprint = _fingerprint(
-                predictions.partitions[day].content_id, features.partitions[day].content_id, labelled
+                predictions.partitions[day].content_id, labels.partitions[day].content_id, labelled
             )
             existing = joined.partitions.get(day)
             if labelled and (existing is None or existing.facts.get("inputs_fingerprint") != fingerprint):
@@ -114,7 +116,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                 facts[day] = {
                     "inputs_fingerprint": fingerprint,
                     "predictions_version": predictions.version,
-                    "features_version": features.version,
+                    "labels_version": labels.version,
                     "known_before": known_before.isoformat(),
                 }
         if not changed:

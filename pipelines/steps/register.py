@@ -54,12 +54,13 @@ def raw_partitions_tag(keys: list[str]) -> tuple[str, str]:
 
 def lineage_tags(train: dict[str, Any]) -> dict[str, str]:
     """Tags that let ``mlops lineage`` rebuild a model's training set: the lake table versions the train step
-    read (features) and that its features were built from (raw), the content hashes of the train and holdout
+    read (features and labels) and that its features were built from (raw), the content hashes of the train and holdout
     rows, the code version and the image train ran in."""
     hashes = train.get("data_hashes") or {}
     return {
         "lineage.window": json.dumps(train.get("window") or {}, sort_keys=True),
         "lineage.features_version": str(train.get("features_version", "")),
+        "lineage.labels_version": "" if train.get("labels_version") is None else str(train["labels_version"]),
         "lineage.tables_read": json.dumps(train.get("tables_read") or {}, sort_keys=True),
         "lineage.raw_versions": json.dumps(train.get("raw_versions") or {}, sort_keys=True),
         "lineage.train_data_hash": str(hashes.get("train", "")),

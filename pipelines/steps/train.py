@@ -12,11 +12,12 @@ committed feature partitions and ``split.min_labelled_share`` of its due outcome
 naming the part and the missing days (:func:`check_window_days`, :func:`check_labels`). Expected days count from
 the features table's first partition: a window that reaches back before the first data the lake has (the first
 trainings after go-live, e.g. the demo's first training on 2013-02-01 with only January) is short by design and
-trains on what there is, while a day missing after the first partition is a gap. An outcome is due when the event
-is older than ``time.outcome.label_delay`` at the training date; events whose due outcome never arrived (label
-NULL in the features table) are counted per part in the result (``unlabelled_events``; with ``target.
-missing_outcome: drop`` the features table cannot tell an outcome that arrived without a value from one that never
-arrived, and both count).
+trains on what there is, while a day missing after the first partition is a gap. The labels come from the labels
+table (``labels/<usecase>``), joined to the features by the feature keys and the date; train reads one version of
+each and records both (``features_version``, ``labels_version``, ``tables_read``). An outcome is due when the event
+is older than ``time.outcome.label_delay`` at the training date; events whose due outcome never arrived (no row in
+the labels table) are counted per part in the result (``unlabelled_events``; with ``target.missing_outcome: drop``
+an outcome that arrived without a value has no label row either, and both count).
 ``--mode full`` trains every candidate; ``--mode refresh`` only the champion's candidate (registry alias
 ``champion``, tag ``candidate``), or every candidate while there is no champion. Each candidate is one MLflow
 run named ``<candidate>@<D>``. A rerun with the same data, config and code reuses the finished runs (same result);
@@ -35,7 +36,16 @@ from typing import Any
 
 from pipelines.context import StepContext, StepFailed, progress
 from pipelines.feature_identity import FEATURES_CONFIG_TAG, features_config_hash
-from pipelines.lake import DATE, LakeError, PartitionInfo, Snapshot, content_hash, features_table, raw_table
+from pipelines.lake import (
+    DATE,
+    LakeError,
+    PartitionInfo,
+    Snapshot,
+    content_hash,
+    features_table,
+    labels_table,
+    raw_table,
+)
 from pipelines.leakage import check_leakage
 
 MIN_TRAIN_ROWS = 100
@@ -92,6 +102,31 @@ def features_snapshot(ctx: StepContext, version: int | None = None) -> Snapshot:
     return ctx.lake.snapshot(features_table(ctx.usecase.name), version)
 
 
+def labels_snapshot(ctx: StepContext, version: int | None = None) -> Snapshot:
+    """The use case's labels table at ``version`` (latest when None; an empty snapshot when ``version`` is None
+    and the table does not exist yet)."""
+    return ctx.lake.snapshot(labels_table(ctx.usecase.name), version)
+
+
+def recorded_labels(ctx: StepContext, result: dict[str, Any]) -> Snapshot:
+    """The labels version a train result (or lineage) read; StepFailed for a result written before labels had
+    their own table."""
+    if "labels_version" not in result:
+        raise StepFailed(
+            f"the train result for {ctx.ds} records no labels table version (written by an older release); rerun "
+            f"train (python -m pipelines train --usecase {ctx.usecase.name} --date {ctx.ds})"
+        )
+    version = result["labels_version"]
+    if version is None:  # no labels table when train ran: no labels
+        return Snapshot(
+            labels_table(ctx.usecase.name), ctx.lake.table_uri(labels_table(ctx.usecase.name)), None, {}
+        )
+    try:
+        return labels_snapshot(ctx, int(version))
+    except LakeError as exc:
+        raise StepFailed(f"{exc}; rerun train for {ctx.ds}") from None
+
+
 def window_partitions(snapshot: Snapshot, start: str, end: str) -> dict[str, PartitionInfo]:
     """Partitions of a features snapshot with ``start <= date < end``, by ISO date."""
     return {day: part for day, part in snapshot.partitions.items() if start <= day < end}
@@ -110,48 +145,68 @@ def read_labeled(
     columns: list[str],
     known_before: datetime,
     counts: dict[str, Any] | None = None,
+    labels: Snapshot | None = None,
 ) -> Any:
-    """Rows of ``partitions`` of one features version (oldest first) whose 0/1 label was known before
+    """Rows of ``partitions`` of one features version (oldest first) joined by the feature keys and the date to
+    their labels in one ``labels`` version (latest when None), kept when the label was known before
     ``known_before``; StepFailed names the table, the version and the partitions to rebuild. Given ``counts``
     (a dict), fills it with :func:`label_counts` of the rows read."""
     import pandas as pd
 
     from pipelines.config import OUTCOME_KNOWN_AT
 
-    label = ctx.usecase.target.column
+    usecase = ctx.usecase
+    label = usecase.target.column
+    if labels is None:
+        labels = labels_snapshot(ctx)
     if counts is not None:
         counts.update(label_counts(ctx, None, known_before))
     if not partitions:
         return pd.DataFrame(columns=columns)
     where = f"{snapshot.uri} (version {snapshot.version})"
-    event_time = [ctx.usecase.time.event_time] if counts is not None else []
-    wanted = list(dict.fromkeys([*columns, OUTCOME_KNOWN_AT, DATE, *event_time]))
+    keys = [k for k in usecase.features.keys if k != DATE]
+    event_time = [usecase.time.event_time] if counts is not None else []
+    wanted = list(dict.fromkeys([*keys, *[c for c in columns if c != label], DATE, *event_time]))
     for day, part in partitions.items():
         listed = part.facts.get("columns")
         missing = [c for c in wanted if c != DATE and listed is not None and c not in listed]
         if missing:
             raise StepFailed(
                 f"{where}: columns {missing} are missing from the feature partition of {day}; rerun the "
-                f"features step for {day} (python -m pipelines features --usecase {ctx.usecase.name} --date "
+                f"features step for {day} (python -m pipelines features --usecase {usecase.name} --date "
                 f"{day} --rebuild)"
             )
     try:
         frame = ctx.lake.read_frame(snapshot.table, sorted(partitions), wanted, snapshot.version)
+        labelled_days = sorted(d for d in partitions if d in labels.partitions)
+        label_rows = (
+            ctx.lake.read_frame(
+                labels.table, labelled_days, [*keys, DATE, label, OUTCOME_KNOWN_AT], labels.version
+            )
+            if labelled_days
+            else pd.DataFrame(columns=[*keys, DATE, label, OUTCOME_KNOWN_AT])
+        )
     except LakeError as exc:
         raise StepFailed(f"{exc}; rerun the features step for the window's days") from None
-    labels = pd.to_numeric(frame[label], errors="coerce")
-    bad = [] if ctx.usecase.task == "regression" else sorted(set(labels.dropna().unique()) - {0, 1})
-    if bad:
-        days = sorted(frame.loc[labels.isin(bad), DATE].unique())
+    if label_rows.duplicated([*keys, DATE]).any():
         raise StepFailed(
-            f"{where}: label column {label!r} has values {bad[:5]} on {days[:5]} (expected 0/1 or null); fix "
-            "the target in the features step"
+            f"{labels.uri} (version {labels.version}): several labels for one event (keys {keys} and date); "
+            "rerun the features step with --rebuild for the window's days"
         )
-    frame[label] = labels
+    frame = frame.merge(label_rows, on=[*keys, DATE], how="left", validate="many_to_one")
+    labels_ = pd.to_numeric(frame[label], errors="coerce")
+    bad = [] if usecase.task == "regression" else sorted(set(labels_.dropna().unique()) - {0, 1})
+    if bad:
+        days = sorted(frame.loc[labels_.isin(bad), DATE].unique())
+        raise StepFailed(
+            f"{labels.uri} (version {labels.version}): label column {label!r} has values {bad[:5]} on "
+            f"{days[:5]} (expected 0/1 or null); fix the target in the features step"
+        )
+    frame[label] = labels_
     known = pd.to_datetime(frame[OUTCOME_KNOWN_AT], utc=True) < pd.Timestamp(known_before)
     if counts is not None:
-        counts.update(label_counts(ctx, frame.assign(_labelled=labels.notna() & known), known_before))
-    frame = frame[labels.notna() & known].sort_values(DATE, kind="stable").reset_index(drop=True)
+        counts.update(label_counts(ctx, frame.assign(_labelled=labels_.notna() & known), known_before))
+    frame = frame[labels_.notna() & known].sort_values(DATE, kind="stable").reset_index(drop=True)
     return frame[columns]
 
 
@@ -188,6 +243,8 @@ class TrainingFrames:
     partitions: dict[str, PartitionInfo]
     validation: Any = None
     label_counts: dict[str, dict[str, Any]] = field(default_factory=dict)  # by part, when counted
+    labels: Snapshot | None = None  # the labels version joined to the features
+    label_partitions: dict[str, PartitionInfo] = field(default_factory=dict)
 
     def hashes(self) -> dict[str, str]:
         """Content hashes of the train rows (after the seeded subsample), the validation rows (when the window has
@@ -212,11 +269,15 @@ class TrainingFrames:
 
 
 def training_frames(
-    ctx: StepContext, snapshot: Snapshot, window: dict[str, str], count_labels: bool = False
+    ctx: StepContext,
+    snapshot: Snapshot,
+    window: dict[str, str],
+    count_labels: bool = False,
+    labels: Snapshot | None = None,
 ) -> TrainingFrames:
-    """The labeled train and holdout rows of ``window`` from one features version, the train rows capped at
-    ``split.max_train_rows`` by a seeded sample: what train fits on, and what lineage reloads. With
-    ``count_labels``, each part's :func:`label_counts` too."""
+    """The labeled train and holdout rows of ``window`` from one features version joined to one ``labels``
+    version (latest when None), the train rows capped at ``split.max_train_rows`` by a seeded sample: what train
+    fits on, and what lineage reloads. With ``count_labels``, each part's :func:`label_counts` too."""
     from pipelines import modeling
 
     usecase, split = ctx.usecase, ctx.usecase.split
@@ -239,15 +300,18 @@ def training_frames(
     )
     known_before = labels_known_before(ctx, window)
     counts: dict[str, dict[str, Any]] = {part: {} for part in parts} if count_labels else {}
+    if labels is None:
+        labels = labels_snapshot(ctx)
     frames = {
-        part: read_labeled(ctx, snapshot, found, columns, known_before, counts.get(part))
+        part: read_labeled(ctx, snapshot, found, columns, known_before, counts.get(part), labels)
         for part, found in parts.items()
     }
     train = frames["train"]
     if split.max_train_rows and len(train) > split.max_train_rows:
         train = train.sample(n=split.max_train_rows, random_state=split.seed).sort_index()
     every = {day: info for found in parts.values() for day, info in found.items()}
-    return TrainingFrames(train, frames["holdout"], every, frames.get("validation"), counts)
+    labelled = {day: labels.partitions[day] for day in every if day in labels.partitions}
+    return TrainingFrames(train, frames["holdout"], every, frames.get("validation"), counts, labels, labelled)
 
 
 def _day_ranges(days: list[str]) -> str:
@@ -433,7 +497,12 @@ def select_candidates(ctx: StepContext, mode: str, requested: str | None) -> tup
 
 
 def _fingerprint(
-    ctx: StepContext, spec: Any, mode: str, partitions: dict[str, PartitionInfo], rows: int
+    ctx: StepContext,
+    spec: Any,
+    mode: str,
+    partitions: dict[str, PartitionInfo],
+    rows: int,
+    label_partitions: dict[str, PartitionInfo] | None = None,
 ) -> str:
     usecase = ctx.usecase
     payload = {
@@ -443,6 +512,7 @@ def _fingerprint(
         "target": usecase.target.model_dump(mode="json"),
         "decision": usecase.decision.model_dump(mode="json"),
         "data": {d: p.content_id for d, p in partitions.items()},
+        "labels": {d: p.content_id for d, p in (label_partitions or {}).items()},
         "rows": rows,
         "mode": mode,
         "logical_date": ctx.ds,
@@ -485,8 +555,9 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         )
     window = training_window(ctx.day, window_days, split.holdout_days, validation_days)
     snapshot = features_snapshot(ctx)
+    labels = labels_snapshot(ctx)
     days = check_window_days(ctx, snapshot, window)
-    frames = training_frames(ctx, snapshot, window, count_labels=True)
+    frames = training_frames(ctx, snapshot, window, count_labels=True, labels=labels)
     completeness = check_labels(ctx, window, frames.label_counts, days)
     train, holdout = frames.train, frames.holdout
     _check_rows(ctx, "train", train, MIN_TRAIN_ROWS, window)
@@ -515,7 +586,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     experiment_id = configure_mlflow(ctx.profile, usecase)
     candidates = []
     for spec in specs:
-        fingerprint = _fingerprint(ctx, spec, mode, all_parts, len(train))
+        fingerprint = _fingerprint(ctx, spec, mode, all_parts, len(train), frames.label_partitions)
         previous = None if getattr(args, "retrain", False) else _reusable_run(experiment_id, fingerprint)
         if previous is not None:
             progress(
@@ -630,9 +701,16 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         "window": window,
         "feature_partitions": sorted(all_parts),
         "feature_data_hashes": {d: p.content_id for d, p in sorted(all_parts.items())},
-        "tables_read": {snapshot.table: snapshot.version},
+        "tables_read": {
+            snapshot.table: snapshot.version,
+            **({labels.table: labels.version} if labels.version is not None else {}),
+        },
         "features_version": snapshot.version,
-        "raw_versions": raw_versions(all_parts),
+        "labels_version": labels.version,
+        "label_data_hashes": {d: p.content_id for d, p in sorted(frames.label_partitions.items())},
+        "raw_versions": raw_versions(
+            {**all_parts, **{f"labels:{d}": p for d, p in frames.label_partitions.items()}}
+        ),
         "data_hashes": frames.hashes(),
         "code_version": ctx.code_version,
         "image": os.environ.get("MLOPS_IMAGE") or "in-process (no container)",
@@ -660,6 +738,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         not in {
             "inputs",
             "feature_data_hashes",
+            "label_data_hashes",
             "feature_partitions",
             "completeness",
             "single_feature_scores",
