@@ -9,11 +9,18 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from _model_fixtures import FAST_CANDIDATES, fast_usecase, make_context, synthetic_day, use_tmp_platform
+from _model_fixtures import (
+    FAST_CANDIDATES,
+    fast_usecase,
+    make_context,
+    synthetic_day,
+    use_tmp_platform,
+    write_features_and_labels,
+)
 
 from pipelines.config import LeakageSpec
 from pipelines.context import StepFailed
-from pipelines.lake import LATEST, Lake, features_table
+from pipelines.lake import Lake
 from pipelines.leakage import check_leakage, single_feature_scores
 from pipelines.model_inputs import model_inputs
 from pipelines.steps import train as train_step
@@ -53,9 +60,7 @@ def test_train_fails_on_a_near_perfect_proxy_naming_the_column(tmp_path, monkeyp
     use_tmp_platform(monkeypatch, tmp_path)
     usecase = _with_inputs(fast_usecase([FAST_CANDIDATES[0]]), numeric=["arr_delay_hours"])
     ctx = make_context(usecase, DAY)
-    Lake(str(tmp_path / "lake")).write_partitions(
-        features_table(usecase.name), _days(usecase, 36, 60, _arrival_hours), read_version=LATEST
-    )
+    write_features_and_labels(Lake(str(tmp_path / "lake")), usecase, _days(usecase, 36, 60, _arrival_hours))
     args = SimpleNamespace(mode="full", candidates=None, retrain=False)
     with pytest.raises(StepFailed, match=r"model input\(s\) 'arr_delay_hours' \(ROC AUC 1\.0000\)") as failed:
         train_step.run(ctx, args)

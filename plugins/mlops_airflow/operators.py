@@ -50,9 +50,14 @@ CONTAINER_LABEL = "io.mlops"
 
 def logical_day(context: Any, timezone: str = "UTC") -> str:
     """The date of this run: the logical date's local date in ``timezone`` (the use case's, so an 18:00 New
-    York run is that day, not the next UTC one), or for an asset-triggered run (which has none in Airflow 3)
+    York run is that day, not the next UTC one; a @continuous run's: the end of its data interval), or for an asset-triggered run (which has none in Airflow 3)
     the newest ``date`` carried by the triggering asset events. Never the wall clock."""
     logical = context.get("logical_date")
+    dag = context.get("dag")
+    if type(getattr(dag, "timetable", None)).__name__ == "ContinuousTimetable":
+        # a @continuous run's logical date is the start of its interval: for the first run, the DAG's start date
+        # (years ago for a replayed use case); the run is about now, the end of its interval
+        logical = context.get("data_interval_end") or logical
     if logical is not None:
         from zoneinfo import ZoneInfo
 

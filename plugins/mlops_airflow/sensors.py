@@ -70,7 +70,8 @@ class LandingFilesTrigger(BaseTrigger):
 
 
 class LandingArrivalSensor(BaseSensorOperator):
-    """Wait until files for the use case have landed (landing date <= the run's logical date); returns them."""
+    """Wait until files for the use case have landed (landing date <= the run's date, ``up_to`` or as the ingest
+    step reads it); returns them."""
 
     template_fields = ("up_to",)
     ui_color = "#e8f8f5"
@@ -79,7 +80,7 @@ class LandingArrivalSensor(BaseSensorOperator):
         self,
         *,
         usecase: str,
-        up_to: str | None = "{{ ds }}",
+        up_to: str | None = None,
         poll_seconds: float = 60.0,
         deferrable: bool = True,
         **kwargs: Any,
@@ -91,19 +92,29 @@ class LandingArrivalSensor(BaseSensorOperator):
         self.poll_seconds = poll_seconds
         self.deferrable = deferrable
 
+    def _up_to(self, context: Any) -> str | None:
+        """The run's date (the ``up_to`` given, else as the ingest step reads it: operators.logical_day)."""
+        if self.up_to:
+            return str(self.up_to)
+        from mlops_airflow.operators import logical_day
+        from pipelines.config import load_usecase
+
+        return logical_day(context, load_usecase(self.usecase).time.timezone)
+
     def poke(self, context: Any) -> bool:
-        return bool(_pending(self.usecase, self.up_to or None, None))
+        return bool(_pending(self.usecase, self._up_to(context), None))
 
     def execute(self, context: Any) -> list[str] | None:
-        files = _pending(self.usecase, self.up_to or None, None)
+        up_to = self._up_to(context)
+        files = _pending(self.usecase, up_to, None)
         if files:
             self.log.info("%d landed file(s) waiting: %s", len(files), files[:5])
             return files
         if not self.deferrable:
             super().execute(context)
-            return _pending(self.usecase, self.up_to or None, None)
+            return _pending(self.usecase, up_to, None)
         self.defer(
-            trigger=LandingFilesTrigger(self.usecase, self.up_to or None, self.poll_seconds),
+            trigger=LandingFilesTrigger(self.usecase, up_to, self.poll_seconds),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout),
         )
