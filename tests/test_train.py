@@ -130,7 +130,7 @@ def test_train_window_rows_and_inputs(trained):
         "train": usecase.split.max_train_rows,
         "validation": validation_rows,
         "holdout": holdout_rows,
-        "final_fit": usecase.split.max_train_rows,  # the train rows: what the logged model fits
+        "final_fit": usecase.split.max_train_rows,  # train + validation, capped: what the logged model fits
     }
     expected_inputs = sorted(
         f"raw/{usecase.name}/{s}/date={d}" for d in expected_dates for s in usecase.sources
@@ -157,7 +157,7 @@ def test_train_window_rows_and_inputs(trained):
 
 def test_each_candidate_records_the_threshold_its_rule_chooses_on_the_validation_rows(trained):
     """The threshold is chosen by decision.rule (best F1) on the validation rows by the candidate fitted on the
-    train rows only, and that model, which never saw the validation rows, is the one logged with it: train
+    train rows only; the logged model is then refitted on train + validation and carries that threshold: train
     result, MLflow metric, and the model's metadata that scorers read."""
     from pipelines.metrics import choose_threshold
 
@@ -194,10 +194,15 @@ def test_each_candidate_records_the_threshold_its_rule_chooses_on_the_validation
         assert metrics["validation_f1"] == pytest.approx(expected["f1"], abs=1e-9)
         params = client.get_run(candidate["run_id"]).data.params
         assert params["rows.final_fit"] == str(len(final))
-        # the logged model is the one the threshold was chosen with: its validation scores are those it was
-        # chosen on, from rows it was not fitted on
-        np.testing.assert_allclose(tracking.predict_proba(model, X_val), on_train.scores(X_val), rtol=1e-6)
-        assert content_hash(final) == content_hash(frames.train)
+        # the logged model is the refit on train + validation, not the model the threshold was chosen with
+        refit = modeling.fit_candidate(
+            spec,
+            usecase,
+            model_inputs(usecase, final, "test rows"),
+            final[usecase.target.column].to_numpy(dtype="int64"),
+            usecase.split.seed,
+        )
+        np.testing.assert_allclose(tracking.predict_proba(model, X_val), refit.scores(X_val), rtol=1e-6)
         thresholds.append(candidate["decision_threshold"])
     assert len(thresholds) == 2 and all(t != 0.5 for t in thresholds), thresholds
 

@@ -255,10 +255,17 @@ class TrainingFrames:
         return found
 
     def final_fit_rows(self, max_rows: int | None, seed: int) -> Any:
-        """What the logged model is fitted on: the train rows only. Its decision threshold is chosen on its own
-        scores of the validation rows, which it never saw (a refit on train + validation would carry a threshold
-        chosen for another model, tuned on rows the registered model was fitted on)."""
-        return self.train
+        """What the logged model is fitted on: the train rows, and once a threshold was chosen on the validation
+        rows, train and validation together (capped at ``max_rows`` by a seeded sample), the way scikit-learn's
+        ``TunedThresholdClassifierCV(refit=True)`` refits once the threshold is found."""
+        import pandas as pd
+
+        if self.validation is None:
+            return self.train
+        rows = pd.concat([self.train, self.validation], ignore_index=True)
+        if max_rows and len(rows) > max_rows:
+            rows = rows.sample(n=max_rows, random_state=seed).sort_index()
+        return rows
 
 
 def training_frames(
@@ -613,6 +620,10 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                     )
                 else:
                     decision = candidate_decision(ctx, spec.name, None, None, window)
+                if frames.validation is not None:  # chosen on validation: refit on train + validation
+                    first_fit = fitted.fit_seconds
+                    fitted = modeling.fit_candidate(spec, usecase, X_final, y_final, split.seed)
+                    fitted.fit_seconds += first_fit
                 mlflow.log_params(
                     {
                         **modeling.mlflow_params(fitted),
