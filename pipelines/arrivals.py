@@ -31,6 +31,17 @@ def declared_known_at(usecase: UseCase, source: str, rows: pd.DataFrame) -> tupl
         delay = pd.Timedelta(seconds=time.outcome.delay_seconds)
         return f"{column} + {time.outcome.label_delay}", events + delay
     if source == usecase.features.primary_source:
+        prediction = time.prediction_time
+        if prediction.column is not None:
+            if prediction.column not in rows:
+                return None
+            return f"its prediction time ({prediction.column})", pd.to_datetime(
+                rows[prediction.column], utc=True
+            )
+        if prediction.lead is not None:
+            return f"its prediction time ({column} - {prediction.lead})", events - pd.Timedelta(
+                seconds=prediction.lead_seconds
+            )
         local_dates = events.dt.tz_convert(time.timezone).dt.date
         times = {d: pd.Timestamp(time.prediction_time_of(d)) for d in local_dates.dropna().unique()}
         return "its prediction time", pd.to_datetime(local_dates.map(times), utc=True)

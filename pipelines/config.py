@@ -199,12 +199,31 @@ def parse_duration(text: str, field: str) -> int:
 
 
 class PredictionTimeSpec(_Strict):
-    """When a batch prediction for an event is made: ``days_before`` the event's local date, at ``at`` local
-    time (the REST service answers a request at any time with the features of the latest prediction time at or
-    before it, as batch scoring computed them for that prediction time)."""
+    """When the prediction for an event is made, one of three ways:
 
-    days_before: int = Field(default=1, ge=0, description="Days before the event's local date")
-    at: str = Field(default="18:00", description="Local clock time HH:MM of the prediction")
+    - daily (the default): ``days_before`` the event's local date at the local clock time ``at``; every event of
+      a day is predicted at the same moment, and batch scoring makes the predictions then;
+    - ``lead``: each event at its own time minus a duration (e.g. ``2h`` before a departure);
+    - ``column``: each event at the time in a timestamp column of the primary source (e.g. when it was booked),
+      at most ``max_lead`` before the event (a row outside that fails the features step).
+
+    With ``lead`` or ``column`` every event gets its own prediction time and its features are what had arrived
+    by then; the day's features are built, and its events batch-scored (marked late: after their prediction
+    times), once the last prediction time of the day has passed (:meth:`TimeSpec.prediction_time_of`)."""
+
+    days_before: int = Field(default=1, ge=0, description="daily: days before the event's local date")
+    at: str = Field(default="18:00", description="daily: local clock time HH:MM of the prediction")
+    lead: str | None = Field(
+        default=None, description="per event: the event time minus this duration (e.g. 2h, 90m, 1d)"
+    )
+    column: str | None = Field(
+        default=None, description="per event: a timestamp column (UTC) of the primary source, e.g. booked_at"
+    )
+    max_lead: str | None = Field(
+        default=None,
+        description="with column: how long before its event a prediction time may lie (e.g. 30d); bounds the "
+        "history the features step reads",
+    )
 
     @field_validator("at")
     @classmethod
@@ -214,10 +233,80 @@ class PredictionTimeSpec(_Strict):
             raise ValueError(f"expected a local clock time HH:MM such as 18:00, got {value!r}")
         return f"{int(hours):02d}:{int(minutes):02d}"
 
+    @field_validator("lead", "max_lead")
+    @classmethod
+    def _duration(cls, value: str | None, info: Any) -> str | None:
+        if value is not None:
+            parse_duration(value, info.field_name)
+        return value
+
+    @model_validator(mode="after")
+    def _one_way(self) -> PredictionTimeSpec:
+        if self.lead is not None and self.column is not None:
+            raise ValueError(
+                "set lead (the event time minus a duration) or column (a time per event), not both"
+            )
+        daily = sorted({"days_before", "at"} & self.model_fields_set)
+        if self.per_event and daily:
+            raise ValueError(
+                f"{daily} describe a daily prediction time; with lead or column every event has its own: "
+                "remove them"
+            )
+        if self.column is not None and self.max_lead is None:
+            raise ValueError(
+                "column needs max_lead: how long before its event a prediction time may lie (e.g. 30d)"
+            )
+        if self.max_lead is not None and self.column is None:
+            raise ValueError("max_lead goes with column; with lead the bound is the lead itself")
+        return self
+
+    @property
+    def per_event(self) -> bool:
+        """Every event has its own prediction time (``lead`` or ``column``)."""
+        return self.lead is not None or self.column is not None
+
+    @property
+    def lead_seconds(self) -> int:
+        """The shortest time between a prediction and its event: ``lead``, else 0 (a column's time may be the
+        event's own)."""
+        return parse_duration(self.lead, "lead") if self.lead is not None else 0
+
+    @property
+    def max_lead_seconds(self) -> int:
+        """The longest time between a prediction and its event (per-event modes)."""
+        if self.max_lead is not None:
+            return parse_duration(self.max_lead, "max_lead")
+        return self.lead_seconds
+
+    @property
+    def day_offset(self) -> int:
+        """How many days the event date lies after the local date of the day's (last) prediction time: the score
+        run of date D predicts the events of D + ``day_offset`` (-1 when the last prediction is at midnight)."""
+        if not self.per_event:
+            return self.days_before
+        return -(-self.lead_seconds // 86400) - 1
+
     @property
     def minutes_after_midnight(self) -> int:
+        """The local clock time (minutes) of the day's (last) prediction time: ``at``, or midnight minus the
+        lead."""
+        if self.per_event:
+            return (-self.lead_seconds // 60) % 1440
         hours, minutes = self.at.split(":")
         return int(hours) * 60 + int(minutes)
+
+    @property
+    def clock(self) -> str:
+        """:attr:`minutes_after_midnight` as HH:MM."""
+        return f"{self.minutes_after_midnight // 60:02d}:{self.minutes_after_midnight % 60:02d}"
+
+    @property
+    def days_back(self) -> int:
+        """Whole days between an event's local date and the local date of its earliest possible prediction
+        time."""
+        if not self.per_event:
+            return self.days_before
+        return -(-self.max_lead_seconds // 86400)
 
 
 class OutcomeSpec(_Strict):
@@ -269,10 +358,14 @@ class TimeSpec(_Strict):
         return value
 
     def prediction_time_of(self, event_date: date) -> datetime:
-        """The batch prediction time (UTC) of the events whose local date is ``event_date``."""
+        """The prediction time (UTC) of the events whose local date is ``event_date``: the daily one, or, with
+        a per-event prediction time, the latest any of them can have (the day's end minus the lead), by which
+        every one of them has been predicted."""
         from zoneinfo import ZoneInfo
 
         spec = self.prediction_time
+        if spec.per_event:
+            return self.local_midnight(event_date + timedelta(days=1)) - timedelta(seconds=spec.lead_seconds)
         local = datetime.combine(
             event_date - timedelta(days=spec.days_before),
             time(spec.minutes_after_midnight // 60, spec.minutes_after_midnight % 60),
@@ -281,9 +374,14 @@ class TimeSpec(_Strict):
         return local.astimezone(UTC)
 
     def predicted_through(self, day: date) -> date:
-        """The last event date whose batch prediction is made on ``day`` (``days_before`` after it): the
-        schedule up to that date is ingested, featurized and scored on ``day``."""
-        return day + timedelta(days=self.prediction_time.days_before)
+        """The last event date whose (last) prediction time falls on ``day``: the schedule up to that date is
+        ingested, featurized and scored on ``day``."""
+        return day + timedelta(days=self.prediction_time.day_offset)
+
+    def ingested_through(self, day: date) -> date:
+        """The last landing date the ingest run of ``day`` takes: the day's own files and the schedule predicted
+        that day."""
+        return max(day, self.predicted_through(day))
 
     def local_midnight(self, day: date) -> datetime:
         """Start of the local calendar day ``day`` (UTC)."""
@@ -293,9 +391,9 @@ class TimeSpec(_Strict):
 
     @property
     def lookback_needed_days(self) -> int:
-        """Whole days between an event's local date and the earliest outcome a prediction may count: the
-        prediction's days before, plus the label delay rounded up."""
-        return self.prediction_time.days_before + -(-self.outcome.delay_seconds // 86400)
+        """Whole days between an event's local date and the earliest outcome a prediction may count: the days
+        back to its earliest prediction time, plus the label delay rounded up."""
+        return self.prediction_time.days_back + -(-self.outcome.delay_seconds // 86400)
 
 
 class FeatureSpec(_Strict):
@@ -622,8 +720,8 @@ class ScheduleSpec(_Strict):
     )
     score: str = Field(
         default="0 18 * * *",
-        description="When the score DAG runs: at the prediction time (time.prediction_time.at, local time); "
-        "unset, derived from it",
+        description="When the score DAG runs: at the prediction time (time.prediction_time.at, local time; "
+        "with a per-event prediction time, when the day's last one has passed); unset, derived from it",
     )
     train_monthly: str = "0 4 1 * *"
     train_nightly: str | None = Field(
@@ -758,7 +856,10 @@ class UseCase(_Strict):
         ):
             time_spec = data.get("time")
             prediction = time_spec.get("prediction_time") if isinstance(time_spec, dict) else None
-            at = prediction.get("at", "18:00") if isinstance(prediction, dict) else "18:00"
+            try:  # the clock of the (last) prediction time of a day; a bad spec is reported by its own field
+                at = PredictionTimeSpec(**(prediction if isinstance(prediction, dict) else {})).clock
+            except (ValidationError, TypeError):
+                at = "18:00"
             cron = _cron_at(at)
             if cron is not None:
                 data = {**data, "schedules": {**(schedules or {}), "score": cron}}
@@ -804,6 +905,15 @@ class UseCase(_Strict):
         ):
             raise ValueError(
                 f"time.event_time {self.time.event_time!r} must be a timestamp column of the primary source "
+                f"{self.features.primary_source!r}; its timestamp columns: "
+                f"{sorted(n for n, c in primary.columns.items() if c.type == 'timestamp')}"
+            )
+        column = self.time.prediction_time.column
+        if column is not None and (
+            column not in primary.columns or primary.columns[column].type != "timestamp"
+        ):
+            raise ValueError(
+                f"time.prediction_time.column {column!r} must be a timestamp column of the primary source "
                 f"{self.features.primary_source!r}; its timestamp columns: "
                 f"{sorted(n for n, c in primary.columns.items() if c.type == 'timestamp')}"
             )

@@ -121,7 +121,7 @@ def snapshot_day_for(usecase: UseCase, at: Any) -> date:
     at = at if isinstance(at, datetime) else pd.Timestamp(at)
     at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
     local = at.astimezone(ZoneInfo(usecase.time.timezone)).date()
-    first = local + timedelta(days=usecase.time.prediction_time.days_before + 1)
+    first = local + timedelta(days=usecase.time.prediction_time.day_offset + 1)
     for back in range(3):
         day = first - timedelta(days=back)
         if usecase.time.prediction_time_of(day) <= at:

@@ -125,7 +125,7 @@ def scoring_plan(
     ``own_day_required`` (a replayed run, which has no sensor), a run whose own day was not available by its
     deadline fails and scores nothing, as its sensor would have made it."""
     allowance = grace(usecase)
-    days_before = timedelta(days=usecase.time.prediction_time.days_before)
+    days_before = timedelta(days=usecase.time.prediction_time.day_offset)
     catch_up = timedelta(days=usecase.schedules.score_catch_up_days)
     planned: dict[str, datetime] = {}
 

@@ -39,6 +39,9 @@ TRANSFORMS_VERSION = "4"  # 2: prediction-time semantics (time section); 3: obse
 # Column joining the primary rows to the rows of another source: the partition date of an events source, or the
 # date of the reference snapshot that serves the primary row's day.
 ALIGN_COLUMN = "_align_date"
+RIGHT_ARRIVED = (
+    "_right_arrived"  # when a joined row had arrived (per-event prediction times compare it per row)
+)
 
 
 class TransformError(ConfigError):
@@ -53,7 +56,10 @@ class TransformContext:
     date; a reference source: the snapshot date). ``day_maps[name]`` (reference sources only): primary day ->
     date of the snapshot that serves it (None: none had arrived, so the joined columns are NULL).
     ``prediction_times``: primary day -> the prediction time (UTC) of its events, by which a joined events row
-    must have arrived.
+    must have arrived (per-event prediction times: the latest of the day; each row then checks its own).
+    ``reference_arrivals[name]`` (reference sources, per-event prediction times only): snapshot date -> when it
+    had arrived (None: not recorded); each row takes the newest snapshot dated on or before its day that had
+    arrived by its own prediction time.
     """
 
     usecase: UseCase
@@ -64,6 +70,7 @@ class TransformContext:
     source_frames: Mapping[str, DataFrame] = field(default_factory=dict)
     day_maps: Mapping[str, Mapping[date, date | None]] = field(default_factory=dict)
     prediction_times: Mapping[date, datetime] = field(default_factory=dict)
+    reference_arrivals: Mapping[str, Mapping[date, datetime | None]] = field(default_factory=dict)
 
     @property
     def lookback_days(self) -> int:
@@ -79,6 +86,15 @@ class TransformContext:
         """``df`` plus :data:`ALIGN_COLUMN`: the partition date (events) or snapshot date (reference) to join on."""
         from pyspark.sql import functions as F
 
+        if self.usecase.sources[name].kind == "reference" and name in self.reference_arrivals:
+            # newest first: the first snapshot dated on or before the row's day that had arrived by its time
+            picked = F.lit(None).cast("date")
+            for snapshot, arrived in sorted(self.reference_arrivals[name].items()):
+                usable = F.col(self.day_column) >= F.lit(snapshot)
+                if arrived is not None:
+                    usable = usable & (F.col(self.prediction_time_column) >= F.lit(arrived))
+                picked = F.when(usable, F.lit(snapshot)).otherwise(picked)
+            return df.withColumn(ALIGN_COLUMN, picked)
         if self.usecase.sources[name].kind == "reference":
             # a literal day -> snapshot map (a few hundred entries at most): no join, no extra Spark stage
             pairs = [
@@ -127,7 +143,7 @@ def _check_days(days: Any, usecase: UseCase, transform: str = "past_rate") -> No
             transform,
             "days",
             f"{days} days before the prediction time reach {needed} days before an event's date (with "
-            f"time.prediction_time.days_before and time.outcome.label_delay), more than features.lookback_days "
+            f"time.prediction_time and time.outcome.label_delay), more than features.lookback_days "
             f"({usecase.features.lookback_days}); raise lookback_days to at least {needed}",
         )
 
@@ -144,6 +160,8 @@ def _asof_days_back(usecase: UseCase, max_age: Any) -> int:
     from (prediction time - max_age) to the prediction time, plus an hour for a daylight-saving change."""
     prediction = usecase.time.prediction_time
     age_minutes = _max_age_seconds(max_age) // 60 + 60
+    if prediction.per_event:  # the earliest prediction: max_lead before the local day's start
+        return -(-(prediction.max_lead_seconds // 60 + age_minutes) // 1440)
     return prediction.days_before - (prediction.minutes_after_midnight - age_minutes) // 1440
 
 
@@ -219,6 +237,7 @@ def _join_right(
     if len(set(outputs)) != len(outputs):
         raise _fail(transform, "columns", f"output names must be unique, got {outputs}")
     key_columns = [f"_key_{i}" for i in range(len(keys))]
+    arrived = F.lit(None).cast("timestamp")
     if ctx.usecase.sources[source].kind == "events" and ARRIVED_AT in right.columns:
         # a row of the same day joins only if it had arrived by that day's prediction time
         pairs = [F.lit(v) for day, at in ctx.prediction_times.items() for v in (day, at)]
@@ -226,11 +245,15 @@ def _join_right(
             F.col(ALIGN_COLUMN)
         ]
         right = right.where(F.col(ARRIVED_AT).isNull() | (F.col(ARRIVED_AT) <= cutoff))
+        arrived = F.col(ARRIVED_AT)
     right = right.select(
         F.col(ALIGN_COLUMN).alias("_right_align"),
         *[F.col(k).alias(alias) for k, alias in zip(keys, key_columns, strict=True)],
+        arrived.alias(RIGHT_ARRIVED),
         *[F.col(src).alias(out) for src, out in columns.items()],
     ).dropna(subset=key_columns)
+    if ctx.usecase.time.prediction_time.per_event:
+        return right, key_columns, outputs  # each primary row checks arrivals by its own time, then picks
     first = Window.partitionBy("_right_align", *key_columns).orderBy(
         *[F.col(o).asc_nulls_last() for o in outputs]
     )
@@ -252,8 +275,21 @@ def join_source(
     condition = F.col(ALIGN_COLUMN) == F.col("_right_align")
     for key, alias in zip(keys, key_columns, strict=True):
         condition = condition & (F.col(key) == F.col(alias))
-    joined = ctx.align(df, source).join(right, on=condition, how="left")
-    return joined.select(*df.columns, *outputs)
+    if not ctx.usecase.time.prediction_time.per_event:
+        joined = ctx.align(df, source).join(right, on=condition, how="left")
+        return joined.select(*df.columns, *outputs)
+    # per-event prediction times: a row joins what had arrived by its own time; of several matches the row
+    # with the smallest values wins, as above
+    from pyspark.sql import Window
+
+    condition = condition & (
+        F.col(RIGHT_ARRIVED).isNull() | (F.col(RIGHT_ARRIVED) <= F.col(ctx.prediction_time_column))
+    )
+    row_id = "_primary_row"
+    left = ctx.align(df, source).withColumn(row_id, F.monotonically_increasing_id())
+    first = Window.partitionBy(row_id).orderBy(*[F.col(o).asc_nulls_last() for o in outputs])
+    joined = left.join(right, on=condition, how="left").withColumn("_rank", F.row_number().over(first))
+    return joined.where(F.col("_rank") == 1).select(*df.columns, *outputs)
 
 
 def _outcome_stream(df: DataFrame, ctx: TransformContext, keys: list[str], value: str = "long") -> DataFrame:
@@ -484,11 +520,19 @@ def join_source_lookup(
     columns: dict[str, str],
 ) -> DataFrame:
     """The deduplicated rows of ``source`` that serve each day (its partition or reference snapshot)."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     right, key_columns, outputs = _join_right(ctx, "join_source", source, keys, columns, df)
-    aligned = ctx.align(times.select(ctx.day_column), source)
+    aligned = ctx.align(times.select(ctx.day_column, ctx.prediction_time_column), source)
     joined = aligned.join(right, on=F.col(ALIGN_COLUMN) == F.col("_right_align"), how="inner")
+    if ctx.usecase.time.prediction_time.per_event:  # as the batch join: arrived by the time, smallest values
+        arrived = F.col(RIGHT_ARRIVED)
+        joined = joined.where(arrived.isNull() | (arrived <= F.col(ctx.prediction_time_column)))
+        first = Window.partitionBy(ctx.day_column, *key_columns).orderBy(
+            *[F.col(o).asc_nulls_last() for o in outputs]
+        )
+        joined = joined.withColumn("_rank", F.row_number().over(first)).where(F.col("_rank") == 1)
     renamed = joined.select(
         ctx.day_column,
         *[F.col(alias).alias(key) for key, alias in zip(keys, key_columns, strict=True)],
@@ -665,7 +709,8 @@ def source_dates(usecase: UseCase, source: str, day: date) -> list[date]:
             found.add(day)
         elif spec.name == "asof_join":
             days_back = _asof_days_back(usecase, spec.params.get("max_age", "24h"))
-            found.update(day - timedelta(days=k) for k in range(prediction.days_before, days_back + 1))
+            nearest = 0 if prediction.per_event else prediction.days_before
+            found.update(day - timedelta(days=k) for k in range(nearest, days_back + 1))
     return sorted(found)
 
 

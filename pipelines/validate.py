@@ -459,15 +459,22 @@ def _score_at_prediction_time(usecase: UseCase, file: str) -> Problem | None:
             if minute.isdigit() and hour.isdigit()
             else f"{value!r} fires at minute {minute!r} of hour {hour!r}"
         )
-    at_text = usecase.time.prediction_time.at
+    prediction = usecase.time.prediction_time
+    at_text = prediction.clock
     hours, minutes = at_text.split(":")
+    if prediction.per_event:
+        said = f"the day's last prediction time (time.prediction_time.lead/column) passes at {at_text}"
+        change = "time.prediction_time"
+    else:
+        said = f"predictions are made at time.prediction_time.at {at_text}"
+        change = "time.prediction_time.at"
     return Problem(
         file,
         "schedules.score",
-        f"{fires}, but predictions are made at time.prediction_time.at {at_text} ({usecase.time.timezone}): "
+        f"{fires}, but {said} ({usecase.time.timezone}): "
         "the score run would predict with features of another time than the model was trained and judged on",
         f"set schedules.score: '{int(minutes)} {int(hours)} * * *' (or leave it out: it defaults to the "
-        "prediction time), or change time.prediction_time.at",
+        f"prediction time), or change {change}",
     )
 
 

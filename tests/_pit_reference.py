@@ -15,8 +15,15 @@ import pandas as pd
 from pipelines.config import TargetSpec, TimeSpec
 
 
-def prediction_time(event_time: pd.Timestamp, spec: TimeSpec) -> pd.Timestamp:
-    """``days_before`` the event's local date, at the local clock time ``at``, in UTC."""
+def prediction_time(
+    event_time: pd.Timestamp, spec: TimeSpec, own: pd.Timestamp | None = None
+) -> pd.Timestamp:
+    """The event's own time (``own``, from ``column``), or the event time minus ``lead``, or ``days_before`` the
+    event's local date at the local clock time ``at``, in UTC."""
+    if spec.prediction_time.column is not None:
+        return pd.Timestamp(own).tz_convert("UTC")
+    if spec.prediction_time.lead is not None:
+        return event_time - timedelta(seconds=spec.prediction_time.lead_seconds)
     zone = ZoneInfo(spec.timezone)
     local_date = event_time.to_pydatetime().astimezone(zone).date()
     hours, minutes = (int(x) for x in spec.prediction_time.at.split(":"))

@@ -22,7 +22,7 @@ import yaml
 from _features_fixtures import assert_online_reproduces_features, features_with_labels, typed
 
 from pipelines.config import UseCase, load_profile, load_usecase
-from pipelines.context import StepContext
+from pipelines.context import StepContext, StepFailed
 from pipelines.lake import ARRIVED_AT, LATEST, Lake, raw_table
 from pipelines.spark import get_spark
 from pipelines.steps import features
@@ -158,7 +158,7 @@ def expected_features(usecase: UseCase, parcels: pd.DataFrame, deliveries: pd.Da
     ]
     rows = []
     for row in history.itertuples():
-        at = ref.prediction_time(row.due_at, time_spec)
+        at = ref.prediction_time(row.due_at, time_spec, getattr(row, "ordered_at", None))
         rows.append(
             {
                 "parcel_id": row.parcel_id,
@@ -259,6 +259,69 @@ def test_spark_features_equal_the_slow_pandas_definition_on_random_data(parcels,
     assert assert_online_reproduces_features(lake, usecase, sorted(set(built["date"]))) == len(built)
     assert expected["depot_late_rate_2d"].notna().sum() > 100 and expected["depot_queue"].notna().sum() > 30
     assert expected["is_late"].isna().sum() > 0 and (expected["is_late"] == 0).sum() > 0
+
+
+@pytest.mark.parametrize(
+    "prediction_time",
+    [{"lead": "3h"}, {"column": "ordered_at", "max_lead": "1d"}],
+    ids=["at the event minus a lead", "from a column of the event"],
+)
+def test_a_prediction_time_per_event_from_a_lead_or_a_column(parcels, prediction_time: dict) -> None:
+    """Every parcel predicted at its own time: three hours before it is due, or when it was ordered (a column,
+    up to a day before). On random parcels over a daylight-saving change, every feature Spark builds equals the
+    pandas definition at that parcel's own prediction time (outcomes known and observations arrived by then),
+    not at a time shared by the day; an order time after the due time fails the step, naming the fix."""
+    _, lake = parcels
+    declared = {
+        **USECASE,
+        "sources": {
+            **USECASE["sources"],
+            "parcels": {
+                **USECASE["sources"]["parcels"],
+                "columns": {
+                    **USECASE["sources"]["parcels"]["columns"],
+                    "ordered_at": {"type": "timestamp", "required": True},
+                },
+            },
+        },
+        "time": {**USECASE["time"], "prediction_time": prediction_time},
+    }
+    path = Path(os.environ["MLOPS_CONFIG_DIR"]) / "usecases" / "parcel_late.yaml"
+    path.write_text(yaml.safe_dump(declared, sort_keys=False))
+    usecase = load_usecase("parcel_late")
+    assert usecase.time.prediction_time.per_event
+    first = date(2024, 3, 27)  # Berlin moves to summer time on 2024-03-31
+    parcels_frame, deliveries, load = random_parcels(5, first, 6)
+    rng = np.random.default_rng(5)
+    parcels_frame["ordered_at"] = parcels_frame["due_at"] - pd.to_timedelta(
+        rng.integers(0, 24 * 60, len(parcels_frame)), unit="min"
+    )
+    for source, frame in (("parcels", parcels_frame), ("deliveries", deliveries), ("depot_load", load)):
+        commit_by_local_date(lake, usecase, source, frame)
+
+    built = build(lake, usecase, first + timedelta(days=8))
+
+    expected = expected_features(usecase, parcels_frame, deliveries, load)
+    assert_matches(built, expected)
+    times = pd.to_datetime(built.sort_values("parcel_id")["prediction_time"], utc=True)
+    assert times.nunique() > len(set(built["date"])) * 10, "a time per parcel, not one per day"
+    if "column" in prediction_time:
+        assert (
+            times.to_numpy()
+            == pd.to_datetime(parcels_frame.sort_values("parcel_id")["ordered_at"]).to_numpy()
+        ).all()
+    else:
+        due = pd.to_datetime(built.sort_values("parcel_id")["due_at"], utc=True)
+        assert (due - times == timedelta(hours=3)).all()
+    assert expected["depot_late_rate_2d"].notna().sum() > 50 and expected["depot_queue"].notna().sum() > 10
+
+    if "column" in prediction_time:  # an order time after the due time is refused, not used
+        bad = parcels_frame.iloc[:1].assign(
+            parcel_id=10_000, ordered_at=parcels_frame["due_at"].iloc[0] + timedelta(minutes=5)
+        )
+        commit_by_local_date(lake, usecase, "parcels", pd.concat([parcels_frame, bad], ignore_index=True))
+        with pytest.raises(StepFailed, match=r"1 event\(s\).*ordered_at.*max_lead"):
+            build(lake, usecase, first + timedelta(days=8))
 
 
 def test_nothing_known_one_minute_after_the_prediction_time_is_used(parcels) -> None:

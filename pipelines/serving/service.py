@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.config import UseCase, parse_duration
+from pipelines.config import ConfigError, UseCase, parse_duration
 from pipelines.lake import Lake, arrow_type
 from pipelines.model_inputs import SMALL_BATCH, model_input_columns
 from pipelines.online import feature_columns_of
@@ -173,6 +173,14 @@ class Service:
         capture: CaptureWriter | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
+        if usecase.time.prediction_time.per_event:
+            # the snapshot holds lookups for one time per day; answering with them would give an event features
+            # of another time than its own prediction time, the one its model was trained and judged on
+            raise ConfigError(
+                f"use case {usecase.name!r}: time.prediction_time has a time per event (lead or column); the REST "
+                "service serves a daily prediction time only (days_before and at). Score in batch (the score DAG "
+                "reads each event's own features), or use a daily prediction time to serve"
+            )
         self.usecase, self.lake, self.settings = usecase, lake, settings
         self.clock = clock or (lambda: datetime.now(UTC))  # the time that judges a snapshot's age
         self.max_snapshot_age_s = max_snapshot_age_seconds(usecase, settings.max_snapshot_age)

@@ -198,6 +198,14 @@ def plan_days(
                 used = [d.isoformat() for d in source_dates(usecase, source, date.fromisoformat(day))]
                 seen = {d: arrived_before(partitions[d], cutoff + _SECOND) for d in used if d in partitions}
                 joined = {d: known for d, known in seen.items() if known is not None}
+            elif (
+                usecase.time.prediction_time.per_event
+            ):  # any snapshot that had arrived by the day's last one
+                joined = {
+                    d: partitions[d].content_id
+                    for d in partitions
+                    if d <= day and (partition_arrival(partitions[d]) or cutoff) <= cutoff
+                }
             else:
                 used = [reference_snapshot_for(usecase, day, partitions)]
                 joined = {d: partitions[d].content_id for d in used if d in partitions}
@@ -356,11 +364,16 @@ def _to_spark(spark: SparkSession, table: pa.Table) -> DataFrame:
 
 
 def prediction_time_column(event_time: Column, time: TimeSpec) -> Column:
-    """Spark expression of the batch prediction time (UTC) of an event at ``event_time`` (UTC): ``days_before``
-    its local date at the local clock time ``at`` (the same rule as :meth:`TimeSpec.prediction_time_of`)."""
+    """Spark expression of the prediction time (UTC) of an event at ``event_time`` (UTC): the event time minus
+    ``lead``, the event's ``column``, or (daily) ``days_before`` its local date at the local clock time ``at``
+    (the same rule as :meth:`TimeSpec.prediction_time_of`)."""
     from pyspark.sql import functions as F
 
     spec = time.prediction_time
+    if spec.column is not None:
+        return F.col(spec.column)
+    if spec.lead is not None:
+        return F.timestamp_micros(F.unix_micros(event_time) - F.lit(spec.lead_seconds * 1_000_000))
     local_date = F.to_date(F.from_utc_timestamp(event_time, time.timezone))
     local_clock = F.to_timestamp(
         F.concat(
@@ -463,11 +476,16 @@ def _frames(
         outcome_table = read_source(ctx.lake, usecase, usecase.outcome_source, snapshot, days, "_outcome_day")
         outcome_rows = _to_spark(spark, outcome_table)
     frame = _label_columns(frame, usecase, outcome_rows)
-    source_frames, day_maps = {}, {}
+    source_frames, day_maps, reference_arrivals = {}, {}, {}
     for source in joined_sources(features):
         snapshot = raw[source]
         if usecase.sources[source].kind == "events":
             used = [d for d in days if d in snapshot.partitions]
+        elif time.prediction_time.per_event:  # each row picks its snapshot by its own prediction time
+            used = [d for d in sorted(snapshot.partitions) if d <= max(days, default="")]
+            reference_arrivals[source] = {
+                date.fromisoformat(d): partition_arrival(snapshot.partitions[d]) for d in used
+            }
         else:
             by_day = {d: reference_snapshot_for(usecase, d, snapshot.partitions) for d in days}
             used = sorted({s for s in by_day.values() if s})
@@ -484,6 +502,7 @@ def _frames(
         known_at_column=OUTCOME_KNOWN_AT,
         source_frames=source_frames,
         day_maps=day_maps,
+        reference_arrivals=reference_arrivals,
         prediction_times={
             date.fromisoformat(d): usecase.time.prediction_time_of(date.fromisoformat(d)) for d in days
         },
@@ -491,9 +510,38 @@ def _frames(
     return frame, context
 
 
-def _prediction_times(frame: DataFrame, days: list[date]) -> dict[date, Any]:
-    """The one prediction time of each day's events (every event of a day is predicted at the same time)."""
+def _check_prediction_column(frame: DataFrame, usecase: UseCase) -> None:
+    """With ``time.prediction_time.column``: every event's prediction time is set, not after the event and at
+    most ``max_lead`` before it (older ones would need history the step does not read); else the step fails
+    with the count, an example and the fix, so no event is silently dropped or given features of another time."""
     from pyspark.sql import functions as F
+
+    spec, event_time = usecase.time.prediction_time, usecase.time.event_time
+    if spec.column is None:
+        return
+    prediction, event = F.col(PREDICTION_TIME), F.col(event_time)
+    earliest = F.timestamp_micros(F.unix_micros(event) - F.lit(spec.max_lead_seconds * 1_000_000))
+    bad = frame.where(prediction.isNull() | (prediction > event) | (prediction < earliest))
+    found = bad.select(*usecase.features.keys, event_time, PREDICTION_TIME).limit(3).collect()
+    if found:
+        count = bad.count()
+        examples = [row.asDict() for row in found]
+        raise StepFailed(
+            f"features: {count} event(s) of source {usecase.features.primary_source!r} have a prediction time "
+            f"(column {spec.column!r}) that is missing, after the event's {event_time!r} or more than "
+            f"time.prediction_time.max_lead ({spec.max_lead}) before it, e.g. {examples}; fix the rows (an "
+            f"expectation on {spec.column!r} keeps them out at ingest) or raise max_lead and lookback_days",
+            {"bad_prediction_times": count},
+        )
+
+
+def _prediction_times(frame: DataFrame, days: list[date], time: TimeSpec) -> dict[date, Any]:
+    """The one prediction time of each day's events (every event of a day is predicted at the same time); with
+    per-event prediction times, the latest any event of the day can have (its online snapshot's time)."""
+    from pyspark.sql import functions as F
+
+    if time.prediction_time.per_event:
+        return {day: time.prediction_time_of(day) for day in days}
 
     pairs = frame.where(F.col(DAY_COLUMN).isin(days)).select(DAY_COLUMN, PREDICTION_TIME).distinct().collect()
     times: dict[date, Any] = {}
@@ -523,7 +571,8 @@ def build_rows(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan])
     # labelled rows, materialized once: the transforms and the snapshot's lookups all start from them
     frame = frame.localCheckpoint()
     built_days = [date.fromisoformat(plan.day) for plan in plans]
-    served = _prediction_times(frame, built_days)
+    _check_prediction_column(frame.where(F.col(DAY_COLUMN).isin(built_days)), usecase)
+    served = _prediction_times(frame, built_days, usecase.time)
     times = spark.createDataFrame(
         sorted(served.items()), schema=f"{DAY_COLUMN} date, {PREDICTION_TIME} timestamp"
     )

@@ -9,7 +9,7 @@ Lake keys (``<uc>`` is the use case, ``<day>`` the landing date folder)::
 
 The date folder is the date of the events in the file (the local date of the source's ``event_time``; a file
 with rows of another date is quarantined with those dates, never committed under the wrong one). Every landed file
-with a date folder on or before ``--date`` plus ``time.prediction_time.days_before`` is processed: on day D the
+with a date folder on or before ``--date`` plus ``time.prediction_time.days_before`` (``TimeSpec.ingested_through``) is processed: on day D the
 schedule of the events predicted that evening is already there. A file belongs to the source whose
 ``file_pattern`` matches its name. Files are parsed strictly (encoding, CSV shape, Parquet footer, columns,
 min_rows), then all files of one source are validated in one GX batch (pipelines.validation). A file with any
@@ -717,7 +717,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     found, ignored = _landed_files(ctx.lake, usecase.name)
     for key in ignored:
         ctx.log.warning("ingest: ignoring %s (expected landing/%s/<yyyy-mm-dd>/<file>)", key, usecase.name)
-    through = usecase.time.predicted_through(ctx.day)
+    through = usecase.time.ingested_through(ctx.day)
     landed = [_load(ctx.lake, key, day, name) for day, name, key in found if day <= through]
     result = _empty_result()
     if not landed:

@@ -33,6 +33,7 @@ from pipelines.lake import (
     DATE,
     CommitConflict,
     Snapshot,
+    features_table,
     online_table,
     predictions_table,
     raw_table,
@@ -111,7 +112,7 @@ def unscored_days(
 ) -> list[dict[str, str]]:
     """The dates of the catch-up window that have no predictions, each with why (never silent)."""
     last = ctx.usecase.time.predicted_through(ctx.day)
-    days_before = timedelta(days=ctx.usecase.time.prediction_time.days_before)
+    days_before = timedelta(days=ctx.usecase.time.prediction_time.day_offset)
     first = last - timedelta(days=ctx.usecase.schedules.score_catch_up_days - 1)
     if not_before is not None:
         first = max(first, not_before + days_before)
@@ -148,9 +149,12 @@ def check_snapshots(ctx: StepContext, online: Snapshot, days: list[str]) -> None
 def features_of(ctx: StepContext, online: Snapshot, days: list[str]) -> pd.DataFrame:
     """The events of ``days`` with their features, computed from their records and online snapshots (the
     function a live request goes through), each day's records read at the raw version its snapshot was built
-    from."""
+    from. With per-event prediction times the features are each event's own, read from the features table
+    version written with the snapshot (one snapshot per day cannot hold a time per event)."""
     import pandas as pd
 
+    if ctx.usecase.time.prediction_time.per_event:
+        return _features_table_rows(ctx, online, days)
     primary = raw_table(ctx.usecase.name, ctx.usecase.features.primary_source)
     snapshots = read_snapshots(ctx.lake, ctx.usecase, days, online.version)
     frames = []
@@ -164,6 +168,25 @@ def features_of(ctx: StepContext, online: Snapshot, days: list[str]) -> pd.DataF
             )
         records = read_records(ctx.lake, ctx.usecase, [day], int(raw_version))
         frame = feature_frame(ctx.usecase, records, snapshots[day])
+        frame[DATE] = day
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _features_table_rows(ctx: StepContext, online: Snapshot, days: list[str]) -> pd.DataFrame:
+    """The features of ``days`` as the features step wrote them with each day's snapshot."""
+    import pandas as pd
+
+    frames = []
+    for day in days:
+        version = online.partitions[day].facts.get("features_version")
+        if version is None:
+            raise StepFailed(
+                f"{online.uri}/{DATE}={day} (version {online.version}): the features version it was built with "
+                f"is not recorded; rebuild the features of {day} (python -m pipelines features --usecase "
+                f"{ctx.usecase.name} --date {day} --start {day} --rebuild)"
+            )
+        frame = ctx.lake.read_frame(features_table(ctx.usecase.name), [day], version=int(version))
         frame[DATE] = day
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
@@ -278,6 +301,8 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         check_snapshots(ctx, online, todo)
         frame = features_of(ctx, online, todo)
         predictions = score_frame(ctx, model, frame, version, run_id, int(online.version or 0), where, plan)
+        # a day is late when any of its predictions is (with a time per event, the rows decide, not the day)
+        late = sorted(set(predictions.loc[predictions[SCORED_LATE], DATE].astype(str)))
         facts = {
             day: {
                 "model_version": version,

@@ -25,7 +25,7 @@ def _pending(usecase: str, up_to: str | None, conn_id: str | None) -> list[str]:
     from pipelines.steps.ingest import pending_files
 
     profile = load_profile()
-    through = load_usecase(usecase).time.predicted_through(date.fromisoformat(up_to)) if up_to else None
+    through = load_usecase(usecase).time.ingested_through(date.fromisoformat(up_to)) if up_to else None
     env = s3_environment(conn_id or profile.s3_connection_id) if profile.lake_uri.startswith("s3://") else {}
     with patched_environ(env):
         return pending_files(open_lake(profile.lake_uri), usecase, through)
