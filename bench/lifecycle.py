@@ -5,7 +5,8 @@
 Runs, one after the other on this machine, each in a fresh process with its own state directory:
 1. ``mlops demo --runner airflow``: every step as an Airflow task (dag.test with logical dates);
 2. ``mlops demo --runner direct``: the same graphs, the same steps, no Airflow;
-3. import and start-up costs in fresh processes (TensorFlow, Great Expectations, MLflow, Airflow, a SparkSession).
+3. ``bench/floor.py``: the same year as a bare pandas + scikit-learn script (the floor the demo is compared to);
+4. import and start-up costs in fresh processes (TensorFlow, Great Expectations, MLflow, Airflow, a SparkSession).
 Reports wall times, the orchestration overhead ratio and where the time goes, and appends the results (with the
 command and the machine) to the output file.
 """
@@ -61,6 +62,22 @@ def run_demo(runner: str, months: int, home: Path) -> dict:
     return summary
 
 
+def run_floor(months: int) -> dict:
+    """``bench/floor.py``: the same year as a plain pandas + scikit-learn script, in a fresh process."""
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "floor.py"), "--months", str(months)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise SystemExit(f"bench/floor.py failed (exit {proc.returncode})")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_wall_seconds"] = round(time.perf_counter() - start, 1)
+    return result
+
+
 def import_cost(label: str, code: str, home: Path) -> float:
     # a script file, not `python -c`: PySpark exits silently under -c (it takes it for a doctest run)
     script = home.parent / "import_cost.py"
@@ -98,6 +115,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         airflow = run_demo("airflow", args.months, Path(tmp) / "airflow")
         direct = run_demo("direct", args.months, Path(tmp) / "direct")
+        floor = run_floor(args.months)
         imports = {
             label: round(import_cost(label, code, Path(tmp) / "imports"), 1)
             for label, code in IMPORTS.items()
@@ -120,6 +138,15 @@ def main() -> int:
         f"{direct['process_wall_seconds']} | {ratio:.2f} |",
     ]
     lines += run_rows(airflow_runs, direct_runs)
+    floor_ratio = airflow["process_wall_seconds"] / floor["process_wall_seconds"]
+    floor_auc = {m["month"]: m["roc_auc"] for m in floor["months"]}
+    lines += [
+        "",
+        f"The bare floor (`bench/floor.py`: the same months as one pandas + scikit-learn script, point-in-time "
+        f"rates and weather, one gradient-boosted model a month): {floor['process_wall_seconds']} s; the demo "
+        f"through Airflow takes **{floor_ratio:.1f}x** it (target: at most 8x). The floor's ROC AUC on each next "
+        f"month: {floor_auc}.",
+    ]
     lines += [
         "",
         f"Orchestration overhead: Airflow adds {100 * (ratio - 1):.0f}% over the direct calls "
