@@ -503,8 +503,10 @@ class DecisionSpec(_Strict):
     **validation window**, the last ``validation_days`` days before the holdout, which the candidate is not fitted
     on: ``best_f1`` (highest F1), ``min_precision`` (the highest recall with precision >= ``target``),
     ``min_recall`` (the highest precision with recall >= ``target``), ``min_cost`` (the lowest
-    ``costs.false_positive`` x FP + ``costs.false_negative`` x FN). The threshold is recorded with the model
-    (its MLflow metadata, params and version tags) and used by every scorer.
+    ``costs.false_positive`` x FP + ``costs.false_negative`` x FN). The candidate is then refitted on train +
+    validation, and the threshold moves to the refit's own scores (``pipelines.steps.train.registered_decision``).
+    The threshold is recorded with the model (its MLflow metadata, params and version tags, with
+    ``threshold_source``) and used by every scorer.
     """
 
     rule: Literal["fixed", "best_f1", "min_precision", "min_recall", "min_cost"] = "best_f1"

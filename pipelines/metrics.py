@@ -256,6 +256,31 @@ def choose_threshold(y_true: Any, proba: Any, decision: DecisionSpec) -> dict[st
     return {"rule": decision.rule, **confusion(y, p, threshold), "f1": clean(f1[best]), "rows": int(len(y))}
 
 
+def rate_threshold(positive_rate: float, scores: Any) -> dict[str, Any]:
+    """The threshold at which ``scores`` flag ``positive_rate`` of their rows, labels unused: the ``k``-th highest
+    score, ``k = round(positive_rate * n)`` (predict 1 when score >= it), an observed score as in
+    :func:`choose_threshold`; the ``1 - k/n`` quantile of the scores. Ties at it flag a few more rows
+    (``target_positive_rate``); ``k = 0`` gives a threshold just above the highest score. Returns ``threshold``,
+    ``rows``, ``positives`` (``k``), ``positive_rate`` (asked) and ``target_positive_rate`` (flagged)."""
+    import numpy as np
+
+    p = np.asarray(scores, dtype="float64").reshape(-1)
+    if len(p) == 0:
+        raise ValueError("no scores to take a rate's threshold from")
+    if not 0.0 <= float(positive_rate) <= 1.0:
+        raise ValueError(f"a positive rate is in [0, 1], got {positive_rate}")
+    k = int(round(float(positive_rate) * len(p)))
+    ordered = np.sort(p)[::-1]
+    threshold = float(ordered[k - 1]) if k else float(np.nextafter(ordered[0], np.inf))
+    return {
+        "threshold": threshold,
+        "rows": int(len(p)),
+        "positives": k,
+        "positive_rate": clean(float(positive_rate)),
+        "target_positive_rate": clean(float((p >= threshold).mean())),
+    }
+
+
 def residuals(
     y_true: Any, predicted: Any, bins: int = 10, sample: int = 400, seed: int = 0
 ) -> dict[str, Any]:

@@ -17,6 +17,7 @@ COLUMNS = [
     ("logical_date", "logical date"),
     ("data_window", "data window"),
     ("primary_metric_text", "primary metric"),
+    ("threshold_text", "threshold"),
     ("gate_status", "gate"),
     ("promoted_on", "promoted on"),
     ("champion_text", "champion"),
@@ -34,8 +35,8 @@ def _number(text: str | None) -> float | None:
 
 def list_models(usecase: str) -> list[dict[str, Any]]:
     """One dict per model version of ``usecase`` (oldest first): version, candidate, family, logical_date,
-    data_window, primary_metric, primary_metric_value, gate_status, gate_reasons, promoted_on, champion, run_id,
-    status and source."""
+    data_window, primary_metric, primary_metric_value, decision_threshold and threshold_source (how train chose
+    it; None for a regression), gate_status, gate_reasons, promoted_on, champion, run_id, status and source."""
     from mlflow import MlflowClient
 
     from pipelines.config import load_profile, load_usecase
@@ -61,6 +62,8 @@ def list_models(usecase: str) -> list[dict[str, Any]]:
                 "data_window": tags.get("data_window"),
                 "primary_metric": tags.get("primary_metric"),
                 "primary_metric_value": _number(value),
+                "decision_threshold": _number(tags.get("decision_threshold")),
+                "threshold_source": tags.get("threshold_source") or None,
                 "gate_status": tags.get("gate_status"),
                 "gate_reasons": tags.get("gate_reasons") or None,
                 "promoted_on": tags.get("promoted_on"),
@@ -84,6 +87,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             "champion_mark": "*" if row["champion"] else "",
             "champion_text": "champion" if row["champion"] else "",
             "primary_metric_text": f"{metric}={value:.4f}" if value is not None else "",
+            "threshold_text": "" if row["decision_threshold"] is None else f"{row['decision_threshold']:.4f}",
         }
         cells.append(["" if shown[key] is None else str(shown[key]) for key, _ in COLUMNS])
     header = [title for _, title in COLUMNS]

@@ -270,6 +270,22 @@ def _models_section(report: dict[str, Any]) -> str:
                 ],
             ),
         ]
+    thresholds = {n: c for n, c in candidates.items() if c.get("decision_threshold") is not None}
+    if thresholds:
+        parts += [
+            "<h3>Decision thresholds</h3>",
+            _table(
+                ["model", "threshold", "how it was chosen"],
+                [
+                    [
+                        n + (" (best)" if n == best else ""),
+                        c.get("decision_threshold"),
+                        c.get("threshold_source"),
+                    ]
+                    for n, c in thresholds.items()
+                ],
+            ),
+        ]
     if not champion:
         parts.append(_note("No champion yet: the candidate is compared with absolute thresholds only."))
     elif champion.get("error"):

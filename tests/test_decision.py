@@ -9,7 +9,7 @@ import yaml
 from pydantic import ValidationError
 
 from pipelines.config import DecisionSpec, UseCase, usecase_path
-from pipelines.metrics import ThresholdError, choose_threshold
+from pipelines.metrics import ThresholdError, choose_threshold, rate_threshold
 
 RULES = [
     DecisionSpec(rule="best_f1"),
@@ -59,6 +59,25 @@ def test_each_rule_matches_a_brute_force_search(decision: DecisionSpec, seed: in
     assert chosen["tp"] == int((predicted & (y == 1)).sum()) and chosen["fp"] == int(
         (predicted & (y == 0)).sum()
     )
+
+
+def test_a_rate_becomes_the_scores_own_quantile() -> None:
+    """rate_threshold: the score at which these scores flag the share (the k-th highest), whatever their scale;
+    ties flag a few more; no share flags nothing."""
+    rng = np.random.default_rng(3)
+    p = rng.random(400)
+    for scale in (lambda q: q, lambda q: q**3, lambda q: 0.5 + q / 4):
+        found = rate_threshold(0.23, scale(p))
+        assert found["positives"] == 92 and found["threshold"] == np.sort(scale(p))[::-1][91]
+        assert int((scale(p) >= found["threshold"]).sum()) == 92
+    assert rate_threshold(0.23, scale(p))["target_positive_rate"] == pytest.approx(0.23)
+    tied = rate_threshold(0.5, np.array([0.9, 0.4, 0.4, 0.4, 0.1, 0.1]))
+    assert tied["threshold"] == 0.4 and tied["target_positive_rate"] == pytest.approx(4 / 6)
+    none = rate_threshold(0.0, p)
+    assert none["threshold"] > p.max() and none["target_positive_rate"] == 0.0
+    assert rate_threshold(1.0, p)["threshold"] == p.min()
+    with pytest.raises(ValueError):
+        rate_threshold(1.5, p)
 
 
 def test_fixed_threshold_single_class_and_unreachable_target() -> None:

@@ -157,8 +157,10 @@ def test_train_window_rows_and_inputs(trained):
 
 def test_each_candidate_records_the_threshold_its_rule_chooses_on_the_validation_rows(trained):
     """The threshold is chosen by decision.rule (best F1) on the validation rows by the candidate fitted on the
-    train rows only; the logged model is then refitted on train + validation and carries that threshold: train
-    result, MLflow metric, and the model's metadata that scorers read."""
+    train rows only; the logged model is then refitted on train + validation and carries a threshold of its own
+    scale: the score at which it flags the share of the validation rows that threshold flags, on the holdout
+    inputs, which it did not train on (train result, MLflow metric, the model's metadata that scorers read, and
+    how it was chosen)."""
     from pipelines.metrics import choose_threshold
 
     usecase = trained.usecase
@@ -178,6 +180,7 @@ def test_each_candidate_records_the_threshold_its_rule_chooses_on_the_validation
     assert trained.result["rows"]["final_fit"] == len(final) == usecase.split.max_train_rows
     X_train = model_inputs(usecase, frames.train, "test rows")
     y_train = frames.train[usecase.target.column].to_numpy(dtype="int64")
+    X_holdout = model_inputs(usecase, frames.holdout, "test rows")
     client = MlflowClient()
     thresholds = []
     for candidate in trained.result["candidates"]:
@@ -187,11 +190,22 @@ def test_each_candidate_records_the_threshold_its_rule_chooses_on_the_validation
         on_train = modeling.fit_candidate(spec, usecase, X_train, y_train, usecase.split.seed)
         expected = choose_threshold(y_val, on_train.scores(X_val), usecase.decision)
         model = tracking.load_model(candidate["model_uri"])
-        assert candidate["decision_threshold"] == pytest.approx(expected["threshold"], abs=1e-9)
-        assert tracking.decision_threshold(model) == pytest.approx(expected["threshold"], abs=1e-9)
+        rate = float((on_train.scores(X_val) >= expected["threshold"]).mean())
+        flagged = round(rate * len(X_holdout))
+        own = np.sort(tracking.predict_proba(model, X_holdout))[::-1][flagged - 1]
+        assert 0 < flagged < len(X_holdout)
+        assert candidate["decision_threshold"] == pytest.approx(own, abs=1e-9)
+        assert tracking.decision_threshold(model) == pytest.approx(own, abs=1e-9)
+        assert candidate["decision"]["validation_threshold"] == pytest.approx(expected["threshold"], abs=1e-9)
         metrics = client.get_run(candidate["run_id"]).data.metrics
-        assert metrics["decision_threshold"] == pytest.approx(expected["threshold"], abs=1e-9)
+        assert metrics["decision_threshold"] == pytest.approx(own, abs=1e-9)
+        assert metrics["validation_threshold"] == pytest.approx(expected["threshold"], abs=1e-9)
         assert metrics["validation_f1"] == pytest.approx(expected["f1"], abs=1e-9)
+        assert metrics["validation_positive_rate"] == pytest.approx(rate)
+        assert metrics["holdout_inputs_positive_rate"] == pytest.approx(flagged / len(X_holdout))
+        source = client.get_run(candidate["run_id"]).data.tags["threshold_source"]
+        assert source == candidate["threshold_source"] == model.metadata.metadata["threshold_source"]
+        assert "holdout inputs 2013-02-03..2013-02-09" in source and "labels unused" in source, source
         params = client.get_run(candidate["run_id"]).data.params
         assert params["rows.final_fit"] == str(len(final))
         # the logged model is the refit on train + validation, not the model the threshold was chosen with
@@ -205,6 +219,80 @@ def test_each_candidate_records_the_threshold_its_rule_chooses_on_the_validation
         np.testing.assert_allclose(tracking.predict_proba(model, X_val), refit.scores(X_val), rtol=1e-6)
         thresholds.append(candidate["decision_threshold"])
     assert len(thresholds) == 2 and all(t != 0.5 for t in thresholds), thresholds
+
+
+def test_a_refit_on_another_scale_gets_its_own_threshold_from_inputs_it_did_not_train_on(
+    small_env, monkeypatch
+):
+    """The refit on train + validation scores on another scale than the fit on train (here it weighs the positive
+    rows four times, which lifts every score): the registered threshold is the quantile of the refit's own scores
+    of the holdout inputs, which it did not train on, that flags the share of the validation rows the fit on train
+    flags at its chosen threshold. Permuting the holdout labels changes nothing; a rerun reuses the run and reports
+    the same threshold and how it was chosen."""
+    from pipelines.metrics import choose_threshold
+
+    usecase, lake, ctx = small_env.usecase, small_env.lake, small_env.ctx
+    write_feature_partitions(lake, usecase, date(2013, 1, 5), 36, rows_per_day=60)
+    original, calls = modeling.fit_candidate, []
+
+    def shifted_refit(spec, usecase_, X, y, seed):  # train fits each candidate twice: train, then the refit
+        calls.append(len(X))
+        if len(calls) % 2 == 0:
+            spec = spec.model_copy(update={"params": {**spec.params, "class_weight": {0: 1.0, 1: 4.0}}})
+        return original(spec, usecase_, X, y, seed)
+
+    monkeypatch.setattr(modeling, "fit_candidate", shifted_refit)
+    args = SimpleNamespace(mode="full", candidates=None, retrain=True)
+    result = train_step.run(ctx, args)
+    (candidate,) = result["candidates"]
+    frames = train_step.training_frames(
+        ctx, lake.snapshot(features_table(usecase.name), result["features_version"]), result["window"]
+    )
+    label = usecase.target.column
+    spec = usecase.candidate(candidate["name"])
+    first = original(
+        spec,
+        usecase,
+        model_inputs(usecase, frames.train, "test rows"),
+        frames.train[label].to_numpy(dtype="int64"),
+        usecase.split.seed,
+    )
+    validation_scores = first.scores(model_inputs(usecase, frames.validation, "test rows"))
+    chosen = choose_threshold(
+        frames.validation[label].to_numpy(dtype="int64"), validation_scores, usecase.decision
+    )["threshold"]
+    X_holdout = model_inputs(usecase, frames.holdout, "test rows")
+    first_scores = first.scores(X_holdout)
+    model = tracking.load_model(candidate["model_uri"])
+    own = tracking.predict_proba(model, X_holdout)  # the registered model's, of rows it did not train on
+    flagged = round(float((validation_scores >= chosen).mean()) * len(X_holdout))
+    assert own.mean() > first_scores.mean() + 0.15  # the refit's scale is not the first fit's
+    threshold = candidate["decision_threshold"]
+    assert threshold == pytest.approx(np.sort(own)[::-1][flagged - 1], abs=1e-12)
+    assert tracking.decision_threshold(model) == threshold
+    assert candidate["decision"]["validation_threshold"] == pytest.approx(chosen, abs=1e-12)
+    assert threshold > chosen + 0.05
+    assert int((own >= threshold).sum()) == flagged  # the validation share of the holdout rows
+    assert int((own >= chosen).sum()) > 1.3 * flagged  # the carried-over number would flag far more
+    assert "labels unused" in candidate["threshold_source"]
+
+    holdout_days = sorted(d for d in frames.partitions if d >= result["window"]["holdout_start"])
+    held = lake.read_frame(labels_table(usecase.name), holdout_days, version=result["labels_version"])
+    permuted = held.assign(**{label: np.random.default_rng(0).permutation(held[label].to_numpy())})
+    assert (permuted[label] != held[label]).any()
+    lake.write_partitions(labels_table(usecase.name), permuted, read_version=LATEST)
+    again = train_step.run(ctx, args)
+    assert again["labels_version"] > result["labels_version"]
+    assert again["data_hashes"]["holdout"] != result["data_hashes"]["holdout"]
+    assert again["candidates"][0]["run_id"] != candidate["run_id"]
+    assert again["candidates"][0]["decision_threshold"] == threshold
+    assert again["candidates"][0]["threshold_source"] == candidate["threshold_source"]
+
+    reused = train_step.run(ctx, SimpleNamespace(mode="full", candidates=None, retrain=False))
+    assert reused["candidates"][0]["run_id"] == again["candidates"][0]["run_id"]
+    for key in ("decision_threshold", "threshold_source"):
+        assert reused["candidates"][0][key] == again["candidates"][0][key]
+    assert len(calls) == 4  # two fits per trained run, none for the reused one
 
 
 def test_train_logs_one_run_per_candidate(trained):

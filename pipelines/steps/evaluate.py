@@ -212,7 +212,11 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             "run_id": entry["run_id"],
             "model_uri": entry["model_uri"],
             **(
-                {"decision_threshold": float(entry.get("decision_threshold", LEGACY_THRESHOLD))}
+                {
+                    "decision_threshold": float(entry.get("decision_threshold", LEGACY_THRESHOLD)),
+                    "threshold_source": entry.get("threshold_source")
+                    or "not recorded by train (0.5 for a model logged before thresholds were)",
+                }
                 if classification
                 else {}
             ),
@@ -379,6 +383,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                 "run_id": c["run_id"],
                 "metrics": c["metrics"],
                 "validation_metrics": c.get("validation_metrics"),
+                **{k: c[k] for k in ("decision_threshold", "threshold_source") if k in c},
             }
             for name, c in candidates.items()
         },
@@ -448,6 +453,16 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         "holdout_rows": len(X),
         "tables_read": result["tables_read"],
         "candidates": {name: c["metrics"] for name, c in candidates.items()},
+        **(
+            {
+                "decision_thresholds": {
+                    name: {"threshold": c["decision_threshold"], "source": c["threshold_source"]}
+                    for name, c in candidates.items()
+                }
+            }
+            if classification
+            else {}
+        ),
         "champion": None
         if champion is None
         else {"version": champion["version"], "metrics": champion["metrics"]},

@@ -192,6 +192,12 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             "family": candidate.get("family", ""),
             "primary_metric_value": format_metric(metric_value),
             "decision_threshold": format_metric(candidate.get("decision_threshold")),
+            # how train chose it (pipelines.steps.train.registered_decision); none for a regression
+            **(
+                {"threshold_source": str(candidate["threshold_source"])[:MAX_TAG_CHARS]}
+                if candidate.get("threshold_source")
+                else {}
+            ),
             "gate_status": status,
             "gate_reasons": reasons[:MAX_TAG_CHARS],
             # what a scoring service checks before it serves this version (a changed artifact is refused)

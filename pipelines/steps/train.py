@@ -18,6 +18,11 @@ each and records both (``features_version``, ``labels_version``, ``tables_read``
 is older than ``time.outcome.label_delay`` at the training date; events whose due outcome never arrived (no row in
 the labels table) are counted per part in the result (``unlabelled_events``; with ``target.missing_outcome: drop``
 an outcome that arrived without a value has no label row either, and both count).
+Decision threshold (a classification whose ``decision.rule`` is not fixed): each candidate is fitted on train, its
+threshold is chosen by the rule on its scores of the validation rows, and it is refitted on train + validation: the
+model that is logged and registered. The refit's scores have their own scale, so its threshold is its own score that
+flags the share of rows the rule flagged on validation, taken on the holdout window's model inputs, which it did not
+train on (labels unused: :func:`registered_decision`); ``threshold_source`` says so with the model.
 ``--mode full`` trains every candidate; ``--mode refresh`` only the champion's candidate (registry alias
 ``champion``, tag ``candidate``), or every candidate while there is no champion. Each candidate is one MLflow
 run named ``<candidate>@<D>``. A rerun with the same data, config and code reuses the finished runs (same result);
@@ -54,6 +59,7 @@ VALIDATION_PREFIX = (
     "validation_"  # MLflow metrics of a candidate's fit on train, scored on the validation rows
 )
 DECISION_THRESHOLD = "decision_threshold"  # MLflow metric and model metadata key of a candidate's threshold
+THRESHOLD_SOURCE = "threshold_source"  # how it was chosen, in words: MLflow tag, model metadata, version tag
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -257,7 +263,8 @@ class TrainingFrames:
     def final_fit_rows(self, max_rows: int | None, seed: int) -> Any:
         """What the logged model is fitted on: the train rows, and once a threshold was chosen on the validation
         rows, train and validation together (capped at ``max_rows`` by a seeded sample), the way scikit-learn's
-        ``TunedThresholdClassifierCV(refit=True)`` refits once the threshold is found."""
+        ``TunedThresholdClassifierCV(refit=True)`` refits once the threshold is found (the threshold then moves
+        to the refit's scores: :func:`registered_decision`)."""
         import pandas as pd
 
         if self.validation is None:
@@ -425,6 +432,60 @@ def candidate_decision(
         ) from None
 
 
+def _days(window: dict[str, str], part: str) -> str:
+    """A window part's first and last day (inclusive), e.g. ``2013-01-27..2013-02-02``."""
+    last = date.fromisoformat(window[f"{part}_end"]) - timedelta(days=1)
+    return f"{window[f'{part}_start']}..{last.isoformat()}"
+
+
+def registered_decision(
+    decision: dict[str, Any], refit_scores: Any, window: dict[str, str]
+) -> dict[str, Any]:
+    """The threshold of the model that is registered, the refit on train + validation, from ``decision`` (chosen
+    by the rule on the validation rows for the fit on the train rows only). The refit's scores are on their own
+    scale (more rows, newer rows, another positive rate), so the chosen number is not carried over: what is kept
+    is the decision the rule made, the share of the validation rows flagged, and the refit's threshold is its own
+    score that flags that share of rows it did not train on, the holdout window's model inputs
+    (``refit_scores``; :func:`pipelines.metrics.rate_threshold`). No label is read there: the gate's metrics at
+    the threshold, which evaluate computes on the holdout labels later, judge a threshold chosen without them.
+
+    (The other way to carry it, the share that the fit on train flags of the same holdout inputs, follows that
+    smaller, older fit's drift: on the demo's first month it flagged 81-93% of them against 47-82% of validation,
+    at a lower F1 for two of three candidates.)
+
+    Returns ``decision`` with the refit's ``threshold``, the first fit's ``validation_threshold``, the share
+    ``validation_positive_rate`` and ``threshold_source``: how it was chosen, in words (recorded with the
+    model)."""
+    from pipelines.metrics import rate_threshold
+
+    chosen = float(decision["threshold"])
+    flagged = int(decision["tp"]) + int(decision["fp"])
+    rate = flagged / (flagged + int(decision["tn"]) + int(decision["fn"]))
+    moved = rate_threshold(rate, refit_scores)
+    source = (
+        f"{decision['rule']} on validation {_days(window, 'validation')} for the fit on train only: threshold "
+        f"{chosen:.4f}, {rate:.1%} of the validation rows flagged; that share transferred to the registered refit "
+        f"(train + validation) on its scores of the holdout inputs {_days(window, 'holdout')}: {moved['threshold']:.4f}"
+        " (labels unused)"
+    )
+    return decision | {
+        "threshold": moved["threshold"],
+        "validation_threshold": chosen,
+        "validation_positive_rate": moved["positive_rate"],
+        "holdout_inputs_positive_rate": moved["target_positive_rate"],
+        "holdout_inputs_rows": moved["rows"],
+        "threshold_source": source,
+    }
+
+
+def fixed_or_chosen_source(decision: dict[str, Any], window: dict[str, str]) -> str:
+    """``threshold_source`` of a threshold that is not transferred: fixed by the config, or chosen on validation
+    for the model that is registered (no refit)."""
+    if decision["rule"] == "fixed":
+        return f"fixed: decision.threshold {float(decision['threshold']):g}"
+    return f"{decision['rule']} on validation {_days(window, 'validation')} for the registered model"
+
+
 def _check_rows(ctx: StepContext, part: str, frame: Any, minimum: int, window: dict[str, str]) -> None:
     label = ctx.usecase.target.column
     start, end = window[f"{part}_start"], window[f"{part}_end"]
@@ -579,6 +640,9 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     if frames.validation is not None:
         X_validation = model_inputs(usecase, frames.validation, "the validation rows")
         y_validation = frames.validation[label].to_numpy(dtype=modeling.label_dtype(usecase))
+        # the holdout's model inputs, labels left out: the rows on which the threshold chosen for the fit on
+        # train moves to the refit on train + validation (registered_decision)
+        X_holdout_inputs = model_inputs(usecase, holdout, "the holdout inputs")
     all_parts = frames.partitions
     inputs = sorted({k for p in all_parts.values() for k in raw_inputs(usecase.name, p.facts.get("inputs"))})
     specs, selection_note = select_candidates(ctx, mode, getattr(args, "candidates", None))
@@ -621,9 +685,13 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                 else:
                     decision = candidate_decision(ctx, spec.name, None, None, window)
                 if frames.validation is not None:  # chosen on validation: refit on train + validation
-                    first_fit = fitted.fit_seconds
+                    first_fit = fitted
                     fitted = modeling.fit_candidate(spec, usecase, X_final, y_final, split.seed)
-                    fitted.fit_seconds += first_fit
+                    fitted.fit_seconds += first_fit.fit_seconds
+                    if decision is not None and decision["rule"] != "fixed":  # onto the refit's own scores
+                        decision = registered_decision(decision, fitted.scores(X_holdout_inputs), window)
+                if decision is not None and "threshold_source" not in decision:
+                    decision["threshold_source"] = fixed_or_chosen_source(decision, window)
                 mlflow.log_params(
                     {
                         **modeling.mlflow_params(fitted),
@@ -648,6 +716,16 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                         for k, v in decision.items()
                         if k in ("precision", "recall", "f1") and v is not None
                     }
+                    chosen |= {
+                        k: float(decision[k])
+                        for k in (
+                            "validation_threshold",
+                            "validation_positive_rate",
+                            "holdout_inputs_positive_rate",
+                        )
+                        if decision.get(k) is not None
+                    }
+                    mlflow.set_tag(THRESHOLD_SOURCE, decision["threshold_source"])
                 mlflow.log_metrics(
                     {
                         "fit_seconds": fitted.fit_seconds,
@@ -663,7 +741,16 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                 metadata = (
                     None
                     if decision is None
-                    else {DECISION_THRESHOLD: decision["threshold"], "decision_rule": decision["rule"]}
+                    else {
+                        DECISION_THRESHOLD: decision["threshold"],
+                        "decision_rule": decision["rule"],
+                        THRESHOLD_SOURCE: decision["threshold_source"],
+                        **(
+                            {"validation_threshold": decision["validation_threshold"]}
+                            if "validation_threshold" in decision
+                            else {}
+                        ),
+                    }
                 )
                 info = modeling.log_fitted_model(fitted, example, metadata)
                 mlflow.set_tag("model_uri", info.model_uri)
@@ -686,13 +773,27 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                 else {
                     "rule": previous.data.params.get("decision.rule", usecase.decision.rule),
                     "threshold": previous.data.metrics[DECISION_THRESHOLD],
+                    **{
+                        k: previous.data.metrics[k]
+                        for k in (
+                            "validation_threshold",
+                            "validation_positive_rate",
+                            "holdout_inputs_positive_rate",
+                        )
+                        if k in previous.data.metrics
+                    },
+                    THRESHOLD_SOURCE: previous.data.tags.get(THRESHOLD_SOURCE, "not recorded (an older run)"),
                 }
             )
         entry = {"name": spec.name, "family": spec.family, "run_id": run_id, "model_uri": model_uri}
         if validation_metrics:
             entry["validation_metrics"] = validation_metrics
         if decision is not None:
-            entry |= {DECISION_THRESHOLD: decision["threshold"], "decision": decision}
+            entry |= {
+                DECISION_THRESHOLD: decision["threshold"],
+                THRESHOLD_SOURCE: decision[THRESHOLD_SOURCE],
+                "decision": decision,
+            }
         candidates.append(entry)
 
     result: dict[str, Any] = {

@@ -486,6 +486,11 @@ def replay_batch(
         "best_candidate": best,
         "primary_metric": gate.get("primary_metric") or primary,
         "best_metric": gate.get("candidate_value"),
+        # the best candidate's decision threshold and how train chose it (a classification)
+        "best_decision_threshold": ((evaluate.get("decision_thresholds") or {}).get(best) or {}).get(
+            "threshold"
+        ),
+        "best_threshold_source": ((evaluate.get("decision_thresholds") or {}).get(best) or {}).get("source"),
         "champion_metric": gate.get("champion_value"),
         "gate_passed": gate.get("passed"),
         "gate_reasons": gate.get("reasons", []),
