@@ -349,6 +349,26 @@ def _gate_problems(usecase: UseCase, columns: _Columns) -> None:
             " (the candidate must beat the champion on the same holdout), or set gate.allow_absolute_only: true "
             "to accept absolute bounds alone",
         )
+    carried = list(
+        dict.fromkeys(
+            [
+                "date",
+                *usecase.features.keys,
+                *usecase.features.numeric,
+                *usecase.features.categorical,
+                *usecase.evaluated_columns,
+            ]
+        )
+    )
+    not_carried = [c for c in gate.significance.cluster_by if c not in carried]
+    if not_carried:
+        columns.problem(
+            "gate.significance.cluster_by",
+            f"column(s) {not_carried} are not carried by the features table, so the holdout rows cannot be "
+            "grouped by them for the cluster bootstrap",
+            f"use columns of {carried} (date: the events' local date; or add the column to slices so the "
+            "features table carries it), or [] to resample rows",
+        )
     resamples = gate.significance.resamples
     if resamples > MAX_RESAMPLES:
         gib = resamples / 1000 * GIB_PER_1000_RESAMPLES_10K_ROWS
