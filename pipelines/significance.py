@@ -342,7 +342,6 @@ def paired_difference(
     ``resampling``: the evaluation's draws (by cluster); without it rows are resampled with ``seed``."""
     import numpy as np
 
-
     y = np.asarray(y, dtype="float64").reshape(-1)
     a = np.asarray(candidate, dtype="float64").reshape(-1)
     b = np.asarray(champion, dtype="float64").reshape(-1)
