@@ -92,6 +92,10 @@ class Resampling:
             "resamples": self.resamples,
             "seed": self.seed,
             "draws_bytes": int(self.counts.nbytes),
+            "memory_bound": (
+                f"draws: int32 resamples x clusters ({self.counts.nbytes} bytes); per-row weights expanded in "
+                f"chunks of at most {CHUNK_CELLS} resample-row cells (32 MiB per float64 temporary)"
+            ),
         }
 
 

@@ -199,13 +199,15 @@ def test_one_integer_draw_per_evaluation_is_shared_and_seeded():
     draws = draw_resampling(len(y), 500, seed=3, cluster=day, cluster_by=["date"])
     assert draws.counts.dtype == np.int32 and draws.counts.shape == (500, DAYS)
     assert (draws.counts.sum(axis=1) == DAYS).all()  # each resample draws as many days as there are
-    assert draws.record() | {"draws_bytes": 0} == {
+    assert "chunks of at most 4194304 resample-row cells" in draws.record()["memory_bound"]
+    assert draws.record() | {"draws_bytes": 0, "memory_bound": ""} == {
         "method": "cluster bootstrap by date",
         "cluster_by": ["date"],
         "clusters": DAYS,
         "resamples": 500,
         "seed": 3,
         "draws_bytes": 0,
+        "memory_bound": "",
     }
     found = paired_difference("roc_auc", y, a, b, resamples=500, confidence=0.95, seed=3, resampling=draws)
     assert found["method"] == "cluster bootstrap by date" and found["clusters"] == DAYS
