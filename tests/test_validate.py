@@ -335,7 +335,7 @@ def test_the_four_config_contradictions_are_each_reported_with_file_field_and_fi
         ),
         "gate.change": ("no change check, only absolute bounds", "allow_absolute_only: true"),
         "gate.significance.resamples": (
-            "20000 resamples need about 12.0 GiB per 10,000 holdout rows",
+            "20000 resamples: resampling rows (cluster_by: []) the draws alone take 0.75 GiB per 10,000",
             "at most",
         ),
         "candidates[0].params.max_iterr": (
