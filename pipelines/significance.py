@@ -272,7 +272,9 @@ def resampled_metric(metric: str, y: np.ndarray, scores: np.ndarray, resampling:
     if resampling.rows != len(y):
         raise ValueError(f"the resampling has {resampling.rows} rows, the metric {len(y)}")
     clustered = resampling.clusters <= MAX_PAIR_CLUSTERS and resampling.clusters * len(y) <= 16 * CHUNK_CELLS
-    if clustered and metric == "roc_auc":
+    # the pair matrix costs resamples x clusters**2, the expanded weights about resamples x rows x 10 (a sort):
+    # days, yes; rows resampled as their own clusters (a small fairness group), no
+    if clustered and metric == "roc_auc" and resampling.clusters**2 <= 8 * len(y):
         return _cluster_roc_auc(y, scores, resampling)
     if clustered and metric in LOSSES and not (metric == "mape" and (y == 0).any()):
         error = scores - y
