@@ -8,6 +8,12 @@ decision and evaluate result from the lake: the candidate chosen (and on which w
 champion's, the paired difference with its interval, the verdict and the checks that failed; and the seconds
 evaluate spent on each part (scoring, intervals and fairness, the infrastructure check, the explanations, the
 report files). Appends a Markdown section (command and machine included) to the output file.
+
+Row against cluster resampling: evaluate keeps each decision's holdout labels, the candidate's and the champion's
+scores and each row's date (``holdout_scores.parquet`` beside its result), so the bench recomputes the paired
+interval of the ROC AUC improvement both ways from those scores, with the same seed, resamples and confidence:
+resampling rows (the former gate) and resampling days (``cluster_by: [date]``, the gate now), and the decision
+each would give (the other checks as recorded). One replay gives both columns.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipelines.context import MANUAL_RUN, run_result_key
+from pipelines.context import MANUAL_RUN, run_key, run_result_key
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -86,6 +92,11 @@ def decisions(home: Path) -> list[dict]:
                 "difference": change.get("difference"),
                 "interval": change.get("interval"),
                 "change_skipped": change.get("skipped"),
+                "run": run,
+                "min_delta": change.get("threshold") or 0.0,
+                "other_failed": [
+                    c["name"] for c in gate["checks"] if not c["passed"] and c["kind"] != "change"
+                ],
                 "passed": gate["passed"],
                 "failed": [c["name"] for c in gate["checks"] if not c["passed"]],
                 "seconds": evaluation.get("seconds") or {},
@@ -93,6 +104,90 @@ def decisions(home: Path) -> list[dict]:
             }
         )
     return rows
+
+
+def resampled(home: Path, row: dict, confidence: float = 0.95, resamples: int = 1000) -> dict | None:
+    """The paired ROC AUC interval of one decision recomputed from its stored holdout scores, resampling rows
+    and resampling dates (same seed, resamples and confidence; the gate's own functions), and the decision each
+    gives: the change check read by ``change_reading`` against the recorded min_delta, every other check as
+    recorded. None without stored scores or without a champion."""
+    import pyarrow.parquet as pq
+
+    from pipelines.significance import (
+        CLEARS,
+        change_reading,
+        cluster_index,
+        draw_resampling,
+        paired_difference,
+    )
+
+    path = (
+        home
+        / "lake"
+        / run_key("flight_delay", row["date"], "evaluate", row["run"])
+        / "holdout_scores.parquet"
+    )
+    if row.get("missing") or row.get("change_skipped") or not path.exists():
+        return None
+    frame = pq.read_table(path).to_pandas()
+    if "champion" not in frame.columns:
+        return None
+    y, a, b = (frame[c].to_numpy(dtype="float64") for c in ("label", "candidate", "champion"))
+    seed = int((row.get("interval") or {}).get("seed") or 0)
+    out: dict = {"days": int(frame["date"].nunique()), "rows": len(frame)}
+    for kind, draws in (
+        ("row", draw_resampling(len(y), resamples, seed)),
+        ("cluster", draw_resampling(len(y), resamples, seed, cluster_index(frame, ["date"]), ["date"])),
+    ):
+        started = time.perf_counter()
+        found = paired_difference(
+            "roc_auc", y, a, b, resamples=resamples, confidence=confidence, seed=seed, resampling=draws
+        )
+        reading = change_reading(found["low"], found["high"], row["min_delta"])
+        out[kind] = found | {
+            "width": None if found["low"] is None else found["high"] - found["low"],
+            "passed": not row["other_failed"] and reading == CLEARS,
+            "seconds": time.perf_counter() - started,
+        }
+    return out
+
+
+def render_intervals(home: Path, rows: list[dict]) -> list[str]:
+    """The table of row against cluster (date) resampling, one line per decision with a champion."""
+    lines = [
+        "",
+        "### Row against cluster (date) resampling of the same decisions",
+        "",
+        "The paired 95% interval of the ROC AUC improvement (1000 resamples, the decision's seed) recomputed from "
+        "each decision's stored holdout scores: resampling rows (the former gate) and resampling whole days "
+        "(the gate now: `gate.significance.cluster_by: [date]`, widened for few clusters by t(K-1)/z x "
+        "sqrt(K/(K-1))). The decision under each reads the change check against min_delta with that interval "
+        "and every other check as recorded.",
+        "",
+        "| training date | candidate ROC AUC | champion | difference | row interval | row width | cluster "
+        "interval (days) | cluster width | decision (rows) | decision (days) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    shown = 0
+    for row in rows:
+        found = resampled(home, row)
+        if found is None:
+            continue
+        shown += 1
+        r, c = found["row"], found["cluster"]
+
+        def bounds(x: dict) -> str:
+            return f"[{_fmt(x['low'])}, {_fmt(x['high'])}]"
+
+        lines.append(
+            f"| {row['date']} | {_fmt(row['candidate_value'])} | v{row['champion_version']} "
+            f"{_fmt(row['champion_value'])} | {_fmt(r['difference'])} | {bounds(r)} | {_fmt(r['width'])} | "
+            f"{bounds(c)} ({found['days']}) | {_fmt(c['width'])} | {'promoted' if r['passed'] else 'rejected'} | "
+            f"{'promoted' if c['passed'] else 'rejected'} |"
+        )
+    if not shown:
+        lines.append("| (no decision against a champion with stored holdout scores) | | | | | | | | | |")
+    return lines
 
 
 def render(rows: list[dict], wall: float | None, months: int, command: str) -> str:
@@ -103,7 +198,7 @@ def render(rows: list[dict], wall: float | None, months: int, command: str) -> s
         "",
         f"Command: `{command}`. Machine: {machine}. Replay wall time: {_fmt(wall, 0)} s for {months} months.",
         "The candidate is chosen on the validation window; the change check passes only when the lower bound of "
-        "the 95% paired bootstrap interval (1000 resamples, seeded) of its ROC AUC improvement over the "
+        "the 95% paired cluster bootstrap interval (by date, 1000 resamples, seeded) of its ROC AUC improvement over the "
         "champion, on the same holdout rows, reaches min_delta 0.002.",
         "",
         "| training date | chosen (on) | holdout ROC AUC | champion | difference | 95% interval | decision | failed checks |",
@@ -165,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         home = home or Path(tempfile.mkdtemp(prefix="bench-gate-"))
         wall = replay(home, args.months)
     command = f".venv/bin/python bench/gate.py --months {args.months}"
-    text = render(decisions(home), wall, args.months, command)
+    rows = decisions(home)
+    text = render(rows, wall, args.months, command)
+    text += "\n".join(render_intervals(home, rows)) + "\n"
     print(text)
     with args.output.open("a") as out:
         out.write("\n" + text)

@@ -669,12 +669,44 @@ class FairnessSpec(FairnessBounds):
 
 
 class SignificanceSpec(_Strict):
-    """How a change check tells an improvement from noise: a seeded paired bootstrap on the holdout rows."""
+    """How a change check tells an improvement from noise: a seeded paired bootstrap of the holdout that resamples
+    clusters of rows (``cluster_by``, the events' date by default), with an error rule for the nightly tests."""
 
     method: Literal["paired_bootstrap"] = "paired_bootstrap"
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
-    resamples: int = Field(default=1000, ge=100, le=20000)
+    resamples: int = Field(
+        default=1000,
+        ge=100,
+        le=20000,
+        description="bootstrap resamples (a nightly Bonferroni test draws at least 4N/alpha, see nightly)",
+    )
     seed: int | None = Field(default=None, description="default: split.seed")
+    cluster_by: list[str] = Field(
+        default_factory=lambda: ["date"],
+        description="columns whose distinct values are the bootstrap's clusters: a resample draws whole clusters "
+        "(default: the events' local date, the features table's partition column; rows of one day share its "
+        "weather and traffic, so resampling rows gives intervals too narrow). Each must be date, a features.keys "
+        "column, a model input, a slice or a sensitive attribute (the columns the features table carries). [] "
+        "resamples rows, for holdouts of independent events only",
+    )
+    nightly: Literal["bonferroni", "uncorrected"] = Field(
+        default="bonferroni",
+        description="error rule of a nightly refresh (train mode refresh): it retests an almost identical refit "
+        "on a holdout overlapping the previous night's, up to N times a month (N: the most runs "
+        "schedules.train_nightly fires in a month, 30 for '0 5 2-31 * *'). bonferroni: the month's N nightly "
+        "tests share one error budget alpha = 1 - confidence, each using confidence 1 - alpha/N, so a candidate "
+        "no better than the champion is promoted on some night of the month with probability at most alpha "
+        "whatever the overlap (and at least 4N/alpha resamples are drawn, two beyond each interval end). "
+        "uncorrected: each night at confidence (about 30 tests a month at 5% each: a false promotion most "
+        "months is not unlikely). A monthly run is one test at confidence",
+    )
+
+    @field_validator("cluster_by")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"cluster_by {value} names a column twice")
+        return value
 
 
 class GateSpec(_Strict):

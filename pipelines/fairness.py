@@ -15,10 +15,13 @@ How a group is gated (``gated_on``, read by the gate):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.config import HIGHER_IS_BETTER, FairnessSpec, SliceGateSpec
 from pipelines.metrics import clean, model_metrics, slice_label
+
+if TYPE_CHECKING:
+    from pipelines.significance import Resampling
 
 RATES = ("selection_rate", "tpr", "fpr")
 RATE_NAMES = {"selection_rate": "selection rate", "tpr": "true-positive rate", "fpr": "false-positive rate"}
@@ -54,24 +57,38 @@ def _rate_functions(threshold: float) -> dict[str, Any]:
 
 
 def rate_intervals(
-    y: Any, scores: Any, threshold: float, *, resamples: int, confidence: float, seed: int
+    y: Any,
+    scores: Any,
+    threshold: float,
+    *,
+    resamples: int,
+    confidence: float,
+    seed: int,
+    resampling: Resampling | None = None,
 ) -> dict[str, dict[str, float | None]]:
     """Percentile bootstrap intervals of one group's selection rate, true- and false-positive rate at
-    ``threshold`` (the same multinomial resamples as ``significance.metric_interval``; None where undefined)."""
+    ``threshold`` (the evaluation's draws restricted to the group, ``resampling``, else rows resampled with
+    ``seed``; None where undefined)."""
     import numpy as np
 
-    from pipelines.significance import _interval, bootstrap_weights
+    from pipelines.significance import _interval, draw_resampling
 
     y = np.asarray(y, dtype="float64").reshape(-1)
     decided = (np.asarray(scores, dtype="float64").reshape(-1) >= threshold).astype("float64")
     if len(y) == 0:
         return {rate: {"low": None, "high": None} for rate in RATES}
-    weights = bootstrap_weights(len(y), resamples, seed)
+    draws = resampling or draw_resampling(len(y), resamples, seed)
+    # rates are ratios of weighted sums: per-cluster sums times the cluster counts, no per-row expansion
+    w = draws.counts.astype("float64")
+
+    def total(values: Any) -> Any:
+        return w @ np.bincount(draws.cluster, weights=values, minlength=draws.clusters)
+
     with np.errstate(invalid="ignore", divide="ignore"):
         values = {
-            "selection_rate": weights @ decided / weights.sum(axis=1),
-            "tpr": weights @ (decided * y) / (weights @ y),
-            "fpr": weights @ (decided * (1 - y)) / (weights @ (1 - y)),
+            "selection_rate": total(decided) / total(np.ones(len(y))),
+            "tpr": total(decided * y) / total(y),
+            "fpr": total(decided * (1 - y)) / total(1 - y),
         }
     out = {}
     for rate, found in values.items():
@@ -108,6 +125,7 @@ def group_fairness(
     resamples: int,
     confidence: float,
     seed: int,
+    resampling: Resampling | None = None,
 ) -> dict[str, Any]:
     """One model's fairness over one sensitive attribute (``groups``, aligned with ``y`` and ``scores``)."""
     import numpy as np
@@ -131,7 +149,12 @@ def group_fairness(
         mask = (labels == group).to_numpy()
         rows = int(row["rows"])
         positives = int(y[mask].sum()) if task == "classification" else None
-        common = {"resamples": resamples, "confidence": confidence, "seed": seed + position}
+        common = {
+            "resamples": resamples,
+            "confidence": confidence,
+            "seed": seed + position,
+            "resampling": None if resampling is None else resampling.subset(mask),
+        }
         interval = metric_interval(spec.metric, y[mask], scores[mask], **common)
         gated_on, note = _gating(rows, positives, spec, interval["low"] is not None)
         entry = {
@@ -192,6 +215,7 @@ def group_changes(
     resamples: int,
     confidence: float,
     seed: int,
+    resampling: Resampling | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per group: the candidate's improvement over the champion on that group's rows (positive = better, in the
     metric's direction), with its paired bootstrap interval (``significance.paired_difference``)."""
@@ -214,6 +238,7 @@ def group_changes(
             resamples=resamples,
             confidence=confidence,
             seed=seed + position,
+            resampling=None if resampling is None else resampling.subset(mask),
         )
         out[str(group)] = {
             k: found[k] for k in ("candidate", "champion", "difference", "low", "high", "rows")
@@ -235,11 +260,19 @@ def fairness_report(
     resamples: int,
     confidence: float,
     seed: int,
+    resampling: Resampling | None = None,
 ) -> dict[str, Any]:
     """Per sensitive attribute: the candidate's groups and, when the champion could be scored, the champion's
     groups and the candidate's change against the same group of the champion (``changes``)."""
     out: dict[str, Any] = {}
-    common = {"spec": spec, "task": task, "resamples": resamples, "confidence": confidence, "seed": seed}
+    common = {
+        "spec": spec,
+        "task": task,
+        "resamples": resamples,
+        "confidence": confidence,
+        "seed": seed,
+        "resampling": resampling,
+    }
     for attribute in attributes:
         groups = frame[attribute].to_numpy()
         out[attribute] = {
@@ -259,6 +292,7 @@ def fairness_report(
                 resamples=resamples,
                 confidence=confidence,
                 seed=seed,
+                resampling=resampling,
             ),
         }
     return out
@@ -286,6 +320,7 @@ def add_slice_intervals(
     resamples: int,
     confidence: float,
     seed: int,
+    resampling: Resampling | None = None,
 ) -> None:
     """Give each robustness slice too small to be judged on its value (``slice_gated_on_value``) the bootstrap
     interval of ``spec.metric`` on its rows, as ``intervals: {metric: {"low", "high"}}`` (in place): the gate
@@ -309,5 +344,6 @@ def add_slice_intervals(
                 resamples=resamples,
                 confidence=confidence,
                 seed=seed + position,
+                resampling=None if resampling is None else resampling.subset(mask),
             )
             entry["intervals"] = {spec.metric: {"low": found["low"], "high": found["high"]}}

@@ -343,7 +343,8 @@ def _comparison_section(report: dict[str, Any]) -> str:
     references += [{"value": d, "name": f"min_delta {plots.short(d)}", "color": "#d62728"} for d in deltas]
     return (
         "<p>Difference = candidate - champion in each metric's better direction: positive is an improvement. "
-        "Intervals are paired bootstrap intervals on the same holdout rows.</p>"
+        "Intervals are paired bootstrap intervals on the same holdout rows, resampling whole clusters of rows "
+        "(the events' dates unless gate.significance.cluster_by says otherwise).</p>"
         + _table(
             [
                 "metric",

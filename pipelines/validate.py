@@ -62,10 +62,11 @@ PRESET_CRONS: dict[str, str | None] = {
     "@yearly": "0 0 1 1 *",
     "@annually": "0 0 1 1 *",
 }
-# gate.significance.resamples: the paired bootstrap holds a resamples x holdout rows float64 weight matrix and
-# temporaries of its size; measured peak for roc_auc: 0.6 GiB per 1,000 resamples and 10,000 rows (0.3 for the
-# per-row losses). 5,000 resamples of a 13,000-row holdout (the flight example's 14 days) need about 4 GiB.
-GIB_PER_1000_RESAMPLES_10K_ROWS = 0.6
+# gate.significance.resamples: the bootstrap draws its resamples once per evaluation as int32 counts, resamples x
+# clusters (14 days: 56 KB per 1,000 resamples), or resamples x rows when it resamples rows (cluster_by: []: 0.04
+# GiB per 1,000 resamples and 10,000 rows); per-row weights are expanded in bounded chunks (significance.py), so the
+# peak no longer grows with the resamples, but the row-mode draws and every interval's work do.
+GIB_PER_1000_RESAMPLES_10K_ROWS = 1000 * 10_000 * 4 / 2**30
 MAX_RESAMPLES = 5000
 
 
@@ -349,15 +350,33 @@ def _gate_problems(usecase: UseCase, columns: _Columns) -> None:
             " (the candidate must beat the champion on the same holdout), or set gate.allow_absolute_only: true "
             "to accept absolute bounds alone",
         )
+    carried = list(
+        dict.fromkeys(
+            [
+                "date",
+                *usecase.features.keys,
+                *usecase.features.numeric,
+                *usecase.features.categorical,
+                *usecase.evaluated_columns,
+            ]
+        )
+    )
+    not_carried = [c for c in gate.significance.cluster_by if c not in carried]
+    if not_carried:
+        columns.problem(
+            "gate.significance.cluster_by",
+            f"column(s) {not_carried} are not carried by the features table, so the holdout rows cannot be "
+            "grouped by them for the cluster bootstrap",
+            f"use columns of {carried} (date: the events' local date; or add the column to slices so the "
+            "features table carries it), or [] to resample rows",
+        )
     resamples = gate.significance.resamples
     if resamples > MAX_RESAMPLES:
         gib = resamples / 1000 * GIB_PER_1000_RESAMPLES_10K_ROWS
         columns.problem(
             "gate.significance.resamples",
-            f"{resamples} resamples need about {gib:.1f} GiB per 10,000 holdout rows in the gate (the bootstrap "
-            f"holds a resamples x rows matrix of weights and its temporaries: {GIB_PER_1000_RESAMPLES_10K_ROWS} "
-            "GiB per 1,000 resamples and 10,000 rows, measured for roc_auc); a 14-day holdout of the flight "
-            "example has about 13,000 rows",
+            f"{resamples} resamples: resampling rows (cluster_by: []) the draws alone take {gib:.2f} GiB per "
+            "10,000 holdout rows (int32 resamples x rows), and every interval's work grows with the resamples",
             f"use at most {MAX_RESAMPLES} (the default 1000 gives stable 95% interval ends)",
         )
 

@@ -8,17 +8,26 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 from test_gate import GATE, champion, evaluation
 
-from pipelines.config import HIGHER_IS_BETTER
+from pipelines.config import HIGHER_IS_BETTER, SignificanceSpec
 from pipelines.metrics import model_metrics
 from pipelines.significance import (
+    CHUNK_CELLS,
     CLEARS,
+    NIGHTLY_BONFERRONI,
+    NIGHTLY_UNCORRECTED,
+    SINGLE_TEST,
     WITHIN_NOISE,
     WORSE,
     bootstrap_weights,
     change_reading,
+    change_rule,
     direction_words,
+    draw_resampling,
     metric_interval,
     paired_difference,
+    resampled_metric,
+    runs_per_month,
+    small_cluster_factor,
     weighted_metric,
 )
 from pipelines.steps.gate import decide
@@ -151,3 +160,135 @@ def test_a_worse_regression_candidate_reads_worse_on_real_rows():
     out = paired_difference("rmse", y, bad, good, resamples=300, confidence=0.95, seed=1)
     assert out["high"] < 0 and change_reading(out["low"], out["high"], 0.1) == WORSE
     assert direction_words("rmse") == ("lower", "higher") and direction_words("r2") == ("higher", "lower")
+
+
+DAYS, PER_DAY = 14, 400
+
+
+def _daily_holdout(seed: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A 14-day holdout whose days differ: which of two models ranks a day's flights better changes from day to
+    day (a day effect on each model's noise), as a day's weather favours one model or the other."""
+    rng = np.random.default_rng(seed)
+    day = np.repeat(np.arange(DAYS), PER_DAY)
+    signal = rng.normal(size=len(day))
+    y = (rng.random(len(day)) < 1 / (1 + np.exp(-(signal - 1.0)))).astype("float64")
+    noise_a = rng.uniform(0.3, 2.0, size=DAYS)[day]  # each day, each model its own quality
+    noise_b = rng.uniform(0.3, 2.0, size=DAYS)[day]
+    a = np.round(signal + rng.normal(size=len(day)) * noise_a, 2)  # rounded: ties
+    b = signal + rng.normal(size=len(day)) * noise_b
+    return y, a, b, day
+
+
+@pytest.mark.parametrize("metric", ["roc_auc", "log_loss", "brier", "rmse", "mae", "r2", "pr_auc"])
+def test_cluster_forms_equal_the_metric_of_the_resampled_days(metric):
+    """The per-cluster forms (ROC AUC from the day x day pair counts, losses from day sums) give the metric of
+    the rows of the drawn days, repeated as drawn: the same value as the expanded row weights."""
+    y, a, _, day = _daily_holdout()
+    scores = 1 / (1 + np.exp(-a))
+    draws = draw_resampling(len(y), 5, seed=3, cluster=day, cluster_by=["date"])
+    got = resampled_metric(metric, y, scores, draws)
+    expanded = np.concatenate([weighted_metric(metric, y, scores, w) for w in draws.chunks()])
+    assert got == pytest.approx(expanded, rel=1e-9)
+    for counts, value in zip(draws.counts, got, strict=True):
+        rows = np.concatenate([np.flatnonzero(day == d) for d in np.repeat(np.arange(DAYS), counts)])
+        assert value == pytest.approx(model_metrics(y[rows], scores[rows], [metric])[metric], rel=1e-9)
+
+
+def test_one_integer_draw_per_evaluation_is_shared_and_seeded():
+    y, a, b, day = _daily_holdout()
+    draws = draw_resampling(len(y), 500, seed=3, cluster=day, cluster_by=["date"])
+    assert draws.counts.dtype == np.int32 and draws.counts.shape == (500, DAYS)
+    assert (draws.counts.sum(axis=1) == DAYS).all()  # each resample draws as many days as there are
+    assert "chunks of at most 4194304 resample-row cells" in draws.record()["memory_bound"]
+    assert draws.record() | {"draws_bytes": 0, "memory_bound": ""} == {
+        "method": "cluster bootstrap by date",
+        "cluster_by": ["date"],
+        "clusters": DAYS,
+        "resamples": 500,
+        "seed": 3,
+        "draws_bytes": 0,
+        "memory_bound": "",
+    }
+    found = paired_difference("roc_auc", y, a, b, resamples=500, confidence=0.95, seed=3, resampling=draws)
+    assert found["method"] == "cluster bootstrap by date" and found["clusters"] == DAYS
+    again = draw_resampling(len(y), 500, seed=3, cluster=day, cluster_by=["date"])
+    assert found == paired_difference(
+        "roc_auc", y, a, b, resamples=500, confidence=0.95, seed=3, resampling=again
+    )
+    # the candidate's own interval reads the same draws: its ends are those of its metric under these days
+    own = metric_interval("roc_auc", y, a, resamples=500, confidence=0.95, seed=3, resampling=draws)
+    assert own["value"] == pytest.approx(found["candidate"])
+    # a group keeps its days' counts: its interval resamples the same days as the whole holdout
+    group = day < 7
+    assert (draws.subset(group).counts is draws.counts) and draws.subset(group).rows == int(group.sum())
+
+
+def test_resampling_days_gives_the_wider_honest_interval_when_days_differ():
+    """Rows of one day are not independent here: resampling rows understates the noise of the difference."""
+    y, a, b, day = _daily_holdout()
+    by_rows = paired_difference("roc_auc", y, a, b, resamples=1000, confidence=0.95, seed=1)
+    by_days = paired_difference(
+        "roc_auc",
+        y,
+        a,
+        b,
+        resamples=1000,
+        confidence=0.95,
+        seed=1,
+        resampling=draw_resampling(len(y), 1000, 1, day, ["date"]),
+    )
+    assert by_rows["method"] == "paired bootstrap" and by_rows["clusters"] == len(y)
+    assert by_rows["difference"] == by_days["difference"]
+    assert by_days["high"] - by_days["low"] > 1.5 * (by_rows["high"] - by_rows["low"])
+    assert small_cluster_factor(DAYS, 0.95) == pytest.approx(2.1604 / 1.95996 * (14 / 13) ** 0.5, rel=1e-3)
+
+
+def test_expanded_weights_come_in_bounded_chunks():
+    draws = draw_resampling(50_000, 400, seed=1)  # the row bootstrap: 20 million cells in all
+    sizes = [chunk.size for chunk in draws.chunks()]
+    assert max(sizes) <= CHUNK_CELLS and sum(sizes) == 400 * 50_000
+
+
+@pytest.mark.parametrize(
+    ("cron", "runs"),
+    [("0 5 2-31 * *", 30), ("0 4 1 * *", 1), ("0 5 * * 1-5", 23), ("0 */12 * * *", 62), ("0 5 * 2 *", 29)],
+)
+def test_runs_per_month_counts_the_most_runs_a_schedule_allows(cron, runs):
+    assert runs_per_month(cron) == runs
+
+
+def test_the_nightly_rule_shares_the_month_s_error_budget():
+    spec = SignificanceSpec()
+    nightly = change_rule(spec, "refresh", "0 5 2-31 * *")
+    assert nightly["rule"] == NIGHTLY_BONFERRONI and nightly["tests_per_month"] == 30
+    assert nightly["confidence"] == pytest.approx(1 - 0.05 / 30)
+    assert nightly["resamples"] == 2400  # 4N/alpha: two resamples beyond each end of the interval
+    assert change_rule(spec, "full", "0 5 2-31 * *")["confidence"] == 0.95  # the monthly run: one test
+    assert change_rule(spec, "refresh", None)["rule"] == SINGLE_TEST  # no nightly schedule: one test
+    uncorrected = change_rule(spec.model_copy(update={"nightly": "uncorrected"}), "refresh", "0 5 2-31 * *")
+    assert uncorrected["confidence"] == 0.95 and uncorrected["rule"] == NIGHTLY_UNCORRECTED
+
+
+def test_the_gate_fails_closed_on_an_interval_below_the_rule_s_confidence():
+    """An evaluation whose interval was computed at 95% is not enough for a nightly test: the change check fails
+    naming the rule; held to the monthly rule it passes. The record says the rule and the confidence used."""
+    y, signal = _holdout()
+    found = paired_difference(
+        "roc_auc",
+        y,
+        _scores(signal, 0.3, 5),
+        _scores(signal, 1.5, 6),
+        resamples=1000,
+        confidence=0.95,
+        seed=7,
+    )
+    evaluated = evaluation(roc_auc=found["candidate"], champion=champion(found["champion"]))
+    evaluated["comparison"] = {"roc_auc": found}
+    spec = SignificanceSpec()
+    nightly = decide(GATE, evaluated, change_rule(spec, "refresh", "0 5 2-31 * *"))
+    change = next(c for c in nightly["checks"] if c["name"] == "roc_auc_vs_champion")
+    assert change["passed"] is False and "needs 0.99833; rerun evaluate" in change["reason"]
+    assert nightly["significance"]["rule"] == NIGHTLY_BONFERRONI
+    assert nightly["significance"]["confidence_used"] == 0.95
+    monthly = decide(GATE, evaluated, change_rule(spec, "full", "0 5 2-31 * *"))
+    assert monthly["passed"] is True and monthly["significance"]["rule"] == SINGLE_TEST

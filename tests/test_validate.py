@@ -335,7 +335,7 @@ def test_the_four_config_contradictions_are_each_reported_with_file_field_and_fi
         ),
         "gate.change": ("no change check, only absolute bounds", "allow_absolute_only: true"),
         "gate.significance.resamples": (
-            "20000 resamples need about 12.0 GiB per 10,000 holdout rows",
+            "20000 resamples: resampling rows (cluster_by: []) the draws alone take 0.75 GiB per 10,000",
             "at most",
         ),
         "candidates[0].params.max_iterr": (
@@ -409,3 +409,21 @@ def test_every_shipped_candidate_param_is_taken_by_its_estimator() -> None:
             assert set(spec.params) <= set(accepted_params(spec.family, usecase.task)), (name, spec)
             if spec.family != "keras_mlp":  # the estimator is built with them (no TypeError)
                 _sklearn_pipeline(spec, usecase, 0)
+
+
+def test_a_cluster_column_the_features_table_lacks_is_named_with_file_field_and_fix(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """gate.significance.cluster_by must name columns the holdout rows carry (date, keys, model inputs, slices,
+    sensitive attributes): an unknown one is a problem `mlops validate` names before anything reads data."""
+
+    def edit(data: dict) -> None:
+        data["gate"]["significance"] = {"cluster_by": ["date", "weather_station"]}
+
+    path = _config_dir(tmp_path, monkeypatch, edit)
+    assert main(["validate", "flight_delay"]) == 1
+    out = capsys.readouterr().out
+    assert f"{path}: 1 problem(s)" in out, out
+    message, fix = _problems(out)["gate.significance.cluster_by"]
+    assert "['weather_station'] are not carried by the features table" in message
+    assert "date" in fix and "origin" in fix and "[] to resample rows" in fix

@@ -80,6 +80,7 @@ def load_holdout(ctx: StepContext, train_result: dict[str, Any]) -> Any:
                 *modeling.feature_columns(ctx.usecase),
                 ctx.usecase.target.column,
                 *ctx.usecase.evaluated_columns,
+                *ctx.usecase.gate.significance.cluster_by,  # the bootstrap's clusters (date by default)
             ]
         )
     )
@@ -146,6 +147,42 @@ class _Stopwatch:
         self._last = now
 
 
+def write_holdout_scores(
+    ctx: StepContext,
+    holdout: Any,
+    y: Any,
+    candidate: Any,
+    champion: Any | None,
+    cluster: Any,
+    cluster_by: list[str],
+) -> str:
+    """Keep the holdout's labels, the chosen candidate's and the champion's scores and each row's clusters
+    (``holdout_scores.parquet`` beside the evaluate result, about 20 bytes a row), so an interval can be
+    recomputed later (another bootstrap, another rule) without reloading the models: ``bench/gate.py`` reads
+    them to put the row and the cluster bootstrap of the same decisions side by side."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns: dict[str, Any] = {
+        "label": np.asarray(y, dtype="float64"),
+        "candidate": np.asarray(candidate, dtype="float64"),
+        "champion": None if champion is None else np.asarray(champion, dtype="float64"),
+        "cluster": np.asarray(cluster, dtype="int64"),
+    }
+    for name in dict.fromkeys(["date", *cluster_by]):
+        if name in holdout.columns:
+            columns[name] = holdout[name].astype("string").to_numpy()
+    table = pa.table({k: v for k, v in columns.items() if v is not None})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    key = f"{ctx.run_key('evaluate')}/holdout_scores.parquet"
+    ctx.lake.storage.write_bytes(key, buffer.getvalue())
+    return ctx.lake.storage.uri(key)
+
+
 def _errors(task: str, y: Any, scores: Any, threshold: float | None) -> Any:
     import numpy as np
 
@@ -165,7 +202,13 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.loadcheck import start_infrastructure_check
     from pipelines.model_inputs import model_inputs
     from pipelines.report import render_report_html
-    from pipelines.significance import metric_interval, paired_difference
+    from pipelines.significance import (
+        change_rule,
+        cluster_index,
+        draw_resampling,
+        metric_interval,
+        paired_difference,
+    )
     from pipelines.tracking import (
         LEGACY_THRESHOLD,
         champion_version,
@@ -181,11 +224,22 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     significance = gate.significance
     clock = _Stopwatch()
     seed = usecase.split.seed if significance.seed is None else significance.seed
-    bootstrap = {"resamples": significance.resamples, "confidence": significance.confidence}
     train_result = read_step_result(ctx, "train", "evaluate")
+    # a nightly refresh is one of the month's N tests: its change check uses the rule's confidence
+    rule = change_rule(significance, train_result.get("mode"), usecase.schedules.train_nightly)
+    bootstrap = {"resamples": rule["resamples"], "confidence": significance.confidence}
     holdout = load_holdout(ctx, train_result)
     if len(holdout) == 0:
         raise StepFailed(f"the holdout window {train_result['window']} has no labeled rows; rerun train")
+    cluster_by = list(significance.cluster_by)
+    # ONE draw of the resamples for the whole evaluation: every interval below reads the same clusters
+    resampling = draw_resampling(
+        len(holdout),
+        rule["resamples"],
+        seed,
+        cluster_index(holdout, cluster_by) if cluster_by else None,
+        cluster_by,
+    )
     X = model_inputs(usecase, holdout, "the holdout rows")
     y = holdout[usecase.target.column].to_numpy(dtype=modeling.label_dtype(usecase))
     groups = holdout[list(usecase.slices)] if usecase.slices else holdout.iloc[:, :0]
@@ -265,14 +319,21 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     try:
         progress("evaluate: intervals and the champion comparison")
         candidates[best]["intervals"] = {
-            metric: metric_interval(metric, y, best_proba, seed=seed, **bootstrap)
+            metric: metric_interval(metric, y, best_proba, seed=seed, resampling=resampling, **bootstrap)
             for metric in dict.fromkeys([primary, *gate.absolute])
         }
         comparison: dict[str, Any] = {}
         if champion_proba is not None and candidates[best]["run_id"] != (champion or {}).get("run_id"):
             for metric, bound in gate.change.items():
                 comparison[metric] = paired_difference(
-                    metric, y, best_proba, champion_proba, seed=seed, **bootstrap
+                    metric,
+                    y,
+                    best_proba,
+                    champion_proba,
+                    seed=seed,
+                    resamples=rule["resamples"],
+                    confidence=rule["confidence"],
+                    resampling=resampling,
                 ) | {"min_delta": bound.min_delta}
 
         fairness = None
@@ -291,6 +352,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                 candidate_threshold=best_threshold,
                 champion_threshold=champion_threshold,
                 seed=seed,
+                resampling=resampling,
                 **bootstrap,
             )
         if gate.robustness is not None and usecase.slices:
@@ -304,10 +366,14 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                 best_proba,
                 spec=gate.robustness,
                 seed=seed,
+                resampling=resampling,
                 **bootstrap,
             )
 
         clock.lap("intervals_and_fairness")
+        scores_uri = write_holdout_scores(
+            ctx, holdout, y, best_proba, champion_proba, resampling.cluster, cluster_by
+        )
         robustness = gate.robustness
         min_slice_rows = robustness.min_slice_rows if robustness is not None else 1
         progress(f"evaluate: explaining {best} (permutation importance, SHAP, error cohorts, data explorer)")
@@ -438,6 +504,8 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         "calibration_error": report["explanation"].get("calibration", {}).get("ece"),
         "infrastructure": infrastructure,
         "holdout_rows": len(X),
+        "mode": train_result.get("mode"),
+        "significance": resampling.record() | {"rule": rule, "holdout_scores_uri": scores_uri},
         "tables_read": train_result.get("tables_read", {}),
         "seconds": clock.laps,
         "report_uri": report_uri,

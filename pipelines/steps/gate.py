@@ -11,7 +11,11 @@ same inputs give the same id, in any Airflow run, whatever the timings. Checks (
   the primary metric must be defined;
 - change: the improvement over the champion on the same holdout rows, signed by the metric's better direction
   (``config.HIGHER_IS_BETTER``), has a paired bootstrap interval (``gate.significance``, seeded) whose lower
-  bound reaches ``gate.change[metric].min_delta``. The reason reads the interval in the metric's direction
+  bound reaches ``gate.change[metric].min_delta``. The bootstrap resamples clusters of rows (the events' date by
+  default, ``gate.significance.cluster_by``), and a nightly refresh's interval is held to the month's error budget
+  (``gate.significance.nightly``, ``significance.change_rule``: Bonferroni over the nightly tests the schedule
+  allows in a month); the record's ``significance`` says the method, the number of clusters, the rule and the
+  confidence used. The reason reads the interval in the metric's direction
   (``significance.change_reading``): wholly below zero is *worse* than the champion (a higher RMSE, a lower ROC
   AUC); straddling zero or ``min_delta`` is *within the noise* (not shown to beat the champion by ``min_delta``);
   neither passes. With no champion yet these are recorded as skipped (first run: absolute thresholds only);
@@ -45,7 +49,7 @@ from typing import Any
 from pipelines.config import HIGHER_IS_BETTER, FairnessSpec, GateSpec, SliceGateSpec
 from pipelines.context import StepContext, StepFailed, progress
 from pipelines.lake import Lake
-from pipelines.significance import CLEARS, WORSE, change_reading, direction_words
+from pipelines.significance import CLEARS, WORSE, change_reading, change_rule, direction_words
 
 FIRST_RUN_REASON = "no champion yet (first run): absolute thresholds only"
 TOLERANCE = 1e-12
@@ -143,6 +147,11 @@ def _change_reason(
         f"{metric} {_show(value)} vs champion v{version} {_show(baseline)} ({better} is better): improvement "
         f"{float(found['difference']):+.4f}, {float(found['confidence']):.0%} interval [{low:+.4f}, "
         f"{high:+.4f}] over {found['resamples']} paired resamples of {found['rows']} rows"
+        + (
+            f" ({found['method']}: {found['clusters']} clusters)"
+            if found.get("clusters") is not None and found.get("method") != "paired bootstrap"
+            else ""
+        )
     )
     if reading == CLEARS:
         return f"{head}; its lower bound clears min_delta {min_delta}: better than the champion"
@@ -168,10 +177,12 @@ def change_checks(
     champion: dict[str, Any] | None,
     run_id: str | None = None,
     comparison: dict[str, Any] | None = None,
+    rule: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The candidate beats the champion by more than the noise: the lower bound of the paired bootstrap interval
     of its improvement on the same holdout rows (``comparison``, computed by evaluate) reaches ``min_delta``
-    (skipped on the first run).
+    (skipped on the first run). ``rule`` (``significance.change_rule``): the confidence the interval must have
+    (a nightly test's share of the month's error budget); an interval computed at less fails closed.
 
     When the champion *is* the candidate (same MLflow run ``run_id``: a rerun after promotion), the comparison
     is skipped with that reason, so a rerun keeps the decision instead of failing against itself.
@@ -229,7 +240,14 @@ def change_checks(
             found = (comparison or {}).get(metric) or {}
             low, high = found.get("low"), found.get("high")
             reading = change_reading(low, high, bound.min_delta, TOLERANCE)
-            if reading is None or _missing(found.get("difference")):
+            required = None if rule is None else float(rule["confidence"])
+            if required is not None and float(found.get("confidence") or 0.0) < required - TOLERANCE:
+                passed = False
+                reason = (
+                    f"{metric}: the interval was computed at confidence {found.get('confidence')}, but the "
+                    f"error rule ({rule['text']}) needs {required:.5f}; rerun evaluate"
+                )
+            elif reading is None or _missing(found.get("difference")):
                 passed = False
                 reason = (
                     f"{metric} {_show(value)} vs champion v{version} {_show(baseline)}: no paired interval of the "
@@ -243,7 +261,8 @@ def change_checks(
                 if _missing(low)
                 else {
                     k: found.get(k)
-                    for k in ("low", "high", "confidence", "resamples", "seed", "rows", "method")
+                    for k in ("low", "high", "confidence", "resamples", "seed", "rows", "method", "clusters")
+                    if k in found
                 }
             )
             checks.append(
@@ -843,8 +862,10 @@ def infrastructure_checks(gate: GateSpec, infrastructure: dict[str, Any] | None)
     ]
 
 
-def decide(gate: GateSpec, evaluation: dict[str, Any]) -> dict[str, Any]:
-    """The gate decision for the best candidate of an evaluate result (see the module docstring)."""
+def decide(gate: GateSpec, evaluation: dict[str, Any], rule: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The gate decision for the best candidate of an evaluate result (see the module docstring). ``rule``
+    (``significance.change_rule`` of the run): the error rule its change checks are held to; the record says it,
+    with the bootstrap's method and clusters (``significance``)."""
     best = evaluation.get("best")
     candidates = evaluation.get("candidates") or {}
     if best not in candidates:
@@ -863,7 +884,7 @@ def decide(gate: GateSpec, evaluation: dict[str, Any]) -> dict[str, Any]:
     checks = [
         *threshold_check(gate),
         *absolute,
-        *change_checks(gate, metrics, champion, candidate.get("run_id"), evaluation.get("comparison")),
+        *change_checks(gate, metrics, champion, candidate.get("run_id"), evaluation.get("comparison"), rule),
         *robustness_checks(gate.robustness, candidate.get("slices") or {}),
         *fairness_checks(gate.fairness, evaluation.get("fairness"), evaluation.get("calibration_error")),
         *infrastructure_checks(gate, evaluation.get("infrastructure")),
@@ -881,6 +902,23 @@ def decide(gate: GateSpec, evaluation: dict[str, Any]) -> dict[str, Any]:
         "champion_version": None if champion is None else champion.get("version"),
         "checks": checks,
         "reasons": [c["reason"] for c in checks if not c["passed"]],
+        "significance": significance_record(evaluation, rule),
+    }
+
+
+def significance_record(evaluation: dict[str, Any], rule: dict[str, Any] | None) -> dict[str, Any]:
+    """What the decision record says of its statistics: how the resamples were drawn (method, the clusters and
+    their count, resamples, seed, the draws' bytes) and the error rule with the confidence actually used."""
+    drawn = dict(evaluation.get("significance") or {})
+    drawn.pop("holdout_scores_uri", None)
+    used = sorted({c.get("confidence") for c in (evaluation.get("comparison") or {}).values() if c})
+    held = rule or drawn.get("rule")
+    return drawn | {
+        "rule": None if held is None else held.get("rule"),
+        "rule_text": None if held is None else held.get("text"),
+        "tests_per_month": None if held is None else held.get("tests_per_month"),
+        "required_confidence": None if held is None else held.get("confidence"),
+        "confidence_used": used[0] if len(used) == 1 else used or None,
     }
 
 
@@ -1000,6 +1038,7 @@ def publish_report(ctx: StepContext, evaluation: dict[str, Any], decision: dict[
         "checks",
         "reasons",
         "decision_id",
+        "significance",
     )
     report["decision"] = {k: decision.get(k) for k in keep}
     page = render_report_html(report)
@@ -1023,7 +1062,11 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.steps.evaluate import read_step_result
 
     evaluation = read_step_result(ctx, "evaluate", "gate")
-    decision = decide(ctx.usecase.gate, evaluation)
+    usecase = ctx.usecase
+    # the rule comes from the config and the run's train mode, not from evaluate: an interval computed under
+    # another rule (an older evaluate, a changed config) fails closed
+    rule = change_rule(usecase.gate.significance, evaluation.get("mode"), usecase.schedules.train_nightly)
+    decision = decide(usecase.gate, evaluation, rule)
     decision["inputs"] = decision_inputs(ctx, evaluation)
     decision["decision_id"] = decision_id(decision)
     decision["run"] = ctx.run_id
