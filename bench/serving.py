@@ -11,6 +11,9 @@ registry and online feature snapshots in its lake. On loopback, the load generat
 ``mlops serve`` gets raw records (it computes their features from the snapshot); ``mlflow models serve`` gets
 the model's inputs, already computed (it cannot compute them), so its numbers leave out feature work ours does.
 Both run ``--workers`` server processes. Results are appended to the output file with the command and machine.
+With capture on (the default), the rows ours answered are counted and, once the servers have stopped (and so
+flushed), the rows in the lake's capture table: with ``serving.capture.sample`` 1, a row answered but not captured
+(dropped by the full queue, or lost) fails the run (exit 1, printed).
 """
 
 from __future__ import annotations
@@ -177,6 +180,28 @@ def captured_rows(home: Path, usecase_name: str) -> int:
     return int(sum(handle.get_add_actions(flatten=True).column("num_records").to_pylist()))
 
 
+def capture_settings(home: Path, usecase_name: str) -> tuple[bool, float]:
+    """(serving.capture.model_inputs, serving.capture.sample) of the use case the servers load."""
+    os.environ["MLOPS_HOME"] = str(home)
+    from pipelines.config import load_usecase
+
+    capture = load_usecase(usecase_name).serving.capture
+    return capture.model_inputs, capture.sample
+
+
+def capture_check(answered: int, captured: int, sample: float) -> str | None:
+    """Why the capture lost rows (None: it kept up): with every request captured (``sample`` 1), each answered
+    row must be in the table; with a share, no more rows than were answered."""
+    if sample >= 1.0 and captured != answered:
+        return (
+            f"CAPTURE CHECK FAILED: {answered - captured:,} of the {answered:,} rows ours answered are not in the "
+            f"capture table ({captured:,} are): dropped by the full capture queue or lost in failed commits"
+        )
+    if captured > answered:
+        return f"CAPTURE CHECK FAILED: {captured:,} rows captured, more than the {answered:,} answered"
+    return None
+
+
 def inputs(home: Path, usecase_name: str) -> tuple[list[dict], str, list[str], list[list]]:
     """The newest snapshot day's records (raw, JSON values), its prediction time, and the same rows as the
     model's inputs (columns, values) for MLflow."""
@@ -335,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
             server.wait(timeout=60)
     answered = sum(r["answered_rows"] for r in results["mlops serve"].values())
     captured = captured_rows(home, args.usecase) - captured_before
+    stores_inputs, sample = capture_settings(home, args.usecase)
+    failure = None if args.no_capture else capture_check(answered, captured, sample)
 
     ours, theirs = results["mlops serve"], results["mlflow models serve"]
     ratio = ours["single, 8 connections"]["rows_per_s"] / theirs["single, 8 connections"]["rows_per_s"]
@@ -364,15 +391,21 @@ def main(argv: list[str] | None = None) -> int:
         + (
             "Capture was off (`--no-capture`)."
             if args.no_capture
-            else f"Capture was on: {captured:,} of the {answered:,} rows ours answered (warm-ups included) are in "
-            "the lake's capture table after the servers stopped."
+            else f"Capture was on (model inputs {'stored' if stores_inputs else 'not stored'}, sample {sample:g}): "
+            f"{captured:,} of the {answered:,} rows ours answered (warm-ups included) are in the lake's capture "
+            f"table after the servers stopped{'' if failure else ', none dropped'}."
         ),
         "",
     ]
+    if failure:
+        lines += [f"**{failure}**", ""]
     text = "\n".join(lines)
     print(text)
     with args.output.open("a") as out:
         out.write("\n" + text)
+    if failure:
+        print(failure, file=sys.stderr)
+        return 1
     return 0
 
 

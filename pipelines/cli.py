@@ -95,6 +95,15 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     from pipelines.serving.server import add_arguments as add_serve_arguments
 
     add_serve_arguments(serve)
+    capture = sub.add_parser(
+        "capture",
+        help="the service's captured requests (captures/<usecase>)",
+        description="`mlops capture inputs`: the model inputs of captured requests, rebuilt from their request "
+        "fields and the snapshot version they were answered with (serving.capture.model_inputs is off by default).",
+    )
+    from pipelines.serving.recapture import add_arguments as add_capture_arguments
+
+    add_capture_arguments(capture)
 
     lake = sub.add_parser("lake", help="the lake's Delta tables")
     lake_sub = lake.add_subparsers(dest="lake_command", required=True)
@@ -171,6 +180,10 @@ def main(argv: list[str] | None = None, extend: Callable[[Any], None] | None = N
             from pipelines.serving.server import serve
 
             return serve(args)
+        if args.command == "capture":
+            from pipelines.serving.recapture import main as capture_main
+
+            return capture_main(args)
         if args.command == "lineage":
             from pipelines.lineage import print_lineage
 

@@ -788,8 +788,43 @@ class DriftSpec(_Strict):
     features: list[str] = Field(default_factory=list)
 
 
+class CaptureSpec(_Strict):
+    """What the REST scoring service appends to ``captures/<usecase>`` for each answered request."""
+
+    model_inputs: bool = Field(
+        default=False,
+        description="Also store each row's model inputs (a struct column). Off by default: every captured row "
+        "keeps its request fields (the record as sent, typed as the primary source declares), model version, "
+        "snapshot day and version, request id and time and the answer, from which `mlops capture inputs` "
+        "rebuilds the model inputs with the service's own feature code. On costs the service throughput and "
+        "capture queue room",
+    )
+    sample: float = Field(
+        default=1.0,
+        description="The share of requests captured, from 0 (none) to 1 (all, the default). Which requests are "
+        "kept is decided by a hash of the request id, not at random: the same request id is always kept or "
+        "always left out (a rerun keeps the same ones), and a request's rows and its shadow copy go together "
+        "(as SageMaker data capture's sampling percentage)",
+    )
+
+    @field_validator("sample")
+    @classmethod
+    def _share(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(
+                f"serving.capture.sample is {value}: a share of requests between 0 (capture none) and 1 "
+                "(capture all) is expected; to turn capture off for one service use `mlops serve --no-capture`"
+            )
+        return value
+
+
 class ServingSpec(_Strict):
     """How the REST scoring service (``mlops serve``) judges what it serves."""
+
+    capture: CaptureSpec = Field(
+        default_factory=CaptureSpec,
+        description="What is captured of each answered request (captures/<usecase>): model_inputs, sample",
+    )
 
     max_snapshot_age: str | None = Field(
         default="36h",

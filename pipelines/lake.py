@@ -390,8 +390,10 @@ def predictions_table(usecase: str) -> str:
 
 
 def captures_table(usecase: str) -> str:
-    """The Delta table of the requests a scoring service answered: ``captures/<usecase>`` (the records, their
-    features, the predictions and the versions that made them), appended by the service in batches."""
+    """The Delta table of the requests a scoring service answered: ``captures/<usecase>`` (the records, the
+    predictions and the model and snapshot versions that made them; the model inputs only with
+    serving.capture.model_inputs, else pipelines.serving.recapture rebuilds them), appended by the service in
+    batches."""
     return table_key("captures", usecase)
 
 

@@ -84,6 +84,12 @@ def _edit(path: Path, old: str, new: str) -> None:
             "<top level>",
             "target.positive_values [True] are not float values",
         ),
+        (  # a capture share outside [0, 1]: the field, the range and the way to turn capture off
+            "\nsources:",
+            "\nserving:\n  capture:\n    sample: 1.5\nsources:",
+            "serving.capture.sample",
+            "serving.capture.sample is 1.5: a share of requests between 0 (capture none) and 1 (capture all)",
+        ),
     ],
 )
 def test_bad_usecase_names_file_field_and_expectation(config_copy: Path, old, new, field, expected) -> None:

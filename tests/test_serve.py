@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from pipelines.cli import run_step
 from pipelines.lake import captures_table, predictions_table
 from pipelines.online import SMALL_BATCH, read_records
+from pipelines.serving.recapture import rebuild_model_inputs
 from pipelines.tracking import feature_columns
 
 KEYS = frozenset({"key-one", "key-two"})
@@ -205,12 +206,13 @@ def test_http_equals_the_batch_scorer_at_six_hours_of_the_day(api, monkeypatch) 
     assert (_local(env, HOURS[-1]) - prediction_time) == pd.Timedelta(hours=19)
 
     api.service.capture.flush()
-    captured = env.lake.read_frame(captures_table(USECASE), [DAY.isoformat()])
     for hour, answer in answers.items():
-        mine = captured[captured["request_id"] == answer["request_id"]].sort_values("row")
-        assert len(mine) == 40, hour
-        assert (pd.to_datetime(mine["prediction_time"], utc=True) == _local(env, hour)).all()
-        inputs = pd.DataFrame(list(mine["model_inputs"]))
+        mine = _captured(env, answer["request_id"])
+        assert mine.num_rows == 40, hour
+        assert "model_inputs" not in mine.column_names, "not stored by default (serving.capture.model_inputs)"
+        assert (pd.to_datetime(mine["prediction_time"].to_pandas(), utc=True) == _local(env, hour)).all()
+        # rebuilt from the captured request fields and snapshot version: the features table's inputs
+        inputs = rebuild_model_inputs(env.lake, env.usecase, mine)
         for column in feature_columns(env.usecase):
             got, want = inputs[column].to_numpy(), expected[column].to_numpy()
             if column in env.usecase.features.categorical:
@@ -222,6 +224,15 @@ def test_http_equals_the_batch_scorer_at_six_hours_of_the_day(api, monkeypatch) 
                 # (a record's distance went through JSON with 10 decimals: equal to 1e-12, relatively)
                 np.testing.assert_allclose(got.astype(float), want.astype(float), rtol=1e-12, atol=0)
         assert inputs[WEATHER].notna().any().all(), f"the weather is known at {hour}"
+
+
+def _captured(env: ServeEnv, request_id: str):
+    """The captured rows of one request (an Arrow table, in row order); columns no row of it has are dropped."""
+    import pyarrow.compute as pc
+
+    table = env.lake.read(captures_table(USECASE), [DAY.isoformat()])
+    mine = table.filter(pc.equal(table["request_id"], request_id)).sort_by("row")
+    return mine.select([name for name in mine.column_names if mine[name].null_count < mine.num_rows])
 
 
 def test_a_snapshot_of_another_features_config_is_refused(serve_env: ServeEnv) -> None:
@@ -648,7 +659,7 @@ def test_requests_are_captured_in_the_lake(api, monkeypatch) -> None:
     batch_answer = _post(api, {"records": batch, "at": _at(env, DAY)}).json()
     queued = api.service.capture._queue[-1][1]()  # the batch's columns as queued: its strings already Arrow
     assert isinstance(queued["request"]["carrier"], pa.Array)
-    assert queued["model_inputs"]["carrier"] is queued["request"]["carrier"], "converted once"
+    assert "model_inputs" not in queued, "not captured by default (serving.capture.model_inputs: false)"
     api.service.capture.flush()
     captured = env.lake.read_frame(captures_table(USECASE), [DAY.isoformat()])
     mine = captured[captured["request_id"] == answer["request_id"]].sort_values("row")
@@ -656,8 +667,6 @@ def test_requests_are_captured_in_the_lake(api, monkeypatch) -> None:
     theirs = captured[captured["request_id"] == batch_answer["request_id"]].sort_values("row")
     for name in ("carrier", "tailnum", "origin", "dest", "flight"):
         assert [row[name] for row in theirs["request"]] == [record[name] for record in batch], name
-    for name in env.usecase.features.categorical:
-        assert [row[name] for row in theirs["model_inputs"]] == [row[name] for row in theirs["request"]], name
     np.testing.assert_allclose(
         theirs["score"], [p["probability"] for p in batch_answer["predictions"]], atol=0
     )
@@ -667,7 +676,7 @@ def test_requests_are_captured_in_the_lake(api, monkeypatch) -> None:
     assert (mine["snapshot_version"] == api.service.snapshots.version).all()
     # the record and the model inputs as typed struct columns: monitoring joins on them without parsing JSON
     table = env.lake.open_table(captures_table(USECASE)).to_pyarrow_table()
-    request, inputs = table.schema.field("request").type, table.schema.field("model_inputs").type
+    request = table.schema.field("request").type
     spec = env.usecase.sources[env.usecase.features.primary_source].columns
     assert [request.field(i).name for i in range(request.num_fields)] == list(spec)
     assert {request.field(i).name: str(request.field(i).type) for i in range(request.num_fields)}[
@@ -678,11 +687,154 @@ def test_requests_are_captured_in_the_lake(api, monkeypatch) -> None:
     assert pd.Timestamp(first["request"][env.usecase.time.event_time]) == pd.Timestamp(
         records[0][env.usecase.time.event_time]
     )
-    assert [inputs.field(i).name for i in range(inputs.num_fields)] == feature_columns(env.usecase)
-    assert {inputs.field(i).name: str(inputs.field(i).type) for i in range(inputs.num_fields)} == {
+
+
+def _with_capture(usecase, **capture):
+    """``usecase`` with other serving.capture settings."""
+    serving = usecase.serving
+    return usecase.model_copy(
+        update={"serving": serving.model_copy(update={"capture": serving.capture.model_copy(update=capture)})}
+    )
+
+
+def _assert_same_inputs(usecase, got: pd.DataFrame, want: pd.DataFrame, label: str) -> None:
+    """Numeric inputs equal to 1e-9 (NaN where NaN), categorical ones exactly (None where None)."""
+    assert len(got) == len(want), label
+    for name in usecase.features.numeric:
+        np.testing.assert_allclose(
+            got[name].to_numpy(dtype=float),
+            want[name].to_numpy(dtype=float),
+            rtol=0,
+            atol=1e-9,
+            err_msg=label,
+        )
+    for name in usecase.features.categorical:
+        assert got[name].tolist() == want[name].tolist(), (label, name)
+
+
+def test_model_inputs_rebuilt_from_captured_requests_equal_the_ones_the_service_stored(
+    api, monkeypatch
+) -> None:
+    """The same requests (a few rows and a batch over SMALL_BATCH with NULLs, at the prediction time and 14 hours
+    later) to the default service, which captures no model inputs, and to one with serving.capture.model_inputs
+    on: the inputs rebuilt from the first's captured request fields and snapshot version equal those the second
+    stored as it answered (1e-9, categoricals exactly), as do the ones rebuilt from the second's own rows; ``mlops
+    capture inputs`` writes them to Parquet. The stored struct is typed as the model's inputs."""
+    from pipelines.cli import main
+    from pipelines.serving.app import create_app
+    from pipelines.serving.service import ServeSettings, Service
+
+    env = api.env
+    monkeypatch.setattr(api.service.capture, "flush_s", 3600.0)  # this test flushes, not the capture thread
+    storing = Service(
+        _with_capture(env.usecase, model_inputs=True),
+        env.lake,
+        ServeSettings(api_keys=KEYS, refresh_s=0.0),
+        clock=_clock(env, hours_after=20),
+    )
+    storing.start()
+    monkeypatch.setattr(api.service, "clock", _clock(env, hours_after=20))
+    records = _records(env, DAY)
+    batch = [
+        dict(record, tailnum=None if i % 7 == 0 else record["tailnum"])
+        for i, record in enumerate(records * 2)
+    ]
+    assert len(batch) > SMALL_BATCH
+    later = (pd.Timestamp(_at(env, DAY)) + pd.Timedelta(hours=14)).isoformat()
+    requests = [{"records": records[:7], "at": _at(env, DAY)}, {"records": batch, "at": later}]
+    pairs = []
+    with TestClient(create_app(storing)) as client:
+        for body in requests:
+            off = _post(api, body)
+            on = client.post(PREDICT, json=body, headers=AUTH)
+            assert off.status_code == on.status_code == 200, (off.text, on.text)
+            assert [p["probability"] for p in off.json()["predictions"]] == [
+                p["probability"] for p in on.json()["predictions"]
+            ]
+            pairs.append((off.json()["request_id"], on.json()["request_id"]))
+    storing.stop()  # flushes its capture
+    api.service.capture.flush()
+    assert storing.capture.last_error is None and api.service.capture.last_error is None, (
+        storing.capture.last_error,
+        api.service.capture.last_error,
+    )
+    assert api.service.capture.queued() == 0
+
+    table = env.lake.open_table(captures_table(USECASE)).to_pyarrow_table()
+    stored_type = table.schema.field("model_inputs").type
+    assert {
+        stored_type.field(i).name: str(stored_type.field(i).type) for i in range(stored_type.num_fields)
+    } == {
         **{name: "double" for name in env.usecase.features.numeric},
         **{name: "string" for name in env.usecase.features.categorical},
     }
+    for (off_id, on_id), body in zip(pairs, requests, strict=True):
+        without, stored = _captured(env, off_id), _captured(env, on_id)
+        assert "model_inputs" not in without.column_names and "model_inputs" in stored.column_names
+        assert without.num_rows == stored.num_rows == len(body["records"])
+        assert without["snapshot_version"].to_pylist() == stored["snapshot_version"].to_pylist()
+        want = pd.DataFrame(stored["model_inputs"].to_pylist())
+        assert want[WEATHER].notna().any().all(), "the fixture's inputs have weather"
+        label = f"{len(body['records'])} rows at {body['at']}"
+        rebuilt = rebuild_model_inputs(env.lake, env.usecase, without)
+        _assert_same_inputs(env.usecase, rebuilt, want, f"rebuilt from the default capture, {label}")
+        assert rebuilt["request_id"].tolist() == [off_id] * without.num_rows
+        assert rebuilt["row"].tolist() == list(range(without.num_rows))
+        np.testing.assert_array_equal(rebuilt["score"], without["score"].to_numpy())
+        _assert_same_inputs(
+            env.usecase,
+            rebuild_model_inputs(env.lake, env.usecase, stored),
+            want,
+            f"rebuilt, stored, {label}",
+        )
+
+    # the command: every captured row of the day, one Parquet file
+    output = env.tmp / "inputs.parquet"
+    day = DAY.isoformat()
+    code = main(
+        ["capture", "inputs", "--usecase", USECASE, "--from", day, "--to", day, "--output", str(output)]
+    )
+    assert code == 0
+    written = pd.read_parquet(output)
+    assert len(written) == env.lake.read(captures_table(USECASE), [day]).num_rows
+    for off_id, _ in pairs:
+        mine = written[written["request_id"] == off_id].sort_values("row").reset_index(drop=True)
+        rebuilt = rebuild_model_inputs(env.lake, env.usecase, _captured(env, off_id))
+        _assert_same_inputs(env.usecase, mine, rebuilt, "the command's file")
+
+
+def test_capture_keeps_the_share_of_requests_its_request_id_hash_selects(api, monkeypatch) -> None:
+    """serving.capture.sample keeps a share of requests chosen by a hash of the request id: the same ids every
+    time, about the share over many, all or none at 1 and 0. A request left out is counted (sampled_out), with
+    all its rows, and none of its rows is in the table."""
+    import uuid
+
+    from pipelines.serving.capture import sampled
+
+    ids = [uuid.UUID(int=i).hex for i in range(20_000)]
+    kept = [request_id for request_id in ids if sampled(request_id, 0.3)]
+    assert 0.28 < len(kept) / len(ids) < 0.32
+    assert kept == [request_id for request_id in ids if sampled(request_id, 0.3)], "deterministic"
+    assert set(kept) <= {request_id for request_id in ids if sampled(request_id, 0.6)}, (
+        "a larger share keeps them"
+    )
+    assert all(sampled(request_id, 1.0) for request_id in ids[:100])
+    assert not any(sampled(request_id, 0.0) for request_id in ids[:100])
+
+    env = api.env
+    monkeypatch.setattr(api.service.capture, "flush_s", 3600.0)  # this test flushes, not the capture thread
+    monkeypatch.setattr(api.service, "usecase", _with_capture(env.usecase, sample=0.5))
+    before = api.service.capture.sampled_out
+    records = _records(env, DAY)[:3]
+    answers = [_post(api, {"records": records, "at": _at(env, DAY)}).json()["request_id"] for _ in range(24)]
+    api.service.capture.flush()
+    chosen = [request_id for request_id in answers if sampled(request_id, 0.5)]
+    assert 0 < len(chosen) < len(answers)
+    captured = env.lake.read_frame(captures_table(USECASE), [DAY.isoformat()], ["request_id"])
+    counts = captured[captured["request_id"].isin(answers)]["request_id"].value_counts().to_dict()
+    assert counts == dict.fromkeys(chosen, 3)
+    assert api.service.capture.sampled_out - before == 3 * (len(answers) - len(chosen))
+    assert "mlops_serve_capture_sampled_out_rows" in api.client.get("/metrics").text
 
 
 # ----------------------------------------------------------------------------------------------- releases
@@ -1222,6 +1374,28 @@ def test_two_capture_writers_keeping_their_table_handles_lose_no_rows(tmp_path: 
     assert lake.version(captures_table("shared")) == 5
 
 
+def test_a_writer_whose_kept_handle_is_refused_after_a_schema_change_commits_at_once(tmp_path: Path) -> None:
+    """A replica capturing model inputs (serving.capture.model_inputs) adds a column to the shared table; the
+    other's kept handle is then refused ("Metadata changed since last commit"). Its flush commits through a fresh
+    handle at once: its rows are in the table after that flush, not one flush later, and nothing is failed."""
+    from pipelines.lake import Lake, captures_table
+    from pipelines.serving.capture import CaptureWriter
+
+    lake = Lake(str(tmp_path / "lake"))
+    plain, storing = (CaptureWriter(lake, "mixed", flush_s=3600) for _ in range(2))
+    plain.offer([{"date": "2013-03-10", "request_id": "p0", "row": 0}])
+    plain.flush()
+    storing.offer([{"date": "2013-03-10", "request_id": "s0", "row": 0, "model_inputs": 1.5}])
+    storing.flush()
+    plain.offer([{"date": "2013-03-10", "request_id": "p1", "row": 0}])
+    plain.flush()
+    assert plain.queued() == 0 and plain.commits == 2 and not plain.failed and plain.last_error is None
+    back = lake.read_frame(captures_table("mixed"), ["2013-03-10"])
+    assert sorted(back["request_id"]) == ["p0", "p1", "s0"]
+    for writer in (plain, storing):
+        writer.close()
+
+
 def test_the_capture_writer_reads_its_table_afresh_every_handle_commits(tmp_path: Path, monkeypatch) -> None:
     """A commit through a kept DeltaTable handle costs more the more commits the handle has made (delta-rs 1.6:
     about 24 ms over its first 100, 137 ms over its fourth 100), so the writer opens the table again after
@@ -1242,3 +1416,23 @@ def test_the_capture_writer_reads_its_table_afresh_every_handle_commits(tmp_path
     assert same == [True, False, True, False], same
     back = lake.read_frame(captures_table("renewed"), ["2013-03-10"])
     assert sorted(back["request_id"]) == [f"r{i}" for i in range(5)]
+
+
+def test_the_serving_bench_fails_a_run_whose_capture_lost_rows() -> None:
+    """bench/serving.py counts the rows ours answered and the rows in the capture table after the servers stop:
+    with every request captured, one answered row missing (dropped by the full queue) fails the run, named."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "serving.py"
+    spec = importlib.util.spec_from_file_location("bench_serving", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.capture_check(1_000_000, 1_000_000, 1.0) is None
+    failure = bench.capture_check(1_000_000, 960_000, 1.0)
+    assert (
+        failure is not None
+        and "40,000 of the 1,000,000 rows ours answered are not in the capture table" in failure
+    )
+    assert bench.capture_check(1_000_000, 480_000, 0.5) is None, "a share keeps fewer rows, by design"
+    assert bench.capture_check(1_000, 1_001, 0.5) is not None

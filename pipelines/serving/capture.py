@@ -10,6 +10,7 @@ next batch, then counted as lost (``failed``) so memory stays bounded. ``close``
 from __future__ import annotations
 
 import collections
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +30,18 @@ HANDLE_COMMITS = 100
 # rows as columns: name -> one value per row (a list or a numpy array) or one value for all the chunk's rows
 # (a Constant), or, for a struct column, a dict of those
 Columns = dict[str, Any]
+
+
+def sampled(request_id: str, share: float) -> bool:
+    """Whether the request ``request_id`` is captured when ``share`` of the requests are (serving.capture.sample):
+    decided by a hash of the id, not at random, so the same id is always kept or always left out (a rerun, a
+    shadow copy, a second look at the table agree); over many ids the kept share is ``share``."""
+    if share >= 1.0:
+        return True
+    if share <= 0.0:
+        return False
+    digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < share * 2.0**64
 
 
 @dataclass(frozen=True)
@@ -148,6 +161,7 @@ class CaptureWriter:
         self._queued_rows = 0
         self._lock = threading.Lock()
         self.written = self.dropped = self.failed = self.commits = 0
+        self.sampled_out = 0  # rows of requests serving.capture.sample left out (never queued, never dropped)
         self.last_error: str | None = None
         self._pending: list[tuple[int, Columns]] = []  # a batch whose commit failed once
         # the table's DeltaTable after the last commit, so its log is not read again for the next one; read afresh
@@ -173,6 +187,12 @@ class CaptureWriter:
             self._queue.append((count, make_columns))
             self._queued_rows += count
         return 0
+
+    def skip(self, count: int) -> None:
+        """Count ``count`` rows left out by sampling (so answered = written + dropped + failed + sampled out +
+        queued)."""
+        with self._lock:
+            self.sampled_out += count
 
     def queued(self) -> int:
         return self._queued_rows + sum(count for count, _ in self._pending)
@@ -219,16 +239,27 @@ class CaptureWriter:
     def _write(self, chunks: list[tuple[int, Columns]]) -> bool:
         try:
             table = arrow_table(chunks, self.structs)
-            if self._handle_commits >= HANDLE_COMMITS:
-                self._handle, self._handle_commits = None, 0
-            self._handle = self.lake.append_rows(
-                self.table, table, commit_info={"mlops.writer": "serve"}, handle=self._handle
-            )
-            self._handle_commits += 1
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
-            self._handle, self._handle_commits = None, 0  # read the table afresh next time
             return False
+        if self._handle_commits >= HANDLE_COMMITS:
+            self._handle, self._handle_commits = None, 0
+        while True:
+            kept = self._handle is not None
+            try:
+                self._handle = self.lake.append_rows(
+                    self.table, table, commit_info={"mlops.writer": "serve"}, handle=self._handle
+                )
+                self._handle_commits += 1
+                break
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._handle, self._handle_commits = None, 0  # read the table afresh
+                if not kept:
+                    return False
+                # a kept handle is refused once another writer changed the table's schema ("Metadata changed
+                # since last commit": a service capturing other columns, serving.capture.model_inputs): at
+                # once through a fresh one, not a flush later
         self.written += sum(count for count, _ in chunks)
         self.commits += 1
         self.last_error = None

@@ -96,6 +96,11 @@ class _ServiceState:
                 "mlops_serve_capture_failed_rows", "rows lost after two failed commits", value=capture.failed
             )
             yield GaugeMetricFamily("mlops_serve_capture_queued_rows", "rows waiting", value=capture.queued())
+            yield CounterMetricFamily(
+                "mlops_serve_capture_sampled_out_rows",
+                "rows not captured: their request is outside serving.capture.sample",
+                value=capture.sampled_out,
+            )
         yield CounterMetricFamily(
             "mlops_serve_shadow_scored_rows", "rows scored in shadow", value=service.shadow_scored
         )

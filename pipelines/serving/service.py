@@ -12,6 +12,11 @@ snapshot date's ``config_hash`` fact), else the request gets 503 and ``/ready`` 
 rebuild; a version registered before the tag existed is served, with a warning in ``/ready``. The service is also
 unready when its newest snapshot's prediction time is older than ``serving.max_snapshot_age`` of the use case
 (``--max-snapshot-age``), by the service's clock: the features step has stopped publishing snapshots.
+
+Capture (``serving.capture`` of the use case): every answered request's rows go to ``captures/<usecase>`` with
+their request fields, answer, model version and snapshot day and version; the model inputs only with
+``model_inputs`` (pipelines.serving.recapture rebuilds them from the rest), and only the requests whose id hash
+falls within ``sample`` (pipelines.serving.capture.sampled; the others are counted).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from pipelines.config import ConfigError, UseCase, parse_duration
 from pipelines.lake import Lake, arrow_type
 from pipelines.model_inputs import SMALL_BATCH, model_input_columns
 from pipelines.online import feature_columns_of
-from pipelines.serving.capture import CaptureWriter, Constant
+from pipelines.serving.capture import CaptureWriter, Constant, sampled
 from pipelines.serving.models import ModelSlots, ServedModel
 from pipelines.serving.snapshots import SnapshotCache
 from pipelines.tracking import CHALLENGER_ALIAS, CHAMPION_ALIAS
@@ -85,17 +90,18 @@ class Scored:
 
 def capture_structs(usecase: UseCase) -> dict[str, dict[str, Any]]:
     """The struct columns of captured rows and their fields' Arrow types: ``request`` (the primary source's
-    columns, typed as the use case declares) and ``model_inputs`` (the model's feature columns)."""
+    columns, typed as the use case declares) and, with ``serving.capture.model_inputs``, ``model_inputs`` (the
+    model's feature columns; otherwise pipelines.serving.recapture rebuilds them from ``request``)."""
     import pyarrow as pa
 
     spec = usecase.sources[usecase.features.primary_source].columns
-    return {
-        "request": {name: arrow_type(column.type) for name, column in spec.items()},
-        "model_inputs": {
+    structs = {"request": {name: arrow_type(column.type) for name, column in spec.items()}}
+    if usecase.serving.capture.model_inputs:
+        structs["model_inputs"] = {
             **{name: pa.float64() for name in usecase.features.numeric},
             **{name: pa.string() for name in usecase.features.categorical},
-        },
-    }
+        }
+    return structs
 
 
 class _ArrowStrings:
@@ -390,7 +396,9 @@ class Service:
             rows=count,
             runtime=runtime,
         )
-        if self.capture is not None:
+        if self.capture is not None and not sampled(scored.request_id, self.usecase.serving.capture.sample):
+            self.capture.skip(count)  # its shadow copy (same request id) is left out too
+        elif self.capture is not None:
             if count > SMALL_BATCH:  # a batch's strings made Arrow now, while they are in the CPU cache
                 captured = self._capture_rows(scored, features, inputs, received, shadow=False, strings=True)
                 self.capture.offer_later(count, lambda: captured)
@@ -432,7 +440,9 @@ class Service:
                     runtime=runtime,
                 )
                 self.shadow_scored += answered.rows
-                if self.capture is not None:
+                if self.capture is not None and sampled(
+                    answered.request_id, self.usecase.serving.capture.sample
+                ):
                     columns = self._capture_rows(
                         copy, features, inputs, received, shadow=True, strings=answered.rows > SMALL_BATCH
                     )
@@ -455,12 +465,12 @@ class Service:
         shadow: bool,
         strings: bool = False,
     ) -> dict[str, Any]:
-        """The captured rows of one answer, as columns (CaptureWriter's form): the record's typed columns and
-        its model inputs as struct columns, the score and decision, and the versions that made them. ``strings``:
-        make object columns Arrow arrays now (see _ArrowStrings)."""
+        """The captured rows of one answer, as columns (CaptureWriter's form): the record's typed columns (and,
+        with serving.capture.model_inputs, its model inputs) as struct columns, the score and decision, and the
+        versions that made them. ``strings``: make object columns Arrow arrays now (see _ArrowStrings)."""
         assert self.capture is not None
         arrow = _ArrowStrings(self.capture.structs, enabled=strings)  # the types the writer's flush uses
-        return {
+        columns = {
             "date": Constant(scored.snapshot_day),
             "request_id": Constant(scored.request_id),
             "row": np.arange(scored.rows, dtype="int64"),
@@ -476,5 +486,9 @@ class Service:
             "request": {
                 name: arrow.of("request", name, _utc_values(features[name])) for name in self._record_columns
             },
-            "model_inputs": {name: arrow.of("model_inputs", name, values) for name, values in inputs.items()},
         }
+        if "model_inputs" in self.capture.structs:  # serving.capture.model_inputs
+            columns["model_inputs"] = {
+                name: arrow.of("model_inputs", name, values) for name, values in inputs.items()
+            }
+        return columns
