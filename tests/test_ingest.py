@@ -390,6 +390,40 @@ def test_gx_fails_closed_when_an_expectation_cannot_run() -> None:
     assert any(c.column == "visibility_km" for c in broken.failures[0])
 
 
+def test_gx_suites_are_built_once_per_source_config_and_follow_its_changes() -> None:
+    """The GX context, suite and data source are cached per process by the source's config hash: the same config
+    reuses them, a changed expectation gets a new suite (and applies), and another GX context made current in
+    between (GX resolves unbound suites through the current one) changes nothing."""
+    import great_expectations as gx
+
+    from pipelines import validation
+
+    source = load_usecase(USECASE).sources["weather"]
+    rows = weather_rows(DAY1).replace("NA", None)
+    rows[ROW] = range(2, len(rows) + 2)
+    assert validate_batch("weather", source, [rows]).success
+    cached = validation._gx_source("weather", source)
+    assert validation._gx_source("weather", source.model_copy(deep=True)) is cached  # equal config: a hit
+
+    narrow = source.model_copy(
+        update={
+            "columns": {**source.columns, "humid": source.columns["humid"].model_copy(update={"max": 50.0})}
+        }
+    )
+    assert validation.source_key("weather", narrow) != validation.source_key("weather", source)
+    gx.get_context(mode="ephemeral")  # another context becomes GX's current one
+    outcome = validate_batch("weather", narrow, [rows])
+    assert validation._gx_source("weather", narrow) is not cached
+    assert not outcome.success and list(outcome.failures) == [0]
+    humid = [c for c in outcome.failures[0] if c.column == "humid"]
+    assert [c.expectation_type for c in humid] == ["expect_column_values_to_be_between"]
+    above = rows[pd.to_numeric(rows["humid"]) > 50]
+    # the COMPLETE re-run names every failing row, as delivered
+    assert humid[0].unexpected_count == len(above) > 0
+    assert humid[0].sample_rows == above[ROW].astype(int).tolist()[:5]
+    assert validate_batch("weather", source, [rows]).success  # the first config still has its own suite
+
+
 # --------------------------------------------------------------------------------------------------- idempotence
 
 
