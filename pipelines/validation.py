@@ -271,6 +271,40 @@ def _passed(result: Any, expectations: int) -> bool:
     return all(item.success and not _exception(item)[0] for item in result.results)
 
 
+COMPLETE_FORMAT = {
+    "result_format": "COMPLETE",
+    "unexpected_index_column_names": [FILE_ID, ROW],
+    "include_unexpected_rows": False,
+}
+
+
+def _complete_failures(gx_batch: Any, suite: Any, summary: Any) -> Any:
+    """``summary`` with each failed expectation's result replaced by its COMPLETE result (validated again as a
+    suite of the failed expectations only: one or two of dozens, so a bad batch costs little more than a good
+    one). When the summary's results do not line up with the suite's expectations, the whole suite is validated
+    with COMPLETE instead, and :func:`validate_batch` judges that result as before."""
+    import great_expectations as gx
+
+    configs = suite.expectation_configurations
+    lined_up = len(summary.results) == len(configs) and all(
+        item.expectation_config.type == config.type
+        and item.expectation_config.kwargs.get("column") == config.kwargs.get("column")
+        for item, config in zip(summary.results, configs, strict=False)
+    )
+    if not lined_up:
+        return gx_batch.validate(suite, result_format=COMPLETE_FORMAT)
+    failed = [i for i, item in enumerate(summary.results) if not item.success or _exception(item)[0]]
+    if not failed:  # overall failure without a failed expectation: validate_batch rejects the batch
+        return summary
+    rerun = gx.ExpectationSuite(name=f"{suite.name}_failed", expectations=[configs[i] for i in failed])
+    details = gx_batch.validate(rerun, result_format=COMPLETE_FORMAT)
+    if len(details.results) != len(failed):
+        return gx_batch.validate(suite, result_format=COMPLETE_FORMAT)
+    for i, item in zip(failed, details.results, strict=True):
+        summary.results[i] = item
+    return summary
+
+
 def validate_batch(source_name: str, source: SourceSpec, frames: list[pd.DataFrame]) -> BatchOutcome:
     """Validate all files of one source in one GX batch and attribute failures to files (fail closed).
 
@@ -283,18 +317,11 @@ def validate_batch(source_name: str, source: SourceSpec, frames: list[pd.DataFra
     batch = batch_frame(frames, source)
     suite, definition = _gx_source(source_name, source)
     gx_batch = definition.get_batch(batch_parameters={"dataframe": batch})
-    # SUMMARY first: a passing batch (the usual case) needs no row lists. Only a batch with any failure (or an
-    # incomplete result) is validated again with COMPLETE, whose unexpected_index_list names every failing row.
+    # SUMMARY first: a passing batch (the usual case) needs no row lists. Only a batch with a failure gets
+    # COMPLETE results (unexpected_index_list names every failing row) for its failed expectations.
     result = gx_batch.validate(suite, result_format={"result_format": "SUMMARY"})
     if not _passed(result, len(suite.expectations)):
-        result = gx_batch.validate(
-            suite,
-            result_format={
-                "result_format": "COMPLETE",
-                "unexpected_index_column_names": [FILE_ID, ROW],
-                "include_unexpected_rows": False,
-            },
-        )
+        result = _complete_failures(gx_batch, suite, result)
     by_name = {numeric_column(c): c for c in source.columns} | {c: c for c in source.columns}
     failures: dict[int, list[FailedCheck]] = {}
     all_files = range(len(frames))

@@ -424,6 +424,40 @@ def test_gx_suites_are_built_once_per_source_config_and_follow_its_changes() -> 
     assert validate_batch("weather", source, [rows]).success  # the first config still has its own suite
 
 
+def test_a_failing_batch_reports_what_a_complete_validation_of_the_whole_suite_reports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the failed expectations are validated again with COMPLETE results: the quarantine report is the
+    same as from a COMPLETE validation of the whole suite (the previous way), rows and values included."""
+    from pipelines import validation
+
+    source = load_usecase(USECASE).sources["weather"]
+    frames = []
+    for day in (DAY1, DAY2):
+        rows = weather_rows(day).replace("NA", None)
+        rows[ROW] = range(2, len(rows) + 2)
+        frames.append(rows)
+    frames[0].loc[3, "temp"] = "abc"
+    frames[1].loc[[1, 4], "humid"] = ["250", "-3"]
+    frames[1].loc[2, "time_hour"] = None
+
+    def report() -> dict[int, list[dict]]:
+        outcome = validate_batch("weather", source, frames)
+        return {file: [c.to_dict() for c in checks] for file, checks in outcome.failures.items()}
+
+    fast = report()
+    monkeypatch.setattr(
+        validation,
+        "_complete_failures",
+        lambda batch, suite, summary: batch.validate(suite, result_format=validation.COMPLETE_FORMAT),
+    )
+    assert fast == report()
+    assert sorted(fast) == [0, 1]
+    humid = next(c for c in fast[1] if c["column"] == "humid")
+    assert humid["unexpected_count"] == 2 and humid["sample_unexpected_values"] == ["250", "-3"]
+    assert humid["sample_rows"] == [3, 6]
+
+
 # --------------------------------------------------------------------------------------------------- idempotence
 
 
