@@ -458,6 +458,80 @@ def test_a_failing_batch_reports_what_a_complete_validation_of_the_whole_suite_r
     assert humid["sample_rows"] == [3, 6]
 
 
+@pytest.mark.parametrize("timezone", ["UTC", "America/New_York"])
+def test_typing_many_files_at_once_gives_what_typing_each_file_gives(
+    timezone: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """to_typed_many converts each column once for all files: typed frames (values and dtypes) and parse
+    failures per file are those of to_typed file by file, also where a batch would parse differently (long
+    numbers, date-only timestamps in a zone) or a file has values that do not parse."""
+    from pipelines import validation
+    from pipelines.config import ColumnSpec, SourceSpec
+    from pipelines.validation import to_typed, to_typed_many
+
+    source = SourceSpec(
+        file_pattern="x_*.csv",
+        columns={
+            "n": ColumnSpec(type="int"),
+            "x": ColumnSpec(type="float"),
+            "t": ColumnSpec(type="timestamp"),
+            "b": ColumnSpec(type="bool"),
+            "s": ColumnSpec(type="string"),
+        },
+    )
+    files = [
+        {
+            "n": ["1", "5.0", None],
+            "x": ["1.5", "2", None],
+            "t": ["2013-01-01T10:00:00Z", None, "2013-01-02"],
+            "b": ["true", "N", None],
+            "s": ["a", None, "c"],
+        },
+        {
+            "n": ["9007199254740993", "7", "abc"],
+            "x": ["99999999999999999999", "1e3", "x"],
+            "t": ["2013-01-01 05:00", "2013-01-01T05:00:00+05:00", "soon"],
+            "b": ["1", "maybe", "0"],
+            "s": ["", "b", None],
+        },
+        {"n": ["3"], "x": ["12345678901234567"], "t": ["2013-03-10"], "b": ["yes"], "s": ["z"]},
+        {"n": [], "x": [], "t": [], "b": [], "s": []},
+    ]
+    frames = []
+    for values in files:
+        frame = pd.DataFrame(values, dtype=object).astype(object)
+        frame = frame.where(frame.notna(), None)
+        frame[ROW] = range(2, len(frame) + 2)
+        frames.append(frame)
+    calls: list[str] = []
+    convert = validation.convert_column
+    monkeypatch.setattr(validation, "convert_column", lambda v, *a: calls.append(a[0]) or convert(v, *a))
+
+    def check(frames: list[pd.DataFrame]) -> list[tuple[pd.DataFrame, list]]:
+        calls.clear()
+        together = to_typed_many(frames, source, "x", timezone)
+        batched = len(calls)
+        assert len(together) == len(frames)
+        for frame, (typed, problems) in zip(frames, together, strict=True):
+            alone, alone_problems = to_typed(frame, source, "x", timezone)
+            pd.testing.assert_frame_equal(typed, alone)
+            assert [p.to_dict() for p in problems] == [p.to_dict() for p in alone_problems]
+        return together, batched
+
+    together, _ = check(frames)
+    assert {p.column for p in together[1][1]} == {"n", "x", "t", "b"}  # the bad values are reported
+    assert together[0][1] == [] and together[2][1] == []
+    # short numbers and no date-only value: every column converted once for all files, bad values included
+    short = [f.copy() for f in frames[1:]]
+    short[0]["n"] = ["12", "7", "abc"]
+    short[0]["x"] = ["-0.25", "1e3", "x"]
+    short[1]["x"] = ["1234.5"]
+    short[1]["t"] = ["2013-03-10T08:00:00Z"]
+    together, batched = check(short)
+    assert batched == len(source.columns)
+    assert {p.column for p in together[0][1]} == {"n", "x", "t", "b"}
+
+
 # --------------------------------------------------------------------------------------------------- idempotence
 
 
