@@ -553,6 +553,7 @@ def to_typed_many(
     files (248 files of 9 rows) paid more for typing file by file than for validating them. A column where
     converting at once could differ (see :func:`_batch_safe`), or where the conversion raises, is converted per
     file as before."""
+    import numpy as np
     import pandas as pd
 
     if len(frames) < 2:
@@ -570,10 +571,19 @@ def to_typed_many(
                 converted = convert_column(values, spec.type, timezone)
             except (ValueError, TypeError, OverflowError):
                 converted = None  # per file: each file gets its own message
+        if converted is None:
+            failing = set(range(len(frames)))  # every file converts its own column
+        else:
+            # the files with a value that did not parse; the others need no per-file check
+            positions = np.flatnonzero((values.notna() & converted.isna()).to_numpy())
+            failing = set(np.searchsorted(bounds, positions, side="right") - 1)
         for index, frame in enumerate(frames):
-            part = None
-            if converted is not None:
-                part = converted.iloc[bounds[index] : bounds[index + 1]].copy()
+            part = None if converted is None else converted.iloc[bounds[index] : bounds[index + 1]]
+            if index not in failing:
+                typed[index][column] = part.reset_index(drop=True)
+                continue
+            if part is not None:
+                part = part.copy()
                 part.index = frame[column].index
             typed[index][column], problem = _typed_column(frame, column, spec, source_name, timezone, part)
             if problem is not None:
