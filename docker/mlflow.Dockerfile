@@ -12,6 +12,8 @@ RUN --mount=type=secret,id=ca \
 ARG MLOPS_UID=50000
 USER ${MLOPS_UID}
 EXPOSE 5000
+# no MLflow jobs are used: without this `mlflow server` spawns job-runner processes (huey, ~180 MB each)
+ENV MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 ENTRYPOINT ["mlflow"]
 CMD ["server", "--host", "0.0.0.0", "--port", "5000"]
 LABEL org.opencontainers.image.title="mlops-mlflow"

@@ -94,11 +94,12 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
-    """The session's Airflow metadata DB, migrated once (needed by dag.test)."""
+    """The session's Airflow metadata DB (needed by dag.test): a copy of the migrated template of this Airflow
+    version, which the first session migrates (mlops_airflow.env.provide_airflow_db, as the demo)."""
+    from mlops_airflow.env import provide_airflow_db
+
     db = _SESSION_HOME / "airflow" / "airflow.db"
-    if not db.exists():
-        proc = subprocess.run([str(VENV_BIN / "airflow"), "db", "migrate"], capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    provide_airflow_db(db)
     return db
 
 

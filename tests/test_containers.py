@@ -158,6 +158,7 @@ def mlflow_server(moto_server: str, new_bucket, tmp_path_factory: pytest.TempPat
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
         "MLFLOW_S3_ENDPOINT_URL": moto_server,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no MLflow jobs here: no job-runner processes
     }
     log = (home / "server.log").open("w")
     proc = subprocess.Popen(

@@ -390,6 +390,148 @@ def test_gx_fails_closed_when_an_expectation_cannot_run() -> None:
     assert any(c.column == "visibility_km" for c in broken.failures[0])
 
 
+def test_gx_suites_are_built_once_per_source_config_and_follow_its_changes() -> None:
+    """The GX context, suite and data source are cached per process by the source's config hash: the same config
+    reuses them, a changed expectation gets a new suite (and applies), and another GX context made current in
+    between (GX resolves unbound suites through the current one) changes nothing."""
+    import great_expectations as gx
+
+    from pipelines import validation
+
+    source = load_usecase(USECASE).sources["weather"]
+    rows = weather_rows(DAY1).replace("NA", None)
+    rows[ROW] = range(2, len(rows) + 2)
+    assert validate_batch("weather", source, [rows]).success
+    cached = validation._gx_source("weather", source)
+    assert validation._gx_source("weather", source.model_copy(deep=True)) is cached  # equal config: a hit
+
+    narrow = source.model_copy(
+        update={
+            "columns": {**source.columns, "humid": source.columns["humid"].model_copy(update={"max": 50.0})}
+        }
+    )
+    assert validation.source_key("weather", narrow) != validation.source_key("weather", source)
+    gx.get_context(mode="ephemeral")  # another context becomes GX's current one
+    outcome = validate_batch("weather", narrow, [rows])
+    assert validation._gx_source("weather", narrow) is not cached
+    assert not outcome.success and list(outcome.failures) == [0]
+    humid = [c for c in outcome.failures[0] if c.column == "humid"]
+    assert [c.expectation_type for c in humid] == ["expect_column_values_to_be_between"]
+    above = rows[pd.to_numeric(rows["humid"]) > 50]
+    # the COMPLETE re-run names every failing row, as delivered
+    assert humid[0].unexpected_count == len(above) > 0
+    assert humid[0].sample_rows == above[ROW].astype(int).tolist()[:5]
+    assert validate_batch("weather", source, [rows]).success  # the first config still has its own suite
+
+
+def test_a_failing_batch_reports_what_a_complete_validation_of_the_whole_suite_reports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the failed expectations are validated again with COMPLETE results: the quarantine report is the
+    same as from a COMPLETE validation of the whole suite (the previous way), rows and values included."""
+    from pipelines import validation
+
+    source = load_usecase(USECASE).sources["weather"]
+    frames = []
+    for day in (DAY1, DAY2):
+        rows = weather_rows(day).replace("NA", None)
+        rows[ROW] = range(2, len(rows) + 2)
+        frames.append(rows)
+    frames[0].loc[3, "temp"] = "abc"
+    frames[1].loc[[1, 4], "humid"] = ["250", "-3"]
+    frames[1].loc[2, "time_hour"] = None
+
+    def report() -> dict[int, list[dict]]:
+        outcome = validate_batch("weather", source, frames)
+        return {file: [c.to_dict() for c in checks] for file, checks in outcome.failures.items()}
+
+    fast = report()
+    monkeypatch.setattr(
+        validation,
+        "_complete_failures",
+        lambda batch, suite, summary: batch.validate(suite, result_format=validation.COMPLETE_FORMAT),
+    )
+    assert fast == report()
+    assert sorted(fast) == [0, 1]
+    humid = next(c for c in fast[1] if c["column"] == "humid")
+    assert humid["unexpected_count"] == 2 and humid["sample_unexpected_values"] == ["250", "-3"]
+    assert humid["sample_rows"] == [3, 6]
+
+
+@pytest.mark.parametrize("timezone", ["UTC", "America/New_York"])
+def test_typing_many_files_at_once_gives_what_typing_each_file_gives(
+    timezone: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """to_typed_many converts each column once for all files: typed frames (values and dtypes) and parse
+    failures per file are those of to_typed file by file, also where a batch would parse differently (long
+    numbers, date-only timestamps in a zone) or a file has values that do not parse."""
+    from pipelines import validation
+    from pipelines.config import ColumnSpec, SourceSpec
+    from pipelines.validation import to_typed, to_typed_many
+
+    source = SourceSpec(
+        file_pattern="x_*.csv",
+        columns={
+            "n": ColumnSpec(type="int"),
+            "x": ColumnSpec(type="float"),
+            "t": ColumnSpec(type="timestamp"),
+            "b": ColumnSpec(type="bool"),
+            "s": ColumnSpec(type="string"),
+        },
+    )
+    files = [
+        {
+            "n": ["1", "5.0", None],
+            "x": ["1.5", "2", None],
+            "t": ["2013-01-01T10:00:00Z", None, "2013-01-02"],
+            "b": ["true", "N", None],
+            "s": ["a", None, "c"],
+        },
+        {
+            "n": ["9007199254740993", "7", "abc"],
+            "x": ["99999999999999999999", "1e3", "x"],
+            "t": ["2013-01-01 05:00", "2013-01-01T05:00:00+05:00", "soon"],
+            "b": ["1", "maybe", "0"],
+            "s": ["", "b", None],
+        },
+        {"n": ["3"], "x": ["12345678901234567"], "t": ["2013-03-10"], "b": ["yes"], "s": ["z"]},
+        {"n": [], "x": [], "t": [], "b": [], "s": []},
+    ]
+    frames = []
+    for values in files:
+        frame = pd.DataFrame(values, dtype=object).astype(object)
+        frame = frame.where(frame.notna(), None)
+        frame[ROW] = range(2, len(frame) + 2)
+        frames.append(frame)
+    calls: list[str] = []
+    convert = validation.convert_column
+    monkeypatch.setattr(validation, "convert_column", lambda v, *a: calls.append(a[0]) or convert(v, *a))
+
+    def check(frames: list[pd.DataFrame]) -> list[tuple[pd.DataFrame, list]]:
+        calls.clear()
+        together = to_typed_many(frames, source, "x", timezone)
+        batched = len(calls)
+        assert len(together) == len(frames)
+        for frame, (typed, problems) in zip(frames, together, strict=True):
+            alone, alone_problems = to_typed(frame, source, "x", timezone)
+            pd.testing.assert_frame_equal(typed, alone)
+            assert [p.to_dict() for p in problems] == [p.to_dict() for p in alone_problems]
+        return together, batched
+
+    together, _ = check(frames)
+    assert {p.column for p in together[1][1]} == {"n", "x", "t", "b"}  # the bad values are reported
+    assert together[0][1] == [] and together[2][1] == []
+    # short numbers and no date-only value: every column converted once for all files, bad values included
+    short = [f.copy() for f in frames[1:]]
+    short[0]["n"] = ["12", "7", "abc"]
+    short[0]["x"] = ["-0.25", "1e3", "x"]
+    short[1]["x"] = ["1234.5"]
+    short[1]["t"] = ["2013-03-10T08:00:00Z"]
+    together, batched = check(short)
+    assert batched == len(source.columns)
+    assert {p.column for p in together[0][1]} == {"n", "x", "t", "b"}
+
+
 # --------------------------------------------------------------------------------------------------- idempotence
 
 

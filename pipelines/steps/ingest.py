@@ -710,7 +710,7 @@ def _commit_source(
 def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     """Ingest every landed file dated on or before the last event date predicted on ctx.day (see the module
     docstring)."""
-    from pipelines.validation import to_typed, validate_batch
+    from pipelines.validation import to_typed_many, validate_batch
 
     usecase = ctx.usecase
     storage = ctx.lake.storage
@@ -768,8 +768,10 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         for file in batch:
             if file.rejected:
                 file.frame = None
-                continue
-            file.typed, problems = to_typed(file.frame, source, source_name, usecase.time.timezone)
+        valid = [file for file in batch if not file.rejected]
+        typed = to_typed_many([f.frame for f in valid], source, source_name, usecase.time.timezone)
+        for file, (frame, problems) in zip(valid, typed, strict=True):
+            file.typed = frame
             for problem in problems:
                 file.reject(problem)
             if not file.rejected and source.event_time:

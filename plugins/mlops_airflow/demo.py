@@ -27,8 +27,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 import zipfile
 from collections.abc import Iterator
@@ -37,7 +35,13 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from mlops_airflow.env import REPO_ROOT, apply_airflow_environment
+from mlops_airflow.env import (
+    REPO_ROOT,
+    airflow_db_template,
+    apply_airflow_environment,
+    migrate_airflow_db,
+    provide_airflow_db,
+)
 from pipelines.config import load_profile, load_usecase, mlops_home
 
 YEAR = 2013
@@ -209,15 +213,17 @@ def truncate_mid_row(content: bytes) -> bytes:
 
 
 def ensure_airflow_db(home: Path) -> None:
+    """The embedded Airflow's SQLite metadata database under ``home``, copied from the migrated template of this
+    Airflow version (migrated once per version, see :func:`mlops_airflow.env.ensure_airflow_db`)."""
     db = home / "airflow" / "airflow.db"
     if db.exists():
         return
-    say("Setting up the Airflow metadata database (airflow db migrate) ...")
-    proc = subprocess.run(
-        [str(Path(sys.executable).with_name("airflow")), "db", "migrate"], capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"airflow db migrate failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    if os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{db}") != f"sqlite:///{db}":
+        migrate_airflow_db(os.environ)  # a database configured elsewhere: migrate it where it is, as before
+        return
+    if not airflow_db_template().exists():
+        say("Setting up the Airflow metadata database (airflow db migrate, once per Airflow version) ...")
+    provide_airflow_db(db)
 
 
 @dataclass

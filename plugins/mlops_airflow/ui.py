@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from mlops_airflow.env import airflow_environment
+from mlops_airflow.env import MLFLOW_SERVER_ENV, airflow_environment, provide_airflow_db
 
 STOP_GRACE_S = 30
 
@@ -35,6 +35,7 @@ def ui_commands(
     env = {
         **os.environ,
         **airflow_environment(home),
+        **MLFLOW_SERVER_ENV,  # read by the MLflow child only: no job runners beside the UI
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__HOST": "127.0.0.1",
@@ -53,8 +54,13 @@ def ui_commands(
 
 def prepare_airflow(env: dict[str, str]) -> None:
     """The metadata database migrated and the lifecycle DAGs' pools created (``mlops_airflow.pools``): the
-    scheduler never runs a task whose pool does not exist."""
-    for argv in ([_bin("airflow"), "db", "migrate"], [sys.executable, "-m", "mlops_airflow.pools"]):
+    scheduler never runs a task whose pool does not exist. A missing database is copied from the migrated
+    template of this Airflow version (``provide_airflow_db``); an existing one is migrated, as it may predate an
+    upgrade of Airflow."""
+    steps = [[sys.executable, "-m", "mlops_airflow.pools"]]
+    if not provide_airflow_db(Path(env["AIRFLOW_HOME"]) / "airflow.db", env):
+        steps.insert(0, [_bin("airflow"), "db", "migrate"])
+    for argv in steps:
         proc = subprocess.run(argv, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(argv[-3:])} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
