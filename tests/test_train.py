@@ -955,6 +955,20 @@ def test_only_the_chosen_candidate_is_refitted_and_lineage_reloads_what_each_mod
     for before, after in zip(train["candidates"], again["candidates"], strict=True):
         assert {k: after[k] for k in fields} == {k: before[k] for k in fields}
 
+    # trained alone, the other one is chosen: its run fitted on train is not reused as its refit
+    alone = run_step(["train", *argv, "--candidates", other])
+    assert alone["chosen"]["candidate"] == other and alone["candidates"][0]["fitted_on"] == [
+        "train",
+        "validation",
+    ]
+    assert alone["candidates"][0]["run_id"] != entries[other]["run_id"]
+    assert [(name, len(X)) for name, X, _ in fits] == [(other, rows["train"]), (other, rows["final_fit"])]
+    fits.clear()
+    both = run_step(["train", *argv])  # and each reused run is the one fitted on the rows it is used with
+    assert fits == [] and [c["run_id"] for c in both["candidates"]] == [
+        c["run_id"] for c in train["candidates"]
+    ]
+
 
 def test_maintenance_compacts_the_captured_requests_of_days_before_its_date(small_env, tmp_path, monkeypatch):
     """A scoring service appends its captured requests in many commits, a file each. Maintenance of Feb 1 rewrites
