@@ -157,10 +157,11 @@ def test_train_window_rows_and_inputs(trained):
 
 def test_each_candidate_records_the_threshold_its_rule_chooses_on_the_validation_rows(trained):
     """The threshold is chosen by decision.rule (best F1) on the validation rows by the candidate fitted on the
-    train rows only; the logged model is then refitted on train + validation and carries a threshold of its own
-    scale: the score at which it flags the share of the validation rows that threshold flags, on the holdout
-    inputs, which it did not train on (train result, MLflow metric, the model's metadata that scorers read, and
-    how it was chosen)."""
+    train rows only, and the candidate to gate by the primary metric there. Only that one is refitted on train +
+    validation and carries a threshold of its own scale: the score at which it flags the share of the validation
+    rows that threshold flags, on the holdout inputs, which it did not train on. The others are logged as fitted
+    on train, with the threshold chosen for them (train result, MLflow metric and tags, the model's metadata that
+    scorers read, and how it was chosen)."""
     from pipelines.metrics import choose_threshold
 
     usecase = trained.usecase
@@ -181,15 +182,50 @@ def test_each_candidate_records_the_threshold_its_rule_chooses_on_the_validation
     X_train = model_inputs(usecase, frames.train, "test rows")
     y_train = frames.train[usecase.target.column].to_numpy(dtype="int64")
     X_holdout = model_inputs(usecase, frames.holdout, "test rows")
+    on_validation = {c["name"]: c["validation_metrics"]["roc_auc"] for c in trained.result["candidates"]}
+    best = max(on_validation, key=on_validation.get)
+    assert trained.result["chosen"] == {
+        "candidate": best,
+        "on": "validation",
+        "metric": "roc_auc",
+        "value": on_validation[best],
+    }
     client = MlflowClient()
-    thresholds = []
+    checked = {"refit": 0, "train": 0}
     for candidate in trained.result["candidates"]:
+        refit = candidate["name"] == best
+        fitted_on = "train+validation" if refit else "train"
+        run = client.get_run(candidate["run_id"])
+        assert candidate["fitted_on"] == fitted_on.split("+") and run.data.tags["fitted_on"] == fitted_on
+        assert run.data.params["rows.final_fit"] == str(candidate["fit_rows"])
+        assert candidate["fit_rows"] == len(final if refit else frames.train)
+        assert candidate["fit_data_hash"] == content_hash(final if refit else frames.train)
         if candidate["family"] == "keras_mlp":
             continue  # deterministic too, but refitting it here costs a TensorFlow session; the others suffice
         spec = usecase.candidate(candidate["name"])
         on_train = modeling.fit_candidate(spec, usecase, X_train, y_train, usecase.split.seed)
         expected = choose_threshold(y_val, on_train.scores(X_val), usecase.decision)
         model = tracking.load_model(candidate["model_uri"])
+        metrics = run.data.metrics
+        source = run.data.tags["threshold_source"]
+        assert source == candidate["threshold_source"] == model.metadata.metadata["threshold_source"]
+        assert metrics["validation_f1"] == pytest.approx(expected["f1"], abs=1e-9)
+        if not refit:  # the fit on train is the logged model: its threshold is the one chosen for it
+            assert candidate["decision_threshold"] == pytest.approx(expected["threshold"], abs=1e-9)
+            assert tracking.decision_threshold(model) == pytest.approx(expected["threshold"], abs=1e-9)
+            assert metrics["decision_threshold"] == pytest.approx(expected["threshold"], abs=1e-9)
+            assert (
+                "validation_threshold" not in metrics and "validation_threshold" not in candidate["decision"]
+            )
+            assert source == (
+                "best_f1 on validation 2013-01-27..2013-02-02 for the registered model, fitted on train "
+                f"2013-01-06..2013-01-26 only (not refitted: {best!r} was chosen)"
+            )
+            np.testing.assert_allclose(
+                tracking.predict_proba(model, X_val), on_train.scores(X_val), rtol=1e-6
+            )
+            checked["train"] += 1
+            continue
         rate = float((on_train.scores(X_val) >= expected["threshold"]).mean())
         flagged = round(rate * len(X_holdout))
         own = np.sort(tracking.predict_proba(model, X_holdout))[::-1][flagged - 1]
@@ -197,28 +233,23 @@ def test_each_candidate_records_the_threshold_its_rule_chooses_on_the_validation
         assert candidate["decision_threshold"] == pytest.approx(own, abs=1e-9)
         assert tracking.decision_threshold(model) == pytest.approx(own, abs=1e-9)
         assert candidate["decision"]["validation_threshold"] == pytest.approx(expected["threshold"], abs=1e-9)
-        metrics = client.get_run(candidate["run_id"]).data.metrics
         assert metrics["decision_threshold"] == pytest.approx(own, abs=1e-9)
         assert metrics["validation_threshold"] == pytest.approx(expected["threshold"], abs=1e-9)
-        assert metrics["validation_f1"] == pytest.approx(expected["f1"], abs=1e-9)
         assert metrics["validation_positive_rate"] == pytest.approx(rate)
         assert metrics["holdout_inputs_positive_rate"] == pytest.approx(flagged / len(X_holdout))
-        source = client.get_run(candidate["run_id"]).data.tags["threshold_source"]
-        assert source == candidate["threshold_source"] == model.metadata.metadata["threshold_source"]
         assert "holdout inputs 2013-02-03..2013-02-09" in source and "labels unused" in source, source
-        params = client.get_run(candidate["run_id"]).data.params
-        assert params["rows.final_fit"] == str(len(final))
         # the logged model is the refit on train + validation, not the model the threshold was chosen with
-        refit = modeling.fit_candidate(
+        refit_model = modeling.fit_candidate(
             spec,
             usecase,
             model_inputs(usecase, final, "test rows"),
             final[usecase.target.column].to_numpy(dtype="int64"),
             usecase.split.seed,
         )
-        np.testing.assert_allclose(tracking.predict_proba(model, X_val), refit.scores(X_val), rtol=1e-6)
-        thresholds.append(candidate["decision_threshold"])
-    assert len(thresholds) == 2 and all(t != 0.5 for t in thresholds), thresholds
+        np.testing.assert_allclose(tracking.predict_proba(model, X_val), refit_model.scores(X_val), rtol=1e-6)
+        assert candidate["decision_threshold"] != 0.5
+        checked["refit"] += 1
+    assert checked == {"refit": 1, "train": 1}, checked  # the chosen one (not the mlp here) and one other
 
 
 def test_a_refit_on_another_scale_gets_its_own_threshold_from_inputs_it_did_not_train_on(
@@ -821,6 +852,122 @@ def test_lineage_reload_and_maintenance_keep_a_models_training_set(
     assert "reload         identical" in capsys.readouterr().out
     with pytest.raises(LakeError, match=r"version 0\): a data file of this version is gone"):
         lake.read(table, version=0)
+
+
+def test_only_the_chosen_candidate_is_refitted_and_lineage_reloads_what_each_model_was_fitted_on(
+    small_env, tmp_path, monkeypatch, capsys
+):
+    """Two candidates and a validation window: each is fitted on train once and scored on validation, and only the
+    one chosen there is fitted again, on train + validation (three fits, not four). Evaluate and the gate take
+    train's choice; register tags each version with the window parts it was fitted on, and `mlops lineage
+    --reload` rebuilds exactly the rows each model was fitted on (count, keys, and the model inputs and labels in
+    fit order): train + validation for the refit, train for the other. A rerun fits nothing."""
+    from pipelines.lineage import model_lineage, reload_frames
+
+    usecase = fast_usecase(FAST_CANDIDATES[:2])  # logreg and hgb
+    monkeypatch.setenv("MLOPS_CONFIG_DIR", str(write_config_dir(tmp_path / "config", usecase)))
+    lake, label = small_env.lake, usecase.target.column
+    write_feature_partitions(lake, usecase, date(2013, 1, 5), 36, rows_per_day=40)
+    original, fits = modeling.fit_candidate, []
+
+    def recording_fit(spec, usecase_, X, y, seed):  # what each fit is given
+        fits.append((spec.name, X.copy(), np.asarray(y).copy()))
+        return original(spec, usecase_, X, y, seed)
+
+    monkeypatch.setattr(modeling, "fit_candidate", recording_fit)
+    argv = ["--usecase", usecase.name, "--date", DAY.isoformat()]
+    train = run_step(["train", *argv])
+    rows, entries = train["rows"], {c["name"]: c for c in train["candidates"]}
+    chosen = train["chosen"]["candidate"]
+    (other,) = set(entries) - {chosen}
+    assert train["chosen"]["on"] == "validation"
+    on_validation = {n: c["validation_metrics"]["roc_auc"] for n, c in entries.items()}
+    assert chosen == max(on_validation, key=on_validation.get)
+    assert rows["final_fit"] == rows["train"] + rows["validation"]  # 40 rows a day: under max_train_rows
+    assert [(name, len(X)) for name, X, _ in fits] == [
+        ("logreg", rows["train"]),
+        ("hgb", rows["train"]),
+        (chosen, rows["final_fit"]),
+    ]
+    fitted = {other: fits[[n for n, _, _ in fits].index(other)], chosen: fits[-1]}
+    assert entries[chosen]["fitted_on"] == ["train", "validation"] and entries[other]["fitted_on"] == [
+        "train"
+    ]
+    assert "not refitted" in entries[other]["threshold_source"], entries[other]["threshold_source"]
+    assert "registered refit" in entries[chosen]["threshold_source"], entries[chosen]["threshold_source"]
+
+    evaluation = run_step(["evaluate", *argv])
+    assert evaluation["best"] == chosen and evaluation["selected_on"] == "validation"
+    gate = run_step(["gate", *argv])
+    assert gate["candidate"] == chosen and gate["run_id"] == entries[chosen]["run_id"]
+    run_step(["register", *argv])
+    versions = {
+        v.tags["candidate"]: v for v in MlflowClient().search_model_versions(f"name = '{usecase.name}'")
+    }
+
+    keys = [*usecase.features.keys, "date"]
+
+    def labelled_keys(start: str, end: str) -> set[tuple[str, ...]]:
+        """The keys of the labelled rows of [start, end) in the versions train read, straight from the lake."""
+        days = [d for d in lake.partitions(features_table(usecase.name)) if start <= d < end]
+        frame = lake.read_frame(features_table(usecase.name), days, version=train["features_version"])
+        outcomes = lake.read_frame(labels_table(usecase.name), days, version=train["labels_version"])
+        frame = frame.merge(outcomes, on=keys, how="left", validate="one_to_one")
+        known = frame[label].notna() & (frame["outcome_known_at"] < usecase.time.local_midnight(DAY))
+        return set(map(tuple, frame.loc[known, keys].astype(str).to_numpy()))
+
+    for name, parts, end in (
+        (chosen, ["train", "validation"], "2013-02-03"),
+        (other, ["train"], "2013-01-27"),
+    ):
+        version = versions[name]
+        assert json.loads(version.tags["lineage.fitted_on"]) == parts
+        assert version.tags["lineage.fit_window"] == f"2013-01-06..{end}"
+        lineage = model_lineage(usecase.name, int(version.version))
+        assert lineage["fitted_on"] == parts
+        assert lineage["fit_window"] == {"start": "2013-01-06", "end_exclusive": end}
+        _, reloaded = reload_frames(lineage)
+        _, fit_X, fit_y = fitted[name]
+        assert len(reloaded) == len(fit_X) == lineage["fit_rows"] == entries[name]["fit_rows"]
+        assert not reloaded.duplicated(keys).any()
+        assert set(map(tuple, reloaded[keys].astype(str).to_numpy())) == labelled_keys("2013-01-06", end)
+        pd.testing.assert_frame_equal(model_inputs(usecase, reloaded, "the reloaded rows"), fit_X)
+        np.testing.assert_array_equal(reloaded[label].to_numpy(dtype=fit_y.dtype), fit_y)
+
+        assert main(["lineage", usecase.name, str(version.version), "--reload", "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["reload"]["identical"] is True
+        assert shown["reload"]["fitted"] == {
+            "on": parts,
+            "rows": len(fit_X),
+            "data_hash": entries[name]["fit_data_hash"],
+            "recorded_data_hash": entries[name]["fit_data_hash"],
+        }
+        assert main(["lineage", usecase.name, str(version.version), "--reload"]) == 0
+        printed = capsys.readouterr().out
+        assert f"fitted on      {' + '.join(parts)} [2013-01-06, {end}), {len(fit_X)} rows" in printed
+        assert f"reload fitted  {len(fit_X)} rows ({' + '.join(parts)})" in printed
+
+    fits.clear()
+    again = run_step(["train", *argv])  # same data, config and code: every run is reused, nothing is fitted
+    assert fits == [] and again["chosen"] == train["chosen"]
+    fields = ("run_id", "fitted_on", "fit_rows", "fit_data_hash", "decision_threshold", "threshold_source")
+    for before, after in zip(train["candidates"], again["candidates"], strict=True):
+        assert {k: after[k] for k in fields} == {k: before[k] for k in fields}
+
+    # trained alone, the other one is chosen: its run fitted on train is not reused as its refit
+    alone = run_step(["train", *argv, "--candidates", other])
+    assert alone["chosen"]["candidate"] == other and alone["candidates"][0]["fitted_on"] == [
+        "train",
+        "validation",
+    ]
+    assert alone["candidates"][0]["run_id"] != entries[other]["run_id"]
+    assert [(name, len(X)) for name, X, _ in fits] == [(other, rows["train"]), (other, rows["final_fit"])]
+    fits.clear()
+    both = run_step(["train", *argv])  # and each reused run is the one fitted on the rows it is used with
+    assert fits == [] and [c["run_id"] for c in both["candidates"]] == [
+        c["run_id"] for c in train["candidates"]
+    ]
 
 
 def test_maintenance_compacts_the_captured_requests_of_days_before_its_date(small_env, tmp_path, monkeypatch):

@@ -4,7 +4,8 @@ Reads the train result of the same logical date and the same run (``MLOPS_RUN_ID
 the registry's champion (alias ``champion``, loaded by its pinned version) on the same holdout rows, and writes:
 
 - ``runs/<usecase>/evaluate/date=<D>/run=<run>/result.json``: metrics overall and per slice for each model, the
-  best candidate by ``gate.primary_metric``;
+  best candidate: the one train chose by ``gate.primary_metric`` on the validation window and refitted on train +
+  validation (the others, fitted on train only, are scored for comparison; see ``select_best``);
 - ``reports/<usecase>/evaluation/date=<D>/run=<run>/report.json`` and ``report.html``: why the best model looks
   the way it does: permutation feature importance, slices, errors (confusion matrix at the candidate's decision threshold, worst slices), calibration.
 
@@ -97,12 +98,23 @@ def model_quality(proba: Any, y: Any, groups: Any, metrics: list[str]) -> dict[s
     }
 
 
-def select_best(candidates: dict[str, dict[str, Any]], primary: str) -> tuple[str | None, str]:
-    """The candidate to gate and the data it was chosen on: by the primary metric on the validation window
-    when every candidate has it there (the holdout then judges a choice it took no part in), else on the
-    holdout (a single candidate, or results without validation metrics), which the report says."""
+def select_best(
+    candidates: dict[str, dict[str, Any]], primary: str, chosen: dict[str, Any] | None = None
+) -> tuple[str | None, str]:
+    """The candidate to gate and the data it was chosen on. Train ``chosen`` it on the validation window (and
+    refitted only it on train + validation: the others are fitted on train, not to be gated), so that choice is
+    kept; a train result without one (no validation window: a single candidate; or an older release) is chosen
+    by the primary metric on validation when every candidate has it there, else on the holdout, which the
+    report says."""
     from pipelines import metrics as quality
 
+    if chosen is not None:
+        if chosen.get("candidate") not in candidates:
+            raise StepFailed(
+                f"the train result chose candidate {chosen.get('candidate')!r}, which is not among its candidates "
+                f"({sorted(candidates)}); rerun train"
+            )
+        return str(chosen["candidate"]), str(chosen.get("on") or "validation")
     on_validation = {name: {"metrics": c.get("validation_metrics") or {}} for name, c in candidates.items()}
     if all(not quality.is_missing(c["metrics"].get(primary)) for c in on_validation.values()):
         return quality.best_candidate(on_validation, primary), "validation"
@@ -265,6 +277,8 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         candidates[entry["name"]] = {
             "run_id": entry["run_id"],
             "model_uri": entry["model_uri"],
+            # the window parts it is fitted on: train + validation for the chosen one's refit, else train
+            **({"fitted_on": entry["fitted_on"]} if entry.get("fitted_on") else {}),
             **(
                 {
                     "decision_threshold": float(entry.get("decision_threshold", LEGACY_THRESHOLD)),
@@ -307,7 +321,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             )
 
     clock.lap("scoring")
-    best, selected_on = select_best(candidates, primary)
+    best, selected_on = select_best(candidates, primary, train_result.get("chosen"))
     best_proba = predictions[best]
     best_threshold = candidates[best].get("decision_threshold")
     progress(f"evaluate: {best} chosen by {primary} on the {selected_on}")
@@ -449,7 +463,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                 "run_id": c["run_id"],
                 "metrics": c["metrics"],
                 "validation_metrics": c.get("validation_metrics"),
-                **{k: c[k] for k in ("decision_threshold", "threshold_source") if k in c},
+                **{k: c[k] for k in ("decision_threshold", "threshold_source", "fitted_on") if k in c},
             }
             for name, c in candidates.items()
         },

@@ -31,8 +31,8 @@ same inputs give the same id, in any Airflow run, whatever the timings. Checks (
 - infrastructure: the candidate loaded in a fresh process exactly as the scorer loads it scored the sample rows
   the same.
 
-The candidate was chosen among the trained ones on the validation window (``selected_on``), so the holdout it is
-gated on took no part in the choice.
+The candidate was chosen among the trained ones on the validation window (``selected_on``) by train, which refitted
+only it on train + validation, so the holdout it is gated on took no part in the choice.
 
 A missing/NaN value, or a champion baseline that is missing, NaN or zero, fails its check with a reason: nothing
 passes silently. "Not passed" is a normal outcome: the step exits 0 with ``passed: false``.

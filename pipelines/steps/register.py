@@ -71,6 +71,28 @@ def lineage_tags(train: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def fit_window(window: dict[str, Any], parts: list[str]) -> str:
+    """``start..end`` (end exclusive) of the consecutive window ``parts`` a model is fitted on."""
+    if not parts or f"{parts[0]}_start" not in window or f"{parts[-1]}_end" not in window:
+        return ""
+    return f"{window[f'{parts[0]}_start']}..{window[f'{parts[-1]}_end']}"
+
+
+def fit_tags(candidate: dict[str, Any], window: dict[str, Any]) -> dict[str, str]:
+    """Tags that say which rows one candidate's model is fitted on (``mlops lineage`` reloads exactly those):
+    the window parts (train + validation for the chosen candidate's refit, train for the others), their dates,
+    the row count and the content hash. None for a train result from before these were recorded."""
+    parts = candidate.get("fitted_on")
+    if not parts:
+        return {}
+    return {
+        "lineage.fitted_on": json.dumps(list(parts)),
+        "lineage.fit_window": fit_window(window, list(parts)),
+        "lineage.fit_rows": str(candidate.get("fit_rows", "")),
+        "lineage.fit_data_hash": str(candidate.get("fit_data_hash", "")),
+    }
+
+
 def format_metric(value: Any) -> str:
     """A metric value as a tag string ("nan" when it is missing or not a number)."""
     try:
@@ -198,6 +220,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                 if candidate.get("threshold_source")
                 else {}
             ),
+            **fit_tags(candidate, window),
             "gate_status": status,
             "gate_reasons": reasons[:MAX_TAG_CHARS],
             # what a scoring service checks before it serves this version (a changed artifact is refused)
@@ -217,7 +240,13 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             name,
             str(version.version),
             description=f"{cand_name} ({candidate.get('family', '')}) trained for {ctx.ds} on "
-            f"{tags['data_window']}; gate: {status}",
+            f"{tags['data_window']}"
+            + (
+                f", fitted on {' + '.join(candidate['fitted_on'])} {tags['lineage.fit_window']}"
+                if tags.get("lineage.fit_window")
+                else ""
+            )
+            + f"; gate: {status}",
         )
         number = int(version.version)
         if cand_name == gate.get("candidate"):

@@ -18,15 +18,19 @@ each and records both (``features_version``, ``labels_version``, ``tables_read``
 is older than ``time.outcome.label_delay`` at the training date; events whose due outcome never arrived (no row in
 the labels table) are counted per part in the result (``unlabelled_events``; with ``target.missing_outcome: drop``
 an outcome that arrived without a value has no label row either, and both count).
-Decision threshold (a classification whose ``decision.rule`` is not fixed): each candidate is fitted on train, its
-threshold is chosen by the rule on its scores of the validation rows, and it is refitted on train + validation: the
-model that is logged and registered. The refit's scores have their own scale, so its threshold is its own score that
-flags the share of rows the rule flagged on validation, taken on the holdout window's model inputs, which it did not
-train on (labels unused: :func:`registered_decision`); ``threshold_source`` says so with the model.
+Validation window (a threshold rule, or several candidates): each candidate is fitted on train and scored on the
+validation rows, where its decision threshold is chosen by ``decision.rule`` and the candidate to gate is chosen by
+``gate.primary_metric`` (:func:`choose_candidate`; the holdout takes no part). Only the chosen candidate is refitted
+on train + validation, the way scikit-learn's ``TunedThresholdClassifierCV(refit=True)`` refits once; the others
+are logged as fitted on train, with the thresholds chosen for them on validation. The refit's scores have their own
+scale, so its threshold is its own score that flags the share of rows the rule flagged on validation, taken on the
+holdout window's model inputs, which it did not train on (labels unused: :func:`registered_decision`);
+``threshold_source`` says so with each model, ``fitted_on`` (and each candidate's ``fit_rows`` and
+``fit_data_hash`` in the result) what it was fitted on, ``chosen`` which one was chosen on what.
 ``--mode full`` trains every candidate; ``--mode refresh`` only the champion's candidate (registry alias
 ``champion``, tag ``candidate``), or every candidate while there is no champion. Each candidate is one MLflow
-run named ``<candidate>@<D>``. A rerun with the same data, config and code reuses the finished runs (same result);
-``--retrain`` forces new runs.
+run named ``<candidate>@<D>``. A rerun with the same data, config and code reuses the finished runs fitted on the
+same rows (same result); ``--retrain`` forces new runs.
 """
 
 from __future__ import annotations
@@ -60,6 +64,9 @@ VALIDATION_PREFIX = (
 )
 DECISION_THRESHOLD = "decision_threshold"  # MLflow metric and model metadata key of a candidate's threshold
 THRESHOLD_SOURCE = "threshold_source"  # how it was chosen, in words: MLflow tag, model metadata, version tag
+# the window parts a model is fitted on: "train+validation" (the chosen candidate's refit) or "train" as an MLflow
+# tag, param and model metadata; a list of parts in the train result and the version's lineage tags
+FITTED_ON = "fitted_on"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -251,14 +258,30 @@ class TrainingFrames:
     label_counts: dict[str, dict[str, Any]] = field(default_factory=dict)  # by part, when counted
     labels: Snapshot | None = None  # the labels version joined to the features
     label_partitions: dict[str, PartitionInfo] = field(default_factory=dict)
+    # event keys read beside the model columns (lineage's reload shows them); left out of every content hash, so
+    # the hashes are those of what the models saw, whether the keys were read or not
+    key_columns: list[str] = field(default_factory=list)
+
+    def content_hash(self, frame: Any) -> str:
+        """:func:`content_hash` of ``frame`` without the key columns."""
+        return content_hash(frame.drop(columns=self.key_columns) if self.key_columns else frame)
 
     def hashes(self) -> dict[str, str]:
         """Content hashes of the train rows (after the seeded subsample), the validation rows (when the window has
         them) and the holdout rows."""
-        found = {"train": content_hash(self.train), "holdout": content_hash(self.holdout)}
+        found = {"train": self.content_hash(self.train), "holdout": self.content_hash(self.holdout)}
         if self.validation is not None:
-            found["validation"] = content_hash(self.validation)
+            found["validation"] = self.content_hash(self.validation)
         return found
+
+    def fitted_rows(self, parts: list[str], max_rows: int | None, seed: int) -> Any:
+        """The rows a model fitted on the window ``parts`` saw: the train rows for ``["train"]`` (the candidates
+        that were not chosen), :meth:`final_fit_rows` for ``["train", "validation"]`` (the chosen one's refit)."""
+        if parts == ["train"]:
+            return self.train
+        if parts == ["train", "validation"] and self.validation is not None:
+            return self.final_fit_rows(max_rows, seed)
+        raise StepFailed(f"no model is fitted on the window parts {parts} (train, or train + validation)")
 
     def final_fit_rows(self, max_rows: int | None, seed: int) -> Any:
         """What the logged model is fitted on: the train rows, and once a threshold was chosen on the validation
@@ -281,10 +304,12 @@ def training_frames(
     window: dict[str, str],
     count_labels: bool = False,
     labels: Snapshot | None = None,
+    keys: bool = False,
 ) -> TrainingFrames:
     """The labeled train and holdout rows of ``window`` from one features version joined to one ``labels``
     version (latest when None), the train rows capped at ``split.max_train_rows`` by a seeded sample: what train
-    fits on, and what lineage reloads. With ``count_labels``, each part's :func:`label_counts` too."""
+    fits on, and what lineage reloads. With ``count_labels``, each part's :func:`label_counts` too; with
+    ``keys``, the event keys and the date lead each frame (same rows, same order, same hashes)."""
     from pipelines import modeling
 
     usecase, split = ctx.usecase, ctx.usecase.split
@@ -300,7 +325,12 @@ def training_frames(
                 "dates first",
                 {"window": window},
             )
-    columns = [*modeling.feature_columns(usecase), usecase.target.column]
+    model_columns = [*modeling.feature_columns(usecase), usecase.target.column]
+    # only the keys that are not model columns are extra (a key that is a feature is hashed as one)
+    key_columns = (
+        [k for k in dict.fromkeys([*usecase.features.keys, DATE]) if k not in model_columns] if keys else []
+    )
+    columns = [*key_columns, *model_columns]
     progress(
         f"train: reading {' + '.join(str(len(found)) for found in parts.values())} feature partitions "
         f"({', '.join(parts)}) of version {snapshot.version}"
@@ -318,7 +348,9 @@ def training_frames(
         train = train.sample(n=split.max_train_rows, random_state=split.seed).sort_index()
     every = {day: info for found in parts.values() for day, info in found.items()}
     labelled = {day: labels.partitions[day] for day in every if day in labels.partitions}
-    return TrainingFrames(train, frames["holdout"], every, frames.get("validation"), counts, labels, labelled)
+    return TrainingFrames(
+        train, frames["holdout"], every, frames.get("validation"), counts, labels, labelled, key_columns
+    )
 
 
 def _day_ranges(days: list[str]) -> str:
@@ -478,12 +510,30 @@ def registered_decision(
     }
 
 
-def fixed_or_chosen_source(decision: dict[str, Any], window: dict[str, str]) -> str:
+def fixed_or_chosen_source(
+    decision: dict[str, Any], window: dict[str, str], chosen: dict[str, Any] | None = None
+) -> str:
     """``threshold_source`` of a threshold that is not transferred: fixed by the config, or chosen on validation
-    for the model that is registered (no refit)."""
+    for the model that is registered, a candidate fitted on train only because another one was ``chosen``."""
     if decision["rule"] == "fixed":
         return f"fixed: decision.threshold {float(decision['threshold']):g}"
-    return f"{decision['rule']} on validation {_days(window, 'validation')} for the registered model"
+    why = "" if chosen is None else f" (not refitted: {chosen['candidate']!r} was chosen)"
+    return (
+        f"{decision['rule']} on validation {_days(window, 'validation')} for the registered model, fitted on "
+        f"train {_days(window, 'train')} only{why}"
+    )
+
+
+def choose_candidate(validation: dict[str, dict[str, Any]], primary: str) -> tuple[str, str]:
+    """The candidate to refit and gate, from each one's metrics on the validation rows (fitted on train only),
+    and what it was chosen on: the best ``primary`` there (ties: config order), else, where no candidate has the
+    metric defined there, the first in config order. The holdout never takes part (it judges the choice)."""
+    from pipelines.metrics import best_candidate, is_missing
+
+    defined = {n: {"metrics": m} for n, m in validation.items() if not is_missing(m.get(primary))}
+    if defined:
+        return str(best_candidate(defined, primary)), "validation"
+    return next(iter(validation)), f"config order ({primary} undefined on validation for every candidate)"
 
 
 def _check_rows(ctx: StepContext, part: str, frame: Any, minimum: int, window: dict[str, str]) -> None:
@@ -582,16 +632,34 @@ def _fingerprint(
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def _reusable_run(experiment_id: str, fingerprint: str) -> Any | None:
+def _reusable_runs(experiment_id: str, fingerprint: str) -> list[Any]:
+    """Finished runs with a model of the same data, config and code, newest first (fitted on train, or refitted
+    on train + validation: :func:`_run_fitted_on`)."""
     from mlflow import MlflowClient
 
     runs = MlflowClient().search_runs(
         [experiment_id],
         filter_string=f"tags.train_fingerprint = '{fingerprint}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
-        max_results=5,
+        max_results=10,
     )
-    return next((r for r in runs if r.data.tags.get("model_uri")), None)
+    return [r for r in runs if r.data.tags.get("model_uri")]
+
+
+def _run_fitted_on(run: Any, has_validation: bool) -> str:
+    """What a run's model is fitted on; a run from before the tag refitted every candidate on train +
+    validation when the window had a validation part."""
+    default = "train+validation" if has_validation else "train"
+    return run.data.tags.get(FITTED_ON, default)
+
+
+def _recorded_validation_metrics(run: Any, wanted: list[str]) -> dict[str, float]:
+    """The ``wanted`` metrics a finished run's fit on train scored on the validation rows."""
+    return {
+        k[len(VALIDATION_PREFIX) :]: v
+        for k, v in run.data.metrics.items()
+        if k.startswith(VALIDATION_PREFIX) and k[len(VALIDATION_PREFIX) :] in wanted
+    }
 
 
 def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
@@ -632,33 +700,86 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     single_feature_scores = check_leakage(
         usecase, X, y, f"the training rows [{window['train_start']}, {window['train_end']})"
     )
+    has_validation = frames.validation is not None
+    # the chosen candidate's refit on train + validation (train alone without a validation window)
     final_rows = frames.final_fit_rows(split.max_train_rows, split.seed)
-    X_final = model_inputs(usecase, final_rows, "the final fit rows")
-    y_final = final_rows[label].to_numpy(dtype=modeling.label_dtype(usecase))
-    example = modeling.input_example(X_final)
-    selection_metrics = list(dict.fromkeys([usecase.gate.primary_metric, *usecase.metrics]))
-    if frames.validation is not None:
+    fit_hashes = {"train": frames.content_hash(train)}
+    example = modeling.input_example(X)
+    primary = usecase.gate.primary_metric
+    selection_metrics = list(dict.fromkeys([primary, *usecase.metrics]))
+    if has_validation:
         X_validation = model_inputs(usecase, frames.validation, "the validation rows")
         y_validation = frames.validation[label].to_numpy(dtype=modeling.label_dtype(usecase))
-        # the holdout's model inputs, labels left out: the rows on which the threshold chosen for the fit on
-        # train moves to the refit on train + validation (registered_decision)
-        X_holdout_inputs = model_inputs(usecase, holdout, "the holdout inputs")
+        fit_hashes["train+validation"] = frames.content_hash(final_rows)
     all_parts = frames.partitions
     inputs = sorted({k for p in all_parts.values() for k in raw_inputs(usecase.name, p.facts.get("inputs"))})
     specs, selection_note = select_candidates(ctx, mode, getattr(args, "candidates", None))
 
+    def fit_on_train(spec: Any) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:
+        """The candidate fitted on the train rows, its metrics on the validation rows (which it was not fitted
+        on) and the decision its rule chooses there."""
+        progress(f"train: fitting {spec.name} ({spec.family}) on {len(train)} train rows")
+        fitted = modeling.fit_candidate(spec, usecase, X, y, split.seed)
+        if not has_validation:
+            return fitted, {}, candidate_decision(ctx, spec.name, None, None, window)
+        scores = fitted.scores(X_validation)
+        return (
+            fitted,
+            model_metrics(y_validation, scores, selection_metrics),
+            candidate_decision(ctx, spec.name, scores, frames.validation, window),
+        )
+
     experiment_id = configure_mlflow(ctx.profile, usecase)
-    candidates = []
+    # 1. every candidate fitted on train and scored on validation (or a finished run that was: its recorded
+    # validation metrics are the same), which is all the choice needs
+    trials: dict[str, dict[str, Any]] = {}
     for spec in specs:
         fingerprint = _fingerprint(ctx, spec, mode, all_parts, len(train), frames.label_partitions)
-        previous = None if getattr(args, "retrain", False) else _reusable_run(experiment_id, fingerprint)
+        runs = [] if getattr(args, "retrain", False) else _reusable_runs(experiment_id, fingerprint)
+        trial: dict[str, Any] = {"fingerprint": fingerprint, "runs": runs, "first": None, "decision": None}
+        if runs:
+            trial["validation_metrics"] = _recorded_validation_metrics(runs[0], selection_metrics)
+        else:
+            trial["first"], trial["validation_metrics"], trial["decision"] = fit_on_train(spec)
+        trials[spec.name] = trial
+
+    # 2. the choice, on validation: the holdout that gates the chosen one takes no part in it
+    chosen = None
+    if has_validation:
+        name, on = choose_candidate({n: t["validation_metrics"] for n, t in trials.items()}, primary)
+        chosen = {
+            "candidate": name,
+            "on": on,
+            "metric": primary,
+            "value": trials[name]["validation_metrics"].get(primary),
+        }
+        progress(f"train: {name} chosen by {primary} on the {on}; only it is refitted on train + validation")
+        # the holdout's model inputs, labels left out: the rows on which the threshold chosen for the fit on
+        # train moves to the refit on train + validation (registered_decision)
+        X_holdout_inputs = model_inputs(usecase, holdout, "the holdout inputs")
+        X_final = model_inputs(usecase, final_rows, "the final fit rows")
+        y_final = final_rows[label].to_numpy(dtype=modeling.label_dtype(usecase))
+
+    # 3. the chosen one refitted on train + validation, the others logged as fitted on train
+    candidates = []
+    for spec in specs:
+        trial = trials[spec.name]
+        refit = chosen is not None and spec.name == chosen["candidate"]
+        parts = ["train", "validation"] if refit else ["train"]
+        fitted_on = "+".join(parts)
+        validation_metrics = trial["validation_metrics"]
+        previous = next((r for r in trial["runs"] if _run_fitted_on(r, has_validation) == fitted_on), None)
         if previous is not None:
             progress(
                 f"train: {spec.name}: reusing finished run {previous.info.run_id} (same data, config, code)"
             )
             run_id, model_uri = previous.info.run_id, previous.data.tags["model_uri"]
+            validation_metrics = _recorded_validation_metrics(previous, selection_metrics)
         else:
-            progress(f"train: fitting {spec.name} ({spec.family}) on {len(train)} rows")
+            if trial["first"] is None:  # its reusable run was fitted on other rows (chosen then, not now)
+                trial["first"], validation_metrics, trial["decision"] = fit_on_train(spec)
+            fitted, decision = trial["first"], trial["decision"]
+            rows = final_rows if refit else train
             with mlflow.start_run(run_name=f"{spec.name}@{ctx.ds}", experiment_id=experiment_id) as active:
                 mlflow.set_tags(
                     {
@@ -670,28 +791,22 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                         "config_hash": usecase.config_hash,
                         FEATURES_CONFIG_TAG: features_config_hash(usecase),
                         "code_version": ctx.code_version,
-                        "train_fingerprint": fingerprint,
+                        "train_fingerprint": trial["fingerprint"],
                         "data_window": f"{window['train_start']}..{window['holdout_end']}",
+                        FITTED_ON: fitted_on,
                     }
                 )
-                fitted = modeling.fit_candidate(spec, usecase, X, y, split.seed)
-                validation_metrics, decision = {}, None
-                if frames.validation is not None:  # scores of rows it was not fitted on: selection, threshold
-                    validation_scores = fitted.scores(X_validation)
-                    validation_metrics = model_metrics(y_validation, validation_scores, selection_metrics)
-                    decision = candidate_decision(
-                        ctx, spec.name, validation_scores, frames.validation, window
-                    )
-                else:
-                    decision = candidate_decision(ctx, spec.name, None, None, window)
-                if frames.validation is not None:  # chosen on validation: refit on train + validation
+                if refit:  # chosen on validation: refit on train + validation
+                    progress(f"train: refitting {spec.name} on {len(final_rows)} train + validation rows")
                     first_fit = fitted
                     fitted = modeling.fit_candidate(spec, usecase, X_final, y_final, split.seed)
                     fitted.fit_seconds += first_fit.fit_seconds
                     if decision is not None and decision["rule"] != "fixed":  # onto the refit's own scores
                         decision = registered_decision(decision, fitted.scores(X_holdout_inputs), window)
                 if decision is not None and "threshold_source" not in decision:
-                    decision["threshold_source"] = fixed_or_chosen_source(decision, window)
+                    decision = decision | {
+                        "threshold_source": fixed_or_chosen_source(decision, window, chosen)
+                    }
                 mlflow.log_params(
                     {
                         **modeling.mlflow_params(fitted),
@@ -701,22 +816,23 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                         "split.max_train_rows": split.max_train_rows,
                         "split.seed": split.seed,
                         "rows.train": len(train),
-                        "rows.final_fit": len(final_rows),
+                        "rows.final_fit": len(rows),  # the rows this model is fitted on
                         "rows.holdout": len(holdout),
                         "rows.validation": 0 if frames.validation is None else len(frames.validation),
                         "features": len(X.columns),
                         "decision.rule": usecase.decision.rule,
+                        FITTED_ON: fitted_on,
                     }
                 )
                 label_stat = "train_positive_rate" if usecase.task == "classification" else "train_label_mean"
-                chosen = {} if decision is None else {DECISION_THRESHOLD: decision["threshold"]}
+                recorded = {} if decision is None else {DECISION_THRESHOLD: decision["threshold"]}
                 if decision is not None:
-                    chosen |= {
+                    recorded |= {
                         f"validation_{k}": float(v)
                         for k, v in decision.items()
                         if k in ("precision", "recall", "f1") and v is not None
                     }
-                    chosen |= {
+                    recorded |= {
                         k: float(decision[k])
                         for k in (
                             "validation_threshold",
@@ -729,8 +845,8 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                 mlflow.log_metrics(
                     {
                         "fit_seconds": fitted.fit_seconds,
-                        label_stat: float(np.mean(y_final)),
-                        **chosen,
+                        label_stat: float(np.mean(rows[label].to_numpy(dtype="float64"))),
+                        **recorded,
                         **{
                             f"{VALIDATION_PREFIX}{k}": v
                             for k, v in validation_metrics.items()
@@ -745,6 +861,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                         DECISION_THRESHOLD: decision["threshold"],
                         "decision_rule": decision["rule"],
                         THRESHOLD_SOURCE: decision["threshold_source"],
+                        FITTED_ON: fitted_on,
                         **(
                             {"validation_threshold": decision["validation_threshold"]}
                             if "validation_threshold" in decision
@@ -762,11 +879,6 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             )
             progress(f"train: {spec.name} fitted in {fitted.fit_seconds:.1f}s, run {run_id}{said}")
         if previous is not None:
-            validation_metrics = {
-                k[len(VALIDATION_PREFIX) :]: v
-                for k, v in previous.data.metrics.items()
-                if k.startswith(VALIDATION_PREFIX) and k[len(VALIDATION_PREFIX) :] in selection_metrics
-            }
             decision = (
                 None
                 if DECISION_THRESHOLD not in previous.data.metrics
@@ -785,7 +897,16 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                     THRESHOLD_SOURCE: previous.data.tags.get(THRESHOLD_SOURCE, "not recorded (an older run)"),
                 }
             )
-        entry = {"name": spec.name, "family": spec.family, "run_id": run_id, "model_uri": model_uri}
+        entry = {
+            "name": spec.name,
+            "family": spec.family,
+            "run_id": run_id,
+            "model_uri": model_uri,
+            # the window parts and rows this model is fitted on (what register tags and lineage reloads)
+            FITTED_ON: parts,
+            "fit_rows": len(final_rows if refit else train),
+            "fit_data_hash": fit_hashes[fitted_on],
+        }
         if validation_metrics:
             entry["validation_metrics"] = validation_metrics
         if decision is not None:
@@ -820,8 +941,11 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             "train": len(train),
             "validation": 0 if frames.validation is None else len(frames.validation),
             "holdout": len(holdout),
-            "final_fit": len(final_rows),
+            "final_fit": len(final_rows),  # the chosen candidate's (train alone without validation)
         },
+        # the candidate chosen on validation, the only one refitted on train + validation (None: no validation
+        # window, a single candidate that evaluate takes)
+        "chosen": chosen,
         # per part: expected, present and missing days; events, due outcomes, labelled, unlabelled (never arrived)
         "completeness": completeness,
         "unlabelled_events": {part: entry["unlabelled_events"] for part, entry in completeness.items()},
