@@ -654,6 +654,9 @@ def test_a_failed_report_part_changes_no_decision_nor_promotion_and_is_listed(tm
     written = lake.read_json(f"{prefix}/report.json")
     assert written["decision"]["decision_id"] == before[gate_key]["decision_id"]
     assert written["explanation"]["feature_importance"]["method"] == "permutation"
+    # SHAP explains the logistic regression that won (the section used to vanish for it)
+    assert written["explanation"]["shap"]["family"] == "logistic_regression"
+    assert written["explanation"]["shap"]["additivity_error"] < 1e-6
 
     evaluate_key = run_result_key(usecase.name, day, "evaluate", "manual__report")
     evaluation = lake.read_json(evaluate_key)
@@ -689,3 +692,23 @@ def test_parts_lists_skipped_failed_and_cut_parts() -> None:
     assert parts.status["bad"]["status"] == "failed: ZeroDivisionError: division by zero"
     page = render_report_html({"parts": parts.status})
     assert "failed: ZeroDivisionError" in page and "cut: 10 rows" in page
+
+
+def test_importance_plan_fits_the_budget_fewer_shuffles_first() -> None:
+    """One timed prediction sizes permutation importance: within budget nothing changes; over it the shuffles
+    drop to one, then the rows, and the full run's estimate is returned for the report's note."""
+    import time
+
+    import pandas as pd
+
+    from pipelines.steps.report import importance_plan
+
+    X = pd.DataFrame({f"f{i}": np.arange(1000.0) for i in range(10)})
+
+    def slow(frame: pd.DataFrame) -> np.ndarray:  # 1 ms per 100 rows
+        time.sleep(len(frame) / 100_000)
+        return np.zeros(len(frame))
+
+    assert importance_plan(slow, X, 1000, 3, budget=1000.0)[:2] == (1000, 3)
+    rows, repeats, estimate = importance_plan(slow, X, 1000, 3, budget=0.05)
+    assert repeats == 1 and 100 <= rows < 1000 and estimate > 0.05

@@ -100,6 +100,29 @@ class Parts:
         self.status[name] = {"status": f"skipped: {why}", "seconds": 0.0, "budget_s": self.budget(name)}
 
 
+def importance_plan(
+    predict: Callable[[Any], Any], X: Any, rows: int, repeats: int, budget: float
+) -> tuple[int, int, float]:
+    """Rows and repeats for permutation importance that fit ``budget`` seconds: one timed prediction of a
+    sample gives the cost per row, the run scores ``rows x (features x repeats + 1)`` rows; fewer repeats first
+    (down to 1), then fewer rows (down to 100). Returns them and the full run's estimated seconds."""
+    sample = X.iloc[: min(len(X), 500)]
+    start = time.perf_counter()
+    predict(sample)
+    per_row = max(time.perf_counter() - start, 1e-6) / max(len(sample), 1)
+    features = X.shape[1]
+
+    def cost(r: int, k: int) -> float:
+        return per_row * r * (features * k + 1)
+
+    estimate = cost(rows, repeats)
+    while repeats > 1 and cost(rows, repeats) > budget:
+        repeats -= 1
+    if cost(rows, repeats) > budget:
+        rows = max(min(rows, 100), int(budget / (per_row * (features * repeats + 1))))
+    return rows, repeats, estimate
+
+
 def optional_result(ctx: StepContext, step: str) -> dict[str, Any] | None:
     """The result of ``step`` in this run, or None (the report runs even when the gate task failed)."""
     key = f"{ctx.run_key(step)}/result.json"
@@ -172,8 +195,12 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         return out
 
     def importance(budget: float) -> Any:
-        rows = args.importance_rows or spec.importance_rows
+        rows = min(args.importance_rows or spec.importance_rows, len(X))
         repeats = args.importance_repeats or spec.importance_repeats
+        wanted = (rows, repeats)
+        rows, repeats, estimate = importance_plan(
+            lambda frame: predict_proba(best_model(), frame), X, rows, repeats, budget
+        )
         progress(f"report: permutation importance of {best} ({repeats} shuffles of {X.shape[1]} features)")
         found = quality.permutation_importance(
             lambda frame: predict_proba(best_model(), frame),
@@ -184,11 +211,33 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             seed=seed,
             max_rows=rows,
         )
-        return {"metric": primary, "method": "permutation", "features": found}
+        section = {
+            "metric": primary,
+            "method": "permutation",
+            "features": found,
+            "rows": rows,
+            "repeats": repeats,
+        }
+        if (rows, repeats) != wanted:
+            note = (
+                f"{rows} rows x {repeats} shuffles instead of {wanted[0]} x {wanted[1]}: the full run was "
+                f"estimated at {estimate:.0f} s, over the {budget:g} s budget"
+            )
+            return section | {"cut": note}, note
+        return section
 
     def shap(budget: float) -> Any:
         progress(f"report: SHAP of {best}")
-        return explain.shap_summary(best_model(), X, family=chosen.get("family") or "", seed=seed)
+        found = explain.shap_summary(
+            best_model(),
+            X,
+            family=chosen.get("family") or "",
+            seed=seed,
+            rows=spec.shap_rows,
+            budget_s=budget,
+            task=usecase.task,
+        )
+        return (found, found["cut"]) if found.get("cut") else found
 
     def error_analysis(budget: float) -> Any:
         return explain.error_cohorts(
@@ -215,7 +264,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     def counterfactuals(budget: float) -> Any:
         progress(f"report: counterfactuals of {best} (dice-ml, random method)")
         train_X, train_y = train_sample()
-        return explain.counterfactuals(
+        found = explain.counterfactuals(
             best_model(),
             train_X,
             train_y.astype("int64"),
@@ -228,6 +277,13 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             seed=seed,
             budget_s=budget,
         )
+        left = sum(1 for row in found["rows"] if "budget" in str(row.get("error", "")))
+        if left:
+            return (
+                found,
+                f"{left} of {len(found['rows'])} rows left unsearched when the {budget:g} s budget was spent",
+            )
+        return found
 
     basics = parts.run("performance", performance) or {}
     found_importance = parts.run("feature_importance", importance)
