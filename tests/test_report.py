@@ -712,3 +712,37 @@ def test_importance_plan_fits_the_budget_fewer_shuffles_first() -> None:
     assert importance_plan(slow, X, 1000, 3, budget=1000.0)[:2] == (1000, 3)
     rows, repeats, estimate = importance_plan(slow, X, 1000, 3, budget=0.05)
     assert repeats == 1 and 100 <= rows < 1000 and estimate > 0.05
+
+
+def test_only_the_explanations_import_shap_and_dice_ml_and_only_the_report_images_install_them() -> None:
+    """shap and dice-ml are the optional extra ``report``: the decision path (evaluate, the gate and every module
+    but ``pipelines/explain.py``) never imports them, the train image (which runs the report step) installs them
+    and the core and serve images do not."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    importers = set()
+    for path in sorted((root / "pipelines").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(n.split(".")[0] in {"shap", "dice_ml"} for n in names):
+                importers.add(path.relative_to(root).as_posix())
+    assert importers == {"pipelines/explain.py"}
+    evaluate = (root / "pipelines" / "steps" / "evaluate.py").read_text()
+    assert "explain" not in {
+        alias.name
+        for node in ast.walk(ast.parse(evaluate))
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    requirements = root / "docker" / "requirements"
+    for image, wanted in (("core", False), ("serve", False), ("train", True), ("gpu", True)):
+        text = (requirements / f"{image}.txt").read_text()
+        for package in ("shap==", "dice-ml=="):
+            assert (package in text) is wanted, (image, package)
