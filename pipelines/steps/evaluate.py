@@ -155,73 +155,98 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     classification = usecase.task == "classification"
     configure_mlflow(ctx.profile, usecase)
 
-    candidates: dict[str, dict[str, Any]] = {}
-    predictions: dict[str, Any] = {}
-    models: dict[str, Any] = {}
-    for entry in train_result["candidates"]:
-        progress(f"evaluate: scoring {entry['name']} on {len(X)} holdout rows")
-        try:
-            models[entry["name"]] = load_model(entry["model_uri"])
-            proba = predict_proba(models[entry["name"]], X)
-        except Exception as exc:
-            raise StepFailed(
-                f"candidate {entry['name']} ({entry['model_uri']}, run {entry['run_id']}) could not be loaded or "
-                f"scored: {type(exc).__name__}: {exc}; rerun train with --retrain"
-            ) from exc
-        predictions[entry["name"]] = proba
-        candidates[entry["name"]] = {
-            "run_id": entry["run_id"],
-            "model_uri": entry["model_uri"],
-            "family": entry.get("family"),
-            **(
-                {
-                    "decision_threshold": float(entry.get("decision_threshold", LEGACY_THRESHOLD)),
-                    "threshold_source": entry.get("threshold_source")
-                    or "not recorded by train (0.5 for a model logged before thresholds were)",
-                }
-                if classification
-                else {}
-            ),
-            **(
-                {"validation_metrics": entry["validation_metrics"]} if entry.get("validation_metrics") else {}
-            ),
-            **model_quality(proba, y, groups, wanted),
-        }
-    if not candidates:
-        raise StepFailed(f"the train result of {ctx.ds} lists no candidates; rerun train")
+    # the candidate chosen on the validation window is known before the holdout is scored: a fresh process starts
+    # loading it now (about 15-20 s of imports and loading) while this one scores and computes the intervals
+    sample = X.sample(n=min(len(X), 50), random_state=seed)
+    pending = None
+    chosen_early, chosen_on = select_best(
+        {
+            e["name"]: {"validation_metrics": e.get("validation_metrics"), "metrics": {}}
+            for e in train_result["candidates"]
+        },
+        primary,
+    )
+    if gate.infrastructure_check and chosen_early is not None and chosen_on == "validation":
+        progress(
+            f"evaluate: infrastructure check: loading {chosen_early} in a fresh process as the scorer does"
+        )
+        entry = next(e for e in train_result["candidates"] if e["name"] == chosen_early)
+        pending = start_infrastructure_check(entry["model_uri"], sample)
+    try:
+        candidates: dict[str, dict[str, Any]] = {}
+        predictions: dict[str, Any] = {}
+        models: dict[str, Any] = {}
+        for entry in train_result["candidates"]:
+            progress(f"evaluate: scoring {entry['name']} on {len(X)} holdout rows")
+            try:
+                models[entry["name"]] = load_model(entry["model_uri"])
+                proba = predict_proba(models[entry["name"]], X)
+            except Exception as exc:
+                raise StepFailed(
+                    f"candidate {entry['name']} ({entry['model_uri']}, run {entry['run_id']}) could not be loaded or "
+                    f"scored: {type(exc).__name__}: {exc}; rerun train with --retrain"
+                ) from exc
+            predictions[entry["name"]] = proba
+            candidates[entry["name"]] = {
+                "run_id": entry["run_id"],
+                "model_uri": entry["model_uri"],
+                "family": entry.get("family"),
+                **(
+                    {
+                        "decision_threshold": float(entry.get("decision_threshold", LEGACY_THRESHOLD)),
+                        "threshold_source": entry.get("threshold_source")
+                        or "not recorded by train (0.5 for a model logged before thresholds were)",
+                    }
+                    if classification
+                    else {}
+                ),
+                **(
+                    {"validation_metrics": entry["validation_metrics"]}
+                    if entry.get("validation_metrics")
+                    else {}
+                ),
+                **model_quality(proba, y, groups, wanted),
+            }
+        if not candidates:
+            raise StepFailed(f"the train result of {ctx.ds} lists no candidates; rerun train")
 
-    champion = None
-    champion_proba = None
-    champion_threshold = None
-    version = champion_version(usecase)  # a registry failure raises: the gate never runs on a guess
-    if version is not None:
-        uri = f"models:/{model_name(usecase)}/{version.version}"
-        champion = {
-            "version": str(version.version),
-            "run_id": version.run_id,
-            "candidate": (version.tags or {}).get("candidate"),
-            "model_uri": uri,
-        }
-        progress(f"evaluate: re-scoring champion version {version.version} on the same holdout")
-        try:
-            champion_model = load_model(uri)
-            champion_proba = predict_proba(champion_model, X)
-            champion_threshold = decision_threshold(champion_model) if classification else None
-            champion.update(model_quality(champion_proba, y, groups, wanted))
-        except Exception as exc:  # the gate fails closed on the missing baseline, and says why
-            champion_proba = None
-            champion.update(
-                {"metrics": dict.fromkeys(wanted), "slices": {}, "error": f"{type(exc).__name__}: {exc}"}
-            )
+        champion = None
+        champion_proba = None
+        champion_threshold = None
+        version = champion_version(usecase)  # a registry failure raises: the gate never runs on a guess
+        if version is not None:
+            uri = f"models:/{model_name(usecase)}/{version.version}"
+            champion = {
+                "version": str(version.version),
+                "run_id": version.run_id,
+                "candidate": (version.tags or {}).get("candidate"),
+                "model_uri": uri,
+            }
+            progress(f"evaluate: re-scoring champion version {version.version} on the same holdout")
+            try:
+                champion_model = load_model(uri)
+                champion_proba = predict_proba(champion_model, X)
+                champion_threshold = decision_threshold(champion_model) if classification else None
+                champion.update(model_quality(champion_proba, y, groups, wanted))
+            except Exception as exc:  # the gate fails closed on the missing baseline, and says why
+                champion_proba = None
+                champion.update(
+                    {"metrics": dict.fromkeys(wanted), "slices": {}, "error": f"{type(exc).__name__}: {exc}"}
+                )
 
-    clock.lap("scoring")
+        clock.lap("scoring")
+    except BaseException:
+        if pending is not None:
+            pending.close()
+        raise
     best, selected_on = select_best(candidates, primary)
     best_proba = predictions[best]
     best_threshold = candidates[best].get("decision_threshold")
     progress(f"evaluate: {best} chosen by {primary} on the {selected_on}")
-    pending = None
-    if gate.infrastructure_check:  # a fresh process loads the model while this one computes the intervals
-        sample = X.sample(n=min(len(X), 50), random_state=seed)
+    if pending is not None and best != chosen_early:  # the same rule on the same metrics: a safeguard only
+        pending.close()
+        pending = None
+    if gate.infrastructure_check and pending is None:  # chosen on the holdout: known only now
         progress(f"evaluate: infrastructure check: loading {best} in a fresh process as the scorer does")
         pending = start_infrastructure_check(candidates[best]["model_uri"], sample)
     try:
