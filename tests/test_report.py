@@ -695,23 +695,27 @@ def test_parts_lists_skipped_failed_and_cut_parts() -> None:
 
 
 def test_importance_plan_fits_the_budget_fewer_shuffles_first() -> None:
-    """One timed prediction sizes permutation importance: within budget nothing changes; over it the shuffles
-    drop to one, then the rows, and the full run's estimate is returned for the report's note."""
+    """Two timed predictions size permutation importance, the fixed cost of a call counted once (the one batched
+    call pays it once): within budget nothing changes; over it the shuffles drop to one, then the rows, and the
+    full run's estimate is returned for the report's note."""
     import time
 
     import pandas as pd
 
     from pipelines.steps.report import importance_plan
 
-    X = pd.DataFrame({f"f{i}": np.arange(1000.0) for i in range(10)})
+    X = pd.DataFrame({f"f{i}": np.arange(3000.0) for i in range(10)})
 
-    def slow(frame: pd.DataFrame) -> np.ndarray:  # 1 ms per 100 rows
-        time.sleep(len(frame) / 100_000)
+    def slow(frame: pd.DataFrame) -> np.ndarray:  # 20 ms a call, plus 1 ms per 100 rows
+        time.sleep(0.02 + len(frame) / 100_000)
         return np.zeros(len(frame))
 
-    assert importance_plan(slow, X, 1000, 3, budget=1000.0)[:2] == (1000, 3)
-    rows, repeats, estimate = importance_plan(slow, X, 1000, 3, budget=0.05)
-    assert repeats == 1 and 100 <= rows < 1000 and estimate > 0.05
+    # 1000 rows x (10 features x 3 + 1): 0.02 + 0.31 s; one 500-row timing per row would have said 1.55 s
+    rows, repeats, estimate = importance_plan(slow, X, 1000, 3, budget=1.0)
+    assert (rows, repeats) == (1000, 3) and 0.25 < estimate < 0.6
+    assert importance_plan(slow, X, 1000, 3, budget=0.2)[:2] == (1000, 1)
+    rows, repeats, _ = importance_plan(slow, X, 1000, 3, budget=0.08)
+    assert repeats == 1 and 100 <= rows < 1000
 
 
 def test_only_the_explanations_import_shap_and_dice_ml_and_only_the_report_images_install_them() -> None:
@@ -746,3 +750,15 @@ def test_only_the_explanations_import_shap_and_dice_ml_and_only_the_report_image
         text = (requirements / f"{image}.txt").read_text()
         for package in ("shap==", "dice-ml=="):
             assert (package in text) is wanted, (image, package)
+
+
+def test_evaluate_and_report_import_no_other_step() -> None:
+    """The two steps share their readers through ``pipelines.evaluation_data``, never through each other."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "pipelines" / "steps"
+    for step in ("evaluate", "report", "gate"):
+        tree = ast.parse((root / f"{step}.py").read_text())
+        imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+        assert not {m for m in imported if m.startswith("pipelines.steps")}, (step, imported)
