@@ -1,5 +1,7 @@
 """<usecase>_train (monthly full retraining, manual with Params) and <usecase>_train_nightly (refresh of the
-champion's model family): train -> evaluate -> gate -> register -> promote or keep the champion.
+champion's model family): train -> evaluate -> gate -> register -> promote or keep the champion, and
+gate -> report beside register: the explanations and the report page run in parallel with register and promote,
+whether the gate passed or not, and nothing waits for them (a failed report never holds or fails a promotion).
 
 Each step reads the results of its own run (the operator passes the Airflow run id as ``MLOPS_RUN_ID``), so a
 manual run and the nightly run of one date never mix. The promote tasks of a use case's train DAGs share the pool
@@ -8,6 +10,7 @@ gate compared against and then sets it, and the pool keeps a second promote out 
 
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Param
+from airflow.task.trigger_rule import TriggerRule
 
 from mlops_airflow.operators import GateBranchOperator, step_task
 from mlops_airflow.pools import train_pool
@@ -26,7 +29,11 @@ def lifecycle(usecase_name: str, train_args: list[str]) -> None:
     keep = EmptyOperator(
         task_id="keep_champion", doc_md="The candidate did not pass the gate: nothing moves."
     )
+    # after the gate whatever it decided (a gate task that failed too: the page then says the decision is
+    # pending), as long as evaluate succeeded: without evaluate's scores there is nothing to explain
+    report = step_task("report", usecase_name, trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS)
     train >> evaluate >> gate >> register >> branch >> [promote, keep]
+    [evaluate, gate] >> report
 
 
 for usecase in usecases():

@@ -876,6 +876,41 @@ def _cron_at(at: Any) -> str | None:
     return f"{int(minutes)} {int(hours)} * * *"
 
 
+REPORT_PARTS = (
+    "performance",
+    "feature_importance",
+    "shap",
+    "error_analysis",
+    "data_explorer",
+    "counterfactuals",
+)
+
+
+class ReportSpec(_Strict):
+    """The report step (explanations after the gate): a time budget per part, so the report's cost per training
+    run stays bounded; a part that would run past its budget is cut (fewer rows, fewer searches) and says so."""
+
+    budgets: dict[Literal[REPORT_PARTS], float] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: {
+            "feature_importance": 30.0,
+            "shap": 20.0,
+            "counterfactuals": 20.0,
+        },
+        description="seconds per part (feature_importance, shap, error_analysis, data_explorer, counterfactuals); "
+        "a part not named gets default_budget_s",
+    )
+    default_budget_s: float = Field(default=30.0, gt=0, description="budget of a part not named in budgets")
+    importance_rows: int = Field(default=4000, ge=50, description="holdout sample for permutation importance")
+    importance_repeats: int = Field(default=3, ge=1, description="shuffles per feature")
+    shap_rows: int = Field(default=200, ge=10, description="holdout rows SHAP explains")
+    skip: list[Literal[REPORT_PARTS]] = Field(  # type: ignore[valid-type]
+        default_factory=list, description="parts not to compute (listed in the report as skipped)"
+    )
+
+    def budget(self, part: str) -> float:
+        return float(self.budgets.get(part, self.default_budget_s))  # type: ignore[call-overload]
+
+
 class UseCase(_Strict):
     name: str
     description: str = ""
@@ -905,6 +940,7 @@ class UseCase(_Strict):
     drift: DriftSpec = Field(default_factory=DriftSpec)
     serving: ServingSpec = Field(default_factory=ServingSpec)
     leakage: LeakageSpec = Field(default_factory=LeakageSpec)
+    report: ReportSpec = Field(default_factory=ReportSpec)
 
     @model_validator(mode="before")
     @classmethod

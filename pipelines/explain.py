@@ -8,12 +8,15 @@ Every value returned is JSON-able: Python floats, ints, strings or None, never N
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import TYPE_CHECKING, Any
 
 from pipelines.metrics import NULL_SLICE, clean
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import numpy as np
     import pandas as pd
 
@@ -378,41 +381,151 @@ def data_explorer(
 
 
 TREE_FAMILIES = ("hist_gradient_boosting",)
+# scikit-learn pipelines (preprocessing + one estimator): explained on the transformed frame
+PIPELINE_FAMILIES = ("logistic_regression", "ridge", "hist_gradient_boosting")
 
 
-def shap_summary(
-    model: Any, X: pd.DataFrame, *, family: str, seed: int = 0, rows: int = 200, background: int = 50
-) -> dict[str, Any] | None:
-    """SHAP values of a tree candidate (``family`` in TREE_FAMILIES) on ``rows`` holdout rows, for a summary
-    (beeswarm) plot: the estimator is explained on the pipeline's transformed frame and transformed columns are
-    summed back to the feature they came from (one-hot columns; ordinal and passthrough columns map one to one).
+def _shap_rows(
+    output: Callable[[np.ndarray], Any], batch: np.ndarray, rows: int, budget_s: float | None
+) -> int:
+    """How many rows the permutation explainer can explain within ``budget_s``: it calls ``output`` on about
+    ``len(batch)`` rows per explained row, so one timed call sizes the run (with a 20 % margin)."""
+    import time
 
-    shap's TreeExplainer misreads the native categorical splits of scikit-learn's histogram gradient boosting
-    (its values do not add up to the model's output: 9.8 off in log-odds, measured with shap 0.51), so the
-    model-agnostic permutation explainer is used on the estimator's raw output (log-odds, or the value of a
-    regressor); it is exact in additivity, which is checked and reported. None for other families."""
+    if budget_s is None:
+        return rows
+    start = time.perf_counter()
+    output(batch)
+    per_row = max(time.perf_counter() - start, 1e-6)
+    return max(min(rows, int(0.8 * budget_s / per_row)), min(rows, 10))
+
+
+def _explain(
+    output: Callable[[np.ndarray], Any],
+    Z: np.ndarray,
+    Z_background: np.ndarray,
+    *,
+    rows: int,
+    seed: int,
+    budget_s: float | None,
+) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """SHAP values of ``output`` for (up to the budget's) first ``rows`` rows of ``Z``: values, the rows
+    explained, the additivity error and how many rows the budget allowed."""
     import numpy as np
-
-    if family not in TREE_FAMILIES:
-        return None
     import shap
 
-    raw = model.get_raw_model() if hasattr(model, "get_raw_model") else model
-    pipeline = getattr(raw, "regressor_", raw)  # a TransformedTargetRegressor explains its inner pipeline
-    preprocess, estimator = pipeline[:-1], pipeline[-1]
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(len(X), size=min(rows, len(X)), replace=False))
-    pool = np.sort(rng.choice(len(X), size=min(background, len(X)), replace=False))
-    Z = np.asarray(preprocess.transform(X.iloc[chosen]), dtype="float64")
-    Z_background = np.asarray(preprocess.transform(X.iloc[pool]), dtype="float64")
-    names = [str(n) for n in preprocess.get_feature_names_out()]
-    output = estimator.decision_function if hasattr(estimator, "decision_function") else estimator.predict
+    evals = 2 * Z.shape[1] + 1
+    batch = np.repeat(Z_background, evals, axis=0)[: evals * len(Z_background)]
+    allowed = _shap_rows(output, batch, rows, budget_s)
+    Z = Z[:allowed]
     explainer = shap.PermutationExplainer(
         output, shap.maskers.Independent(Z_background, max_samples=len(Z_background)), seed=seed
     )
-    explained = explainer(Z, max_evals=2 * Z.shape[1] + 1, silent=True)
+    explained = explainer(Z, max_evals=evals, silent=True)
     values = np.asarray(explained.values, dtype="float64")
     additivity = float(np.max(np.abs(values.sum(axis=1) + explained.base_values - output(Z))))
+    return values, Z, additivity, allowed
+
+
+def _encoded(X: pd.DataFrame) -> tuple[np.ndarray, Callable[[np.ndarray], pd.DataFrame]]:
+    """``X`` as a float matrix for shap's masker (a text column as the code of its value, -1 for a null) and
+    the function that turns such a matrix back into the model's input frame (same columns, same dtypes)."""
+    import numpy as np
+    import pandas as pd
+
+    columns, decoders = [], []
+    for name in X.columns:
+        column = X[name]
+        if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+            columns.append(column.to_numpy(dtype="float64", na_value=np.nan))
+            decoders.append(None)
+        else:
+            codes, values = pd.factorize(column, use_na_sentinel=True)
+            columns.append(codes.astype("float64"))
+            decoders.append(np.asarray(list(values), dtype=object))
+    matrix = np.column_stack(columns) if columns else np.zeros((len(X), 0))
+    dtypes = X.dtypes.to_dict()
+
+    def decode(Z: np.ndarray) -> pd.DataFrame:
+        data: dict[str, Any] = {}
+        for index, name in enumerate(X.columns):
+            values = decoders[index]
+            if values is None:
+                data[name] = Z[:, index]
+            else:
+                codes = Z[:, index].astype("int64")
+                data[name] = np.where(codes >= 0, values[np.clip(codes, 0, max(len(values) - 1, 0))], None)
+        frame = pd.DataFrame(data)
+        for name, dtype in dtypes.items():
+            # a null in an integer column stays as it is: the model's own input checks decide
+            with contextlib.suppress(TypeError, ValueError):
+                frame[name] = frame[name].astype(dtype)
+        return frame
+
+    return matrix, decode
+
+
+def shap_summary(
+    model: Any,
+    X: pd.DataFrame,
+    *,
+    family: str,
+    seed: int = 0,
+    rows: int = 200,
+    background: int = 50,
+    budget_s: float | None = None,
+    task: str = "classification",
+) -> dict[str, Any]:
+    """SHAP values of the chosen candidate on ``rows`` holdout rows, for a summary (beeswarm) plot, whatever its
+    family, with the model-agnostic permutation explainer (exact in additivity, which is checked and reported):
+
+    - a scikit-learn pipeline (``family`` in PIPELINE_FAMILIES: logistic regression, ridge, histogram gradient
+      boosting) is explained on the pipeline's transformed frame, on the estimator's raw output (log-odds, or a
+      regressor's value), and transformed columns are summed back to the feature they came from (one-hot
+      columns; ordinal and passthrough columns map one to one). shap's TreeExplainer misreads the native
+      categorical splits of histogram gradient boosting (9.8 off in log-odds, measured with shap 0.51), hence
+      the permutation explainer there too;
+    - any other model (the Keras MLP) is explained on its input columns through the pyfunc's own prediction
+      (``tracking.predict_proba``; a classifier's probability as log-odds), a text column masked by its code.
+
+    ``budget_s`` caps the run: one timed model call sizes how many rows fit, and a cut is reported (``cut``)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(X), size=min(rows, len(X)), replace=False))
+    pool = np.sort(rng.choice(len(X), size=min(background, len(X)), replace=False))
+    raw = model.get_raw_model() if hasattr(model, "get_raw_model") else model
+    pipeline = getattr(raw, "regressor_", raw)  # a TransformedTargetRegressor explains its inner pipeline
+    if family in PIPELINE_FAMILIES and hasattr(pipeline, "steps"):
+        preprocess, estimator = pipeline[:-1], pipeline[-1]
+        Z = np.asarray(preprocess.transform(X.iloc[chosen]), dtype="float64")
+        Z_background = np.asarray(preprocess.transform(X.iloc[pool]), dtype="float64")
+        names = [str(n) for n in preprocess.get_feature_names_out()]
+        output = estimator.decision_function if hasattr(estimator, "decision_function") else estimator.predict
+        scale = "log-odds" if hasattr(estimator, "decision_function") else "predicted value"
+        method = f"SHAP permutation explainer on the transformed frame ({scale})"
+    else:
+        from pipelines.tracking import predict_proba
+
+        matrix, decode = _encoded(X)
+        Z, Z_background = matrix[chosen], matrix[pool]
+        names = [str(c) for c in X.columns]
+        classification = task == "classification"
+
+        def output(values: np.ndarray) -> np.ndarray:
+            scores = np.asarray(predict_proba(model, decode(values)), dtype="float64").reshape(-1)
+            if classification:
+                scores = np.clip(scores, 1e-6, 1 - 1e-6)
+                return np.log(scores / (1 - scores))
+            return scores
+
+        scale = "log-odds of the probability" if classification else "predicted value"
+        method = (
+            f"SHAP permutation explainer on the model's input columns through its pyfunc prediction ({scale})"
+        )
+    values, Z, additivity, allowed = _explain(
+        output, Z, Z_background, rows=len(chosen), seed=seed, budget_s=budget_s
+    )
     features = list(X.columns)
 
     def owner(name: str) -> str:
@@ -442,14 +555,17 @@ def shap_summary(
             }
         )
     summary.sort(key=lambda f: -(f["mean_abs"] or 0.0))
-    return {
-        "method": "SHAP permutation explainer on the transformed frame "
-        f"({'log-odds' if hasattr(estimator, 'decision_function') else 'predicted value'})",
-        "rows": len(chosen),
+    out: dict[str, Any] = {
+        "method": method,
+        "family": family,
+        "rows": int(allowed),
         "background_rows": len(pool),
         "additivity_error": clean(additivity),
         "features": summary,
     }
+    if allowed < len(chosen):
+        out["cut"] = f"{allowed} of {len(chosen)} rows explained to fit the {budget_s:g} s budget"
+    return out
 
 
 class _Probabilities:

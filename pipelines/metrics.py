@@ -363,10 +363,14 @@ def permutation_importance(
 ) -> list[dict[str, Any]]:
     """How much ``metric`` worsens when each column of ``X`` is shuffled (mean and std over ``repeats``).
 
-    Works on any predictor (pyfunc models included). Uses a seeded sample of at most ``max_rows`` rows.
-    Positive importance = the model relies on the column. Sorted by importance, largest first.
+    Works on any predictor (pyfunc models included). Uses a seeded sample of at most ``max_rows`` rows. Every
+    shuffled copy (``columns x repeats`` of them, plus the unshuffled rows) is scored in ONE ``predict`` call on
+    their concatenation: a pyfunc call has a fixed cost (schema enforcement, a Keras graph call) that one call
+    per copy paid again and again. Positive importance = the model relies on the column. Sorted by importance,
+    largest first.
     """
     import numpy as np
+    import pandas as pd
 
     rng = np.random.default_rng(seed)
     y = np.asarray(y_true, dtype="float64").reshape(-1)
@@ -376,14 +380,20 @@ def permutation_importance(
     else:
         X = X.reset_index(drop=True)
     direction = better_direction(metric)
-    baseline = model_metrics(y, predict(X), [metric])[metric]
-    results = []
-    for column in X.columns:
-        drops = []
+    copies = [X]
+    for column in X.columns:  # the same draws, in the same order, as one call per copy made
         for _ in range(repeats):
             shuffled = X.copy()
             shuffled[column] = X[column].to_numpy()[rng.permutation(len(X))]
-            score = model_metrics(y, predict(shuffled), [metric])[metric]
+            copies.append(shuffled)
+    scores = np.asarray(predict(pd.concat(copies, ignore_index=True)), dtype="float64").reshape(-1)
+    blocks = scores.reshape(len(copies), len(X))
+    baseline = model_metrics(y, blocks[0], [metric])[metric]
+    results = []
+    for index, column in enumerate(X.columns):
+        drops = []
+        for repeat in range(repeats):
+            score = model_metrics(y, blocks[1 + index * repeats + repeat], [metric])[metric]
             if baseline is not None and score is not None:
                 drops.append(direction * (baseline - score))
         results.append(

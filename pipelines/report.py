@@ -855,6 +855,24 @@ _STYLE = (
 )
 
 
+def _parts_section(report: dict[str, Any]) -> str | None:
+    """What the report step ran, in how long, and what it skipped, cut or failed (and why): a missing section
+    below is explained here, never silently absent."""
+    parts = report.get("parts")
+    if not parts:
+        return None
+    rows = [
+        [name, entry.get("status"), entry.get("seconds"), entry.get("budget_s"), entry.get("note") or ""]
+        for name, entry in parts.items()
+    ]
+    classes = ["" if str(entry.get("status")) == "done" else "flagged" for entry in parts.values()]
+    return (
+        "<p>The explanations are computed after the gate and never change its decision; a part that failed, was "
+        "skipped or was cut to its time budget is listed with the reason.</p>"
+        + _table(["part", "status", "seconds", "budget (s)", "note"], rows, classes)
+    )
+
+
 def render_report_html(report: dict[str, Any]) -> str:
     """A self-contained HTML page for the evaluation report (see the module docstring)."""
     usecase = html.escape(str(report.get("usecase", "")))
@@ -871,6 +889,7 @@ def render_report_html(report: dict[str, Any]) -> str:
     )
     sections: list[tuple[str, str, str | None]] = [
         ("decision", "Gate decision", _decision_section(report)),
+        ("parts", "Report parts", _parts_section(report)),
         ("models", "Models", _models_section(report)),
         ("comparison", "Comparison with the champion", _comparison_section(report)),
         ("curves", "ROC and precision-recall curves", _curves_section(report)),

@@ -27,7 +27,18 @@ from pipelines.steps import STEP_KINDS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
-MONTH_STEPS = {"ingest", "features", "score", "outcomes", "train", "evaluate", "gate", "register", "promote"}
+MONTH_STEPS = {
+    "ingest",
+    "features",
+    "score",
+    "outcomes",
+    "train",
+    "evaluate",
+    "gate",
+    "register",
+    "promote",
+    "report",  # the train DAG's explanations, in the train image, beside register and promote
+}
 TRAIN_DATE = "2013-02-01"
 SECRET = "lake-secret-never-logged"  # moto accepts any credentials
 

@@ -52,12 +52,13 @@ def test_expected_dags_tasks_and_edges(dagbag, usecase: str) -> None:
         f"{usecase}_maintenance": {"maintain": []},
         f"{usecase}_train": {
             "train": ["evaluate"],
-            "evaluate": ["gate"],
-            "gate": ["register"],
+            "evaluate": ["gate", "report"],
+            "gate": ["register", "report"],
             "register": ["gate_passed"],
             "gate_passed": ["keep_champion", "promote"],
             "promote": [],
             "keep_champion": [],
+            "report": [],
         },
     }
     if load_usecase(usecase).schedules.train_nightly:
@@ -85,10 +86,29 @@ def test_expected_dags_tasks_and_edges(dagbag, usecase: str) -> None:
                 "gate",
                 "register",
                 "promote",
+                "report",
                 "score",
                 "maintain",
             }:
                 assert task.retries >= 1, (dag_id, task.task_id)
+
+
+@pytest.mark.parametrize("dag_id", ["flight_delay_train", "flight_delay_train_nightly"])
+def test_promote_never_waits_for_the_report(dagbag, dag_id: str) -> None:
+    """The report (explanations) hangs off the gate beside register: promote is not downstream of it, so a slow
+    or failed report never holds or fails a promotion, and it runs whether the gate passed or not (all done, one
+    success: evaluate's scores exist) and the direct runner keeps the same topology."""
+    from mlops_airflow.demo import DirectRunner
+
+    dag = dagbag.dags[dag_id]
+    report = dag.task_dict["report"]
+    assert "promote" not in report.get_flat_relative_ids(upstream=False)
+    assert "report" not in dag.task_dict["promote"].get_flat_relative_ids(upstream=True)
+    assert "report" not in dag.task_dict["keep_champion"].get_flat_relative_ids(upstream=True)
+    assert report.upstream_task_ids == {"evaluate", "gate"}
+    assert str(report.trigger_rule) in {"all_done_min_one_success", "TriggerRule.ALL_DONE_MIN_ONE_SUCCESS"}
+    graph = DirectRunner.GRAPHS["train"]
+    assert graph.index("report") > graph.index("gate") and "report" in DirectRunner.SIDE_STEPS
 
 
 def test_features_dag_runs_on_the_raw_asset(dagbag) -> None:

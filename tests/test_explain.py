@@ -324,8 +324,8 @@ class _Pyfunc:
 
 def test_shap_summary_of_a_tree_candidate_adds_up_and_finds_the_signal(tree_candidate):
     """The summary's contributions add up to the model's log-odds (shap's TreeExplainer does not, on native
-    categorical splits), the strongest synthetic signal ranks first, every model input is one row of the
-    summary, and other families get none."""
+    categorical splits), the strongest synthetic signal ranks first and every model input is one row of the
+    summary."""
     from pipelines.explain import shap_summary
 
     usecase, X, spec, fitted = (
@@ -341,7 +341,46 @@ def test_shap_summary_of_a_tree_candidate_adds_up_and_finds_the_signal(tree_cand
     assert names[0] == usecase.features.numeric[0]  # weight 1.2, the strongest in the synthetic label
     assert all(len(f["points"]) == 60 for f in summary["features"])
     json.dumps(summary, allow_nan=False)
-    assert shap_summary(fitted.estimator, X, family="logistic_regression") is None
+    assert "cut" not in summary
+
+
+def test_shap_summary_explains_every_family_that_can_win(tree_candidate):
+    """A logistic regression (once silently left out) is explained on its transformed frame, and a model without
+    a scikit-learn pipeline (the Keras MLP's case: only the pyfunc's predict) on its input columns through that
+    predict: both add up to the model's log-odds and find the strongest synthetic signal."""
+    from pipelines import modeling
+    from pipelines.config import CandidateSpec
+    from pipelines.explain import shap_summary
+
+    usecase, X, y = tree_candidate.usecase, tree_candidate.X, tree_candidate.y
+    spec = CandidateSpec(name="logreg", family="logistic_regression", params={"C": 1.0, "max_iter": 200})
+    linear = modeling.fit_candidate(spec, usecase, X, y, 1).estimator
+    summary = shap_summary(linear, X, family=spec.family, seed=3, rows=40, background=20)
+    assert summary["rows"] == 40 and summary["additivity_error"] < 1e-6
+    assert "transformed frame" in summary["method"]
+    assert summary["features"][0]["feature"] == usecase.features.numeric[0]
+
+    pyfunc_only = _Pyfunc(tree_candidate.fitted.estimator)  # no get_raw_model, no pipeline steps
+    agnostic = shap_summary(pyfunc_only, X, family="keras_mlp", seed=3, rows=30, background=20)
+    assert agnostic["rows"] == 30 and agnostic["additivity_error"] < 1e-6
+    assert "pyfunc prediction" in agnostic["method"]
+    assert sorted(f["feature"] for f in agnostic["features"]) == sorted(X.columns)
+    assert agnostic["features"][0]["feature"] == usecase.features.numeric[0]
+    json.dumps(agnostic, allow_nan=False)
+
+
+def test_shap_summary_cuts_its_rows_to_the_budget_and_says_so(tree_candidate):
+    from pipelines.explain import shap_summary
+
+    hurried = shap_summary(
+        tree_candidate.fitted.estimator,
+        tree_candidate.X,
+        family="hist_gradient_boosting",
+        rows=80,
+        budget_s=1e-9,
+    )
+    assert hurried["rows"] == 10 and all(len(f["points"]) == 10 for f in hurried["features"])
+    assert hurried["cut"] == "10 of 80 rows explained to fit the 1e-09 s budget"
 
 
 def test_counterfactuals_flip_the_decision_at_the_threshold(tree_candidate):

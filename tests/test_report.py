@@ -594,3 +594,171 @@ def test_page_renders_in_chromium_without_network(rendered: tuple[dict, str, Pat
     assert FAILED_GROUP in text and FLAGGED_GROUP in text
     assert not blocked, f"the page requested more than itself: {blocked}"
     assert set(requested) <= {url}, requested
+
+
+# ------------------------------------------------------------------------------------- the report step
+
+
+def test_a_failed_report_part_changes_no_decision_nor_promotion_and_is_listed(tmp_path, monkeypatch) -> None:
+    """The report step runs after gate, register and promote of its run: a healthy report explains the chosen
+    candidate; a report whose model cannot be loaded (a bad model URI injected into the evaluate record it reads:
+    no mock of our code) lists the model's parts as ``failed: <error>``, still renders the rest, and leaves the
+    decision record, the gate and promote results and the champion alias as they were."""
+    from datetime import date
+
+    from _model_fixtures import (
+        FAST_CANDIDATES,
+        fast_usecase,
+        use_tmp_platform,
+        write_config_dir,
+        write_feature_partitions,
+    )
+
+    from pipelines.cli import run_step
+    from pipelines.config import ReportSpec
+    from pipelines.context import run_result_key, safe_run_id
+    from pipelines.lake import Lake
+    from pipelines.tracking import champion_version
+
+    day = "2013-02-10"
+    use_tmp_platform(monkeypatch, tmp_path)
+    usecase = fast_usecase([FAST_CANDIDATES[0]])  # logistic regression: no TensorFlow, a few seconds
+    usecase = usecase.model_copy(
+        update={
+            "gate": usecase.gate.model_copy(update={"infrastructure_check": False}),
+            "report": ReportSpec(importance_rows=300, importance_repeats=1, budgets={"counterfactuals": 5.0}),
+        }
+    )
+    monkeypatch.setenv("MLOPS_CONFIG_DIR", str(write_config_dir(tmp_path / "config", usecase)))
+    monkeypatch.setenv("MLOPS_RUN_ID", "manual__report")
+    lake = Lake(str(tmp_path / "lake"))
+    write_feature_partitions(lake, usecase, date(2013, 1, 1), 45, rows_per_day=60)
+
+    def step(name: str) -> dict:
+        return run_step([name, "--usecase", usecase.name, "--date", day])
+
+    for name in ("train", "evaluate", "gate", "register"):
+        step(name)
+    promoted = step("promote")
+    gate_key = run_result_key(usecase.name, day, "gate", "manual__report")
+    promote_key = run_result_key(usecase.name, day, "promote", "manual__report")
+    before = {key: lake.read_json(key) for key in (gate_key, promote_key)}
+    decisions = sorted(lake.storage.list(f"decisions/{usecase.name}"))
+    assert before[gate_key]["passed"] is True and promoted["champion_version"] is not None
+
+    healthy = step("report")
+    assert healthy["failed_parts"] == {}
+    assert all(p["status"] == "done" or p["status"].startswith("cut: ") for p in healthy["parts"].values())
+    prefix = f"reports/{usecase.name}/evaluation/date={day}/run={safe_run_id('manual__report')}"
+    assert healthy["report_uri"].endswith(f"{prefix}/report.json")
+    written = lake.read_json(f"{prefix}/report.json")
+    assert written["decision"]["decision_id"] == before[gate_key]["decision_id"]
+    assert written["explanation"]["feature_importance"]["method"] == "permutation"
+    # SHAP explains the logistic regression that won (the section used to vanish for it)
+    assert written["explanation"]["shap"]["family"] == "logistic_regression"
+    assert written["explanation"]["shap"]["additivity_error"] < 1e-6
+
+    evaluate_key = run_result_key(usecase.name, day, "evaluate", "manual__report")
+    evaluation = lake.read_json(evaluate_key)
+    lake.write_json(evaluate_key, {**evaluation, "best_model_uri": f"models:/{usecase.name}-missing/1"})
+    broken = step("report")  # the step itself succeeds: a part's failure is the part's, not the run's
+    for part in ("feature_importance", "shap", "counterfactuals"):
+        assert broken["parts"][part]["status"].startswith("failed: "), broken["parts"][part]
+    for part in ("performance", "error_analysis", "data_explorer"):
+        assert broken["parts"][part]["status"] == "done", broken["parts"][part]
+    page = lake.storage.read_bytes(f"{prefix}/report.html").decode()
+    assert "Report parts" in page and "failed: " in page and "Calibration" in page
+    # nothing on the decision path moved
+    assert {key: lake.read_json(key) for key in before} == before
+    assert sorted(lake.storage.list(f"decisions/{usecase.name}")) == decisions
+    assert str(champion_version(usecase).version) == str(promoted["champion_version"])
+
+
+def test_parts_lists_skipped_failed_and_cut_parts() -> None:
+    from pipelines.steps.report import Parts
+
+    parts = Parts(lambda name: {"slow": 1.0}.get(name, 30.0), skip=["skipped"])
+    assert parts.run("ok", lambda budget: {"x": 1}) == {"x": 1}
+    assert parts.run("skipped", lambda budget: 1) is None
+    assert parts.run("slow", lambda budget: ({"rows": 10}, f"10 rows to fit {budget:g} s")) == {"rows": 10}
+    assert parts.run("bad", lambda budget: 1 / 0) is None
+    assert parts.status["ok"]["status"] == "done"
+    assert parts.status["skipped"]["status"].startswith("skipped: ")
+    assert parts.status["slow"] == {
+        "status": "cut: 10 rows to fit 1 s",
+        "seconds": parts.status["slow"]["seconds"],
+        "budget_s": 1.0,
+    }
+    assert parts.status["bad"]["status"] == "failed: ZeroDivisionError: division by zero"
+    page = render_report_html({"parts": parts.status})
+    assert "failed: ZeroDivisionError" in page and "cut: 10 rows" in page
+
+
+def test_importance_plan_fits_the_budget_fewer_shuffles_first() -> None:
+    """Two timed predictions size permutation importance, the fixed cost of a call counted once (the one batched
+    call pays it once): within budget nothing changes; over it the shuffles drop to one, then the rows, and the
+    full run's estimate is returned for the report's note."""
+    import time
+
+    import pandas as pd
+
+    from pipelines.steps.report import importance_plan
+
+    X = pd.DataFrame({f"f{i}": np.arange(3000.0) for i in range(10)})
+
+    def slow(frame: pd.DataFrame) -> np.ndarray:  # 20 ms a call, plus 1 ms per 100 rows
+        time.sleep(0.02 + len(frame) / 100_000)
+        return np.zeros(len(frame))
+
+    # 1000 rows x (10 features x 3 + 1): 0.02 + 0.31 s; one 500-row timing per row would have said 1.55 s
+    rows, repeats, estimate = importance_plan(slow, X, 1000, 3, budget=1.0)
+    assert (rows, repeats) == (1000, 3) and 0.25 < estimate < 0.6
+    assert importance_plan(slow, X, 1000, 3, budget=0.2)[:2] == (1000, 1)
+    rows, repeats, _ = importance_plan(slow, X, 1000, 3, budget=0.08)
+    assert repeats == 1 and 100 <= rows < 1000
+
+
+def test_only_the_explanations_import_shap_and_dice_ml_and_only_the_report_images_install_them() -> None:
+    """shap and dice-ml are the optional extra ``report``: the decision path (evaluate, the gate and every module
+    but ``pipelines/explain.py``) never imports them, the train image (which runs the report step) installs them
+    and the core and serve images do not."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    importers = set()
+    for path in sorted((root / "pipelines").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(n.split(".")[0] in {"shap", "dice_ml"} for n in names):
+                importers.add(path.relative_to(root).as_posix())
+    assert importers == {"pipelines/explain.py"}
+    evaluate = (root / "pipelines" / "steps" / "evaluate.py").read_text()
+    assert "explain" not in {
+        alias.name
+        for node in ast.walk(ast.parse(evaluate))
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    requirements = root / "docker" / "requirements"
+    for image, wanted in (("core", False), ("serve", False), ("train", True), ("gpu", True)):
+        text = (requirements / f"{image}.txt").read_text()
+        for package in ("shap==", "dice-ml=="):
+            assert (package in text) is wanted, (image, package)
+
+
+def test_evaluate_and_report_import_no_other_step() -> None:
+    """The two steps share their readers through ``pipelines.evaluation_data``, never through each other."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "pipelines" / "steps"
+    for step in ("evaluate", "report", "gate"):
+        tree = ast.parse((root / f"{step}.py").read_text())
+        imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+        assert not {m for m in imported if m.startswith("pipelines.steps")}, (step, imported)

@@ -56,8 +56,11 @@ def test_a_manual_and_a_nightly_train_run_on_one_date_keep_their_own_results(tmp
     candidate_run = {run: result["candidates"][0]["run_id"] for run, result in trained.items()}
     assert candidate_run[MANUAL] != candidate_run[NIGHTLY]  # two trainings, two MLflow runs
     for run in (MANUAL, NIGHTLY):
-        step(run, "evaluate", "--importance-rows", "300", "--importance-repeats", "1")
+        step(run, "evaluate")
     gated = {run: step(run, "gate") for run in (MANUAL, NIGHTLY)}
+    reported = {
+        run: step(run, "report", "--importance-rows", "300", "--importance-repeats", "1") for run in gated
+    }
     registered = {run: step(run, "register") for run in (MANUAL, NIGHTLY)}
 
     for run in (MANUAL, NIGHTLY):
@@ -69,7 +72,9 @@ def test_a_manual_and_a_nightly_train_run_on_one_date_keep_their_own_results(tmp
         assert stored_train["candidates"][0]["run_id"] == candidate_run[run]
         evaluation = lake.read_json(run_result_key(usecase.name, DAY, "evaluate", run))
         assert evaluation["candidates"]["logreg"]["run_id"] == candidate_run[run]
-        assert f"/run={safe_run_id(run)}/report.json" in evaluation["report_uri"]
+        assert f"/run={safe_run_id(run)}/report.json" in reported[run]["report_uri"]
+        # the report shows its own run's decision
+        assert reported[run]["decision_id"] == gated[run]["decision_id"]
         assert gated[run]["passed"] is True and gated[run]["champion_version"] is None
         assert gated[run]["result_uri"].endswith(run_result_key(usecase.name, DAY, "gate", run))
         # ... and register this run's gate: the gate candidate's version comes from this run's training

@@ -52,7 +52,7 @@ def _labeled_rows(usecase, first: date, end: date, rows_per_day: int, known_by: 
 
 @pytest.fixture(scope="module")
 def trained_module(tmp_path_factory):
-    """45 days of features, one full train (3 candidates) and one evaluate for DAY."""
+    """45 days of features, one full train (3 candidates), one evaluate and its report for DAY."""
     tmp = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as mp:
         use_tmp_platform(mp, tmp)
@@ -62,8 +62,15 @@ def trained_module(tmp_path_factory):
         dates = write_feature_partitions(lake, usecase, START, 45, rows_per_day=120)
         result = run_step(["train", "--usecase", usecase.name, "--date", DAY.isoformat()])
         evaluation = run_step(["evaluate", "--usecase", usecase.name, "--date", DAY.isoformat()])
+        report = run_step(["report", "--usecase", usecase.name, "--date", DAY.isoformat()])
         yield SimpleNamespace(
-            tmp=tmp, usecase=usecase, lake=lake, dates=dates, result=result, evaluation=evaluation
+            tmp=tmp,
+            usecase=usecase,
+            lake=lake,
+            dates=dates,
+            result=result,
+            evaluation=evaluation,
+            report=report,
         )
 
 
@@ -626,7 +633,7 @@ def test_evaluate_report_explains_the_best_model(trained):
     usecase = trained.usecase
     prefix = f"reports/{usecase.name}/evaluation/date={DAY}/run={MANUAL_RUN}"
     report = trained.lake.read_json(f"{prefix}/report.json")
-    assert trained.evaluation["report_uri"].endswith(f"{prefix}/report.json")
+    assert trained.report["report_uri"].endswith(f"{prefix}/report.json")
     explanation = report["explanation"]
     importance = {f["feature"]: f["importance"] for f in explanation["feature_importance"]["features"]}
     assert set(importance) == set(tracking.feature_columns(usecase))

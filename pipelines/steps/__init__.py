@@ -15,6 +15,7 @@ STEPS: dict[str, str] = {
     "gate": "pipelines.steps.gate",
     "register": "pipelines.steps.register",
     "promote": "pipelines.steps.promote",
+    "report": "pipelines.steps.report",
     "score": "pipelines.steps.score",
     "outcomes": "pipelines.steps.outcomes",
     "maintain": "pipelines.steps.maintain",
@@ -30,6 +31,7 @@ STEP_KINDS: dict[str, str] = {
     "gate": "base",
     "register": "base",
     "promote": "base",
+    "report": "train",  # loads the chosen candidate, which may be a Keras model
     "score": "train",
     "outcomes": "base",
     "maintain": "base",

@@ -1014,52 +1014,9 @@ def read_decisions(lake: Lake, usecase: str, day: Any) -> list[dict[str, Any]]:
     return [lake.read_json(key) for key in sorted(lake.storage.list(prefix)) if key.endswith(".json")]
 
 
-def publish_report(ctx: StepContext, evaluation: dict[str, Any], decision: dict[str, Any]) -> str | None:
-    """Put the decision at the top of the evaluation report (JSON and HTML, in the lake) and attach both to the
-    candidate's MLflow run (artifacts under ``evaluation/``); returns the HTML's URI."""
-    import tempfile
-    from pathlib import Path
-
-    from pipelines.report import render_report_html
-
-    report_uri = evaluation.get("report_uri")
-    if not report_uri:
-        return None
-    prefix = ctx.report_prefix("evaluation")  # this run's report: another run of the date has its own
-    report = ctx.lake.read_json(f"{prefix}/report.json")
-    keep = (
-        "passed",
-        "candidate",
-        "selected_on",
-        "primary_metric",
-        "candidate_value",
-        "champion_value",
-        "champion_version",
-        "checks",
-        "reasons",
-        "decision_id",
-        "significance",
-    )
-    report["decision"] = {k: decision.get(k) for k in keep}
-    page = render_report_html(report)
-    ctx.lake.write_json(f"{prefix}/report.json", report)
-    html_uri = ctx.lake.write_text(f"{prefix}/report.html", page)
-    if decision.get("run_id"):
-        from mlflow import MlflowClient
-
-        from pipelines.tracking import configure_mlflow
-
-        configure_mlflow(ctx.profile, ctx.usecase)
-        with tempfile.TemporaryDirectory(prefix="mlops-report-") as folder:
-            for name, text in (("report.html", page), ("report.json", json.dumps(report, default=str))):
-                (Path(folder) / name).write_text(text)
-                MlflowClient().log_artifact(decision["run_id"], str(Path(folder) / name), "evaluation")
-    return html_uri
-
-
 def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     """Check the best candidate of the evaluate result; write and return the decision (passed or not)."""
-    from pipelines.steps.evaluate import read_step_result
+    from pipelines.evaluation_data import read_step_result
 
     evaluation = read_step_result(ctx, "evaluate", "gate")
     usecase = ctx.usecase
@@ -1073,7 +1030,6 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     decision["decision_uri"] = record_decision(ctx, decision)
     key = f"{ctx.run_key('gate')}/result.json"
     decision["result_uri"] = ctx.lake.storage.uri(key)
-    decision["report_html_uri"] = publish_report(ctx, evaluation, decision)
     ctx.lake.write_json(key, decision)
     verdict = "PASSED" if decision["passed"] else "NOT PASSED: " + "; ".join(decision["reasons"])
     progress(f"gate: {decision['candidate']} {verdict}")
