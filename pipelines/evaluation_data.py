@@ -36,11 +36,12 @@ def evaluated_metrics(ctx: StepContext) -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
-def load_holdout(ctx: StepContext, train_result: dict[str, Any]) -> Any:
-    """The labeled holdout rows the candidates were trained for, read from the features and labels versions train
-    read (time travel), so a rebuild or an outcome arriving since training cannot change what the candidates are
-    judged on. The rows come back in the same order on every call (evaluate's scores line up with report's)."""
-    from pipelines import modeling
+def _window_rows(
+    ctx: StepContext, train_result: dict[str, Any], part: str, columns: list[str], needed_by: str
+) -> Any:
+    """The labeled rows of the train result's window ``part`` (``train`` or ``holdout``), read from the features
+    and labels versions train read (time travel), so a rebuild or an outcome arriving since training cannot
+    change them."""
     from pipelines.steps.train import (  # the train step owns how its windows are read
         features_snapshot,
         labels_known_before,
@@ -54,14 +55,23 @@ def load_holdout(ctx: StepContext, train_result: dict[str, Any]) -> Any:
     if version is None:
         raise StepFailed(
             f"the train result for {ctx.ds} records no features table version (written by an older release); "
-            f"rerun train (python -m pipelines train --usecase {ctx.usecase.name} --date {ctx.ds}) then evaluate"
+            f"rerun train (python -m pipelines train --usecase {ctx.usecase.name} --date {ctx.ds}) then "
+            f"{needed_by}"
         )
     try:
         snapshot = features_snapshot(ctx, int(version))
     except LakeError as exc:
-        raise StepFailed(f"{exc}; rerun train for {ctx.ds}, then evaluate") from None
+        raise StepFailed(f"{exc}; rerun train for {ctx.ds}, then {needed_by}") from None
     labels = recorded_labels(ctx, train_result)
-    parts = window_partitions(snapshot, window["holdout_start"], window["holdout_end"])
+    parts = window_partitions(snapshot, window[f"{part}_start"], window[f"{part}_end"])
+    return read_labeled(ctx, snapshot, parts, columns, labels_known_before(ctx, window), labels=labels)
+
+
+def load_holdout(ctx: StepContext, train_result: dict[str, Any]) -> Any:
+    """The labeled holdout rows the candidates were trained for (see :func:`_window_rows`). The rows come back in
+    the same order on every call (evaluate's scores line up with report's)."""
+    from pipelines import modeling
+
     columns = list(
         dict.fromkeys(
             [
@@ -72,26 +82,15 @@ def load_holdout(ctx: StepContext, train_result: dict[str, Any]) -> Any:
             ]
         )
     )
-    return read_labeled(ctx, snapshot, parts, columns, labels_known_before(ctx, window), labels=labels)
+    return _window_rows(ctx, train_result, "holdout", columns, "evaluate")
 
 
 def load_train_sample(ctx: StepContext, train_result: dict[str, Any], max_rows: int) -> Any:
     """A seeded sample of the train window's labeled rows (the data explorer's training side)."""
     from pipelines import modeling
-    from pipelines.steps.train import (
-        features_snapshot,
-        labels_known_before,
-        read_labeled,
-        recorded_labels,
-        window_partitions,
-    )
 
-    window = train_result["window"]
-    snapshot = features_snapshot(ctx, int(train_result["features_version"]))
-    labels = recorded_labels(ctx, train_result)
-    parts = window_partitions(snapshot, window["train_start"], window["train_end"])
     columns = [*modeling.feature_columns(ctx.usecase), ctx.usecase.target.column]
-    frame = read_labeled(ctx, snapshot, parts, columns, labels_known_before(ctx, window), labels=labels)
+    frame = _window_rows(ctx, train_result, "train", columns, "report")
     if len(frame) > max_rows:
         frame = frame.sample(n=max_rows, random_state=ctx.usecase.split.seed).sort_index()
     return frame
