@@ -4,7 +4,7 @@ from airflow.sdk import DAG, Asset
 
 from mlops_airflow.operators import StepResultCheckOperator, step_task
 from mlops_airflow.sensors import LandingArrivalSensor
-from mlops_airflow.wiring import dag_kwargs, raw_asset_name, usecases
+from mlops_airflow.wiring import alert, dag_kwargs, raw_asset_name, usecases
 
 for usecase in usecases():
     with DAG(
@@ -14,13 +14,18 @@ for usecase in usecases():
             schedule=usecase.schedules.ingest,
             doc="Waits (deferrable) for files in the landing zone, validates each with Great Expectations, "
             "quarantines bad files with a report and commits good ones atomically to the raw zone. "
-            "`quarantine_check` fails the run when any file was quarantined; the good files are committed anyway.",
+            "`quarantine_check` fails the run when any file was quarantined, and alerts (`quarantine`); the good "
+            "files are committed anyway.",
         )
     ) as dag:
         wait = LandingArrivalSensor(task_id="wait_for_files", usecase=usecase.name, soft_fail=True, retries=0)
         ingest = step_task(
             "ingest", usecase.name, outlets=[Asset(raw_asset_name(usecase))], soft_fail_on_step_failure=True
         )
-        check = StepResultCheckOperator(task_id="quarantine_check", step_task_id="ingest")
+        check = StepResultCheckOperator(
+            task_id="quarantine_check",
+            step_task_id="ingest",
+            on_failure_callback=alert(usecase, "quarantine"),
+        )
         wait >> ingest >> check
     globals()[dag.dag_id] = dag

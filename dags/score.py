@@ -6,7 +6,7 @@ from airflow.sdk import DAG, Param
 
 from mlops_airflow.operators import step_task
 from mlops_airflow.sensors import FeaturesReadySensor
-from mlops_airflow.wiring import dag_kwargs, usecases
+from mlops_airflow.wiring import alert, dag_kwargs, usecases
 
 for usecase in usecases():
     with DAG(
@@ -16,7 +16,7 @@ for usecase in usecases():
             schedule=usecase.schedules.score,
             doc="At the prediction time, waits (deferrable) for the features and online snapshot of the day it "
             f"predicts, up to `schedules.score_grace` ({usecase.schedules.score_grace}) past the prediction time; "
-            "past it the run fails naming the day and what is missing, and the next run scores that day, marked "
+            "past it the run fails naming the day and what is missing (alert `late_data`), and the next run scores that day, marked "
             "late. Scores the events predicted on the logical date (and any evening missed within the catch-up "
             "window) with the model version that holds the `champion` alias; every prediction records when it "
             "was made (`scored_at`) and whether that was after its prediction time (`scored_late`). Then joins the "
@@ -33,7 +33,9 @@ for usecase in usecases():
             render_template_as_native_obj=False,
         )
     ) as dag:
-        ready = FeaturesReadySensor(task_id="wait_for_features", usecase=usecase.name)
+        ready = FeaturesReadySensor(
+            task_id="wait_for_features", usecase=usecase.name, on_failure_callback=alert(usecase, "late_data")
+        )
         score = step_task(
             "score",
             usecase.name,

@@ -8,26 +8,27 @@ manual run and the nightly run of one date never mix. The promote tasks of a use
 ``<usecase>_train`` (one slot, ``mlops_airflow.pools``): promote compares the champion alias with the version its
 gate compared against and then sets it, and the pool keeps a second promote out of that window."""
 
-from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Param
 from airflow.task.trigger_rule import TriggerRule
 
-from mlops_airflow.operators import GateBranchOperator, step_task
+from mlops_airflow.operators import GateBranchOperator, KeepChampionOperator, step_task
 from mlops_airflow.pools import train_pool
-from mlops_airflow.wiring import dag_kwargs, usecases
+from mlops_airflow.wiring import alert, dag_kwargs, usecases
 
 
 def lifecycle(usecase_name: str, train_args: list[str]) -> None:
     train = step_task("train", usecase_name, step_args=train_args)
     evaluate = step_task("evaluate", usecase_name)
-    gate = step_task("gate", usecase_name)
+    gate = step_task("gate", usecase_name, on_failure_callback=alert(usecase_name, "gate_failed"))
     register = step_task("register", usecase_name)
     branch = GateBranchOperator(
         task_id="gate_passed", gate_task_id="gate", passed_task_id="promote", rejected_task_id="keep_champion"
     )
     promote = step_task("promote", usecase_name, pool=train_pool(usecase_name))
-    keep = EmptyOperator(
-        task_id="keep_champion", doc_md="The candidate did not pass the gate: nothing moves."
+    keep = KeepChampionOperator(
+        task_id="keep_champion",
+        usecase=usecase_name,
+        doc_md="The candidate did not pass the gate: nothing moves; the rejection is alerted (`gate_rejected`).",
     )
     # after the gate whatever it decided (a gate task that failed too: the page then says the decision is
     # pending), as long as evaluate succeeded: without evaluate's scores there is nothing to explain

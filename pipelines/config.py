@@ -12,7 +12,7 @@ import os
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -95,6 +95,11 @@ class Profile(_Strict):
         default=None, description="Airflow connection holding the S3 endpoint and credentials"
     )
     threads_per_task: int = Field(default=2, ge=1, description="Cap on BLAS/OpenMP/TF threads per task")
+    alerts_connection_id: str | None = Field(
+        default=None,
+        description="Airflow connection the alerts of every use case go to unless its `alerts.connection_id` "
+        "names another (http/https: a JSON POST; smtp: an e-mail); unset: the task log only",
+    )
     docker: DockerSettings = Field(default_factory=lambda: DockerSettings())
 
 
@@ -784,8 +789,87 @@ class ScheduleSpec(_Strict):
 
 
 class DriftSpec(_Strict):
-    psi_threshold: float = 0.2
-    features: list[str] = Field(default_factory=list)
+    """Data and prediction drift of the scored events against the champion's training rows (monitor step,
+    Evidently)."""
+
+    features: list[str] = Field(
+        default_factory=list, description="model inputs watched for drift (default: every model input)"
+    )
+    method: str | None = Field(
+        default=None,
+        description="an Evidently drift method for every column (psi, ks, wasserstein, jensenshannon, "
+        "chisquare, ...); unset: Evidently's choice per column by type and sample size (distances, not p-values, "
+        "on large samples, so a large day does not flag every column)",
+    )
+    threshold: float | None = Field(default=None, description="the method's threshold (unset: its default)")
+    min_rows: int = Field(
+        default=1000, ge=1, description="a window with fewer scored rows is measured but raises no drift"
+    )
+    drift_share: float = Field(
+        default=0.5, gt=0, le=1, description="data drift when at least this share of the watched inputs drift"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _psi_shorthand(cls, data: Any) -> Any:
+        """``psi_threshold: X`` (older files) is ``method: psi, threshold: X``."""
+        if isinstance(data, dict) and "psi_threshold" in data:
+            data = {**data}
+            value = data.pop("psi_threshold")
+            data.setdefault("method", "psi")
+            data.setdefault("threshold", value)
+        return data
+
+
+RetrainReason = Literal["data_drift", "prediction_drift", "live_decay", "estimated_decay"]
+
+
+class MonitoringSpec(_Strict):
+    """The monitor step: what it looks at, when performance counts as decayed, and when it retrains early."""
+
+    window_days: int = Field(default=7, ge=1, description="days of scored events each monitor run looks at")
+    reference_rows: int = Field(
+        default=20000, ge=100, description="seeded sample of the champion's training rows used as reference"
+    )
+    min_labelled_rows: int = Field(
+        default=500, ge=1, description="fewer predictions with outcomes: live performance shown, not judged"
+    )
+    max_drop: float = Field(
+        default=0.05,
+        ge=0,
+        description="decay: the primary metric (live, or estimated from the scores) is worse than the "
+        "champion's holdout value by more than this, even at the favourable end of its interval",
+    )
+    retrain_on: list[RetrainReason] = Field(
+        default_factory=lambda: ["data_drift", "prediction_drift", "live_decay", "estimated_decay"],
+        description="breaches that trigger the train DAG early (the gate still decides)",
+    )
+    cooldown_days: int = Field(
+        default=14, ge=0, description="no early retraining within this many days of the last one requested"
+    )
+
+
+AlertEvent = Literal[
+    "quarantine", "gate_rejected", "gate_failed", "task_failure", "late_data", "drift", "decay"
+]
+ALERT_EVENTS: tuple[str, ...] = get_args(AlertEvent)
+
+
+class AlertSpec(_Strict):
+    """Where the use case's alerts go. Every alert is written to the task log; with a connection it is also sent:
+    an Airflow connection of type http or https receives it as a JSON POST (a webhook), one of type smtp as an
+    e-mail to ``to``. Credentials live in the connection, never here."""
+
+    connection_id: str | None = Field(
+        default=None,
+        description="Airflow connection id (http/https: webhook; smtp: e-mail); unset: the profile's "
+        "alerts_connection_id (MLOPS_ALERTS_CONNECTION); neither: the task log only",
+    )
+    to: list[str] = Field(default_factory=list, description="e-mail recipients, for an smtp connection")
+    on: list[AlertEvent] = Field(
+        default_factory=lambda: list(ALERT_EVENTS),
+        description="the events that are sent (the others are only logged): " + ", ".join(ALERT_EVENTS),
+    )
 
 
 class CaptureSpec(_Strict):
@@ -938,9 +1022,11 @@ class UseCase(_Strict):
     decision: DecisionSpec = Field(default_factory=DecisionSpec)
     schedules: ScheduleSpec = Field(default_factory=ScheduleSpec)
     drift: DriftSpec = Field(default_factory=DriftSpec)
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
     serving: ServingSpec = Field(default_factory=ServingSpec)
     leakage: LeakageSpec = Field(default_factory=LeakageSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
+    alerts: AlertSpec = Field(default_factory=AlertSpec)
 
     @model_validator(mode="before")
     @classmethod
@@ -1195,6 +1281,7 @@ PROFILE_ENV_OVERRIDES = {
     "mlflow_tracking_uri": "MLFLOW_TRACKING_URI",
     "mlflow_artifact_root": "MLOPS_MLFLOW_ARTIFACT_ROOT",
     "spark_master": "MLOPS_SPARK_MASTER",
+    "alerts_connection_id": "MLOPS_ALERTS_CONNECTION",
 }
 DOCKER_ENV_OVERRIDES = {
     "image_tag": "MLOPS_IMAGE_TAG",

@@ -194,13 +194,73 @@ def serve_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory:
     return make_serve_env(tmp_path, monkeypatch, tmp_path_factory.getbasetemp())
 
 
+class Webhook:
+    """A webhook on loopback that records the JSON bodies POSTed to it (the alerts' receiving end), and the
+    Airflow connection that points at it."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received: list[dict] = []
+        self.received = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the http.server API)
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                received.append(json.loads(body) | {"_authorization": self.headers.get("Authorization")})
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def env(self, conn_id: str = "mlops_alerts") -> dict[str, str]:
+        """What routes every use case's alerts here: the profile default and the connection."""
+        return {
+            "MLOPS_ALERTS_CONNECTION": conn_id,
+            f"AIRFLOW_CONN_{conn_id.upper()}": f"http://:s3cret@127.0.0.1:{self.port}/hook",
+        }
+
+    def events(self, event: str) -> list[dict]:
+        return [alert for alert in self.received if alert["event"] == event]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook(monkeypatch: pytest.MonkeyPatch):
+    """A loopback webhook receiving this test's alerts (set as the profile's alerts connection)."""
+    hook = Webhook()
+    for key, value in hook.env().items():
+        monkeypatch.setenv(key, value)
+    yield hook
+    hook.close()
+
+
 @pytest.fixture(scope="session")
-def local_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """`mlops demo --months 2` through Airflow, in-process runtime, local lake: the reference run."""
+def demo_webhook():
+    """The loopback webhook the reference demo run sends its alerts to."""
+    hook = Webhook()
+    yield hook
+    hook.close()
+
+
+@pytest.fixture(scope="session")
+def local_demo(tmp_path_factory: pytest.TempPathFactory, demo_webhook: Webhook) -> tuple[Path, dict]:
+    """`mlops demo --months 2` through Airflow, in-process runtime, local lake: the reference run. Its alerts go
+    to ``demo_webhook``."""
     from _demo import MONTHS, run_demo_cli
 
     home = tmp_path_factory.mktemp("demo-local")
-    return home, run_demo_cli(home, {}, months=MONTHS)
+    return home, run_demo_cli(home, demo_webhook.env(), months=MONTHS)
 
 
 class ContainerDeaths:

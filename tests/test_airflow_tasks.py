@@ -94,7 +94,10 @@ def test_sensor_defers_while_the_inbox_is_empty(mlops_env: Path) -> None:
     assert sensor.execute_complete({}, {"files": ["a"]}) == ["a"]
 
 
-def test_ingest_dag_commits_good_files_and_fails_at_the_quarantine_check(airflow_db, dags, mlops_env) -> None:
+def test_ingest_dag_commits_good_files_and_fails_at_the_quarantine_check(
+    airflow_db, dags, mlops_env, webhook
+) -> None:
+    """...and the quarantine reaches the alerts webhook (served here on loopback), once, naming the file."""
     lake = Lake(str(mlops_env / "lake"))
     land_file(lake, USECASE, DAY1, "flights_2013-01-01.csv", _csv(flights_rows(DAY1, n=30)))
     bad = flights_rows(DAY1, n=10, skip=40)
@@ -114,6 +117,14 @@ def test_ingest_dag_commits_good_files_and_fails_at_the_quarantine_check(airflow
     ]
     assert lake.partitions(raw_table(USECASE, "flights"))["2013-01-01"].rows == 30
     assert pending_files(lake, USECASE) == []
+
+    # the check's failure is the quarantine alert (its own event, not a second, generic task_failure one)
+    assert [alert["event"] for alert in webhook.received] == ["quarantine"], webhook.received
+    alert = webhook.received[0]
+    assert alert["usecase"] == USECASE and alert["dag_id"] == f"{USECASE}_ingest"
+    assert alert["task_id"] == "quarantine_check" and alert["run_id"] == dag_run.run_id
+    assert "flights_2013-01-01-late.csv" in alert["message"], alert
+    assert alert["_authorization"] == "Bearer s3cret"  # the connection's password, never the config file's
 
 
 def test_subprocess_runtime_pushes_the_last_json_line(airflow_db, dags, mlops_env, monkeypatch) -> None:

@@ -24,6 +24,29 @@ def test_two_months_through_airflow_on_local_lake(local_demo) -> None:
     check_lifecycle(summary, Lake(str(home / "lake")), f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
 
 
+def test_the_replay_alerts_its_quarantine_and_each_rejected_gate(local_demo, demo_webhook) -> None:
+    """Alerts through Airflow notifiers reach the webhook (served by the test on loopback): the file landed
+    truncated on purpose is quarantined, and every training whose gate did not pass says why; nothing else
+    failed, so nothing else alerts."""
+    home, summary = local_demo
+    lake = Lake(str(home / "lake"))
+    quarantined = demo_webhook.events("quarantine")
+    assert any("flights_2013-01-15.csv" in alert["message"] for alert in quarantined), quarantined
+    assert {alert["task_id"] for alert in quarantined} == {"quarantine_check"}
+
+    rejected_days = [
+        m["train_date"] for m in summary["months"] if m.get("train_date") and not m["gate_passed"]
+    ]
+    rejected = demo_webhook.events("gate_rejected")
+    assert len(rejected) == len(rejected_days), (rejected_days, rejected)
+    for day, alert in zip(rejected_days, rejected, strict=True):
+        decision = run_result(lake, "gate", day)
+        assert alert["dag_id"] == f"{USECASE}_train" and alert["task_id"] == "keep_champion"
+        assert all(reason in alert["message"] for reason in decision["reasons"]), (alert, decision)
+    others = [a for a in demo_webhook.received if a["event"] not in ("quarantine", "gate_rejected")]
+    assert others == [], others
+
+
 def test_direct_training_reproduces_airflow_predictions(local_demo, tmp_path: Path, monkeypatch) -> None:
     """Research and production agree: same partitions + seed -> same predictions, with or without Airflow."""
     import mlflow

@@ -229,11 +229,12 @@ def _predictions(lake: Lake) -> pd.DataFrame:
 
 
 def test_a_schedule_landing_past_the_grace_fails_the_score_and_is_scored_late_the_next_evening(
-    demo_files, airflow_db, mlops_env: Path, monkeypatch: pytest.MonkeyPatch
+    demo_files, airflow_db, mlops_env: Path, monkeypatch: pytest.MonkeyPatch, webhook
 ) -> None:
     """Weather lands through the day (each landing starts an ingest) and tomorrow's schedule at 12:00: the 18:00
     score writes tomorrow's predictions, on time. When the schedule of Jan 5 lands at 19:00 instead, the score run
-    of Jan 4 fails past its grace (30 minutes) naming Jan 5; Jan 5 evening's run scores it, marked late, and live
+    of Jan 4 fails past its grace (30 minutes) naming Jan 5, and alerts (`late_data`, to a webhook served here on
+    loopback); Jan 5 evening's run scores it, marked late, and live
     metrics leave it out. A batched replay of the same files (one score run, Param replay) writes the same
     predictions."""
     from mlops_airflow.demo import live_quality
@@ -285,6 +286,9 @@ def test_a_schedule_landing_past_the_grace_fails_the_score_and_is_scored_late_th
         "2013-01-05": "success",
         "2013-01-06": "success",
     }
+    late = webhook.events("late_data")
+    assert [alert["task_id"] for alert in webhook.received] == ["wait_for_features"], webhook.received
+    assert late[0]["dag_id"] == f"{USECASE}_score" and "2013-01-05" in late[0]["message"], late
 
     got = _predictions(lake)
     by_day = got.groupby("date").agg(

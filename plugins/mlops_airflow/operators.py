@@ -452,6 +452,33 @@ class GateBranchOperator(BaseBranchOperator):
         return self.rejected_task_id
 
 
+class KeepChampionOperator(BaseOperator):
+    """The gate did not pass the candidate: the champion stays (a normal outcome, the run ends green), and the
+    rejection is alerted (``gate_rejected``) with the checks that failed."""
+
+    ui_color = "#fdebd0"
+
+    def __init__(self, *, usecase: str, gate_task_id: str = "gate", **kwargs: Any) -> None:
+        kwargs.setdefault("retries", 0)
+        super().__init__(**kwargs)
+        self.usecase = usecase
+        self.gate_task_id = gate_task_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from mlops_airflow.notifiers import alert_payload, send_alert
+
+        decision = context["ti"].xcom_pull(task_ids=self.gate_task_id) or {}
+        metric = decision.get("primary_metric")
+        lines = [
+            f"candidate {decision.get('candidate')} ({metric} {decision.get('candidate_value')}) against the "
+            f"champion v{decision.get('champion_version')} ({metric} {decision.get('champion_value')}): "
+            "the champion stays",
+            *[f"failed: {reason}" for reason in decision.get("reasons") or []],
+        ]
+        send_alert(alert_payload(self.usecase, "gate_rejected", context, message="\n".join(lines)), self.log)
+        return {"kept": decision.get("champion_version"), "reasons": decision.get("reasons") or []}
+
+
 def step_task(step: str, usecase: str, *, task_id: str | None = None, **kwargs: Any) -> StepOperator:
     """The one factory the DAGs use: a task that runs ``step`` for ``usecase`` on the configured runtime."""
     return StepOperator(task_id=task_id or step, step=step, usecase=usecase, **kwargs)

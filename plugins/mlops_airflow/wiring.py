@@ -36,6 +36,13 @@ def raw_asset_name(usecase: UseCase) -> str:
     return f"{usecase.name}_raw"
 
 
+def alert(usecase: UseCase | str, event: str) -> Any:
+    """A notifier of ``event`` for ``usecase`` (mlops_airflow.notifiers), for a task's or DAG's callbacks."""
+    from mlops_airflow.notifiers import MlopsNotifier
+
+    return MlopsNotifier(usecase=usecase if isinstance(usecase, str) else usecase.name, event=event)
+
+
 def dag_kwargs(usecase: UseCase, kind: str, *, schedule: Any, doc: str, **extra: Any) -> dict[str, Any]:
     """Keyword arguments for ``DAG(...)`` of one lifecycle DAG of ``usecase``."""
     return {
@@ -49,6 +56,9 @@ def dag_kwargs(usecase: UseCase, kind: str, *, schedule: Any, doc: str, **extra:
         "doc_md": f"### {usecase.name}: {kind}\n\n{doc}\n\n*Use case:* {usecase.description}",
         "default_args": {
             "owner": usecase.owner,
+            # every failed task alerts (task log; the use case's alerts connection when set); tasks whose failure
+            # means more (quarantine, gate, late data) name their own event
+            "on_failure_callback": alert(usecase, "task_failure"),
             "retries": 2,
             "retry_delay": timedelta(minutes=2),
             "retry_exponential_backoff": True,
