@@ -9,6 +9,9 @@ Compare and set: the alias moves only while the champion is still the version th
 against (the decision's ``champion_version``; no champion counts as a version). When another run moved it since
 (a manual ``<uc>_train`` and the ``<uc>_train_nightly`` run of one date, both gated against the old champion),
 the decision is stale: the step fails naming both versions and moves nothing; rerun evaluate and gate.
+
+The move is recorded like every alias move (pipelines.model_ops.move_alias, kind ``gate``): the row in
+``registry/<usecase>/alias_moves`` is committed before the alias moves, and without it nothing moves.
 """
 
 from __future__ import annotations
@@ -70,7 +73,8 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from pipelines.tracking import CHAMPION_ALIAS, champion_version, configure_mlflow, model_name
+    from pipelines.model_ops import move_alias
+    from pipelines.tracking import champion_version, configure_mlflow, model_name
 
     gate = read_step_result(ctx, "gate")
     registered = read_step_result(ctx, "register")
@@ -139,9 +143,21 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         latest = champion_version(ctx.usecase)
         previous = None if latest is None else int(latest.version)
         check_champion_unchanged(ctx, base, compared, previous, target)
+        # the same recorded move as `mlops models promote` (pipelines.model_ops): the row in
+        # registry/<usecase>/alias_moves first, then the alias; no record, no move
+        move_alias(
+            ctx.usecase,
+            ctx.lake,
+            int(target.version),
+            kind="gate",
+            by="gate",
+            reason=f"gate passed for {ctx.ds} (decision {gate.get('decision_id') or 'unrecorded'}: "
+            f"{gate.get('primary_metric')} {gate.get('candidate_value')})",
+            expected_from=previous,
+            run_id=ctx.run_id,
+        )
         client.set_model_version_tag(name, str(target.version), "promoted_on", ctx.ds)
         client.set_model_version_tag(name, str(target.version), "promoted_from", str(previous or ""))
-        client.set_registered_model_alias(name, CHAMPION_ALIAS, str(target.version))
         if previous is not None:
             client.set_model_version_tag(name, str(previous), "superseded_on", ctx.ds)
             client.set_model_version_tag(name, str(previous), "superseded_by", str(target.version))
