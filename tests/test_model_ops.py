@@ -104,6 +104,11 @@ def test_promote_rollback_and_history(
     assert code == 1 and f"nothing to roll back to: version {v1} is the first champion" in err
     assert _champion() == v1
 
+    # rerunning day 3's promote (a cleared train run) does not undo the people's rollback
+    again = _step("promote", date(2013, 5, 1))
+    assert again["champion_version"] == v1 and "was rolled back by carol" in again["not_moved"]
+    assert _champion() == v1
+
     # a manual promote of a version whose gate passed needs no force
     code, out, _ = _models(capsys, "promote", "--usecase", UC, str(v3), "--reason", "drift was a false alarm")
     assert code == 0 and _champion() == v3

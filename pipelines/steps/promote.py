@@ -11,7 +11,9 @@ against (the decision's ``champion_version``; no champion counts as a version). 
 the decision is stale: the step fails naming both versions and moves nothing; rerun evaluate and gate.
 
 The move is recorded like every alias move (pipelines.model_ops.move_alias, kind ``gate``): the row in
-``registry/<usecase>/alias_moves`` is committed before the alias moves, and without it nothing moves.
+``registry/<usecase>/alias_moves`` is committed before the alias moves, and without it nothing moves. A version
+a person rolled back (a recorded ``rollback`` away from it) is not promoted again by a rerun of its train run's
+promote (``not_moved`` says so): ``mlops models promote`` brings it back.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from pipelines.model_ops import move_alias
+    from pipelines.model_ops import move_alias, read_moves
     from pipelines.tracking import champion_version, configure_mlflow, model_name
 
     gate = read_step_result(ctx, "gate")
@@ -117,10 +119,31 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             f"{gate['run_id']}: rerun register for {ctx.ds}"
         )
     compared = compared_champion(ctx, gate)
+    rolled_back = [
+        move
+        for move in read_moves(ctx.lake, ctx.usecase.name, "champion")
+        if move["kind"] == "rollback" and move["from_version"] == int(target.version)
+    ]
 
     if current_number == int(target.version):
         previous = _int_or_none(target.tags.get("promoted_from"))
         progress(f"promote: version {current_number} is already the champion of {name!r}")
+    elif rolled_back:
+        last = rolled_back[-1]
+        reason = (
+            f"version {target.version} was rolled back by {last['by']} at {last['moved_at']} ({last['reason']}): "
+            "a rerun of the gate's promote does not undo a person's rollback; to make it the champion again use "
+            f"`mlops models promote --usecase {ctx.usecase.name} {target.version} --reason '...'`"
+        )
+        progress(f"promote: {reason}")
+        result = {
+            **base,
+            "champion_version": current_number,
+            "previous_champion_version": current_number,
+            "not_moved": reason,
+        }
+        ctx.lake.write_json(result_key, result)
+        return result
     elif current is not None and current.tags.get("logical_date", "") > ctx.ds:
         reason = (
             f"champion version {current_number} was trained for {current.tags['logical_date']}, later than "
