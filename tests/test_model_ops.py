@@ -265,3 +265,46 @@ def test_after_a_rollback_the_batch_score_and_the_service_use_the_restored_versi
     by_day = predictions.groupby("date")["model_version"].unique().to_dict()
     assert [str(v) for v in by_day[DAY.isoformat()]] == [str(v2)]
     assert [str(v) for v in by_day[(DAY + timedelta(days=1)).isoformat()]] == [str(v1)]
+
+
+def test_alias_moves_on_an_s3_lake(serve_env: ServeEnv, moto_server: str, new_bucket, monkeypatch) -> None:
+    """The records live in the configured lake: on S3 (a moto server) promote, rollback, history and a withdrawn
+    record of a move the registry refused work as on a local disk."""
+    from mlflow import MlflowClient
+
+    import pipelines.model_ops as model_ops
+    from pipelines.lake import Lake
+
+    v1 = _trained(serve_env, date(2013, 3, 1), passed=True)
+    v2 = _trained(serve_env, date(2013, 4, 1), passed=True)
+    for name, value in {
+        "AWS_ENDPOINT_URL": moto_server,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    uri = f"s3://{new_bucket()}/lake"
+    monkeypatch.setenv("MLOPS_LAKE_URI", uri)
+
+    model_ops.promote(UC, v1, by="ops")
+    model_ops.promote(UC, v2, by="ops")
+
+    def registry_down(self, *args, **kwargs):
+        raise OSError("registry down")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MlflowClient, "set_registered_model_alias", registry_down)
+        with pytest.raises(model_ops.ModelOpsError, match="its record was withdrawn"):
+            model_ops.rollback(UC, reason="refused by the registry")
+    assert model_ops.rollback(UC, reason="v2 misbehaves", by="ops")["champion_version"] == v1
+    moves = model_ops.history(UC)["moves"]
+    assert [(m["kind"], m["from_version"], m["to_version"]) for m in moves] == [
+        ("promote", None, v1),
+        ("promote", v1, v2),
+        ("rollback", v2, v1),
+    ]
+    assert _champion() == v1
+    s3 = Lake(uri)
+    assert s3.version(alias_moves_table(UC)) == 4  # three moves and the withdrawn one's delete
+    assert not serve_env.lake.storage.exists(f"{alias_moves_table(UC)}/_delta_log/00000000000000000000.json")
