@@ -71,8 +71,39 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     models = sub.add_parser("models", help="model versions in the MLflow registry")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     listing = models_sub.add_parser("list", help="versions with their gate results; the champion is marked")
-    listing.add_argument("usecase")
+    listing.add_argument("usecase", nargs="?", help="use case name (or --usecase)")
+    listing.add_argument("--usecase", dest="usecase_option", help="use case name")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    show = models_sub.add_parser(
+        "show",
+        help="one version: metrics, gate decision, approval, lineage (data versions, windows), alias moves",
+    )
+    show.add_argument("version", type=int, help="model version number in the registry")
+    promote = models_sub.add_parser(
+        "promote",
+        help="make a version the champion (only one whose gate passed; --force --reason overrides, recorded)",
+    )
+    promote.add_argument("version", type=int, help="model version number in the registry")
+    promote.add_argument(
+        "--force", action="store_true", help="promote although its gate did not pass (needs --reason)"
+    )
+    promote.add_argument("--reason", default=None, help="why (recorded; required with --force)")
+    rollback = models_sub.add_parser(
+        "rollback", help="move the champion back to the previous champion in one alias move (recorded)"
+    )
+    rollback.add_argument("--reason", required=True, help="why (recorded)")
+    history = models_sub.add_parser(
+        "history", help="every move of the champion alias in order (gate promotions and manual moves alike)"
+    )
+    for command in (show, promote, rollback, history):
+        command.add_argument("--usecase", required=True, help="use case name (config/usecases/<name>.yaml)")
+        command.add_argument("--json", action="store_true", help="print JSON")
+    for command in (promote, rollback):
+        command.add_argument(
+            "--by",
+            default=None,
+            help="who moves the alias (recorded; default: $MLOPS_USER, else the OS user)",
+        )
 
     lineage = sub.add_parser(
         "lineage", help="the lake versions, config, code and image a registered model version was trained on"
@@ -141,7 +172,7 @@ def run_step(argv: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None, extend: Callable[[Any], None] | None = None) -> int:
-    """Run a step (``python -m pipelines <step> ...``) or ``models list``; returns the exit code."""
+    """Run a step (``python -m pipelines <step> ...``) or a command (``models ...``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=os.environ.get("MLOPS_LOG_LEVEL", "INFO"),
@@ -172,9 +203,17 @@ def main(argv: list[str] | None = None, extend: Callable[[Any], None] | None = N
 
             return run_validate(args.usecases, against_lake=args.against_lake)
         if args.command == "models":
+            if args.models_command != "list":
+                from pipelines.model_ops import main as models_main
+
+                return models_main(args)
             from pipelines.registry import print_models
 
-            print_models(args.usecase, as_json=args.json)
+            usecase = args.usecase_option or args.usecase
+            if not usecase:
+                write_line("ERROR: name the use case: `mlops models list --usecase NAME`", sys.stderr)
+                return 2
+            print_models(usecase, as_json=args.json)
             return 0
         if args.command == "serve":
             from pipelines.serving.server import serve

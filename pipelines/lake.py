@@ -397,6 +397,14 @@ def captures_table(usecase: str) -> str:
     return table_key("captures", usecase)
 
 
+def alias_moves_table(usecase: str) -> str:
+    """The append-only Delta table of a use case's registry alias moves: ``registry/<usecase>/alias_moves``, one
+    row per move of ``champion`` (the gate's promotions, manual promotes, forced promotes, rollbacks, approvals):
+    from and to version, kind, who, why, the run and when (pipelines.model_ops). Partitioned by the move's UTC
+    date; never vacuumed by maintenance."""
+    return table_key("registry", usecase, "alias_moves")
+
+
 def predictions_with_outcomes_table(usecase: str) -> str:
     """The Delta table of predictions joined with the outcomes that arrived later:
     ``predictions_with_outcomes/<usecase>``, the ground truth of live monitoring."""

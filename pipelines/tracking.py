@@ -5,7 +5,8 @@
   and no artifact root, where the server puts them (proxied artifacts).
 - Every logged candidate is a pyfunc whose ``predict(frame)`` returns the probability of the positive class;
   :func:`predict_proba` normalises the output shape.
-- The alias ``champion`` moves only through the gate (pipelines.steps.promote).
+- The alias ``champion`` moves only through :func:`pipelines.model_ops.move_alias`, recorded in the lake: the gate's
+  promote step (pipelines.steps.promote) and `mlops models promote|rollback` (and the `<usecase>_models` DAG).
 """
 
 from __future__ import annotations

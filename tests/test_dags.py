@@ -50,6 +50,7 @@ def test_expected_dags_tasks_and_edges(dagbag, usecase: str) -> None:
         f"{usecase}_features": {"features": []},
         f"{usecase}_score": {"wait_for_features": ["score"], "score": ["outcomes"], "outcomes": []},
         f"{usecase}_maintenance": {"maintain": []},
+        f"{usecase}_models": {"models": []},
         f"{usecase}_train": {
             "train": ["evaluate"],
             "evaluate": ["gate", "report"],
@@ -165,6 +166,56 @@ def test_the_train_dags_of_a_use_case_promote_through_one_pool_slot(dagbag, airf
     assert not [w for w in bag.dag_warnings if "pool" in str(w.message)]
 
 
+def test_models_dag_is_manual_with_params_in_the_train_pool(dagbag) -> None:
+    """`<uc>_models`: no schedule, Params action/version/reason/force, one task in the use case's train pool (beside
+    the gate's promote) that is never retried (a retried rollback would go back one champion further)."""
+    for usecase in list_usecases():
+        dag = dagbag.dags[f"{usecase}_models"]
+        assert type(dag.timetable).__name__ == "NullTimetable"  # schedule=None: manual runs only
+        assert dict(dag.params) == {"action": "promote", "version": None, "reason": "", "force": False}
+        assert dag.params.get_param("action").schema["enum"] == ["promote", "rollback"]
+        task = dag.task_dict["models"]
+        assert task.pool == f"{usecase}_train" and task.retries == 0
+        assert "rollback" in dag.doc_md and "reason" in dag.doc_md
+
+
+def test_models_dag_rolls_the_champion_back_on_a_real_registry(dagbag, airflow_db, serve_env) -> None:
+    """`dag.test` of `<uc>_models` with action rollback: the champion goes back to the previous one, the move is
+    recorded with the Airflow user and run; a promote of a version whose gate failed fails the task and moves
+    nothing."""
+    from datetime import date
+
+    from _serve_fixtures import produce_day
+
+    from pipelines import model_ops
+    from pipelines.cli import run_step
+
+    def trained(day: date, passed: bool, promote: bool) -> int:
+        produce_day(serve_env, day, gate_passed=passed)
+        argv = ["--usecase", "flight_delay", "--date", day.isoformat()]
+        version = run_step(["register", *argv])["gate_candidate_version"]
+        if promote:
+            run_step(["promote", *argv])
+        return version
+
+    v1 = trained(date(2013, 3, 1), True, True)
+    v2 = trained(date(2013, 4, 1), True, True)
+    v3 = trained(date(2013, 5, 1), False, False)
+    dag = dagbag.dags["flight_delay_models"]
+    run = dag.test(run_conf={"action": "rollback", "reason": "v2 misbehaves"})
+    assert str(getattr(run.state, "value", run.state)) == "success"
+    moves = model_ops.history("flight_delay")["moves"]
+    assert model_ops.history("flight_delay")["champion_version"] == v1
+    last = moves[-1]
+    assert (last["kind"], last["from_version"], last["to_version"]) == ("rollback", v2, v1)
+    assert last["by"] == "dag_test" and last["run_id"] == run.run_id and last["reason"] == "v2 misbehaves"
+
+    refused = dag.test(run_conf={"action": "promote", "version": v3, "reason": "try"})
+    assert str(getattr(refused.state, "value", refused.state)) == "failed"
+    assert model_ops.history("flight_delay")["champion_version"] == v1
+    assert len(model_ops.history("flight_delay")["moves"]) == len(moves)
+
+
 def test_score_runs_at_the_local_prediction_time_and_its_date_is_the_local_date(dagbag) -> None:
     """The score DAG's cron is read in the use case's time zone (18:00 New York, across a DST change), and a
     run's date is the local date of its logical date, not the next UTC day."""
@@ -195,7 +246,7 @@ def test_dag_files_parse_without_heavy_imports() -> None:
         f"""
         import json, sys, time, runpy
         start = time.perf_counter()
-        for name in ["ingest", "features", "train", "score", "maintenance"]:
+        for name in ["ingest", "features", "train", "score", "maintenance", "models"]:
             runpy.run_path({str(REPO_ROOT / "dags")!r} + f"/{{name}}.py")
         heavy = [m for m in {HEAVY_MODULES!r} if m in sys.modules]
         print(json.dumps({{"heavy": heavy, "seconds": time.perf_counter() - start}}))

@@ -230,8 +230,8 @@ def change_checks(
                 f"champion v{version} baseline {metric} is missing/NaN{error}: the champion cannot be scored on "
                 "the new holdout (a changed feature schema?), so nothing shows the candidate is better. Way "
                 "forward (docs/configuration.md, 'When the champion cannot be scored'): review the report; if the "
-                "change is intended, a person moves the alias to the candidate's version (MLflow UI, or "
-                "MlflowClient().set_registered_model_alias(model, 'champion', version)): the gate never does"
+                "change is intended, a person promotes the candidate's version, recorded: `mlops models promote "
+                "--usecase <usecase> <version> --force --reason '...'`: the gate never does"
             )
         elif float(baseline) == 0.0:
             passed = False

@@ -9,6 +9,11 @@ Compare and set: the alias moves only while the champion is still the version th
 against (the decision's ``champion_version``; no champion counts as a version). When another run moved it since
 (a manual ``<uc>_train`` and the ``<uc>_train_nightly`` run of one date, both gated against the old champion),
 the decision is stale: the step fails naming both versions and moves nothing; rerun evaluate and gate.
+
+The move is recorded like every alias move (pipelines.model_ops.move_alias, kind ``gate``): the row in
+``registry/<usecase>/alias_moves`` is committed before the alias moves, and without it nothing moves. A version
+a person rolled back (a recorded ``rollback`` away from it) is not promoted again by a rerun of its train run's
+promote (``not_moved`` says so): ``mlops models promote`` brings it back.
 """
 
 from __future__ import annotations
@@ -70,7 +75,8 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from pipelines.tracking import CHAMPION_ALIAS, champion_version, configure_mlflow, model_name
+    from pipelines.model_ops import move_alias, read_moves
+    from pipelines.tracking import champion_version, configure_mlflow, model_name
 
     gate = read_step_result(ctx, "gate")
     registered = read_step_result(ctx, "register")
@@ -113,10 +119,31 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             f"{gate['run_id']}: rerun register for {ctx.ds}"
         )
     compared = compared_champion(ctx, gate)
+    rolled_back = [
+        move
+        for move in read_moves(ctx.lake, ctx.usecase.name, "champion")
+        if move["kind"] == "rollback" and move["from_version"] == int(target.version)
+    ]
 
     if current_number == int(target.version):
         previous = _int_or_none(target.tags.get("promoted_from"))
         progress(f"promote: version {current_number} is already the champion of {name!r}")
+    elif rolled_back:
+        last = rolled_back[-1]
+        reason = (
+            f"version {target.version} was rolled back by {last['by']} at {last['moved_at']} ({last['reason']}): "
+            "a rerun of the gate's promote does not undo a person's rollback; to make it the champion again use "
+            f"`mlops models promote --usecase {ctx.usecase.name} {target.version} --reason '...'`"
+        )
+        progress(f"promote: {reason}")
+        result = {
+            **base,
+            "champion_version": current_number,
+            "previous_champion_version": current_number,
+            "not_moved": reason,
+        }
+        ctx.lake.write_json(result_key, result)
+        return result
     elif current is not None and current.tags.get("logical_date", "") > ctx.ds:
         reason = (
             f"champion version {current_number} was trained for {current.tags['logical_date']}, later than "
@@ -139,9 +166,21 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         latest = champion_version(ctx.usecase)
         previous = None if latest is None else int(latest.version)
         check_champion_unchanged(ctx, base, compared, previous, target)
+        # the same recorded move as `mlops models promote` (pipelines.model_ops): the row in
+        # registry/<usecase>/alias_moves first, then the alias; no record, no move
+        move_alias(
+            ctx.usecase,
+            ctx.lake,
+            int(target.version),
+            kind="gate",
+            by="gate",
+            reason=f"gate passed for {ctx.ds} (decision {gate.get('decision_id') or 'unrecorded'}: "
+            f"{gate.get('primary_metric')} {gate.get('candidate_value')})",
+            expected_from=previous,
+            run_id=ctx.run_id,
+        )
         client.set_model_version_tag(name, str(target.version), "promoted_on", ctx.ds)
         client.set_model_version_tag(name, str(target.version), "promoted_from", str(previous or ""))
-        client.set_registered_model_alias(name, CHAMPION_ALIAS, str(target.version))
         if previous is not None:
             client.set_model_version_tag(name, str(previous), "superseded_on", ctx.ds)
             client.set_model_version_tag(name, str(previous), "superseded_by", str(target.version))

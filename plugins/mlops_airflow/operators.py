@@ -482,3 +482,70 @@ class KeepChampionOperator(BaseOperator):
 def step_task(step: str, usecase: str, *, task_id: str | None = None, **kwargs: Any) -> StepOperator:
     """The one factory the DAGs use: a task that runs ``step`` for ``usecase`` on the configured runtime."""
     return StepOperator(task_id=task_id or step, step=step, usecase=usecase, **kwargs)
+
+
+class ModelOpsOperator(BaseOperator):
+    """``mlops models promote|rollback`` as a task of the manual ``<usecase>_models`` DAG: the same functions
+    (pipelines.model_ops), run in the task's process whatever the step runtime (a registry call and one lake
+    append). Reads the run's Params ``action`` (promote, rollback), ``version``, ``reason`` and ``force``; the
+    move is recorded as made by the user who triggered the run, with the Airflow run id. A refused move (gate not
+    passed, nothing to roll back to, unknown version) fails the task with that message. No retries: a rollback
+    retried after it moved would go back one champion further."""
+
+    ui_color = "#fdebd0"
+
+    def __init__(self, *, usecase: str, **kwargs: Any) -> None:
+        kwargs["retries"] = 0
+        super().__init__(**kwargs)
+        self.usecase = usecase
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from pipelines.config import ConfigError, load_profile
+        from pipelines.context import StepFailed
+
+        params = context.get("params") or {}
+        action = params.get("action")
+        version = params.get("version")
+        reason = str(params.get("reason") or "").strip()
+        force = bool(params.get("force"))
+        dag_run = context.get("dag_run")
+        by = getattr(dag_run, "triggering_user_name", None) or "airflow"
+        run_id = str(getattr(context.get("ti"), "run_id", None) or context.get("run_id") or "")
+        try:
+            profile = load_profile()
+        except ConfigError as exc:
+            raise AirflowFailException(str(exc)) from None
+        env = s3_environment(profile.s3_connection_id) if profile.lake_uri.startswith("s3://") else {}
+        env["MLOPS_RUN_ID"] = run_id
+        self.log.info(
+            "models %s for %s: version=%s force=%s by=%s reason=%r",
+            action,
+            self.usecase,
+            version,
+            force,
+            by,
+            reason,
+        )
+        from pipelines import model_ops
+
+        with patched_environ(env):
+            try:
+                if action == "rollback":
+                    result = model_ops.rollback(self.usecase, reason=reason, by=by, run_id=run_id)
+                elif action == "promote":
+                    if version in (None, ""):
+                        raise AirflowFailException(
+                            "action 'promote' needs the Param 'version' (the registry version to promote; see "
+                            f"`mlops models list --usecase {self.usecase}`)"
+                        )
+                    result = model_ops.promote(
+                        self.usecase, int(version), force=force, reason=reason, by=by, run_id=run_id
+                    )
+                else:
+                    raise AirflowFailException(
+                        f"Param 'action' must be 'promote' or 'rollback', not {action!r}"
+                    )
+            except (StepFailed, ConfigError) as exc:
+                raise AirflowFailException(str(exc)) from None
+        self.log.info("%s", json.dumps(result, default=str))
+        return json.loads(json.dumps(result, default=str))
