@@ -9,7 +9,7 @@ export MLOPS_HOME ?= $(CURDIR)/var
 export UV_PYTHON ?= $(PYTHON)
 export MLFLOW_UV_AUTO_DETECT := false
 # everything but the GPU build of TensorFlow (the `gpu` extra is for the GPU train image)
-EXTRAS := --extra spark --extra train --extra airflow --extra serve --extra report
+EXTRAS := --extra spark --extra train --extra airflow --extra serve --extra report --extra monitor
 
 .PHONY: setup check-java run demo test test-fast lint format bench bench-containers images requirements stack-env stack ui airflow clean
 

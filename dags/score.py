@@ -2,11 +2,11 @@
 failure naming the day), the champion scores the events predicted tonight; then the outcomes that arrived are
 joined to the predictions made before them (predictions_with_outcomes)."""
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, Asset, Param
 
 from mlops_airflow.operators import step_task
 from mlops_airflow.sensors import FeaturesReadySensor
-from mlops_airflow.wiring import alert, dag_kwargs, usecases
+from mlops_airflow.wiring import alert, dag_kwargs, outcomes_asset_name, predictions_asset_name, usecases
 
 for usecase in usecases():
     with DAG(
@@ -43,6 +43,8 @@ for usecase in usecases():
                 "--scored-at={{ logical_date.isoformat() if logical_date else '' }}",
                 "--replay={{ params.replay }}",
             ],
+            outlets=[Asset(predictions_asset_name(usecase))],  # the monitor DAG runs on it
         )
-        ready >> score >> step_task("outcomes", usecase.name)
+        outcomes = step_task("outcomes", usecase.name, outlets=[Asset(outcomes_asset_name(usecase))])
+        ready >> score >> outcomes
     globals()[dag.dag_id] = dag

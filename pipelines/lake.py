@@ -411,6 +411,12 @@ def predictions_with_outcomes_table(usecase: str) -> str:
     return table_key("predictions_with_outcomes", usecase)
 
 
+def monitoring_table(usecase: str) -> str:
+    """The Delta table of a use case's monitoring: ``monitoring/<usecase>``, by monitored date, one row per
+    measured value (drift of an input, of the scores, live and estimated performance, the retraining asked)."""
+    return table_key("monitoring", usecase)
+
+
 class Lake:
     """Delta tables and plain objects on a local folder or S3 (one interface for both)."""
 

@@ -507,3 +507,29 @@ def direction_words(metric: str) -> tuple[str, str]:
     """``(better, worse)``: what a better and a worse value of ``metric`` is, e.g. ``("lower", "higher")`` for
     an error such as RMSE, MAE or log loss."""
     return ("higher", "lower") if HIGHER_IS_BETTER.get(metric, True) else ("lower", "higher")
+
+
+def interval(
+    values: np.ndarray, confidence: float, center: float | None = None, clusters: int | None = None
+) -> tuple[float | None, float | None]:
+    """The bootstrap interval of resampled ``values`` as every interval of the gate is made (percentile, widened
+    for few clusters): for callers outside this module, such as monitoring."""
+    return _interval(values, confidence, center, clusters)
+
+
+def expected_roc_auc(
+    probability: Any, scores: Any, resampling: Resampling
+) -> tuple[float | None, np.ndarray]:
+    """The ROC AUC that calibrated ``probability`` of being positive implies for rows ranked by ``scores``
+    (confidence-based performance estimation, as NannyML's CBPE): each row counts as ``probability`` of a
+    positive and ``1 - probability`` of a negative. Returns the point value and its value under each resample
+    (the cluster pair formula of the gate's ROC AUC, with soft labels)."""
+    import numpy as np
+
+    p = np.clip(np.asarray(probability, dtype="float64").reshape(-1), 0.0, 1.0)
+    s = np.asarray(scores, dtype="float64").reshape(-1)
+    if len(p) == 0:
+        return None, np.full(resampling.resamples, np.nan)
+    whole = Resampling(np.ones((1, resampling.clusters), dtype="int32"), resampling.cluster, resampling.seed)
+    point = _cluster_roc_auc(p, s, whole)[0]
+    return clean(point), _cluster_roc_auc(p, s, resampling)

@@ -10,7 +10,7 @@ for part in core spark train gpu airflow mlflow serve; do
   case $part in
     core) extra=() ;;
     mlflow) extra=(--extra postgres) ;;
-    train | gpu) extra=(--extra "$part" --extra report) ;;  # the train image also runs the report step
+    train | gpu) extra=(--extra "$part" --extra report --extra monitor) ;;  # it also runs the report and monitor steps
     *) extra=(--extra "$part") ;;
   esac
   "$UV" export --quiet --frozen --no-dev --no-emit-project --no-header --format requirements-txt \

@@ -38,6 +38,7 @@ MONTH_STEPS = {
     "register",
     "promote",
     "report",  # the train DAG's explanations, in the train image, beside register and promote
+    "monitor",  # after the month's score run (nothing scored yet in the first month: it says so)
 }
 TRAIN_DATE = "2013-02-01"
 SECRET = "lake-secret-never-logged"  # moto accepts any credentials

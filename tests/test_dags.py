@@ -51,6 +51,7 @@ def test_expected_dags_tasks_and_edges(dagbag, usecase: str) -> None:
         f"{usecase}_score": {"wait_for_features": ["score"], "score": ["outcomes"], "outcomes": []},
         f"{usecase}_maintenance": {"maintain": []},
         f"{usecase}_models": {"models": []},
+        f"{usecase}_monitor": {"monitor": ["retrain_early"], "retrain_early": []},
         f"{usecase}_train": {
             "train": ["evaluate"],
             "evaluate": ["gate", "report"],
@@ -90,6 +91,7 @@ def test_expected_dags_tasks_and_edges(dagbag, usecase: str) -> None:
                 "report",
                 "score",
                 "maintain",
+                "monitor",
             }:
                 assert task.retries >= 1, (dag_id, task.task_id)
 
@@ -119,6 +121,16 @@ def test_features_dag_runs_on_the_raw_asset(dagbag) -> None:
     ingest = dagbag.dags.get("flight_delay_ingest")
     assert Asset("flight_delay_raw") in ingest.task_dict["ingest"].outlets
     assert "flight_delay_raw" in str(dag.timetable.asset_condition)
+
+
+def test_monitor_dag_runs_when_predictions_or_outcomes_are_written(dagbag) -> None:
+    from airflow.sdk import Asset
+
+    score = dagbag.dags["flight_delay_score"]
+    assert Asset("flight_delay_predictions") in score.task_dict["score"].outlets
+    assert Asset("flight_delay_outcomes") in score.task_dict["outcomes"].outlets
+    condition = str(dagbag.dags["flight_delay_monitor"].timetable.asset_condition)
+    assert "flight_delay_predictions" in condition and "flight_delay_outcomes" in condition
 
 
 def test_train_dag_params_and_schedules(dagbag) -> None:

@@ -43,8 +43,42 @@ def test_the_replay_alerts_its_quarantine_and_each_rejected_gate(local_demo, dem
         decision = run_result(lake, "gate", day)
         assert alert["dag_id"] == f"{USECASE}_train" and alert["task_id"] == "keep_champion"
         assert all(reason in alert["message"] for reason in decision["reasons"]), (alert, decision)
-    others = [a for a in demo_webhook.received if a["event"] not in ("quarantine", "gate_rejected")]
+    # the monitor runs after each month's scoring: its drift and decay breaches are alerted, one per month
+    for event, kinds in (
+        ("drift", {"data_drift", "prediction_drift"}),
+        ("decay", {"live_decay", "estimated_decay"}),
+    ):
+        months = [m["month"] for m in summary["months"] if kinds & set(m["monitor"].get("breaches") or [])]
+        assert len(demo_webhook.events(event)) == len(months), (event, months, demo_webhook.events(event))
+    others = [
+        a
+        for a in demo_webhook.received
+        if a["event"] not in ("quarantine", "gate_rejected", "drift", "decay")
+    ]
     assert others == [], others
+
+
+def test_the_replay_monitors_each_month_after_scoring(local_demo) -> None:
+    """Each month's monitor run (through Airflow) measured the predictions of the month's last week against the
+    model that scored them, and its values are in the summary and the monitoring table; the first month has no
+    model yet and says so."""
+    from pipelines.lake import monitoring_table
+
+    home, summary = local_demo
+    first, *scored = summary["months"]
+    assert first["dag_runs"]["monitor"] == "success" and first["monitor"]["model_version"] is None
+    lake = Lake(str(home / "lake"))
+    table = lake.read_frame(monitoring_table(USECASE))
+    for month in scored:
+        monitor = month["monitor"]
+        assert month["dag_runs"]["monitor"] == "success"
+        assert monitor["model_version"] == month["scored_with_version"], month
+        assert monitor["live"]["rows"] > 1000 and monitor["estimated"]["rows"] > 1000
+        for measured in (monitor["live"], monitor["estimated"]):
+            assert measured["low"] <= measured["value"] <= measured["high"], monitor
+        rows = table[table["date"] == month["last_day"]]
+        assert set(rows["category"]) >= {"data_drift", "prediction_drift", "live", "estimated", "retrain"}
+    assert (home / "lake" / "reports" / USECASE / "monitoring" / "index.html").exists()
 
 
 def test_direct_training_reproduces_airflow_predictions(local_demo, tmp_path: Path, monkeypatch) -> None:

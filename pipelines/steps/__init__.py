@@ -19,6 +19,7 @@ STEPS: dict[str, str] = {
     "score": "pipelines.steps.score",
     "outcomes": "pipelines.steps.outcomes",
     "maintain": "pipelines.steps.maintain",
+    "monitor": "pipelines.steps.monitor",
 }
 
 # the task kind of each step: which image runs it with task_runtime docker (docker/<kind>.Dockerfile).
@@ -35,6 +36,7 @@ STEP_KINDS: dict[str, str] = {
     "score": "train",
     "outcomes": "base",
     "maintain": "base",
+    "monitor": "train",  # loads the champion (maybe Keras) to build its reference; Evidently is in that image
 }
 
 # steps whose work benefits from a GPU host (the task factory adds a GPU request for them when configured)

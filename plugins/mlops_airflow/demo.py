@@ -294,6 +294,7 @@ class DirectRunner:
         "ingest": ["ingest"],
         "features": ["features"],
         "score": ["score", "outcomes"],
+        "monitor": ["monitor"],
         "train": ["train", "evaluate", "gate", "register", "promote", "report"],
     }
     # steps beside the decision path (dags/train.py: gate >> report, nothing downstream): they run after the gate
@@ -458,6 +459,10 @@ def replay_batch(
     score_run = runner.run("score", batch, {"replay": True})
     score = score_run.result("score")
     live = live_quality(lake, usecase, days)
+    say(f"  {first:%b}: running {usecase.name}_monitor (drift, live and estimated performance) ...")
+    # as the score run's predictions asset would start it; a replay measures and alerts, it triggers no training
+    monitor_run = runner.run("monitor", batch, {"retrain": False})
+    monitor = monitor_run.result("monitor")
     train_run = RunOutcome("skipped")
     if train_on is not None:
         say(f"  {first:%b}: running {usecase.name}_train for {train_on} ...")
@@ -496,6 +501,15 @@ def replay_batch(
         "live_primary_metric": live["live_primary_metric"],
         "scoring_model_holdout_primary_metric": holdout,
         **named,
+        "monitor": {
+            "model_version": monitor.get("model_version"),
+            "window": monitor.get("window"),
+            "live": monitor.get("live"),
+            "estimated": monitor.get("estimated"),
+            "data_drift_share": ((monitor.get("data_drift") or {}).get("batch") or {}).get("share"),
+            "breaches": monitor.get("breaches"),
+            "retrain_asked": (monitor.get("retrain") or {}).get("requested"),
+        },
         "train_date": None if train_on is None else train_on.isoformat(),
         "train_run": gate.get("run"),  # the run its step results are keyed by (runs/<uc>/<step>/date=/run=)
         "best_candidate": best,
@@ -528,12 +542,14 @@ def replay_batch(
             "ingest": ingest_run.state,
             "features": features_run.state,
             "score": score_run.state,
+            "monitor": monitor_run.state,
             "train": train_run.state,
         },
         "run_seconds": {
             "ingest": round(ingest_run.seconds, 2),
             "features": round(features_run.seconds, 2),
             "score": round(score_run.seconds, 2),
+            "monitor": round(monitor_run.seconds, 2),
             "train": round(train_run.seconds, 2),
         },
         "seconds": round(time.perf_counter() - t0, 1),
@@ -569,6 +585,26 @@ def say_row(row: dict[str, Any], log_path: Path) -> None:
         f"{_fmt(row['best_candidate']):>6} {_fmt(row['best_metric']):>7} {_fmt(row['champion_metric']):>7} "
         f"{gate_text:<8} {_fmt(row['champion_version']):>8}  {row['seconds']:.1f}"
     )
+    monitor = row.get("monitor") or {}
+    if monitor.get("window") and monitor.get("model_version") is None:
+        say(
+            f"         monitor {monitor['window'][0]}..{monitor['window'][1]}: nothing scored yet (no champion)"
+        )
+    elif monitor.get("window"):
+        live, estimated = monitor.get("live") or {}, monitor.get("estimated") or {}
+
+        def shown(measured: dict[str, Any]) -> str:
+            if measured.get("value") is None:
+                return "-"
+            if measured.get("low") is None:
+                return _fmt(measured["value"])
+            return f"{_fmt(measured['value'])} [{_fmt(measured['low'])}, {_fmt(measured['high'])}]"
+
+        say(
+            f"         monitor {monitor['window'][0]}..{monitor['window'][1]} (v{monitor['model_version']}): "
+            f"live {shown(live)}, estimated {shown(estimated)}, drifted inputs "
+            f"{_fmt(monitor.get('data_drift_share'), 2)}, breaches {', '.join(monitor.get('breaches') or []) or 'none'}"
+        )
     if row["gate_passed"] is False and row["gate_reasons"]:
         say(f"         rejected: {'; '.join(map(str, row['gate_reasons']))[:300]}")
     for kind, state in row["dag_runs"].items():

@@ -479,6 +479,95 @@ class KeepChampionOperator(BaseOperator):
         return {"kept": decision.get("champion_version"), "reasons": decision.get("reasons") or []}
 
 
+class RetrainTriggerOperator(BaseOperator):
+    """After a monitor run: alert its drift and decay breaches (``drift``, ``decay``), then, when the monitor step
+    asked for an early retraining (a breach in ``monitoring.retrain_on``, past the cool-down), trigger
+    ``<usecase>_train`` for the monitored date with the reason in its conf. Skipped when nothing was asked or a
+    training run of the use case is queued or running (never two in flight); the gate still decides."""
+
+    ui_color = "#e8daef"
+    template_fields = ("enabled",)
+
+    def __init__(
+        self, *, usecase: str, monitor_task_id: str = "monitor", enabled: str | bool = True, **kwargs: Any
+    ) -> None:
+        kwargs.setdefault("retries", 0)  # a second trigger would be a second retraining
+        super().__init__(**kwargs)
+        self.usecase = usecase
+        self.monitor_task_id = monitor_task_id
+        self.enabled = enabled
+
+    def _train_dags(self) -> list[str]:
+        from pipelines.config import load_usecase
+
+        spec = load_usecase(self.usecase)
+        return [
+            f"{self.usecase}_train",
+            *([f"{self.usecase}_train_nightly"] if spec.schedules.train_nightly else []),
+        ]
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from datetime import datetime
+        from zoneinfo import ZoneInfo
+
+        from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from mlops_airflow.notifiers import alert_payload, send_alert
+        from pipelines.config import load_usecase
+
+        result = context["ti"].xcom_pull(task_ids=self.monitor_task_id) or {}
+        retrain = result.get("retrain") or {}
+        breaches = retrain.get("breaches") or []
+        summary = (
+            f"monitor {result.get('date')} (model v{result.get('model_version')}): "
+            f"live {result.get('live')}, estimated {result.get('estimated')}, data drift {result.get('data_drift')}"
+        )
+        for event, kinds in (
+            ("drift", ("data_drift", "prediction_drift")),
+            ("decay", ("live_decay", "estimated_decay")),
+        ):
+            found = [b for b in breaches if b in kinds]
+            if found:
+                send_alert(
+                    alert_payload(self.usecase, event, context, message=f"{', '.join(found)}; {summary}"),
+                    self.log,
+                )
+        if not retrain.get("requested"):
+            raise AirflowSkipException(f"no early retraining: {retrain.get('reason') or 'no breach'}")
+        if str(self.enabled).strip().lower() not in ("true", "1", "yes"):
+            raise AirflowSkipException(
+                f"retraining asked ({retrain['reason']}), not triggered: Param retrain is off"
+            )
+        ti = context["ti"]
+        in_flight = {
+            dag_id: ti.get_dr_count(dag_id=dag_id, states=["queued", "running"])
+            for dag_id in self._train_dags()
+        }
+        if any(in_flight.values()):
+            raise AirflowSkipException(
+                f"a training run is in flight ({in_flight}): not starting a second one"
+            )
+        spec = load_usecase(self.usecase)
+        day = datetime.fromisoformat(str(result["date"])).date()
+        # the monitored date, at the start of the day in the use case's time zone: train's logical day is D
+        logical = datetime(day.year, day.month, day.day, tzinfo=ZoneInfo(spec.time.timezone))
+        conf = {
+            "reason": f"monitor {result['date']}: {retrain['reason']}",
+            "triggered_by": f"{context['dag'].dag_id}/{context['run_id']}",
+        }
+        self.log.info("Triggering %s_train for %s: %s", self.usecase, day, conf["reason"])
+        trigger = TriggerDagRunOperator(
+            task_id=f"{self.task_id}_trigger",
+            trigger_dag_id=f"{self.usecase}_train",
+            conf=conf,
+            logical_date=logical,
+            openlineage_inject_parent_info=False,
+        )
+        trigger.execute(context)
+        return {"triggered": f"{self.usecase}_train", "logical_date": logical.isoformat(), "conf": conf}
+
+
 def step_task(step: str, usecase: str, *, task_id: str | None = None, **kwargs: Any) -> StepOperator:
     """The one factory the DAGs use: a task that runs ``step`` for ``usecase`` on the configured runtime."""
     return StepOperator(task_id=task_id or step, step=step, usecase=usecase, **kwargs)

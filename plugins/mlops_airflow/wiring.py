@@ -36,6 +36,14 @@ def raw_asset_name(usecase: UseCase) -> str:
     return f"{usecase.name}_raw"
 
 
+def predictions_asset_name(usecase: UseCase) -> str:
+    return f"{usecase.name}_predictions"
+
+
+def outcomes_asset_name(usecase: UseCase) -> str:
+    return f"{usecase.name}_outcomes"
+
+
 def alert(usecase: UseCase | str, event: str) -> Any:
     """A notifier of ``event`` for ``usecase`` (mlops_airflow.notifiers), for a task's or DAG's callbacks."""
     from mlops_airflow.notifiers import MlopsNotifier
