@@ -122,6 +122,7 @@ BAD_OR_ODD = {
     "misfiled": csv_bytes(pd.concat([flights_rows(DAY1, 6), flights_rows(DAY1 + timedelta(days=1), 3)])),
     "whitespace_values": csv_bytes(_flights(flight=(2, " 15"), distance=(3, "1e3"))),
     "spaces_line": csv_bytes(flights_rows(DAY1, 12)) + b"   \n",
+    "field_over_csv_limit": csv_bytes(_flights(dest=(2, "X" * 140_000))),
 }
 
 
