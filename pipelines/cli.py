@@ -152,28 +152,51 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     return parser
 
 
-def run_step(argv: list[str]) -> dict[str, Any]:
-    """Run one step in this process from its command-line arguments and return its result.
+def run_step(argv: list[str], started: float | None = None) -> dict[str, Any]:
+    """Run one step in this process from its command-line arguments and return its result, with ``timings``:
+    its fixed costs apart from its work (:mod:`pipelines.timings`; ``started``: the seconds the process had run
+    before, its interpreter start, for a process started for this step).
 
-    Raises :class:`StepFailed` when the step failed on its input, :class:`ConfigError` on bad configuration.
+    Raises :class:`StepFailed` when the step failed on its input (its result carries the timings too),
+    :class:`ConfigError` on bad configuration.
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command not in STEPS:
-        raise SystemExit(f"run_step runs steps only, not {args.command!r}")
-    module = importlib.import_module(STEPS[args.command])
-    profile = load_profile()
-    cap_threads(profile.threads_per_task)
-    usecase = load_usecase(args.usecase)
-    require_valid(usecase)  # every static problem at once, before any data is read
-    ctx = StepContext(usecase=usecase, day=args.date, profile=profile, lake=Lake(profile.lake_uri))
-    result = module.run(ctx, args)
-    return {"step": args.command, "usecase": args.usecase, "date": args.date.isoformat(), **result}
+    from pipelines.timings import fixed_cost, step_timer
+
+    before = {} if started is None else {"interpreter_start": started}
+    with step_timer() as timer:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command not in STEPS:
+            raise SystemExit(f"run_step runs steps only, not {args.command!r}")
+        with fixed_cost("imports"):
+            module = importlib.import_module(STEPS[args.command])
+        with fixed_cost("config", imports_apart=True):
+            profile = load_profile()
+            cap_threads(profile.threads_per_task)
+            usecase = load_usecase(args.usecase)
+            require_valid(usecase)  # every static problem at once, before any data is read
+            ctx = StepContext(usecase=usecase, day=args.date, profile=profile, lake=Lake(profile.lake_uri))
+        try:
+            result = module.run(ctx, args)
+        except StepFailed as exc:
+            exc.result = {**exc.result, "timings": timer.result(before)}
+            raise
+        timings = timer.result(before)
+    return {
+        "step": args.command,
+        "usecase": args.usecase,
+        "date": args.date.isoformat(),
+        **result,
+        "timings": timings,
+    }
 
 
 def main(argv: list[str] | None = None, extend: Callable[[Any], None] | None = None) -> int:
     """Run a step (``python -m pipelines <step> ...``) or a command (``models ...``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    from pipelines.timings import process_age
+
+    started = process_age()  # a process started for this step: its interpreter start and first imports so far
     logging.basicConfig(
         level=os.environ.get("MLOPS_LOG_LEVEL", "INFO"),
         stream=sys.stderr,
@@ -183,7 +206,7 @@ def main(argv: list[str] | None = None, extend: Callable[[Any], None] | None = N
         # the step's first word: container start overhead is measured up to this line (bench/containers.py)
         logging.getLogger("pipelines.cli").info("starting step: %s", " ".join(argv))
         try:
-            result = run_step(argv)
+            result = run_step(argv, started)
         except StepFailed as exc:
             write_line(f"ERROR: {exc}", sys.stderr)
             write_line(

@@ -94,13 +94,16 @@ def get_spark(profile: Profile) -> SparkSession:
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
         if profile.spark_master.startswith("local"):
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        from pyspark.sql import SparkSession
+        from pipelines.timings import fixed_cost
 
-        builder = SparkSession.builder.master(profile.spark_master).appName(APP_NAME)
-        for key, value in spark_conf(profile).items():
-            builder = builder.config(key, value)
-        session = builder.getOrCreate()
-        session.sparkContext.setLogLevel("ERROR")
+        with fixed_cost("spark_session"):  # PySpark's import and the JVM's start: once per process
+            from pyspark.sql import SparkSession
+
+            builder = SparkSession.builder.master(profile.spark_master).appName(APP_NAME)
+            for key, value in spark_conf(profile).items():
+                builder = builder.config(key, value)
+            session = builder.getOrCreate()
+            session.sparkContext.setLogLevel("ERROR")
         logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines (e.g. on shutdown) are noise
         _session = session
         return session

@@ -31,7 +31,15 @@ MODEL_DIGEST_TAG = "model_sha256"  # model version tag: the digest of its artifa
 
 
 def configure_mlflow(profile: Profile, usecase: UseCase) -> str:
-    """Point MLflow at the profile's tracking/registry store; return the use case's experiment id."""
+    """Point MLflow at the profile's tracking/registry store; return the use case's experiment id (a fixed cost
+    of the step: MLflow's import and its store's first use)."""
+    from pipelines.timings import fixed_cost
+
+    with fixed_cost("mlflow_client"):
+        return _configure_mlflow(profile, usecase)
+
+
+def _configure_mlflow(profile: Profile, usecase: UseCase) -> str:
     os.environ.setdefault("MLFLOW_UV_AUTO_DETECT", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow

@@ -33,6 +33,7 @@ from pipelines.config import ColumnSpec, ConfigError, SourceSpec
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 # Extra columns of the validation batch (names no configured column uses).
 FILE_ID = "__file_id"
@@ -208,8 +209,10 @@ def source_key(source_name: str, source: SourceSpec) -> str:
 
 def _gx_source(source_name: str, source: SourceSpec) -> tuple[Any, Any]:
     """The (suite, whole-dataframe batch definition) of one source's config, cached per process."""
+    from pipelines.timings import fixed_cost
+
     key = source_key(source_name, source)
-    with _GX_LOCK:
+    with _GX_LOCK, fixed_cost("gx_context"):  # GX's import, context and suite: once per process and config
         context = _gx_context()  # first: GX binds new suites to the current context
         if key not in _GX_SOURCES:
             suite = build_suite(source_name, source)  # ConfigError: nothing is cached
@@ -437,6 +440,8 @@ def _to_bool(values: pd.Series) -> pd.Series:
 
 
 _DATE_ONLY = r"\d{4}-\d{2}-\d{2}"
+_WITH_OFFSET = r"[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)$"
+_NAIVE = r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?"
 
 
 def convert_column(values: pd.Series, column_type: str, timezone: str = "UTC") -> pd.Series:
@@ -536,34 +541,116 @@ def _batch_safe(values: pd.Series, column_type: str, timezone: str) -> bool:
     """Whether converting ``values`` (many files' values of one column) at once gives, for every value, what
     converting each file alone gives: conversions are elementwise but for the cases excluded here."""
     present = values.dropna()
-    if column_type in {"int", "float"}:
+    if column_type == "float":
+        # a value with a decimal point or an exponent goes through pandas' float parser whatever its neighbours:
+        # only long whole numbers (exact as integers in a column of integers) depend on the rest of the column
+        text = present.astype(str)
+        long = text[text.str.len() > _BATCH_SAFE_CHARS]
+        return long.empty or bool(long.str.contains(r"[.eE]", regex=True).all())
+    if column_type == "int":
         return present.empty or int(present.astype(str).str.len().max()) <= _BATCH_SAFE_CHARS
-    if column_type == "timestamp" and timezone != "UTC":
-        # date-only values take another path (local midnight) that changes the column's dtype handling
-        return not bool(present.astype("string").str.fullmatch(_DATE_ONLY).fillna(False).any())
+    if column_type == "timestamp":
+        text = present.astype("string")
+        # pandas reads a value without an offset in the offset of an earlier value of the column: mixing files
+        # with and without offsets would move the latter's values
+        aware = text.str.contains(_WITH_OFFSET, regex=True).fillna(False).astype(bool)
+        if bool(aware.any()) and bool(text.str.fullmatch(_NAIVE).fillna(False).any()):
+            return False
+        if timezone != "UTC":
+            # date-only values take another path (local midnight) that changes the column's dtype handling
+            return not bool(text.str.fullmatch(_DATE_ONLY).fillna(False).any())
     return True
 
 
+# Where Arrow's strict casts give what :func:`convert_column` gives (compared on the demo year and on random values):
+# whole numbers and decimals without an exponent of at most ``_BATCH_SAFE_CHARS`` characters (pandas' float parser
+# rounds some longer values and some exponent forms to a neighbouring float, Arrow's does not), and the ISO
+# timestamps GX accepts. Values outside these patterns, and bool columns, are converted by pandas as before.
+ARROW_PATTERNS: dict[str, str] = {
+    "int": r"^[+-]?\d+$",
+    "float": r"^[+-]?(?:\d+\.?\d*|\.\d+)$",
+    "timestamp": TYPE_PATTERNS["timestamp"],
+}
+
+
+def arrow_convert(values: pa.ChunkedArray, column_type: str, timezone: str = "UTC") -> pd.Series | None:
+    """``values`` (Arrow strings, null for null, as ``pyarrow.csv`` read them) converted to the raw zone's dtype
+    with the same values and dtype as :func:`convert_column`, when every non-null value parses; None where Arrow
+    cannot promise that (a value outside :data:`ARROW_PATTERNS`, a bool column, a date-only timestamp in a zone
+    other than UTC, a value Arrow rejects): the caller then converts with pandas and reports what did not parse.
+    A Series returned here has a RangeIndex and no value that failed to parse."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if column_type == "string":
+        return pd.Series(pd.StringDtype().__from_arrow__(values), dtype="string")
+    pattern = ARROW_PATTERNS.get(column_type)
+    if pattern is None:
+        return None
+    present = values.drop_null()
+    if len(present):
+        if not pc.all(pc.match_substring_regex(present, pattern)).as_py():
+            return None
+        lengths = pc.utf8_length(present)
+        if column_type in {"int", "float"} and pc.max(lengths).as_py() > _BATCH_SAFE_CHARS:
+            return None
+        if column_type == "timestamp" and timezone != "UTC" and pc.min(lengths).as_py() <= len("2013-01-01"):
+            return None  # a date alone is local midnight (convert_column)
+    try:
+        if column_type == "int":
+            return pd.Series(pd.Int64Dtype().__from_arrow__(pc.cast(values, pa.int64())), dtype="Int64")
+        if column_type == "float":
+            return pd.Series(pc.cast(values, pa.float64()).to_pandas(), dtype="float64").reset_index(
+                drop=True
+            )
+        utc = pa.timestamp("ns", tz="UTC")
+        try:
+            stamps = pc.cast(values, utc)  # every value with an offset or Z
+        except pa.ArrowInvalid:
+            stamps = pc.cast(pc.cast(values, pa.timestamp("ns")), utc)  # none with one: read as UTC
+        return pd.Series(stamps.to_pandas(), dtype="datetime64[ns, UTC]").reset_index(drop=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None
+
+
 def to_typed_many(
-    frames: list[pd.DataFrame], source: SourceSpec, source_name: str, timezone: str = "UTC"
+    frames: list[pd.DataFrame],
+    source: SourceSpec,
+    source_name: str,
+    timezone: str = "UTC",
+    tables: list[pa.Table | None] | None = None,
 ) -> list[tuple[pd.DataFrame, list[FailedCheck]]]:
     """:func:`to_typed` of each frame, with the same results, converting each column once for all frames.
 
     pandas costs about a millisecond per column and call whatever the rows: the demo's month of 3-hourly weather
     files (248 files of 9 rows) paid more for typing file by file than for validating them. A column where
     converting at once could differ (see :func:`_batch_safe`), or where the conversion raises, is converted per
-    file as before."""
+    file as before.
+
+    ``tables`` (one per frame: the same values as Arrow strings, as ``pyarrow.csv`` read the file) lets Arrow
+    convert a column with its strict casts (:func:`arrow_convert`) when every frame has its table; a column Arrow
+    does not convert whole goes through pandas as above."""
     import numpy as np
     import pandas as pd
+    import pyarrow as pa
 
-    if len(frames) < 2:
+    arrow = tables is not None and len(frames) > 0 and all(t is not None for t in tables)
+    if len(frames) < 2 and not arrow:
         return [to_typed(frame, source, source_name, timezone) for frame in frames]
     bounds = [0]
     for frame in frames:
         bounds.append(bounds[-1] + len(frame))
-    typed: list[dict[str, pd.Series]] = [{} for _ in frames]
+    whole: dict[str, pd.Series] = {}  # columns converted once for all frames (RangeIndex over the batch)
+    own: list[dict[str, pd.Series]] = [{} for _ in frames]  # those frames' own conversions
     problems: list[list[FailedCheck]] = [[] for _ in frames]
     for column, spec in source.columns.items():
+        if arrow:
+            chunks = [chunk for table in tables for chunk in table.column(column).chunks]  # type: ignore[union-attr]
+            converted = arrow_convert(pa.chunked_array(chunks, type=pa.string()), spec.type, timezone)
+            if converted is not None:
+                whole[column] = converted
+                continue
         values = pd.concat([frame[column] for frame in frames], ignore_index=True)
         converted = None
         if _batch_safe(values, spec.type, timezone):
@@ -572,20 +659,32 @@ def to_typed_many(
             except (ValueError, TypeError, OverflowError):
                 converted = None  # per file: each file gets its own message
         if converted is None:
-            failing = set(range(len(frames)))  # every file converts its own column
+            alone = set(range(len(frames)))  # every file converts its own column
         else:
             # the files with a value that did not parse; the others need no per-file check
             positions = np.flatnonzero((values.notna() & converted.isna()).to_numpy())
-            failing = set(np.searchsorted(bounds, positions, side="right") - 1)
-        for index, frame in enumerate(frames):
-            part = None if converted is None else converted.iloc[bounds[index] : bounds[index + 1]]
-            if index not in failing:
-                typed[index][column] = part.reset_index(drop=True)
-                continue
+            alone = set(np.searchsorted(bounds, positions, side="right") - 1)
+            whole[column] = converted.reset_index(drop=True)
+        for index in sorted(alone):
+            frame = frames[index]
+            part = None if converted is None else converted.iloc[bounds[index] : bounds[index + 1]].copy()
             if part is not None:
-                part = part.copy()
                 part.index = frame[column].index
-            typed[index][column], problem = _typed_column(frame, column, spec, source_name, timezone, part)
+            own[index][column], problem = _typed_column(frame, column, spec, source_name, timezone, part)
             if problem is not None:
                 problems[index].append(problem)
-    return [(pd.DataFrame(columns), found) for columns, found in zip(typed, problems, strict=True)]
+    # one frame for the batch, sliced per file (a frame per file and column costs more than the conversions)
+    batch = pd.DataFrame(whole) if whole else None
+    typed: list[pd.DataFrame] = []
+    for index in range(len(frames)):
+        if batch is not None and len(whole) == len(source.columns) and not own[index]:
+            typed.append(batch.iloc[bounds[index] : bounds[index + 1]].reset_index(drop=True))
+            continue
+        columns = {
+            column: own[index][column]
+            if column in own[index]
+            else whole[column].iloc[bounds[index] : bounds[index + 1]].reset_index(drop=True)
+            for column in source.columns
+        }
+        typed.append(pd.DataFrame(columns))
+    return list(zip(typed, problems, strict=True))

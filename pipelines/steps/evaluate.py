@@ -161,6 +161,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     )
     X = model_inputs(usecase, holdout, "the holdout rows")
     y = holdout[usecase.target.column].to_numpy(dtype=modeling.label_dtype(usecase))
+    clock.lap("holdout")
     groups = holdout[list(usecase.slices)] if usecase.slices else holdout.iloc[:, :0]
     wanted = evaluated_metrics(ctx)
     primary = gate.primary_metric
@@ -340,6 +341,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             if value is not None:
                 client.log_metric(c["run_id"], f"holdout_{name}", value)
 
+    clock.lap("record")  # the decision summary and the holdout metrics logged to MLflow
     result: dict[str, Any] = {
         "candidates": candidates,
         "best": best,
@@ -391,4 +393,5 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         else {"version": champion["version"], "metrics": champion["metrics"]},
         "summary": summary,
         "result_uri": result["result_uri"],
+        "seconds": clock.laps,  # the decision path's parts (holdout, scoring, intervals_and_fairness, ...)
     }

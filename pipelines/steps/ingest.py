@@ -12,8 +12,10 @@ with rows of another date is quarantined with those dates, never committed under
 with a date folder on or before ``--date`` plus ``time.prediction_time.days_before`` (``TimeSpec.ingested_through``) is processed: on day D the
 schedule of the events predicted that evening is already there. A file belongs to the source whose
 ``file_pattern`` matches its name. Files are parsed strictly (encoding, CSV shape, Parquet footer, columns,
-min_rows), then all files of one source are validated in one GX batch (pipelines.validation). A file with any
-failure goes to quarantine as a whole; the others are committed. The raw partition of (source, day) is rebuilt
+min_rows; a CSV by ``pyarrow.csv`` where Arrow reads it as the strict row-by-row parse would, else row by row, which
+names the faulty line), then all files of one source are validated in one GX batch (pipelines.validation) and typed
+with the declared schema (Arrow's strict casts where they give pandas' values, see ``to_typed_many``). A file with
+any failure goes to quarantine as a whole; the others are committed. The raw partition of (source, day) is rebuilt
 from all valid files of that day (the new ones and the archived files the committed partition names in its
 ``_source_file`` column; a re-delivered name replaces the archived file), so reruns give the same partition. All
 partitions of one source are one Delta commit, made from the snapshot the companions were read from; a concurrent
@@ -53,6 +55,7 @@ from pipelines.lake import (
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
     from pipelines.validation import FailedCheck
 
@@ -147,6 +150,9 @@ class DeliveredFile:
     from_archive: bool = False
     source: str | None = None
     frame: pd.DataFrame | None = None  # configured columns as strings (None = null) + validation.ROW
+    table: pa.Table | None = (
+        None  # the same strings as Arrow read them (a CSV parsed by pyarrow.csv), for typing
+    )
     typed: pd.DataFrame | None = None
     rows: int = 0
     checks: list[FailedCheck] = field(default_factory=list)
@@ -164,6 +170,7 @@ class DeliveredFile:
     def reject(self, check: FailedCheck) -> None:
         self.checks.append(check)
         self.frame = None
+        self.table = None
 
 
 def count_data_lines(data: bytes) -> int:
@@ -265,11 +272,9 @@ def check_event_dates(file: DeliveredFile, source_name: str, column: str, timezo
     )
 
 
-def _parse_csv(file: DeliveredFile, source_name: str, source: SourceSpec) -> None:
-    import pandas as pd
-
-    from pipelines.validation import ROW
-
+def _parse_csv(file: DeliveredFile, source_name: str, source: SourceSpec, arrow: bool = True) -> None:
+    """Decode the file, then parse it with Arrow (``arrow``) where Arrow gives what the row-by-row parse gives,
+    else row by row (see :func:`_parse_csv_arrow`)."""
     if not file.data:
         file.reject(
             _file_check("file_not_empty", "the file is empty (0 bytes): re-deliver the complete file")
@@ -301,6 +306,89 @@ def _parse_csv(file: DeliveredFile, source_name: str, source: SourceSpec) -> Non
             )
         )
         return
+    if arrow and _parse_csv_arrow(file, text, source_name, source):
+        return
+    _parse_csv_rows(file, text, source_name, source)
+
+
+# csv.reader's limit on one field (characters): a longer field is an error there, so such a file takes that path
+_CSV_FIELD_LIMIT = csv.field_size_limit()
+
+
+def _arrow_reads_as_rows(text: str) -> bool:
+    """Whether ``pyarrow.csv`` reads ``text`` exactly as :func:`_parse_csv_rows` would, line numbers included: no
+    quote character (Arrow's quoting is more lenient than ``csv.reader(strict=True)``), no blank line (skipped with
+    its line number counted), no line break but ``\\n`` and ``\\r\\n``, no NUL (an error for ``csv``) and a header
+    line with distinct names. Anything else, and any file Arrow rejects, takes the row-by-row path, which names the
+    line and the fault."""
+    if not text or '"' in text or "\x00" in text or text[0] in "\r\n":
+        return False
+    if text.count("\r") != text.count("\r\n"):
+        return False
+    return "\n\n" not in text and "\n\r\n" not in text
+
+
+def _parse_csv_arrow(file: DeliveredFile, text: str, source_name: str, source: SourceSpec) -> bool:
+    """Parse ``text`` with ``pyarrow.csv`` (every column as a string, the source's ``null_values`` as null), then
+    check it as :func:`_parse_csv_rows` does. Returns False, touching nothing, where Arrow cannot promise the same
+    result (see :func:`_arrow_reads_as_rows`) or rejects the file (a ragged or truncated row): that path then
+    parses it and writes the same report as ever."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    from pipelines.validation import ROW
+
+    text = text.removeprefix("\ufeff")
+    if not _arrow_reads_as_rows(text):
+        return False
+    end = text.find("\n")
+    if end < 0:
+        return False  # a header alone: nothing for Arrow to read
+    header = text[:end].removesuffix("\r").split(",")
+    if len(set(header)) != len(header):
+        return False
+    body = text[end + 1 :].encode("utf-8")
+    try:
+        table = pacsv.read_csv(
+            pa.BufferReader(body),
+            read_options=pacsv.ReadOptions(
+                column_names=header, use_threads=False, block_size=max(len(body), 1 << 16) + 1
+            ),
+            parse_options=pacsv.ParseOptions(
+                quote_char=False, double_quote=False, escape_char=False, ignore_empty_lines=False
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types=dict.fromkeys(header, pa.string()),
+                null_values=list(source.null_values),
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=True,
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    for name in header if len(body) > _CSV_FIELD_LIMIT else []:  # a shorter file has no longer field
+        longest = pc.max(pc.utf8_length(table.column(name))).as_py()
+        if longest is not None and longest > _CSV_FIELD_LIMIT:
+            return False
+    file.rows = table.num_rows
+    if not _check_columns(file, header, source_name, source) or not _check_min_rows(file, source):
+        return True
+    table = table.select(list(source.columns))
+    frame = table.to_pandas()
+    frame[ROW] = list(range(2, table.num_rows + 2))  # header on line 1, one line per row
+    file.frame = frame
+    file.table = table
+    return True
+
+
+def _parse_csv_rows(file: DeliveredFile, text: str, source_name: str, source: SourceSpec) -> None:
+    """Parse ``text`` row by row with ``csv.reader(strict=True)``: the path that names the line of a malformed
+    file, and the reference :func:`_parse_csv_arrow` is tested against."""
+    import pandas as pd
+
+    from pipelines.validation import ROW
+
     records: list[list[str]] = []
     lines: list[int] = []
     reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""), strict=True)
@@ -401,12 +489,54 @@ def _parse_parquet(file: DeliveredFile, source_name: str, source: SourceSpec) ->
     file.frame = frame
 
 
-def parse_file(file: DeliveredFile, source_name: str, source: SourceSpec) -> None:
-    """Fill ``file.frame`` (strings) and ``file.rows``, or add the parse failure to ``file.checks``."""
+def parse_file(file: DeliveredFile, source_name: str, source: SourceSpec, arrow: bool = True) -> None:
+    """Fill ``file.frame`` (strings) and ``file.rows``, or add the parse failure to ``file.checks``. A CSV is
+    parsed by ``pyarrow.csv`` where that gives the same frame (``arrow=False``: row by row, the reference)."""
     if source.format == "parquet":
         _parse_parquet(file, source_name, source)
     else:
-        _parse_csv(file, source_name, source)
+        _parse_csv(file, source_name, source, arrow)
+
+
+def type_files(batch: list[DeliveredFile], source_name: str, source: SourceSpec, timezone: str) -> None:
+    """Type the files of one source's validated batch that passed (``file.typed``), all at once (Arrow's casts
+    for the files Arrow parsed, see :func:`pipelines.validation.to_typed_many`), reject a file with a value that
+    did not parse, then check each typed file's event dates against its landing date."""
+    from pipelines.validation import to_typed_many
+
+    for file in batch:
+        if file.rejected:
+            file.frame = None
+            file.table = None
+    valid = [file for file in batch if not file.rejected]
+    tables = [f.table for f in valid]
+    typed = to_typed_many([f.frame for f in valid], source, source_name, timezone, tables)
+    for file, (frame, problems) in zip(valid, typed, strict=True):
+        file.typed = frame
+        file.table = None  # typed: the strings are no longer needed
+        for problem in problems:
+            file.reject(problem)
+    if source.event_time:
+        for file in _maybe_misdated([f for f in valid if not f.rejected], source.event_time, timezone):
+            check_event_dates(file, source_name, source.event_time, timezone)
+
+
+def _maybe_misdated(files: list[DeliveredFile], column: str, timezone: str) -> list[DeliveredFile]:
+    """The typed ``files`` with a row whose event date (the local date of ``column``) may not be the landing date,
+    found for all files at once; :func:`check_event_dates` then checks and reports each of them."""
+    import numpy as np
+    import pandas as pd
+
+    if not files:
+        return []
+    stamps = pd.concat([f.typed[column] for f in files], ignore_index=True)  # type: ignore[index]
+    local_days = stamps.dt.tz_convert(timezone).dt.tz_localize(None).dt.normalize().to_numpy()
+    landing = np.repeat(
+        np.array([np.datetime64(f.day.isoformat(), "ns") for f in files]), [len(f.typed) for f in files]
+    )  # type: ignore[arg-type]
+    wrong = ~np.isnat(local_days) & (local_days != landing)
+    bounds = np.cumsum([0, *(len(f.typed) for f in files)])  # type: ignore[arg-type]
+    return [f for i, f in enumerate(files) if wrong[bounds[i] : bounds[i + 1]].any()]
 
 
 # --------------------------------------------------------------------------------------------------- reports
@@ -579,7 +709,7 @@ def _archived_companions(
 ) -> list[DeliveredFile]:
     """The archived files the committed partitions of ``days`` were built from, except names delivered again,
     parsed and typed with the current config. StepFailed (nothing changed) when one is missing or broken."""
-    from pipelines.validation import to_typed
+    from pipelines.validation import to_typed_many
 
     spec = ctx.usecase.sources[source]
     table = raw_table(ctx.usecase.name, source)
@@ -599,7 +729,9 @@ def _archived_companions(
             file.source = source
             parse_file(file, source, spec)
             if file.frame is not None:
-                file.typed, problems = to_typed(file.frame, spec, source, ctx.usecase.time.timezone)
+                [(file.typed, problems)] = to_typed_many(
+                    [file.frame], spec, source, ctx.usecase.time.timezone, [file.table]
+                )
                 file.checks.extend(problems)
             if file.rejected or file.typed is None:
                 broken.append(f"{ctx.lake.storage.uri(key)}: {'; '.join(c.short() for c in file.checks)}")
@@ -710,7 +842,7 @@ def _commit_source(
 def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     """Ingest every landed file dated on or before the last event date predicted on ctx.day (see the module
     docstring)."""
-    from pipelines.validation import to_typed_many, validate_batch
+    from pipelines.validation import validate_batch
 
     usecase = ctx.usecase
     storage = ctx.lake.storage
@@ -765,17 +897,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         )
         for index, checks in outcome.failures.items():
             batch[index].checks.extend(checks)
-        for file in batch:
-            if file.rejected:
-                file.frame = None
-        valid = [file for file in batch if not file.rejected]
-        typed = to_typed_many([f.frame for f in valid], source, source_name, usecase.time.timezone)
-        for file, (frame, problems) in zip(valid, typed, strict=True):
-            file.typed = frame
-            for problem in problems:
-                file.reject(problem)
-            if not file.rejected and source.event_time:
-                check_event_dates(file, source_name, source.event_time, usecase.time.timezone)
+        type_files(batch, source_name, source, usecase.time.timezone)
 
     # 3. per source, the rows of every day to rebuild (new files plus the archived files already committed),
     #    prepared for all sources before anything is committed: a broken archive changes nothing
