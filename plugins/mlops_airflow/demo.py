@@ -577,7 +577,13 @@ def replay_batch(
         "seconds": round(time.perf_counter() - t0, 1),
         "ingest_failed": bool(ingest.get("failed")),
         "step_timings": step_timings(
-            {"ingest": ingest_run, "features": features_run, "score": score_run, "train": train_run}
+            {
+                "ingest": ingest_run,
+                "features": features_run,
+                "score": score_run,
+                "monitor": monitor_run,
+                "train": train_run,
+            }
         ),
         "evaluate_laps": evaluate.get("seconds") or {},
         "report_laps": {name: part.get("seconds") for name, part in (report.get("parts") or {}).items()},
