@@ -33,7 +33,7 @@ import json
 import os
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -495,14 +495,27 @@ class Lake:
         handle = self.open_table(table)
         return None if handle is None else int(handle.version())
 
-    def snapshot(self, table: str, version: int | None = None, *, facts: bool = True) -> Snapshot:
-        """The partitions of one table version (latest when None) with their rows, files and facts."""
+    def snapshot(
+        self,
+        table: str,
+        version: int | None = None,
+        *,
+        facts: bool = True,
+        dates: Iterable[str] | None = None,
+    ) -> Snapshot:
+        """The partitions of one table version (latest when None) with their rows, files and facts.
+
+        ``dates``: only the partitions (and empty dates) of these dates, whose facts alone are read (the facts
+        table is partitioned by date: a step that needs a window of dates reads that window, not the history)."""
         uri = self.table_uri(table)
         handle = self.open_table(table, version)
         if handle is None:
             return Snapshot(table, uri, None, {})
+        wanted = None if dates is None else {_iso(d) for d in dates}
         by_date = _files_by_date(handle)
-        recorded = self._facts(table) if facts else {}
+        if wanted is not None:
+            by_date = {day: files for day, files in by_date.items() if day in wanted}
+        recorded = self._facts(table, None if wanted is None else sorted(wanted)) if facts else {}
         partitions: dict[str, PartitionInfo] = {}
         for day in sorted(by_date):
             files = tuple(sorted(path for path, _ in by_date[day]))
@@ -727,18 +740,29 @@ class Lake:
         return [] if handle is None else list(handle.history(limit))
 
     # -- facts
-    def _facts(self, table: str) -> dict[str, dict[str, Any]]:
-        """Facts table rows by date: ``{"files": [...], "facts": {...}}`` (latest version)."""
+    def _facts(self, table: str, dates: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Facts table rows by date: ``{"files": [...], "facts": {...}}`` (latest version), of ``dates`` only
+        when given (their partitions of the facts table alone are read)."""
         facts_table = f"{FACTS_ZONE}/{table}"
+        if dates is not None and not dates:
+            return {}
         handle = self.open_table(facts_table)
         if handle is None:
             return {}
+        predicate = None if dates is None else [(DATE, "in", list(dates))]
         rows = (
-            handle.to_pyarrow_dataset(filesystem=self._filesystem(facts_table))
+            handle.to_pyarrow_dataset(
+                filesystem=self._filesystem(facts_table), file_pruning_predicate=predicate
+            )
             .to_table(columns=[DATE, "files", "facts"])
             .to_pylist()
         )
-        return {row[DATE]: {"files": row["files"], "facts": json.loads(row["facts"])} for row in rows}
+        wanted = None if dates is None else set(dates)
+        return {
+            row[DATE]: {"files": row["files"], "facts": json.loads(row["facts"])}
+            for row in rows
+            if wanted is None or row[DATE] in wanted
+        }
 
     def _record_facts(
         self,
@@ -845,13 +869,16 @@ def commit_with_retry(
     attempts: int = COMMIT_ATTEMPTS,
     commit_info: Mapping[str, Any] | None = None,
     on_conflict: Callable[[CommitConflict], None] | None = None,
+    dates: Iterable[str] | None = None,
 ) -> Commit | None:
     """Build from a fresh snapshot and commit; on :class:`CommitConflict`, rebuild from the new snapshot.
 
     ``build(snapshot)`` returns the rows to write (with ``date``), or ``(rows, facts by date)``, or None when
-    there is nothing to write. The last conflict is raised after ``attempts`` tries."""
+    there is nothing to write. ``dates``: the snapshot holds these dates only (:meth:`Lake.snapshot`). The last
+    conflict is raised after ``attempts`` tries."""
+    wanted = None if dates is None else sorted(set(map(_iso, dates)))
     for attempt in range(1, attempts + 1):
-        snapshot = lake.snapshot(table)
+        snapshot = lake.snapshot(table, dates=wanted)
         built = build(snapshot)
         if built is None:
             return None

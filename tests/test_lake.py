@@ -438,3 +438,32 @@ def test_only_the_landing_inbox_is_ever_listed() -> None:
     source = (REPO_ROOT / "pipelines" / "steps" / "ingest.py").read_text()
     inbox = source[source.index("def _landed_files(") :]
     assert 'prefix = f"landing/{usecase}/"' in inbox.split("def ", 2)[1], "the listing is of the inbox"
+
+
+def test_a_snapshot_of_some_dates_reads_only_their_facts(tmp_path: Path) -> None:
+    """``snapshot(dates=...)``: the partitions and the empty dates of those dates, with the facts a whole snapshot
+    gives them, read from those dates' partitions of the facts table only (the others' facts files are gone here,
+    and a whole snapshot, which reads them, fails)."""
+    lake = Lake(str(tmp_path / "lake"))
+    days = [f"2013-01-0{d}" for d in range(1, 7)]
+    version: int | None = None
+    for day in days[:5]:
+        commit = lake.write_partitions(TABLE, _rows(day, 3), read_version=version, facts={day: {"k": day}})
+        version = commit.version
+    lake.write_partitions(
+        TABLE, _rows(days[5], 0), read_version=version, facts={days[5]: {"k": "e"}}, empty_dates=[days[5]]
+    )
+    whole = lake.snapshot(TABLE)
+    some = lake.snapshot(TABLE, dates=[days[1], days[5], "2014-01-01"])
+    assert sorted(some.partitions) == [days[1]] and some.partitions[days[1]] == whole.partitions[days[1]]
+    assert some.empty == {days[5]: whole.empty[days[5]]} and some.version == whole.version
+    assert lake.snapshot(TABLE, dates=[]).partitions == {}
+
+    facts_root = tmp_path / "lake" / "_meta" / "partitions" / TABLE
+    for day in (days[0], days[2], days[3], days[4]):
+        for path in (facts_root / f"date={day}").glob("*.parquet"):
+            path.unlink()
+    again = lake.snapshot(TABLE, dates=[days[1], days[5]])
+    assert again.partitions[days[1]].facts["k"] == days[1] and again.empty[days[5]]["k"] == "e"
+    with pytest.raises(OSError):
+        lake.snapshot(TABLE)
