@@ -11,6 +11,7 @@ Layout (see docs/lake.md)::
     <lake>/labels/<usecase>/                              labels: outcomes of the events     (Delta, by date)
     <lake>/predictions/<usecase>/                         batch scores                       (Delta, by date)
     <lake>/_meta/partitions/<table>/                      facts per partition of <table>     (Delta, by date)
+    <lake>/_meta/plans/features/<usecase>.json            the features step's plan mark      (object)
     <lake>/runs/<usecase>/<step>/date=<yyyy-mm-dd>/run=<run>/  step results of one run (JSON)  (objects)
     <lake>/reports/<usecase>/...                          evaluation reports                 (objects)
 
