@@ -139,9 +139,17 @@ class LocalStorage(Storage):
 
     def write_bytes(self, key: str, data: bytes, arrived_at: datetime | None = None) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(data)
+        for attempt in range(3):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                tmp.write_bytes(data)
+                break
+            except (
+                FileNotFoundError
+            ):  # a delete pruned the emptied folder meanwhile (see delete): make it again
+                if attempt == 2:
+                    raise
         if (
             arrived_at is not None
         ):  # the modification time is the arrival: set before the rename makes it visible
@@ -175,8 +183,18 @@ class LocalStorage(Storage):
         )
 
     def delete(self, keys: list[str]) -> None:
+        """Delete the files, then their folders left empty (a folder is only a key prefix, as on S3: an inbox
+        emptied day after day leaves no folder per day of history for its listing to walk)."""
         for key in keys:
-            self._path(key).unlink(missing_ok=True)
+            path = self._path(key)
+            path.unlink(missing_ok=True)
+            parent = path.parent
+            while parent != self.root and parent.is_relative_to(self.root):
+                try:
+                    parent.rmdir()  # only when empty
+                except OSError:
+                    break
+                parent = parent.parent
 
 
 def s3_settings() -> dict[str, str]:

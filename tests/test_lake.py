@@ -491,3 +491,23 @@ def test_maintenance_leaves_a_checkpoint_at_the_latest_version(tmp_path: Path) -
     assert lake.snapshot(TABLE).version == version and lake.read(TABLE).num_rows == 10
     again = maintain_table(ctx, TABLE, set(), 168, dry_run=False)
     assert again["checkpoint"] is None, "nothing committed since: no new checkpoint"
+
+
+def test_an_emptied_inbox_folder_is_removed_so_listing_the_inbox_does_not_walk_history(
+    tmp_path: Path,
+) -> None:
+    """A local lake behaves as S3 does (a folder is only a key prefix): deleting a day's last landed file removes
+    the day's folder, so the ingest's one listing walks what waits, not a folder per day of history."""
+    lake = Lake(str(tmp_path / "lake"))
+    for day in ("2013-01-01", "2013-01-02"):
+        for name in ("a.csv", "b.csv"):
+            lake.storage.write_bytes(f"landing/uc/{day}/{name}", b"x")
+    lake.storage.delete(["landing/uc/2013-01-01/a.csv"])
+    assert (tmp_path / "lake" / "landing" / "uc" / "2013-01-01").is_dir()
+    lake.storage.delete(["landing/uc/2013-01-01/b.csv"])
+    assert not (tmp_path / "lake" / "landing" / "uc" / "2013-01-01").exists()
+    assert lake.storage.list("landing/uc/") == ["landing/uc/2013-01-02/a.csv", "landing/uc/2013-01-02/b.csv"]
+    lake.storage.delete(["landing/uc/2013-01-02/a.csv", "landing/uc/2013-01-02/b.csv"])
+    assert lake.storage.list("landing/uc/") == [] and (tmp_path / "lake").is_dir()
+    lake.storage.write_bytes("landing/uc/2013-01-03/c.csv", b"y")  # the folders are made again
+    assert lake.storage.read_bytes("landing/uc/2013-01-03/c.csv") == b"y"
