@@ -293,7 +293,16 @@ def main() -> int:
     )
     print("\n".join(["", *lines, "", summary]), flush=True)
     if args.output is not None:
-        command = "python bench/nightly.py " + " ".join(a for a in sys.argv[1:] if not a.startswith("--home"))
+        shown, skip = [], False
+        for arg in sys.argv[1:]:  # the state folder is this run's own: not part of the command to rerun
+            if skip or arg.startswith("--home="):
+                skip = False
+                continue
+            if arg == "--home":
+                skip = True
+                continue
+            shown.append(arg)
+        command = "python bench/nightly.py " + " ".join(shown)
         machine = f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
         section = [
             "",
