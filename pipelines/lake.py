@@ -11,6 +11,7 @@ Layout (see docs/lake.md)::
     <lake>/labels/<usecase>/                              labels: outcomes of the events     (Delta, by date)
     <lake>/predictions/<usecase>/                         batch scores                       (Delta, by date)
     <lake>/_meta/partitions/<table>/                      facts per partition of <table>     (Delta, by date)
+    <lake>/_meta/plans/features/<usecase>.json            the features step's plan mark      (object)
     <lake>/runs/<usecase>/<step>/date=<yyyy-mm-dd>/run=<run>/  step results of one run (JSON)  (objects)
     <lake>/reports/<usecase>/...                          evaluation reports                 (objects)
 
@@ -33,7 +34,7 @@ import json
 import os
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -138,9 +139,17 @@ class LocalStorage(Storage):
 
     def write_bytes(self, key: str, data: bytes, arrived_at: datetime | None = None) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(data)
+        for attempt in range(3):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                tmp.write_bytes(data)
+                break
+            except (
+                FileNotFoundError
+            ):  # a delete pruned the emptied folder meanwhile (see delete): make it again
+                if attempt == 2:
+                    raise
         if (
             arrived_at is not None
         ):  # the modification time is the arrival: set before the rename makes it visible
@@ -174,8 +183,18 @@ class LocalStorage(Storage):
         )
 
     def delete(self, keys: list[str]) -> None:
+        """Delete the files, then their folders left empty (a folder is only a key prefix, as on S3: an inbox
+        emptied day after day leaves no folder per day of history for its listing to walk)."""
         for key in keys:
-            self._path(key).unlink(missing_ok=True)
+            path = self._path(key)
+            path.unlink(missing_ok=True)
+            parent = path.parent
+            while parent != self.root and parent.is_relative_to(self.root):
+                try:
+                    parent.rmdir()  # only when empty
+                except OSError:
+                    break
+                parent = parent.parent
 
 
 def s3_settings() -> dict[str, str]:
@@ -509,14 +528,27 @@ class Lake:
         handle = self.open_table(table)
         return None if handle is None else int(handle.version())
 
-    def snapshot(self, table: str, version: int | None = None, *, facts: bool = True) -> Snapshot:
-        """The partitions of one table version (latest when None) with their rows, files and facts."""
+    def snapshot(
+        self,
+        table: str,
+        version: int | None = None,
+        *,
+        facts: bool = True,
+        dates: Iterable[str] | None = None,
+    ) -> Snapshot:
+        """The partitions of one table version (latest when None) with their rows, files and facts.
+
+        ``dates``: only the partitions (and empty dates) of these dates, whose facts alone are read (the facts
+        table is partitioned by date: a step that needs a window of dates reads that window, not the history)."""
         uri = self.table_uri(table)
         handle = self.open_table(table, version)
         if handle is None:
             return Snapshot(table, uri, None, {})
+        wanted = None if dates is None else {_iso(d) for d in dates}
         by_date = _files_by_date(handle)
-        recorded = self._facts(table) if facts else {}
+        if wanted is not None:
+            by_date = {day: files for day, files in by_date.items() if day in wanted}
+        recorded = self._facts(table, None if wanted is None else sorted(wanted)) if facts else {}
         partitions: dict[str, PartitionInfo] = {}
         for day in sorted(by_date):
             files = tuple(sorted(path for path, _ in by_date[day]))
@@ -741,18 +773,29 @@ class Lake:
         return [] if handle is None else list(handle.history(limit))
 
     # -- facts
-    def _facts(self, table: str) -> dict[str, dict[str, Any]]:
-        """Facts table rows by date: ``{"files": [...], "facts": {...}}`` (latest version)."""
+    def _facts(self, table: str, dates: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Facts table rows by date: ``{"files": [...], "facts": {...}}`` (latest version), of ``dates`` only
+        when given (their partitions of the facts table alone are read)."""
         facts_table = f"{FACTS_ZONE}/{table}"
+        if dates is not None and not dates:
+            return {}
         handle = self.open_table(facts_table)
         if handle is None:
             return {}
+        predicate = None if dates is None else [(DATE, "in", list(dates))]
         rows = (
-            handle.to_pyarrow_dataset(filesystem=self._filesystem(facts_table))
+            handle.to_pyarrow_dataset(
+                filesystem=self._filesystem(facts_table), file_pruning_predicate=predicate
+            )
             .to_table(columns=[DATE, "files", "facts"])
             .to_pylist()
         )
-        return {row[DATE]: {"files": row["files"], "facts": json.loads(row["facts"])} for row in rows}
+        wanted = None if dates is None else set(dates)
+        return {
+            row[DATE]: {"files": row["files"], "facts": json.loads(row["facts"])}
+            for row in rows
+            if wanted is None or row[DATE] in wanted
+        }
 
     def _record_facts(
         self,
@@ -859,13 +902,16 @@ def commit_with_retry(
     attempts: int = COMMIT_ATTEMPTS,
     commit_info: Mapping[str, Any] | None = None,
     on_conflict: Callable[[CommitConflict], None] | None = None,
+    dates: Iterable[str] | None = None,
 ) -> Commit | None:
     """Build from a fresh snapshot and commit; on :class:`CommitConflict`, rebuild from the new snapshot.
 
     ``build(snapshot)`` returns the rows to write (with ``date``), or ``(rows, facts by date)``, or None when
-    there is nothing to write. The last conflict is raised after ``attempts`` tries."""
+    there is nothing to write. ``dates``: the snapshot holds these dates only (:meth:`Lake.snapshot`). The last
+    conflict is raised after ``attempts`` tries."""
+    wanted = None if dates is None else sorted(set(map(_iso, dates)))
     for attempt in range(1, attempts + 1):
-        snapshot = lake.snapshot(table)
+        snapshot = lake.snapshot(table, dates=wanted)
         built = build(snapshot)
         if built is None:
             return None

@@ -205,7 +205,7 @@ def read_records(lake: Lake, usecase: UseCase, days: list[str], version: int | N
     from pipelines.steps.features import read_source
 
     source = usecase.features.primary_source
-    snapshot = lake.snapshot(raw_table(usecase.name, source), version, facts=False)
+    snapshot = lake.snapshot(raw_table(usecase.name, source), version, facts=False, dates=days)
     frame = read_source(lake, usecase, source, snapshot, days, "_record_day").to_pandas()
     frame = frame.drop(columns=[ARRIVED_AT])  # a record holds the event's own columns
     frame[DATE] = frame.pop("_record_day").astype(str)

@@ -639,3 +639,75 @@ def test_a_standalone_cluster_builds_the_same_features_as_local_mode(
     for day in days:
         iso = day.isoformat()
         assert content_hash(cluster_lake.read(table, [iso])) == content_hash(lake.read(table, [iso])), iso
+
+
+def test_a_nightly_plans_only_its_new_days_and_those_whose_inputs_changed(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan mark keeps the nightly from planning (and reading the facts of) the whole history, and misses
+    nothing: after each run, a full plan (the mark removed) finds every day up to date."""
+    transforms = [
+        t
+        if t["name"] != "past_rate"
+        else {**t, "params": {**t["params"], "days": min(2, t["params"]["days"])}}
+        for t in yaml.safe_load(usecase_path("flight_delay").read_text())["features"]["transforms"]
+    ]
+    usecase = usecase_with(lookback_days=4, transforms=transforms)
+    days = JAN[:12]
+    iso = [d.isoformat() for d in days]
+    land_days(lake, usecase, days[:8], planes_day=days[0])
+    planned: list[set[str] | None] = []
+    read: list[set[str] | None] = []
+    plan_days, snapshot = features.plan_days, Lake.snapshot
+
+    def spy_plan(usecase, raw, start, end, days=None):
+        planned.append(None if days is None else set(days))
+        return plan_days(usecase, raw, start, end, days)
+
+    def spy_snapshot(self, table, *args, **kwargs):
+        if table == raw_table(usecase.name, "flights") and kwargs.get("facts", True):
+            read.append(None if kwargs.get("dates") is None else set(kwargs["dates"]))
+        return snapshot(self, table, *args, **kwargs)
+
+    monkeypatch.setattr(features, "plan_days", spy_plan)
+    monkeypatch.setattr(Lake, "snapshot", spy_snapshot)
+
+    def full_plan_finds_nothing(day: date) -> None:
+        lake.storage.delete([features.plan_mark_key(usecase.name)])
+        again = run_features(lake, usecase, day)
+        assert planned[-1] is None and (again["built"], again["labels_built"]) == ([], [])
+
+    assert run_features(lake, usecase, days[6])["built"] == iso[:8]  # no mark yet: a full plan
+    assert planned[-1] is None and read[-1] is None
+    assert lake.storage.exists(features.plan_mark_key(usecase.name))
+
+    # the nightly of the next evenings: only the new day is planned, and only its window's facts are read
+    for k in (8, 9):
+        land_days(lake, usecase, [days[k]])
+        result = run_features(lake, usecase, days[k - 1])
+        # the new day and, for its new outcomes and weather, the margin before it
+        assert planned[-1] <= set(iso[k - 2 : k + 1]) and result["built"] == [iso[k]]
+        # the raw facts read are those of the planned days' windows (bounded), not of the history
+        assert result["skipped"] == k and read[-1] == features.PlanScope(planned[-1], "").read_dates(usecase)
+    full_plan_finds_nothing(days[8])
+
+    # a changed old observation and a new reference snapshot: the days that read them, as a full plan finds
+    weather = nycflights("weather")
+    write_raw(
+        lake, usecase, "weather", days[2], rows_of_day(weather, days[2]).assign(temp=lambda f: f["temp"] + 5)
+    )
+    write_raw(
+        lake, usecase, "planes", days[7], nycflights("planes", None).assign(seats=lambda f: f["seats"] + 1)
+    )
+    land_days(lake, usecase, [days[10]])
+    result = run_features(lake, usecase, days[9])
+    assert result["built"] == [iso[3], *iso[7:11]] and iso[10] in planned[-1]
+    assert planned[-1] is not None, "planned from the mark, not every day"
+    full_plan_finds_nothing(days[9])
+
+    # a raw commit that does not name its dates (not written by write_partitions): every day is planned
+    land_days(lake, usecase, [days[11]])
+    lake.delete_partitions(raw_table(usecase.name, "outcomes"), [iso[9]])
+    result = run_features(lake, usecase, days[10])
+    assert planned[-1] is None and iso[11] in result["built"] and iso[9] in result["labels_built"]
+    full_plan_finds_nothing(days[10])

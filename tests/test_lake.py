@@ -438,3 +438,76 @@ def test_only_the_landing_inbox_is_ever_listed() -> None:
     source = (REPO_ROOT / "pipelines" / "steps" / "ingest.py").read_text()
     inbox = source[source.index("def _landed_files(") :]
     assert 'prefix = f"landing/{usecase}/"' in inbox.split("def ", 2)[1], "the listing is of the inbox"
+
+
+def test_a_snapshot_of_some_dates_reads_only_their_facts(tmp_path: Path) -> None:
+    """``snapshot(dates=...)``: the partitions and the empty dates of those dates, with the facts a whole snapshot
+    gives them, read from those dates' partitions of the facts table only (the others' facts files are gone here,
+    and a whole snapshot, which reads them, fails)."""
+    lake = Lake(str(tmp_path / "lake"))
+    days = [f"2013-01-0{d}" for d in range(1, 7)]
+    version: int | None = None
+    for day in days[:5]:
+        commit = lake.write_partitions(TABLE, _rows(day, 3), read_version=version, facts={day: {"k": day}})
+        version = commit.version
+    lake.write_partitions(
+        TABLE, _rows(days[5], 0), read_version=version, facts={days[5]: {"k": "e"}}, empty_dates=[days[5]]
+    )
+    whole = lake.snapshot(TABLE)
+    some = lake.snapshot(TABLE, dates=[days[1], days[5], "2014-01-01"])
+    assert sorted(some.partitions) == [days[1]] and some.partitions[days[1]] == whole.partitions[days[1]]
+    assert some.empty == {days[5]: whole.empty[days[5]]} and some.version == whole.version
+    assert lake.snapshot(TABLE, dates=[]).partitions == {}
+
+    facts_root = tmp_path / "lake" / "_meta" / "partitions" / TABLE
+    for day in (days[0], days[2], days[3], days[4]):
+        for path in (facts_root / f"date={day}").glob("*.parquet"):
+            path.unlink()
+    again = lake.snapshot(TABLE, dates=[days[1], days[5]])
+    assert again.partitions[days[1]].facts["k"] == days[1] and again.empty[days[5]]["k"] == "e"
+    with pytest.raises(OSError):
+        lake.snapshot(TABLE)
+
+
+def test_maintenance_leaves_a_checkpoint_at_the_latest_version(tmp_path: Path) -> None:
+    """After maintenance a reader loads a table from a checkpoint at its latest version, not by replaying the
+    commits since the last checkpoint delta-rs wrote on its own (every 100): the log replay of the nightly does
+    not grow with the table's age. A dry run writes nothing."""
+    import json
+    from types import SimpleNamespace
+
+    from pipelines.steps.maintain import maintain_table
+
+    lake = Lake(str(tmp_path / "lake"))
+    version: int | None = None
+    for day in range(1, 6):
+        version = lake.write_partitions(TABLE, _rows(f"2013-01-0{day}", 2), read_version=version).version
+    ctx = SimpleNamespace(lake=lake)
+    log = tmp_path / "lake" / TABLE / "_delta_log"
+    assert maintain_table(ctx, TABLE, set(), 168, dry_run=True)["checkpoint"] is None
+    assert not (log / "_last_checkpoint").exists()
+    assert maintain_table(ctx, TABLE, set(), 168, dry_run=False)["checkpoint"] == version
+    assert json.loads((log / "_last_checkpoint").read_text())["version"] == version
+    assert lake.snapshot(TABLE).version == version and lake.read(TABLE).num_rows == 10
+    again = maintain_table(ctx, TABLE, set(), 168, dry_run=False)
+    assert again["checkpoint"] is None, "nothing committed since: no new checkpoint"
+
+
+def test_an_emptied_inbox_folder_is_removed_so_listing_the_inbox_does_not_walk_history(
+    tmp_path: Path,
+) -> None:
+    """A local lake behaves as S3 does (a folder is only a key prefix): deleting a day's last landed file removes
+    the day's folder, so the ingest's one listing walks what waits, not a folder per day of history."""
+    lake = Lake(str(tmp_path / "lake"))
+    for day in ("2013-01-01", "2013-01-02"):
+        for name in ("a.csv", "b.csv"):
+            lake.storage.write_bytes(f"landing/uc/{day}/{name}", b"x")
+    lake.storage.delete(["landing/uc/2013-01-01/a.csv"])
+    assert (tmp_path / "lake" / "landing" / "uc" / "2013-01-01").is_dir()
+    lake.storage.delete(["landing/uc/2013-01-01/b.csv"])
+    assert not (tmp_path / "lake" / "landing" / "uc" / "2013-01-01").exists()
+    assert lake.storage.list("landing/uc/") == ["landing/uc/2013-01-02/a.csv", "landing/uc/2013-01-02/b.csv"]
+    lake.storage.delete(["landing/uc/2013-01-02/a.csv", "landing/uc/2013-01-02/b.csv"])
+    assert lake.storage.list("landing/uc/") == [] and (tmp_path / "lake").is_dir()
+    lake.storage.write_bytes("landing/uc/2013-01-03/c.csv", b"y")  # the folders are made again
+    assert lake.storage.read_bytes("landing/uc/2013-01-03/c.csv") == b"y"

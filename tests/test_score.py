@@ -224,3 +224,37 @@ def test_outcomes_that_arrive_later_are_joined_to_the_predictions_made_before_th
     later = run_step(["outcomes", "--usecase", UC, "--date", "2013-03-12"])
     assert later["joined"] == [event_day.isoformat()]
     assert len(serve_env.lake.read_frame(table, [event_day.isoformat()])) == len(labelled)
+
+
+def test_score_and_outcomes_read_the_partitions_of_their_window_only(
+    serve_env: ServeEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However long the history, the nightly's score and outcomes steps read the snapshots, predictions and
+    labels (partitions and facts) of their catch-up window only, not of every day in the lake."""
+    from pipelines.lake import Lake
+
+    trained_on = date(2013, 3, 1)
+    produce_day(serve_env, trained_on, gate_passed=True)
+    run_step(["register", "--usecase", UC, "--date", "2013-03-01"])
+    run_step(["promote", "--usecase", UC, "--date", "2013-03-01"])
+    day = date(2013, 6, 10)
+    old = [date(2013, 3, 5), date(2013, 3, 20)]  # history far before the window
+    write_features(serve_env, [*old, day - timedelta(days=1), day, day + timedelta(days=1)], rows=20)
+    assert sorted(_score(old[1])["scored"]) == [old[0].isoformat(), old[1].isoformat()]
+
+    reads: list[tuple[str, list[str] | None]] = []
+    snapshot = Lake.snapshot
+
+    def spy(self, table, *args, **kwargs):
+        dates = kwargs.get("dates")
+        reads.append((table, None if dates is None else sorted(dates)))
+        return snapshot(self, table, *args, **kwargs)
+
+    monkeypatch.setattr(Lake, "snapshot", spy)
+    result = _score(day)
+    assert result["scored"] == [(day + timedelta(days=d)).isoformat() for d in (-1, 0, 1)]
+    run_step(["outcomes", "--usecase", UC, "--date", day.isoformat()])
+    assert reads, "the steps read snapshots"
+    for table, dates in reads:
+        assert dates is not None, f"{table}: every partition and its facts were read"
+        assert not {d.isoformat() for d in old} & set(dates), f"{table}: read {dates}"

@@ -166,7 +166,11 @@ def arrived_before(partition: PartitionInfo, cutoff: datetime) -> str | None:
 
 
 def plan_days(
-    usecase: UseCase, raw: dict[str, dict[str, PartitionInfo]], start: str | None, end: str
+    usecase: UseCase,
+    raw: dict[str, dict[str, PartitionInfo]],
+    start: str | None,
+    end: str,
+    days: set[str] | None = None,
 ) -> list[DayPlan]:
     """Inputs and fingerprint of the features of every candidate day (primary partitions with start <= date <=
     end). The outcome source and the joined events sources count only the files that had arrived by the day's
@@ -179,7 +183,7 @@ def plan_days(
     outcome_source = usecase.outcome_source
     plans = []
     for day in primary:
-        if day > end or (start is not None and day < start):
+        if day > end or (start is not None and day < start) or (days is not None and day not in days):
             continue
         window = _window(day, features.lookback_days)
         cutoff = usecase.time.prediction_time_of(date.fromisoformat(day))
@@ -234,7 +238,11 @@ def labels_config_hash(usecase: UseCase) -> str:
 
 
 def plan_labels(
-    usecase: UseCase, raw: dict[str, dict[str, PartitionInfo]], start: str | None, end: str
+    usecase: UseCase,
+    raw: dict[str, dict[str, PartitionInfo]],
+    start: str | None,
+    end: str,
+    days: set[str] | None = None,
 ) -> list[DayPlan]:
     """Inputs and fingerprint of the labels of every candidate day: the day's primary partition (its events and
     their arrival) and the outcome partitions of the day and the ``lookback_days`` before it (the outcome rows
@@ -245,7 +253,7 @@ def plan_labels(
     config_hash = labels_config_hash(usecase)
     plans = []
     for day in primary:
-        if day > end or (start is not None and day < start):
+        if day > end or (start is not None and day < start) or (days is not None and day not in days):
             continue
         inputs = {features.primary_source: {day: primary[day].content_id}}
         if usecase.outcome_source != features.primary_source:
@@ -733,6 +741,144 @@ def commit_days(
     return commit, snapshot_commit
 
 
+# --------------------------------------------------------------------------------------------------- scope
+
+# After each run that planned every day up to its date, the step records what it planned from (the raw versions,
+# the configuration and the versions of its own tables it left): its *plan mark*. The next run plans only the days
+# whose inputs can have changed since: the new days, and the days whose windows hold a raw partition that a raw
+# commit after the marked version wrote (every commit of write_partitions names its dates in its commit info). A
+# day outside them has the inputs it had when the mark was written, when it was up to date, and its partitions are
+# untouched (the step's tables are still at the marked versions), so it is still up to date: planning it would
+# give the same answer. Anything else (no mark, another configuration, another writer of the step's tables, a raw
+# commit that does not name its dates, --start, --rebuild) plans every day, as without a mark.
+PLAN_MARK_ZONE = "_meta/plans/features"
+# commits that change no rows, so no day's inputs
+_NO_DATA_OPERATIONS = frozenset({"VACUUM START", "VACUUM END"})
+# days around a changed partition counted as reading it, beyond the lookback: a margin, never a miss
+_MARGIN_DAYS = 2
+
+
+def plan_mark_key(usecase: str) -> str:
+    """The lake key of the use case's plan mark (a small JSON object): ``_meta/plans/features/<usecase>.json``."""
+    return f"{PLAN_MARK_ZONE}/{usecase}.json"
+
+
+@dataclass(frozen=True)
+class PlanScope:
+    """The primary days a run plans (None: every day) and why."""
+
+    days: set[str] | None
+    reason: str
+
+    def read_dates(self, usecase: UseCase) -> set[str] | None:
+        """The raw dates the plans and the build of :attr:`days` can read (None: all): each day's lookback
+        window, with the margin."""
+        if self.days is None:
+            return None
+        span = range(-_MARGIN_DAYS, usecase.features.lookback_days + _MARGIN_DAYS + 1)
+        return {(date.fromisoformat(d) - timedelta(days=k)).isoformat() for d in self.days for k in span}
+
+
+def changed_dates(lake: Lake, table: str, since: int, latest: int) -> set[str] | None:
+    """The dates the commits of ``table`` after version ``since`` up to ``latest`` wrote (their
+    ``mlops.partitions`` commit info), or None when one of them does not name its dates or the log does not have
+    them all (then every day is planned)."""
+    if latest == since:
+        return set()
+    handle = lake.open_table(table, latest)
+    if handle is None or latest < since:
+        return None
+    changed: set[str] = set()
+    seen: set[int] = set()
+    for entry in handle.history(latest - since):
+        version = int(entry.get("version", -1))
+        if not since < version <= latest:
+            continue
+        seen.add(version)
+        if entry.get("operation") in _NO_DATA_OPERATIONS:
+            continue
+        listed = entry.get("mlops.partitions")
+        if listed is None:
+            return None
+        changed.update(str(day) for day in json.loads(listed))
+    return changed if seen == set(range(since + 1, latest + 1)) else None
+
+
+def plan_scope(
+    ctx: StepContext,
+    raw_versions: Mapping[str, int | None],
+    through: str,
+    primary_days: list[str],
+    own_versions: Mapping[str, int | None],
+) -> PlanScope:
+    """Which days this run must plan, from the plan mark (see above); ``primary_days``: the primary partitions
+    up to ``through``; ``own_versions``: the features, online and labels tables' versions now."""
+    from pipelines.lake import LakeError
+
+    usecase = ctx.usecase
+    try:
+        mark = ctx.lake.read_json(plan_mark_key(usecase.name))
+    except (LakeError, ValueError):
+        return PlanScope(None, "no plan mark")
+    if mark.get("config_hash") != features_config_hash(usecase) or mark.get(
+        "labels_config_hash"
+    ) != labels_config_hash(usecase):
+        return PlanScope(None, "the configuration changed since the plan mark")
+    if mark.get("tables") != dict(own_versions):
+        return PlanScope(None, "the features tables changed since the plan mark")
+    marked = mark.get("raw_versions") or {}
+    if set(marked) != set(raw_versions) or str(mark.get("through", "")) > through:
+        return PlanScope(None, "the plan mark is of other sources or a later date")
+    days = {d for d in primary_days if d > str(mark["through"])}
+    lookback = usecase.features.lookback_days
+    for source, version in raw_versions.items():
+        since = marked[source]
+        if since is None or version is None:
+            if since != version:
+                return PlanScope(None, f"raw table of {source} appeared since the plan mark")
+            continue
+        changed = changed_dates(ctx.lake, raw_table(usecase.name, source), int(since), int(version))
+        if changed is None:
+            return PlanScope(None, f"a commit to the raw table of {source} does not name its dates")
+        events = usecase.sources[source].kind == "events"
+        for day in changed:
+            first = (date.fromisoformat(day) - timedelta(days=_MARGIN_DAYS)).isoformat()
+            last = (date.fromisoformat(day) + timedelta(days=lookback + _MARGIN_DAYS)).isoformat()
+            # a reference snapshot can serve every later day; an events partition the days whose windows hold it
+            days.update(d for d in primary_days if first <= d and (not events or d <= last))
+    return PlanScope(days, f"{len(days)} day(s) new or with inputs changed since the plan mark")
+
+
+def write_plan_mark(
+    ctx: StepContext,
+    through: str,
+    raw_versions: Mapping[str, int | None],
+    own_versions: Mapping[str, int | None],
+) -> None:
+    """Record that every day up to ``through`` is up to date as of ``raw_versions`` (see above); never moves the
+    mark back to an earlier date."""
+    from pipelines.lake import LakeError
+
+    key = plan_mark_key(ctx.usecase.name)
+    try:
+        previous = ctx.lake.read_json(key)
+    except (LakeError, ValueError):
+        previous = {}
+    if str(previous.get("through", "")) > through:
+        return
+    ctx.lake.write_json(
+        key,
+        {
+            "through": through,
+            "raw_versions": dict(raw_versions),
+            "tables": dict(own_versions),
+            "config_hash": features_config_hash(ctx.usecase),
+            "labels_config_hash": labels_config_hash(ctx.usecase),
+            "code_version": ctx.code_version,
+        },
+    )
+
+
 # --------------------------------------------------------------------------------------------------- step
 
 
@@ -752,28 +898,48 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     rebuild = bool(getattr(args, "rebuild", False))
     sources = input_sources(usecase)
     done: dict[str, Any] = {}  # what an attempt committed before a later commit of it conflicted
+    own_tables = [features_table(usecase.name), online_table(usecase.name), labels_table(usecase.name)]
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
-        raw = {source: ctx.lake.snapshot(raw_table(usecase.name, source)) for source in sources}
-        if not raw[primary].partitions:
+        # the partitions and versions of the raw tables (the Delta log only), then the facts the plans need
+        listing = {s: ctx.lake.snapshot(raw_table(usecase.name, s), facts=False) for s in sources}
+        if not listing[primary].partitions:
             raise StepFailed(
-                f"no committed raw partitions of the primary source {primary!r} in {raw[primary].uri}; run "
+                f"no committed raw partitions of the primary source {primary!r} in {listing[primary].uri}; run "
                 "ingest first",
                 {"built": [], "skipped": 0, "rows": 0, "partitions": []},
             )
         through = usecase.time.predicted_through(ctx.day).isoformat()  # the schedule predicted tonight
+        primary_days = [
+            d for d in listing[primary].partitions if d <= through and (start is None or d >= start)
+        ]
+        own_versions = {table: ctx.lake.version(table) for table in own_tables}
+        raw_versions = {s: snap.version for s, snap in listing.items()}
+        if rebuild or start is not None:
+            scope = PlanScope(None, "--rebuild" if rebuild else "--start")
+        else:
+            scope = plan_scope(ctx, raw_versions, through, primary_days, own_versions)
+        read_dates = scope.read_dates(usecase)
+        raw = {
+            s: ctx.lake.snapshot(
+                raw_table(usecase.name, s),
+                listing[s].version,
+                dates=read_dates if usecase.sources[s].kind == "events" else None,
+            )
+            for s in sources
+        }
         partitions = {s: snap.partitions for s, snap in raw.items()}
-        plans = plan_days(usecase, partitions, start, through)
-        label_plans = plan_labels(usecase, partitions, start, through)
-        existing = ctx.lake.snapshot(features_table(usecase.name))
-        online = ctx.lake.snapshot(online_table(usecase.name))
-        labels = ctx.lake.snapshot(labels_table(usecase.name))
+        plans = plan_days(usecase, partitions, start, through, scope.days)
+        label_plans = plan_labels(usecase, partitions, start, through, scope.days)
+        existing, online, labels = (
+            ctx.lake.snapshot(table, own_versions[table], dates=scope.days) for table in own_tables
+        )
         stale = [
             plan
             for plan in plans
             if rebuild or not _up_to_date(existing, plan) or not _up_to_date(online, plan)
         ]
         stale_labels = [plan for plan in label_plans if rebuild or not _up_to_date(labels, plan)]
-        skipped = len(plans) - len(stale)
+        skipped = len(primary_days) - len(stale)
         tables_read = {snap.table: snap.version for snap in raw.values() if snap.version is not None}
         result: dict[str, Any] = {
             "built": [],
@@ -787,9 +953,14 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         }
         if done:
             result |= {**done, "tables_written": dict(done["tables_written"])}
+        if scope.days is not None:
+            progress(f"features: planned {len(plans)} of {len(primary_days)} day(s): {scope.reason}")
         if not stale and not stale_labels:
-            progress(f"features: {len(plans)} day(s) up to {through} and their labels are up to date")
+            progress(f"features: {len(primary_days)} day(s) up to {through} and their labels are up to date")
+            if start is None:
+                write_plan_mark(ctx, through, raw_versions, own_versions)
             return result
+        left = dict(own_versions)  # the step's tables' versions after this attempt's commits
         try:
             if stale:
                 progress(
@@ -807,6 +978,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                     commit.table: commit.version,
                     snapshot_commit.table: snapshot_commit.version,
                 }
+                left |= {commit.table: commit.version, snapshot_commit.table: snapshot_commit.version}
                 done = {key: result[key] for key in ("built", "rows", "partitions")}
                 done["tables_written"] = dict(result["tables_written"])
             if stale_labels:
@@ -821,10 +993,13 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                     "label_rows": label_commit.rows,
                 }
                 result["tables_written"][label_commit.table] = label_commit.version
+                left[label_commit.table] = label_commit.version
         except CommitConflict as conflict:
             if attempt == COMMIT_ATTEMPTS:
                 raise StepFailed(str(conflict), {"built": [], "skipped": skipped, "rows": 0}) from None
             progress(f"features: {conflict}; planning again from the new snapshots")
             continue
+        if start is None:
+            write_plan_mark(ctx, through, raw_versions, left)
         return result
     raise AssertionError("unreachable")  # pragma: no cover

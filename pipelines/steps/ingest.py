@@ -806,6 +806,10 @@ def prepare_source_commit(
     return SourceCommit(pd.concat(frames, ignore_index=True), facts, files_by_day)
 
 
+def _iso_days(days: dict[date, list[DeliveredFile]]) -> list[str]:
+    return sorted(day.isoformat() for day in days)
+
+
 def _commit_source(
     ctx: StepContext, source: str, days: dict[date, list[DeliveredFile]], first: tuple[Snapshot, SourceCommit]
 ) -> Commit:
@@ -830,6 +834,7 @@ def _commit_source(
         build,
         commit_info={"mlops.step": "ingest", "mlops.date": ctx.ds},
         on_conflict=retrying,
+        dates=_iso_days(days),
     )
     assert commit is not None
     progress(
@@ -908,7 +913,8 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             by_source.setdefault(source_name, {})[day] = accepted
     prepared = {}
     for source_name, days in by_source.items():
-        snapshot = ctx.lake.snapshot(raw_table(usecase.name, source_name))
+        # the partitions this commit rebuilds, and their facts, only: not the source's history
+        snapshot = ctx.lake.snapshot(raw_table(usecase.name, source_name), dates=_iso_days(days))
         try:
             prepared[source_name] = (snapshot, prepare_source_commit(ctx, source_name, days, snapshot))
         except StepFailed as exc:

@@ -8,7 +8,8 @@ each. Kept versions: the latest, plus, from the MLflow registry, the features ve
 registered model version of the use case was trained on (``lineage.*`` tags), so ``mlops lineage --reload`` keeps
 working for every registered model. Vacuum deletes the files of other versions once they were removed more than
 ``--retention-hours`` ago (Delta's own clock; default a week), and files no writer committed (a writer killed
-mid-write) once they are that old. Log cleanup (Delta's ``cleanup_metadata``, which drops commits older than
+mid-write) once they are that old. Each table then gets a checkpoint at its latest version, so the nightly steps
+replay at most the commits since maintenance, whatever the table's age. Log cleanup (Delta's ``cleanup_metadata``, which drops commits older than
 ``delta.logRetentionDuration`` before the newest checkpoint) runs only when no kept version is older than that
 checkpoint, since it would make the kept version unloadable; otherwise it is skipped with the reason.
 
@@ -106,6 +107,13 @@ def maintain_table(
     else:
         handle.cleanup_metadata()
         log = "cleaned expired log entries"
+    # a checkpoint at the latest version (after the cleanup, which judged by the previous one): a reader replays
+    # the commits since this run, not up to the 99 delta-rs leaves between its own checkpoints
+    checkpointed = None
+    if not dry_run and (checkpoint is None or checkpoint < int(handle.version())):
+        handle.create_checkpoint()
+        checkpointed = int(handle.version())
+        log += f"; checkpoint at version {checkpointed}"
     progress(f"maintain: {table}: version {latest}, kept {kept}, {len(deleted)} file(s) deleted; log {log}")
     return {
         "table": table,
@@ -114,6 +122,7 @@ def maintain_table(
         "kept_versions": kept,
         "files_deleted": len(deleted),
         "log_cleanup": log,
+        "checkpoint": checkpointed,
     }
 
 

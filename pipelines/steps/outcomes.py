@@ -84,10 +84,15 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     known_before = usecase.time.local_midnight(ctx.day + timedelta(days=1))
     first = (ctx.day - timedelta(days=usecase.schedules.score_catch_up_days)).isoformat()
     table = predictions_with_outcomes_table(usecase.name)
+    # the dates of the window only (partitions and facts): the step's reads do not grow with the history
+    window = [
+        (ctx.day - timedelta(days=k)).isoformat()
+        for k in range(usecase.schedules.score_catch_up_days - 1, -1, -1)
+    ]
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
-        predictions = ctx.lake.snapshot(predictions_table(usecase.name))
-        labels = ctx.lake.snapshot(labels_table(usecase.name))
-        joined = ctx.lake.snapshot(table)
+        predictions = ctx.lake.snapshot(predictions_table(usecase.name), dates=window)
+        labels = ctx.lake.snapshot(labels_table(usecase.name), dates=window)
+        joined = ctx.lake.snapshot(table, dates=window)
         days = [d for d in sorted(predictions.partitions) if first < d <= ctx.ds and d in labels.partitions]
         tables_read = {s.table: s.version for s in (predictions, labels) if s.version is not None}
         if not days:

@@ -88,6 +88,16 @@ def _flag(text: str) -> bool:
     return value in ("true", "1", "yes")
 
 
+def scoring_window(ctx: StepContext) -> list[str]:
+    """Every event date a run on ``ctx.day`` can score or report, live or replayed: the catch-up windows of the
+    runs :func:`pipelines.scoring_time.replayed_runs` gives (each run's own window ends at the date it predicts,
+    ``schedules.score_catch_up_days`` long). The step reads the snapshots and predictions of these dates only,
+    so its cost does not grow with the history in the lake."""
+    last = ctx.usecase.time.predicted_through(ctx.day)
+    span = 2 * ctx.usecase.schedules.score_catch_up_days
+    return [(last - timedelta(days=k)).isoformat() for k in range(span, -1, -1)]
+
+
 def plan_scoring(
     ctx: StepContext,
     online: Snapshot,
@@ -266,7 +276,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         ctx.lake.write_json(result_key, result)
         return result
 
-    online = ctx.lake.snapshot(online_table(uc))
+    online = ctx.lake.snapshot(online_table(uc), dates=scoring_window(ctx))
     trained_on = (champion.tags or {}).get("logical_date")
     not_before = date.fromisoformat(trained_on) if trained_on else None
     version, run_id = int(champion.version), champion.run_id
@@ -275,7 +285,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     commit = None
     todo: list[str] = []
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
-        scored = ctx.lake.snapshot(predictions_table(uc), facts=False)
+        scored = ctx.lake.snapshot(predictions_table(uc), facts=False, dates=scoring_window(ctx))
         plan = plan_scoring(
             ctx,
             online,
@@ -333,7 +343,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             continue
         progress(f"score: committed {commit.table} version {commit.version}: {commit.rows} rows")
         break
-    done = set(ctx.lake.snapshot(predictions_table(uc), facts=False).partitions)
+    done = set(ctx.lake.snapshot(predictions_table(uc), facts=False, dates=scoring_window(ctx)).partitions)
     unscored = unscored_days(ctx, online, done, not_before)
     if unscored:
         progress(f"score: {len(unscored)} day(s) of the catch-up window have no predictions: {unscored[:5]}")

@@ -136,7 +136,7 @@ def _what_is_missing(lake: Any, usecase: Any, day: str) -> str:
     from pipelines.steps.ingest import pending_files
 
     primary = usecase.features.primary_source
-    if day in lake.snapshot(raw_table(usecase.name, primary), facts=False).partitions:
+    if day in lake.snapshot(raw_table(usecase.name, primary), facts=False, dates=[day]).partitions:
         return (
             f"the features of {day} (its {primary!r} rows are ingested; the features step has not built them)"
         )
@@ -171,8 +171,10 @@ def _features_readiness(usecase: str, run_day: str, conn_id: str | None) -> dict
     env = s3_environment(conn_id or profile.s3_connection_id) if profile.lake_uri.startswith("s3://") else {}
     with patched_environ(env):
         lake = open_lake(profile.lake_uri)
-        partitions = lake.snapshot(online_table(usecase)).partitions
         day = date.fromisoformat(run_day)
+        # the predicted day's snapshot alone (the sensor polls: its cost must not grow with the history)
+        predicted = spec.time.predicted_through(day).isoformat()
+        partitions = lake.snapshot(online_table(usecase), dates=[predicted]).partitions
         state = readiness(spec, partitions, day, datetime.now(UTC))
         if state.failure and state.day not in partitions:
             state = readiness(
