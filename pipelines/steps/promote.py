@@ -125,6 +125,18 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         if move["kind"] == "rollback" and move["from_version"] == int(target.version)
     ]
 
+    def not_moved(reason: str) -> dict[str, Any]:
+        """The champion stays where it is, and the result says why."""
+        progress(f"promote: {reason}")
+        result = {
+            **base,
+            "champion_version": current_number,
+            "previous_champion_version": current_number,
+            "not_moved": reason,
+        }
+        ctx.lake.write_json(result_key, result)
+        return result
+
     if current_number == int(target.version):
         previous = _int_or_none(target.tags.get("promoted_from"))
         progress(f"promote: version {current_number} is already the champion of {name!r}")
@@ -135,29 +147,13 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             "a rerun of the gate's promote does not undo a person's rollback; to make it the champion again use "
             f"`mlops models promote --usecase {ctx.usecase.name} {target.version} --reason '...'`"
         )
-        progress(f"promote: {reason}")
-        result = {
-            **base,
-            "champion_version": current_number,
-            "previous_champion_version": current_number,
-            "not_moved": reason,
-        }
-        ctx.lake.write_json(result_key, result)
-        return result
+        return not_moved(reason)
     elif current is not None and current.tags.get("logical_date", "") > ctx.ds:
         reason = (
             f"champion version {current_number} was trained for {current.tags['logical_date']}, later than "
             f"{ctx.ds}: not moved back to version {target.version}"
         )
-        progress(f"promote: {reason}")
-        result = {
-            **base,
-            "champion_version": current_number,
-            "previous_champion_version": current_number,
-            "not_moved": reason,
-        }
-        ctx.lake.write_json(result_key, result)
-        return result
+        return not_moved(reason)
     else:
         # MLflow has no compare-and-set for aliases: read the alias again right before setting it, and move it only
         # while it is still the version the gate compared against. The window between this read and the set is
