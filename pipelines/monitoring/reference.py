@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -99,8 +100,9 @@ def _build(ctx: StepContext, version: int, model: Any) -> Reference:
     return Reference(version, rows, facts)
 
 
-def model_reference(ctx: StepContext, version: int, model: Any) -> Reference:
-    """The reference of model ``version`` (read from the lake, or built and stored there the first time)."""
+def model_reference(ctx: StepContext, version: int, load_model: Callable[[], Any]) -> Reference:
+    """The reference of model ``version`` (read from the lake, or built and stored there the first time, when
+    ``load_model`` is called for the model to score its holdout)."""
     import pandas as pd
 
     key = reference_key(ctx.usecase.name, version)
@@ -109,7 +111,7 @@ def model_reference(ctx: StepContext, version: int, model: Any) -> Reference:
         rows = pd.read_parquet(io.BytesIO(ctx.lake.storage.read_bytes(f"{key}.parquet")))
         return Reference(version, rows, facts)
     progress(f"monitor: building the reference of model version {version} from its training set")
-    reference = _build(ctx, version, model)
+    reference = _build(ctx, version, load_model())
     buffer = io.BytesIO()
     reference.rows.to_parquet(buffer, index=False)
     ctx.lake.storage.write_bytes(f"{key}.parquet", buffer.getvalue())

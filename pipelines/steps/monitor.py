@@ -44,7 +44,7 @@ from pipelines.lake import (
     predictions_with_outcomes_table,
     table_key,
 )
-from pipelines.scoring_time import made_ahead
+from pipelines.scoring_time import SCORED_AT, made_ahead
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -143,8 +143,10 @@ def _window(ctx: StepContext) -> list[str]:
 
 
 def _scored_rows(ctx: StepContext, days: list[str]) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The window's batch predictions joined to their events' features (model inputs, slices, sensitive
-    attributes), as the lake holds them."""
+    """The window's batch predictions made by the end of D joined to their events' features (model inputs,
+    slices, sensitive attributes), as the lake holds them."""
+    import pandas as pd
+
     usecase = ctx.usecase
     keys = [k for k in usecase.features.keys if k != DATE]
     predictions = ctx.lake.snapshot(predictions_table(usecase.name), facts=False)
@@ -155,9 +157,13 @@ def _scored_rows(ctx: StepContext, days: list[str]) -> tuple[pd.DataFrame, dict[
     from pipelines.model_inputs import model_columns
 
     score = "prediction" if usecase.task == "regression" else "probability"
+    made = [SCORED_AT] if SCORED_AT in predictions.columns else []
     scored = ctx.lake.read_frame(
-        predictions.table, present, [*keys, DATE, score, "model_version"], predictions.version
+        predictions.table, present, [*keys, DATE, score, "model_version", *made], predictions.version
     )
+    if made:  # a day scored late, by a run after D, was not there at D: a rerun of D leaves it out again
+        end = pd.Timestamp(usecase.time.local_midnight(ctx.day + timedelta(days=1)))
+        scored = scored[pd.to_datetime(scored[SCORED_AT], utc=True) < end].drop(columns=made)
     features = ctx.lake.snapshot(features_table(usecase.name), facts=False)
     read[features.table] = features.version
     wanted = list(
@@ -484,18 +490,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     # the version that scored the window's last day: its reference is what the window is compared with
     version = int(scored_all.loc[scored_all[DATE] == scored_all[DATE].max(), "model_version"].mode().iloc[0])
     scored = scored_all[scored_all["model_version"] == version].reset_index(drop=True)
-    model = None
-
-    def loaded() -> Any:
-        nonlocal model
-        if model is None:
-            model = load_model(f"models:/{model_name(usecase)}/{version}")
-        return model
-
-    from pipelines.monitoring import reference as reference_module
-
-    key = reference_module.reference_key(usecase.name, version)
-    reference = model_reference(ctx, version, None if ctx.lake.storage.exists(f"{key}.json") else loaded())
+    reference = model_reference(ctx, version, lambda: load_model(f"models:/{model_name(usecase)}/{version}"))
     watched = usecase.drift.features or model_columns(usecase)
     rows: list[dict[str, Any]] = []
     breaches: list[str] = []
