@@ -45,6 +45,18 @@ def _train_runs() -> list:
         return [(run.logical_date, dict(run.conf or {})) for run in runs]
 
 
+def _forget_earlier_runs() -> None:
+    """The Airflow database is shared by the whole session: the training and monitor runs other modules made of
+    the same use case are not this world's (they would count as triggered or in flight here)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        dag_ids = [f"{USECASE}_train", f"{USECASE}_monitor"]
+        for run in session.query(DagRun).filter(DagRun.dag_id.in_(dag_ids)).all():
+            session.delete(run)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, airflow_db):
     """A champion trained on 2013-01-01..02-09 (synthetic features with a learnable signal) and an empty
@@ -79,6 +91,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, airflow_db):
             run_step([step, "--usecase", USECASE, "--date", TRAINED_ON.isoformat()])
         bag = DagBag(dag_folder=str(Path(__file__).resolve().parent.parent / "dags"))
         assert bag.import_errors == {}
+        _forget_earlier_runs()
         yield {"lake": lake, "usecase": usecase, "dags": bag.dags, "tmp": tmp}
 
 
