@@ -95,6 +95,14 @@ class Profile(_Strict):
         default=None, description="Airflow connection holding the S3 endpoint and credentials"
     )
     threads_per_task: int = Field(default=2, ge=1, description="Cap on BLAS/OpenMP/TF threads per task")
+    spark_direct_read_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="The features step's Spark executors read a raw table's Parquet files themselves (the file "
+        "list and partition values from the Delta log) when the partitions a job needs hold at least this many "
+        "bytes, the lake is local and the master is local[...]; smaller inputs (and S3 lakes) reach Spark as "
+        "Arrow through the driver. 0: always read directly where possible",
+    )
     docker: DockerSettings = Field(default_factory=lambda: DockerSettings())
 
 
