@@ -249,7 +249,7 @@ def stage_profile(folder: Path) -> list[dict[str, Any]]:
     e.g. Exchange, Window, BroadcastHashJoin) and the action's call site: stages, tasks, wall seconds (submission
     to completion) and the executors' run time summed over tasks, largest first."""
     groups: dict[str, dict[str, Any]] = {}
-    for path in folder.iterdir():
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):  # event logs v2: a folder of files
         with path.open() as handle:
             for line in handle:
                 if '"SparkListenerStageCompleted"' not in line[:80]:
@@ -625,7 +625,12 @@ def bench_size(rows: int, args: argparse.Namespace, work: Path) -> dict[str, Any
     events = work / f"spark-events-{rows}"
     shutil.rmtree(events, ignore_errors=True)
     events.mkdir(parents=True)
-    conf |= {"spark.eventLog.enabled": "true", "spark.eventLog.dir": events.as_uri()}
+    conf |= {
+        "spark.eventLog.enabled": "true",
+        "spark.eventLog.dir": events.as_uri(),
+        "spark.eventLog.compress": "false",
+        "spark.eventLog.rolling.enabled": "false",
+    }
     profile = profile.model_copy(update={"spark_conf": conf})
     spark_s, result, laps = run_spark(lake, usecase, profile)
     print(

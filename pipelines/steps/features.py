@@ -29,7 +29,9 @@ online snapshot (the lookups a request at each day's prediction time joins; see 
 to ``features_online/<usecase>`` with the same facts; a day is stale when either table lacks its fingerprint.
 Days whose labels are stale are committed to ``labels/<usecase>`` in one commit (a day without labels yet is
 committed empty, with its facts). Inputs reach Spark as Arrow (through the driver) and results come back as
-Arrow, so any master works (local or a cluster) and the lake may be local or S3. A concurrent commit to the same
+Arrow, so any master works (local or a cluster) and the lake may be local or S3; large inputs of a local lake
+with a local master are read by the executors from the snapshot's Parquet files instead (see
+:func:`source_frame`, chosen by ``profile.spark_direct_read_bytes``). A concurrent commit to the same
 partitions makes the step plan and build again from the new snapshots.
 """
 
