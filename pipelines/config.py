@@ -96,7 +96,7 @@ class Profile(_Strict):
     )
     threads_per_task: int = Field(default=2, ge=1, description="Cap on BLAS/OpenMP/TF threads per task")
     spark_direct_read_bytes: int = Field(
-        default=64 * 1024 * 1024,
+        default=16 * 1024 * 1024,
         ge=0,
         description="The features step's Spark executors read a raw table's Parquet files themselves (the file "
         "list and partition values from the Delta log) when the partitions a job needs hold at least this many "

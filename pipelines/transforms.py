@@ -341,13 +341,12 @@ def _past_counts_running(outcomes: DataFrame, queries: DataFrame, keys: list[str
 
     carried = [c for c in queries.columns if c not in (*keys, "_t")]
     pos_type = dict(outcomes.dtypes)["_pos"]
-    stream = outcomes.select(
-        *keys,
-        F.col("_t").alias("_x"),
-        F.lit(1).alias("_order"),
-        F.lit(1).cast("long").alias("_n"),
-        F.col("_pos").cast("long").alias("_pos"),
+    # outcomes of one key known in the same second count together (a day's outcome file makes many): the
+    # window then sorts one row per key and second, not one per outcome
+    stream = outcomes.groupBy(*keys, "_t").agg(
+        F.count(F.lit(1)).alias("_n"), F.sum(F.col("_pos").cast("long")).alias("_pos")
     )
+    stream = stream.select(*keys, F.col("_t").alias("_x"), F.lit(1).alias("_order"), "_n", "_pos")
     # one id per query before it splits into its two probes (the end of its window: +, the start: -)
     bounds = F.array(
         F.struct(F.col("_t").alias("_x"), F.lit(1).alias("_sign")),
@@ -383,9 +382,8 @@ def _past_counts_running(outcomes: DataFrame, queries: DataFrame, keys: list[str
         .where(F.col("_order") == 0)
     )
     return (
-        totals.groupBy("_qid")
+        totals.groupBy("_qid", *keys, "_t", *carried)
         .agg(
-            *[F.first(c).alias(c) for c in (*keys, "_t", *carried)],
             F.sum(F.col("_sign") * F.col("_cum_n")).alias("_h_n"),
             F.sum(F.col("_sign") * F.col("_cum_pos")).cast(pos_type).alias("_h_pos"),
         )
