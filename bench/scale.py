@@ -605,16 +605,30 @@ def bench_size(rows: int, args: argparse.Namespace, work: Path) -> dict[str, Any
 
     usecase = load_usecase(USECASE)
     lake_dir = work / f"lake-{rows}"
-    shutil.rmtree(lake_dir, ignore_errors=True)
-    lake = Lake(str(lake_dir))
     start = time.perf_counter()
-    counts = generate(lake, usecase, rows, args.seed)
+    if args.reuse and (lake_dir / "raw").is_dir():  # raw tables of an earlier run (--keep or interrupted)
+        lake = Lake(str(lake_dir))
+        for table in ("features", "features_online", "labels"):  # the step's outputs and their facts
+            shutil.rmtree(lake_dir / table, ignore_errors=True)
+            shutil.rmtree(lake_dir / "_meta" / "partitions" / table, ignore_errors=True)
+        counts = {s: sum(p.rows for p in lake.partitions(f"raw/{USECASE}/{s}").values()) for s in SOURCES}
+    else:
+        shutil.rmtree(lake_dir, ignore_errors=True)
+        lake = Lake(str(lake_dir))
+        counts = generate(lake, usecase, rows, args.seed)
     generated_s = time.perf_counter() - start
     print(f"[{rows:,} rows] raw tables written in {generated_s:.0f} s: {counts}", flush=True)
+    from pipelines.spark import spark_conf
+
+    profile_base = load_profile()
     cores = os.cpu_count() or 1
     conf = {
         "spark.sql.shuffle.partitions": str(args.shuffle_partitions or max(4, 2 * cores)),
         "spark.driver.memory": args.spark_memory,
+        # a multi-GB heap: the parallel collector (the step's default, serial, suits short small jobs)
+        "spark.driver.extraJavaOptions": spark_conf(profile_base)["spark.driver.extraJavaOptions"].replace(
+            "-XX:+UseSerialGC", "-XX:+UseParallelGC"
+        ),
         "spark.ui.enabled": "false",
     }
     profile = load_profile().model_copy(
@@ -743,6 +757,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sample-days", type=int, default=5)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep", action="store_true", help="keep the lakes and DuckDB's output")
+    parser.add_argument("--reuse", action="store_true", help="reuse the raw tables of a kept lake in --work")
     args = parser.parse_args(argv)
     os.environ.setdefault("MLOPS_HOME", str(Path(tempfile.gettempdir()) / "mlops-bench-scale"))
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-scale-"))

@@ -708,8 +708,19 @@ def build_rows(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan])
     )
     spark = get_spark(ctx.profile)
     frame, context = _frames(spark, ctx, raw, needed)
-    # labelled rows, materialized once: the transforms and the snapshot's lookups all start from them
-    frame = frame.localCheckpoint()
+    # labelled rows, materialized once: the transforms and the snapshot's lookups all start from them. Large
+    # inputs are kept serialized (compact bytes, spilled to disk when memory runs short), not as objects on the
+    # JVM heap: 10M rows as objects filled a 6 GB heap and stalled the job in full collections
+    large = (
+        sum(max(primary[d].rows, 0) for d in needed) * 8 * len(frame.columns)
+        >= ctx.profile.spark_direct_read_bytes
+    )
+    if large:
+        from pyspark import StorageLevel
+
+        frame = frame.localCheckpoint(storageLevel=StorageLevel.MEMORY_AND_DISK)
+    else:
+        frame = frame.localCheckpoint()
     built_days = [date.fromisoformat(plan.day) for plan in plans]
     _check_prediction_column(frame.where(F.col(DAY_COLUMN).isin(built_days)), usecase)
     served = _prediction_times(frame, built_days, usecase.time)
