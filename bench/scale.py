@@ -625,6 +625,9 @@ def bench_size(rows: int, args: argparse.Namespace, work: Path) -> dict[str, Any
     conf = {
         "spark.sql.shuffle.partitions": str(args.shuffle_partitions or max(4, 2 * cores)),
         "spark.driver.memory": args.spark_memory,
+        # the step collects its output rows as Arrow in the driver (delta-rs commits them): a year of 10M
+        # rows is more than the default 1 GiB of results
+        "spark.driver.maxResultSize": "0",
         # a multi-GB heap: the parallel collector (the step's default, serial, suits short small jobs)
         "spark.driver.extraJavaOptions": spark_conf(profile_base)["spark.driver.extraJavaOptions"].replace(
             "-XX:+UseSerialGC", "-XX:+UseParallelGC"
