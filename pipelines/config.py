@@ -100,6 +100,14 @@ class Profile(_Strict):
         description="Airflow connection the alerts of every use case go to unless its `alerts.connection_id` "
         "names another (http/https: a JSON POST; smtp: an e-mail); unset: the task log only",
     )
+    spark_direct_read_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=0,
+        description="The features step's Spark executors read a raw table's Parquet files themselves (the file "
+        "list and partition values from the Delta log) when the partitions a job needs hold at least this many "
+        "bytes, the lake is local and the master is local[...]; smaller inputs (and S3 lakes) reach Spark as "
+        "Arrow through the driver. 0: always read directly where possible",
+    )
     docker: DockerSettings = Field(default_factory=lambda: DockerSettings())
 
 

@@ -654,7 +654,7 @@ class Lake:
             raise ValueError(f"write_partitions({table!r}): no rows to write")
         uri = self.table_uri(table)
         predicate = f"{DATE} IN ({', '.join(_sql_string(d) for d in [*dates, *empty])})"
-        per_date = {day: data.filter(pc.equal(data[DATE], day)) for day in dates}
+        per_date = _split_by_date(data, dates)
         metadata = {
             "mlops.partitions": json.dumps(sorted([*dates, *empty])),
             **{k: str(v) for k, v in (commit_info or {}).items()},
@@ -976,6 +976,33 @@ def _files_by_date(handle: DeltaTable) -> dict[str, list[tuple[str, int]]]:
     for path, day, count in zip(paths, days, counts, strict=True):
         by_date.setdefault(str(day), []).append((str(path), -1 if count is None else int(count)))
     return by_date
+
+
+def _split_by_date(data: pa.Table, dates: list[str]) -> dict[str, pa.Table]:
+    """The rows of each of ``dates`` (their order kept), in one pass: one stable sort by date and a slice per
+    date, instead of a filter over every row per date (a year of 10M rows: 365 passes)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not dates:
+        return {}
+    if data.num_rows == 0 or not pa.types.is_string(data.schema.field(DATE).type):
+        return {day: data.filter(pc.equal(data[DATE], day)) for day in dates}
+    encoded = pc.dictionary_encode(data[DATE]).combine_chunks()
+    if encoded.null_count:
+        return {day: data.filter(pc.equal(data[DATE], day)) for day in dates}
+    names = encoded.dictionary.to_pylist()
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    order = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes, minlength=len(names))
+    ordered = data.take(order) if (order != np.arange(len(order))).any() else data
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    found = {
+        str(name): ordered.slice(int(start), int(count))
+        for name, start, count in zip(names, starts, counts, strict=True)
+    }
+    return {day: found[day] for day in dates}
 
 
 def _schema_names(handle: DeltaTable) -> tuple[str, ...]:

@@ -71,10 +71,22 @@ class TransformContext:
     day_maps: Mapping[str, Mapping[date, date | None]] = field(default_factory=dict)
     prediction_times: Mapping[date, datetime] = field(default_factory=dict)
     reference_arrivals: Mapping[str, Mapping[date, datetime | None]] = field(default_factory=dict)
+    # the frame the transforms started from (set by apply_transforms_with_lookups): see rows_with
+    base_frame: DataFrame | None = None
 
     @property
     def lookback_days(self) -> int:
         return self.usecase.features.lookback_days
+
+    def rows_with(self, df: DataFrame, columns: list[str]) -> DataFrame:
+        """``df``'s rows for reading ``columns`` only: the frame the transforms started from when it has them.
+        Transforms keep every row and never change a column, so both give the same values; reading the start
+        frame keeps each transform's plan from repeating the joins of the transforms before it (a past rate
+        reads its frame three times: its queries, its outcomes and the join)."""
+        base = self.base_frame
+        if base is not None and set(columns) <= set(base.columns):
+            return base
+        return df
 
     def source_rows(self, name: str) -> DataFrame:
         """Rows of source ``name`` with :data:`ALIGN_COLUMN`."""
@@ -306,8 +318,81 @@ def _outcome_stream(df: DataFrame, ctx: TransformContext, keys: list[str], value
 
 def _past_counts(outcomes: DataFrame, queries: DataFrame, keys: list[str], days: int) -> DataFrame:
     """For every query row (keys, ``_t`` in unix seconds, other columns kept): ``_h_n`` outcomes and ``_h_pos``
-    positives with the same keys that became known in [_t - days x 24 h, _t - 1 s]. One window per key over both
-    streams: the batch transform and the online snapshot count with this same function."""
+    positives with the same keys that became known in [_t - days x 24 h, _t - 1 s] (0 or NULL without any: callers
+    treat both as none). One window per key over both streams: the batch transform and the online snapshot count
+    with this same function.
+
+    Integer labels are counted with running totals: each query asks two probes, at ``_t`` and at ``_t - days``,
+    for the outcomes known strictly before them (a running sum ordered by time, probes before outcomes of the same
+    second), and the window's count is their difference: linear in the rows. Spark's sliding range frame re-adds
+    its whole frame whenever it moves (every row), which grows with rows x rows per window: a year of 1M flights
+    spent minutes there. Real-valued labels (``past_mean`` of a regression) keep the sliding frame, whose sums
+    are not subject to the cancellation of a difference of running totals."""
+
+    if dict(outcomes.dtypes)["_pos"] in ("bigint", "int"):
+        return _past_counts_running(outcomes, queries, keys, days)
+    return _past_counts_sliding(outcomes, queries, keys, days)
+
+
+def _past_counts_running(outcomes: DataFrame, queries: DataFrame, keys: list[str], days: int) -> DataFrame:
+    """:func:`_past_counts` with running totals (exact for integer labels)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    carried = [c for c in queries.columns if c not in (*keys, "_t")]
+    pos_type = dict(outcomes.dtypes)["_pos"]
+    # outcomes of one key known in the same second count together (a day's outcome file makes many): the
+    # window then sorts one row per key and second, not one per outcome
+    stream = outcomes.groupBy(*keys, "_t").agg(
+        F.count(F.lit(1)).alias("_n"), F.sum(F.col("_pos").cast("long")).alias("_pos")
+    )
+    stream = stream.select(*keys, F.col("_t").alias("_x"), F.lit(1).alias("_order"), "_n", "_pos")
+    # one id per query before it splits into its two probes (the end of its window: +, the start: -)
+    bounds = F.array(
+        F.struct(F.col("_t").alias("_x"), F.lit(1).alias("_sign")),
+        F.struct((F.col("_t") - F.lit(days * 86400)).alias("_x"), F.lit(-1).alias("_sign")),
+    )
+    probes = queries.withColumn("_qid", F.monotonically_increasing_id()).select(
+        *keys, "_t", *carried, "_qid", F.explode(bounds).alias("_bound")
+    )
+    probes = probes.select(
+        *keys,
+        "_t",
+        *carried,
+        "_qid",
+        F.col("_bound._x").alias("_x"),
+        F.col("_bound._sign").alias("_sign"),
+        F.lit(0).alias("_order"),
+        F.lit(0).cast("long").alias("_n"),
+        F.lit(0).cast("long").alias("_pos"),
+    )
+    before = Window.partitionBy(*keys).orderBy("_x", "_order").rowsBetween(Window.unboundedPreceding, 0)
+    totals = (
+        stream.unionByName(probes, allowMissingColumns=True)
+        .select(
+            *keys,
+            "_t",
+            *carried,
+            "_qid",
+            "_sign",
+            "_order",
+            F.sum("_n").over(before).alias("_cum_n"),
+            F.sum("_pos").over(before).alias("_cum_pos"),
+        )
+        .where(F.col("_order") == 0)
+    )
+    return (
+        totals.groupBy("_qid", *keys, "_t", *carried)
+        .agg(
+            F.sum(F.col("_sign") * F.col("_cum_n")).alias("_h_n"),
+            F.sum(F.col("_sign") * F.col("_cum_pos")).cast(pos_type).alias("_h_pos"),
+        )
+        .drop("_qid")
+    )
+
+
+def _past_counts_sliding(outcomes: DataFrame, queries: DataFrame, keys: list[str], days: int) -> DataFrame:
+    """:func:`_past_counts` with a sliding range frame."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -379,12 +464,13 @@ def _past_outcomes(
     output = _new_column(transform, "output", output, df)
     counted = [] if count_output is None else [_new_column(transform, "count_output", count_output, df)]
     prediction = ctx.prediction_time_column
+    rows = ctx.rows_with(df, [*keys, prediction, ctx.label_column, ctx.known_at_column])
     queries = (
-        df.select(*keys, F.col(prediction))
+        rows.select(*keys, F.col(prediction))
         .distinct()
         .select(*keys, F.unix_timestamp(F.col(prediction)).alias("_t"))
     )
-    history = _past_counts(_outcome_stream(df, ctx, keys, value), queries, keys, days).select(
+    history = _past_counts(_outcome_stream(rows, ctx, keys, value), queries, keys, days).select(
         *keys,
         F.timestamp_seconds(F.col("_t")).alias(prediction),
         F.when(F.col("_h_n") > 0, F.col("_h_pos") / F.col("_h_n")).cast("double").alias(output),
@@ -484,7 +570,10 @@ def asof_join(
     observations, key_columns, outputs = _asof_observations(df, ctx, source, keys, columns, time)
     prediction = ctx.prediction_time_column
     queries = (
-        df.select(*keys, prediction).distinct().withColumn("_query_t", F.unix_timestamp(F.col(prediction)))
+        ctx.rows_with(df, [*keys, prediction])
+        .select(*keys, prediction)
+        .distinct()
+        .withColumn("_query_t", F.unix_timestamp(F.col(prediction)))
     )
     picked = _asof_latest(observations, queries, keys, key_columns, outputs, max_age_seconds).select(
         *keys, prediction, *outputs
@@ -727,11 +816,14 @@ def apply_transforms_with_lookups(
     lookup is built from the frame as its transform sees it; transforms keep every row and never change a column,
     so a lookup whose keys are columns of the input frame reads that frame instead (the same rows, without the
     joins of the transforms before it)."""
+    from dataclasses import replace
+
     from pyspark.sql import functions as F
 
     check_transforms(ctx.usecase)
     lookups = []
     base = df
+    ctx = replace(ctx, base_frame=base)
     for index, spec in enumerate(ctx.usecase.features.transforms):
         if times is not None and spec.name in LOOKUPS:
             rows_of = base if set(spec.params.get("keys", [])) <= set(base.columns) else df

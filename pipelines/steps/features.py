@@ -29,7 +29,9 @@ online snapshot (the lookups a request at each day's prediction time joins; see 
 to ``features_online/<usecase>`` with the same facts; a day is stale when either table lacks its fingerprint.
 Days whose labels are stale are committed to ``labels/<usecase>`` in one commit (a day without labels yet is
 committed empty, with its facts). Inputs reach Spark as Arrow (through the driver) and results come back as
-Arrow, so any master works (local or a cluster) and the lake may be local or S3. A concurrent commit to the same
+Arrow, so any master works (local or a cluster) and the lake may be local or S3; large inputs of a local lake
+with a local master are read by the executors from the snapshot's Parquet files instead (see
+:func:`source_frame`, chosen by ``profile.spark_direct_read_bytes``). A concurrent commit to the same
 partitions makes the step plan and build again from the new snapshots.
 """
 
@@ -371,6 +373,147 @@ def _to_spark(spark: SparkSession, table: pa.Table) -> DataFrame:
     return spark.createDataFrame(table).localCheckpoint()
 
 
+@dataclass(frozen=True)
+class DirectRead:
+    """The data files of the partitions a job needs, as the Delta log lists them: absolute local paths, each
+    file's partition date, and their bytes."""
+
+    paths: list[str]
+    dates: list[str]
+    size_bytes: int
+
+
+def direct_read_plan(
+    lake: Lake, snapshot: Snapshot, dates: list[str], expected: Mapping[str, pa.DataType]
+) -> DirectRead | None:
+    """The files Spark's executors can read themselves for the ``dates`` partitions of ``snapshot``, or None when
+    the rows must go through Arrow instead: an S3 lake (Spark has no ``s3a`` jars here), a table whose protocol
+    has reader features (deletion vectors, column mapping: plain Parquet reads would be wrong), or a column whose
+    stored type is not the one configured (the Arrow path casts it, or fails naming it). File list, sizes and
+    partition values come from the log's add actions (``get_add_actions(flatten=True)``), never a listing."""
+    import pyarrow as pa
+
+    if lake.is_s3 or not dates:
+        return None
+    handle = lake.open_table(snapshot.table, snapshot.version)
+    if handle is None:
+        return None
+    protocol = handle.protocol()
+    if protocol.reader_features:
+        return None
+    stored = {field.name: field.type for field in pa.schema(handle.schema().to_arrow())}
+    for name, kind in expected.items():
+        found = stored.get(name)
+        if found is None or not _same_type(found, kind):
+            return None
+    adds = pa.table(handle.get_add_actions(flatten=True))
+    part = f"partition.{DATE}"
+    if not adds.num_rows or part not in adds.column_names:
+        return None
+    wanted = set(dates)
+    root = lake.table_uri(snapshot.table).rstrip("/")
+    paths, days, size = [], [], 0
+    for path, day, nbytes in zip(
+        adds.column("path").to_pylist(),
+        adds.column(part).to_pylist(),
+        adds.column("size_bytes").to_pylist(),
+        strict=True,
+    ):
+        if str(day) not in wanted:
+            continue
+        from urllib.parse import unquote
+
+        relative = unquote(str(path))
+        if "://" in relative or relative.startswith("/"):
+            return None  # absolute paths (shallow clones): leave them to the Arrow reader
+        paths.append(f"{root}/{relative}")
+        days.append(str(day))
+        size += int(nbytes or 0)
+    names = [p.rsplit("/", 1)[-1] for p in paths]
+    if not paths or len(set(names)) != len(names):
+        return None  # file names must tell the partition of each row apart
+    return DirectRead(paths, days, size)
+
+
+def _same_type(found: pa.DataType, expected: pa.DataType) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_large_string(found) or pa.types.is_string_view(found):
+        found = pa.string()
+    if pa.types.is_timestamp(found) and pa.types.is_timestamp(expected):
+        return found.unit == expected.unit and (found.tz is None) == (expected.tz is None)
+    return found.equals(expected)
+
+
+def source_frame(
+    spark: SparkSession, ctx: StepContext, source: str, snapshot: Snapshot, dates: list[str], tag: str
+) -> DataFrame:
+    """The rows of :func:`read_source` as a Spark frame (same columns, types and rows), chosen by size: when the
+    partitions hold at least ``profile.spark_direct_read_bytes`` and Spark runs locally beside a local lake, the
+    executors read the snapshot's Parquet files themselves (:func:`direct_read_plan`), so a large day never goes
+    through the driver; otherwise (small inputs, S3, a cluster master) the rows go through Arrow
+    (:func:`_to_spark`)."""
+    import pyarrow as pa
+
+    usecase, lake, profile = ctx.usecase, ctx.lake, ctx.profile
+    spec = usecase.sources[source]
+    present = [d for d in dates if d in snapshot.partitions]
+    threshold = profile.spark_direct_read_bytes
+    plan = None
+    if present and profile.spark_master.startswith("local"):
+        expected = {name: arrow_type(column.type) for name, column in spec.columns.items()}
+        if ARRIVED_AT in snapshot.columns:
+            expected[ARRIVED_AT] = pa.timestamp("us", tz="UTC")
+        # the log is read only for inputs that may be large: 8 bytes a value bounds a Parquet file's size
+        counts = [snapshot.partitions[d].rows for d in present]
+        if min(counts) < 0 or sum(counts) * 8 * len(expected) >= threshold:
+            plan = direct_read_plan(lake, snapshot, present, expected)
+            if plan is not None and plan.size_bytes < threshold:
+                plan = None
+    if plan is None:
+        return _to_spark(spark, read_source(lake, usecase, source, snapshot, dates, tag))
+    return _read_parquet(spark, usecase, source, snapshot, plan, tag)
+
+
+def _read_parquet(
+    spark: SparkSession, usecase: UseCase, source: str, snapshot: Snapshot, plan: DirectRead, tag: str
+) -> DataFrame:
+    """Spark reads the files of ``plan``; each row gets its file's partition date (from the log, joined by file
+    name) as ``tag``; columns as :func:`read_source` types them."""
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_type
+    from pyspark.sql.types import StructField, StructType
+
+    spec = usecase.sources[source]
+    fields = [(name, arrow_type(column.type)) for name, column in spec.columns.items()]
+    recorded = ARRIVED_AT in snapshot.columns
+    fields.append((ARRIVED_AT, pa.timestamp("us", tz="UTC")))
+    schema = StructType(
+        [
+            StructField(name, from_arrow_type(kind), True)
+            for name, kind in fields
+            if name != ARRIVED_AT or recorded
+        ]
+    )
+    files = spark.createDataFrame(
+        [(path.rsplit("/", 1)[-1], day) for path, day in zip(plan.paths, plan.dates, strict=True)],
+        schema="_file_name string, _file_date string",
+    )
+    rows = (
+        spark.read.schema(schema)
+        .parquet(*plan.paths)
+        .select("*", F.col("_metadata.file_name").alias("_file_name"))
+    )
+    rows = rows.join(F.broadcast(files), on="_file_name", how="inner")
+    arrived = F.col(ARRIVED_AT) if recorded else F.lit(None).cast("timestamp")
+    return rows.select(
+        *[F.col(name) for name, _ in fields if name != ARRIVED_AT],
+        arrived.alias(ARRIVED_AT),
+        F.to_date(F.col("_file_date"), "yyyy-MM-dd").alias(tag),
+    )
+
+
 def prediction_time_column(event_time: Column, time: TimeSpec) -> Column:
     """Spark expression of the prediction time (UTC) of an event at ``event_time`` (UTC): the event time minus
     ``lead``, the event's ``column``, or (daily) ``days_before`` its local date at the local clock time ``at``
@@ -474,15 +617,13 @@ def _frames(
     usecase = ctx.usecase
     features, target, time = usecase.features, usecase.target, usecase.time
     primary = features.primary_source
-    table = read_source(ctx.lake, usecase, primary, raw[primary], days, DAY_COLUMN)
-    frame = _to_spark(spark, table).withColumn(
+    frame = source_frame(spark, ctx, primary, raw[primary], days, DAY_COLUMN).withColumn(
         PREDICTION_TIME, prediction_time_column(F.col(time.event_time), time)
     )
     outcome_rows = None
     if usecase.outcome_source != primary:
         snapshot = raw[usecase.outcome_source]
-        outcome_table = read_source(ctx.lake, usecase, usecase.outcome_source, snapshot, days, "_outcome_day")
-        outcome_rows = _to_spark(spark, outcome_table)
+        outcome_rows = source_frame(spark, ctx, usecase.outcome_source, snapshot, days, "_outcome_day")
     frame = _label_columns(frame, usecase, outcome_rows)
     source_frames, day_maps, reference_arrivals = {}, {}, {}
     for source in joined_sources(features):
@@ -500,8 +641,7 @@ def _frames(
             day_maps[source] = {
                 date.fromisoformat(d): date.fromisoformat(s) if s else None for d, s in by_day.items()
             }
-        table = read_source(ctx.lake, usecase, source, snapshot, used, ALIGN_COLUMN)
-        source_frames[source] = _to_spark(spark, table)
+        source_frames[source] = source_frame(spark, ctx, source, snapshot, used, ALIGN_COLUMN)
     context = TransformContext(
         usecase=usecase,
         day_column=DAY_COLUMN,
@@ -576,8 +716,19 @@ def build_rows(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan])
     )
     spark = get_spark(ctx.profile)
     frame, context = _frames(spark, ctx, raw, needed)
-    # labelled rows, materialized once: the transforms and the snapshot's lookups all start from them
-    frame = frame.localCheckpoint()
+    # labelled rows, materialized once: the transforms and the snapshot's lookups all start from them. Large
+    # inputs are kept serialized (compact bytes, spilled to disk when memory runs short), not as objects on the
+    # JVM heap: 10M rows as objects filled a 6 GB heap and stalled the job in full collections
+    large = (
+        sum(max(primary[d].rows, 0) for d in needed) * 8 * len(frame.columns)
+        >= ctx.profile.spark_direct_read_bytes
+    )
+    if large:
+        from pyspark import StorageLevel
+
+        frame = frame.localCheckpoint(storageLevel=StorageLevel.MEMORY_AND_DISK)
+    else:
+        frame = frame.localCheckpoint()
     built_days = [date.fromisoformat(plan.day) for plan in plans]
     _check_prediction_column(frame.where(F.col(DAY_COLUMN).isin(built_days)), usecase)
     served = _prediction_times(frame, built_days, usecase.time)
@@ -630,14 +781,12 @@ def build_labels(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan
     primary = usecase.features.primary_source
     days = [plan.day for plan in plans]
     spark = get_spark(ctx.profile)
-    events = read_source(ctx.lake, usecase, primary, raw[primary], days, DAY_COLUMN)
-    frame = _to_spark(spark, events)
+    frame = source_frame(spark, ctx, primary, raw[primary], days, DAY_COLUMN)
     outcome_rows = None
     if usecase.outcome_source != primary:
         snapshot = raw[usecase.outcome_source]
         window = sorted({d for day in days for d in _window(day, usecase.features.lookback_days)})
-        outcomes = read_source(ctx.lake, usecase, usecase.outcome_source, snapshot, window, "_outcome_day")
-        outcome_rows = _to_spark(spark, outcomes)
+        outcome_rows = source_frame(spark, ctx, usecase.outcome_source, snapshot, window, "_outcome_day")
     frame = _label_columns(frame, usecase, outcome_rows).where(F.col(usecase.target.column).isNotNull())
     frame = frame.withColumn(DATE_COLUMN, F.date_format(F.col(DAY_COLUMN), "yyyy-MM-dd"))
     rows = frame.select(*label_columns(usecase)).toArrow()

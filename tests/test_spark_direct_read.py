@@ -1,0 +1,115 @@
+"""Spark's executors read a raw Delta snapshot's Parquet files themselves (file list and partition values from the
+log) or receive the rows as Arrow through the driver, chosen by size: the features, online snapshot and labels
+are the same either way."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from _features_fixtures import nycflights, rows_of_day, write_raw, write_raw_arrived
+
+from pipelines.config import load_profile, load_usecase
+from pipelines.context import StepContext
+from pipelines.lake import Lake, raw_table
+from pipelines.spark import get_spark
+from pipelines.steps import features
+
+pytestmark = pytest.mark.spark
+
+DAYS = [date(2013, 1, d) for d in range(1, 9)]
+
+
+@pytest.fixture
+def lake(mlops_env: Path) -> Lake:
+    get_spark(load_profile())
+    return Lake(str(mlops_env / "lake"))
+
+
+def _land(lake: Lake) -> None:
+    """Eight January days; the first three without recorded arrivals (older files lack the arrival column the
+    table gained later), the rest arrived the morning after; one planes snapshot."""
+    usecase = load_usecase("flight_delay")
+    flights, weather = nycflights("flights"), nycflights("weather")
+    for index, day in enumerate(DAYS):
+        for source, frame in (("flights", flights), ("outcomes", flights), ("weather", weather)):
+            rows = rows_of_day(frame, day)
+            if index < 3:
+                write_raw(lake, usecase, source, day, rows)
+            else:
+                arrived = datetime(day.year, day.month, day.day, 11, tzinfo=UTC) + timedelta(days=1)
+                write_raw_arrived(lake, usecase, source, day, rows, arrived)
+    write_raw(lake, usecase, "planes", DAYS[0], nycflights("planes", None))
+
+
+def _build(lake: Lake, threshold: int, monkeypatch: pytest.MonkeyPatch) -> tuple[list[pa.Table], int]:
+    """Features, online snapshot and labels of DAYS[1:] with ``spark_direct_read_bytes=threshold``, and how many
+    source frames Spark read from Parquet directly."""
+    usecase = load_usecase("flight_delay")
+    profile = load_profile().model_copy(update={"spark_direct_read_bytes": threshold})
+    ctx = StepContext(usecase=usecase, day=DAYS[-1], profile=profile, lake=lake)
+    direct = []
+    original = features._read_parquet
+
+    def counted(*args, **kwargs):
+        direct.append(args[2])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(features, "_read_parquet", counted)
+    sources = ["flights", "outcomes", "weather", "planes"]
+    raw = {s: lake.snapshot(raw_table(usecase.name, s)) for s in sources}
+    partitions = {s: snap.partitions for s, snap in raw.items()}
+    end = DAYS[-1].isoformat()
+    plans = features.plan_days(usecase, partitions, DAYS[1].isoformat(), end)
+    label_plans = features.plan_labels(usecase, partitions, DAYS[1].isoformat(), end)
+    rows, snapshot = features.build_rows(ctx, raw, plans)
+    labels = features.build_labels(ctx, raw, label_plans)
+    return [rows, snapshot, labels], len(direct)
+
+
+def test_direct_parquet_reads_and_arrow_hand_off_build_the_same_rows(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _land(lake)
+
+    through_arrow, direct_arrow = _build(lake, 2**62, monkeypatch)
+    read_directly, direct_reads = _build(lake, 0, monkeypatch)
+
+    assert direct_arrow == 0, "above every input's size: all of them go through Arrow"
+    # features: flights, outcomes, weather, planes; labels: flights, outcomes
+    assert direct_reads == 6, "threshold 0: every source is read from its Parquet files"
+    names = ["features", "online snapshot", "labels"]
+    for name, arrow_rows, direct_rows in zip(names, through_arrow, read_directly, strict=True):
+        assert arrow_rows.num_rows > 0, name
+        assert arrow_rows.schema.equals(direct_rows.schema), name
+        assert arrow_rows.equals(direct_rows), f"{name}: the two reads give other rows"
+    assert read_directly[0].num_rows == sum(len(rows_of_day(nycflights("flights"), d)) for d in DAYS[1:])
+
+
+def test_direct_read_plan_lists_the_logged_files_of_the_dates_with_their_partition(lake: Lake) -> None:
+    _land(lake)
+    usecase = load_usecase("flight_delay")
+    snapshot = lake.snapshot(raw_table(usecase.name, "weather"))
+    expected = {"temp": pa.float64(), "time_hour": pa.timestamp("us", tz="UTC")}
+    wanted = [d.isoformat() for d in DAYS[2:4]]
+
+    plan = features.direct_read_plan(lake, snapshot, wanted, expected)
+
+    assert plan is not None
+    assert sorted(set(plan.dates)) == wanted
+    assert sorted(Path(p).name for p in plan.paths) == sorted(
+        Path(f).name for d in wanted for f in snapshot.partitions[d].files
+    )
+    assert all(Path(p).is_file() for p in plan.paths)
+    assert plan.size_bytes == sum(Path(p).stat().st_size for p in plan.paths)
+    # a column stored with another type than configured: the Arrow reader casts it (or names it), not Spark
+    assert features.direct_read_plan(lake, snapshot, wanted, {"temp": pa.string()}) is None
+
+
+def test_an_s3_lake_keeps_the_arrow_hand_off(lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    _land(lake)
+    snapshot = lake.snapshot(raw_table("flight_delay", "weather"))
+    monkeypatch.setattr(lake, "is_s3", True)
+    assert features.direct_read_plan(lake, snapshot, [DAYS[0].isoformat()], {}) is None
