@@ -255,8 +255,8 @@ def test_processes_reading_the_lake_exit_cleanly(
 ) -> None:
     """A process that read data through delta-rs's own filesystem aborted at exit in most runs here
     ("terminate called without an active exception", exit 134); the lake reads through pyarrow's filesystems.
-    Step processes (`mlops lake read`; 50 on S3, 25 locally) read a table and must all exit 0 with the right
-    answer."""
+    Step processes (`mlops lake read`; 16 on S3, 8 locally: the abort came in most runs, so a handful of
+    processes shows it) read a table and must all exit 0 with the right answer."""
     uri = str(tmp_path / "lake") if backend == "local" else request.getfixturevalue("s3_lake")
     lake = Lake(uri)
     lake.write_partitions(
@@ -270,7 +270,7 @@ def test_processes_reading_the_lake_exit_cleanly(
         proc = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
         return proc.returncode, proc.stdout, proc.stderr[-500:]
 
-    runs = {"s3": 50, "local": 25}[backend]
+    runs = {"s3": 16, "local": 8}[backend]
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(one, range(runs)))
     failures = [(code, err) for code, _, err in results if code != 0]
