@@ -4,12 +4,21 @@ and score sample rows; the scores must equal the ones the evaluation computed in
 
 ``python -m pipelines.loadcheck MODEL_URI ROWS.parquet OUT.json`` is the fresh process;
 ``start_infrastructure_check`` starts it (evaluate goes on meanwhile) and its ``result`` compares.
+
+What a fresh load depends on is the environment, not the weights: the model's family, its MLflow flavors and
+requirements, the versions installed here of what it requires, Python and our code version
+(:func:`load_fingerprint`). A passed check is recorded under that fingerprint (:class:`VerifiedLoads`), and a
+later evaluation whose candidate has a recorded fingerprint reuses the record instead of paying a fresh process's
+imports again; anything changed, or a record that cannot be read, runs the check. (Whether this model's own
+files load is shown by evaluate, which loads and scores every candidate in-process.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -124,6 +133,95 @@ class PendingCheck:
             "max_abs_difference": difference,
             "seconds": seconds,
         }
+
+
+def load_fingerprint(model_uri: str, family: str, code_version: str) -> str | None:
+    """A hash of what loading ``model_uri`` in a fresh process depends on (see the module docstring); None when
+    the model's metadata cannot be read (the check then runs)."""
+    import importlib.metadata
+    import platform
+
+    import mlflow
+    from mlflow.models import get_model_info
+
+    try:
+        flavors = get_model_info(model_uri).flavors
+        requirements = Path(mlflow.pyfunc.get_model_dependencies(model_uri)).read_text()
+    except Exception:  # no metadata to compare: the check runs
+        return None
+    installed: dict[str, str | None] = {}
+    for line in requirements.splitlines():
+        name = re.split(r"[=<>!~\[;@ ]", line.strip(), maxsplit=1)[0]
+        if name and not name.startswith(("#", "-")):
+            try:
+                installed[name] = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                installed[name] = None
+    body = {
+        "family": family,
+        "flavors": flavors,
+        "requirements": requirements,
+        "installed": installed,
+        "python": platform.python_version(),
+        "code_version": code_version,
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class VerifiedLoads:
+    """The passed infrastructure checks of a use case, by :func:`load_fingerprint`
+    (``_meta/loadchecks/<usecase>.json`` in the lake)."""
+
+    def __init__(self, lake: Any, usecase: str) -> None:
+        self.lake, self.key = lake, f"_meta/loadchecks/{usecase}.json"
+
+    def _records(self) -> dict[str, Any]:
+        if not self.lake.storage.exists(self.key):
+            return {}
+        try:
+            records = self.lake.read_json(self.key)
+        except Exception:  # an unreadable record verifies nothing: the check runs and rewrites it
+            return {}
+        return records if isinstance(records, dict) else {}
+
+    def find(self, fingerprint: str | None) -> dict[str, Any] | None:
+        """The recorded passed check of ``fingerprint``, or None."""
+        return None if fingerprint is None else self._records().get(fingerprint)
+
+    def record(self, fingerprint: str | None, check: dict[str, Any], *, day: str, run: str) -> None:
+        """Keep a passed check under ``fingerprint`` (the first record of a fingerprint stays)."""
+        if fingerprint is None or not check.get("passed"):
+            return
+        records = self._records()
+        if fingerprint in records:
+            return
+        records[fingerprint] = {
+            "model_uri": check.get("model_uri"),
+            "rows": check.get("rows"),
+            "max_abs_difference": check.get("max_abs_difference"),
+            "date": day,
+            "run": run,
+        }
+        self.lake.write_json(self.key, records)
+
+
+def reused_check(model_uri: str, fingerprint: str, verified: dict[str, Any]) -> dict[str, Any]:
+    """The infrastructure check of ``model_uri`` answered by an earlier passed check of the same fingerprint."""
+    return {
+        "model_uri": model_uri,
+        "passed": True,
+        "reused": True,
+        "fingerprint": fingerprint,
+        "rows": verified.get("rows"),
+        "max_abs_difference": verified.get("max_abs_difference"),
+        "seconds": 0.0,
+        "reason": (
+            f"a model of the same family, flavors and requirements, in this environment and code version "
+            f"(fingerprint {fingerprint}), loaded in a fresh process as the scorer does and scored the same "
+            f"({verified.get('model_uri')}, evaluated {verified.get('date')} in run {verified.get('run')}); "
+            f"not rerun"
+        ),
+    }
 
 
 def start_infrastructure_check(model_uri: str, rows: Any, *, timeout_s: float = 600.0) -> PendingCheck:

@@ -1125,6 +1125,36 @@ def test_regression_metrics_match_scikit_learn():
     assert sum(b["rows"] for b in residuals["by_predicted"]) == 300
 
 
+def test_a_load_check_passed_before_is_reused_until_the_environment_changes(trained, monkeypatch):
+    """The fresh-process load check runs once per load fingerprint (family, flavors, requirements and their
+    installed versions, Python, code version): a second evaluation of a model of the same kind reuses the record
+    of the first, the gate passes its check on it, and a changed code version runs the check again."""
+    from pipelines.steps.gate import infrastructure_checks
+
+    usecase = trained.usecase
+    name = usecase.name
+    first = trained.lake.read_json(run_result_key(name, DAY, "evaluate", MANUAL_RUN))["infrastructure"]
+    assert first["passed"] is True and not first.get("reused") and first["fingerprint"], first
+    train_result = trained.lake.read_json(run_result_key(name, DAY, "train", MANUAL_RUN))
+
+    def evaluate_in(run: str) -> dict:
+        trained.lake.write_json(run_result_key(name, DAY, "train", run), train_result)
+        monkeypatch.setenv("MLOPS_RUN_ID", run)
+        run_step(["evaluate", "--usecase", name, "--date", DAY.isoformat()])
+        return trained.lake.read_json(run_result_key(name, DAY, "evaluate", run))["infrastructure"]
+
+    again = evaluate_in("reuse-check")
+    assert again["reused"] is True and again["fingerprint"] == first["fingerprint"], again
+    assert again["passed"] is True and again["seconds"] == 0.0 and f"run {MANUAL_RUN}" in again["reason"]
+    [check] = infrastructure_checks(usecase.gate, again)
+    assert check["passed"] is True and "not rerun" in check["reason"]
+
+    monkeypatch.setenv("MLOPS_CODE_VERSION", "another-commit")
+    changed = evaluate_in("new-code")
+    assert not changed.get("reused") and changed["fingerprint"] != first["fingerprint"], changed
+    assert changed["passed"] is True and "fresh process" in changed["reason"]
+
+
 def test_the_infrastructure_check_scores_in_a_fresh_process_and_fails_on_a_model_the_scorer_cannot_load(
     trained, tmp_path: Path
 ):

@@ -110,6 +110,26 @@ def decision_summary(
     }
 
 
+def _begin_load_check(
+    ctx: StepContext, entry: dict[str, Any], sample: Any, verified_loads: Any
+) -> tuple[Any, dict[str, Any] | None, str | None]:
+    """Start the infrastructure check of a trained candidate in a fresh process, unless a model of the same
+    load fingerprint passed it before: (pending check or None, the reused result or None, the fingerprint)."""
+    from pipelines.loadcheck import load_fingerprint, reused_check, start_infrastructure_check
+
+    name, uri = entry["name"], entry["model_uri"]
+    fingerprint = load_fingerprint(uri, str(entry.get("family") or name), ctx.code_version)
+    verified = verified_loads.find(fingerprint)
+    if verified is not None:
+        progress(
+            f"evaluate: infrastructure check: {name}'s family and requirements loaded in a fresh process before "
+            f"(fingerprint {fingerprint}); not rerun"
+        )
+        return None, reused_check(uri, fingerprint, verified), fingerprint
+    progress(f"evaluate: infrastructure check: loading {name} in a fresh process as the scorer does")
+    return start_infrastructure_check(uri, sample), None, fingerprint
+
+
 def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     """Score candidates and champion on the holdout, pick the best, compute what the gate reads, write the
     result and the holdout scores (the report step explains them)."""
@@ -119,7 +139,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     from pipelines import metrics as quality
     from pipelines import modeling
     from pipelines.fairness import fairness_report
-    from pipelines.loadcheck import start_infrastructure_check
+    from pipelines.loadcheck import VerifiedLoads
     from pipelines.model_inputs import model_inputs
     from pipelines.significance import (
         change_rule,
@@ -171,7 +191,12 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     # the candidate chosen on the validation window is known before the holdout is scored: a fresh process starts
     # loading it now (about 15-20 s of imports and loading) while this one scores and computes the intervals
     sample = X.sample(n=min(len(X), 50), random_state=seed)
-    pending = None
+    entries = {e["name"]: e for e in train_result["candidates"]}
+    verified_loads = VerifiedLoads(ctx.lake, usecase.name)
+    checked: str | None = (
+        None  # the candidate whose load is checked (pending) or was verified before (reused)
+    )
+    pending = reused = fingerprint = None
     chosen_early, chosen_on = select_best(
         {
             e["name"]: {"validation_metrics": e.get("validation_metrics"), "metrics": {}}
@@ -181,11 +206,8 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         train_result.get("chosen"),
     )
     if gate.infrastructure_check and chosen_early is not None and chosen_on == "validation":
-        progress(
-            f"evaluate: infrastructure check: loading {chosen_early} in a fresh process as the scorer does"
-        )
-        entry = next(e for e in train_result["candidates"] if e["name"] == chosen_early)
-        pending = start_infrastructure_check(entry["model_uri"], sample)
+        checked = chosen_early
+        pending, reused, fingerprint = _begin_load_check(ctx, entries[checked], sample, verified_loads)
     try:
         candidates: dict[str, dict[str, Any]] = {}
         predictions: dict[str, Any] = {}
@@ -259,12 +281,13 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     best_proba = predictions[best]
     best_threshold = candidates[best].get("decision_threshold")
     progress(f"evaluate: {best} chosen by {primary} on the {selected_on}")
-    if pending is not None and best != chosen_early:  # the same rule on the same metrics: a safeguard only
-        pending.close()
-        pending = None
-    if gate.infrastructure_check and pending is None:  # chosen on the holdout: known only now
-        progress(f"evaluate: infrastructure check: loading {best} in a fresh process as the scorer does")
-        pending = start_infrastructure_check(candidates[best]["model_uri"], sample)
+    if checked is not None and best != checked:  # the same rule on the same metrics: a safeguard only
+        if pending is not None:
+            pending.close()
+        checked, pending, reused, fingerprint = None, None, None, None
+    if gate.infrastructure_check and checked is None:  # chosen on the holdout: known only now
+        checked = best
+        pending, reused, fingerprint = _begin_load_check(ctx, entries[checked], sample, verified_loads)
     try:
         progress("evaluate: intervals and the champion comparison")
         candidates[best]["intervals"] = {
@@ -327,9 +350,12 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         if pending is not None:
             pending.close()
         raise
-    infrastructure = (
-        None if pending is None else pending.result(best_proba[X.index.get_indexer(sample.index)])
-    )
+    infrastructure = reused
+    if pending is not None:
+        infrastructure = pending.result(best_proba[X.index.get_indexer(sample.index)]) | {
+            "fingerprint": fingerprint
+        }
+        verified_loads.record(fingerprint, infrastructure, day=ctx.ds, run=ctx.run_id)
     clock.lap("infrastructure_check")  # what is left to wait for once the intervals are done
     # the gate's calibration check reads the expected calibration error of the chosen candidate
     calibration_error = quality.calibration(y, best_proba).get("ece") if classification else None
