@@ -195,7 +195,7 @@ def run_overhead_rows(summary: dict) -> list[str]:
     return rows
 
 
-def cost_section(airflow: dict, direct: dict) -> list[str]:
+def cost_section(airflow: dict, direct: dict | None) -> list[str]:
     """Where each step's time goes, both runners, and evaluate's and the report's laps (Markdown)."""
     header = [
         "| step | runs | total (s) | fixed (s) | work (s) | task wall (s) | runner overhead (s) | fixed parts, mean (s) |",
@@ -213,11 +213,17 @@ def cost_section(airflow: dict, direct: dict) -> list[str]:
         *header,
         *step_cost_rows(airflow),
         "",
-        "Direct calls (the same steps in one process, no Airflow):",
-        "",
-        *header,
-        *step_cost_rows(direct),
-        "",
+        *(
+            [
+                "Direct calls (the same steps in one process, no Airflow):",
+                "",
+                *header,
+                *step_cost_rows(direct),
+                "",
+            ]
+            if direct
+            else []
+        ),
         "Each DAG run's wall time against its steps' tasks, mean / max per month (s): the rest is the "
         "orchestrator's (the arrival sensor, scheduling, the task API's start in the first run, XCom):",
         "",
@@ -225,10 +231,13 @@ def cost_section(airflow: dict, direct: dict) -> list[str]:
         "| --- | ---: | ---: | ---: |",
         *run_overhead_rows(airflow),
         "",
-        "| run | direct: run wall | its steps | rest |",
-        "| --- | ---: | ---: | ---: |",
-        *run_overhead_rows(direct),
-        "",
+        *(
+            ["| run | direct: run wall | its steps | rest |", "| --- | ---: | ---: | ---: |"]
+            + run_overhead_rows(direct)
+            + [""]
+            if direct
+            else []
+        ),
         "Evaluate's own laps (its decision path), through Airflow, mean / max per month:",
         "",
         "| lap | months | mean / max (s) |",
@@ -244,6 +253,37 @@ def cost_section(airflow: dict, direct: dict) -> list[str]:
     return lines
 
 
+def machine_line() -> str:
+    return (
+        f"{platform.node()}: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
+    )
+
+
+def airflow_only_section(months: int, airflow: dict, floor: dict) -> str:
+    """The demo through Airflow against the bare floor, run one after the other (``--airflow-only``)."""
+    floor_ratio = airflow["process_wall_seconds"] / floor["process_wall_seconds"]
+    runs = totals(airflow)
+    promotions = [m["month"] for m in airflow["months"] if m.get("promoted_version")]
+    lines = [
+        f"\n## The demo against the bare floor, {months} months ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)\n",
+        f"Command: `.venv/bin/python bench/lifecycle.py --months {months} --airflow-only`  ",
+        f"Machine: {machine_line()}\n",
+        "| measure | seconds |",
+        "| --- | ---: |",
+        f"| `mlops demo` through Airflow, process wall | {airflow['process_wall_seconds']} |",
+        *(
+            f"| {kind} runs, summed | {runs.get(kind, 0.0)} |"
+            for kind in ("ingest", "features", "score", "train")
+        ),
+        f"| the bare floor (`bench/floor.py`), process wall | {floor['process_wall_seconds']} |",
+        "",
+        f"The demo through Airflow takes **{floor_ratio:.1f}x** the bare floor (target: at most 8x). The floor's "
+        f"ROC AUC on each next month: { ({m['month']: m['roc_auc'] for m in floor['months']}) }. Promotions in "
+        f"{promotions}.",
+    ]
+    return "\n".join(lines + cost_section(airflow, None)) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--months", type=int, default=12)
@@ -253,16 +293,28 @@ def main() -> int:
         type=Path,
         help="also keep both demos' summary.json (with each step's timings) in this folder",
     )
+    parser.add_argument(
+        "--airflow-only",
+        action="store_true",
+        help="only the demo through Airflow and the bare floor (their ratio), not the direct runner's demo",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         airflow = run_demo("airflow", args.months, Path(tmp) / "airflow")
-        direct = run_demo("direct", args.months, Path(tmp) / "direct")
+        direct = None if args.airflow_only else run_demo("direct", args.months, Path(tmp) / "direct")
         if args.summaries:
             args.summaries.mkdir(parents=True, exist_ok=True)
             for name, summary in (("airflow", airflow), ("direct", direct)):
-                (args.summaries / f"{name}.json").write_text(json.dumps(summary, indent=2, default=str))
+                if summary is not None:
+                    (args.summaries / f"{name}.json").write_text(json.dumps(summary, indent=2, default=str))
         floor = run_floor(args.months)
+        if args.airflow_only:
+            text = airflow_only_section(args.months, airflow, floor)
+            print(text)
+            with args.output.open("a") as handle:
+                handle.write(text)
+            return 0
         imports = {
             label: round(import_cost(label, code, Path(tmp) / "imports"), 1)
             for label, code in IMPORTS.items()
