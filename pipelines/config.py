@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,7 +116,17 @@ class Profile(_Strict):
         "bytes, the lake is local and the master is local[...]; smaller inputs (and S3 lakes) reach Spark as "
         "Arrow through the driver. 0: always read directly where possible",
     )
+    step_timeouts: dict[Literal["base", "spark", "train"], PositiveFloat] = Field(
+        default_factory=lambda: {"base": 3600.0, "spark": 7200.0, "train": 14400.0},
+        description="seconds a step task of each kind (pipelines.steps.STEP_KINDS) may run before Airflow fails it "
+        "(its execution_timeout); the step's process or container is stopped with it. A kind not named: no limit",
+    )
     docker: DockerSettings = Field(default_factory=lambda: DockerSettings())
+
+    def step_timeout(self, kind: str) -> float | None:
+        """The execution timeout of a step task of ``kind`` in seconds, or None (no limit)."""
+        value = self.step_timeouts.get(kind)  # type: ignore[call-overload]
+        return None if value is None else float(value)
 
 
 class PlatformConfig(_Strict):

@@ -284,3 +284,117 @@ def test_a_step_writes_its_progress_and_result_lines_whole(mlops_env, monkeypatc
     for text in out.writes + err.writes:
         assert text.endswith("\n") and text.count("\n") == 1, text
     assert json.loads(out.writes[-1])["reason"] == "no champion yet"
+
+
+def test_every_step_task_has_its_kinds_execution_timeout(dags) -> None:
+    """Each step task carries the profile's `step_timeouts` of its kind as its `execution_timeout`."""
+    from pipelines.config import load_profile
+    from pipelines.steps import STEP_KINDS
+
+    profile = load_profile()
+    seen = set()
+    for dag in dags.values():
+        for task in dag.tasks:
+            step = getattr(task, "step", None)
+            if step is None:
+                continue
+            seen.add(step)
+            assert task.execution_timeout.total_seconds() == profile.step_timeout(STEP_KINDS[step]), task
+    assert {"ingest", "features", "train", "evaluate", "score"} <= seen
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is gone for all purposes (its parent, this process for the child, has not reaped it yet)
+    status = Path(f"/proc/{pid}/stat")
+    return status.exists() and status.read_text().split(")")[-1].split()[0] != "Z"
+
+
+def _sleeping_step(pids: Path):
+    """A StepOperator whose step process is a stand-in that starts a child and sleeps (the tests below are about
+    the operator's processes; no real step can be made to hang on purpose)."""
+    import sys
+
+    from mlops_airflow.operators import StepOperator
+
+    sleeper = (
+        "import json, subprocess, sys, time\n"
+        "child = subprocess.Popen(['sleep', '600'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        f"open({str(pids)!r}, 'w').write(json.dumps([child.pid]))\n"
+        "print('started', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+
+    class SleepingStep(StepOperator):
+        def step_command(self, argv: list[str]) -> list[str]:
+            return [sys.executable, "-c", sleeper]
+
+    return SleepingStep(
+        task_id="slow", step="ingest", usecase=USECASE, runtime="subprocess", day="2013-02-01"
+    )
+
+
+def _assert_stopped(pids: Path) -> None:
+    import json
+    import time
+
+    [grandchild] = json.loads(pids.read_text())
+    deadline = time.monotonic() + 15
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(grandchild), "the step's child process outlived the stopped task"
+
+
+def test_a_step_past_its_execution_timeout_is_stopped_with_its_children(mlops_env, tmp_path) -> None:
+    """Past its `execution_timeout` the task runner raises AirflowTaskTimeout in the task and calls `on_kill`
+    (airflow.sdk.execution_time.task_runner, reproduced here with the same timeout helper: `dag.test` runs only
+    DAGs of a bundle): the step's whole process group (the step and what it started, as Spark's JVM) stops."""
+    import time
+
+    from airflow.sdk.exceptions import AirflowTaskTimeout
+    from airflow.sdk.execution_time.timeout import timeout
+
+    pids = tmp_path / "pids.json"
+    step = _sleeping_step(pids)
+    started = time.monotonic()
+    with pytest.raises(AirflowTaskTimeout):
+        try:
+            with timeout(5):
+                step.execute(context={})
+        except AirflowTaskTimeout:
+            step.on_kill()
+            raise
+    assert time.monotonic() - started < 60
+    _assert_stopped(pids)
+
+
+def test_a_step_stopped_by_on_kill_takes_its_children_with_it(mlops_env, tmp_path) -> None:
+    """A person marks the running task failed: Airflow calls `on_kill`, which stops the step's process group,
+    and the task ends with the step's exit status, no result."""
+    import time
+
+    pids = tmp_path / "pids.json"
+    step = _sleeping_step(pids)
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            step.execute(context={})
+        except Exception as exc:  # the step was stopped: no JSON result
+            outcome["error"] = str(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not pids.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pids.exists(), "the stand-in step did not start"
+    step.on_kill()
+    worker.join(timeout=60)
+    assert not worker.is_alive() and "no JSON result" in outcome.get("error", ""), outcome
+    _assert_stopped(pids)

@@ -12,12 +12,14 @@ runtime and the lake credentials are resolved in ``execute``, from the platform 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -156,6 +158,8 @@ class StepOperator(DockerOperator):
         # the engine's API calls (create, remove) can take minutes on a busy host; the provider's 60 s fails a
         # step whose container succeeded, and the retry runs it again
         kwargs.setdefault("timeout", DOCKER_API_TIMEOUT_S)
+        if "execution_timeout" not in kwargs:
+            kwargs["execution_timeout"] = step_execution_timeout(step)
         # the image, command, mounts and environment are chosen in execute, from the profile
         super().__init__(image="", **kwargs)
         self.step = step
@@ -164,6 +168,7 @@ class StepOperator(DockerOperator):
         self.day = day
         self.runtime = runtime
         self.soft_fail_on_step_failure = soft_fail_on_step_failure
+        self._process: subprocess.Popen | None = None
 
     def argv(self, day: str) -> list[str]:
         args = [a for a in self.step_args if a not in ("", "None")]
@@ -222,27 +227,45 @@ class StepOperator(DockerOperator):
             except ConfigError as exc:
                 raise AirflowFailException(str(exc)) from None
 
+    def step_command(self, argv: list[str]) -> list[str]:
+        """The command of the subprocess runtime: the step's command line in this interpreter."""
+        return [sys.executable, "-m", "pipelines", *argv]
+
     def _run_subprocess(self, argv: list[str], env: dict[str, str]) -> dict[str, Any]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines", *argv],
+        # its own process group: stopping the task stops the step and what it started (Spark's JVM)
+        proc = self._process = subprocess.Popen(
+            self.step_command(argv),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env={**os.environ, **env},
+            start_new_session=True,
         )
         lines: list[str] = []
         assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            lines.append(line)
-            self.log.info("%s", line)
-        code = proc.wait()
+        try:
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                lines.append(line)
+                self.log.info("%s", line)
+            code = proc.wait()
+        finally:  # the task timed out or was stopped while reading: the step does not run on, orphaned
+            if proc.poll() is None:
+                stop_process_group(proc, self.log)
         if code == CONFIG_ERROR_EXIT:
             raise AirflowFailException(f"step {self.step}: configuration error (see the log above)")
         result = parse_result(lines)
         if code not in (0, STEP_FAILED_EXIT) or result is None:
             raise RuntimeError(f"step {self.step} exited with code {code} and no JSON result")
         return result
+
+    def on_kill(self) -> None:
+        """Airflow stops the task (its ``execution_timeout``, or a person marking it failed): the step's process
+        group (subprocess runtime) or its container (docker runtime) is stopped with it."""
+        if self._process is not None and self._process.poll() is None:
+            stop_process_group(self._process, self.log)
+        if getattr(self, "container", None) is not None:
+            super().on_kill()
 
     def _run_container(
         self, context: Any, profile: Profile, argv: list[str], day: str, secrets: dict[str, str]
@@ -321,6 +344,37 @@ class StepOperator(DockerOperator):
             return
         for outlet in self.outlets:
             events[outlet].extra = {"date": day, "usecase": self.usecase, "step": self.step}
+
+
+def step_execution_timeout(step: str) -> timedelta | None:
+    """The profile's ``step_timeouts`` for the kind of ``step`` (read when the DAG is parsed), as the task's
+    ``execution_timeout``; None for a step of no known kind or a kind without a limit."""
+    from pipelines.config import load_profile
+    from pipelines.steps import STEP_KINDS
+
+    kind = STEP_KINDS.get(step)
+    seconds = None if kind is None else load_profile().step_timeout(kind)
+    return None if seconds is None else timedelta(seconds=seconds)
+
+
+def stop_process_group(process: subprocess.Popen, log: Any, grace_s: float = 10.0) -> None:
+    """SIGTERM to the step's process group, SIGKILL to what is left after ``grace_s``."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 30.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        log.warning("Stopping the step's processes (process group %s, %s)", process.pid, sig.name)
+        try:
+            process.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig == signal.SIGTERM:  # the leader exited: make sure its children went with it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        return
 
 
 def _text(line: str | bytes) -> str:
