@@ -88,12 +88,17 @@ def request_text(
     ]
     for check in checks:
         interval = check.get("interval")
-        if isinstance(interval, dict) and interval.get("low") is not None:
-            lines.append(
-                f"- change of {check.get('metric')}: {_value(check.get('difference'))}, "
-                f"{_value(interval.get('confidence'))} interval [{_value(interval.get('low'))}, "
-                f"{_value(interval.get('high'))}]"
-            )
+        if not isinstance(interval, dict) or interval.get("low") is None:
+            continue
+        if check.get("kind") == "change":
+            what = f"change of {check.get('metric')} against the champion: {_value(check.get('difference'))}"
+        else:
+            what = f"{check.get('name')}: {_value(check.get('value'))}"
+        confidence = interval.get("confidence")
+        level = f"{confidence:.0%} " if isinstance(confidence, float) else ""
+        line = f"- {what}, {level}interval [{_value(interval.get('low'))}, {_value(interval.get('high'))}]"
+        if line not in lines:
+            lines.append(line)
     passed = [c for c in checks if c.get("passed") and not c.get("skipped")]
     failed = [c for c in checks if not c.get("passed") and not c.get("skipped")]
     skipped = [c for c in checks if c.get("skipped")]

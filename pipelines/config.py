@@ -772,7 +772,9 @@ class ScheduleSpec(_Strict):
         description="When the score DAG runs: at the prediction time (time.prediction_time.at, local time; "
         "with a per-event prediction time, when the day's last one has passed); unset, derived from it",
     )
-    train_monthly: str = "0 4 1 * *"
+    train_monthly: str | None = Field(
+        default="0 4 1 * *", description="Monthly full retraining; null: <usecase>_train runs only when triggered"
+    )
     train_nightly: str | None = Field(
         default="0 5 2-31 * *", description="Nightly refresh; skip the day the monthly retraining runs"
     )

@@ -224,3 +224,17 @@ def test_promote_refuses_to_move_without_an_approval_of_its_run(world, monkeypat
     ctx = make_context(world["usecase"], date(2013, 2, 10))
     with pytest.raises(StepFailed, match="requires a person's approval"):
         promote.approval_of(ctx, 1)
+
+
+def test_the_profile_default_applies_unless_the_use_case_says(monkeypatch) -> None:
+    from _model_fixtures import fast_usecase
+
+    from pipelines.config import ApprovalSpec, approval_required
+
+    usecase = fast_usecase()
+    assert approval_required(usecase) is False  # off by default: the DAGs keep their shape
+    monkeypatch.setenv("MLOPS_APPROVAL", "required")
+    assert approval_required(usecase) is True
+    assert approval_required(usecase.model_copy(update={"approval": ApprovalSpec(mode="none")})) is False
+    with pytest.raises(ValueError, match="approval.timeout"):
+        ApprovalSpec(timeout="soon")
