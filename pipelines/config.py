@@ -773,7 +773,8 @@ class ScheduleSpec(_Strict):
         "with a per-event prediction time, when the day's last one has passed); unset, derived from it",
     )
     train_monthly: str | None = Field(
-        default="0 4 1 * *", description="Monthly full retraining; null: <usecase>_train runs only when triggered"
+        default="0 4 1 * *",
+        description="Monthly full retraining; null: <usecase>_train runs only when triggered",
     )
     train_nightly: str | None = Field(
         default="0 5 2-31 * *", description="Nightly refresh; skip the day the monthly retraining runs"
