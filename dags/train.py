@@ -18,6 +18,11 @@ from mlops_airflow.pools import train_pool
 from mlops_airflow.wiring import alert, dag_kwargs, usecases
 from pipelines.config import UseCase, approval_required
 
+APPROVAL_DOC = (
+    " With `approval.mode: required` a passed gate waits on the task `approval` (Required Actions): Approve moves "
+    "`champion` (recorded as an `approval` move by the approver), Reject or no answer in time keeps it."
+)
+
 
 def lifecycle(usecase: UseCase, train_args: list[str]) -> None:
     usecase_name = usecase.name
@@ -70,7 +75,9 @@ for usecase in usecases():
             schedule=usecase.schedules.train_monthly,
             doc="Monthly full retraining of every candidate on the configured window (manual runs take Params). "
             "The best candidate must beat the champion re-scored on the same holdout and pass the absolute, change "
-            "and fairness thresholds; every candidate is registered, only a passed gate moves `champion`.",
+            "and fairness thresholds; every candidate is registered, only a passed gate moves `champion`."
+            + APPROVAL_DOC
+            * approval_required(usecase),
             params={
                 "mode": Param("full", enum=["full", "refresh"], description="full: all candidates"),
                 "candidates": Param(
