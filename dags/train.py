@@ -8,21 +8,34 @@ manual run and the nightly run of one date never mix. The promote tasks of a use
 ``<usecase>_train`` (one slot, ``mlops_airflow.pools``): promote compares the champion alias with the version its
 gate compared against and then sets it, and the pool keeps a second promote out of that window."""
 
+from datetime import timedelta
+
 from airflow.sdk import DAG, Param
 from airflow.task.trigger_rule import TriggerRule
 
 from mlops_airflow.operators import GateBranchOperator, KeepChampionOperator, step_task
 from mlops_airflow.pools import train_pool
 from mlops_airflow.wiring import alert, dag_kwargs, usecases
+from pipelines.config import UseCase, approval_required
+
+APPROVAL_DOC = (
+    " With `approval.mode: required` a passed gate waits on the task `approval` (Required Actions): Approve moves "
+    "`champion` (recorded as an `approval` move by the approver), Reject or no answer in time keeps it."
+)
 
 
-def lifecycle(usecase_name: str, train_args: list[str]) -> None:
+def lifecycle(usecase: UseCase, train_args: list[str]) -> None:
+    usecase_name = usecase.name
+    approval = approval_required(usecase)
     train = step_task("train", usecase_name, step_args=train_args)
     evaluate = step_task("evaluate", usecase_name)
     gate = step_task("gate", usecase_name, on_failure_callback=alert(usecase_name, "gate_failed"))
     register = step_task("register", usecase_name)
     branch = GateBranchOperator(
-        task_id="gate_passed", gate_task_id="gate", passed_task_id="promote", rejected_task_id="keep_champion"
+        task_id="gate_passed",
+        gate_task_id="gate",
+        passed_task_id="approval" if approval else "promote",
+        rejected_task_id="keep_champion",
     )
     promote = step_task("promote", usecase_name, pool=train_pool(usecase_name))
     keep = KeepChampionOperator(
@@ -33,7 +46,23 @@ def lifecycle(usecase_name: str, train_args: list[str]) -> None:
     # after the gate whatever it decided (a gate task that failed too: the page then says the decision is
     # pending), as long as evaluate succeeded: without evaluate's scores there is nothing to explain
     report = step_task("report", usecase_name, trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS)
-    train >> evaluate >> gate >> register >> branch >> [promote, keep]
+    if approval:
+        # approval.mode required: a person approves the passed candidate before promote moves `champion`;
+        # Reject or no answer in time skips promote (the champion stays, the run ends green)
+        from mlops_airflow.approval import ModelApprovalOperator
+
+        ask = ModelApprovalOperator(
+            task_id="approval",
+            usecase=usecase_name,
+            approvers=list(usecase.approval.approvers),
+            response_timeout=timedelta(seconds=usecase.approval.timeout_seconds),
+            doc_md="Waits for Approve or Reject (Required Actions) on the gate's candidate; no answer within "
+            f"{usecase.approval.timeout} counts as Reject.",
+        )
+        train >> evaluate >> gate >> register >> branch >> [ask, keep]
+        ask >> promote
+    else:
+        train >> evaluate >> gate >> register >> branch >> [promote, keep]
     [evaluate, gate] >> report
 
 
@@ -46,7 +75,9 @@ for usecase in usecases():
             schedule=usecase.schedules.train_monthly,
             doc="Monthly full retraining of every candidate on the configured window (manual runs take Params). "
             "The best candidate must beat the champion re-scored on the same holdout and pass the absolute, change "
-            "and fairness thresholds; every candidate is registered, only a passed gate moves `champion`.",
+            "and fairness thresholds; every candidate is registered, only a passed gate moves `champion`."
+            + APPROVAL_DOC
+            * approval_required(usecase),
             params={
                 "mode": Param("full", enum=["full", "refresh"], description="full: all candidates"),
                 "candidates": Param(
@@ -68,7 +99,7 @@ for usecase in usecases():
         )
     ) as dag:
         lifecycle(
-            usecase.name,
+            usecase,
             [
                 "--mode",
                 "{{ params.mode }}",
@@ -89,5 +120,5 @@ for usecase in usecases():
                 doc="Nightly refresh: refits the champion's model family on the latest window, through the same gate.",
             )
         ) as nightly:
-            lifecycle(usecase.name, ["--mode", "refresh"])
+            lifecycle(usecase, ["--mode", "refresh"])
         globals()[nightly.dag_id] = nightly

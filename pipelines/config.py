@@ -121,6 +121,16 @@ class Profile(_Strict):
         description="seconds a step task of each kind (pipelines.steps.STEP_KINDS) may run before Airflow fails it "
         "(its execution_timeout); the step's process or container is stopped with it. A kind not named: no limit",
     )
+    approval: Literal["none", "required"] = Field(
+        default="none",
+        description="The default of every use case's `approval.mode` (MLOPS_APPROVAL): required: a passed gate "
+        "waits for a person's approval before `champion` moves",
+    )
+    mlflow_ui_url: str | None = Field(
+        default=None,
+        description="Where people open the MLflow UI (MLOPS_MLFLOW_UI_URL), for links in approvals; unset: the "
+        "tracking URI when it is http(s)",
+    )
     docker: DockerSettings = Field(default_factory=lambda: DockerSettings())
 
     def step_timeout(self, kind: str) -> float | None:
@@ -217,7 +227,7 @@ class TransformSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-_DURATION_UNITS = {"m": 60, "h": 3600, "d": 86400}
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_duration(text: str, field: str) -> int:
@@ -788,7 +798,10 @@ class ScheduleSpec(_Strict):
         description="When the score DAG runs: at the prediction time (time.prediction_time.at, local time; "
         "with a per-event prediction time, when the day's last one has passed); unset, derived from it",
     )
-    train_monthly: str = "0 4 1 * *"
+    train_monthly: str | None = Field(
+        default="0 4 1 * *",
+        description="Monthly full retraining; null: <usecase>_train runs only when triggered",
+    )
     train_nightly: str | None = Field(
         default="0 5 2-31 * *", description="Nightly refresh; skip the day the monthly retraining runs"
     )
@@ -876,7 +889,14 @@ class MonitoringSpec(_Strict):
 
 
 AlertEvent = Literal[
-    "quarantine", "gate_rejected", "gate_failed", "task_failure", "late_data", "drift", "decay"
+    "quarantine",
+    "gate_rejected",
+    "gate_failed",
+    "task_failure",
+    "late_data",
+    "drift",
+    "decay",
+    "approval_requested",
 ]
 ALERT_EVENTS: tuple[str, ...] = get_args(AlertEvent)
 
@@ -896,6 +916,35 @@ class AlertSpec(_Strict):
         default_factory=lambda: list(ALERT_EVENTS),
         description="the events that are sent (the others are only logged): " + ", ".join(ALERT_EVENTS),
     )
+
+
+class ApprovalSpec(_Strict):
+    """A person's approval between a passed gate and the move of ``champion`` (Airflow's ApprovalOperator)."""
+
+    mode: Literal["none", "required"] | None = Field(
+        default=None,
+        description="required: the train DAGs wait after a passed gate for Approve or Reject (Required Actions in "
+        "the Airflow UI); none: a passed gate promotes; unset: the profile's `approval`",
+    )
+    approvers: list[str] = Field(
+        default_factory=list,
+        description="Airflow user ids allowed to answer; empty: any user who may act on the DAG",
+    )
+    timeout: str = Field(
+        default="72h",
+        description="how long the approval waits (a duration such as 90m, 6h or 2d); then it counts as "
+        "rejected: the champion stays",
+    )
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: str) -> str:
+        parse_duration(value, "approval.timeout")
+        return value
+
+    @property
+    def timeout_seconds(self) -> int:
+        return parse_duration(self.timeout, "approval.timeout")
 
 
 class CaptureSpec(_Strict):
@@ -1053,6 +1102,7 @@ class UseCase(_Strict):
     leakage: LeakageSpec = Field(default_factory=LeakageSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
     alerts: AlertSpec = Field(default_factory=AlertSpec)
+    approval: ApprovalSpec = Field(default_factory=ApprovalSpec)
 
     @model_validator(mode="before")
     @classmethod
@@ -1308,6 +1358,8 @@ PROFILE_ENV_OVERRIDES = {
     "mlflow_artifact_root": "MLOPS_MLFLOW_ARTIFACT_ROOT",
     "spark_master": "MLOPS_SPARK_MASTER",
     "alerts_connection_id": "MLOPS_ALERTS_CONNECTION",
+    "approval": "MLOPS_APPROVAL",
+    "mlflow_ui_url": "MLOPS_MLFLOW_UI_URL",
 }
 DOCKER_ENV_OVERRIDES = {
     "image_tag": "MLOPS_IMAGE_TAG",
@@ -1349,6 +1401,13 @@ def load_profile(name: str | None = None) -> Profile:
         return Profile.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(path, exc)) from None
+
+
+def approval_required(usecase: UseCase, profile: Profile | None = None) -> bool:
+    """Whether a passed gate of ``usecase`` waits for a person's approval (its ``approval.mode``, else the
+    profile's ``approval``)."""
+    mode = usecase.approval.mode or (profile or load_profile()).approval
+    return mode == "required"
 
 
 def usecase_path(name: str) -> Path:

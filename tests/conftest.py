@@ -58,6 +58,7 @@ SHARED_SESSION_MODULES = frozenset(
 # second; then whichever is free takes the next in this order (modules not listed follow, as collected).
 LONGEST_FIRST = (
     *sorted(SHARED_SESSION_MODULES),
+    "tests/test_browser.py",
     "tests/test_e2e_s3.py",
     "tests/test_gate.py",
     "tests/test_stack.py",
@@ -67,6 +68,7 @@ LONGEST_FIRST = (
     "tests/test_train.py",
     "tests/test_serve.py",
     "tests/test_airflow_tasks.py",
+    "tests/test_approval.py",
     "tests/test_point_in_time.py",
 )
 

@@ -14,6 +14,11 @@ The move is recorded like every alias move (pipelines.model_ops.move_alias, kind
 ``registry/<usecase>/alias_moves`` is committed before the alias moves, and without it nothing moves. A version
 a person rolled back (a recorded ``rollback`` away from it) is not promoted again by a rerun of its train run's
 promote (``not_moved`` says so): ``mlops models promote`` brings it back.
+
+With ``approval.mode: required`` (pipelines.approval) the alias moves only with an approved answer recorded for this
+run and this version (the run's ``approval`` result); the move is then of kind ``approval``, made by the approver,
+with their comment. No approval on record, a rejection or a timeout: the step fails and nothing moves (the DAG
+skips promote after a rejection, so this guards a cleared or hand-run promote).
 """
 
 from __future__ import annotations
@@ -70,6 +75,27 @@ def check_champion_unchanged(
         )
 
 
+def approval_of(ctx: StepContext, version: int) -> dict[str, Any] | None:
+    """The approved answer of this run for ``version`` when the use case requires approval (None when it does
+    not); StepFailed, moving nothing, when it is missing or not an approval of that version."""
+    from pipelines.config import approval_required
+
+    if not approval_required(ctx.usecase, ctx.profile):
+        return None
+    answer = read_step_result(ctx, "approval", required=False)
+    if answer is None or answer.get("approved") is not True or answer.get("version") != version:
+        state = (
+            "no answer recorded"
+            if answer is None
+            else f"{answer.get('status')} for version {answer.get('version')}"
+        )
+        raise StepFailed(
+            f"{ctx.usecase.name} requires a person's approval before the champion moves, and run {ctx.run_id!r} "
+            f"has no approval of version {version} ({state}); nothing moved"
+        )
+    return answer
+
+
 def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     """Point the champion alias at the gate candidate's version; return the new and the previous champion."""
     from mlflow import MlflowClient
@@ -119,6 +145,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             f"{gate['run_id']}: rerun register for {ctx.ds}"
         )
     compared = compared_champion(ctx, gate)
+    approval = approval_of(ctx, int(target.version))
     rolled_back = [
         move
         for move in read_moves(ctx.lake, ctx.usecase.name, "champion")
@@ -164,14 +191,19 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         check_champion_unchanged(ctx, base, compared, previous, target)
         # the same recorded move as `mlops models promote` (pipelines.model_ops): the row in
         # registry/<usecase>/alias_moves first, then the alias; no record, no move
+        reason = (
+            f"gate passed for {ctx.ds} (decision {gate.get('decision_id') or 'unrecorded'}: "
+            f"{gate.get('primary_metric')} {gate.get('candidate_value')})"
+        )
+        if approval is not None:
+            reason = f"approved by {approval['by']} at {approval['at']}: {approval['comment'] or 'no comment'}; {reason}"
         move_alias(
             ctx.usecase,
             ctx.lake,
             int(target.version),
-            kind="gate",
-            by="gate",
-            reason=f"gate passed for {ctx.ds} (decision {gate.get('decision_id') or 'unrecorded'}: "
-            f"{gate.get('primary_metric')} {gate.get('candidate_value')})",
+            kind="gate" if approval is None else "approval",
+            by="gate" if approval is None else str(approval["by"]),
+            reason=reason,
             expected_from=previous,
             run_id=ctx.run_id,
         )
@@ -183,5 +215,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         progress(f"promote: champion of {name!r} moved from version {previous} to {target.version}")
 
     result = {**base, "champion_version": int(target.version), "previous_champion_version": previous}
+    if approval is not None:
+        result["approved_by"] = approval["by"]
     ctx.lake.write_json(result_key, result)
     return result

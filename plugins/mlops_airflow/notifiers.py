@@ -28,6 +28,7 @@ TITLES = {
     "late_data": "data late past its deadline",
     "drift": "drift",
     "decay": "performance decay",
+    "approval_requested": "approval requested",
 }
 WEBHOOK_TIMEOUT_S = 10
 
@@ -175,3 +176,22 @@ class MlopsNotifier(BaseNotifier):
 
     def notify(self, context: Any) -> None:
         send_alert(alert_payload(self.usecase, self.event, context, self.subject, self.message), self.log)
+
+
+class ApprovalNotifier(MlopsNotifier):
+    """Tell the approvers that a candidate waits for them (event ``approval_requested``): the approval task's
+    subject and body (the gate decision) and the link to its Required Actions page."""
+
+    def __init__(self, *, usecase: str) -> None:
+        super().__init__(usecase=usecase, event="approval_requested")
+
+    def notify(self, context: Any) -> None:
+        task = _context_value(context, "task")
+        subject = getattr(task, "subject", None)
+        body = getattr(task, "body", None) or ""
+        try:
+            link = task.generate_link_to_ui_from_context(context=context)
+        except Exception:  # no [api] base_url configured: the body still says what to decide
+            link = None
+        message = body + (f"\n\nAnswer in Airflow (Required Actions): {link}" if link else "")
+        send_alert(alert_payload(self.usecase, self.event, context, subject, message), self.log)
