@@ -152,6 +152,7 @@ class PolicyRun:
     weeks: list[dict[str, Any]] = field(default_factory=list)
     wall_seconds: float = 0.0
     tables: dict[str, int] = field(default_factory=dict)
+    stopped: dict[str, Any] | None = None  # where a --budget-seconds stopped the replay
 
     def spend(self, step: str, seconds: float) -> None:
         self.step_seconds[step] = round(self.step_seconds.get(step, 0.0) + seconds, 3)
@@ -175,6 +176,7 @@ class PolicyRun:
             "step_seconds": dict(sorted(self.step_seconds.items())),
             "wall_seconds": round(self.wall_seconds, 1),
             "shared_table_versions": self.tables,
+            "stopped_early": self.stopped,
             "orchestration": ORCHESTRATION,
         }
 
@@ -336,11 +338,22 @@ class Replay:
         )
         return bool(retrain.get("requested"))
 
-    def replay(self, lake: Lake) -> PolicyRun:
+    def replay(self, lake: Lake, budget_seconds: float | None = None) -> PolicyRun:
+        """Replay the period; with ``budget_seconds``, stop at the first chunk boundary past that much wall time
+        (recorded in ``stopped_early``: a measurement of what fits, not a deterministic result)."""
         policy, first, last = self.run.policy, self.run.first, self.run.last
         asked: dict[date, str] = {}  # drift: the mornings the monitor asked to train on, with why
+        started = time.perf_counter()
         day = first
         while day <= last:
+            if budget_seconds is not None and time.perf_counter() - started > budget_seconds:
+                self.run.stopped = {
+                    "before": day.isoformat(),
+                    "reason": f"--budget-seconds {budget_seconds:.0f} spent; the evenings from this day on were "
+                    "not replayed",
+                }
+                last = day - timedelta(days=1)
+                break
             planned = scheduled_training(policy, day, first)
             if planned is not None:
                 self.train(day, *planned)
@@ -354,6 +367,8 @@ class Replay:
                 if policy == "drift" and self.monitor(end):
                     asked[end + timedelta(days=1)] = self.run.monitors[-1].get("reason") or "monitor"
             day = end + timedelta(days=1)
+        if last < first:
+            return self.run
         # the outcomes of the last predictions arrive after the period: join them too
         self.outcomes(last + timedelta(days=self.usecase.time.prediction_time.day_offset + 1))
         self.run.weeks = weekly_live(lake, self.usecase, first, last)
@@ -504,6 +519,10 @@ def markdown(summary: dict[str, Any]) -> str:
             f"{_fmt(r['mean_weekly_live_roc_auc'])} | {_fmt(r['min_weekly_live_roc_auc'])} | "
             f"{r['compute_seconds']:.1f} | {r['wall_seconds']:.1f} |"
         )
+    for p in summary["policies"]:
+        if p.get("stopped_early"):
+            stop = p["stopped_early"]
+            lines += ["", f"{p['policy']} was stopped early, before {stop['before']}: {stop['reason']}."]
     names = [p["policy"] for p in summary["policies"]]
     lines += [
         "",
@@ -667,6 +686,7 @@ def run_backtest(
     first: date | None = None,
     last: date | None = None,
     say: Any = print,
+    budget_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Replay [first, last] under each of ``policies`` and write the outputs; returns the summary."""
     unknown = [p for p in policies if p not in POLICIES]
@@ -694,7 +714,7 @@ def run_backtest(
         ):
             replay = Replay(usecase, policy, first, last, log)
             replay.run.tables = workspace["tables"]
-            run = replay.replay(workspace["lake"])
+            run = replay.replay(workspace["lake"], budget_seconds)
         run.wall_seconds = time.perf_counter() - started
         record = run.as_dict()
         base.write_json(f"{prefix}/policies/{policy}.json", record)
@@ -704,6 +724,7 @@ def run_backtest(
             f"{len(run.weeks)} week(s), mean weekly live ROC AUC "
             f"{_fmt(sum(values) / len(values) if values else None)}, compute {record['compute_seconds']:.0f} s, "
             f"wall {record['wall_seconds']:.0f} s"
+            + (f"; stopped before {run.stopped['before']} (budget)" if run.stopped else "")
         )
     summary = write_outputs(base, usecase, first, last)
     say(f"  report: {summary['outputs']['html']}")
@@ -733,6 +754,13 @@ def add_arguments(parser: Any) -> None:
         default=None,
         help="last evening scored, YYYY-MM-DD; default: the one predicting the last feature partition",
     )
+    parser.add_argument(
+        "--budget-seconds",
+        type=float,
+        default=None,
+        help="per policy: stop replaying after this much wall time (recorded; to measure what an expensive "
+        "policy such as nightly costs without waiting for it)",
+    )
 
 
 def main(args: Any) -> int:
@@ -740,7 +768,9 @@ def main(args: Any) -> int:
         p.strip() for item in (args.policy or [",".join(POLICIES)]) for p in item.split(",") if p.strip()
     ]
     try:
-        summary = run_backtest(args.usecase, policies, args.first, args.last)
+        summary = run_backtest(
+            args.usecase, policies, args.first, args.last, budget_seconds=args.budget_seconds
+        )
     except BacktestError as exc:
         print(f"mlops backtest: {exc}")
         return 2

@@ -177,3 +177,31 @@ def test_table_plot_and_page_are_written(backtest):
     assert set(weekly["policy"]) == {"never", "monthly"} and len(weekly) == 10
     summary = json.loads((root / "summary.json").read_text())
     assert [r["policy"] for r in summary["table"]] == ["never", "monthly"]
+
+
+def test_calendar_of_each_policy():
+    """When each policy trains by its calendar (drift: only on the first day; the monitor asks for the rest) and
+    how far one champion scores before the policy may train again."""
+    from pipelines.backtest import chunk_end, scheduled_training
+
+    first, last = date(2013, 2, 13), date(2013, 3, 31)  # a Wednesday
+    trained = {
+        policy: [
+            (day.isoformat(), *planned)
+            for day in (first + timedelta(days=k) for k in range((last - first).days + 1))
+            if (planned := scheduled_training(policy, day, first)) is not None
+        ]
+        for policy in ("never", "monthly", "drift", "nightly")
+    }
+    assert trained["never"] == trained["drift"] == [("2013-02-13", "initial training", "full")]
+    assert trained["monthly"] == [
+        ("2013-02-13", "initial training", "full"),
+        ("2013-03-01", "first of the month", "full"),
+    ]
+    assert len(trained["nightly"]) == 47
+    assert trained["nightly"][1] == ("2013-02-14", "nightly refresh", "refresh")
+    assert ("2013-03-01", "first of the month", "full") in trained["nightly"]
+    assert chunk_end("never", first, last) == date(2013, 2, 17)  # the Sunday
+    assert chunk_end("monthly", date(2013, 2, 25), last) == date(2013, 2, 28)  # the day before the 1st
+    assert chunk_end("drift", date(2013, 3, 25), date(2013, 3, 27)) == date(2013, 3, 27)  # the period's end
+    assert chunk_end("nightly", first, last) == first
