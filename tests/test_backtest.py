@@ -205,3 +205,14 @@ def test_calendar_of_each_policy():
     assert chunk_end("monthly", date(2013, 2, 25), last) == date(2013, 2, 28)  # the day before the 1st
     assert chunk_end("drift", date(2013, 3, 25), date(2013, 3, 27)) == date(2013, 3, 27)  # the period's end
     assert chunk_end("nightly", first, last) == first
+
+
+def test_a_budget_stops_the_replay_and_says_where(backtest, tmp_path):
+    import io
+
+    from pipelines.backtest import Replay
+
+    replay = Replay(backtest["usecase"], "nightly", FIRST, LAST, io.StringIO())
+    run = replay.replay(Lake(str(tmp_path / "lake")), budget_seconds=-1)
+    assert run.stopped["before"] == FIRST.isoformat() and "--budget-seconds" in run.stopped["reason"]
+    assert run.retrainings == [] and run.weeks == [] and run.as_dict()["stopped_early"] == run.stopped
