@@ -1,4 +1,5 @@
-"""The ``mlops`` command: every ``python -m pipelines`` command plus ``mlops demo`` (which drives Airflow)."""
+"""The ``mlops`` command: every ``python -m pipelines`` command plus ``mlops demo`` (which drives Airflow) and
+``mlops backtest`` (the steps in-process, :mod:`pipelines.backtest`)."""
 
 from __future__ import annotations
 
@@ -91,7 +92,20 @@ def _add_ui(sub: Any) -> None:
     ui.add_argument("--no-mlflow", action="store_true", help="start only the Airflow UI")
 
 
+def _add_backtest(sub: Any) -> None:
+    from pipelines.backtest import add_arguments
+
+    backtest = sub.add_parser(
+        "backtest",
+        help="replay a period under retraining policies (never, monthly, drift, nightly) with the steps "
+        "in-process, reusing the lake's features and labels; weekly live ROC AUC, retrainings, promotions, "
+        "compute seconds as a table, a PNG plot and an HTML page",
+    )
+    add_arguments(backtest)
+
+
 def _add_commands(sub: Any) -> None:
+    _add_backtest(sub)
     _add_demo(sub)
     _add_land(sub)
     _add_run(sub)
@@ -130,7 +144,7 @@ def _land(args: Any) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("demo", "land", "run", "ui"):
+    if argv and argv[0] in ("backtest", "demo", "land", "run", "ui"):
         import argparse
 
         parser = argparse.ArgumentParser(prog="mlops")
@@ -138,6 +152,15 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "land":
             return _land(args)
+        if args.command == "backtest":
+            from pipelines.backtest import main as backtest_main
+            from pipelines.config import ConfigError
+
+            try:
+                return backtest_main(args)
+            except ConfigError as exc:
+                print(f"mlops backtest: {exc}", file=sys.stderr)
+                return 2
         if args.command == "ui":
             from mlops_airflow.ui import run_ui
 
