@@ -467,6 +467,15 @@ def _encoded(X: pd.DataFrame) -> tuple[np.ndarray, Callable[[np.ndarray], pd.Dat
     return matrix, decode
 
 
+def _raw_model(model: Any) -> Any:
+    """The estimator under an MLflow pyfunc, or the model itself: a pyfunc of our own Python model (the Keras
+    wrapper) has ``get_raw_model`` but raises NotImplementedError from it."""
+    try:
+        return model.get_raw_model() if hasattr(model, "get_raw_model") else model
+    except NotImplementedError:
+        return model
+
+
 def shap_summary(
     model: Any,
     X: pd.DataFrame,
@@ -496,7 +505,7 @@ def shap_summary(
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(X), size=min(rows, len(X)), replace=False))
     pool = np.sort(rng.choice(len(X), size=min(background, len(X)), replace=False))
-    raw = model.get_raw_model() if hasattr(model, "get_raw_model") else model
+    raw = _raw_model(model)
     pipeline = getattr(raw, "regressor_", raw)  # a TransformedTargetRegressor explains its inner pipeline
     if family in PIPELINE_FAMILIES and hasattr(pipeline, "steps"):
         preprocess, estimator = pipeline[:-1], pipeline[-1]

@@ -419,3 +419,19 @@ def test_counterfactuals_flip_the_decision_at_the_threshold(tree_candidate):
     hurried = counterfactuals(*inputs, **options, budget_s=0.0)
     assert [r["row"] for r in hurried["rows"]] == [r["row"] for r in found["rows"]]
     assert all("budget" in r["error"] and not r["counterfactuals"] for r in hurried["rows"][1:])
+
+
+def test_shap_summary_explains_a_pyfunc_of_our_own_python_model(tree_candidate):
+    """A pyfunc of our own Python model (the Keras wrapper is one) answers `get_raw_model` with
+    NotImplementedError: SHAP explains it through its prediction instead of failing (the report's SHAP section
+    failed for every MLP champion)."""
+    from pipelines.explain import shap_summary
+
+    class OwnPythonModel(_Pyfunc):
+        def get_raw_model(self):
+            raise NotImplementedError("`get_raw_model` is not implemented by the underlying model")
+
+    model = OwnPythonModel(tree_candidate.fitted.estimator)
+    summary = shap_summary(model, tree_candidate.X, family="keras_mlp", seed=3, rows=20, background=10)
+    assert summary["rows"] == 20 and "pyfunc prediction" in summary["method"], summary["method"]
+    assert summary["additivity_error"] < 1e-6

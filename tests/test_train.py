@@ -381,6 +381,22 @@ def test_train_fails_without_feature_partitions(small_env):
         train_step.run(small_env.ctx, args)
 
 
+def test_a_training_date_the_lake_cannot_serve_fails_naming_the_dates_it_can(small_env):
+    """A run given a date past the features it has fails at once (before reading anything else), naming the
+    partitions the table holds and the dates a run of the same window could be given."""
+    usecase, lake = small_env.usecase, small_env.lake
+    write_feature_partitions(lake, usecase, START, 45, rows_per_day=20)  # 2013-01-01 .. 2013-02-14
+    late = make_context(usecase, date(2013, 6, 1))
+    args = SimpleNamespace(mode="full", candidates=None, retrain=False)
+    window = usecase.split.train_window_days
+    earliest = START + timedelta(days=window)
+    with pytest.raises(StepFailed) as failed:
+        train_step.run(late, args)
+    message = str(failed.value)
+    assert "holds 45 partitions, 2013-01-01 to 2013-02-14" in message, message
+    assert f"can be from {earliest} to 2013-02-15" in message, message
+
+
 def test_train_fails_on_a_single_class(small_env):
     usecase = small_env.usecase
     frames = []

@@ -140,6 +140,28 @@ def recorded_labels(ctx: StepContext, result: dict[str, Any]) -> Snapshot:
         raise StepFailed(f"{exc}; rerun train for {ctx.ds}") from None
 
 
+def served_dates(usecase: Any, snapshot: Snapshot, window: dict[str, str]) -> str:
+    """What the features table can train on, for an error about a date it cannot: its first and last partition
+    and the dates a training run of ``window``'s length may be given, or how to build features."""
+    days = sorted(snapshot.partitions)
+    if not days:
+        return (
+            f"the features table has no partitions yet: run ingest and features first (python -m pipelines "
+            f"features --usecase {usecase.name} --date D)"
+        )
+    first, last = date.fromisoformat(days[0]), date.fromisoformat(days[-1])
+    starts = [date.fromisoformat(v) for k, v in window.items() if k.endswith("_start")]
+    ends = [date.fromisoformat(v) for k, v in window.items() if k.endswith("_end")]
+    length = (max(ends) - min(starts)).days if starts and ends else usecase.min_window_days
+    earliest = first + timedelta(days=length)
+    newest = last + timedelta(days=1)
+    dates = f"from {earliest} to {newest}" if earliest <= newest else f"none yet (the newest is {newest})"
+    return (
+        f"the features table holds {len(days)} partitions, {first} to {last}: a training run's date (its "
+        f"window's end) can be {dates}; for other dates run ingest and features first"
+    )
+
+
 def window_partitions(snapshot: Snapshot, start: str, end: str) -> dict[str, PartitionInfo]:
     """Partitions of a features snapshot with ``start <= date < end``, by ISO date."""
     return {day: part for day, part in snapshot.partitions.items() if start <= day < end}
@@ -321,8 +343,7 @@ def training_frames(
         if not found:
             raise StepFailed(
                 f"no committed feature partitions in {snapshot.uri} (version {snapshot.version}) for the {part} "
-                f"window [{window[f'{part}_start']}, {window[f'{part}_end']}); run ingest and features for these "
-                "dates first",
+                f"window [{window[f'{part}_start']}, {window[f'{part}_end']}); {served_dates(usecase, snapshot, window)}",
                 {"window": window},
             )
     model_columns = [*modeling.feature_columns(usecase), usecase.target.column]
@@ -400,7 +421,8 @@ def check_window_days(
                 f"{part} window [{start}, {end}) of use case {ctx.usecase.name!r} has feature partitions for "
                 f"{len(present)} of its {len(expected)} expected days{counted}, less than split.min_days_share "
                 f"{minimum:g}; missing: {_day_ranges(missing)}. Run ingest and features for these dates (or "
-                f"lower split.min_days_share in config/usecases/{ctx.usecase.name}.yaml)",
+                f"lower split.min_days_share in config/usecases/{ctx.usecase.name}.yaml); "
+                f"{served_dates(ctx.usecase, snapshot, window)}",
                 {"window": window, "completeness": found},
             )
     return found
