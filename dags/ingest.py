@@ -16,6 +16,13 @@ for usecase in usecases():
             "quarantines bad files with a report and commits good ones atomically to the raw zone. "
             "`quarantine_check` fails the run when any file was quarantined, and alerts (`quarantine`); the good "
             "files are committed anyway.",
+            inputs="files in the landing zone (`landing/<usecase>/<source>/`, local folder or S3), the "
+            "sources' expectations in the use case file",
+            outputs="the raw Delta tables `raw/<usecase>/<source>` (one partition per date, with each file's "
+            "recorded arrival), `quarantine/<usecase>/` (bad files with their validation report), the raw-zone "
+            "asset that starts the features DAG",
+            trigger=f"its schedule (`schedules.ingest`: {usecase.schedules.ingest}); the arrival sensor then waits "
+            "for files. By hand: trigger it after dropping files in the landing zone.",
         )
     ) as dag:
         wait = LandingArrivalSensor(task_id="wait_for_files", usecase=usecase.name, soft_fail=True, retries=0)

@@ -17,6 +17,9 @@ for usecase in usecases():
             doc="Vacuums the raw, features and predictions tables (and their partition facts) and cleans their "
             "logs. Keeps the latest version and every version a registered model was trained on; fails, and "
             "deletes nothing, when the model registry cannot be read.",
+            inputs="the lake's tables and the model registry (the versions registered models were trained on)",
+            outputs="the same tables, smaller: files no kept version needs are removed",
+            trigger=f"its schedule (`schedules.maintenance`: {usecase.schedules.maintenance}), or by hand.",
         )
     ) as dag:
         step_task("maintain", usecase.name)

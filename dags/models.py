@@ -23,6 +23,9 @@ for usecase in usecases():
             "tags on the version; batch scoring and the REST service follow the alias. The task fails, moving "
             "nothing, on an unknown version, a gate not passed, or nothing to roll back to; it is never retried. "
             "Same as `mlops models promote|rollback --usecase <usecase>`; `mlops models history` lists the moves.",
+            inputs="the MLflow registry (versions, their gate decisions) and `registry/<usecase>/alias_moves`",
+            outputs="the `champion` alias moved, one row appended to `registry/<usecase>/alias_moves`",
+            trigger="by hand only (Trigger DAG with Params).",
             params={
                 "action": Param(
                     "promote",

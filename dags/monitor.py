@@ -24,6 +24,10 @@ for usecase in usecases():
             "`monitoring.cooldown_days`, triggers the train DAG with the reason in its conf, unless a training run "
             "is already queued or running. The gate still decides whether the new model replaces the champion. "
             "Param `retrain` off (a replay of history): measure and alert, trigger nothing.",
+            inputs="the predictions table, the outcomes joined to it, the features and the service's captured "
+            "requests of the window; the champion's training reference",
+            outputs="`monitoring/<usecase>` (Delta), MLflow metrics, the monitoring page; a train DAG run on a breach",
+            trigger="the predictions and outcomes assets of the score DAG; by hand with a logical date.",
             params={
                 "retrain": Param(True, type="boolean", description="trigger the train DAG on a breach"),
             },

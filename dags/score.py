@@ -23,6 +23,12 @@ for usecase in usecases():
             "outcomes that arrived since to the predictions made before them (`predictions_with_outcomes`). "
             "Param `replay` (a batched replay of history): no waiting; each day is scored as the schedule's runs "
             "would have, from the recorded arrivals.",
+            inputs="the online feature snapshot and features of the day, the `champion` model version, the "
+            "outcomes that arrived",
+            outputs="`predictions/<usecase>` (one partition per predicted date), the outcomes joined to earlier "
+            "predictions, the predictions and outcomes assets that start the monitor DAG",
+            trigger=f"its schedule (`schedules.score`: {usecase.schedules.score}, at the prediction time), or by "
+            "hand with the logical date to predict.",
             params={
                 "replay": Param(
                     False,

@@ -78,8 +78,19 @@ for usecase in usecases():
             "and fairness thresholds; every candidate is registered, only a passed gate moves `champion`."
             + APPROVAL_DOC
             * approval_required(usecase),
+            inputs="the features and labels tables (the versions are recorded), the champion from the registry",
+            outputs="MLflow runs of the candidates, registered versions, the gate decision "
+            "(`decisions/<usecase>/`), the `champion` alias when the gate passes, the evaluation report",
+            trigger=f"monthly (`schedules.train_monthly`: {usecase.schedules.train_monthly}), early by the "
+            "monitor DAG on drift or decay, or by hand: Trigger DAG with the logical date as the window's end "
+            "(the newest date the features table holds + 1 day at most; a date it cannot serve fails at once, "
+            "naming the dates it can) and the Params below.",
             params={
-                "mode": Param("full", enum=["full", "refresh"], description="full: all candidates"),
+                "mode": Param(
+                    "full",
+                    enum=["full", "refresh"],
+                    description="full: train every candidate named below; refresh: refit the champion's family only",
+                ),
                 "candidates": Param(
                     candidates,
                     type="array",
@@ -118,6 +129,10 @@ for usecase in usecases():
                 "train_nightly",
                 schedule=usecase.schedules.train_nightly,
                 doc="Nightly refresh: refits the champion's model family on the latest window, through the same gate.",
+                inputs="the features and labels tables, the champion's model family from the registry",
+                outputs="a refitted candidate's MLflow run and registered version, the gate decision, the "
+                "`champion` alias when the gate passes",
+                trigger=f"its schedule (`schedules.train_nightly`: {usecase.schedules.train_nightly}), or by hand.",
             )
         ) as nightly:
             lifecycle(usecase, ["--mode", "refresh"])

@@ -114,6 +114,25 @@ def test_promote_never_waits_for_the_report(dagbag, dag_id: str) -> None:
     assert graph.index("report") > graph.index("gate") and "report" in DirectRunner.SIDE_STEPS
 
 
+def test_every_dag_says_what_it_does_its_inputs_outputs_trigger_and_params(dagbag) -> None:
+    """Each lifecycle DAG's documentation (shown by the UI) has its inputs, outputs, how to trigger it and every
+    Param with its default and meaning."""
+    documented = 0
+    for dag_id, dag in dagbag.dags.items():
+        if "mlops" not in dag.tags:
+            continue
+        documented += 1
+        doc = dag.doc_md or ""
+        for section in ("**Inputs:**", "**Outputs:**", "**How to trigger:**"):
+            assert section in doc, (dag_id, section)
+        for name in dag.params:
+            described = dag.params.get_param(name).description
+            assert described and f"- `{name}` (default" in doc and described in doc, (dag_id, name)
+        if not dag.params:
+            assert "**Params:** none." in doc, dag_id
+    assert documented >= 7
+
+
 def test_features_dag_runs_on_the_raw_asset(dagbag) -> None:
     from airflow.sdk import Asset
 

@@ -51,8 +51,56 @@ def alert(usecase: UseCase | str, event: str) -> Any:
     return MlopsNotifier(usecase=usecase if isinstance(usecase, str) else usecase.name, event=event)
 
 
-def dag_kwargs(usecase: UseCase, kind: str, *, schedule: Any, doc: str, **extra: Any) -> dict[str, Any]:
-    """Keyword arguments for ``DAG(...)`` of one lifecycle DAG of ``usecase``."""
+def dag_doc(
+    usecase: UseCase,
+    kind: str,
+    *,
+    doc: str,
+    inputs: str,
+    outputs: str,
+    trigger: str,
+    params: dict[str, Any] | None = None,
+) -> str:
+    """The DAG's documentation as the UI shows it: what it does, its inputs and outputs, how it is triggered and
+    what each Param means (from the Params' own descriptions and defaults)."""
+    lines = [
+        f"### {usecase.name}: {kind}",
+        "",
+        doc,
+        "",
+        f"**Inputs:** {inputs}",
+        "",
+        f"**Outputs:** {outputs}",
+        "",
+        f"**How to trigger:** {trigger}",
+        "",
+    ]
+    if params:
+        lines.append("**Params** (the trigger form):")
+        lines.append("")
+        for name, param in params.items():
+            default = getattr(param, "value", param)
+            described = getattr(param, "description", None) or ""
+            lines.append(f"- `{name}` (default `{default}`): {described}")
+    else:
+        lines.append("**Params:** none.")
+    lines += ["", f"*Use case:* {usecase.description}"]
+    return "\n".join(lines)
+
+
+def dag_kwargs(
+    usecase: UseCase,
+    kind: str,
+    *,
+    schedule: Any,
+    doc: str,
+    inputs: str,
+    outputs: str,
+    trigger: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Keyword arguments for ``DAG(...)`` of one lifecycle DAG of ``usecase``; ``doc``, ``inputs``, ``outputs``
+    and ``trigger`` make its documentation (:func:`dag_doc`)."""
     return {
         "dag_id": f"{usecase.name}_{kind}",
         "schedule": schedule,
@@ -61,7 +109,15 @@ def dag_kwargs(usecase: UseCase, kind: str, *, schedule: Any, doc: str, **extra:
         "catchup": False,
         "max_active_runs": 1,
         "tags": ["mlops", usecase.name, kind, *usecase.tags],
-        "doc_md": f"### {usecase.name}: {kind}\n\n{doc}\n\n*Use case:* {usecase.description}",
+        "doc_md": dag_doc(
+            usecase,
+            kind,
+            doc=doc,
+            inputs=inputs,
+            outputs=outputs,
+            trigger=trigger,
+            params=extra.get("params"),
+        ),
         "default_args": {
             "owner": usecase.owner,
             # every failed task alerts (task log; the use case's alerts connection when set); tasks whose failure
