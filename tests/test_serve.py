@@ -452,9 +452,13 @@ def test_mlflow_invocations_and_open_inference_protocol_answer_the_same(api) -> 
 # ----------------------------------------------------------------------------------------------- refusals
 
 
-def _field(response) -> list[str]:
-    """The field names a 422 names."""
-    return [str(e["loc"][-1]) for e in response.json()["detail"]]
+def _field(response) -> list[str] | str:
+    """The field names a 422 names (the Open Inference Protocol's error: its one message, naming them)."""
+    body = response.json()
+    if "error" in body:
+        assert set(body) == {"error"} and isinstance(body["error"], str), body
+        return body["error"]
+    return [str(e["loc"][-1]) for e in body["detail"]]
 
 
 def test_every_client_mistake_gets_its_4xx_naming_the_field(api) -> None:
@@ -537,6 +541,29 @@ def test_every_client_mistake_gets_its_4xx_naming_the_field(api) -> None:
     )
     empty = _post(api, {"dataframe_split": {"columns": columns, "data": []}}, path="/invocations")
     assert empty.status_code == 422
+
+
+def test_open_inference_errors_are_the_protocols_and_ping_answers_as_mlflows_server(api) -> None:
+    """Clients of the Open Inference Protocol read an error as `{"error": "<message>"}` (its REST spec), so every
+    /v2 error comes that way, naming the field at fault; MLflow's scoring client and SageMaker check `/ping`."""
+    env = api.env
+    record = _records(env, DAY)[0]
+    infer = f"/v2/models/{USECASE}/infer"
+    inputs = [{"name": c, "data": [v]} for c, v in record.items()]
+
+    bad = _post(api, {"inputs": [*inputs[:-1], {"name": inputs[-1]["name"], "data": ["?"]}]}, path=infer)
+    assert bad.status_code == 422 and set(bad.json()) == {"error"}, bad.text
+    assert inputs[-1]["name"] in bad.json()["error"], bad.json()
+    unknown = _post(api, {"inputs": inputs}, path="/v2/models/another/infer")
+    assert unknown.status_code == 404 and "another" in unknown.json()["error"], unknown.text
+    refused = _post(api, {"inputs": inputs}, path=infer, headers={})
+    assert refused.status_code == 401 and "API key" in refused.json()["error"], refused.text
+    assert refused.headers.get("www-authenticate") == "Bearer"
+    # the other APIs keep FastAPI's `detail`
+    assert "detail" in _post(api, {"record": {**record, "origin": "SFO"}}).json()
+
+    ping = api.client.get("/ping")
+    assert ping.status_code == 200 and api.client.get("/ready").status_code == 200
 
 
 def test_api_keys_body_size_and_batch_count(api, tmp_path: Path, monkeypatch) -> None:

@@ -5,6 +5,8 @@
   ``inputs``; ``{"predictions": [...]}``), the records being raw records as above;
 - the Open Inference Protocol (KServe V2) with the pandas codec: ``/v2/health/live``, ``/v2/health/ready``,
   ``/v2/models/{name}``, ``/v2/models/{name}/ready``, ``POST /v2/models/{name}/infer``;
+  its errors as the protocol's ``{"error": "<message>"}`` (the message names the field at fault);
+- ``/ping``: MLflow's and SageMaker's container health check (200 once a champion is served, else 503);
 - ``/health`` (alive), ``/ready`` (a verified champion and a snapshot loaded, the snapshot built with the
   champion's features config and not older than ``serving.max_snapshot_age``; 503 otherwise, with the reasons),
   ``/metrics`` (Prometheus) and the OpenAPI document (``/openapi.json``, ``/docs``).
@@ -32,9 +34,11 @@ from typing import Any
 
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import TypeAdapter, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.serving.schema import (
     ColumnChecker,
@@ -427,7 +431,15 @@ def create_app(service: Service, *, keys: ApiKeys | None = None) -> FastAPI:
             if isinstance(given, str | int | float | bool):  # echo a rejected value, never a whole body
                 item["input"] = given[:200] if isinstance(given, str) else given
             detail.append(item)
+        if _open_inference(request):
+            return _v2_error(_v2_message(detail), 422)
         return JSONResponse({"detail": _plain(detail)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if _open_inference(request):
+            return _v2_error(str(exc.detail), exc.status_code, getattr(exc, "headers", None))
+        return await http_exception_handler(request, exc)
 
     app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)  # inside the measuring middleware below
     app.add_middleware(_Measure, metrics=metrics)
@@ -435,6 +447,15 @@ def create_app(service: Service, *, keys: ApiKeys | None = None) -> FastAPI:
     @app.get("/health", tags=["operations"], summary="the process is alive")
     def health() -> dict[str, str]:
         return {"status": "alive"}
+
+    @app.get(
+        "/ping",
+        tags=["operations"],
+        summary="MLflow's and SageMaker's container health check: 200 once a champion is served",
+    )
+    def ping() -> Response:
+        ready = service.readiness()["ready"]
+        return Response("\n", media_type="application/json", status_code=200 if ready else 503)
 
     @app.get(
         "/ready",
@@ -633,6 +654,22 @@ def create_app(service: Service, *, keys: ApiKeys | None = None) -> FastAPI:
         )
 
     return app
+
+
+def _open_inference(request: Request) -> bool:
+    """A request of the Open Inference Protocol, whose clients read errors as ``{"error": "<message>"}``."""
+    return request.url.path.startswith("/v2/")
+
+
+def _v2_message(detail: list[dict[str, Any]]) -> str:
+    """Validation errors as the one message the Open Inference Protocol has room for, each naming its field."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in item.get('loc', []))}: {item.get('msg')}" for item in detail
+    )
+
+
+def _v2_error(message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 async def _json(request: Request) -> Any:
