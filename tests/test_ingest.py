@@ -327,6 +327,26 @@ def test_bad_file_goes_to_quarantine_and_good_file_commits(mlops_env: Path, kind
     assert [f["name"] for f in facts(lake, "flights", DAY1)["source_files"]] == ["flights_2013-01-01.csv"]
 
 
+def test_a_second_bad_file_of_the_same_name_never_overwrites_the_first_ones_evidence(mlops_env: Path) -> None:
+    """Two bad files of one name land one after the other: the first one's bytes and reports stay as they were,
+    the second goes beside them under its content's digest."""
+    name = "flights_2013-01-01.csv"
+    lake = open_lake()
+    first = csv_bytes(flights_rows(DAY1, 20)).replace(b"2013", b"20x3", 3)
+    land_file(lake, USECASE, DAY1, name, first)
+    ingest_failing(DAY1)
+    key = f"quarantine/{USECASE}/2013-01-01/{name}"
+    report = lake.read_json(f"{key}.report.json")
+
+    second = csv_bytes(flights_rows(DAY1, 10)).replace(b"2013", b"20y3", 2)
+    land_file(lake, USECASE, DAY1, name, second)
+    [entry] = ingest_failing(DAY1).result["quarantined"]
+    assert lake.storage.read_bytes(key) == first and lake.read_json(f"{key}.report.json") == report
+    beside = f"quarantine/{USECASE}/2013-01-01/{hashlib.sha256(second).hexdigest()[:12]}/{name}"
+    assert entry["path"] == lake.storage.uri(beside) and lake.storage.read_bytes(beside) == second
+    assert lake.read_json(f"{beside}.report.json")["sha256"] == hashlib.sha256(second).hexdigest()
+
+
 def test_quarantine_report_names_the_bad_values_and_lines(mlops_env: Path) -> None:
     lake = open_lake()
     frame = flights_rows(DAY1, 20)

@@ -6,6 +6,7 @@ Lake keys (``<uc>`` is the use case, ``<day>`` the landing date folder)::
     raw/<uc>/<source>/                   Delta table: typed rows of all valid files, partitioned by event date
     archive/<uc>/<day>/<file>            files committed to raw (copied first, deleted from landing last)
     quarantine/<uc>/<day>/<file>         rejected files, with <file>.report.json and <file>.report.html
+                                         (a later file of the same name and other content: <day>/<sha256[:12]>/<file>)
 
 The date folder is the date of the events in the file (the local date of the source's ``event_time``; a file
 with rows of another date is quarantined with those dates, never committed under the wrong one). Every landed file
@@ -617,6 +618,9 @@ def _quarantine(ctx: StepContext, file: DeliveredFile, patterns: dict[str, str])
     """Copy a rejected file and its reports to quarantine, then delete it from landing."""
     storage = ctx.lake.storage
     key = quarantine_key(ctx.usecase.name, file.day, file.name)
+    if storage.exists(key) and storage.read_bytes(key) != file.data:
+        # an earlier file of the same name was quarantined: its evidence stays, this one goes beside it
+        key = quarantine_key(ctx.usecase.name, file.day, f"{file.sha256[:12]}/{file.name}")
     storage.write_bytes(key, file.data, file.arrived_at or UNRECORDED_ARRIVAL)
     report = _report(ctx, file, patterns)
     report_uri = ctx.lake.write_json(f"{key}.report.json", report)
