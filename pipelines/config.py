@@ -918,6 +918,19 @@ class AlertSpec(_Strict):
     )
 
 
+class RetentionSpec(_Strict):
+    """What maintenance keeps of the registry's history: a registered version that never held `champion` is
+    archived (tagged, not deleted) once its training date is older than ``archive_after_days`` before the
+    maintenance run's date, and the lake versions its lineage named are no longer kept for it. Every version that
+    ever was champion keeps its lineage (the current champion's and its predecessors')."""
+
+    archive_after_days: int | None = Field(
+        default=90,
+        ge=1,
+        description="days after its training date when a never-champion version is archived; null: never",
+    )
+
+
 class ApprovalSpec(_Strict):
     """A person's approval between a passed gate and the move of ``champion`` (Airflow's ApprovalOperator)."""
 
@@ -1105,6 +1118,7 @@ class UseCase(_Strict):
     report: ReportSpec = Field(default_factory=ReportSpec)
     alerts: AlertSpec = Field(default_factory=AlertSpec)
     approval: ApprovalSpec = Field(default_factory=ApprovalSpec)
+    retention: RetentionSpec = Field(default_factory=RetentionSpec)
 
     @model_validator(mode="before")
     @classmethod

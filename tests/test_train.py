@@ -993,6 +993,62 @@ def test_only_the_chosen_candidate_is_refitted_and_lineage_reloads_what_each_mod
     ]
 
 
+def test_maintenance_archives_never_champion_versions_and_releases_their_lineage(
+    small_env, tmp_path, monkeypatch
+):
+    """Retention: the champion (trained on features version 0) keeps its lineage; a later version that never
+    held the alias (trained on version 1) is archived once older than `retention.archive_after_days` before the
+    maintenance date, and the vacuum may then release version 1. A dry run only says so; a younger version stays."""
+    usecase, lake = small_env.usecase, small_env.lake
+    usecase = usecase.model_copy(
+        update={"gate": usecase.gate.model_copy(update={"infrastructure_check": False})}
+    )
+    monkeypatch.setenv("MLOPS_CONFIG_DIR", str(write_config_dir(tmp_path / "config", usecase)))
+    table = features_table(usecase.name)
+    write_feature_partitions(lake, usecase, date(2013, 1, 5), 36, rows_per_day=40)  # version 0
+    first = ["--usecase", usecase.name, "--date", DAY.isoformat()]
+    for step in ("train", "evaluate", "gate", "register", "promote"):
+        run_step([step, *first])
+    write_feature_partitions(lake, usecase, date(2013, 1, 5), 36, rows_per_day=40, seed=3)  # version 1
+    for step in (
+        "train",
+        "evaluate",
+        "gate",
+        "register",
+    ):  # retrained on version 1: registered, never promoted
+        run_step([step, *first])
+    write_feature_partitions(
+        lake, usecase, date(2013, 1, 5), 36, rows_per_day=40, seed=5
+    )  # version 2, rewritten
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias(usecase.name, "champion").version
+    [stale] = [
+        v.version for v in client.search_model_versions(f"name = '{usecase.name}'") if v.version != champion
+    ]
+
+    young = run_step(["maintain", "--usecase", usecase.name, "--date", "2013-03-01", "--dry-run"])
+    assert young["archived_versions"] == []  # 19 days after its training: under the 90 days
+    dry = run_step(["maintain", "--usecase", usecase.name, "--date", "2013-06-01", "--dry-run"])
+    assert [a["version"] for a in dry["archived_versions"]] == [int(stale)]
+    assert "archived" not in client.get_model_version(usecase.name, stale).tags
+
+    done = run_step(["maintain", "--usecase", usecase.name, "--date", "2013-06-01", "--retention-hours", "0"])
+    assert [a["version"] for a in done["archived_versions"]] == [int(stale)]
+    tags = client.get_model_version(usecase.name, stale).tags
+    assert (
+        tags["archived"] == "true"
+        and tags["archived_on"] == "2013-06-01"
+        and "never champion" in tags["archived_reason"]
+    )
+    assert "archived" not in client.get_model_version(usecase.name, champion).tags
+    entry = next(t for t in done["tables"] if t["table"] == table)
+    assert entry["kept_versions"] == [0, 2], "the champion's features version and the latest; not version 1"
+    with pytest.raises(LakeError, match=r"version 1\): a data file of this version is gone"):
+        lake.read(table, version=1)
+    again = run_step(["maintain", "--usecase", usecase.name, "--date", "2013-06-02", "--dry-run"])
+    assert again["archived_versions"] == []
+
+
 def test_maintenance_compacts_the_captured_requests_of_days_before_its_date(small_env, tmp_path, monkeypatch):
     """A scoring service appends its captured requests in many commits, a file each. Maintenance of Feb 1 rewrites
     each earlier day as one file (same rows), leaves Feb 1 to the service, and vacuums the replaced files; a dry

@@ -18,14 +18,21 @@ first: every date partition before the run's date becomes few large files, so re
 checkpoints, stay cheap as the service keeps appending. The table is then vacuumed and its log cleaned like the
 others (no model names its versions).
 
-Fail closed: when the registry cannot be read the step fails (and Airflow retries it); it never vacuums without
-knowing which versions models name.
+Retention: before that, a registered version that never held ``champion`` (by the alias moves of
+``registry/<usecase>/alias_moves`` and the alias itself) and was trained more than ``retention.archive_after_days``
+before the run's date is archived: tagged ``archived`` (with the date and why), not deleted. An archived version
+names no kept lake version, so the vacuum may release what only it was trained on; every version that ever was
+champion keeps its lineage.
+
+Fail closed: when the registry or the alias moves cannot be read the step fails (and Airflow retries it); it never
+archives or vacuums without knowing which versions models name.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from datetime import date, timedelta
 from typing import Any
 
 from pipelines.context import StepContext, progress
@@ -33,6 +40,7 @@ from pipelines.lake import FACTS_ZONE, LakeError, captures_table, features_table
 from pipelines.tables import data_tables
 
 DEFAULT_RETENTION_HOURS = 168
+ARCHIVED_TAG = "archived"  # model version tag: "true" once retention archived the version
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,8 +54,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
 
 
-def versions_named_by_models(ctx: StepContext) -> dict[str, set[int]]:
-    """Table -> versions that registered model versions of the use case were trained on (lineage tags).
+def archive_stale_versions(ctx: StepContext, dry_run: bool) -> list[dict[str, Any]]:
+    """Archive the registered versions that never held ``champion`` and were trained more than
+    ``retention.archive_after_days`` before the run's date (see the module doc); what was (or, in a dry run,
+    would be) archived. Raises when the registry or the alias moves cannot be read."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.model_ops import read_moves
+    from pipelines.tracking import CHAMPION_ALIAS, champion_version, configure_mlflow, model_name
+
+    days = ctx.usecase.retention.archive_after_days
+    if days is None:
+        return []
+    configure_mlflow(ctx.profile, ctx.usecase)
+    client = MlflowClient()
+    name = model_name(ctx.usecase)
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
+    moves = read_moves(ctx.lake, ctx.usecase.name, CHAMPION_ALIAS)
+    champions = {int(m["to_version"]) for m in moves} | {
+        int(m["from_version"]) for m in moves if m.get("from_version") is not None
+    }
+    current = champion_version(ctx.usecase)
+    if current is not None:
+        champions.add(int(current.version))
+    cutoff = ctx.day - timedelta(days=days)
+    archived = []
+    for version in client.search_model_versions(f"name = '{name}'"):
+        tags = version.tags or {}
+        number = int(version.version)
+        if tags.get(ARCHIVED_TAG) == "true" or number in champions:
+            continue
+        trained = json.loads(tags.get("lineage.window") or "{}").get("holdout_end")
+        if not trained or date.fromisoformat(trained) > cutoff:
+            continue
+        reason = f"never champion; trained {trained}, more than {days} days before {ctx.ds}"
+        if not dry_run:
+            for key, value in ((ARCHIVED_TAG, "true"), ("archived_on", ctx.ds), ("archived_reason", reason)):
+                client.set_model_version_tag(name, str(number), key, value)
+        archived.append({"version": number, "trained": trained, "reason": reason})
+    if archived:
+        verb = "would archive" if dry_run else "archived"
+        progress(f"maintain: {verb} version(s) {[a['version'] for a in archived]} of {name} (never champion)")
+    return archived
+
+
+def versions_named_by_models(ctx: StepContext, released: frozenset[int] = frozenset()) -> dict[str, set[int]]:
+    """Table -> versions that registered model versions of the use case were trained on (lineage tags), but
+    archived versions and ``released`` (those a dry run would archive).
 
     Raises when the registry cannot be read: the caller must not vacuum without this answer."""
     from mlflow import MlflowClient
@@ -67,6 +126,8 @@ def versions_named_by_models(ctx: StepContext) -> dict[str, set[int]]:
     kept: dict[str, set[int]] = {}
     for version in client.search_model_versions(f"name = '{name}'"):
         tags = version.tags or {}
+        if tags.get(ARCHIVED_TAG) == "true" or int(version.version) in released:
+            continue
         if tags.get("lineage.features_version"):
             kept.setdefault(features_table(ctx.usecase.name), set()).add(
                 int(tags["lineage.features_version"])
@@ -148,7 +209,11 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     dry_run = bool(getattr(args, "dry_run", False))
     if retention < 0:
         raise ValueError("--retention-hours must be >= 0")
-    named = versions_named_by_models(ctx)  # fail closed: raises when the registry cannot be read
+    archived = archive_stale_versions(
+        ctx, dry_run
+    )  # fail closed: raises when registry or moves cannot be read
+    released = frozenset(a["version"] for a in archived)
+    named = versions_named_by_models(ctx, released)  # fail closed: raises when the registry cannot be read
     tables = []
     for table in data_tables(ctx.usecase):
         tables.append(maintain_table(ctx, table, named.get(table, set()), retention, dry_run))
@@ -158,6 +223,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "retention_hours": retention,
         "dry_run": dry_run,
+        "archived_versions": archived,
         "versions_named_by_models": {t: sorted(v) for t, v in sorted(named.items())},
         "captures_compacted": captures["compacted"],
         "tables": [t for t in tables if t["exists"]],
