@@ -566,6 +566,41 @@ def test_open_inference_errors_are_the_protocols_and_ping_answers_as_mlflows_ser
     assert ping.status_code == 200 and api.client.get("/ready").status_code == 200
 
 
+def test_a_request_without_a_key_is_refused_before_its_body_is_read(api) -> None:
+    """A client without a valid key cannot make the service buffer a body: over a real socket to a real server
+    (uvicorn), headers that announce 10 MB and no key get 401 at once, though no byte of the body was sent."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from pipelines.serving.app import create_app
+
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(api.service), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started, "the test server did not start"
+        for path in ("/invocations", f"/v2/models/{USECASE}/infer", PREDICT):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+                connection.sendall(
+                    f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                    "Content-Length: 10000000\r\n\r\n".encode()
+                )
+                head = connection.recv(4096)  # times out (the test fails) if the server waits for the body
+            assert head.startswith(b"HTTP/1.1 401"), (path, head[:200])
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
 def test_api_keys_body_size_and_batch_count(api, tmp_path: Path, monkeypatch) -> None:
     from pipelines.serving.app import ApiKeys, create_app
 

@@ -98,16 +98,35 @@ class ApiKeys:
         return matched
 
 
-class _BodyLimit:
-    """ASGI middleware: refuse a request body over ``limit`` bytes with 413 before any handler reads it."""
+AUTH_REQUIRED = "a valid API key is required (header X-API-Key or Authorization: Bearer)"
 
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
+
+def given_api_key(headers: Any) -> str | None:
+    """The API key a request carries: ``X-API-Key``, else an ``Authorization: Bearer`` token."""
+    given = headers.get("x-api-key")
+    if given is None:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        given = token.strip() if scheme.lower() == "bearer" else None
+    return given
+
+
+class _BodyLimit:
+    """ASGI middleware for the requests with a body (every one of them needs a key): a request without a valid
+    API key gets 401 before a byte of its body is read, and a body over ``limit`` bytes 413 before any handler
+    reads it."""
+
+    def __init__(self, app: Any, limit: int, accepts: Any = None, refused: Any = None) -> None:
+        self.app, self.limit, self.accepts, self.refused = app, limit, accepts, refused
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        if self.accepts is not None:
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or []}
+            if not self.accepts(given_api_key(headers)):
+                await self.refused(scope["path"])(scope, receive, send)
+                return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         too_large = declared is not None and declared.isdigit() and int(declared) > self.limit
         chunks: list[bytes] = []
@@ -356,17 +375,17 @@ def create_app(service: Service, *, keys: ApiKeys | None = None) -> FastAPI:
     async def require_key(request: Request) -> None:  # async: no thread hop per request
         if not settings.auth:
             return
-        given = request.headers.get("x-api-key")
-        if given is None:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            given = token.strip() if scheme.lower() == "bearer" else None
-        if not keys.accepts(given):
+        if not keys.accepts(given_api_key(request.headers)):
             metrics.errors.labels("auth").inc()
-            raise HTTPException(
-                401,
-                "a valid API key is required (header X-API-Key or Authorization: Bearer)",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+            raise HTTPException(401, AUTH_REQUIRED, headers={"WWW-Authenticate": "Bearer"})
+
+    def refused(path: str) -> JSONResponse:
+        """The 401 of a request refused before its body was read, in its API's error shape."""
+        metrics.errors.labels("auth").inc()
+        headers = {"WWW-Authenticate": "Bearer"}
+        if path.startswith("/v2/"):
+            return _v2_error(AUTH_REQUIRED, 401, headers)
+        return JSONResponse({"detail": AUTH_REQUIRED}, status_code=401, headers=headers)
 
     def validate_rows(
         rows: Any, where: tuple[Any, ...]
@@ -441,7 +460,14 @@ def create_app(service: Service, *, keys: ApiKeys | None = None) -> FastAPI:
             return _v2_error(str(exc.detail), exc.status_code, getattr(exc, "headers", None))
         return await http_exception_handler(request, exc)
 
-    app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)  # inside the measuring middleware below
+    # inside the measuring middleware below; the key is checked there too, so a client without one cannot make
+    # the service buffer a body
+    app.add_middleware(
+        _BodyLimit,
+        limit=settings.max_body_bytes,
+        accepts=keys.accepts if settings.auth else None,
+        refused=refused,
+    )
     app.add_middleware(_Measure, metrics=metrics)
 
     @app.get("/health", tags=["operations"], summary="the process is alive")
