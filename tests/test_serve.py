@@ -253,7 +253,7 @@ def test_a_snapshot_of_another_features_config_is_refused(serve_env: ServeEnv) -
     record = _records(serve_env, DAY)[0]
     service = _service(serve_env, capture=False)
     with TestClient(create_app(service)) as client:
-        ready = client.get("/ready")
+        ready = client.get("/ready", headers=AUTH)
         assert ready.status_code == 503
         state = ready.json()
         assert not state["ready"] and state["snapshot"]["features_config_hash"] == other
@@ -281,7 +281,7 @@ def test_a_snapshot_of_another_features_config_is_refused(serve_env: ServeEnv) -
     write_features(serve_env, [DAY], rows=10, config_hash=other)
     legacy = _service(serve_env, capture=False)
     with TestClient(create_app(legacy)) as client:
-        ready = client.get("/ready")
+        ready = client.get("/ready", headers=AUTH)
         assert ready.status_code == 200, ready.text
         assert any("no features_config_hash tag" in w for w in ready.json()["warnings"])
         answer = client.post(PREDICT, json={"record": record, "at": _at(serve_env, DAY)}, headers=AUTH)
@@ -303,7 +303,7 @@ def test_a_stale_snapshot_makes_the_service_unready(api, monkeypatch) -> None:
     assert api.client.get("/ready").status_code == 200, "at the limit: ready"
     assert "mlops_serve_snapshot_age_seconds 129600.0" in api.client.get("/metrics").text
     monkeypatch.setattr(api.service, "clock", lambda: made + timedelta(hours=36, seconds=1))
-    ready = api.client.get("/ready")
+    ready = api.client.get("/ready", headers=AUTH)
     assert ready.status_code == 503
     [reason] = ready.json()["reasons"]
     assert "36h00m old" in reason and "limit of 36h00m" in reason and "python -m pipelines features" in reason
@@ -564,6 +564,10 @@ def test_open_inference_errors_are_the_protocols_and_ping_answers_as_mlflows_ser
 
     ping = api.client.get("/ping")
     assert ping.status_code == 200 and api.client.get("/ready").status_code == 200
+
+    # a probe gets the status; the state (versions, run ids, digests, reasons) needs a key
+    assert set(api.client.get("/ready").json()) == {"ready", "detail"}
+    assert "models" in api.client.get("/ready", headers=AUTH).json()
 
 
 def test_a_request_without_a_key_is_refused_before_its_body_is_read(api) -> None:
@@ -1052,7 +1056,7 @@ def test_a_tampered_artifact_is_refused_and_the_old_version_keeps_serving(serve_
             PREDICT, json={"record": _records(serve_env, DAY)[0], "at": _at(serve_env, DAY)}, headers=AUTH
         )
         assert answer.status_code == 200 and answer.headers["X-Model-Version"] == first
-        ready = client.get("/ready")
+        ready = client.get("/ready", headers=AUTH)
         assert ready.status_code == 200
         champion = ready.json()["models"]["champion"]
         assert champion["served"]["version"] == first and champion["refused_version"] == second

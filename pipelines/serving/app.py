@@ -7,7 +7,7 @@
   ``/v2/models/{name}``, ``/v2/models/{name}/ready``, ``POST /v2/models/{name}/infer``;
   its errors as the protocol's ``{"error": "<message>"}`` (the message names the field at fault);
 - ``/ping``: MLflow's and SageMaker's container health check (200 once a champion is served, else 503);
-- ``/health`` (alive), ``/ready`` (a verified champion and a snapshot loaded, the snapshot built with the
+- ``/health`` (alive), ``/ready`` (without a key only its status; with one, the state: a verified champion and a snapshot loaded, the snapshot built with the
   champion's features config and not older than ``serving.max_snapshot_age``; 503 otherwise, with the reasons),
   ``/metrics`` (Prometheus) and the OpenAPI document (``/openapi.json``, ``/docs``).
 
@@ -99,6 +99,7 @@ class ApiKeys:
 
 
 AUTH_REQUIRED = "a valid API key is required (header X-API-Key or Authorization: Bearer)"
+READY_DETAIL = "the service's state (models, snapshot, reasons) is shown with a valid API key"
 
 
 def given_api_key(headers: Any) -> str | None:
@@ -488,9 +489,13 @@ def create_app(service: Service, *, keys: ApiKeys | None = None) -> FastAPI:
         tags=["operations"],
         summary="a verified champion and a fresh feature snapshot of its features config are loaded",
     )
-    def ready() -> JSONResponse:
+    def ready(request: Request) -> JSONResponse:
         state = service.readiness()
-        return JSONResponse(_plain(state), status_code=200 if state["ready"] else 503)
+        status = 200 if state["ready"] else 503
+        if settings.auth and not keys.accepts(given_api_key(request.headers)):
+            # a probe needs the status only; model versions, run ids, digests and error texts need a key
+            return JSONResponse({"ready": state["ready"], "detail": READY_DETAIL}, status_code=status)
+        return JSONResponse(_plain(state), status_code=status)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse)
     def prometheus() -> Response:
