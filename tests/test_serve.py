@@ -9,6 +9,7 @@ import json
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -570,21 +571,13 @@ def test_open_inference_errors_are_the_protocols_and_ping_answers_as_mlflows_ser
     assert "models" in api.client.get("/ready", headers=AUTH).json()
 
 
-def test_a_request_without_a_key_is_refused_before_its_body_is_read(api) -> None:
-    """A client without a valid key cannot make the service buffer a body: over a real socket to a real server
-    (uvicorn), headers that announce 10 MB and no key get 401 at once, though no byte of the body was sent."""
-    import socket
-    import threading
-    import time
-
+@contextmanager
+def _real_server(app):
+    """``app`` served by uvicorn on a free loopback port in a thread: its port."""
     import uvicorn
 
-    from pipelines.serving.app import create_app
-
     port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(api.service), host="127.0.0.1", port=port, log_level="warning")
-    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -592,6 +585,18 @@ def test_a_request_without_a_key_is_refused_before_its_body_is_read(api) -> None
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.05)
         assert server.started, "the test server did not start"
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_a_request_without_a_key_is_refused_before_its_body_is_read(api) -> None:
+    """A client without a valid key cannot make the service buffer a body: over a real socket to a real server
+    (uvicorn), headers that announce 10 MB and no key get 401 at once, though no byte of the body was sent."""
+    from pipelines.serving.app import create_app
+
+    with _real_server(create_app(api.service)) as port:
         for path in ("/invocations", f"/v2/models/{USECASE}/infer", PREDICT):
             with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
                 connection.sendall(
@@ -600,9 +605,47 @@ def test_a_request_without_a_key_is_refused_before_its_body_is_read(api) -> None
                 )
                 head = connection.recv(4096)  # times out (the test fails) if the server waits for the body
             assert head.startswith(b"HTTP/1.1 401"), (path, head[:200])
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+
+
+def test_a_lake_read_for_a_clients_time_never_stalls_health(api, monkeypatch) -> None:
+    """A request whose `at` needs a snapshot not loaded yet reads it from the lake in a worker thread: while
+    that read is held open (a stand-in around the real read), /health answers."""
+    import httpx
+
+    import pipelines.serving.snapshots as snapshots
+    from pipelines.serving.app import create_app
+
+    env, real_read = api.env, snapshots.read_snapshots
+    reading, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def held_read(*args, **kwargs):
+        reading.set()
+        release.wait(timeout=20)
+        done.set()
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(snapshots, "read_snapshots", held_read)
+    monkeypatch.setattr(
+        api.service.snapshots, "_cache", type(api.service.snapshots._cache)()
+    )  # nothing loaded
+    body = {"record": _records(env, DAY)[0], "at": _at(env, DAY)}
+    with _real_server(create_app(api.service)) as port:
+        base = f"http://127.0.0.1:{port}"
+        answer: dict = {}
+        worker = threading.Thread(
+            target=lambda: answer.update(
+                r=httpx.post(f"{base}{PREDICT}", json=body, headers=AUTH, timeout=60)
+            )
+        )
+        worker.start()
+        try:
+            assert reading.wait(timeout=30), "the request did not reach the lake read"
+            health = httpx.get(f"{base}/health", timeout=15)
+            assert health.status_code == 200 and not done.is_set(), "/health waited for the lake read"
+        finally:
+            release.set()
+            worker.join(timeout=60)
+    assert answer["r"].status_code == 200, answer["r"].text
 
 
 def test_api_keys_body_size_and_batch_count(api, tmp_path: Path, monkeypatch) -> None:

@@ -23,6 +23,7 @@ Client mistakes never get a 5xx: a field that breaks the use case's schema 422 n
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import math
@@ -38,6 +39,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import TypeAdapter, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.serving.schema import (
@@ -441,6 +443,19 @@ def create_app(service: Service, *, keys: ApiKeys | None = None) -> FastAPI:
             metrics.errors.labels("not_ready").inc()
             raise HTTPException(503, str(exc)) from None
 
+    async def score_off_loop(
+        rows: list[dict[str, Any]] | None,
+        typed: dict[str, Any] | None,
+        at: datetime | None,
+        at_loc: tuple[Any, ...],
+    ) -> Scored:
+        """:func:`run`, with the lake read of a snapshot a client's ``at`` chose (one not cached yet) done in a
+        worker thread first, so that /health and the other requests never wait on the lake."""
+        if at is not None and not service.snapshots.cached(at):
+            with contextlib.suppress(Exception):  # run() answers whatever the read raised, with its status
+                await run_in_threadpool(service.snapshots.for_time, at)
+        return run(rows, typed, at, at_loc)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         metrics.errors.labels("validation").inc()
@@ -529,7 +544,7 @@ def create_app(service: Service, *, keys: ApiKeys | None = None) -> FastAPI:
         if name != usecase.name:
             raise HTTPException(404, f"this service scores use case {usecase.name!r}, not {name!r}")
         rows, typed, at = predict_body(await _json(request))
-        scored = run(rows, typed, at, ("body", "at"))
+        scored = await score_off_loop(rows, typed, at, ("body", "at"))
         metrics.records.labels(scored.served.alias).inc(scored.rows)
         return _FastJSON(
             {
@@ -594,7 +609,7 @@ def create_app(service: Service, *, keys: ApiKeys | None = None) -> FastAPI:
         rows, typed = (
             validate_columns(given, where) if isinstance(given, dict) else validate_rows(given, where)
         )
-        scored = run(rows, typed, at, ("body", "params", "at"))
+        scored = await score_off_loop(rows, typed, at, ("body", "params", "at"))
         metrics.records.labels(scored.served.alias).inc(scored.rows)
         return _FastJSON({"predictions": scored.scores.tolist()}, headers=_headers(scored))
 
@@ -653,7 +668,7 @@ def create_app(service: Service, *, keys: ApiKeys | None = None) -> FastAPI:
             at_adapter, params.get("at") if isinstance(params, dict) else None, ("body", "parameters", "at")
         )
         rows, typed = validate_columns(data, ("body", "inputs"))
-        scored = run(rows, typed, at, ("body", "parameters", "at"))
+        scored = await score_off_loop(rows, typed, at, ("body", "parameters", "at"))
         metrics.records.labels(scored.served.alias).inc(scored.rows)
         n = scored.rows
         outputs = [

@@ -90,6 +90,13 @@ class SnapshotCache:
             )
         return self.days[index - 1]
 
+    def cached(self, at: Any) -> bool:
+        """Whether the snapshot serving ``at`` is loaded (True too when none serves it: nothing to read)."""
+        try:
+            return self.day_for(at) in self._cache
+        except NoSnapshot:
+            return True
+
     def for_time(self, at: Any) -> OnlineSnapshot:
         """The snapshot serving a request at ``at`` (read once per table version and date)."""
         day = self.day_for(at)
