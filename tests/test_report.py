@@ -694,25 +694,29 @@ def test_parts_lists_skipped_failed_and_cut_parts() -> None:
     assert "failed: ZeroDivisionError" in page and "cut: 10 rows" in page
 
 
-def test_importance_plan_fits_the_budget_fewer_shuffles_first() -> None:
+def test_importance_plan_fits_the_budget_fewer_shuffles_first(monkeypatch) -> None:
     """Two timed predictions size permutation importance, the fixed cost of a call counted once (the one batched
     call pays it once): within budget nothing changes; over it the shuffles drop to one, then the rows, and the
-    full run's estimate is returned for the report's note."""
-    import time
+    full run's estimate is returned for the report's note. The model's time runs on a test clock (each call
+    advances it by what it would take), so a loaded machine changes nothing."""
+    from types import SimpleNamespace
 
     import pandas as pd
 
+    import pipelines.steps.report as report_step
     from pipelines.steps.report import importance_plan
 
     X = pd.DataFrame({f"f{i}": np.arange(3000.0) for i in range(10)})
+    clock = {"now": 0.0}
+    monkeypatch.setattr(report_step, "time", SimpleNamespace(perf_counter=lambda: clock["now"]))
 
     def slow(frame: pd.DataFrame) -> np.ndarray:  # 20 ms a call, plus 1 ms per 100 rows
-        time.sleep(0.02 + len(frame) / 100_000)
+        clock["now"] += 0.02 + len(frame) / 100_000
         return np.zeros(len(frame))
 
     # 1000 rows x (10 features x 3 + 1): 0.02 + 0.31 s; one 500-row timing per row would have said 1.55 s
     rows, repeats, estimate = importance_plan(slow, X, 1000, 3, budget=1.0)
-    assert (rows, repeats) == (1000, 3) and 0.25 < estimate < 0.6
+    assert (rows, repeats) == (1000, 3) and estimate == pytest.approx(0.33)
     assert importance_plan(slow, X, 1000, 3, budget=0.2)[:2] == (1000, 1)
     rows, repeats, _ = importance_plan(slow, X, 1000, 3, budget=0.08)
     assert repeats == 1 and 100 <= rows < 1000
