@@ -54,19 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
 
 
-def archive_stale_versions(ctx: StepContext, dry_run: bool) -> list[dict[str, Any]]:
-    """Archive the registered versions that never held ``champion`` and were trained more than
-    ``retention.archive_after_days`` before the run's date (see the module doc); what was (or, in a dry run,
-    would be) archived. Raises when the registry or the alias moves cannot be read."""
+def _registered_model(ctx: StepContext) -> tuple[Any, str] | None:
+    """(MLflow client, the use case's registered model name), or None when nothing is registered yet; raises
+    when the registry cannot be read."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from pipelines.model_ops import read_moves
-    from pipelines.tracking import CHAMPION_ALIAS, champion_version, configure_mlflow, model_name
+    from pipelines.tracking import configure_mlflow, model_name
 
-    days = ctx.usecase.retention.archive_after_days
-    if days is None:
-        return []
     configure_mlflow(ctx.profile, ctx.usecase)
     client = MlflowClient()
     name = model_name(ctx.usecase)
@@ -74,8 +69,25 @@ def archive_stale_versions(ctx: StepContext, dry_run: bool) -> list[dict[str, An
         client.get_registered_model(name)
     except MlflowException as exc:
         if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
-            return []
+            return None
         raise
+    return client, name
+
+
+def archive_stale_versions(ctx: StepContext, dry_run: bool) -> list[dict[str, Any]]:
+    """Archive the registered versions that never held ``champion`` and were trained more than
+    ``retention.archive_after_days`` before the run's date (see the module doc); what was (or, in a dry run,
+    would be) archived. Raises when the registry or the alias moves cannot be read."""
+    from pipelines.model_ops import read_moves
+    from pipelines.tracking import CHAMPION_ALIAS, champion_version
+
+    days = ctx.usecase.retention.archive_after_days
+    if days is None:
+        return []
+    registered = _registered_model(ctx)
+    if registered is None:
+        return []
+    client, name = registered
     moves = read_moves(ctx.lake, ctx.usecase.name, CHAMPION_ALIAS)
     champions = {int(m["to_version"]) for m in moves} | {
         int(m["from_version"]) for m in moves if m.get("from_version") is not None
@@ -109,20 +121,10 @@ def versions_named_by_models(ctx: StepContext, released: frozenset[int] = frozen
     archived versions and ``released`` (those a dry run would archive).
 
     Raises when the registry cannot be read: the caller must not vacuum without this answer."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from pipelines.tracking import configure_mlflow, model_name
-
-    configure_mlflow(ctx.profile, ctx.usecase)
-    client = MlflowClient()
-    name = model_name(ctx.usecase)
-    try:
-        client.get_registered_model(name)
-    except MlflowException as exc:
-        if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
-            return {}
-        raise
+    registered = _registered_model(ctx)
+    if registered is None:
+        return {}
+    client, name = registered
     kept: dict[str, set[int]] = {}
     for version in client.search_model_versions(f"name = '{name}'"):
         tags = version.tags or {}
