@@ -40,7 +40,9 @@ class ApiServer:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app("core"), host="127.0.0.1", port=self.port, log_level="warning")
+        config = uvicorn.Config(
+            create_app("core"), host="127.0.0.1", port=self.port, log_level="warning", log_config=None
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

@@ -577,7 +577,9 @@ def _real_server(app):
     import uvicorn
 
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", log_config=None)
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -968,6 +970,7 @@ def _run_server(service):
             host="127.0.0.1",
             port=port,
             log_level="warning",
+            log_config=None,  # uvicorn's dictConfig would close the handlers pytest captures logs with
             loop="uvloop",
             http="httptools",
         )
