@@ -15,8 +15,12 @@ from airflow.task.trigger_rule import TriggerRule
 
 from mlops_airflow.operators import GateBranchOperator, KeepChampionOperator, step_task
 from mlops_airflow.pools import train_pool
-from mlops_airflow.wiring import alert, dag_kwargs, usecases
+from mlops_airflow.wiring import alert, dag_kwargs, newest_trainable_date, usecases
 from pipelines.config import UseCase, approval_required
+
+# a run triggered from the form carries the Param end_date in its conf; scheduled runs, dag.test and the monitor's
+# early retraining carry none and train on their logical date (a Param's default would reach scheduled runs too)
+END_DATE_FROM_CONF = "{{ (dag_run.conf or {}).get('end_date') or '' }}"
 
 APPROVAL_DOC = (
     " With `approval.mode: required` a passed gate waits on the task `approval` (Required Actions): Approve moves "
@@ -24,20 +28,21 @@ APPROVAL_DOC = (
 )
 
 
-def lifecycle(usecase: UseCase, train_args: list[str]) -> None:
+def lifecycle(usecase: UseCase, train_args: list[str], day: str | None = None) -> None:
+    """The tasks of one training run; ``day`` (a template) is the run's date when it is not the logical date's."""
     usecase_name = usecase.name
     approval = approval_required(usecase)
-    train = step_task("train", usecase_name, step_args=train_args)
-    evaluate = step_task("evaluate", usecase_name)
-    gate = step_task("gate", usecase_name, on_failure_callback=alert(usecase_name, "gate_failed"))
-    register = step_task("register", usecase_name)
+    train = step_task("train", usecase_name, step_args=train_args, day=day)
+    evaluate = step_task("evaluate", usecase_name, day=day)
+    gate = step_task("gate", usecase_name, day=day, on_failure_callback=alert(usecase_name, "gate_failed"))
+    register = step_task("register", usecase_name, day=day)
     branch = GateBranchOperator(
         task_id="gate_passed",
         gate_task_id="gate",
         passed_task_id="approval" if approval else "promote",
         rejected_task_id="keep_champion",
     )
-    promote = step_task("promote", usecase_name, pool=train_pool(usecase_name))
+    promote = step_task("promote", usecase_name, day=day, pool=train_pool(usecase_name))
     keep = KeepChampionOperator(
         task_id="keep_champion",
         usecase=usecase_name,
@@ -45,7 +50,7 @@ def lifecycle(usecase: UseCase, train_args: list[str]) -> None:
     )
     # after the gate whatever it decided (a gate task that failed too: the page then says the decision is
     # pending), as long as evaluate succeeded: without evaluate's scores there is nothing to explain
-    report = step_task("report", usecase_name, trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS)
+    report = step_task("report", usecase_name, day=day, trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS)
     if approval:
         # approval.mode required: a person approves the passed candidate before promote moves `champion`;
         # Reject or no answer in time skips promote (the champion stays, the run ends green)
@@ -55,6 +60,7 @@ def lifecycle(usecase: UseCase, train_args: list[str]) -> None:
             task_id="approval",
             usecase=usecase_name,
             approvers=list(usecase.approval.approvers),
+            day=day,
             response_timeout=timedelta(seconds=usecase.approval.timeout_seconds),
             doc_md="Waits for Approve or Reject (Required Actions) on the gate's candidate; no answer within "
             f"{usecase.approval.timeout} counts as Reject.",
@@ -68,6 +74,7 @@ def lifecycle(usecase: UseCase, train_args: list[str]) -> None:
 
 for usecase in usecases():
     candidates = [c.name for c in usecase.candidates]
+    newest = newest_trainable_date(usecase)
     with DAG(
         **dag_kwargs(
             usecase,
@@ -82,10 +89,19 @@ for usecase in usecases():
             outputs="MLflow runs of the candidates, registered versions, the gate decision "
             "(`decisions/<usecase>/`), the `champion` alias when the gate passes, the evaluation report",
             trigger=f"monthly (`schedules.train_monthly`: {usecase.schedules.train_monthly}), early by the "
-            "monitor DAG on drift or decay, or by hand: Trigger DAG with the logical date as the window's end "
-            "(the newest date the features table holds + 1 day at most; a date it cannot serve fails at once, "
-            "naming the dates it can) and the Params below.",
+            "monitor DAG on drift or decay, or by hand: Trigger DAG with the Params below; `end_date` (the "
+            "window's end) proposes the newest date the features table can serve, and a date it cannot serve "
+            "fails at once, naming the dates it can.",
             params={
+                "end_date": Param(
+                    newest,
+                    type=["null", "string"],
+                    format="date",
+                    description="the training window's end (exclusive), for a run by hand: proposed, the newest "
+                    "date the lake can serve (the day after the features table's last partition"
+                    + (f", {newest} when the DAG was parsed" if newest else ", unknown until features ran")
+                    + "); empty: the run's logical date. Scheduled runs train on their logical date",
+                ),
                 "mode": Param(
                     "full",
                     enum=["full", "refresh"],
@@ -119,6 +135,7 @@ for usecase in usecases():
                 "--window-days",
                 "{{ params.window_days }}",
             ],
+            day=END_DATE_FROM_CONF,
         )
     globals()[dag.dag_id] = dag
 

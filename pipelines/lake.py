@@ -12,6 +12,7 @@ Layout (see docs/lake.md)::
     <lake>/predictions/<usecase>/                         batch scores                       (Delta, by date)
     <lake>/_meta/partitions/<table>/                      facts per partition of <table>     (Delta, by date)
     <lake>/_meta/plans/features/<usecase>.json            the features step's plan mark      (object)
+    <lake>/_meta/extent/<table>.json                      first and last date a writer built (object)
     <lake>/runs/<usecase>/<step>/date=<yyyy-mm-dd>/run=<run>/  step results of one run (JSON)  (objects)
     <lake>/reports/<usecase>/...                          evaluation reports                 (objects)
 
@@ -53,6 +54,9 @@ ARRIVED_AT_METADATA = "arrived-at"  # S3 user metadata that carries a backfill's
 # get a NULL arrival and count from their declared times, as if they had arrived on time
 UNRECORDED_ARRIVAL = datetime(1970, 1, 1, tzinfo=UTC)
 FACTS_ZONE = "_meta/partitions"
+# a table's first and last date partition, kept by its writer beside the Delta log: advisory (what a form proposes,
+# read without opening Delta), never what a step decides on
+EXTENT_ZONE = "_meta/extent"
 LATEST = "latest"  # write_partitions(read_version=LATEST): a blind overwrite of whatever is committed
 COMMIT_ATTEMPTS = 3  # a step that can redo its work tries this often before failing on conflicts
 
@@ -457,6 +461,24 @@ class Lake:
     def write_json(self, key: str, payload: Any) -> str:
         self.storage.write_bytes(key, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
         return self.storage.uri(key)
+
+    def record_extent(self, table: str, dates: Iterable[str], version: int) -> None:
+        """Widen ``table``'s recorded extent (first and last date, newest version) by the ``dates`` a commit of
+        ``version`` wrote. Advisory: two writers racing may leave the older of their records."""
+        days = sorted(map(str, dates))
+        if not days:
+            return
+        key = f"{EXTENT_ZONE}/{table}.json"
+        known = self.extent(table) or {}
+        first = min(filter(None, (known.get("first"), days[0])))
+        last = max(filter(None, (known.get("last"), days[-1])))
+        version = max(version, int(known.get("version", -1)))
+        self.write_json(key, {"first": first, "last": last, "version": version})
+
+    def extent(self, table: str) -> dict[str, Any] | None:
+        """``table``'s recorded extent (:meth:`record_extent`), or None when no writer recorded one."""
+        key = f"{EXTENT_ZONE}/{table}.json"
+        return self.read_json(key) if self.storage.exists(key) else None
 
     def write_text(self, key: str, text: str) -> str:
         self.storage.write_bytes(key, text.encode("utf-8"))

@@ -30,6 +30,8 @@ def write_features_and_labels(
         read_version=read_version,
         facts=facts,
     )
+    # like the features step: the extent the train DAG's form proposes its newest date from
+    lake.record_extent(features_table(usecase.name), set(frame[DATE].astype(str)), commit.version)
     labelled = frame.loc[frame[label].notna(), [*keys, DATE, label, OUTCOME_KNOWN_AT]]
     lake.write_partitions(
         labels_table(usecase.name),

@@ -159,9 +159,15 @@ def test_a_manual_and_a_nightly_train_dag_run_of_one_date_keep_their_own_results
     lake = Lake(str(tmp_path / "lake"))
     write_features(lake, usecase, date(2013, 1, 1), 45, rows_per_day=60)
 
+    # the manual run as the trigger form makes it: the logical date is when it was triggered (a day the lake
+    # cannot serve), the window's end is the Param end_date
     manual = dags[f"{USECASE}_train"].test(
-        logical_date=datetime(2013, 2, 10, 4, tzinfo=NEW_YORK),
-        run_conf={"candidates": ["logreg"], "window_days": usecase.split.train_window_days},
+        logical_date=datetime(2013, 3, 20, 4, tzinfo=NEW_YORK),
+        run_conf={
+            "end_date": "2013-02-10",
+            "candidates": ["logreg"],
+            "window_days": usecase.split.train_window_days,
+        },
     )
     assert _states(manual)["promote"] == "success", _states(manual)
     manual_gate = lake.read_json(run_result_key(USECASE, "2013-02-10", "gate", manual.run_id))

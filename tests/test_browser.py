@@ -179,25 +179,23 @@ def walk(stack, page, shots: Path) -> None:
     assert page.get_by_text("Import Errors").count() == 0
     _shot(page, shots, "02-dag-list")
 
-    # trigger the train DAG from its Params form: logical date 2013-02-10, a 30-day window (default 35)
+    # trigger the train DAG from its Params form: the form proposes the newest date the lake can serve (the
+    # features end on 2013-02-14); train to 2013-02-10 instead, on a 30-day window (default 35). The logical date
+    # stays the form's default (now): the window's end is the Param.
     page.goto(f"{stack.url}/dags/{DAG_ID}")
     page.get_by_role("button", name="Trigger").first.click()
     dialog = page.get_by_role("dialog")
-    dialog.get_by_test_id("datetime-input").click()
-    day = page.locator("input[value*='/']").first
-    day.fill("2013/02/10")
-    day.press("Enter")
-    clock = page.locator("input[value*=':']").first
-    clock.fill("09:00")
-    clock.press("Enter")
-    dialog.get_by_text(f"Trigger Dag - {DAG_ID}").click()  # closes the date picker
-    assert "Feb 10, 2013 09:00" in dialog.get_by_test_id("datetime-input").inner_text()
+    end_date = dialog.locator("input[name=element_end_date]")
+    assert end_date.input_value() == "2013-02-15"
+    end_date.fill("2013-02-10")
     dialog.locator("input[name=element_window_days]").fill("30")
     _shot(page, shots, "03-trigger-form")
     dialog.get_by_role("button", name="Trigger", exact=True).click()
     run = stack.wait_for(
         "the triggered run",
-        lambda: next((r for r in _runs(stack) if r["logical_date"].startswith("2013-02-10T09:00")), None),
+        lambda: next(
+            (r for r in _runs(stack) if (r.get("conf") or {}).get("end_date") == "2013-02-10"), None
+        ),
     )
     assert run["conf"]["window_days"] == 30, run["conf"]
     run_id = run["dag_run_id"]

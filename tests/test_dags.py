@@ -171,6 +171,46 @@ def test_train_dag_params_and_schedules(dagbag) -> None:
     )
 
 
+def test_the_train_form_proposes_the_newest_date_the_lake_can_serve(tmp_path, monkeypatch) -> None:
+    """The train DAG's Param end_date proposes the day after the features table's last partition (the extent the
+    features writer records, read at parse time without Delta); empty before features ran and for an S3 lake
+    (no network call while parsing). Every task of the run takes its date from the form's end_date, else from
+    the logical date (scheduled runs, whose conf has no end_date)."""
+    from datetime import date
+    from types import SimpleNamespace
+
+    from _model_fixtures import FAST_CANDIDATES, fast_usecase, use_tmp_platform, write_config_dir
+    from _model_fixtures import write_feature_partitions as write_features
+    from airflow.dag_processing.dagbag import DagBag
+
+    from pipelines.lake import Lake
+
+    use_tmp_platform(monkeypatch, tmp_path)
+    usecase = fast_usecase([FAST_CANDIDATES[0]])
+    monkeypatch.setenv("MLOPS_CONFIG_DIR", str(write_config_dir(tmp_path / "config", usecase)))
+    dag_id = f"{usecase.name}_train"
+
+    def parsed_train_dag():
+        return DagBag(dag_folder=str(REPO_ROOT / "dags" / "train.py")).dags[dag_id]
+
+    assert parsed_train_dag().params["end_date"] is None  # no features yet: nothing to propose
+    write_features(Lake(str(tmp_path / "lake")), usecase, date(2013, 1, 1), 45, rows_per_day=20)
+    train = parsed_train_dag()
+    assert train.params["end_date"] == "2013-02-15"  # last partition 2013-02-14
+    assert train.params.get_param("end_date").schema["format"] == "date"
+    assert "2013-02-15" in train.doc_md and "`end_date`" in train.doc_md
+    # each task of a run renders its date from the form's conf, or renders empty (the logical date's day)
+    for task in train.tasks:
+        if hasattr(task, "day"):
+            for conf, expected in (({"end_date": "2013-02-10"}, "2013-02-10"), ({}, ""), (None, "")):
+                rendered = task.render_template(task.day, {"dag_run": SimpleNamespace(conf=conf)})
+                assert rendered == expected, (task.task_id, conf, rendered)
+    assert {t.task_id for t in train.tasks if hasattr(t, "day")} >= {"train", "evaluate", "gate", "promote"}
+
+    monkeypatch.setenv("MLOPS_LAKE_URI", "s3://bucket/lake")  # parsing never reaches for S3
+    assert parsed_train_dag().params["end_date"] is None
+
+
 def test_the_train_dags_of_a_use_case_promote_through_one_pool_slot(dagbag, airflow_db) -> None:
     """Both train DAGs put promote in the use case's pool; `python -m mlops_airflow.pools` creates every use case's
     pool with one slot (the scheduler never runs a task whose pool does not exist), and then the DagBag reports

@@ -329,6 +329,9 @@ def test_incremental_builds_only_days_whose_inputs_changed(lake: Lake) -> None:
 
     first = run_features(lake, usecase, days[-1])
     assert first["built"] == iso
+    # what the train DAG's form proposes its newest date from, recorded by the step beside the table
+    table = features_table(usecase.name)
+    assert lake.extent(table) == {"first": iso[0], "last": iso[-1], "version": lake.version(table)}
 
     again = run_features(lake, usecase, days[-1])
     assert (again["built"], again["skipped"], again["rows"], again["partitions"]) == ([], len(days), 0, [])
@@ -353,6 +356,8 @@ def test_incremental_builds_only_days_whose_inputs_changed(lake: Lake) -> None:
     write_raw(lake, usecase, "planes", days[5], newer)  # a reference snapshot: the days from its date on
     result = run_features(lake, usecase, days[-1], start=days[1])
     assert result["built"] == iso[5:]
+    # a commit of some days widens the recorded extent, never narrows it
+    assert lake.extent(table) == {"first": iso[0], "last": iso[-1], "version": lake.version(table)}
     assert result["skipped"] == len(days) - 1 - len(iso[5:])
     old, new = read_features(lake, usecase, days[4]), read_features(lake, usecase, days[6])
     tail_seats = planes.set_index("tailnum")["seats"]

@@ -876,6 +876,8 @@ def commit_days(
     commit = ctx.lake.write_partitions(
         features.table, rows, read_version=features.version, facts=facts, commit_info=commit_info
     )
+    # what the train DAG's trigger form proposes as the newest date to train on (read at parse time, no Delta)
+    ctx.lake.record_extent(features.table, facts, commit.version)
     snapshot_facts = {
         day: {**day_facts, "columns": SNAPSHOT_COLUMNS, "features_version": commit.version}
         for day, day_facts in facts.items()

@@ -28,6 +28,7 @@ from mlops_airflow.notifiers import ApprovalNotifier
 class ModelApprovalOperator(ApprovalOperator):
     """Ask a person to approve the gate's candidate as champion; record the answer (see the module doc)."""
 
+    template_fields = (*ApprovalOperator.template_fields, "day")
     ui_color = "#fcf3cf"
 
     def __init__(
@@ -38,6 +39,7 @@ class ModelApprovalOperator(ApprovalOperator):
         response_timeout: timedelta,
         gate_task_id: str = "gate",
         register_task_id: str = "register",
+        day: str | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs["retries"] = 0  # a second request would ask again after an answer was recorded
@@ -57,6 +59,7 @@ class ModelApprovalOperator(ApprovalOperator):
             **kwargs,
         )
         self.usecase = usecase
+        self.day = day  # the run's date when it is not the logical date's (the train DAG's end_date Param)
         self.gate_task_id = gate_task_id
         self.register_task_id = register_task_id
 
@@ -97,7 +100,7 @@ class ModelApprovalOperator(ApprovalOperator):
 
         gate, version = self._decision(context)
         spec, profile, lake = self._platform()
-        day = logical_day(context, spec.time.timezone)
+        day = self.day or logical_day(context, spec.time.timezone)
         with patched_environ(self._environment(profile)):
             links = report_links(spec, profile, lake, day, str(context["run_id"]), gate)
         self.subject, self.body = request_text(spec, {**gate, "date": day}, version, links)
@@ -120,7 +123,7 @@ class ModelApprovalOperator(ApprovalOperator):
                 spec,
                 profile,
                 lake,
-                day=logical_day(context, spec.time.timezone),
+                day=self.day or logical_day(context, spec.time.timezone),
                 run_id=str(context["run_id"]),
                 gate=gate,
                 version=version,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import pendulum
@@ -30,6 +30,24 @@ def usecases() -> list[UseCase]:
 def config_errors() -> dict[str, str]:
     """Use case name -> why its file cannot be loaded (empty when every file is valid)."""
     return {name: value for name, value in _load_all().items() if isinstance(value, str)}
+
+
+def newest_trainable_date(usecase: UseCase) -> str | None:
+    """The newest date a training run of ``usecase`` can be given (the day after the features table's last
+    partition), from the extent the features step records beside the table; what the train DAG's trigger form
+    proposes. None for an S3 lake (parsing a DAG makes no network calls), before features ran, or when the record
+    cannot be read: a proposal only, train itself checks the date against the features snapshot it reads."""
+    from pipelines.config import load_profile
+    from pipelines.lake import Lake, LakeError, features_table
+
+    try:
+        lake_uri = load_profile().lake_uri
+        if lake_uri.startswith("s3://"):
+            return None
+        extent = Lake(lake_uri).extent(features_table(usecase.name))
+        return None if not extent else (date.fromisoformat(extent["last"]) + timedelta(days=1)).isoformat()
+    except (ConfigError, LakeError, OSError, KeyError, TypeError, ValueError):
+        return None
 
 
 def raw_asset_name(usecase: UseCase) -> str:
