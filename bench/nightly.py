@@ -86,7 +86,7 @@ def register_champion(lake, usecase, trained_on: date) -> int:
     from pipelines.config import load_profile
     from pipelines.lake import DATE, features_table, labels_table
     from pipelines.model_inputs import model_inputs
-    from pipelines.tracking import CHAMPION_ALIAS, configure_mlflow, model_name
+    from pipelines.tracking import CHAMPION_ALIAS, configure_mlflow, model_name, record_logged_digest
 
     configure_mlflow(load_profile(), usecase)
     keys = [k for k in usecase.features.keys if k != DATE]
@@ -120,6 +120,7 @@ def register_champion(lake, usecase, trained_on: date) -> int:
             ],
             metadata={"decision_threshold": 0.3, "decision_rule": "fixed"},
         )
+        record_logged_digest(info)  # what the score step checks before it loads the champion
     name = model_name(usecase)
     version = mlflow.register_model(info.model_uri, name, tags={"logical_date": trained_on.isoformat()})
     MlflowClient().set_registered_model_alias(name, CHAMPION_ALIAS, str(version.version))

@@ -41,10 +41,8 @@ import contextlib
 import html
 import io
 import json
-import os
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -52,6 +50,7 @@ from typing import Any
 
 from pipelines.config import UseCase, load_profile, load_usecase, mlops_home
 from pipelines.context import StepFailed
+from pipelines.environ import patched_environ
 from pipelines.lake import (
     DATE,
     Lake,
@@ -79,21 +78,6 @@ class BacktestError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------------ workspace
-
-
-@contextlib.contextmanager
-def patched_environ(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the block, then restore them."""
-    before = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def shared_tables(usecase: UseCase) -> list[str]:

@@ -23,11 +23,12 @@ Every classifier is logged as an MLflow pyfunc whose ``predict(frame)`` gives th
 array); read it with :func:`pipelines.tracking.predict_proba`. Feed models with
 :func:`pipelines.model_inputs.model_inputs` (training, evaluation, scoring and serving alike).
 
-Serialization: scikit-learn models use MLflow's default skops format (no code runs on load) with the
+Serialization, no pickle anywhere: scikit-learn models use MLflow's skops format (no code runs on load) with the
 HistGradientBoosting tree predictor as the one extra trusted type; the Keras model is a ``.keras`` file (weights
-and architecture, no pickled code) plus a JSON encoder. Only the stateless wrapper class is pickled, by reference
-to ``pipelines.keras_pyfunc``, so loading a Keras candidate needs the ``pipelines`` package importable (it is in
-every runtime of this project).
+and architecture, loaded in safe mode) plus a JSON encoder, and its wrapper is an MLflow model from code
+(``pipelines/keras_model_code.py``, stored with the model), so loading a Keras candidate needs the ``pipelines``
+package importable (it is in every runtime of this project). Train records each model's digest when it logs it
+and every loader checks it first (pipelines.tracking.load_model).
 
 Determinism: scikit-learn estimators get ``random_state=seed``; Keras runs with
 ``keras.utils.set_random_seed(seed)`` and TensorFlow op determinism, so the same data and seed give the same
@@ -199,7 +200,8 @@ def load_keras_model(path: str | Path) -> Any:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
 
-    return keras.saving.load_model(str(path), compile=False)
+    # safe mode: a Lambda layer's serialized Python code is refused, never run
+    return keras.saving.load_model(str(path), compile=False, safe_mode=True)
 
 
 _KERAS_FORWARD: weakref.WeakKeyDictionary[Any, dict[int, Any]] = weakref.WeakKeyDictionary()
@@ -579,14 +581,15 @@ def log_fitted_model(
     fitted: FittedCandidate, example: pd.DataFrame, metadata: dict[str, Any] | None = None
 ) -> Any:
     """Log ``fitted`` as the active run's pyfunc model with signature, input example and ``metadata`` (the
-    decision threshold: every scorer reads it from the loaded model); return ModelInfo."""
+    decision threshold: every scorer reads it from the loaded model), and record its digest (what every loader
+    checks, pipelines.tracking.load_model); return ModelInfo."""
     import mlflow
     from mlflow.models import infer_signature
 
+    from pipelines.tracking import record_logged_digest
+
     requirements = pip_requirements(fitted.spec.family)
     if isinstance(fitted.estimator, KerasMLP):
-        from pipelines.keras_pyfunc import KerasProbabilityModel
-
         signature = infer_signature(example, fitted.scores(example))
         with tempfile.TemporaryDirectory(prefix="keras-model-") as tmp:
             weights = Path(tmp) / "model.keras"
@@ -598,19 +601,22 @@ def log_fitted_model(
                 target = Path(tmp) / "target.json"
                 target.write_text(json.dumps(asdict(fitted.estimator.target)))
                 artifacts["target"] = str(target)
-            return mlflow.pyfunc.log_model(
+            info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT_NAME,
-                python_model=KerasProbabilityModel(),
+                # a model from code: loading runs this (digest-checked) file, never unpickles a wrapper
+                python_model=str(Path(__file__).with_name("keras_model_code.py")),
                 artifacts=artifacts,
                 signature=signature,
                 input_example=example,
                 pip_requirements=requirements,
                 metadata=metadata,
             )
+        record_logged_digest(info)
+        return info
     regressor = fitted.is_regressor
     predict = fitted.estimator.predict if regressor else fitted.estimator.predict_proba
     signature = infer_signature(example, predict(example))
-    return mlflow.sklearn.log_model(
+    info = mlflow.sklearn.log_model(
         fitted.estimator,
         name=MODEL_ARTIFACT_NAME,
         signature=signature,
@@ -621,6 +627,8 @@ def log_fitted_model(
         skops_trusted_types=SKOPS_TRUSTED_TYPES,
         metadata=metadata,
     )
+    record_logged_digest(info)
+    return info
 
 
 def mlflow_params(fitted: FittedCandidate) -> dict[str, str]:

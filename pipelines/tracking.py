@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import ConfigError, Profile, UseCase
 from pipelines.context import StepFailed
+from pipelines.environ import patched_environ
 
 if TYPE_CHECKING:
     import numpy as np
@@ -27,7 +29,9 @@ CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = (
     "challenger"  # optional: a version a scoring service sends a share (or a shadow copy) of traffic
 )
-MODEL_DIGEST_TAG = "model_sha256"  # model version tag: the digest of its artifact files, recorded by register
+# the digest of a model's artifact files: computed by train when it logs the model (a tag of its run and of its
+# logged model), copied by register onto the registry version; every loader checks it before reading the model
+MODEL_DIGEST_TAG = "model_sha256"
 
 
 def configure_mlflow(profile: Profile, usecase: UseCase) -> str:
@@ -115,10 +119,153 @@ def champion_version(usecase: UseCase) -> Any | None:
         ) from exc
 
 
+class ArtifactRefused(StepFailed):
+    """A model's artifacts do not match the digest recorded when it was logged (or none was recorded, or a file
+    name leaves its folder): nothing of it was loaded."""
+
+
 def load_model(uri: str) -> Any:
+    """The pyfunc model at ``uri``, loaded from a downloaded copy whose digest matched the one recorded when the
+    model was logged (:func:`recorded_digest`); raises :class:`ArtifactRefused` before any byte of the model is
+    interpreted otherwise. Our models load without pickle (scikit-learn through skops, the Keras wrapper as a
+    model from code), so the only code a model file runs is code whose digest was checked."""
+    import tempfile
+
+    expected = recorded_digest(uri)
+    with tempfile.TemporaryDirectory(prefix="mlops-model-") as folder:
+        return load_verified_folder(verified_download(uri, expected, folder))
+
+
+def load_verified_folder(path: Path) -> Any:
+    """The pyfunc model of a folder :func:`verified_download` checked, once its MLmodel shows it loads without
+    pickle (:func:`check_no_pickle`). MLflow gates skops loads behind ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION``
+    because the trusted types come from the model's own MLmodel; here they were checked against our code's list,
+    so the flag is raised for this load only."""
     import mlflow
 
-    return mlflow.pyfunc.load_model(uri)
+    check_no_pickle(path)
+    with _LOAD_LOCK, patched_environ({"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"}):
+        return mlflow.pyfunc.load_model(str(path))  # both our flavors read every file at load
+
+
+_LOAD_LOCK = threading.Lock()  # the flag is process-wide: one load at a time holds it raised
+
+
+def check_no_pickle(path: Path) -> None:
+    """Raise :class:`ArtifactRefused` unless the model in ``path`` loads without pickle: a pyfunc model from code,
+    or a scikit-learn model in skops format whose trusted types are all in our code's list
+    (pipelines.modeling.SKOPS_TRUSTED_TYPES), never the list a model file brings."""
+    import yaml
+
+    from pipelines.modeling import SKOPS_TRUSTED_TYPES
+
+    try:
+        flavors = (yaml.safe_load((Path(path) / "MLmodel").read_text()) or {}).get("flavors") or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ArtifactRefused(
+            f"{path}: its MLmodel cannot be read ({exc}); the model was not loaded"
+        ) from None
+    if (flavors.get("python_function") or {}).get("model_code_path"):
+        return
+    sklearn = flavors.get("sklearn") or {}
+    untrusted = sorted(set(sklearn.get("skops_trusted_types") or []) - set(SKOPS_TRUSTED_TYPES))
+    if sklearn and sklearn.get("serialization_format") == "skops" and not untrusted:
+        return
+    raise ArtifactRefused(
+        f"{path}: the model needs pickle to load (flavors {sorted(flavors)}, sklearn format "
+        f"{sklearn.get('serialization_format')!r}"
+        + (f", types our code does not trust: {untrusted}" if untrusted else "")
+        + "); it was not loaded. Retrain it: every model train logs loads without pickle"
+    )
+
+
+def verified_download(uri: str, expected: str, folder: str | Path) -> Path:
+    """Download the artifacts of ``uri`` into ``folder``; return their path when their digest is ``expected``,
+    else raise :class:`ArtifactRefused` (a tampered, added or missing file, a link, a name outside the folder)."""
+    import mlflow
+
+    path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
+    digest = artifact_digest(path)
+    if digest != expected:
+        raise ArtifactRefused(
+            f"{uri}: its artifacts changed since the model was logged (sha256 {digest[:16]}..., recorded "
+            f"{expected[:16]}...); it was not loaded. Retrain, or restore the artifacts from the run that logged it"
+        )
+    return path
+
+
+def recorded_digest(uri: str) -> str:
+    """The digest recorded for the model at ``uri`` (``models:/<name>/<version>``, ``models:/<name>@<alias>``,
+    ``models:/<logged model id>`` or ``runs:/<run id>/<path>``): the registry version's tag, else its logged
+    model's, else its run's (train records it on both when it logs the model). Raises :class:`ArtifactRefused`
+    when none was recorded (a model logged before digests were), RegistryError when MLflow cannot be asked."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+
+    def logged_model_tags(model_id: str) -> dict[str, str]:
+        logged = mlflow.get_logged_model(model_id)
+        tags = dict(logged.tags or {})
+        if MODEL_DIGEST_TAG not in tags and logged.source_run_id:
+            tags = client.get_run(logged.source_run_id).data.tags
+        return tags
+
+    tags: dict[str, str] = {}
+    try:
+        if uri.startswith("runs:/"):
+            tags = client.get_run(uri.removeprefix("runs:/").split("/", 1)[0]).data.tags
+        elif uri.startswith("models:/"):
+            ref = uri.removeprefix("models:/").strip("/")
+            if "@" in ref or "/" in ref:
+                if "@" in ref:
+                    name, alias = ref.split("@", 1)
+                    version = client.get_model_version_by_alias(name, alias)
+                else:
+                    name, number = ref.rsplit("/", 1)
+                    version = client.get_model_version(name, number)
+                tags = dict(version.tags or {})
+                if MODEL_DIGEST_TAG not in tags and str(version.source or "").startswith("models:/m-"):
+                    tags = logged_model_tags(str(version.source).removeprefix("models:/"))
+                elif MODEL_DIGEST_TAG not in tags and version.run_id:
+                    tags = client.get_run(version.run_id).data.tags
+            else:
+                tags = logged_model_tags(ref)
+    except Exception as exc:
+        raise RegistryError(
+            f"MLflow could not say which digest {uri} was logged with ({type(exc).__name__}: {str(exc)[:300]}); "
+            "nothing was loaded. Check the MLflow tracking server (MLFLOW_TRACKING_URI) and rerun the task"
+        ) from exc
+    digest = tags.get(MODEL_DIGEST_TAG)
+    if not digest:
+        raise ArtifactRefused(
+            f"{uri} has no {MODEL_DIGEST_TAG!r} tag, so its artifacts cannot be verified and it was not loaded: "
+            "it was logged before digests were recorded; retrain it (python -m pipelines train ...)"
+        )
+    return digest
+
+
+def verified_digest(uri: str) -> str:
+    """The digest recorded when the model at ``uri`` was logged, once its stored artifacts were checked against
+    it (register copies it onto the registry version); raises :class:`ArtifactRefused` otherwise."""
+    import tempfile
+
+    expected = recorded_digest(uri)
+    with tempfile.TemporaryDirectory(prefix="mlops-digest-") as folder:
+        verified_download(uri, expected, folder)
+    return expected
+
+
+def record_logged_digest(model_info: Any) -> str:
+    """Record the digest of a just-logged model (:func:`model_digest` of its stored artifacts) on the active run
+    and on the logged model; return it."""
+    import mlflow
+
+    digest = model_digest(model_info.model_uri)
+    mlflow.set_tag(MODEL_DIGEST_TAG, digest)
+    if getattr(model_info, "model_id", None):
+        mlflow.set_logged_model_tags(model_info.model_id, {MODEL_DIGEST_TAG: digest})
+    return digest
 
 
 # written into a model's artifacts by the registry when a version is registered: bookkeeping, not the model
@@ -131,11 +278,17 @@ def artifact_digest(folder: str | Path) -> str:
     registration; different when any file changed, appeared or went."""
     import hashlib
 
-    root = Path(folder)
+    root = Path(folder).resolve()
     digest = hashlib.sha256()
-    files = (
-        p for p in root.rglob("*") if p.is_file() and p.relative_to(root).as_posix() not in REGISTRY_FILES
-    )
+    files = []
+    for path in root.rglob("*"):
+        # a link (or a name that resolves outside the folder) could make a loader read a file nobody hashed
+        if path.is_symlink() or not path.resolve().is_relative_to(root):
+            raise ArtifactRefused(
+                f"{path}: a link or a name outside the model's folder; the model was not loaded"
+            )
+        if path.is_file() and path.relative_to(root).as_posix() not in REGISTRY_FILES:
+            files.append(path)
     for path in sorted(files):
         content = hashlib.sha256()
         with path.open("rb") as handle:

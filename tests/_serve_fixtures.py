@@ -293,7 +293,7 @@ def log_candidate(
     import mlflow
     from mlflow.models import infer_signature
 
-    from pipelines.tracking import feature_columns
+    from pipelines.tracking import feature_columns, record_logged_digest
 
     columns = feature_columns(env.usecase)
     frame = train.dropna(subset=[env.usecase.target.column])
@@ -330,6 +330,7 @@ def log_candidate(
                 skops_trusted_types=TRUSTED_TYPES,
                 metadata=metadata,
             )
+            record_logged_digest(info)  # as log_fitted_model does: what every loader checks
     entry = {"name": name, "family": family, "run_id": run.info.run_id, "model_uri": info.model_uri}
     return entry if threshold is None else {**entry, "decision_threshold": threshold}
 

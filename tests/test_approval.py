@@ -90,10 +90,14 @@ def world(airflow_db, tmp_path_factory):
 
 
 def _champion() -> int | None:
-    from pipelines.config import load_usecase
+    from pipelines.config import load_profile, load_usecase
     from pipelines.model_ops import alias_version
+    from pipelines.tracking import configure_mlflow
 
-    return alias_version(load_usecase(USECASE), "champion")
+    spec = load_usecase(USECASE)
+    # this world's registry: an earlier module of the process may have pointed MLflow's client elsewhere
+    configure_mlflow(load_profile(), spec)
+    return alias_version(spec, "champion")
 
 
 def _run(world, hour: int, act):

@@ -1106,7 +1106,7 @@ def test_a_tampered_artifact_is_refused_and_the_old_version_keeps_serving(serve_
         assert ready.status_code == 200
         champion = ready.json()["models"]["champion"]
         assert champion["served"]["version"] == first and champion["refused_version"] == second
-        assert "changed since registration" in champion["error"]
+        assert "changed since the model was logged" in champion["error"]
         metrics = client.get("/metrics").text
         assert f'mlops_serve_model_refused_version{{alias="champion"}} {float(second)}' in metrics
         assert "mlops_serve_model_reload_failures_total 1.0" in metrics

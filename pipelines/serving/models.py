@@ -26,12 +26,14 @@ from pipelines.tracking import (
     CHALLENGER_ALIAS,
     CHAMPION_ALIAS,
     MODEL_DIGEST_TAG,
-    artifact_digest,
+    ArtifactRefused,
     decision_threshold,
     is_not_found,
+    load_verified_folder,
     model_name,
     predict_proba,
     scores_of,
+    verified_download,
 )
 
 log = logging.getLogger("mlops.serve")
@@ -225,7 +227,6 @@ def single_record_scorer(model: Any, usecase: UseCase, folder: Path) -> SingleRe
 def load_verified(usecase: UseCase, version: Any, alias: str) -> ServedModel:
     """Download, check and load registry ModelVersion ``version``; raise ModelRefused with the reason when it
     may not serve."""
-    import mlflow
 
     name = model_name(usecase)
     expected = (version.tags or {}).get(MODEL_DIGEST_TAG)
@@ -236,17 +237,12 @@ def load_verified(usecase: UseCase, version: Any, alias: str) -> ServedModel:
         )
     folder = Path(tempfile.mkdtemp(prefix=f"mlops-serve-{name}-v{version.version}-"))
     try:
-        path = Path(
-            mlflow.artifacts.download_artifacts(f"models:/{name}/{version.version}", dst_path=str(folder))
-        )
-        digest = artifact_digest(path)
-        if digest != expected:
-            raise ModelRefused(
-                f"version {version.version} of {name!r}: its artifacts changed since registration (sha256 "
-                f"{digest[:16]}..., registered {expected[:16]}...)"
-            )
         try:
-            model = mlflow.pyfunc.load_model(str(path))
+            path = verified_download(f"models:/{name}/{version.version}", expected, folder)
+        except ArtifactRefused as exc:
+            raise ModelRefused(f"version {version.version} of {name!r}: {exc}") from None
+        try:
+            model = load_verified_folder(path)
         except Exception as exc:
             raise ModelRefused(
                 f"version {version.version} of {name!r} cannot be loaded: {type(exc).__name__}: {exc}"
@@ -265,7 +261,7 @@ def load_verified(usecase: UseCase, version: Any, alias: str) -> ServedModel:
             candidate=(version.tags or {}).get("candidate"),
             model=model,
             threshold=threshold,
-            digest=digest,
+            digest=expected,
             folder=folder,
             score=score,
             runtime=runtime,

@@ -159,7 +159,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     from mlflow import MlflowClient
 
     from pipelines.feature_identity import FEATURES_CONFIG_TAG, features_config_hash
-    from pipelines.tracking import MODEL_DIGEST_TAG, configure_mlflow, model_digest, model_name
+    from pipelines.tracking import MODEL_DIGEST_TAG, configure_mlflow, model_name, verified_digest
 
     train = read_step_result(ctx, "train")
     gate = read_step_result(ctx, "gate")
@@ -223,8 +223,9 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             **fit_tags(candidate, window),
             "gate_status": status,
             "gate_reasons": reasons[:MAX_TAG_CHARS],
-            # what a scoring service checks before it serves this version (a changed artifact is refused)
-            MODEL_DIGEST_TAG: model_digest(candidate["model_uri"]),
+            # the digest train recorded when it logged the model, once the artifacts were checked against it:
+            # what every loader of this version checks (a changed artifact is refused)
+            MODEL_DIGEST_TAG: verified_digest(candidate["model_uri"]),
         }
         version = find_version(client, name, run_id)
         if version is None:

@@ -659,13 +659,16 @@ def _reusable_runs(experiment_id: str, fingerprint: str) -> list[Any]:
     on train + validation: :func:`_run_fitted_on`)."""
     from mlflow import MlflowClient
 
+    from pipelines.tracking import MODEL_DIGEST_TAG
+
     runs = MlflowClient().search_runs(
         [experiment_id],
         filter_string=f"tags.train_fingerprint = '{fingerprint}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
         max_results=10,
     )
-    return [r for r in runs if r.data.tags.get("model_uri")]
+    # a run without a recorded digest (logged before digests were) is not reused: no loader would load it
+    return [r for r in runs if r.data.tags.get("model_uri") and r.data.tags.get(MODEL_DIGEST_TAG)]
 
 
 def _run_fitted_on(run: Any, has_validation: bool) -> str:
@@ -891,7 +894,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                         ),
                     }
                 )
-                info = modeling.log_fitted_model(fitted, example, metadata)
+                info = modeling.log_fitted_model(fitted, example, metadata)  # its digest recorded too
                 mlflow.set_tag("model_uri", info.model_uri)
                 run_id, model_uri = active.info.run_id, info.model_uri
             said = (

@@ -17,8 +17,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,8 @@ from airflow.providers.docker.operators.docker import DockerOperator
 from airflow.sdk import BaseOperator
 from airflow.sdk.bases.branch import BaseBranchOperator
 from airflow.sdk.exceptions import AirflowFailException
+
+from pipelines.environ import patched_environ
 
 if TYPE_CHECKING:
     from pipelines.config import Profile
@@ -102,20 +103,6 @@ def s3_environment(conn_id: str | None) -> dict[str, str]:
     if extra.get("region_name"):
         env["AWS_DEFAULT_REGION"] = extra["region_name"]
     return env
-
-
-@contextmanager
-def patched_environ(values: dict[str, str]) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 DOCKER_API_TIMEOUT_S = 600
