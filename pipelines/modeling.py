@@ -40,6 +40,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -182,11 +183,43 @@ class TabularEncoder:
 # --------------------------------------------------------------------------------------------------- keras
 
 
-def _init_tensorflow(seed: int) -> Any:
-    """Import Keras on TensorFlow quietly, seed everything and turn on op determinism."""
+class _CurrentStderr:
+    """A stream that writes to whatever ``sys.stderr`` is at the time and is never closed."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        """Not ours to close."""
+
+
+def _import_keras() -> Any:
+    """Import Keras on TensorFlow quietly, with absl's log handler writing to the current ``sys.stderr``.
+
+    TensorFlow imports absl, whose handler keeps the ``sys.stderr`` it found at import and closes it when it is
+    closed, unless it is ``sys.stderr`` at that moment. Every ``logging.config.dictConfig`` (Airflow's, uvicorn's)
+    closes every handler ever made, so a process that had redirected stderr to a log file (the demo's runners),
+    or a test runner capturing it, had that stream closed under it and every later write failed."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
+    from absl import logging as absl_logging
+
+    handler = absl_logging.get_absl_handler().python_handler
+    if not isinstance(handler.stream, _CurrentStderr):
+        handler.stream = _CurrentStderr()
+    return keras
+
+
+def _init_tensorflow(seed: int) -> Any:
+    """Import Keras on TensorFlow quietly, seed everything and turn on op determinism."""
+    keras = _import_keras()
     import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
@@ -196,10 +229,7 @@ def _init_tensorflow(seed: int) -> Any:
 
 def load_keras_model(path: str | Path) -> Any:
     """Load a ``.keras`` file for inference (no optimizer state)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    import keras
-
+    keras = _import_keras()
     # safe mode: a Lambda layer's serialized Python code is refused, never run
     return keras.saving.load_model(str(path), compile=False, safe_mode=True)
 

@@ -1260,3 +1260,30 @@ def test_the_infrastructure_check_scores_in_a_fresh_process_and_fails_on_a_model
     assert disagreeing["passed"] is False and "allowed 1e-06" in disagreeing["reason"], disagreeing
     assert broken["passed"] is False and broken["max_abs_difference"] is None, broken
     assert "cannot load or score" in broken["reason"] and str(copy) in broken["reason"], broken
+
+
+def test_importing_keras_never_leaves_a_stream_that_logging_reconfiguration_closes(tmp_path) -> None:
+    """TensorFlow's absl log handler kept the stderr it found at import and closed it whenever logging was
+    reconfigured (dictConfig closes every handler ever made) while stderr was something else: the file the demo's
+    runner had redirected stderr to, or pytest's own capture (every later test of that xdist worker then failed
+    with "I/O operation on closed file"). In a fresh process: Keras imported with stderr redirected to one file,
+    logging reconfigured with stderr redirected to another; the first file stays open."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import contextlib, json, logging.config
+        from pipelines import modeling
+        first, second = open({str(tmp_path / "first.log")!r}, "w"), open({str(tmp_path / "second.log")!r}, "w")
+        with contextlib.redirect_stderr(first):
+            modeling._import_keras()
+        with contextlib.redirect_stderr(second):
+            logging.config.dictConfig({{"version": 1}})
+        print(json.dumps({{"first_closed": first.closed}}))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"first_closed": False}
