@@ -426,7 +426,10 @@ def _to_int(values: pd.Series) -> pd.Series:
 
     numbers = pd.to_numeric(values, errors="coerce", dtype_backend="numpy_nullable")
     integral = numbers.isna() | (numbers == numbers.round())
-    return numbers.where(integral.fillna(False).astype(bool)).astype("Int64")
+    # a whole number outside int64 (pandas reads it as UInt64 or Float64) would wrap to -2**63 in the cast below
+    # and be committed silently: it does not parse as an int, so it is null here and reported (found by fuzzing)
+    fits = numbers.isna() | ((numbers >= -(2**63)) & (numbers < 2**63))
+    return numbers.where((integral & fits).fillna(False).astype(bool)).astype("Int64")
 
 
 def _to_bool(values: pd.Series) -> pd.Series:

@@ -367,6 +367,25 @@ def test_quarantine_report_names_the_bad_values_and_lines(mlops_env: Path) -> No
     assert len(checks) == 2
 
 
+@pytest.mark.parametrize("value", ["99999999999999999999999999", "9223372036854775808"])
+def test_an_integer_beyond_int64_is_quarantined_not_wrapped(mlops_env: Path, value: str) -> None:
+    """Found by tests/test_ingest_fuzz.py: ``flight`` (int, min 1, no max) passed GX with a 26-digit value, and the
+    Int64 cast wrapped it to -2**63, which was committed. It does not parse as an int64: the file is quarantined."""
+    lake = open_lake()
+    frame = flights_rows(DAY1, 5)
+    frame.loc[2, "flight"] = value
+    land_file(lake, USECASE, DAY1, "flights_x.csv", csv_bytes(frame))
+    land_file(lake, USECASE, DAY1, "flights_y.csv", csv_bytes(flights_rows(DAY1, 5, skip=10)))
+    error = ingest_failing(DAY1)
+    assert error.result["files_committed"] == 1 and error.result["files_quarantined"] == 1
+    report = lake.read_json(f"quarantine/{USECASE}/2013-01-01/flights_x.csv.report.json")
+    [check] = report["failed_checks"]
+    assert (check["expectation_type"], check["column"]) == ("values_parse_as_int", "flight")
+    assert check["sample_unexpected_values"] == [value] and check["sample_rows"] == [4]  # header = line 1
+    assert set(raw(lake, "flights", DAY1)["_source_file"]) == {"flights_y.csv"}
+    assert raw(lake, "flights", DAY1)["flight"].min() >= 1
+
+
 def test_corrupt_parquet_goes_to_quarantine(
     mlops_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
