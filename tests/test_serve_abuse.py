@@ -258,8 +258,9 @@ def _request(conn: http.client.HTTPConnection, method: str, path: str, body: byt
 def test_hostile_clients_are_shed_while_health_stays_fast_and_a_polite_client_is_answered(
     api, tmp_path
 ) -> None:
-    """For about 12 s against one uvicorn server (in-flight cap 4, 20 requests a second with bursts of 10, a 64 KiB
-    body limit): slow bodies (a few bytes a second, more connections than the key's cap), bodies over the limit
+    """For about 12 s against ``mlops serve`` (one uvicorn worker in a process of its own, as deployed; its limits
+    set by the command's options: in-flight cap 4, 20 requests a second with bursts of 10, a 64 KiB body limit;
+    in-process, the clients' threads shared the server's GIL and measured that instead): slow bodies (a few bytes a second, more connections than the key's cap), bodies over the limit
     (declared, and chunked without a length), wrong keys, a key hammering past its rate, and a client cycling
     ``at`` over times before, between and after the snapshots. Meanwhile a probe measures ``/health`` and a
     well-behaved client (its own key, a few requests a second) scores batches. ``/health``'s p99 stays under
