@@ -19,7 +19,10 @@ built with another features config than the answering model's gets 503.
 
 Client mistakes never get a 5xx: a field that breaks the use case's schema 422 naming it, a body over
 ``max_body_bytes`` or a batch over ``max_batch_records`` 413, a missing or wrong API key 401 (``X-API-Key`` or
-``Authorization: Bearer``; health, readiness and metrics need none). Every answer says which version made it
+``Authorization: Bearer``; health, readiness and metrics need none). A key past its rate (a token bucket) or with
+too many requests in flight gets 429 with ``Retry-After`` (pipelines.serving.limits; health, readiness and metrics
+are never limited), in the endpoint's error shape: ``{"detail": ...}``, MLflow's ``{"error_code": ..., "message":
+...}`` on ``/invocations``, the protocol's ``{"error": ...}`` under ``/v2/``. Every answer says which version made it
 (``model_version`` and the ``X-Model-Version`` header).
 """
 
@@ -46,6 +49,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.serving import oip_binary
+from pipelines.serving.limits import KeyLimits, Refusal
 from pipelines.serving.schema import (
     ColumnChecker,
     Timestamp,
@@ -117,23 +121,77 @@ def given_api_key(headers: Any) -> str | None:
     return given
 
 
-class _BodyLimit:
-    """ASGI middleware for the requests with a body (every one of them needs a key): a request without a valid
-    API key gets 401 before a byte of its body is read, and a body over ``limit`` bytes 413 before any handler
-    reads it."""
+# never limited per key: probes and scrapes (health, readiness, metrics) and the API's documents
+_NEVER_LIMITED = frozenset(
+    {"/health", "/ping", "/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json"}
+)
 
-    def __init__(self, app: Any, limit: int, accepts: Any = None, refused: Any = None) -> None:
+
+def never_limited(path: str) -> bool:
+    """A path the per-key limits leave alone (:data:`_NEVER_LIMITED`, ``/v2/health/*``, ``/v2/models/*/ready``)."""
+    return (
+        path in _NEVER_LIMITED
+        or path.startswith("/v2/health/")
+        or (path.startswith("/v2/models/") and path.endswith("/ready"))
+    )
+
+
+class _BodyLimit:
+    """ASGI middleware for the requests with a body (every one of them needs a key) and the requests the per-key
+    limits count (pipelines.serving.limits): a request without a valid API key gets 401 before a byte of its body
+    is read; one past its key's rate or in-flight cap 429 (``shed``), before its body is read too; and a body over
+    ``limit`` bytes 413 before any handler reads it. A request counts as in flight from here until answered, so a
+    client sending its body slowly holds one of its key's places all that time."""
+
+    def __init__(
+        self,
+        app: Any,
+        limit: int,
+        accepts: Any = None,
+        refused: Any = None,
+        limits: KeyLimits | None = None,
+        shed: Any = None,
+    ) -> None:
         self.app, self.limit, self.accepts, self.refused = app, limit, accepts, refused
+        self.limits = limits if limits is not None and limits.enabled() else None
+        self.shed = shed
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = scope["path"]
+        has_body = scope["method"] not in ("GET", "HEAD", "OPTIONS")
+        limited = self.limits is not None and not never_limited(path)
+        if not has_body and not limited:
+            await self.app(scope, receive, send)
+            return
+        key = ""  # without keys (--no-auth) every request shares one bucket
         if self.accepts is not None:
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or []}
-            if not self.accepts(given_api_key(headers)):
-                await self.refused(scope["path"])(scope, receive, send)
+            given = given_api_key(headers)
+            if self.accepts(given):
+                key = given
+            elif has_body:
+                await self.refused(path)(scope, receive, send)
                 return
+            else:  # a GET without a valid key: its route answers 401 (or 404); no bucket for an unknown key
+                limited = False
+        if limited:
+            refusal = self.limits.admit(key)
+            if refusal is not None:
+                await self.shed(path, refusal)(scope, receive, send)
+                return
+        try:
+            if has_body:
+                await self._with_body(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+        finally:
+            if limited:
+                self.limits.release(key)
+
+    async def _with_body(self, scope: dict, receive: Any, send: Any) -> None:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         too_large = declared is not None and declared.isdigit() and int(declared) > self.limit
         chunks: list[bytes] = []
@@ -481,18 +539,36 @@ def create_app(service: Service, *, keys: ApiKeys | None = None) -> FastAPI:
             return _v2_error(str(exc.detail), exc.status_code, getattr(exc, "headers", None))
         return await http_exception_handler(request, exc)
 
+    limits = KeyLimits(settings.rate_limit, settings.rate_burst, settings.max_in_flight)
+    app.state.limits = limits
+
+    def shed(path: str, refusal: Refusal) -> JSONResponse:
+        """The 429 of a request past its key's limits, in its API's error shape, with ``Retry-After``."""
+        metrics.limited.labels(refusal.reason).inc()
+        headers = {"Retry-After": str(refusal.retry_after_s)}
+        if path.startswith("/v2/"):
+            return _v2_error(refusal.message, 429, headers)
+        if path == "/invocations":  # MLflow's scoring server's error shape (its code for HTTP 429)
+            body = {"error_code": "REQUEST_LIMIT_EXCEEDED", "message": refusal.message}
+            return JSONResponse(body, status_code=429, headers=headers)
+        return JSONResponse({"detail": refusal.message}, status_code=429, headers=headers)
+
     # inside the measuring middleware below; the key is checked there too, so a client without one cannot make
-    # the service buffer a body
+    # the service buffer a body, and the per-key limits before the body is read
     app.add_middleware(
         _BodyLimit,
         limit=settings.max_body_bytes,
         accepts=keys.accepts if settings.auth else None,
         refused=refused,
+        limits=limits,
+        shed=shed,
     )
     app.add_middleware(_Measure, metrics=metrics)
 
+    # async, as the liveness probes below: answered on the event loop, with no hop to the thread pool (whose
+    # threads wait for the CPU behind the scoring on a busy machine)
     @app.get("/health", tags=["operations"], summary="the process is alive")
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:
         return {"status": "alive"}
 
     @app.get(
@@ -619,7 +695,7 @@ def create_app(service: Service, *, keys: ApiKeys | None = None) -> FastAPI:
         return _FastJSON({"predictions": scored.scores.tolist()}, headers=_headers(scored))
 
     @app.get("/v2/health/live", tags=["open inference protocol"])
-    def v2_live() -> dict[str, bool]:
+    async def v2_live() -> dict[str, bool]:
         return {"live": True}
 
     @app.get("/v2/health/ready", tags=["open inference protocol"])

@@ -1,6 +1,7 @@
 """Prometheus metrics of a scoring service (its own registry: several services may live in one process).
 
-Requests by route and status with a latency histogram, errors by kind, records scored by alias; read from the
+Requests by route and status with a latency histogram, errors by kind, requests refused by the per-key limits
+by reason, records scored by alias; read from the
 service at each scrape: the version each alias serves, model reloads and refused versions, the age of the newest
 feature snapshot, capture (written, dropped, failed, queued) and shadow scoring (scored, dropped, errors).
 """
@@ -135,6 +136,15 @@ class ServeMetrics:
         self.errors = Counter(
             "mlops_serve_errors", "refused or failed requests, by kind", ["kind"], registry=self.registry
         )
+        self.limited = Counter(
+            "mlops_serve_limited_requests",
+            "requests refused with 429 by the per-key limits, by reason (rate: the key's token bucket was empty; "
+            "in_flight: the key had --max-in-flight requests under way)",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in ("rate", "in_flight"):  # shown at 0 before the first refusal
+            self.limited.labels(reason)
         self.records = Counter(
             "mlops_serve_records",
             "records scored, by the alias that answered",

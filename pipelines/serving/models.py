@@ -4,8 +4,11 @@ A version serves only once verified: its artifact files hash to the digest regis
 (``model_sha256``), it loads through the scorer's loader, and it scores its own stored input example with finite
 values. :class:`ModelSlots` checks the aliases on a schedule; when one moves it loads and verifies the new
 version beside the old, then swaps the reference (requests under way finish on the version they started with).
-A version that fails stays out, the old one keeps serving, and the failure is reported until an alias moves
-again.
+A version that fails stays out, the old one keeps serving, and the failure is reported. It is tried again with
+exponential back-off (:data:`RETRY_FIRST_S` after the first failure, twice as long after each further one, at most
+:data:`RETRY_MAX_S`; at the first refresh after that time): a transient failure (the registry or the artifact store
+briefly unreachable) recovers by itself, while a tampered artifact fails every retry and stays out. Moving the
+alias to another version starts again at once.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,11 @@ from pipelines.tracking import (
 )
 
 log = logging.getLogger("mlops.serve")
+
+# a version that failed to load is tried again this long after its first failure, then after twice as long each
+# time, up to RETRY_MAX_S (ServeSettings.retry_first_s and retry_max_s)
+RETRY_FIRST_S = 30.0
+RETRY_MAX_S = 900.0
 
 
 class ModelRefused(Exception):
@@ -278,16 +287,36 @@ class SlotState:
     """What the service knows about one alias."""
 
     served: ServedModel | None = None
-    refused_version: str | None = None  # the version the alias points to that failed verification
+    refused_version: str | None = None  # the version the alias points to that failed to load or verify
     error: str | None = None  # why (or why the registry could not be asked)
     checked_at: float | None = None
+    failures: int = 0  # failed loads of refused_version in a row
+    retry_at: float | None = None  # when refused_version is tried again (epoch seconds)
+
+    def retry(self) -> dict[str, Any] | None:
+        """The back-off of the refused version: failures so far, when it is tried next."""
+        if self.refused_version is None or self.retry_at is None:
+            return None
+        return {
+            "failures": self.failures,
+            "next_retry_at": datetime.fromtimestamp(self.retry_at, UTC).isoformat(),
+            "next_retry_in_s": round(max(0.0, self.retry_at - time.time()), 1),
+        }
 
 
 class ModelSlots:
     """The champion (required) and challenger (optional) slots, refreshed from the registry."""
 
-    def __init__(self, usecase: UseCase, *, challenger: bool = False) -> None:
+    def __init__(
+        self,
+        usecase: UseCase,
+        *,
+        challenger: bool = False,
+        retry_first_s: float = RETRY_FIRST_S,
+        retry_max_s: float = RETRY_MAX_S,
+    ) -> None:
         self.usecase = usecase
+        self.retry_first_s, self.retry_max_s = retry_first_s, max(retry_first_s, retry_max_s)
         self.aliases = [CHAMPION_ALIAS, *([CHALLENGER_ALIAS] if challenger else [])]
         self.state = {alias: SlotState() for alias in self.aliases}
         self.reload_failures = 0
@@ -326,23 +355,45 @@ class ModelSlots:
                 if state.served is not None and state.served.version == number:
                     state.error, state.refused_version = None, None
                     continue
-                if state.refused_version == number:
-                    continue  # refused already: reported, not retried until the alias moves
+                if state.refused_version != number:  # a version not tried yet
+                    state.failures, state.retry_at = 0, None
+                elif state.retry_at is not None and time.time() < state.retry_at:
+                    continue  # refused: reported, and tried again once its back-off has passed
                 try:
                     loaded = load_verified(self.usecase, version, alias)
-                except ModelRefused as exc:
-                    self.reload_failures += 1
-                    state.refused_version, state.error = number, str(exc)
+                except Exception as exc:
+                    # ModelRefused: it failed verification (a tampered artifact keeps failing); another
+                    # exception: the registry or artifact store failed mid-way (which a retry may get past)
+                    error = (
+                        str(exc)
+                        if isinstance(exc, ModelRefused)
+                        else f"loading version {number} failed: {type(exc).__name__}: {exc}"
+                    )
+                    self._refused(alias, state, number, error)
                     continue
-                except Exception as exc:  # the registry or artifact store failed mid-way: retried next time
-                    self.reload_failures += 1
-                    state.error = f"loading version {number} failed: {type(exc).__name__}: {exc}"
-                    continue
+                if state.failures:
+                    log.warning("%s: version %s loaded after %d failures", alias, number, state.failures)
                 old, state.served = state.served, loaded
-                state.refused_version, state.error = None, None
+                state.refused_version, state.error, state.failures, state.retry_at = None, None, 0, None
                 self.reloads += 1
                 if old is not None:
                     old.release()
+
+    def _refused(self, alias: str, state: SlotState, number: str, error: str) -> None:
+        """Record a failed load of ``number`` and when it is tried again (the back-off doubles each failure)."""
+        self.reload_failures += 1
+        state.refused_version, state.error = number, error
+        state.failures += 1
+        delay = min(self.retry_max_s, self.retry_first_s * 2 ** (state.failures - 1))
+        state.retry_at = time.time() + delay
+        log.warning(
+            "%s: version %s not served (failure %d; tried again in %.0f s): %s",
+            alias,
+            number,
+            state.failures,
+            delay,
+            error,
+        )
 
     def start(self, every_s: float) -> None:
         """Refresh every ``every_s`` seconds in a daemon thread."""
@@ -366,12 +417,13 @@ class ModelSlots:
                 state.served.release()
 
     def report(self) -> dict[str, Any]:
-        """Per alias: the version served, the version refused and why."""
+        """Per alias: the version served, the version refused, why, and when it is tried again."""
         return {
             alias: {
                 "served": None if state.served is None else state.served.describe(),
                 "refused_version": state.refused_version,
                 "error": state.error,
+                "retry": state.retry(),
             }
             for alias, state in self.state.items()
         }

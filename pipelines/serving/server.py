@@ -4,7 +4,11 @@ With ``--workers N`` the command starts N processes, each with its own listening
 (``SO_REUSEPORT``: the kernel spreads connections over them, where one shared listener let most connections land
 on one worker), each loading the models itself and limited to its share of the CPU threads (the model's OpenMP
 threads of N workers would otherwise oversubscribe the cores). Workers run uvloop, which sets TCP_NODELAY on every
-connection (a keep-alive response otherwise waits for a delayed ACK, about 40 ms).
+connection (a keep-alive response otherwise waits for a delayed ACK, about 40 ms). The command's process
+supervises its workers: one that dies is replaced (:func:`serve`).
+
+Per API key, each worker limits the requests a second (``--rate-limit``, ``--rate-burst``) and the requests in flight
+(``--max-in-flight``); past them a request gets 429 with ``Retry-After`` (pipelines.serving.limits).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import signal
 import socket
 import sys
 from typing import Any
+
+from pipelines.serving.limits import DEFAULT_BURST, DEFAULT_IN_FLIGHT, DEFAULT_RATE
 
 log = logging.getLogger("mlops.serve")
 
@@ -50,6 +56,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-body-bytes", type=int, default=16 * 1024 * 1024, help="request body size (413 above)"
     )
     parser.add_argument(
+        "--rate-limit",
+        type=float,
+        default=DEFAULT_RATE,
+        metavar="PER_SECOND",
+        help="requests a second per API key and worker process, a token bucket (429 with Retry-After above; "
+        f"requests without a key share one; 0: no limit; default {DEFAULT_RATE:g})",
+    )
+    parser.add_argument(
+        "--rate-burst",
+        type=int,
+        default=DEFAULT_BURST,
+        help=f"requests a key may send at once above --rate-limit (the bucket's size; default {DEFAULT_BURST})",
+    )
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=DEFAULT_IN_FLIGHT,
+        help="requests under way at once per API key and worker process, a slow body's included (429 above; "
+        f"0: no cap; default {DEFAULT_IN_FLIGHT})",
+    )
+    parser.add_argument(
         "--refresh-seconds",
         type=float,
         default=10.0,
@@ -77,6 +104,14 @@ def settings_from(args: argparse.Namespace) -> Any:
             parse_duration(max_age, "--max-snapshot-age")
         except ValueError as exc:
             raise SystemExit(f"mlops serve: {exc} (or 'off')") from None
+    rate = getattr(args, "rate_limit", DEFAULT_RATE)
+    burst = getattr(args, "rate_burst", DEFAULT_BURST)
+    in_flight = getattr(args, "max_in_flight", DEFAULT_IN_FLIGHT)
+    if rate < 0 or in_flight < 0 or (rate > 0 and burst < 1):
+        raise SystemExit(
+            f"mlops serve: --rate-limit {rate:g}, --rate-burst {burst}, --max-in-flight {in_flight}: limits are "
+            "0 (none) or positive, and a rate needs a burst of at least 1"
+        )
     keys = ApiKeys.from_environment()
     if not args.no_auth and not keys.configured():
         raise SystemExit(
@@ -94,6 +129,9 @@ def settings_from(args: argparse.Namespace) -> Any:
         api_keys_file=str(keys.path) if keys.path else None,
         auth=not args.no_auth,
         max_snapshot_age=max_age,
+        rate_limit=rate,
+        rate_burst=burst,
+        max_in_flight=in_flight,
     )
 
 
@@ -179,9 +217,24 @@ def _serve_one(args: argparse.Namespace, threads: int) -> None:
         service.stop()
 
 
+# a worker that died within this many seconds of its start is replaced after a pause that doubles each time (up to
+# RESTART_MAX_PAUSE_S), so one that cannot start (its champion cannot load, the port is taken) does not spin
+RESTART_QUICK_S = 30.0
+RESTART_MAX_PAUSE_S = 30.0
+# on stop, a worker still running after STOP_NUDGE_S gets SIGTERM again, and SIGKILL after STOP_KILL_S
+STOP_NUDGE_S = 15.0
+STOP_KILL_S = 90.0
+
+
 def serve(args: argparse.Namespace) -> int:
-    """Run the service in ``args.workers`` processes until interrupted."""
+    """Run the service in ``args.workers`` processes until interrupted. With several, this process supervises
+    them: a worker that dies (killed, out of memory) is replaced by a new one, while the others keep answering
+    (each has its own listening socket, so the kernel sends new connections to the live ones). With one worker
+    the service runs in this process, and the process supervisor restarts it (Kubernetes' restart policy, compose's
+    ``restart: unless-stopped``)."""
     import multiprocessing
+    import time
+    from multiprocessing.connection import wait
 
     settings_from(args)  # refuse bad options before any worker starts
     workers = max(1, args.workers)
@@ -190,21 +243,60 @@ def serve(args: argparse.Namespace) -> int:
         _serve_one(args, threads)
         return 0
     context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=_serve_one, args=(args, threads), daemon=False) for _ in range(workers)
-    ]
-    for process in processes:
+    stopping = False
+
+    def start_worker() -> Any:
+        process = context.Process(target=_serve_one, args=(args, threads), daemon=False)
         process.start()
+        started[process.sentinel] = time.monotonic()
+        return process
+
+    started: dict[int, float] = {}
+    processes = [start_worker() for _ in range(workers)]
 
     def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
         for process in processes:
             if process.is_alive():
                 os.kill(process.pid, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    quick_deaths = 0
+    while not stopping:
+        wait([p.sentinel for p in processes], timeout=1.0)
+        for index, process in enumerate(processes):
+            if stopping or process.is_alive():
+                continue
+            lived = time.monotonic() - started.pop(process.sentinel, time.monotonic())
+            quick_deaths = quick_deaths + 1 if lived < RESTART_QUICK_S else 0
+            pause = min(RESTART_MAX_PAUSE_S, 2.0 ** (quick_deaths - 1)) if quick_deaths else 0.0
+            log.warning(
+                "worker pid %s exited with %s after %.0f s; starting another%s",
+                process.pid,
+                process.exitcode,
+                lived,
+                f" in {pause:.0f} s" if pause else "",
+            )
+            deadline = time.monotonic() + pause
+            while not stopping and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if not stopping:
+                processes[index] = start_worker()
     for process in processes:
+        waited = 0.0
+        while process.is_alive():
+            process.join(timeout=STOP_NUDGE_S)
+            waited += STOP_NUDGE_S
+            if process.is_alive() and waited >= STOP_KILL_S:
+                log.warning("worker pid %s did not stop in %.0f s: killed", process.pid, waited)
+                process.kill()
+            elif process.is_alive():
+                # a SIGTERM is lost when its SystemExit is raised inside a finalizer (_stop_by_exit): again
+                os.kill(process.pid, signal.SIGTERM)
         process.join()
+    # a worker replaced while serving does not count: the exit status is that of the workers stopped last
     return 0 if all(p.exitcode == 0 for p in processes) else 1
 
 

@@ -36,7 +36,8 @@ from pipelines.lake import Lake, arrow_type
 from pipelines.model_inputs import SMALL_BATCH, model_input_columns
 from pipelines.online import feature_columns_of
 from pipelines.serving.capture import CaptureWriter, Constant, sampled
-from pipelines.serving.models import ModelSlots, ServedModel
+from pipelines.serving.limits import DEFAULT_BURST, DEFAULT_IN_FLIGHT, DEFAULT_RATE
+from pipelines.serving.models import RETRY_FIRST_S, RETRY_MAX_S, ModelSlots, ServedModel
 from pipelines.serving.snapshots import SnapshotCache
 from pipelines.tracking import CHALLENGER_ALIAS, CHAMPION_ALIAS
 
@@ -62,6 +63,15 @@ class ServeSettings:
     # the oldest newest snapshot that keeps the service ready (a duration such as 36h; "off": no limit);
     # None: the use case's serving.max_snapshot_age
     max_snapshot_age: str | None = None
+    # per API key and worker process (pipelines.serving.limits): requests a second (0: none) with bursts of
+    # rate_burst, and requests in flight at once (0: no cap)
+    rate_limit: float = DEFAULT_RATE
+    rate_burst: int = DEFAULT_BURST
+    max_in_flight: int = DEFAULT_IN_FLIGHT
+    # a version that failed to load or verify is tried again after retry_first_s, then twice as long after each
+    # failure, up to retry_max_s (pipelines.serving.models.ModelSlots)
+    retry_first_s: float = RETRY_FIRST_S
+    retry_max_s: float = RETRY_MAX_S
 
 
 @dataclass
@@ -191,7 +201,12 @@ class Service:
         self.clock = clock or (lambda: datetime.now(UTC))  # the time that judges a snapshot's age
         self.max_snapshot_age_s = max_snapshot_age_seconds(usecase, settings.max_snapshot_age)
         wants_challenger = settings.challenger_share > 0 or settings.shadow
-        self.slots = slots or ModelSlots(usecase, challenger=wants_challenger)
+        self.slots = slots or ModelSlots(
+            usecase,
+            challenger=wants_challenger,
+            retry_first_s=settings.retry_first_s,
+            retry_max_s=settings.retry_max_s,
+        )
         self.snapshots = snapshots or SnapshotCache(lake, usecase)
         self.capture = (
             capture
@@ -309,6 +324,17 @@ class Service:
                     "was recorded), so the features config of the snapshots it answers from cannot be checked; "
                     "register it again or retrain"
                 )
+        for (
+            alias
+        ) in self.slots.aliases:  # a version an alias points to that failed to load: when it is retried
+            state = self.slots.state[alias]
+            retry = state.retry()
+            if retry is not None:
+                text = (
+                    f"version {state.refused_version} ({alias}) is not served after {state.failures} failed "
+                    f"load(s); it is tried again at {retry['next_retry_at']}: {state.error}"
+                )
+                (reasons if alias == CHAMPION_ALIAS and champion is None else warnings).append(text)
         if self.snapshots.pending:
             warnings.append(self.snapshots.pending)
         return {
