@@ -1370,7 +1370,8 @@ def test_a_flush_appends_what_was_queued_when_it_began(tmp_path: Path) -> None:
     from pipelines.serving.capture import CaptureWriter
 
     lake = Lake(str(tmp_path / "lake"))
-    writer = CaptureWriter(lake, "steady", max_rows=1000, batch_rows=4, flush_s=3600)
+    # no capture thread: it would flush the rows queued during this flush (4 or more) before they are counted
+    writer = CaptureWriter(lake, "steady", max_rows=1000, batch_rows=4, flush_s=3600, background=False)
     offered = iter(range(10, 1000))
 
     def traffic(i: int):

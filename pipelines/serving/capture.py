@@ -151,7 +151,10 @@ class CaptureWriter:
         batch_rows: int = 100_000,
         flush_s: float = 10.0,  # a commit has a fixed cost (tens of ms of log and file work): few and large ones
         structs: Mapping[str, Mapping[str, Any]] | None = None,
+        background: bool = True,
     ) -> None:
+        """``background``: a thread flushes when ``batch_rows`` are queued or every ``flush_s``; without it the
+        caller flushes (a tool, or a test that must know what each flush took)."""
         self.lake, self.table = lake, captures_table(usecase)
         # struct column -> its fields' Arrow types (pipelines.serving.service.capture_structs)
         self.structs = {name: dict(children) for name, children in (structs or {}).items()}
@@ -170,7 +173,8 @@ class CaptureWriter:
         self._handle_commits = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mlops-capture", daemon=True)
-        self._thread.start()
+        if background:
+            self._thread.start()
 
     def offer(self, rows: list[dict[str, Any]]) -> int:
         """Queue ``rows`` without waiting; return how many were dropped because the queue was full."""
@@ -275,5 +279,6 @@ class CaptureWriter:
     def close(self) -> None:
         """Stop the thread and append what is left."""
         self._stop.set()
-        self._thread.join(timeout=60)
+        if self._thread.is_alive():
+            self._thread.join(timeout=60)
         self.flush()
