@@ -7,6 +7,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import socket
+import threading
+import time
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -435,3 +438,45 @@ def produce_day(
     }
     env.lake.write_json(run_key("gate"), gate_result)
     return {"train": train_result, "evaluate": evaluated, "gate": gate_result, "best": best, "frames": frames}
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_uvicorn(app: Any) -> tuple[Any, threading.Thread, int]:
+    """``app`` under a real uvicorn server on a free loopback port in a daemon thread, as ``mlops serve`` runs it
+    (uvloop, httptools); returns (server, thread, port) once it listens."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            log_config=None,  # uvicorn's dictConfig would close the handlers pytest captures logs with
+            loop="uvloop",
+            http="httptools",
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    return server, thread, port
+
+
+def use_mlflow_of(env: ServeEnv) -> None:
+    """Point MLflow's client back at ``env``'s store (another test of the process may have moved it)."""
+    import mlflow
+
+    uri = f"sqlite:///{env.tmp / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)

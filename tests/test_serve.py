@@ -17,7 +17,15 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from _serve_fixtures import USECASE, ServeEnv, make_serve_env, produce_day, write_features
+from _serve_fixtures import (
+    USECASE,
+    ServeEnv,
+    free_port,
+    make_serve_env,
+    produce_day,
+    run_uvicorn,
+    write_features,
+)
 from fastapi.testclient import TestClient
 
 from pipelines.cli import run_step
@@ -576,7 +584,7 @@ def _real_server(app):
     """``app`` served by uvicorn on a free loopback port in a thread: its port."""
     import uvicorn
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", log_config=None)
     )
@@ -951,36 +959,11 @@ def test_capture_keeps_the_share_of_requests_its_request_id_hash_selects(api, mo
 # ----------------------------------------------------------------------------------------------- releases
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _run_server(service):
-    """The app under a real uvicorn server in a thread; returns (base url, server)."""
-    import uvicorn
-
+    """The app under a real uvicorn server in a thread; returns (base url, server, thread)."""
     from pipelines.serving.app import create_app
 
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(service),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            log_config=None,  # uvicorn's dictConfig would close the handlers pytest captures logs with
-            loop="uvloop",
-            http="httptools",
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
+    server, thread, port = run_uvicorn(create_app(service))
     return f"http://127.0.0.1:{port}", server, thread
 
 
@@ -1043,7 +1026,7 @@ def test_a_server_stopped_by_sigterm_flushes_its_capture_and_removes_its_model_f
 
     _champion_from(serve_env, TRAINED_ON)
     write_features(serve_env, [DAY], rows=20)
-    port, temp = _free_port(), tmp_path / "tmp"
+    port, temp = free_port(), tmp_path / "tmp"
     temp.mkdir()
     env = {**os.environ, "MLOPS_API_KEYS": ",".join(sorted(KEYS)), "TMPDIR": str(temp)}
     log = (tmp_path / "serve.log").open("w")

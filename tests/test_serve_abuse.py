@@ -22,7 +22,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from _serve_fixtures import USECASE, ServeEnv, make_serve_env, produce_day, write_features
+from _serve_fixtures import (
+    USECASE,
+    ServeEnv,
+    free_port,
+    make_serve_env,
+    produce_day,
+    use_mlflow_of,
+    write_features,
+)
 from fastapi.testclient import TestClient
 
 from pipelines.cli import run_step
@@ -72,12 +80,6 @@ def _service(env: ServeEnv, **settings):
     service = Service(env.usecase, env.lake, ServeSettings(**options), clock=lambda: now)
     service.start()
     return service
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------------- the limits alone
@@ -146,11 +148,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def api(served):
-    import mlflow
-
-    uri = f"sqlite:///{served.env.tmp / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    use_mlflow_of(served.env)
     return served
 
 
@@ -221,7 +219,7 @@ def test_a_key_past_its_rate_gets_429_with_retry_after_in_each_endpoints_error_s
 def _serve(env: ServeEnv, log_path: Path, *options: str, keys: frozenset[str] = KEYS):
     """``mlops serve`` of ``env``'s champion in a process of its own (its own interpreter: the test's client
     threads do not share its GIL), on a free loopback port, once /ready answers 200: (process, port)."""
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "pipelines", "serve", "--usecase", USECASE, "--port", str(port)]
     # the data are of 2013: by the wall clock every snapshot is older than serving.max_snapshot_age
     command += ["--no-capture", "--max-snapshot-age", "off", *options]
@@ -579,7 +577,7 @@ def test_a_killed_worker_is_replaced_and_requests_keep_being_answered(serve_env:
     starts a new one, whose pid appears, and which answers too."""
     _champion_from(serve_env, TRAINED_ON)
     write_features(serve_env, [DAY], rows=40)
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "pipelines", "serve", "--usecase", USECASE, "--port", str(port)]
     command += ["--workers", "2", "--no-auth", "--no-capture", "--max-snapshot-age", "off"]
     log_path = tmp_path / "serve.log"

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
-import socket
 import struct
-import threading
-import time
 from datetime import date, timedelta
 from types import ModuleType, SimpleNamespace
 
@@ -19,7 +16,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from _serve_fixtures import USECASE, ServeEnv, make_serve_env, produce_day, write_features
+from _serve_fixtures import (
+    USECASE,
+    ServeEnv,
+    make_serve_env,
+    produce_day,
+    run_uvicorn,
+    use_mlflow_of,
+    write_features,
+)
 
 from pipelines.cli import run_step
 from pipelines.online import read_records
@@ -45,17 +50,9 @@ def _step(name: str, day: date) -> dict:
     return run_step([name, "--usecase", USECASE, "--date", day.isoformat()])
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _start(env: ServeEnv, **settings):
     """A started service (its clock stopped an hour after DAY's snapshot) under uvicorn on a free loopback port
     in a thread, as ``mlops serve`` runs it (uvloop, httptools): (service, server, thread, port)."""
-    import uvicorn
-
     from pipelines.serving.app import create_app
     from pipelines.serving.service import ServeSettings, Service
 
@@ -63,24 +60,7 @@ def _start(env: ServeEnv, **settings):
     options = {"refresh_s": 0.0, "capture": False, **settings}
     service = Service(env.usecase, env.lake, ServeSettings(**options), clock=lambda: now)
     service.start()
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(service),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            log_config=None,  # uvicorn's dictConfig would close the handlers pytest captures logs with
-            loop="uvloop",
-            http="httptools",
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
+    server, thread, port = run_uvicorn(create_app(service))
     return service, server, thread, port
 
 
@@ -112,11 +92,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def api(served):
     """The module's service with MLflow pointed back at its store (other tests move the URI)."""
-    import mlflow
-
-    uri = f"sqlite:///{served.env.tmp / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    use_mlflow_of(served.env)
     return served
 
 
