@@ -480,3 +480,42 @@ def use_mlflow_of(env: ServeEnv) -> None:
     uri = f"sqlite:///{env.tmp / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+
+
+def serving_step(name: str, day: date) -> dict:
+    """Run step ``name`` of the serving tests' use case for ``day`` in-process; its result."""
+    from pipelines.cli import run_step
+
+    return run_step([name, "--usecase", USECASE, "--date", day.isoformat()])
+
+
+def champion_from(
+    env: ServeEnv,
+    day: date,
+    *,
+    promote: bool = True,
+    threshold: float = 0.3,
+    candidates: tuple[tuple[str, str], ...] = (("logreg", "logistic_regression"),),
+) -> str:
+    """A candidate trained on ``day`` whose gate passed, registered (and promoted unless ``promote`` is False);
+    its registry version."""
+    produce_day(env, day, gate_passed=True, threshold=threshold, candidates=candidates)
+    version = str(serving_step("register", day)["gate_candidate_version"])
+    if promote:
+        serving_step("promote", day)
+    return version
+
+
+def client_records(env: ServeEnv, day: date, *, without_nulls: bool = False) -> list[dict]:
+    """The events of ``day`` as a client sends them: the primary source's columns, JSON values (``without_nulls``:
+    only the records with no null, as a tensor cannot carry one)."""
+    from pipelines.online import read_records
+
+    frame = read_records(env.lake, env.usecase, [day.isoformat()]).drop(columns=["date"])
+    records = json.loads(frame.to_json(orient="records", date_format="iso"))
+    return [r for r in records if None not in r.values()] if without_nulls else records
+
+
+def prediction_at(env: ServeEnv, day: date) -> str:
+    """``day``'s prediction time, as a client's ``at``."""
+    return env.usecase.time.prediction_time_of(day).isoformat()

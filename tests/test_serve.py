@@ -22,15 +22,17 @@ from _serve_fixtures import (
     ServeEnv,
     free_port,
     make_serve_env,
-    produce_day,
     run_uvicorn,
     write_features,
 )
+from _serve_fixtures import champion_from as _champion_from
+from _serve_fixtures import client_records as _records
+from _serve_fixtures import prediction_at as _at
+from _serve_fixtures import serving_step as _step
 from fastapi.testclient import TestClient
 
-from pipelines.cli import run_step
 from pipelines.lake import captures_table, predictions_table
-from pipelines.online import SMALL_BATCH, read_records
+from pipelines.online import SMALL_BATCH
 from pipelines.serving.recapture import rebuild_model_inputs
 from pipelines.tracking import feature_columns
 
@@ -39,35 +41,6 @@ AUTH = {"X-API-Key": "key-one"}
 TRAINED_ON = date(2013, 3, 1)
 DAY = date(2013, 3, 10)  # a day with features and an online snapshot, after the champion's training date
 PREDICT = f"/v1/usecases/{USECASE}/predict"
-
-
-def _step(name: str, day: date) -> dict:
-    return run_step([name, "--usecase", USECASE, "--date", day.isoformat()])
-
-
-def _champion_from(
-    env: ServeEnv,
-    day: date,
-    *,
-    promote: bool = True,
-    threshold: float = 0.3,
-    candidates: tuple[tuple[str, str], ...] = (("logreg", "logistic_regression"),),
-) -> str:
-    produce_day(env, day, gate_passed=True, threshold=threshold, candidates=candidates)
-    version = str(_step("register", day)["gate_candidate_version"])
-    if promote:
-        _step("promote", day)
-    return version
-
-
-def _records(env: ServeEnv, day: date) -> list[dict]:
-    """The events of ``day`` as a client sends them: the primary source's columns, JSON values."""
-    frame = read_records(env.lake, env.usecase, [day.isoformat()]).drop(columns=["date"])
-    return json.loads(frame.to_json(orient="records", date_format="iso"))
-
-
-def _at(env: ServeEnv, day: date) -> str:
-    return env.usecase.time.prediction_time_of(day).isoformat()
 
 
 def _clock(env: ServeEnv, hours_after: float = 1.0):

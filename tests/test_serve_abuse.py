@@ -25,16 +25,16 @@ import pytest
 from _serve_fixtures import (
     USECASE,
     ServeEnv,
+    client_records,
     free_port,
     make_serve_env,
-    produce_day,
+    prediction_at,
     use_mlflow_of,
     write_features,
 )
+from _serve_fixtures import champion_from as _champion_from
 from fastapi.testclient import TestClient
 
-from pipelines.cli import run_step
-from pipelines.online import read_records
 from pipelines.serving.limits import KeyLimits, TokenBucket
 
 ARTIFACTS = (
@@ -50,26 +50,12 @@ GOOD, HAMMER, SLOW, HUGE, CYCLER = "good-key", "hammer-key", "slow-key", "huge-k
 KEYS = frozenset({GOOD, HAMMER, SLOW, HUGE, CYCLER})
 
 
-def _step(name: str, day: date) -> dict:
-    return run_step([name, "--usecase", USECASE, "--date", day.isoformat()])
-
-
-def _champion_from(env: ServeEnv, day: date, *, promote: bool = True) -> str:
-    produce_day(env, day, gate_passed=True, threshold=0.3)
-    version = str(_step("register", day)["gate_candidate_version"])
-    if promote:
-        _step("promote", day)
-    return version
-
-
 def _records(env: ServeEnv, day: date = DAY) -> list[dict]:
-    frame = read_records(env.lake, env.usecase, [day.isoformat()]).drop(columns=["date"])
-    records = json.loads(frame.to_json(orient="records", date_format="iso"))
-    return [r for r in records if None not in r.values()]
+    return client_records(env, day, without_nulls=True)
 
 
 def _at(env: ServeEnv, day: date = DAY) -> str:
-    return env.usecase.time.prediction_time_of(day).isoformat()
+    return prediction_at(env, day)
 
 
 def _service(env: ServeEnv, **settings):

@@ -19,15 +19,15 @@ import requests
 from _serve_fixtures import (
     USECASE,
     ServeEnv,
+    client_records,
     make_serve_env,
+    prediction_at,
     produce_day,
     run_uvicorn,
     use_mlflow_of,
     write_features,
 )
-
-from pipelines.cli import run_step
-from pipelines.online import read_records
+from _serve_fixtures import serving_step as _step
 
 KEY = "clients-key"
 AUTH = {"X-API-Key": KEY}
@@ -44,10 +44,6 @@ def _client_module(name: str, package: str) -> ModuleType:
         return importlib.import_module(name)
     except ImportError as exc:
         pytest.fail(f"{name} cannot be imported ({exc}): {INSTALL}, or `pip install '{package}'`")
-
-
-def _step(name: str, day: date) -> dict:
-    return run_step([name, "--usecase", USECASE, "--date", day.isoformat()])
 
 
 def _start(env: ServeEnv, **settings):
@@ -97,15 +93,12 @@ def api(served):
 
 
 def _records(env: ServeEnv) -> list[dict]:
-    """DAY's events as a client sends them (the primary source's columns as JSON values), those without a null:
-    a tensor has no null (an optional column is left out whole, never one of its values)."""
-    frame = read_records(env.lake, env.usecase, [DAY.isoformat()]).drop(columns=["date"])
-    records = json.loads(frame.to_json(orient="records", date_format="iso"))
-    return [r for r in records if None not in r.values()]
+    """DAY's events without a null: a tensor has no null (an optional column is left out whole)."""
+    return client_records(env, DAY, without_nulls=True)
 
 
 def _at(env: ServeEnv) -> str:
-    return env.usecase.time.prediction_time_of(DAY).isoformat()
+    return prediction_at(env, DAY)
 
 
 def _json_scores(port: int, records: list[dict], at: str) -> list[float]:
