@@ -70,8 +70,13 @@ def _log_errors(home: Path, limit: int = 80) -> str:
     keep = [
         line
         for i, line in enumerate(lines)
-        if re.search(r"ERROR|Traceback|Error:|Exception|retry", line)
-        or any("Traceback" in prev for prev in lines[max(0, i - 30) : i])
+        # dag.test's "No tasks to run" warning repeats every second while a task waits for its retry and names
+        # it up_for_retry: it says nothing about why, and would push the real error out of the last lines
+        if "No tasks to run" not in line
+        and (
+            re.search(r"ERROR|Traceback|Error:|Exception|retry", line)
+            or any("Traceback" in prev for prev in lines[max(0, i - 30) : i])
+        )
     ]
     return "\n".join(keep[-limit:])
 
