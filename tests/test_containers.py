@@ -53,9 +53,15 @@ def _container_runs(records: list[dict], home: Path) -> dict[str, dict]:
     ]
     for attrs in records:
         step = attrs["io.mlops.step"]
+        tries = [
+            (a["io.mlops.dag_id"], a["io.mlops.date"], a.get("exitCode"))
+            for a in records
+            if a["io.mlops.step"] == step
+        ]
+        # the tries' exit codes first (137: killed, e.g. out of memory), then the log: CI shows a message's start
         assert step not in runs, (
-            f"step {step} ran in more than one container (a try failed after its container, see the Airflow "
-            f"log's errors):\n{_log_errors(home)}\n{records}"
+            f"step {step} ran in more than one container, (DAG, date, exit code) of each: {tries}. A try failed "
+            f"after its container; the Airflow log's errors:\n{_log_errors(home)}\n{records}"
         )
         runs[step] = attrs
     return runs
