@@ -21,13 +21,17 @@ START_TIMEOUT_S = 300
 
 
 class Stack:
-    def __init__(self, home: Path, users: dict[str, str], extra_env: dict[str, str]) -> None:
+    def __init__(
+        self, home: Path, users: dict[str, str], extra_env: dict[str, str], components: bool = False
+    ) -> None:
+        """``components``: Airflow's api-server, scheduler, dag-processor and triggerer as processes of their own
+        (so that a test can kill one and start it again) and no MLflow UI, instead of ``airflow standalone``."""
         from mlops_airflow.ui import prepare_airflow, ui_commands
         from pipelines.config import load_profile
 
-        self.port, self.mlflow_port = free_port(), free_port()
+        self.port, self.mlflow_port = free_port(), (None if components else free_port())
         self.url = f"http://127.0.0.1:{self.port}"
-        self.mlflow_url = f"http://127.0.0.1:{self.mlflow_port}"
+        self.mlflow_url = f"http://127.0.0.1:{self.mlflow_port}" if self.mlflow_port else None
         self.users = users
         (home / "airflow").mkdir(parents=True, exist_ok=True)
         passwords = home / "airflow" / "passwords.json"
@@ -42,9 +46,27 @@ class Stack:
                 "AIRFLOW__API__BASE_URL": self.url,
                 "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
                 "AIRFLOW__CORE__PARALLELISM": "2",
-                "MLOPS_MLFLOW_UI_URL": self.mlflow_url,
             }
         )
+        if self.mlflow_url:
+            env["MLOPS_MLFLOW_UI_URL"] = self.mlflow_url
+        if components:
+            airflow = children[0][1][0]
+            children = [
+                ("api-server", [airflow, "api-server", "--host", "127.0.0.1", "--port", str(self.port)]),
+                ("scheduler", [airflow, "scheduler"]),
+                ("dag-processor", [airflow, "dag-processor"]),
+                ("triggerer", [airflow, "triggerer"]),
+            ]
+            env.update(
+                {
+                    # what standalone sets for its children: a local executor, one JWT secret for the task
+                    # tokens that every component checks, and the execution API the task processes call
+                    "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                    "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(16).hex(),
+                    "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+                }
+            )
         for key in ("PYTEST_CURRENT_TEST", "PYTEST_XDIST_WORKER"):
             env.pop(key, None)
         self.env = env
@@ -52,13 +74,27 @@ class Stack:
         self.logs.mkdir(exist_ok=True)
         prepare_airflow(env)
         self.processes: dict[str, subprocess.Popen] = {}
-        for name, argv in children:
-            log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 (open while the child runs)
-            self.processes[name] = subprocess.Popen(
-                argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self._wait(f"{self.url}/api/v2/monitor/health", "airflow")
-        self._wait(f"{self.mlflow_url}/health", "mlflow")
+        self.argv = dict(children)
+        for name in self.argv:
+            self.start(name)
+        self._wait(f"{self.url}/api/v2/monitor/health", "api-server" if components else "airflow")
+        if self.mlflow_url:
+            self._wait(f"{self.mlflow_url}/health", "mlflow")
+
+    def start(self, name: str) -> None:
+        """Start the child ``name`` (again), its output appended to ``<logs>/<name>.log``."""
+        log = open(self.logs / f"{name}.log", "a")  # noqa: SIM115 (open while the child runs)
+        self.processes[name] = subprocess.Popen(
+            self.argv[name], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the child ``name`` and every process of its group (for the scheduler: the executor's workers
+        and the task processes they run), as a crashed host would lose them."""
+        proc = self.processes[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
     def _wait(self, url: str, name: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
