@@ -11,18 +11,22 @@ with one user's keys and judged against the policy file attached to that user:
 - mlflow reads and writes the artifact bucket and cannot touch the lake bucket;
 - an access key nobody was given is refused.
 
-What moto cannot evaluate: policy conditions. moto passes no request context (``s3:prefix`` of a listing) to the
-policy check, and an Allow statement whose condition it cannot satisfy comes out as an explicit Deny. serve's
+What moto cannot evaluate: policy conditions. moto (5.2) passes no request context (``s3:prefix`` of a listing) to
+the policy check, and an Allow statement whose condition it cannot satisfy comes out as an explicit Deny. serve's
 ListBucket statements are limited by ``s3:prefix`` to the tables it reads; moto gets them without that condition
-(so it grants serve every listing of the lake bucket), and the condition's prefixes are checked here statically
-against the paths serving reads and writes, not by the server. Everything else (actions, object ARNs with
-wildcards, bucket ARNs, no grant to a bucket not named) moto enforces as AWS and MinIO do.
+(so it grants serve every listing of the lake bucket). The condition is checked here instead: every listing the
+server logged while serve read its snapshot and appended its captures has a prefix the condition's StringLike
+patterns match (the patterns evaluated by this test, not by the server), and the patterns are compared with the
+serving code's table paths. Everything else (actions, object ARNs with wildcards, bucket ARNs, no grant to a
+bucket not named, unknown keys) moto enforces as AWS and MinIO do. Not covered: MinIO's own policy parser (a
+policy MinIO rejects would fail minio-init, not this test) and the multipart actions (the objects are small).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -62,10 +66,13 @@ def _without_conditions(policy: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def iam_s3() -> dict:
+def iam_s3(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A moto server of its own (authorization must not leak into the session's shared one) with the buckets and
-    the three users made; authorization on. Returns {"url": ..., user: (key id, secret), ...}."""
+    the three users made; authorization on. Returns {"url": ..., "log": its request log, user: (key id, secret),
+    ...}."""
     import boto3
+
+    log = tmp_path_factory.mktemp("iam-s3") / "requests.log"
 
     exe = Path(sys.executable).parent / "moto_server"
     port = _free_port()
@@ -74,7 +81,7 @@ def iam_s3() -> dict:
     proc = subprocess.Popen(
         [str(exe), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log.open("w"),  # one line per request (werkzeug's log): the listings' prefixes
         env={"INITIAL_NO_AUTH_ACTION_COUNT": "1000000", "PATH": "/usr/bin:/bin"},
     )
     url = f"http://127.0.0.1:{port}"
@@ -93,7 +100,7 @@ def iam_s3() -> dict:
         for bucket in (LAKE_BUCKET, ARTIFACT_BUCKET, OTHER_BUCKET):
             s3.create_bucket(Bucket=bucket)
         s3.put_object(Bucket=OTHER_BUCKET, Key="secret.txt", Body=b"root only")
-        users: dict = {"url": url}
+        users: dict = {"url": url, "log": log}
         for user in USERS:
             iam.create_user(UserName=user)
             arn = iam.create_policy(
@@ -144,6 +151,43 @@ def _denied(call, *args, **kwargs) -> None:
     assert raised.value.response["Error"]["Code"] in ("AccessDenied", "403"), raised.value.response
 
 
+LISTING_PARAMETERS = {
+    "list-type",
+    "prefix",
+    "delimiter",
+    "max-keys",
+    "continuation-token",
+    "start-after",
+    "marker",
+    "encoding-type",
+    "fetch-owner",
+}
+
+
+def _listed_prefixes(log: Path, start: int, bucket: str) -> list[str]:
+    """The ``prefix`` of every listing of ``bucket`` the server logged after byte ``start`` of its log."""
+    from urllib.parse import parse_qs, urlsplit
+
+    prefixes = []
+    for line in log.read_text()[start:].splitlines():
+        request = re.search(r'"GET (/[^ ]*) HTTP', line)
+        if request:
+            url = urlsplit(request.group(1))
+            query = parse_qs(url.query, keep_blank_values=True)
+            # a GET of the bucket with nothing but listing parameters (ListObjects v1 or v2)
+            if url.path.strip("/") == bucket and set(query) <= LISTING_PARAMETERS:
+                prefixes.append(query.get("prefix", [""])[0])
+    return prefixes
+
+
+def _string_like(pattern: str, value: str) -> bool:
+    """IAM's StringLike: ``*`` any characters, ``?`` one."""
+    return (
+        re.fullmatch(".*".join(".".join(map(re.escape, p.split("?"))) for p in pattern.split("*")), value)
+        is not None
+    )
+
+
 def _rows(day: str, n: int) -> pa.Table:
     return pa.table(
         {"date": [day] * n, "key": [f"k{i}" for i in range(n)], "value": [float(i) for i in range(n)]}
@@ -180,6 +224,7 @@ def test_serve_reads_snapshots_and_appends_captures_and_nothing_more(
         for table in (raw_table(USECASE, "flights"), features_table(USECASE), online_table(USECASE)):
             tasks.write_partitions(table, _rows("2013-01-01", 3), read_version=None)
 
+    log_start = len(iam_s3["log"].read_text())
     lake = _as(iam_s3, "serve", monkeypatch)
     snapshot = lake.snapshot(online_table(USECASE))  # with its facts, as the snapshot cache reads it
     assert sorted(snapshot.partitions) == ["2013-01-01"]
@@ -192,6 +237,16 @@ def test_serve_reads_snapshots_and_appends_captures_and_nothing_more(
         assert writer.last_error is None, writer.last_error
     assert writer.written == 2 and writer.commits == 2
     assert lake.read(captures_table(USECASE)).num_rows == 2
+
+    # what moto cannot judge: every listing serving made has a prefix its policy's s3:prefix condition allows
+    listed = _listed_prefixes(iam_s3["log"], log_start, LAKE_BUCKET)
+    allowed = next(
+        s["Condition"]["StringLike"]["s3:prefix"]
+        for s in _policy("serve")["Statement"]
+        if s["Resource"] == [f"arn:aws:s3:::{LAKE_BUCKET}"]
+    )
+    assert listed, "no listing was logged: the check below would prove nothing"
+    assert all(any(_string_like(p, prefix) for p in allowed) for prefix in listed), (listed, allowed)
 
     s3 = _client(iam_s3, "serve")
     # the model artifacts: read only
