@@ -756,9 +756,15 @@ class Lake:
         needed; return the table's handle at the new version. Appends never conflict with each other (several
         writers may append), and nothing is replaced, so no partition facts are recorded: for logs such as
         captured requests. A writer that appends often passes the handle it got back (``handle``), which saves
-        reading the table's log again (delta-rs brings a stale handle up to date when it commits)."""
+        reading the table's log again (delta-rs brings a stale handle up to date when it commits).
+
+        The commit never cleans up expired log entries (delta-rs would after a checkpoint, by
+        ``delta.enableExpiredLogCleanup``): that deletes objects, which an appending writer may not be allowed to
+        (the scoring service's S3 user, docker/minio/serve.json, has no delete), and a refused cleanup would fail
+        a commit that already landed, so the writer would append its rows again. The maintenance step cleans the
+        logs."""
         import pyarrow as pa
-        from deltalake import CommitProperties, write_deltalake
+        from deltalake import CommitProperties, PostCommitHookProperties, write_deltalake
 
         if not isinstance(data, pa.Table):
             data = pa.Table.from_pandas(data, preserve_index=False)
@@ -775,6 +781,7 @@ class Lake:
             schema_mode="merge",
             storage_options=self.storage_options() if handle is None else None,
             commit_properties=properties,
+            post_commithook_properties=PostCommitHookProperties(cleanup_expired_logs=False),
         )
         handle = handle if handle is not None else self.open_table(table)  # a handle is updated by the write
         assert handle is not None

@@ -39,6 +39,12 @@ SECRETS = (
     "AIRFLOW_JWT_SECRET",
     "MINIO_ROOT_USER",
     "MINIO_ROOT_PASSWORD",
+    "MINIO_TASKS_USER",
+    "MINIO_TASKS_PASSWORD",
+    "MINIO_MLFLOW_USER",
+    "MINIO_MLFLOW_PASSWORD",
+    "MINIO_SERVE_USER",
+    "MINIO_SERVE_PASSWORD",
 )
 AIRFLOW_SERVICES = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"]
 
@@ -79,12 +85,14 @@ def test_compose_file_validates_and_keeps_its_promises(compose: list[str]) -> No
         "secrets must be required, not defaulted"
     )
 
+    stack_env = _stack_env()
     proc = subprocess.run(
-        [*compose, "-f", str(COMPOSE_FILE), "config"], capture_output=True, text=True, env=_stack_env()
+        [*compose, "-f", str(COMPOSE_FILE), "config"], capture_output=True, text=True, env=stack_env
     )
     assert proc.returncode == 0, proc.stderr
     config = yaml.safe_load(proc.stdout)
     services = config["services"]
+    _assert_s3_keys_scoped(services, stack_env)
     assert {
         "postgres",
         "minio",
@@ -166,6 +174,56 @@ def _postgres_image(docker_bin: str) -> str:
     )
     assert build.returncode == 0, build.stderr[-3000:]
     return image
+
+
+def _assert_s3_keys_scoped(services: dict, env: dict[str, str]) -> None:
+    """Least privilege on S3: the root keys stay with minio and minio-init; Airflow (its tasks get the keys from
+    its connection), MLflow and the scoring replicas each get their own MinIO user's keys, and nobody else's;
+    minio-init makes those users with the policies of docker/minio/ (tests/test_minio_policies.py tests them)."""
+    holders = {
+        "ROOT": {"minio", "minio-init"},
+        "TASKS": {"minio-init", "airflow-init", *AIRFLOW_SERVICES},
+        "MLFLOW": {"minio-init", "mlflow"},
+        "SERVE": {"minio-init", "serve"},
+    }
+    for who, expected in holders.items():
+        for part in ("USER", "PASSWORD"):
+            value = env[f"MINIO_{who}_{part}"]
+            holding = {name for name, service in services.items() if value in json.dumps(service)}
+            assert holding == expected, (
+                f"MINIO_{who}_{part} is given to {sorted(holding)}, not {sorted(expected)}"
+            )
+    for name, service in services.items():
+        if name not in holders["ROOT"]:
+            assert not any(k.startswith("MINIO_ROOT") for k in service.get("environment") or {}), name
+
+    def keys(who: str) -> tuple[str, str]:
+        return env[f"MINIO_{who}_USER"], env[f"MINIO_{who}_PASSWORD"]
+
+    for name in AIRFLOW_SERVICES:
+        connection = json.loads(services[name]["environment"]["AIRFLOW_CONN_MLOPS_LAKE_S3"])
+        assert (connection["login"], connection["password"]) == keys("TASKS"), name
+    for name, who in (("mlflow", "MLFLOW"), ("serve", "SERVE")):
+        environment = services[name]["environment"]
+        assert (environment["AWS_ACCESS_KEY_ID"], environment["AWS_SECRET_ACCESS_KEY"]) == keys(who), name
+
+    init = services["minio-init"]
+    script = " ".join(init["command"]).replace("$$", "$")
+    mounts = [  # short syntax or long (Compose v2 writes the long one)
+        v
+        if isinstance(v, dict)
+        else dict(zip(("source", "target", "mode"), str(v).rsplit(":", 2), strict=False))
+        for v in init["volumes"]
+    ]
+    policies = next(m for m in mounts if m.get("target") == "/policies")
+    assert Path(policies["source"]).resolve() == REPO_ROOT / "docker" / "minio"
+    assert policies.get("read_only") is True or policies.get("mode") == "ro"
+    assert 'mc admin policy create lake "$1-policy" "/policies/$1.json"' in script
+    assert 'mc admin user add lake "$2" "$3"' in script
+    assert 'mc admin policy attach lake "$1-policy" --user "$2"' in script
+    for who in ("tasks", "mlflow", "serve"):
+        assert f'scoped {who} "$MINIO_{who.upper()}_USER" "$MINIO_{who.upper()}_PASSWORD"' in script, who
+        assert (REPO_ROOT / "docker" / "minio" / f"{who}.json").is_file(), who
 
 
 class Stack:
