@@ -59,6 +59,7 @@ def proxy_url(engine) -> str:
         **os.environ,
         "PROXY_ALLOWED_IMAGES": "mlops-",
         "PROXY_ALLOWED_VOLUMES": "mlops-test-allowed",
+        "PROXY_ALLOWED_NETWORKS": "mlops-test-tasks",
         "PROXY_CONTAINER_LABEL": "io.mlops.socket-proxy=test",
     }
     proc = subprocess.Popen(
@@ -136,6 +137,8 @@ def test_a_plain_container_runs_and_its_logs_come_back(client, engine) -> None:
         ({"mounts": [{"Type": "bind", "Source": "/", "Target": "/host"}]}, "Mounts"),
         ({"mounts": [{"Type": "volume", "Source": "someone-elses-data", "Target": "/data"}]}, "Mounts"),
         ({"network_mode": "host"}, "NetworkMode"),
+        ({"network_mode": "container:abc"}, "NetworkMode"),
+        ({"network_mode": "someone-elses-network"}, "NetworkMode"),
         ({"cap_add": ["SYS_ADMIN"]}, "CapAdd"),
         ({"pid_mode": "host"}, "PidMode"),
         ({"ipc_mode": "host"}, "IpcMode"),
@@ -195,6 +198,7 @@ def test_the_deprecated_top_level_and_case_tricks_are_refused(proxy_url, engine)
         ({"Image": IMAGE, "hostconfig": {"privileged": True}}, "Privileged"),
         ({"Image": IMAGE, "HostConfig": {"Privileged": False, "privileged": True}}, "twice"),
         ({"Image": IMAGE, "HostConfig": {"VolumesFrom": ["docker-socket-proxy"]}}, "VolumesFrom"),
+        ({"Image": IMAGE, "NetworkingConfig": {"EndpointsConfig": {"backend": {}}}}, "EndpointsConfig"),
         (
             {
                 "Image": IMAGE,
@@ -250,6 +254,34 @@ def test_other_endpoints_are_refused(proxy_url, engine, method, path) -> None:
     assert "not allowed" in message and path.split("/")[-1] in message, message
 
 
+def _raw(proxy_url: str, request: bytes) -> bytes:
+    host, port = proxy_url.removeprefix("tcp://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        return sock.recv(65536)
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        # the engine reads a # as part of the path, and its router would clean .. into /containers/x/exec
+        (b"POST /containers/x/json#/../exec HTTP/1.1\r\nHost: d\r\nContent-Length: 0\r\n\r\n", b"403"),
+        (b"POST /containers/x%2Fexec HTTP/1.1\r\nHost: d\r\nContent-Length: 0\r\n\r\n", b"403"),
+        # a bare LF inside a header line would be a second header (Transfer-Encoding) to the engine only
+        (
+            b"POST /auth HTTP/1.1\r\nHost: d\r\nX: a\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n{}",
+            b"400",
+        ),
+        # the old API's HostConfig in a start body
+        (b"POST /v1.20/containers/x/start HTTP/1.1\r\nHost: d\r\nContent-Length: 2\r\n\r\n{}", b"403"),
+    ],
+    ids=["fragment", "escape", "bare-lf", "start-body"],
+)
+def test_smuggling_tricks_are_refused(proxy_url, request_bytes, status) -> None:
+    response = _raw(proxy_url, request_bytes)
+    assert response.split(b" ")[1] == status, response
+
+
 def test_containers_not_created_through_the_proxy_are_out_of_reach(client, engine) -> None:
     """The stack's own containers (the database, the object store) are neither inspected nor removed."""
     import docker
@@ -289,3 +321,35 @@ def test_docker_operator_runs_a_container_through_the_proxy(proxy_url, engine) -
     )
     assert operator.execute(context={}) == "last line"  # the attach stream's last line, as XCom
     assert _ids(engine) == before  # removed
+
+
+def test_the_policy_allows_what_the_stack_sends() -> None:
+    """The stack's task containers (StepOperator on the `mlops-tasks` network, GPU request, no mounts) pass the
+    compose service's policy as they are; the label is added, nothing else changes."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("socket_proxy", PROXY)
+    proxy = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("socket_proxy", proxy)  # dataclasses look their module up
+    spec.loader.exec_module(sys.modules["socket_proxy"])
+    proxy = sys.modules["socket_proxy"]
+    policy = proxy.Policy.from_env(
+        {"PROXY_ALLOWED_IMAGES": "mlops-", "PROXY_ALLOWED_NETWORKS": "mlops-tasks"}
+    )
+    body = {
+        "Image": "mlops-train:dev",
+        "Cmd": ["train"],
+        "Labels": {"io.mlops.step": "train"},
+        "HostConfig": {
+            "NetworkMode": "mlops-tasks",
+            "Mounts": [],
+            "DeviceRequests": [{"Driver": "", "Count": -1, "Capabilities": [["gpu"]], "Options": {}}],
+            "LogConfig": {"Type": "", "Config": {}},
+        },
+        "NetworkingConfig": {"EndpointsConfig": {"mlops-tasks": {}}},
+    }
+    checked = json.loads(proxy.check_create(json.dumps(body).encode(), policy))
+    assert checked == {**body, "Labels": {"io.mlops.step": "train", "io.mlops.socket-proxy": "1"}}
+    assert not policy.image_allowed("mlops-") and not policy.image_allowed("localhost:5000/mlops-base")
+    assert policy.image_allowed("mlops-base@sha256:" + "0" * 64)

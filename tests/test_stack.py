@@ -120,6 +120,7 @@ def test_compose_file_validates_and_keeps_its_promises(compose: list[str]) -> No
     assert proxy["volumes"] == ["/var/run/docker.sock:/var/run/docker.sock:ro"]
     assert proxy["environment"]["PROXY_ALLOWED_IMAGES"] == "mlops-"
     assert proxy["environment"]["PROXY_ALLOWED_VOLUMES"] == ""
+    assert proxy["environment"]["PROXY_ALLOWED_NETWORKS"] == config["networks"]["tasks"]["name"]
     assert proxy["cap_drop"] == ["ALL"] and proxy["read_only"] is True
     assert "no-new-privileges:true" in proxy["security_opt"]
     assert "healthcheck" in proxy

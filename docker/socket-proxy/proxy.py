@@ -20,7 +20,8 @@ POST /containers/create is refused (403, the message names the field) when the c
 HostConfig Privileged, Binds, Mounts of type bind (or of a volume not in PROXY_ALLOWED_VOLUMES, or with driver
 options, which can bind any host path), VolumesFrom, CapAdd, Devices, DeviceCgroupRules, DeviceRequests other than
 the GPU request (driver nvidia or the default, capability gpu), NetworkMode host or container:*, PidMode, IpcMode,
-UTSMode, UsernsMode or CgroupnsMode host (pid/ipc container:* too), SecurityOpt with unconfined or label disable,
+UTSMode, UsernsMode or CgroupnsMode host (pid/ipc container:* too), Cgroup, CgroupParent, a network outside
+PROXY_ALLOWED_NETWORKS (NetworkMode or NetworkingConfig), SecurityOpt with unconfined or label disable,
 Sysctls, MaskedPaths/ReadonlyPaths, a Runtime other than runc/nvidia, an image outside PROXY_ALLOWED_IMAGES. The
 engine reads host settings both under HostConfig and at the top level of the body (the deprecated form older
 API versions use), and matches field names case-insensitively: both are checked the same way, and a body naming a
@@ -33,7 +34,8 @@ environment (inspect) or logs of the stack's own containers (PostgreSQL, MinIO, 
 Environment: PROXY_HOST, PROXY_PORT, DOCKER_SOCKET (default /var/run/docker.sock), PROXY_ALLOWED_IMAGES (comma
 separated prefixes of repositories, default `mlops-`; a prefix never matches across a `/`, so `mlops-` allows
 `mlops-base:dev` but not `mlops-evil.example/x`), PROXY_ALLOWED_VOLUMES (comma separated named volumes, default
-none), PROXY_CONTAINER_LABEL.
+none), PROXY_ALLOWED_NETWORKS (comma separated networks a container may join besides the default bridge and none;
+default empty: any network but host and container:*), PROXY_CONTAINER_LABEL.
 
     python proxy.py [--host H] [--port P] [--socket PATH]
 """
@@ -48,7 +50,7 @@ import os
 import re
 import signal
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 LOG = logging.getLogger("socket-proxy")
 MAX_HEAD = 64 * 1024
@@ -66,6 +68,7 @@ HOP_BY_HOP = {
     "proxy-authenticate",
 }
 VERSION = re.compile(r"/v[0-9]+(?:\.[0-9]+)?(?=/)")
+SAFE_PATH = re.compile(r"/[A-Za-z0-9_.:/@-]*")
 ID = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 IMAGE = r"[A-Za-z0-9][A-Za-z0-9_.:/@-]*"
 # (methods, path, kind): kind says what else is checked before forwarding
@@ -83,6 +86,7 @@ RULES = [
     ({"POST"}, re.compile(r"/auth"), "auth"),
 ]
 GPU_DRIVERS = {"", "nvidia"}
+DEFAULT_NETWORKS = {"", "default", "bridge", "none"}
 RUNTIMES = {"", "runc", "nvidia"}
 
 
@@ -97,6 +101,7 @@ class Refused(Exception):
 class Policy:
     images: list[str] = field(default_factory=lambda: ["mlops-"])
     volumes: set[str] = field(default_factory=set)
+    networks: set[str] = field(default_factory=set)  # empty: any but host and container:*
     label: tuple[str, str] = ("io.mlops.socket-proxy", "1")
 
     @classmethod
@@ -107,6 +112,7 @@ class Policy:
         return cls(
             images=_split(env.get("PROXY_ALLOWED_IMAGES", "mlops-")),
             volumes=set(_split(env.get("PROXY_ALLOWED_VOLUMES", ""))),
+            networks=set(_split(env.get("PROXY_ALLOWED_NETWORKS", ""))),
             label=(key.strip(), value.strip()),
         )
 
@@ -219,8 +225,12 @@ def check_host_config(hc: object, where: str, policy: Policy) -> None:
             or (refused_container and mode.startswith("container:"))
         ):
             raise _refuse(f"{p}{name}", f"{mode!r} shares the host's or another container's namespace")
+    if policy.networks and network not in policy.networks | DEFAULT_NETWORKS:
+        raise _refuse(f"{p}NetworkMode", f"the network {network!r} is not in PROXY_ALLOWED_NETWORKS")
     if _get(hc, "Cgroup"):
         raise _refuse(f"{p}Cgroup", "it shares another container's cgroup")
+    if _get(hc, "CgroupParent"):
+        raise _refuse(f"{p}CgroupParent", "the container's cgroup stays the engine's choice")
     for opt in _list(hc, "SecurityOpt", p):
         if not isinstance(opt, str) or "unconfined" in opt or re.search(r"label[=:]disable", opt):
             raise _refuse(f"{p}SecurityOpt", f"{opt!r} lifts the container's confinement")
@@ -247,6 +257,14 @@ def check_create(body: bytes, policy: Policy) -> bytes:
         raise _refuse("Image", f"{image!r} is not in PROXY_ALLOWED_IMAGES ({','.join(policy.images)})")
     check_host_config(config, "", policy)  # the deprecated top-level host settings
     check_host_config(_get(config, "HostConfig"), "HostConfig", policy)
+    endpoints = _get(_get(config, "NetworkingConfig"), "EndpointsConfig") or {}
+    if not isinstance(endpoints, dict):
+        raise Refused(400, "containers/create: NetworkingConfig.EndpointsConfig is not an object")
+    if policy.networks:
+        network = _get(_get(config, "HostConfig"), "NetworkMode") or ""
+        for name in endpoints:
+            if name not in policy.networks | {network}:
+                raise _refuse("NetworkingConfig.EndpointsConfig", f"the network {name!r} is not allowed")
     labels_key = next((k for k in config if _fold(k) == "labels"), "Labels")
     labels = config.get(labels_key) or {}
     if not isinstance(labels, dict):
@@ -278,6 +296,9 @@ class Request:
 
 
 def _parse_head(head: bytes) -> Request:
+    # a bare CR or LF (or NUL) inside a line would split it into two headers for the engine but not for us
+    if re.search(rb"[\x00\r\n]", head[:-4].replace(b"\r\n", b"")):
+        raise Refused(400, "malformed request head")
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1].startswith("/"):
@@ -322,11 +343,14 @@ async def _read_body(reader: asyncio.StreamReader, request: Request) -> bytes:
 
 
 def _route(request: Request) -> tuple[str, str, re.Match]:
-    """The rule's kind, the endpoint (path without version) and the match; Refused when no rule allows it."""
-    path = urlsplit(request.target).path
+    """The rule's kind, the endpoint (path without version) and the match; Refused when no rule allows it. The
+    path is split from the query the way the engine splits it (at the first `?`; a `#` is no fragment to it), and
+    only plain paths pass: no escapes, dot segments or empty segments the engine's router could clean into another
+    endpoint."""
+    path = request.target.split("?", 1)[0]
     bare = VERSION.sub("", path, count=1) if VERSION.match(path) else path
     endpoint = f"{request.method} {bare}"
-    if any(bad in path for bad in ("%", "..", "//", "\\")):
+    if not SAFE_PATH.fullmatch(path) or "/../" in path + "/" or "/./" in path + "/" or "//" in path:
         raise Refused(403, f"{endpoint} is not allowed through this proxy (path)")
     for methods, pattern, kind in RULES:
         m = pattern.fullmatch(bare)
@@ -369,7 +393,9 @@ class Proxy:
             writer.close()
 
     async def check(self, request: Request, kind: str, endpoint: str, match: re.Match) -> None:
-        query = parse_qs(urlsplit(request.target).query, keep_blank_values=True)
+        if "#" in request.target:
+            raise Refused(403, f"{endpoint}: a # in the request target is not allowed through this proxy")
+        query = parse_qs(request.target.partition("?")[2], keep_blank_values=True)
         if request.body and kind not in ("create", "auth"):
             raise Refused(403, f"{endpoint}: a request body is not allowed through this proxy")
         if kind == "create":
