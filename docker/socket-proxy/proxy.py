@@ -377,7 +377,12 @@ class Proxy:
             request.body = await _read_body(reader, request)
             kind, endpoint, match = _route(request)
             await self.check(request, kind, endpoint, match)
-            LOG.info("%s: forwarded", endpoint)
+            # the health check pings every few seconds: only at debug level
+            LOG.log(
+                logging.DEBUG if kind == "plain" and "_ping" in endpoint else logging.INFO,
+                "%s: forwarded",
+                endpoint,
+            )
             await self.forward(request, reader, writer)
         except Refused as exc:
             LOG.warning("refused (%d): %s", exc.status, exc.message)
@@ -535,12 +540,14 @@ async def serve(host: str, port: int, socket_path: str, policy: Policy, ready=No
     proxy = Proxy(socket_path, policy)
     server = await asyncio.start_server(proxy.handle, host, port, limit=MAX_HEAD)
     LOG.info(
-        "listening on %s:%d for %s; images %s, volumes %s",
+        "listening on %s:%d for %s; images %s, volumes %s, networks %s, label %s",
         host,
         port,
         socket_path,
         policy.images,
         sorted(policy.volumes),
+        sorted(policy.networks) or "any but host",
+        "=".join(policy.label),
     )
     if ready is not None:
         ready(server)
