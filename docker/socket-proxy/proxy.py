@@ -55,6 +55,9 @@ from urllib.parse import parse_qs
 LOG = logging.getLogger("socket-proxy")
 MAX_HEAD = 64 * 1024
 MAX_BODY = 4 * 1024 * 1024
+READ_TIMEOUT_S = (
+    60  # for a client's request head and body (the responses may stream for as long as a task runs)
+)
 HOP_BY_HOP = {
     "connection",
     "keep-alive",
@@ -66,6 +69,7 @@ HOP_BY_HOP = {
     "content-length",
     "proxy-authorization",
     "proxy-authenticate",
+    "expect",  # the proxy has read the whole body before it forwards
 }
 VERSION = re.compile(r"/v[0-9]+(?:\.[0-9]+)?(?=/)")
 SAFE_PATH = re.compile(r"/[A-Za-z0-9_.:/@-]*")
@@ -324,6 +328,8 @@ async def _read_body(reader: asyncio.StreamReader, request: Request) -> bytes:
         while True:
             line = await reader.readuntil(b"\r\n")
             n = int(line.split(b";", 1)[0].strip(), 16)
+            if n < 0:
+                raise ValueError("negative chunk size")
             if n == 0:
                 while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers
                     pass
@@ -368,13 +374,15 @@ class Proxy:
         """One request per client connection: the response says Connection: close (but after an upgrade)."""
         try:
             try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, ConnectionError):
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)
+            except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
                 return
             except asyncio.LimitOverrunError:
                 raise Refused(431, "request head too large") from None
             request = _parse_head(head)
-            request.body = await _read_body(reader, request)
+            if (request.header("expect") or "").lower() == "100-continue":
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.body = await asyncio.wait_for(_read_body(reader, request), READ_TIMEOUT_S)
             kind, endpoint, match = _route(request)
             await self.check(request, kind, endpoint, match)
             # the health check pings every few seconds: only at debug level
@@ -387,7 +395,7 @@ class Proxy:
         except Refused as exc:
             LOG.warning("refused (%d): %s", exc.status, exc.message)
             await _reply(writer, exc.status, {"message": exc.message})
-        except (asyncio.IncompleteReadError, ValueError) as exc:
+        except (asyncio.IncompleteReadError, ValueError, TimeoutError) as exc:
             await _reply(writer, 400, {"message": f"malformed request: {exc}"})
         except (ConnectionError, asyncio.CancelledError):
             pass
@@ -462,6 +470,9 @@ class Proxy:
 
             head = await up_reader.readuntil(b"\r\n\r\n")
             status = int(head.split(b" ", 2)[1])
+            while status in (100, 102, 103):  # interim responses: the final one follows
+                head = await up_reader.readuntil(b"\r\n\r\n")
+                status = int(head.split(b" ", 2)[1])
             if upgrade and status == 101:
                 writer.write(head)
                 await writer.drain()
