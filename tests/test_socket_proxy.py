@@ -122,6 +122,7 @@ def test_a_plain_container_runs_and_its_logs_come_back(client, engine) -> None:
     container = client.containers.create(IMAGE, entrypoint=["python", "-c", "print('hello')"])
     try:
         assert container.labels["io.mlops.socket-proxy"] == "test"  # the proxy's label
+        assert container.id in {c.id for c in client.containers.list(all=True)}  # listed through the proxy
         container.start()
         assert container.wait(timeout=60)["StatusCode"] == 0
         assert container.logs() == b"hello\n"
@@ -296,6 +297,9 @@ def test_containers_not_created_through_the_proxy_are_out_of_reach(client, engin
                 and "not created through this proxy" in caught.value.explanation
             )
         assert engine.containers.get(other.id).id == other.id  # still there
+        listed = {c.id for c in client.containers.list(all=True)}
+        assert other.id not in listed  # nor listed
+        assert other.id not in {c.id for c in client.containers.list(all=True, filters={"label": ["x"]})}
     finally:
         other.remove(force=True)
 

@@ -4,7 +4,8 @@ stack (docker-compose.yaml, service `docker-socket-proxy`). Standard library onl
 It listens on TCP (default 0.0.0.0:2375) and forwards to the engine's unix socket what DockerOperator and docker-py
 need to run a task's container, and nothing else:
 
-    GET|HEAD  /_ping  /version  /containers/json  /images/json  /images/{name}/json
+    GET|HEAD  /_ping  /version  /images/json  /images/{name}/json
+    GET|HEAD  /containers/json                    (only the containers created through the proxy are listed)
     GET|HEAD  /containers/{id}/json  /containers/{id}/logs
     POST      /containers/create                  (the body is checked, see below)
     POST      /containers/{id}/start|stop|kill|wait|attach   (attach: the HTTP upgrade is spliced both ways)
@@ -28,8 +29,9 @@ API versions use), and matches field names case-insensitively: both are checked 
 field twice (in any case) is refused.
 
 Every container it creates gets the label PROXY_CONTAINER_LABEL (default io.mlops.socket-proxy=1), and the
-per-container endpoints act only on containers that carry it: a client of the proxy can neither read the
-environment (inspect) or logs of the stack's own containers (PostgreSQL, MinIO, ...) nor stop or remove them.
+per-container endpoints act only on containers that carry it (the list shows only those): a client of the proxy
+can neither read the environment (inspect) or logs of the stack's own containers (PostgreSQL, MinIO, ...) nor stop
+or remove them.
 
 Environment: PROXY_HOST, PROXY_PORT, DOCKER_SOCKET (default /var/run/docker.sock), PROXY_ALLOWED_IMAGES (comma
 separated prefixes of repositories, default `mlops-`; a prefix never matches across a `/`, so `mlops-` allows
@@ -50,7 +52,7 @@ import os
 import re
 import signal
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 LOG = logging.getLogger("socket-proxy")
 MAX_HEAD = 64 * 1024
@@ -79,7 +81,7 @@ IMAGE = r"[A-Za-z0-9][A-Za-z0-9_.:/@-]*"
 RULES = [
     ({"GET", "HEAD"}, re.compile(r"/_ping"), "plain"),
     ({"GET", "HEAD"}, re.compile(r"/version"), "plain"),
-    ({"GET", "HEAD"}, re.compile(r"/containers/json"), "plain"),
+    ({"GET", "HEAD"}, re.compile(r"/containers/json"), "list"),
     ({"GET", "HEAD"}, re.compile(r"/images/json"), "plain"),
     ({"GET", "HEAD"}, re.compile(rf"/images/{IMAGE}/json"), "plain"),
     ({"GET", "HEAD"}, re.compile(rf"/containers/(?P<id>{ID})/(?:json|logs)"), "container"),
@@ -421,6 +423,29 @@ class Proxy:
                 raise Refused(403, f"{endpoint}: the image {image!r} is not in PROXY_ALLOWED_IMAGES")
         elif kind == "container":
             await self.check_label(match.group("id"), endpoint)
+        elif kind == "list":
+            request.target = self.list_target(request.target, query, endpoint)
+
+    def list_target(self, target: str, query: dict[str, list[str]], endpoint: str) -> str:
+        """The container list, filtered to the containers created through the proxy (the label filter added to the
+        client's filters: the engine ANDs different labels)."""
+        if any(len(v) > 1 for v in query.values()):
+            raise Refused(403, f"{endpoint}: a query parameter is given twice")
+        try:
+            filters = json.loads(query.pop("filters", ["{}"])[0] or "{}")
+        except ValueError:
+            raise Refused(400, f"{endpoint}: filters is not JSON") from None
+        if not isinstance(filters, dict):
+            raise Refused(400, f"{endpoint}: filters is not a JSON object")
+        labels = filters.get("label") or []
+        if isinstance(labels, dict):  # the engine's older form: {"k=v": true}
+            labels = [k for k, v in labels.items() if v]
+        if not isinstance(labels, list):
+            raise Refused(400, f"{endpoint}: the label filter is neither a list nor an object")
+        filters["label"] = [*labels, "=".join(self.policy.label)]
+        params = {k: v[0] for k, v in query.items()}
+        params["filters"] = json.dumps(filters)
+        return target.split("?", 1)[0] + "?" + urlencode(params)
 
     async def check_label(self, container: str, endpoint: str) -> None:
         status, body = await self.call("GET", f"/containers/{container}/json")
