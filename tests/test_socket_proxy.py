@@ -24,7 +24,9 @@ pytestmark = pytest.mark.docker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROXY = REPO_ROOT / "docker" / "socket-proxy" / "proxy.py"
-ENGINE = "unix:///var/run/docker.sock"
+# the engine's unix socket (DOCKER_HOST when it names one)
+ENGINE = os.environ.get("DOCKER_HOST", "") if os.environ.get("DOCKER_HOST", "").startswith("unix://") else ""
+ENGINE = ENGINE or "unix:///var/run/docker.sock"
 IMAGE = "mlops-base:dev"
 
 
@@ -38,22 +40,28 @@ def engine():
         client.ping()
     except Exception as exc:  # noqa: BLE001 - any failure means no engine
         pytest.fail(
-            f"no Docker engine answers on {ENGINE} ({exc}): run `bash scripts/docker-engine.sh` "
-            f"(and `make images` for {IMAGE})",
+            f"no Docker engine answers on {ENGINE} ({exc}): run `bash scripts/docker-engine.sh`",
             pytrace=False,
         )
     try:
         client.images.get(IMAGE)
-    except docker.errors.ImageNotFound:
-        pytest.fail(f"the image {IMAGE} is missing: run `make images`", pytrace=False)
+    except docker.errors.ImageNotFound:  # any build of it will do: its Python runs `print`
+        from conftest import build_images
+
+        build = build_images("base")
+        assert build.returncode == 0, (
+            f"building {IMAGE} failed (`make images`):\n{build.stdout}{build.stderr}"
+        )
     yield client
     client.close()
 
 
 @pytest.fixture(scope="module")
-def proxy_url(engine) -> str:
+def proxy_url(engine, tmp_path_factory) -> str:
     from conftest import _free_port
 
+    log_path = tmp_path_factory.mktemp("socket-proxy") / "proxy.log"
+    log = log_path.open("w")  # the proxy's log: what it forwarded and refused
     port = _free_port()
     env = {
         **os.environ,
@@ -71,12 +79,11 @@ def proxy_url(engine) -> str:
             "--port",
             str(port),
             "--socket",
-            "/var/run/docker.sock",
+            ENGINE.removeprefix("unix://"),
         ],
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
-        text=True,
     )
     deadline = time.time() + 20
     while True:
@@ -84,11 +91,12 @@ def proxy_url(engine) -> str:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             break
         except OSError:
-            assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.stdout else ""
+            assert proc.poll() is None and time.time() < deadline, log_path.read_text()
             time.sleep(0.1)
     yield f"tcp://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=10)
+    log.close()
 
 
 @pytest.fixture(scope="module")
