@@ -97,6 +97,9 @@ def proxy_url(engine, tmp_path_factory) -> str:
     proc.terminate()
     proc.wait(timeout=10)
     log.close()
+    # a failed test may leave one of its containers behind
+    for container in engine.containers.list(all=True, filters={"label": "io.mlops.socket-proxy=test"}):
+        container.remove(force=True)
 
 
 @pytest.fixture(scope="module")
