@@ -60,7 +60,7 @@ stack-env:
 	bash scripts/stack-env.sh
 
 stack: stack-env
-	KINDS="base spark train airflow mlflow" bash scripts/build-images.sh
+	KINDS="base spark train airflow mlflow socket-proxy" bash scripts/build-images.sh
 	docker compose up -d || docker-compose up -d
 
 bench-containers: setup

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the task images from the lock: mlops-core (Python + core dependencies), then one image per task kind
-# (base, spark, train; airflow for the compose stack with KINDS="... airflow"; serve, after train, for `mlops serve`).
+# (base, spark, train; airflow, mlflow and socket-proxy for the compose stack with KINDS="... airflow mlflow
+# socket-proxy"; serve, after train, for `mlops serve`).
 #
 #   MLOPS_IMAGE_TAG  image tag (default dev)
 #   KINDS            which images (default "base spark train")
@@ -55,5 +56,6 @@ for kind in $KINDS; do
   args=(--build-arg "MLOPS_CORE=mlops-core:$TAG")
   if [ "$kind" = train ]; then args+=(--build-arg "TRAIN_EXTRA=$TRAIN_EXTRA"); fi
   if [ "$kind" = serve ]; then args+=(--build-arg "MLOPS_TRAIN=mlops-train:$TAG"); fi  # KINDS lists train first
+  if [ "$kind" = socket-proxy ]; then args=(--build-arg "BASE_IMAGE=$BASE_IMAGE"); fi  # standard library only
   build "mlops-$kind:$TAG" "docker/$kind.Dockerfile" "${args[@]}"
 done

@@ -14,7 +14,7 @@ from pipelines.steps import GPU_STEPS, STEP_KINDS, STEPS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKER = REPO_ROOT / "docker"
-KIND_FILES = ["core", "base", "spark", "train", "airflow", "mlflow"]
+KIND_FILES = ["core", "base", "spark", "train", "airflow", "mlflow", "socket-proxy"]
 
 
 def test_requirements_match_the_lock(tmp_path: Path) -> None:

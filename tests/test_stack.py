@@ -10,7 +10,8 @@ locally built images:
 
 Where no registry answers (our CI), images that cannot be pulled are replaced by stand-ins built here under the
 same service names: PostgreSQL from tests/stack/postgres.Dockerfile, moto's S3 server for MinIO, boto3 for the
-bucket job, socat for the filtering socket proxy (so the proxy's endpoint filter itself is not exercised here).
+bucket job. The socket proxy is ours (docker/socket-proxy, built here), so every task container of the stack goes
+through its filter; tests/test_socket_proxy.py tests the filter itself.
 """
 
 from __future__ import annotations
@@ -120,14 +121,23 @@ def test_compose_file_validates_and_keeps_its_promises(compose: list[str]) -> No
         assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
         assert service["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
 
+    # the engine only through our filtering proxy (docker/socket-proxy): the socket read-only, only task images,
+    # no named volume, no capability, on the internal network only; Airflow waits for it to answer
     proxy = services["docker-socket-proxy"]
+    assert proxy["image"].startswith("mlops-socket-proxy:")
     assert proxy["volumes"] == ["/var/run/docker.sock:/var/run/docker.sock:ro"]
-    assert {
-        k: str(v) for k, v in proxy["environment"].items() if k in ("EXEC", "BUILD", "VOLUMES", "SWARM")
-    } == {"EXEC": "0", "BUILD": "0", "VOLUMES": "0", "SWARM": "0"}
-    assert str(proxy["environment"]["CONTAINERS"]) == "1"
+    assert proxy["environment"]["PROXY_ALLOWED_IMAGES"] == "mlops-"
+    assert proxy["environment"]["PROXY_ALLOWED_VOLUMES"] == ""
+    assert proxy["environment"]["PROXY_ALLOWED_NETWORKS"] == config["networks"]["tasks"]["name"]
+    assert proxy["cap_drop"] == ["ALL"] and proxy["read_only"] is True
+    assert "no-new-privileges:true" in proxy["security_opt"]
+    assert "healthcheck" in proxy
+    assert (
+        services["airflow-scheduler"]["depends_on"]["docker-socket-proxy"]["condition"] == "service_healthy"
+    )
     assert config["networks"]["docker-api"].get("internal") is True
     assert set(proxy["networks"]) == {"docker-api"}
+    assert (REPO_ROOT / "docker" / "socket-proxy" / "proxy.py").is_file()
 
     devices = services["gpu-check"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"] and devices[0]["driver"] == "nvidia"
@@ -375,7 +385,7 @@ def test_stack_runs_the_ingest_dag(docker_images, compose: list[str]) -> None:
 
 
 def _stand_in_images(docker_bin: str, tmp_path: Path) -> None:
-    """mlops-moto:test (moto's S3 server, from the dev group of the lock) and mlops-socat:test."""
+    """mlops-moto:test (moto's S3 server, from the dev group of the lock)."""
     uv = shutil.which("uv") or str(REPO_ROOT / ".tools" / "bin" / "uv")
     context = tmp_path / "stand-ins"
     context.mkdir()
@@ -401,8 +411,6 @@ def _stand_in_images(docker_bin: str, tmp_path: Path) -> None:
         "mlops-moto:test": "FROM mlops-core:dev\nUSER root\nCOPY dev.txt /tmp/dev.txt\n"
         "RUN --mount=type=secret,id=ca if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi "
         "&& pip install --quiet --no-deps --require-hashes -r /tmp/dev.txt\nUSER 50000\n",
-        "mlops-socat:test": "FROM mlops-python:3.11-bookworm\nRUN apt-get update -q && apt-get install -y -q "
-        "--no-install-recommends socat && rm -rf /var/lib/apt/lists/*\n",
     }
     ca = Path("/etc/ssl/certs/ca-certificates.crt")
     secret = ["--secret", f"id=ca,src={ca}"] if ca.is_file() else []
@@ -424,7 +432,7 @@ def test_stack_runs_tasks_in_containers(docker_images, compose: list[str], tmp_p
     from conftest import ContainerDeaths, _free_port
 
     docker_bin = shutil.which("/usr/bin/docker") or shutil.which("docker")
-    _build_images("base spark train airflow mlflow")
+    _build_images("base spark train airflow mlflow socket-proxy")
     _stand_in_images(docker_bin, tmp_path)
     env = _stack_env(
         POSTGRES_IMAGE=_postgres_image(docker_bin),
