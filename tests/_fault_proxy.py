@@ -21,6 +21,7 @@ freeze a proxy thread in the test's process and turn every such call into a time
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import re
@@ -119,10 +120,8 @@ class _Server:
             def _drop(self) -> None:
                 """Close the connection at once (no answer; a reset when data is left unread)."""
                 self.close_connection = True
-                try:
+                with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
             def _control(self) -> None:
                 body = self._body()
