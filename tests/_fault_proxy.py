@@ -130,6 +130,8 @@ class _Server:
                         proxy.faults.append(Fault(**json.loads(body)))
                     elif self.command == "DELETE":
                         proxy.faults.clear()
+                        if self.path.endswith("/log"):
+                            proxy.log.clear()
                     answer = json.dumps({"log": proxy.log, "hits": [f.hits for f in proxy.faults]}).encode()
                 self._send(200, "OK", [("Content-Type", "application/json")], answer)
 
@@ -260,6 +262,11 @@ class FaultProxy:
     def clear(self) -> None:
         """Drop every scheduled fault: from now on everything is forwarded."""
         self._call("DELETE")
+
+    def reset(self) -> None:
+        """Drop every scheduled fault and the log (a proxy shared by several tests)."""
+        request = urllib.request.Request(f"{self.url}{CONTROL}/log", method="DELETE")
+        urllib.request.urlopen(request, timeout=10).close()
 
     @property
     def log(self) -> list[tuple[str, str, str]]:

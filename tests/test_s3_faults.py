@@ -24,30 +24,38 @@ TABLE = "raw/uc/events"
 DAY, OTHER = "2013-01-01", "2013-01-02"
 
 
-@pytest.fixture
-def proxy(moto_server: str, new_bucket, monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[FaultProxy]:
-    """A fresh bucket; the lake (delta-rs, pyarrow and boto3) reaches it only through a fault proxy."""
+@pytest.fixture(scope="module")
+def fault_proxy(moto_server: str) -> Iterator[FaultProxy]:
+    """One proxy process for the module, in front of the session's moto server."""
     with FaultProxy(moto_server) as faults:
-        for key, value in {
-            "AWS_ENDPOINT_URL": faults.url,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_TIMEOUT": "2s",  # delta-rs (object_store) per-request timeout: a hang fails in 2 s, not 30
-            "AWS_RETRY_MODE": "standard",  # boto3: 3 attempts, short backoff
-            "AWS_MAX_ATTEMPTS": "3",
-            "MLOPS_LAKE_URI": f"s3://{new_bucket('faults')}/lake",
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "MLOPS_MLFLOW_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
-        }.items():
-            monkeypatch.setenv(key, value)
-        # object_store retries a failed request 10 times with a growing backoff (about 15 s for a permanent fault);
-        # 3 retries keep each permanent fault short and still absorb every transient one tried here
-        options = Lake.storage_options
-        monkeypatch.setattr(
-            Lake, "storage_options", lambda lake: {**(options(lake) or {}), "max_retries": "3"}
-        )
         yield faults
+
+
+@pytest.fixture
+def proxy(
+    fault_proxy: FaultProxy, new_bucket, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> Iterator[FaultProxy]:
+    """A fresh bucket; the lake (delta-rs, pyarrow and boto3) reaches it only through the fault proxy."""
+    fault_proxy.reset()
+    for key, value in {
+        "AWS_ENDPOINT_URL": fault_proxy.url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_TIMEOUT": "2s",  # delta-rs (object_store) per-request timeout: a hang fails in 2 s, not 30
+        "AWS_RETRY_MODE": "standard",  # boto3: 3 attempts, short backoff
+        "AWS_MAX_ATTEMPTS": "3",
+        "MLOPS_LAKE_URI": f"s3://{new_bucket('faults')}/lake",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "MLOPS_MLFLOW_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
+    }.items():
+        monkeypatch.setenv(key, value)
+    # object_store retries a failed request 10 times with a growing backoff (about 15 s for a permanent fault);
+    # 3 retries keep each permanent fault short and still absorb every transient one tried here
+    options = Lake.storage_options
+    monkeypatch.setattr(Lake, "storage_options", lambda lake: {**(options(lake) or {}), "max_retries": "3"})
+    yield fault_proxy
+    fault_proxy.reset()
 
 
 def _rows(day: str, ids: range) -> pd.DataFrame:
@@ -70,10 +78,11 @@ NEW_IDS = range(100, 107)
 NEW = {DAY: list(NEW_IDS), OTHER: OLD[OTHER]}
 
 
-def _table_at_version_1(lake: Lake) -> None:
-    lake.write_partitions(TABLE, _rows(DAY, range(0, 5)), read_version=None)
-    lake.write_partitions(TABLE, _rows(OTHER, range(50, 53)), read_version=0)
-    assert _content(lake) == (1, OLD)
+def _table_at_version_0(lake: Lake) -> None:
+    lake.write_partitions(
+        TABLE, pd.concat([_rows(DAY, range(0, 5)), _rows(OTHER, range(50, 53))]), read_version=None
+    )
+    assert _content(lake) == (0, OLD)
 
 
 def _rewrite_day(lake: Lake):
@@ -93,7 +102,7 @@ def _assert_once(lake: Lake) -> None:
 # ------------------------------------------------------------------------------------------------ partition write
 
 DATA_FILE = rf"/lake/{TABLE}/date={DAY}/part-.*\.parquet$"
-COMMIT = rf"/lake/{TABLE}/_delta_log/0+2\.json$"  # the log entry of version 2: the rewrite's commit
+COMMIT = rf"/lake/{TABLE}/_delta_log/0+1\.json$"  # the log entry of version 1: the rewrite's commit
 
 
 @pytest.mark.parametrize(
@@ -134,7 +143,7 @@ def test_a_partition_write_under_a_fault_is_all_or_nothing_and_its_retry_commits
     proxy: FaultProxy, fault: dict, outcome: str
 ) -> None:
     lake = open_lake()
-    _table_at_version_1(lake)
+    _table_at_version_0(lake)
     proxy.add(**fault)
     try:
         _rewrite_day(lake)
@@ -158,7 +167,7 @@ def test_a_commit_whose_answer_was_lost_is_recognised_as_the_writers_own(proxy: 
     commit (its write id in the commit info) and returns it, with its facts: no spurious conflict, no second
     commit, one copy of the rows."""
     lake = open_lake()
-    _table_at_version_1(lake)
+    _table_at_version_0(lake)
     proxy.add("drop_response", COMMIT, "PUT")
     conflicts = []
     commit = commit_with_retry(
@@ -166,14 +175,14 @@ def test_a_commit_whose_answer_was_lost_is_recognised_as_the_writers_own(proxy: 
     )
     assert [entry[2] for entry in proxy.requests("PUT", COMMIT)] == ["drop_response", "forwarded"]
     assert conflicts == [], "the writer's own commit was taken for another writer's"
-    assert commit is not None and commit.version == 2 and lake.version(TABLE) == 2
+    assert commit is not None and commit.version == 1 and lake.version(TABLE) == 1
     _assert_once(lake)
 
 
 # ------------------------------------------------------------------------------------------------ reads
 
 READ_FILE = rf"/lake/{TABLE}/date={DAY}/part-.*\.parquet$"
-READ_LOG = rf"/lake/{TABLE}/_delta_log/0+1\.json$"
+READ_LOG = rf"/lake/{TABLE}/_delta_log/0+\.json$"
 
 
 @pytest.mark.parametrize(
@@ -202,7 +211,7 @@ def test_a_read_under_a_fault_returns_the_right_rows_or_raises(
     proxy: FaultProxy, fault: dict, outcome: str
 ) -> None:
     lake = open_lake()
-    _table_at_version_1(lake)
+    _table_at_version_0(lake)
     proxy.add(**fault)
     try:
         _version, content = _content(lake)
@@ -214,7 +223,7 @@ def test_a_read_under_a_fault_returns_the_right_rows_or_raises(
     if result == "rows":
         assert content == OLD, "a read under a fault returned other rows than the table holds"
     proxy.clear()
-    assert _content(lake) == (1, OLD)
+    assert _content(lake) == (0, OLD)
 
 
 # ------------------------------------------------------------------------------------------------ ingest
