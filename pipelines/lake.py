@@ -677,8 +677,10 @@ class Lake:
         uri = self.table_uri(table)
         predicate = f"{DATE} IN ({', '.join(_sql_string(d) for d in [*dates, *empty])})"
         per_date = _split_by_date(data, dates)
+        write_id = uuid.uuid4().hex  # names this commit: one whose answer was lost is recognised as ours
         metadata = {
             "mlops.partitions": json.dumps(sorted([*dates, *empty])),
+            "mlops.write_id": write_id,
             **{k: str(v) for k, v in (commit_info or {}).items()},
         }
         properties = CommitProperties(custom_metadata=metadata)
@@ -717,7 +719,10 @@ class Lake:
                 )
                 version = int(handle.version())
         except CommitFailedError:
-            raise CommitConflict(uri, dates, read_version, self.version(table)) from None
+            own = self._own_commit(table, read_version, write_id)
+            if own is None:
+                raise CommitConflict(uri, dates, read_version, self.version(table)) from None
+            handle, version = own
         except SchemaMismatchError as exc:
             raise LakeError(
                 f"{uri}: the rows to write do not fit the table's schema ({exc}). New columns are added "
@@ -743,6 +748,24 @@ class Lake:
         recorded |= {day: () for day in empty if day not in written}
         self._record_facts(table, version, recorded, rows)
         return Commit(table, uri, version, dates, data.num_rows)
+
+    def _own_commit(
+        self, table: str, read_version: int | None, write_id: str
+    ) -> tuple[DeltaTable, int] | None:
+        """The table at the version this writer's commit ``write_id`` made after ``read_version``, if one did. On
+        S3 a commit whose answer was lost (a dropped connection, a timeout) is retried by object_store; the retry of
+        the conditional PUT is refused because the first one took effect, and delta-rs reports a conflict with
+        this writer's own commit (docs/reliability.md, S3 faults)."""
+        latest = self.open_table(table)
+        if latest is None or read_version is None:
+            return None
+        for entry in latest.history(max(int(latest.version()) - read_version, 1)):
+            if entry.get("mlops.write_id") == write_id:
+                version = int(entry["version"])
+                handle = self.open_table(table, version)
+                assert handle is not None
+                return handle, version
+        return None
 
     def append_rows(
         self,
