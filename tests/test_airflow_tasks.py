@@ -404,3 +404,164 @@ def test_a_step_stopped_by_on_kill_takes_its_children_with_it(mlops_env, tmp_pat
     worker.join(timeout=60)
     assert not worker.is_alive() and "no JSON result" in outcome.get("error", ""), outcome
     _assert_stopped(pids)
+
+
+def test_a_configured_s3_connection_that_cannot_be_read_fails_closed(mlops_env, monkeypatch) -> None:
+    """The profile names the lake's connection and it is not defined: the task fails and says how to define it,
+    rather than running on the worker's own AWS_* variables (another lake, or other credentials). Only no
+    connection configured means the environment applies."""
+    from airflow.sdk.exceptions import AirflowException
+
+    from mlops_airflow.operators import StepOperator, s3_environment
+
+    monkeypatch.delenv("AIRFLOW_CONN_MLOPS_NOWHERE", raising=False)
+    assert s3_environment(None) == {} and s3_environment("") == {}
+    with pytest.raises(
+        AirflowException, match="'mlops_nowhere'.*AIRFLOW_CONN_MLOPS_NOWHERE=.*connections add"
+    ):
+        s3_environment("mlops_nowhere")
+
+    # the s3 profile names mlops_lake_s3; the worker has credentials of its own, which must not be used instead
+    monkeypatch.setenv("MLOPS_PROFILE", "s3")
+    monkeypatch.setenv("MLOPS_LAKE_URI", "s3://some-bucket/lake")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "the-workers-own")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "the-workers-own")
+    monkeypatch.delenv("AIRFLOW_CONN_MLOPS_LAKE_S3", raising=False)
+    step = StepOperator(task_id="ingest", step="ingest", usecase=USECASE, runtime="local", day="2013-01-01")
+    with pytest.raises(AirflowException, match="'mlops_lake_s3'.*AIRFLOW_CONN_MLOPS_LAKE_S3="):
+        step.execute(context={})
+
+
+def test_building_step_tasks_starts_no_docker_client() -> None:
+    """DAG parsing stays cheap: the operators module and a step task of the docker runtime import neither the
+    Docker SDK nor the provider's operator, and make no runtime."""
+    import os
+    import subprocess
+    import sys
+
+    from pipelines.config import REPO_ROOT
+
+    code = (
+        "import sys\n"
+        "from mlops_airflow.operators import StepOperator\n"
+        "task = StepOperator(task_id='train', step='train', usecase='flight_delay', runtime='docker')\n"
+        "assert task._runtime is None and task.container is None\n"
+        "loaded = [m for m in ('docker', 'airflow.providers.docker.operators.docker') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        "print('OK')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "plugins")])}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
+
+
+class _FakeEngine:
+    """The Docker API client calls DockerRuntime makes, recorded; the container prints ``output`` and exits
+    with ``code``."""
+
+    def __init__(self, output: list[str], code: int) -> None:
+        self.output, self.code = output, code
+        self.calls: list[tuple] = []
+        self.created: dict = {}
+
+    def images(self, name):
+        return [{"Id": name}]
+
+    def create_host_config(self, **kwargs):
+        return kwargs
+
+    def create_container(self, **kwargs):
+        self.created = kwargs
+        return {"Id": "c0ffee" * 10}
+
+    def attach(self, **kwargs):
+        text = "".join(f"{line}\n" for line in self.output).encode()
+        return iter([text[:7], text[7:]])  # chunks that do not end lines
+
+    def start(self, container_id):
+        self.calls.append(("start", container_id))
+
+    def wait(self, container_id):
+        return {"StatusCode": self.code}
+
+    def stop(self, container_id):
+        self.calls.append(("stop", container_id))
+
+    def remove_container(self, container_id, force=False):
+        self.calls.append(("remove", container_id, force))
+
+
+def _docker_step(monkeypatch, engine: _FakeEngine, *, step: str = "gate"):
+    from mlops_airflow import runtimes
+    from mlops_airflow.operators import StepOperator
+
+    def client(runtime) -> _FakeEngine:
+        runtime._client = engine
+        return engine
+
+    monkeypatch.setattr(runtimes.DockerRuntime, "client", client)
+    return StepOperator(task_id=step, step=step, usecase=USECASE, runtime="docker", day="2013-02-01")
+
+
+def test_the_docker_runtime_runs_the_step_in_a_labelled_container(mlops_env, monkeypatch, capsys) -> None:
+    """The docker runtime's container, as the engine is asked for it: the image of the step's kind, the command,
+    the profile as environment and secrets beside it (never logged), the local stores mounted, the labels; the
+    last JSON line is the result, and the container is removed once it ended (auto_remove success)."""
+    import json
+
+    from pipelines.config import load_profile
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "never-logged")
+    result = {"step": "gate", "usecase": USECASE, "date": "2013-02-01", "passed": True}
+    engine = _FakeEngine(["progress", json.dumps(result), "a warning after it"], 0)
+    step = _docker_step(monkeypatch, engine)
+    ti = type("TI", (), {"dag_id": f"{USECASE}_train", "run_id": "manual__1", "try_number": 2})()
+    assert step.execute(context={"ti": ti}) == result
+    created = engine.created
+    assert created["image"] == load_profile().docker.image_for("base")
+    assert created["command"] == ["gate", "--usecase", USECASE, "--date", "2013-02-01"]
+    assert created["environment"]["MLOPS_LAKE_URI"] == str(mlops_env / "lake")
+    assert created["environment"]["MLOPS_TASK_RUNTIME"] == "local"
+    assert created["environment"]["AWS_SECRET_ACCESS_KEY"] == "never-logged"
+    assert created["environment"]["MLOPS_RUN_ID"] == "manual__1"
+    assert created["labels"] == {
+        "io.mlops.step": "gate",
+        "io.mlops.usecase": USECASE,
+        "io.mlops.date": "2013-02-01",
+        "io.mlops.dag_id": f"{USECASE}_train",
+        "io.mlops.run_id": "manual__1",
+        "io.mlops.try_number": "2",
+    }
+    assert created["host_config"]["device_requests"] is None
+    assert [m["Source"] for m in created["host_config"]["mounts"]]
+    assert engine.calls == [("start", step.container["Id"]), ("remove", step.container["Id"], False)]
+    log = capsys.readouterr().out  # the task log (structlog writes to stdout here)
+    assert "never-logged" not in log and "a warning after it" in log and "Container: image mlops-base" in log
+
+
+def test_the_docker_runtime_tells_a_step_failure_from_a_crash(mlops_env, monkeypatch) -> None:
+    import json
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    failed = {"step": "gate", "failed": True, "error": "no evaluation for 2013-02-01"}
+    with pytest.raises(AirflowFailException, match="gate failed .*no evaluation"):
+        _docker_step(monkeypatch, _FakeEngine([json.dumps(failed)], 1)).execute(context={})
+    with pytest.raises(AirflowFailException, match="configuration error"):
+        _docker_step(monkeypatch, _FakeEngine(["CONFIG ERROR: bad"], 2)).execute(context={})
+    with pytest.raises(RuntimeError, match="exited with code 137"):  # retried
+        _docker_step(monkeypatch, _FakeEngine(["Killed"], 137)).execute(context={})
+    with pytest.raises(RuntimeError, match="no JSON result"):
+        _docker_step(monkeypatch, _FakeEngine(["done"], 0)).execute(context={})
+
+
+def test_on_kill_stops_the_docker_runtimes_container(mlops_env, monkeypatch) -> None:
+    import json
+
+    engine = _FakeEngine([json.dumps({"step": "gate"})], 0)
+    step = _docker_step(monkeypatch, engine)
+    step.on_kill()  # before any container: nothing to stop
+    assert engine.calls == []
+    step.execute(context={})
+    step.on_kill()
+    assert engine.calls[-1] == ("stop", step.container["Id"])

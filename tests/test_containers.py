@@ -1,7 +1,7 @@
 """Per-task containers, for real: one month of the lifecycle through Airflow with ``task_runtime: docker``.
 
-Every step runs in its own container of the image for its kind, started by the DockerOperator part of
-StepOperator against a real Docker engine (the `docker_images` fixture starts one and builds the images from
+Every step runs in its own container of the image for its kind, started by the docker runtime of
+StepOperator (mlops_airflow.runtimes.DockerRuntime) against a real Docker engine (the `docker_images` fixture starts one and builds the images from
 this tree). The engine's own event records prove which containers ran; the outputs must match the in-process
 reference run (`local_demo`): same rows per partition, same metrics, same gate decision.
 

@@ -4,7 +4,7 @@ locally built images:
 
 - PostgreSQL plus Airflow 3 (api-server, scheduler, dag-processor, triggerer), tasks in Airflow's own workers: the
   ingest DAG runs from the arrival of files to committed raw partitions (tests/stack/compose.offline.yaml);
-- the stack as shipped, profile `stack`: every task in its own container started by DockerOperator through the
+- the stack as shipped, profile `stack`: every task in its own container started by StepOperator's DockerRuntime through the
   proxy's endpoint, the lake on an S3 server, MLflow as a server on PostgreSQL; ingest, features (on the raw
   asset) and score run (tests/stack/compose.containers.yaml).
 
@@ -426,7 +426,7 @@ def _stand_in_images(docker_bin: str, tmp_path: Path) -> None:
 
 
 def test_stack_runs_tasks_in_containers(docker_images, compose: list[str], tmp_path: Path) -> None:
-    """The stack as shipped (profile `stack`): DockerOperator in Airflow's containers starts each task's
+    """The stack as shipped (profile `stack`): StepOperator's DockerRuntime in Airflow's containers starts each task's
     container through the proxy's TCP endpoint on the `mlops-tasks` network; the lake on an S3 server, the S3
     credentials from the Airflow connection defined by environment, MLflow as a server on PostgreSQL."""
     from conftest import ContainerDeaths, _free_port

@@ -2,53 +2,46 @@
 
 Operators here are cheap at parse time: they store the step name, the use case and templated arguments. The
 runtime and the lake credentials are resolved in ``execute``, from the platform profile (or
-``MLOPS_TASK_RUNTIME``), so switching runtime changes no DAG file:
+``MLOPS_TASK_RUNTIME``), so switching runtime changes no DAG file. StepOperator composes one of the runtimes of
+:mod:`mlops_airflow.runtimes` for each try:
 
 - ``local``: the step runs in the task's own process;
 - ``subprocess``: ``python -m pipelines <step> ...`` beside it;
 - ``docker``: the same command in a container of the image for the step's kind (``pipelines.steps.STEP_KINDS``),
-  started by Airflow's DockerOperator, which StepOperator extends.
+  through the Docker engine's API.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Sequence
 from datetime import timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from airflow.providers.docker.operators.docker import DockerOperator
 from airflow.sdk import BaseOperator
 from airflow.sdk.bases.branch import BaseBranchOperator
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from pipelines.environ import patched_environ
-
-if TYPE_CHECKING:
-    from pipelines.config import Profile
-
-STEP_FAILED_EXIT = 1
-CONFIG_ERROR_EXIT = 2
-# Worker variables handed to task containers when set: lake credentials when no Airflow connection holds them,
-# and MLflow server credentials. Passed as private environment (never rendered or logged).
-FORWARDED_SECRETS = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_ENDPOINT_URL",
-    "AWS_DEFAULT_REGION",
-    "AWS_REGION",
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-    "MLFLOW_S3_ENDPOINT_URL",
+from mlops_airflow.runtimes import (  # noqa: F401 (importable from here, as before the runtimes module)
+    CONFIG_ERROR_EXIT,
+    CONTAINER_LABEL,
+    DOCKER_API_TIMEOUT_S,
+    FORWARDED_SECRETS,
+    RUNTIMES,
+    STEP_FAILED_EXIT,
+    DockerRuntime,
+    InProcessRuntime,
+    StepRuntime,
+    SubprocessRuntime,
+    container_environment,
+    local_mounts,
+    local_paths,
+    parse_result,
+    stop_process_group,
+    wants_gpu,
 )
-CONTAINER_LABEL = "io.mlops"
+from mlops_airflow.runtimes import step_command as _step_command
+from pipelines.environ import patched_environ
 
 
 def logical_day(context: Any, timezone: str = "UTC") -> str:
@@ -82,15 +75,25 @@ def logical_day(context: Any, timezone: str = "UTC") -> str:
 def s3_environment(conn_id: str | None) -> dict[str, str]:
     """AWS_* variables for the lake from an Airflow connection (login/password/extra endpoint_url, region_name).
 
-    Returns {} when no connection is configured or defined, so the process environment applies."""
+    Returns {} only when no connection is configured (None or empty): the process environment applies. A
+    configured connection that cannot be read fails closed, with how to define it: falling back to the worker's
+    own AWS_* variables could reach another lake, or the right one with the wrong credentials."""
     if not conn_id:
         return {}
     from airflow.sdk import BaseHook
 
     try:
         conn = BaseHook.get_connection(conn_id)
-    except Exception:  # not defined: credentials come from the environment (documented)
-        return {}
+    except Exception as exc:
+        raise AirflowException(
+            f"The lake's Airflow connection {conn_id!r} (the profile's s3_connection_id) cannot be read: "
+            f"{type(exc).__name__}: {exc}. Define it, e.g. as the environment variable "
+            f'AIRFLOW_CONN_{conn_id.upper()}=\'{{"conn_type": "aws", "login": "KEY", "password": '
+            f'"SECRET", "extra": {{"endpoint_url": "http://minio:9000"}}}}\' or with `airflow connections add '
+            f"{conn_id} --conn-type aws --conn-login KEY --conn-password SECRET --conn-extra "
+            f'\'{{"endpoint_url": "http://minio:9000"}}\'`; or unset s3_connection_id to use the AWS_* '
+            "variables of the environment"
+        ) from exc
     extra = conn.extra_dejson or {}
     env = {}
     if conn.login:
@@ -105,24 +108,20 @@ def s3_environment(conn_id: str | None) -> dict[str, str]:
     return env
 
 
-DOCKER_API_TIMEOUT_S = 600
-
-
-class StepOperator(DockerOperator):
+class StepOperator(BaseOperator):
     """Run ``python -m pipelines <step> --usecase U --date D [args]`` as an Airflow task.
+
+    The runtime (``runtime``, else the profile's ``task_runtime``) is made in ``execute``, one per try: an
+    :class:`~mlops_airflow.runtimes.InProcessRuntime`, :class:`~mlops_airflow.runtimes.SubprocessRuntime` or
+    :class:`~mlops_airflow.runtimes.DockerRuntime`; ``on_kill`` stops what it started. Constructing the operator
+    (DAG parsing) reads the profile's timeout for the step's kind only: no Docker client, no step code.
 
     The step's JSON result (the last JSON line of its output) is returned, i.e. pushed to XCom. A step that fails
     on its input (exit 1, StepFailed) fails the task without retries, since retrying cannot fix bad input; with
     ``soft_fail_on_step_failure`` the result (``failed: true`` and the message) is pushed instead, so that
     committed work still emits its asset event and an explicit check task downstream fails the run. Other errors
-    are retried.
-
-    With runtime ``docker`` the DockerOperator part runs the container: the image for the step's kind, the
-    profile's lake and MLflow settings as environment, S3 credentials (from the Airflow connection
-    ``s3_connection_id``, else the worker's environment) as private environment, a bind mount of the local
-    paths the profile uses (none for an S3 lake with an MLflow server), ``mount_tmp_dir=False``, the profile's
-    ``auto_remove``, labels naming the step, and a GPU request for GPU steps when ``docker.gpus`` is set and a
-    candidate of the use case is marked ``gpu: true``.
+    are retried. S3 credentials come from the Airflow connection ``s3_connection_id`` when the profile names one
+    (a connection that cannot be read fails the task), else from the worker's environment.
     """
 
     template_fields: Sequence[str] = ("day", "step_args")
@@ -140,26 +139,42 @@ class StepOperator(DockerOperator):
         soft_fail_on_step_failure: bool = False,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("mount_tmp_dir", False)
-        kwargs.setdefault("auto_remove", "success")
-        # the engine's API calls (create, remove) can take minutes on a busy host; the provider's 60 s fails a
-        # step whose container succeeded, and the retry runs it again
-        kwargs.setdefault("timeout", DOCKER_API_TIMEOUT_S)
         if "execution_timeout" not in kwargs:
             kwargs["execution_timeout"] = step_execution_timeout(step)
-        # the image, command, mounts and environment are chosen in execute, from the profile
-        super().__init__(image="", **kwargs)
+        super().__init__(**kwargs)
         self.step = step
         self.usecase = usecase
         self.step_args = list(step_args)
         self.day = day
         self.runtime = runtime
         self.soft_fail_on_step_failure = soft_fail_on_step_failure
-        self._process: subprocess.Popen | None = None
+        self._runtime: StepRuntime | None = None
 
     def argv(self, day: str) -> list[str]:
         args = [a for a in self.step_args if a not in ("", "None")]
         return [self.step, "--usecase", self.usecase, "--date", day, *args]
+
+    def step_command(self, argv: list[str]) -> list[str]:
+        """The command of the subprocess runtime: the step's command line in this interpreter."""
+        return _step_command(argv)
+
+    def make_runtime(self, name: str, profile: Any, day: str) -> StepRuntime:
+        """The runtime called ``name`` for this try."""
+        if name == InProcessRuntime.name:
+            return InProcessRuntime(self.step, self.log)
+        if name == SubprocessRuntime.name:
+            return SubprocessRuntime(self.step, self.log, command=self.step_command)
+        if name == DockerRuntime.name:
+            return DockerRuntime(self.step, self.log, usecase=self.usecase, day=day, profile=profile)
+        raise AirflowFailException(
+            f"task_runtime {name!r} is unknown; use {', '.join(repr(n) for n in RUNTIMES)} "
+            "(config/platform.yaml or MLOPS_TASK_RUNTIME)"
+        )
+
+    @property
+    def container(self) -> dict[str, Any] | None:
+        """The container of this try (docker runtime), once created."""
+        return getattr(self._runtime, "container", None)
 
     def execute(self, context: Any) -> dict[str, Any]:
         from pipelines.config import ConfigError, load_profile, load_usecase
@@ -169,30 +184,19 @@ class StepOperator(DockerOperator):
             timezone = load_usecase(self.usecase).time.timezone
         except ConfigError as exc:
             raise AirflowFailException(str(exc)) from None
-        runtime = self.runtime or profile.task_runtime
+        name = self.runtime or profile.task_runtime
         day = self.day or logical_day(context, timezone)
         argv = self.argv(day)
+        runtime = self._runtime = self.make_runtime(name, profile, day)
         env = s3_environment(profile.s3_connection_id) if profile.lake_uri.startswith("s3://") else {}
         run_id = getattr(context.get("ti"), "run_id", None) or context.get("run_id")
         if run_id:
             env["MLOPS_RUN_ID"] = str(run_id)  # steps key their records by run (gate decisions)
-        self.log.info(
-            "Running step %s (runtime %s): python -m pipelines %s", self.step, runtime, " ".join(argv)
-        )
-        if runtime == "local":
-            result = self._run_in_process(argv, env)
-        elif runtime == "subprocess":
-            result = self._run_subprocess(argv, env)
-        elif runtime == "docker":
-            try:
-                result = self._run_container(context, profile, argv, day, env)
-            except ConfigError as exc:
-                raise AirflowFailException(str(exc)) from None
-        else:
-            raise AirflowFailException(
-                f"task_runtime {runtime!r} is unknown; use 'local', 'subprocess' or 'docker' "
-                "(config/platform.yaml or MLOPS_TASK_RUNTIME)"
-            )
+        self.log.info("Running step %s (runtime %s): python -m pipelines %s", self.step, name, " ".join(argv))
+        try:
+            result = runtime.run(argv, env, context)
+        except ConfigError as exc:
+            raise AirflowFailException(str(exc)) from None
         if result.get("failed"):
             message = f"step {self.step} failed for {self.usecase} on {day}: {result.get('error')}"
             if not self.soft_fail_on_step_failure:
@@ -201,127 +205,11 @@ class StepOperator(DockerOperator):
         self._emit_asset_events(context, day, result)
         return result
 
-    def _run_in_process(self, argv: list[str], env: dict[str, str]) -> dict[str, Any]:
-        from pipelines.cli import run_step
-        from pipelines.config import ConfigError
-        from pipelines.context import StepFailed
-
-        with patched_environ(env):
-            try:
-                return run_step(argv)
-            except StepFailed as exc:
-                return {"step": self.step, "failed": True, "error": str(exc), **exc.result}
-            except ConfigError as exc:
-                raise AirflowFailException(str(exc)) from None
-
-    def step_command(self, argv: list[str]) -> list[str]:
-        """The command of the subprocess runtime: the step's command line in this interpreter."""
-        return [sys.executable, "-m", "pipelines", *argv]
-
-    def _run_subprocess(self, argv: list[str], env: dict[str, str]) -> dict[str, Any]:
-        # its own process group: stopping the task stops the step and what it started (Spark's JVM)
-        proc = self._process = subprocess.Popen(
-            self.step_command(argv),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, **env},
-            start_new_session=True,
-        )
-        lines: list[str] = []
-        assert proc.stdout is not None
-        try:
-            for line in proc.stdout:
-                line = line.rstrip("\n")
-                lines.append(line)
-                self.log.info("%s", line)
-            code = proc.wait()
-        finally:  # the task timed out or was stopped while reading: the step does not run on, orphaned
-            if proc.poll() is None:
-                stop_process_group(proc, self.log)
-        if code == CONFIG_ERROR_EXIT:
-            raise AirflowFailException(f"step {self.step}: configuration error (see the log above)")
-        result = parse_result(lines)
-        if code not in (0, STEP_FAILED_EXIT) or result is None:
-            raise RuntimeError(f"step {self.step} exited with code {code} and no JSON result")
-        return result
-
     def on_kill(self) -> None:
-        """Airflow stops the task (its ``execution_timeout``, or a person marking it failed): the step's process
-        group (subprocess runtime) or its container (docker runtime) is stopped with it."""
-        if self._process is not None and self._process.poll() is None:
-            stop_process_group(self._process, self.log)
-        if getattr(self, "container", None) is not None:
-            super().on_kill()
-
-    def _run_container(
-        self, context: Any, profile: Profile, argv: list[str], day: str, secrets: dict[str, str]
-    ) -> dict[str, Any]:
-        """Run the step in its container through DockerOperator.execute and parse its result."""
-        from airflow.providers.docker.exceptions import DockerContainerFailedException
-
-        from pipelines.steps import GPU_STEPS, STEP_KINDS
-
-        settings = profile.docker
-        self.image = settings.image_for(STEP_KINDS[self.step])
-        self.command = argv
-        self.docker_url = settings.docker_url or os.environ.get("DOCKER_HOST") or "unix://var/run/docker.sock"
-        self.docker_conn_id = settings.docker_conn_id
-        self.network_mode = settings.network_mode
-        self.auto_remove = settings.auto_remove
-        self.force_pull = settings.force_pull
-        self.mem_limit = settings.mem_limit
-        self.mount_tmp_dir = False
-        # every line comes back; the result is the last JSON line, whatever stderr printed after it
-        self.xcom_all = True
-        self.environment = {**container_environment(profile), "MLOPS_IMAGE": self.image}
-        self._private_environment = {
-            **{key: os.environ[key] for key in FORWARDED_SECRETS if os.environ.get(key)},
-            **secrets,
-        }
-        self.mounts = local_mounts(profile)
-        self.user = settings.user or (f"{os.getuid()}:{os.getgid()}" if self.mounts else None)
-        self.device_requests = None
-        if settings.gpus and self.step in GPU_STEPS and wants_gpu(self.usecase):
-            from docker.types import DeviceRequest
-
-            self.device_requests = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
-        ti = context.get("ti")
-        self.labels = {
-            f"{CONTAINER_LABEL}.step": self.step,
-            f"{CONTAINER_LABEL}.usecase": self.usecase,
-            f"{CONTAINER_LABEL}.date": day,
-            f"{CONTAINER_LABEL}.dag_id": str(getattr(ti, "dag_id", "")),
-            f"{CONTAINER_LABEL}.run_id": str(getattr(ti, "run_id", "")),
-            f"{CONTAINER_LABEL}.try_number": str(getattr(ti, "try_number", "")),
-        }
-        self.log.info(
-            "Container: image %s, engine %s, network %s, mounts %s, user %s, GPU %s",
-            self.image,
-            self.docker_url,
-            self.network_mode or "default",
-            [m["Source"] for m in self.mounts] or "none",
-            self.user or "image default",
-            "requested" if self.device_requests else "no",
-        )
-        try:
-            lines = super().execute(context) or []
-        except DockerContainerFailedException as exc:
-            lines = [_text(line) for line in (exc.logs or [])]
-            result = parse_result(lines)
-            if result is not None and result.get("failed"):
-                return result
-            if any("CONFIG ERROR: " in line for line in lines):
-                raise AirflowFailException(
-                    f"step {self.step}: configuration error (see the log above)"
-                ) from None
-            raise
-        if isinstance(lines, str):
-            lines = [lines]
-        result = parse_result([_text(line) for line in lines])
-        if result is None:
-            raise RuntimeError(f"step {self.step}: the container printed no JSON result (see the log above)")
-        return result
+        """Airflow stops the task (its ``execution_timeout``, or a person marking it failed): the runtime stops
+        what it started (the step's process group, or its container)."""
+        if self._runtime is not None:
+            self._runtime.on_kill()
 
     def _emit_asset_events(self, context: Any, day: str, result: dict[str, Any]) -> None:
         if not self.outlets:
@@ -342,118 +230,6 @@ def step_execution_timeout(step: str) -> timedelta | None:
     kind = STEP_KINDS.get(step)
     seconds = None if kind is None else load_profile().step_timeout(kind)
     return None if seconds is None else timedelta(seconds=seconds)
-
-
-def stop_process_group(process: subprocess.Popen, log: Any, grace_s: float = 10.0) -> None:
-    """SIGTERM to the step's process group, SIGKILL to what is left after ``grace_s``."""
-    import signal
-
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 30.0)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        log.warning("Stopping the step's processes (process group %s, %s)", process.pid, sig.name)
-        try:
-            process.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-        if sig == signal.SIGTERM:  # the leader exited: make sure its children went with it
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-        return
-
-
-def _text(line: str | bytes) -> str:
-    return line.decode(errors="replace") if isinstance(line, bytes) else str(line)
-
-
-def wants_gpu(usecase_name: str) -> bool:
-    """Whether any candidate of the use case is marked ``gpu: true``."""
-    from pipelines.config import load_usecase
-
-    return any(candidate.gpu for candidate in load_usecase(usecase_name).candidates)
-
-
-def container_environment(profile: Profile) -> dict[str, str]:
-    """The profile's settings as environment for a task container (no secrets): the container's own copy of
-    config/platform.yaml then resolves to the same lake, MLflow and Spark as the worker's."""
-    from pipelines.config import mlops_home
-
-    env = {
-        "MLOPS_HOME": str(mlops_home()),
-        "MLOPS_LAKE_URI": profile.lake_uri,
-        "MLFLOW_TRACKING_URI": profile.mlflow_tracking_uri,
-        "MLOPS_SPARK_MASTER": profile.spark_master,
-        "MLOPS_TASK_RUNTIME": "local",
-    }
-    if profile.mlflow_artifact_root:
-        env["MLOPS_MLFLOW_ARTIFACT_ROOT"] = profile.mlflow_artifact_root
-    if os.environ.get("MLOPS_PROFILE"):
-        env["MLOPS_PROFILE"] = os.environ["MLOPS_PROFILE"]
-    if os.environ.get("MLOPS_LOG_LEVEL"):
-        env["MLOPS_LOG_LEVEL"] = os.environ["MLOPS_LOG_LEVEL"]
-    env.update(profile.docker.environment)
-    return env
-
-
-def local_paths(profile: Profile) -> list[Path]:
-    """Local folders the profile's lake and MLflow stores live in (none for S3 and an MLflow server)."""
-    paths = []
-    if "://" not in profile.lake_uri:
-        paths.append(Path(profile.lake_uri))
-    if profile.mlflow_tracking_uri.startswith("sqlite:///"):
-        paths.append(Path(profile.mlflow_tracking_uri.removeprefix("sqlite:///")).parent)
-    root = profile.mlflow_artifact_root
-    if root and (root.startswith("file://") or ":/" not in root):
-        paths.append(Path(root.removeprefix("file://")))
-    return [p.resolve() for p in paths]
-
-
-def local_mounts(profile: Profile) -> list[dict[str, Any]]:
-    """Bind mounts (same path inside as outside) for the profile's local paths: MLOPS_HOME once when they all
-    live under it, else each folder. ``docker.host_home`` translates MLOPS_HOME to the Docker host's path."""
-    from docker.types import Mount
-
-    from pipelines.config import mlops_home
-
-    paths = local_paths(profile)
-    if not paths:
-        return []
-    home = mlops_home()
-    if all(p.is_relative_to(home) for p in paths):
-        paths = [home]
-    # one mount per outermost folder
-    paths = [p for p in sorted(set(paths)) if not any(p != q and p.is_relative_to(q) for q in paths)]
-    host_home = profile.docker.host_home
-    mounts = []
-    for path in paths:
-        path.mkdir(parents=True, exist_ok=True)
-        source = Path(host_home) / path.relative_to(home) if host_home and path.is_relative_to(home) else path
-        mounts.append(Mount(target=str(path), source=str(source), type="bind"))
-    return mounts
-
-
-def parse_result(lines: list[str]) -> dict[str, Any] | None:
-    """The step result: the last JSON object with a ``step`` key that ends a line of output.
-
-    Text before the object on its line is allowed: a container's stdout and stderr reach Airflow as one stream,
-    so a line another stream left unfinished can run into the result's line."""
-    for line in reversed(lines):
-        text = line.strip()
-        if not text.endswith("}"):
-            continue
-        start = text.find("{")
-        while start >= 0:
-            try:
-                value = json.loads(text[start:])
-            except json.JSONDecodeError:
-                start = text.find("{", start + 1)
-                continue
-            if isinstance(value, dict) and "step" in value:
-                return value
-            break
-    return None
 
 
 class StepResultCheckOperator(BaseOperator):
