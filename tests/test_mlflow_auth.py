@@ -47,9 +47,10 @@ def _free_port() -> int:
 def auth_server(tmp_path_factory: pytest.TempPathFactory):
     """`mlflow server --app-name basic-auth` (SQLite store, proxied artifacts, all under tmp), its admin from the
     environment, the task and serving users made by mlflow_users.setup. Yields url and each user's credentials."""
-    flask_wtf = pytest.importorskip(
-        "flask_wtf", reason="MLflow's basic-auth app needs Flask-WTF: the mlflow-auth extra (make setup)"
-    )
+    try:
+        import flask_wtf
+    except ImportError:
+        pytest.fail("MLflow's basic-auth app needs Flask-WTF, from the mlflow-auth extra: run make setup")
     tmp = tmp_path_factory.mktemp("mlflow-auth")
     config = configparser.ConfigParser()
     config.read(AUTH_DIR / "basic_auth.ini")
