@@ -8,8 +8,9 @@ VENV := $(CURDIR)/.venv
 export MLOPS_HOME ?= $(CURDIR)/var
 export UV_PYTHON ?= $(PYTHON)
 export MLFLOW_UV_AUTO_DETECT := false
-# everything but the GPU build of TensorFlow (the `gpu` extra is for the GPU train image)
-EXTRAS := --extra spark --extra train --extra airflow --extra serve --extra report --extra monitor
+# everything but the GPU build of TensorFlow (the `gpu` extra is for the GPU train image); mlflow-auth for the
+# tests that start MLflow's basic-auth server (tests/test_mlflow_auth.py)
+EXTRAS := --extra spark --extra train --extra airflow --extra serve --extra report --extra monitor --extra mlflow-auth
 
 .PHONY: setup check-java run demo test test-fast lint format bench bench-containers images requirements stack-env stack ui airflow clean
 

@@ -201,11 +201,22 @@ class LocalStorage(Storage):
                 parent = parent.parent
 
 
-def s3_settings() -> dict[str, str]:
+def s3_settings(explicit: Mapping[str, str] | None = None) -> dict[str, str]:
     """S3 endpoint, region and credentials from the environment (filled from the Airflow connection by the task
     factory; never from files): ``AWS_ENDPOINT_URL`` (or ``MLOPS_S3_ENDPOINT_URL``), ``AWS_DEFAULT_REGION`` (or
-    ``AWS_REGION``), ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``."""
-    env = os.environ
+    ``AWS_REGION``), ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``.
+
+    ``explicit``: the same variables given directly (e.g. an Airflow connection's, mlops_airflow.operators.
+    s3_environment), read before the environment, which is never changed; when they hold an access key, the
+    key, secret and session token all come from them (never a token of the environment with their key)."""
+    env: Mapping[str, str] = os.environ
+    if explicit:
+        from collections import ChainMap
+
+        if explicit.get("AWS_ACCESS_KEY_ID"):
+            keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+            env = {k: v for k, v in env.items() if k not in keys}
+        env = ChainMap(dict(explicit), env)
     settings = {
         "endpoint_url": env.get("AWS_ENDPOINT_URL") or env.get("MLOPS_S3_ENDPOINT_URL") or "",
         "region": env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1",
@@ -217,18 +228,24 @@ def s3_settings() -> dict[str, str]:
 
 
 class S3Storage(Storage):
-    """S3 through boto3, with the endpoint, region and credentials of :func:`s3_settings`."""
+    """S3 through boto3, with the endpoint, region and credentials of :func:`s3_settings` (of ``explicit``)."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, explicit: Mapping[str, str] | None = None) -> None:
         import boto3
 
         rest = uri.removeprefix("s3://")
         self.bucket, _, prefix = rest.partition("/")
         self.prefix = prefix.strip("/")
         self.root_uri = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
-        settings = s3_settings()
+        settings = s3_settings(explicit)
+        # keys not set: boto3's own chain (environment, profile, role)
         self.client = boto3.client(
-            "s3", endpoint_url=settings.get("endpoint_url") or None, region_name=settings["region"]
+            "s3",
+            endpoint_url=settings.get("endpoint_url") or None,
+            region_name=settings["region"],
+            aws_access_key_id=settings.get("access_key"),
+            aws_secret_access_key=settings.get("secret_key"),
+            aws_session_token=settings.get("session_token"),
         )
 
     def _key(self, key: str) -> str:
@@ -291,9 +308,9 @@ def _aware(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def storage_for(uri: str) -> Storage:
+def storage_for(uri: str, s3_env: Mapping[str, str] | None = None) -> Storage:
     if uri.startswith("s3://"):
-        return S3Storage(uri)
+        return S3Storage(uri, s3_env)
     if "://" in uri and not uri.startswith("file://"):
         raise LakeError(f"lake URI {uri!r}: unsupported scheme; use a local path or s3://bucket/prefix")
     return LocalStorage(uri)
@@ -441,10 +458,14 @@ def monitoring_table(usecase: str) -> str:
 
 
 class Lake:
-    """Delta tables and plain objects on a local folder or S3 (one interface for both)."""
+    """Delta tables and plain objects on a local folder or S3 (one interface for both).
 
-    def __init__(self, uri: str) -> None:
-        self.storage = storage_for(uri)
+    ``s3_env``: S3 endpoint and credentials for this lake alone, as AWS_* variables (:func:`s3_settings`); by
+    default the process environment's."""
+
+    def __init__(self, uri: str, s3_env: Mapping[str, str] | None = None) -> None:
+        self.s3_env = dict(s3_env or {})
+        self.storage = storage_for(uri, self.s3_env)
         self.uri = self.storage.root_uri
         self.is_s3 = self.uri.startswith("s3://")
 
@@ -492,7 +513,7 @@ class Lake:
         """delta-rs storage options (S3 only; a local lake needs none)."""
         if not self.is_s3:
             return None
-        settings = s3_settings()
+        settings = s3_settings(self.s3_env)
         options = {"AWS_REGION": settings["region"]}
         for name, option in (
             ("endpoint_url", "AWS_ENDPOINT_URL"),
@@ -512,7 +533,7 @@ class Lake:
 
         if not self.is_s3:
             return pafs.SubTreeFileSystem(self.table_uri(table), pafs.LocalFileSystem())
-        settings = s3_settings()
+        settings = s3_settings(self.s3_env)
         endpoint = settings.get("endpoint_url", "")
         scheme = "http" if endpoint.startswith("http://") else "https"
         s3 = pafs.S3FileSystem(
@@ -1076,10 +1097,10 @@ def _iso(day: date | str) -> str:
     return day if isinstance(day, str) else day.isoformat()
 
 
-def open_lake(uri: str | None = None) -> Lake:
-    """The lake of the active profile (or ``uri``)."""
+def open_lake(uri: str | None = None, s3_env: Mapping[str, str] | None = None) -> Lake:
+    """The lake of the active profile (or ``uri``), with S3 settings ``s3_env`` for it alone (:class:`Lake`)."""
     if uri is None:
         from pipelines.config import load_profile
 
         uri = load_profile().lake_uri
-    return Lake(uri)
+    return Lake(uri, s3_env)

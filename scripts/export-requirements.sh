@@ -9,7 +9,7 @@ mkdir -p "$OUT"
 for part in core spark train gpu airflow mlflow serve; do
   case $part in
     core) extra=() ;;
-    mlflow) extra=(--extra postgres) ;;
+    mlflow) extra=(--extra postgres --extra mlflow-auth) ;;
     train | gpu) extra=(--extra "$part" --extra report --extra monitor) ;;  # it also runs the report and monitor steps
     *) extra=(--extra "$part") ;;
   esac

@@ -28,6 +28,12 @@ settings = {
     "MINIO_SERVE_USER": "mlops-serve",
     "MINIO_SERVE_PASSWORD": token(),
     "MLOPS_API_KEYS": token(),  # the scoring service's API key (comma-separate several to rotate)
+    # the MLflow server's basic auth (docs/security.md): its admin, the task user, the read-only serving user,
+    # and the auth app's static key
+    "MLFLOW_ADMIN_PASSWORD": token(),
+    "MLFLOW_TASKS_PASSWORD": token(),
+    "MLFLOW_SERVE_PASSWORD": token(),
+    "MLFLOW_FLASK_SECRET_KEY": token(),
     "MLOPS_IMAGE_TAG": "dev",
     "MLOPS_DOCKER_GPUS": "false",
 }

@@ -46,6 +46,10 @@ SECRETS = (
     "MINIO_MLFLOW_PASSWORD",
     "MINIO_SERVE_USER",
     "MINIO_SERVE_PASSWORD",
+    "MLFLOW_ADMIN_PASSWORD",
+    "MLFLOW_TASKS_PASSWORD",
+    "MLFLOW_SERVE_PASSWORD",
+    "MLFLOW_FLASK_SECRET_KEY",
 )
 AIRFLOW_SERVICES = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"]
 
@@ -99,6 +103,7 @@ def test_compose_file_validates_and_keeps_its_promises(compose: list[str]) -> No
         "minio",
         "minio-init",
         "mlflow",
+        "mlflow-init",
         "docker-socket-proxy",
         "airflow-init",
         *AIRFLOW_SERVICES,
@@ -144,6 +149,32 @@ def test_compose_file_validates_and_keeps_its_promises(compose: list[str]) -> No
     mlflow = services["mlflow"]["environment"]
     assert mlflow["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://mlflow:")
     assert mlflow["MLFLOW_ARTIFACTS_DESTINATION"] == "s3://mlflow/artifacts"
+    # MLflow with authentication (docs/security.md): the basic-auth app, its admin, the task user of the Airflow
+    # services and the read-only user of the scoring service, each password the one from the environment
+    command = services["mlflow"]["command"]
+    assert command[command.index("--app-name") + 1] == "basic-auth"
+    assert mlflow["MLFLOW_AUTH_CONFIG_PATH"] == "/opt/mlops/mlflow-auth.ini"
+    assert mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"] == stack_env["MLFLOW_ADMIN_PASSWORD"]
+    assert mlflow["MLFLOW_FLASK_SERVER_SECRET_KEY"] == stack_env["MLFLOW_FLASK_SECRET_KEY"]
+    users = services["mlflow-init"]["environment"]
+    assert users["MLFLOW_TASKS_PASSWORD"] == stack_env["MLFLOW_TASKS_PASSWORD"]
+    assert users["MLFLOW_SERVE_PASSWORD"] == stack_env["MLFLOW_SERVE_PASSWORD"]
+    for name in AIRFLOW_SERVICES:
+        env = services[name]["environment"]
+        assert env["MLFLOW_TRACKING_USERNAME"] == users["MLFLOW_TASKS_USERNAME"], name
+        assert env["MLFLOW_TRACKING_PASSWORD"] == stack_env["MLFLOW_TASKS_PASSWORD"], name
+    serve_env = services["serve"]["environment"]
+    assert serve_env["MLFLOW_TRACKING_USERNAME"] == users["MLFLOW_SERVE_USERNAME"]
+    assert serve_env["MLFLOW_TRACKING_PASSWORD"] == stack_env["MLFLOW_SERVE_PASSWORD"]
+    # no secret literal: every generated secret reaches the services, and none is written in the file
+    raw = COMPOSE_FILE.read_text()
+    resolved = json.dumps(services)
+    for name in SECRETS:
+        assert f"${{{name}:?" in raw and stack_env[name] in resolved, name
+    for service, settings in yaml.safe_load(raw)["services"].items():
+        for key, value in (settings.get("environment") or {}).items():
+            if any(word in key for word in ("PASSWORD", "SECRET", "TOKEN", "_KEY", "API_KEYS")):
+                assert str(value).startswith("${"), f"{service}: {key} is written in the file"
     for name in ("postgres", "minio", "mlflow"):
         assert "healthcheck" in services[name], name
 
@@ -478,9 +509,12 @@ def test_stack_runs_tasks_in_containers(docker_images, compose: list[str], tmp_p
         _assert_two_days_ingested(stack.python(lake))
         experiment = stack.python(
             "import json, mlflow; mlflow.set_tracking_uri('http://mlflow:5000'); "
-            "e = mlflow.get_experiment_by_name('flight_delay'); print(json.dumps(e and e.artifact_location))"
+            "e = mlflow.get_experiment_by_name('flight_delay'); "
+            "print(json.dumps(e and [e.experiment_id, e.artifact_location]))"
         )
-        assert experiment == "mlflow-artifacts:/flight_delay"
+        # the server's default location, which its basic auth maps to the experiment (docs/security.md)
+        experiment_id, location = experiment
+        assert location == f"mlflow-artifacts:/{experiment_id}"
     finally:
         deaths.stop()
         stack.down()

@@ -19,16 +19,22 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 def _pending(usecase: str, up_to: str | None, conn_id: str | None) -> list[str]:
     """Files waiting for the ingest run of date ``up_to``: dated up to the last event date predicted that day
     (the schedule of tomorrow's events lands under tomorrow's date), as the ingest step takes them."""
-    from mlops_airflow.operators import patched_environ, s3_environment
     from pipelines.config import load_profile, load_usecase
-    from pipelines.lake import open_lake
     from pipelines.steps.ingest import pending_files
 
     profile = load_profile()
     through = load_usecase(usecase).time.ingested_through(date.fromisoformat(up_to)) if up_to else None
+    return pending_files(_lake(profile, conn_id), usecase, through)
+
+
+def _lake(profile: Any, conn_id: str | None) -> Any:
+    """The profile's lake with the S3 connection's endpoint and keys given to it alone: the triggerer runs many
+    triggers in one process, so the process environment is never changed (no credentials shared or raced on)."""
+    from mlops_airflow.operators import s3_environment
+    from pipelines.lake import open_lake
+
     env = s3_environment(conn_id or profile.s3_connection_id) if profile.lake_uri.startswith("s3://") else {}
-    with patched_environ(env):
-        return pending_files(open_lake(profile.lake_uri), usecase, through)
+    return open_lake(profile.lake_uri, s3_env=env or None)
 
 
 class LandingFilesTrigger(BaseTrigger):
@@ -150,9 +156,8 @@ def _features_readiness(usecase: str, run_day: str, conn_id: str | None) -> dict
     """pipelines.scoring_time.readiness of the score run of ``run_day`` now, as a plain dict."""
     from datetime import UTC, datetime
 
-    from mlops_airflow.operators import patched_environ, s3_environment
     from pipelines.config import load_profile, load_usecase
-    from pipelines.lake import online_table, open_lake
+    from pipelines.lake import online_table
     from pipelines.scoring_time import due_at, grace, readiness
     from pipelines.tracking import champion_version, configure_mlflow
 
@@ -168,18 +173,14 @@ def _features_readiness(usecase: str, run_day: str, conn_id: str | None) -> dict
             "deadline": (due_at(spec, date.fromisoformat(run_day)) + grace(spec)).isoformat(),
             "reason": "no champion yet: nothing to wait for (the score step records that it scored nothing)",
         }
-    env = s3_environment(conn_id or profile.s3_connection_id) if profile.lake_uri.startswith("s3://") else {}
-    with patched_environ(env):
-        lake = open_lake(profile.lake_uri)
-        day = date.fromisoformat(run_day)
-        # the predicted day's snapshot alone (the sensor polls: its cost must not grow with the history)
-        predicted = spec.time.predicted_through(day).isoformat()
-        partitions = lake.snapshot(online_table(usecase), dates=[predicted]).partitions
-        state = readiness(spec, partitions, day, datetime.now(UTC))
-        if state.failure and state.day not in partitions:
-            state = readiness(
-                spec, partitions, day, datetime.now(UTC), _what_is_missing(lake, spec, state.day)
-            )
+    lake = _lake(profile, conn_id)
+    day = date.fromisoformat(run_day)
+    # the predicted day's snapshot alone (the sensor polls: its cost must not grow with the history)
+    predicted = spec.time.predicted_through(day).isoformat()
+    partitions = lake.snapshot(online_table(usecase), dates=[predicted]).partitions
+    state = readiness(spec, partitions, day, datetime.now(UTC))
+    if state.failure and state.day not in partitions:
+        state = readiness(spec, partitions, day, datetime.now(UTC), _what_is_missing(lake, spec, state.day))
     return {
         "day": state.day,
         "ready": state.ready,
