@@ -122,16 +122,21 @@ def _setup(usecase: str | UseCase) -> tuple[UseCase, Lake, Any, str]:
 
 def alias_version(spec: UseCase, alias: str) -> int | None:
     """The version ``alias`` points at (None: no such alias); a registry failure raises RegistryError."""
-    from pipelines.tracking import CHAMPION_ALIAS, RegistryError, champion_version, is_not_found, model_name
+    from pipelines.tracking import (
+        CHAMPION_ALIAS,
+        RegistryError,
+        champion_version,
+        model_name,
+        version_by_alias,
+    )
 
     if alias == CHAMPION_ALIAS:
         version = champion_version(spec)
         return None if version is None else int(version.version)
     try:
-        return int(_client().get_model_version_by_alias(model_name(spec), alias).version)
+        version = version_by_alias(_client(), model_name(spec), alias)
+        return None if version is None else int(version.version)
     except Exception as exc:
-        if is_not_found(exc):
-            return None
         raise RegistryError(f"the model registry could not say where {alias!r} points: {exc}") from exc
 
 

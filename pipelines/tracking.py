@@ -101,6 +101,28 @@ def is_not_found(exc: Exception) -> bool:
     return code == "INVALID_PARAMETER_VALUE" and "alias" in message and "not found" in message
 
 
+def version_by_alias(client: Any, name: str, alias: str) -> Any | None:
+    """The ModelVersion ``alias`` of registered model ``name`` points at, or None when the model or the alias does
+    not exist; any other failure is raised as MLflow raised it.
+
+    MLflow's basic-auth app (the compose stack's server) answers 403, not 404, for a registered model that does not
+    exist, so that a user learns nothing about names it may not read. A 403 is read as "absent" only when a search
+    for the exact name, whose results the app filters by read permission, does not find it either; a model this
+    user may not read then looks absent, but the steps that would write it (register, promote) are refused by the
+    server, so nothing is promoted on that reading."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except Exception as exc:
+        if is_not_found(exc):
+            return None
+        if "error code 403" not in str(exc) and getattr(exc, "error_code", None) != "PERMISSION_DENIED":
+            raise
+        escaped = name.replace("'", "\\'")
+        if any(model.name == name for model in client.search_registered_models(f"name = '{escaped}'")):
+            raise  # the model exists: this user was refused
+        return None
+
+
 def champion_version(usecase: UseCase) -> Any | None:
     """The registry's current champion ModelVersion, or None when the registered model or its ``champion`` alias
     does not exist (before the first promotion). Any other registry failure raises RegistryError: the caller
@@ -108,10 +130,8 @@ def champion_version(usecase: UseCase) -> Any | None:
     from mlflow import MlflowClient
 
     try:
-        return MlflowClient().get_model_version_by_alias(model_name(usecase), CHAMPION_ALIAS)
+        return version_by_alias(MlflowClient(), model_name(usecase), CHAMPION_ALIAS)
     except Exception as exc:
-        if is_not_found(exc):
-            return None
         raise RegistryError(
             f"the model registry could not say which version of {model_name(usecase)!r} is the champion "
             f"({type(exc).__name__}: {str(exc)[:300]}); nothing was decided. Check the MLflow tracking server "

@@ -32,12 +32,12 @@ from pipelines.tracking import (
     MODEL_DIGEST_TAG,
     ArtifactRefused,
     decision_threshold,
-    is_not_found,
     load_verified_folder,
     model_name,
     predict_proba,
     scores_of,
     verified_download,
+    version_by_alias,
 )
 
 log = logging.getLogger("mlops.serve")
@@ -339,17 +339,17 @@ class ModelSlots:
                 state = self.state[alias]
                 state.checked_at = time.time()
                 try:
-                    version = client.get_model_version_by_alias(model_name(self.usecase), alias)
-                except Exception as exc:
-                    if is_not_found(exc):
-                        if alias != CHAMPION_ALIAS and state.served is not None:  # the challenger was removed
-                            old, state.served = state.served, None
-                            old.release()
-                        state.error = f"no {alias!r} alias on {model_name(self.usecase)!r}"
-                    else:  # keep serving what is loaded; report
-                        state.error = (
-                            f"the registry could not be asked for {alias!r}: {type(exc).__name__}: {exc}"
-                        )
+                    version = version_by_alias(client, model_name(self.usecase), alias)
+                except Exception as exc:  # keep serving what is loaded; report
+                    state.error = (
+                        f"the registry could not be asked for {alias!r}: {type(exc).__name__}: {exc}"
+                    )
+                    continue
+                if version is None:
+                    if alias != CHAMPION_ALIAS and state.served is not None:  # the challenger was removed
+                        old, state.served = state.served, None
+                        old.release()
+                    state.error = f"no {alias!r} alias on {model_name(self.usecase)!r}"
                     continue
                 number = str(version.version)
                 if state.served is not None and state.served.version == number:
