@@ -1,5 +1,5 @@
 """A live Airflow (``airflow standalone``: api-server, scheduler, dag-processor, triggerer) and the MLflow UI over
-one MLOPS_HOME, started as ``mlops ui`` starts them (mlops_airflow.ui), for the browser test. Users are the
+one MLOPS_HOME, started as ``mlops ui`` starts them (mlops_cli.ui), for the browser test. Users are the
 SimpleAuthManager's with known passwords (the approvers of the test use case)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ START_TIMEOUT_S = 300
 
 class Stack:
     def __init__(self, home: Path, users: dict[str, str], extra_env: dict[str, str]) -> None:
-        from mlops_airflow.ui import prepare_airflow, ui_commands
+        from mlops_cli.ui import prepare_airflow, ui_commands
         from pipelines.config import load_profile
 
         self.port, self.mlflow_port = free_port(), free_port()

@@ -101,7 +101,7 @@ def test_promote_never_waits_for_the_report(dagbag, dag_id: str) -> None:
     """The report (explanations) hangs off the gate beside register: promote is not downstream of it, so a slow
     or failed report never holds or fails a promotion, and it runs whether the gate passed or not (all done, one
     success: evaluate's scores exist) and the direct runner keeps the same topology."""
-    from mlops_airflow.demo import DirectRunner
+    from mlops_cli.runners import DirectRunner
 
     dag = dagbag.dags[dag_id]
     report = dag.task_dict["report"]
