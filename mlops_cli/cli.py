@@ -1,5 +1,6 @@
-"""The ``mlops`` command: every ``python -m pipelines`` command plus ``mlops demo`` (which drives Airflow) and
-``mlops backtest`` (the steps in-process, :mod:`pipelines.backtest`)."""
+"""The ``mlops`` command (``python -m mlops_cli``): every ``python -m pipelines`` command plus ``mlops demo`` and
+``mlops run`` (replays that drive Airflow, :mod:`mlops_cli.replay`), ``mlops land``, ``mlops ui``
+(:mod:`mlops_cli.ui`) and ``mlops backtest`` (the steps in-process, :mod:`pipelines.backtest`)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,9 @@ outcomes that arrived are joined to those predictions), and ``<uc>_train`` at
 corrupted on purpose, and announced, to show the quarantine. Prints one row per month (rows scored, rows made ahead whose
 outcome arrived, rows scored late, and the live ROC AUC of the predictions made ahead, beside the holdout ROC AUC
 the scoring model had at training) and writes
-the same as JSON to ``$MLOPS_HOME/demo/summary.json``.
+the same as JSON to ``$MLOPS_HOME/demo/summary.json``. ``mlops run`` replays files already landed the same way
+(:func:`run_period`). The demo files come from :mod:`mlops_cli.demo_data`, the runners (Airflow, or the same steps
+direct) from :mod:`mlops_cli.runners`.
 """
 
 from __future__ import annotations

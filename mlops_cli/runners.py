@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from mlops_airflow import wiring
 from mlops_airflow.env import (
     REPO_ROOT,
     airflow_db_template,
@@ -122,19 +123,14 @@ class AirflowRunner:
 
 
 class DirectRunner:
-    """The same graphs as dags/, calling the steps in this process without Airflow (for benchmarks)."""
+    """The same graphs as dags/ (their steps, :data:`mlops_airflow.wiring.STEP_GRAPHS`, which each DAG checks
+    itself against), calling the steps in this process without Airflow (for benchmarks)."""
 
     name = "direct"
-    GRAPHS = {
-        "ingest": ["ingest"],
-        "features": ["features"],
-        "score": ["score", "outcomes"],
-        "monitor": ["monitor"],
-        "train": ["train", "evaluate", "gate", "register", "promote", "report"],
-    }
-    # steps beside the decision path (dags/train.py: gate >> report, nothing downstream): they run after the gate
-    # whatever it decided, and their failure is recorded without failing the graph, as promote never waits on them
-    SIDE_STEPS = {"report"}
+    GRAPHS = wiring.STEP_GRAPHS
+    # steps beside the decision path: they run after the gate whatever it decided, and their failure is recorded
+    # without failing the graph, as promote never waits on them
+    SIDE_STEPS = wiring.SIDE_STEPS
 
     def __init__(self, usecase: str, log_path: Path) -> None:
         self.usecase = usecase
