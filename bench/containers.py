@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+MLOPS = [sys.executable, "-m", "mlops_cli"]  # the mlops command of this tree
 sys.path.insert(0, str(REPO))
 from bench.lifecycle import run_rows, totals  # noqa: E402
 
@@ -36,9 +36,7 @@ def run_demo(months: int, home: Path, env_extra: dict[str, str]) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLOPS_", "MLFLOW_"))}
     env.update({"MLOPS_HOME": str(home), "PYTHONUNBUFFERED": "1", **env_extra})
     start = time.perf_counter()
-    proc = subprocess.run(
-        [str(BIN / "mlops"), "demo", "--months", str(months)], env=env, capture_output=True, text=True
-    )
+    proc = subprocess.run([*MLOPS, "demo", "--months", str(months)], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])

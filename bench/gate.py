@@ -32,7 +32,7 @@ from pathlib import Path
 from pipelines.context import MANUAL_RUN, run_key, run_result_key
 
 REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+MLOPS = [sys.executable, "-m", "mlops_cli"]  # the mlops command of this tree
 REPORT_PARTS = (
     "intervals_and_fairness",
     "infrastructure_check",
@@ -54,7 +54,7 @@ def replay(home: Path, months: int) -> float:
     env = {**os.environ, "MLOPS_HOME": str(home)}
     started = time.perf_counter()
     subprocess.run(
-        [str(BIN / "mlops"), "demo", "--months", str(months), "--runner", "direct"],
+        [*MLOPS, "demo", "--months", str(months), "--runner", "direct"],
         check=True,
         env=env,
         cwd=REPO,

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+MLOPS = [sys.executable, "-m", "mlops_cli"]  # the mlops command of this tree
 
 IMPORTS = {
     "tensorflow": "import tensorflow",
@@ -50,7 +50,7 @@ def run_demo(runner: str, months: int, home: Path) -> dict:
             env.pop(key)
     start = time.perf_counter()
     proc = subprocess.run(
-        [str(BIN / "mlops"), "demo", "--months", str(months), "--runner", runner],
+        [*MLOPS, "demo", "--months", str(months), "--runner", runner],
         env=env,
         capture_output=True,
         text=True,

@@ -11,7 +11,7 @@ timed apart.
 
 History is built the cheap way the demo already uses and trusts: a batched replay through the real steps (the
 demo's files, each landed with the time it would have arrived, ingested, featured and scored with ``--replay`` in
-one batch; the batched and the day-by-day paths build the same rows, see plugins/mlops_airflow/demo.py), with a
+one batch; the batched and the day-by-day paths build the same rows, see mlops_cli/replay.py), with a
 small champion registered after the first batch (a scikit-learn model fitted on the first weeks' features and
 labels, tagged as trained on the batch's last day, so it scores everything after). A batch leaves one commit per
 table where a day-by-day history leaves one a day, so the log of every table the nightly commits to is then
@@ -161,7 +161,8 @@ def pad_logs(lake_root: Path, commits: int) -> int:
 def build_history(home: Path, usecase, data, days: list[int], log: Path) -> dict[int, Path]:
     """Replay the history of each N of ``days`` in batches (days 1..N-1 in all); copy the lake aside before N's
     nightly. Returns N -> the copy."""
-    from mlops_airflow.demo import DirectRunner, _local, files_to_land
+    from mlops_cli.demo_data import _local, files_to_land
+    from mlops_cli.runners import DirectRunner
     from pipelines.config import load_profile
     from pipelines.lake import open_lake
 
@@ -205,7 +206,8 @@ def build_history(home: Path, usecase, data, days: list[int], log: Path) -> dict
 def nightly(home: Path, usecase, data, n: int, copy: Path, log: Path, profile_dir: Path | None) -> dict:
     """Restore the lake as the nightly that predicts day N finds it (the evening of N - 1), land that evening's
     files and run the nightly; seconds per step."""
-    from mlops_airflow.demo import DirectRunner, _local, files_to_land
+    from mlops_cli.demo_data import _local, files_to_land
+    from mlops_cli.runners import DirectRunner
     from pipelines.config import load_profile
     from pipelines.lake import open_lake
 
@@ -252,7 +254,7 @@ def main() -> int:
         raise SystemExit(f"--home {home}: not empty; give a fresh folder")
     home.mkdir(parents=True, exist_ok=True)
     _environment(home)
-    from mlops_airflow.demo import DemoData
+    from mlops_cli.demo_data import DemoData
     from pipelines.config import load_usecase
 
     usecase = load_usecase("flight_delay")

@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 # half the time (one core busy, the other idle: 54k to 91k rows/s from one command)
 BATCH_CONNECTIONS = 4
 BIN = Path(sys.executable).parent
+MLOPS = [sys.executable, "-m", "mlops_cli"]  # the mlops command of this tree
 
 
 def _free_port() -> int:
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     servers = [
         subprocess.Popen(
             [
-                str(BIN / "mlops"),
+                *MLOPS,
                 "serve",
                 "--usecase",
                 args.usecase,

@@ -3,7 +3,7 @@
 from airflow.sdk import DAG, Asset
 
 from mlops_airflow.operators import step_task
-from mlops_airflow.wiring import dag_kwargs, raw_asset_name, usecases
+from mlops_airflow.wiring import check_step_graph, dag_kwargs, raw_asset_name, usecases
 
 for usecase in usecases():
     with DAG(
@@ -21,4 +21,5 @@ for usecase in usecases():
         )
     ) as dag:
         step_task("features", usecase.name)
+    check_step_graph(dag, "features")
     globals()[dag.dag_id] = dag

@@ -4,7 +4,7 @@ from airflow.sdk import DAG, Asset
 
 from mlops_airflow.operators import StepResultCheckOperator, step_task
 from mlops_airflow.sensors import LandingArrivalSensor
-from mlops_airflow.wiring import alert, dag_kwargs, raw_asset_name, usecases
+from mlops_airflow.wiring import alert, check_step_graph, dag_kwargs, raw_asset_name, usecases
 
 for usecase in usecases():
     with DAG(
@@ -35,4 +35,5 @@ for usecase in usecases():
             on_failure_callback=alert(usecase, "quarantine"),
         )
         wait >> ingest >> check
+    check_step_graph(dag, "ingest")
     globals()[dag.dag_id] = dag

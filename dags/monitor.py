@@ -5,7 +5,13 @@ use case retrains on triggers `<usecase>_train` early, with the reason in its co
 from airflow.sdk import DAG, Asset, Param
 
 from mlops_airflow.operators import RetrainTriggerOperator, step_task
-from mlops_airflow.wiring import dag_kwargs, outcomes_asset_name, predictions_asset_name, usecases
+from mlops_airflow.wiring import (
+    check_step_graph,
+    dag_kwargs,
+    outcomes_asset_name,
+    predictions_asset_name,
+    usecases,
+)
 
 for usecase in usecases():
     with DAG(
@@ -38,4 +44,5 @@ for usecase in usecases():
         monitor >> RetrainTriggerOperator(
             task_id="retrain_early", usecase=usecase.name, enabled="{{ params.retrain }}"
         )
+    check_step_graph(dag, "monitor")
     globals()[dag.dag_id] = dag

@@ -6,7 +6,14 @@ from airflow.sdk import DAG, Asset, Param
 
 from mlops_airflow.operators import step_task
 from mlops_airflow.sensors import FeaturesReadySensor
-from mlops_airflow.wiring import alert, dag_kwargs, outcomes_asset_name, predictions_asset_name, usecases
+from mlops_airflow.wiring import (
+    alert,
+    check_step_graph,
+    dag_kwargs,
+    outcomes_asset_name,
+    predictions_asset_name,
+    usecases,
+)
 
 for usecase in usecases():
     with DAG(
@@ -53,4 +60,5 @@ for usecase in usecases():
         )
         outcomes = step_task("outcomes", usecase.name, outlets=[Asset(outcomes_asset_name(usecase))])
         ready >> score >> outcomes
+    check_step_graph(dag, "score")
     globals()[dag.dag_id] = dag

@@ -15,7 +15,7 @@ from airflow.task.trigger_rule import TriggerRule
 
 from mlops_airflow.operators import GateBranchOperator, KeepChampionOperator, step_task
 from mlops_airflow.pools import train_pool
-from mlops_airflow.wiring import alert, dag_kwargs, newest_trainable_date, usecases
+from mlops_airflow.wiring import alert, check_step_graph, dag_kwargs, newest_trainable_date, usecases
 from pipelines.config import UseCase, approval_required
 
 # a run triggered from the form carries the Param end_date in its conf; scheduled runs, dag.test and the monitor's
@@ -137,6 +137,7 @@ for usecase in usecases():
             ],
             day=END_DATE_FROM_CONF,
         )
+    check_step_graph(dag, "train")
     globals()[dag.dag_id] = dag
 
     if usecase.schedules.train_nightly:
@@ -153,4 +154,5 @@ for usecase in usecases():
             )
         ) as nightly:
             lifecycle(usecase, ["--mode", "refresh"])
+        check_step_graph(nightly, "train")
         globals()[nightly.dag_id] = nightly

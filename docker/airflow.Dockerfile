@@ -1,6 +1,7 @@
 # Airflow for the compose stack (api-server, scheduler, dag-processor, triggerer): Airflow and the providers our
-# operators use, from the same lock, with the DAGs, plugins, pipelines and config of this tree. Tasks run in
-# their own containers (task_runtime docker), so this image carries neither Spark nor TensorFlow.
+# operators use, from the same lock, with the DAGs, plugins, pipelines, config and the `mlops` command (mlops_cli:
+# `mlops land` in the scheduler) of this tree. Tasks run in their own containers (task_runtime docker), so this
+# image carries neither Spark nor TensorFlow.
 ARG MLOPS_CORE=mlops-core:dev
 FROM ${MLOPS_CORE}
 
@@ -11,7 +12,7 @@ RUN --mount=type=secret,id=ca \
  && pip install --quiet --no-deps --require-hashes -r /tmp/requirements/airflow.txt \
  && rm -rf /tmp/requirements \
  && mkdir -p /opt/airflow/logs && chown -R 50000:0 /opt/airflow && chmod -R g+rwX /opt/airflow \
- && printf '#!/bin/sh\nexec python -m mlops_airflow.cli "$@"\n' > /opt/venv/bin/mlops && chmod 755 /opt/venv/bin/mlops
+ && printf '#!/bin/sh\nexec python -m mlops_cli "$@"\n' > /opt/venv/bin/mlops && chmod 755 /opt/venv/bin/mlops
 ENV AIRFLOW_HOME=/opt/airflow \
     AIRFLOW__CORE__DAGS_FOLDER=/opt/mlops/dags \
     AIRFLOW__CORE__PLUGINS_FOLDER=/opt/mlops/plugins \
@@ -23,6 +24,7 @@ USER ${MLOPS_UID}
 COPY config /opt/mlops/config
 COPY pipelines /opt/mlops/pipelines
 COPY plugins /opt/mlops/plugins
+COPY mlops_cli /opt/mlops/mlops_cli
 COPY dags /opt/mlops/dags
 ENTRYPOINT ["airflow"]
 CMD ["version"]

@@ -1,5 +1,5 @@
 """A live Airflow (``airflow standalone``: api-server, scheduler, dag-processor, triggerer) and the MLflow UI over
-one MLOPS_HOME, started as ``mlops ui`` starts them (mlops_airflow.ui), for the browser test. Users are the
+one MLOPS_HOME, started as ``mlops ui`` starts them (mlops_cli.ui), for the browser test. Users are the
 SimpleAuthManager's with known passwords (the approvers of the test use case)."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class Stack:
     ) -> None:
         """``components``: Airflow's api-server, scheduler, dag-processor and triggerer as processes of their own
         (so that a test can kill one and start it again) and no MLflow UI, instead of ``airflow standalone``."""
-        from mlops_airflow.ui import prepare_airflow, ui_commands
+        from mlops_cli.ui import prepare_airflow, ui_commands
         from pipelines.config import load_profile
 
         self.port, self.mlflow_port = free_port(), (None if components else free_port())

@@ -25,7 +25,8 @@ from pipelines.lake import (
 )
 from pipelines.steps.gate import read_decisions
 
-MLOPS = Path(sys.executable).parent / "mlops"
+# the mlops command of this tree (its console script is installed from wherever the venv was synced)
+MLOPS = [sys.executable, "-m", "mlops_cli"]
 USECASE = "flight_delay"
 MONTHS = 2  # the local reference run (session fixture `local_demo`): a first training and a gated second
 
@@ -36,7 +37,7 @@ def run_demo_cli(home: Path, extra_env: dict[str, str], months: int, timeout: in
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLOPS_", "MLFLOW_"))}
     env.update({"MLOPS_HOME": str(home), "PYTHONUNBUFFERED": "1", **extra_env})
     proc = subprocess.run(
-        [str(MLOPS), "demo", "--months", str(months)],
+        [*MLOPS, "demo", "--months", str(months)],
         env=env,
         capture_output=True,
         text=True,

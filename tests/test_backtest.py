@@ -48,7 +48,7 @@ def _write_world(lake: Lake, usecase, first: date, days: int, flip_from: date) -
 def backtest(tmp_path_factory: pytest.TempPathFactory):
     from _model_fixtures import FAST_CANDIDATES, fast_usecase, use_tmp_platform, write_config_dir
 
-    from mlops_airflow.cli import main
+    from mlops_cli.cli import main
 
     tmp = tmp_path_factory.mktemp("backtest")
     with pytest.MonkeyPatch.context() as patch:

@@ -101,7 +101,7 @@ def test_promote_never_waits_for_the_report(dagbag, dag_id: str) -> None:
     """The report (explanations) hangs off the gate beside register: promote is not downstream of it, so a slow
     or failed report never holds or fails a promotion, and it runs whether the gate passed or not (all done, one
     success: evaluate's scores exist) and the direct runner keeps the same topology."""
-    from mlops_airflow.demo import DirectRunner
+    from mlops_cli.runners import DirectRunner
 
     dag = dagbag.dags[dag_id]
     report = dag.task_dict["report"]
@@ -112,6 +112,36 @@ def test_promote_never_waits_for_the_report(dagbag, dag_id: str) -> None:
     assert str(report.trigger_rule) in {"all_done_min_one_success", "TriggerRule.ALL_DONE_MIN_ONE_SUCCESS"}
     graph = DirectRunner.GRAPHS["train"]
     assert graph.index("report") > graph.index("gate") and "report" in DirectRunner.SIDE_STEPS
+
+
+def test_the_direct_runner_runs_the_step_graphs_the_dags_check_themselves_against(
+    dagbag, monkeypatch
+) -> None:
+    """One definition of each DAG's steps (mlops_airflow.wiring.STEP_GRAPHS): the direct runner runs it, and a DAG
+    whose step tasks or their order differ from it fails to import, naming the difference."""
+    from mlops_airflow import wiring
+    from mlops_cli.runners import DirectRunner
+
+    assert DirectRunner.GRAPHS is wiring.STEP_GRAPHS and DirectRunner.SIDE_STEPS is wiring.SIDE_STEPS
+    kinds = {"ingest", "features", "score", "monitor", "train", "train_nightly"}
+    checked = [d for d in dagbag.dags.values() if "mlops" in d.tags and set(d.tags) & kinds]
+    assert len(checked) >= 6
+    for dag in checked:
+        kind = (
+            "train" if "train_nightly" in dag.tags else next(k for k in dag.tags if k in wiring.STEP_GRAPHS)
+        )
+        wiring.check_step_graph(dag, kind)  # what the DAG file did when it was parsed
+    score = dagbag.dags["flight_delay_score"]
+    monkeypatch.setitem(wiring.STEP_GRAPHS, "score", ("outcomes", "score"))
+    with pytest.raises(ValueError, match=r"step outcomes runs after \['score'\]"):
+        wiring.check_step_graph(score, "score")
+    monkeypatch.setitem(wiring.STEP_GRAPHS, "score", ("score",))
+    with pytest.raises(ValueError, match="flight_delay_score: the DAG and mlops_airflow.wiring.STEP_GRAPHS"):
+        wiring.check_step_graph(score, "score")
+    monkeypatch.setitem(wiring.STEP_GRAPHS, "score", ("score", "outcomes"))
+    monkeypatch.setattr(wiring, "SIDE_STEPS", frozenset({"score"}))
+    with pytest.raises(ValueError, match="side step score has steps downstream"):
+        wiring.check_step_graph(score, "score")
 
 
 def test_every_dag_says_what_it_does_its_inputs_outputs_trigger_and_params(dagbag) -> None:

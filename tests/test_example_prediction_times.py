@@ -90,7 +90,7 @@ def test_flights_predicted_two_hours_before_departure(
     09:00 on Jan 6: morning flights keep the old seats, later ones get the new), and its carrier's mean arrival
     delay over the outcomes known in the 7 days before. The day's last prediction time (22:00 local) is when
     the score runs."""
-    from mlops_airflow.demo import DemoData
+    from mlops_cli.demo_data import DemoData
     from pipelines.cli import run_step
     from pipelines.steps.ingest import land_file
 

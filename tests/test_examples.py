@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mlops_airflow.demo import DemoData
+from mlops_cli.demo_data import DemoData
 from pipelines.config import load_usecase
 from pipelines.context import safe_run_id
 from pipelines.lake import Lake, predictions_table, predictions_with_outcomes_table
@@ -28,14 +28,14 @@ from pipelines.steps.gate import read_decisions
 
 pytestmark = pytest.mark.e2e
 
-MLOPS = Path(sys.executable).parent / "mlops"
+MLOPS = [sys.executable, "-m", "mlops_cli"]  # the mlops command of this tree
 REGRESSION = "flight_arrival_delay"
 
 
 def _mlops(home: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLOPS_", "MLFLOW_"))}
     env.update({"MLOPS_HOME": str(home), "PYTHONUNBUFFERED": "1"})
-    proc = subprocess.run([str(MLOPS), *args], env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([*MLOPS, *args], env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, (
         f"mlops {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     )

@@ -67,7 +67,7 @@ def test_a_scikit_learn_task_never_imports_tensorflow(tmp_path: Path) -> None:
 def test_the_mlflow_server_of_mlops_ui_runs_no_job_runners(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from mlops_airflow.ui import ui_commands
+    from mlops_cli.ui import ui_commands
 
     profile = SimpleNamespace(
         mlflow_tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", mlflow_artifact_root=None

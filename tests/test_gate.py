@@ -493,7 +493,7 @@ def test_the_decision_id_hashes_the_inputs_only():
 )
 def test_the_replay_summary_names_the_task_metric(tmp_path, usecase, metric):
     """A regression's live metric is stored under its own name (live_mae), never under a ROC AUC key."""
-    from mlops_airflow.demo import live_quality, metric_note
+    from mlops_cli.replay import live_quality, metric_note
     from pipelines.config import load_usecase
 
     loaded = load_usecase(usecase)

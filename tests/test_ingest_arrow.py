@@ -56,7 +56,7 @@ def test_the_demo_files_type_the_same_through_arrow_and_the_truncated_one_gets_t
     """Three days of the demo's landing files (schedules, 3-hourly weather, outcomes, the planes table) and the
     schedule the demo truncates mid-row on purpose: Arrow parses the good ones (no fallback), the typed frames
     and the quarantine report equal those of the row-by-row parse."""
-    from mlops_airflow.demo import CORRUPT_FILE, DemoData, truncate_mid_row
+    from mlops_cli.demo_data import CORRUPT_FILE, DemoData, truncate_mid_row
 
     usecase = load_usecase(USECASE)
     data = DemoData.load(usecase)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mlops_airflow.cli import main
-from mlops_airflow.demo import DemoData
+from mlops_cli.cli import main
+from mlops_cli.demo_data import DemoData
 from pipelines.cli import run_step
 from pipelines.config import load_usecase
 from pipelines.lake import UNRECORDED_ARRIVAL, Lake, raw_table

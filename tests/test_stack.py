@@ -369,7 +369,7 @@ def _demo_files(days: int) -> int:
     outcomes, and the planes table once."""
     from datetime import date, timedelta
 
-    from mlops_airflow.demo import DemoData
+    from mlops_cli.demo_data import DemoData
     from pipelines.config import load_usecase
 
     usecase = load_usecase("flight_delay")

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops_airflow.demo import AirflowRunner, DemoData, _local
+from mlops_cli.demo_data import DemoData, _local
+from mlops_cli.runners import AirflowRunner
 from pipelines.config import load_usecase
 from pipelines.lake import Lake, features_table, labels_table, online_table, raw_table
 from pipelines.steps.ingest import land_file
@@ -237,8 +238,8 @@ def test_a_schedule_landing_past_the_grace_fails_the_score_and_is_scored_late_th
     loopback); Jan 5 evening's run scores it, marked late, and live
     metrics leave it out. A batched replay of the same files (one score run, Param replay) writes the same
     predictions."""
-    from mlops_airflow.demo import live_quality
     from mlops_airflow.sensors import _features_readiness
+    from mlops_cli.replay import live_quality
     from pipelines.cli import run_step
     from pipelines.lake import predictions_with_outcomes_table
     from pipelines.metrics import model_metrics

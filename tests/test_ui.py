@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -15,11 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import REPO_ROOT
-
 pytestmark = pytest.mark.e2e
 
-MLOPS = REPO_ROOT / ".venv" / "bin" / "mlops"
+MLOPS = [sys.executable, "-m", "mlops_cli"]  # the mlops command of this tree
 START_TIMEOUT_S = 300
 
 
@@ -41,14 +40,13 @@ def _listening(port: int) -> bool:
 
 
 def test_mlops_ui_answers_on_its_ports_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    assert MLOPS.exists(), "the mlops command is missing: run `make setup`"
     port, mlflow_port = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLOPS_", "MLFLOW_"))}
     env["MLOPS_HOME"] = str(tmp_path / "home")
     # PATH without the virtual environment: `mlops ui` must find its own airflow
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if ".venv" not in p)
     proc = subprocess.Popen(
-        [str(MLOPS), "ui", "--port", str(port), "--mlflow-port", str(mlflow_port)],
+        [*MLOPS, "ui", "--port", str(port), "--mlflow-port", str(mlflow_port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

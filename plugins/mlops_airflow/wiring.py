@@ -1,4 +1,5 @@
-"""Shared DAG settings derived from a use case: ids, schedules, owners, retries, tags and docs."""
+"""Shared DAG settings derived from a use case: ids, schedules, owners, retries, tags and docs; and the steps of
+each lifecycle DAG (``STEP_GRAPHS``), which the DAGs check themselves against and the direct runner runs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,51 @@ from typing import Any
 import pendulum
 
 from pipelines.config import ConfigError, UseCase, list_usecases, load_usecase
+
+# The pipelines steps of each lifecycle DAG (its tasks that run a step), in an order their dependencies allow. The
+# DAG files wire the tasks (branches, sensors, checks, approval) and check their step tasks against this when they
+# are parsed (check_step_graph); the direct runner (mlops_cli.runners.DirectRunner) runs the same steps in this
+# order without Airflow. One definition, so the two cannot drift apart.
+STEP_GRAPHS: dict[str, tuple[str, ...]] = {
+    "ingest": ("ingest",),
+    "features": ("features",),
+    "score": ("score", "outcomes"),
+    "monitor": ("monitor",),
+    "train": ("train", "evaluate", "gate", "register", "promote", "report"),
+}
+# Steps beside the decision path (dags/train.py: [evaluate, gate] >> report, nothing downstream): they run after the
+# gate whatever it decided, and their failure fails no other step, as nothing waits on them
+SIDE_STEPS = frozenset({"report"})
+
+
+def check_step_graph(dag: Any, kind: str) -> None:
+    """Raise ``ValueError`` (an import error of the DAG file) unless ``dag``'s step tasks run exactly the steps of
+    ``STEP_GRAPHS[kind]``, each step's upstream steps come before it there, and no step is downstream of a side
+    step: the graph the direct runner runs is then this DAG's."""
+    from mlops_airflow.operators import StepOperator
+
+    order = STEP_GRAPHS[kind]
+    tasks = {task.task_id: task.step for task in dag.tasks if isinstance(task, StepOperator)}
+    problems = []
+    if sorted(tasks.values()) != sorted(order):
+        problems.append(
+            f"its step tasks run {sorted(tasks.values())}, STEP_GRAPHS[{kind!r}] is {list(order)}"
+        )
+    else:
+        for task_id, step in tasks.items():
+            task = dag.task_dict[task_id]
+            upstream = {tasks[t] for t in task.get_flat_relative_ids(upstream=True) if t in tasks}
+            late = sorted(u for u in upstream if order.index(u) > order.index(step))
+            if late:
+                problems.append(f"step {step} runs after {late}, which STEP_GRAPHS[{kind!r}] puts after it")
+            downstream = {tasks[t] for t in task.get_flat_relative_ids(upstream=False) if t in tasks}
+            if step in SIDE_STEPS and downstream:
+                problems.append(f"side step {step} has steps downstream: {sorted(downstream)}")
+    if problems:
+        raise ValueError(
+            f"{dag.dag_id}: the DAG and mlops_airflow.wiring.STEP_GRAPHS disagree (the direct runner runs the "
+            f"latter): {'; '.join(problems)}"
+        )
 
 
 def _load_all() -> dict[str, UseCase | str]:

