@@ -34,7 +34,7 @@ if "PYTHONPATH" not in os.environ:  # PYTHONPATH names the tree to measure (anot
 def month_files(usecase, month: int) -> list:
     """The demo's deliveries of ``month`` (the first batch's, with the truncated schedule)."""
     from mlops_airflow.demo import CORRUPT_FILE, DemoData, _month_days, files_to_land, truncate_mid_row
-    from pipelines.steps.ingest import match_source
+    from pipelines.inbox import match_source
 
     data = DemoData.load(usecase)
     files = []

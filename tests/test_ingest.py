@@ -17,8 +17,8 @@ import pytest
 from pipelines.cli import main, run_step
 from pipelines.config import load_usecase
 from pipelines.context import StepFailed
+from pipelines.inbox import land_file, pending_files
 from pipelines.lake import Lake, open_lake, raw_table
-from pipelines.steps.ingest import land_file, pending_files
 from pipelines.validation import ROW, validate_batch
 from tests._ingest_fixtures import (
     DAY1,

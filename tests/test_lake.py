@@ -435,7 +435,7 @@ def test_only_the_landing_inbox_is_ever_listed() -> None:
         "for key in lake.storage.list(prefix):",
         'for path in root.rglob("*"):',
     ], listings
-    source = (REPO_ROOT / "pipelines" / "steps" / "ingest.py").read_text()
+    source = (REPO_ROOT / "pipelines" / "inbox.py").read_text()
     inbox = source[source.index("def _landed_files(") :]
     assert 'prefix = f"landing/{usecase}/"' in inbox.split("def ", 2)[1], "the listing is of the inbox"
 

@@ -18,8 +18,8 @@ import pytest
 
 from mlops_airflow.demo import AirflowRunner, DemoData, _local
 from pipelines.config import load_usecase
+from pipelines.inbox import land_file
 from pipelines.lake import Lake, features_table, labels_table, online_table, raw_table
-from pipelines.steps.ingest import land_file
 from pipelines.tracking import feature_columns
 
 pytestmark = pytest.mark.spark

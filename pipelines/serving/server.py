@@ -171,7 +171,7 @@ def _stop_by_exit(signum: int, _frame: Any) -> None:
 def _serve_one(args: argparse.Namespace, threads: int) -> None:
     import uvicorn
 
-    from pipelines.cli import cap_threads
+    from pipelines.environ import cap_threads
     from pipelines.serving.app import create_app
 
     # uvicorn handles SIGTERM and SIGINT while it runs; after its graceful shutdown it restores the handlers it
