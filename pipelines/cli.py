@@ -22,7 +22,7 @@ from pipelines.context import StepContext, StepFailed, write_line
 from pipelines.environ import cap_threads
 from pipelines.lake import Lake, LakeError
 from pipelines.steps import STEPS
-from pipelines.validate import require_valid
+from pipelines.usecase_checks import require_valid
 
 
 def _iso_date(text: str) -> date:
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None, extend: Callable[[Any], None] | None = N
     args = build_parser(extend).parse_args(argv)
     try:
         if args.command == "validate":
-            from pipelines.validate import run_validate
+            from pipelines.usecase_checks import run_validate
 
             return run_validate(args.usecases, against_lake=args.against_lake)
         if args.command == "models":

@@ -81,7 +81,7 @@ def event_dates(frame: pd.DataFrame, source: SourceSpec, usecase: UseCase, origi
     ingest parses it. Raises :class:`LandingError` naming rows whose event time is missing or unparseable."""
     import pandas as pd
 
-    from pipelines.validation import convert_column
+    from pipelines.expectations import convert_column
 
     column = source.event_time
     assert column is not None

@@ -141,7 +141,7 @@ def build_service(usecase_name: str, settings: Any) -> Any:
     from pipelines.lake import open_lake
     from pipelines.serving.service import Service
     from pipelines.tracking import configure_mlflow
-    from pipelines.validate import require_valid
+    from pipelines.usecase_checks import require_valid
 
     usecase = load_usecase(usecase_name)
     require_valid(usecase)
