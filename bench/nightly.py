@@ -64,7 +64,7 @@ def _environment(home: Path) -> None:
 
 
 def land(lake, usecase, deliveries) -> int:
-    from pipelines.steps.ingest import land_file
+    from pipelines.inbox import land_file
 
     for item in deliveries:
         land_file(lake, usecase.name, item.day, item.name, item.content, item.arrived_at)

@@ -59,7 +59,7 @@ def main() -> int:
     from pipelines.online import feature_frame, read_records, read_snapshots
     from pipelines.spark import get_spark
     from pipelines.steps import features, score
-    from pipelines.transforms import apply_transforms
+    from pipelines.transforms import apply_transforms_with_lookups
 
     usecase = load_usecase("flight_delay")
     lake = Lake(str(home / "lake"))
@@ -80,7 +80,7 @@ def main() -> int:
             {d for p in plans for d in features._window(p.day, lookback) if d in partitions["flights"]}
         )
         frame, context = features._frames(spark, ctx, raw, needed)
-        frame = apply_transforms(frame, context)
+        frame = apply_transforms_with_lookups(frame, context, None)[0]
         built = [date.fromisoformat(p.day) for p in plans]
         features._select_output(frame.where(F.col(features.DAY_COLUMN).isin(built)), usecase).toArrow()
 

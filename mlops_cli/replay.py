@@ -319,8 +319,8 @@ def run_demo(
     runner = make_runner(usecase, runner_name, home, demo_dir / f"{runner_name}.log")
     data = DemoData.load(usecase)
 
+    from pipelines.inbox import land_file
     from pipelines.lake import open_lake
-    from pipelines.steps.ingest import land_file
 
     lake = open_lake(profile.lake_uri)
     rows: list[dict[str, Any]] = []
@@ -395,7 +395,7 @@ def run_period(usecase_name: str, first: date, last: date, runner_name: str = "a
     time, then train on the next month's first morning when the month is complete. Prints a row per month and
     writes the summary to ``$MLOPS_HOME/replays/<usecase>_<first>_<last>.json``; returns the exit code."""
     from pipelines.lake import open_lake
-    from pipelines.validate import require_valid
+    from pipelines.usecase_checks import require_valid
 
     if last < first:
         raise SystemExit(f"mlops run: --to {last} is before --from {first}")

@@ -18,7 +18,7 @@ policy, day by day over the period:
   cool-down of ``monitoring.cooldown_days``; the monitor step decides);
 - every evening, the policy's current champion scores the events predicted then (event dates
   ``time.predicted_through(day)``) at their prediction time, from the point-in-time features table, with the
-  score step's own function (:func:`pipelines.steps.score.score_frame`); a model scores only events predicted on
+  score step's own function (:func:`pipelines.batch_scoring.score_frame`); a model scores only events predicted on
   or after its training date, as the score step does;
 - at the end of each week (and of the period) the outcomes step joins the outcomes known by then to the
   predictions; ``drift`` also runs the monitor step on that date.
@@ -264,8 +264,8 @@ class Replay:
     def score(self, lake: Lake, days: list[date]) -> int:
         """The champion scores, at each evening of ``days``, the events predicted then, from the features table;
         one commit for the chunk. Returns the rows scored."""
+        from pipelines.batch_scoring import score_frame
         from pipelines.context import StepContext
-        from pipelines.steps.score import score_frame
 
         started = time.perf_counter()
         try:

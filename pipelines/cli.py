@@ -19,9 +19,10 @@ from typing import Any
 
 from pipelines.config import ConfigError, load_profile, load_usecase
 from pipelines.context import StepContext, StepFailed, write_line
+from pipelines.environ import cap_threads
 from pipelines.lake import Lake, LakeError
 from pipelines.steps import STEPS
-from pipelines.validate import require_valid
+from pipelines.usecase_checks import require_valid
 
 
 def _iso_date(text: str) -> date:
@@ -29,21 +30,6 @@ def _iso_date(text: str) -> date:
         return date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from None
-
-
-def cap_threads(threads: int) -> None:
-    """Cap BLAS/OpenMP/TensorFlow threads so tasks side by side on a small machine do not thrash."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
-        os.environ.setdefault(var, str(threads))
-    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
-    # spinning OpenMP workers collapse throughput when another process competes for the cores
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(threads)
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-        pass
 
 
 def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.ArgumentParser:
@@ -222,7 +208,7 @@ def main(argv: list[str] | None = None, extend: Callable[[Any], None] | None = N
     args = build_parser(extend).parse_args(argv)
     try:
         if args.command == "validate":
-            from pipelines.validate import run_validate
+            from pipelines.usecase_checks import run_validate
 
             return run_validate(args.usecases, against_lake=args.against_lake)
         if args.command == "models":

@@ -1,4 +1,4 @@
-"""What the evaluate and report steps read: step results of the same run, the holdout rows train recorded (time
+"""What the evaluate and report steps read: the holdout rows train recorded (time
 travel), a sample of the train window, and the holdout scores evaluate wrote.
 
 Shared here so that no step imports another step's module: evaluate (the decision path) and report (the
@@ -13,18 +13,6 @@ from pipelines.context import StepContext, StepFailed
 from pipelines.lake import LakeError
 
 HOLDOUT_SCORES = "holdout_scores.parquet"  # beside the evaluate result
-
-
-def read_step_result(ctx: StepContext, step: str, needed_by: str) -> dict[str, Any]:
-    """The result JSON of ``step`` for this use case, date and run, or StepFailed saying what to run."""
-    key = f"{ctx.run_key(step)}/result.json"
-    if not ctx.lake.storage.exists(key):
-        raise StepFailed(
-            f"{ctx.lake.storage.uri(key)}: no {step} result for {ctx.usecase.name} on {ctx.ds} in run "
-            f"{ctx.run_id!r}; {needed_by} needs it: run python -m pipelines {step} --usecase {ctx.usecase.name} "
-            f"--date {ctx.ds} first, in the same run"
-        )
-    return ctx.lake.read_json(key)
 
 
 def evaluated_metrics(ctx: StepContext) -> list[str]:
@@ -42,7 +30,7 @@ def _window_rows(
     """The labeled rows of the train result's window ``part`` (``train`` or ``holdout``), read from the features
     and labels versions train read (time travel), so a rebuild or an outcome arriving since training cannot
     change them."""
-    from pipelines.steps.train import (  # the train step owns how its windows are read
+    from pipelines.training_window import (  # one way to read a training window, train's own
         features_snapshot,
         labels_known_before,
         read_labeled,

@@ -831,15 +831,6 @@ class Lake:
         assert handle is not None
         return handle
 
-    def delete_partitions(self, table: str, dates: list[str]) -> int | None:
-        """Remove ``dates`` from the table in one commit (their files stay for time travel until vacuum);
-        returns the new version, or None when the table does not exist."""
-        handle = self.open_table(table)
-        if handle is None or not dates:
-            return None if handle is None else int(handle.version())
-        handle.delete(f"{DATE} IN ({', '.join(_sql_string(d) for d in sorted(set(dates)))})")
-        return int(handle.version())
-
     def history(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
         """The table's commits, newest first (version, timestamp, operation, parameters, our commit info)."""
         handle = self.open_table(table)

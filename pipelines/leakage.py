@@ -1,6 +1,6 @@
 """Model inputs that give the label away: each input's score on its own, on the training rows.
 
-``mlops validate`` refuses the columns known to be known only with the outcome (pipelines.validate); this catches
+``mlops validate`` refuses the columns known to be known only with the outcome (pipelines.usecase_checks); this catches
 the ones nobody marked, from the data: a proxy of the label (the delay in hours next to the delay in minutes, a
 status column written when the outcome arrives) predicts the label almost perfectly on its own, which an honest
 input known at the prediction time practically never does.

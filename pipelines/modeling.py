@@ -59,13 +59,6 @@ if TYPE_CHECKING:
 
 FAMILIES = ("logistic_regression", "ridge", "hist_gradient_boosting", "keras_mlp")
 MODEL_ARTIFACT_NAME = "model"
-SKOPS_TRUSTED_TYPES = [
-    "numpy.dtype",  # SimpleImputer keeps the dtype it was fitted on
-    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-    # HistGradientBoosting with categorical features keeps FunctionTransformer(partial(check_array, ...))
-    "functools.partial",
-    "sklearn.utils.validation.check_array",
-]
 KERAS_MLP_DEFAULTS: dict[str, Any] = {
     "hidden_units": [64, 32],
     "epochs": 4,
@@ -616,7 +609,7 @@ def log_fitted_model(
     import mlflow
     from mlflow.models import infer_signature
 
-    from pipelines.tracking import record_logged_digest
+    from pipelines.tracking import SKOPS_TRUSTED_TYPES, record_logged_digest
 
     requirements = pip_requirements(fitted.spec.family)
     if isinstance(fitted.estimator, KerasMLP):

@@ -202,7 +202,7 @@ def _object_array(values: list[Any]) -> Any:
 def read_records(lake: Lake, usecase: UseCase, days: list[str], version: int | None = None) -> pd.DataFrame:
     """The events of ``days`` as request records: the primary source's rows at raw table ``version``, typed as
     configured, with their ``date``."""
-    from pipelines.steps.features import read_source
+    from pipelines.raw_reads import read_source
 
     source = usecase.features.primary_source
     snapshot = lake.snapshot(raw_table(usecase.name, source), version, facts=False, dates=days)

@@ -33,6 +33,16 @@ CHALLENGER_ALIAS = (
 # logged model), copied by register onto the registry version; every loader checks it before reading the model
 MODEL_DIGEST_TAG = "model_sha256"
 
+# the only types a scikit-learn model in skops format may name: what log_fitted_model (pipelines.modeling) saves
+# with, and what check_no_pickle accepts on load
+SKOPS_TRUSTED_TYPES = [
+    "numpy.dtype",  # SimpleImputer keeps the dtype it was fitted on
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    # HistGradientBoosting with categorical features keeps FunctionTransformer(partial(check_array, ...))
+    "functools.partial",
+    "sklearn.utils.validation.check_array",
+]
+
 
 def configure_mlflow(profile: Profile, usecase: UseCase) -> str:
     """Point MLflow at the profile's tracking/registry store; return the use case's experiment id (a fixed cost
@@ -174,10 +184,8 @@ _LOAD_LOCK = threading.Lock()  # the flag is process-wide: one load at a time ho
 def check_no_pickle(path: Path) -> None:
     """Raise :class:`ArtifactRefused` unless the model in ``path`` loads without pickle: a pyfunc model from code,
     or a scikit-learn model in skops format whose trusted types are all in our code's list
-    (pipelines.modeling.SKOPS_TRUSTED_TYPES), never the list a model file brings."""
+    (:data:`SKOPS_TRUSTED_TYPES`), never the list a model file brings."""
     import yaml
-
-    from pipelines.modeling import SKOPS_TRUSTED_TYPES
 
     try:
         flavors = (yaml.safe_load((Path(path) / "MLmodel").read_text()) or {}).get("flavors") or {}

@@ -803,11 +803,6 @@ def source_dates(usecase: UseCase, source: str, day: date) -> list[date]:
     return sorted(found)
 
 
-def apply_transforms(df: DataFrame, ctx: TransformContext) -> DataFrame:
-    """Apply the use case's transforms in order."""
-    return apply_transforms_with_lookups(df, ctx, None)[0]
-
-
 def apply_transforms_with_lookups(
     df: DataFrame, ctx: TransformContext, times: DataFrame | None
 ) -> tuple[DataFrame, DataFrame | None]:

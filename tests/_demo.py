@@ -11,6 +11,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from _features_fixtures import assert_online_reproduces_features
+from _lake_faults import read_decisions
 
 from pipelines.config import load_usecase
 from pipelines.context import run_result_key
@@ -23,7 +24,6 @@ from pipelines.lake import (
     predictions_with_outcomes_table,
     raw_table,
 )
-from pipelines.steps.gate import read_decisions
 
 # the mlops command of this tree (its console script is installed from wherever the venv was synced)
 MLOPS = [sys.executable, "-m", "mlops_cli"]

@@ -92,7 +92,7 @@ def test_flights_predicted_two_hours_before_departure(
     the score runs."""
     from mlops_cli.demo_data import DemoData
     from pipelines.cli import run_step
-    from pipelines.steps.ingest import land_file
+    from pipelines.inbox import land_file
 
     usecase = _declare(tmp_path, monkeypatch, "flight_arrival_delay", {"prediction_time": {"lead": "2h"}})
     assert usecase.schedules.score == "0 22 * * *", "the day's last prediction time, 2 hours before midnight"

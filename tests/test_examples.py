@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from _lake_faults import read_decisions
 
 from mlops_cli.demo_data import DemoData
 from pipelines.config import load_usecase
 from pipelines.context import safe_run_id
 from pipelines.lake import Lake, predictions_table, predictions_with_outcomes_table
-from pipelines.steps.gate import read_decisions
 
 pytestmark = pytest.mark.e2e
 

@@ -21,6 +21,7 @@ from _features_fixtures import (
     write_raw,
     write_raw_arrived,
 )
+from _lake_faults import delete_partitions
 
 from pipelines import modeling
 from pipelines.config import UseCase, load_profile, load_usecase, usecase_path
@@ -710,7 +711,7 @@ def test_a_nightly_plans_only_its_new_days_and_those_whose_inputs_changed(
 
     # a raw commit that does not name its dates (not written by write_partitions): every day is planned
     land_days(lake, usecase, [days[11]])
-    lake.delete_partitions(raw_table(usecase.name, "outcomes"), [iso[9]])
+    delete_partitions(lake, raw_table(usecase.name, "outcomes"), [iso[9]])
     result = run_features(lake, usecase, days[10])
     assert planned[-1] is None and iso[11] in result["built"] and iso[9] in result["labels_built"]
     full_plan_finds_nothing(days[10])

@@ -339,7 +339,7 @@ def test_real_step_writes_the_decision_and_exits_0_when_not_passed(tmp_path, mon
 def test_every_decision_is_kept_as_a_record_beside_the_earlier_ones(tmp_path, monkeypatch, capsys):
     """A rerun in the same run with the same inputs finds its record; another run, or the same run after a config
     edit, adds a decision beside the earlier ones, each with the config hash, code and data versions it used."""
-    from pipelines.steps.gate import read_decisions
+    from _lake_faults import read_decisions
 
     use_tmp_platform(monkeypatch, tmp_path)
     usecase = fast_usecase()

@@ -17,9 +17,9 @@ import pytest
 from pipelines.cli import main, run_step
 from pipelines.config import load_usecase
 from pipelines.context import StepFailed
+from pipelines.expectations import ROW, validate_batch
+from pipelines.inbox import land_file, pending_files
 from pipelines.lake import Lake, open_lake, raw_table
-from pipelines.steps.ingest import land_file, pending_files
-from pipelines.validation import ROW, validate_batch
 from tests._ingest_fixtures import (
     DAY1,
     DAY2,
@@ -435,24 +435,24 @@ def test_gx_suites_are_built_once_per_source_config_and_follow_its_changes() -> 
     between (GX resolves unbound suites through the current one) changes nothing."""
     import great_expectations as gx
 
-    from pipelines import validation
+    from pipelines import expectations
 
     source = load_usecase(USECASE).sources["weather"]
     rows = weather_rows(DAY1).replace("NA", None)
     rows[ROW] = range(2, len(rows) + 2)
     assert validate_batch("weather", source, [rows]).success
-    cached = validation._gx_source("weather", source)
-    assert validation._gx_source("weather", source.model_copy(deep=True)) is cached  # equal config: a hit
+    cached = expectations._gx_source("weather", source)
+    assert expectations._gx_source("weather", source.model_copy(deep=True)) is cached  # equal config: a hit
 
     narrow = source.model_copy(
         update={
             "columns": {**source.columns, "humid": source.columns["humid"].model_copy(update={"max": 50.0})}
         }
     )
-    assert validation.source_key("weather", narrow) != validation.source_key("weather", source)
+    assert expectations.source_key("weather", narrow) != expectations.source_key("weather", source)
     gx.get_context(mode="ephemeral")  # another context becomes GX's current one
     outcome = validate_batch("weather", narrow, [rows])
-    assert validation._gx_source("weather", narrow) is not cached
+    assert expectations._gx_source("weather", narrow) is not cached
     assert not outcome.success and list(outcome.failures) == [0]
     humid = [c for c in outcome.failures[0] if c.column == "humid"]
     assert [c.expectation_type for c in humid] == ["expect_column_values_to_be_between"]
@@ -468,7 +468,7 @@ def test_a_failing_batch_reports_what_a_complete_validation_of_the_whole_suite_r
 ) -> None:
     """Only the failed expectations are validated again with COMPLETE results: the quarantine report is the
     same as from a COMPLETE validation of the whole suite (the previous way), rows and values included."""
-    from pipelines import validation
+    from pipelines import expectations
 
     source = load_usecase(USECASE).sources["weather"]
     frames = []
@@ -486,9 +486,9 @@ def test_a_failing_batch_reports_what_a_complete_validation_of_the_whole_suite_r
 
     fast = report()
     monkeypatch.setattr(
-        validation,
+        expectations,
         "_complete_failures",
-        lambda batch, suite, summary: batch.validate(suite, result_format=validation.COMPLETE_FORMAT),
+        lambda batch, suite, summary: batch.validate(suite, result_format=expectations.COMPLETE_FORMAT),
     )
     assert fast == report()
     assert sorted(fast) == [0, 1]
@@ -504,9 +504,9 @@ def test_typing_many_files_at_once_gives_what_typing_each_file_gives(
     """to_typed_many converts each column once for all files: typed frames (values and dtypes) and parse
     failures per file are those of to_typed file by file, also where a batch would parse differently (long
     numbers, date-only timestamps in a zone) or a file has values that do not parse."""
-    from pipelines import validation
+    from pipelines import expectations
     from pipelines.config import ColumnSpec, SourceSpec
-    from pipelines.validation import to_typed, to_typed_many
+    from pipelines.expectations import to_typed, to_typed_many
 
     source = SourceSpec(
         file_pattern="x_*.csv",
@@ -543,8 +543,8 @@ def test_typing_many_files_at_once_gives_what_typing_each_file_gives(
         frame[ROW] = range(2, len(frame) + 2)
         frames.append(frame)
     calls: list[str] = []
-    convert = validation.convert_column
-    monkeypatch.setattr(validation, "convert_column", lambda v, *a: calls.append(a[0]) or convert(v, *a))
+    convert = expectations.convert_column
+    monkeypatch.setattr(expectations, "convert_column", lambda v, *a: calls.append(a[0]) or convert(v, *a))
 
     def check(frames: list[pd.DataFrame]) -> list[tuple[pd.DataFrame, list]]:
         calls.clear()

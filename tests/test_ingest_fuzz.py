@@ -40,8 +40,9 @@ from hypothesis import strategies as st
 from pipelines.cli import run_step
 from pipelines.config import load_usecase
 from pipelines.context import StepFailed
+from pipelines.inbox import land_file
 from pipelines.lake import Lake, raw_table
-from pipelines.steps.ingest import SOURCE_FILE, land_file
+from pipelines.steps.ingest import SOURCE_FILE
 from tests._ingest_fixtures import DAY1, USECASE, flights_rows, planes_rows, weather_rows
 
 MAX_EXAMPLES = int(os.environ.get("MLOPS_FUZZ_EXAMPLES", "80"))

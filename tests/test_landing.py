@@ -14,8 +14,8 @@ from mlops_cli.cli import main
 from mlops_cli.demo_data import DemoData
 from pipelines.cli import run_step
 from pipelines.config import load_usecase
+from pipelines.inbox import landing_key
 from pipelines.lake import UNRECORDED_ARRIVAL, Lake, raw_table
-from pipelines.steps.ingest import landing_key
 
 UC = "flight_delay"
 DAYS = [date(2013, 1, 2), date(2013, 1, 3), date(2013, 1, 4)]

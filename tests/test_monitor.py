@@ -105,8 +105,8 @@ def _score_days(
     from _model_fixtures import make_context, synthetic_day
     from mlflow import MlflowClient
 
+    from pipelines.batch_scoring import score_frame
     from pipelines.cli import run_step
-    from pipelines.steps.score import score_frame
     from pipelines.tracking import load_model, model_name
 
     usecase, lake = world["usecase"], world["lake"]

@@ -17,8 +17,8 @@ from _ingest_fixtures import DAY1, USECASE, csv_bytes, flights_rows
 
 from pipelines.cli import run_step
 from pipelines.context import StepFailed
+from pipelines.inbox import land_file, pending_files
 from pipelines.lake import Lake, commit_with_retry, content_hash, open_lake, raw_table
-from pipelines.steps.ingest import land_file, pending_files
 
 TABLE = "raw/uc/events"
 DAY, OTHER = "2013-01-01", "2013-01-02"

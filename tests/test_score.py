@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from _labels import write_features_and_labels
+from _lake_faults import delete_partitions
 from _serve_fixtures import ServeEnv, produce_day, write_features
 
 from pipelines.cli import run_step
@@ -122,7 +123,7 @@ def test_score_catches_up_skips_scored_partitions_and_is_idempotent(serve_env: S
     # a partition deleted (to be rescored) and rescored by a later run comes back identical
     lost = expected[1]
     before = serve_env.lake.read_frame(PREDICTIONS, [lost])
-    serve_env.lake.delete_partitions(PREDICTIONS, [lost])
+    delete_partitions(serve_env.lake, PREDICTIONS, [lost])
     assert lost not in serve_env.lake.partitions(PREDICTIONS)
     rescored = _score(day + timedelta(days=1))
     assert rescored["scored"] == [lost, (last + timedelta(days=1)).isoformat()] and rescored["late"] == [lost]

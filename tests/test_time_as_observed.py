@@ -19,8 +19,8 @@ import pytest
 from mlops_cli.demo_data import DemoData, _local
 from mlops_cli.runners import AirflowRunner
 from pipelines.config import load_usecase
+from pipelines.inbox import land_file
 from pipelines.lake import Lake, features_table, labels_table, online_table, raw_table
-from pipelines.steps.ingest import land_file
 from pipelines.tracking import feature_columns
 
 pytestmark = pytest.mark.spark

@@ -24,7 +24,7 @@ from _model_fixtures import (
 from mlflow import MlflowClient
 from sklearn.metrics import log_loss, roc_auc_score
 
-from pipelines import metrics, modeling, tracking
+from pipelines import metrics, modeling, tracking, training_window
 from pipelines.cli import main, run_step
 from pipelines.config import REPO_ROOT, CandidateSpec, ConfigError, load_usecase
 from pipelines.context import MANUAL_RUN, StepFailed, run_result_key
@@ -152,7 +152,7 @@ def test_train_window_rows_and_inputs(trained):
     assert stored["tables_read"] == {table: 0, labels: 0}
     assert stored["features_version"] == 0 and stored["labels_version"] == 0
     assert stored["raw_versions"] == {f"raw/{usecase.name}/{s}": 0 for s in sorted(usecase.sources)}
-    frames = train_step.training_frames(
+    frames = training_window.training_frames(
         make_context(usecase, DAY), trained.lake.snapshot(table, 0), stored["window"]
     )
     assert stored["data_hashes"] == {
@@ -174,7 +174,9 @@ def test_each_candidate_records_the_threshold_its_rule_chooses_on_the_validation
     usecase = trained.usecase
     table = features_table(usecase.name)
     window = trained.result["window"]
-    frames = train_step.training_frames(make_context(usecase, DAY), trained.lake.snapshot(table, 0), window)
+    frames = training_window.training_frames(
+        make_context(usecase, DAY), trained.lake.snapshot(table, 0), window
+    )
     X_val = model_inputs(usecase, frames.validation, "test rows")
     y_val = frames.validation[usecase.target.column].to_numpy(dtype="int64")
     assert len(frames.validation) == trained.result["rows"]["validation"] > 0
@@ -283,7 +285,7 @@ def test_a_refit_on_another_scale_gets_its_own_threshold_from_inputs_it_did_not_
     args = SimpleNamespace(mode="full", candidates=None, retrain=True)
     result = train_step.run(ctx, args)
     (candidate,) = result["candidates"]
-    frames = train_step.training_frames(
+    frames = training_window.training_frames(
         ctx, lake.snapshot(features_table(usecase.name), result["features_version"]), result["window"]
     )
     label = usecase.target.column
@@ -539,14 +541,14 @@ def test_raw_inputs_from_features_facts():
 
 
 def test_training_window_ends_before_the_logical_date():
-    window = train_step.training_window(date(2013, 3, 1), 91, 14)
+    window = training_window.training_window(date(2013, 3, 1), 91, 14)
     assert window == {
         "train_start": "2012-11-30",
         "train_end": "2013-02-15",
         "holdout_start": "2013-02-15",
         "holdout_end": "2013-03-01",
     }
-    with_validation = train_step.training_window(date(2013, 3, 1), 91, 14, 7)
+    with_validation = training_window.training_window(date(2013, 3, 1), 91, 14, 7)
     assert list(with_validation.items()) == [
         ("train_start", "2012-11-30"),
         ("train_end", "2013-02-08"),
@@ -855,7 +857,9 @@ def test_lineage_reload_and_maintenance_keep_a_models_training_set(
     # newer partitions and a rewrite of a day inside the training window (versions 2 and 3)
     write_feature_partitions(lake, usecase, DAY, 5, rows_per_day=40)
     write_feature_partitions(lake, usecase, date(2013, 1, 20), 1, rows_per_day=40, seed=7)
-    latest = train_step.training_frames(make_context(usecase, DAY), lake.snapshot(table), train["window"])
+    latest = training_window.training_frames(
+        make_context(usecase, DAY), lake.snapshot(table), train["window"]
+    )
     assert content_hash(latest.train) != train["data_hashes"]["train"], "the current data differs"
 
     assert main(["lineage", usecase.name, str(version.version), "--reload", "--json"]) == 0

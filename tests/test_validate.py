@@ -204,7 +204,7 @@ def test_cron_check_agrees_with_croniter(expression: str) -> None:
     with the parser Airflow uses."""
     from croniter import croniter
 
-    from pipelines.validate import cron_problem
+    from pipelines.usecase_checks import cron_problem
 
     assert (cron_problem(expression) is None) == croniter.is_valid(expression), cron_problem(expression)
 

@@ -141,7 +141,7 @@ def build_service(usecase_name: str, settings: Any) -> Any:
     from pipelines.lake import open_lake
     from pipelines.serving.service import Service
     from pipelines.tracking import configure_mlflow
-    from pipelines.validate import require_valid
+    from pipelines.usecase_checks import require_valid
 
     usecase = load_usecase(usecase_name)
     require_valid(usecase)
@@ -171,7 +171,7 @@ def _stop_by_exit(signum: int, _frame: Any) -> None:
 def _serve_one(args: argparse.Namespace, threads: int) -> None:
     import uvicorn
 
-    from pipelines.cli import cap_threads
+    from pipelines.environ import cap_threads
     from pipelines.serving.app import create_app
 
     # uvicorn handles SIGTERM and SIGINT while it runs; after its graceful shutdown it restores the handlers it

@@ -24,9 +24,9 @@ from pipelines.context import StepContext, StepFailed, progress
 from pipelines.evaluation_data import (
     evaluated_metrics,
     load_holdout,
-    read_step_result,
     write_holdout_scores,
 )
+from pipelines.results import needed_step_result
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -163,7 +163,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     significance = gate.significance
     clock = _Stopwatch()
     seed = usecase.split.seed if significance.seed is None else significance.seed
-    train_result = read_step_result(ctx, "train", "evaluate")
+    train_result = needed_step_result(ctx, "train", "evaluate")
     # a nightly refresh is one of the month's N tests: its change check uses the rule's confidence
     rule = change_rule(significance, train_result.get("mode"), usecase.schedules.train_nightly)
     bootstrap = {"resamples": rule["resamples"], "confidence": significance.confidence}

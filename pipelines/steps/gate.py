@@ -1008,17 +1008,11 @@ def record_decision(ctx: StepContext, decision: dict[str, Any]) -> str:
     return ctx.lake.storage.uri(key)
 
 
-def read_decisions(lake: Lake, usecase: str, day: Any) -> list[dict[str, Any]]:
-    """Every decision recorded for a use case and date, oldest run first (by key)."""
-    prefix = Lake.dated_key("decisions", usecase, day)
-    return [lake.read_json(key) for key in sorted(lake.storage.list(prefix)) if key.endswith(".json")]
-
-
 def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     """Check the best candidate of the evaluate result; write and return the decision (passed or not)."""
-    from pipelines.evaluation_data import read_step_result
+    from pipelines.results import needed_step_result
 
-    evaluation = read_step_result(ctx, "evaluate", "gate")
+    evaluation = needed_step_result(ctx, "evaluate", "gate")
     usecase = ctx.usecase
     # the rule comes from the config and the run's train mode, not from evaluate: an interval computed under
     # another rule (an older evaluate, a changed config) fails closed

@@ -2,7 +2,7 @@
 
 Lake keys (``<uc>`` is the use case, ``<day>`` the landing date folder)::
 
-    landing/<uc>/<day>/<file>            inbox: files wait here (see land_file, pending_files)
+    landing/<uc>/<day>/<file>            inbox: files wait here (see pipelines.inbox)
     raw/<uc>/<source>/                   Delta table: typed rows of all valid files, partitioned by event date
     archive/<uc>/<day>/<file>            files committed to raw (copied first, deleted from landing last)
     quarantine/<uc>/<day>/<file>         rejected files, with <file>.report.json and <file>.report.html
@@ -14,7 +14,7 @@ with a date folder on or before ``--date`` plus ``time.prediction_time.days_befo
 schedule of the events predicted that evening is already there. A file belongs to the source whose
 ``file_pattern`` matches its name. Files are parsed strictly (encoding, CSV shape, Parquet footer, columns,
 min_rows; a CSV by ``pyarrow.csv`` where Arrow reads it as the strict row-by-row parse would, else row by row, which
-names the faulty line), then all files of one source are validated in one GX batch (pipelines.validation) and typed
+names the faulty line), then all files of one source are validated in one GX batch (pipelines.expectations) and typed
 with the declared schema (Arrow's strict casts where they give pandas' values, see ``to_typed_many``). A file with
 any failure goes to quarantine as a whole; the others are committed. The raw partition of (source, day) is rebuilt
 from all valid files of that day (the new ones and the archived files the committed partition names in its
@@ -32,15 +32,14 @@ import hashlib
 import html
 import io
 import json
-import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from fnmatch import fnmatchcase
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import SourceSpec, UseCase
 from pipelines.context import StepContext, StepFailed, progress
+from pipelines.inbox import _landed_files, archive_key, match_source, quarantine_key
 from pipelines.lake import (
     ARRIVED_AT,
     DATE,
@@ -58,82 +57,13 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-    from pipelines.validation import FailedCheck
+    from pipelines.expectations import FailedCheck
 
 SOURCE_FILE = "_source_file"  # lineage column of the raw tables: the landed file each row came from
-_DAY_FOLDER = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ingest step takes only --usecase and --date."""
-
-
-# --------------------------------------------------------------------------------------------------- inbox
-
-
-def landing_key(usecase: str, day: date, name: str) -> str:
-    return f"landing/{usecase}/{day.isoformat()}/{name}"
-
-
-def archive_key(usecase: str, day: date, name: str) -> str:
-    return f"archive/{usecase}/{day.isoformat()}/{name}"
-
-
-def quarantine_key(usecase: str, day: date, name: str) -> str:
-    return f"quarantine/{usecase}/{day.isoformat()}/{name}"
-
-
-def _check_file_name(name: str) -> None:
-    if not name or "/" in name or "\\" in name or name.startswith(".") or name.endswith(".report.json"):
-        raise ValueError(f"file name {name!r}: expected a plain name such as flights_2013-01-05.csv")
-
-
-def _landed_files(lake: Lake, usecase: str) -> tuple[list[tuple[date, str, str]], list[str]]:
-    """(day, name, key) of files directly under ``landing/<usecase>/<yyyy-mm-dd>/``, and keys that are not.
-
-    The inbox is the one place the lake is listed: committed data is found through the Delta log only."""
-    found: list[tuple[date, str, str]] = []
-    ignored: list[str] = []
-    prefix = f"landing/{usecase}/"
-    for key in lake.storage.list(prefix):
-        parts = key[len(prefix) :].split("/")
-        if len(parts) != 2 or not _DAY_FOLDER.match(parts[0]):
-            ignored.append(key)
-            continue
-        try:
-            found.append((date.fromisoformat(parts[0]), parts[1], key))
-        except ValueError:
-            ignored.append(key)
-    return sorted(found), ignored
-
-
-def pending_files(lake: Lake, usecase: str, up_to: date | None = None) -> list[str]:
-    """Landing keys waiting to be ingested with a date folder on or before ``up_to`` (all when None), sorted.
-
-    Cheap and GX-free: one listing of ``landing/<usecase>/``. Keys outside ``<yyyy-mm-dd>/<file>`` are ignored.
-    """
-    found, _ = _landed_files(lake, usecase)
-    return sorted(key for day, _, key in found if up_to is None or day <= up_to)
-
-
-def land_file(
-    lake: Lake, usecase: str, day: date, name: str, data: bytes, arrived_at: datetime | None = None
-) -> str:
-    """Write ``data`` atomically into the landing inbox as ``landing/<usecase>/<day>/<name>``; return its URI.
-    The file's arrival is the time of this write, or ``arrived_at`` for a backfill of files that arrived
-    earlier."""
-    _check_file_name(name)
-    key = landing_key(usecase, day, name)
-    lake.storage.write_bytes(key, data, arrived_at)
-    return lake.storage.uri(key)
-
-
-def match_source(usecase: UseCase, name: str) -> str | None:
-    """The first source (config order) whose ``file_pattern`` matches ``name``, or None."""
-    for source_name, source in usecase.sources.items():
-        if fnmatchcase(name, source.file_pattern):
-            return source_name
-    return None
 
 
 # --------------------------------------------------------------------------------------------------- parsing
@@ -150,7 +80,7 @@ class DeliveredFile:
     arrived_at: datetime | None  # None: not recorded (a backfill landed with --arrived-at declared)
     from_archive: bool = False
     source: str | None = None
-    frame: pd.DataFrame | None = None  # configured columns as strings (None = null) + validation.ROW
+    frame: pd.DataFrame | None = None  # configured columns as strings (None = null) + expectations.ROW
     table: pa.Table | None = (
         None  # the same strings as Arrow read them (a CSV parsed by pyarrow.csv), for typing
     )
@@ -195,7 +125,7 @@ def _file_check(
     rows: list[int] | None = None,
     column: str | None = None,
 ) -> FailedCheck:
-    from pipelines.validation import FailedCheck
+    from pipelines.expectations import FailedCheck
 
     return FailedCheck(kind, column, count, hint, values or [], rows or [])
 
@@ -248,7 +178,7 @@ def check_event_dates(file: DeliveredFile, source_name: str, column: str, timezo
     """Reject ``file`` when any row's event date (the local date of ``column`` in ``timezone``) is not the
     landing date: a misfiled file would move events and their labels to another day, so the whole file is
     quarantined with the dates found, never committed under the wrong date."""
-    from pipelines.validation import ROW, SAMPLE_SIZE
+    from pipelines.expectations import ROW, SAMPLE_SIZE
 
     assert file.typed is not None
     local_dates = file.typed[column].dt.tz_convert(timezone).dt.date
@@ -338,7 +268,7 @@ def _parse_csv_arrow(file: DeliveredFile, text: str, source_name: str, source: S
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
-    from pipelines.validation import ROW
+    from pipelines.expectations import ROW
 
     text = text.removeprefix("\ufeff")
     if not _arrow_reads_as_rows(text):
@@ -388,7 +318,7 @@ def _parse_csv_rows(file: DeliveredFile, text: str, source_name: str, source: So
     file, and the reference :func:`_parse_csv_arrow` is tested against."""
     import pandas as pd
 
-    from pipelines.validation import ROW
+    from pipelines.expectations import ROW
 
     records: list[list[str]] = []
     lines: list[int] = []
@@ -446,7 +376,7 @@ def _parse_parquet(file: DeliveredFile, source_name: str, source: SourceSpec) ->
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from pipelines.validation import ROW
+    from pipelines.expectations import ROW
 
     if not file.data:
         file.reject(
@@ -501,9 +431,9 @@ def parse_file(file: DeliveredFile, source_name: str, source: SourceSpec, arrow:
 
 def type_files(batch: list[DeliveredFile], source_name: str, source: SourceSpec, timezone: str) -> None:
     """Type the files of one source's validated batch that passed (``file.typed``), all at once (Arrow's casts
-    for the files Arrow parsed, see :func:`pipelines.validation.to_typed_many`), reject a file with a value that
+    for the files Arrow parsed, see :func:`pipelines.expectations.to_typed_many`), reject a file with a value that
     did not parse, then check each typed file's event dates against its landing date."""
-    from pipelines.validation import to_typed_many
+    from pipelines.expectations import to_typed_many
 
     for file in batch:
         if file.rejected:
@@ -713,7 +643,7 @@ def _archived_companions(
 ) -> list[DeliveredFile]:
     """The archived files the committed partitions of ``days`` were built from, except names delivered again,
     parsed and typed with the current config. StepFailed (nothing changed) when one is missing or broken."""
-    from pipelines.validation import to_typed_many
+    from pipelines.expectations import to_typed_many
 
     spec = ctx.usecase.sources[source]
     table = raw_table(ctx.usecase.name, source)
@@ -851,7 +781,7 @@ def _commit_source(
 def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     """Ingest every landed file dated on or before the last event date predicted on ctx.day (see the module
     docstring)."""
-    from pipelines.validation import validate_batch
+    from pipelines.expectations import validate_batch
 
     usecase = ctx.usecase
     storage = ctx.lake.storage

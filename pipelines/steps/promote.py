@@ -27,7 +27,7 @@ import argparse
 from typing import Any
 
 from pipelines.context import StepContext, StepFailed, progress
-from pipelines.steps.register import read_step_result
+from pipelines.results import read_step_result
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

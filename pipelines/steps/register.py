@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from pipelines.context import StepContext, StepFailed, progress
-from pipelines.lake import LakeError
+from pipelines.results import read_step_result
 
 # MLflow limits tag values (5000 characters in the SQL store); long gate reasons are cut to this length
 MAX_TAG_CHARS = 4000
@@ -22,22 +22,6 @@ MAX_TAG_CHARS = 4000
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The register step needs only --usecase and --date."""
-
-
-def read_step_result(ctx: StepContext, step: str, required: bool = True) -> dict[str, Any] | None:
-    """The result JSON another step of this run wrote for this use case and date; StepFailed (or None) when it is
-    missing."""
-    key = f"{ctx.run_key(step)}/result.json"
-    try:
-        return ctx.lake.read_json(key)
-    except LakeError:
-        if not required:
-            return None
-        raise StepFailed(
-            f"{ctx.lake.storage.uri(key)}: no {step} result for use case {ctx.usecase.name!r} on {ctx.ds} in run "
-            f"{ctx.run_id!r}; run `python -m pipelines {step} --usecase {ctx.usecase.name} --date {ctx.ds}` "
-            "first, in the same run"
-        ) from None
 
 
 def partitions_tag(dates: list[str]) -> str:

@@ -30,8 +30,8 @@ from pipelines.evaluation_data import (
     load_holdout,
     load_train_sample,
     read_holdout_scores,
-    read_step_result,
 )
+from pipelines.results import needed_step_result
 
 DECISION_KEYS = (
     "passed",
@@ -151,8 +151,8 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
 
     usecase = ctx.usecase
     spec = usecase.report
-    evaluation = read_step_result(ctx, "evaluate", "report")
-    train_result = read_step_result(ctx, "train", "report")
+    evaluation = needed_step_result(ctx, "evaluate", "report")
+    train_result = needed_step_result(ctx, "train", "report")
     decision = optional_result(ctx, "gate")
     configure_mlflow(ctx.profile, usecase)
     best = evaluation["best"]

@@ -2,7 +2,7 @@
 
 The sensor checks once in the worker; while nothing has landed it defers to :class:`LandingFilesTrigger`, which
 polls the lake from the triggerer without holding a worker slot. The check is cheap (one listing of the inbox,
-no Great Expectations), see ``pipelines.steps.ingest.pending_files``.
+no Great Expectations), see ``pipelines.inbox.pending_files``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def _pending(usecase: str, up_to: str | None, conn_id: str | None) -> list[str]:
     """Files waiting for the ingest run of date ``up_to``: dated up to the last event date predicted that day
     (the schedule of tomorrow's events lands under tomorrow's date), as the ingest step takes them."""
     from pipelines.config import load_profile, load_usecase
-    from pipelines.steps.ingest import pending_files
+    from pipelines.inbox import pending_files
 
     profile = load_profile()
     through = load_usecase(usecase).time.ingested_through(date.fromisoformat(up_to)) if up_to else None
@@ -138,8 +138,8 @@ class LandingArrivalSensor(BaseSensorOperator):
 def _what_is_missing(lake: Any, usecase: Any, day: str) -> str:
     """Why a day has no features yet, from the lake: its events not landed, landed but not ingested, or
     ingested but not built."""
+    from pipelines.inbox import pending_files
     from pipelines.lake import raw_table
-    from pipelines.steps.ingest import pending_files
 
     primary = usecase.features.primary_source
     if day in lake.snapshot(raw_table(usecase.name, primary), facts=False, dates=[day]).partitions:
