@@ -27,15 +27,13 @@ MAX_LINES = 800
 LONG_FILES = {
     "pipelines/config.py": "the use case and profile models with their validators: one pydantic schema",
     "pipelines/steps/features.py": "the features step: planning, Spark reads, labels and commits of one table",
-    "pipelines/lake.py": "Storage, Lake and the partition facts: one Delta transaction model (owned by the lake "
-    "change; split with pipelines/lake/)",
+    "pipelines/lake.py": "Storage, Lake and the partition facts: one Delta transaction model",
     "pipelines/steps/gate.py": "the gate's checks (absolute, change, slices, fairness) and the decision record",
     "pipelines/report.py": "the evaluation report's HTML: one template of sections",
     "pipelines/steps/ingest.py": "parsing, typing, quarantine and the raw commit of landed files",
     "pipelines/serving/app.py": "the REST service's routes, limits and Open Inference Protocol codecs",
     "pipelines/transforms.py": "the transforms library: one function per transform, the registry and the "
     "point-in-time lookups",
-    "plugins/mlops_airflow/demo.py": "the replay driver, moving to mlops_cli/ (another change)",
 }
 
 
