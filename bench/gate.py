@@ -113,7 +113,7 @@ def resampled(home: Path, row: dict, confidence: float = 0.95, resamples: int = 
     recorded. None without stored scores or without a champion."""
     import pyarrow.parquet as pq
 
-    from pipelines.significance import (
+    from pipelines.evaluation.significance import (
         CLEARS,
         change_reading,
         cluster_index,

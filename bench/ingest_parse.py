@@ -34,7 +34,7 @@ if "PYTHONPATH" not in os.environ:  # PYTHONPATH names the tree to measure (anot
 def month_files(usecase, month: int) -> list:
     """The demo's deliveries of ``month`` (the first batch's, with the truncated schedule)."""
     from mlops_cli.demo_data import CORRUPT_FILE, DemoData, _month_days, files_to_land, truncate_mid_row
-    from pipelines.inbox import match_source
+    from pipelines.ingest.inbox import match_source
 
     data = DemoData.load(usecase)
     files = []
@@ -48,7 +48,7 @@ def month_files(usecase, month: int) -> list:
 
 def type_files_before(batch: list, source_name: str, source, timezone: str) -> None:
     """The typing of ingest's step 2 before ``type_files`` (commit 48d1e81), for a "before" measure."""
-    from pipelines.expectations import to_typed_many
+    from pipelines.ingest.expectations import to_typed_many
     from pipelines.steps.ingest import check_event_dates
 
     for file in batch:
@@ -66,7 +66,7 @@ def type_files_before(batch: list, source_name: str, source, timezone: str) -> N
 
 def ingest_files(usecase, files: list, arrow: bool) -> tuple[dict[str, float], list]:
     """Parse, validate and type ``files`` as ingest does (steps 1 and 2 of its run); seconds per part."""
-    from pipelines.expectations import validate_batch
+    from pipelines.ingest.expectations import validate_batch
     from pipelines.steps import ingest
 
     laps = {"parse": 0.0, "validate": 0.0, "type": 0.0}

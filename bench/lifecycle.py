@@ -37,7 +37,7 @@ IMPORTS = {
     "sklearn": "import sklearn.ensemble, sklearn.linear_model",
     "airflow (sdk + DagBag)": "import airflow.sdk; from airflow.dag_processing.dagbag import DagBag",
     "SparkSession start": (
-        "from pipelines.config import load_profile; from pipelines.spark import get_spark; "
+        "from pipelines.config import load_profile; from pipelines.features.spark import get_spark; "
         "get_spark(load_profile()).range(1).count()"
     ),
 }

@@ -64,7 +64,7 @@ def _environment(home: Path) -> None:
 
 
 def land(lake, usecase, deliveries) -> int:
-    from pipelines.inbox import land_file
+    from pipelines.ingest.inbox import land_file
 
     for item in deliveries:
         land_file(lake, usecase.name, item.day, item.name, item.content, item.arrived_at)
@@ -84,9 +84,9 @@ def register_champion(lake, usecase, trained_on: date) -> int:
     from sklearn.preprocessing import OneHotEncoder
 
     from pipelines.config import load_profile
+    from pipelines.features.model_inputs import model_inputs
     from pipelines.lake import DATE, features_table, labels_table
-    from pipelines.model_inputs import model_inputs
-    from pipelines.tracking import CHAMPION_ALIAS, configure_mlflow, model_name, record_logged_digest
+    from pipelines.modeling.tracking import CHAMPION_ALIAS, configure_mlflow, model_name, record_logged_digest
 
     configure_mlflow(load_profile(), usecase)
     keys = [k for k in usecase.features.keys if k != DATE]

@@ -7,7 +7,7 @@ before the days measured), each measurement after a warm-up and repeated (the me
 1. the features of ``--days`` days in one Spark job, batch rows only (as the step built them before the snapshot),
    versus batch rows plus the online snapshot (``features.build_rows``, what the step runs now);
 2. the model inputs of one day for scoring: read from the features table (what the score step did before)
-   versus computed from the day's schedule rows and its snapshot by ``pipelines.online`` (what it does now);
+   versus computed from the day's schedule rows and its snapshot by ``pipelines.features.online`` (what it does now);
 3. one live request: ``feature_frame`` for one record with the day's snapshot already loaded.
 Results are appended to the output file with the command and the machine.
 """
@@ -54,12 +54,12 @@ def main() -> int:
 
     from pipelines.config import load_profile, load_usecase
     from pipelines.context import StepContext
+    from pipelines.features.model_inputs import model_inputs
+    from pipelines.features.online import feature_frame, read_records, read_snapshots
+    from pipelines.features.spark import get_spark
+    from pipelines.features.transforms import apply_transforms_with_lookups
     from pipelines.lake import Lake, features_table, online_table, raw_table
-    from pipelines.model_inputs import model_inputs
-    from pipelines.online import feature_frame, read_records, read_snapshots
-    from pipelines.spark import get_spark
     from pipelines.steps import features, score
-    from pipelines.transforms import apply_transforms_with_lookups
 
     usecase = load_usecase("flight_delay")
     lake = Lake(str(home / "lake"))
@@ -134,7 +134,7 @@ def main() -> int:
         f"| the same plus the online snapshot ({snapshot_rows.num_rows} lookup rows), as the step runs | "
         f"{both_seconds:.2f} | {both_seconds / batch_seconds:.2f} |",
         f"| model inputs of {day} ({day_rows} events) read from the features table | {table_seconds:.3f} | 1.00 |",
-        f"| the same computed from the schedule rows and the snapshot (pipelines.online, as score runs) | "
+        f"| the same computed from the schedule rows and the snapshot (pipelines.features.online, as score runs) | "
         f"{snapshot_seconds:.3f} | {snapshot_seconds / table_seconds:.2f} |",
         f"| load one day's snapshot ({len(snapshot_rows) // max(len(plans), 1)} lookup rows) | {load_seconds:.3f} | |",
         f"| features of one request, snapshot loaded | {request_seconds * 1000:.2f} ms | |",

@@ -212,8 +212,8 @@ def run_spark(lake: Any, usecase: Any, profile: Any) -> tuple[float, dict[str, A
     from pyspark.sql.classic.dataframe import DataFrame
 
     from pipelines.context import StepContext
+    from pipelines.features.spark import get_spark
     from pipelines.lake import Lake
-    from pipelines.spark import get_spark
     from pipelines.steps import features
 
     start = time.perf_counter()
@@ -307,7 +307,7 @@ def run_duckdb(lake: Any, usecase: Any, out: Path, threads: int, memory: str) ->
     from pipelines.steps.features import output_columns, reference_snapshot_for
 
     features, time_spec = usecase.features, usecase.time
-    from pipelines.online import SNAPSHOT_HEADER, lookup_name
+    from pipelines.features.online import SNAPSHOT_HEADER, lookup_name
 
     index_of = {id(t): i for i, t in enumerate(features.transforms)}
     wx_t = next(t for t in features.transforms if t.name == "asof_join")
@@ -468,7 +468,7 @@ def run_duckdb(lake: Any, usecase: Any, out: Path, threads: int, memory: str) ->
         f"CREATE TEMP TABLE lab AS SELECT {key_list}, strftime(_day, '%Y-%m-%d') AS date, "
         f"_label::INTEGER AS {usecase.target.column}, outcome_known_at FROM ev WHERE _label IS NOT NULL"
     )
-    # the online snapshot's lookups, per day served (pipelines.transforms *_lookup)
+    # the online snapshot's lookups, per day served (pipelines.features.transforms *_lookup)
     wx_lookup = asof(
         f"SELECT k.*, t._day, epoch(t.prediction_time)::BIGINT AS _query_t FROM "
         f"(SELECT DISTINCT {', '.join(wx_keys)} FROM obs) k CROSS JOIN times t"
@@ -618,7 +618,7 @@ def bench_size(rows: int, args: argparse.Namespace, work: Path) -> dict[str, Any
         counts = generate(lake, usecase, rows, args.seed)
     generated_s = time.perf_counter() - start
     print(f"[{rows:,} rows] raw tables written in {generated_s:.0f} s: {counts}", flush=True)
-    from pipelines.spark import spark_conf
+    from pipelines.features.spark import spark_conf
 
     profile_base = load_profile()
     cores = os.cpu_count() or 1

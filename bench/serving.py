@@ -208,8 +208,8 @@ def inputs(home: Path, usecase_name: str) -> tuple[list[dict], str, list[str], l
     model's inputs (columns, values) for MLflow."""
     os.environ["MLOPS_HOME"] = str(home)
     from pipelines.config import load_profile, load_usecase
+    from pipelines.features.online import model_input_frame, read_records, read_snapshots
     from pipelines.lake import online_table, open_lake
-    from pipelines.online import model_input_frame, read_records, read_snapshots
 
     usecase = load_usecase(usecase_name)
     lake = open_lake(load_profile().lake_uri)

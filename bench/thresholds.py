@@ -3,7 +3,7 @@
     MLOPS_HOME=DIR .venv/bin/python bench/thresholds.py [--usecase flight_delay] [--date 2013-02-01]
 
 Reads the train result of ``--date`` from the lake of ``MLOPS_HOME`` (a demo state, e.g. after
-``mlops demo --months 1``), reloads the holdout train recorded (``pipelines.evaluation_data.load_holdout``), loads
+``mlops demo --months 1``), reloads the holdout train recorded (``pipelines.evaluation.evaluation_data.load_holdout``), loads
 each candidate's logged model and prints, for its recorded threshold, for the threshold the rule chose for the fit
 on train (``validation_threshold``, which earlier releases registered as is) and for the best F1 that any threshold
 reaches on the holdout labels (an upper bound, not a method): the threshold, the share of holdout rows flagged and
@@ -17,12 +17,13 @@ import json
 from datetime import date
 from typing import Any
 
-from pipelines import metrics, tracking
 from pipelines.config import DecisionSpec, load_profile, load_usecase
 from pipelines.context import MANUAL_RUN, StepContext, run_result_key
-from pipelines.evaluation_data import load_holdout
+from pipelines.evaluation import metrics
+from pipelines.evaluation.evaluation_data import load_holdout
+from pipelines.features.model_inputs import model_inputs
 from pipelines.lake import Lake
-from pipelines.model_inputs import model_inputs
+from pipelines.modeling import tracking
 
 
 def at(y: Any, scores: Any, threshold: float) -> dict[str, Any]:

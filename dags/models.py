@@ -1,5 +1,5 @@
 """<usecase>_models (manual, no schedule): promote a registered version or roll the champion back, from the UI with
-Params, through the same functions as `mlops models promote|rollback` (pipelines.model_ops): one recorded alias
+Params, through the same functions as `mlops models promote|rollback` (pipelines.modeling.model_ops): one recorded alias
 move (registry/<usecase>/alias_moves, who and why), in the use case's `<usecase>_train` pool beside the gate's
 promote."""
 
@@ -55,6 +55,6 @@ for usecase in usecases():
             task_id="models",
             usecase=usecase.name,
             pool=train_pool(usecase.name),
-            doc_md="Runs the Params' action (pipelines.model_ops) and returns the recorded move.",
+            doc_md="Runs the Params' action (pipelines.modeling.model_ops) and returns the recorded move.",
         )
     globals()[dag.dag_id] = dag

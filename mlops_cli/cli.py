@@ -117,8 +117,8 @@ def _land(args: Any) -> int:
     from mlops_airflow.operators import patched_environ, s3_environment
     from mlops_cli.demo_data import land_demo_days
     from pipelines.config import ConfigError, load_profile, load_usecase
+    from pipelines.ingest.landing import land_paths, parse_arrival
     from pipelines.lake import open_lake
-    from pipelines.landing import land_paths, parse_arrival
 
     if not args.paths:
         if args.date is None:

@@ -147,7 +147,7 @@ def land_demo_days(usecase_name: str, first: date, days: int) -> list[str]:
     configured lake's landing zone, each under its event date with the time it would have arrived; return their
     URIs."""
     from mlops_airflow.operators import patched_environ, s3_environment
-    from pipelines.inbox import land_file
+    from pipelines.ingest.inbox import land_file
     from pipelines.lake import open_lake
 
     if first.year != YEAR or days < 1:

@@ -47,9 +47,9 @@ def live_quality(lake: Any, usecase: Any, days: list[date]) -> dict[str, Any]:
     """The predictions of ``days`` whose outcomes arrived (predictions_with_outcomes): how many were made ahead
     (on time and before the outcome was known) and how many late, and the ROC AUC (a classification) and the
     primary metric of those made ahead only; a metric is None where it is undefined."""
+    from pipelines.evaluation.metrics import model_metrics
+    from pipelines.features.scoring_time import SCORED_LATE, made_ahead
     from pipelines.lake import predictions_with_outcomes_table
-    from pipelines.metrics import model_metrics
-    from pipelines.scoring_time import SCORED_LATE, made_ahead
 
     table = predictions_with_outcomes_table(usecase.name)
     present = lake.partitions(table)
@@ -247,7 +247,7 @@ HEADER = (
 
 def metric_note(usecase: Any) -> str:
     """Which metric the live, holdout, metric and champion columns hold, in the task's own terms."""
-    from pipelines.significance import direction_words
+    from pipelines.evaluation.significance import direction_words
 
     primary = usecase.gate.primary_metric
     return f"{'':<8} live, holdout, metric, champ.: {primary} ({direction_words(primary)[0]} is better)"
@@ -319,7 +319,7 @@ def run_demo(
     runner = make_runner(usecase, runner_name, home, demo_dir / f"{runner_name}.log")
     data = DemoData.load(usecase)
 
-    from pipelines.inbox import land_file
+    from pipelines.ingest.inbox import land_file
     from pipelines.lake import open_lake
 
     lake = open_lake(profile.lake_uri)
@@ -368,7 +368,7 @@ def run_demo(
 
 
 def _champion_version(usecase: Any) -> str | None:
-    from pipelines.tracking import champion_version, configure_mlflow
+    from pipelines.modeling.tracking import champion_version, configure_mlflow
 
     configure_mlflow(load_profile(), usecase)
     version = champion_version(usecase)

@@ -18,13 +18,13 @@ policy, day by day over the period:
   cool-down of ``monitoring.cooldown_days``; the monitor step decides);
 - every evening, the policy's current champion scores the events predicted then (event dates
   ``time.predicted_through(day)``) at their prediction time, from the point-in-time features table, with the
-  score step's own function (:func:`pipelines.batch_scoring.score_frame`); a model scores only events predicted on
+  score step's own function (:func:`pipelines.modeling.batch_scoring.score_frame`); a model scores only events predicted on
   or after its training date, as the score step does;
 - at the end of each week (and of the period) the outcomes step joins the outcomes known by then to the
   predictions; ``drift`` also runs the monitor step on that date.
 
 Per ISO week of the events it reports the champion's live metric (ROC AUC and the use case's primary metric) on
-the predictions made ahead of their outcomes (:func:`pipelines.scoring_time.made_ahead`), the model versions that
+the predictions made ahead of their outcomes (:func:`pipelines.features.scoring_time.made_ahead`), the model versions that
 made them, the retrainings done (and why), the promotions, and the compute seconds spent by each step. Output under
 ``reports/<uc>/backtest/<from>_<to>/`` of the lake: ``backtest.md``, ``backtest.csv`` (weekly rows),
 ``backtest.png`` (weekly live ROC AUC per policy), ``index.html`` and ``summary.json``; each policy's own result in
@@ -249,7 +249,7 @@ class Replay:
     def champion(self) -> tuple[int, Any, str, date | None] | None:
         """(version, model, MLflow run id, training date) of the policy's champion, or None; the model loaded
         once per version."""
-        from pipelines.tracking import champion_version, configure_mlflow, load_model, model_name
+        from pipelines.modeling.tracking import champion_version, configure_mlflow, load_model, model_name
 
         configure_mlflow(load_profile(), self.usecase)
         found = champion_version(self.usecase)
@@ -264,8 +264,8 @@ class Replay:
     def score(self, lake: Lake, days: list[date]) -> int:
         """The champion scores, at each evening of ``days``, the events predicted then, from the features table;
         one commit for the chunk. Returns the rows scored."""
-        from pipelines.batch_scoring import score_frame
         from pipelines.context import StepContext
+        from pipelines.modeling.batch_scoring import score_frame
 
         started = time.perf_counter()
         try:
@@ -367,8 +367,8 @@ def weekly_live(lake: Lake, usecase: UseCase, first: date, last: date) -> list[d
     ROC AUC (a classification) and primary metric of those rows only; the model versions that made them."""
     import pandas as pd
 
-    from pipelines.metrics import model_metrics
-    from pipelines.scoring_time import made_ahead
+    from pipelines.evaluation.metrics import model_metrics
+    from pipelines.features.scoring_time import made_ahead
 
     table = predictions_with_outcomes_table(usecase.name)
     scored_table = predictions_table(usecase.name)

@@ -213,10 +213,10 @@ def main(argv: list[str] | None = None, extend: Callable[[Any], None] | None = N
             return run_validate(args.usecases, against_lake=args.against_lake)
         if args.command == "models":
             if args.models_command != "list":
-                from pipelines.model_ops import main as models_main
+                from pipelines.modeling.model_ops import main as models_main
 
                 return models_main(args)
-            from pipelines.registry import print_models
+            from pipelines.modeling.registry import print_models
 
             usecase = args.usecase_option or args.usecase
             if not usecase:
@@ -233,11 +233,11 @@ def main(argv: list[str] | None = None, extend: Callable[[Any], None] | None = N
 
             return capture_main(args)
         if args.command == "lineage":
-            from pipelines.lineage import print_lineage
+            from pipelines.modeling.lineage import print_lineage
 
             return print_lineage(args.usecase, args.version, reload=args.reload, as_json=args.json)
         if args.command == "lake":
-            from pipelines import tables
+            from pipelines.lake import tables
 
             if args.lake_command == "tables":
                 tables.print_tables(args.usecase, as_json=args.json)

@@ -36,7 +36,7 @@ class KerasProbabilityModel(mlflow.pyfunc.PythonModel):
 
     def predict_columns(self, columns: Mapping[str, Any], forward: Callable[[Any], Any] | None = None) -> Any:
         """``predict`` of a mapping of feature column -> values (a DataFrame or
-        pipelines.model_inputs.model_input_columns), without MLflow's input schema check: the scoring service's path.
+        pipelines.features.model_inputs.model_input_columns), without MLflow's input schema check: the scoring service's path.
         ``forward``: another inference pass over the encoded matrix than TensorFlow's (:meth:`single_record_scorer`)."""
         from pipelines.modeling import keras_predict
 

@@ -184,7 +184,7 @@ class _Columns:
 
 
 def _transform_columns(usecase: UseCase, file: str) -> _Columns:
-    from pipelines.transforms import TRANSFORMS, TransformError, check_transforms
+    from pipelines.features.transforms import TRANSFORMS, TransformError, check_transforms
 
     columns = _Columns(usecase, file)
     try:
@@ -577,9 +577,9 @@ def require_valid(usecase: UseCase) -> None:
 
 def lake_notes(usecase: UseCase) -> list[str]:
     """What the configured lake shows against the use case's declared times: the sources whose committed rows
-    arrived later than declared (see pipelines.arrivals). Empty when the lake holds nothing of the use case."""
-    from pipelines.arrivals import arrival_summary, understated_delays
+    arrived later than declared (see pipelines.ingest.arrivals). Empty when the lake holds nothing of the use case."""
     from pipelines.config import load_profile
+    from pipelines.ingest.arrivals import arrival_summary, understated_delays
     from pipelines.lake import ARRIVED_AT, open_lake, raw_table
 
     lake = open_lake(load_profile().lake_uri)

@@ -129,9 +129,9 @@ def assert_online_reproduces_features(lake: Lake, usecase: UseCase, days: list[s
     built for it; returns how many rows were compared."""
     import numpy as np
 
+    from pipelines.features.online import model_input_frame, read_records, read_snapshots
     from pipelines.lake import features_table, online_table
-    from pipelines.online import model_input_frame, read_records, read_snapshots
-    from pipelines.tracking import feature_columns
+    from pipelines.modeling.tracking import feature_columns
 
     snapshots = read_snapshots(lake, usecase, days)
     assert sorted(snapshots) == sorted(days), "every built day has an online snapshot"

@@ -75,7 +75,7 @@ def make_serve_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_root: Pa
     present = {n: m for n, m in pipelines.steps.STEPS.items() if importlib.util.find_spec(m) is not None}
     monkeypatch.setattr(pipelines.cli, "STEPS", present)
     from pipelines.config import load_profile
-    from pipelines.tracking import configure_mlflow
+    from pipelines.modeling.tracking import configure_mlflow
 
     usecase = load_usecase(USECASE)
     configure_mlflow(load_profile(), usecase)
@@ -228,7 +228,7 @@ def write_features(
     """Commit one synthetic feature partition per day (one commit), and, as the features step does, the online
     snapshot of those days and the schedule rows (raw ``flights``) they were built from; returns the feature
     frames by ISO date. ``config_hash``: the features config hash their facts record (default: the use case's)."""
-    from pipelines.feature_identity import features_config_hash
+    from pipelines.features.feature_identity import features_config_hash
 
     uc = env.usecase.name
     frames, facts, records, lookups = {}, {}, [], []
@@ -296,7 +296,7 @@ def log_candidate(
     import mlflow
     from mlflow.models import infer_signature
 
-    from pipelines.tracking import feature_columns, record_logged_digest
+    from pipelines.modeling.tracking import feature_columns, record_logged_digest
 
     columns = feature_columns(env.usecase)
     frame = train.dropna(subset=[env.usecase.target.column])
@@ -350,7 +350,7 @@ def produce_day(
     from sklearn.metrics import roc_auc_score
 
     from pipelines.context import MANUAL_RUN, run_result_key
-    from pipelines.tracking import champion_version, feature_columns, load_model, predict_proba
+    from pipelines.modeling.tracking import champion_version, feature_columns, load_model, predict_proba
 
     uc = env.usecase.name
     feature_days = [day - timedelta(days=n) for n in range(6, 0, -1)]  # 4 train days then 2 holdout days
@@ -509,7 +509,7 @@ def champion_from(
 def client_records(env: ServeEnv, day: date, *, without_nulls: bool = False) -> list[dict]:
     """The events of ``day`` as a client sends them: the primary source's columns, JSON values (``without_nulls``:
     only the records with no null, as a tensor cannot carry one)."""
-    from pipelines.online import read_records
+    from pipelines.features.online import read_records
 
     frame = read_records(env.lake, env.usecase, [day.isoformat()]).drop(columns=["date"])
     records = json.loads(frame.to_json(orient="records", date_format="iso"))

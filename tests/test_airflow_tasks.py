@@ -14,7 +14,7 @@ import pytest
 from _ingest_fixtures import DAY1, flights_rows, weather_rows
 
 from pipelines.context import run_result_key, safe_run_id
-from pipelines.inbox import land_file, pending_files
+from pipelines.ingest.inbox import land_file, pending_files
 from pipelines.lake import Lake, raw_table
 
 NEW_YORK = ZoneInfo("America/New_York")  # the use case's time zone: DAG dates are local

@@ -91,8 +91,8 @@ def world(airflow_db, tmp_path_factory):
 
 def _champion() -> int | None:
     from pipelines.config import load_profile, load_usecase
-    from pipelines.model_ops import alias_version
-    from pipelines.tracking import configure_mlflow
+    from pipelines.modeling.model_ops import alias_version
+    from pipelines.modeling.tracking import configure_mlflow
 
     spec = load_usecase(USECASE)
     # this world's registry: an earlier module of the process may have pointed MLflow's client elsewhere
@@ -161,7 +161,7 @@ def test_approve_moves_the_champion_and_records_who_when_and_why(world) -> None:
     gate = _xcom(dag_run, "gate")
     decision = lake.read_json(gate["decision_uri"].removeprefix(lake.uri.rstrip("/") + "/"))
     assert decision["approval"]["by"] == "alice" and decision["decision_id"] == gate["decision_id"]
-    from pipelines.model_ops import history, show
+    from pipelines.modeling.model_ops import history, show
 
     info = show(USECASE, version)
     assert info["approval"]["tags"]["approval.status"] == "approved"
@@ -192,7 +192,7 @@ def test_reject_keeps_the_champion_and_the_run_ends_green(world) -> None:
         record["status"] == "rejected" and record["by"] == "alice" and record["comment"] == "not on a Friday"
     )
     version = _xcom(dag_run, "register")["gate_candidate_version"]
-    from pipelines.model_ops import show
+    from pipelines.modeling.model_ops import show
 
     assert show(USECASE, version)["approval"]["tags"]["approval.status"] == "rejected"
 

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from _model_fixtures import FAST_CANDIDATES, fast_usecase, make_context, synthetic_day, use_tmp_platform
 
-from pipelines import modeling, tracking
-from pipelines.model_inputs import model_inputs
+from pipelines import modeling
+from pipelines.features.model_inputs import model_inputs
+from pipelines.modeling import tracking
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DAY = date(2013, 2, 1)
@@ -115,7 +116,7 @@ def test_the_models_train_logs_load_without_pickle_and_carry_their_digest(
 
 
 def test_a_tampered_artifact_is_refused_by_every_loader_and_runs_no_code(logged, tmp_path) -> None:
-    from pipelines.loadcheck import PendingCheck
+    from pipelines.evaluation.loadcheck import PendingCheck
     from pipelines.serving.models import ModelRefused, load_verified
 
     marker = tmp_path / "planted-code-ran.txt"
@@ -171,8 +172,8 @@ def test_every_model_load_goes_through_the_digest_check() -> None:
     """The only calls that read a model file are the checked ones: MLflow's loaders in tracking (after
     verified_download) and Keras' in modeling.load_keras_model (inside the checked model's load_context)."""
     allowed = {
-        ("pipelines/tracking.py", "mlflow.pyfunc.load_model"),
-        ("pipelines/modeling.py", "keras.saving.load_model"),
+        ("pipelines/modeling/tracking.py", "mlflow.pyfunc.load_model"),
+        ("pipelines/modeling/__init__.py", "keras.saving.load_model"),
     }
     loader = re.compile(
         r"\b(mlflow\.(?:pyfunc|sklearn|keras|pytorch)\.load_model|keras\.saving\.load_model|"

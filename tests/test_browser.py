@@ -148,7 +148,7 @@ def _required_action(page, stack, run_id: str):
 
 def _champion() -> int | None:
     from pipelines.config import load_usecase
-    from pipelines.model_ops import alias_version
+    from pipelines.modeling.model_ops import alias_version
 
     return alias_version(load_usecase(USECASE), "champion")
 
@@ -164,7 +164,7 @@ def login(stack, page, shots: Path) -> None:
 
 def walk(stack, page, shots: Path) -> None:
     """Every step of the flow (see the module doc); a screenshot after each."""
-    from pipelines.model_ops import show
+    from pipelines.modeling.model_ops import show
 
     login(stack, page, shots)
 

@@ -288,8 +288,8 @@ def test_models_dag_rolls_the_champion_back_on_a_real_registry(dagbag, airflow_d
 
     from _serve_fixtures import produce_day
 
-    from pipelines import model_ops
     from pipelines.cli import run_step
+    from pipelines.modeling import model_ops
 
     def trained(day: date, passed: bool, promote: bool) -> int:
         produce_day(serve_env, day, gate_passed=passed)

@@ -9,7 +9,7 @@ import yaml
 from pydantic import ValidationError
 
 from pipelines.config import DecisionSpec, UseCase, usecase_path
-from pipelines.metrics import ThresholdError, choose_threshold, rate_threshold
+from pipelines.evaluation.metrics import ThresholdError, choose_threshold, rate_threshold
 
 RULES = [
     DecisionSpec(rule="best_f1"),

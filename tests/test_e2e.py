@@ -86,7 +86,7 @@ def test_direct_training_reproduces_airflow_predictions(local_demo, tmp_path: Pa
     import mlflow
 
     from pipelines.cli import run_step
-    from pipelines.tracking import feature_columns, load_model, predict_proba
+    from pipelines.modeling.tracking import feature_columns, load_model, predict_proba
 
     home, _summary = local_demo
     day = TRAIN_DATES[MONTHS - 1]  # the last training of the reference run

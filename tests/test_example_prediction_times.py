@@ -26,9 +26,9 @@ import yaml
 from _features_fixtures import typed
 
 from pipelines.config import UseCase, load_usecase
+from pipelines.features.model_inputs import model_inputs
 from pipelines.lake import ARRIVED_AT, LATEST, Lake, features_table, predictions_table, raw_table
-from pipelines.model_inputs import model_inputs
-from pipelines.tracking import load_model, model_name, predict_proba
+from pipelines.modeling.tracking import load_model, model_name, predict_proba
 
 pytestmark = pytest.mark.spark
 
@@ -92,7 +92,7 @@ def test_flights_predicted_two_hours_before_departure(
     the score runs."""
     from mlops_cli.demo_data import DemoData
     from pipelines.cli import run_step
-    from pipelines.inbox import land_file
+    from pipelines.ingest.inbox import land_file
 
     usecase = _declare(tmp_path, monkeypatch, "flight_arrival_delay", {"prediction_time": {"lead": "2h"}})
     assert usecase.schedules.score == "0 22 * * *", "the day's last prediction time, 2 hours before midnight"
@@ -191,7 +191,7 @@ def _register_ridge(usecase: UseCase, lake: Lake, trained_on: date) -> int:
     from pipelines.config import CandidateSpec, load_profile
     from pipelines.lake import labels_table
     from pipelines.modeling import fit_candidate, input_example, log_fitted_model
-    from pipelines.tracking import configure_mlflow
+    from pipelines.modeling.tracking import configure_mlflow
 
     configure_mlflow(load_profile(), usecase)
     keys = usecase.features.keys

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.explain import data_explorer, error_cohorts, psi
+from pipelines.evaluation.explain import data_explorer, error_cohorts, psi
 
 Z = 1.959963984540054
 CONDITION = re.compile(r"^(\w+) (<=|>|=|!=) (.+)$")
@@ -299,7 +299,7 @@ def tree_candidate():
 
     from pipelines import modeling
     from pipelines.config import CandidateSpec
-    from pipelines.model_inputs import model_inputs
+    from pipelines.features.model_inputs import model_inputs
 
     usecase = fast_usecase()
     frame = pd.concat([synthetic_day(usecase, date(2013, 1, 1) + timedelta(days=d), 300) for d in range(10)])
@@ -326,7 +326,7 @@ def test_shap_summary_of_a_tree_candidate_adds_up_and_finds_the_signal(tree_cand
     """The summary's contributions add up to the model's log-odds (shap's TreeExplainer does not, on native
     categorical splits), the strongest synthetic signal ranks first and every model input is one row of the
     summary."""
-    from pipelines.explain import shap_summary
+    from pipelines.evaluation.explain import shap_summary
 
     usecase, X, spec, fitted = (
         tree_candidate.usecase,
@@ -350,7 +350,7 @@ def test_shap_summary_explains_every_family_that_can_win(tree_candidate):
     predict: both add up to the model's log-odds and find the strongest synthetic signal."""
     from pipelines import modeling
     from pipelines.config import CandidateSpec
-    from pipelines.explain import shap_summary
+    from pipelines.evaluation.explain import shap_summary
 
     usecase, X, y = tree_candidate.usecase, tree_candidate.X, tree_candidate.y
     spec = CandidateSpec(name="logreg", family="logistic_regression", params={"C": 1.0, "max_iter": 200})
@@ -370,7 +370,7 @@ def test_shap_summary_explains_every_family_that_can_win(tree_candidate):
 
 
 def test_shap_summary_cuts_its_rows_to_the_budget_and_says_so(tree_candidate):
-    from pipelines.explain import shap_summary
+    from pipelines.evaluation.explain import shap_summary
 
     hurried = shap_summary(
         tree_candidate.fitted.estimator,
@@ -384,7 +384,7 @@ def test_shap_summary_cuts_its_rows_to_the_budget_and_says_so(tree_candidate):
 
 
 def test_counterfactuals_flip_the_decision_at_the_threshold(tree_candidate):
-    from pipelines.explain import counterfactuals
+    from pipelines.evaluation.explain import counterfactuals
 
     usecase, X, y = tree_candidate.usecase, tree_candidate.X, tree_candidate.y
     model = _Pyfunc(tree_candidate.fitted.estimator)
@@ -425,7 +425,7 @@ def test_shap_summary_explains_a_pyfunc_of_our_own_python_model(tree_candidate):
     """A pyfunc of our own Python model (the Keras wrapper is one) answers `get_raw_model` with
     NotImplementedError: SHAP explains it through its prediction instead of failing (the report's SHAP section
     failed for every MLP champion)."""
-    from pipelines.explain import shap_summary
+    from pipelines.evaluation.explain import shap_summary
 
     class OwnPythonModel(_Pyfunc):
         def get_raw_model(self):

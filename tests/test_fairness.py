@@ -13,9 +13,9 @@ from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate
 from sklearn.metrics import roc_auc_score
 
 from pipelines.config import load_usecase
-from pipelines.fairness import fairness_report
-from pipelines.report import render_report_html
-from pipelines.significance import paired_difference
+from pipelines.evaluation.fairness import fairness_report
+from pipelines.evaluation.report import render_report_html
+from pipelines.evaluation.significance import paired_difference
 from pipelines.steps.gate import decide
 
 ROWS = 8000

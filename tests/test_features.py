@@ -26,10 +26,10 @@ from _lake_faults import delete_partitions
 from pipelines import modeling
 from pipelines.config import UseCase, load_profile, load_usecase, usecase_path
 from pipelines.context import StepContext, StepFailed
+from pipelines.features.spark import get_spark
+from pipelines.features.transforms import TransformError, check_transforms
 from pipelines.lake import Lake, features_table, labels_table, online_table, raw_table
-from pipelines.spark import get_spark
 from pipelines.steps import features
-from pipelines.transforms import TransformError, check_transforms
 
 pytestmark = pytest.mark.spark
 
@@ -39,7 +39,7 @@ PAST_RATES = ["route_delay_rate_28d", "carrier_delay_rate_7d", "origin_delay_rat
 
 @pytest.fixture(scope="module")
 def spark():
-    """One SparkSession for the module (the step reuses it through pipelines.spark.get_spark)."""
+    """One SparkSession for the module (the step reuses it through pipelines.features.spark.get_spark)."""
     return get_spark(load_profile())
 
 

@@ -20,12 +20,13 @@ from datetime import date, timedelta
 import mlflow
 import numpy as np
 
-import pipelines.modeling, pipelines.keras_pyfunc, pipelines.tracking, pipelines.cli
+import pipelines.modeling, pipelines.keras_pyfunc, pipelines.modeling.tracking, pipelines.cli
 import pipelines.steps.train, pipelines.steps.evaluate, pipelines.steps.score
 import pipelines.steps.register, pipelines.steps.promote, pipelines.steps.gate
 from _model_fixtures import FAST_CANDIDATES, fast_usecase, make_context, synthetic_day
-from pipelines import modeling, tracking
-from pipelines.model_inputs import model_inputs
+from pipelines import modeling
+from pipelines.modeling import tracking
+from pipelines.features.model_inputs import model_inputs
 
 assert "tensorflow" not in sys.modules and "keras" not in sys.modules, "imported by a module"
 spec = next(c for c in FAST_CANDIDATES if c.family == "logistic_regression")

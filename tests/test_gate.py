@@ -533,8 +533,8 @@ def test_evaluate_gives_small_slices_intervals_and_a_backwards_one_is_rejected()
     import numpy as np
     import pandas as pd
 
-    from pipelines.fairness import add_slice_intervals
-    from pipelines.metrics import slice_metrics
+    from pipelines.evaluation.fairness import add_slice_intervals
+    from pipelines.evaluation.metrics import slice_metrics
 
     rng = np.random.default_rng(3)
     rows = 2000

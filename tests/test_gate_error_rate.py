@@ -19,7 +19,7 @@ import sklearn
 from sklearn.linear_model import SGDClassifier
 
 from pipelines.config import ChangeBound, GateSpec, SignificanceSpec
-from pipelines.significance import (
+from pipelines.evaluation.significance import (
     NIGHTLY_BONFERRONI,
     NIGHTLY_UNCORRECTED,
     SINGLE_TEST,

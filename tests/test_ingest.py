@@ -17,8 +17,8 @@ import pytest
 from pipelines.cli import main, run_step
 from pipelines.config import load_usecase
 from pipelines.context import StepFailed
-from pipelines.expectations import ROW, validate_batch
-from pipelines.inbox import land_file, pending_files
+from pipelines.ingest.expectations import ROW, validate_batch
+from pipelines.ingest.inbox import land_file, pending_files
 from pipelines.lake import Lake, open_lake, raw_table
 from tests._ingest_fixtures import (
     DAY1,
@@ -435,7 +435,7 @@ def test_gx_suites_are_built_once_per_source_config_and_follow_its_changes() -> 
     between (GX resolves unbound suites through the current one) changes nothing."""
     import great_expectations as gx
 
-    from pipelines import expectations
+    from pipelines.ingest import expectations
 
     source = load_usecase(USECASE).sources["weather"]
     rows = weather_rows(DAY1).replace("NA", None)
@@ -468,7 +468,7 @@ def test_a_failing_batch_reports_what_a_complete_validation_of_the_whole_suite_r
 ) -> None:
     """Only the failed expectations are validated again with COMPLETE results: the quarantine report is the
     same as from a COMPLETE validation of the whole suite (the previous way), rows and values included."""
-    from pipelines import expectations
+    from pipelines.ingest import expectations
 
     source = load_usecase(USECASE).sources["weather"]
     frames = []
@@ -504,9 +504,9 @@ def test_typing_many_files_at_once_gives_what_typing_each_file_gives(
     """to_typed_many converts each column once for all files: typed frames (values and dtypes) and parse
     failures per file are those of to_typed file by file, also where a batch would parse differently (long
     numbers, date-only timestamps in a zone) or a file has values that do not parse."""
-    from pipelines import expectations
     from pipelines.config import ColumnSpec, SourceSpec
-    from pipelines.expectations import to_typed, to_typed_many
+    from pipelines.ingest import expectations
+    from pipelines.ingest.expectations import to_typed, to_typed_many
 
     source = SourceSpec(
         file_pattern="x_*.csv",

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 
 from pipelines.config import ColumnSpec, SourceSpec, load_usecase
-from pipelines.expectations import to_typed, to_typed_many, validate_batch
-from pipelines.inbox import match_source
+from pipelines.ingest.expectations import to_typed, to_typed_many, validate_batch
+from pipelines.ingest.inbox import match_source
 from pipelines.steps.ingest import DeliveredFile, parse_file, type_files
 from tests._ingest_fixtures import DAY1, USECASE, csv_bytes, flights_rows
 

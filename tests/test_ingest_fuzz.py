@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 from pipelines.cli import run_step
 from pipelines.config import load_usecase
 from pipelines.context import StepFailed
-from pipelines.inbox import land_file
+from pipelines.ingest.inbox import land_file
 from pipelines.lake import Lake, raw_table
 from pipelines.steps.ingest import SOURCE_FILE
 from tests._ingest_fixtures import DAY1, USECASE, flights_rows, planes_rows, weather_rows

@@ -427,7 +427,7 @@ def test_only_the_landing_inbox_is_ever_listed() -> None:
     # landing.py reads the user's local files to land them, before they reach the lake
     exempt = {
         Path(find_spec(name).origin).resolve()
-        for name in ("pipelines.config", "pipelines.lake", "pipelines.landing")
+        for name in ("pipelines.config", "pipelines.lake", "pipelines.ingest.landing")
     }
     for path in sorted({p.resolve() for p in (REPO_ROOT / "pipelines").rglob("*.py")} - exempt):
         for number, line in enumerate(path.read_text().splitlines(), start=1):
@@ -439,7 +439,7 @@ def test_only_the_landing_inbox_is_ever_listed() -> None:
         "for key in lake.storage.list(prefix):",
         'for path in root.rglob("*"):',
     ], listings
-    source = (REPO_ROOT / "pipelines" / "inbox.py").read_text()
+    source = (REPO_ROOT / "pipelines" / "ingest" / "inbox.py").read_text()
     inbox = source[source.index("def _landed_files(") :]
     assert 'prefix = f"landing/{usecase}/"' in inbox.split("def ", 2)[1], "the listing is of the inbox"
 

@@ -14,7 +14,7 @@ from mlops_cli.cli import main
 from mlops_cli.demo_data import DemoData
 from pipelines.cli import run_step
 from pipelines.config import load_usecase
-from pipelines.inbox import landing_key
+from pipelines.ingest.inbox import landing_key
 from pipelines.lake import UNRECORDED_ARRIVAL, Lake, raw_table
 
 UC = "flight_delay"

@@ -20,9 +20,9 @@ from _model_fixtures import (
 
 from pipelines.config import LeakageSpec
 from pipelines.context import StepFailed
+from pipelines.features.model_inputs import model_inputs
 from pipelines.lake import Lake
-from pipelines.leakage import check_leakage, single_feature_scores
-from pipelines.model_inputs import model_inputs
+from pipelines.modeling.leakage import check_leakage, single_feature_scores
 from pipelines.steps import train as train_step
 
 DAY = date(2013, 2, 10)  # train [01-06, 01-27), validation [01-27, 02-03), holdout [02-03, 02-10)

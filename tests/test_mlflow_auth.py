@@ -2,7 +2,7 @@
 --app-name basic-auth` on loopback with the stack's auth config (docker/mlflow/basic_auth.ini, its user store under
 tmp) and the users docker/mlflow/mlflow_users.py makes. No credentials: 401; the serving user (READ) reads and
 loads the champion but cannot move it (403); the task user moves it through the project's own registry code
-(pipelines.model_ops.move_alias) with its credentials from the environment. And, without Docker, the compose file
+(pipelines.modeling.model_ops.move_alias) with its credentials from the environment. And, without Docker, the compose file
 runs MLflow so, with every credential from the environment."""
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def _log_model(seed: int) -> str:
     from sklearn.linear_model import LogisticRegression
 
     from pipelines.modeling import SKOPS_TRUSTED_TYPES
-    from pipelines.tracking import record_logged_digest
+    from pipelines.modeling.tracking import record_logged_digest
 
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(40, 3))
@@ -179,8 +179,8 @@ def test_only_the_task_user_moves_the_champion(
 
     from pipelines.config import load_profile, load_usecase
     from pipelines.lake import Lake
-    from pipelines.model_ops import ModelOpsError, move_alias, read_moves
-    from pipelines.tracking import champion_version, configure_mlflow, load_model
+    from pipelines.modeling.model_ops import ModelOpsError, move_alias, read_moves
+    from pipelines.modeling.tracking import champion_version, configure_mlflow, load_model
 
     url = auth_server["url"]
     monkeypatch.setenv("MLOPS_PROFILE", "stack")  # the stack's registry: artifacts through the server's proxy

@@ -1,4 +1,4 @@
-"""pipelines.model_inputs: training (the Spark-built features table) and scoring/serving (raw request values) give
+"""pipelines.features.model_inputs: training (the Spark-built features table) and scoring/serving (raw request values) give
 models the same inputs, also for categorical features that are numbers or booleans."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from _model_fixtures import FAST_CANDIDATES, fast_usecase, synthetic_day
 from pipelines import modeling
 from pipelines.config import UseCase, load_profile
 from pipelines.context import StepFailed
-from pipelines.model_inputs import (
+from pipelines.features.model_inputs import (
     SMALL_BATCH,
     canonical_strings,
     declared_types,
@@ -61,7 +61,7 @@ def _strings_only(usecase: UseCase):
 
 @pytest.fixture(scope="module")
 def spark():
-    from pipelines.spark import get_spark
+    from pipelines.features.spark import get_spark
 
     return get_spark(load_profile())
 

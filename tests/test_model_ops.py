@@ -24,7 +24,7 @@ def _step(name: str, day: date) -> dict:
 
 def _champion() -> int | None:
     from pipelines.config import load_usecase
-    from pipelines.tracking import champion_version
+    from pipelines.modeling.tracking import champion_version
 
     version = champion_version(load_usecase(UC))
     return None if version is None else int(version.version)
@@ -177,7 +177,7 @@ def test_no_record_no_move(serve_env: ServeEnv, monkeypatch) -> None:
     the gate's promote step alike); when the alias cannot be set its record is withdrawn."""
     from mlflow import MlflowClient
 
-    import pipelines.model_ops as model_ops
+    import pipelines.modeling.model_ops as model_ops
 
     v1 = _trained(serve_env, date(2013, 3, 1), passed=True, promote=True)
     v2 = _trained(serve_env, date(2013, 4, 1), passed=True)
@@ -220,7 +220,7 @@ def test_after_a_rollback_the_batch_score_and_the_service_use_the_restored_versi
 ) -> None:
     from fastapi.testclient import TestClient
 
-    from pipelines.online import read_records
+    from pipelines.features.online import read_records
     from pipelines.serving.app import create_app
     from pipelines.serving.service import ServeSettings, Service
 
@@ -246,7 +246,7 @@ def test_after_a_rollback_the_batch_score_and_the_service_use_the_restored_versi
             scored = _step("score", DAY - timedelta(days=1))  # the flights of March 10, by the champion v2
             assert scored["model_version"] == v2
 
-            from pipelines.model_ops import rollback
+            from pipelines.modeling.model_ops import rollback
 
             moved = rollback(UC, reason="v2 misbehaves", by="oncall")
             assert (moved["previous_champion_version"], moved["champion_version"]) == (v2, v1)
@@ -272,7 +272,7 @@ def test_alias_moves_on_an_s3_lake(serve_env: ServeEnv, moto_server: str, new_bu
     record of a move the registry refused work as on a local disk."""
     from mlflow import MlflowClient
 
-    import pipelines.model_ops as model_ops
+    import pipelines.modeling.model_ops as model_ops
     from pipelines.lake import Lake
 
     v1 = _trained(serve_env, date(2013, 3, 1), passed=True)

@@ -105,9 +105,9 @@ def _score_days(
     from _model_fixtures import make_context, synthetic_day
     from mlflow import MlflowClient
 
-    from pipelines.batch_scoring import score_frame
     from pipelines.cli import run_step
-    from pipelines.tracking import load_model, model_name
+    from pipelines.modeling.batch_scoring import score_frame
+    from pipelines.modeling.tracking import load_model, model_name
 
     usecase, lake = world["usecase"], world["lake"]
     champion = MlflowClient().get_model_version_by_alias(model_name(usecase), "champion")

@@ -1,4 +1,4 @@
-"""pipelines.online without Spark: which snapshot serves a request time, request records, late requests.
+"""pipelines.features.online without Spark: which snapshot serves a request time, request records, late requests.
 
 That the online function reproduces the Spark features of a day is tested where Spark builds them
 (test_features.py for the flights, test_point_in_time.py on random parcels)."""
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from pipelines.config import load_usecase
-from pipelines.online import (
+from pipelines.features.online import (
     LOOKUP_TRANSFORMS,
     ONLINE_TRANSFORMS,
     OnlineSnapshot,
@@ -20,7 +20,7 @@ from pipelines.online import (
     model_input_frame,
     snapshot_day_for,
 )
-from pipelines.transforms import LOOKUPS, TRANSFORMS
+from pipelines.features.transforms import LOOKUPS, TRANSFORMS
 
 NEW_YORK = "America/New_York"
 
@@ -70,9 +70,11 @@ def snapshot(at: pd.Timestamp) -> OnlineSnapshot:
 
 
 def test_every_transform_has_a_spark_lookup_and_a_pandas_side() -> None:
-    assert set(ONLINE_TRANSFORMS) == set(TRANSFORMS), "pipelines.online lacks the pandas side of a transform"
+    assert set(ONLINE_TRANSFORMS) == set(TRANSFORMS), (
+        "pipelines.features.online lacks the pandas side of a transform"
+    )
     assert set(LOOKUPS) == set(LOOKUP_TRANSFORMS), (
-        "pipelines.transforms.LOOKUPS and pipelines.online disagree"
+        "pipelines.features.transforms.LOOKUPS and pipelines.features.online disagree"
     )
 
 
@@ -137,7 +139,7 @@ def test_the_calendar_of_a_small_batch_equals_pandas(zone: str, unit: str) -> No
     """local_calendar's per-row path (small batches, the service's single records) gives pandas' hour, ISO day
     of week and month: every hour of a year, so every DST change of the zone is crossed (Lord Howe's is 30 min),
     at seconds before and after each full hour."""
-    from pipelines.online import SMALL_BATCH, local_calendar
+    from pipelines.features.online import SMALL_BATCH, local_calendar
 
     hours = pd.date_range("2013-01-01", "2014-01-01", freq="h", tz="UTC").as_unit(unit)
     times = hours.append([hours - pd.Timedelta(seconds=1), hours + pd.Timedelta(minutes=30)]).sort_values()
@@ -155,7 +157,7 @@ def test_the_calendar_of_a_small_batch_equals_pandas(zone: str, unit: str) -> No
 
 def test_nulls_are_found_alike_in_small_and_large_batches() -> None:
     """_nulls_as_none's per-value path (small batches) finds the NULLs pandas finds in a large one."""
-    from pipelines.online import SMALL_BATCH, _nulls_as_none
+    from pipelines.features.online import SMALL_BATCH, _nulls_as_none
 
     values = [
         "JFK",

@@ -23,8 +23,8 @@ from _features_fixtures import assert_online_reproduces_features, features_with_
 
 from pipelines.config import UseCase, load_profile, load_usecase
 from pipelines.context import StepContext, StepFailed
+from pipelines.features.spark import get_spark
 from pipelines.lake import ARRIVED_AT, LATEST, Lake, raw_table
-from pipelines.spark import get_spark
 from pipelines.steps import features
 
 pytestmark = pytest.mark.spark

@@ -32,7 +32,7 @@ def _client():
 
 def _champion() -> int | None:
     from pipelines.config import load_usecase
-    from pipelines.tracking import champion_version
+    from pipelines.modeling.tracking import champion_version
 
     version = champion_version(load_usecase(UC))
     return None if version is None else int(version.version)

@@ -1,7 +1,7 @@
 """The evaluation report page: every section and plot from a realistic report, self-contained, and rendered.
 
 ``sample_report`` builds a report dict the way the evaluate and gate steps write it, from seeded synthetic
-predictions (curves from scikit-learn, calibration, confusion and residuals from ``pipelines.metrics``). The
+predictions (curves from scikit-learn, calibration, confusion and residuals from ``pipelines.evaluation.metrics``). The
 browser test opens the written page in Debian's headless Chromium through Playwright (no browser download) and
 checks that nothing but the page itself is requested and that every plot is laid out.
 """
@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipelines import metrics as quality
-from pipelines.report import render_report_html, residual_plot_svg
+from pipelines.evaluation import metrics as quality
+from pipelines.evaluation.report import render_report_html, residual_plot_svg
 
 FAILED_GROUP = "LGA"  # the origin group whose recall fails the fairness check
 FLAGGED_GROUP = "OO"  # a carrier group too small to be gated
@@ -618,7 +618,7 @@ def test_a_failed_report_part_changes_no_decision_nor_promotion_and_is_listed(tm
     from pipelines.config import ReportSpec
     from pipelines.context import run_result_key, safe_run_id
     from pipelines.lake import Lake
-    from pipelines.tracking import champion_version
+    from pipelines.modeling.tracking import champion_version
 
     day = "2013-02-10"
     use_tmp_platform(monkeypatch, tmp_path)
@@ -724,7 +724,7 @@ def test_importance_plan_fits_the_budget_fewer_shuffles_first(monkeypatch) -> No
 
 def test_only_the_explanations_import_shap_and_dice_ml_and_only_the_report_images_install_them() -> None:
     """shap and dice-ml are the optional extra ``report``: the decision path (evaluate, the gate and every module
-    but ``pipelines/explain.py``) never imports them, the train image (which runs the report step) installs them
+    but ``pipelines/evaluation/explain.py``) never imports them, the train image (which runs the report step) installs them
     and the core and serve images do not."""
     import ast
 
@@ -741,7 +741,7 @@ def test_only_the_explanations_import_shap_and_dice_ml_and_only_the_report_image
             )
             if any(n.split(".")[0] in {"shap", "dice_ml"} for n in names):
                 importers.add(path.relative_to(root).as_posix())
-    assert importers == {"pipelines/explain.py"}
+    assert importers == {"pipelines/evaluation/explain.py"}
     evaluate = (root / "pipelines" / "steps" / "evaluate.py").read_text()
     assert "explain" not in {
         alias.name
@@ -757,7 +757,7 @@ def test_only_the_explanations_import_shap_and_dice_ml_and_only_the_report_image
 
 
 def test_evaluate_and_report_import_no_other_step() -> None:
-    """The two steps share their readers through ``pipelines.evaluation_data``, never through each other."""
+    """The two steps share their readers through ``pipelines.evaluation.evaluation_data``, never through each other."""
     import ast
 
     root = Path(__file__).resolve().parents[1] / "pipelines" / "steps"

@@ -17,7 +17,7 @@ from _ingest_fixtures import DAY1, USECASE, csv_bytes, flights_rows
 
 from pipelines.cli import run_step
 from pipelines.context import StepFailed
-from pipelines.inbox import land_file, pending_files
+from pipelines.ingest.inbox import land_file, pending_files
 from pipelines.lake import Lake, commit_with_retry, content_hash, open_lake, raw_table
 
 TABLE = "raw/uc/events"

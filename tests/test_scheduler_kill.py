@@ -164,8 +164,8 @@ def test_the_scheduler_killed_mid_run_and_restarted_leaves_what_an_uninterrupted
     from pipelines.config import load_profile
     from pipelines.context import run_result_key
     from pipelines.lake import features_table
-    from pipelines.model_ops import read_moves
-    from pipelines.tracking import configure_mlflow, model_name
+    from pipelines.modeling.model_ops import read_moves
+    from pipelines.modeling.tracking import configure_mlflow, model_name
 
     stack, lake, usecase = world
     features_before = {day: p.rows for day, p in lake.partitions(features_table(usecase.name)).items()}

@@ -40,7 +40,7 @@ def test_score_without_champion_writes_no_predictions(serve_env: ServeEnv) -> No
 
 
 def test_score_catches_up_skips_scored_partitions_and_is_idempotent(serve_env: ServeEnv) -> None:
-    from pipelines.tracking import feature_columns, load_model, predict_proba
+    from pipelines.modeling.tracking import feature_columns, load_model, predict_proba
 
     trained_on = date(2013, 3, 1)
     threshold = 0.3  # the champion's recorded decision threshold (not 0.5)

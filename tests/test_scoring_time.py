@@ -1,4 +1,4 @@
-"""When a day is scored (pipelines.scoring_time): the score run's readiness against its deadline, and the one rule
+"""When a day is scored (pipelines.features.scoring_time): the score run's readiness against its deadline, and the one rule
 that says which run scores which day, so a replay of the schedule from recorded arrivals makes exactly the
 predictions (and `scored_at`) of the runs made day by day."""
 
@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from pipelines.config import load_usecase
+from pipelines.features.scoring_time import SCORED_LATE, made_ahead, readiness, replayed_runs, scoring_plan
 from pipelines.lake import PartitionInfo
-from pipelines.scoring_time import SCORED_LATE, made_ahead, readiness, replayed_runs, scoring_plan
 
 USECASE = load_usecase("flight_delay")  # predicted at 18:00 New York the evening before; grace 30 minutes
 TIME = USECASE.time

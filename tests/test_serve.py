@@ -31,10 +31,10 @@ from _serve_fixtures import prediction_at as _at
 from _serve_fixtures import serving_step as _step
 from fastapi.testclient import TestClient
 
+from pipelines.features.online import SMALL_BATCH
 from pipelines.lake import captures_table, predictions_table
-from pipelines.online import SMALL_BATCH
+from pipelines.modeling.tracking import feature_columns
 from pipelines.serving.recapture import rebuild_model_inputs
-from pipelines.tracking import feature_columns
 
 KEYS = frozenset({"key-one", "key-two"})
 AUTH = {"X-API-Key": "key-one"}
@@ -223,7 +223,7 @@ def test_a_snapshot_of_another_features_config_is_refused(serve_env: ServeEnv) -
     config, it serves. A version registered before the tag existed serves, with a warning in /ready."""
     from mlflow import MlflowClient
 
-    from pipelines.feature_identity import FEATURES_CONFIG_TAG, features_config_hash
+    from pipelines.features.feature_identity import FEATURES_CONFIG_TAG, features_config_hash
     from pipelines.serving.app import create_app
 
     version = _champion_from(serve_env, TRAINED_ON)
@@ -1220,7 +1220,7 @@ def test_the_column_checker_accepts_only_what_the_record_model_accepts(api) -> N
     from hypothesis import strategies as st
     from pydantic import TypeAdapter, ValidationError
 
-    from pipelines.online import request_columns
+    from pipelines.features.online import request_columns
     from pipelines.serving.schema import ColumnChecker, record_model
 
     usecase = api.env.usecase

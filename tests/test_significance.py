@@ -9,8 +9,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from test_gate import GATE, champion, evaluation
 
 from pipelines.config import HIGHER_IS_BETTER, SignificanceSpec
-from pipelines.metrics import model_metrics
-from pipelines.significance import (
+from pipelines.evaluation.metrics import model_metrics
+from pipelines.evaluation.significance import (
     CHUNK_CELLS,
     CLEARS,
     NIGHTLY_BONFERRONI,

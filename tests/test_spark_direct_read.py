@@ -13,8 +13,8 @@ from _features_fixtures import nycflights, rows_of_day, write_raw, write_raw_arr
 
 from pipelines.config import load_profile, load_usecase
 from pipelines.context import StepContext
+from pipelines.features.spark import get_spark
 from pipelines.lake import Lake, raw_table
-from pipelines.spark import get_spark
 from pipelines.steps import features
 
 pytestmark = pytest.mark.spark

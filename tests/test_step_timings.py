@@ -11,7 +11,7 @@ import pytest
 
 from pipelines.cli import run_step
 from pipelines.context import StepFailed
-from pipelines.inbox import land_file
+from pipelines.ingest.inbox import land_file
 from pipelines.lake import open_lake
 from pipelines.timings import fixed_cost, step_timer
 from tests._ingest_fixtures import DAY1, USECASE, csv_bytes, flights_rows

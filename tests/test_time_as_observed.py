@@ -19,9 +19,9 @@ import pytest
 from mlops_cli.demo_data import DemoData, _local
 from mlops_cli.runners import AirflowRunner
 from pipelines.config import load_usecase
-from pipelines.inbox import land_file
+from pipelines.ingest.inbox import land_file
 from pipelines.lake import Lake, features_table, labels_table, online_table, raw_table
-from pipelines.tracking import feature_columns
+from pipelines.modeling.tracking import feature_columns
 
 pytestmark = pytest.mark.spark
 
@@ -206,7 +206,7 @@ def _register_champion(tmp: Path, lake: Lake, usecase, trained_on: date) -> int:
     from mlflow import MlflowClient
 
     from pipelines.config import load_profile
-    from pipelines.tracking import configure_mlflow, model_name
+    from pipelines.modeling.tracking import configure_mlflow, model_name
 
     configure_mlflow(load_profile(), usecase)
     train = pd.concat([feature_frame(usecase, trained_on - timedelta(days=k), 200, k) for k in range(1, 4)])
@@ -241,8 +241,8 @@ def test_a_schedule_landing_past_the_grace_fails_the_score_and_is_scored_late_th
     from mlops_airflow.sensors import _features_readiness
     from mlops_cli.replay import live_quality
     from pipelines.cli import run_step
+    from pipelines.evaluation.metrics import model_metrics
     from pipelines.lake import predictions_with_outcomes_table
-    from pipelines.metrics import model_metrics
 
     usecase, deliveries = demo_files
     timezone = usecase.time.timezone

@@ -24,12 +24,14 @@ from _model_fixtures import (
 from mlflow import MlflowClient
 from sklearn.metrics import log_loss, roc_auc_score
 
-from pipelines import metrics, modeling, tracking, training_window
+from pipelines import modeling
 from pipelines.cli import main, run_step
 from pipelines.config import REPO_ROOT, CandidateSpec, ConfigError, load_usecase
 from pipelines.context import MANUAL_RUN, StepFailed, run_result_key
+from pipelines.evaluation import metrics
+from pipelines.features.model_inputs import model_inputs
 from pipelines.lake import LATEST, Lake, LakeError, content_hash, features_table, labels_table
-from pipelines.model_inputs import model_inputs
+from pipelines.modeling import tracking, training_window
 from pipelines.steps import train as train_step
 
 START = date(2013, 1, 1)
@@ -169,7 +171,7 @@ def test_each_candidate_records_the_threshold_its_rule_chooses_on_the_validation
     rows that threshold flags, on the holdout inputs, which it did not train on. The others are logged as fitted
     on train, with the threshold chosen for them (train result, MLflow metric and tags, the model's metadata that
     scorers read, and how it was chosen)."""
-    from pipelines.metrics import choose_threshold
+    from pipelines.evaluation.metrics import choose_threshold
 
     usecase = trained.usecase
     table = features_table(usecase.name)
@@ -269,7 +271,7 @@ def test_a_refit_on_another_scale_gets_its_own_threshold_from_inputs_it_did_not_
     of the holdout inputs, which it did not train on, that flags the share of the validation rows the fit on train
     flags at its chosen threshold. Permuting the holdout labels changes nothing; a rerun reuses the run and reports
     the same threshold and how it was chosen."""
-    from pipelines.metrics import choose_threshold
+    from pipelines.evaluation.metrics import choose_threshold
 
     usecase, lake, ctx = small_env.usecase, small_env.lake, small_env.ctx
     write_feature_partitions(lake, usecase, date(2013, 1, 5), 36, rows_per_day=60)
@@ -889,7 +891,7 @@ def test_only_the_chosen_candidate_is_refitted_and_lineage_reloads_what_each_mod
     train's choice; register tags each version with the window parts it was fitted on, and `mlops lineage
     --reload` rebuilds exactly the rows each model was fitted on (count, keys, and the model inputs and labels in
     fit order): train + validation for the refit, train for the other. A rerun fits nothing."""
-    from pipelines.lineage import model_lineage, reload_frames
+    from pipelines.modeling.lineage import model_lineage, reload_frames
 
     usecase = fast_usecase(FAST_CANDIDATES[:2])  # logreg and hgb
     monkeypatch.setenv("MLOPS_CONFIG_DIR", str(write_config_dir(tmp_path / "config", usecase)))
@@ -1239,7 +1241,7 @@ def test_the_infrastructure_check_scores_in_a_fresh_process_and_fails_on_a_model
     """The gate's infrastructure check loads the model as the scorer does (``tracking.load_model``) in another
     Python process: the real model agrees with the in-process scores; a copy whose skops file is damaged, or
     scores that disagree, fail it with the reason."""
-    from pipelines.loadcheck import start_infrastructure_check
+    from pipelines.evaluation.loadcheck import start_infrastructure_check
 
     X, _ = _holdout_features(trained)
     rows = X.head(20)

@@ -1,6 +1,6 @@
 """Live performance of predictions whose outcomes arrived, and performance estimated from the scores alone.
 
-Both come with a bootstrap interval that resamples whole days (the gate's resampling, ``pipelines.significance``),
+Both come with a bootstrap interval that resamples whole days (the gate's resampling, ``pipelines.evaluation.significance``),
 so a window of a few days says how little it knows. The estimate is confidence-based (NannyML's CBPE): the
 champion's scores, calibrated on its own holdout (isotonic, fitted once per champion in its reference), are read
 as the probability that each event is positive; the expected confusion matrix at the decision threshold and the
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.metrics import better_direction, calibration, clean, model_metrics
-from pipelines.significance import (
+from pipelines.evaluation.metrics import better_direction, calibration, clean, model_metrics
+from pipelines.evaluation.significance import (
     Resampling,
     cluster_index,
     draw_resampling,

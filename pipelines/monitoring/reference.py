@@ -1,6 +1,6 @@
 """What a monitored window is compared with: the reference of the model version that scored it.
 
-Built once per model version from the training set its lineage names (``pipelines.lineage``: the features and
+Built once per model version from the training set its lineage names (``pipelines.modeling.lineage``: the features and
 labels versions and the window it was trained on, read back by Delta time travel) and kept in the lake beside the
 monitoring table, so a nightly monitor run reads one small file instead of rebuilding it:
 
@@ -54,10 +54,10 @@ def reference_key(usecase: str, version: int) -> str:
 def _build(ctx: StepContext, version: int, model: Any) -> Reference:
     import pandas as pd
 
-    from pipelines.lineage import model_lineage, reload_frames
-    from pipelines.model_inputs import model_columns, model_inputs
+    from pipelines.features.model_inputs import model_columns, model_inputs
+    from pipelines.modeling.lineage import model_lineage, reload_frames
+    from pipelines.modeling.tracking import decision_threshold, predict_proba
     from pipelines.monitoring.performance import fit_calibration, point_metric
-    from pipelines.tracking import decision_threshold, predict_proba
 
     usecase = ctx.usecase
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import date
 from typing import TYPE_CHECKING
 
-from pipelines.plots import ALERT, CANDIDATE, REFERENCE, esc, line_chart
+from pipelines.evaluation.plots import ALERT, CANDIDATE, REFERENCE, esc, line_chart
 
 if TYPE_CHECKING:
     import pandas as pd

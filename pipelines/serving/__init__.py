@@ -1,7 +1,7 @@
 """The REST scoring service of a use case's champion (``mlops serve``).
 
 A request carries raw records (the columns of the use case's primary source, known at prediction time); their
-features come from the online feature snapshot through :func:`pipelines.online.model_input_frame`, the function
+features come from the online feature snapshot through :func:`pipelines.features.online.model_input_frame`, the function
 batch scoring uses, so a record scored over HTTP and by the batch scorer at the same time gets the same features
 and, from the same model, the same probability.
 

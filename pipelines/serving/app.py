@@ -14,7 +14,7 @@
   ``/metrics`` (Prometheus) and the OpenAPI document (``/openapi.json``, ``/docs``).
 
 A request at any hour gets the features of the newest snapshot made at or before its ``at``, as of that snapshot's
-prediction time (pipelines.online): the inputs batch scoring and training computed. A request whose snapshot was
+prediction time (pipelines.features.online): the inputs batch scoring and training computed. A request whose snapshot was
 built with another features config than the answering model's gets 503.
 
 Client mistakes never get a 5xx: a field that breaks the use case's schema 422 naming it, a body over
@@ -48,6 +48,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pipelines.modeling.tracking import CHAMPION_ALIAS
 from pipelines.serving import oip_binary
 from pipelines.serving.limits import KeyLimits, Refusal
 from pipelines.serving.schema import (
@@ -60,7 +61,6 @@ from pipelines.serving.schema import (
 )
 from pipelines.serving.service import NotReady, Scored, Service
 from pipelines.serving.snapshots import NoSnapshot
-from pipelines.tracking import CHAMPION_ALIAS
 
 log = logging.getLogger("mlops.serve")
 PANDAS_CODEC = "pd"

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import UseCase
-from pipelines.feature_identity import FEATURES_CONFIG_TAG
-from pipelines.tracking import (
+from pipelines.features.feature_identity import FEATURES_CONFIG_TAG
+from pipelines.modeling.tracking import (
     CHALLENGER_ALIAS,
     CHAMPION_ALIAS,
     MODEL_DIGEST_TAG,
@@ -54,7 +54,7 @@ class ModelRefused(Exception):
 
 @dataclass
 class ServedModel:
-    """One verified, loaded version. ``score`` maps model-input columns (pipelines.model_inputs.model_input_columns)
+    """One verified, loaded version. ``score`` maps model-input columns (pipelines.features.model_inputs.model_input_columns)
     to scores: the flavour's own model called directly where :func:`direct_scorer` verified it, else the
     pyfunc (``runtime`` says which)."""
 
@@ -165,7 +165,7 @@ def choose_scorer(
     scores on the stored input example, else the pyfunc."""
     import numpy as np
 
-    from pipelines.model_inputs import model_input_columns
+    from pipelines.features.model_inputs import model_input_columns
 
     direct = direct_scorer(model, usecase.task == "classification")
     if direct is None:
@@ -203,7 +203,7 @@ def single_record_scorer(model: Any, usecase: UseCase, folder: Path) -> SingleRe
     """The Keras wrapper's numpy pass for one record (pipelines.keras_pyfunc.single_record_scorer) when it stays
     within :data:`SINGLE_RECORD_TOLERANCE` of TensorFlow on the stored input example and random rows; None for
     other models, or (logged) when it does not."""
-    from pipelines.model_inputs import model_input_columns
+    from pipelines.features.model_inputs import model_input_columns
 
     try:
         make = getattr(model.unwrap_python_model(), "single_record_scorer", None)

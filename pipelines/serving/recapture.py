@@ -4,8 +4,8 @@ By default the service does not store each row's model inputs in ``captures/<use
 model_inputs``: storing them cost throughput and queue room, and dropped rows): a captured row keeps its request
 fields (the record as sent, typed as the primary source declares), the snapshot day and the version of
 ``features_online/<usecase>`` it was answered with. Those determine its inputs: the service computes them with
-:func:`pipelines.online.feature_columns_of` from the snapshot of that day at that table version, as of the
-snapshot's prediction time (whatever the request's own time), then :func:`pipelines.model_inputs.
+:func:`pipelines.features.online.feature_columns_of` from the snapshot of that day at that table version, as of the
+snapshot's prediction time (whatever the request's own time), then :func:`pipelines.features.model_inputs.
 model_input_columns`. :func:`rebuild_model_inputs` runs the same two functions on the captured rows, reading each
 (day, version) snapshot once, so the rebuilt inputs are the ones the model was fed, as long as that table version
 can still be read (vacuum keeps 7 days of files by default).
@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import UseCase
+from pipelines.features.model_inputs import model_columns, model_input_columns
+from pipelines.features.online import OnlineSnapshot, feature_columns_of, read_snapshots
 from pipelines.lake import DATE, Lake, LakeError, captures_table, online_table
-from pipelines.model_inputs import model_columns, model_input_columns
-from pipelines.online import OnlineSnapshot, feature_columns_of, read_snapshots
 
 if TYPE_CHECKING:
     import pandas as pd

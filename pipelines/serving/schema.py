@@ -158,7 +158,7 @@ _ISO_TIME = re.compile(
 
 class ColumnChecker:
     """Checks a batch of request records column by column (a few numpy operations per column, not one pydantic
-    object per record) and returns them as typed columns (pipelines.online.request_columns' form).
+    object per record) and returns them as typed columns (pipelines.features.online.request_columns' form).
 
     It accepts only what :func:`record_model` accepts, in the forms clients send (JSON numbers, strings, ISO 8601
     timestamps with seconds); for anything else :meth:`columns` returns None and the caller validates with the

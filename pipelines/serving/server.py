@@ -139,8 +139,8 @@ def build_service(usecase_name: str, settings: Any) -> Any:
     """The use case's service on the configured lake and registry (models and snapshots loaded)."""
     from pipelines.config import load_profile, load_usecase
     from pipelines.lake import open_lake
+    from pipelines.modeling.tracking import configure_mlflow
     from pipelines.serving.service import Service
-    from pipelines.tracking import configure_mlflow
     from pipelines.usecase_checks import require_valid
 
     usecase = load_usecase(usecase_name)

@@ -32,14 +32,14 @@ from typing import Any
 import numpy as np
 
 from pipelines.config import ConfigError, UseCase, parse_duration
+from pipelines.features.model_inputs import SMALL_BATCH, model_input_columns
+from pipelines.features.online import feature_columns_of
 from pipelines.lake import Lake, arrow_type
-from pipelines.model_inputs import SMALL_BATCH, model_input_columns
-from pipelines.online import feature_columns_of
+from pipelines.modeling.tracking import CHALLENGER_ALIAS, CHAMPION_ALIAS
 from pipelines.serving.capture import CaptureWriter, Constant, sampled
 from pipelines.serving.limits import DEFAULT_BURST, DEFAULT_IN_FLIGHT, DEFAULT_RATE
 from pipelines.serving.models import RETRY_FIRST_S, RETRY_MAX_S, ModelSlots, ServedModel
 from pipelines.serving.snapshots import SnapshotCache
-from pipelines.tracking import CHALLENGER_ALIAS, CHAMPION_ALIAS
 
 
 class NotReady(Exception):
@@ -383,7 +383,7 @@ class Service:
         columns: dict[str, Any] | None = None,
     ) -> Scored:
         """Score validated records (dicts keyed by column) as of ``at`` (default now, UTC); ``columns``: the same
-        records as typed columns (pipelines.online.request_columns' form) when the caller has them, in which case
+        records as typed columns (pipelines.features.online.request_columns' form) when the caller has them, in which case
         ``rows`` may be None."""
         if rows is None and columns is None:
             raise ValueError("Service.score needs the records as rows or as typed columns")

@@ -16,8 +16,8 @@ from datetime import date, datetime
 from typing import Any
 
 from pipelines.config import UseCase
+from pipelines.features.online import OnlineSnapshot, read_snapshots, snapshot_day_for
 from pipelines.lake import Lake, online_table
-from pipelines.online import OnlineSnapshot, read_snapshots, snapshot_day_for
 
 
 class NoSnapshot(Exception):

@@ -21,7 +21,7 @@ import argparse
 from typing import Any
 
 from pipelines.context import StepContext, StepFailed, progress
-from pipelines.evaluation_data import (
+from pipelines.evaluation.evaluation_data import (
     evaluated_metrics,
     load_holdout,
     write_holdout_scores,
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_quality(proba: Any, y: Any, groups: Any, metrics: list[str]) -> dict[str, Any]:
     """The metrics of ``proba`` (probabilities, or a regression's values) on the holdout, overall and by slice."""
-    from pipelines.metrics import model_metrics, slice_metrics
+    from pipelines.evaluation.metrics import model_metrics, slice_metrics
 
     return {
         "metrics": model_metrics(y, proba, metrics),
@@ -51,7 +51,7 @@ def select_best(
     kept; a train result without one (no validation window: a single candidate; or an older release) is chosen
     by the primary metric on validation when every candidate has it there, else on the holdout, which the
     report says."""
-    from pipelines import metrics as quality
+    from pipelines.evaluation import metrics as quality
 
     if chosen is not None:
         if chosen.get("candidate") not in candidates:
@@ -115,7 +115,7 @@ def _begin_load_check(
 ) -> tuple[Any, dict[str, Any] | None, str | None]:
     """Start the infrastructure check of a trained candidate in a fresh process, unless a model of the same
     load fingerprint passed it before: (pending check or None, the reused result or None, the fingerprint)."""
-    from pipelines.loadcheck import load_fingerprint, reused_check, start_infrastructure_check
+    from pipelines.evaluation.loadcheck import load_fingerprint, reused_check, start_infrastructure_check
 
     name, uri = entry["name"], entry["model_uri"]
     fingerprint = load_fingerprint(uri, str(entry.get("family") or name), ctx.code_version)
@@ -136,19 +136,19 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     from mlflow import MlflowClient
 
-    from pipelines import metrics as quality
     from pipelines import modeling
-    from pipelines.fairness import fairness_report
-    from pipelines.loadcheck import VerifiedLoads
-    from pipelines.model_inputs import model_inputs
-    from pipelines.significance import (
+    from pipelines.evaluation import metrics as quality
+    from pipelines.evaluation.fairness import fairness_report
+    from pipelines.evaluation.loadcheck import VerifiedLoads
+    from pipelines.evaluation.significance import (
         change_rule,
         cluster_index,
         draw_resampling,
         metric_interval,
         paired_difference,
     )
-    from pipelines.tracking import (
+    from pipelines.features.model_inputs import model_inputs
+    from pipelines.modeling.tracking import (
         LEGACY_THRESHOLD,
         champion_version,
         configure_mlflow,
@@ -328,7 +328,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                 **bootstrap,
             )
         if gate.robustness is not None and usecase.slices:
-            from pipelines.fairness import add_slice_intervals
+            from pipelines.evaluation.fairness import add_slice_intervals
 
             # the slices too small to be judged on their value are judged on their interval in the gate
             add_slice_intervals(

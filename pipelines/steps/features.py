@@ -5,7 +5,7 @@
 Every committed raw partition of the primary source (the events, partitioned by event date) with S <= date <= D +
 ``time.prediction_time.days_before`` is a candidate day: on day D the schedule predicted that evening is built too.
 Every event gets its prediction time, and its features use only what was known before it (see
-pipelines.transforms): what had *arrived* by then (each raw row carries when its file landed) and whose declared
+pipelines.features.transforms): what had *arrived* by then (each raw row carries when its file landed) and whose declared
 time had come. Because availability is a recorded fact, a day's model inputs are a function of what had arrived
 by its prediction time: rebuilding the day after more files landed gives the same rows.
 
@@ -25,7 +25,7 @@ tables by the keys and the date.
 Days whose features partition is missing or carries another fingerprint are built together in one Spark job from
 one snapshot of each raw table, and committed in one commit to the Delta table ``features/<usecase>`` (partition
 facts: ``rows``, ``inputs_fingerprint``, ``inputs``, ``raw_versions``, ``columns``). The same job publishes their
-online snapshot (the lookups a request at each day's prediction time joins; see pipelines.online), committed next
+online snapshot (the lookups a request at each day's prediction time joins; see pipelines.features.online), committed next
 to ``features_online/<usecase>`` with the same facts; a day is stale when either table lacks its fingerprint.
 Days whose labels are stale are committed to ``labels/<usecase>`` in one commit (a day without labels yet is
 committed empty, with its facts). Inputs reach Spark as Arrow (through the driver) and results come back as
@@ -48,7 +48,19 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.config import OUTCOME_KNOWN_AT, PREDICTION_TIME, ConfigError, TargetSpec, TimeSpec, UseCase
 from pipelines.context import StepContext, StepFailed, progress
-from pipelines.feature_identity import features_config_hash, input_sources
+from pipelines.features.feature_identity import features_config_hash, input_sources
+from pipelines.features.online import SNAPSHOT_HEADER
+from pipelines.features.raw_reads import read_source
+from pipelines.features.scoring_time import EVENTS_ARRIVED_AT
+from pipelines.features.spark import get_spark
+from pipelines.features.transforms import (
+    ALIGN_COLUMN,
+    TransformContext,
+    apply_transforms_with_lookups,
+    check_transforms,
+    joined_sources,
+    source_dates,
+)
 from pipelines.lake import (
     ARRIVED_AT,
     COMMIT_ATTEMPTS,
@@ -64,18 +76,6 @@ from pipelines.lake import (
     online_table,
     raw_table,
 )
-from pipelines.online import SNAPSHOT_HEADER
-from pipelines.raw_reads import read_source
-from pipelines.scoring_time import EVENTS_ARRIVED_AT
-from pipelines.spark import get_spark
-from pipelines.transforms import (
-    ALIGN_COLUMN,
-    TransformContext,
-    apply_transforms_with_lookups,
-    check_transforms,
-    joined_sources,
-    source_dates,
-)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -85,7 +85,7 @@ DAY_COLUMN = "_day"  # partition date of each primary row (DateType) while the t
 DATE_COLUMN = DATE  # partition date in the output (ISO string)
 # Bump when the labels change for the same inputs: the features step then rebuilds every labels partition.
 LABELS_VERSION = "1"
-# Columns of the online snapshot table: per served event date, one row per lookup and key (see pipelines.online).
+# Columns of the online snapshot table: per served event date, one row per lookup and key (see pipelines.features.online).
 SNAPSHOT_COLUMNS = [DATE, PREDICTION_TIME, "lookup", "key", "value", "observed_at"]
 
 

@@ -48,8 +48,8 @@ from typing import Any
 
 from pipelines.config import HIGHER_IS_BETTER, FairnessSpec, GateSpec, SliceGateSpec
 from pipelines.context import StepContext, StepFailed, progress
+from pipelines.evaluation.significance import CLEARS, WORSE, change_reading, change_rule, direction_words
 from pipelines.lake import Lake
-from pipelines.significance import CLEARS, WORSE, change_reading, change_rule, direction_words
 
 FIRST_RUN_REASON = "no champion yet (first run): absolute thresholds only"
 TOLERANCE = 1e-12
@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _missing(value: Any) -> bool:
-    from pipelines.metrics import is_missing
+    from pipelines.evaluation.metrics import is_missing
 
     return is_missing(value)
 
@@ -278,7 +278,7 @@ def change_checks(
 
 def _gated(entry: dict[str, Any], fairness: SliceGateSpec) -> bool:
     """Whether a slice is large enough to be judged on its value (``fairness.slice_gated_on_value``)."""
-    from pipelines.fairness import slice_gated_on_value
+    from pipelines.evaluation.fairness import slice_gated_on_value
 
     return slice_gated_on_value(entry, fairness)
 
@@ -508,7 +508,7 @@ def fairness_checks(
     ``max_selection_rate_gap``. Groups with the minimum counts are judged on their value, smaller ones on the
     favourable end of their bootstrap interval; a group with no interval is named as not gated, and a bound that
     no group can be judged on fails. ``max_calibration_error`` bounds the ECE."""
-    from pipelines.fairness import RATE_NAMES
+    from pipelines.evaluation.fairness import RATE_NAMES
 
     if fairness is None:
         return []

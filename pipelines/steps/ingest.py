@@ -2,7 +2,7 @@
 
 Lake keys (``<uc>`` is the use case, ``<day>`` the landing date folder)::
 
-    landing/<uc>/<day>/<file>            inbox: files wait here (see pipelines.inbox)
+    landing/<uc>/<day>/<file>            inbox: files wait here (see pipelines.ingest.inbox)
     raw/<uc>/<source>/                   Delta table: typed rows of all valid files, partitioned by event date
     archive/<uc>/<day>/<file>            files committed to raw (copied first, deleted from landing last)
     quarantine/<uc>/<day>/<file>         rejected files, with <file>.report.json and <file>.report.html
@@ -14,7 +14,7 @@ with a date folder on or before ``--date`` plus ``time.prediction_time.days_befo
 schedule of the events predicted that evening is already there. A file belongs to the source whose
 ``file_pattern`` matches its name. Files are parsed strictly (encoding, CSV shape, Parquet footer, columns,
 min_rows; a CSV by ``pyarrow.csv`` where Arrow reads it as the strict row-by-row parse would, else row by row, which
-names the faulty line), then all files of one source are validated in one GX batch (pipelines.expectations) and typed
+names the faulty line), then all files of one source are validated in one GX batch (pipelines.ingest.expectations) and typed
 with the declared schema (Arrow's strict casts where they give pandas' values, see ``to_typed_many``). A file with
 any failure goes to quarantine as a whole; the others are committed. The raw partition of (source, day) is rebuilt
 from all valid files of that day (the new ones and the archived files the committed partition names in its
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.config import SourceSpec, UseCase
 from pipelines.context import StepContext, StepFailed, progress
-from pipelines.inbox import _landed_files, archive_key, match_source, quarantine_key
+from pipelines.ingest.inbox import _landed_files, archive_key, match_source, quarantine_key
 from pipelines.lake import (
     ARRIVED_AT,
     DATE,
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-    from pipelines.expectations import FailedCheck
+    from pipelines.ingest.expectations import FailedCheck
 
 SOURCE_FILE = "_source_file"  # lineage column of the raw tables: the landed file each row came from
 
@@ -125,7 +125,7 @@ def _file_check(
     rows: list[int] | None = None,
     column: str | None = None,
 ) -> FailedCheck:
-    from pipelines.expectations import FailedCheck
+    from pipelines.ingest.expectations import FailedCheck
 
     return FailedCheck(kind, column, count, hint, values or [], rows or [])
 
@@ -178,7 +178,7 @@ def check_event_dates(file: DeliveredFile, source_name: str, column: str, timezo
     """Reject ``file`` when any row's event date (the local date of ``column`` in ``timezone``) is not the
     landing date: a misfiled file would move events and their labels to another day, so the whole file is
     quarantined with the dates found, never committed under the wrong date."""
-    from pipelines.expectations import ROW, SAMPLE_SIZE
+    from pipelines.ingest.expectations import ROW, SAMPLE_SIZE
 
     assert file.typed is not None
     local_dates = file.typed[column].dt.tz_convert(timezone).dt.date
@@ -268,7 +268,7 @@ def _parse_csv_arrow(file: DeliveredFile, text: str, source_name: str, source: S
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
-    from pipelines.expectations import ROW
+    from pipelines.ingest.expectations import ROW
 
     text = text.removeprefix("\ufeff")
     if not _arrow_reads_as_rows(text):
@@ -318,7 +318,7 @@ def _parse_csv_rows(file: DeliveredFile, text: str, source_name: str, source: So
     file, and the reference :func:`_parse_csv_arrow` is tested against."""
     import pandas as pd
 
-    from pipelines.expectations import ROW
+    from pipelines.ingest.expectations import ROW
 
     records: list[list[str]] = []
     lines: list[int] = []
@@ -376,7 +376,7 @@ def _parse_parquet(file: DeliveredFile, source_name: str, source: SourceSpec) ->
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from pipelines.expectations import ROW
+    from pipelines.ingest.expectations import ROW
 
     if not file.data:
         file.reject(
@@ -431,9 +431,9 @@ def parse_file(file: DeliveredFile, source_name: str, source: SourceSpec, arrow:
 
 def type_files(batch: list[DeliveredFile], source_name: str, source: SourceSpec, timezone: str) -> None:
     """Type the files of one source's validated batch that passed (``file.typed``), all at once (Arrow's casts
-    for the files Arrow parsed, see :func:`pipelines.expectations.to_typed_many`), reject a file with a value that
+    for the files Arrow parsed, see :func:`pipelines.ingest.expectations.to_typed_many`), reject a file with a value that
     did not parse, then check each typed file's event dates against its landing date."""
-    from pipelines.expectations import to_typed_many
+    from pipelines.ingest.expectations import to_typed_many
 
     for file in batch:
         if file.rejected:
@@ -573,10 +573,10 @@ def _quarantine(ctx: StepContext, file: DeliveredFile, patterns: dict[str, str])
 
 def arrival_report(usecase: UseCase, source_name: str, files: list[DeliveredFile]) -> dict[str, Any]:
     """How the committed files of one source arrived against what the use case declares (see
-    pipelines.arrivals): files, rows, first and last arrival, lag and rows later than declared."""
+    pipelines.ingest.arrivals): files, rows, first and last arrival, lag and rows later than declared."""
     import pandas as pd
 
-    from pipelines.arrivals import arrival_summary
+    from pipelines.ingest.arrivals import arrival_summary
 
     typed = [f for f in files if f.typed is not None]
     recorded = [f.arrived_at for f in files if f.arrived_at is not None]
@@ -643,7 +643,7 @@ def _archived_companions(
 ) -> list[DeliveredFile]:
     """The archived files the committed partitions of ``days`` were built from, except names delivered again,
     parsed and typed with the current config. StepFailed (nothing changed) when one is missing or broken."""
-    from pipelines.expectations import to_typed_many
+    from pipelines.ingest.expectations import to_typed_many
 
     spec = ctx.usecase.sources[source]
     table = raw_table(ctx.usecase.name, source)
@@ -781,7 +781,7 @@ def _commit_source(
 def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     """Ingest every landed file dated on or before the last event date predicted on ctx.day (see the module
     docstring)."""
-    from pipelines.expectations import validate_batch
+    from pipelines.ingest.expectations import validate_batch
 
     usecase = ctx.usecase
     storage = ctx.lake.storage

@@ -37,7 +37,7 @@ from typing import Any
 
 from pipelines.context import StepContext, progress
 from pipelines.lake import FACTS_ZONE, LakeError, captures_table, features_table, labels_table
-from pipelines.tables import data_tables
+from pipelines.lake.tables import data_tables
 
 DEFAULT_RETENTION_HOURS = 168
 ARCHIVED_TAG = "archived"  # model version tag: "true" once retention archived the version
@@ -60,7 +60,7 @@ def _registered_model(ctx: StepContext) -> tuple[Any, str] | None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from pipelines.tracking import configure_mlflow, model_name
+    from pipelines.modeling.tracking import configure_mlflow, model_name
 
     configure_mlflow(ctx.profile, ctx.usecase)
     client = MlflowClient()
@@ -78,8 +78,8 @@ def archive_stale_versions(ctx: StepContext, dry_run: bool) -> list[dict[str, An
     """Archive the registered versions that never held ``champion`` and were trained more than
     ``retention.archive_after_days`` before the run's date (see the module doc); what was (or, in a dry run,
     would be) archived. Raises when the registry or the alias moves cannot be read."""
-    from pipelines.model_ops import read_moves
-    from pipelines.tracking import CHAMPION_ALIAS, champion_version
+    from pipelines.modeling.model_ops import read_moves
+    from pipelines.modeling.tracking import CHAMPION_ALIAS, champion_version
 
     days = ctx.usecase.retention.archive_after_days
     if days is None:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.config import OUTCOME_KNOWN_AT
 from pipelines.context import StepContext, StepFailed, progress
+from pipelines.features.scoring_time import SCORED_AT, made_ahead
 from pipelines.lake import (
     COMMIT_ATTEMPTS,
     DATE,
@@ -44,7 +45,6 @@ from pipelines.lake import (
     predictions_with_outcomes_table,
     table_key,
 )
-from pipelines.scoring_time import SCORED_AT, made_ahead
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -83,7 +83,7 @@ def _row(source: str, category: str, name: str, value: Any = None, **fields: Any
 
 
 def _number(value: Any) -> float | None:
-    from pipelines.metrics import clean
+    from pipelines.evaluation.metrics import clean
 
     return None if value is None else clean(value)
 
@@ -154,7 +154,7 @@ def _scored_rows(ctx: StepContext, days: list[str]) -> tuple[pd.DataFrame, dict[
     read = {predictions.table: predictions.version} if predictions.version is not None else {}
     if not present:
         return _empty(), read
-    from pipelines.model_inputs import model_columns
+    from pipelines.features.model_inputs import model_columns
 
     score = "prediction" if usecase.task == "regression" else "probability"
     made = [SCORED_AT] if SCORED_AT in predictions.columns else []
@@ -286,7 +286,7 @@ def _performance_rows(
                     rows=len(labelled),
                 )
             )
-        from pipelines.significance import metric_interval
+        from pipelines.evaluation.significance import metric_interval
 
         for column in dict.fromkeys([*usecase.slices, *usecase.sensitive_attributes]):
             if column not in labelled.columns:
@@ -464,10 +464,10 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     """Monitor the window of ``ctx.day``; write its partition of the monitoring table and the page."""
     import pandas as pd
 
-    from pipelines.model_inputs import model_columns
+    from pipelines.features.model_inputs import model_columns
+    from pipelines.modeling.tracking import configure_mlflow, load_model, model_name
     from pipelines.monitoring.reference import model_reference
     from pipelines.monitoring.trends import monitoring_page
-    from pipelines.tracking import configure_mlflow, load_model, model_name
 
     usecase = ctx.usecase
     configure_mlflow(ctx.profile, usecase)

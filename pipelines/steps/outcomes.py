@@ -9,7 +9,7 @@ event date in
 was known before the end of D (local), and commits the partitions whose joined rows changed (new predictions,
 new outcomes) in one commit. Each row keeps the prediction time, when the prediction was made (``scored_at``,
 ``scored_late``) and the time the outcome became known, so live metrics count only the predictions made ahead
-(pipelines.scoring_time.made_ahead). Rerunning a date gives the same table.
+(pipelines.features.scoring_time.made_ahead). Rerunning a date gives the same table.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.config import OUTCOME_KNOWN_AT, PREDICTION_TIME, UseCase
 from pipelines.context import StepContext, StepFailed, progress
+from pipelines.features.scoring_time import SCORED_AT, SCORED_LATE
 from pipelines.lake import (
     COMMIT_ATTEMPTS,
     DATE,
@@ -31,7 +32,6 @@ from pipelines.lake import (
     predictions_with_outcomes_table,
 )
 from pipelines.modeling import label_dtype
-from pipelines.scoring_time import SCORED_AT, SCORED_LATE
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -10,12 +10,12 @@ against (the decision's ``champion_version``; no champion counts as a version). 
 (a manual ``<uc>_train`` and the ``<uc>_train_nightly`` run of one date, both gated against the old champion),
 the decision is stale: the step fails naming both versions and moves nothing; rerun evaluate and gate.
 
-The move is recorded like every alias move (pipelines.model_ops.move_alias, kind ``gate``): the row in
+The move is recorded like every alias move (pipelines.modeling.model_ops.move_alias, kind ``gate``): the row in
 ``registry/<usecase>/alias_moves`` is committed before the alias moves, and without it nothing moves. A version
 a person rolled back (a recorded ``rollback`` away from it) is not promoted again by a rerun of its train run's
 promote (``not_moved`` says so): ``mlops models promote`` brings it back.
 
-With ``approval.mode: required`` (pipelines.approval) the alias moves only with an approved answer recorded for this
+With ``approval.mode: required`` (pipelines.modeling.approval) the alias moves only with an approved answer recorded for this
 run and this version (the run's ``approval`` result); the move is then of kind ``approval``, made by the approver,
 with their comment. No approval on record, a rejection or a timeout: the step fails and nothing moves (the DAG
 skips promote after a rejection, so this guards a cleared or hand-run promote).
@@ -101,8 +101,8 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from pipelines.model_ops import move_alias, read_moves
-    from pipelines.tracking import champion_version, configure_mlflow, model_name
+    from pipelines.modeling.model_ops import move_alias, read_moves
+    from pipelines.modeling.tracking import champion_version, configure_mlflow, model_name
 
     gate = read_step_result(ctx, "gate")
     registered = read_step_result(ctx, "register")
@@ -189,7 +189,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         latest = champion_version(ctx.usecase)
         previous = None if latest is None else int(latest.version)
         check_champion_unchanged(ctx, base, compared, previous, target)
-        # the same recorded move as `mlops models promote` (pipelines.model_ops): the row in
+        # the same recorded move as `mlops models promote` (pipelines.modeling.model_ops): the row in
         # registry/<usecase>/alias_moves first, then the alias; no record, no move
         reason = (
             f"gate passed for {ctx.ds} (decision {gate.get('decision_id') or 'unrecorded'}: "

@@ -142,8 +142,8 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     import mlflow
     from mlflow import MlflowClient
 
-    from pipelines.feature_identity import FEATURES_CONFIG_TAG, features_config_hash
-    from pipelines.tracking import MODEL_DIGEST_TAG, configure_mlflow, model_name, verified_digest
+    from pipelines.features.feature_identity import FEATURES_CONFIG_TAG, features_config_hash
+    from pipelines.modeling.tracking import MODEL_DIGEST_TAG, configure_mlflow, model_name, verified_digest
 
     train = read_step_result(ctx, "train")
     gate = read_step_result(ctx, "gate")

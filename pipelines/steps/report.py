@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipelines.context import StepContext, StepFailed, progress
-from pipelines.evaluation_data import (
+from pipelines.evaluation.evaluation_data import (
     holdout_errors,
     load_holdout,
     load_train_sample,
@@ -143,11 +143,12 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     """Explain the chosen candidate on the holdout the gate judged it on; write and log the report."""
     import numpy as np
 
-    from pipelines import explain, modeling
-    from pipelines import metrics as quality
-    from pipelines.model_inputs import model_inputs
-    from pipelines.report import render_report_html
-    from pipelines.tracking import configure_mlflow, load_model, predict_proba
+    from pipelines import modeling
+    from pipelines.evaluation import explain
+    from pipelines.evaluation import metrics as quality
+    from pipelines.evaluation.report import render_report_html
+    from pipelines.features.model_inputs import model_inputs
+    from pipelines.modeling.tracking import configure_mlflow, load_model, predict_proba
 
     usecase = ctx.usecase
     spec = usecase.report

@@ -1,7 +1,7 @@
 """Score ahead: the champion predicts the events whose prediction time is on the logical date, before they happen.
 
 Runs at the use case's prediction time (``schedules.score``, e.g. 18:00 local), after the DAG's sensor saw the
-features of the day it predicts (pipelines.scoring_time). For logical date D it scores every event date E with an
+features of the day it predicts (pipelines.features.scoring_time). For logical date D it scores every event date E with an
 online feature snapshot (``features_online/<usecase>``, published by the features step) and
 D - ``schedules.score_catch_up_days`` < E - ``days_before`` <= D that has no predictions partition yet and whose
 events had arrived by the run's time + ``schedules.score_grace`` (a missed evening is caught up, a rerun scores
@@ -9,7 +9,7 @@ nothing twice). Every prediction carries ``scored_at`` (the run's time: ``--scor
 and ``scored_late`` (made after its prediction time); days of the window left without predictions are listed in
 the result with why. ``--replay`` scores a batch of history as the schedule's runs would have, one by one, from
 the recorded arrivals, so a batched replay writes the predictions a day-by-day run writes. The events are the primary source's rows of E (at the raw
-version the snapshot was built from) and their model inputs come from :func:`pipelines.online.feature_frame`, the
+version the snapshot was built from) and their model inputs come from :func:`pipelines.features.online.feature_frame`, the
 function a live service uses: batch and online compute features with the same code, as of E's prediction time, so
 the scorer never needs the outcome. A model scores only events predicted on or after its training date (tag
 ``logical_date``): it never predicts events whose prediction time came before it existed or days it was trained or
@@ -26,8 +26,16 @@ import argparse
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from pipelines.batch_scoring import score_frame
 from pipelines.context import StepContext, StepFailed, progress
+from pipelines.features.online import feature_frame, read_records, read_snapshots
+from pipelines.features.scoring_time import (
+    SCORED_AT,
+    SCORED_LATE,
+    due_at,
+    events_arrived_at,
+    replayed_runs,
+    scoring_plan,
+)
 from pipelines.lake import (
     COMMIT_ATTEMPTS,
     DATE,
@@ -38,15 +46,7 @@ from pipelines.lake import (
     predictions_table,
     raw_table,
 )
-from pipelines.online import feature_frame, read_records, read_snapshots
-from pipelines.scoring_time import (
-    SCORED_AT,
-    SCORED_LATE,
-    due_at,
-    events_arrived_at,
-    replayed_runs,
-    scoring_plan,
-)
+from pipelines.modeling.batch_scoring import score_frame
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -89,7 +89,7 @@ def _flag(text: str) -> bool:
 
 def scoring_window(ctx: StepContext) -> list[str]:
     """Every event date a run on ``ctx.day`` can score or report, live or replayed: the catch-up windows of the
-    runs :func:`pipelines.scoring_time.replayed_runs` gives (each run's own window ends at the date it predicts,
+    runs :func:`pipelines.features.scoring_time.replayed_runs` gives (each run's own window ends at the date it predicts,
     ``schedules.score_catch_up_days`` long). The step reads the snapshots and predictions of these dates only,
     so its cost does not grow with the history in the lake."""
     last = ctx.usecase.time.predicted_through(ctx.day)
@@ -105,7 +105,7 @@ def plan_scoring(
     scored_at: datetime | None = None,
     replay: bool = False,
 ) -> dict[str, datetime]:
-    """Event dates this run scores, each with the time it is scored at (pipelines.scoring_time.scoring_plan):
+    """Event dates this run scores, each with the time it is scored at (pipelines.features.scoring_time.scoring_plan):
     a live run scores, at its own time, what had arrived by then + grace in its catch-up window; a replay gives
     each date the time of the first scheduled run that could have scored it."""
     available = {day: events_arrived_at(part.facts) for day, part in online.partitions.items()}
@@ -142,7 +142,7 @@ def unscored_days(
 def check_snapshots(ctx: StepContext, online: Snapshot, days: list[str]) -> None:
     """Each snapshot to score was built with the current features configuration (else its lookups may not be
     the ones the model's features need)."""
-    from pipelines.feature_identity import features_config_hash
+    from pipelines.features.feature_identity import features_config_hash
 
     wanted = features_config_hash(ctx.usecase)
     for day in days:
@@ -203,7 +203,7 @@ def _features_table_rows(ctx: StepContext, online: Snapshot, days: list[str]) ->
 
 def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     """Score the unscored feature partitions of the catch-up window with the champion."""
-    from pipelines.tracking import (
+    from pipelines.modeling.tracking import (
         champion_version,
         configure_mlflow,
         decision_threshold,

@@ -43,15 +43,15 @@ from datetime import date, timedelta
 from typing import Any
 
 from pipelines.context import StepContext, StepFailed, progress
-from pipelines.feature_identity import FEATURES_CONFIG_TAG, features_config_hash
+from pipelines.features.feature_identity import FEATURES_CONFIG_TAG, features_config_hash
 from pipelines.lake import (
     DATE,
     PartitionInfo,
     Snapshot,
     raw_table,
 )
-from pipelines.leakage import check_leakage
-from pipelines.training_window import (
+from pipelines.modeling.leakage import check_leakage
+from pipelines.modeling.training_window import (
     features_snapshot,
     label_counts,
     labels_known_before,
@@ -187,7 +187,7 @@ def candidate_decision(
     """The candidate's decision threshold: ``decision.threshold`` for rule fixed, else chosen by the rule from its
     scores ``proba`` of the validation rows (which it was not fitted on), with the confusion matrix there. None
     for a regression (its prediction is the value)."""
-    from pipelines.metrics import ThresholdError, choose_threshold
+    from pipelines.evaluation.metrics import ThresholdError, choose_threshold
 
     decision = ctx.usecase.decision
     if ctx.usecase.task == "regression":
@@ -219,7 +219,7 @@ def registered_decision(
     scale (more rows, newer rows, another positive rate), so the chosen number is not carried over: what is kept
     is the decision the rule made, the share of the validation rows flagged, and the refit's threshold is its own
     score that flags that share of rows it did not train on, the holdout window's model inputs
-    (``refit_scores``; :func:`pipelines.metrics.rate_threshold`). No label is read there: the gate's metrics at
+    (``refit_scores``; :func:`pipelines.evaluation.metrics.rate_threshold`). No label is read there: the gate's metrics at
     the threshold, which evaluate computes on the holdout labels later, judge a threshold chosen without them.
 
     (The other way to carry it, the share that the fit on train flags of the same holdout inputs, follows that
@@ -229,7 +229,7 @@ def registered_decision(
     Returns ``decision`` with the refit's ``threshold``, the first fit's ``validation_threshold``, the share
     ``validation_positive_rate`` and ``threshold_source``: how it was chosen, in words (recorded with the
     model)."""
-    from pipelines.metrics import rate_threshold
+    from pipelines.evaluation.metrics import rate_threshold
 
     chosen = float(decision["threshold"])
     flagged = int(decision["tp"]) + int(decision["fp"])
@@ -269,7 +269,7 @@ def choose_candidate(validation: dict[str, dict[str, Any]], primary: str) -> tup
     """The candidate to refit and gate, from each one's metrics on the validation rows (fitted on train only),
     and what it was chosen on: the best ``primary`` there (ties: config order), else, where no candidate has the
     metric defined there, the first in config order. The holdout never takes part (it judges the choice)."""
-    from pipelines.metrics import best_candidate, is_missing
+    from pipelines.evaluation.metrics import best_candidate, is_missing
 
     defined = {n: {"metrics": m} for n, m in validation.items() if not is_missing(m.get(primary))}
     if defined:
@@ -332,7 +332,7 @@ def select_candidates(ctx: StepContext, mode: str, requested: str | None) -> tup
         return [usecase.candidate(n) for n in names], f"--candidates {','.join(names)}"
     if mode == "full":
         return list(usecase.candidates), "full: every candidate"
-    from pipelines.tracking import champion_version
+    from pipelines.modeling.tracking import champion_version
 
     champion = champion_version(usecase)
     if champion is None:
@@ -378,7 +378,7 @@ def _reusable_runs(experiment_id: str, fingerprint: str) -> list[Any]:
     on train + validation: :func:`_run_fitted_on`)."""
     from mlflow import MlflowClient
 
-    from pipelines.tracking import MODEL_DIGEST_TAG
+    from pipelines.modeling.tracking import MODEL_DIGEST_TAG
 
     runs = MlflowClient().search_runs(
         [experiment_id],
@@ -413,9 +413,9 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
     from pipelines import modeling
-    from pipelines.metrics import model_metrics
-    from pipelines.model_inputs import model_inputs
-    from pipelines.tracking import configure_mlflow
+    from pipelines.evaluation.metrics import model_metrics
+    from pipelines.features.model_inputs import model_inputs
+    from pipelines.modeling.tracking import configure_mlflow
 
     usecase, split = ctx.usecase, ctx.usecase.split
     mode = getattr(args, "mode", "full") or "full"
@@ -693,7 +693,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         # per part: expected, present and missing days; events, due outcomes, labelled, unlabelled (never arrived)
         "completeness": completeness,
         "unlabelled_events": {part: entry["unlabelled_events"] for part, entry in completeness.items()},
-        # each model input's ROC AUC or R-squared on its own on the train rows (pipelines.leakage)
+        # each model input's ROC AUC or R-squared on its own on the train rows (pipelines.modeling.leakage)
         "single_feature_scores": single_feature_scores,
         "candidates": candidates,
     }

@@ -1,7 +1,7 @@
 """The approval task of the train DAGs (``approval.mode: required``): after a passed gate, Airflow's
 ``ApprovalOperator`` waits for a person (Required Actions in the UI, or ``PATCH .../hitlDetails``).
 
-- The request's subject and body come from the run's gate decision and register result (pipelines.approval); the
+- The request's subject and body come from the run's gate decision and register result (pipelines.modeling.approval); the
   approvers named in the use case are its assigned users; the approver is told through the ``approval_requested``
   alert (task log; the use case's webhook or smtp connection when configured).
 - Approve: promote runs and moves ``champion`` as an ``approval`` move made by the approver.
@@ -96,7 +96,7 @@ class ModelApprovalOperator(ApprovalOperator):
 
     def execute(self, context: Any) -> Any:
         from mlops_airflow.operators import logical_day, patched_environ
-        from pipelines.approval import report_links, request_text
+        from pipelines.modeling.approval import report_links, request_text
 
         gate, version = self._decision(context)
         spec, profile, lake = self._platform()
@@ -108,7 +108,7 @@ class ModelApprovalOperator(ApprovalOperator):
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         from mlops_airflow.operators import logical_day, patched_environ
-        from pipelines.approval import record_answer
+        from pipelines.modeling.approval import record_answer
 
         if "error" in event:  # no answer and no default: the provider's own error
             return super().execute_complete(context=context, event=event)

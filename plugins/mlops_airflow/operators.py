@@ -392,7 +392,7 @@ def step_task(step: str, usecase: str, *, task_id: str | None = None, **kwargs: 
 
 class ModelOpsOperator(BaseOperator):
     """``mlops models promote|rollback`` as a task of the manual ``<usecase>_models`` DAG: the same functions
-    (pipelines.model_ops), run in the task's process whatever the step runtime (a registry call and one lake
+    (pipelines.modeling.model_ops), run in the task's process whatever the step runtime (a registry call and one lake
     append). Reads the run's Params ``action`` (promote, rollback), ``version``, ``reason`` and ``force``; the
     move is recorded as made by the user who triggered the run, with the Airflow run id. A refused move (gate not
     passed, nothing to roll back to, unknown version) fails the task with that message. No retries: a rollback
@@ -432,7 +432,7 @@ class ModelOpsOperator(BaseOperator):
             by,
             reason,
         )
-        from pipelines import model_ops
+        from pipelines.modeling import model_ops
 
         with patched_environ(env):
             try:

@@ -2,7 +2,7 @@
 
 The sensor checks once in the worker; while nothing has landed it defers to :class:`LandingFilesTrigger`, which
 polls the lake from the triggerer without holding a worker slot. The check is cheap (one listing of the inbox,
-no Great Expectations), see ``pipelines.inbox.pending_files``.
+no Great Expectations), see ``pipelines.ingest.inbox.pending_files``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def _pending(usecase: str, up_to: str | None, conn_id: str | None) -> list[str]:
     """Files waiting for the ingest run of date ``up_to``: dated up to the last event date predicted that day
     (the schedule of tomorrow's events lands under tomorrow's date), as the ingest step takes them."""
     from pipelines.config import load_profile, load_usecase
-    from pipelines.inbox import pending_files
+    from pipelines.ingest.inbox import pending_files
 
     profile = load_profile()
     through = load_usecase(usecase).time.ingested_through(date.fromisoformat(up_to)) if up_to else None
@@ -138,7 +138,7 @@ class LandingArrivalSensor(BaseSensorOperator):
 def _what_is_missing(lake: Any, usecase: Any, day: str) -> str:
     """Why a day has no features yet, from the lake: its events not landed, landed but not ingested, or
     ingested but not built."""
-    from pipelines.inbox import pending_files
+    from pipelines.ingest.inbox import pending_files
     from pipelines.lake import raw_table
 
     primary = usecase.features.primary_source
@@ -153,13 +153,13 @@ def _what_is_missing(lake: Any, usecase: Any, day: str) -> str:
 
 
 def _features_readiness(usecase: str, run_day: str, conn_id: str | None) -> dict[str, Any]:
-    """pipelines.scoring_time.readiness of the score run of ``run_day`` now, as a plain dict."""
+    """pipelines.features.scoring_time.readiness of the score run of ``run_day`` now, as a plain dict."""
     from datetime import UTC, datetime
 
     from pipelines.config import load_profile, load_usecase
+    from pipelines.features.scoring_time import due_at, grace, readiness
     from pipelines.lake import online_table
-    from pipelines.scoring_time import due_at, grace, readiness
-    from pipelines.tracking import champion_version, configure_mlflow
+    from pipelines.modeling.tracking import champion_version, configure_mlflow
 
     profile = load_profile()
     spec = load_usecase(usecase)
@@ -229,7 +229,7 @@ class FeaturesReadyTrigger(BaseTrigger):
 class FeaturesReadySensor(BaseSensorOperator):
     """Wait until the features and online snapshot of the day this score run predicts are in the lake (and its
     prediction time has come); fail, naming the day and what is missing, once the prediction time + the use
-    case's ``schedules.score_grace`` has passed (pipelines.scoring_time.readiness). With ``replay`` true (a
+    case's ``schedules.score_grace`` has passed (pipelines.features.scoring_time.readiness). With ``replay`` true (a
     batched replay of history) it does not wait: the score step then judges every day from recorded arrivals."""
 
     template_fields = ("run_day", "replay")

@@ -5,7 +5,7 @@
   and no artifact root, where the server puts them (proxied artifacts).
 - Every logged candidate is a pyfunc whose ``predict(frame)`` returns the probability of the positive class;
   :func:`predict_proba` normalises the output shape.
-- The alias ``champion`` moves only through :func:`pipelines.model_ops.move_alias`, recorded in the lake: the gate's
+- The alias ``champion`` moves only through :func:`pipelines.modeling.model_ops.move_alias`, recorded in the lake: the gate's
   promote step (pipelines.steps.promote) and `mlops models promote|rollback` (and the `<usecase>_models` DAG).
 """
 
@@ -90,8 +90,8 @@ def model_name(usecase: UseCase) -> str:
 
 
 def feature_columns(usecase: UseCase) -> list[str]:
-    """Model inputs, in order (pipelines.model_inputs.model_columns)."""
-    from pipelines.model_inputs import model_columns
+    """Model inputs, in order (pipelines.features.model_inputs.model_columns)."""
+    from pipelines.features.model_inputs import model_columns
 
     return model_columns(usecase)
 

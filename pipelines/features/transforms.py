@@ -26,8 +26,8 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import ConfigError, FeatureSpec, UseCase, parse_duration
+from pipelines.features.online import lookup_name
 from pipelines.lake import ARRIVED_AT
-from pipelines.online import lookup_name
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -584,7 +584,7 @@ def asof_join(
 # --------------------------------------------------------------------------------------------------- online snapshot
 #
 # A transform that reads other rows (another source, past outcomes) also publishes, per prediction time, the
-# lookup a live request needs: one row per key with the values the transform would join (see pipelines.online,
+# lookup a live request needs: one row per key with the values the transform would join (see pipelines.features.online,
 # which applies them to request records). ``times`` holds one row per day served: ctx.day_column and the
 # day's prediction time. Each builder returns (day, key, value, observed_at): key and value as JSON objects.
 

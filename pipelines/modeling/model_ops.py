@@ -112,7 +112,7 @@ def _client() -> Any:
 def _setup(usecase: str | UseCase) -> tuple[UseCase, Lake, Any, str]:
     """The use case, its lake, an MLflow client on the profile's registry and the registered model's name."""
     from pipelines.config import load_profile, load_usecase
-    from pipelines.tracking import configure_mlflow, model_name
+    from pipelines.modeling.tracking import configure_mlflow, model_name
 
     spec = load_usecase(usecase) if isinstance(usecase, str) else usecase
     profile = load_profile()
@@ -122,7 +122,7 @@ def _setup(usecase: str | UseCase) -> tuple[UseCase, Lake, Any, str]:
 
 def alias_version(spec: UseCase, alias: str) -> int | None:
     """The version ``alias`` points at (None: no such alias); a registry failure raises RegistryError."""
-    from pipelines.tracking import (
+    from pipelines.modeling.tracking import (
         CHAMPION_ALIAS,
         RegistryError,
         champion_version,
@@ -145,7 +145,7 @@ def get_version(client: Any, spec: UseCase, version: int | str) -> Any:
     exist when it does not."""
     from mlflow.exceptions import MlflowException
 
-    from pipelines.tracking import is_not_found, model_name
+    from pipelines.modeling.tracking import is_not_found, model_name
 
     name = model_name(spec)
     try:
@@ -224,7 +224,7 @@ def move_alias(
     """Move ``alias`` (champion by default) of the use case's model to ``to_version`` in one alias move, recorded
     (see the module doc). ``expected_from``: the version the caller saw (None: no alias); when the alias holds
     another one now, nothing moves. Returns the record."""
-    from pipelines.tracking import CHAMPION_ALIAS, model_name
+    from pipelines.modeling.tracking import CHAMPION_ALIAS, model_name
 
     if kind not in KINDS:
         raise ValueError(f"unknown alias move kind {kind!r}; one of {KINDS}")
@@ -351,7 +351,7 @@ def promote(
 
 def previous_champion(spec: UseCase, lake: Lake, current: int | None) -> int:
     """The version a rollback restores (see the module doc); ModelOpsError when there is none."""
-    from pipelines.tracking import CHAMPION_ALIAS, champion_version
+    from pipelines.modeling.tracking import CHAMPION_ALIAS, champion_version
 
     name = spec.name
     if current is None:

@@ -81,7 +81,7 @@ def event_dates(frame: pd.DataFrame, source: SourceSpec, usecase: UseCase, origi
     ingest parses it. Raises :class:`LandingError` naming rows whose event time is missing or unparseable."""
     import pandas as pd
 
-    from pipelines.expectations import convert_column
+    from pipelines.ingest.expectations import convert_column
 
     column = source.event_time
     assert column is not None
@@ -115,7 +115,7 @@ def _encode(frame: pd.DataFrame, source: SourceSpec) -> bytes:
 
 def plan_landing(usecase: UseCase, paths: list[Path], day: date | None = None) -> list[Landing]:
     """What ``mlops land`` will write for ``paths``, every file checked first (see the module docstring)."""
-    from pipelines.inbox import match_source
+    from pipelines.ingest.inbox import match_source
 
     planned: list[Landing] = []
     for path in expand_paths(paths):
@@ -194,7 +194,7 @@ def land_paths(
 ) -> list[str]:
     """Check every file, then write each planned object atomically into the landing zone; return the URIs. The
     files arrive now, or at ``arrived_at`` (a backfill)."""
-    from pipelines.inbox import land_file
+    from pipelines.ingest.inbox import land_file
 
     planned = plan_landing(usecase, paths, day)
     return [land_file(lake, usecase.name, item.day, item.name, item.data, arrived_at) for item in planned]

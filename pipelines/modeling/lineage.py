@@ -33,7 +33,7 @@ def model_lineage(usecase_name: str, version: int) -> dict[str, Any]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from pipelines.tracking import configure_mlflow, model_name
+    from pipelines.modeling.tracking import configure_mlflow, model_name
 
     usecase = load_usecase(usecase_name)
     configure_mlflow(load_profile(), usecase)
@@ -104,10 +104,10 @@ def _context(lineage: dict[str, Any]) -> StepContext:
 
 def reload_frames(lineage: dict[str, Any]) -> tuple[Any, Any]:
     """The train, validation and holdout frames of ``lineage`` rebuilt from the recorded features and labels
-    versions with the event keys (:func:`pipelines.training_window.training_frames`), and the rows the model was
+    versions with the event keys (:func:`pipelines.modeling.training_window.training_frames`), and the rows the model was
     fitted on (``fitted_on``: the train rows, or the refit's train + validation rows, capped as train capped
     them). Raises LakeError or StepFailed when a version or a partition is gone."""
-    from pipelines.training_window import features_snapshot, recorded_labels, training_frames
+    from pipelines.modeling.training_window import features_snapshot, recorded_labels, training_frames
 
     ctx = _context(lineage)
     snapshot = features_snapshot(ctx, lineage["features_version"])

@@ -3,7 +3,7 @@ service use to turn events into the model's input frame.
 
 The features step publishes, beside ``features/<usecase>``, the Delta table ``features_online/<usecase>``: for
 every event date E it builds, the lookups a request at E's prediction time P joins, computed by the same Spark
-code as the batch features (pipelines.transforms): per transform that reads other rows, one row per key with its
+code as the batch features (pipelines.features.transforms): per transform that reads other rows, one row per key with its
 values (the reference row of a ``join_source``, the last observation of an ``asof_join`` with the time it was
 observed, the outcome counts of a ``past_rate`` known before P). Row-local transforms (``calendar``) need no
 lookup. :func:`feature_columns_of` applies them to request records (rows shaped like the primary source),
@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.config import PREDICTION_TIME, UseCase, parse_duration
 from pipelines.context import StepFailed
+from pipelines.features.model_inputs import SMALL_BATCH, model_input_columns
+from pipelines.features.model_inputs import nulls_as_none as _nulls_as_none
 from pipelines.lake import ARRIVED_AT, DATE, Lake, online_table, raw_table
-from pipelines.model_inputs import SMALL_BATCH, model_input_columns
-from pipelines.model_inputs import nulls_as_none as _nulls_as_none
 
 if TYPE_CHECKING:
     import numpy as np
@@ -202,7 +202,7 @@ def _object_array(values: list[Any]) -> Any:
 def read_records(lake: Lake, usecase: UseCase, days: list[str], version: int | None = None) -> pd.DataFrame:
     """The events of ``days`` as request records: the primary source's rows at raw table ``version``, typed as
     configured, with their ``date``."""
-    from pipelines.raw_reads import read_source
+    from pipelines.features.raw_reads import read_source
 
     source = usecase.features.primary_source
     snapshot = lake.snapshot(raw_table(usecase.name, source), version, facts=False, dates=days)
@@ -218,7 +218,7 @@ def _key_tuples(data: Columns, keys: list[str]) -> list[tuple[Any, ...]]:
 
 
 # --------------------------------------------------------------------------------------------------- transforms
-# The pandas side of each transform of pipelines.transforms, applied to request columns with the snapshot's
+# The pandas side of each transform of pipelines.features.transforms, applied to request columns with the snapshot's
 # lookups. A lookup's outputs are lists (None for NULL); pandas types them when a frame is made.
 
 
@@ -415,7 +415,9 @@ def feature_columns_of(
     )
     for index, spec in enumerate(usecase.features.transforms):
         if spec.name not in ONLINE_TRANSFORMS:
-            raise ValueError(f"transform {spec.name!r} has no online implementation in pipelines.online")
+            raise ValueError(
+                f"transform {spec.name!r} has no online implementation in pipelines.features.online"
+            )
         name = lookup_name(index, spec.name)
         derived = snapshot.derived.setdefault(name, {})
         ONLINE_TRANSFORMS[spec.name](
@@ -443,7 +445,7 @@ def model_input_frame(
     at: Any = None,
 ) -> pd.DataFrame:
     """The model's input frame for ``records``: :func:`feature_frame`'s feature columns in model order
-    (pipelines.model_inputs.model_input_columns, the function every model is fed through)."""
+    (pipelines.features.model_inputs.model_input_columns, the function every model is fed through)."""
     import pandas as pd
 
     columns = feature_columns_of(usecase, records, snapshot, at)

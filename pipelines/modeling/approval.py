@@ -54,7 +54,7 @@ def _report_prefix(usecase: str, day: str, run_id: str) -> str:
 def _experiment_of(profile: Profile, usecase: UseCase, run_id: str) -> str | None:
     from mlflow import MlflowClient
 
-    from pipelines.tracking import configure_mlflow
+    from pipelines.modeling.tracking import configure_mlflow
 
     configure_mlflow(profile, usecase)
     try:
@@ -148,7 +148,7 @@ def record_answer(
     """Record the approver's answer (see the module doc) and return the record."""
     from mlflow import MlflowClient
 
-    from pipelines.tracking import configure_mlflow, model_name
+    from pipelines.modeling.tracking import configure_mlflow, model_name
 
     answered_at = (at or datetime.now(UTC)).astimezone(UTC).isoformat()
     status = "approved" if approved else ("timed_out" if timed_out else "rejected")

@@ -1,5 +1,5 @@
 """A training window's rows, read the same way wherever they are needed: the train step fits on them, evaluation
-and report read its holdout back (pipelines.evaluation_data), and lineage reloads a registered model's rows.
+and report read its holdout back (pipelines.evaluation.evaluation_data), and lineage reloads a registered model's rows.
 
 The window's parts (train, validation when the split has one, holdout) are dated before the training date, ends
 exclusive (:func:`training_window`); their rows come from one features table version joined by the feature keys

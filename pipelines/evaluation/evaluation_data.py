@@ -30,7 +30,7 @@ def _window_rows(
     """The labeled rows of the train result's window ``part`` (``train`` or ``holdout``), read from the features
     and labels versions train read (time travel), so a rebuild or an outcome arriving since training cannot
     change them."""
-    from pipelines.training_window import (  # one way to read a training window, train's own
+    from pipelines.modeling.training_window import (  # one way to read a training window, train's own
         features_snapshot,
         labels_known_before,
         read_labeled,

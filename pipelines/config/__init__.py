@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 class ConfigError(ValueError):
@@ -223,7 +223,7 @@ class SourceSpec(_Strict):
 
 
 class TransformSpec(_Strict):
-    name: str = Field(description="Name in pipelines.transforms.TRANSFORMS")
+    name: str = Field(description="Name in pipelines.features.transforms.TRANSFORMS")
     params: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -2,7 +2,7 @@
 (``tracking.load_model`` of its ``models:/`` URI, ``tracking.predict_proba``, ``tracking.decision_threshold``)
 and score sample rows; the scores must equal the ones the evaluation computed in-process.
 
-``python -m pipelines.loadcheck MODEL_URI ROWS.parquet OUT.json`` is the fresh process;
+``python -m pipelines.evaluation.loadcheck MODEL_URI ROWS.parquet OUT.json`` is the fresh process;
 ``start_infrastructure_check`` starts it (evaluate goes on meanwhile) and its ``result`` compares.
 
 What a fresh load depends on is the environment, not the weights: the model's family, its MLflow flavors and
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     """Load ``MODEL_URI`` as the scorer does, score the rows of ``ROWS.parquet``, write the scores as JSON."""
     import pandas as pd
 
-    from pipelines.tracking import decision_threshold, load_model, predict_proba
+    from pipelines.modeling.tracking import decision_threshold, load_model, predict_proba
 
     uri, rows, out = argv if argv is not None else sys.argv[1:]
     model = load_model(uri)
@@ -64,7 +64,14 @@ class PendingCheck:
             "MLFLOW_REGISTRY_URI": mlflow.get_registry_uri(),
         }
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.loadcheck", model_uri, str(rows_path), str(self._out_path)],
+            [
+                sys.executable,
+                "-m",
+                "pipelines.evaluation.loadcheck",
+                model_uri,
+                str(rows_path),
+                str(self._out_path),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=self._stderr,
             env=env,

@@ -13,7 +13,7 @@ import hashlib
 import json
 
 from pipelines.config import UseCase
-from pipelines.transforms import TRANSFORMS_VERSION, joined_sources
+from pipelines.features.transforms import TRANSFORMS_VERSION, joined_sources
 
 # the model version and run tag naming the features config hash a model was trained with
 FEATURES_CONFIG_TAG = "features_config_hash"

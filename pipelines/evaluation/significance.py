@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import HIGHER_IS_BETTER
-from pipelines.metrics import PROBABILITY_EPS, clean
+from pipelines.evaluation.metrics import PROBABILITY_EPS, clean
 
 if TYPE_CHECKING:
     import numpy as np
@@ -300,7 +300,7 @@ def _point(metric: str, y: np.ndarray, scores: np.ndarray) -> float | None:
     some 12,000 times); other metrics by ``metrics.model_metrics``."""
     import numpy as np
 
-    from pipelines.metrics import model_metrics
+    from pipelines.evaluation.metrics import model_metrics
 
     if metric == "roc_auc" and np.isfinite(scores).all():
         return clean(_weighted_roc_auc(y, scores, np.ones((1, len(y))))[0]) if len(y) else None
@@ -323,7 +323,7 @@ def metric_interval(
     ``seed``."""
     import numpy as np
 
-    from pipelines.metrics import model_metrics
+    from pipelines.evaluation.metrics import model_metrics
 
     y = np.asarray(y, dtype="float64").reshape(-1)
     scores = np.asarray(scores, dtype="float64").reshape(-1)
@@ -491,7 +491,7 @@ def change_reading(low: Any, high: Any, min_delta: Any = 0.0, tolerance: float =
     ``min_delta`` (the change check passes), ``WORSE`` when the whole interval lies below zero (the candidate is
     worse than the champion), else ``WITHIN_NOISE`` (it straddles zero or ``min_delta``, or lies between them:
     not shown to beat the champion by ``min_delta``); None without an interval."""
-    from pipelines.metrics import is_missing
+    from pipelines.evaluation.metrics import is_missing
 
     if is_missing(low) or is_missing(high):
         return None

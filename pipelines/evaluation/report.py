@@ -4,7 +4,7 @@
 it out for a data scientist: the gate decision first, then the models, the comparison with the champion, ROC and
 precision-recall curves, calibration, feature importance, error analysis, fairness, slices and a data explorer.
 Every optional part may be absent (older reports) or hold None values ("n/a"). The charts come from
-``pipelines.plots``; each ``<svg>`` carries ``data-plot="<id>"``.
+``pipelines.evaluation.plots``; each ``<svg>`` carries ``data-plot="<id>"``.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from pipelines import plots
-from pipelines.plots import CANDIDATE, CHAMPION, PALETTE, number
-from pipelines.significance import CLEARS, WORSE, change_reading, direction_words
+from pipelines.evaluation import plots
+from pipelines.evaluation.plots import CANDIDATE, CHAMPION, PALETTE, number
+from pipelines.evaluation.significance import CLEARS, WORSE, change_reading, direction_words
 
 PSI_FLAG = 0.2  # a population stability index at or above this is a shift worth a look
 

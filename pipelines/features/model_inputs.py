@@ -47,7 +47,7 @@ def model_columns(usecase: UseCase) -> list[str]:
 def model_input_columns(usecase: UseCase, columns: Mapping[str, Any], where: str) -> Columns:
     """The feature columns in model order: numeric as float64 arrays (NULL as NaN; a value that is not a number
     is an error naming the column), categorical as object arrays of canonical strings or None (module doc).
-    ``columns`` is a DataFrame or a mapping of column name to values (pipelines.online.feature_columns_of's
+    ``columns`` is a DataFrame or a mapping of column name to values (pipelines.features.online.feature_columns_of's
     dict). ``where`` names the rows in error messages."""
     import numpy as np
     import pandas as pd

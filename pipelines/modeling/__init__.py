@@ -20,15 +20,15 @@ predicts in the label's units (scikit-learn: ``TransformedTargetRegressor`` with
 
 Every classifier is logged as an MLflow pyfunc whose ``predict(frame)`` gives the probability of the positive class
 (scikit-learn models through ``pyfunc_predict_fn="predict_proba"``, an (n, 2) array; the Keras wrapper a 1-D
-array); read it with :func:`pipelines.tracking.predict_proba`. Feed models with
-:func:`pipelines.model_inputs.model_inputs` (training, evaluation, scoring and serving alike).
+array); read it with :func:`pipelines.modeling.tracking.predict_proba`. Feed models with
+:func:`pipelines.features.model_inputs.model_inputs` (training, evaluation, scoring and serving alike).
 
 Serialization, no pickle anywhere: scikit-learn models use MLflow's skops format (no code runs on load) with the
 HistGradientBoosting tree predictor as the one extra trusted type; the Keras model is a ``.keras`` file (weights
 and architecture, loaded in safe mode) plus a JSON encoder, and its wrapper is an MLflow model from code
 (``pipelines/keras_model_code.py``, stored with the model), so loading a Keras candidate needs the ``pipelines``
 package importable (it is in every runtime of this project). Train records each model's digest when it logs it
-and every loader checks it first (pipelines.tracking.load_model).
+and every loader checks it first (pipelines.modeling.tracking.load_model).
 
 Determinism: scikit-learn estimators get ``random_state=seed``; Keras runs with
 ``keras.utils.set_random_seed(seed)`` and TensorFlow op determinism, so the same data and seed give the same
@@ -78,8 +78,8 @@ def label_dtype(usecase: UseCase) -> str:
 
 
 def feature_columns(usecase: UseCase) -> list[str]:
-    """Model inputs, in order (pipelines.model_inputs.model_columns)."""
-    from pipelines.model_inputs import model_columns
+    """Model inputs, in order (pipelines.features.model_inputs.model_columns)."""
+    from pipelines.features.model_inputs import model_columns
 
     return model_columns(usecase)
 
@@ -103,7 +103,7 @@ class TabularEncoder:
         import numpy as np
         import pandas as pd
 
-        from pipelines.model_inputs import canonical_strings
+        from pipelines.features.model_inputs import canonical_strings
 
         values = frame[numeric].to_numpy(dtype="float64") if numeric else np.zeros((len(frame), 0))
         with np.errstate(all="ignore"):
@@ -115,7 +115,9 @@ class TabularEncoder:
         scales = filled.std(axis=0) if len(filled) else np.ones(len(numeric))
         scales = np.where(scales > 1e-12, scales, 1.0)
         vocabulary = {}
-        for column in categorical:  # the canonical strings model inputs hold (pipelines.model_inputs)
+        for (
+            column
+        ) in categorical:  # the canonical strings model inputs hold (pipelines.features.model_inputs)
             counts = pd.Series(canonical_strings(frame[column])).dropna().value_counts()
             ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:MAX_CATEGORIES]
             vocabulary[column] = sorted(value for value, _ in ranked)
@@ -135,7 +137,7 @@ class TabularEncoder:
 
     def transform(self, frame: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
         """A float32 matrix: scaled numeric columns, then one-hot blocks (null/unknown -> zeros). ``frame`` is a
-        DataFrame or a mapping of column name to values (pipelines.model_inputs.model_input_columns)."""
+        DataFrame or a mapping of column name to values (pipelines.features.model_inputs.model_input_columns)."""
         import numpy as np
 
         rows = len(frame[self.numeric[0]] if self.numeric else frame[self.categorical[0]])
@@ -563,7 +565,7 @@ class FittedCandidate:
 def fit_candidate(
     spec: CandidateSpec, usecase: UseCase, X: pd.DataFrame, y: Any, seed: int
 ) -> FittedCandidate:
-    """Fit one candidate on ``X`` (from :func:`pipelines.model_inputs.model_inputs`) and labels ``y`` (0/1, or values for a
+    """Fit one candidate on ``X`` (from :func:`pipelines.features.model_inputs.model_inputs`) and labels ``y`` (0/1, or values for a
     regression), deterministically."""
     import numpy as np
 
@@ -605,11 +607,11 @@ def log_fitted_model(
 ) -> Any:
     """Log ``fitted`` as the active run's pyfunc model with signature, input example and ``metadata`` (the
     decision threshold: every scorer reads it from the loaded model), and record its digest (what every loader
-    checks, pipelines.tracking.load_model); return ModelInfo."""
+    checks, pipelines.modeling.tracking.load_model); return ModelInfo."""
     import mlflow
     from mlflow.models import infer_signature
 
-    from pipelines.tracking import SKOPS_TRUSTED_TYPES, record_logged_digest
+    from pipelines.modeling.tracking import SKOPS_TRUSTED_TYPES, record_logged_digest
 
     requirements = pip_requirements(fitted.spec.family)
     if isinstance(fitted.estimator, KerasMLP):
@@ -627,7 +629,7 @@ def log_fitted_model(
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT_NAME,
                 # a model from code: loading runs this (digest-checked) file, never unpickles a wrapper
-                python_model=str(Path(__file__).with_name("keras_model_code.py")),
+                python_model=str(Path(__file__).parent.with_name("keras_model_code.py")),
                 artifacts=artifacts,
                 signature=signature,
                 input_example=example,

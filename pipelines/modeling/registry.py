@@ -40,7 +40,7 @@ def list_models(usecase: str) -> list[dict[str, Any]]:
     from mlflow import MlflowClient
 
     from pipelines.config import load_profile, load_usecase
-    from pipelines.tracking import champion_version, configure_mlflow, model_name
+    from pipelines.modeling.tracking import champion_version, configure_mlflow, model_name
 
     spec = load_usecase(usecase)
     configure_mlflow(load_profile(), spec)

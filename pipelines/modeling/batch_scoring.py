@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.config import PREDICTION_TIME
 from pipelines.context import StepContext, StepFailed
+from pipelines.features.model_inputs import model_inputs
+from pipelines.features.scoring_time import SCORED_AT, SCORED_LATE
 from pipelines.lake import DATE
-from pipelines.model_inputs import model_inputs
-from pipelines.scoring_time import SCORED_AT, SCORED_LATE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,7 +33,7 @@ def score_frame(
     import numpy as np
     import pandas as pd
 
-    from pipelines.tracking import decision_threshold, predict_proba
+    from pipelines.modeling.tracking import decision_threshold, predict_proba
 
     keys = [k for k in ctx.usecase.features.keys if k != DATE]
     missing = [k for k in keys if k not in frame.columns]

@@ -12,7 +12,7 @@ import contextlib
 import math
 from typing import TYPE_CHECKING, Any
 
-from pipelines.metrics import NULL_SLICE, clean
+from pipelines.evaluation.metrics import NULL_SLICE, clean
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -516,7 +516,7 @@ def shap_summary(
         scale = "log-odds" if hasattr(estimator, "decision_function") else "predicted value"
         method = f"SHAP permutation explainer on the transformed frame ({scale})"
     else:
-        from pipelines.tracking import predict_proba
+        from pipelines.modeling.tracking import predict_proba
 
         matrix, decode = _encoded(X)
         Z, Z_background = matrix[chosen], matrix[pool]
@@ -588,7 +588,7 @@ class _Probabilities:
         self.model, self.columns, self.threshold = model, columns, threshold
 
     def probability(self, frame: pd.DataFrame) -> np.ndarray:
-        from pipelines.tracking import predict_proba
+        from pipelines.modeling.tracking import predict_proba
 
         return predict_proba(self.model, frame[self.columns])
 

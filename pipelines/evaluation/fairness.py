@@ -18,10 +18,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import HIGHER_IS_BETTER, FairnessSpec, SliceGateSpec
-from pipelines.metrics import clean, model_metrics, slice_label
+from pipelines.evaluation.metrics import clean, model_metrics, slice_label
 
 if TYPE_CHECKING:
-    from pipelines.significance import Resampling
+    from pipelines.evaluation.significance import Resampling
 
 RATES = ("selection_rate", "tpr", "fpr")
 RATE_NAMES = {"selection_rate": "selection rate", "tpr": "true-positive rate", "fpr": "false-positive rate"}
@@ -71,7 +71,7 @@ def rate_intervals(
     ``seed``; None where undefined)."""
     import numpy as np
 
-    from pipelines.significance import _interval, draw_resampling
+    from pipelines.evaluation.significance import _interval, draw_resampling
 
     y = np.asarray(y, dtype="float64").reshape(-1)
     decided = (np.asarray(scores, dtype="float64").reshape(-1) >= threshold).astype("float64")
@@ -132,7 +132,7 @@ def group_fairness(
     import pandas as pd
     from fairlearn.metrics import MetricFrame, count
 
-    from pipelines.significance import metric_interval
+    from pipelines.evaluation.significance import metric_interval
 
     y = np.asarray(y, dtype="float64")
     scores = np.asarray(scores, dtype="float64")
@@ -221,7 +221,7 @@ def group_changes(
     metric's direction), with its paired bootstrap interval (``significance.paired_difference``)."""
     import numpy as np
 
-    from pipelines.significance import paired_difference
+    from pipelines.evaluation.significance import paired_difference
 
     y = np.asarray(y, dtype="float64")
     a = np.asarray(candidate_scores, dtype="float64")
@@ -327,7 +327,7 @@ def add_slice_intervals(
     judges it on that interval. ``groups`` holds the slice columns, aligned with ``y`` and ``scores``."""
     import numpy as np
 
-    from pipelines.significance import metric_interval
+    from pipelines.evaluation.significance import metric_interval
 
     y = np.asarray(y, dtype="float64").reshape(-1)
     scores = np.asarray(scores, dtype="float64").reshape(-1)

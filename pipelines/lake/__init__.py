@@ -440,7 +440,7 @@ def captures_table(usecase: str) -> str:
 def alias_moves_table(usecase: str) -> str:
     """The append-only Delta table of a use case's registry alias moves: ``registry/<usecase>/alias_moves``, one
     row per move of ``champion`` (the gate's promotions, manual promotes, forced promotes, rollbacks, approvals):
-    from and to version, kind, who, why, the run and when (pipelines.model_ops). Partitioned by the move's UTC
+    from and to version, kind, who, why, the run and when (pipelines.modeling.model_ops). Partitioned by the move's UTC
     date; never vacuumed by maintenance."""
     return table_key("registry", usecase, "alias_moves")
 

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, significance, fairness, explanations, the report and its plots, load checks."""

@@ -1,0 +1,1 @@
+"""Features: transforms, Spark, raw reads, the model-input function, online lookups, scoring times."""
