@@ -152,8 +152,7 @@ def _log_model(seed: int) -> str:
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
-    from pipelines.modeling import SKOPS_TRUSTED_TYPES
-    from pipelines.modeling.tracking import record_logged_digest
+    from pipelines.modeling.tracking import SKOPS_TRUSTED_TYPES, record_logged_digest
 
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(40, 3))
