@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from _ingest_fixtures import DAY1, weather_rows
 
+from pipelines.ingest.inbox import land_file
 from pipelines.lake import Lake
-from pipelines.steps.ingest import land_file
 
 USECASE = "flight_delay"
 CONN_ID = "mlops_lake_triggered"
