@@ -21,7 +21,7 @@ AIRFLOW = ("airflow", "mlops_airflow", "mlops_cli")
 # what a DAG file may import besides the standard library: Airflow itself, the plugin's wiring, and the use case
 # models (a DAG file is one DAG per use case, built from its config)
 DAG_IMPORTS = ("airflow", "mlops_airflow", "pipelines.config")
-MAX_LINES = 800
+MAX_LINES = 600
 # files over MAX_LINES lines, each with the reason it is still one file; a new long file fails until it is split or
 # listed here with its reason, and an entry whose file got short (or moved) fails until it is removed
 LONG_FILES = {
@@ -34,6 +34,16 @@ LONG_FILES = {
     "pipelines/serving/app.py": "the REST service's routes, limits and Open Inference Protocol codecs",
     "pipelines/features/transforms.py": "the transforms library: one function per transform, the registry and the "
     "point-in-time lookups",
+    "pipelines/modeling/model_ops.py": "mlops models (list, show, promote, rollback, history) over one record of "
+    "alias moves",
+    "pipelines/usecase_checks.py": "the static checks of a use case file, one function per rule, reported together",
+    "pipelines/modeling/__init__.py": "the model families: fitting, decision thresholds and logging of each",
+    "pipelines/ingest/expectations.py": "the Great Expectations suite built from the use case and the fail-closed "
+    "typing that double-checks it",
+    "pipelines/steps/train.py": "the train step: candidates, the validation refit and their MLflow runs",
+    "pipelines/evaluation/explain.py": "the report's explanations: SHAP, permutation importance, cohorts, "
+    "counterfactuals",
+    "pipelines/backtest.py": "the backtest: one replay of the year per retraining policy and their comparison",
 }
 
 
