@@ -515,6 +515,58 @@ def test_stack_runs_tasks_in_containers(docker_images, compose: list[str], tmp_p
         # the server's default location, which its basic auth maps to the experiment (docs/security.md)
         experiment_id, location = experiment
         assert location == f"mlflow-artifacts:/{experiment_id}"
+        _assert_refusals(stack)
     finally:
         deaths.stop()
         stack.down()
+
+
+REFUSALS_CODE = r"""
+import json, urllib.error, urllib.request
+import docker
+
+out = {}
+# MLflow: the alias moved by a request without credentials, as any container on the network could send it
+request = urllib.request.Request(
+    "http://mlflow:5000/api/2.0/mlflow/registered-models/alias",
+    data=json.dumps({"name": "flight_delay", "alias": "champion", "version": "1"}).encode(),
+    headers={"Content-Type": "application/json"},
+    method="POST",
+)
+try:
+    urllib.request.urlopen(request, timeout=30)
+    out["mlflow_without_credentials"] = 200
+except urllib.error.HTTPError as exc:
+    out["mlflow_without_credentials"] = exc.code
+# the engine through the proxy, Airflow's only way to it (DOCKER_HOST)
+client = docker.from_env()
+creates = {
+    "privileged": {"privileged": True},
+    "host_root_mounted": {"volumes": {"/": {"bind": "/host", "mode": "rw"}}},
+    "host_network": {"network_mode": "host"},
+}
+for name, kwargs in creates.items():
+    try:
+        client.containers.create("mlops-base:dev", "true", **kwargs).remove(force=True)
+        out[name] = "created"
+    except docker.errors.APIError as exc:
+        out[name] = exc.status_code
+print(json.dumps(out))
+"""
+
+
+def _assert_refusals(stack: Stack) -> None:
+    """What least privilege refuses in the running stack: MLflow without credentials (401), a container create
+    through the socket proxy that would reach the host (403), and lake keys in the triggerer's environment (none:
+    its checks take the connection's keys for their own lake). The scoped MinIO users are not shown here: the
+    moto stand-in authorizes everything (tests/test_minio_policies.py runs the policies on an enforcing server)."""
+    refusals = stack.python(REFUSALS_CODE)
+    assert refusals == {
+        "mlflow_without_credentials": 401,
+        "privileged": 403,
+        "host_root_mounted": 403,
+        "host_network": 403,
+    }, refusals
+    environment = stack.run("exec", "-T", "airflow-triggerer", "env").stdout
+    aws = [line.split("=", 1)[0] for line in environment.splitlines() if line.startswith("AWS_")]
+    assert not aws, f"the triggerer's environment holds {aws} (names only: the values are secrets)"
