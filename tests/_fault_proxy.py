@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
+from _holding_proxy import read_body
+
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 ACTIONS = {"500", "503", "hang", "drop_request", "drop_response"}
 HANG_LIMIT_S = 60.0  # a hung request is let go (its connection closed) after this, or when the proxy closes
@@ -100,23 +102,6 @@ class _Server:
             def log_message(self, *args: object) -> None:  # quiet
                 pass
 
-            def _body(self, limit: int | None = None) -> bytes:
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    chunks = []
-                    while True:
-                        size = int(self.rfile.readline().strip() or b"0", 16)
-                        if size == 0:
-                            self.rfile.readline()
-                            return b"".join(chunks)
-                        chunks.append(self.rfile.read(size))
-                        self.rfile.readline()
-                        if limit is not None and sum(map(len, chunks)) >= limit:
-                            return b"".join(chunks)
-                length = int(self.headers.get("Content-Length") or 0)
-                if limit is not None:
-                    length = min(length, limit)
-                return self.rfile.read(length) if length else b""
-
             def _drop(self) -> None:
                 """Close the connection at once (no answer; a reset when data is left unread)."""
                 self.close_connection = True
@@ -124,7 +109,7 @@ class _Server:
                     self.connection.shutdown(socket.SHUT_RDWR)
 
             def _control(self) -> None:
-                body = self._body()
+                body = read_body(self)
                 with proxy._lock:
                     if self.command == "POST":
                         proxy.faults.append(Fault(**json.loads(body)))
@@ -145,10 +130,10 @@ class _Server:
                     action = fault.action if fault is not None else "forwarded"
                     proxy.log.append((self.command, path, action))
                 if action == "drop_request":
-                    self._body(limit=int(self.headers.get("Content-Length") or 2) // 2)
+                    read_body(self, limit=int(self.headers.get("Content-Length") or 2) // 2)
                     self._drop()
                     return
-                body = self._body()
+                body = read_body(self)
                 if action in _ERRORS:
                     self._error(*_ERRORS[action])
                     return

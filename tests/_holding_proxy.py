@@ -15,6 +15,26 @@ from urllib.parse import urlsplit
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
 
+def read_body(handler: BaseHTTPRequestHandler, limit: int | None = None) -> bytes:
+    """The request's body (chunked or by Content-Length), or its first ``limit`` bytes or so: a proxy that drops
+    a request midway reads only part of it."""
+    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        chunks = []
+        while True:
+            size = int(handler.rfile.readline().strip() or b"0", 16)
+            if size == 0:
+                handler.rfile.readline()
+                return b"".join(chunks)
+            chunks.append(handler.rfile.read(size))
+            handler.rfile.readline()
+            if limit is not None and sum(map(len, chunks)) >= limit:
+                return b"".join(chunks)
+    length = int(handler.headers.get("Content-Length") or 0)
+    if limit is not None:
+        length = min(length, limit)
+    return handler.rfile.read(length) if length else b""
+
+
 class HoldingProxy:
     """Forward to ``target``; the first request for which ``hold(method, path)`` is true is held (``held`` is
     set), never forwarded and never answered."""
@@ -34,21 +54,8 @@ class HoldingProxy:
             def log_message(self, *args: object) -> None:  # quiet
                 pass
 
-            def _body(self) -> bytes:
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    chunks = []
-                    while True:
-                        size = int(self.rfile.readline().strip() or b"0", 16)
-                        if size == 0:
-                            self.rfile.readline()
-                            return b"".join(chunks)
-                        chunks.append(self.rfile.read(size))
-                        self.rfile.readline()
-                length = int(self.headers.get("Content-Length") or 0)
-                return self.rfile.read(length) if length else b""
-
             def _forward(self) -> None:
-                body = self._body()
+                body = read_body(self)
                 with proxy._lock:
                     hold = not proxy.held.is_set() and proxy.hold(self.command, self.path)
                     if hold:

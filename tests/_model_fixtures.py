@@ -15,7 +15,16 @@ import pandas as pd
 import yaml
 from _labels import write_features_and_labels
 
-from pipelines.config import REPO_ROOT, CandidateSpec, SplitSpec, UseCase, load_model, load_profile
+from pipelines.config import (
+    REPO_ROOT,
+    Bound,
+    CandidateSpec,
+    GateSpec,
+    SplitSpec,
+    UseCase,
+    load_model,
+    load_profile,
+)
 from pipelines.context import StepContext
 from pipelines.lake import Lake
 
@@ -44,6 +53,21 @@ def fast_usecase(
             "candidates": list(candidates if candidates is not None else FAST_CANDIDATES),
         }
     )
+
+
+def manual_usecase(**update: Any) -> UseCase:
+    """One fast candidate, a gate of absolute bounds only (a second run's candidate passes against the first as
+    champion) and no scheduled training (unpausing the DAG on trigger must not start a scheduled run beside the
+    test's): the use case the live-Airflow tests trigger by hand. ``update``: more fields (e.g. ``approval``)."""
+    base = fast_usecase([FAST_CANDIDATES[0]])
+    gate = GateSpec(
+        primary_metric="roc_auc",
+        absolute={"roc_auc": Bound(min=0.5)},
+        allow_absolute_only=True,
+        infrastructure_check=False,
+    )
+    schedules = base.schedules.model_copy(update={"train_monthly": None, "train_nightly": None})
+    return base.model_copy(update={"gate": gate, "schedules": schedules, **update})
 
 
 def use_tmp_platform(monkeypatch: Any, tmp_path: Path) -> None:

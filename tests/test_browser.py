@@ -44,30 +44,16 @@ def chromium_path() -> str:
 def stack(tmp_path_factory):
     """A use case requiring admin's approval, 45 days of synthetic features, and the live Airflow and MLflow UI."""
     from _browser_stack import Stack
-    from _model_fixtures import FAST_CANDIDATES, fast_usecase, use_tmp_platform, write_config_dir
+    from _model_fixtures import manual_usecase, use_tmp_platform, write_config_dir
     from _model_fixtures import write_feature_partitions as write_features
 
-    from pipelines.config import ApprovalSpec, Bound, GateSpec
+    from pipelines.config import ApprovalSpec
     from pipelines.lake import Lake
 
     home = tmp_path_factory.mktemp("browser")
     monkeypatch = pytest.MonkeyPatch()
     use_tmp_platform(monkeypatch, home)
-    base = fast_usecase([FAST_CANDIDATES[0]])
-    usecase = base.model_copy(
-        update={
-            # absolute bounds only: the second run's candidate passes against the first as champion
-            "gate": GateSpec(
-                primary_metric="roc_auc",
-                absolute={"roc_auc": Bound(min=0.5)},
-                allow_absolute_only=True,
-                infrastructure_check=False,
-            ),
-            "approval": ApprovalSpec(mode="required", approvers=["admin"], timeout="2h"),
-            # manual training only: unpausing the DAG on trigger must not start a scheduled run beside ours
-            "schedules": base.schedules.model_copy(update={"train_monthly": None, "train_nightly": None}),
-        }
-    )
+    usecase = manual_usecase(approval=ApprovalSpec(mode="required", approvers=["admin"], timeout="2h"))
     monkeypatch.setenv("MLOPS_CONFIG_DIR", str(write_config_dir(home / "config", usecase)))
     write_features(Lake(str(home / "lake")), usecase, date(2013, 1, 1), 45, rows_per_day=60)
     live = Stack(home / "home", USERS, {"MLOPS_CONFIG_DIR": os.environ["MLOPS_CONFIG_DIR"]})

@@ -38,27 +38,15 @@ def world(tmp_path_factory):
     """A fast use case (one candidate, absolute bounds, no approval, no schedules), 45 days of synthetic
     features, and Airflow's components started one by one with short heartbeat and orphan timeouts."""
     from _browser_stack import Stack
-    from _model_fixtures import FAST_CANDIDATES, fast_usecase, use_tmp_platform, write_config_dir
+    from _model_fixtures import manual_usecase, use_tmp_platform, write_config_dir
     from _model_fixtures import write_feature_partitions as write_features
 
-    from pipelines.config import Bound, GateSpec
     from pipelines.lake import Lake
 
     home = tmp_path_factory.mktemp("scheduler-kill")
     monkeypatch = pytest.MonkeyPatch()
     use_tmp_platform(monkeypatch, home)
-    base = fast_usecase([FAST_CANDIDATES[0]])
-    usecase = base.model_copy(
-        update={
-            "gate": GateSpec(
-                primary_metric="roc_auc",
-                absolute={"roc_auc": Bound(min=0.5)},
-                allow_absolute_only=True,
-                infrastructure_check=False,
-            ),
-            "schedules": base.schedules.model_copy(update={"train_monthly": None, "train_nightly": None}),
-        }
-    )
+    usecase = manual_usecase()
     monkeypatch.setenv("MLOPS_CONFIG_DIR", str(write_config_dir(home / "config", usecase)))
     lake = Lake(str(home / "lake"))
     write_features(lake, usecase, date(2013, 1, 1), 45, rows_per_day=60)
