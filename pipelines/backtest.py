@@ -43,6 +43,7 @@ import io
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -193,10 +194,19 @@ def chunk_end(policy: str, day: date, last: date) -> date:
 class Replay:
     """Replays [first, last] under one policy in its workspace (environment patched by the caller)."""
 
-    def __init__(self, usecase: UseCase, policy: str, first: date, last: date, log: io.TextIOBase) -> None:
+    def __init__(
+        self,
+        usecase: UseCase,
+        policy: str,
+        first: date,
+        last: date,
+        log: io.TextIOBase,
+        say: Callable[[str], Any] | None = None,
+    ) -> None:
         self.usecase = usecase
         self.run = PolicyRun(policy, first, last)
         self.log = log
+        self.say = say or (lambda line: None)  # one progress line per training: a year of nightly is hours
         self._model: tuple[int, Any, str] | None = None  # (version, model, run id)
 
     def step(self, step: str, day: date, run: str, *extra: str) -> dict[str, Any]:
@@ -218,6 +228,7 @@ class Replay:
     def train(self, day: date, reason: str, mode: str) -> dict[str, Any]:
         """train -> evaluate -> gate -> register -> promote (when the gate passed) on the morning of ``day``."""
         run = f"backtest__{self.run.policy}__train__{day.isoformat()}"
+        started = time.perf_counter()
         record: dict[str, Any] = {"date": day.isoformat(), "reason": reason, "mode": mode, "run": run}
         results: dict[str, dict[str, Any]] = {}
         for step in TRAIN_GRAPH:
@@ -244,6 +255,18 @@ class Replay:
             else None,
         }
         self.run.retrainings.append(record)
+        outcome = (
+            f"failed in {record['failed_step']}"
+            if record.get("failed_step")
+            else "promoted v{}".format(record["promoted_version"])
+            if record.get("promoted_version")
+            else "not promoted"
+        )
+        self.say(
+            f"  {self.run.policy} {day.isoformat()}: training {len(self.run.retrainings)} ({reason}, {mode}): "
+            f"{record.get('candidate')} {outcome}, {time.perf_counter() - started:.1f} s; "
+            f"compute so far {self.run.compute_seconds:.0f} s"
+        )
         return record
 
     def champion(self) -> tuple[int, Any, str, date | None] | None:
@@ -696,7 +719,7 @@ def run_backtest(
             patched_environ(workspace["env"]),
             (home / f"{policy}.log").open("w", buffering=1) as log,
         ):
-            replay = Replay(usecase, policy, first, last, log)
+            replay = Replay(usecase, policy, first, last, log, say)
             replay.run.tables = workspace["tables"]
             run = replay.replay(workspace["lake"], budget_seconds)
         run.wall_seconds = time.perf_counter() - started

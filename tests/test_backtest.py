@@ -6,6 +6,8 @@ from 2013-02-08), built once for both policies."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from datetime import date, timedelta
 from pathlib import Path
@@ -61,8 +63,10 @@ def backtest(tmp_path_factory: pytest.TempPathFactory):
         lake = Lake(str(tmp / "lake"))
         _write_world(lake, usecase, date(2013, 1, 1), 71, FLIP_FROM)
         argv = ["backtest", "--usecase", USECASE, "--policy", "never,monthly"]
-        code = main([*argv, "--from", FIRST.isoformat(), "--to", LAST.isoformat()])
-        assert code == 0
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            code = main([*argv, "--from", FIRST.isoformat(), "--to", LAST.isoformat()])
+        assert code == 0, printed.getvalue()
         prefix = f"reports/{USECASE}/backtest/{FIRST}_{LAST}"
         summary = lake.read_json(f"{prefix}/summary.json")
         yield {
@@ -71,6 +75,7 @@ def backtest(tmp_path_factory: pytest.TempPathFactory):
             "usecase": usecase,
             "prefix": prefix,
             "summary": summary,
+            "printed": printed.getvalue(),
             "policies": {p["policy"]: p for p in summary["policies"]},
             "workspace": tmp / "home" / "backtest" / USECASE / f"{FIRST}_{LAST}",
         }
@@ -91,6 +96,15 @@ def test_monthly_retrains_at_each_month_start_and_never_does_not(backtest):
         assert policy["compute_seconds"] > 0 and policy["step_seconds"]["train"] > 0
         assert set(policy["step_seconds"]) >= {"train", "evaluate", "gate", "register", "promote", "score"}
         assert "not through Airflow" in policy["orchestration"]
+    # a long replay shows each training as it ends, with its outcome
+    for policy in (never, monthly):
+        for training in policy["retrainings"]:
+            line = f"{policy['policy']} {training['date']}: training"
+            assert line in backtest["printed"], backtest["printed"]
+            assert (
+                f"promoted v{training['promoted_version']}"
+                in backtest["printed"].split(line, 1)[1].split("\n")[0]
+            )
 
 
 def test_policies_do_not_share_champions(backtest):
