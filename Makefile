@@ -19,11 +19,16 @@ $(CURDIR)/.tools/bin/uv:
 	$(PYTHON) -m venv $(CURDIR)/.tools
 	$(CURDIR)/.tools/bin/pip install --quiet "uv>=0.5"
 
+# --compile-bytecode: every Python process here (an Airflow task's subprocess, a load check, a test's server)
+# would otherwise compile scikit-learn, MLflow, pandas... from source on import, seconds each time, and never keep
+# the result where PYTHONDONTWRITEBYTECODE is set (it is on many CI machines and in our images)
 $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen $(EXTRAS)
+	$(UV) sync --frozen --compile-bytecode $(EXTRAS)
 	@touch $@
 
+# our own packages too (cheap; a stale .pyc is detected by its source's mtime and ignored)
 setup: $(VENV)/.synced check-java
+	@$(VENV)/bin/python -m compileall -q -j 0 pipelines plugins mlops_cli dags tests >/dev/null
 
 check-java:
 	@command -v java >/dev/null || { echo "Java 17 is needed for Spark: apt-get install openjdk-17-jre-headless (or set JAVA_HOME)"; exit 1; }
