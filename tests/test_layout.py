@@ -31,7 +31,7 @@ LONG_FILES = {
     "pipelines/steps/gate.py": "the gate's checks (absolute, change, slices, fairness) and the decision record",
     "pipelines/evaluation/report.py": "the evaluation report's HTML: one template of sections",
     "pipelines/steps/ingest.py": "parsing, typing, quarantine and the raw commit of landed files",
-    "pipelines/serving/app.py": "the REST service's routes, limits and Open Inference Protocol codecs",
+    "pipelines/serving/app.py": "the REST service's routes, limits, compressed bodies and Open Inference Protocol codecs",
     "pipelines/features/transforms.py": "the transforms library: one function per transform, the registry and the "
     "point-in-time lookups",
     "pipelines/modeling/model_ops.py": "mlops models (list, show, promote, rollback, history) over one record of "

@@ -8,13 +8,10 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from datetime import date, timedelta
@@ -22,6 +19,21 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from _hostile_clients import (
+    GOOD,
+    HAMMER,
+    HUGE,
+    INFER,
+    KEYS,
+    LIMITS,
+    PREDICT,
+    SLOW,
+    percentile,
+    request,
+    run_hostile_clients,
+    serve,
+    stop,
+)
 from _serve_fixtures import (
     USECASE,
     ServeEnv,
@@ -44,10 +56,6 @@ ARTIFACTS = (
 TRAINED_ON = date(2013, 3, 1)
 DAY = date(2013, 3, 10)
 DAYS = [DAY - timedelta(days=2), DAY - timedelta(days=1), DAY]
-PREDICT = f"/v1/usecases/{USECASE}/predict"
-INFER = f"/v2/models/{USECASE}/infer"
-GOOD, HAMMER, SLOW, HUGE, CYCLER = "good-key", "hammer-key", "slow-key", "huge-key", "cycler-key"
-KEYS = frozenset({GOOD, HAMMER, SLOW, HUGE, CYCLER})
 
 
 def _records(env: ServeEnv, day: date = DAY) -> list[dict]:
@@ -202,243 +210,34 @@ def test_a_key_past_its_rate_gets_429_with_retry_after_in_each_endpoints_error_s
 
 
 # ---------------------------------------------------------------------------------------- hostile clients, live
-def _serve(env: ServeEnv, log_path: Path, *options: str, keys: frozenset[str] = KEYS):
-    """``mlops serve`` of ``env``'s champion in a process of its own (its own interpreter: the test's client
-    threads do not share its GIL), on a free loopback port, once /ready answers 200: (process, port)."""
-    port = free_port()
-    command = [sys.executable, "-m", "pipelines", "serve", "--usecase", USECASE, "--port", str(port)]
-    # the data are of 2013: by the wall clock every snapshot is older than serving.max_snapshot_age
-    command += ["--no-capture", "--max-snapshot-age", "off", *options]
-    environment = {**os.environ, "MLOPS_API_KEYS": ",".join(sorted(keys))}
-    log = log_path.open("w")
-    process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-    deadline = time.monotonic() + 180
-    while True:
-        assert process.poll() is None, log_path.read_text()[-3000:]
-        assert time.monotonic() < deadline, (
-            "mlops serve was not ready in 180 s: " + log_path.read_text()[-3000:]
-        )
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            if _request(conn, "GET", "/ready", None, None)[0] == 200:
-                return process, port
-        except OSError:
-            pass
-        time.sleep(0.3)
-
-
-def _stop(process: subprocess.Popen, log_path: Path) -> None:
-    process.send_signal(signal.SIGTERM)
-    code = process.wait(timeout=120)
-    assert code == 0, log_path.read_text()[-3000:]
-
-
-def _request(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None, key: str | None):
-    headers = {"Content-Type": "application/json"}
-    if key is not None:
-        headers["X-API-Key"] = key
-    conn.request(method, path, body=body, headers=headers)
-    response = conn.getresponse()
-    return response.status, response.headers, response.read()  # headers: case-insensitive
-
-
 def test_hostile_clients_are_shed_while_health_stays_fast_and_a_polite_client_is_answered(
     api, tmp_path
 ) -> None:
     """For about 12 s against ``mlops serve`` (one uvicorn worker in a process of its own, as deployed; its limits
     set by the command's options: in-flight cap 4, 20 requests a second with bursts of 10, a 64 KiB body limit;
-    in-process, the clients' threads shared the server's GIL and measured that instead): slow bodies (a few bytes a second, more connections than the key's cap), bodies over the limit
-    (declared, and chunked without a length), wrong keys, a key hammering past its rate, and a client cycling
-    ``at`` over times before, between and after the snapshots. Meanwhile a probe measures ``/health`` and a
-    well-behaved client (its own key, a few requests a second) scores batches. Every ``/health`` probe is answered
-    within a liveness probe's 1 s timeout (the failure this guards: Kubernetes restarting a pod whose loop is
-    stalled), every polite request is answered 200, every refusal has the status its abuse calls for. The latency
-    itself (target: p99 under 100 ms) is measured and kept as a test artefact (``serve/abuse-health.json``), not
-    asserted: a 100 ms bound on a shared 2-core CI machine would fail on the machine's noise, not the service's."""
+    in-process, the clients' threads shared the server's GIL and measured that instead), the clients of
+    ``_hostile_clients``: slow bodies (a few bytes a second, more connections than the key's cap), bodies over
+    the limit (declared, and chunked without a length), wrong keys, a key hammering past its rate, and a client
+    cycling ``at`` over times before, between and after the snapshots. Meanwhile a probe measures ``/health`` and
+    a well-behaved client (its own key, a few requests a second) scores batches. Every ``/health`` probe is
+    answered within a liveness probe's 1 s timeout (the failure this guards: Kubernetes restarting a pod whose
+    loop is stalled), every polite request is answered 200, every refusal has the status its abuse calls for.
+    The latency itself (target: p99 under 100 ms) is measured by ``bench/serve_abuse.py`` (docs/benchmarks.md)
+    and kept here as a test artefact (``serve/abuse-health.json``), not asserted: a 100 ms bound on a shared
+    2-core CI machine would fail on the machine's noise, not the service's."""
     env = api.env
-    records = _records(env)
-    at = _at(env)
     log_path = tmp_path / "serve.log"
-    limits = ["--rate-limit", "20", "--rate-burst", "10", "--max-in-flight", "4", "--max-body-bytes", "65536"]
-    server, port = _serve(env, log_path, *limits)
-    seconds = 12.0
-    stop = threading.Event()
-    results: dict[str, Counter] = {
-        name: Counter() for name in ("good", "slow", "huge", "bad", "hammer", "cycler")
-    }
-    health: list[float] = []
-    problems: list[str] = []
-    lock = threading.Lock()
-
-    def note(name: str, status: object) -> None:
-        with lock:
-            results[name][status] += 1
-
-    def connect(timeout: float = 10) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-
-    def guarded(name: str, work) -> None:
-        try:
-            work()
-        except Exception as exc:  # reported below, with the client that failed
-            problems.append(f"{name}: {type(exc).__name__}: {exc}")
-
-    def probe() -> None:
-        conn = connect(5)
-        while not stop.is_set():
-            started = time.perf_counter()
-            status, _, _ = _request(conn, "GET", "/health", None, None)
-            health.append(time.perf_counter() - started)
-            assert status == 200
-            time.sleep(0.02)
-
-    def good() -> None:
-        conn = connect(30)
-        body = json.dumps({"records": records[:20], "at": at}).encode()
-        while not stop.is_set():
-            status, headers, payload = _request(conn, "POST", PREDICT, body, GOOD)
-            note("good", status)
-            if status != 200:
-                problems.append(f"good: {status} {payload[:300]!r}")
-            time.sleep(0.2)
-
-    def slow_body() -> None:
-        """Six connections of one key each declare a 2000-byte body and send it a few bytes a second: four are
-        in flight (the cap), the other two get 429 at once; they give up when the test ends."""
-        socks = []
-        for _ in range(6):
-            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-            head = (
-                f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nX-API-Key: {SLOW}\r\n"
-                "Content-Type: application/json\r\nContent-Length: 2000\r\n\r\n"
-            )
-            sock.sendall(head.encode() + b'{"records": [')
-            socks.append(sock)
-            time.sleep(0.1)
-        for sock in socks:
-            sock.settimeout(0.3)
-        answered: set[int] = set()
-        while not stop.is_set():
-            for index, sock in enumerate(socks):
-                if index in answered:
-                    continue
-                try:
-                    reply = sock.recv(4096)
-                except TimeoutError:
-                    sock.sendall(b" ")  # a byte more: still sending, slowly
-                    continue
-                status = int(reply.split(b" ", 2)[1]) if reply else "closed"
-                note("slow", status)
-                answered.add(index)
-        for sock in socks:
-            sock.close()
-
-    def huge() -> None:
-        while not stop.is_set():
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:  # declared too large
-                sock.sendall(
-                    f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nX-API-Key: {HUGE}\r\nContent-Type: application/json"
-                    f"\r\nContent-Length: {512 * 1024 * 1024}\r\n\r\n".encode()
-                    + b"[" * 4096
-                )
-                note("huge", int(sock.recv(4096).split(b" ", 2)[1]))
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:  # chunked, no length
-                sock.sendall(
-                    f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nX-API-Key: {HUGE}\r\nContent-Type: application/json"
-                    "\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
-                )
-                chunk = b"[" * 16384
-                reply = b""
-                try:
-                    for _ in range(64):  # 1 MiB at most; the server answers once past 64 KiB
-                        sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                    sock.settimeout(5)
-                    reply = sock.recv(4096)
-                except OSError:  # the server answered and closed while we were still sending
-                    sock.settimeout(5)
-                    try:
-                        reply = sock.recv(4096)
-                    except OSError:
-                        reply = b""
-                note("huge", int(reply.split(b" ", 2)[1]) if reply else "reset")
-            time.sleep(0.2)  # at most 10 requests a second: under the key's rate, so each one gets 413
-
-    def bad_keys() -> None:
-        conn = connect()
-        body = json.dumps({"record": records[0], "at": at}).encode()
-        while not stop.is_set():
-            key = f"guess-{random.getrandbits(64):016x}"
-            note("bad", _request(conn, "POST", "/invocations", body, key)[0])
-            time.sleep(0.005)
-
-    def hammer() -> None:
-        """One keep-alive connection sending the same request again and again, hundreds a second (a raw socket:
-        the least client work per request, whose CPU this process's probe shares)."""
-        body = json.dumps({"dataframe_records": records[:1], "params": {"at": at}}).encode()
-        request = (
-            f"POST /invocations HTTP/1.1\r\nHost: x\r\nX-API-Key: {HAMMER}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode() + body
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            pending = b""
-            while not stop.is_set():
-                sock.sendall(request)
-                while b"\r\n\r\n" not in pending:
-                    pending += sock.recv(65536)
-                head, _, pending = pending.partition(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                status = int(lines[0].split(" ", 2)[1])
-                headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-                length = int(headers["content-length"])
-                while len(pending) < length:
-                    pending += sock.recv(65536)
-                payload, pending = pending[:length], pending[length:]
-                note("hammer", status)
-                time.sleep(0.002)  # ten times its rate and more, leaving the 2-core test machine some CPU
-                if status == 429:
-                    shape = json.loads(payload)
-                    if shape.get("error_code") != "REQUEST_LIMIT_EXCEEDED" or int(headers["retry-after"]) < 1:
-                        problems.append(f"hammer: a 429 of another shape: {headers} {payload[:200]!r}")
-
-    def cycler() -> None:
-        conn = connect()
-        base = env.usecase.time.prediction_time_of(DAYS[0])
-        offsets = [timedelta(days=d, hours=h) for d in (-30, -1, 0, 1, 2, 3, 40) for h in (0, 7)]
-        while not stop.is_set():
-            when = (base + random.choice(offsets)).isoformat()
-            body = json.dumps({"records": records[:3], "at": when}).encode()
-            note("cycler", _request(conn, "POST", PREDICT, body, CYCLER)[0])
-            time.sleep(0.04)
-
-    workers = [
-        threading.Thread(target=guarded, args=(name, work), daemon=True)
-        for name, work in [
-            ("probe", probe),
-            ("good", good),
-            ("slow", slow_body),
-            ("huge", huge),
-            ("bad", bad_keys),
-            ("hammer", hammer),
-            ("cycler", cycler),
-        ]
-    ]
+    server, port = serve(log_path, *LIMITS)
     try:
-        for worker in workers:
-            worker.start()
-        time.sleep(seconds)
-        stop.set()
-        for worker in workers:
-            worker.join(timeout=30)
-        conn = connect()
-        metrics = _request(conn, "GET", "/metrics", None, None)[2].decode()
+        run = run_hostile_clients(
+            port, _records(env), _at(env), env.usecase.time.prediction_time_of(DAYS[0]), seconds=12.0
+        )
     finally:
-        stop.set()
-        _stop(server, log_path)
+        stop(server, log_path)
 
-    summary = {name: dict(counts) for name, counts in results.items()}
-    health_ms = sorted(1000 * s for s in health)
-    p99 = health_ms[int(0.99 * (len(health_ms) - 1))]
+    summary = run.summary()
+    health_ms = run.health_ms()
+    p99 = percentile(health_ms, 0.99)
     print(
         f"\n/health: {len(health_ms)} probes, p50 {statistics.median(health_ms):.1f} ms, p99 {p99:.1f} ms, "
         f"max {health_ms[-1]:.1f} ms; answers by client: {summary}"
@@ -456,7 +255,7 @@ def test_hostile_clients_are_shed_while_health_stays_fast_and_a_polite_client_is
             indent=2,
         )
     )
-    assert not problems, problems[:5]
+    assert not run.problems, run.problems[:5]
     assert len(health_ms) > 100, summary
     assert health_ms[-1] < 1000, f"a /health probe took {health_ms[-1]:.0f} ms: past a liveness probe's 1 s"
     assert set(summary["good"]) == {200} and summary["good"][200] >= 20, summary
@@ -468,7 +267,7 @@ def test_hostile_clients_are_shed_while_health_stays_fast_and_a_polite_client_is
     assert summary["cycler"].get(200, 0) > 0 and set(summary["cycler"]) <= {200, 422, 429}, summary
     limited = {
         line.split('"')[1]: float(line.split()[-1])
-        for line in metrics.splitlines()
+        for line in run.metrics.splitlines()
         if line.startswith("mlops_serve_limited_requests_total{")
     }
     assert limited["in_flight"] >= 2 and limited["rate"] >= summary["hammer"][429], (limited, summary)
@@ -574,7 +373,7 @@ def test_a_killed_worker_is_replaced_and_requests_keep_being_answered(serve_env:
     def score() -> int | str:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         try:
-            return _request(conn, "POST", PREDICT, body, None)[0]
+            return request(conn, "POST", PREDICT, body, None)[0]
         except OSError as exc:
             return type(exc).__name__
         finally:

@@ -323,6 +323,71 @@ def test_tritonclient_errors_are_readable_and_the_limits_hold(api) -> None:
     assert keyless.status_code == 401 and "API key" in keyless.json()["error"], keyless.text
 
 
+def test_tritonclient_compressed_bodies_score_as_plain_ones_and_a_bomb_gets_413(api) -> None:
+    """tritonclient's ``request_compression_algorithm`` (``Content-Encoding: gzip`` or ``deflate``), binary and
+    JSON tensors: the probabilities of the same request uncompressed. The body limit (1 MiB here) bounds the body
+    decompressed as well: a gzip bomb (half a MiB that inflates to 512 MiB) gets 413 while the service holds a few
+    MiB at most (it inflates no further than the limit); without a valid key it gets 401, its body unread; an
+    unknown encoding 415, data that are not gzip 400; our own predict endpoint reads gzip as well."""
+    import gzip
+    import tracemalloc
+    import zlib
+
+    triton = _client_module("tritonclient.http", "tritonclient[http]")
+    records = _records(api.env)[:25]
+    at = _at(api.env)
+    expected = np.array(_json_scores(api.keyed, records, at))
+    client = triton.InferenceServerClient(f"127.0.0.1:{api.keyed}", network_timeout=60.0)
+    try:
+        for algorithm in ("gzip", "deflate"):
+            for binary in (True, False):
+                result = client.infer(
+                    USECASE,
+                    _tensors(triton, api.env, records, binary=binary),
+                    headers={**AUTH},
+                    parameters={"at": at},
+                    request_compression_algorithm=algorithm,
+                )
+                np.testing.assert_allclose(
+                    result.as_numpy("probability"), expected, rtol=0, atol=1e-12, err_msg=(algorithm, binary)
+                )
+    finally:
+        client.close()
+
+    url = f"http://127.0.0.1:{api.keyed}{INFER}"
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip, made a MiB at a time
+    zeros = bytes(1 << 20)
+    bomb = b"".join(packer.compress(zeros) for _ in range(512)) + packer.flush()
+    assert len(bomb) < 1024 * 1024, "the bomb itself is under the body limit"
+    gzipped = {**AUTH, "Content-Encoding": "gzip", "Content-Type": "application/json"}
+    tracemalloc.start()
+    try:
+        refused = requests.post(url, data=bomb, headers=gzipped, timeout=60)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert refused.status_code == 413, refused.text
+    assert "decompressed" in refused.json()["error"] and "--max-body-bytes" in refused.json()["error"]
+    assert peak < 16 * 1024 * 1024, (
+        f"{peak / 2**20:.0f} MiB held while refusing a bomb: inflated past the limit"
+    )
+    keyless = requests.post(url, data=bomb, headers={**gzipped, "X-API-Key": "wrong"}, timeout=60)
+    assert keyless.status_code == 401 and "API key" in keyless.json()["error"], keyless.text
+    unknown = requests.post(url, data=bomb, headers={**gzipped, "Content-Encoding": "br"}, timeout=60)
+    assert unknown.status_code == 415 and "'br'" in unknown.json()["error"], unknown.text
+    garbage = requests.post(url, data=b"{not gzip}", headers=gzipped, timeout=60)
+    assert garbage.status_code == 400 and "not valid gzip" in garbage.json()["error"], garbage.text
+
+    predict = f"http://127.0.0.1:{api.keyed}/v1/usecases/{USECASE}/predict"
+    body = json.dumps({"records": records, "at": at}).encode()
+    plain = requests.post(
+        predict, data=body, headers={**AUTH, "Content-Type": "application/json"}, timeout=60
+    )
+    packed = requests.post(predict, data=gzip.compress(body), headers=gzipped, timeout=60)
+    assert plain.status_code == packed.status_code == 200, (plain.text, packed.text)
+    assert packed.json()["predictions"] == plain.json()["predictions"]
+
+
 def test_mlflow_scoring_client_pings_and_invokes(api) -> None:
     """MLflow's ``ScoringServerClient`` against `mlops serve`: ``wait_server_ready`` and ``ping`` against the
     service with API keys (its health check needs none). ``invoke`` cannot carry an API key (it sends only

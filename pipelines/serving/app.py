@@ -18,12 +18,14 @@ prediction time (pipelines.features.online): the inputs batch scoring and traini
 built with another features config than the answering model's gets 503.
 
 Client mistakes never get a 5xx: a field that breaks the use case's schema 422 naming it, a body over
-``max_body_bytes`` or a batch over ``max_batch_records`` 413, a missing or wrong API key 401 (``X-API-Key`` or
-``Authorization: Bearer``; health, readiness and metrics need none). A key past its rate (a token bucket) or with
-too many requests in flight gets 429 with ``Retry-After`` (pipelines.serving.limits; health, readiness and metrics
-are never limited), in the endpoint's error shape: ``{"detail": ...}``, MLflow's ``{"error_code": ..., "message":
-...}`` on ``/invocations``, the protocol's ``{"error": ...}`` under ``/v2/``. Every answer says which version made it
-(``model_version`` and the ``X-Model-Version`` header).
+``max_body_bytes`` (as sent, and once decompressed: ``Content-Encoding: gzip`` and ``deflate`` bodies are read,
+another encoding gets 415, data not of their encoding 400) or a batch over ``max_batch_records`` 413, a missing or
+wrong API key 401 (``X-API-Key`` or ``Authorization: Bearer``; health, readiness and metrics need none). A key past
+its rate (a token bucket) or with too many requests in flight gets 429 with ``Retry-After``
+(pipelines.serving.limits; health, readiness and metrics are never limited), in the endpoint's error shape:
+``{"detail": ...}``, MLflow's ``{"error_code": ..., "message": ...}`` on ``/invocations``, the protocol's
+``{"error": ...}`` under ``/v2/``. Every answer says which version made it (``model_version`` and the
+``X-Model-Version`` header).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import logging
 import math
 import os
 import time
+import zlib
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -211,11 +214,33 @@ class _BodyLimit:
                     break
         if too_large:
             message = f"the request body is over the limit of {self.limit} bytes (--max-body-bytes)"
-            key = "error" if scope["path"].startswith("/v2/") else "detail"  # the Open Inference Protocol's
-            response = JSONResponse({key: message}, status_code=413)
-            await response(scope, receive, send)
+            await _body_error(scope, 413, message)(scope, receive, send)
             return
         body, sent = b"".join(chunks), False
+        encoding = _header(scope, b"content-encoding").strip().lower()
+        if encoding not in ("", "identity"):
+            wbits = _DECODINGS.get(encoding)
+            if wbits is None:
+                message = f"Content-Encoding {encoding!r} is not supported: send gzip, deflate or no encoding"
+                await _body_error(scope, 415, message)(scope, receive, send)
+                return
+            try:
+                # off the event loop (zlib lets go of the GIL while it inflates): a body near the limit takes
+                # tens of milliseconds, which /health and the other requests would otherwise wait for
+                body = await run_in_threadpool(_inflate, body, wbits, self.limit)
+            except zlib.error as exc:
+                message = f"the request body is not valid {encoding} data (Content-Encoding): {exc}"
+                await _body_error(scope, 400, message)(scope, receive, send)
+                return
+            if body is None:
+                message = f"the request body, decompressed, is over the limit of {self.limit} bytes (--max-body-bytes)"
+                await _body_error(scope, 413, message)(scope, receive, send)
+                return
+            # the handlers see the body as if it had been sent uncompressed
+            headers = [
+                (k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")
+            ]
+            scope = {**scope, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
 
         async def replay() -> dict:
             nonlocal sent
@@ -225,6 +250,44 @@ class _BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+# the Content-Encoding values a request body may come in (tritonclient's request_compression_algorithm sends both;
+# its deflate is the zlib format, as RFC 9110 defines it), and the zlib window bits that read each
+_DECODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def _header(scope: dict, name: bytes) -> str:
+    return dict(scope.get("headers") or []).get(name, b"").decode("latin-1")
+
+
+def _body_error(scope: dict, status: int, message: str) -> JSONResponse:
+    """A refusal of the body itself, before any handler: the Open Inference Protocol's ``{"error": ...}`` under
+    ``/v2/``, ``{"detail": ...}`` elsewhere."""
+    key = "error" if scope["path"].startswith("/v2/") else "detail"
+    return JSONResponse({key: message}, status_code=status)
+
+
+def _inflate(body: bytes, wbits: int, limit: int) -> bytes | None:
+    """``body`` decompressed, or None as soon as it is over ``limit`` bytes. At most ``limit`` + 1 bytes are ever
+    inflated (zlib's ``max_length``; what is left stays compressed in ``unconsumed_tail``), so a bomb of a few
+    KiB that would expand to gigabytes costs the limit's memory, not the bomb's. zlib.error for data that is not
+    of the encoding, cut short, or followed by more."""
+    inflater = zlib.decompressobj(wbits)
+    parts: list[bytes] = []
+    size, pending = 0, body
+    while not inflater.eof:
+        part = inflater.decompress(pending, limit + 1 - size)  # never 0 (no bound): size <= limit here
+        size += len(part)
+        if size > limit:
+            return None
+        parts.append(part)
+        pending = inflater.unconsumed_tail
+        if not part and not pending:
+            raise zlib.error("the compressed data end before their end marker")
+    if inflater.unused_data:
+        raise zlib.error("more data after the end of the compressed data")
+    return b"".join(parts)
 
 
 class _FastJSON(JSONResponse):
