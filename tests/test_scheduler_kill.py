@@ -1,13 +1,17 @@
 """The scheduler killed mid-run and started again: Airflow's components as processes of their own (api-server,
 scheduler, dag-processor, triggerer over one SQLite metadata database, LocalExecutor), a train run of a fast
 synthetic use case, and SIGKILL to the scheduler's whole process group (the scheduler, its executor's workers and
-the step running in one of them, as a crashed host loses them) while a step of the run is running.
+the step running in one of them, as a crashed host loses them) at the worst moment of the run: `register` has
+created the model version and not yet finished (held there by the `register.version_created` failpoint,
+pipelines.failpoints, so the kill lands there every time, not where a timer happens to fall).
 
 The restarted scheduler finds the killed task instance without a heartbeat, fails that try and retries it; the
 run then succeeds, and what it leaves is what an uninterrupted run leaves: one registered version for the run's
-candidate (no duplicate from the retried steps), `champion` on it after exactly one recorded alias move, one gate
-decision, the feature partitions untouched, and the candidate's evaluation metrics equal to those of the same
-steps run once without a kill (a reference run of the steps on the same lake, under a run id of its own)."""
+candidate (the retried register finds the version its killed try created instead of creating a second: without
+that lookup this test fails with two versions of one training run), `champion` on it after exactly one recorded
+alias move, one gate decision, the feature partitions untouched, and the candidate's evaluation metrics equal to
+those of the same steps run once without a kill (a reference run of the steps on the same lake, under a run id of
+its own)."""
 
 from __future__ import annotations
 
@@ -29,7 +33,6 @@ USECASE = "flight_delay"
 DAG_ID = f"{USECASE}_train"
 DAY = "2013-02-10"
 USERS = {"admin": "admin-pw"}
-STEPS = ("train", "evaluate", "gate", "register", "promote")
 RUN_TIMEOUT_S = 900
 
 
@@ -55,6 +58,8 @@ def world(tmp_path_factory):
         USERS,
         {
             "MLOPS_CONFIG_DIR": os.environ["MLOPS_CONFIG_DIR"],
+            # register pauses once its model version exists: the kill lands there (removed for the restart)
+            "MLOPS_FAILPOINTS": "register.version_created",
             # a killed task is found within seconds, not Airflow's default five minutes
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
@@ -94,28 +99,21 @@ def _trigger(stack) -> str:
     return body["dag_run_id"]
 
 
-def _kill_scheduler_during_a_step(stack, run_id: str) -> str:
-    """SIGKILL the scheduler's process group while a step of the run is running; the step that was running."""
+def _kill_scheduler_in_register(stack, run_id: str, versions) -> None:
+    """SIGKILL the scheduler's process group while `register` holds at its failpoint, its version created."""
 
-    def running_step() -> str | None:
-        for step in STEPS:
-            if _task(stack, run_id, step).get("state") == "running":
-                return step
+    def held() -> bool:
         state = _get(stack, f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}")["state"]
-        assert state in ("queued", "running"), (
-            f"run {run_id} {state} before a step was seen running ({stack.logs})"
-        )
-        return None
+        assert state in ("queued", "running"), f"run {run_id} {state} before register held ({stack.logs})"
+        return _task(stack, run_id, "register").get("state") == "running" and bool(versions())
 
-    step = stack.wait_for("a step running", running_step, timeout_s=RUN_TIMEOUT_S, every_s=0.3)
-    time.sleep(1.0)  # into the step's work, not its start
+    stack.wait_for("register's version created", held, timeout_s=RUN_TIMEOUT_S, every_s=0.5)
     scheduler = stack.processes["scheduler"]
     stack.kill("scheduler")
     deadline = time.monotonic() + 30  # SIGKILL is delivered at once; the exits of a busy group take a moment
     while (survivors := _group(scheduler.pid)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not survivors, f"processes of the killed scheduler's group still run: {survivors}"
-    return step
 
 
 def _group(pgid: int) -> list[str]:
@@ -156,9 +154,14 @@ def test_the_scheduler_killed_mid_run_and_restarted_leaves_what_an_uninterrupted
     from pipelines.modeling.tracking import configure_mlflow, model_name
 
     stack, lake, usecase = world
+    configure_mlflow(load_profile(), usecase)
+    client = MlflowClient()
+    name = model_name(usecase)
     features_before = {day: p.rows for day, p in lake.partitions(features_table(usecase.name)).items()}
     run_id = _trigger(stack)
-    killed_step = _kill_scheduler_during_a_step(stack, run_id)
+    _kill_scheduler_in_register(stack, run_id, lambda: client.search_model_versions(f"name = '{name}'"))
+    killed_step = "register"
+    stack.env.pop("MLOPS_FAILPOINTS")  # the restarted scheduler's retry runs through
     stack.start("scheduler")
 
     def finished() -> str | None:
@@ -175,9 +178,6 @@ def test_the_scheduler_killed_mid_run_and_restarted_leaves_what_an_uninterrupted
     )
 
     # one version for the run's candidate, champion on it after one move, one decision, features untouched
-    configure_mlflow(load_profile(), usecase)
-    client = MlflowClient()
-    name = model_name(usecase)
     register = lake.read_json(run_result_key(usecase.name, DAY, "register", run_id))
     versions = client.search_model_versions(f"name = '{name}'")
     assert len(versions) == 1, [(v.version, v.run_id) for v in versions]

@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from pipelines.context import StepContext, StepFailed, progress
+from pipelines.failpoints import failpoint
 from pipelines.results import read_step_result
 
 # MLflow limits tag values (5000 characters in the SQL store); long gate reasons are cut to this length
@@ -215,6 +216,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         if version is None:
             progress(f"register: {cand_name} (run {run_id}) -> new version of {name!r}")
             version = mlflow.register_model(candidate["model_uri"], name, tags=tags)
+            failpoint("register.version_created")
         else:
             progress(
                 f"register: {cand_name} (run {run_id}) is already version {version.version}; updating tags"
