@@ -226,8 +226,8 @@ def run_spark(lake: Any, usecase: Any, profile: Any) -> tuple[float, dict[str, A
     targets = [
         (features, "plan_days", "plan features days"),
         (features, "plan_labels", "plan labels days"),
-        (features, "build_rows", "build_rows (features + online snapshot, to Arrow)"),
-        (features, "build_labels", "build_labels (to Arrow)"),
+        (features, "build_days", "build_days (features + online snapshot + shared labels, to Arrow)"),
+        (features, "build_labels", "build_labels (to Arrow; when the labels could not share the frame)"),
         (features, "_read_parquet", "  inputs read by the executors (lazy)"),
         (features, "read_source", "  inputs read through Arrow (driver)"),
         (features, "_to_spark", "  Arrow -> Spark + checkpoint"),

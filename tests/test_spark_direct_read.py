@@ -1,6 +1,6 @@
 """Spark's executors read a raw Delta snapshot's Parquet files themselves (file list and partition values from the
 log) or receive the rows as Arrow through the driver, chosen by size: the features, online snapshot and labels
-are the same either way."""
+are the same either way, and the labels taken from the features' labelled frame are those of their own build."""
 
 from __future__ import annotations
 
@@ -64,9 +64,12 @@ def _build(lake: Lake, threshold: int, monkeypatch: pytest.MonkeyPatch) -> tuple
     end = DAYS[-1].isoformat()
     plans = features.plan_days(usecase, partitions, DAYS[1].isoformat(), end)
     label_plans = features.plan_labels(usecase, partitions, DAYS[1].isoformat(), end)
-    rows, snapshot = features.build_rows(ctx, raw, plans)
+    built = features.build_days(ctx, raw, plans, label_plans)
     labels = features.build_labels(ctx, raw, label_plans)
-    return [rows, snapshot, labels], len(direct)
+    # the labels taken from the features' labelled frame (one label join) are those of their own build
+    assert built.labels is not None, "the same days and outcome partitions: the labels share the frame"
+    assert built.labels.equals(labels), "the labels from the features' frame differ from their own build"
+    return [built.rows, built.snapshot_rows, labels], len(direct)
 
 
 def test_direct_parquet_reads_and_arrow_hand_off_build_the_same_rows(

@@ -28,7 +28,8 @@ facts: ``rows``, ``inputs_fingerprint``, ``inputs``, ``raw_versions``, ``columns
 online snapshot (the lookups a request at each day's prediction time joins; see pipelines.features.online), committed next
 to ``features_online/<usecase>`` with the same facts; a day is stale when either table lacks its fingerprint.
 Days whose labels are stale are committed to ``labels/<usecase>`` in one commit (a day without labels yet is
-committed empty, with its facts). Inputs reach Spark as Arrow (through the driver) and results come back as
+committed empty, with its facts); when the features job's labelled frame holds their events joined to the same
+outcome partitions (a whole rebuild, a new day), the labels come from it, so the label join runs once. Inputs reach Spark as Arrow (through the driver) and results come back as
 Arrow, so any master works (local or a cluster) and the lake may be local or S3; large inputs of a local lake
 with a local master are read by the executors from the snapshot's Parquet files instead (see
 :func:`source_frame`, chosen by ``profile.spark_direct_read_bytes``). A concurrent commit to the same
@@ -658,18 +659,66 @@ def _prediction_times(frame: DataFrame, days: list[date], time: TimeSpec) -> dic
     return times
 
 
+@dataclass(frozen=True)
+class BuiltDays:
+    """What one Spark job built: the features, their online snapshot and (when they could share its labelled
+    frame, see :func:`shares_label_frame`) the labels, each an Arrow table sorted by every column."""
+
+    rows: pa.Table
+    snapshot_rows: pa.Table
+    labels: pa.Table | None
+
+
+def _feature_days(usecase: UseCase, raw: dict[str, Snapshot], plans: list[DayPlan]) -> list[str]:
+    """The primary days the features of ``plans`` read: each day's window."""
+    primary = raw[usecase.features.primary_source].partitions
+    return sorted(
+        {d for plan in plans for d in _window(plan.day, usecase.features.lookback_days) if d in primary}
+    )
+
+
+def _label_outcome_days(usecase: UseCase, days: list[str]) -> list[str]:
+    """The outcome partitions :func:`build_labels` joins to the events of ``days``: their windows."""
+    return sorted({d for day in days for d in _window(day, usecase.features.lookback_days)})
+
+
+def shares_label_frame(
+    usecase: UseCase, raw: dict[str, Snapshot], plans: list[DayPlan], label_plans: list[DayPlan]
+) -> bool:
+    """Whether the labels of ``label_plans`` can be taken from the labelled frame the features of ``plans`` start
+    from (one label join, not two): every label day's events are in that frame and the frame joined them to the
+    same outcome partitions :func:`build_labels` would (more or fewer could pick another first outcome)."""
+    if not plans or not label_plans:
+        return False
+    needed = _feature_days(usecase, raw, plans)
+    if not {plan.day for plan in label_plans} <= set(needed):
+        return False
+    if usecase.outcome_source == usecase.features.primary_source:
+        return True
+    outcomes = raw[usecase.outcome_source].partitions
+    wanted = _label_outcome_days(usecase, [plan.day for plan in label_plans])
+    return {d for d in needed if d in outcomes} == {d for d in wanted if d in outcomes}
+
+
 def build_rows(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan]) -> tuple[pa.Table, pa.Table]:
     """The features of the days in ``plans`` and their online snapshot, computed in one Spark job, as two Arrow
     tables with a ``date`` column, sorted by every column (so a rebuild from the same inputs gives the same
     files)."""
+    built = build_days(ctx, raw, plans)
+    return built.rows, built.snapshot_rows
+
+
+def build_days(
+    ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan], label_plans: list[DayPlan] | None = None
+) -> BuiltDays:
+    """:func:`build_rows`, and the labels of ``label_plans`` from the same labelled frame when
+    :func:`shares_label_frame` (else ``labels`` is None and :func:`build_labels` builds them)."""
     import pyarrow as pa
     from pyspark.sql import functions as F
 
     usecase = ctx.usecase
     primary = raw[usecase.features.primary_source].partitions
-    needed = sorted(
-        {d for plan in plans for d in _window(plan.day, usecase.features.lookback_days) if d in primary}
-    )
+    needed = _feature_days(usecase, raw, plans)
     spark = get_spark(ctx.profile)
     frame, context = _frames(spark, ctx, raw, needed)
     # labelled rows, materialized once: the transforms and the snapshot's lookups all start from them. Large
@@ -685,6 +734,9 @@ def build_rows(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan])
         frame = frame.localCheckpoint(storageLevel=StorageLevel.MEMORY_AND_DISK)
     else:
         frame = frame.localCheckpoint()
+    labels = None
+    if label_plans and shares_label_frame(usecase, raw, plans, label_plans):
+        labels = _label_rows(frame, usecase, [date.fromisoformat(plan.day) for plan in label_plans])
     built_days = [date.fromisoformat(plan.day) for plan in plans]
     _check_prediction_column(frame.where(F.col(DAY_COLUMN).isin(built_days)), usecase)
     served = _prediction_times(frame, built_days, usecase.time)
@@ -723,16 +775,13 @@ def build_rows(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan])
         )
     )
     snapshot_rows = snapshot_rows.sort_by([(name, "ascending") for name in SNAPSHOT_COLUMNS])
-    return rows, snapshot_rows
+    return BuiltDays(rows, snapshot_rows, labels)
 
 
 def build_labels(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan]) -> pa.Table:
     """The labels of the days in ``plans`` (one row per event whose outcome arrived: :func:`label_columns`) as an
     Arrow table sorted by every column, from the primary rows of those days and the outcome rows of their
     windows (the same labels the features' past rates count)."""
-    import pyarrow as pa
-    from pyspark.sql import functions as F
-
     usecase = ctx.usecase
     primary = usecase.features.primary_source
     days = [plan.day for plan in plans]
@@ -741,12 +790,24 @@ def build_labels(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan
     outcome_rows = None
     if usecase.outcome_source != primary:
         snapshot = raw[usecase.outcome_source]
-        window = sorted({d for day in days for d in _window(day, usecase.features.lookback_days)})
+        window = _label_outcome_days(usecase, days)
         outcome_rows = source_frame(spark, ctx, usecase.outcome_source, snapshot, window, "_outcome_day")
-    frame = _label_columns(frame, usecase, outcome_rows).where(F.col(usecase.target.column).isNotNull())
+    frame = _label_columns(frame, usecase, outcome_rows)
+    return _label_rows(frame, usecase, None)
+
+
+def _label_rows(frame: DataFrame, usecase: UseCase, days: list[date] | None) -> pa.Table:
+    """The labels (:func:`label_columns`) of the events of ``days`` (None: all) of a labelled frame
+    (:func:`_label_columns`), typed as the features table types the keys and sorted by every column."""
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+
+    if days is not None:
+        frame = frame.where(F.col(DAY_COLUMN).isin(days))
+    frame = frame.where(F.col(usecase.target.column).isNotNull())
     frame = frame.withColumn(DATE_COLUMN, F.date_format(F.col(DAY_COLUMN), "yyyy-MM-dd"))
     rows = frame.select(*label_columns(usecase)).toArrow()
-    spec, features = usecase.sources[primary], usecase.features
+    spec, features = usecase.sources[usecase.features.primary_source], usecase.features
     label_type = pa.float64() if usecase.task == "regression" else pa.int32()
 
     def key_type(name: str) -> pa.DataType:  # the keys typed as in the features table (see _select_output)
@@ -771,11 +832,16 @@ def build_labels(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan
 
 
 def commit_labels(
-    ctx: StepContext, raw: dict[str, Snapshot], labels: Snapshot, plans: list[DayPlan]
+    ctx: StepContext,
+    raw: dict[str, Snapshot],
+    labels: Snapshot,
+    plans: list[DayPlan],
+    rows: pa.Table | None = None,
 ) -> Commit:
-    """Build the labels of the days of ``plans`` and commit them in one commit made from the ``labels``
-    snapshot; a day without labels yet is committed empty, with its facts."""
-    rows = build_labels(ctx, raw, plans)
+    """Commit the labels of the days of ``plans`` (``rows``, else built by :func:`build_labels`) in one commit
+    made from the ``labels`` snapshot; a day without labels yet is committed empty, with its facts."""
+    if rows is None:
+        rows = build_labels(ctx, raw, plans)
     raw_versions = {snapshot.table: snapshot.version for snapshot in raw.values()}
     facts = {
         plan.day: {
@@ -804,11 +870,14 @@ def commit_days(
     features: Snapshot,
     online: Snapshot,
     plans: list[DayPlan],
-) -> tuple[Commit, Commit]:
+    label_plans: list[DayPlan] | None = None,
+) -> tuple[Commit, Commit, pa.Table | None]:
     """Build the days of ``plans``; commit their features in one commit made from the ``features`` snapshot, then
-    their online snapshot in one commit made from the ``online`` snapshot."""
+    their online snapshot in one commit made from the ``online`` snapshot. Returns the commits and the labels of
+    ``label_plans`` when the same job could build them (see :func:`build_days`), for :func:`commit_labels`."""
     usecase = ctx.usecase
-    rows, snapshot_rows = build_rows(ctx, raw, plans)
+    output = build_days(ctx, raw, plans, label_plans)
+    rows, snapshot_rows = output.rows, output.snapshot_rows
     built = set(rows.column(DATE_COLUMN).to_pylist())
     empty = [plan.day for plan in plans if plan.day not in built]
     if empty:  # every planned day has primary rows; none may vanish silently
@@ -845,7 +914,7 @@ def commit_days(
         facts=snapshot_facts,
         commit_info=commit_info,
     )
-    return commit, snapshot_commit
+    return commit, snapshot_commit, output.labels
 
 
 # --------------------------------------------------------------------------------------------------- scope
@@ -1068,13 +1137,16 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                 write_plan_mark(ctx, through, raw_versions, own_versions)
             return result
         left = dict(own_versions)  # the step's tables' versions after this attempt's commits
+        label_rows = None  # the labels, when the features' job built them from its labelled frame
         try:
             if stale:
                 progress(
                     f"features: building {len(stale)} day(s) {stale[0].day}..{stale[-1].day}, {skipped} up to "
                     f"date (raw versions {tables_read})"
                 )
-                commit, snapshot_commit = commit_days(ctx, raw, existing, online, stale)
+                commit, snapshot_commit, label_rows = commit_days(
+                    ctx, raw, existing, online, stale, stale_labels
+                )
                 progress(
                     f"features: committed {commit.table} version {commit.version}: {len(commit.dates)} day(s), "
                     f"{commit.rows} rows; online snapshot {snapshot_commit.table} version "
@@ -1089,7 +1161,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                 done = {key: result[key] for key in ("built", "rows", "partitions")}
                 done["tables_written"] = dict(result["tables_written"])
             if stale_labels:
-                label_commit = commit_labels(ctx, raw, labels, stale_labels)
+                label_commit = commit_labels(ctx, raw, labels, stale_labels, label_rows)
                 progress(
                     f"features: committed {label_commit.table} version {label_commit.version}: labels of "
                     f"{len(stale_labels)} day(s) {stale_labels[0].day}..{stale_labels[-1].day}, "
