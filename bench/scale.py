@@ -232,6 +232,7 @@ def run_spark(lake: Any, usecase: Any, profile: Any) -> tuple[float, dict[str, A
         (features, "read_source", "  inputs read through Arrow (driver)"),
         (features, "_to_spark", "  Arrow -> Spark + checkpoint"),
         (features, "_prediction_times", "  prediction times (distinct collect)"),
+        (features, "_lake_rows", "  output rows: Arrow, or Parquet written by the executors (Spark jobs)"),
         (DataFrame, "localCheckpoint", "  checkpoint of the labelled frame (Spark job)"),
         (DataFrame, "toArrow", "  toArrow (Spark jobs: transforms, snapshot, labels)"),
         (Lake, "write_partitions", "Delta commits (delta-rs: split by day, hash, write)"),

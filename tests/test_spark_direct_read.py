@@ -14,7 +14,7 @@ from _features_fixtures import nycflights, rows_of_day, write_raw, write_raw_arr
 from pipelines.config import load_profile, load_usecase
 from pipelines.context import StepContext
 from pipelines.features.spark import get_spark
-from pipelines.lake import Lake, raw_table
+from pipelines.lake import Lake, StagedFiles, features_table, labels_table, online_table, raw_table
 from pipelines.steps import features
 
 pytestmark = pytest.mark.spark
@@ -65,11 +65,33 @@ def _build(lake: Lake, threshold: int, monkeypatch: pytest.MonkeyPatch) -> tuple
     plans = features.plan_days(usecase, partitions, DAYS[1].isoformat(), end)
     label_plans = features.plan_labels(usecase, partitions, DAYS[1].isoformat(), end)
     built = features.build_days(ctx, raw, plans, label_plans)
+    # outputs are chosen by size as inputs are: threshold 0, the executors write them
+    assert isinstance(built.rows, StagedFiles) == (threshold == 0)
+    assert isinstance(built.snapshot_rows, StagedFiles) == (threshold == 0)
     labels = features.build_labels(ctx, raw, label_plans)
     # the labels taken from the features' labelled frame (one label join) are those of their own build
     assert built.labels is not None, "the same days and outcome partitions: the labels share the frame"
-    assert built.labels.equals(labels), "the labels from the features' frame differ from their own build"
-    return [built.rows, built.snapshot_rows, labels], len(direct)
+    keys = ["date", "year", "month", "day", "carrier", "flight", "origin", "sched_dep_time"]
+    shared = _committed(lake, labels_table(usecase.name), built.labels, keys, labels)
+    assert shared.equals(labels), "the labels from the features' frame differ from their own build"
+    rows = _committed(lake, features_table(usecase.name), built.rows, keys)
+    snapshot = _committed(lake, online_table(usecase.name), built.snapshot_rows, features.SNAPSHOT_COLUMNS)
+    return [rows, snapshot, labels], len(direct)
+
+
+def _committed(
+    lake: Lake, table: str, rows: pa.Table | StagedFiles, keys: list[str], like: pa.Table | None = None
+) -> pa.Table:
+    """``rows`` as Arrow; files the executors wrote (threshold 0) are committed and read back through the log,
+    sorted as the Arrow path sorts them (by ``keys``, then every column)."""
+    if not isinstance(rows, StagedFiles):
+        return rows
+    commit = lake.write_partitions(table, rows, read_version=lake.version(table))
+    assert commit.rows > 0 and all(len(paths) == 1 for paths in rows.files.values()), "one file per date"
+    read = lake.read(table, commit.dates).select(list(rows.columns))
+    order = [*keys, *[c for c in read.column_names if c not in keys]]
+    read = read.sort_by([(name, "ascending") for name in order])
+    return read if like is None else read.cast(like.schema)
 
 
 def test_direct_parquet_reads_and_arrow_hand_off_build_the_same_rows(

@@ -29,11 +29,13 @@ online snapshot (the lookups a request at each day's prediction time joins; see 
 to ``features_online/<usecase>`` with the same facts; a day is stale when either table lacks its fingerprint.
 Days whose labels are stale are committed to ``labels/<usecase>`` in one commit (a day without labels yet is
 committed empty, with its facts); when the features job's labelled frame holds their events joined to the same
-outcome partitions (a whole rebuild, a new day), the labels come from it, so the label join runs once. Inputs reach Spark as Arrow (through the driver) and results come back as
-Arrow, so any master works (local or a cluster) and the lake may be local or S3; large inputs of a local lake
-with a local master are read by the executors from the snapshot's Parquet files instead (see
-:func:`source_frame`, chosen by ``profile.spark_direct_read_bytes``). A concurrent commit to the same
-partitions makes the step plan and build again from the new snapshots.
+outcome partitions (a whole rebuild, say), the labels come from it, so the label join runs once. Inputs reach
+Spark as Arrow (through the driver) and results come back as Arrow, so any master works (local or a cluster) and the
+lake may be local or S3; large inputs of a local lake with a local master are read by the executors from the
+snapshot's Parquet files instead (see :func:`source_frame`, chosen by ``profile.spark_direct_read_bytes``), and
+large outputs are written by the executors as Parquet under their tables and committed as they are
+(:func:`_lake_rows`). A concurrent commit to the same partitions makes the step plan and build again from the new
+snapshots.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ from pipelines.lake import (
     Lake,
     PartitionInfo,
     Snapshot,
+    StagedFiles,
     arrow_type,
     features_table,
     labels_table,
@@ -662,11 +665,13 @@ def _prediction_times(frame: DataFrame, days: list[date], time: TimeSpec) -> dic
 @dataclass(frozen=True)
 class BuiltDays:
     """What one Spark job built: the features, their online snapshot and (when they could share its labelled
-    frame, see :func:`shares_label_frame`) the labels, each an Arrow table sorted by every column."""
+    frame, see :func:`shares_label_frame`) the labels, each an Arrow table sorted by every column, or (large
+    outputs, see :func:`_lake_rows`) Parquet files of sorted rows the executors wrote under the
+    table, for :meth:`Lake.write_partitions` to commit."""
 
-    rows: pa.Table
-    snapshot_rows: pa.Table
-    labels: pa.Table | None
+    rows: pa.Table | StagedFiles
+    snapshot_rows: pa.Table | StagedFiles
+    labels: pa.Table | StagedFiles | None
 
 
 def _feature_days(usecase: UseCase, raw: dict[str, Snapshot], plans: list[DayPlan]) -> list[str]:
@@ -704,15 +709,22 @@ def build_rows(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan])
     """The features of the days in ``plans`` and their online snapshot, computed in one Spark job, as two Arrow
     tables with a ``date`` column, sorted by every column (so a rebuild from the same inputs gives the same
     files)."""
-    built = build_days(ctx, raw, plans)
+    built = build_days(ctx, raw, plans, stage=False)
+    assert not isinstance(built.rows, StagedFiles) and not isinstance(built.snapshot_rows, StagedFiles)
     return built.rows, built.snapshot_rows
 
 
 def build_days(
-    ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan], label_plans: list[DayPlan] | None = None
+    ctx: StepContext,
+    raw: dict[str, Snapshot],
+    plans: list[DayPlan],
+    label_plans: list[DayPlan] | None = None,
+    *,
+    stage: bool = True,
 ) -> BuiltDays:
     """:func:`build_rows`, and the labels of ``label_plans`` from the same labelled frame when
-    :func:`shares_label_frame` (else ``labels`` is None and :func:`build_labels` builds them)."""
+    :func:`shares_label_frame` (else ``labels`` is None and :func:`build_labels` builds them). ``stage``: large
+    outputs may be written by the executors (:func:`_lake_rows`); else all come back as Arrow."""
     import pyarrow as pa
     from pyspark.sql import functions as F
 
@@ -736,7 +748,14 @@ def build_days(
         frame = frame.localCheckpoint()
     labels = None
     if label_plans and shares_label_frame(usecase, raw, plans, label_plans):
-        labels = _label_rows(frame, usecase, [date.fromisoformat(plan.day) for plan in label_plans])
+        label_days = [plan.day for plan in label_plans]
+        labels = _label_rows(
+            frame,
+            usecase,
+            [date.fromisoformat(day) for day in label_days],
+            ctx if stage else None,
+            sum(max(primary[d].rows, 0) for d in label_days),
+        )
     built_days = [date.fromisoformat(plan.day) for plan in plans]
     _check_prediction_column(frame.where(F.col(DAY_COLUMN).isin(built_days)), usecase)
     served = _prediction_times(frame, built_days, usecase.time)
@@ -744,10 +763,16 @@ def build_days(
         sorted(served.items()), schema=f"{DAY_COLUMN} date, {PREDICTION_TIME} timestamp"
     )
     frame, lookups = apply_transforms_with_lookups(frame, context, times)
-    rows = _select_output(frame.where(F.col(DAY_COLUMN).isin(built_days)), usecase).toArrow()
+    output = _select_output(frame.where(F.col(DAY_COLUMN).isin(built_days)), usecase)
     order = [DATE_COLUMN, *usecase.features.keys, usecase.time.event_time]
-    order += [c for c in rows.column_names if c not in order]
-    rows = rows.sort_by([(name, "ascending") for name in dict.fromkeys(order)])
+    order += [c for c in output.columns if c not in order]
+    rows = _lake_rows(
+        ctx if stage else None,
+        output,
+        features_table(usecase.name),
+        list(dict.fromkeys(order)),
+        sum(max(primary[plan.day].rows, 0) for plan in plans),
+    )
 
     header = times.select(
         DAY_COLUMN,
@@ -761,6 +786,13 @@ def build_days(
         F.date_format(F.col(DAY_COLUMN), "yyyy-MM-dd").alias(DATE),
         *SNAPSHOT_COLUMNS[1:],
     )
+    events = sum(max(primary[plan.day].rows, 0) for plan in plans)
+    # about a lookup row per event and lookup: sized as the features are
+    staged = _lake_rows(
+        ctx if stage else None, snapshot, online_table(usecase.name), SNAPSHOT_COLUMNS, events
+    )
+    if isinstance(staged, StagedFiles):
+        return BuiltDays(rows, staged, labels)
     snapshot_rows = snapshot.toArrow()
     snapshot_rows = snapshot_rows.cast(
         pa.schema(
@@ -796,9 +828,16 @@ def build_labels(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan
     return _label_rows(frame, usecase, None)
 
 
-def _label_rows(frame: DataFrame, usecase: UseCase, days: list[date] | None) -> pa.Table:
+def _label_rows(
+    frame: DataFrame,
+    usecase: UseCase,
+    days: list[date] | None,
+    ctx: StepContext | None = None,
+    events: int = 0,
+) -> pa.Table | StagedFiles:
     """The labels (:func:`label_columns`) of the events of ``days`` (None: all) of a labelled frame
-    (:func:`_label_columns`), typed as the features table types the keys and sorted by every column."""
+    (:func:`_label_columns`), typed as the features table types the keys and sorted by every column; with
+    ``ctx``, the labels of many ``events`` are written by the executors instead (:func:`_lake_rows`)."""
     import pyarrow as pa
     from pyspark.sql import functions as F
 
@@ -806,7 +845,6 @@ def _label_rows(frame: DataFrame, usecase: UseCase, days: list[date] | None) -> 
         frame = frame.where(F.col(DAY_COLUMN).isin(days))
     frame = frame.where(F.col(usecase.target.column).isNotNull())
     frame = frame.withColumn(DATE_COLUMN, F.date_format(F.col(DAY_COLUMN), "yyyy-MM-dd"))
-    rows = frame.select(*label_columns(usecase)).toArrow()
     spec, features = usecase.sources[usecase.features.primary_source], usecase.features
     label_type = pa.float64() if usecase.task == "regression" else pa.int32()
 
@@ -825,10 +863,56 @@ def _label_rows(frame: DataFrame, usecase: UseCase, days: list[date] | None) -> 
             (OUTCOME_KNOWN_AT, pa.timestamp("us", tz="UTC")),
         ]
     )
-    rows = rows.select(schema.names).cast(schema)
     order = [DATE_COLUMN, *usecase.features.keys]
-    order += [c for c in rows.column_names if c not in order]
+    order += [c for c in schema.names if c not in order]
+    if ctx is not None:
+        from pyspark.sql.pandas.types import from_arrow_type
+
+        typed = frame.select(*[F.col(item.name).cast(from_arrow_type(item.type)) for item in schema])
+        staged = _lake_rows(ctx, typed, labels_table(usecase.name), list(dict.fromkeys(order)), events)
+        if isinstance(staged, StagedFiles):
+            return staged
+    rows = frame.select(*label_columns(usecase)).toArrow()
+    rows = rows.select(schema.names).cast(schema)
     return rows.sort_by([(name, "ascending") for name in dict.fromkeys(order)])
+
+
+def _lake_rows(
+    ctx: StepContext | None, frame: DataFrame, table: str, order: list[str], events: int
+) -> pa.Table | StagedFiles:
+    """The rows of ``frame`` for ``table``, sorted by ``order`` (every column), chosen by size as the inputs are
+    (:func:`source_frame`): small ones come back to the driver as Arrow; when ``events`` rows of the frame's
+    columns would hold at least ``profile.spark_direct_read_bytes`` and Spark runs locally beside a local lake,
+    the executors write them as Parquet under the table (one file per date, its rows sorted), so a year of rows
+    never goes through the driver, and :meth:`Lake.write_partitions` commits those files. ``ctx`` None: Arrow."""
+    from pyspark.sql import functions as F
+
+    staging = None
+    if (
+        ctx is not None
+        and ctx.profile.spark_master.startswith("local")
+        and events * 8 * len(frame.columns) >= ctx.profile.spark_direct_read_bytes
+    ):
+        staging = ctx.lake.staging_folder(table)
+    if staging is None:
+        rows = frame.toArrow()
+        return rows.sort_by([(name, "ascending") for name in order])
+    spark = frame.sparkSession
+    # microsecond timestamps marked UTC, as the lake's Arrow writes store them (Spark's default is INT96)
+    setting = "spark.sql.parquet.outputTimestampType"
+    previous = spark.conf.get(setting)
+    spark.conf.set(setting, "TIMESTAMP_MICROS")
+    try:
+        # each date in one task, its rows sorted: one file per date, ordered as the Arrow path orders them
+        (
+            frame.repartition(F.col(DATE_COLUMN))
+            .sortWithinPartitions(*[F.col(name).asc_nulls_last() for name in order])
+            .write.partitionBy(DATE_COLUMN)
+            .parquet(staging[1])
+        )
+    finally:
+        spark.conf.set(setting, previous)
+    return ctx.lake.staged_files(table, staging, frame.columns)
 
 
 def commit_labels(
@@ -836,7 +920,7 @@ def commit_labels(
     raw: dict[str, Snapshot],
     labels: Snapshot,
     plans: list[DayPlan],
-    rows: pa.Table | None = None,
+    rows: pa.Table | StagedFiles | None = None,
 ) -> Commit:
     """Commit the labels of the days of ``plans`` (``rows``, else built by :func:`build_labels`) in one commit
     made from the ``labels`` snapshot; a day without labels yet is committed empty, with its facts."""
@@ -871,14 +955,14 @@ def commit_days(
     online: Snapshot,
     plans: list[DayPlan],
     label_plans: list[DayPlan] | None = None,
-) -> tuple[Commit, Commit, pa.Table | None]:
+) -> tuple[Commit, Commit, pa.Table | StagedFiles | None]:
     """Build the days of ``plans``; commit their features in one commit made from the ``features`` snapshot, then
     their online snapshot in one commit made from the ``online`` snapshot. Returns the commits and the labels of
     ``label_plans`` when the same job could build them (see :func:`build_days`), for :func:`commit_labels`."""
     usecase = ctx.usecase
     output = build_days(ctx, raw, plans, label_plans)
     rows, snapshot_rows = output.rows, output.snapshot_rows
-    built = set(rows.column(DATE_COLUMN).to_pylist())
+    built = set(rows.files) if isinstance(rows, StagedFiles) else set(rows.column(DATE_COLUMN).to_pylist())
     empty = [plan.day for plan in plans if plan.day not in built]
     if empty:  # every planned day has primary rows; none may vanish silently
         raise RuntimeError(f"features: no rows were built for {empty}")  # a bug, not bad input
