@@ -639,7 +639,12 @@ def bench_size(rows: int, args: argparse.Namespace, work: Path) -> dict[str, Any
         update={"lake_uri": str(lake_dir), "spark_master": "local[*]", "spark_conf": conf}
     )
     if args.direct_read_bytes is not None:
-        profile = profile.model_copy(update={"spark_direct_read_bytes": args.direct_read_bytes})
+        profile = profile.model_copy(
+            update={
+                "spark_direct_read_bytes": args.direct_read_bytes,
+                "spark_direct_write_bytes": args.direct_read_bytes,
+            }
+        )
     events = work / f"spark-events-{rows}"
     shutil.rmtree(events, ignore_errors=True)
     events.mkdir(parents=True)
@@ -756,7 +761,7 @@ def main(argv: list[str] | None = None) -> None:
         "--direct-read-bytes",
         type=int,
         default=None,
-        help="profile.spark_direct_read_bytes (default: the profile's)",
+        help="profile.spark_direct_read_bytes and spark_direct_write_bytes (default: the profile's)",
     )
     parser.add_argument("--sample-days", type=int, default=5)
     parser.add_argument("--seed", type=int, default=7)

@@ -882,7 +882,7 @@ def _lake_rows(
 ) -> pa.Table | StagedFiles:
     """The rows of ``frame`` for ``table``, sorted by ``order`` (every column), chosen by size as the inputs are
     (:func:`source_frame`): small ones come back to the driver as Arrow; when ``events`` rows of the frame's
-    columns would hold at least ``profile.spark_direct_read_bytes`` and Spark runs locally beside a local lake,
+    columns would hold at least ``profile.spark_direct_write_bytes`` and Spark runs locally beside a local lake,
     the executors write them as Parquet under the table (one file per date, its rows sorted), so a year of rows
     never goes through the driver, and :meth:`Lake.write_partitions` commits those files. ``ctx`` None: Arrow."""
     from pyspark.sql import functions as F
@@ -891,7 +891,7 @@ def _lake_rows(
     if (
         ctx is not None
         and ctx.profile.spark_master.startswith("local")
-        and events * 8 * len(frame.columns) >= ctx.profile.spark_direct_read_bytes
+        and events * 8 * len(frame.columns) >= ctx.profile.spark_direct_write_bytes
     ):
         staging = ctx.lake.staging_folder(table)
     if staging is None:
