@@ -226,12 +226,13 @@ def run_spark(lake: Any, usecase: Any, profile: Any) -> tuple[float, dict[str, A
     targets = [
         (features, "plan_days", "plan features days"),
         (features, "plan_labels", "plan labels days"),
-        (features, "build_rows", "build_rows (features + online snapshot, to Arrow)"),
-        (features, "build_labels", "build_labels (to Arrow)"),
+        (features, "build_days", "build_days (features + online snapshot + shared labels, to Arrow)"),
+        (features, "build_labels", "build_labels (to Arrow; when the labels could not share the frame)"),
         (features, "_read_parquet", "  inputs read by the executors (lazy)"),
         (features, "read_source", "  inputs read through Arrow (driver)"),
         (features, "_to_spark", "  Arrow -> Spark + checkpoint"),
         (features, "_prediction_times", "  prediction times (distinct collect)"),
+        (features, "_lake_rows", "  output rows: Arrow, or Parquet written by the executors (Spark jobs)"),
         (DataFrame, "localCheckpoint", "  checkpoint of the labelled frame (Spark job)"),
         (DataFrame, "toArrow", "  toArrow (Spark jobs: transforms, snapshot, labels)"),
         (Lake, "write_partitions", "Delta commits (delta-rs: split by day, hash, write)"),
@@ -638,7 +639,12 @@ def bench_size(rows: int, args: argparse.Namespace, work: Path) -> dict[str, Any
         update={"lake_uri": str(lake_dir), "spark_master": "local[*]", "spark_conf": conf}
     )
     if args.direct_read_bytes is not None:
-        profile = profile.model_copy(update={"spark_direct_read_bytes": args.direct_read_bytes})
+        profile = profile.model_copy(
+            update={
+                "spark_direct_read_bytes": args.direct_read_bytes,
+                "spark_direct_write_bytes": args.direct_read_bytes,
+            }
+        )
     events = work / f"spark-events-{rows}"
     shutil.rmtree(events, ignore_errors=True)
     events.mkdir(parents=True)
@@ -755,7 +761,7 @@ def main(argv: list[str] | None = None) -> None:
         "--direct-read-bytes",
         type=int,
         default=None,
-        help="profile.spark_direct_read_bytes (default: the profile's)",
+        help="profile.spark_direct_read_bytes and spark_direct_write_bytes (default: the profile's)",
     )
     parser.add_argument("--sample-days", type=int, default=5)
     parser.add_argument("--seed", type=int, default=7)

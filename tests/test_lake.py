@@ -27,6 +27,7 @@ from pipelines.lake import (
     CommitConflict,
     Lake,
     LakeError,
+    StagedFiles,
     commit_with_retry,
     content_hash,
     features_table,
@@ -190,6 +191,73 @@ def test_a_stale_writer_gets_a_conflict_naming_table_partition_and_winner(lake: 
     commit = commit_with_retry(lake, TABLE, build, on_conflict=conflicts.append)
     assert commit is not None and len(conflicts) == 1 and seen == [2, 3] and commit.version == 4
     assert lake.partitions(TABLE)["2013-01-01"].rows == 6
+
+
+def _stage(lake: Lake, table: str, frame: pd.DataFrame) -> StagedFiles:
+    """Write ``frame``'s rows as an executor does: one Parquet file per date (without the date column) in a
+    staging folder under the table."""
+    import pyarrow.parquet as pq
+
+    staging = lake.staging_folder(table)
+    assert staging is not None
+    for day, rows in frame.groupby("date"):
+        folder = Path(staging[1]) / f"date={day}"
+        folder.mkdir(parents=True)
+        pq.write_table(
+            pa.Table.from_pandas(rows.drop(columns="date"), preserve_index=False), folder / "part-0.parquet"
+        )
+    staged = lake.staged_files(table, staging, list(frame.columns))
+    # moved where a write of rows puts its files (vacuum treats them alike); the staging folder is gone
+    assert all(path.startswith(f"date={day}/") for day, paths in staged.files.items() for path in paths)
+    assert not Path(staging[1]).exists()
+    return staged
+
+
+def test_staged_files_commit_as_rows_do(tmp_path: Path) -> None:
+    """Files written under the table (by Spark's executors) commit through write_partitions with the guarantees of
+    a write of rows: one commit of the dates (old files replaced, empty dates recorded), the same rows and
+    content hashes read back, the write id in the commit info, and a conflict for a stale writer."""
+    lake = Lake(str(tmp_path / "lake"))
+    rows = pd.concat([_rows("2013-01-01", 5), _rows("2013-01-02", 3)])
+    by_rows = lake.write_partitions("t/rows", rows, read_version=None, facts={"2013-01-01": {"k": 1}})
+    staged = lake.write_partitions(
+        "t/staged", _stage(lake, "t/staged", rows), read_version=None, facts={"2013-01-01": {"k": 1}}
+    )
+    assert (staged.version, staged.dates, staged.rows) == (0, by_rows.dates, by_rows.rows)
+    order = [("date", "ascending"), ("id", "ascending")]
+    assert lake.read("t/staged").sort_by(order).equals(lake.read("t/rows").sort_by(order))
+    for day, partition in lake.partitions("t/rows").items():
+        other = lake.partitions("t/staged")[day]
+        assert (other.rows, other.data_hash, other.facts.get("k")) == (
+            partition.rows,
+            partition.data_hash,
+            partition.facts.get("k"),
+        )
+    entry = lake.history("t/staged")[0]
+    assert entry["mlops.write_id"] and entry["mlops.partitions"] == '["2013-01-01", "2013-01-02"]'
+
+    # a rewrite of one date with an empty one: the other date's files stay, the empty date keeps its facts
+    second = lake.write_partitions(
+        "t/staged",
+        _stage(lake, "t/staged", _rows("2013-01-01", 2, offset=10)),
+        read_version=0,
+        facts={"2013-01-02": {"k": 2}},
+        empty_dates=["2013-01-02"],
+    )
+    snapshot = lake.snapshot("t/staged")
+    assert second.version == 1 and sorted(snapshot.partitions) == ["2013-01-01"]
+    assert snapshot.empty["2013-01-02"]["k"] == 2
+    assert lake.read_frame("t/staged")["id"].tolist() == [10, 11]
+
+    # a stale writer of the same date conflicts and changes nothing; of another date it does not
+    late = _stage(lake, "t/staged", _rows("2013-01-01", 4))
+    with pytest.raises(CommitConflict) as caught:
+        lake.write_partitions("t/staged", late, read_version=0)
+    assert caught.value.winning_version == 1 and lake.read("t/staged").num_rows == 2
+    other = lake.write_partitions(
+        "t/staged", _stage(lake, "t/staged", _rows("2013-01-03", 1)), read_version=1
+    )
+    assert other.version == 2 and lake.read("t/staged").num_rows == 3
 
 
 # --------------------------------------------------------------------------------------------------- processes

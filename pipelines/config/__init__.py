@@ -116,6 +116,14 @@ class Profile(_Strict):
         "bytes, the lake is local and the master is local[...]; smaller inputs (and S3 lakes) reach Spark as "
         "Arrow through the driver. 0: always read directly where possible",
     )
+    spark_direct_write_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=0,
+        description="The features step's Spark executors write an output (features, online snapshot, labels) as "
+        "Parquet under its table, committed as it is, when its rows would hold at least this many bytes (8 a "
+        "value), the lake is local and the master is local[...]; smaller outputs come back to the driver as "
+        "Arrow (faster for them). 0: always write directly where possible",
+    )
     step_timeouts: dict[Literal["base", "spark", "train"], PositiveFloat] = Field(
         default_factory=lambda: {"base": 3600.0, "spark": 7200.0, "train": 14400.0},
         description="seconds a step task of each kind (pipelines.steps.STEP_KINDS) may run before Airflow fails it "

@@ -64,12 +64,25 @@ def _quiet_log_config() -> Path:
     return path
 
 
+def local_cores(master: str) -> int:
+    """The cores a ``local``, ``local[N]``, ``local[*]`` or ``local[N,F]`` master runs tasks on."""
+    inside = master.partition("[")[2].partition("]")[0].split(",")[0].strip()
+    if not inside:
+        return 1
+    if inside == "*":
+        return os.cpu_count() or 1
+    return max(1, int(inside)) if inside.isdigit() else 1
+
+
 def spark_conf(profile: Profile) -> dict[str, str]:
     """The effective Spark configuration for ``profile``: defaults, then the profile's ``spark_conf``."""
     local = profile.spark_master.startswith("local")
     conf = dict(DEFAULT_CONF)
     if local:
         conf.update(LOCAL_CONF)
+        # two shuffle partitions per core, so every core has work in each shuffle on larger machines (adaptive
+        # execution coalesces them again for small data); 4 at least, as before
+        conf["spark.sql.shuffle.partitions"] = str(max(4, 2 * local_cores(profile.spark_master)))
     java_options = f"-Dlog4j2.configurationFile=file:{_quiet_log_config()}"
     conf["spark.driver.extraJavaOptions"] = f"{java_options} {LOCAL_JAVA_OPTIONS}" if local else java_options
     conf.update(profile.spark_conf)

@@ -30,6 +30,7 @@ commit, valid only while the partition holds exactly the files it names (else th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -397,6 +398,17 @@ class Commit:
         return [f"{self.uri}/{DATE}={day}" for day in self.dates]
 
 
+@dataclass(frozen=True)
+class StagedFiles:
+    """Parquet files a writer put under a local table's location (:meth:`Lake.staging_folder`) and has not
+    committed: paths relative to the table's root by ``date``, each file the sorted rows of its date without the
+    ``date`` column; ``columns``: the table's columns in order, ``date`` included. :meth:`Lake.write_partitions`
+    commits them as it commits rows."""
+
+    files: Mapping[str, tuple[str, ...]]
+    columns: tuple[str, ...]
+
+
 def table_key(zone: str, usecase: str, *sub: str) -> str:
     """The key of a lake table, e.g. ``raw/<usecase>/<source>`` or ``features/<usecase>``."""
     return "/".join([zone, usecase, *sub])
@@ -664,10 +676,40 @@ class Lake:
         """:meth:`read` as a pandas frame."""
         return self.read(table, dates, columns, version).to_pandas()
 
+    def staging_folder(self, table: str) -> tuple[str, str] | None:
+        """A new folder under a local table's location for files a writer commits with
+        :meth:`write_partitions` (:class:`StagedFiles`, see :meth:`staged_files`): (path relative to the table's
+        root, absolute path); None for an S3 lake."""
+        if self.is_s3:
+            return None
+        relative = f"_staged/{uuid.uuid4().hex}"
+        return relative, f"{self.table_uri(table).rstrip('/')}/{relative}"
+
+    def staged_files(self, table: str, staging: tuple[str, str], columns: list[str]) -> StagedFiles:
+        """The Parquet files a writer put in its :meth:`staging_folder` (``date=<day>/`` folders, as Spark's
+        ``partitionBy`` writes them), moved into the table's own ``date=<day>/`` folders where a write of rows
+        puts its files (so ``vacuum`` treats them alike), as :class:`StagedFiles` of a table with ``columns``.
+        The folder is the writer's own and nothing reads it: listing it is not reading the lake."""
+        import shutil
+
+        folder = Path(staging[1])
+        root = Path(self.table_uri(table))
+        files: dict[str, list[str]] = {}
+        for path in sorted(folder.glob(f"{DATE}=*/*.parquet")):
+            day = path.parent.name.split("=", 1)[1]
+            relative = f"{path.parent.name}/{staging[0].rsplit('/', 1)[-1]}-{path.name}"
+            (root / relative).parent.mkdir(parents=True, exist_ok=True)
+            path.rename(root / relative)  # a new name (the staging folder's id): never replaces a file
+            files.setdefault(day, []).append(relative)
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # another writer's staging folder may be there
+            folder.parent.rmdir()
+        return StagedFiles({day: tuple(paths) for day, paths in files.items()}, tuple(columns))
+
     def write_partitions(
         self,
         table: str,
-        data: pa.Table | pd.DataFrame,
+        data: pa.Table | pd.DataFrame | StagedFiles,
         *,
         read_version: int | None | str,
         facts: Mapping[str, Mapping[str, Any]] | None = None,
@@ -680,12 +722,22 @@ class Lake:
         writer committed to these partitions since. ``facts`` (date -> dict) are recorded beside each partition,
         with its row count and content hash. ``empty_dates`` (not in ``data``) are left without rows by the same
         commit, and their facts recorded too (:attr:`Snapshot.empty`), so a writer can tell a date it built
-        empty from one it never built."""
+        empty from one it never built. ``data`` may be files already written under the table's location
+        (:class:`StagedFiles`): they are committed as they are, with the same facts."""
         import pyarrow as pa
         import pyarrow.compute as pc
         from deltalake import CommitProperties, write_deltalake
         from deltalake.exceptions import CommitFailedError, SchemaMismatchError
 
+        if isinstance(data, StagedFiles):
+            return self._write_staged(
+                table,
+                data,
+                read_version=read_version,
+                facts=facts,
+                commit_info=commit_info,
+                empty_dates=empty_dates,
+            )
         if not isinstance(data, pa.Table):
             data = pa.Table.from_pandas(data, preserve_index=False)
         if DATE not in data.column_names:
@@ -754,21 +806,148 @@ class Lake:
             if "already exists" in str(exc).lower() and read_version is None:
                 raise CommitConflict(uri, dates, None, self.version(table)) from None
             raise
+        counts = {day: per_date[day].num_rows for day in dates}
+        hashes = {day: content_hash(per_date[day]) for day in dates}
+        self._facts_of_commit(table, handle, version, counts, hashes, empty, facts)
+        return Commit(table, uri, version, dates, data.num_rows)
+
+    def _facts_of_commit(
+        self,
+        table: str,
+        handle: DeltaTable,
+        version: int,
+        counts: Mapping[str, int],
+        hashes: Mapping[str, str],
+        empty: list[str],
+        facts: Mapping[str, Mapping[str, Any]] | None,
+    ) -> None:
+        """Record the facts of the partitions a commit at ``version`` wrote (``counts`` and ``hashes`` by date)
+        and left ``empty``, with the files the log lists for them."""
         written = {day: tuple(sorted(p for p, _ in files)) for day, files in _files_by_date(handle).items()}
         rows = {}
-        for day in dates:
+        for day in counts:
             rows[day] = {
                 **dict((facts or {}).get(day, {})),
-                "rows": per_date[day].num_rows,
-                "data_hash": content_hash(per_date[day]),
+                "rows": counts[day],
+                "data_hash": hashes[day],
                 "version": version,
             }
         for day in empty:
             rows[day] = {**dict((facts or {}).get(day, {})), "rows": 0, "version": version}
-        recorded = {day: written[day] for day in dates if day in written}
+        recorded = {day: written[day] for day in counts if day in written}
         recorded |= {day: () for day in empty if day not in written}
         self._record_facts(table, version, recorded, rows)
-        return Commit(table, uri, version, dates, data.num_rows)
+
+    def _write_staged(
+        self,
+        table: str,
+        staged: StagedFiles,
+        *,
+        read_version: int | None | str,
+        facts: Mapping[str, Mapping[str, Any]] | None,
+        commit_info: Mapping[str, Any] | None,
+        empty_dates: list[str] | None,
+    ) -> Commit:
+        """:meth:`write_partitions` of files already under the table's location: one commit of their add actions
+        (``mode="overwrite"`` of the dates, from the snapshot at ``read_version``, so a concurrent writer of the
+        same partitions makes it fail as a write of rows does), with the same commit info and facts (each date's
+        rows are read back for its content hash, as the rows a write of them would hash). A table whose columns
+        differ gets the rows through the ordinary write (its schema rules: new columns merged)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from deltalake import CommitProperties, Schema
+        from deltalake.exceptions import CommitFailedError
+        from deltalake.transaction import AddAction, create_table_with_add_actions
+
+        if self.is_s3:
+            raise LakeError(f"write_partitions({table!r}): staged files need a local lake")
+        dates = sorted(day for day, paths in staged.files.items() if paths)
+        empty = sorted(set(empty_dates or []) - set(dates))
+        if not dates and not empty:
+            raise ValueError(f"write_partitions({table!r}): no rows to write")
+        uri = self.table_uri(table)
+        root = Path(uri)
+        actions, counts, hashes, types = [], {}, {}, {}
+        for day in dates:
+            parts = [pq.read_table(root / path) for path in staged.files[day]]
+            rows = _lake_types(pa.concat_tables(parts, promote_options="permissive"))
+            counts[day], hashes[day] = rows.num_rows, content_hash(rows)
+            for item in rows.schema:
+                types.setdefault(item.name, item.type)
+            for path, part in zip(staged.files[day], parts, strict=True):
+                stat = (root / path).stat()
+                stats = json.dumps({"numRecords": part.num_rows})
+                actions.append(
+                    AddAction(path, stat.st_size, {DATE: day}, int(stat.st_mtime * 1000), True, stats)
+                )
+        fields = [pa.field(DATE, pa.string()) if n == DATE else pa.field(n, types[n]) for n in staged.columns]
+        schema = pa.schema(fields)
+        handle = (
+            self.open_table(table)
+            if not isinstance(read_version, int)
+            else self.open_table(table, read_version)
+        )
+        if read_version == LATEST:
+            read_version = None if handle is None else int(handle.version())
+        if read_version is None and handle is not None:
+            raise CommitConflict(uri, dates, None, int(handle.version()))
+        if handle is not None and not _same_schema(pa.schema(handle.schema().to_arrow()), schema):
+            parts = []
+            for day in dates:
+                for path in staged.files[day]:
+                    part = pq.read_table(root / path)
+                    parts.append(part.append_column(DATE, pa.array([day] * part.num_rows, pa.string())))
+            rows = pa.concat_tables(parts, promote_options="permissive") if parts else schema.empty_table()
+            return self.write_partitions(
+                table,
+                rows.select(list(staged.columns)),
+                read_version=read_version,
+                facts=facts,
+                commit_info=commit_info,
+                empty_dates=empty_dates,
+            )
+        write_id = uuid.uuid4().hex
+        metadata = {
+            "mlops.partitions": json.dumps(sorted([*dates, *empty])),
+            "mlops.write_id": write_id,
+            **{k: str(v) for k, v in (commit_info or {}).items()},
+        }
+        properties = CommitProperties(custom_metadata=metadata)
+        try:
+            if handle is None:
+                create_table_with_add_actions(
+                    uri,
+                    Schema.from_arrow(schema),
+                    actions,
+                    mode="error",
+                    partition_by=[DATE],
+                    storage_options=self.storage_options(),
+                    commit_properties=properties,
+                )
+            else:
+                handle.create_write_transaction(
+                    actions,
+                    mode="overwrite",
+                    schema=handle.schema(),
+                    partition_by=[DATE],
+                    partition_filters=[(DATE, "in", [*dates, *empty])],
+                    commit_properties=properties,
+                )
+        except CommitFailedError:
+            pass  # ours or another writer's: the log says which
+        except Exception as exc:
+            if "already exists" in str(exc).lower() and read_version is None:
+                raise CommitConflict(uri, dates, None, self.version(table)) from None
+            raise
+        own = self._own_commit(table, -1 if read_version is None else read_version, write_id)
+        if own is None:
+            for paths in staged.files.values():  # never in any log: nobody else reads them
+                for path in paths:
+                    (root / path).unlink(missing_ok=True)
+            raise CommitConflict(uri, dates, read_version, self.version(table))
+        handle, version = own
+        self._facts_of_commit(table, handle, version, counts, hashes, empty, facts)
+        return Commit(table, uri, version, dates, sum(counts.values()))
 
     def _own_commit(
         self, table: str, read_version: int | None, write_id: str
@@ -1021,6 +1200,16 @@ def _lake_types(table: pa.Table) -> pa.Table:
         fields.append(pa.field(item.name, kind, item.nullable))
     target = pa.schema(fields)
     return table if target.equals(table.schema) else table.cast(target)
+
+
+def _same_schema(stored: pa.Schema, written: pa.Schema) -> bool:
+    """Whether a table's schema has the columns and types of ``written`` (order aside), string and timestamp
+    encodings as the lake normalizes them (:func:`_lake_types`)."""
+
+    def kinds(schema: pa.Schema) -> dict[str, pa.DataType]:
+        return dict(zip(schema.names, _lake_types(schema.empty_table()).schema.types, strict=True))
+
+    return kinds(stored) == kinds(written)
 
 
 def _files_by_date(handle: DeltaTable) -> dict[str, list[tuple[str, int]]]:

@@ -28,11 +28,14 @@ facts: ``rows``, ``inputs_fingerprint``, ``inputs``, ``raw_versions``, ``columns
 online snapshot (the lookups a request at each day's prediction time joins; see pipelines.features.online), committed next
 to ``features_online/<usecase>`` with the same facts; a day is stale when either table lacks its fingerprint.
 Days whose labels are stale are committed to ``labels/<usecase>`` in one commit (a day without labels yet is
-committed empty, with its facts). Inputs reach Spark as Arrow (through the driver) and results come back as
-Arrow, so any master works (local or a cluster) and the lake may be local or S3; large inputs of a local lake
-with a local master are read by the executors from the snapshot's Parquet files instead (see
-:func:`source_frame`, chosen by ``profile.spark_direct_read_bytes``). A concurrent commit to the same
-partitions makes the step plan and build again from the new snapshots.
+committed empty, with its facts); when the features job's labelled frame holds their events joined to the same
+outcome partitions (a whole rebuild, say), the labels come from it, so the label join runs once. Inputs reach
+Spark as Arrow (through the driver) and results come back as Arrow, so any master works (local or a cluster) and the
+lake may be local or S3; large inputs of a local lake with a local master are read by the executors from the
+snapshot's Parquet files instead (see :func:`source_frame`, chosen by ``profile.spark_direct_read_bytes``), and
+large outputs are written by the executors as Parquet under their tables and committed as they are
+(:func:`_lake_rows`). A concurrent commit to the same partitions makes the step plan and build again from the new
+snapshots.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ from pipelines.lake import (
     Lake,
     PartitionInfo,
     Snapshot,
+    StagedFiles,
     arrow_type,
     features_table,
     labels_table,
@@ -658,18 +662,75 @@ def _prediction_times(frame: DataFrame, days: list[date], time: TimeSpec) -> dic
     return times
 
 
+@dataclass(frozen=True)
+class BuiltDays:
+    """What one Spark job built: the features, their online snapshot and (when they could share its labelled
+    frame, see :func:`shares_label_frame`) the labels, each an Arrow table sorted by every column, or (large
+    outputs, see :func:`_lake_rows`) Parquet files of sorted rows the executors wrote under the
+    table, for :meth:`Lake.write_partitions` to commit."""
+
+    rows: pa.Table | StagedFiles
+    snapshot_rows: pa.Table | StagedFiles
+    labels: pa.Table | StagedFiles | None
+
+
+def _feature_days(usecase: UseCase, raw: dict[str, Snapshot], plans: list[DayPlan]) -> list[str]:
+    """The primary days the features of ``plans`` read: each day's window."""
+    primary = raw[usecase.features.primary_source].partitions
+    return sorted(
+        {d for plan in plans for d in _window(plan.day, usecase.features.lookback_days) if d in primary}
+    )
+
+
+def _label_outcome_days(usecase: UseCase, days: list[str]) -> list[str]:
+    """The outcome partitions :func:`build_labels` joins to the events of ``days``: their windows."""
+    return sorted({d for day in days for d in _window(day, usecase.features.lookback_days)})
+
+
+def shares_label_frame(
+    usecase: UseCase, raw: dict[str, Snapshot], plans: list[DayPlan], label_plans: list[DayPlan]
+) -> bool:
+    """Whether the labels of ``label_plans`` can be taken from the labelled frame the features of ``plans`` start
+    from (one label join, not two): every label day's events are in that frame and the frame joined them to the
+    same outcome partitions :func:`build_labels` would (more or fewer could pick another first outcome)."""
+    if not plans or not label_plans:
+        return False
+    needed = _feature_days(usecase, raw, plans)
+    if not {plan.day for plan in label_plans} <= set(needed):
+        return False
+    if usecase.outcome_source == usecase.features.primary_source:
+        return True
+    outcomes = raw[usecase.outcome_source].partitions
+    wanted = _label_outcome_days(usecase, [plan.day for plan in label_plans])
+    return {d for d in needed if d in outcomes} == {d for d in wanted if d in outcomes}
+
+
 def build_rows(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan]) -> tuple[pa.Table, pa.Table]:
     """The features of the days in ``plans`` and their online snapshot, computed in one Spark job, as two Arrow
     tables with a ``date`` column, sorted by every column (so a rebuild from the same inputs gives the same
     files)."""
+    built = build_days(ctx, raw, plans, stage=False)
+    assert not isinstance(built.rows, StagedFiles) and not isinstance(built.snapshot_rows, StagedFiles)
+    return built.rows, built.snapshot_rows
+
+
+def build_days(
+    ctx: StepContext,
+    raw: dict[str, Snapshot],
+    plans: list[DayPlan],
+    label_plans: list[DayPlan] | None = None,
+    *,
+    stage: bool = True,
+) -> BuiltDays:
+    """:func:`build_rows`, and the labels of ``label_plans`` from the same labelled frame when
+    :func:`shares_label_frame` (else ``labels`` is None and :func:`build_labels` builds them). ``stage``: large
+    outputs may be written by the executors (:func:`_lake_rows`); else all come back as Arrow."""
     import pyarrow as pa
     from pyspark.sql import functions as F
 
     usecase = ctx.usecase
     primary = raw[usecase.features.primary_source].partitions
-    needed = sorted(
-        {d for plan in plans for d in _window(plan.day, usecase.features.lookback_days) if d in primary}
-    )
+    needed = _feature_days(usecase, raw, plans)
     spark = get_spark(ctx.profile)
     frame, context = _frames(spark, ctx, raw, needed)
     # labelled rows, materialized once: the transforms and the snapshot's lookups all start from them. Large
@@ -685,6 +746,16 @@ def build_rows(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan])
         frame = frame.localCheckpoint(storageLevel=StorageLevel.MEMORY_AND_DISK)
     else:
         frame = frame.localCheckpoint()
+    labels = None
+    if label_plans and shares_label_frame(usecase, raw, plans, label_plans):
+        label_days = [plan.day for plan in label_plans]
+        labels = _label_rows(
+            frame,
+            usecase,
+            [date.fromisoformat(day) for day in label_days],
+            ctx if stage else None,
+            sum(max(primary[d].rows, 0) for d in label_days),
+        )
     built_days = [date.fromisoformat(plan.day) for plan in plans]
     _check_prediction_column(frame.where(F.col(DAY_COLUMN).isin(built_days)), usecase)
     served = _prediction_times(frame, built_days, usecase.time)
@@ -692,10 +763,16 @@ def build_rows(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan])
         sorted(served.items()), schema=f"{DAY_COLUMN} date, {PREDICTION_TIME} timestamp"
     )
     frame, lookups = apply_transforms_with_lookups(frame, context, times)
-    rows = _select_output(frame.where(F.col(DAY_COLUMN).isin(built_days)), usecase).toArrow()
+    output = _select_output(frame.where(F.col(DAY_COLUMN).isin(built_days)), usecase)
     order = [DATE_COLUMN, *usecase.features.keys, usecase.time.event_time]
-    order += [c for c in rows.column_names if c not in order]
-    rows = rows.sort_by([(name, "ascending") for name in dict.fromkeys(order)])
+    order += [c for c in output.columns if c not in order]
+    rows = _lake_rows(
+        ctx if stage else None,
+        output,
+        features_table(usecase.name),
+        list(dict.fromkeys(order)),
+        sum(max(primary[plan.day].rows, 0) for plan in plans),
+    )
 
     header = times.select(
         DAY_COLUMN,
@@ -709,6 +786,13 @@ def build_rows(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan])
         F.date_format(F.col(DAY_COLUMN), "yyyy-MM-dd").alias(DATE),
         *SNAPSHOT_COLUMNS[1:],
     )
+    events = sum(max(primary[plan.day].rows, 0) for plan in plans)
+    # about a lookup row per event and lookup: sized as the features are
+    staged = _lake_rows(
+        ctx if stage else None, snapshot, online_table(usecase.name), SNAPSHOT_COLUMNS, events
+    )
+    if isinstance(staged, StagedFiles):
+        return BuiltDays(rows, staged, labels)
     snapshot_rows = snapshot.toArrow()
     snapshot_rows = snapshot_rows.cast(
         pa.schema(
@@ -723,16 +807,13 @@ def build_rows(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan])
         )
     )
     snapshot_rows = snapshot_rows.sort_by([(name, "ascending") for name in SNAPSHOT_COLUMNS])
-    return rows, snapshot_rows
+    return BuiltDays(rows, snapshot_rows, labels)
 
 
 def build_labels(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan]) -> pa.Table:
     """The labels of the days in ``plans`` (one row per event whose outcome arrived: :func:`label_columns`) as an
     Arrow table sorted by every column, from the primary rows of those days and the outcome rows of their
     windows (the same labels the features' past rates count)."""
-    import pyarrow as pa
-    from pyspark.sql import functions as F
-
     usecase = ctx.usecase
     primary = usecase.features.primary_source
     days = [plan.day for plan in plans]
@@ -741,12 +822,30 @@ def build_labels(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan
     outcome_rows = None
     if usecase.outcome_source != primary:
         snapshot = raw[usecase.outcome_source]
-        window = sorted({d for day in days for d in _window(day, usecase.features.lookback_days)})
+        window = _label_outcome_days(usecase, days)
         outcome_rows = source_frame(spark, ctx, usecase.outcome_source, snapshot, window, "_outcome_day")
-    frame = _label_columns(frame, usecase, outcome_rows).where(F.col(usecase.target.column).isNotNull())
+    frame = _label_columns(frame, usecase, outcome_rows)
+    return _label_rows(frame, usecase, None)
+
+
+def _label_rows(
+    frame: DataFrame,
+    usecase: UseCase,
+    days: list[date] | None,
+    ctx: StepContext | None = None,
+    events: int = 0,
+) -> pa.Table | StagedFiles:
+    """The labels (:func:`label_columns`) of the events of ``days`` (None: all) of a labelled frame
+    (:func:`_label_columns`), typed as the features table types the keys and sorted by every column; with
+    ``ctx``, the labels of many ``events`` are written by the executors instead (:func:`_lake_rows`)."""
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+
+    if days is not None:
+        frame = frame.where(F.col(DAY_COLUMN).isin(days))
+    frame = frame.where(F.col(usecase.target.column).isNotNull())
     frame = frame.withColumn(DATE_COLUMN, F.date_format(F.col(DAY_COLUMN), "yyyy-MM-dd"))
-    rows = frame.select(*label_columns(usecase)).toArrow()
-    spec, features = usecase.sources[primary], usecase.features
+    spec, features = usecase.sources[usecase.features.primary_source], usecase.features
     label_type = pa.float64() if usecase.task == "regression" else pa.int32()
 
     def key_type(name: str) -> pa.DataType:  # the keys typed as in the features table (see _select_output)
@@ -764,18 +863,69 @@ def build_labels(ctx: StepContext, raw: dict[str, Snapshot], plans: list[DayPlan
             (OUTCOME_KNOWN_AT, pa.timestamp("us", tz="UTC")),
         ]
     )
-    rows = rows.select(schema.names).cast(schema)
     order = [DATE_COLUMN, *usecase.features.keys]
-    order += [c for c in rows.column_names if c not in order]
+    order += [c for c in schema.names if c not in order]
+    if ctx is not None:
+        from pyspark.sql.pandas.types import from_arrow_type
+
+        typed = frame.select(*[F.col(item.name).cast(from_arrow_type(item.type)) for item in schema])
+        staged = _lake_rows(ctx, typed, labels_table(usecase.name), list(dict.fromkeys(order)), events)
+        if isinstance(staged, StagedFiles):
+            return staged
+    rows = frame.select(*label_columns(usecase)).toArrow()
+    rows = rows.select(schema.names).cast(schema)
     return rows.sort_by([(name, "ascending") for name in dict.fromkeys(order)])
 
 
+def _lake_rows(
+    ctx: StepContext | None, frame: DataFrame, table: str, order: list[str], events: int
+) -> pa.Table | StagedFiles:
+    """The rows of ``frame`` for ``table``, sorted by ``order`` (every column), chosen by size as the inputs are
+    (:func:`source_frame`): small ones come back to the driver as Arrow; when ``events`` rows of the frame's
+    columns would hold at least ``profile.spark_direct_write_bytes`` and Spark runs locally beside a local lake,
+    the executors write them as Parquet under the table (one file per date, its rows sorted), so a year of rows
+    never goes through the driver, and :meth:`Lake.write_partitions` commits those files. ``ctx`` None: Arrow."""
+    from pyspark.sql import functions as F
+
+    staging = None
+    if (
+        ctx is not None
+        and ctx.profile.spark_master.startswith("local")
+        and events * 8 * len(frame.columns) >= ctx.profile.spark_direct_write_bytes
+    ):
+        staging = ctx.lake.staging_folder(table)
+    if staging is None:
+        rows = frame.toArrow()
+        return rows.sort_by([(name, "ascending") for name in order])
+    spark = frame.sparkSession
+    # microsecond timestamps marked UTC, as the lake's Arrow writes store them (Spark's default is INT96)
+    setting = "spark.sql.parquet.outputTimestampType"
+    previous = spark.conf.get(setting)
+    spark.conf.set(setting, "TIMESTAMP_MICROS")
+    try:
+        # each date in one task, its rows sorted: one file per date, ordered as the Arrow path orders them
+        (
+            frame.repartition(F.col(DATE_COLUMN))
+            .sortWithinPartitions(*[F.col(name).asc_nulls_last() for name in order])
+            .write.partitionBy(DATE_COLUMN)
+            .parquet(staging[1])
+        )
+    finally:
+        spark.conf.set(setting, previous)
+    return ctx.lake.staged_files(table, staging, frame.columns)
+
+
 def commit_labels(
-    ctx: StepContext, raw: dict[str, Snapshot], labels: Snapshot, plans: list[DayPlan]
+    ctx: StepContext,
+    raw: dict[str, Snapshot],
+    labels: Snapshot,
+    plans: list[DayPlan],
+    rows: pa.Table | StagedFiles | None = None,
 ) -> Commit:
-    """Build the labels of the days of ``plans`` and commit them in one commit made from the ``labels``
-    snapshot; a day without labels yet is committed empty, with its facts."""
-    rows = build_labels(ctx, raw, plans)
+    """Commit the labels of the days of ``plans`` (``rows``, else built by :func:`build_labels`) in one commit
+    made from the ``labels`` snapshot; a day without labels yet is committed empty, with its facts."""
+    if rows is None:
+        rows = build_labels(ctx, raw, plans)
     raw_versions = {snapshot.table: snapshot.version for snapshot in raw.values()}
     facts = {
         plan.day: {
@@ -804,12 +954,15 @@ def commit_days(
     features: Snapshot,
     online: Snapshot,
     plans: list[DayPlan],
-) -> tuple[Commit, Commit]:
+    label_plans: list[DayPlan] | None = None,
+) -> tuple[Commit, Commit, pa.Table | StagedFiles | None]:
     """Build the days of ``plans``; commit their features in one commit made from the ``features`` snapshot, then
-    their online snapshot in one commit made from the ``online`` snapshot."""
+    their online snapshot in one commit made from the ``online`` snapshot. Returns the commits and the labels of
+    ``label_plans`` when the same job could build them (see :func:`build_days`), for :func:`commit_labels`."""
     usecase = ctx.usecase
-    rows, snapshot_rows = build_rows(ctx, raw, plans)
-    built = set(rows.column(DATE_COLUMN).to_pylist())
+    output = build_days(ctx, raw, plans, label_plans)
+    rows, snapshot_rows = output.rows, output.snapshot_rows
+    built = set(rows.files) if isinstance(rows, StagedFiles) else set(rows.column(DATE_COLUMN).to_pylist())
     empty = [plan.day for plan in plans if plan.day not in built]
     if empty:  # every planned day has primary rows; none may vanish silently
         raise RuntimeError(f"features: no rows were built for {empty}")  # a bug, not bad input
@@ -845,7 +998,7 @@ def commit_days(
         facts=snapshot_facts,
         commit_info=commit_info,
     )
-    return commit, snapshot_commit
+    return commit, snapshot_commit, output.labels
 
 
 # --------------------------------------------------------------------------------------------------- scope
@@ -1068,13 +1221,16 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                 write_plan_mark(ctx, through, raw_versions, own_versions)
             return result
         left = dict(own_versions)  # the step's tables' versions after this attempt's commits
+        label_rows = None  # the labels, when the features' job built them from its labelled frame
         try:
             if stale:
                 progress(
                     f"features: building {len(stale)} day(s) {stale[0].day}..{stale[-1].day}, {skipped} up to "
                     f"date (raw versions {tables_read})"
                 )
-                commit, snapshot_commit = commit_days(ctx, raw, existing, online, stale)
+                commit, snapshot_commit, label_rows = commit_days(
+                    ctx, raw, existing, online, stale, stale_labels
+                )
                 progress(
                     f"features: committed {commit.table} version {commit.version}: {len(commit.dates)} day(s), "
                     f"{commit.rows} rows; online snapshot {snapshot_commit.table} version "
@@ -1089,7 +1245,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                 done = {key: result[key] for key in ("built", "rows", "partitions")}
                 done["tables_written"] = dict(result["tables_written"])
             if stale_labels:
-                label_commit = commit_labels(ctx, raw, labels, stale_labels)
+                label_commit = commit_labels(ctx, raw, labels, stale_labels, label_rows)
                 progress(
                     f"features: committed {label_commit.table} version {label_commit.version}: labels of "
                     f"{len(stale_labels)} day(s) {stale_labels[0].day}..{stale_labels[-1].day}, "
