@@ -157,6 +157,22 @@ def test_a_tampered_artifact_is_refused_by_every_loader_and_runs_no_code(logged,
         weights.write_bytes(saved)
 
 
+def test_artifacts_gone_from_their_store_are_refused_as_missing(logged) -> None:
+    """A store moved or deleted (MLflow then downloads nothing, without an error) is named as such, not as a
+    change, so the user restores it instead of hunting for a tamperer."""
+    hgb = logged["models"]["hgb"]
+    moved = hgb["folder"].with_name(hgb["folder"].name + "-moved")
+    hgb["folder"].rename(moved)
+    try:
+        with pytest.raises(
+            tracking.ArtifactRefused, match="no artifacts were found where MLflow recorded them"
+        ):
+            tracking.load_model(hgb["uri"])
+    finally:
+        moved.rename(hgb["folder"])
+    assert tracking.load_model(hgb["uri"]) is not None
+
+
 def test_a_link_or_a_name_outside_the_folder_is_refused(tmp_path) -> None:
     folder = tmp_path / "model"
     folder.mkdir()

@@ -213,6 +213,13 @@ def verified_download(uri: str, expected: str, folder: str | Path) -> Path:
     import mlflow
 
     path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
+    if not path.is_dir() or not any(p.is_file() for p in path.rglob("*")):
+        # MLflow downloads nothing, without an error, when the artifact store no longer holds the files (a
+        # moved or deleted artifact root): say that, not "changed"
+        raise ArtifactRefused(
+            f"{uri}: no artifacts were found where MLflow recorded them (the artifact store moved or its files "
+            "were deleted); it was not loaded. Restore the artifact store at its recorded location, or retrain"
+        )
     digest = artifact_digest(path)
     if digest != expected:
         raise ArtifactRefused(
