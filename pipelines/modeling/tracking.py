@@ -210,17 +210,19 @@ def check_no_pickle(path: Path) -> None:
 def verified_download(uri: str, expected: str, folder: str | Path) -> Path:
     """Download the artifacts of ``uri`` into ``folder``; return their path when their digest is ``expected``,
     else raise :class:`ArtifactRefused` (a tampered, added or missing file, a link, a name outside the folder)."""
+    import hashlib
+
     import mlflow
 
     path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
-    if not path.is_dir() or not any(p.is_file() for p in path.rglob("*")):
-        # MLflow downloads nothing, without an error, when the artifact store no longer holds the files (a
-        # moved or deleted artifact root): say that, not "changed"
+    digest = artifact_digest(path)
+    if digest == hashlib.sha256().hexdigest():
+        # the digest of no file at all: MLflow downloads nothing, without an error, when the artifact store no
+        # longer holds the files (a moved or deleted artifact root), so say that, not "changed"
         raise ArtifactRefused(
             f"{uri}: no artifacts were found where MLflow recorded them (the artifact store moved or its files "
             "were deleted); it was not loaded. Restore the artifact store at its recorded location, or retrain"
         )
-    digest = artifact_digest(path)
     if digest != expected:
         raise ArtifactRefused(
             f"{uri}: its artifacts changed since the model was logged (sha256 {digest[:16]}..., recorded "
