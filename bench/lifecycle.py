@@ -17,6 +17,7 @@ Appends the results (with the command and the machine) to the output file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -298,9 +299,20 @@ def main() -> int:
         action="store_true",
         help="only the demo through Airflow and the bare floor (their ratio), not the direct runner's demo",
     )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="run in this folder and keep it (the demos' lakes, MLflow stores and logs) instead of a temporary one",
+    )
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    with (
+        contextlib.nullcontext(str(args.keep))
+        if args.keep
+        else tempfile.TemporaryDirectory(prefix="bench-") as tmp
+    ):
         airflow = run_demo("airflow", args.months, Path(tmp) / "airflow")
         direct = None if args.airflow_only else run_demo("direct", args.months, Path(tmp) / "direct")
         if args.summaries:

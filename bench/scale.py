@@ -670,6 +670,22 @@ def bench_size(rows: int, args: argparse.Namespace, work: Path) -> dict[str, Any
         print(
             f"      {row['name'][:70]:<70} {row['stages']:3d} {row['tasks']:5d} {row['wall_s']:7.1f} {row['task_s']:8.1f}"
         )
+    if args.spark_only:  # a size DuckDB's reference would take hours at: Spark alone, nothing compared
+        if not args.keep:
+            shutil.rmtree(lake_dir, ignore_errors=True)
+        return {
+            "rows": rows,
+            "generated_s": generated_s,
+            "spark_s": spark_s,
+            "duckdb_s": None,
+            "ratio": None,
+            "agree": True,
+            "check": {"problems": [], "days": []},
+            "features_rows": result["rows"],
+            "label_rows": result["label_rows"],
+            "laps": {k: (round(v, 2), laps.calls[k]) for k, v in laps.seconds.items()},
+            "stages": stages[:12],
+        }
     duck_dir = work / f"duckdb-{rows}"
     shutil.rmtree(duck_dir, ignore_errors=True)
     duck_s, duck_counts = run_duckdb(lake, usecase, duck_dir, cores, args.duckdb_memory)
@@ -715,6 +731,11 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
         "|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
+        if r["duckdb_s"] is None:
+            lines.append(
+                f"| {r['rows']:,} | {r['features_rows']:,} | {r['spark_s']:.1f} | not run (--spark-only) | | |"
+            )
+            continue
         lines.append(
             f"| {r['rows']:,} | {r['features_rows']:,} | {r['spark_s']:.1f} | {r['duckdb_s']:.1f} | "
             f"{r['ratio']:.2f}x | {'yes' if r['agree'] else 'NO: ' + '; '.join(r['check']['problems'])} |"
@@ -762,6 +783,11 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=None,
         help="profile.spark_direct_read_bytes and spark_direct_write_bytes (default: the profile's)",
+    )
+    parser.add_argument(
+        "--spark-only",
+        action="store_true",
+        help="run the Spark step alone (no DuckDB reference, no comparison)",
     )
     parser.add_argument("--sample-days", type=int, default=5)
     parser.add_argument("--seed", type=int, default=7)

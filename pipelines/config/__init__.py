@@ -1071,12 +1071,13 @@ class ReportSpec(_Strict):
     run stays bounded; a part that would run past its budget is cut (fewer rows, fewer searches) and says so."""
 
     budgets: dict[Literal[REPORT_PARTS], float] = Field(  # type: ignore[valid-type]
-        # a report of about 10 s a training run on a 2-core machine: SHAP of a model called through its pyfunc
-        # (the Keras MLP) explains fewer rows than 200 within 5 s and says so; tree and linear pipelines fit
+        # the three costly parts within 8 s together, so that a report (with its small parts, the first model
+        # load and the rendering) stays within about 10 s a training run on a 2-core machine; a part that would
+        # take longer is cut (SHAP of the Keras MLP through its pyfunc explains fewer than 200 rows) and says so
         default_factory=lambda: {
-            "feature_importance": 10.0,
-            "shap": 5.0,
-            "counterfactuals": 5.0,
+            "feature_importance": 3.0,
+            "shap": 3.0,
+            "counterfactuals": 2.0,
         },
         description="seconds per part (feature_importance, shap, error_analysis, data_explorer, counterfactuals); "
         "a part not named gets default_budget_s",

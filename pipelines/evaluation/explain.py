@@ -408,15 +408,20 @@ def _explain(
     rows: int,
     seed: int,
     budget_s: float | None,
+    started: float,
 ) -> tuple[np.ndarray, np.ndarray, float, int]:
     """SHAP values of ``output`` for (up to the budget's) first ``rows`` rows of ``Z``: values, the rows
-    explained, the additivity error and how many rows the budget allowed."""
+    explained, the additivity error and how many rows the budget allowed. The budget counts from ``started``
+    (``time.perf_counter``), so shap's import and the preparation are inside it."""
+    import time
+
     import numpy as np
     import shap
 
     evals = 2 * Z.shape[1] + 1
     batch = np.repeat(Z_background, evals, axis=0)[: evals * len(Z_background)]
-    allowed = _shap_rows(output, batch, rows, budget_s)
+    left = None if budget_s is None else budget_s - (time.perf_counter() - started)
+    allowed = _shap_rows(output, batch, rows, left)
     Z = Z[:allowed]
     explainer = shap.PermutationExplainer(
         output, shap.maskers.Independent(Z_background, max_samples=len(Z_background)), seed=seed
@@ -499,8 +504,13 @@ def shap_summary(
     - any other model (the Keras MLP) is explained on its input columns through the pyfunc's own prediction
       (``tracking.predict_proba``; a classifier's probability as log-odds), a text column masked by its code.
 
-    ``budget_s`` caps the run: one timed model call sizes how many rows fit, and a cut is reported (``cut``)."""
+    ``budget_s`` caps the run from this call on (shap's import, the first one in a process, included): one timed
+    model call sizes how many rows fit in what is left, and a cut is reported (``cut``)."""
+    import time
+
     import numpy as np
+
+    started = time.perf_counter()
 
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(X), size=min(rows, len(X)), replace=False))
@@ -535,7 +545,7 @@ def shap_summary(
             f"SHAP permutation explainer on the model's input columns through its pyfunc prediction ({scale})"
         )
     values, Z, additivity, allowed = _explain(
-        output, Z, Z_background, rows=len(chosen), seed=seed, budget_s=budget_s
+        output, Z, Z_background, rows=len(chosen), seed=seed, budget_s=budget_s, started=started
     )
     features = list(X.columns)
 
