@@ -64,6 +64,7 @@ LONGEST_FIRST = (
     "tests/test_stack.py",
     "tests/test_examples.py",
     "tests/test_features.py",
+    "tests/test_time_as_observed.py",
     "tests/test_lake.py",
     "tests/test_train.py",
     "tests/test_serve.py",
