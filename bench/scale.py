@@ -670,22 +670,19 @@ def bench_size(rows: int, args: argparse.Namespace, work: Path) -> dict[str, Any
         print(
             f"      {row['name'][:70]:<70} {row['stages']:3d} {row['tasks']:5d} {row['wall_s']:7.1f} {row['task_s']:8.1f}"
         )
+    spark = {
+        "rows": rows,
+        "generated_s": generated_s,
+        "spark_s": spark_s,
+        "features_rows": result["rows"],
+        "label_rows": result["label_rows"],
+        "laps": {k: (round(v, 2), laps.calls[k]) for k, v in laps.seconds.items()},
+        "stages": stages[:12],
+    }
     if args.spark_only:  # a size DuckDB's reference would take hours at: Spark alone, nothing compared
         if not args.keep:
             shutil.rmtree(lake_dir, ignore_errors=True)
-        return {
-            "rows": rows,
-            "generated_s": generated_s,
-            "spark_s": spark_s,
-            "duckdb_s": None,
-            "ratio": None,
-            "agree": True,
-            "check": {"problems": [], "days": []},
-            "features_rows": result["rows"],
-            "label_rows": result["label_rows"],
-            "laps": {k: (round(v, 2), laps.calls[k]) for k, v in laps.seconds.items()},
-            "stages": stages[:12],
-        }
+        return spark | {"duckdb_s": None, "ratio": None, "agree": True, "check": {"problems": [], "days": []}}
     duck_dir = work / f"duckdb-{rows}"
     shutil.rmtree(duck_dir, ignore_errors=True)
     duck_s, duck_counts = run_duckdb(lake, usecase, duck_dir, cores, args.duckdb_memory)
@@ -704,19 +701,7 @@ def bench_size(rows: int, args: argparse.Namespace, work: Path) -> dict[str, Any
     if not args.keep:
         shutil.rmtree(lake_dir, ignore_errors=True)
         shutil.rmtree(duck_dir, ignore_errors=True)
-    return {
-        "rows": rows,
-        "generated_s": generated_s,
-        "spark_s": spark_s,
-        "duckdb_s": duck_s,
-        "ratio": ratio,
-        "agree": agree,
-        "check": check,
-        "features_rows": result["rows"],
-        "label_rows": result["label_rows"],
-        "laps": {k: (round(v, 2), laps.calls[k]) for k, v in laps.seconds.items()},
-        "stages": stages[:12],
-    }
+    return spark | {"duckdb_s": duck_s, "ratio": ratio, "agree": agree, "check": check}
 
 
 def markdown(results: list[dict[str, Any]], command: str) -> str:
