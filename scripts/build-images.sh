@@ -15,13 +15,16 @@ export MLOPS_HOME=${MLOPS_HOME:-$(pwd)/var}
 TAG=${MLOPS_IMAGE_TAG:-dev}
 KINDS=${KINDS:-base spark train}
 TRAIN_EXTRA=${TRAIN_EXTRA:-train}
-# Debian's client drives BuildKit (secrets); a newer client without buildx cannot
-DOCKER=${DOCKER:-$(command -v /usr/bin/docker || command -v docker)}
-export DOCKER DOCKER_BUILDKIT=1
 LOGS=$MLOPS_HOME/docker
 mkdir -p "$LOGS"
 
 bash scripts/docker-engine.sh
+
+# Debian's client drives BuildKit (secrets); a newer client without buildx cannot. Chosen after the engine
+# script, which installs Debian's docker.io on a machine that has none (a newer client found before it is not
+# the one to build with)
+DOCKER=${DOCKER:-$(command -v /usr/bin/docker || command -v docker)}
+export DOCKER DOCKER_BUILDKIT=1
 
 if [ -z "${BASE_IMAGE:-}" ]; then
   BASE_IMAGE=python:3.11-slim-bookworm
