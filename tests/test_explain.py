@@ -457,3 +457,28 @@ def test_shap_summary_explains_a_pyfunc_of_our_own_python_model(tree_candidate):
     summary = shap_summary(model, tree_candidate.X, family="keras_mlp", seed=3, rows=20, background=10)
     assert summary["rows"] == 20 and "pyfunc prediction" in summary["method"], summary["method"]
     assert summary["additivity_error"] < 1e-6
+
+
+def test_shap_in_two_timed_calls_gives_the_values_of_one_call() -> None:
+    """The first rows are explained apart (timed, to size the rest): the seeded permutations continue across the
+    two calls, so the values are exactly those of one call over every row."""
+    import time
+
+    import numpy as np
+
+    from pipelines.evaluation.explain import _explain, _shap
+
+    rng = np.random.default_rng(1)
+    Z, background = rng.normal(size=(40, 6)), rng.normal(size=(8, 6))
+
+    def output(values: np.ndarray) -> np.ndarray:  # not additive: the permutations' order matters
+        return np.tanh(values @ np.array([1.0, -2.0, 0.5, 0.3, 0.0, 1.0])) + values[:, 0] * values[:, 1]
+
+    values, explained, additivity, allowed = _explain(
+        output, Z, background, rows=40, seed=3, budget_s=None, started=time.perf_counter()
+    )
+    shap = _shap()
+    one = shap.PermutationExplainer(output, shap.maskers.Independent(background, max_samples=8), seed=3)
+    expected = one(Z, max_evals=13, silent=True, batch_size=13).values
+    assert allowed == 40 and len(explained) == 40 and additivity < 1e-9
+    np.testing.assert_array_equal(values, expected)

@@ -385,19 +385,27 @@ TREE_FAMILIES = ("hist_gradient_boosting",)
 PIPELINE_FAMILIES = ("logistic_regression", "ridge", "hist_gradient_boosting")
 
 
-def _shap_rows(
-    output: Callable[[np.ndarray], Any], batch: np.ndarray, rows: int, budget_s: float | None
-) -> int:
-    """How many rows the permutation explainer can explain within ``budget_s``: it calls ``output`` on about
-    ``len(batch)`` rows per explained row, so one timed call sizes the run (with a 20 % margin)."""
-    import time
+def _shap() -> Any:
+    """shap, its own numba functions imported with numba's JIT off. Compiling them costs about 4 s in every
+    process that explains (each report task is one), more than the explanations of a 200-row summary take; as
+    plain Python they give the same values in a few tenths of a second. The JIT setting is restored at once, so
+    any other numba user keeps it."""
+    import sys
 
-    if budget_s is None:
-        return rows
-    start = time.perf_counter()
-    output(batch)
-    per_row = max(time.perf_counter() - start, 1e-6)
-    return max(min(rows, int(0.8 * budget_s / per_row)), min(rows, 10))
+    if "shap" in sys.modules:
+        return sys.modules["shap"]
+    import numba
+
+    jit_off = numba.config.DISABLE_JIT
+    numba.config.DISABLE_JIT = True  # read by numba's decorators as shap's modules define their functions
+    try:
+        import shap
+    finally:
+        numba.config.DISABLE_JIT = jit_off
+    return shap
+
+
+SHAP_FLOOR_ROWS = 10  # explained whatever the budget: a summary of fewer rows says nothing
 
 
 def _explain(
@@ -412,25 +420,39 @@ def _explain(
 ) -> tuple[np.ndarray, np.ndarray, float, int]:
     """SHAP values of ``output`` for (up to the budget's) first ``rows`` rows of ``Z``: values, the rows
     explained, the additivity error and how many rows the budget allowed. The budget counts from ``started``
-    (``time.perf_counter``), so shap's import and the preparation are inside it."""
+    (``time.perf_counter``), so shap's import and the preparation are inside it. The first
+    :data:`SHAP_FLOOR_ROWS` rows are explained first and timed, which sizes the rest by what a row really costs
+    (the model's calls and shap's own work); the explainer continues its seeded permutations across the two
+    calls, so the values are those of one call."""
     import time
 
     import numpy as np
-    import shap
 
+    shap = _shap()
     evals = 2 * Z.shape[1] + 1
-    batch = np.repeat(Z_background, evals, axis=0)[: evals * len(Z_background)]
-    left = None if budget_s is None else budget_s - (time.perf_counter() - started)
-    allowed = _shap_rows(output, batch, rows, left)
-    Z = Z[:allowed]
     explainer = shap.PermutationExplainer(
         output, shap.maskers.Independent(Z_background, max_samples=len(Z_background)), seed=seed
     )
-    # one model call per explained row (all its masked samples at once). shap's default ("auto") batching
-    # gives the same values but spends far more in its own bookkeeping than the model does
-    explained = explainer(Z, max_evals=evals, silent=True, batch_size=evals)
-    values = np.asarray(explained.values, dtype="float64")
-    additivity = float(np.max(np.abs(values.sum(axis=1) + explained.base_values - output(Z))))
+
+    def explain(part: np.ndarray) -> Any:
+        # one model call per explained row (all its masked samples at once). shap's default ("auto") batching
+        # gives the same values but spends far more in its own bookkeeping than the model does
+        return explainer(part, max_evals=evals, silent=True, batch_size=evals)
+
+    floor = min(rows, SHAP_FLOOR_ROWS)
+    timed = time.perf_counter()
+    parts = [explain(Z[:floor])]
+    allowed = rows
+    if budget_s is not None:
+        per_row = max((time.perf_counter() - timed) / max(floor, 1), 1e-6)
+        left = budget_s - (time.perf_counter() - started)
+        allowed = max(floor, min(rows, floor + int(0.9 * left / per_row)))
+    if allowed > floor:
+        parts.append(explain(Z[floor:allowed]))
+    Z = Z[:allowed]
+    values = np.concatenate([np.asarray(part.values, dtype="float64") for part in parts])
+    base = np.concatenate([np.asarray(part.base_values, dtype="float64").reshape(-1) for part in parts])
+    additivity = float(np.max(np.abs(values.sum(axis=1) + base - output(Z))))
     return values, Z, additivity, allowed
 
 
