@@ -526,8 +526,8 @@ def shap_summary(
     - any other model (the Keras MLP) is explained on its input columns through the pyfunc's own prediction
       (``tracking.predict_proba``; a classifier's probability as log-odds), a text column masked by its code.
 
-    ``budget_s`` caps the run from this call on (shap's import, the first one in a process, included): one timed
-    model call sizes how many rows fit in what is left, and a cut is reported (``cut``)."""
+    ``budget_s`` caps the run from this call on (shap's import, the first one in a process, included): the first
+    ten rows, explained and timed, size how many more fit in what is left, and a cut is reported (``cut``)."""
     import time
 
     import numpy as np
