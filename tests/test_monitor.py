@@ -169,6 +169,9 @@ def test_a_quiet_window_raises_nothing_and_the_estimate_is_within_its_interval_o
     live, estimated = result["live"], result["estimated"]
     assert estimated["low"] <= live["value"] <= estimated["high"], (live, estimated)
     assert live["low"] <= estimated["value"] <= live["high"], (live, estimated)
+    # no outcome of this model had arrived before the window: calibrated on its holdout, and saying so
+    assert estimated["detail"].startswith("calibrated on the model's holdout"), estimated
+    assert "0 outcomes before the window" in estimated["detail"], estimated
     drift = rows[rows["category"] == "data_drift"]
     assert set(drift["name"]) == {*world["usecase"].drift.features, "_share"}
     assert not drift["breach"].any() and drift["method"].dropna().str.len().gt(0).all()
@@ -203,6 +206,13 @@ def test_a_small_window_is_measured_not_judged(world) -> None:
     _score_days(world, [date(2013, 2, 20), date(2013, 2, 21), date(2013, 2, 22)], rows=60, shift=1.0)
     _, result, rows = _monitor(world, date(2013, 2, 21))
     assert result["rows"] == 180 and result["breaches"] == [], result
+    # the outcomes of the windows before, known when this one began, calibrate the estimate; its interval is
+    # wide (three days) but stays within ROC AUC's range
+    estimated = result["estimated"]
+    assert estimated["detail"] == (
+        "calibrated on 3430 outcomes of the 9 days before the window, known when it began"
+    ), estimated
+    assert 0.0 <= estimated["low"] <= estimated["value"] <= estimated["high"] <= 1.0, estimated
     share = rows[(rows["category"] == "data_drift") & (rows["name"] == "_share")].iloc[0]
     assert not share["breach"] and "fewer than drift.min_rows 300" in share["detail"]
 

@@ -881,6 +881,13 @@ class MonitoringSpec(_Strict):
     min_labelled_rows: int = Field(
         default=500, ge=1, description="fewer predictions with outcomes: live performance shown, not judged"
     )
+    calibration_days: int = Field(
+        default=28,
+        ge=0,
+        description="the estimate is calibrated on the model's predictions of the events of this many days "
+        "before the window whose outcomes had arrived when the window began (at least min_labelled_rows of "
+        "them; otherwise, and with 0, on the model's holdout)",
+    )
     max_drop: float = Field(
         default=0.05,
         ge=0,

@@ -6,7 +6,8 @@ monitoring table, so a nightly monitor run reads one small file instead of rebui
 
 - a seeded sample of the rows the model was fitted on (``monitoring.reference_rows``): the reference of data drift;
 - the holdout rows, which the model never saw, with its scores and the labels: the reference of the score
-  distribution, the model's reference value of the primary metric, and the calibration map of the estimate.
+  distribution, the model's reference value of the primary metric, and the labelled scores the estimate is
+  calibrated on until the model has enough outcomes of its own (``pipelines.monitoring.performance``).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def _build(ctx: StepContext, version: int, model: Any) -> Reference:
     from pipelines.features.model_inputs import model_columns, model_inputs
     from pipelines.modeling.lineage import model_lineage, reload_frames
     from pipelines.modeling.tracking import decision_threshold, predict_proba
-    from pipelines.monitoring.performance import fit_calibration, point_metric
+    from pipelines.monitoring.performance import point_metric
 
     usecase = ctx.usecase
     try:
@@ -96,7 +97,6 @@ def _build(ctx: StepContext, version: int, model: Any) -> Reference:
     if usecase.task == "classification":
         facts["reference_roc_auc"] = point_metric("roc_auc", y, holdout_rows[SCORE])
         facts["decision_threshold"] = decision_threshold(model)
-        facts["calibration"] = fit_calibration(holdout_rows[SCORE], y)
     return Reference(version, rows, facts)
 
 

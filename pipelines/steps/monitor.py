@@ -13,8 +13,10 @@ version that scored the window's last day (``pipelines.monitoring.reference``: i
 - drift of the scores and the decision rate;
 - live performance of the predictions made ahead whose outcomes were known by the end of D: the primary metric
   with a day-bootstrap interval, the calibration error, and the metric per slice and sensitive attribute;
-- the performance estimated from the calibrated scores before any outcome (classification: ROC AUC and the
-  expected confusion matrix at the decision threshold, with an interval).
+- the performance estimated from the calibrated scores before any outcome of the window (classification: ROC
+  AUC and the expected confusion matrix at the decision threshold, with a prediction interval), calibrated on
+  the model's predictions whose outcomes had arrived when the window began (``monitoring.calibration_days``),
+  or on its holdout until there are enough.
 
 A decay is a live or estimated metric worse than the model's holdout value by more than ``monitoring.max_drop`` at
 the favourable end of its interval. A breach listed in ``monitoring.retrain_on`` asks for an early retraining,
@@ -27,7 +29,7 @@ wall clock: a rerun of D reads what had arrived by D and writes the same rows.
 from __future__ import annotations
 
 import argparse
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import OUTCOME_KNOWN_AT
@@ -49,6 +51,7 @@ from pipelines.lake import (
 if TYPE_CHECKING:
     import pandas as pd
 
+    from pipelines.monitoring.performance import CalibrationSet
     from pipelines.monitoring.reference import Reference
 
 COLUMNS = [
@@ -213,8 +216,11 @@ def _captured_rows(ctx: StepContext, days: list[str], version: int) -> tuple[pd.
     return (rows, None) if len(rows) else (None, "no captured requests of this model version by the end of D")
 
 
-def _labelled_rows(ctx: StepContext, days: list[str], version: int) -> pd.DataFrame:
-    """Predictions of ``version`` in the window made ahead whose outcome was known by the end of D."""
+def _labelled_rows(
+    ctx: StepContext, days: list[str], version: int, known_before: pd.Timestamp | None = None
+) -> pd.DataFrame:
+    """Predictions of ``version`` of the events of ``days`` made ahead whose outcome was known before
+    ``known_before`` (default: the end of D)."""
     import pandas as pd
 
     usecase = ctx.usecase
@@ -225,14 +231,57 @@ def _labelled_rows(ctx: StepContext, days: list[str], version: int) -> pd.DataFr
         return _empty()
     frame = ctx.lake.read_frame(table, present, version=joined.version)
     end = pd.Timestamp(usecase.time.local_midnight(ctx.day + timedelta(days=1)))
+    if known_before is not None:
+        end = min(end, known_before)
     known = pd.to_datetime(frame[OUTCOME_KNOWN_AT], utc=True) < end
     frame = frame[known & made_ahead(frame) & (frame["model_version"] == version)]
     score = "prediction" if usecase.task == "regression" else "probability"
     return frame.rename(columns={score: "_score"}).reset_index(drop=True)
 
 
+def _calibration_set(ctx: StepContext, days: list[str], version: int, reference: Reference) -> CalibrationSet:
+    """The labelled scores the estimate is calibrated on: the model's predictions of the
+    ``monitoring.calibration_days`` before the window whose outcomes had arrived when the window began (its
+    freshest evidence of how scores and outcomes relate, none of the window's own), when there are at least
+    ``monitoring.min_labelled_rows``; otherwise its holdout."""
+    import pandas as pd
+
+    from pipelines.monitoring.performance import CalibrationSet
+
+    usecase = ctx.usecase
+    spec = usecase.monitoring
+    label = usecase.target.column
+    first = date.fromisoformat(days[0])
+    recent = _empty()
+    if spec.calibration_days:
+        before = [(first - timedelta(days=k)).isoformat() for k in range(spec.calibration_days, 0, -1)]
+        began = pd.Timestamp(usecase.time.local_midnight(first))
+        recent = _labelled_rows(ctx, before, version, known_before=began)
+        if len(recent) >= spec.min_labelled_rows:
+            return CalibrationSet.of(
+                recent,
+                label,
+                f"{len(recent)} outcomes of the {recent[DATE].nunique()} days before the window, known when "
+                "it began",
+            )
+    holdout = reference.holdout
+    why = (
+        "monitoring.calibration_days is 0"
+        if not spec.calibration_days
+        else f"{len(recent)} outcomes before the window, fewer than monitoring.min_labelled_rows "
+        f"{spec.min_labelled_rows}"
+    )
+    return CalibrationSet.of(
+        holdout, label, f"the model's holdout, {len(holdout)} rows of {holdout[DATE].nunique()} days ({why})"
+    )
+
+
 def _performance_rows(
-    ctx: StepContext, reference: Reference, scored: pd.DataFrame, labelled: pd.DataFrame
+    ctx: StepContext,
+    reference: Reference,
+    scored: pd.DataFrame,
+    labelled: pd.DataFrame,
+    calibration: CalibrationSet | None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     from pipelines.monitoring.performance import (
         day_resampling,
@@ -318,11 +367,11 @@ def _performance_rows(
         rows.append(
             _row("batch", "live", metric, None, reference=ref_value, rows=0, detail="no outcomes yet")
         )
-    if classification and "calibration" in reference.facts and len(scored):
+    if calibration is not None and len(calibration.scores) and len(scored):
         resampling = day_resampling(scored, significance.resamples, seed)
         estimate = estimated_performance(
             scored["_score"].to_numpy(dtype="float64"),
-            reference.facts["calibration"],
+            calibration,
             reference.facts.get("decision_threshold"),
             resampling,
             significance.confidence,
@@ -343,7 +392,8 @@ def _performance_rows(
                 threshold=spec.max_drop,
                 rows=len(scored),
                 breach=breach,
-                method="confidence-based (calibrated on the model's holdout)",
+                method="confidence-based, a prediction interval",
+                detail=f"calibrated on {estimate['calibrated_on']}",
             )
         )
         if breach:
@@ -514,7 +564,10 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         extra = [c for c in dict.fromkeys([*usecase.slices, *usecase.sensitive_attributes]) if c in scored]
         extra = [c for c in extra if c not in labelled.columns]
         labelled = labelled.merge(scored[[*keys, DATE, *extra]], on=[*keys, DATE], how="left")
-    performance_rows, performance_breaches = _performance_rows(ctx, reference, scored, labelled)
+    calibration = (
+        _calibration_set(ctx, days, version, reference) if usecase.task == "classification" else None
+    )
+    performance_rows, performance_breaches = _performance_rows(ctx, reference, scored, labelled, calibration)
     rows += performance_rows
     breaches += performance_breaches
 
@@ -587,7 +640,9 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             "labelled_rows": len(labelled),
             "data_drift": {"batch": batch_drift, "service": service, "service_note": why_not},
             "live": {k: live.get(k) for k in ("value", "low", "high", "rows", "reference")},
-            "estimated": {k: estimated.get(k) for k in ("value", "low", "high", "rows", "reference")},
+            "estimated": {
+                k: estimated.get(k) for k in ("value", "low", "high", "rows", "reference", "detail")
+            },
             "breaches": breaches,
             "retrain": retrain,
             "page_uri": ctx.lake.storage.uri(page_key(usecase.name)),
