@@ -76,6 +76,11 @@ def test_the_replay_monitors_each_month_after_scoring(local_demo) -> None:
         assert monitor["live"]["rows"] > 1000 and monitor["estimated"]["rows"] > 1000
         for measured in (monitor["live"], monitor["estimated"]):
             assert measured["low"] <= measured["value"] <= measured["high"], monitor
+        # estimated from the model's outcomes known before the window began, none of the window's own, its
+        # prediction interval holds the live figure the window's outcomes gave afterwards
+        estimated = monitor["estimated"]
+        assert estimated["low"] <= monitor["live"]["value"] <= estimated["high"], monitor
+        assert "days before the window, known when it began" in estimated["detail"], estimated
         rows = table[table["date"] == month["last_day"]]
         assert set(rows["category"]) >= {"data_drift", "prediction_drift", "live", "estimated", "retrain"}
     assert (home / "lake" / "reports" / USECASE / "monitoring" / "index.html").exists()
