@@ -93,6 +93,18 @@ def expected_weather(weather: pd.DataFrame, at: pd.Timestamp, column: str) -> pd
 # --------------------------------------------------------------------------------------------------- tests
 
 
+def test_the_local_driver_keeps_compiling_in_a_long_session(spark) -> None:
+    """Spark compiles a class per query stage, and with the quick compiler only the JVM reserves 48 MB for
+    compiled code: the demo year's in-process runs filled it by June, and the JVM ran every later job
+    interpreted. The local driver reserves 256 MB, read back from the running JVM."""
+    jvm = spark.sparkContext._jvm
+    bean = jvm.java.lang.management.ManagementFactory.getPlatformMXBean(
+        jvm.java.lang.Class.forName("com.sun.management.HotSpotDiagnosticMXBean")
+    )
+    assert int(bean.getVMOption("ReservedCodeCacheSize").getValue()) >= 256 * 1024 * 1024
+    assert bean.getVMOption("TieredStopAtLevel").getValue() == "1"
+
+
 def test_features_partition_columns_types_rows_and_values(lake: Lake) -> None:
     from pipelines.cli import run_step
 

@@ -33,12 +33,15 @@ DEFAULT_CONF: dict[str, str] = {
 }
 # Extra defaults for local masters: bind to loopback so odd container host names do not matter, and use the
 # JVM's quick (C1) compiler only: our jobs are short and run in a fresh process per task, where the optimizing
-# compiler costs more than it saves (a month of features on 2 cores: about 1-2 s less).
+# compiler costs more than it saves (a month of features on 2 cores: about 1-2 s less). With C1 only the JVM
+# reserves 48 MB for compiled code; Spark compiles a class per query stage, and a long-lived session (the demo's
+# in-process runs, a large rebuild) filled it by mid-year, after which the JVM stops compiling and runs every
+# later job interpreted ("CodeCache is full. Compiler has been disabled"): hence a larger reservation.
 LOCAL_CONF: dict[str, str] = {
     "spark.driver.host": "127.0.0.1",
     "spark.driver.bindAddress": "127.0.0.1",
 }
-LOCAL_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+LOCAL_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -XX:ReservedCodeCacheSize=256m"
 
 _LOG4J2 = """\
 rootLogger.level = error
