@@ -93,8 +93,9 @@ def _post(api, body, path: str = PREDICT, headers: dict | None = None):
 # ----------------------------------------------------------------------------------------------- parity
 
 
-def _http_equals_batch(client: TestClient, env: ServeEnv, version: str) -> dict:
-    """Score DAY's records over HTTP and with the batch scorer; require the same probabilities to 1e-9."""
+def _http_equals_batch(client: TestClient, env: ServeEnv, version: str, runtime: str) -> dict:
+    """Score DAY's records over HTTP (the model called by ``runtime``) and with the batch scorer; require the
+    same probabilities to 1e-9."""
     _step("score", DAY - timedelta(days=1))  # on March 9 the flights of March 10 are scored
     batch = env.lake.read_frame(predictions_table(USECASE), [DAY.isoformat()])
     batch = batch[batch["model_version"].astype(str) == version]
@@ -105,7 +106,7 @@ def _http_equals_batch(client: TestClient, env: ServeEnv, version: str) -> dict:
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["model"]["version"] == version and response.headers["X-Model-Version"] == version
-    assert answer["model"]["runtime"] == "direct", "the model is called without the pyfunc layer"
+    assert answer["model"]["runtime"] == runtime, "the model is called without the pyfunc layer"
     assert answer["snapshot"]["day"] == DAY.isoformat()
     served = pd.DataFrame(records)[env.usecase.features.keys]
     served["http"] = [p["probability"] for p in answer["predictions"]]
@@ -117,7 +118,10 @@ def _http_equals_batch(client: TestClient, env: ServeEnv, version: str) -> dict:
 
 def test_a_day_scored_over_http_equals_the_batch_scorer(api) -> None:
     """The same records, snapshot and model give the batch scorer's probabilities to 1e-9."""
-    answer = _http_equals_batch(api.client, api.env, api.version)
+    # a logistic regression: its numpy pass (pipelines.serving.linear), for batches and single records alike
+    answer = _http_equals_batch(api.client, api.env, api.version, "numpy")
+    stated = answer["model"]["single_record"]
+    assert stated["runtime"] == "numpy" and 0 <= stated["max_difference"] <= 1e-12, stated
     threshold = answer["model"]["decision_threshold"]
     assert threshold == 0.3
     assert [p["decision"] for p in answer["predictions"]] == [
@@ -308,7 +312,7 @@ def test_a_keras_champion_over_http_equals_the_batch_scorer(serve_env: ServeEnv)
     served = service.slots.served("champion")
     assert type(served.model.unwrap_python_model()).__name__ == "KerasProbabilityModel", "a real Keras model"
     with TestClient(create_app(service)) as client:
-        batch = _http_equals_batch(client, serve_env, version)
+        batch = _http_equals_batch(client, serve_env, version, "direct")
         # one record at a time: the numpy pass, within the stated 1e-6 of the batch's TensorFlow scores
         singles = [
             client.post(PREDICT, json={"record": record, "at": _at(serve_env, DAY)}, headers=AUTH).json()

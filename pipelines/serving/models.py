@@ -233,6 +233,76 @@ def single_record_scorer(model: Any, usecase: UseCase, folder: Path) -> SingleRe
     )
 
 
+# how far the numpy pass of a linear pipeline may be from the pipeline's own scores (the service's parity bound
+# with batch scoring is 1e-9; the two differ by rounding only, about 1e-16)
+NUMPY_PASS_TOLERANCE = 1e-12
+
+
+def _verification_rows(example: Any, usecase: UseCase) -> Any:
+    """The stored input example, and copies of it with each input missing and each categorical input a value the
+    model never saw: the cases where an encoder or imputer takes another branch."""
+    import pandas as pd
+
+    frames = [example]
+    for column in example.columns:
+        frames.append(
+            example.assign(**{column: None if column in usecase.features.categorical else float("nan")})
+        )
+        if column in usecase.features.categorical:
+            frames.append(example.assign(**{column: "<never seen in training>"}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def linear_numpy_scorer(
+    model: Any, usecase: UseCase, folder: Path, direct: Callable[[Mapping[str, Any]], Any]
+) -> SingleRecordScorer | None:
+    """A linear pipeline's numpy pass (pipelines.serving.linear) for every request, when its scores stay within
+    :data:`NUMPY_PASS_TOLERANCE` of the pipeline's own (``direct``) on :func:`_verification_rows`, scored whole
+    and one row at a time; None for other models, or (logged) when it does not. Should a request's columns ever
+    not convert (a type the verification did not see), that request goes through ``direct``."""
+    import numpy as np
+
+    from pipelines.features.model_inputs import model_input_columns
+    from pipelines.serving.linear import linear_pass
+
+    try:
+        raw = model.get_raw_model()
+    except Exception:  # not the scikit-learn flavour
+        return None
+    fast = linear_pass(raw, usecase.task == "classification")
+    if fast is None:
+        return None
+    try:
+        example = model.metadata.load_input_example(str(folder))
+        rows = _verification_rows(example, usecase)
+        columns = model_input_columns(usecase, rows, "the stored input example")
+        expected = direct(columns)
+        whole = fast(columns)
+        one_by_one = np.concatenate(
+            [fast(model_input_columns(usecase, rows.iloc[i : i + 1], "a row")) for i in range(len(rows))]
+        )
+        difference = float(max(np.max(np.abs(whole - expected)), np.max(np.abs(one_by_one - expected))))
+    except Exception as exc:
+        log.warning("%s: no numpy pass of the linear pipeline (%s: %s)", folder.name, type(exc).__name__, exc)
+        return None
+    if not difference <= NUMPY_PASS_TOLERANCE:
+        log.warning(
+            "%s: served through scikit-learn: its numpy pass differs by up to %.3g (allowed %.0e)",
+            folder.name,
+            difference,
+            NUMPY_PASS_TOLERANCE,
+        )
+        return None
+
+    def score(columns: Mapping[str, Any]) -> Any:
+        try:
+            return fast(columns)
+        except (TypeError, ValueError):
+            return direct(columns)
+
+    return SingleRecordScorer(score=score, runtime="numpy", max_difference=difference)
+
+
 def load_verified(usecase: UseCase, version: Any, alias: str) -> ServedModel:
     """Download, check and load registry ModelVersion ``version``; raise ModelRefused with the reason when it
     may not serve."""
@@ -263,6 +333,13 @@ def load_verified(usecase: UseCase, version: Any, alias: str) -> ServedModel:
         threshold = decision_threshold(model) if usecase.task == "classification" else None
         score, runtime = choose_scorer(model, usecase, path)
         single = single_record_scorer(model, usecase, path) if runtime == "direct" else None
+        numpy_pass = (
+            linear_numpy_scorer(model, usecase, path, score)
+            if runtime == "direct" and single is None
+            else None
+        )
+        if numpy_pass is not None:  # every request, one record or a batch
+            score, runtime, single = numpy_pass.score, numpy_pass.runtime, numpy_pass
         return ServedModel(
             alias=alias,
             version=str(version.version),

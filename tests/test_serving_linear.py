@@ -1,0 +1,81 @@
+"""The numpy pass of the linear pipelines (pipelines.serving.linear) against the fitted scikit-learn pipelines
+it stands for: the same scores, whole batches and single rows, through every branch of the imputer and the
+encoder (missing numbers, a category missing in training and at scoring, infrequent categories, categories never
+seen)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.config import CandidateSpec, load_usecase
+from pipelines.features.model_inputs import model_input_columns
+from pipelines.modeling import _sklearn_pipeline
+from pipelines.serving.linear import linear_pass
+
+
+def _frame(usecase, rows: int, seed: int) -> pd.DataFrame:
+    """Model inputs with missing numbers, a skewed categorical of 70 values (past the encoder's 50: the rare ones
+    become its infrequent column) with missing values, and a label that depends on both."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({c: rng.normal(size=rows) for c in usecase.features.numeric})
+    for column in usecase.features.numeric[::3]:
+        frame.loc[rng.random(rows) < 0.1, column] = np.nan
+    codes = np.minimum(rng.geometric(0.08, size=rows), 70)
+    frame[usecase.features.categorical[0]] = np.where(rng.random(rows) < 0.05, None, [f"c{k}" for k in codes])
+    for column in usecase.features.categorical[1:]:
+        frame[column] = rng.choice(["x", "y", "z"], size=rows).astype(object)
+    signal = np.nan_to_num(frame[usecase.features.numeric[0]].to_numpy()) + (codes % 3) * 0.5
+    frame["label"] = (signal + rng.normal(size=rows) > 0.8).astype(int)
+    return frame
+
+
+def _scoring_rows(usecase, fitted_on: pd.DataFrame, rows: int) -> pd.DataFrame:
+    frame = _frame(usecase, rows, seed=99).drop(columns="label")
+    first = usecase.features.categorical[0]
+    frame.loc[::7, first] = "never-seen"
+    frame.loc[1::11, usecase.features.categorical[-1]] = "never-seen-either"
+    frame.loc[2::13, first] = None
+    return frame
+
+
+@pytest.mark.parametrize(
+    ("usecase_name", "family"), [("flight_delay", "logistic_regression"), ("flight_arrival_delay", "ridge")]
+)
+def test_the_numpy_pass_scores_as_the_fitted_pipeline(usecase_name: str, family: str) -> None:
+    usecase = load_usecase(usecase_name)
+    classification = usecase.task == "classification"
+    train = _frame(usecase, 4000, seed=1)
+    pipeline = _sklearn_pipeline(CandidateSpec(name="c", family=family), usecase, seed=3)
+    features = usecase.features.numeric + usecase.features.categorical
+    label = train["label"] if classification else train["label"] + train[features[0]].fillna(0)
+    pipeline.fit(train[features], label)
+    encoder = pipeline.named_steps["preprocess"].named_transformers_["categorical"]
+    assert encoder.infrequent_categories_[0] is not None, "the test needs infrequent categories"
+    assert pipeline.named_steps["preprocess"].named_transformers_["numeric"][0].indicator_ is not None
+
+    rows = _scoring_rows(usecase, train, 500)
+    expected = (
+        pipeline.predict_proba(rows[features])[:, 1] if classification else pipeline.predict(rows[features])
+    )
+    fast = linear_pass(pipeline, classification)
+    assert fast is not None
+    columns = model_input_columns(usecase, rows[features], "test rows")
+    np.testing.assert_allclose(fast(columns), expected, rtol=0, atol=1e-12)
+    singles = np.concatenate(
+        [fast(model_input_columns(usecase, rows[features].iloc[i : i + 1], "a row")) for i in range(40)]
+    )
+    np.testing.assert_allclose(singles, expected[:40], rtol=0, atol=1e-12)
+
+
+def test_models_of_another_shape_have_no_numpy_pass() -> None:
+    usecase = load_usecase("flight_delay")
+    train = _frame(usecase, 1000, seed=2)
+    features = usecase.features.numeric + usecase.features.categorical
+    boosting = _sklearn_pipeline(CandidateSpec(name="b", family="hist_gradient_boosting"), usecase, seed=3)
+    boosting.fit(train[features], train["label"])
+    assert linear_pass(boosting, classification=True) is None
+    linear = _sklearn_pipeline(CandidateSpec(name="l", family="logistic_regression"), usecase, seed=3)
+    linear.fit(train[features], train["label"])
+    assert linear_pass(linear, classification=False) is None  # a classifier is not served as a regressor
