@@ -29,23 +29,23 @@ wall clock: a rerun of D reads what had arrived by D and writes the same rows.
 from __future__ import annotations
 
 import argparse
-from datetime import date, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from pipelines.config import OUTCOME_KNOWN_AT
 from pipelines.context import StepContext, StepFailed, progress
-from pipelines.features.scoring_time import SCORED_AT, made_ahead
 from pipelines.lake import (
     COMMIT_ATTEMPTS,
     DATE,
     CommitConflict,
-    LakeError,
-    captures_table,
-    features_table,
     monitoring_table,
-    predictions_table,
-    predictions_with_outcomes_table,
     table_key,
+)
+from pipelines.monitoring.window import (
+    calibration_set,
+    captured_rows,
+    labelled_rows,
+    scored_rows,
+    window_days,
 )
 
 if TYPE_CHECKING:
@@ -137,143 +137,6 @@ def _drift_rows(
         )
     )
     return rows, {"source": source, "share": share, "breach": breach, "detail": detail}
-
-
-def _window(ctx: StepContext) -> list[str]:
-    usecase = ctx.usecase
-    last = usecase.time.predicted_through(ctx.day)
-    return [(last - timedelta(days=k)).isoformat() for k in reversed(range(usecase.monitoring.window_days))]
-
-
-def _scored_rows(ctx: StepContext, days: list[str]) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The window's batch predictions made by the end of D joined to their events' features (model inputs,
-    slices, sensitive attributes), as the lake holds them."""
-    import pandas as pd
-
-    usecase = ctx.usecase
-    keys = [k for k in usecase.features.keys if k != DATE]
-    predictions = ctx.lake.snapshot(predictions_table(usecase.name), facts=False)
-    present = [d for d in days if d in predictions.partitions]
-    read = {predictions.table: predictions.version} if predictions.version is not None else {}
-    if not present:
-        return _empty(), read
-    from pipelines.features.model_inputs import model_columns
-
-    score = "prediction" if usecase.task == "regression" else "probability"
-    made = [SCORED_AT] if SCORED_AT in predictions.columns else []
-    scored = ctx.lake.read_frame(
-        predictions.table, present, [*keys, DATE, score, "model_version", *made], predictions.version
-    )
-    if made:  # a day scored late, by a run after D, was not there at D: a rerun of D leaves it out again
-        end = pd.Timestamp(usecase.time.local_midnight(ctx.day + timedelta(days=1)))
-        scored = scored[pd.to_datetime(scored[SCORED_AT], utc=True) < end].drop(columns=made)
-    features = ctx.lake.snapshot(features_table(usecase.name), facts=False)
-    read[features.table] = features.version
-    wanted = list(
-        dict.fromkeys([*keys, DATE, *model_columns(usecase), *usecase.slices, *usecase.sensitive_attributes])
-    )
-    wanted = [c for c in wanted if c in features.columns]
-    rows = ctx.lake.read_frame(
-        features.table, [d for d in present if d in features.partitions], wanted, features.version
-    )
-    joined = scored.merge(rows, on=[*keys, DATE], how="left", validate="one_to_one")
-    return joined.rename(columns={score: "_score"}), read
-
-
-def _empty() -> pd.DataFrame:
-    import pandas as pd
-
-    return pd.DataFrame({DATE: pd.Series([], dtype=object)})
-
-
-def _captured_rows(ctx: StepContext, days: list[str], version: int) -> tuple[pd.DataFrame | None, str | None]:
-    """The service's captured rows of the window answered by ``version`` and received by the end of D, with
-    their model inputs rebuilt; None (and why) when there are none or they cannot be rebuilt."""
-    from datetime import date
-
-    import pandas as pd
-
-    from pipelines.serving.recapture import read_captured, rebuild_model_inputs
-
-    if ctx.lake.version(captures_table(ctx.usecase.name)) is None:
-        return None, "no captured requests"
-    captured = read_captured(ctx.lake, ctx.usecase, date.fromisoformat(days[0]), date.fromisoformat(days[-1]))
-    if captured.num_rows == 0:
-        return None, "no captured requests in the window"
-    try:
-        rebuilt = rebuild_model_inputs(ctx.lake, ctx.usecase, captured)
-    except LakeError as exc:
-        return None, f"the captured requests' model inputs cannot be rebuilt: {exc}"
-    end = pd.Timestamp(ctx.usecase.time.local_midnight(ctx.day + timedelta(days=1)))
-    keep = pd.Series(True, index=rebuilt.index)
-    if "received_at" in rebuilt.columns:
-        keep &= pd.to_datetime(rebuilt["received_at"], utc=True) < end
-    if "shadow" in rebuilt.columns:
-        keep &= ~rebuilt["shadow"].fillna(False).astype(bool)
-    if "model_version" in rebuilt.columns:
-        keep &= rebuilt["model_version"] == version
-    rows = rebuilt[keep].rename(columns={"score": "_score"})
-    return (rows, None) if len(rows) else (None, "no captured requests of this model version by the end of D")
-
-
-def _labelled_rows(
-    ctx: StepContext, days: list[str], version: int, known_before: pd.Timestamp | None = None
-) -> pd.DataFrame:
-    """Predictions of ``version`` of the events of ``days`` made ahead whose outcome was known before
-    ``known_before`` (default: the end of D)."""
-    import pandas as pd
-
-    usecase = ctx.usecase
-    table = predictions_with_outcomes_table(usecase.name)
-    joined = ctx.lake.snapshot(table, facts=False)
-    present = [d for d in days if d in joined.partitions]
-    if not present:
-        return _empty()
-    frame = ctx.lake.read_frame(table, present, version=joined.version)
-    end = pd.Timestamp(usecase.time.local_midnight(ctx.day + timedelta(days=1)))
-    if known_before is not None:
-        end = min(end, known_before)
-    known = pd.to_datetime(frame[OUTCOME_KNOWN_AT], utc=True) < end
-    frame = frame[known & made_ahead(frame) & (frame["model_version"] == version)]
-    score = "prediction" if usecase.task == "regression" else "probability"
-    return frame.rename(columns={score: "_score"}).reset_index(drop=True)
-
-
-def _calibration_set(ctx: StepContext, days: list[str], version: int, reference: Reference) -> CalibrationSet:
-    """The labelled scores the estimate is calibrated on: the model's predictions of the
-    ``monitoring.calibration_days`` before the window whose outcomes had arrived when the window began (its
-    freshest evidence of how scores and outcomes relate, none of the window's own), when there are at least
-    ``monitoring.min_labelled_rows``; otherwise its holdout."""
-    import pandas as pd
-
-    from pipelines.monitoring.performance import CalibrationSet
-
-    usecase = ctx.usecase
-    spec = usecase.monitoring
-    label = usecase.target.column
-    first = date.fromisoformat(days[0])
-    recent = _empty()
-    if spec.calibration_days:
-        before = [(first - timedelta(days=k)).isoformat() for k in range(spec.calibration_days, 0, -1)]
-        began = pd.Timestamp(usecase.time.local_midnight(first))
-        recent = _labelled_rows(ctx, before, version, known_before=began)
-        if len(recent) >= spec.min_labelled_rows:
-            return CalibrationSet.of(
-                recent,
-                label,
-                f"{len(recent)} outcomes of the {recent[DATE].nunique()} days before the window, known when "
-                "it began",
-            )
-    holdout = reference.holdout
-    why = (
-        "monitoring.calibration_days is 0"
-        if not spec.calibration_days
-        else f"{len(recent)} outcomes before the window, fewer than monitoring.min_labelled_rows "
-        f"{spec.min_labelled_rows}"
-    )
-    return CalibrationSet.of(
-        holdout, label, f"the model's holdout, {len(holdout)} rows of {holdout[DATE].nunique()} days ({why})"
-    )
 
 
 def _performance_rows(
@@ -521,8 +384,8 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
 
     usecase = ctx.usecase
     configure_mlflow(ctx.profile, usecase)
-    days = _window(ctx)
-    scored_all, tables_read = _scored_rows(ctx, days)
+    days = window_days(ctx)
+    scored_all, tables_read = scored_rows(ctx, days)
     if len(scored_all) == 0:
         progress(f"monitor: no predictions in {days[0]}..{days[-1]}")
         return _recorded(
@@ -548,7 +411,7 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     rows += drift_rows
     if batch_drift["breach"]:
         breaches.append("data_drift")
-    captured, why_not = _captured_rows(ctx, days, version)
+    captured, why_not = captured_rows(ctx, days, version)
     service = None
     if captured is not None:
         service_rows, service = _drift_rows("service", reference.train, captured, ctx, watched)
@@ -558,15 +421,13 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     prediction_rows, prediction_breaches = _prediction_rows(ctx, reference, scored)
     rows += prediction_rows
     breaches += prediction_breaches
-    labelled = _labelled_rows(ctx, days, version)
+    labelled = labelled_rows(ctx, days, version)
     if len(labelled):  # the slices and sensitive attributes of the labelled events, from their features
         keys = [k for k in usecase.features.keys if k != DATE]
         extra = [c for c in dict.fromkeys([*usecase.slices, *usecase.sensitive_attributes]) if c in scored]
         extra = [c for c in extra if c not in labelled.columns]
         labelled = labelled.merge(scored[[*keys, DATE, *extra]], on=[*keys, DATE], how="left")
-    calibration = (
-        _calibration_set(ctx, days, version, reference) if usecase.task == "classification" else None
-    )
+    calibration = calibration_set(ctx, days, version, reference) if usecase.task == "classification" else None
     performance_rows, performance_breaches = _performance_rows(ctx, reference, scored, labelled, calibration)
     rows += performance_rows
     breaches += performance_breaches
