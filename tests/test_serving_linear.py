@@ -79,3 +79,29 @@ def test_models_of_another_shape_have_no_numpy_pass() -> None:
     linear = _sklearn_pipeline(CandidateSpec(name="l", family="logistic_regression"), usecase, seed=3)
     linear.fit(train[features], train["label"])
     assert linear_pass(linear, classification=False) is None  # a classifier is not served as a regressor
+
+
+def test_a_scaler_that_does_not_centre_is_followed() -> None:
+    """StandardScaler(with_mean=False) still fits ``mean_`` (for the variance) but does not subtract it."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    usecase = load_usecase("flight_delay")
+    train = _frame(usecase, 1000, seed=4)
+    numeric = usecase.features.numeric
+    pipeline = make_pipeline(
+        ColumnTransformer([("n", make_pipeline(SimpleImputer(), StandardScaler(with_mean=False)), numeric)]),
+        LogisticRegression(max_iter=300),
+    ).fit(train[numeric] + 3.0, train["label"])
+    rows = _scoring_rows(usecase, train, 200)[numeric] + 3.0
+    fast = linear_pass(pipeline, classification=True)
+    assert fast is not None
+    np.testing.assert_allclose(
+        fast({column: rows[column].to_numpy() for column in numeric}),
+        pipeline.predict_proba(rows)[:, 1],
+        rtol=0,
+        atol=1e-12,
+    )

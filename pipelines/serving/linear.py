@@ -53,8 +53,9 @@ def _numeric_block(step: Any, columns: list[str]) -> Callable[[Mapping[str, Any]
     )
     if imputer.add_indicator and imputer.indicator_.features != "missing-only":
         return None
-    mean = None if scaler.mean_ is None else np.asarray(scaler.mean_, dtype="float64")
-    scale = None if scaler.scale_ is None else np.asarray(scaler.scale_, dtype="float64")
+    # with_mean=False still fits mean_ (for the variance) but does not subtract it
+    mean = np.asarray(scaler.mean_, dtype="float64") if scaler.with_mean else None
+    scale = np.asarray(scaler.scale_, dtype="float64") if scaler.with_std else None
     fill = np.where(np.isnan(statistics), 0.0, statistics)
 
     def block(inputs: Mapping[str, Any]) -> np.ndarray:
