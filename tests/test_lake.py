@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import pyarrow as pa
 import pytest
 from _lake_faults import delete_partitions
 
+import pipelines.lake as lake_module
 from pipelines.lake import (
     LATEST,
     CommitConflict,
@@ -537,8 +539,35 @@ def test_a_snapshot_of_some_dates_reads_only_their_facts(tmp_path: Path) -> None
             path.unlink()
     again = lake.snapshot(TABLE, dates=[days[1], days[5]])
     assert again.partitions[days[1]].facts["k"] == days[1] and again.empty[days[5]]["k"] == "e"
+    lake_module._FACTS_READ.clear()  # this process read the whole snapshot above: read it from the files again
     with pytest.raises(OSError):
         lake.snapshot(TABLE)
+
+
+def test_facts_read_once_per_version_are_new_for_a_new_version_or_a_recreated_table(tmp_path: Path) -> None:
+    """A facts table version is read once per process (the backtest reads the same snapshot every day), and
+    only that version: a commit, or a table deleted and recreated at the same path with the same version
+    numbers, is read afresh; what a caller changes in the facts it got is not what the next reader gets."""
+    lake = Lake(str(tmp_path / "lake"))
+    first = lake.write_partitions(
+        TABLE, _rows("2013-01-01", 2), read_version=None, facts={"2013-01-01": {"k": ["a"]}}
+    )
+    seen = lake.snapshot(TABLE).partitions["2013-01-01"].facts
+    seen["k"].append("changed by a caller")
+    assert lake.snapshot(TABLE).partitions["2013-01-01"].facts["k"] == ["a"]
+    lake.write_partitions(
+        TABLE, _rows("2013-01-01", 3), read_version=first.version, facts={"2013-01-01": {"k": ["b"]}}
+    )
+    assert lake.snapshot(TABLE).partitions["2013-01-01"].facts["k"] == ["b"]
+    shutil.rmtree(tmp_path / "lake")
+    recreated = Lake(str(tmp_path / "lake"))
+    recreated.write_partitions(
+        TABLE, _rows("2013-01-01", 2), read_version=None, facts={"2013-01-01": {"k": ["c"]}}
+    )
+    recreated.write_partitions(
+        TABLE, _rows("2013-01-01", 3), read_version=0, facts={"2013-01-01": {"k": ["d"]}}
+    )
+    assert recreated.snapshot(TABLE).partitions["2013-01-01"].facts["k"] == ["d"]
 
 
 def test_maintenance_leaves_a_checkpoint_at_the_latest_version(tmp_path: Path) -> None:

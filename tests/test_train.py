@@ -249,15 +249,23 @@ def test_each_candidate_records_the_threshold_its_rule_chooses_on_the_validation
         assert metrics["validation_positive_rate"] == pytest.approx(rate)
         assert metrics["holdout_inputs_positive_rate"] == pytest.approx(flagged / len(X_holdout))
         assert "holdout inputs 2013-02-03..2013-02-09" in source and "labels unused" in source, source
-        # the logged model is the refit on train + validation, not the model the threshold was chosen with
+        # the logged model is the refit on train + validation, not the model the threshold was chosen with; a
+        # logistic regression's solver starts from the fit on train's coefficients
+        X_final = model_inputs(usecase, final, "test rows")
+        y_final = final[usecase.target.column].to_numpy(dtype="int64")
         refit_model = modeling.fit_candidate(
-            spec,
-            usecase,
-            model_inputs(usecase, final, "test rows"),
-            final[usecase.target.column].to_numpy(dtype="int64"),
-            usecase.split.seed,
+            spec, usecase, X_final, y_final, usecase.split.seed, start_from=on_train
         )
         np.testing.assert_allclose(tracking.predict_proba(model, X_val), refit_model.scores(X_val), rtol=1e-6)
+        if spec.family == "logistic_regression":  # started elsewhere, it reaches the same optimum
+            cold = modeling.fit_candidate(spec, usecase, X_final, y_final, usecase.split.seed)
+            warm_model = refit_model.estimator.named_steps["model"]
+            cold_model = cold.estimator.named_steps["model"]
+            assert warm_model.n_iter_[0] < cold_model.n_iter_[0]
+            assert not warm_model.warm_start  # the logged params are those of a plain fit
+            assert roc_auc_score(y_val, refit_model.scores(X_val)) == pytest.approx(
+                roc_auc_score(y_val, cold.scores(X_val)), abs=1e-3
+            )
         assert candidate["decision_threshold"] != 0.5
         checked["refit"] += 1
     assert checked == {"refit": 1, "train": 1}, checked  # the chosen one (not the mlp here) and one other
@@ -277,11 +285,11 @@ def test_a_refit_on_another_scale_gets_its_own_threshold_from_inputs_it_did_not_
     write_feature_partitions(lake, usecase, date(2013, 1, 5), 36, rows_per_day=60)
     original, calls = modeling.fit_candidate, []
 
-    def shifted_refit(spec, usecase_, X, y, seed):  # train fits each candidate twice: train, then the refit
+    def shifted_refit(spec, usecase_, X, y, seed, start_from=None):  # the fit on train, then the refit
         calls.append(len(X))
         if len(calls) % 2 == 0:
             spec = spec.model_copy(update={"params": {**spec.params, "class_weight": {0: 1.0, 1: 4.0}}})
-        return original(spec, usecase_, X, y, seed)
+        return original(spec, usecase_, X, y, seed, start_from=start_from)
 
     monkeypatch.setattr(modeling, "fit_candidate", shifted_refit)
     args = SimpleNamespace(mode="full", candidates=None, retrain=True)
@@ -899,9 +907,9 @@ def test_only_the_chosen_candidate_is_refitted_and_lineage_reloads_what_each_mod
     write_feature_partitions(lake, usecase, date(2013, 1, 5), 36, rows_per_day=40)
     original, fits = modeling.fit_candidate, []
 
-    def recording_fit(spec, usecase_, X, y, seed):  # what each fit is given
+    def recording_fit(spec, usecase_, X, y, seed, start_from=None):  # what each fit is given
         fits.append((spec.name, X.copy(), np.asarray(y).copy()))
-        return original(spec, usecase_, X, y, seed)
+        return original(spec, usecase_, X, y, seed, start_from=start_from)
 
     monkeypatch.setattr(modeling, "fit_candidate", recording_fit)
     argv = ["--usecase", usecase.name, "--date", DAY.isoformat()]

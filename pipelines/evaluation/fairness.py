@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import HIGHER_IS_BETTER, FairnessSpec, SliceGateSpec
-from pipelines.evaluation.metrics import clean, model_metrics, slice_label
+from pipelines.evaluation.metrics import clean, model_metrics, slice_labels
 
 if TYPE_CHECKING:
     from pipelines.evaluation.significance import Resampling
@@ -136,7 +136,7 @@ def group_fairness(
 
     y = np.asarray(y, dtype="float64")
     scores = np.asarray(scores, dtype="float64")
-    labels = pd.Series([slice_label(v) for v in groups], name="group")
+    labels = pd.Series(slice_labels(groups), name="group")
     with_rates = task == "classification" and threshold is not None
     functions: dict[str, Any] = {"rows": count, "value": _metric_function(spec.metric)}
     if with_rates:
@@ -226,7 +226,7 @@ def group_changes(
     y = np.asarray(y, dtype="float64")
     a = np.asarray(candidate_scores, dtype="float64")
     b = np.asarray(champion_scores, dtype="float64")
-    labels = np.array([slice_label(v) for v in groups], dtype=object)
+    labels = slice_labels(groups)
     out = {}
     for position, group in enumerate(sorted(set(labels.tolist()))):
         mask = labels == group
@@ -332,7 +332,7 @@ def add_slice_intervals(
     y = np.asarray(y, dtype="float64").reshape(-1)
     scores = np.asarray(scores, dtype="float64").reshape(-1)
     for column, values in slices.items():
-        labels = np.array([slice_label(v) for v in groups[column].to_numpy()], dtype=object)
+        labels = slice_labels(groups[column].to_numpy())
         for position, (value, entry) in enumerate(values.items()):
             if slice_gated_on_value(entry, spec):
                 continue

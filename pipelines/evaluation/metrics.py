@@ -125,6 +125,17 @@ def slice_label(value: Any) -> str:
     return NULL_SLICE if is_missing(value) and not isinstance(value, str) else str(value)
 
 
+def slice_labels(values: Any) -> np.ndarray:
+    """:func:`slice_label` of every value, as an object array: labelled once per distinct value (a day's rows
+    hold few), not once per row."""
+    import numpy as np
+    import pandas as pd
+
+    codes, uniques = pd.factorize(np.asarray(values), use_na_sentinel=False)
+    labels = np.array([slice_label(v) for v in uniques] or [NULL_SLICE], dtype=object)
+    return labels[codes]
+
+
 def slice_metrics(
     groups: pd.DataFrame, y_true: Any, proba: Any, metrics: Iterable[str] = ALL_METRICS
 ) -> dict[str, dict[str, dict[str, Any]]]:
@@ -140,7 +151,7 @@ def slice_metrics(
     wanted = list(metrics)
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for column in groups.columns:
-        labels = np.array([slice_label(v) for v in groups[column].to_numpy()], dtype=object)
+        labels = slice_labels(groups[column].to_numpy())
         values, counts = np.unique(labels, return_counts=True)
         order = sorted(zip(values, counts, strict=True), key=lambda item: (-item[1], item[0]))
         column_out: dict[str, dict[str, Any]] = {}

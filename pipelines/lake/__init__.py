@@ -1025,20 +1025,32 @@ class Lake:
         handle = self.open_table(facts_table)
         if handle is None:
             return {}
-        predicate = None if dates is None else [(DATE, "in", list(dates))]
-        rows = (
-            handle.to_pyarrow_dataset(
-                filesystem=self._filesystem(facts_table), file_pruning_predicate=predicate
-            )
-            .to_table(columns=[DATE, "files", "facts"])
-            .to_pylist()
+        # a version of a table is immutable: read and parsed once per process (the backtest and a long task
+        # read the same facts many times); the table's id tells a table recreated at the same path apart
+        key = (
+            self.table_uri(facts_table),
+            handle.metadata().id,
+            int(handle.version()),
+            None if dates is None else tuple(dates),
         )
-        wanted = None if dates is None else set(dates)
-        return {
-            row[DATE]: {"files": row["files"], "facts": json.loads(row["facts"])}
-            for row in rows
-            if wanted is None or row[DATE] in wanted
-        }
+        rows = _FACTS_READ.get(key)
+        if rows is None:
+            predicate = None if dates is None else [(DATE, "in", list(dates))]
+            wanted = None if dates is None else set(dates)
+            rows = [
+                (row[DATE], tuple(row["files"]), row["facts"])
+                for row in handle.to_pyarrow_dataset(
+                    filesystem=self._filesystem(facts_table), file_pruning_predicate=predicate
+                )
+                .to_table(columns=[DATE, "files", "facts"])
+                .to_pylist()
+                if wanted is None or row[DATE] in wanted
+            ]
+            _FACTS_READ[key] = rows
+            while len(_FACTS_READ) > _FACTS_READ_KEPT:
+                _FACTS_READ.pop(next(iter(_FACTS_READ)))
+        # parsed on every call: the caller owns (and may change) what it gets
+        return {day: {"files": list(files), "facts": json.loads(facts)} for day, files, facts in rows}
 
     def _record_facts(
         self,
@@ -1170,6 +1182,10 @@ def commit_with_retry(
                 raise
     return None  # pragma: no cover - the loop returns or raises
 
+
+# the rows (date, files, facts as JSON) of recent reads of a facts table version, oldest first
+_FACTS_READ: dict[tuple[Any, ...], list[tuple[str, tuple[str, ...], str]]] = {}
+_FACTS_READ_KEPT = 32
 
 _ARROW_TYPES = {"int": "int64", "float": "float64", "string": "string", "bool": "bool"}
 

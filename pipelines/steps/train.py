@@ -543,7 +543,9 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                 if refit:  # chosen on validation: refit on train + validation
                     progress(f"train: refitting {spec.name} on {len(final_rows)} train + validation rows")
                     first_fit = fitted
-                    fitted = modeling.fit_candidate(spec, usecase, X_final, y_final, split.seed)
+                    fitted = modeling.fit_candidate(
+                        spec, usecase, X_final, y_final, split.seed, start_from=first_fit
+                    )
                     fitted.fit_seconds += first_fit.fit_seconds
                     if decision is not None and decision["rule"] != "fixed":  # onto the refit's own scores
                         decision = registered_decision(decision, fitted.scores(X_holdout_inputs), window)
