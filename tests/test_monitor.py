@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import pytest
 
-from pipelines.lake import Lake, monitoring_table, predictions_table
+from pipelines.lake import Lake, monitoring_table, predictions_table, predictions_with_outcomes_table
 
 USECASE = "flight_delay"
 NEW_YORK = ZoneInfo("America/New_York")
@@ -166,6 +166,9 @@ def test_a_quiet_window_raises_nothing_and_the_estimate_is_within_its_interval_o
     assert result["monitored"] and result["window"] == ["2013-02-11", "2013-02-13"]
     assert result["breaches"] == [] and states["retrain_early"] == "skipped", result
     assert result["rows"] == 3 * ROWS and result["labelled_rows"] > 2 * 200
+    # the live figures and the estimate's calibration read one version of the outcomes, recorded with the run
+    joined = predictions_with_outcomes_table(USECASE)
+    assert result["tables_read"][joined] == world["lake"].version(joined), result["tables_read"]
     live, estimated = result["live"], result["estimated"]
     assert estimated["low"] <= live["value"] <= estimated["high"], (live, estimated)
     assert live["low"] <= estimated["value"] <= live["high"], (live, estimated)

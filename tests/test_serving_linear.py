@@ -105,3 +105,52 @@ def test_a_scaler_that_does_not_centre_is_followed() -> None:
         rtol=0,
         atol=1e-12,
     )
+
+
+def test_a_request_the_numpy_pass_cannot_convert_goes_through_scikit_learn_and_is_logged(
+    tmp_path, caplog
+) -> None:
+    """A logged logistic regression (MLflow's scikit-learn flavour, skops) gets the numpy pass once it is verified
+    on its input example; a request whose columns the pass cannot convert is scored by scikit-learn instead, and
+    the service's log says so (the 1st, 2nd, 4th ... time, not every request)."""
+    import logging
+
+    import mlflow
+
+    from pipelines.modeling.tracking import SKOPS_TRUSTED_TYPES
+    from pipelines.serving.models import linear_numpy_scorer
+
+    usecase = load_usecase("flight_delay")
+    features = usecase.features.numeric + usecase.features.categorical
+    train = _frame(usecase, 2000, seed=1)
+    pipeline = _sklearn_pipeline(CandidateSpec(name="c", family="logistic_regression"), usecase, seed=3)
+    pipeline.fit(train[features], train["label"])
+    folder = tmp_path / "model"
+    mlflow.sklearn.save_model(
+        pipeline,
+        str(folder),
+        serialization_format="skops",
+        skops_trusted_types=SKOPS_TRUSTED_TYPES,
+        pyfunc_predict_fn="predict_proba",
+        input_example=train[features].dropna().head(5),
+    )
+    model = mlflow.pyfunc.load_model(str(folder))
+
+    def direct(columns):
+        return pipeline.predict_proba(pd.DataFrame(dict(columns))[features])[:, 1]
+
+    scorer = linear_numpy_scorer(model, usecase, folder, direct)
+    assert scorer is not None and scorer.runtime == "numpy" and scorer.max_difference <= 1e-12
+    rows = _scoring_rows(usecase, train, 20)[features]
+    good = model_input_columns(usecase, rows, "test rows")
+    np.testing.assert_allclose(scorer.score(good), direct(good), rtol=0, atol=1e-12)
+    numeric = usecase.features.numeric[0]
+    odd = {**good, numeric: np.array([{"not": "a number"}] * len(rows), dtype=object)}
+    caplog.set_level(logging.WARNING)
+    with pytest.raises((TypeError, ValueError)):  # what scikit-learn itself answers to such a column
+        scorer.score(odd)
+    for _ in range(2):
+        with pytest.raises((TypeError, ValueError)):
+            scorer.score(odd)
+    said = [r.getMessage() for r in caplog.records if "not the numpy pass" in r.getMessage()]
+    assert len(said) == 2 and said[0].endswith("1 so far") and said[1].endswith("2 so far"), said

@@ -739,7 +739,7 @@ def test_a_registry_outage_during_evaluate_fails_the_run_and_moves_no_alias(trai
     client.delete_registered_model_alias(version.name, tracking.CHAMPION_ALIAS)
 
 
-def test_champion_is_rescored_gated_and_drives_refresh(trained):
+def test_champion_is_rescored_gated_and_drives_refresh(trained, monkeypatch):
     """The first logreg run becomes champion; a fresh training is evaluated and gated against it; refresh
     then trains only the champion's candidate."""
     usecase = trained.usecase
@@ -774,10 +774,46 @@ def test_champion_is_rescored_gated_and_drives_refresh(trained):
     if stored["best"] == "logreg":  # an identical model cannot beat the champion by min_delta
         assert decision["passed"] is False and change["reason"] in decision["reasons"]
 
+    original, fits = modeling.fit_candidate, []
+
+    def recording_fit(spec, usecase_, X, y, seed, start_from=None):
+        fits.append(len(X))
+        return original(spec, usecase_, X, y, seed, start_from=start_from)
+
+    monkeypatch.setattr(modeling, "fit_candidate", recording_fit)
     refresh = run_step(["train", "--usecase", usecase.name, "--date", "2013-02-12", "--mode", "refresh"])
     assert [c["name"] for c in refresh["candidates"]] == ["logreg"]
     assert f"champion version {version.version}" in refresh["selection"]
-    assert client.get_run(refresh["candidates"][0]["run_id"]).data.tags["mode"] == "refresh"
+    (entry,) = refresh["candidates"]
+    assert client.get_run(entry["run_id"]).data.tags["mode"] == "refresh"
+    # the champion (the refit chosen on validation) carries its decision: the refresh fits once, on train +
+    # validation, and its threshold is its own score that flags the champion's share of the holdout inputs
+    assert fits == [refresh["rows"]["final_fit"]] and entry["fitted_on"] == ["train", "validation"]
+    assert refresh["chosen"]["on"] == f"refresh of champion version {version.version}"
+    rate = client.get_run(first_logreg["run_id"]).data.metrics["validation_positive_rate"]
+    assert entry["decision"]["validation_positive_rate"] == pytest.approx(rate)
+    assert entry["threshold_source"].startswith(
+        f"refresh of champion version {version.version}: its decision"
+    )
+    frames = training_window.training_frames(
+        make_context(usecase, date(2013, 2, 12)),
+        trained.lake.snapshot(features_table(usecase.name), refresh["features_version"]),
+        refresh["window"],
+    )
+    scores = tracking.predict_proba(
+        tracking.load_model(entry["model_uri"]), model_inputs(usecase, frames.holdout, "test rows")
+    )
+    assert entry["decision_threshold"] == pytest.approx(metrics.rate_threshold(rate, scores)["threshold"])
+    # a champion fitted on train only (not refitted) carries no share: the refresh chooses on validation again
+    other = next(
+        c for c in trained.result["candidates"] if c["fitted_on"] == ["train"] and c["family"] != "keras_mlp"
+    )
+    on_train = mlflow.register_model(other["model_uri"], tracking.model_name(usecase))
+    client.set_model_version_tag(on_train.name, on_train.version, "candidate", other["name"])
+    client.set_registered_model_alias(on_train.name, tracking.CHAMPION_ALIAS, on_train.version)
+    fits.clear()
+    again = run_step(["train", "--usecase", usecase.name, "--date", "2013-02-13", "--mode", "refresh"])
+    assert len(fits) == 2 and again["chosen"]["on"] == "validation", (fits, again["chosen"])
 
 
 # --------------------------------------------------------------------------------------------------- metrics

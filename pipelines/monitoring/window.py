@@ -27,6 +27,7 @@ from pipelines.lake import (
 if TYPE_CHECKING:
     import pandas as pd
 
+    from pipelines.lake import Snapshot
     from pipelines.monitoring.performance import CalibrationSet
     from pipelines.monitoring.reference import Reference
 
@@ -107,20 +108,28 @@ def captured_rows(ctx: StepContext, days: list[str], version: int) -> tuple[pd.D
     return (rows, None) if len(rows) else (None, "no captured requests of this model version by the end of D")
 
 
+def outcomes_snapshot(ctx: StepContext) -> Snapshot:
+    """The predictions joined with their outcomes, one version for the whole run: the window's live figures and
+    the estimate's calibration read the same rows, and the run records which."""
+    return ctx.lake.snapshot(predictions_with_outcomes_table(ctx.usecase.name), facts=False)
+
+
 def labelled_rows(
-    ctx: StepContext, days: list[str], version: int, known_before: pd.Timestamp | None = None
+    ctx: StepContext,
+    joined: Snapshot,
+    days: list[str],
+    version: int,
+    known_before: pd.Timestamp | None = None,
 ) -> pd.DataFrame:
     """Predictions of ``version`` of the events of ``days`` made ahead whose outcome was known before
-    ``known_before`` (default: the end of D)."""
+    ``known_before`` (default: the end of D), from ``joined`` (:func:`outcomes_snapshot`)."""
     import pandas as pd
 
     usecase = ctx.usecase
-    table = predictions_with_outcomes_table(usecase.name)
-    joined = ctx.lake.snapshot(table, facts=False)
     present = [d for d in days if d in joined.partitions]
     if not present:
         return empty_frame()
-    frame = ctx.lake.read_frame(table, present, version=joined.version)
+    frame = ctx.lake.read_frame(joined.table, present, version=joined.version)
     end = pd.Timestamp(usecase.time.local_midnight(ctx.day + timedelta(days=1)))
     if known_before is not None:
         end = min(end, known_before)
@@ -130,7 +139,9 @@ def labelled_rows(
     return frame.rename(columns={score: "_score"}).reset_index(drop=True)
 
 
-def calibration_set(ctx: StepContext, days: list[str], version: int, reference: Reference) -> CalibrationSet:
+def calibration_set(
+    ctx: StepContext, joined: Snapshot, days: list[str], version: int, reference: Reference
+) -> CalibrationSet:
     """The labelled scores the estimate is calibrated on: the model's predictions of the
     ``monitoring.calibration_days`` before the window whose outcomes had arrived when the window began (its
     freshest evidence of how scores and outcomes relate, none of the window's own), when there are at least
@@ -147,7 +158,7 @@ def calibration_set(ctx: StepContext, days: list[str], version: int, reference: 
     if spec.calibration_days:
         before = [(first - timedelta(days=k)).isoformat() for k in range(spec.calibration_days, 0, -1)]
         began = pd.Timestamp(usecase.time.local_midnight(first))
-        recent = labelled_rows(ctx, before, version, known_before=began)
+        recent = labelled_rows(ctx, joined, before, version, known_before=began)
         if len(recent) >= spec.min_labelled_rows:
             return CalibrationSet.of(
                 recent,

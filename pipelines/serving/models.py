@@ -294,10 +294,21 @@ def linear_numpy_scorer(
         )
         return None
 
+    fallbacks = [0]
+
     def score(columns: Mapping[str, Any]) -> Any:
         try:
             return fast(columns)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError) as exc:
+            fallbacks[0] += 1
+            if fallbacks[0] & (fallbacks[0] - 1) == 0:  # the 1st, 2nd, 4th, 8th ...: seen, not a log flood
+                log.warning(
+                    "%s: a request went through scikit-learn, not the numpy pass (%s: %s); %d so far",
+                    folder.name,
+                    type(exc).__name__,
+                    exc,
+                    fallbacks[0],
+                )
             return direct(columns)
 
     return SingleRecordScorer(score=score, runtime="numpy", max_difference=difference)

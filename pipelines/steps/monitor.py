@@ -44,6 +44,7 @@ from pipelines.monitoring.window import (
     calibration_set,
     captured_rows,
     labelled_rows,
+    outcomes_snapshot,
     scored_rows,
     window_days,
 )
@@ -421,13 +422,18 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     prediction_rows, prediction_breaches = _prediction_rows(ctx, reference, scored)
     rows += prediction_rows
     breaches += prediction_breaches
-    labelled = labelled_rows(ctx, days, version)
+    joined = outcomes_snapshot(ctx)
+    if joined.version is not None:
+        tables_read[joined.table] = joined.version
+    labelled = labelled_rows(ctx, joined, days, version)
     if len(labelled):  # the slices and sensitive attributes of the labelled events, from their features
         keys = [k for k in usecase.features.keys if k != DATE]
         extra = [c for c in dict.fromkeys([*usecase.slices, *usecase.sensitive_attributes]) if c in scored]
         extra = [c for c in extra if c not in labelled.columns]
         labelled = labelled.merge(scored[[*keys, DATE, *extra]], on=[*keys, DATE], how="left")
-    calibration = calibration_set(ctx, days, version, reference) if usecase.task == "classification" else None
+    calibration = (
+        calibration_set(ctx, joined, days, version, reference) if usecase.task == "classification" else None
+    )
     performance_rows, performance_breaches = _performance_rows(ctx, reference, scored, labelled, calibration)
     rows += performance_rows
     breaches += performance_breaches

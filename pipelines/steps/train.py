@@ -28,7 +28,10 @@ holdout window's model inputs, which it did not train on (labels unused: :func:`
 ``threshold_source`` says so with each model, ``fitted_on`` (and each candidate's ``fit_rows`` and
 ``fit_data_hash`` in the result) what it was fitted on, ``chosen`` which one was chosen on what.
 ``--mode full`` trains every candidate; ``--mode refresh`` only the champion's candidate (registry alias
-``champion``, tag ``candidate``), or every candidate while there is no champion. Each candidate is one MLflow
+``champion``, tag ``candidate``), or every candidate while there is no champion. A refresh of a champion that was
+itself refitted under the same rule fits once, on train + validation: it keeps the champion's decision, the share
+of rows flagged, as its own score on the holdout inputs (:func:`carried_decision`), and the rule chooses again at
+the next full training (a nightly refresh moves the model by a day of data, not its operating point). Each candidate is one MLflow
 run named ``<candidate>@<D>``. A rerun with the same data, config and code reuses the finished runs fitted on the
 same rows (same result); ``--retrain`` forces new runs.
 """
@@ -244,6 +247,50 @@ def registered_decision(
     return decision | {
         "threshold": moved["threshold"],
         "validation_threshold": chosen,
+        "validation_positive_rate": moved["positive_rate"],
+        "holdout_inputs_positive_rate": moved["target_positive_rate"],
+        "holdout_inputs_rows": moved["rows"],
+        "threshold_source": source,
+    }
+
+
+def champion_decision(ctx: StepContext, spec: Any) -> dict[str, Any] | None:
+    """For a refresh of the champion's candidate ``spec``: the decision the champion's registered refit carries
+    (its rule and the share of validation rows flagged, ``validation_positive_rate``), so the refresh fits once,
+    on train + validation, and flags that share (:func:`carried_decision`). None (fit on train, choose on
+    validation, refit, as a full training does) when the champion is another candidate, was fitted on train only,
+    or chose under another rule."""
+    from mlflow import MlflowClient
+
+    from pipelines.modeling.tracking import champion_version
+
+    champion = champion_version(ctx.usecase)
+    if champion is None or (champion.tags or {}).get("candidate") != spec.name:
+        return None
+    run = MlflowClient().get_run(champion.run_id)
+    rate = run.data.metrics.get("validation_positive_rate")
+    if rate is None or run.data.params.get("decision.rule") != ctx.usecase.decision.rule:
+        return None
+    return {"rule": ctx.usecase.decision.rule, "rate": float(rate), "version": int(champion.version)}
+
+
+def carried_decision(carried: dict[str, Any], refit_scores: Any, window: dict[str, str]) -> dict[str, Any]:
+    """The refresh's threshold: its own score that flags the champion's share of rows (``carried``, from
+    :func:`champion_decision`) on the holdout window's model inputs, labels unused, as
+    :func:`registered_decision` moves a share from the fit on train to the refit. A refresh moves the model by
+    a day of data, not its operating point; the rule chooses again at the next full training."""
+    from pipelines.evaluation.metrics import rate_threshold
+
+    moved = rate_threshold(carried["rate"], refit_scores)
+    source = (
+        f"refresh of champion version {carried['version']}: its decision ({carried['rule']}, "
+        f"{carried['rate']:.1%} of the validation rows flagged) carried to this refit (train + validation) on its "
+        f"scores of the holdout inputs {_days(window, 'holdout')}: {moved['threshold']:.4f} (labels unused; the "
+        "rule chooses again at the next full training)"
+    )
+    return {
+        "rule": carried["rule"],
+        "threshold": moved["threshold"],
         "validation_positive_rate": moved["positive_rate"],
         "holdout_inputs_positive_rate": moved["target_positive_rate"],
         "holdout_inputs_rows": moved["rows"],
@@ -476,6 +523,10 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
     experiment_id = configure_mlflow(ctx.profile, usecase)
     # 1. every candidate fitted on train and scored on validation (or a finished run that was: its recorded
     # validation metrics are the same), which is all the choice needs
+    # (a refresh of the champion's candidate whose decision carries over fits once: on train + validation)
+    carried = (
+        champion_decision(ctx, specs[0]) if mode == "refresh" and has_validation and len(specs) == 1 else None
+    )
     trials: dict[str, dict[str, Any]] = {}
     for spec in specs:
         fingerprint = _fingerprint(ctx, spec, mode, all_parts, len(train), frames.label_partitions)
@@ -483,13 +534,25 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
         trial: dict[str, Any] = {"fingerprint": fingerprint, "runs": runs, "first": None, "decision": None}
         if runs:
             trial["validation_metrics"] = _recorded_validation_metrics(runs[0], selection_metrics)
+        elif carried is not None:
+            trial["validation_metrics"] = {}
         else:
             trial["first"], trial["validation_metrics"], trial["decision"] = fit_on_train(spec)
         trials[spec.name] = trial
 
     # 2. the choice, on validation: the holdout that gates the chosen one takes no part in it
     chosen = None
-    if has_validation:
+    if carried is not None:
+        chosen = {
+            "candidate": specs[0].name,
+            "on": f"refresh of champion version {carried['version']}",
+            "metric": primary,
+            "value": None,
+        }
+        progress(
+            f"train: refreshing {specs[0].name}, the champion's candidate: one fit, on train + validation"
+        )
+    elif has_validation:
         name, on = choose_candidate({n: t["validation_metrics"] for n, t in trials.items()}, primary)
         chosen = {
             "candidate": name,
@@ -498,8 +561,9 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             "value": trials[name]["validation_metrics"].get(primary),
         }
         progress(f"train: {name} chosen by {primary} on the {on}; only it is refitted on train + validation")
+    if chosen is not None:
         # the holdout's model inputs, labels left out: the rows on which the threshold chosen for the fit on
-        # train moves to the refit on train + validation (registered_decision)
+        # train moves to the refit on train + validation (registered_decision, carried_decision)
         X_holdout_inputs = model_inputs(usecase, holdout, "the holdout inputs")
         X_final = model_inputs(usecase, final_rows, "the final fit rows")
         y_final = final_rows[label].to_numpy(dtype=modeling.label_dtype(usecase))
@@ -520,7 +584,8 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
             run_id, model_uri = previous.info.run_id, previous.data.tags["model_uri"]
             validation_metrics = _recorded_validation_metrics(previous, selection_metrics)
         else:
-            if trial["first"] is None:  # its reusable run was fitted on other rows (chosen then, not now)
+            if trial["first"] is None and not (refit and carried is not None):
+                # its reusable run was fitted on other rows (chosen then, not now)
                 trial["first"], validation_metrics, trial["decision"] = fit_on_train(spec)
             fitted, decision = trial["first"], trial["decision"]
             rows = final_rows if refit else train
@@ -540,14 +605,17 @@ def run(ctx: StepContext, args: argparse.Namespace) -> dict[str, Any]:
                         FITTED_ON: fitted_on,
                     }
                 )
-                if refit:  # chosen on validation: refit on train + validation
+                if refit:  # chosen on validation (or the champion's, refreshed): refit on train + validation
                     progress(f"train: refitting {spec.name} on {len(final_rows)} train + validation rows")
                     first_fit = fitted
                     fitted = modeling.fit_candidate(
                         spec, usecase, X_final, y_final, split.seed, start_from=first_fit
                     )
-                    fitted.fit_seconds += first_fit.fit_seconds
-                    if decision is not None and decision["rule"] != "fixed":  # onto the refit's own scores
+                    if first_fit is not None:
+                        fitted.fit_seconds += first_fit.fit_seconds
+                    if carried is not None:
+                        decision = carried_decision(carried, fitted.scores(X_holdout_inputs), window)
+                    elif decision is not None and decision["rule"] != "fixed":  # onto the refit's own scores
                         decision = registered_decision(decision, fitted.scores(X_holdout_inputs), window)
                 if decision is not None and "threshold_source" not in decision:
                     decision = decision | {
