@@ -241,6 +241,34 @@ RUN_INTO_RESULT = (
 )
 
 
+def test_a_stderr_line_forwarded_between_two_reads_of_the_result_does_not_break_it() -> None:
+    """Docker forwards a container's stdout and stderr as it reads each pipe: a progress line written to stderr
+    before the result can reach the stream between two reads of the long JSON line on stdout (seen in a clean
+    clone's container test: "the container printed no JSON result", and the retry then built nothing). Read
+    apart (``attach(demux=True)``), each stream's lines are whole."""
+    import logging
+
+    from mlops_airflow.runtimes import log_lines, parse_result
+
+    result = '{"step": "features", "built": ["2013-01-01"], "partitions": ["' + "p" * 5000 + '"]}'
+    chunks = [
+        (None, b"features: committed features version 0\n"),
+        (result[:4096].encode(), None),
+        (None, b"features: committed labels version 0: labels of 31 day(s)\n"),
+        ((result[4096:] + "\n").encode(), None),
+    ]
+    lines = log_lines(iter(chunks), logging.getLogger("test"))
+    assert lines == [
+        "features: committed features version 0",
+        "features: committed labels version 0: labels of 31 day(s)",
+        result,
+    ]
+    assert parse_result(lines)["built"] == ["2013-01-01"]
+    # the same chunks as one undivided stream (what attach gave before) lose the result
+    merged = log_lines([part for pair in chunks for part in pair if part], logging.getLogger("test"))
+    assert parse_result(merged) is None
+
+
 def test_a_result_after_unfinished_text_on_its_line_is_still_the_result() -> None:
     from mlops_airflow.operators import parse_result
 

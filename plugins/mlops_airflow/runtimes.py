@@ -271,7 +271,7 @@ class DockerRuntime(StepRuntime):
         container_id = self.container["Id"]
         ended = False
         try:
-            stream = client.attach(container=container_id, stdout=True, stderr=True, stream=True)
+            stream = client.attach(container=container_id, stdout=True, stderr=True, stream=True, demux=True)
             client.start(container_id)
             lines = log_lines(stream, self.log)
             code = int(client.wait(container_id)["StatusCode"])
@@ -316,20 +316,26 @@ RUNTIMES: dict[str, type[StepRuntime]] = {
 }
 
 
-def log_lines(stream: Iterable[bytes | str], log: Any) -> list[str]:
-    """The lines of a container's output stream (chunks that need not end lines), each logged as it ends."""
+def log_lines(stream: Iterable[Any], log: Any) -> list[str]:
+    """The lines of a container's output (chunks that need not end lines), each logged as it ends, in the order
+    they end. A chunk is text, or a ``(stdout, stderr)`` pair as Docker's ``attach(demux=True)`` gives them: each
+    stream's lines are assembled apart, because the daemon forwards the two pipes as it reads them, so a line of
+    stderr can arrive between two reads of one long stdout line (a step's JSON result)."""
     lines: list[str] = []
-    buffer = ""
+    buffers: dict[int, str] = {}
     for chunk in stream:
-        buffer += _text(chunk)
-        *complete, buffer = buffer.split("\n")
-        for line in complete:
-            line = line.rstrip()
-            log.info("%s", line)
-            lines.append(line)
-    if buffer.rstrip():
-        log.info("%s", buffer.rstrip())
-        lines.append(buffer.rstrip())
+        for index, part in enumerate(chunk if isinstance(chunk, tuple) else (chunk,)):
+            if part is None:
+                continue
+            *complete, buffers[index] = (buffers.get(index, "") + _text(part)).split("\n")
+            for line in complete:
+                line = line.rstrip()
+                log.info("%s", line)
+                lines.append(line)
+    for index in sorted(buffers):
+        if buffers[index].rstrip():
+            log.info("%s", buffers[index].rstrip())
+            lines.append(buffers[index].rstrip())
     return lines
 
 
