@@ -31,8 +31,8 @@ holdout window's model inputs, which it did not train on (labels unused: :func:`
 ``champion``, tag ``candidate``), or every candidate while there is no champion. A refresh of a champion that was
 itself refitted under the same rule fits once, on train + validation: it keeps the champion's decision, the share
 of rows flagged, as its own score on the holdout inputs (:func:`carried_decision`), and the rule chooses again at
-the next full training (a nightly refresh moves the model by a day of data, not its operating point). Each candidate is one MLflow
-run named ``<candidate>@<D>``. A rerun with the same data, config and code reuses the finished runs fitted on the
+the next full training (a nightly refresh moves the model by a day of data, not its operating point). Each
+candidate is one MLflow run named ``<candidate>@<D>``. A rerun with the same data, config and code reuses the finished runs fitted on the
 same rows (same result); ``--retrain`` forces new runs.
 """
 
